@@ -1,0 +1,198 @@
+//! The seam to storage engines: a small ordered key-value surface with atomic write batches.
+
+use std::ops::{Bound, ControlFlow};
+
+use crate::error::BackendError;
+
+/// A keyspace of the backend. Each table is an independent ordered map of byte strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Table {
+    /// Every stored version, keyed by user key then newest revision first.
+    Keys,
+    /// Every stored version again, keyed by revision: the order watchers and compaction read in.
+    Revisions,
+    /// The store's own bookkeeping: current and compacted revisions, restore marker.
+    Meta,
+}
+
+impl Table {
+    /// Every table, for engines that create them up front.
+    pub const ALL: [Table; 3] = [Table::Keys, Table::Revisions, Table::Meta];
+
+    /// A stable name, for engines that name their tables on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Keys => "keys",
+            Table::Revisions => "revisions",
+            Table::Meta => "meta",
+        }
+    }
+}
+
+/// The callback of [`Backend::scan`]: sees each key and value, returns `Break` to stop.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
+
+/// One change inside a [`WriteBatch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchOp {
+    /// The table changed.
+    pub table: Table,
+    /// The key written or removed.
+    pub key: Vec<u8>,
+    /// The new value, or `None` to remove the key.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A group of changes an engine applies atomically, with the applied position of the layer above.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    clear: bool,
+    ops: Vec<BatchOp>,
+    applied: Option<Vec<u8>>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` to `value` in `table`.
+    pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(BatchOp {
+            table,
+            key,
+            value: Some(value),
+        });
+    }
+
+    /// Removes `key` from `table`; removing an absent key is not an error.
+    pub fn delete(&mut self, table: Table, key: Vec<u8>) {
+        self.ops.push(BatchOp {
+            table,
+            key,
+            value: None,
+        });
+    }
+
+    /// Records the opaque position (e.g. a Raft log id) this batch brings the store up to.
+    pub fn set_applied(&mut self, position: Vec<u8>) {
+        self.applied = Some(position);
+    }
+
+    /// Empties every table and forgets the applied position before this batch's own changes.
+    pub fn clear_all(&mut self) {
+        self.clear = true;
+        self.ops.clear();
+    }
+
+    /// True when the engine must empty everything first.
+    pub fn clears(&self) -> bool {
+        self.clear
+    }
+
+    /// The changes, in the order they were added; a later change to a key wins.
+    pub fn ops(&self) -> &[BatchOp] {
+        &self.ops
+    }
+
+    /// The applied position to store with the batch, if any.
+    pub fn applied(&self) -> Option<&[u8]> {
+        self.applied.as_deref()
+    }
+
+    /// Splits the batch into its parts, for engines that consume it.
+    pub fn into_parts(self) -> (bool, Vec<BatchOp>, Option<Vec<u8>>) {
+        (self.clear, self.ops, self.applied)
+    }
+
+    /// How many changes the batch holds.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True when the batch changes nothing and records no position.
+    pub fn is_empty(&self) -> bool {
+        !self.clear && self.ops.is_empty() && self.applied.is_none()
+    }
+}
+
+/// An ordered key-value engine the MVCC store runs on.
+///
+/// The store keeps its whole model (revisions, tombstones, compaction, snapshots) in three
+/// tables of plain byte strings, so an engine only has to be a correct ordered map:
+/// - reads see every batch whose `write` returned, and never part of a batch;
+/// - `write` is atomic: after a crash the engine holds a prefix of the written batches, each
+///   whole, and [`Backend::applied`] returns the position of the last batch it holds;
+/// - whether `write` is durable on return is the engine's documented choice; [`Backend::flush`]
+///   makes every returned write durable.
+///
+/// Snapshots need no engine support: versions at or below a revision never change until
+/// compaction removes them, and the store holds compaction back while a snapshot streams.
+pub trait Backend: Send + Sync + 'static {
+    /// Reads one key.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the engine cannot read; the store treats it as fatal.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
+
+    /// Calls `visit` with each entry of `table` between `from` and `to`, in key order, until it
+    /// returns `Break`. Engines may hold a lock while visiting; the store keeps visits short.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the engine cannot read; the store treats it as fatal.
+    fn scan(
+        &self,
+        table: Table,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), BackendError>;
+
+    /// Applies `batch` atomically, with its applied position.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the engine cannot write; nothing of the batch is visible then.
+    fn write(&self, batch: WriteBatch) -> Result<(), BackendError>;
+
+    /// The applied position of the last batch that carried one, if any.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the engine cannot read.
+    fn applied(&self) -> Result<Option<Vec<u8>>, BackendError>;
+
+    /// Makes every write that has returned durable.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the engine cannot sync.
+    fn flush(&self) -> Result<(), BackendError>;
+}
+
+impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        (**self).get(table, key)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), BackendError> {
+        (**self).scan(table, from, to, visit)
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
+        (**self).write(batch)
+    }
+
+    fn applied(&self) -> Result<Option<Vec<u8>>, BackendError> {
+        (**self).applied()
+    }
+
+    fn flush(&self) -> Result<(), BackendError> {
+        (**self).flush()
+    }
+}

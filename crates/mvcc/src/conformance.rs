@@ -1,0 +1,1214 @@
+//! The behaviour every [`Backend`] must show under the MVCC store: one suite, run by each engine.
+//!
+//! An engine's test calls [`Suite::run_all`] with a function that makes a fresh, empty backend
+//! (plus a guard, e.g. a temporary directory, dropped when the backend is done with). Each case
+//! panics with a message naming what broke, as tests do.
+//!
+//! Besides the hand-written cases, [`Suite::run_all`] drives random op sequences against the
+//! engine and against a tiny in-test model of etcd's semantics and demands identical answers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+use crate::{
+    Backend, Command, CompactRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
+    Error, Event, EventKind, EventSink, KeyValue, PutRequest, RangeRequest, RequestOp, Response,
+    ResponseOp, SortOrder, SortTarget, Store, TxnRequest,
+};
+
+/// Makes a fresh, empty backend and whatever must live as long as it.
+pub type Factory<'a, B> = &'a dyn Fn() -> (B, Box<dyn Any>);
+
+/// The conformance suite.
+pub struct Suite;
+
+/// One store under test with the guard of its backend.
+struct Fixture<B: Backend> {
+    store: Store<B>,
+    _guard: Box<dyn Any>,
+}
+
+impl<B: Backend> Fixture<B> {
+    fn new(factory: Factory<'_, B>) -> Self {
+        let (backend, guard) = factory();
+        Self {
+            store: Store::open(backend).expect("open a fresh store"),
+            _guard: guard,
+        }
+    }
+
+    fn apply(&self, cmd: Command) -> (i64, Result<Response, Error>) {
+        let mut out = self
+            .store
+            .apply(&[cmd], None)
+            .expect("apply must not fail fatally");
+        let o = out.pop().unwrap();
+        (o.revision, o.result)
+    }
+
+    fn put(&self, key: &str, value: &str) -> i64 {
+        self.put_lease(key, value, 0)
+    }
+
+    fn put_lease(&self, key: &str, value: &str, lease: i64) -> i64 {
+        let (rev, res) = self.apply(Command::Put(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            lease,
+            ..Default::default()
+        }));
+        res.expect("put");
+        rev
+    }
+
+    fn delete(&self, key: &str, end: &str) -> (i64, i64) {
+        let (rev, res) = self.apply(Command::DeleteRange(DeleteRangeRequest {
+            key: key.into(),
+            range_end: end.into(),
+            prev_kv: false,
+        }));
+        match res.expect("delete") {
+            Response::DeleteRange(d) => (rev, d.deleted),
+            other => panic!("delete answered {other:?}"),
+        }
+    }
+
+    fn range(&self, req: RangeRequest) -> Result<crate::RangeResponse, Error> {
+        self.store.range(&req).map(|(r, _)| r)
+    }
+
+    fn keys(&self, key: &str, end: &str, rev: i64) -> Vec<String> {
+        self.range(RangeRequest {
+            key: key.into(),
+            range_end: end.into(),
+            revision: rev,
+            ..Default::default()
+        })
+        .expect("range")
+        .kvs
+        .into_iter()
+        .map(|kv| String::from_utf8(kv.key).unwrap())
+        .collect()
+    }
+
+    fn get(&self, key: &str) -> Option<KeyValue> {
+        self.store.get(key.as_bytes()).expect("get")
+    }
+}
+
+#[derive(Default)]
+struct Collect(Mutex<Vec<Event>>);
+
+impl EventSink for Collect {
+    fn publish(&self, events: Vec<Event>) {
+        self.0.lock().extend(events);
+    }
+}
+
+fn put_op(key: &str, value: &str) -> RequestOp {
+    RequestOp::Put(PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    })
+}
+
+fn cmp(key: &str, result: CompareResult, target: CompareTarget) -> Compare {
+    Compare {
+        result,
+        target,
+        key: key.into(),
+        range_end: vec![],
+    }
+}
+
+impl Suite {
+    /// Runs every case and the property test against backends made by `factory`.
+    pub fn run_all<B: Backend>(factory: Factory<'_, B>) {
+        Self::run_cases(factory);
+        Self::run_model(factory, 64);
+    }
+
+    /// Runs the hand-written cases only.
+    pub fn run_cases<B: Backend>(factory: Factory<'_, B>) {
+        revisions(factory);
+        versions_and_tombstones(factory);
+        range_conventions(factory);
+        limit_count_and_sort(factory);
+        filters_and_past_revisions(factory);
+        txns(factory);
+        txn_errors(factory);
+        compaction(factory);
+        events(factory);
+        snapshots(factory);
+        snapshot_holds_compaction(factory);
+        many_versions_and_odd_keys(factory);
+    }
+
+    /// Runs `cases` random op sequences against the engine and the model.
+    pub fn run_model<B: Backend>(factory: Factory<'_, B>, cases: u32) {
+        model::run(factory, cases);
+    }
+}
+
+fn revisions<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    assert_eq!(
+        s.store.current_revision(),
+        1,
+        "an empty store is at revision 1"
+    );
+    assert_eq!(s.put("a", "1"), 2);
+    assert_eq!(
+        s.put("a", "2"),
+        3,
+        "every put takes a revision, even of the same key"
+    );
+    assert_eq!(
+        s.delete("zz", ""),
+        (3, 0),
+        "deleting nothing takes no revision"
+    );
+    let (rev, res) = s.apply(Command::Txn(TxnRequest {
+        compare: vec![],
+        success: vec![RequestOp::Range(RangeRequest {
+            key: "a".into(),
+            ..Default::default()
+        })],
+        failure: vec![],
+    }));
+    assert!(res.is_ok());
+    assert_eq!(rev, 3, "a txn that writes nothing takes no revision");
+    let out = s
+        .store
+        .apply(
+            &[
+                Command::Put(PutRequest {
+                    key: "b".into(),
+                    ..Default::default()
+                }),
+                Command::Put(PutRequest {
+                    key: "c".into(),
+                    ..Default::default()
+                }),
+            ],
+            Some(b"pos-9"),
+        )
+        .unwrap();
+    assert_eq!(
+        out.iter().map(|o| o.revision).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    assert_eq!(s.store.applied().unwrap().as_deref(), Some(&b"pos-9"[..]));
+    let (_, header) = s
+        .store
+        .range(&RangeRequest {
+            key: "a".into(),
+            revision: 2,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        header, 5,
+        "a read's header carries the current revision, not the one read"
+    );
+}
+
+fn versions_and_tombstones<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    s.put_lease("k", "v1", 7);
+    s.put("k", "v2");
+    let kv = s.get("k").unwrap();
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version, kv.lease),
+        (2, 3, 2, 0)
+    );
+    assert_eq!(kv.value, b"v2");
+    let (_, res) = s.apply(Command::Put(PutRequest {
+        key: "k".into(),
+        value: "ignored".into(),
+        lease: 9,
+        prev_kv: true,
+        ignore_value: true,
+        ignore_lease: false,
+    }));
+    let Response::Put(p) = res.unwrap() else {
+        panic!()
+    };
+    assert_eq!(p.prev_kv.unwrap().value, b"v2");
+    let kv = s.get("k").unwrap();
+    assert_eq!(
+        (kv.value.as_slice(), kv.lease, kv.version),
+        (&b"v2"[..], 9, 3)
+    );
+    let (_, res) = s.apply(Command::Put(PutRequest {
+        key: "k".into(),
+        value: "v4".into(),
+        ignore_lease: true,
+        ..Default::default()
+    }));
+    res.unwrap();
+    assert_eq!(s.get("k").unwrap().lease, 9, "ignore_lease keeps the lease");
+    let (rev, res) = s.apply(Command::Put(PutRequest {
+        key: "missing".into(),
+        ignore_value: true,
+        ..Default::default()
+    }));
+    assert!(matches!(res, Err(Error::KeyNotFound { .. })), "{res:?}");
+    assert_eq!(rev, 5, "a failed put takes no revision");
+    let (rev, res) = s.apply(Command::DeleteRange(DeleteRangeRequest {
+        key: "k".into(),
+        range_end: vec![],
+        prev_kv: true,
+    }));
+    let Response::DeleteRange(d) = res.unwrap() else {
+        panic!()
+    };
+    assert_eq!((rev, d.deleted, d.prev_kvs.len()), (6, 1, 1));
+    assert_eq!(d.prev_kvs[0].value, b"v4");
+    assert!(s.get("k").is_none());
+    s.put("k", "again");
+    let kv = s.get("k").unwrap();
+    assert_eq!(
+        (kv.create_revision, kv.version),
+        (7, 1),
+        "a key made again starts a new generation"
+    );
+    let old = s
+        .range(RangeRequest {
+            key: "k".into(),
+            revision: 5,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(old.kvs[0].value, b"v4", "history stays readable");
+    let gone = s
+        .range(RangeRequest {
+            key: "k".into(),
+            revision: 6,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        gone.kvs.is_empty() && gone.count == 0,
+        "at the delete's revision the key is gone"
+    );
+}
+
+fn range_conventions<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    for k in ["a", "ab", "abc", "b", "ba", "c"] {
+        s.put(k, k);
+    }
+    assert_eq!(s.keys("ab", "", 0), ["ab"]);
+    assert_eq!(s.keys("ab", "b", 0), ["ab", "abc"]);
+    assert_eq!(s.keys("b", "\0", 0), ["b", "ba", "c"]);
+    assert_eq!(s.keys("\0", "\0", 0), ["a", "ab", "abc", "b", "ba", "c"]);
+    let prefix = crate::prefix_end(b"ab");
+    assert_eq!(
+        s.keys("ab", std::str::from_utf8(&prefix).unwrap(), 0),
+        ["ab", "abc"]
+    );
+    assert!(s.keys("c", "a", 0).is_empty(), "an inverted range is empty");
+    assert!(s.keys("zz", "", 0).is_empty());
+    assert_eq!(s.delete("a", "b"), (8, 3));
+    assert_eq!(s.keys("\0", "\0", 0), ["b", "ba", "c"]);
+}
+
+fn limit_count_and_sort<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    s.put("k1", "c");
+    s.put("k2", "a");
+    s.put("k3", "b");
+    s.put("k2", "a2");
+    let all = |extra: RangeRequest| {
+        s.range(RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            ..extra
+        })
+        .unwrap()
+    };
+    let r = all(RangeRequest {
+        limit: 2,
+        ..Default::default()
+    });
+    assert_eq!((r.kvs.len(), r.more, r.count), (2, true, 3));
+    let r = all(RangeRequest {
+        limit: 3,
+        ..Default::default()
+    });
+    assert_eq!((r.kvs.len(), r.more, r.count), (3, false, 3));
+    let r = all(RangeRequest {
+        count_only: true,
+        ..Default::default()
+    });
+    assert_eq!((r.kvs.len(), r.more, r.count), (0, false, 3));
+    let r = all(RangeRequest {
+        keys_only: true,
+        ..Default::default()
+    });
+    assert!(r.kvs.iter().all(|kv| kv.value.is_empty() && kv.version > 0));
+    let order = |order, target| -> Vec<String> {
+        all(RangeRequest {
+            sort_order: order,
+            sort_target: target,
+            ..Default::default()
+        })
+        .kvs
+        .into_iter()
+        .map(|kv| String::from_utf8(kv.key).unwrap())
+        .collect()
+    };
+    assert_eq!(
+        order(SortOrder::Descend, SortTarget::Key),
+        ["k3", "k2", "k1"]
+    );
+    assert_eq!(
+        order(SortOrder::Ascend, SortTarget::Value),
+        ["k2", "k3", "k1"]
+    );
+    assert_eq!(
+        order(SortOrder::None, SortTarget::Value),
+        ["k2", "k3", "k1"],
+        "a target alone sorts ascending"
+    );
+    assert_eq!(
+        order(SortOrder::Descend, SortTarget::Mod),
+        ["k2", "k3", "k1"]
+    );
+    assert_eq!(
+        order(SortOrder::Ascend, SortTarget::Create),
+        ["k1", "k2", "k3"]
+    );
+    assert_eq!(order(SortOrder::Descend, SortTarget::Version)[0], "k2");
+    let r = all(RangeRequest {
+        sort_order: SortOrder::Descend,
+        sort_target: SortTarget::Key,
+        limit: 1,
+        ..Default::default()
+    });
+    assert_eq!(
+        (r.kvs[0].key.as_slice(), r.more, r.count),
+        (&b"k3"[..], true, 3),
+        "sort happens before the limit"
+    );
+}
+
+fn filters_and_past_revisions<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    s.put("a", "1"); // 2
+    s.put("b", "1"); // 3
+    s.put("a", "2"); // 4
+    s.put("c", "1"); // 5
+    let q = |extra: RangeRequest| -> Vec<String> {
+        s.range(RangeRequest {
+            key: "\0".into(),
+            range_end: "\0".into(),
+            ..extra
+        })
+        .unwrap()
+        .kvs
+        .into_iter()
+        .map(|kv| String::from_utf8(kv.key).unwrap())
+        .collect()
+    };
+    assert_eq!(
+        q(RangeRequest {
+            min_mod_revision: 4,
+            ..Default::default()
+        }),
+        ["a", "c"]
+    );
+    assert_eq!(
+        q(RangeRequest {
+            max_mod_revision: 3,
+            ..Default::default()
+        }),
+        ["b"]
+    );
+    assert_eq!(
+        q(RangeRequest {
+            min_create_revision: 3,
+            ..Default::default()
+        }),
+        ["b", "c"]
+    );
+    assert_eq!(
+        q(RangeRequest {
+            max_create_revision: 2,
+            ..Default::default()
+        }),
+        ["a"]
+    );
+    let r = s
+        .range(RangeRequest {
+            key: "\0".into(),
+            range_end: "\0".into(),
+            min_mod_revision: 5,
+            limit: 5,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.count, 3, "count is taken before filters");
+    assert_eq!(
+        q(RangeRequest {
+            revision: 3,
+            ..Default::default()
+        }),
+        ["a", "b"]
+    );
+    let old = s
+        .range(RangeRequest {
+            key: "a".into(),
+            revision: 3,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(old.kvs[0].value, b"1");
+    assert!(matches!(
+        s.range(RangeRequest {
+            key: "a".into(),
+            revision: 6,
+            ..Default::default()
+        }),
+        Err(Error::FutureRevision {
+            requested: 6,
+            current: 5
+        })
+    ));
+}
+
+fn txns<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    s.put_lease("a", "1", 5); // 2: a v1 c2 m2
+    s.put("b", "x"); // 3
+    use CompareResult::*;
+    use CompareTarget::*;
+    let holds = |c: Compare| -> bool {
+        let (_, res) = s.apply(Command::Txn(TxnRequest {
+            compare: vec![c],
+            success: vec![],
+            failure: vec![],
+        }));
+        match res.unwrap() {
+            Response::Txn(t) => t.succeeded,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(holds(cmp("a", Equal, Value("1".into()))));
+    assert!(holds(cmp("a", NotEqual, Value("2".into()))));
+    assert!(holds(cmp("a", Less, Value("2".into()))));
+    assert!(holds(cmp("a", Greater, Value("0".into()))));
+    assert!(holds(cmp("a", Equal, Version(1))));
+    assert!(holds(cmp("a", Equal, Create(2))));
+    assert!(holds(cmp("a", Equal, Mod(2))));
+    assert!(holds(cmp("a", Equal, Lease(5))));
+    assert!(holds(cmp("a", Greater, Mod(1))));
+    assert!(!holds(cmp("a", Less, Mod(2))));
+    assert!(
+        holds(cmp("nope", Equal, Version(0))),
+        "an absent key has version 0"
+    );
+    assert!(holds(cmp("nope", Equal, Create(0))));
+    assert!(
+        !holds(cmp("nope", Equal, Value(vec![]))),
+        "an absent key's value never compares"
+    );
+    assert!(!holds(cmp("nope", NotEqual, Value("z".into()))));
+    let over = |result, target| Compare {
+        result,
+        target,
+        key: "a".into(),
+        range_end: "c".into(),
+    };
+    assert!(
+        holds(over(Greater, Mod(1))),
+        "every key of the range satisfies it"
+    );
+    assert!(!holds(over(Equal, Mod(2))), "one key of the range does not");
+    assert_eq!(
+        s.store.current_revision(),
+        3,
+        "compare-only txns take no revision"
+    );
+
+    // A txn sees its own writes, writes at one revision with sub revisions, and nests.
+    let (rev, res) = s.apply(Command::Txn(TxnRequest {
+        compare: vec![cmp("a", Equal, Version(1))],
+        success: vec![
+            put_op("a", "2"),
+            RequestOp::Range(RangeRequest {
+                key: "a".into(),
+                ..Default::default()
+            }),
+            RequestOp::DeleteRange(DeleteRangeRequest {
+                key: "b".into(),
+                range_end: vec![],
+                prev_kv: true,
+            }),
+            RequestOp::Txn(TxnRequest {
+                // Nested compares see the state before the outer txn ran, as in etcd.
+                compare: vec![cmp("a", Equal, Value("1".into()))],
+                success: vec![put_op("n", "then")],
+                failure: vec![put_op("n", "else")],
+            }),
+            RequestOp::Range(RangeRequest {
+                key: "\0".into(),
+                range_end: "\0".into(),
+                ..Default::default()
+            }),
+        ],
+        failure: vec![put_op("f", "1")],
+    }));
+    assert_eq!(rev, 4);
+    let Response::Txn(t) = res.unwrap() else {
+        panic!()
+    };
+    assert!(t.succeeded);
+    let ResponseOp::Range(r) = &t.responses[1] else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            r.kvs[0].value.as_slice(),
+            r.kvs[0].mod_revision,
+            r.kvs[0].version
+        ),
+        (&b"2"[..], 4, 2)
+    );
+    let ResponseOp::DeleteRange(d) = &t.responses[2] else {
+        panic!()
+    };
+    assert_eq!(d.deleted, 1);
+    let ResponseOp::Txn(n) = &t.responses[3] else {
+        panic!()
+    };
+    assert!(n.succeeded);
+    let ResponseOp::Range(all) = &t.responses[4] else {
+        panic!()
+    };
+    let keys: Vec<_> = all.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(
+        keys,
+        vec![b"a".to_vec(), b"n".to_vec()],
+        "the txn's own put and delete are seen"
+    );
+    assert_eq!(s.get("n").unwrap().value, b"then");
+    assert!(s.get("f").is_none());
+    let ev = s.store.events_since(4, 100).unwrap();
+    assert_eq!(ev.len(), 3, "three writes at one revision");
+    assert!(ev.iter().all(|e| e.kv.mod_revision == 4));
+}
+
+fn txn_errors<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    s.put("a", "1");
+    let (rev, res) = s.apply(Command::Txn(TxnRequest {
+        compare: vec![],
+        success: vec![put_op("x", "1"), put_op("x", "2")],
+        failure: vec![],
+    }));
+    assert!(matches!(res, Err(Error::DuplicateKey { .. })), "{res:?}");
+    assert_eq!(rev, 2);
+    let (_, res) = s.apply(Command::Txn(TxnRequest {
+        compare: vec![],
+        success: vec![
+            put_op("y", "1"),
+            RequestOp::Put(PutRequest {
+                key: "missing".into(),
+                ignore_value: true,
+                ..Default::default()
+            }),
+        ],
+        failure: vec![],
+    }));
+    assert!(matches!(res, Err(Error::KeyNotFound { .. })));
+    assert!(s.get("y").is_none(), "a failing txn writes nothing");
+    let (_, res) = s.apply(Command::Txn(TxnRequest {
+        compare: vec![],
+        success: vec![
+            put_op("y", "1"),
+            RequestOp::Range(RangeRequest {
+                key: "a".into(),
+                revision: 99,
+                ..Default::default()
+            }),
+        ],
+        failure: vec![],
+    }));
+    assert!(matches!(res, Err(Error::FutureRevision { .. })), "{res:?}");
+    assert!(s.get("y").is_none());
+    assert_eq!(s.store.current_revision(), 2);
+}
+
+fn compaction<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    for i in 0..5 {
+        s.put("a", &format!("v{i}")); // 2..=6
+    }
+    s.put("b", "1"); // 7
+    s.delete("b", ""); // 8
+    s.put("c", "1"); // 9
+    let before = s.store.hash(0).unwrap();
+    let at7 = s.store.hash(7).unwrap();
+    let (_, res) = s.apply(Command::Compact(CompactRequest {
+        revision: 8,
+        physical: false,
+    }));
+    assert!(matches!(res, Ok(Response::Compact)));
+    assert_eq!(s.store.compact_revision(), 8);
+    let (_, res) = s.apply(Command::Compact(CompactRequest {
+        revision: 8,
+        physical: false,
+    }));
+    assert!(matches!(
+        res,
+        Err(Error::Compacted {
+            requested: 8,
+            compacted: 8
+        })
+    ));
+    let (_, res) = s.apply(Command::Compact(CompactRequest {
+        revision: 100,
+        physical: false,
+    }));
+    assert!(matches!(res, Err(Error::FutureRevision { .. })));
+    assert!(matches!(
+        s.range(RangeRequest {
+            key: "a".into(),
+            revision: 7,
+            ..Default::default()
+        }),
+        Err(Error::Compacted {
+            requested: 7,
+            compacted: 8
+        })
+    ));
+    assert!(matches!(s.store.hash(7), Err(Error::Compacted { .. })));
+    assert!(matches!(
+        s.store.events_since(7, 10),
+        Err(Error::Compacted { .. })
+    ));
+    assert_eq!(
+        s.keys("\0", "\0", 8),
+        ["a"],
+        "the compaction point stays readable"
+    );
+    let logical = s.store.hash(0).unwrap();
+    assert_ne!(logical.hash, before.hash, "compaction changes what is kept");
+    assert_eq!(logical.compact_revision, 8);
+    let progress = s.store.finish_compaction().unwrap();
+    assert!(progress.finished());
+    assert_eq!(
+        s.store.hash(0).unwrap(),
+        logical,
+        "physical compaction changes no answer"
+    );
+    assert_eq!(s.get("a").unwrap().value, b"v4");
+    assert_eq!(
+        s.get("a").unwrap().version,
+        5,
+        "versions survive compaction"
+    );
+    let ev = s.store.events_since(8, 100).unwrap();
+    assert_eq!(
+        ev.len(),
+        1,
+        "only c's put is after the compaction point: {ev:?}"
+    );
+    // The same history compacted on another store hashes the same.
+    let t = Fixture::new(f);
+    for i in 0..5 {
+        t.put("a", &format!("v{i}"));
+    }
+    t.put("b", "1");
+    t.delete("b", "");
+    t.put("c", "1");
+    assert_eq!(t.store.hash(7).unwrap(), at7);
+    t.apply(Command::Compact(CompactRequest {
+        revision: 8,
+        physical: true,
+    }))
+    .1
+    .unwrap();
+    assert_eq!(t.store.hash(0).unwrap(), logical);
+}
+
+fn events<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    let sink = Arc::new(Collect::default());
+    s.store.set_sink(sink.clone());
+    s.put("a", "1");
+    s.put("a", "2");
+    s.put("b", "1");
+    s.delete("a", "c");
+    let live = sink.0.lock().clone();
+    let kinds: Vec<_> = live.iter().map(|e| (e.kind, e.kv.mod_revision)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (EventKind::Put, 2),
+            (EventKind::Put, 3),
+            (EventKind::Put, 4),
+            (EventKind::Delete, 5),
+            (EventKind::Delete, 5)
+        ]
+    );
+    assert_eq!(live[1].prev_kv.as_ref().unwrap().value, b"1");
+    assert!(live[0].prev_kv.is_none());
+    assert_eq!(
+        live[3].kv,
+        KeyValue {
+            key: b"a".to_vec(),
+            mod_revision: 5,
+            ..Default::default()
+        }
+    );
+    assert_eq!(live[3].prev_kv.as_ref().unwrap().value, b"2");
+    let stored = s.store.events_since(1, 100).unwrap();
+    assert_eq!(stored, live, "history replays exactly what was published");
+    let head = s.store.events_since(2, 2).unwrap();
+    assert_eq!(head.len(), 2);
+    let tail = s.store.events_since(5, 1).unwrap();
+    assert_eq!(tail.len(), 2, "a revision's events are never split");
+    assert!(s.store.events_since(6, 10).unwrap().is_empty());
+}
+
+fn snapshots<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    for i in 0..3000 {
+        s.put(&format!("k{:04}", i % 1500), &format!("v{i}"));
+    }
+    s.delete("k0000", "k0100");
+    s.apply(Command::Compact(CompactRequest {
+        revision: 2000,
+        physical: false,
+    }))
+    .1
+    .unwrap();
+    s.store.apply(&[], Some(b"applied-here")).unwrap();
+    let mut bytes = Vec::new();
+    let mut reader = s.store.snapshot().unwrap();
+    assert_eq!(reader.info().revision, s.store.current_revision());
+    reader.read_to_end(&mut bytes).unwrap();
+    let t = Fixture::new(f);
+    t.put("junk", "gone after restore");
+    let info = t.store.restore(bytes.as_slice()).unwrap();
+    assert_eq!(info.applied.as_deref(), Some(&b"applied-here"[..]));
+    assert_eq!(t.store.current_revision(), s.store.current_revision());
+    assert_eq!(t.store.compact_revision(), 2000);
+    assert_eq!(t.store.hash(0).unwrap(), s.store.hash(0).unwrap());
+    assert_eq!(t.store.hash(2500).unwrap(), s.store.hash(2500).unwrap());
+    assert!(t.get("junk").is_none());
+    assert_eq!(
+        t.store.applied().unwrap().as_deref(),
+        Some(&b"applied-here"[..])
+    );
+    assert_eq!(
+        t.store.events_since(2001, 10_000).unwrap(),
+        s.store.events_since(2001, 10_000).unwrap()
+    );
+    assert_eq!(
+        t.put("new", "1"),
+        s.store.current_revision() + 1,
+        "a restored store goes on writing"
+    );
+
+    for cut in [0, 7, bytes.len() / 2, bytes.len() - 1] {
+        let u = Fixture::new(f);
+        let res = u.store.restore(&bytes[..cut]);
+        assert!(
+            matches!(res, Err(Error::BadSnapshot { .. })),
+            "cut at {cut}: {res:?}"
+        );
+    }
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    let u = Fixture::new(f);
+    assert!(
+        u.store.restore(flipped.as_slice()).is_err(),
+        "a flipped bit is caught"
+    );
+}
+
+fn snapshot_holds_compaction<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    for i in 0..2500 {
+        s.put(&format!("k{:02}", i % 50), &format!("v{i}"));
+    }
+    let expected = s.store.hash(0).unwrap();
+    let mut reader = s.store.snapshot().unwrap();
+    let mut first = vec![0u8; 100];
+    reader.read_exact(&mut first).unwrap();
+    let rev = s.store.current_revision();
+    s.apply(Command::Compact(CompactRequest {
+        revision: rev,
+        physical: true,
+    }))
+    .1
+    .unwrap();
+    let progress = s.store.finish_compaction().unwrap();
+    assert!(
+        !progress.finished(),
+        "physical compaction waits for the snapshot"
+    );
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    drop(reader);
+    first.extend(rest);
+    let t = Fixture::new(f);
+    t.store.restore(first.as_slice()).unwrap();
+    assert_eq!(t.store.hash(0).unwrap(), expected);
+    assert!(
+        s.store.finish_compaction().unwrap().finished(),
+        "and goes on once it is gone"
+    );
+}
+
+fn many_versions_and_odd_keys<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    let odd: Vec<Vec<u8>> = vec![
+        vec![0],
+        vec![0, 0],
+        vec![0, 0xff],
+        vec![1],
+        vec![0xff],
+        vec![0xff, 0],
+        b"a\0b".to_vec(),
+    ];
+    for k in &odd {
+        s.apply(Command::Put(PutRequest {
+            key: k.clone(),
+            value: k.clone(),
+            ..Default::default()
+        }))
+        .1
+        .unwrap();
+    }
+    let all = s
+        .range(RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .unwrap();
+    let mut sorted = odd.clone();
+    sorted.sort();
+    assert_eq!(
+        all.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(),
+        sorted
+    );
+    let one = s
+        .range(RangeRequest {
+            key: vec![0],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(one.kvs.len(), 1, "key [0] alone does not match [0, 0]");
+    // Many versions per key, more than one backend chunk, read at many revisions.
+    let t = Fixture::new(f);
+    for i in 0..3000 {
+        t.put(&format!("h{}", i % 3), &i.to_string());
+    }
+    let r = t
+        .range(RangeRequest {
+            key: "h".into(),
+            range_end: "i".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.count, 3);
+    let vals: Vec<_> = r
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8(kv.value.clone()).unwrap())
+        .collect();
+    assert_eq!(vals, ["2997", "2998", "2999"]);
+    let r = t
+        .range(RangeRequest {
+            key: "h".into(),
+            range_end: "i".into(),
+            revision: 1001,
+            ..Default::default()
+        })
+        .unwrap();
+    let vals: Vec<_> = r
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8(kv.value.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        vals,
+        ["999", "997", "998"],
+        "i = 999 was put at revision 1001"
+    );
+    let wide = Fixture::new(f);
+    let cmds: Vec<Command> = (0..5000)
+        .map(|i| {
+            Command::Put(PutRequest {
+                key: format!("w{i:05}").into(),
+                value: vec![1],
+                ..Default::default()
+            })
+        })
+        .collect();
+    wide.store.apply(&cmds, None).unwrap();
+    let r = wide
+        .range(RangeRequest {
+            key: "w".into(),
+            range_end: "x".into(),
+            limit: 4000,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!((r.kvs.len(), r.more, r.count), (4000, true, 5000));
+    assert_eq!(r.kvs[3999].key, b"w03999");
+}
+
+mod model {
+    //! A deliberately naive model: the whole key space cloned at every revision.
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    pub(super) enum Op {
+        Put(u8, u8),
+        Delete(u8, Option<u8>),
+        CasPut(u8, i64, u8),
+        Get(u8, i64),
+        Scan(u8, u8, i64, i64),
+        Compact(i64),
+    }
+
+    fn key(k: u8) -> Vec<u8> {
+        vec![b'k', k]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..8, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+            1 => (0u8..8, proptest::option::of(0u8..9)).prop_map(|(k, e)| Op::Delete(k, e)),
+            2 => (0u8..8, 0i64..4, any::<u8>()).prop_map(|(k, ver, v)| Op::CasPut(k, ver, v)),
+            2 => (0u8..8, 0i64..40).prop_map(|(k, r)| Op::Get(k, r)),
+            2 => (0u8..8, 0u8..9, 0i64..40, 0i64..4).prop_map(|(a, b, r, l)| Op::Scan(a, b, r, l)),
+            1 => (0i64..40).prop_map(Op::Compact),
+        ]
+    }
+
+    struct Model {
+        /// `states[r]` is the key space at revision r (index 0 unused).
+        states: Vec<BTreeMap<Vec<u8>, KeyValue>>,
+        compacted: i64,
+    }
+
+    impl Model {
+        fn rev(&self) -> i64 {
+            self.states.len() as i64 - 1
+        }
+
+        fn now(&self) -> &BTreeMap<Vec<u8>, KeyValue> {
+            self.states.last().unwrap()
+        }
+
+        fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+            let rev = self.rev() + 1;
+            let mut next = self.now().clone();
+            let (create, version) = match next.get(&k) {
+                Some(p) => (p.create_revision, p.version + 1),
+                None => (rev, 1),
+            };
+            next.insert(
+                k.clone(),
+                KeyValue {
+                    key: k,
+                    create_revision: create,
+                    mod_revision: rev,
+                    version,
+                    value: v,
+                    lease: 0,
+                },
+            );
+            self.states.push(next);
+        }
+
+        fn read(&self, rev: i64) -> Result<&BTreeMap<Vec<u8>, KeyValue>, &'static str> {
+            let rev = if rev <= 0 { self.rev() } else { rev };
+            if rev > self.rev() {
+                return Err("future");
+            }
+            if rev < self.compacted {
+                return Err("compacted");
+            }
+            Ok(&self.states[rev as usize])
+        }
+    }
+
+    fn kind(e: &Error) -> &'static str {
+        match e {
+            Error::FutureRevision { .. } => "future",
+            Error::Compacted { .. } => "compacted",
+            _ => "other",
+        }
+    }
+
+    pub(super) fn run<B: Backend>(factory: Factory<'_, B>, cases: u32) {
+        let mut runner = TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let result = runner.run(&proptest::collection::vec(op(), 1..60), |ops| {
+            let s = Fixture::new(factory);
+            let mut m = Model {
+                states: vec![BTreeMap::new(), BTreeMap::new()],
+                compacted: 0,
+            };
+            for op in ops {
+                match op {
+                    Op::Put(k, v) => {
+                        s.put(std::str::from_utf8(&key(k)).unwrap(), &v.to_string());
+                        m.put(key(k), v.to_string().into_bytes());
+                    }
+                    Op::Delete(k, end) => {
+                        let end = end.map(key).unwrap_or_default();
+                        let range = crate::KeyRange::new(&key(k), &end);
+                        let doomed: Vec<_> = m
+                            .now()
+                            .keys()
+                            .filter(|x| range.contains(x))
+                            .cloned()
+                            .collect();
+                        let (_, res) = s.apply(Command::DeleteRange(DeleteRangeRequest {
+                            key: key(k),
+                            range_end: end,
+                            prev_kv: true,
+                        }));
+                        let Ok(Response::DeleteRange(d)) = res else {
+                            panic!("{res:?}")
+                        };
+                        prop_assert_eq!(d.deleted as usize, doomed.len());
+                        if !doomed.is_empty() {
+                            let mut next = m.now().clone();
+                            let prev: Vec<_> =
+                                doomed.iter().map(|x| next.remove(x).unwrap()).collect();
+                            prop_assert_eq!(d.prev_kvs, prev);
+                            m.states.push(next);
+                        }
+                    }
+                    Op::CasPut(k, ver, v) => {
+                        let (_, res) = s.apply(Command::Txn(TxnRequest {
+                            compare: vec![cmp(
+                                std::str::from_utf8(&key(k)).unwrap(),
+                                CompareResult::Equal,
+                                CompareTarget::Version(ver),
+                            )],
+                            success: vec![RequestOp::Put(PutRequest {
+                                key: key(k),
+                                value: vec![v],
+                                ..Default::default()
+                            })],
+                            failure: vec![RequestOp::Range(RangeRequest {
+                                key: key(k),
+                                ..Default::default()
+                            })],
+                        }));
+                        let Ok(Response::Txn(t)) = res else {
+                            panic!("{res:?}")
+                        };
+                        let expect = m.now().get(&key(k)).map_or(0, |kv| kv.version) == ver;
+                        prop_assert_eq!(t.succeeded, expect);
+                        if expect {
+                            m.put(key(k), vec![v]);
+                        }
+                    }
+                    Op::Get(k, rev) => {
+                        let got = s.range(RangeRequest {
+                            key: key(k),
+                            revision: rev,
+                            ..Default::default()
+                        });
+                        match m.read(rev) {
+                            Ok(state) => prop_assert_eq!(
+                                got.unwrap().kvs,
+                                state.get(&key(k)).cloned().into_iter().collect::<Vec<_>>()
+                            ),
+                            Err(e) => prop_assert_eq!(kind(&got.unwrap_err()), e),
+                        }
+                    }
+                    Op::Scan(a, b, rev, limit) => {
+                        let req = RangeRequest {
+                            key: key(a),
+                            range_end: key(b),
+                            revision: rev,
+                            limit,
+                            ..Default::default()
+                        };
+                        let got = s.range(req.clone());
+                        match m.read(rev) {
+                            Ok(state) => {
+                                let range = crate::KeyRange::new(&req.key, &req.range_end);
+                                let all: Vec<_> = state
+                                    .values()
+                                    .filter(|kv| range.contains(&kv.key))
+                                    .cloned()
+                                    .collect();
+                                let got = got.unwrap();
+                                prop_assert_eq!(got.count as usize, all.len());
+                                let n = if limit > 0 {
+                                    (limit as usize).min(all.len())
+                                } else {
+                                    all.len()
+                                };
+                                prop_assert_eq!(got.more, n < all.len());
+                                prop_assert_eq!(got.kvs, all[..n].to_vec());
+                            }
+                            Err(e) => prop_assert_eq!(kind(&got.unwrap_err()), e),
+                        }
+                    }
+                    Op::Compact(rev) => {
+                        let (_, res) = s.apply(Command::Compact(CompactRequest {
+                            revision: rev,
+                            physical: false,
+                        }));
+                        if rev <= m.compacted {
+                            prop_assert_eq!(kind(&res.unwrap_err()), "compacted");
+                        } else if rev > m.rev() {
+                            prop_assert_eq!(kind(&res.unwrap_err()), "future");
+                        } else {
+                            prop_assert!(res.is_ok());
+                            m.compacted = rev;
+                            if rev % 2 == 0 {
+                                s.store.finish_compaction().unwrap();
+                            }
+                        }
+                    }
+                }
+                prop_assert_eq!(s.store.current_revision(), m.rev());
+            }
+            // Whatever physical compaction did, the history above the point is intact.
+            let expect_events: usize = (m.compacted.max(1) as usize + 1..m.states.len())
+                .map(|r| {
+                    let (a, b) = (&m.states[r - 1], &m.states[r]);
+                    b.iter().filter(|(k, v)| a.get(*k) != Some(*v)).count()
+                        + a.keys().filter(|k| !b.contains_key(*k)).count()
+                })
+                .sum();
+            let got = s.store.events_since(m.compacted + 1, usize::MAX).unwrap();
+            prop_assert_eq!(got.len(), expect_events);
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("the engine disagrees with the model: {e}");
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! etcd's multi-version key-value model, implemented once for every storage engine.
+//!
+//! This crate owns revisions, key-values, events, range reads with all of etcd's options, txn
+//! compares and branches, compaction, the key-space hash, snapshots, and the [`Backend`] trait
+//! that storage engines implement. It knows nothing of Raft, gRPC or any particular engine:
+//! consensus orders [`Command`]s and calls [`Store::apply`]; engines only store ordered bytes.
+//!
+//! # Layout
+//! - `types`: the data model and the requests and responses of etcd's KV API.
+//! - `keys`: etcd's `key`/`range_end` conventions ([`KeyRange`], [`prefix_end`]).
+//! - `backend`: the [`Backend`] seam and its [`WriteBatch`].
+//! - `codec`: how versions are laid out in the backend's tables.
+//! - `read`: visible versions at a revision, and building range answers.
+//! - `txn`: compares and the duplicate-key rule.
+//! - `store`: [`Store`], which applies commands and serves reads, events and compaction.
+//! - `snapshot`: streamed snapshots, restore, and the key-space hash.
+//! - `conformance` (feature `conformance`): the behaviour suite every engine must pass.
+
+mod backend;
+mod codec;
+mod error;
+mod keys;
+mod read;
+mod snapshot;
+mod store;
+mod txn;
+mod types;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use backend::{Backend, BatchOp, Table, Visitor, WriteBatch};
+pub use error::{BackendError, Error, Result};
+pub use keys::{prefix_end, KeyRange};
+pub use snapshot::{SnapshotInfo, SnapshotReader};
+pub use store::{CompactionProgress, EventSink, Outcome, Store};
+pub use txn::check_txn_keys;
+pub use types::{
+    Command, CompactRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
+    DeleteRangeResponse, Event, EventKind, KeyValue, KvHash, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, Response, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
+};

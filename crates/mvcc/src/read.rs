@@ -1,0 +1,288 @@
+//! Reading versions back out of the backend: what is visible at a revision, and range answers.
+
+use std::ops::{Bound, ControlFlow};
+
+use crate::backend::{Backend, Table};
+use crate::codec::{self, PutRecord, REV_LEN};
+use crate::error::{Error, Result};
+use crate::keys::KeyRange;
+use crate::types::{KeyValue, RangeRequest, RangeResponse, SortOrder, SortTarget};
+
+/// Entries visited per backend call, so an engine holding a lock while visiting holds it briefly.
+pub(crate) const CHUNK: usize = 1024;
+
+/// A put version visible at the revision read, borrowed from the backend while visiting.
+#[derive(Clone, Copy)]
+pub(crate) struct Visible<'a> {
+    pub group: &'a [u8],
+    pub main: i64,
+    pub put: PutRecord<'a>,
+}
+
+impl Visible<'_> {
+    pub(crate) fn to_kv(self, with_value: bool) -> Result<KeyValue> {
+        let key = codec::decode_group(self.group)?;
+        let mut kv = self.put.to_kv_without_value(key, self.main);
+        if with_value {
+            kv.value = self.put.value.to_vec();
+        }
+        Ok(kv)
+    }
+}
+
+impl PutRecord<'_> {
+    fn to_kv_without_value(self, key: Vec<u8>, main: i64) -> KeyValue {
+        KeyValue {
+            key,
+            create_revision: self.create_revision,
+            mod_revision: main,
+            version: self.version,
+            value: Vec::new(),
+            lease: self.lease,
+        }
+    }
+}
+
+/// The `Keys` table bounds covering every version of every key in `range`.
+fn encoded_bounds(range: &KeyRange) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    if let Some(key) = range.single() {
+        let group = codec::group(key);
+        let mut last = group.clone();
+        last.extend_from_slice(&[0xff; REV_LEN]);
+        return (Bound::Included(group), Bound::Included(last));
+    }
+    let from = Bound::Included(codec::group(range.start()));
+    let to = match range.end() {
+        Some(end) => Bound::Excluded(codec::group(end)),
+        None => Bound::Unbounded,
+    };
+    (from, to)
+}
+
+fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// Calls `f` with the version of each live key in `range` visible at `rev`, in key order.
+pub(crate) fn scan_visible<B: Backend + ?Sized>(
+    backend: &B,
+    range: &KeyRange,
+    rev: i64,
+    f: &mut dyn FnMut(Visible<'_>) -> ControlFlow<()>,
+) -> Result<()> {
+    if range.is_empty() {
+        return Ok(());
+    }
+    let (mut from, to) = encoded_bounds(range);
+    // The group whose visible version was already found: its older versions are skipped.
+    let mut seen_group: Option<Vec<u8>> = None;
+    loop {
+        let mut visited = 0;
+        let mut resume = None;
+        let mut stopped = false;
+        let mut failure = None;
+        backend.scan(Table::Keys, as_ref(&from), as_ref(&to), &mut |k, v| {
+            visited += 1;
+            if visited > CHUNK {
+                resume = Some(k.to_vec());
+                return ControlFlow::Break(());
+            }
+            let (group, main) = match codec::split_version_key(k) {
+                Ok(parts) => parts,
+                Err(e) => {
+                    failure = Some(e);
+                    return ControlFlow::Break(());
+                }
+            };
+            if main > rev || seen_group.as_deref() == Some(group) {
+                return ControlFlow::Continue(());
+            }
+            match &mut seen_group {
+                Some(g) => {
+                    g.clear();
+                    g.extend_from_slice(group);
+                }
+                None => seen_group = Some(group.to_vec()),
+            }
+            match codec::decode_record(v) {
+                Ok(rec) => match rec.put {
+                    None => ControlFlow::Continue(()),
+                    Some(put) => {
+                        let flow = f(Visible { group, main, put });
+                        stopped = flow.is_break();
+                        flow
+                    }
+                },
+                Err(e) => {
+                    failure = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        match resume {
+            Some(k) if !stopped => from = Bound::Included(k),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// The newest version of `key` at or below `rev`, as (main revision, raw record), tombstones too.
+pub(crate) fn latest_at<B: Backend + ?Sized>(
+    backend: &B,
+    key: &[u8],
+    rev: i64,
+) -> Result<Option<(i64, Vec<u8>)>> {
+    let from = codec::version_key(key, rev);
+    let mut to = codec::group(key);
+    to.extend_from_slice(&[0xff; REV_LEN]);
+    let mut found = None;
+    let mut failure = None;
+    backend.scan(
+        Table::Keys,
+        Bound::Included(&from),
+        Bound::Included(&to),
+        &mut |k, v| {
+            match codec::split_version_key(k) {
+                Ok((_, main)) => found = Some((main, v.to_vec())),
+                Err(e) => failure = Some(e),
+            }
+            ControlFlow::Break(())
+        },
+    )?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(found),
+    }
+}
+
+/// The live key-value of `key` at `rev`, if any.
+pub(crate) fn get_at<B: Backend + ?Sized>(
+    backend: &B,
+    key: &[u8],
+    rev: i64,
+) -> Result<Option<KeyValue>> {
+    match latest_at(backend, key, rev)? {
+        None => Ok(None),
+        Some((main, raw)) => Ok(codec::decode_record(&raw)?
+            .put
+            .map(|put| put.to_kv(key.to_vec(), main))),
+    }
+}
+
+/// One key-value offered to a range answer, either borrowed from the backend or owned.
+pub(crate) enum Item<'a> {
+    Stored(Visible<'a>),
+    Owned(&'a KeyValue),
+}
+
+impl Item<'_> {
+    fn to_kv(&self, with_value: bool) -> Result<KeyValue> {
+        match self {
+            Item::Stored(v) => v.to_kv(with_value),
+            Item::Owned(kv) if with_value => Ok((*kv).clone()),
+            Item::Owned(kv) => Ok(KeyValue {
+                value: Vec::new(),
+                key: kv.key.clone(),
+                ..**kv
+            }),
+        }
+    }
+}
+
+/// Builds etcd's answer to `req` from the live keys `visit` offers in key order.
+///
+/// As etcd does: with a sort order or a revision filter every key is fetched, filtered, sorted
+/// and cut to the limit; otherwise fetching stops one past the limit to learn `more`. `count`
+/// is always the number of keys in the range, before filters and limit.
+pub(crate) fn build_range(
+    req: &RangeRequest,
+    visit: impl FnOnce(&mut dyn FnMut(Item<'_>) -> ControlFlow<()>) -> Result<()>,
+) -> Result<RangeResponse> {
+    let filtered = req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
+    let fetch_all = req.sort_order != SortOrder::None || filtered;
+    let want = if req.count_only {
+        0
+    } else if fetch_all || req.limit <= 0 {
+        usize::MAX
+    } else {
+        usize::try_from(req.limit)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1)
+    };
+    let with_value = !req.keys_only || req.sort_target == SortTarget::Value;
+    let mut count = 0i64;
+    let mut kvs = Vec::new();
+    let mut failure: Option<Error> = None;
+    visit(&mut |item| {
+        count += 1;
+        if kvs.len() < want {
+            match item.to_kv(with_value) {
+                Ok(kv) => kvs.push(kv),
+                Err(e) => {
+                    failure = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if req.count_only {
+        return Ok(RangeResponse {
+            kvs: Vec::new(),
+            more: false,
+            count,
+        });
+    }
+    if filtered {
+        kvs.retain(|kv| {
+            (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+                && (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+                && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
+                && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
+        });
+    }
+    let order = match (req.sort_order, req.sort_target) {
+        (SortOrder::None, SortTarget::Key) => SortOrder::None,
+        (SortOrder::None, _) => SortOrder::Ascend,
+        (order, _) => order,
+    };
+    if order != SortOrder::None {
+        // Stable, so equal targets keep key order and answers are the same on every member.
+        match req.sort_target {
+            SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
+            SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
+            SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
+            SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
+            SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+        }
+        if order == SortOrder::Descend {
+            kvs.reverse();
+        }
+    }
+    let mut more = false;
+    if let Ok(limit) = usize::try_from(req.limit) {
+        if limit > 0 && kvs.len() > limit {
+            kvs.truncate(limit);
+            more = true;
+        }
+    }
+    if req.keys_only {
+        for kv in &mut kvs {
+            kv.value = Vec::new();
+        }
+    }
+    Ok(RangeResponse { kvs, more, count })
+}

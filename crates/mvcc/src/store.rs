@@ -1,0 +1,940 @@
+//! The MVCC store: applies commands at new revisions and answers reads at any kept revision.
+
+use std::collections::BTreeMap;
+use std::ops::{Bound, ControlFlow};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::backend::{Backend, Table, WriteBatch};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::keys::KeyRange;
+use crate::read::{self, build_range, Item};
+use crate::snapshot::SnapshotInfo;
+use crate::txn::{check_txn_keys, compare_kv};
+use crate::types::{
+    Command, CompactRequest, DeleteRangeRequest, DeleteRangeResponse, Event, EventKind, KeyValue,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, Response, ResponseOp,
+    TxnRequest, TxnResponse,
+};
+
+pub(crate) const META_CURRENT: &[u8] = b"current";
+pub(crate) const META_COMPACT: &[u8] = b"compact";
+pub(crate) const META_COMPACT_DONE: &[u8] = b"compact_done";
+pub(crate) const META_RESTORING: &[u8] = b"restoring";
+
+/// The revision of an empty store, as in etcd: the first write is revision 2.
+const FIRST_REVISION: i64 = 1;
+
+/// Receives the events of every applied revision, in revision order.
+///
+/// Called while the store's writer lock is held, so the order is the apply order; it must
+/// return quickly and never block (queue, or drop and let the watcher catch up from history).
+pub trait EventSink: Send + Sync + 'static {
+    /// Takes the events of one apply call, grouped by revision, in revision then sub order.
+    fn publish(&self, events: Vec<Event>);
+}
+
+/// The answer to one command of an [`Store::apply`] call.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The store's revision once the command was applied: the header revision of its answer.
+    pub revision: i64,
+    /// The command's answer, or the error that left the store unchanged by it.
+    pub result: Result<Response>,
+}
+
+/// How far physical compaction has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactionProgress {
+    /// Revisions up to here have had their superseded versions removed.
+    pub done: i64,
+    /// The compaction point asked for.
+    pub target: i64,
+}
+
+impl CompactionProgress {
+    /// True when nothing is left to remove.
+    pub fn finished(&self) -> bool {
+        self.done >= self.target
+    }
+}
+
+/// etcd's multi-version key-value store over a [`Backend`]. Cheap to clone; clones share state.
+///
+/// Writes go through [`Store::apply`] one call at a time; reads run concurrently with writes
+/// and with each other. Compaction is logical at once (reads below the point fail) and
+/// physical in bounded steps ([`Store::compact_physical`]) that the layer above schedules.
+pub struct Store<B> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B> Clone for Store<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+pub(crate) struct Inner<B> {
+    pub(crate) backend: B,
+    /// Highest revision whose batch the backend holds; published after the batch is written.
+    current: AtomicI64,
+    /// Logical compaction point: reads below it fail.
+    compacted: AtomicI64,
+    /// Serializes writers; holds how far physical compaction has got.
+    writer: Mutex<WriterState>,
+    /// Compaction points of live snapshots, which physical compaction must not pass.
+    holds: Mutex<BTreeMap<u64, i64>>,
+    next_hold: AtomicU64,
+    sink: RwLock<Option<Arc<dyn EventSink>>>,
+}
+
+struct WriterState {
+    compact_done: i64,
+}
+
+fn meta_i64<B: Backend>(backend: &B, key: &[u8], default: i64) -> Result<i64> {
+    match backend.get(Table::Meta, key)? {
+        Some(raw) => codec::decode_i64(&raw, &String::from_utf8_lossy(key)),
+        None => Ok(default),
+    }
+}
+
+impl<B: Backend> Store<B> {
+    /// Opens the store kept in `backend` (empty or written by an earlier `Store`).
+    ///
+    /// # Errors
+    /// [`Error::IncompleteRestore`] if a restore was interrupted; backend or decode errors.
+    pub fn open(backend: B) -> Result<Self> {
+        if backend.get(Table::Meta, META_RESTORING)?.is_some() {
+            return Err(Error::IncompleteRestore);
+        }
+        let current = meta_i64(&backend, META_CURRENT, FIRST_REVISION)?;
+        let compacted = meta_i64(&backend, META_COMPACT, 0)?;
+        let compact_done = meta_i64(&backend, META_COMPACT_DONE, 0)?;
+        tracing::debug!(current, compacted, compact_done, "mvcc store opened");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                current: AtomicI64::new(current),
+                compacted: AtomicI64::new(compacted),
+                writer: Mutex::new(WriterState { compact_done }),
+                holds: Mutex::new(BTreeMap::new()),
+                next_hold: AtomicU64::new(0),
+                sink: RwLock::new(None),
+            }),
+        })
+    }
+
+    /// The engine underneath.
+    pub fn backend(&self) -> &B {
+        &self.inner.backend
+    }
+
+    /// The store's current revision.
+    pub fn current_revision(&self) -> i64 {
+        self.inner.current.load(Ordering::Acquire)
+    }
+
+    /// The compaction point: reads and watches below it fail.
+    pub fn compact_revision(&self) -> i64 {
+        self.inner.compacted.load(Ordering::Acquire)
+    }
+
+    /// The applied position recorded with the last batch that carried one.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn applied(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.inner.backend.applied()?)
+    }
+
+    /// Sends the events of every later apply to `sink`, replacing any earlier sink.
+    pub fn set_sink(&self, sink: Arc<dyn EventSink>) {
+        *self.inner.sink.write() = Some(sink);
+    }
+
+    /// Checks that `rev` (0 or less for the current one) can be read, and returns it.
+    fn readable(&self, rev: i64) -> Result<i64> {
+        let current = self.current_revision();
+        let rev = if rev <= 0 { current } else { rev };
+        if rev > current {
+            return Err(Error::FutureRevision {
+                requested: rev,
+                current,
+            });
+        }
+        self.still_readable(rev)?;
+        Ok(rev)
+    }
+
+    /// Fails if compaction has passed `rev`: checked after a read too, since a compaction that
+    /// starts during the read may remove versions the read needed.
+    fn still_readable(&self, rev: i64) -> Result<()> {
+        let compacted = self.compact_revision();
+        if rev < compacted {
+            return Err(Error::Compacted {
+                requested: rev,
+                compacted,
+            });
+        }
+        Ok(())
+    }
+
+    /// Answers a range read; returns the answer and the store's current revision (the header).
+    ///
+    /// # Errors
+    /// [`Error::Compacted`] or [`Error::FutureRevision`] for a revision out of reach.
+    pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64)> {
+        let header = self.current_revision();
+        let rev = self.readable(req.revision)?;
+        let range = KeyRange::new(&req.key, &req.range_end);
+        let resp = build_range(req, |f| {
+            read::scan_visible(&self.inner.backend, &range, rev, &mut |v| {
+                f(Item::Stored(v))
+            })
+        })?;
+        self.still_readable(rev)?;
+        Ok((resp, header.max(rev)))
+    }
+
+    /// The live value of `key` at the current revision.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        read::get_at(&self.inner.backend, key, self.current_revision())
+    }
+
+    /// Applies `commands` in order, each at the next revision if it changes anything, as one
+    /// atomic backend batch that also records `applied`; then publishes their events.
+    ///
+    /// A command that fails (e.g. a compaction of a compacted revision) changes nothing and gets
+    /// its error in its [`Outcome`]; the others still apply.
+    ///
+    /// # Errors
+    /// Only fatal ones ([`Error::is_fatal`]): nothing of the batch is applied then.
+    pub fn apply(&self, commands: &[Command], applied: Option<&[u8]>) -> Result<Vec<Outcome>> {
+        let inner = &*self.inner;
+        let _writer = inner.writer.lock();
+        let mut w = Writer::new(inner, self.current_revision(), self.compact_revision());
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for cmd in commands {
+            let result = match w.execute(cmd) {
+                Err(e) if e.is_fatal() => return Err(e),
+                other => other,
+            };
+            outcomes.push(Outcome {
+                revision: w.current,
+                result,
+            });
+        }
+        let Writer {
+            current,
+            compacted,
+            base,
+            base_compacted,
+            mut batch,
+            events,
+            ..
+        } = w;
+        if current != base {
+            batch.put(
+                Table::Meta,
+                META_CURRENT.to_vec(),
+                codec::encode_i64(current),
+            );
+        }
+        if compacted != base_compacted {
+            batch.put(
+                Table::Meta,
+                META_COMPACT.to_vec(),
+                codec::encode_i64(compacted),
+            );
+        }
+        if let Some(position) = applied {
+            batch.set_applied(position.to_vec());
+        }
+        if !batch.is_empty() {
+            inner.backend.write(batch)?;
+        }
+        inner.current.store(current, Ordering::Release);
+        inner.compacted.store(compacted, Ordering::Release);
+        if !events.is_empty() {
+            if let Some(sink) = inner.sink.read().as_ref() {
+                sink.publish(events);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Removes up to about `max_versions` versions that compaction made unreachable, in one
+    /// batch, and reports progress. Never passes the compaction point of a live snapshot.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn compact_physical(&self, max_versions: usize) -> Result<CompactionProgress> {
+        let inner = &*self.inner;
+        let mut writer = inner.writer.lock();
+        let mut target = self.compact_revision();
+        if let Some(held) = inner.holds.lock().values().min() {
+            target = target.min(*held);
+        }
+        let done = writer.compact_done;
+        if done >= target {
+            return Ok(CompactionProgress {
+                done,
+                target: self.compact_revision(),
+            });
+        }
+        // Revisions in (done, target], whole revisions at a time so `done` is exact.
+        let mut touched: Vec<(i64, Vec<u8>)> = Vec::new();
+        let mut failure = None;
+        let from = codec::revision_key(done + 1, 0);
+        let to = codec::revision_key(target, i64::MAX);
+        let max_versions = max_versions.max(1);
+        inner.backend.scan(
+            Table::Revisions,
+            Bound::Included(&from),
+            Bound::Included(&to),
+            &mut |k, v| match codec::split_revision_key(k) {
+                Ok((main, _)) => {
+                    if touched.len() >= max_versions && touched.last().map(|t| t.0) != Some(main) {
+                        return ControlFlow::Break(());
+                    }
+                    touched.push((main, v.to_vec()));
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    ControlFlow::Break(())
+                }
+            },
+        )?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let new_done = if touched.len() >= max_versions {
+            touched.last().map_or(target, |t| t.0)
+        } else {
+            target
+        };
+        let mut keys: Vec<Vec<u8>> = touched.into_iter().map(|(_, key)| key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut batch = WriteBatch::new();
+        for key in &keys {
+            trim_key(&inner.backend, key, target, &mut batch)?;
+        }
+        batch.put(
+            Table::Meta,
+            META_COMPACT_DONE.to_vec(),
+            codec::encode_i64(new_done),
+        );
+        inner.backend.write(batch)?;
+        writer.compact_done = new_done;
+        Ok(CompactionProgress {
+            done: new_done,
+            target: self.compact_revision(),
+        })
+    }
+
+    /// Runs physical compaction until it catches up with the compaction point (or a snapshot's).
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn finish_compaction(&self) -> Result<CompactionProgress> {
+        loop {
+            let before = self.inner.writer.lock().compact_done;
+            let progress = self.compact_physical(read::CHUNK)?;
+            if progress.finished() || progress.done == before {
+                return Ok(progress);
+            }
+        }
+    }
+
+    /// The events of revisions `from` and later, in order, stopping at the first revision
+    /// boundary after `max_events` (a revision's events are never split).
+    ///
+    /// # Errors
+    /// [`Error::Compacted`] when `from` is below the compaction point.
+    pub fn events_since(&self, from: i64, max_events: usize) -> Result<Vec<Event>> {
+        let current = self.current_revision();
+        let from = from.max(1);
+        self.still_readable(from)?;
+        if from > current {
+            return Ok(Vec::new());
+        }
+        let backend = &self.inner.backend;
+        let mut found: Vec<(i64, Vec<u8>)> = Vec::new();
+        let mut failure = None;
+        let lo = codec::revision_key(from, 0);
+        let hi = codec::revision_key(current, i64::MAX);
+        backend.scan(
+            Table::Revisions,
+            Bound::Included(&lo),
+            Bound::Included(&hi),
+            &mut |k, v| match codec::split_revision_key(k) {
+                Ok((main, _)) => {
+                    if found.len() >= max_events && found.last().map(|f| f.0) != Some(main) {
+                        return ControlFlow::Break(());
+                    }
+                    found.push((main, v.to_vec()));
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    ControlFlow::Break(())
+                }
+            },
+        )?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut events = Vec::with_capacity(found.len());
+        for (main, key) in found {
+            let Some(raw) = backend.get(Table::Keys, &codec::version_key(&key, main))? else {
+                // Physical compaction removed it after we listed it: a tombstone at the
+                // compaction point goes, which etcd's history at that point lacks too.
+                self.still_readable(from)?;
+                if main <= self.compact_revision() {
+                    continue;
+                }
+                return Err(Error::corrupt(format!(
+                    "revision {main} indexed but not stored"
+                )));
+            };
+            let prev_kv = read::get_at(backend, &key, main - 1)?;
+            let event = match codec::decode_record(&raw)?.put {
+                Some(put) => Event {
+                    kind: EventKind::Put,
+                    kv: put.to_kv(key, main),
+                    prev_kv,
+                },
+                None => Event {
+                    kind: EventKind::Delete,
+                    kv: tombstone_kv(key, main),
+                    prev_kv,
+                },
+            };
+            events.push(event);
+        }
+        self.still_readable(from)?;
+        Ok(events)
+    }
+
+    /// Registers a snapshot's compaction point so physical compaction does not pass it.
+    pub(crate) fn hold(&self, compacted: i64) -> Hold<B> {
+        let id = self.inner.next_hold.fetch_add(1, Ordering::Relaxed);
+        self.inner.holds.lock().insert(id, compacted);
+        Hold {
+            store: self.clone(),
+            id,
+        }
+    }
+
+    /// Reads the store's revision, compaction point and applied position together, and holds
+    /// physical compaction at that point; under the writer lock, so nothing moves in between.
+    pub(crate) fn snapshot_point(&self) -> Result<(SnapshotInfo, Hold<B>)> {
+        let _writer = self.inner.writer.lock();
+        let compacted = self.compact_revision();
+        let applied = self.inner.backend.applied()?;
+        let info = SnapshotInfo {
+            revision: self.current_revision(),
+            compacted,
+            applied,
+        };
+        Ok((info, self.hold(compacted)))
+    }
+
+    /// Replaces the store's contents; used by restore, which builds the state itself.
+    pub(crate) fn reset_after_restore(&self, current: i64, compacted: i64) {
+        let mut writer = self.inner.writer.lock();
+        writer.compact_done = compacted;
+        self.inner.current.store(current, Ordering::Release);
+        self.inner.compacted.store(compacted, Ordering::Release);
+    }
+
+    /// Locks out writers for the duration of a restore.
+    pub(crate) fn lock_writer(&self) -> parking_lot::MutexGuard<'_, impl Sized> {
+        self.inner.writer.lock()
+    }
+}
+
+/// Keeps physical compaction behind a snapshot's compaction point while it lives.
+pub(crate) struct Hold<B> {
+    store: Store<B>,
+    id: u64,
+}
+
+impl<B> Drop for Hold<B> {
+    fn drop(&mut self) {
+        self.store.inner.holds.lock().remove(&self.id);
+    }
+}
+
+/// Removes the versions of `key` that compaction at `target` made unreachable: all but the
+/// newest at or below `target`, and that one too if it is a tombstone.
+fn trim_key<B: Backend>(
+    backend: &B,
+    key: &[u8],
+    target: i64,
+    batch: &mut WriteBatch,
+) -> Result<()> {
+    let from = codec::version_key(key, target);
+    let mut to = codec::group(key);
+    to.extend_from_slice(&[0xff; codec::REV_LEN]);
+    let mut first = true;
+    let mut failure = None;
+    backend.scan(
+        Table::Keys,
+        Bound::Included(&from),
+        Bound::Included(&to),
+        &mut |k, v| {
+            let parsed = codec::split_version_key(k).and_then(|(_, main)| {
+                codec::decode_record(v).map(|rec| (main, rec.sub, rec.put.is_none()))
+            });
+            match parsed {
+                Ok((main, sub, tombstone)) => {
+                    if !first || tombstone {
+                        batch.delete(Table::Keys, k.to_vec());
+                        batch.delete(Table::Revisions, codec::revision_key(main, sub).to_vec());
+                    }
+                    first = false;
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        },
+    )?;
+    failure.map_or(Ok(()), Err)
+}
+
+/// The key-value a delete event carries: the key and the revision of the delete.
+fn tombstone_kv(key: Vec<u8>, main: i64) -> KeyValue {
+    KeyValue {
+        key,
+        mod_revision: main,
+        ..KeyValue::default()
+    }
+}
+
+/// The branch each txn and nested txn takes, decided before any op runs, as etcd does.
+struct Plan {
+    succeeded: bool,
+    nested: Vec<Plan>,
+}
+
+/// Versions written by this apply call and not yet in the backend, per key, oldest first.
+type Overlay = BTreeMap<Vec<u8>, Vec<(i64, Option<KeyValue>)>>;
+
+/// The state of one apply call: what it read, what it will write, what it will publish.
+struct Writer<'s, B> {
+    backend: &'s B,
+    /// Revision the backend holds.
+    base: i64,
+    base_compacted: i64,
+    /// Revision including this call's writes so far.
+    current: i64,
+    compacted: i64,
+    overlay: Overlay,
+    batch: WriteBatch,
+    events: Vec<Event>,
+}
+
+impl<'s, B: Backend> Writer<'s, B> {
+    fn new(inner: &'s Inner<B>, base: i64, base_compacted: i64) -> Self {
+        Self {
+            backend: &inner.backend,
+            base,
+            base_compacted,
+            current: base,
+            compacted: base_compacted,
+            overlay: BTreeMap::new(),
+            batch: WriteBatch::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn execute(&mut self, cmd: &Command) -> Result<Response> {
+        match cmd {
+            Command::Put(req) => {
+                self.check_put(req)?;
+                let main = self.current + 1;
+                let resp = self.put(req, main, 0)?;
+                self.current = main;
+                Ok(Response::Put(resp))
+            }
+            Command::DeleteRange(req) => {
+                let main = self.current + 1;
+                let mut sub = 0;
+                let resp = self.delete(req, main, &mut sub)?;
+                if sub > 0 {
+                    self.current = main;
+                }
+                Ok(Response::DeleteRange(resp))
+            }
+            Command::Txn(req) => {
+                check_txn_keys(req)?;
+                let plan = self.plan(req)?;
+                self.check_ops(branch(req, &plan), &plan)?;
+                let main = self.current + 1;
+                let mut sub = 0;
+                let resp = self.run_txn(req, &plan, main, &mut sub)?;
+                if sub > 0 {
+                    self.current = main;
+                }
+                Ok(Response::Txn(resp))
+            }
+            Command::Compact(req) => self.compact(req),
+        }
+    }
+
+    fn compact(&mut self, req: &CompactRequest) -> Result<Response> {
+        if req.revision <= self.compacted {
+            return Err(Error::Compacted {
+                requested: req.revision,
+                compacted: self.compacted,
+            });
+        }
+        if req.revision > self.current {
+            return Err(Error::FutureRevision {
+                requested: req.revision,
+                current: self.current,
+            });
+        }
+        self.compacted = req.revision;
+        Ok(Response::Compact)
+    }
+
+    /// The live value of `key` at `rev`, counting this call's writes.
+    fn get(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>> {
+        if let Some(versions) = self.overlay.get(key) {
+            if let Some((_, kv)) = versions.iter().rev().find(|(main, _)| *main <= rev) {
+                return Ok(kv.clone());
+            }
+        }
+        read::get_at(self.backend, key, rev.min(self.base))
+    }
+
+    /// Calls `f` with each live key-value of `range` at `rev`, counting this call's writes.
+    fn visit(
+        &self,
+        range: &KeyRange,
+        rev: i64,
+        f: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
+    ) -> Result<()> {
+        if let Some(key) = range.single() {
+            if let Some(kv) = self.get(key, rev)? {
+                let _ = f(Item::Owned(&kv));
+            }
+            return Ok(());
+        }
+        let base_rev = rev.min(self.base);
+        let pending: Vec<(&Vec<u8>, Option<&KeyValue>)> = self
+            .overlay
+            .range::<Vec<u8>, _>((Bound::Included(range.start().to_vec()), Bound::Unbounded))
+            .take_while(|(k, _)| range.end().is_none_or(|end| k.as_slice() < end))
+            .filter_map(|(k, versions)| {
+                let (_, kv) = versions.iter().rev().find(|(main, _)| *main <= rev)?;
+                Some((k, kv.as_ref()))
+            })
+            .collect();
+        if pending.is_empty() {
+            return read::scan_visible(self.backend, range, base_rev, &mut |v| f(Item::Stored(v)));
+        }
+        // Rare (a txn reading a range it wrote): merge the stored keys with the pending ones.
+        let mut stored = Vec::new();
+        let mut failure = None;
+        read::scan_visible(
+            self.backend,
+            range,
+            base_rev,
+            &mut |v| match v.to_kv(true) {
+                Ok(kv) => {
+                    stored.push(kv);
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    ControlFlow::Break(())
+                }
+            },
+        )?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut merged: BTreeMap<&[u8], &KeyValue> =
+            stored.iter().map(|kv| (kv.key.as_slice(), kv)).collect();
+        for (key, kv) in pending {
+            match kv {
+                Some(kv) => merged.insert(key.as_slice(), kv),
+                None => merged.remove(key.as_slice()),
+            };
+        }
+        for kv in merged.into_values() {
+            if f(Item::Owned(kv)).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, req: &RangeRequest) -> Result<()> {
+        if req.revision > self.current {
+            return Err(Error::FutureRevision {
+                requested: req.revision,
+                current: self.current,
+            });
+        }
+        if req.revision > 0 && req.revision < self.compacted {
+            return Err(Error::Compacted {
+                requested: req.revision,
+                compacted: self.compacted,
+            });
+        }
+        Ok(())
+    }
+
+    /// A range inside a txn: at the request's revision, or at `now` (which sees the txn's writes).
+    fn range(&self, req: &RangeRequest, now: i64) -> Result<RangeResponse> {
+        let rev = if req.revision <= 0 { now } else { req.revision };
+        let range = KeyRange::new(&req.key, &req.range_end);
+        build_range(req, |f| self.visit(&range, rev, f))
+    }
+
+    fn check_put(&self, req: &PutRequest) -> Result<()> {
+        if (req.ignore_value || req.ignore_lease) && self.get(&req.key, self.current)?.is_none() {
+            return Err(Error::KeyNotFound {
+                key: req.key.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, req: &PutRequest, main: i64, sub: i64) -> Result<PutResponse> {
+        let prev = self.get(&req.key, main)?;
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (main, 1),
+        };
+        let value = match (&prev, req.ignore_value) {
+            (Some(p), true) => p.value.clone(),
+            _ => req.value.clone(),
+        };
+        let lease = match (&prev, req.ignore_lease) {
+            (Some(p), true) => p.lease,
+            _ => req.lease,
+        };
+        let kv = KeyValue {
+            key: req.key.clone(),
+            create_revision,
+            mod_revision: main,
+            version,
+            value,
+            lease,
+        };
+        self.batch.put(
+            Table::Keys,
+            codec::version_key(&kv.key, main),
+            codec::encode_put(sub, &kv),
+        );
+        self.batch.put(
+            Table::Revisions,
+            codec::revision_key(main, sub).to_vec(),
+            kv.key.clone(),
+        );
+        self.overlay
+            .entry(kv.key.clone())
+            .or_default()
+            .push((main, Some(kv.clone())));
+        let prev_kv = if req.prev_kv { prev.clone() } else { None };
+        self.events.push(Event {
+            kind: EventKind::Put,
+            kv,
+            prev_kv: prev,
+        });
+        Ok(PutResponse { prev_kv })
+    }
+
+    fn delete(
+        &mut self,
+        req: &DeleteRangeRequest,
+        main: i64,
+        sub: &mut i64,
+    ) -> Result<DeleteRangeResponse> {
+        let range = KeyRange::new(&req.key, &req.range_end);
+        let mut doomed = Vec::new();
+        let mut failure = None;
+        self.visit(&range, main, &mut |item| {
+            let kv = match item {
+                Item::Owned(kv) => Ok(kv.clone()),
+                Item::Stored(v) => v.to_kv(true),
+            };
+            match kv {
+                Ok(kv) => {
+                    doomed.push(kv);
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let deleted = doomed.len() as i64;
+        for prev in &doomed {
+            let key = prev.key.clone();
+            self.batch.put(
+                Table::Keys,
+                codec::version_key(&key, main),
+                codec::encode_tombstone(*sub),
+            );
+            self.batch.put(
+                Table::Revisions,
+                codec::revision_key(main, *sub).to_vec(),
+                key.clone(),
+            );
+            self.overlay
+                .entry(key.clone())
+                .or_default()
+                .push((main, None));
+            self.events.push(Event {
+                kind: EventKind::Delete,
+                kv: tombstone_kv(key, main),
+                prev_kv: Some(prev.clone()),
+            });
+            *sub += 1;
+        }
+        let prev_kvs = if req.prev_kv { doomed } else { Vec::new() };
+        Ok(DeleteRangeResponse { deleted, prev_kvs })
+    }
+
+    /// Evaluates every compare on the path the txn will take, against the state before it runs.
+    fn plan(&self, txn: &TxnRequest) -> Result<Plan> {
+        let mut succeeded = true;
+        for cmp in &txn.compare {
+            if !self.compare_holds(cmp)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        let mut nested = Vec::new();
+        for op in ops {
+            if let RequestOp::Txn(inner) = op {
+                nested.push(self.plan(inner)?);
+            }
+        }
+        Ok(Plan { succeeded, nested })
+    }
+
+    fn compare_holds(&self, cmp: &crate::types::Compare) -> Result<bool> {
+        let range = KeyRange::new(&cmp.key, &cmp.range_end);
+        let mut any = false;
+        let mut all = true;
+        let mut failure = None;
+        self.visit(&range, self.current, &mut |item| {
+            any = true;
+            let holds = match item {
+                Item::Owned(kv) => compare_kv(cmp, kv),
+                Item::Stored(v) => match v.to_kv(true) {
+                    Ok(kv) => compare_kv(cmp, &kv),
+                    Err(e) => {
+                        failure = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                },
+            };
+            all &= holds;
+            if holds {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if !any {
+            // An absent key compares as the zero key-value, except that its value never matches.
+            return Ok(!matches!(cmp.target, crate::types::CompareTarget::Value(_))
+                && compare_kv(cmp, &KeyValue::default()));
+        }
+        Ok(all)
+    }
+
+    /// Rejects the txn before it writes anything if an op on its path would fail.
+    fn check_ops(&self, ops: &[RequestOp], plan: &Plan) -> Result<()> {
+        let mut nested = plan.nested.iter();
+        for op in ops {
+            match op {
+                RequestOp::Range(r) => self.check_range(r)?,
+                RequestOp::Put(p) => self.check_put(p)?,
+                RequestOp::DeleteRange(_) => {}
+                RequestOp::Txn(t) => {
+                    let Some(p) = nested.next() else {
+                        return Err(Error::corrupt("txn plan does not match the txn"));
+                    };
+                    self.check_ops(branch(t, p), p)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run_txn(
+        &mut self,
+        txn: &TxnRequest,
+        plan: &Plan,
+        main: i64,
+        sub: &mut i64,
+    ) -> Result<TxnResponse> {
+        let mut nested = plan.nested.iter();
+        let mut responses = Vec::new();
+        for op in branch(txn, plan) {
+            let resp = match op {
+                RequestOp::Range(r) => ResponseOp::Range(self.range(r, main)?),
+                RequestOp::Put(p) => {
+                    let resp = self.put(p, main, *sub)?;
+                    *sub += 1;
+                    ResponseOp::Put(resp)
+                }
+                RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete(d, main, sub)?),
+                RequestOp::Txn(t) => {
+                    let Some(p) = nested.next() else {
+                        return Err(Error::corrupt("txn plan does not match the txn"));
+                    };
+                    ResponseOp::Txn(self.run_txn(t, p, main, sub)?)
+                }
+            };
+            responses.push(resp);
+        }
+        Ok(TxnResponse {
+            succeeded: plan.succeeded,
+            responses,
+        })
+    }
+}
+
+fn branch<'t>(txn: &'t TxnRequest, plan: &Plan) -> &'t [RequestOp] {
+    if plan.succeeded {
+        &txn.success
+    } else {
+        &txn.failure
+    }
+}

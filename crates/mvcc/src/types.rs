@@ -1,0 +1,287 @@
+//! The data model: key-values, events, and the requests and responses of etcd's KV API.
+
+use serde::{Deserialize, Serialize};
+
+/// One version of a key, as etcd's `mvccpb.KeyValue` describes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The revision of the put that created this generation of the key.
+    pub create_revision: i64,
+    /// The revision of the last change to the key.
+    pub mod_revision: i64,
+    /// How many puts this generation of the key has seen; 0 means deleted.
+    pub version: i64,
+    /// The value.
+    pub value: Vec<u8>,
+    /// The lease the key is attached to, 0 for none.
+    pub lease: i64,
+}
+
+/// Whether an event wrote or removed a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The key was put.
+    Put,
+    /// The key was deleted.
+    Delete,
+}
+
+/// One change to one key, as a watcher sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Put or delete.
+    pub kind: EventKind,
+    /// The key after the change; for a delete only `key` and `mod_revision` are set.
+    pub kv: KeyValue,
+    /// The key before the change, when it existed and is still in the history.
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// How a range's results are ordered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortOrder {
+    /// Key order, the store's natural order.
+    #[default]
+    None,
+    /// Smallest target first.
+    Ascend,
+    /// Largest target first.
+    Descend,
+}
+
+/// What a range's results are ordered by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortTarget {
+    /// The key.
+    #[default]
+    Key,
+    /// The version.
+    Version,
+    /// The create revision.
+    Create,
+    /// The mod revision.
+    Mod,
+    /// The value.
+    Value,
+}
+
+/// A read of one key or a key range, with etcd's `RangeRequest` options.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeRequest {
+    /// First key of the range.
+    pub key: Vec<u8>,
+    /// End of the range (exclusive); empty for `key` alone, `[0]` for every key from `key` on.
+    pub range_end: Vec<u8>,
+    /// At most this many keys are returned; 0 for no limit.
+    pub limit: i64,
+    /// Read as of this revision; 0 or less for the current one.
+    pub revision: i64,
+    /// Order of the results.
+    pub sort_order: SortOrder,
+    /// Field the results are ordered by.
+    pub sort_target: SortTarget,
+    /// Return keys without values.
+    pub keys_only: bool,
+    /// Return only the count.
+    pub count_only: bool,
+    /// Leave out keys with a smaller mod revision; 0 for no filter.
+    pub min_mod_revision: i64,
+    /// Leave out keys with a larger mod revision; 0 for no filter.
+    pub max_mod_revision: i64,
+    /// Leave out keys with a smaller create revision; 0 for no filter.
+    pub min_create_revision: i64,
+    /// Leave out keys with a larger create revision; 0 for no filter.
+    pub max_create_revision: i64,
+}
+
+/// The answer to a [`RangeRequest`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeResponse {
+    /// The keys found, after filters, sort and limit.
+    pub kvs: Vec<KeyValue>,
+    /// True when the limit cut the result short.
+    pub more: bool,
+    /// How many keys the range holds at the revision read, before filters and limit.
+    pub count: i64,
+}
+
+/// A write of one key, with etcd's `PutRequest` options.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutRequest {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// The lease to attach the key to, 0 for none.
+    pub lease: i64,
+    /// Return the key's previous version.
+    pub prev_kv: bool,
+    /// Keep the current value (the key must exist).
+    pub ignore_value: bool,
+    /// Keep the current lease (the key must exist).
+    pub ignore_lease: bool,
+}
+
+/// The answer to a [`PutRequest`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResponse {
+    /// The previous version, when asked for and present.
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// A delete of one key or a key range.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRangeRequest {
+    /// First key of the range.
+    pub key: Vec<u8>,
+    /// End of the range, with the same conventions as [`RangeRequest::range_end`].
+    pub range_end: Vec<u8>,
+    /// Return the deleted key-values.
+    pub prev_kv: bool,
+}
+
+/// The answer to a [`DeleteRangeRequest`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRangeResponse {
+    /// How many keys were deleted.
+    pub deleted: i64,
+    /// The deleted key-values, when asked for.
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+/// How a [`Compare`] relates the stored field to the given one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareResult {
+    /// Stored == given.
+    Equal,
+    /// Stored > given.
+    Greater,
+    /// Stored < given.
+    Less,
+    /// Stored != given.
+    NotEqual,
+}
+
+/// The field a [`Compare`] looks at, with the value it is compared to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The key's version (0 when absent).
+    Version(i64),
+    /// The key's create revision (0 when absent).
+    Create(i64),
+    /// The key's mod revision (0 when absent).
+    Mod(i64),
+    /// The key's value (an absent key never compares true).
+    Value(Vec<u8>),
+    /// The key's lease (0 when absent or detached).
+    Lease(i64),
+}
+
+/// One condition of a txn; over a range it holds when it holds for every key in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    /// The relation.
+    pub result: CompareResult,
+    /// The field and the value to compare with.
+    pub target: CompareTarget,
+    /// The key.
+    pub key: Vec<u8>,
+    /// End of the range, empty for `key` alone.
+    pub range_end: Vec<u8>,
+}
+
+/// One operation of a txn branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestOp {
+    /// A read.
+    Range(RangeRequest),
+    /// A write.
+    Put(PutRequest),
+    /// A delete.
+    DeleteRange(DeleteRangeRequest),
+    /// A nested txn.
+    Txn(TxnRequest),
+}
+
+/// The answer to one [`RequestOp`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseOp {
+    /// The answer to a read.
+    Range(RangeResponse),
+    /// The answer to a write.
+    Put(PutResponse),
+    /// The answer to a delete.
+    DeleteRange(DeleteRangeResponse),
+    /// The answer to a nested txn.
+    Txn(TxnResponse),
+}
+
+/// An atomic if/then/else over the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRequest {
+    /// Conditions, all of which must hold for `success` to run.
+    pub compare: Vec<Compare>,
+    /// Operations run when every compare holds.
+    pub success: Vec<RequestOp>,
+    /// Operations run otherwise.
+    pub failure: Vec<RequestOp>,
+}
+
+/// The answer to a [`TxnRequest`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResponse {
+    /// True when the compares held and `success` ran.
+    pub succeeded: bool,
+    /// One answer per operation of the branch that ran.
+    pub responses: Vec<ResponseOp>,
+}
+
+/// A request to drop history before a revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactRequest {
+    /// Versions superseded at or before this revision are removed.
+    pub revision: i64,
+    /// Remove them before answering, instead of in the background.
+    pub physical: bool,
+}
+
+/// A change to the store: the payload that consensus orders and every member applies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Command {
+    /// Put one key.
+    Put(PutRequest),
+    /// Delete a key or a range.
+    DeleteRange(DeleteRangeRequest),
+    /// An atomic txn.
+    Txn(TxnRequest),
+    /// Compact the history.
+    Compact(CompactRequest),
+}
+
+/// The answer to one applied [`Command`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Response {
+    /// The answer to a put.
+    Put(PutResponse),
+    /// The answer to a delete.
+    DeleteRange(DeleteRangeResponse),
+    /// The answer to a txn.
+    Txn(TxnResponse),
+    /// A compaction was recorded.
+    Compact,
+}
+
+/// A hash of the key space, comparable between members with the same history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvHash {
+    /// CRC-32 over every version kept at or below `revision`.
+    pub hash: u32,
+    /// The revision hashed.
+    pub revision: i64,
+    /// The compaction point at the time of hashing.
+    pub compact_revision: i64,
+}
