@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
 
-use mvcc::{Backend, BackendError, Table, Visitor, WriteBatch};
+use mvcc::{is_empty_interval, Backend, BackendError, Table, Visitor, WriteBatch};
 use parking_lot::RwLock;
 
 /// Keys and values are boxed slices: no spare capacity, two words less than a `Vec` each.
@@ -79,6 +79,7 @@ impl Backend for MemBackend {
         to: Bound<&[u8]>,
         visit: &mut Visitor<'_>,
     ) -> Result<(), BackendError> {
+        // `BTreeMap::range` panics on inverted bounds.
         if is_empty_interval(from, to) {
             return Ok(());
         }
@@ -120,17 +121,6 @@ impl Backend for MemBackend {
 
     fn flush(&self) -> Result<(), BackendError> {
         Ok(())
-    }
-}
-
-/// `BTreeMap::range` panics on an inverted or empty-excluded interval; callers may pass one.
-fn is_empty_interval(from: Bound<&[u8]>, to: Bound<&[u8]>) -> bool {
-    match (from, to) {
-        (Bound::Included(a), Bound::Included(b)) => a > b,
-        (Bound::Included(a), Bound::Excluded(b))
-        | (Bound::Excluded(a), Bound::Included(b))
-        | (Bound::Excluded(a), Bound::Excluded(b)) => a >= b,
-        _ => false,
     }
 }
 

@@ -169,6 +169,18 @@ pub trait Backend: Send + Sync + 'static {
     fn flush(&self) -> Result<(), BackendError>;
 }
 
+/// True when no key lies between `from` and `to`; engines whose range APIs panic on inverted
+/// bounds check this first.
+pub fn is_empty_interval(from: Bound<&[u8]>, to: Bound<&[u8]>) -> bool {
+    match (from, to) {
+        (Bound::Included(a), Bound::Included(b)) => a > b,
+        (Bound::Included(a), Bound::Excluded(b))
+        | (Bound::Excluded(a), Bound::Included(b))
+        | (Bound::Excluded(a), Bound::Excluded(b)) => a >= b,
+        _ => false,
+    }
+}
+
 impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
         (**self).get(table, key)
