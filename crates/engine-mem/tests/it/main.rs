@@ -1,5 +1,7 @@
 //! engine-mem against the MVCC conformance suite.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use engine_mem::MemBackend;
 use mvcc::conformance::Suite;
 

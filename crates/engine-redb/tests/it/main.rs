@@ -1,5 +1,7 @@
 //! engine-redb against the MVCC conformance suite, and its persistence.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use engine_redb::{Durability, Options, RedbBackend};
 use mvcc::conformance::Suite;
 use mvcc::{Backend, Command, PutRequest, Store};
