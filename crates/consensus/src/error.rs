@@ -1,0 +1,124 @@
+//! Errors of the consensus layer: answers to a request, and failures that stop the node.
+
+use serde::{Deserialize, Serialize};
+
+/// Why an applied command changed nothing: a deterministic answer, the same on every member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The revision asked for was compacted.
+    #[error("mvcc: required revision has been compacted")]
+    Compacted {
+        /// The revision asked for.
+        requested: i64,
+        /// The compaction point.
+        compacted: i64,
+    },
+    /// The revision asked for is beyond the store's.
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: i64,
+        /// The store's revision.
+        current: i64,
+    },
+    /// `ignore_value`/`ignore_lease` on a missing key.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// A txn writes one key twice.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// Any other refusal, described.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<mvcc::Error> for CommandError {
+    fn from(e: mvcc::Error) -> Self {
+        match e {
+            mvcc::Error::Compacted {
+                requested,
+                compacted,
+            } => CommandError::Compacted {
+                requested,
+                compacted,
+            },
+            mvcc::Error::FutureRevision { requested, current } => {
+                CommandError::FutureRevision { requested, current }
+            }
+            mvcc::Error::KeyNotFound { .. } => CommandError::KeyNotFound,
+            mvcc::Error::DuplicateKey { .. } => CommandError::DuplicateKey,
+            other => CommandError::Other(other.to_string()),
+        }
+    }
+}
+
+/// Why a proposal did not get an answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    /// The command was applied and refused.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// A budget ran out before the command was applied; it may still apply later.
+    #[error("etcdserver: request timed out ({0})")]
+    Timeout(#[from] deadline::Expired),
+    /// No leader is known, so nothing can be committed now.
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// Another member leads; this member does not forward yet.
+    #[error("etcdserver: not leader (leader is {leader})")]
+    NotLeader {
+        /// The leader's id.
+        leader: u64,
+    },
+    /// The node is stopping or has stopped.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+}
+
+/// Why a linearizable read could not be served.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The read-index budget ran out (e.g. quorum lost).
+    #[error("etcdserver: request timed out ({0})")]
+    Timeout(#[from] deadline::Expired),
+    /// No leader is known.
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The node is stopping or has stopped.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The Raft log could not be opened.
+    #[error("cannot open the raft log at {path}: {cause}")]
+    Log {
+        /// The log file.
+        path: String,
+        /// What went wrong.
+        cause: String,
+    },
+    /// The store could not be opened or rebuilt.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] mvcc::Error),
+    /// The configuration is invalid.
+    #[error("invalid raft configuration: {0}")]
+    Config(String),
+    /// Raft refused to start or initialize.
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+    /// Snapshot files could not be read or written.
+    #[error("snapshot directory {path}: {cause}")]
+    Snapshots {
+        /// The directory.
+        path: String,
+        /// What went wrong.
+        cause: String,
+    },
+}

@@ -1,0 +1,29 @@
+//! Raft for MetaStore: the replicated, durable order of every write, and linearizable reads.
+//!
+//! This crate owns the openraft type configuration, the Raft log on redb (group commit: one
+//! fsync per append), the state machine that applies committed [`mvcc::Command`]s to an
+//! [`mvcc::Store`] over any [`mvcc::Backend`], snapshots as files, and [`Node`], which bounds
+//! every proposal and read-index wait through the `deadline` crate. It must not know about
+//! gRPC services or name a storage engine: the server picks the engine.
+//!
+//! # Layout
+//! - `types`: [`TypeConfig`], the log payload [`Proposal`], the answer [`Applied`], [`Member`].
+//! - `error`: [`ProposeError`], [`ReadError`], [`StartError`], [`CommandError`].
+//! - `log_store`: [`LogStore`], the Raft log and vote on redb.
+//! - `state_machine`: [`StateMachine`], apply and snapshots.
+//! - `network`: peer transport ([`NoPeers`] for a single member).
+//! - `node`: [`Node`] and [`NodeConfig`].
+
+mod error;
+mod log_store;
+mod network;
+mod node;
+mod state_machine;
+mod types;
+
+pub use error::{CommandError, ProposeError, ReadError, StartError};
+pub use log_store::LogStore;
+pub use network::{NoPeer, NoPeers};
+pub use node::{Node, NodeConfig, NodeStatus};
+pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use types::{typ, Applied, Member, Proposal, TypeConfig};

@@ -1,0 +1,342 @@
+//! A running member: Raft plus the store, with bounded proposals and linearizable reads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadline::{Budgets, Deadline, Layer, Registry, WaitError};
+use mvcc::{Backend, Store};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{Config, SnapshotPolicy};
+use tokio::sync::Semaphore;
+
+use crate::error::{ProposeError, ReadError, StartError};
+use crate::log_store::LogStore;
+use crate::network::NoPeers;
+use crate::state_machine::StateMachine;
+use crate::types::typ::Raft;
+use crate::types::{Applied, Member, Proposal};
+
+/// How to run a member.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This member's id (etcd's member ID).
+    pub id: u64,
+    /// This member's name and URLs.
+    pub member: Member,
+    /// Where the Raft log and snapshots live.
+    pub data_dir: PathBuf,
+    /// The members to bootstrap a new cluster with (this one alone for a single member).
+    pub initial_members: BTreeMap<u64, Member>,
+    /// Leader heartbeat period.
+    pub heartbeat: Duration,
+    /// Election timeout; elections start at a random time between this and twice this.
+    pub election_timeout: Duration,
+    /// Entries between snapshots.
+    pub snapshot_count: u64,
+    /// Per-layer wait budgets.
+    pub budgets: Budgets,
+    /// Proposals allowed in flight at once; more wait (within the propose budget) for room.
+    pub max_in_flight: usize,
+}
+
+impl NodeConfig {
+    /// A single-member configuration with etcd's defaults.
+    pub fn single(id: u64, member: Member, data_dir: PathBuf) -> Self {
+        Self {
+            id,
+            initial_members: BTreeMap::from([(id, member.clone())]),
+            member,
+            data_dir,
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            snapshot_count: 100_000,
+            budgets: Budgets::default(),
+            max_in_flight: 10_000,
+        }
+    }
+
+    fn raft_config(&self) -> Result<Config, StartError> {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let config = Config {
+            cluster_name: "metastore".to_string(),
+            heartbeat_interval: millis(self.heartbeat),
+            election_timeout_min: millis(self.election_timeout),
+            election_timeout_max: millis(self.election_timeout) * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_count.max(1)),
+            max_in_snapshot_log_to_keep: 5_000.min(self.snapshot_count),
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| StartError::Config(e.to_string()))
+    }
+}
+
+/// What a member reports about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// This member's id.
+    pub id: u64,
+    /// The leader this member knows of.
+    pub leader: Option<u64>,
+    /// The current Raft term.
+    pub term: u64,
+    /// Index of the last log entry.
+    pub last_log_index: u64,
+    /// Index of the last applied entry.
+    pub applied_index: u64,
+    /// The members of the current configuration, with whether each is a voter.
+    pub members: Vec<(u64, Member, bool)>,
+}
+
+/// A running member. Cheap to clone; clones share the member.
+pub struct Node<B> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B> Clone for Node<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<B> {
+    id: u64,
+    raft: Raft,
+    store: Store<B>,
+    waiters: Registry<Applied>,
+    budgets: Budgets,
+    room: Semaphore,
+}
+
+impl<B: Backend> Node<B> {
+    /// Opens the log and the store in `config.data_dir`, starts Raft, and bootstraps a new
+    /// cluster from `config.initial_members` if this member has never been initialized.
+    ///
+    /// # Errors
+    /// [`StartError`] when the log, store or snapshots cannot be opened, or Raft refuses.
+    pub async fn start(config: NodeConfig, backend: B) -> Result<Self, StartError> {
+        config
+            .budgets
+            .validate()
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let raft_config = Arc::new(config.raft_config()?);
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StartError::Config(format!("{}: {e}", dir.display())))?;
+        let log_path = dir.join("raft-log.redb");
+        let log = LogStore::open(&log_path).map_err(|cause| StartError::Log {
+            path: log_path.display().to_string(),
+            cause,
+        })?;
+        let store = Store::open(backend)?;
+        let waiters = Registry::new("proposals");
+        let snap_dir = dir.join("snapshots");
+        let sm = StateMachine::open(store.clone(), config.id, waiters.clone(), snap_dir.clone())
+            .map_err(|cause| StartError::Snapshots {
+                path: snap_dir.display().to_string(),
+                cause,
+            })?;
+        let raft = Raft::new(config.id, raft_config, NoPeers, log, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if !initialized {
+            tracing::info!(
+                id = config.id,
+                members = config.initial_members.len(),
+                "bootstrapping a new cluster"
+            );
+            raft.initialize(config.initial_members.clone())
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                id: config.id,
+                raft,
+                store,
+                waiters,
+                budgets: config.budgets,
+                room: Semaphore::new(config.max_in_flight.max(1)),
+            }),
+        })
+    }
+
+    /// The local store, for serializable reads.
+    pub fn store(&self) -> &Store<B> {
+        &self.inner.store
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// How many proposals wait for their apply now.
+    pub fn pending(&self) -> usize {
+        self.inner.waiters.len()
+    }
+
+    /// Replicates `command`, waits until this member applied it, and returns the store's
+    /// revision after it with its answer.
+    ///
+    /// Entering Raft's queue is bounded by the `propose` budget, commit and apply by the
+    /// `commit` budget, both capped by `deadline`. A caller that times out or goes away leaves
+    /// no waiter behind (the entry itself may still commit and apply, as in etcd).
+    ///
+    /// # Errors
+    /// [`ProposeError`]: the command's own refusal, a timeout, no leader, or a stopped node.
+    pub async fn propose(
+        &self,
+        command: mvcc::Command,
+        deadline: Deadline,
+    ) -> Result<(i64, mvcc::Response), ProposeError> {
+        let inner = &*self.inner;
+        let budgets = &inner.budgets;
+        let _room = budgets
+            .run(Layer::Propose, deadline, inner.room.acquire())
+            .await?
+            .map_err(|_| ProposeError::Stopped)?;
+        let pending = inner.waiters.register();
+        let proposal = Proposal {
+            origin: inner.id,
+            id: pending.id(),
+            command,
+        };
+        let responder = budgets
+            .run(
+                Layer::Propose,
+                deadline,
+                inner.raft.client_write_ff(proposal),
+            )
+            .await?
+            .map_err(|_| ProposeError::Stopped)?;
+        let wait = pending.wait(Layer::Commit, budgets.deadline_for(Layer::Commit, deadline));
+        tokio::pin!(wait);
+        let applied = tokio::select! {
+            waited = &mut wait => waited.map_err(wait_error)?,
+            answered = responder => match answered {
+                Ok(Ok(response)) => response.data,
+                Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
+                    return Err(f.leader_id.map_or(ProposeError::NoLeader, |leader| ProposeError::NotLeader { leader }))
+                }
+                Ok(Err(ClientWriteError::ChangeMembershipError(e))) => {
+                    return Err(ProposeError::Command(crate::CommandError::Other(e.to_string())))
+                }
+                // Raft dropped the responder; the local apply still answers, or the budget does.
+                Err(_) => wait.await.map_err(wait_error)?,
+            },
+        };
+        match applied.result {
+            Ok(Some(response)) => Ok((applied.revision, response)),
+            Ok(None) => Err(ProposeError::Command(crate::CommandError::Other(
+                "the entry carried no command".to_string(),
+            ))),
+            Err(refused) => Err(ProposeError::Command(refused)),
+        }
+    }
+
+    /// Waits until this member has applied everything committed before the call, as confirmed
+    /// by a quorum (Raft's read index), so a local read after it is linearizable.
+    ///
+    /// # Errors
+    /// [`ReadError`]: the `read-index` budget ran out, no leader, or a stopped node.
+    pub async fn read_index(&self, deadline: Deadline) -> Result<(), ReadError> {
+        let answer = self
+            .inner
+            .budgets
+            .run(
+                Layer::ReadIndex,
+                deadline,
+                self.inner.raft.ensure_linearizable(),
+            )
+            .await?;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(ReadError::NoLeader)
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(ReadError::NoLeader)
+            }
+            Err(RaftError::Fatal(_)) => Err(ReadError::Stopped),
+        }
+    }
+
+    /// What this member knows about the cluster now.
+    pub fn status(&self) -> NodeStatus {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        NodeStatus {
+            id: self.inner.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            members: m
+                .membership_config
+                .nodes()
+                .map(|(id, member)| (*id, member.clone(), voters.contains(id)))
+                .collect(),
+        }
+    }
+
+    /// Waits (within `deadline`) until this member knows a leader; for start-up and tests.
+    ///
+    /// # Errors
+    /// [`ReadError::Timeout`] when no leader appears in time.
+    pub async fn wait_for_leader(&self, deadline: Deadline) -> Result<u64, ReadError> {
+        let mut metrics = self.inner.raft.metrics();
+        let found = deadline::within(Layer::Api, deadline, async {
+            loop {
+                if let Some(leader) = metrics.borrow().current_leader {
+                    return Some(leader);
+                }
+                if metrics.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await?;
+        found.ok_or(ReadError::Stopped)
+    }
+
+    /// Stops Raft, fails every waiting proposal, and makes the store durable.
+    ///
+    /// # Errors
+    /// The store's flush failed.
+    pub async fn shutdown(&self) -> Result<(), mvcc::Error> {
+        self.inner.room.close();
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(cause = %e, "raft did not stop cleanly");
+        }
+        self.inner.waiters.fail_all();
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.backend().flush())
+            .await
+            .map_err(|e| {
+                mvcc::Error::Backend(mvcc::BackendError::Io {
+                    op: "flush",
+                    table: None,
+                    cause: e.to_string(),
+                })
+            })??;
+        Ok(())
+    }
+}
+
+fn wait_error(e: WaitError) -> ProposeError {
+    match e {
+        WaitError::Expired(expired) => ProposeError::Timeout(expired),
+        _ => ProposeError::Stopped,
+    }
+}

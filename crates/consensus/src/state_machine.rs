@@ -1,0 +1,346 @@
+//! The Raft state machine: committed entries applied to the mvcc store, snapshots as files.
+
+// openraft's storage traits dictate `StorageError` as the error type, large as it is.
+#![allow(clippy::result_large_err)]
+
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+
+use deadline::Registry;
+use mvcc::{Backend, Store};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use crate::types::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership};
+use crate::types::{Applied, TypeConfig};
+
+/// What the store records as its applied position: the last log id and the membership then.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Position {
+    pub log_id: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+impl Position {
+    pub(crate) fn decode(raw: Option<&[u8]>) -> Result<Self, String> {
+        match raw {
+            None => Ok(Self::default()),
+            Some(raw) => bincode::deserialize(raw).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+fn sm_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
+    StorageIOError::new(
+        ErrorSubject::StateMachine,
+        verb,
+        openraft::AnyError::error(e.to_string()),
+    )
+    .into()
+}
+
+fn snap_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
+    StorageIOError::new(
+        ErrorSubject::Snapshot(None),
+        verb,
+        openraft::AnyError::error(e.to_string()),
+    )
+    .into()
+}
+
+/// Applies entries to the store and answers the local waiters of the proposals among them.
+pub struct StateMachine<B> {
+    store: Store<B>,
+    node_id: u64,
+    waiters: Registry<Applied>,
+    snapshots: SnapshotDir,
+    position: Position,
+}
+
+impl<B: Backend> StateMachine<B> {
+    /// A state machine over `store`; if the newest snapshot in `dir` is ahead of the store
+    /// (an in-memory engine after a restart), the store is rebuilt from it first.
+    pub(crate) fn open(
+        store: Store<B>,
+        node_id: u64,
+        waiters: Registry<Applied>,
+        dir: PathBuf,
+    ) -> Result<Self, String> {
+        let snapshots = SnapshotDir::open(dir)?;
+        let mut position =
+            Position::decode(store.applied().map_err(|e| e.to_string())?.as_deref())?;
+        if let Some((meta, path)) = snapshots.current()? {
+            if meta.last_log_id > position.log_id {
+                tracing::info!(snapshot = %meta.snapshot_id, "rebuilding the store from the newest snapshot");
+                let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+                let info = store
+                    .restore(BufReader::new(file))
+                    .map_err(|e| e.to_string())?;
+                position = Position::decode(info.applied.as_deref())?;
+            }
+        }
+        Ok(Self {
+            store,
+            node_id,
+            waiters,
+            snapshots,
+            position,
+        })
+    }
+}
+
+impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
+    type SnapshotBuilder = SnapshotBuilder<B>;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.position.log_id, self.position.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        // One store batch for every entry Raft hands over: one engine write per apply call.
+        let mut commands = Vec::new();
+        let mut slots = Vec::new();
+        let mut position = self.position.clone();
+        for entry in entries {
+            position.log_id = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => slots.push(None),
+                EntryPayload::Normal(p) => {
+                    slots.push(Some((commands.len(), p.origin, p.id)));
+                    commands.push(p.command);
+                }
+                EntryPayload::Membership(m) => {
+                    position.membership = StoredMembership::new(Some(entry.log_id), m);
+                    slots.push(None);
+                }
+            }
+        }
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw = bincode::serialize(&position).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let store = self.store.clone();
+        let outcomes = tokio::task::spawn_blocking(move || store.apply(&commands, Some(&raw)))
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.position = position;
+        let mut outcomes = outcomes.into_iter();
+        let revision = self.store.current_revision();
+        let mut answers = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let answer = match slot {
+                None => Applied {
+                    revision,
+                    result: Ok(None),
+                },
+                Some((_, origin, id)) => {
+                    let Some(o) = outcomes.next() else {
+                        return Err(sm_err(ErrorVerb::Write, "store returned too few outcomes"));
+                    };
+                    let applied = Applied {
+                        revision: o.revision,
+                        result: o.result.map(Some).map_err(Into::into),
+                    };
+                    if origin == self.node_id {
+                        self.waiters.complete(id, applied.clone());
+                    }
+                    applied
+                }
+            };
+            answers.push(answer);
+        }
+        Ok(answers)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.store.clone(),
+            dir: self.snapshots.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.snapshots.incoming_path();
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let mut file = snapshot.into_std().await;
+        let store = self.store.clone();
+        let dir = self.snapshots.clone();
+        let meta = meta.clone();
+        let info = tokio::task::spawn_blocking(move || -> Result<mvcc::SnapshotInfo, String> {
+            use std::io::{Seek, Write};
+            file.flush().map_err(|e| e.to_string())?;
+            file.sync_all().map_err(|e| e.to_string())?;
+            file.rewind().map_err(|e| e.to_string())?;
+            let info = store
+                .restore(BufReader::new(file))
+                .map_err(|e| e.to_string())?;
+            dir.keep_incoming(&meta)?;
+            Ok(info)
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.position =
+            Position::decode(info.applied.as_deref()).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let Some((meta, path)) = self
+            .snapshots
+            .current()
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?
+        else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        }))
+    }
+}
+
+/// Builds a snapshot file from the store without holding up the state machine.
+pub struct SnapshotBuilder<B> {
+    store: Store<B>,
+    dir: SnapshotDir,
+}
+
+impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<B> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let store = self.store.clone();
+        let dir = self.dir.clone();
+        let (meta, path) = tokio::task::spawn_blocking(move || dir.build(&store))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+/// The snapshot directory: data files named by snapshot id, and one metadata file naming the
+/// current one, replaced atomically, so a crash leaves either the old or the new snapshot.
+#[derive(Clone)]
+pub(crate) struct SnapshotDir {
+    dir: PathBuf,
+}
+
+const META: &str = "current.meta";
+const INCOMING: &str = "incoming.snap";
+const BUILDING: &str = "building.snap";
+
+impl SnapshotDir {
+    fn open(dir: PathBuf) -> Result<Self, String> {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    fn incoming_path(&self) -> PathBuf {
+        self.dir.join(INCOMING)
+    }
+
+    fn data_name(meta: &SnapshotMeta) -> String {
+        format!("snap-{}.snap", meta.snapshot_id)
+    }
+
+    /// The newest snapshot's metadata and data file, if there is one.
+    fn current(&self) -> Result<Option<(SnapshotMeta, PathBuf)>, String> {
+        let meta_path = self.dir.join(META);
+        let raw = match std::fs::read(&meta_path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", meta_path.display())),
+        };
+        let meta: SnapshotMeta =
+            bincode::deserialize(&raw).map_err(|e| format!("{}: {e}", meta_path.display()))?;
+        let data = self.dir.join(Self::data_name(&meta));
+        Ok(Some((meta, data)))
+    }
+
+    /// Streams the store into a new snapshot file and makes it the current one.
+    fn build<B: Backend>(&self, store: &Store<B>) -> Result<(SnapshotMeta, PathBuf), String> {
+        // The engine must hold everything the snapshot covers before Raft may purge the log.
+        store.backend().flush().map_err(|e| e.to_string())?;
+        let mut reader = store.snapshot().map_err(|e| e.to_string())?;
+        let position = Position::decode(reader.info().applied.as_deref())?;
+        let tmp = self.dir.join(BUILDING);
+        {
+            let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+            let mut out = BufWriter::new(file);
+            std::io::copy(&mut reader, &mut out).map_err(|e| e.to_string())?;
+            let file = out.into_inner().map_err(|e| e.to_string())?;
+            file.sync_all().map_err(|e| e.to_string())?;
+        }
+        let id = position.log_id.map_or_else(
+            || "0-0".to_string(),
+            |l| format!("{}-{}", l.leader_id.term, l.index),
+        );
+        let meta = SnapshotMeta {
+            last_log_id: position.log_id,
+            last_membership: position.membership,
+            snapshot_id: format!("{id}-r{}", reader.info().revision),
+        };
+        let path = self.commit(&tmp, &meta)?;
+        Ok((meta, path))
+    }
+
+    /// Keeps a received snapshot as the current one.
+    fn keep_incoming(&self, meta: &SnapshotMeta) -> Result<(), String> {
+        self.commit(&self.incoming_path(), meta).map(drop)
+    }
+
+    /// Moves `data` to its final name, then atomically points the metadata at it, then removes
+    /// older data files.
+    fn commit(&self, data: &Path, meta: &SnapshotMeta) -> Result<PathBuf, String> {
+        let name = Self::data_name(meta);
+        let path = self.dir.join(&name);
+        std::fs::rename(data, &path).map_err(|e| e.to_string())?;
+        let raw = bincode::serialize(meta).map_err(|e| e.to_string())?;
+        let tmp = self.dir.join("meta.tmp");
+        std::fs::write(&tmp, raw).map_err(|e| e.to_string())?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, self.dir.join(META)).map_err(|e| e.to_string())?;
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| e.to_string())?;
+        for entry in entries.flatten() {
+            let old = entry.file_name();
+            let old = old.to_string_lossy();
+            if old.starts_with("snap-") && old != name {
+                // A reader of the old snapshot keeps its open handle; the name can go.
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(path)
+    }
+}

@@ -1,0 +1,75 @@
+//! The Raft type configuration and the payloads that travel through the log.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CommandError;
+
+/// A member of the cluster as Raft stores it in membership configs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Human-readable name (`--name`).
+    pub name: String,
+    /// URLs peers reach this member on.
+    pub peer_urls: Vec<String>,
+    /// URLs clients reach this member on.
+    pub client_urls: Vec<String>,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}({})", self.name, self.peer_urls.join(","))
+    }
+}
+
+/// One entry's payload: a store command, tagged with who proposed it so the proposer's local
+/// apply can answer its waiter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The member that proposed it.
+    pub origin: u64,
+    /// The proposer's id for the waiting request.
+    pub id: u64,
+    /// What to apply.
+    pub command: mvcc::Command,
+}
+
+/// The answer to one applied entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The store's revision once the entry was applied: the header revision of the answer.
+    pub revision: i64,
+    /// The command's answer; `None` for entries that carry no command (blank, membership).
+    pub result: Result<Option<mvcc::Response>, CommandError>,
+}
+
+openraft::declare_raft_types!(
+    /// Raft types of MetaStore.
+    pub TypeConfig:
+        D = Proposal,
+        R = Applied,
+        NodeId = u64,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// Short names for openraft's generic types over [`TypeConfig`].
+pub mod typ {
+    /// A log id.
+    pub type LogId = openraft::LogId<u64>;
+    /// A log entry.
+    pub type Entry = openraft::Entry<super::TypeConfig>;
+    /// A vote.
+    pub type Vote = openraft::Vote<u64>;
+    /// A storage error.
+    pub type StorageError = openraft::StorageError<u64>;
+    /// Membership with the log id it was stored at.
+    pub type StoredMembership = openraft::StoredMembership<u64, super::Member>;
+    /// Snapshot metadata.
+    pub type SnapshotMeta = openraft::SnapshotMeta<u64, super::Member>;
+    /// A snapshot.
+    pub type Snapshot = openraft::Snapshot<super::TypeConfig>;
+    /// The Raft handle.
+    pub type Raft = openraft::Raft<super::TypeConfig>;
+}

@@ -1,0 +1,296 @@
+//! A single member end to end: proposals, linearizable reads, restarts, and bounded waits.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::ops::Bound;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use consensus::{Member, Node, NodeConfig, ProposeError};
+use deadline::{Budgets, Deadline, Layer};
+use engine_mem::MemBackend;
+use engine_redb::{Durability, Options, RedbBackend};
+use mvcc::{Backend, BackendError, Command, PutRequest, Table, Visitor, WriteBatch};
+
+fn member() -> Member {
+    Member {
+        name: "solo".into(),
+        peer_urls: vec!["http://127.0.0.1:2380".into()],
+        client_urls: vec![],
+    }
+}
+
+fn config(dir: &std::path::Path) -> NodeConfig {
+    let mut c = NodeConfig::single(7, member(), dir.to_path_buf());
+    c.election_timeout = Duration::from_millis(150);
+    c.heartbeat = Duration::from_millis(30);
+    c
+}
+
+fn put(key: &str, value: &str) -> Command {
+    Command::Put(PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    })
+}
+
+async fn started<B: Backend>(config: NodeConfig, backend: B) -> Node<B> {
+    let node = Node::start(config, backend).await.unwrap();
+    node.wait_for_leader(Deadline::after(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    node
+}
+
+fn value_of<B: Backend>(node: &Node<B>, key: &str) -> Option<Vec<u8>> {
+    node.store().get(key.as_bytes()).unwrap().map(|kv| kv.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_apply_and_reads_are_linearizable() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = started(config(dir.path()), MemBackend::new()).await;
+    let d = || Deadline::after(Duration::from_secs(5));
+    let (rev, _) = node.propose(put("a", "1"), d()).await.unwrap();
+    assert_eq!(rev, 2);
+    let (rev, _) = node.propose(put("a", "2"), d()).await.unwrap();
+    assert_eq!(rev, 3);
+    node.read_index(d()).await.unwrap();
+    assert_eq!(value_of(&node, "a").unwrap(), b"2");
+    let status = node.status();
+    assert_eq!(status.leader, Some(7));
+    assert!(status.applied_index >= 3);
+    assert_eq!(status.members.len(), 1);
+    let refused = node
+        .propose(
+            Command::Put(PutRequest {
+                key: "nope".into(),
+                ignore_value: true,
+                ..Default::default()
+            }),
+            d(),
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(ProposeError::Command(consensus::CommandError::KeyNotFound))
+        ),
+        "{refused:?}"
+    );
+    // Many concurrent proposals: group commit, all answered, nothing left waiting.
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let n = node.clone();
+        tasks.push(tokio::spawn(async move {
+            n.propose(put(&format!("k{i}"), "v"), d()).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(node.pending(), 0);
+    assert_eq!(node.store().current_revision(), 3 + 200);
+    node.shutdown().await.unwrap();
+}
+
+async fn restart_keeps_writes<B: Backend>(open: impl Fn() -> B) {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = {
+        let node = started(config(dir.path()), open()).await;
+        for i in 0..50 {
+            node.propose(
+                put(&format!("k{i}"), &i.to_string()),
+                Deadline::after(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap();
+        }
+        let hash = node.store().hash(0).unwrap();
+        node.shutdown().await.unwrap();
+        hash
+    };
+    let node = started(config(dir.path()), open()).await;
+    // A linearizable barrier: the leader's blank entry commits everything before it.
+    node.read_index(Deadline::after(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(node.store().hash(0).unwrap(), hash);
+    assert_eq!(value_of(&node, "k49").unwrap(), b"49");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_on_redb_keeps_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.redb");
+    restart_keeps_writes(|| {
+        RedbBackend::open(
+            &path,
+            &Options {
+                durability: Durability::Lazy,
+                ..Options::default()
+            },
+        )
+        .unwrap()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_on_memory_rebuilds_from_the_log() {
+    restart_keeps_writes(MemBackend::new).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_is_rebuilt_from_snapshot_plus_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.snapshot_count = 20;
+    let hash = {
+        let node = started(cfg.clone(), MemBackend::new()).await;
+        for i in 0..75 {
+            node.propose(
+                put(&format!("k{}", i % 10), &i.to_string()),
+                Deadline::after(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap();
+        }
+        let hash = node.store().hash(0).unwrap();
+        node.shutdown().await.unwrap();
+        hash
+    };
+    let snaps: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        snaps
+            .iter()
+            .any(|e| e.file_name().to_string_lossy().starts_with("snap-")),
+        "a snapshot was taken"
+    );
+    let node = started(cfg, MemBackend::new()).await;
+    node.read_index(Deadline::after(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(node.store().hash(0).unwrap(), hash);
+    node.shutdown().await.unwrap();
+}
+
+/// An engine whose writes never return until released: a state machine that never applies.
+#[derive(Clone, Default)]
+struct Stuck {
+    inner: Arc<MemBackend>,
+    stuck: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Stuck {
+    fn jam(&self) {
+        *self.stuck.0.lock().unwrap() = true;
+    }
+    fn release(&self) {
+        *self.stuck.0.lock().unwrap() = false;
+        self.stuck.1.notify_all();
+    }
+}
+
+impl Backend for Stuck {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.get(table, key)
+    }
+    fn scan(
+        &self,
+        table: Table,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), BackendError> {
+        self.inner.scan(table, from, to, visit)
+    }
+    fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
+        let (lock, cvar) = &*self.stuck;
+        let _unjammed = cvar
+            .wait_while(lock.lock().unwrap(), |jammed| *jammed)
+            .unwrap();
+        self.inner.write(batch)
+    }
+    fn applied(&self) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.applied()
+    }
+    fn flush(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_machine_that_never_applies_times_out_at_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    let budget = Duration::from_millis(400);
+    cfg.budgets = Budgets::default().with(Layer::Commit, budget);
+    let backend = Stuck::default();
+    let node = started(cfg, backend.clone()).await;
+    node.propose(put("warm", "up"), Deadline::after(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let handle = tokio::runtime::Handle::current();
+    let tasks_before = handle.metrics().num_alive_tasks();
+    backend.jam();
+    let started_at = Instant::now();
+    let mut waits = Vec::new();
+    for i in 0..20 {
+        let n = node.clone();
+        waits.push(tokio::spawn(async move {
+            n.propose(put(&format!("x{i}"), "v"), Deadline::none())
+                .await
+        }));
+    }
+    for w in waits {
+        let err = w.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, ProposeError::Timeout(ref e) if e.layer == Layer::Commit),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("etcdserver: request timed out"),
+            "{err}"
+        );
+    }
+    let waited = started_at.elapsed();
+    assert!(waited >= budget, "answered before the budget: {waited:?}");
+    assert!(
+        waited < budget + Duration::from_secs(2),
+        "answered long after the budget: {waited:?}"
+    );
+    assert_eq!(
+        node.pending(),
+        0,
+        "timed-out proposals leave no waiter behind"
+    );
+    assert_eq!(
+        handle.metrics().num_alive_tasks(),
+        tasks_before,
+        "no task leaked"
+    );
+    // A caller that goes away also leaves nothing behind.
+    let n = node.clone();
+    let abandoned =
+        tokio::spawn(async move { n.propose(put("gone", "v"), Deadline::none()).await });
+    tokio::task::yield_now().await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    assert_eq!(node.pending(), 0);
+    backend.release();
+    node.read_index(Deadline::after(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(
+        value_of(&node, "x19").unwrap(),
+        b"v",
+        "the timed-out entries still applied, as in etcd"
+    );
+    node.shutdown().await.unwrap();
+}
