@@ -271,6 +271,11 @@ impl<B: Backend> Node<B> {
         }
     }
 
+    /// The current Raft term, cheaply, for response headers.
+    pub fn term(&self) -> u64 {
+        self.inner.raft.metrics().borrow().current_term
+    }
+
     /// What this member knows about the cluster now.
     pub fn status(&self) -> NodeStatus {
         let metrics = self.inner.raft.metrics();

@@ -1,0 +1,62 @@
+//! The etcd v3 gRPC API of MetaStore.
+//!
+//! This crate owns the wire: the generated etcd v3 types ([`pb`]), conversions between them and
+//! the `mvcc` model, request validation with etcd's limits, and one table mapping every error
+//! to etcd's gRPC code and text. It must not name a storage engine or reach into Raft beyond
+//! [`consensus::Node`]'s API; the server binary wires it up.
+//!
+//! # Layout
+//! - `pb`: generated code, in etcd's proto packages.
+//! - `pb_conv`: conversions, one file per message family.
+//! - `error`: [`ApiError`] and its `tonic::Status` table.
+//! - `validate`: etcd's request checks.
+//! - `service`: the KV, Maintenance and Cluster services.
+
+mod error;
+pub mod pb;
+mod pb_conv;
+mod service;
+mod validate;
+
+use std::sync::Arc;
+
+use consensus::Node;
+use mvcc::Backend;
+
+pub use error::ApiError;
+pub use service::{ApiConfig, ClusterService, DbSize, KvService, MaintenanceService};
+pub use validate::Limits;
+
+use crate::pb::etcdserverpb::cluster_server::ClusterServer;
+use crate::pb::etcdserverpb::kv_server::KvServer;
+use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+
+/// Room gRPC allows above `--max-request-bytes`, as etcd does, so that a request slightly too
+/// large gets etcd's "request is too large" rather than a transport error.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// The etcd v3 services of one member, ready to be served.
+///
+/// Watch, Lease and Auth are not registered yet: clients calling them get `UNIMPLEMENTED`.
+pub fn routes<B: Backend>(
+    node: Node<B>,
+    config: ApiConfig,
+    db_size: DbSize,
+) -> tonic::service::Routes {
+    let max = config
+        .limits
+        .max_request_bytes
+        .saturating_add(GRPC_OVERHEAD_BYTES);
+    let shared = service::Shared {
+        node,
+        config: Arc::new(config),
+        db_size,
+    };
+    let kv = KvServer::new(KvService::new(shared.clone())).max_decoding_message_size(max);
+    let maintenance = MaintenanceServer::new(MaintenanceService::new(shared.clone()))
+        .max_decoding_message_size(max);
+    let cluster = ClusterServer::new(ClusterService::new(shared)).max_decoding_message_size(max);
+    tonic::service::Routes::new(kv)
+        .add_service(maintenance)
+        .add_service(cluster)
+}

@@ -1,0 +1,18 @@
+//! The generated etcd v3 wire types and service stubs, in etcd's proto packages.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// etcd's `mvccpb` package: key-values and events.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd's `authpb` package: users, roles, permissions.
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+/// etcd's `etcdserverpb` package: the six services and their messages.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}

@@ -1,0 +1,199 @@
+//! The KV service: reads from the local store, writes through Raft.
+
+use mvcc::{Backend, Command, Response};
+use prost::Message;
+use tonic::{Request, Response as Reply, Status};
+
+use crate::error::ApiError;
+use crate::pb::etcdserverpb::kv_server::Kv;
+use crate::pb::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use crate::pb_conv::{
+    delete_from_pb, delete_to_pb, put_from_pb, put_to_pb, range_from_pb, range_to_pb, txn_from_pb,
+    txn_to_pb,
+};
+use crate::service::{handled, Shared};
+use crate::validate;
+
+const SERVICE: &str = "etcdserverpb.KV";
+
+/// etcd's KV service over a member.
+pub struct KvService<B> {
+    shared: Shared<B>,
+}
+
+impl<B: Backend> KvService<B> {
+    pub(crate) fn new(shared: Shared<B>) -> Self {
+        Self { shared }
+    }
+
+    async fn serve_range(&self, req: Request<RangeRequest>) -> Result<RangeResponse, ApiError> {
+        let deadline = self.shared.deadline(&req);
+        let r = req.into_inner();
+        self.shared.config.limits.check_size(r.encoded_len())?;
+        validate::check_range(&r)?;
+        let model = range_from_pb(&r)?;
+        if !r.serializable {
+            self.shared.node.read_index(deadline).await?;
+        }
+        let (resp, revision) = self.shared.node.store().range(&model)?;
+        let mut out = range_to_pb(resp, revision);
+        out.header = self.shared.header(revision);
+        Ok(out)
+    }
+
+    async fn write(
+        &self,
+        deadline: deadline::Deadline,
+        command: Command,
+    ) -> Result<(i64, Response), ApiError> {
+        Ok(self.shared.node.propose(command, deadline).await?)
+    }
+
+    async fn serve_put(&self, req: Request<PutRequest>) -> Result<PutResponse, ApiError> {
+        let deadline = self.shared.deadline(&req);
+        let r = req.into_inner();
+        self.shared.config.limits.check_size(r.encoded_len())?;
+        validate::check_put(&r)?;
+        match self.write(deadline, Command::Put(put_from_pb(r))).await? {
+            (revision, Response::Put(p)) => {
+                let mut out = put_to_pb(p, revision);
+                out.header = self.shared.header(revision);
+                Ok(out)
+            }
+            (_, other) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn serve_delete_range(
+        &self,
+        req: Request<DeleteRangeRequest>,
+    ) -> Result<DeleteRangeResponse, ApiError> {
+        let deadline = self.shared.deadline(&req);
+        let r = req.into_inner();
+        self.shared.config.limits.check_size(r.encoded_len())?;
+        validate::check_delete(&r)?;
+        match self
+            .write(deadline, Command::DeleteRange(delete_from_pb(r)))
+            .await?
+        {
+            (revision, Response::DeleteRange(d)) => {
+                let mut out = delete_to_pb(d, revision);
+                out.header = self.shared.header(revision);
+                Ok(out)
+            }
+            (_, other) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn serve_txn(&self, req: Request<TxnRequest>) -> Result<TxnResponse, ApiError> {
+        let deadline = self.shared.deadline(&req);
+        let r = req.into_inner();
+        self.shared.config.limits.check_size(r.encoded_len())?;
+        validate::check_txn(&r, self.shared.config.limits.max_txn_ops)?;
+        let txn = txn_from_pb(r)?;
+        mvcc::check_txn_keys(&txn)?;
+        match self.write(deadline, Command::Txn(txn)).await? {
+            (revision, Response::Txn(t)) => {
+                let mut out = txn_to_pb(t, revision);
+                out.header = self.shared.header(revision);
+                Ok(out)
+            }
+            (_, other) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn serve_compact(
+        &self,
+        req: Request<CompactionRequest>,
+    ) -> Result<CompactionResponse, ApiError> {
+        let deadline = self.shared.deadline(&req);
+        let r = req.into_inner();
+        let command = Command::Compact(mvcc::CompactRequest {
+            revision: r.revision,
+            physical: r.physical,
+        });
+        let (revision, _) = self.write(deadline, command).await?;
+        // Removing the old versions is bounded background work; `physical` waits for it.
+        let store = self.shared.node.store().clone();
+        let removal = tokio::task::spawn_blocking(move || store.finish_compaction());
+        if r.physical {
+            deadline::within(deadline::Layer::Api, deadline, removal)
+                .await?
+                .map_err(|e| ApiError::Internal(e.to_string()))??;
+        }
+        Ok(CompactionResponse {
+            header: self.shared.header(revision),
+        })
+    }
+}
+
+fn unexpected(response: &Response) -> ApiError {
+    ApiError::Internal(format!("unexpected answer {response:?}"))
+}
+
+#[tonic::async_trait]
+impl<B: Backend> Kv for KvService<B> {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Reply<RangeResponse>, Status> {
+        handled(
+            SERVICE,
+            "Range",
+            self.serve_range(request)
+                .await
+                .map(Reply::new)
+                .map_err(Status::from),
+        )
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Reply<PutResponse>, Status> {
+        handled(
+            SERVICE,
+            "Put",
+            self.serve_put(request)
+                .await
+                .map(Reply::new)
+                .map_err(Status::from),
+        )
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Reply<DeleteRangeResponse>, Status> {
+        handled(
+            SERVICE,
+            "DeleteRange",
+            self.serve_delete_range(request)
+                .await
+                .map(Reply::new)
+                .map_err(Status::from),
+        )
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Reply<TxnResponse>, Status> {
+        handled(
+            SERVICE,
+            "Txn",
+            self.serve_txn(request)
+                .await
+                .map(Reply::new)
+                .map_err(Status::from),
+        )
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Reply<CompactionResponse>, Status> {
+        handled(
+            SERVICE,
+            "Compact",
+            self.serve_compact(request)
+                .await
+                .map(Reply::new)
+                .map_err(Status::from),
+        )
+    }
+}

@@ -1,0 +1,160 @@
+//! The Maintenance service: status, hashes, alarms; what clustering and snapshots need comes later.
+
+use std::pin::Pin;
+
+use mvcc::Backend;
+use tokio_stream::Stream;
+use tonic::{Request, Response as Reply, Status};
+
+use crate::error::ApiError;
+use crate::pb::etcdserverpb::maintenance_server::Maintenance;
+use crate::pb::etcdserverpb::{
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
+    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+};
+use crate::service::{handled, Shared};
+
+const SERVICE: &str = "etcdserverpb.Maintenance";
+
+/// etcd's Maintenance service over a member.
+pub struct MaintenanceService<B> {
+    shared: Shared<B>,
+}
+
+impl<B: Backend> MaintenanceService<B> {
+    pub(crate) fn new(shared: Shared<B>) -> Self {
+        Self { shared }
+    }
+
+    fn current_header(&self) -> Option<crate::pb::etcdserverpb::ResponseHeader> {
+        self.shared
+            .header(self.shared.node.store().current_revision())
+    }
+}
+
+#[tonic::async_trait]
+impl<B: Backend> Maintenance for MaintenanceService<B> {
+    async fn alarm(&self, _request: Request<AlarmRequest>) -> Result<Reply<AlarmResponse>, Status> {
+        // No alarm is ever raised yet (the space quota arrives with its own issue).
+        handled(
+            SERVICE,
+            "Alarm",
+            Ok(Reply::new(AlarmResponse {
+                header: self.current_header(),
+                alarms: vec![],
+            })),
+        )
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Reply<StatusResponse>, Status> {
+        let s = self.shared.node.status();
+        let size = i64::try_from((self.shared.db_size)()).unwrap_or(i64::MAX);
+        let reply = StatusResponse {
+            header: self.current_header(),
+            version: self.shared.config.version.clone(),
+            db_size: size,
+            leader: s.leader.unwrap_or(0),
+            raft_index: s.last_log_index,
+            raft_term: s.term,
+            raft_applied_index: s.applied_index,
+            errors: vec![],
+            db_size_in_use: size,
+            is_learner: s.members.iter().any(|(id, _, voter)| *id == s.id && !voter),
+        };
+        handled(SERVICE, "Status", Ok(Reply::new(reply)))
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<DefragmentRequest>,
+    ) -> Result<Reply<DefragmentResponse>, Status> {
+        // Both engines reuse freed space in place; there is nothing to rewrite.
+        handled(
+            SERVICE,
+            "Defragment",
+            Ok(Reply::new(DefragmentResponse {
+                header: self.current_header(),
+            })),
+        )
+    }
+
+    async fn hash(&self, _request: Request<HashRequest>) -> Result<Reply<HashResponse>, Status> {
+        let result = self
+            .shared
+            .node
+            .store()
+            .hash(0)
+            .map(|h| {
+                Reply::new(HashResponse {
+                    header: self.current_header(),
+                    hash: h.hash,
+                })
+            })
+            .map_err(|e| ApiError::from(e).status());
+        handled(SERVICE, "Hash", result)
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Reply<HashKvResponse>, Status> {
+        let revision = request.into_inner().revision;
+        let result = self
+            .shared
+            .node
+            .store()
+            .hash(revision)
+            .map(|h| {
+                Reply::new(HashKvResponse {
+                    header: self.current_header(),
+                    hash: h.hash,
+                    compact_revision: h.compact_revision,
+                    hash_revision: h.revision,
+                })
+            })
+            .map_err(|e| ApiError::from(e).status());
+        handled(SERVICE, "HashKV", result)
+    }
+
+    type SnapshotStream =
+        Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send + 'static>>;
+
+    async fn snapshot(
+        &self,
+        _request: Request<SnapshotRequest>,
+    ) -> Result<Reply<Self::SnapshotStream>, Status> {
+        handled(
+            SERVICE,
+            "Snapshot",
+            Err(Status::unimplemented(
+                "snapshot download is not implemented yet",
+            )),
+        )
+    }
+
+    async fn move_leader(
+        &self,
+        _request: Request<MoveLeaderRequest>,
+    ) -> Result<Reply<MoveLeaderResponse>, Status> {
+        handled(
+            SERVICE,
+            "MoveLeader",
+            Err(Status::unimplemented("leader transfer is not implemented")),
+        )
+    }
+
+    async fn downgrade(
+        &self,
+        _request: Request<DowngradeRequest>,
+    ) -> Result<Reply<DowngradeResponse>, Status> {
+        handled(
+            SERVICE,
+            "Downgrade",
+            Err(Status::unimplemented("downgrade is not supported")),
+        )
+    }
+}

@@ -1,0 +1,185 @@
+//! etcd's request checks, done before anything is proposed.
+
+use crate::error::ApiError;
+use crate::pb::etcdserverpb::{
+    request_op, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+
+/// The request limits of `--max-request-bytes` and `--max-txn-ops`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request accepted, in encoded bytes (etcd's default 1.5 MiB).
+    pub max_request_bytes: usize,
+    /// Most compares, or ops per branch, in one txn (etcd's default 128).
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+        }
+    }
+}
+
+impl Limits {
+    /// Refuses a request of `encoded_len` bytes over the limit.
+    pub(crate) fn check_size(&self, encoded_len: usize) -> Result<(), ApiError> {
+        if encoded_len > self.max_request_bytes {
+            return Err(ApiError::RequestTooLarge);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn check_range(r: &RangeRequest) -> Result<(), ApiError> {
+    if r.key.is_empty() {
+        return Err(ApiError::KeyNotProvided);
+    }
+    Ok(())
+}
+
+pub(crate) fn check_put(r: &PutRequest) -> Result<(), ApiError> {
+    if r.key.is_empty() {
+        return Err(ApiError::KeyNotProvided);
+    }
+    if r.ignore_value && !r.value.is_empty() {
+        return Err(ApiError::ValueProvided);
+    }
+    if r.ignore_lease && r.lease != 0 {
+        return Err(ApiError::LeaseProvided);
+    }
+    Ok(())
+}
+
+pub(crate) fn check_delete(r: &DeleteRangeRequest) -> Result<(), ApiError> {
+    if r.key.is_empty() {
+        return Err(ApiError::KeyNotProvided);
+    }
+    Ok(())
+}
+
+/// etcd's txn check: the widest of compares, success and failure within `max_ops`, every key
+/// given, nested txns within what the outer one leaves.
+pub(crate) fn check_txn(t: &TxnRequest, max_ops: usize) -> Result<(), ApiError> {
+    let width = t.compare.len().max(t.success.len()).max(t.failure.len());
+    if width > max_ops {
+        return Err(ApiError::TooManyOps);
+    }
+    if t.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(ApiError::KeyNotProvided);
+    }
+    for op in t.success.iter().chain(&t.failure) {
+        check_op(op, max_ops - width)?;
+    }
+    Ok(())
+}
+
+fn check_op(op: &RequestOp, max_ops: usize) -> Result<(), ApiError> {
+    match &op.request {
+        Some(request_op::Request::RequestRange(r)) => check_range(r),
+        Some(request_op::Request::RequestPut(r)) => check_put(r),
+        Some(request_op::Request::RequestDeleteRange(r)) => check_delete(r),
+        Some(request_op::Request::RequestTxn(t)) => check_txn(t, max_ops),
+        None => Err(ApiError::KeyNotFound),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn puts_are_checked_as_etcd_does() {
+        assert_eq!(
+            check_put(&PutRequest::default()),
+            Err(ApiError::KeyNotProvided)
+        );
+        let p = PutRequest {
+            key: "k".into(),
+            value: "v".into(),
+            ignore_value: true,
+            ..Default::default()
+        };
+        assert_eq!(check_put(&p), Err(ApiError::ValueProvided));
+        let p = PutRequest {
+            key: "k".into(),
+            lease: 5,
+            ignore_lease: true,
+            ..Default::default()
+        };
+        assert_eq!(check_put(&p), Err(ApiError::LeaseProvided));
+        assert_eq!(
+            check_range(&RangeRequest::default()),
+            Err(ApiError::KeyNotProvided)
+        );
+        assert_eq!(
+            check_delete(&DeleteRangeRequest::default()),
+            Err(ApiError::KeyNotProvided)
+        );
+    }
+
+    #[test]
+    fn txn_width_and_nesting() {
+        let wide = TxnRequest {
+            success: (0..129).map(|i| put(&i.to_string())).collect(),
+            ..Default::default()
+        };
+        assert_eq!(check_txn(&wide, 128), Err(ApiError::TooManyOps));
+        let ok = TxnRequest {
+            success: (0..128).map(|i| put(&i.to_string())).collect(),
+            ..Default::default()
+        };
+        assert_eq!(check_txn(&ok, 128), Ok(()));
+        let nested = |n: usize| RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                success: (0..n).map(|i| put(&format!("n{i}"))).collect(),
+                ..Default::default()
+            })),
+        };
+        let outer = TxnRequest {
+            success: vec![nested(127)],
+            ..Default::default()
+        };
+        assert_eq!(
+            check_txn(&outer, 128),
+            Ok(()),
+            "the nested txn gets what the outer leaves"
+        );
+        let outer = TxnRequest {
+            success: vec![nested(128)],
+            ..Default::default()
+        };
+        assert_eq!(check_txn(&outer, 128), Err(ApiError::TooManyOps));
+        let empty_op = TxnRequest {
+            success: vec![RequestOp { request: None }],
+            ..Default::default()
+        };
+        assert_eq!(check_txn(&empty_op, 128), Err(ApiError::KeyNotFound));
+        let no_key = TxnRequest {
+            success: vec![put("")],
+            ..Default::default()
+        };
+        assert_eq!(check_txn(&no_key, 128), Err(ApiError::KeyNotProvided));
+    }
+
+    #[test]
+    fn size_limit() {
+        let limits = Limits::default();
+        assert_eq!(limits.check_size(1536 * 1024), Ok(()));
+        assert_eq!(
+            limits.check_size(1536 * 1024 + 1),
+            Err(ApiError::RequestTooLarge)
+        );
+    }
+}
