@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod crash;
+
 use engine_redb::{Durability, Options, RedbBackend};
 use mvcc::conformance::Suite;
 use mvcc::{Backend, Command, PutRequest, Store};
