@@ -1,0 +1,289 @@
+//! Turns flags into the typed configurations of the layers below, and derives member ids.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use consensus::{Member, NodeConfig};
+use deadline::{Budgets, Layer};
+use kvapi::{ApiConfig, Limits};
+
+use crate::flags::{Engine, Flags};
+
+/// The etcd API version this server speaks.
+pub const API_VERSION: &str = "3.4.0";
+
+/// Automatic compaction, as `--auto-compaction-*` ask for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Off.
+    Off,
+    /// Keep this much time of history.
+    Periodic(Duration),
+    /// Keep this many revisions of history.
+    Revision(i64),
+}
+
+/// Everything the server needs, checked.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the log, snapshots and engine files live.
+    pub data_dir: PathBuf,
+    /// Which engine to run.
+    pub engine: Engine,
+    /// Addresses to serve clients on.
+    pub client_addrs: Vec<String>,
+    /// Addresses to serve peers on.
+    pub peer_addrs: Vec<String>,
+    /// The member's Raft configuration.
+    pub node: NodeConfig,
+    /// The API's configuration.
+    pub api: ApiConfig,
+    /// Automatic compaction.
+    pub auto_compaction: AutoCompaction,
+}
+
+/// A stable 64-bit FNV-1a hash: ids must be the same on every member and every build.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.iter().chain(b"\0") {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h.max(1)
+}
+
+/// A member's id, from its peer URLs and the cluster token, as etcd derives it.
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls: Vec<&[u8]> = peer_urls.iter().map(|u| u.as_bytes()).collect();
+    urls.sort();
+    urls.push(token.as_bytes());
+    fnv1a(&urls)
+}
+
+/// The cluster id, from the members' ids and the token.
+pub fn cluster_id(member_ids: &[u64], token: &str) -> u64 {
+    let mut ids: Vec<[u8; 8]> = member_ids.iter().map(|id| id.to_be_bytes()).collect();
+    ids.sort();
+    let mut parts: Vec<&[u8]> = ids.iter().map(|b| b.as_slice()).collect();
+    parts.push(token.as_bytes());
+    fnv1a(&parts)
+}
+
+fn split_urls(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `http://host:port` → `host:port`; other schemes are refused (no TLS yet).
+pub fn host_port(url: &str) -> Result<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url:?}: only http:// URLs are supported"))?;
+    let host_port = rest.trim_end_matches('/');
+    if host_port.parse::<SocketAddr>().is_err() && !host_port.contains(':') {
+        bail!("{url:?}: a port is required");
+    }
+    Ok(host_port.to_string())
+}
+
+fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, url) = entry
+            .split_once('=')
+            .with_context(|| format!("--initial-cluster entry {entry:?} is not name=url"))?;
+        members
+            .entry(name.trim().to_string())
+            .or_default()
+            .push(url.trim().to_string());
+    }
+    Ok(members)
+}
+
+fn parse_auto_compaction(mode: &str, retention: &str) -> Result<AutoCompaction> {
+    let retention = retention.trim();
+    if retention.is_empty() || retention == "0" {
+        return Ok(AutoCompaction::Off);
+    }
+    match mode {
+        "periodic" => {
+            // etcd reads a bare number as hours.
+            let period = match retention.parse::<f64>() {
+                Ok(hours) => Duration::try_from_secs_f64(hours * 3600.0)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+                Err(_) => crate::flags::parse_duration(retention).map_err(anyhow::Error::msg)?,
+            };
+            Ok(AutoCompaction::Periodic(period))
+        }
+        "revision" => {
+            Ok(AutoCompaction::Revision(retention.parse().with_context(
+                || format!("--auto-compaction-retention {retention:?}"),
+            )?))
+        }
+        other => bail!("--auto-compaction-mode {other:?}: use periodic or revision"),
+    }
+}
+
+impl TryFrom<Flags> for Config {
+    type Error = anyhow::Error;
+
+    fn try_from(f: Flags) -> Result<Self> {
+        let peer_urls = split_urls(&f.initial_advertise_peer_urls);
+        let client_urls = split_urls(&f.advertise_client_urls);
+        let initial = match &f.initial_cluster {
+            Some(spec) => parse_initial_cluster(spec)?,
+            None => BTreeMap::from([(f.name.clone(), peer_urls.clone())]),
+        };
+        if f.initial_cluster_state != "new" {
+            bail!(
+                "--initial-cluster-state {:?}: joining an existing cluster is not supported yet",
+                f.initial_cluster_state
+            );
+        }
+        let Some(own) = initial.get(&f.name) else {
+            bail!(
+                "--initial-cluster has no entry for this member's --name {:?}",
+                f.name
+            );
+        };
+        if initial.len() > 1 {
+            bail!(
+                "--initial-cluster names {} members; multi-member clusters are not supported yet",
+                initial.len()
+            );
+        }
+        let id = member_id(own, &f.initial_cluster_token);
+        let member = Member {
+            name: f.name.clone(),
+            peer_urls: own.clone(),
+            client_urls,
+        };
+        let mut budgets = Budgets::parse_overrides(&f.budgets).context("--budgets")?;
+        if let Some(timeout) = f.request_timeout {
+            budgets.set(Layer::Api, timeout);
+        }
+        budgets.validate().context("--request-timeout")?;
+        let data_dir = f
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.metastore", f.name)));
+        let mut node = NodeConfig::single(id, member, data_dir.join("member"));
+        node.heartbeat = Duration::from_millis(f.heartbeat_interval);
+        node.election_timeout = Duration::from_millis(f.election_timeout);
+        node.snapshot_count = f.snapshot_count;
+        node.budgets = budgets;
+        if f.election_timeout < 5 * f.heartbeat_interval {
+            bail!(
+                "--election-timeout ({}ms) should be at least 5 times --heartbeat-interval ({}ms)",
+                f.election_timeout,
+                f.heartbeat_interval
+            );
+        }
+        let api = ApiConfig {
+            cluster_id: cluster_id(&[id], &f.initial_cluster_token),
+            limits: Limits {
+                max_request_bytes: f.max_request_bytes,
+                max_txn_ops: f.max_txn_ops,
+            },
+            budgets,
+            version: API_VERSION.to_string(),
+        };
+        Ok(Config {
+            data_dir,
+            engine: f.engine,
+            client_addrs: split_urls(&f.listen_client_urls)
+                .iter()
+                .map(|u| host_port(u))
+                .collect::<Result<_>>()?,
+            peer_addrs: split_urls(&f.listen_peer_urls)
+                .iter()
+                .map(|u| host_port(u))
+                .collect::<Result<_>>()?,
+            node,
+            api,
+            auto_compaction: parse_auto_compaction(
+                &f.auto_compaction_mode,
+                &f.auto_compaction_retention,
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let a = member_id(&["http://127.0.0.1:2380".into()], "etcd-cluster");
+        assert_eq!(
+            a,
+            member_id(&["http://127.0.0.1:2380".into()], "etcd-cluster")
+        );
+        assert_ne!(
+            a,
+            member_id(&["http://127.0.0.1:2381".into()], "etcd-cluster")
+        );
+        assert_ne!(
+            a,
+            member_id(&["http://127.0.0.1:2380".into()], "other-token")
+        );
+        assert_ne!(cluster_id(&[a], "etcd-cluster"), a);
+    }
+
+    #[test]
+    fn default_flags_make_a_single_member() {
+        let c = Config::try_from(Flags::parse_from(["metastore"])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("default.metastore"));
+        assert_eq!(c.client_addrs, ["127.0.0.1:2379"]);
+        assert_eq!(c.peer_addrs, ["127.0.0.1:2380"]);
+        assert_eq!(c.node.initial_members.len(), 1);
+        assert_eq!(c.auto_compaction, AutoCompaction::Off);
+    }
+
+    #[test]
+    fn bad_flags_are_clear_errors() {
+        let bad = |args: &[&str]| {
+            let mut all = vec!["metastore"];
+            all.extend_from_slice(args);
+            Config::try_from(Flags::parse_from(all))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(&["--listen-client-urls", "https://x:1"]).contains("only http://"));
+        assert!(bad(&["--initial-cluster", "other=http://127.0.0.1:2380"]).contains("no entry"));
+        assert!(bad(&["--budgets", "commit=0s"]).contains("budgets"));
+        assert!(bad(&[
+            "--auto-compaction-mode",
+            "weekly",
+            "--auto-compaction-retention",
+            "1"
+        ])
+        .contains("weekly"));
+    }
+
+    #[test]
+    fn auto_compaction_flags() {
+        assert_eq!(
+            parse_auto_compaction("periodic", "1").unwrap(),
+            AutoCompaction::Periodic(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            parse_auto_compaction("periodic", "30m").unwrap(),
+            AutoCompaction::Periodic(Duration::from_secs(1800))
+        );
+        assert_eq!(
+            parse_auto_compaction("revision", "1000").unwrap(),
+            AutoCompaction::Revision(1000)
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! The command line: etcd's flags and `ETCD_*` variables where the meaning is the same.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Which storage engine keeps the key space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Engine {
+    /// Persistent, on redb (the default).
+    Redb,
+    /// In memory; rebuilt from the Raft snapshot and log on restart.
+    Mem,
+}
+
+/// `metastore`: an etcd v3 compatible key-value store.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "metastore", version, about, long_about = None)]
+pub struct Flags {
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+
+    /// Path to the data directory [default: <name>.metastore].
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Comma-separated URLs to listen on for client traffic (gRPC and HTTP on one port).
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub listen_client_urls: String,
+
+    /// Comma-separated client URLs advertised to the cluster.
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub advertise_client_urls: String,
+
+    /// Comma-separated URLs to listen on for peer traffic.
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub listen_peer_urls: String,
+
+    /// Comma-separated peer URLs advertised to the cluster.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub initial_advertise_peer_urls: String,
+
+    /// Initial cluster configuration for bootstrapping: name=peer-url,... [default: <name>=<initial-advertise-peer-urls>].
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// Initial cluster state: `new` to bootstrap, `existing` to join.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+
+    /// Initial cluster token; members of one cluster share it, and it feeds the cluster id.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+
+    /// Largest client request accepted, in bytes.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
+
+    /// Most operations in one txn (per compare list and per branch).
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+
+    /// Backend size quota in bytes; 0 means the default of 2 GiB (not enforced yet).
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+
+    /// Committed entries between Raft snapshots.
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+
+    /// Automatic compaction: `periodic` (keep a time window) or `revision` (keep N revisions).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+
+    /// Automatic compaction retention: a duration (`1h`, or hours as a number) for periodic,
+    /// a revision count for revision; 0 turns it off.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+
+    /// Log level: debug, info, warn, error.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Storage engine.
+    #[arg(long, env = "METASTORE_ENGINE", value_enum, default_value_t = Engine::Redb)]
+    pub engine: Engine,
+
+    /// Longest a client request may wait before "etcdserver: request timed out" (e.g. `7s`).
+    #[arg(long, env = "METASTORE_REQUEST_TIMEOUT", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+
+    /// Per-layer wait budgets, e.g. `commit=2s,read-index=500ms` (layers: api, propose, commit,
+    /// read-index, apply, watch-send, peer-rpc).
+    #[arg(long, env = "METASTORE_BUDGETS", default_value = "")]
+    pub budgets: String,
+}
+
+/// Parses `500ms`, `7s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = digits
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7s"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn defaults_match_etcd() {
+        let f = Flags::parse_from(["metastore"]);
+        assert_eq!(f.name, "default");
+        assert_eq!(f.max_request_bytes, 1_572_864);
+        assert_eq!(f.max_txn_ops, 128);
+        assert_eq!((f.heartbeat_interval, f.election_timeout), (100, 1000));
+        assert_eq!(f.engine, Engine::Redb);
+        assert_eq!(f.listen_client_urls, "http://127.0.0.1:2379");
+    }
+}

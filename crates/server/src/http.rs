@@ -1,0 +1,91 @@
+//! Plain HTTP on the client port, as etcd answers it: `/health`, `/version`, `/metrics`.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use consensus::Node;
+use deadline::Deadline;
+use metrics_exporter_prometheus::PrometheusHandle;
+use mvcc::Backend;
+
+use crate::config::API_VERSION;
+
+/// What the HTTP handlers read.
+pub struct HttpState<B> {
+    /// The member.
+    pub node: Node<B>,
+    /// The Prometheus recorder, when one is installed.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl<B> Clone for HttpState<B> {
+    fn clone(&self) -> Self {
+        Self {
+            node: self.node.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The HTTP routes of the client port.
+pub fn router<B: Backend>(state: HttpState<B>) -> Router {
+    Router::new()
+        .route("/health", get(health::<B>))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics_text::<B>))
+        .with_state(state)
+}
+
+async fn health<B: Backend>(State(state): State<HttpState<B>>) -> impl IntoResponse {
+    // Healthy means a quorum answers a read index within a second, as etcd's check does.
+    let answer = state
+        .node
+        .read_index(Deadline::after(Duration::from_secs(1)))
+        .await;
+    let (code, body) = match answer {
+        Ok(()) => (
+            StatusCode::OK,
+            r#"{"health":"true","reason":""}"#.to_string(),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                r#"{{"health":"false","reason":"{}"}}"#,
+                e.to_string().replace('"', "'")
+            ),
+        ),
+    };
+    (code, [("content-type", "application/json")], body)
+}
+
+async fn version() -> impl IntoResponse {
+    (
+        [("content-type", "application/json")],
+        format!(r#"{{"etcdserver":"{API_VERSION}","etcdcluster":"{API_VERSION}"}}"#),
+    )
+}
+
+async fn metrics_text<B: Backend>(State(state): State<HttpState<B>>) -> impl IntoResponse {
+    let runtime = tokio::runtime::Handle::current().metrics();
+    metrics::gauge!("metastore_live_tasks").set(runtime.num_alive_tasks() as f64);
+    metrics::gauge!("metastore_store_revision").set(state.node.store().current_revision() as f64);
+    let status = state.node.status();
+    metrics::gauge!("etcd_server_has_leader").set(if status.leader.is_some() { 1.0 } else { 0.0 });
+    metrics::gauge!("etcd_server_is_leader").set(if status.leader == Some(status.id) {
+        1.0
+    } else {
+        0.0
+    });
+    metrics::gauge!("etcd_server_proposals_pending").set(state.node.pending() as f64);
+    match &state.metrics {
+        Some(handle) => (StatusCode::OK, handle.render()),
+        None => (
+            StatusCode::NOT_FOUND,
+            "no metrics recorder installed\n".to_string(),
+        ),
+    }
+}

@@ -1,0 +1,192 @@
+//! The `metastore` server: etcd's flags, the wiring of every layer, HTTP endpoints, shutdown.
+//!
+//! This crate owns the process: it turns flags into each layer's typed configuration, picks the
+//! storage engine, starts the Raft member, serves the etcd v3 gRPC API and plain HTTP on the
+//! client port, runs automatic compaction, and stops everything in order on a signal. It is the
+//! only crate (with xtask) that uses `anyhow` or installs a tracing subscriber and a metrics
+//! recorder; nothing depends on it.
+//!
+//! # Layout
+//! - `flags`: [`Flags`], the command line.
+//! - `config`: [`Config`], checked configuration, member and cluster ids.
+//! - `http`: `/health`, `/version`, `/metrics`.
+//! - `compactor`: automatic compaction.
+
+mod compactor;
+mod config;
+mod flags;
+mod http;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use consensus::Node;
+use deadline::{Deadline, Layer};
+use engine_redb::{Durability, Options, RedbBackend};
+use metrics_exporter_prometheus::PrometheusHandle;
+use mvcc::Backend;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{cluster_id, member_id, AutoCompaction, Config, API_VERSION};
+pub use flags::{Engine, Flags};
+
+/// Runs the server until `shutdown` completes, then stops it in order: stop accepting and let
+/// in-flight requests finish (bounded by the api budget), stop Raft, flush the store.
+///
+/// # Errors
+/// Start-up failures (bad data dir, ports in use, a store that will not open) and a failed
+/// final flush.
+pub async fn run(
+    config: Config,
+    metrics: Option<PrometheusHandle>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    match config.engine {
+        Engine::Redb => {
+            let path = config.data_dir.join("member").join("data.redb");
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            // Lazy: the Raft log is fsynced before any write is acknowledged, and replays
+            // whatever the engine had not made durable.
+            let options = Options {
+                durability: Durability::Lazy,
+                ..Options::default()
+            };
+            let backend = RedbBackend::open(&path, &options)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let size_path = path.clone();
+            let db_size: kvapi::DbSize =
+                Arc::new(move || std::fs::metadata(&size_path).map(|m| m.len()).unwrap_or(0));
+            serve(config, backend, db_size, metrics, shutdown).await
+        }
+        Engine::Mem => {
+            let db_size: kvapi::DbSize = Arc::new(|| 0);
+            serve(
+                config,
+                engine_mem::MemBackend::new(),
+                db_size,
+                metrics,
+                shutdown,
+            )
+            .await
+        }
+    }
+}
+
+async fn serve<B: Backend>(
+    config: Config,
+    backend: B,
+    db_size: kvapi::DbSize,
+    metrics: Option<PrometheusHandle>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let node = Node::start(config.node.clone(), backend)
+        .await
+        .context("starting the raft member")?;
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    let grpc = kvapi::routes(node.clone(), config.api.clone(), db_size).into_axum_router();
+    let http = http::router(http::HttpState {
+        node: node.clone(),
+        metrics,
+    });
+    let client_router = grpc.merge(http);
+    for addr in &config.client_addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for clients on {addr}"))?;
+        tracing::info!(%addr, "serving client requests (gRPC and HTTP)");
+        let router = client_router.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(cause = %e, "client listener failed");
+            }
+        });
+    }
+    // The peer port is taken now so a second member cannot claim it; peers talk here once
+    // clusters arrive.
+    let mut peer_listeners = Vec::new();
+    for addr in &config.peer_addrs {
+        peer_listeners.push(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for peers on {addr}"))?,
+        );
+    }
+    tasks.spawn(compactor::run(
+        node.clone(),
+        config.auto_compaction,
+        stop.clone(),
+    ));
+    tasks.close();
+
+    match node
+        .wait_for_leader(Deadline::after(config.node.election_timeout * 10))
+        .await
+    {
+        Ok(leader) => tracing::info!(
+            member = format_args!("{:x}", node.id()),
+            leader = format_args!("{leader:x}"),
+            "ready to serve client requests"
+        ),
+        Err(e) => tracing::warn!(cause = %e, "no leader yet; serving anyway"),
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: no new requests; in-flight ones finish within their budget");
+    stop.cancel();
+    let budget = config.api.budgets.get(Layer::Api);
+    if deadline::within(Layer::Api, Deadline::after(budget), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(waited = ?budget, "some connections did not close in time");
+    }
+    drop(peer_listeners);
+    node.shutdown().await.context("flushing the store")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on the first SIGINT or SIGTERM; a second one exits the process at once.
+pub async fn signals() {
+    first_signal().await;
+    tokio::spawn(async {
+        first_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn first_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
