@@ -4,7 +4,13 @@
 //!
 //! # Layout
 //! - `tidy`: checks every crate's `lib.rs` header and the layer rule between crates.
+//! - `bench`: `cargo xtask bench engine`, the engines' throughput and memory, written to
+//!   `docs/benchmarks.md`.
 
+// A command-line tool: printing to stdout is its interface.
+#![allow(clippy::print_stdout)]
+
+mod bench;
 mod tidy;
 
 use anyhow::{bail, Result};
@@ -13,7 +19,8 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("tidy") => tidy::check(&tidy::project_root()),
-        Some(other) => bail!("unknown task `{other}`; try: tidy"),
-        None => bail!("usage: cargo xtask <tidy>"),
+        Some("bench") => bench::run(&args[1..]),
+        Some(other) => bail!("unknown task `{other}`; try: tidy, bench"),
+        None => bail!("usage: cargo xtask <tidy|bench>"),
     }
 }
