@@ -76,6 +76,11 @@ impl WriteBatch {
         });
     }
 
+    /// Makes room for `additional` more changes.
+    pub fn reserve(&mut self, additional: usize) {
+        self.ops.reserve(additional);
+    }
+
     /// Records the opaque position (e.g. a Raft log id) this batch brings the store up to.
     pub fn set_applied(&mut self, position: Vec<u8>) {
         self.applied = Some(position);

@@ -141,14 +141,21 @@ impl PutRecord<'_> {
 
 /// Encodes a put record.
 pub(crate) fn encode_put(sub: i64, kv: &KeyValue) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 4 * 10 + kv.value.len());
+    let fields = [
+        sub as u64,
+        kv.create_revision as u64,
+        kv.version as u64,
+        kv.lease as u64,
+    ];
+    // Exact capacity: engines keep the buffer as it is, so spare bytes would be kept too.
+    let mut out = Vec::with_capacity(
+        1 + fields.iter().map(|&f| varint_len(f)).sum::<usize>() + kv.value.len(),
+    );
     out.push(TAG_PUT);
-    put_varint(&mut out, sub as u64);
-    put_varint(&mut out, kv.create_revision as u64);
-    put_varint(&mut out, kv.version as u64);
-    put_varint(&mut out, kv.lease as u64);
+    for f in fields {
+        put_varint(&mut out, f);
+    }
     out.extend_from_slice(&kv.value);
-    out.shrink_to_fit();
     out
 }
 
@@ -189,6 +196,10 @@ pub(crate) fn decode_record(raw: &[u8]) -> Result<Record<'_>> {
 /// True when the record is a tombstone, without decoding the rest.
 pub(crate) fn is_tombstone(raw: &[u8]) -> bool {
     raw.first() == Some(&TAG_TOMBSTONE)
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - v.leading_zeros() as usize).max(1).div_ceil(7)
 }
 
 pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -261,6 +272,31 @@ mod tests {
             let _ = split_version_key(&raw);
             let _ = split_revision_key(&raw);
         }
+    }
+
+    #[test]
+    fn varint_lengths_are_exact() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v), "{v}");
+        }
+        let kv = KeyValue {
+            value: vec![7; 300],
+            version: 200,
+            ..KeyValue::default()
+        };
+        let raw = encode_put(3, &kv);
+        assert_eq!(raw.capacity(), raw.len());
     }
 
     #[test]

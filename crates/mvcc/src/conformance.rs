@@ -151,6 +151,7 @@ impl Suite {
         snapshots(factory);
         snapshot_holds_compaction(factory);
         many_versions_and_odd_keys(factory);
+        one_call_many_commands(factory);
     }
 
     /// Runs `cases` random op sequences against the engine and the model.
@@ -973,6 +974,110 @@ fn many_versions_and_odd_keys<B: Backend>(f: Factory<'_, B>) {
         .unwrap();
     assert_eq!((r.kvs.len(), r.more, r.count), (4000, true, 5000));
     assert_eq!(r.kvs[3999].key, b"w03999");
+}
+
+fn one_call_many_commands<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    s.put("a", "0"); // 2, in the backend before the call
+    let read_at = |rev: i64| {
+        Command::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![RequestOp::Range(RangeRequest {
+                key: "a".into(),
+                revision: rev,
+                ..Default::default()
+            })],
+            failure: vec![],
+        })
+    };
+    let out = s
+        .store
+        .apply(
+            &[
+                Command::Put(PutRequest {
+                    key: "a".into(),
+                    value: "1".into(),
+                    ..Default::default()
+                }), // 3
+                Command::Put(PutRequest {
+                    key: "a".into(),
+                    value: "2".into(),
+                    prev_kv: true,
+                    ..Default::default()
+                }), // 4
+                read_at(2),
+                read_at(3),
+                read_at(0),
+                Command::DeleteRange(DeleteRangeRequest {
+                    key: "a".into(),
+                    range_end: vec![],
+                    prev_kv: true,
+                }), // 5
+                read_at(4),
+                read_at(0),
+                Command::Put(PutRequest {
+                    key: "a".into(),
+                    value: "3".into(),
+                    ..Default::default()
+                }), // 6
+            ],
+            None,
+        )
+        .unwrap();
+    let value = |i: usize| -> Option<(Vec<u8>, i64)> {
+        let Ok(Response::Txn(t)) = &out[i].result else {
+            panic!("{:?}", out[i].result)
+        };
+        let ResponseOp::Range(r) = &t.responses[0] else {
+            panic!()
+        };
+        r.kvs.first().map(|kv| (kv.value.clone(), kv.version))
+    };
+    let Ok(Response::Put(p)) = &out[1].result else {
+        panic!()
+    };
+    assert_eq!(
+        p.prev_kv.as_ref().unwrap().value,
+        b"1",
+        "a command sees the one before it"
+    );
+    assert_eq!(
+        value(2),
+        Some((b"0".to_vec(), 1)),
+        "revision 2 is read from the engine"
+    );
+    assert_eq!(
+        value(3),
+        Some((b"1".to_vec(), 2)),
+        "revision 3 was written earlier in this call"
+    );
+    assert_eq!(value(4), Some((b"2".to_vec(), 3)));
+    assert_eq!(
+        value(6),
+        Some((b"2".to_vec(), 3)),
+        "read at 4 after the delete at 5"
+    );
+    assert_eq!(value(7), None, "deleted now");
+    assert_eq!(
+        out.iter().map(|o| o.revision).collect::<Vec<_>>(),
+        vec![3, 4, 4, 4, 4, 5, 5, 5, 6]
+    );
+    let kv = s.get("a").unwrap();
+    assert_eq!(
+        (kv.value.as_slice(), kv.version, kv.create_revision),
+        (&b"3"[..], 1, 6)
+    );
+    let again = Fixture::new(f);
+    for v in ["0", "1", "2"] {
+        again.put("a", v);
+    }
+    again.delete("a", "");
+    again.put("a", "3");
+    assert_eq!(
+        again.store.hash(0).unwrap(),
+        s.store.hash(0).unwrap(),
+        "one call or many, same store"
+    );
 }
 
 mod model {

@@ -43,14 +43,8 @@ impl PutRecord<'_> {
     }
 }
 
-/// The `Keys` table bounds covering every version of every key in `range`.
+/// The `Keys` table bounds covering every version of every key in a multi-key `range`.
 fn encoded_bounds(range: &KeyRange) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
-    if let Some(key) = range.single() {
-        let group = codec::group(key);
-        let mut last = group.clone();
-        last.extend_from_slice(&[0xff; REV_LEN]);
-        return (Bound::Included(group), Bound::Included(last));
-    }
     let from = Bound::Included(codec::group(range.start()));
     let to = match range.end() {
         Some(end) => Bound::Excluded(codec::group(end)),
@@ -76,6 +70,9 @@ pub(crate) fn scan_visible<B: Backend + ?Sized>(
 ) -> Result<()> {
     if range.is_empty() {
         return Ok(());
+    }
+    if let Some(key) = range.single() {
+        return visit_one(backend, key, rev, f);
     }
     let (mut from, to) = encoded_bounds(range);
     // The group whose visible version was already found: its older versions are skipped.
@@ -133,33 +130,40 @@ pub(crate) fn scan_visible<B: Backend + ?Sized>(
     }
 }
 
-/// The newest version of `key` at or below `rev`, as (main revision, raw record), tombstones too.
-pub(crate) fn latest_at<B: Backend + ?Sized>(
+/// Calls `f` with the version of `key` visible at `rev`, if it is live: one seek, no copies.
+fn visit_one<B: Backend + ?Sized>(
     backend: &B,
     key: &[u8],
     rev: i64,
-) -> Result<Option<(i64, Vec<u8>)>> {
+    f: &mut dyn FnMut(Visible<'_>) -> ControlFlow<()>,
+) -> Result<()> {
+    // The newest version at or below `rev` is the first entry at or after `key ++ !rev`; the
+    // scan is open-ended (one descent, not two) and stops at that entry whatever it is.
     let from = codec::version_key(key, rev);
-    let mut to = codec::group(key);
-    to.extend_from_slice(&[0xff; REV_LEN]);
-    let mut found = None;
+    let group_len = from.len() - REV_LEN;
     let mut failure = None;
     backend.scan(
         Table::Keys,
         Bound::Included(&from),
-        Bound::Included(&to),
+        Bound::Unbounded,
         &mut |k, v| {
-            match codec::split_version_key(k) {
-                Ok((_, main)) => found = Some((main, v.to_vec())),
+            if k.len() != from.len() || k[..group_len] != from[..group_len] {
+                return ControlFlow::Break(());
+            }
+            let parsed = codec::split_version_key(k).and_then(|(group, main)| {
+                codec::decode_record(v).map(|rec| (group, main, rec.put))
+            });
+            match parsed {
+                Ok((group, main, Some(put))) => {
+                    let _ = f(Visible { group, main, put });
+                }
+                Ok((_, _, None)) => {}
                 Err(e) => failure = Some(e),
             }
             ControlFlow::Break(())
         },
     )?;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(found),
-    }
+    failure.map_or(Ok(()), Err)
 }
 
 /// The live key-value of `key` at `rev`, if any.
@@ -168,12 +172,12 @@ pub(crate) fn get_at<B: Backend + ?Sized>(
     key: &[u8],
     rev: i64,
 ) -> Result<Option<KeyValue>> {
-    match latest_at(backend, key, rev)? {
-        None => Ok(None),
-        Some((main, raw)) => Ok(codec::decode_record(&raw)?
-            .put
-            .map(|put| put.to_kv(key.to_vec(), main))),
-    }
+    let mut found = None;
+    visit_one(backend, key, rev, &mut |v| {
+        found = Some(v.put.to_kv(key.to_vec(), v.main));
+        ControlFlow::Break(())
+    })?;
+    Ok(found)
 }
 
 /// One key-value offered to a range answer, either borrowed from the backend or owned.

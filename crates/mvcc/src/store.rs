@@ -221,7 +221,14 @@ impl<B: Backend> Store<B> {
     pub fn apply(&self, commands: &[Command], applied: Option<&[u8]>) -> Result<Vec<Outcome>> {
         let inner = &*self.inner;
         let _writer = inner.writer.lock();
-        let mut w = Writer::new(inner, self.current_revision(), self.compact_revision());
+        let sink = inner.sink.read().clone();
+        let mut w = Writer::new(
+            inner,
+            self.current_revision(),
+            self.compact_revision(),
+            sink.is_some(),
+        );
+        w.batch.reserve(commands.len() * 2 + 2);
         let mut outcomes = Vec::with_capacity(commands.len());
         for cmd in commands {
             let result = match w.execute(cmd) {
@@ -264,10 +271,8 @@ impl<B: Backend> Store<B> {
         }
         inner.current.store(current, Ordering::Release);
         inner.compacted.store(compacted, Ordering::Release);
-        if !events.is_empty() {
-            if let Some(sink) = inner.sink.read().as_ref() {
-                sink.publish(events);
-            }
+        if let Some(sink) = sink.filter(|_| !events.is_empty()) {
+            sink.publish(events);
         }
         Ok(outcomes)
     }
@@ -532,8 +537,47 @@ struct Plan {
     nested: Vec<Plan>,
 }
 
-/// Versions written by this apply call and not yet in the backend, per key, oldest first.
-type Overlay = BTreeMap<Vec<u8>, Vec<(i64, Option<KeyValue>)>>;
+/// Versions written by this apply call and not yet in the backend, per key.
+type Overlay = BTreeMap<Vec<u8>, Pending>;
+
+/// The versions of one key written by this apply call: the newest, and any it replaced (rare:
+/// only a later command of the same call writing the key again puts one there).
+struct Pending {
+    latest: (i64, Option<KeyValue>),
+    older: Vec<(i64, Option<KeyValue>)>,
+}
+
+impl Pending {
+    /// The version visible at `rev`, if this call wrote one at or below it.
+    fn at(&self, rev: i64) -> Option<&Option<KeyValue>> {
+        if self.latest.0 <= rev {
+            return Some(&self.latest.1);
+        }
+        self.older
+            .iter()
+            .rev()
+            .find(|(main, _)| *main <= rev)
+            .map(|(_, kv)| kv)
+    }
+}
+
+fn record(overlay: &mut Overlay, key: &[u8], main: i64, kv: Option<KeyValue>) {
+    match overlay.get_mut(key) {
+        Some(p) => {
+            let replaced = std::mem::replace(&mut p.latest, (main, kv));
+            p.older.push(replaced);
+        }
+        None => {
+            overlay.insert(
+                key.to_vec(),
+                Pending {
+                    latest: (main, kv),
+                    older: Vec::new(),
+                },
+            );
+        }
+    }
+}
 
 /// The state of one apply call: what it read, what it will write, what it will publish.
 struct Writer<'s, B> {
@@ -546,11 +590,13 @@ struct Writer<'s, B> {
     compacted: i64,
     overlay: Overlay,
     batch: WriteBatch,
+    /// Events are built only when someone listens: they copy every value.
+    publish: bool,
     events: Vec<Event>,
 }
 
 impl<'s, B: Backend> Writer<'s, B> {
-    fn new(inner: &'s Inner<B>, base: i64, base_compacted: i64) -> Self {
+    fn new(inner: &'s Inner<B>, base: i64, base_compacted: i64, publish: bool) -> Self {
         Self {
             backend: &inner.backend,
             base,
@@ -559,6 +605,7 @@ impl<'s, B: Backend> Writer<'s, B> {
             compacted: base_compacted,
             overlay: BTreeMap::new(),
             batch: WriteBatch::new(),
+            publish,
             events: Vec::new(),
         }
     }
@@ -616,10 +663,8 @@ impl<'s, B: Backend> Writer<'s, B> {
 
     /// The live value of `key` at `rev`, counting this call's writes.
     fn get(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>> {
-        if let Some(versions) = self.overlay.get(key) {
-            if let Some((_, kv)) = versions.iter().rev().find(|(main, _)| *main <= rev) {
-                return Ok(kv.clone());
-            }
+        if let Some(kv) = self.overlay.get(key).and_then(|p| p.at(rev)) {
+            return Ok(kv.clone());
         }
         read::get_at(self.backend, key, rev.min(self.base))
     }
@@ -642,10 +687,7 @@ impl<'s, B: Backend> Writer<'s, B> {
             .overlay
             .range::<Vec<u8>, _>((Bound::Included(range.start().to_vec()), Bound::Unbounded))
             .take_while(|(k, _)| range.end().is_none_or(|end| k.as_slice() < end))
-            .filter_map(|(k, versions)| {
-                let (_, kv) = versions.iter().rev().find(|(main, _)| *main <= rev)?;
-                Some((k, kv.as_ref()))
-            })
+            .filter_map(|(k, pending)| Some((k, pending.at(rev)?.as_ref())))
             .collect();
         if pending.is_empty() {
             return read::scan_visible(self.backend, range, base_rev, &mut |v| f(Item::Stored(v)));
@@ -751,16 +793,15 @@ impl<'s, B: Backend> Writer<'s, B> {
             codec::revision_key(main, sub).to_vec(),
             kv.key.clone(),
         );
-        self.overlay
-            .entry(kv.key.clone())
-            .or_default()
-            .push((main, Some(kv.clone())));
         let prev_kv = if req.prev_kv { prev.clone() } else { None };
-        self.events.push(Event {
-            kind: EventKind::Put,
-            kv,
-            prev_kv: prev,
-        });
+        if self.publish {
+            self.events.push(Event {
+                kind: EventKind::Put,
+                kv: kv.clone(),
+                prev_kv: prev,
+            });
+        }
+        record(&mut self.overlay, &req.key, main, Some(kv));
         Ok(PutResponse { prev_kv })
     }
 
@@ -805,15 +846,14 @@ impl<'s, B: Backend> Writer<'s, B> {
                 codec::revision_key(main, *sub).to_vec(),
                 key.clone(),
             );
-            self.overlay
-                .entry(key.clone())
-                .or_default()
-                .push((main, None));
-            self.events.push(Event {
-                kind: EventKind::Delete,
-                kv: tombstone_kv(key, main),
-                prev_kv: Some(prev.clone()),
-            });
+            record(&mut self.overlay, &key, main, None);
+            if self.publish {
+                self.events.push(Event {
+                    kind: EventKind::Delete,
+                    kv: tombstone_kv(key, main),
+                    prev_kv: Some(prev.clone()),
+                });
+            }
             *sub += 1;
         }
         let prev_kvs = if req.prev_kv { doomed } else { Vec::new() };
