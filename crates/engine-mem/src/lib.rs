@@ -8,14 +8,92 @@
 //! # Layout
 //! - `lib.rs`: [`MemBackend`], the whole engine.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
 use std::ops::{Bound, ControlFlow};
 
 use mvcc::{is_empty_interval, Backend, BackendError, Table, Visitor, WriteBatch};
 use parking_lot::RwLock;
 
-/// Keys and values are boxed slices: no spare capacity, two words less than a `Vec` each.
-type Map = BTreeMap<Box<[u8]>, Box<[u8]>>;
+/// One entry in one allocation: `varint(key length) ++ key ++ value`.
+///
+/// A key and a value in separate boxes cost two allocations and two pointers in every tree
+/// slot; together they cost one of each, which is most of the difference between 1.9× and
+/// 1.5× the raw bytes for small keys with 256-byte values.
+struct Entry(Box<[u8]>);
+
+impl Entry {
+    fn new(key: &[u8], value: &[u8]) -> Self {
+        let mut buf = Vec::with_capacity(varint_len(key.len()) + key.len() + value.len());
+        let mut n = key.len();
+        while n >= 0x80 {
+            buf.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        buf.push(n as u8);
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(value);
+        Self(buf.into_boxed_slice())
+    }
+
+    /// Where the key starts and how long it is.
+    fn key_span(&self) -> (usize, usize) {
+        let mut len = 0usize;
+        for (i, b) in self.0.iter().enumerate() {
+            len |= usize::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return (i + 1, len);
+            }
+        }
+        (self.0.len(), 0)
+    }
+
+    fn key(&self) -> &[u8] {
+        let (start, len) = self.key_span();
+        &self.0[start..start + len]
+    }
+
+    fn value(&self) -> &[u8] {
+        let (start, len) = self.key_span();
+        &self.0[start + len..]
+    }
+}
+
+fn varint_len(n: usize) -> usize {
+    (usize::BITS as usize - n.leading_zeros() as usize)
+        .max(1)
+        .div_ceil(7)
+}
+
+impl Borrow<[u8]> for Entry {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(other.key())
+    }
+}
+
+/// A table: entries ordered by key.
+type Map = BTreeSet<Entry>;
 
 #[derive(Default)]
 struct Tables {
@@ -69,7 +147,12 @@ impl MemBackend {
 
 impl Backend for MemBackend {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self.tables.read().table(table).get(key).map(|v| v.to_vec()))
+        Ok(self
+            .tables
+            .read()
+            .table(table)
+            .get(key)
+            .map(|e| e.value().to_vec()))
     }
 
     fn scan(
@@ -84,8 +167,8 @@ impl Backend for MemBackend {
             return Ok(());
         }
         let tables = self.tables.read();
-        for (k, v) in tables.table(table).range::<[u8], _>((from, to)) {
-            if let ControlFlow::Break(()) = visit(k, v) {
+        for e in tables.table(table).range::<[u8], _>((from, to)) {
+            if let ControlFlow::Break(()) = visit(e.key(), e.value()) {
                 break;
             }
         }
@@ -102,7 +185,7 @@ impl Backend for MemBackend {
             let map = tables.table_mut(op.table);
             match op.value {
                 Some(value) => {
-                    map.insert(op.key.into_boxed_slice(), value.into_boxed_slice());
+                    map.replace(Entry::new(&op.key, &value));
                 }
                 None => {
                     map.remove(op.key.as_slice());
@@ -127,6 +210,31 @@ impl Backend for MemBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_split_back_into_key_and_value() {
+        for key_len in [0, 1, 127, 128, 300, 20_000] {
+            let key = vec![b'k'; key_len];
+            let e = Entry::new(&key, b"value");
+            assert_eq!((e.key(), e.value()), (key.as_slice(), &b"value"[..]));
+            assert_eq!(
+                e.0.len(),
+                varint_len(key_len) + key_len + 5,
+                "no spare bytes"
+            );
+        }
+        let b = MemBackend::new();
+        let mut batch = WriteBatch::new();
+        batch.put(Table::Keys, b"k".to_vec(), b"one".to_vec());
+        batch.put(Table::Keys, b"k".to_vec(), b"two".to_vec());
+        b.write(batch).unwrap();
+        assert_eq!(
+            b.get(Table::Keys, b"k").unwrap().as_deref(),
+            Some(&b"two"[..]),
+            "a later put wins"
+        );
+        assert_eq!(b.len(Table::Keys), 1);
+    }
 
     #[test]
     fn inverted_intervals_scan_nothing() {
