@@ -28,6 +28,9 @@ pub enum ApiError {
     /// A sort order or target etcd does not define.
     #[error("etcdserver: invalid sort option")]
     InvalidSortOption,
+    /// A put naming a lease that does not exist.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
     /// A request over `--max-request-bytes`.
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
@@ -67,6 +70,7 @@ impl ApiError {
             | ApiError::InvalidSortOption
             | ApiError::RequestTooLarge => Code::InvalidArgument,
             ApiError::Compacted | ApiError::FutureRevision => Code::OutOfRange,
+            ApiError::LeaseNotFound => Code::NotFound,
             ApiError::Timeout | ApiError::NoLeader | ApiError::Stopped => Code::Unavailable,
             ApiError::NotLeader => Code::FailedPrecondition,
             ApiError::Internal(_) => Code::Internal,

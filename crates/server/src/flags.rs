@@ -22,7 +22,7 @@ pub struct Flags {
     #[arg(long, env = "ETCD_NAME", default_value = "default")]
     pub name: String,
 
-    /// Path to the data directory [default: <name>.metastore].
+    /// Path to the data directory [default: NAME.metastore].
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
@@ -58,7 +58,7 @@ pub struct Flags {
     )]
     pub initial_advertise_peer_urls: String,
 
-    /// Initial cluster configuration for bootstrapping: name=peer-url,... [default: <name>=<initial-advertise-peer-urls>].
+    /// Initial cluster configuration for bootstrapping: name=peer-url,... [default: NAME=INITIAL-ADVERTISE-PEER-URLS].
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
 
