@@ -22,7 +22,7 @@ mod state_machine;
 mod types;
 
 pub use error::{CommandError, ProposeError, ReadError, StartError};
-pub use log_store::LogStore;
+pub use log_store::{LogCloser, LogStore};
 pub use network::{NoPeer, NoPeers};
 pub use node::{Node, NodeConfig, NodeStatus};
 pub use state_machine::{SnapshotBuilder, StateMachine};

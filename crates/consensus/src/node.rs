@@ -12,7 +12,7 @@ use openraft::{Config, SnapshotPolicy};
 use tokio::sync::Semaphore;
 
 use crate::error::{ProposeError, ReadError, StartError};
-use crate::log_store::LogStore;
+use crate::log_store::{LogCloser, LogStore};
 use crate::network::NoPeers;
 use crate::state_machine::StateMachine;
 use crate::types::typ::Raft;
@@ -111,6 +111,7 @@ struct Inner<B> {
     waiters: Registry<Applied>,
     budgets: Budgets,
     room: Semaphore,
+    log_closer: std::sync::Mutex<Option<LogCloser>>,
 }
 
 impl<B: Backend> Node<B> {
@@ -129,7 +130,7 @@ impl<B: Backend> Node<B> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StartError::Config(format!("{}: {e}", dir.display())))?;
         let log_path = dir.join("raft-log.redb");
-        let log = LogStore::open(&log_path).map_err(|cause| StartError::Log {
+        let (log, log_closer) = LogStore::open(&log_path).map_err(|cause| StartError::Log {
             path: log_path.display().to_string(),
             cause,
         })?;
@@ -166,6 +167,7 @@ impl<B: Backend> Node<B> {
                 waiters,
                 budgets: config.budgets,
                 room: Semaphore::new(config.max_in_flight.max(1)),
+                log_closer: std::sync::Mutex::new(Some(log_closer)),
             }),
         })
     }
@@ -325,6 +327,10 @@ impl<B: Backend> Node<B> {
             tracing::warn!(cause = %e, "raft did not stop cleanly");
         }
         self.inner.waiters.fail_all();
+        let closer = self.inner.log_closer.lock().ok().and_then(|mut c| c.take());
+        if let Some(closer) = closer {
+            let _ = tokio::task::spawn_blocking(move || closer.close()).await;
+        }
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || store.backend().flush())
             .await

@@ -10,9 +10,11 @@
 //! - `pb_conv`: conversions, one file per message family.
 //! - `error`: [`ApiError`] and its `tonic::Status` table.
 //! - `validate`: etcd's request checks.
+//! - `oversize`: grpc-go's answer to a message over the receive limit.
 //! - `service`: the KV, Maintenance and Cluster services.
 
 mod error;
+mod oversize;
 pub mod pb;
 mod pb_conv;
 mod service;
@@ -35,14 +37,10 @@ use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 /// large gets etcd's "request is too large" rather than a transport error.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// The etcd v3 services of one member, ready to be served.
+/// The etcd v3 services of one member, as a router ready to be served (HTTP/2, h2c).
 ///
 /// Watch, Lease and Auth are not registered yet: clients calling them get `UNIMPLEMENTED`.
-pub fn routes<B: Backend>(
-    node: Node<B>,
-    config: ApiConfig,
-    db_size: DbSize,
-) -> tonic::service::Routes {
+pub fn router<B: Backend>(node: Node<B>, config: ApiConfig, db_size: DbSize) -> axum::Router {
     let max = config
         .limits
         .max_request_bytes
@@ -59,4 +57,6 @@ pub fn routes<B: Backend>(
     tonic::service::Routes::new(kv)
         .add_service(maintenance)
         .add_service(cluster)
+        .into_axum_router()
+        .layer(axum::middleware::map_response(oversize::as_grpc_go))
 }

@@ -264,16 +264,16 @@ pub(crate) fn build_range(
         (order, _) => order,
     };
     if order != SortOrder::None {
-        // Stable, so equal targets keep key order and answers are the same on every member.
+        // Stable in both directions, so equal targets keep key order, as etcd's sort does on
+        // the small results clients usually sort.
+        let descend = order == SortOrder::Descend;
+        let by = |o: std::cmp::Ordering| if descend { o.reverse() } else { o };
         match req.sort_target {
-            SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
-            SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-            SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
-            SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-            SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-        }
-        if order == SortOrder::Descend {
-            kvs.reverse();
+            SortTarget::Key => kvs.sort_by(|a, b| by(a.key.cmp(&b.key))),
+            SortTarget::Version => kvs.sort_by(|a, b| by(a.version.cmp(&b.version))),
+            SortTarget::Create => kvs.sort_by(|a, b| by(a.create_revision.cmp(&b.create_revision))),
+            SortTarget::Mod => kvs.sort_by(|a, b| by(a.mod_revision.cmp(&b.mod_revision))),
+            SortTarget::Value => kvs.sort_by(|a, b| by(a.value.cmp(&b.value))),
         }
     }
     let mut more = false;

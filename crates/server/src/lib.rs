@@ -92,7 +92,7 @@ async fn serve<B: Backend>(
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
 
-    let grpc = kvapi::routes(node.clone(), config.api.clone(), db_size).into_axum_router();
+    let grpc = kvapi::router(node.clone(), config.api.clone(), db_size);
     let http = http::router(http::HttpState {
         node: node.clone(),
         metrics,

@@ -2,7 +2,8 @@
 
 use crate::error::ApiError;
 use crate::pb::etcdserverpb::{
-    compare, request_op, response_op, Compare, RequestOp, ResponseOp, TxnRequest, TxnResponse,
+    compare, request_op, response_op, Compare, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
+    TxnResponse,
 };
 use crate::pb_conv::{
     delete_from_pb, delete_to_pb, header_at, put_from_pb, put_to_pb, range_from_pb, range_to_pb,
@@ -98,31 +99,72 @@ pub(crate) fn txn_from_pb(t: TxnRequest) -> Result<mvcc::TxnRequest, ApiError> {
     })
 }
 
-/// The wire form of a txn's answer; nested answers carry the txn's revision in their headers.
+/// The wire form of a txn's answer at `revision`.
+///
+/// As etcd does, each nested answer's header carries the revision as of that op: the one the
+/// txn started from until its first write, the txn's own after it; a nested txn's header is
+/// empty.
 pub(crate) fn txn_to_pb(t: mvcc::TxnResponse, revision: i64) -> TxnResponse {
-    let responses = t
-        .responses
-        .into_iter()
-        .map(|r| ResponseOp {
-            response: Some(match r {
-                mvcc::ResponseOp::Range(r) => {
-                    response_op::Response::ResponseRange(range_to_pb(r, revision))
-                }
-                mvcc::ResponseOp::Put(r) => {
-                    response_op::Response::ResponsePut(put_to_pb(r, revision))
-                }
-                mvcc::ResponseOp::DeleteRange(r) => {
-                    response_op::Response::ResponseDeleteRange(delete_to_pb(r, revision))
-                }
-                mvcc::ResponseOp::Txn(r) => {
-                    response_op::Response::ResponseTxn(txn_to_pb(r, revision))
-                }
-            }),
-        })
-        .collect();
+    let start = if wrote(&t) { revision - 1 } else { revision };
+    let mut at = start;
+    let responses = ops_to_pb(t.responses, start, &mut at);
     TxnResponse {
         header: header_at(revision),
         succeeded: t.succeeded,
         responses,
     }
+}
+
+/// True when the txn changed the store.
+fn wrote(t: &mvcc::TxnResponse) -> bool {
+    t.responses.iter().any(|r| match r {
+        mvcc::ResponseOp::Range(_) => false,
+        mvcc::ResponseOp::Put(_) => true,
+        mvcc::ResponseOp::DeleteRange(d) => d.deleted > 0,
+        mvcc::ResponseOp::Txn(t) => wrote(t),
+    })
+}
+
+fn ops_to_pb(responses: Vec<mvcc::ResponseOp>, start: i64, at: &mut i64) -> Vec<ResponseOp> {
+    responses
+        .into_iter()
+        .map(|r| {
+            let response = match r {
+                mvcc::ResponseOp::Range(r) => {
+                    response_op::Response::ResponseRange(range_to_pb(r, *at))
+                }
+                mvcc::ResponseOp::Put(r) => {
+                    *at = start + 1;
+                    response_op::Response::ResponsePut(put_to_pb(r, *at))
+                }
+                mvcc::ResponseOp::DeleteRange(r) => {
+                    if r.deleted > 0 {
+                        *at = start + 1;
+                    }
+                    response_op::Response::ResponseDeleteRange(delete_to_pb(r, *at))
+                }
+                mvcc::ResponseOp::Txn(t) => response_op::Response::ResponseTxn(TxnResponse {
+                    header: Some(ResponseHeader::default()),
+                    succeeded: t.succeeded,
+                    responses: ops_to_pb(t.responses, start, at),
+                }),
+            };
+            ResponseOp {
+                response: Some(response),
+            }
+        })
+        .collect()
+}
+
+/// True when no branch of the txn can write: etcd serves such a txn without Raft, unchecked for
+/// size.
+pub(crate) fn read_only(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(_)) | None => true,
+            Some(request_op::Request::RequestTxn(nested)) => read_only(nested),
+            Some(_) => false,
+        })
 }

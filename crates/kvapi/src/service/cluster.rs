@@ -64,9 +64,8 @@ impl<B: Backend> Cluster for ClusterService<B> {
                 is_learner: !voter,
             })
             .collect();
-        let header = self
-            .shared
-            .header(self.shared.node.store().current_revision());
+        // etcd's MemberList header carries no revision.
+        let header = self.shared.header(0);
         handled(
             SERVICE,
             "MemberList",

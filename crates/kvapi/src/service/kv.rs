@@ -11,8 +11,8 @@ use crate::pb::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use crate::pb_conv::{
-    delete_from_pb, delete_to_pb, put_from_pb, put_to_pb, range_from_pb, range_to_pb, txn_from_pb,
-    txn_to_pb,
+    delete_from_pb, delete_to_pb, put_from_pb, put_to_pb, range_from_pb, range_to_pb, read_only,
+    txn_from_pb, txn_to_pb,
 };
 use crate::service::{handled, Shared};
 use crate::validate;
@@ -32,7 +32,7 @@ impl<B: Backend> KvService<B> {
     async fn serve_range(&self, req: Request<RangeRequest>) -> Result<RangeResponse, ApiError> {
         let deadline = self.shared.deadline(&req);
         let r = req.into_inner();
-        self.shared.config.limits.check_size(r.encoded_len())?;
+        // Like etcd, only what goes through Raft is size-checked: reads are not.
         validate::check_range(&r)?;
         let model = range_from_pb(&r)?;
         if !r.serializable {
@@ -91,7 +91,9 @@ impl<B: Backend> KvService<B> {
     async fn serve_txn(&self, req: Request<TxnRequest>) -> Result<TxnResponse, ApiError> {
         let deadline = self.shared.deadline(&req);
         let r = req.into_inner();
-        self.shared.config.limits.check_size(r.encoded_len())?;
+        if !read_only(&r) {
+            self.shared.config.limits.check_size(r.encoded_len())?;
+        }
         validate::check_txn(&r, self.shared.config.limits.max_txn_ops)?;
         let txn = txn_from_pb(r)?;
         mvcc::check_txn_keys(&txn)?;

@@ -1,0 +1,9 @@
+//! Integration tests: the real `metastore` binary through real etcd clients, next to etcd 3.4.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod durability;
+mod errors;
+mod etcdctl;
+mod harness;
+mod http;
+mod kv;
