@@ -11,7 +11,9 @@
 //! - `config`: [`Config`], checked configuration, member and cluster ids.
 //! - `http`: `/health`, `/version`, `/metrics`.
 //! - `compactor`: automatic compaction.
+//! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2.
 
+mod authority;
 mod compactor;
 mod config;
 mod flags;
@@ -106,7 +108,7 @@ async fn serve<B: Backend>(
         let router = client_router.clone();
         let stop = stop.clone();
         tasks.spawn(async move {
-            let served = axum::serve(listener, router)
+            let served = axum::serve(authority::FixAuthority(listener), router)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
             if let Err(e) = served {
