@@ -297,32 +297,8 @@ impl<B: Backend> Store<B> {
             });
         }
         // Revisions in (done, target], whole revisions at a time so `done` is exact.
-        let mut touched: Vec<(i64, Vec<u8>)> = Vec::new();
-        let mut failure = None;
-        let from = codec::revision_key(done + 1, 0);
-        let to = codec::revision_key(target, i64::MAX);
         let max_versions = max_versions.max(1);
-        inner.backend.scan(
-            Table::Revisions,
-            Bound::Included(&from),
-            Bound::Included(&to),
-            &mut |k, v| match codec::split_revision_key(k) {
-                Ok((main, _)) => {
-                    if touched.len() >= max_versions && touched.last().map(|t| t.0) != Some(main) {
-                        return ControlFlow::Break(());
-                    }
-                    touched.push((main, v.to_vec()));
-                    ControlFlow::Continue(())
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    ControlFlow::Break(())
-                }
-            },
-        )?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
+        let touched = revisions_between(&inner.backend, done + 1, target, max_versions)?;
         let new_done = if touched.len() >= max_versions {
             touched.last().map_or(target, |t| t.0)
         } else {
@@ -375,31 +351,7 @@ impl<B: Backend> Store<B> {
             return Ok(Vec::new());
         }
         let backend = &self.inner.backend;
-        let mut found: Vec<(i64, Vec<u8>)> = Vec::new();
-        let mut failure = None;
-        let lo = codec::revision_key(from, 0);
-        let hi = codec::revision_key(current, i64::MAX);
-        backend.scan(
-            Table::Revisions,
-            Bound::Included(&lo),
-            Bound::Included(&hi),
-            &mut |k, v| match codec::split_revision_key(k) {
-                Ok((main, _)) => {
-                    if found.len() >= max_events && found.last().map(|f| f.0) != Some(main) {
-                        return ControlFlow::Break(());
-                    }
-                    found.push((main, v.to_vec()));
-                    ControlFlow::Continue(())
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    ControlFlow::Break(())
-                }
-            },
-        )?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
+        let found = revisions_between(backend, from, current, max_events)?;
         let mut events = Vec::with_capacity(found.len());
         for (main, key) in found {
             let Some(raw) = backend.get(Table::Keys, &codec::version_key(&key, main))? else {
@@ -480,6 +432,39 @@ impl<B> Drop for Hold<B> {
     fn drop(&mut self) {
         self.store.inner.holds.lock().remove(&self.id);
     }
+}
+
+/// The `Revisions` entries (main revision, key) from revision `from` to `to`, stopping at the
+/// first revision boundary after `max` entries: a revision's entries are never split.
+fn revisions_between<B: Backend>(
+    backend: &B,
+    from: i64,
+    to: i64,
+    max: usize,
+) -> Result<Vec<(i64, Vec<u8>)>> {
+    let mut found: Vec<(i64, Vec<u8>)> = Vec::new();
+    let mut failure = None;
+    let lo = codec::revision_key(from, 0);
+    let hi = codec::revision_key(to, i64::MAX);
+    backend.scan(
+        Table::Revisions,
+        Bound::Included(&lo),
+        Bound::Included(&hi),
+        &mut |k, v| match codec::split_revision_key(k) {
+            Ok((main, _)) => {
+                if found.len() >= max && found.last().map(|f| f.0) != Some(main) {
+                    return ControlFlow::Break(());
+                }
+                found.push((main, v.to_vec()));
+                ControlFlow::Continue(())
+            }
+            Err(e) => {
+                failure = Some(e);
+                ControlFlow::Break(())
+            }
+        },
+    )?;
+    failure.map_or(Ok(found), Err)
 }
 
 /// Removes the versions of `key` that compaction at `target` made unreachable: all but the
