@@ -1,25 +1,26 @@
 //! The Raft log on redb: entries are durable before Raft is told they are, with group commit.
 //!
-//! openraft 0.9 calls `append` once per client write and waits for the call, not for the
-//! flush: `append` commits the entries to redb without fsync (visible to readers at once) and
-//! hands the flush callback to a flusher thread. The flusher takes every callback waiting, makes
-//! all of those commits durable with one synced commit, and only then tells Raft. Under load one
-//! fsync covers every entry appended while the previous one ran.
+//! openraft 0.9 calls `append` once per client write and waits for the call, not for the fsync.
+//! So `append` only queues the entries (keeping them readable in memory meanwhile) and returns;
+//! one writer thread takes every write waiting, applies them in order in one redb transaction
+//! with one fsync, and then tells Raft, through each append's callback, that they are durable.
+//! Under load one fsync covers every entry appended while the previous one ran.
 
 // openraft's storage traits dictate `StorageError` as the error type, large as it is.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::types::typ::{Entry, LogId, StorageError, Vote};
 use crate::types::TypeConfig;
@@ -30,67 +31,140 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const PURGED: &str = "last_purged";
 
-/// Appends waiting for the flusher at most; past this, `append` flushes inline (backpressure
-/// without an unbounded queue).
-const FLUSH_QUEUE: usize = 65_536;
+/// Log writes waiting for the writer thread at most; `append` waits for room beyond that.
+const QUEUE: usize = 16_384;
+/// Writes the writer thread folds into one synced transaction at most.
+const GROUP: usize = 4_096;
+
+/// Entries appended but not yet durable, readable meanwhile: Raft may read what it appended.
+type Pending = Arc<Mutex<BTreeMap<u64, Entry>>>;
+
+/// A write for the writer thread, applied in queue order.
+enum Op {
+    /// Append encoded entries, then tell Raft they are durable.
+    Append {
+        entries: Vec<(LogId, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// Remove entries from `from` on.
+    Truncate {
+        from: u64,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Remove entries up to `upto` and remember it.
+    Purge {
+        upto: u64,
+        record: Vec<u8>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Remember the committed log id (a hint: durable with the next synced write).
+    Committed(Vec<u8>),
+    /// Finish what is queued, then stop.
+    Stop,
+}
 
 /// The Raft log and vote, in their own redb file. Cheap to clone; clones share the file.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<redb::Database>,
-    flushes: SyncSender<Flush>,
+    pending: Pending,
+    ops: mpsc::Sender<Op>,
 }
 
-/// Work for the flusher thread.
-enum Flush {
-    /// Tell Raft once the entries appended so far are durable.
-    After(LogFlushed<TypeConfig>),
-    /// Flush what is waiting, then stop.
-    Stop,
-}
-
-/// Stops the flusher thread, so the log file is closed once Raft lets go of it.
+/// Stops the writer thread, so the log file is closed once Raft lets go of it.
 pub struct LogCloser {
-    flushes: SyncSender<Flush>,
+    ops: mpsc::Sender<Op>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LogCloser {
-    /// Flushes what is waiting and joins the flusher thread.
+    /// Writes what is queued and joins the writer thread.
     pub fn close(mut self) {
-        // A full queue means the flusher is busy and will see the Stop after draining; a
-        // closed one means it has already gone.
-        let _ = self.flushes.send(Flush::Stop);
+        // Closed means the thread has already gone.
+        let _ = self.ops.blocking_send(Op::Stop);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-/// Makes unsynced commits durable, many at a time, then reports them to Raft.
-fn run_flusher(db: Arc<redb::Database>, waiting: Receiver<Flush>) {
-    let mut stop = false;
-    while !stop {
-        let Ok(first) = waiting.recv() else { return };
-        let mut batch = Vec::new();
-        for item in std::iter::once(first).chain(waiting.try_iter()) {
-            match item {
-                Flush::After(callback) => batch.push(callback),
-                Flush::Stop => stop = true,
+/// The only writer of log entries: takes every write waiting, applies them in order in one
+/// transaction, makes it durable with one fsync, then reports each. Under load one fsync covers
+/// every entry appended while the previous one ran (group commit).
+fn run_writer(db: Arc<redb::Database>, pending: Pending, mut ops: mpsc::Receiver<Op>) {
+    while let Some(first) = ops.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP {
+            match ops.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
             }
         }
-        let result = sync(&db);
-        for callback in batch {
-            callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+        let stop = group.iter().any(|op| matches!(op, Op::Stop));
+        let result = write_group(&db, &group);
+        let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
+        for op in group {
+            match op {
+                Op::Append { entries, callback } => {
+                    if result.is_ok() {
+                        for (log_id, _) in &entries {
+                            // Only this very entry: a truncate may have replaced the index since.
+                            if pending
+                                .get(&log_id.index)
+                                .is_some_and(|e| e.log_id == *log_id)
+                            {
+                                pending.remove(&log_id.index);
+                            }
+                        }
+                    }
+                    callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+                }
+                Op::Truncate { done, .. } | Op::Purge { done, .. } => {
+                    let _ = done.send(result.clone());
+                }
+                Op::Committed(_) | Op::Stop => {}
+            }
+        }
+        drop(pending);
+        if stop {
+            return;
         }
     }
 }
 
-/// An empty synced commit: redb makes every earlier unsynced commit durable with it.
-fn sync(db: &redb::Database) -> Result<(), String> {
-    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-    txn.set_durability(redb::Durability::Immediate)
-        .map_err(|e| e.to_string())?;
+fn write_group(db: &redb::Database, group: &[Op]) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+        let mut state = txn.open_table(STATE).map_err(|e| e.to_string())?;
+        for op in group {
+            match op {
+                Op::Append { entries, .. } => {
+                    for (log_id, raw) in entries {
+                        log.insert(log_id.index, raw.as_slice())
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                Op::Truncate { from, .. } => {
+                    log.retain_in(*from.., |_, _| false)
+                        .map_err(|e| e.to_string())?;
+                }
+                Op::Purge { upto, record, .. } => {
+                    state
+                        .insert(PURGED, record.as_slice())
+                        .map_err(|e| e.to_string())?;
+                    log.retain_in(..=*upto, |_, _| false)
+                        .map_err(|e| e.to_string())?;
+                }
+                Op::Committed(raw) => {
+                    state
+                        .insert(COMMITTED, raw.as_slice())
+                        .map_err(|e| e.to_string())?;
+                }
+                Op::Stop => {}
+            }
+        }
+    }
     txn.commit().map_err(|e| e.to_string())
 }
 
@@ -106,6 +180,10 @@ fn decode<T: DeserializeOwned>(raw: &[u8], subject: ErrorSubject<u64>) -> Result
     bincode::deserialize(raw).map_err(|e| io_err(subject, ErrorVerb::Read, e))
 }
 
+fn stopped(subject: ErrorSubject<u64>) -> StorageError {
+    io_err(subject, ErrorVerb::Write, "the raft log writer has stopped")
+}
+
 impl LogStore {
     /// Opens (or creates) the log file at `path`, with the handle that closes it.
     ///
@@ -118,80 +196,64 @@ impl LogStore {
         txn.open_table(STATE).map_err(|e| e.to_string())?;
         txn.commit().map_err(|e| e.to_string())?;
         let db = Arc::new(db);
-        let (flushes, waiting) = sync_channel(FLUSH_QUEUE);
-        let flusher_db = Arc::clone(&db);
+        let pending: Pending = Arc::default();
+        let (ops, queue) = mpsc::channel(QUEUE);
+        let (writer_db, writer_pending) = (Arc::clone(&db), Arc::clone(&pending));
         let thread = std::thread::Builder::new()
-            .name("raft-log-flush".into())
-            .spawn(move || run_flusher(flusher_db, waiting))
+            .name("raft-log-writer".into())
+            .spawn(move || run_writer(writer_db, writer_pending, queue))
             .map_err(|e| e.to_string())?;
         let closer = LogCloser {
-            flushes: flushes.clone(),
+            ops: ops.clone(),
             thread: Some(thread),
         };
-        Ok((Self { db, flushes }, closer))
+        Ok((Self { db, pending, ops }, closer))
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn read_state<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
         let subject = ErrorSubject::Store;
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?;
-        let table = txn
-            .open_table(STATE)
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?;
-        let value = table
-            .get(key)
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?;
+        let err =
+            |e: &dyn std::fmt::Display| io_err(ErrorSubject::Store, ErrorVerb::Read, e.to_string());
+        let txn = self.db.begin_read().map_err(|e| err(&e))?;
+        let table = txn.open_table(STATE).map_err(|e| err(&e))?;
+        let value = table.get(key).map_err(|e| err(&e))?;
         value.map(|v| decode(v.value(), subject)).transpose()
     }
 
-    /// Runs a synced write transaction on a blocking thread: redb's commit waits for fsync.
-    async fn write<F>(&self, subject: ErrorSubject<u64>, f: F) -> Result<(), StorageError>
-    where
-        F: FnOnce(&redb::WriteTransaction) -> Result<(), String> + Send + 'static,
-    {
-        let db = Arc::clone(&self.db);
-        let s = subject.clone();
-        let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let txn = db.begin_write().map_err(|e| e.to_string())?;
-            f(&txn)?;
-            txn.commit().map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| io_err(s.clone(), ErrorVerb::Write, e))?;
-        done.map_err(|e| io_err(subject, ErrorVerb::Write, e))
-    }
-
-    async fn write_state<T: Serialize>(
-        &self,
-        key: &'static str,
-        v: &T,
-    ) -> Result<(), StorageError> {
-        let raw = encode(v, ErrorSubject::Store)?;
-        self.write(ErrorSubject::Store, move |txn| {
-            let mut t = txn.open_table(STATE).map_err(|e| e.to_string())?;
-            t.insert(key, raw.as_slice()).map_err(|e| e.to_string())?;
-            Ok(())
-        })
-        .await
-    }
-
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
-        let subject = ErrorSubject::Logs;
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?;
-        let table = txn
-            .open_table(LOG)
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?;
-        let last = table
-            .last()
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?;
+        if let Some((_, entry)) = self.pending().last_key_value() {
+            return Ok(Some(entry.log_id));
+        }
+        let err =
+            |e: &dyn std::fmt::Display| io_err(ErrorSubject::Logs, ErrorVerb::Read, e.to_string());
+        let txn = self.db.begin_read().map_err(|e| err(&e))?;
+        let table = txn.open_table(LOG).map_err(|e| err(&e))?;
+        let last = table.last().map_err(|e| err(&e))?;
         match last {
             None => Ok(None),
-            Some((_, v)) => Ok(Some(decode::<Entry>(v.value(), subject)?.log_id)),
+            Some((_, v)) => Ok(Some(decode::<Entry>(v.value(), ErrorSubject::Logs)?.log_id)),
+        }
+    }
+
+    /// Queues `op` and waits for the writer to report it done.
+    async fn write_and_wait(
+        &self,
+        subject: ErrorSubject<u64>,
+        op: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Op,
+    ) -> Result<(), StorageError> {
+        let (done, answer) = oneshot::channel();
+        self.ops
+            .send(op(done))
+            .await
+            .map_err(|_| stopped(subject.clone()))?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(io_err(subject, ErrorVerb::Write, e)),
+            Err(_) => Err(stopped(subject)),
         }
     }
 }
@@ -205,14 +267,6 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let subject = ErrorSubject::Logs;
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?;
-        let table = txn
-            .open_table(LOG)
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?;
         let (from, to) = bounds(&range);
         if let (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) =
             (from, to)
@@ -221,15 +275,22 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 return Ok(Vec::new());
             }
         }
-        let mut out = Vec::new();
-        for item in table
-            .range((from, to))
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?
+        let err =
+            |e: &dyn std::fmt::Display| io_err(ErrorSubject::Logs, ErrorVerb::Read, e.to_string());
+        let mut out: BTreeMap<u64, Entry> = BTreeMap::new();
         {
-            let (_, v) = item.map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?;
-            out.push(decode(v.value(), subject.clone())?);
+            let txn = self.db.begin_read().map_err(|e| err(&e))?;
+            let table = txn.open_table(LOG).map_err(|e| err(&e))?;
+            for item in table.range((from, to)).map_err(|e| err(&e))? {
+                let (k, v) = item.map_err(|e| err(&e))?;
+                out.insert(k.value(), decode(v.value(), ErrorSubject::Logs)?);
+            }
         }
-        Ok(out)
+        // Read after the file: an entry leaves `pending` only once the file holds it.
+        for (index, entry) in self.pending().range((from, to)) {
+            out.insert(*index, entry.clone());
+        }
+        Ok(out.into_values().collect())
     }
 }
 
@@ -250,7 +311,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.write_state(VOTE, vote).await
+        // A vote must be durable before it is answered: its own synced transaction.
+        let raw = encode(vote, ErrorSubject::Vote)?;
+        let db = Arc::clone(&self.db);
+        let written = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut t = txn.open_table(STATE).map_err(|e| e.to_string())?;
+                t.insert(VOTE, raw.as_slice()).map_err(|e| e.to_string())?;
+            }
+            txn.commit().map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        written.map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -258,7 +332,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_state(COMMITTED, &committed).await
+        // A hint for restarts, written with the next group; if the queue is full, skip it.
+        let raw = encode(&committed, ErrorSubject::Store)?;
+        let _ = self.ops.try_send(Op::Committed(raw));
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -275,60 +352,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut encoded = Vec::new();
-        for entry in entries {
-            encoded.push((entry.log_id.index, encode(&entry, ErrorSubject::Logs)?));
-        }
-        // Unsynced: visible now, durable when the flusher's synced commit lands.
-        let err =
-            |e: &dyn std::fmt::Display| io_err(ErrorSubject::Logs, ErrorVerb::Write, e.to_string());
-        let mut txn = self.db.begin_write().map_err(|e| err(&e))?;
-        txn.set_durability(redb::Durability::None)
-            .map_err(|e| err(&e))?;
         {
-            let mut t = txn.open_table(LOG).map_err(|e| err(&e))?;
-            for (index, raw) in &encoded {
-                t.insert(*index, raw.as_slice()).map_err(|e| err(&e))?;
+            let mut pending = self.pending();
+            for entry in entries {
+                encoded.push((entry.log_id, encode(&entry, ErrorSubject::Logs)?));
+                pending.insert(entry.log_id.index, entry);
             }
         }
-        txn.commit().map_err(|e| err(&e))?;
-        match self.flushes.try_send(Flush::After(callback)) {
-            Ok(()) => Ok(()),
-            Err(
-                TrySendError::Full(Flush::After(callback))
-                | TrySendError::Disconnected(Flush::After(callback)),
-            ) => {
-                let result = sync(&self.db);
-                callback.log_io_completed(result.clone().map_err(std::io::Error::other));
-                result.map_err(|e| err(&e))
-            }
-            Err(_) => Ok(()),
-        }
+        // Raft waits for this call, not for the fsync: the writer reports that through
+        // `callback` once the group holding these entries is durable.
+        self.ops
+            .send(Op::Append {
+                entries: encoded,
+                callback,
+            })
+            .await
+            .map_err(|_| stopped(ErrorSubject::Logs))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let from = log_id.index;
-        self.write(ErrorSubject::Logs, move |txn| {
-            let mut t = txn.open_table(LOG).map_err(|e| e.to_string())?;
-            t.retain_in(from.., |_, _| false)
-                .map_err(|e| e.to_string())?;
-            Ok(())
-        })
-        .await
+        self.pending().retain(|index, _| *index < from);
+        self.write_and_wait(ErrorSubject::Logs, |done| Op::Truncate { from, done })
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let raw = encode(&Some(log_id), ErrorSubject::Store)?;
+        let record = encode(&Some(log_id), ErrorSubject::Store)?;
         let upto = log_id.index;
-        self.write(ErrorSubject::Logs, move |txn| {
-            let mut state = txn.open_table(STATE).map_err(|e| e.to_string())?;
-            state
-                .insert(PURGED, raw.as_slice())
-                .map_err(|e| e.to_string())?;
-            let mut t = txn.open_table(LOG).map_err(|e| e.to_string())?;
-            t.retain_in(..=upto, |_, _| false)
-                .map_err(|e| e.to_string())?;
-            Ok(())
-        })
-        .await
+        self.pending().retain(|index, _| *index > upto);
+        self.write_and_wait(ErrorSubject::Logs, |done| Op::Purge { upto, record, done })
+            .await
     }
 }
