@@ -11,7 +11,7 @@
 //! - `error`: [`ApiError`] and its `tonic::Status` table.
 //! - `validate`: etcd's request checks.
 //! - `oversize`: grpc-go's answer to a message over the receive limit.
-//! - `service`: the KV, Maintenance and Cluster services.
+//! - `service`: the KV, Watch, Maintenance and Cluster services.
 
 mod error;
 mod oversize;
@@ -26,12 +26,15 @@ use consensus::Node;
 use mvcc::Backend;
 
 pub use error::ApiError;
-pub use service::{ApiConfig, ClusterService, DbSize, KvService, MaintenanceService};
+pub use service::{
+    ApiConfig, ClusterService, DbSize, KvService, MaintenanceService, Responses, WatchService,
+};
 pub use validate::Limits;
 
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::pb::etcdserverpb::watch_server::WatchServer;
 
 /// Room gRPC allows above `--max-request-bytes`, as etcd does, so that a request slightly too
 /// large gets etcd's "request is too large" rather than a transport error.
@@ -39,8 +42,15 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// The etcd v3 services of one member, as a router ready to be served (HTTP/2, h2c).
 ///
-/// Watch, Lease and Auth are not registered yet: clients calling them get `UNIMPLEMENTED`.
-pub fn router<B: Backend>(node: Node<B>, config: ApiConfig, db_size: DbSize) -> axum::Router {
+/// Watch streams end when `stop` is cancelled. Lease and Auth are not registered yet: clients
+/// calling them get `UNIMPLEMENTED`.
+pub fn router<B: Backend>(
+    node: Node<B>,
+    config: ApiConfig,
+    db_size: DbSize,
+    hub: watch::Hub,
+    stop: tokio_util::sync::CancellationToken,
+) -> axum::Router {
     let max = config
         .limits
         .max_request_bytes
@@ -53,10 +63,15 @@ pub fn router<B: Backend>(node: Node<B>, config: ApiConfig, db_size: DbSize) -> 
     let kv = KvServer::new(KvService::new(shared.clone())).max_decoding_message_size(max);
     let maintenance = MaintenanceServer::new(MaintenanceService::new(shared.clone()))
         .max_decoding_message_size(max);
-    let cluster = ClusterServer::new(ClusterService::new(shared)).max_decoding_message_size(max);
+    let cluster =
+        ClusterServer::new(ClusterService::new(shared.clone())).max_decoding_message_size(max);
+    let every = shared.config.watch_progress_interval;
+    let watch = WatchServer::new(WatchService::new(shared, hub, stop, every))
+        .max_decoding_message_size(max);
     tonic::service::Routes::new(kv)
         .add_service(maintenance)
         .add_service(cluster)
+        .add_service(watch)
         .into_axum_router()
         .layer(axum::middleware::map_response(oversize::as_grpc_go))
 }

@@ -15,6 +15,9 @@ use crate::flags::{Engine, Flags};
 /// The etcd API version this server speaks.
 pub const API_VERSION: &str = "3.4.0";
 
+/// How often watches that asked for progress notifications get one, as in etcd.
+pub const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
+
 /// Automatic compaction, as `--auto-compaction-*` ask for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AutoCompaction {
@@ -195,6 +198,7 @@ impl TryFrom<Flags> for Config {
             },
             budgets,
             version: API_VERSION.to_string(),
+            watch_progress_interval: WATCH_PROGRESS_INTERVAL,
         };
         Ok(Config {
             data_dir,

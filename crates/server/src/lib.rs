@@ -94,7 +94,19 @@ async fn serve<B: Backend>(
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
 
-    let grpc = kvapi::router(node.clone(), config.api.clone(), db_size);
+    // The hub hears every applied revision from now on; resync covers what start-up applied.
+    let history: Arc<dyn watch::History> = Arc::new(node.store().clone());
+    let hub =
+        watch::Hub::new(history, watch::HubConfig::default()).context("starting the watch hub")?;
+    node.store().set_sink(Arc::new(hub.clone()));
+    hub.resync();
+    let grpc = kvapi::router(
+        node.clone(),
+        config.api.clone(),
+        db_size,
+        hub.clone(),
+        stop.clone(),
+    );
     let http = http::router(http::HttpState {
         node: node.clone(),
         metrics,
@@ -156,6 +168,7 @@ async fn serve<B: Backend>(
         tracing::warn!(waited = ?budget, "some connections did not close in time");
     }
     drop(peer_listeners);
+    hub.shutdown();
     node.shutdown().await.context("flushing the store")?;
     tracing::info!("stopped");
     Ok(())

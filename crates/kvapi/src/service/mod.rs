@@ -3,6 +3,7 @@
 mod cluster;
 mod kv;
 mod maintenance;
+mod watches;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use crate::validate::Limits;
 pub use cluster::ClusterService;
 pub use kv::KvService;
 pub use maintenance::MaintenanceService;
+pub use watches::{Responses, WatchService};
 
 /// How the API behaves: identity, limits, budgets.
 #[derive(Clone, Debug)]
@@ -29,6 +31,8 @@ pub struct ApiConfig {
     pub budgets: Budgets,
     /// The etcd API version this server speaks, as `Status` and `/version` report it.
     pub version: String,
+    /// How often watches that asked for progress notifications get one (etcd: 10 minutes).
+    pub watch_progress_interval: std::time::Duration,
 }
 
 /// Reports the storage engine's size in bytes, for `Status`.

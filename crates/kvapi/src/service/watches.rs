@@ -1,0 +1,454 @@
+//! The Watch service: one task per stream, between the client and the watch hub.
+//!
+//! The hub never waits for a stream: it `try_send`s into the stream's bounded delivery queue
+//! and lets a watcher whose queue is full catch up from history. The stream task forwards
+//! deliveries to the client through a bounded response queue; when the client accepts nothing
+//! for the `watch-send` budget, the stream is ended with an error naming the reason, its
+//! watchers are removed and everything it held is freed.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use deadline::{Deadline, Layer, SendError};
+use mvcc::{Backend, KeyRange};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response as Reply, Status, Streaming};
+use watch::{Delivery, Hub, WatchGuard, WatchSpec};
+
+use crate::pb::etcdserverpb::watch_create_request::FilterType;
+use crate::pb::etcdserverpb::watch_request::RequestUnion;
+use crate::pb::etcdserverpb::watch_server::Watch;
+use crate::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use crate::pb_conv::event_to_pb;
+use crate::service::Shared;
+
+/// Responses waiting for a slow client, per stream.
+const RESPONSES: usize = 128;
+/// Deliveries waiting for the stream task, per stream; beyond, watchers catch up from history.
+const DELIVERIES: usize = 64;
+/// etcd's watch id for answers that concern the whole stream (progress).
+const WHOLE_STREAM: i64 = -1;
+
+/// etcd's Watch service over a member and its watch hub.
+pub struct WatchService<B> {
+    shared: Shared<B>,
+    hub: Hub,
+    stop: CancellationToken,
+    progress_interval: Duration,
+}
+
+impl<B: Backend> WatchService<B> {
+    pub(crate) fn new(
+        shared: Shared<B>,
+        hub: Hub,
+        stop: CancellationToken,
+        progress_interval: Duration,
+    ) -> Self {
+        Self {
+            shared,
+            hub,
+            stop,
+            progress_interval,
+        }
+    }
+}
+
+/// The response stream handed to tonic: the queue, unless the stream was ended for a reason,
+/// which then comes first.
+pub struct Responses {
+    rx: mpsc::Receiver<WatchResponse>,
+    ended: Arc<OnceLock<Status>>,
+    done: bool,
+}
+
+impl Stream for Responses {
+    type Item = Result<WatchResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(status) = self.ended.get().cloned() {
+            self.done = true;
+            self.rx.close();
+            return Poll::Ready(Some(Err(status)));
+        }
+        self.rx.poll_recv(cx).map(|r| r.map(Ok))
+    }
+}
+
+#[tonic::async_trait]
+impl<B: Backend> Watch for WatchService<B> {
+    type WatchStream = Responses;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Reply<Responses>, Status> {
+        let (tx, rx) = mpsc::channel(RESPONSES);
+        let ended = Arc::new(OnceLock::new());
+        let stream = StreamTask {
+            shared: self.shared.clone(),
+            hub: self.hub.clone(),
+            tx,
+            ended: Arc::clone(&ended),
+            watchers: HashMap::new(),
+            next_id: 0,
+            budget: self.shared.config.budgets.get(Layer::WatchSend),
+        };
+        tokio::spawn(stream.run(
+            request.into_inner(),
+            self.stop.clone(),
+            self.progress_interval,
+        ));
+        Ok(Reply::new(Responses {
+            rx,
+            ended,
+            done: false,
+        }))
+    }
+}
+
+/// What a stream remembers of one of its watches.
+struct Watcher {
+    guard: WatchGuard,
+    progress_notify: bool,
+    fragment: bool,
+}
+
+/// Why a stream stops.
+enum End {
+    /// The client went away or the server is stopping.
+    Quietly,
+    /// The client accepted nothing for the budget.
+    Stuck,
+}
+
+struct StreamTask<B> {
+    shared: Shared<B>,
+    hub: Hub,
+    tx: mpsc::Sender<WatchResponse>,
+    ended: Arc<OnceLock<Status>>,
+    watchers: HashMap<i64, Watcher>,
+    next_id: i64,
+    budget: Duration,
+}
+
+impl<B: Backend> StreamTask<B> {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<WatchRequest>,
+        stop: CancellationToken,
+        every: Duration,
+    ) {
+        let (deliveries, mut delivered) = mpsc::channel(DELIVERIES);
+        let mut progress = tokio::time::interval(every);
+        progress.tick().await;
+        let end = loop {
+            let step = tokio::select! {
+                () = stop.cancelled() => Err(End::Quietly),
+                request = inbound.message() => match request {
+                    Ok(Some(r)) => self.on_request(r, &deliveries, &mut delivered).await,
+                    Ok(None) | Err(_) => Err(End::Quietly),
+                },
+                Some(d) = delivered.recv() => self.on_delivery(d).await,
+                _ = progress.tick() => self.on_progress_tick(&mut delivered).await,
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        };
+        if let End::Stuck = end {
+            let reason = format!(
+                "etcdserver: watch stream canceled: the client accepted no response for {:?} (watch-send budget)",
+                self.budget
+            );
+            tracing::warn!(watchers = self.watchers.len(), "{reason}");
+            let _ = self.ended.set(Status::resource_exhausted(reason));
+        }
+        // Dropping the guards removes the watchers from the hub.
+        self.watchers.clear();
+    }
+
+    fn header(&self) -> Option<crate::pb::etcdserverpb::ResponseHeader> {
+        self.shared
+            .header(self.shared.node.store().current_revision())
+    }
+
+    /// Sends within the watch-send budget.
+    async fn send(&self, response: WatchResponse) -> Result<(), End> {
+        match deadline::send(
+            Layer::WatchSend,
+            Deadline::after(self.budget),
+            &self.tx,
+            response,
+        )
+        .await
+        {
+            Ok(()) => Ok(()),
+            Err(SendError::Closed { .. }) => Err(End::Quietly),
+            Err(_) => Err(End::Stuck),
+        }
+    }
+
+    async fn on_request(
+        &mut self,
+        request: WatchRequest,
+        deliveries: &mpsc::Sender<Delivery>,
+        delivered: &mut mpsc::Receiver<Delivery>,
+    ) -> Result<(), End> {
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create, deliveries).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                // etcd answers only the cancellation of a watch it has.
+                if self.watchers.remove(&cancel.watch_id).is_some() {
+                    let header = self.header();
+                    self.send(WatchResponse {
+                        header,
+                        watch_id: cancel.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                if let Some(revision) = self.progress(delivered).await? {
+                    let header = self.shared.header(revision);
+                    self.send(WatchResponse {
+                        header,
+                        watch_id: WHOLE_STREAM,
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(
+        &mut self,
+        c: WatchCreateRequest,
+        deliveries: &mpsc::Sender<Delivery>,
+    ) -> Result<(), End> {
+        let header = self.header();
+        let id = if c.watch_id != 0 {
+            c.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        if self.watchers.contains_key(&id) {
+            let reason = "mvcc: duplicate watch ID provided on the WatchStream".to_string();
+            return self
+                .send(WatchResponse {
+                    header,
+                    watch_id: id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: reason,
+                    ..Default::default()
+                })
+                .await;
+        }
+        // etcd's conventions: no key is the smallest key, range_end [0] is "from key on".
+        let key = if c.key.is_empty() { vec![0] } else { c.key };
+        let spec = WatchSpec {
+            range: KeyRange::new(&key, &c.range_end),
+            start_revision: c.start_revision,
+            no_put: c.filters.contains(&(FilterType::Noput as i32)),
+            no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
+            prev_kv: c.prev_kv,
+            tag: id as u64,
+        };
+        match self.hub.watch(spec, deliveries.clone()) {
+            Ok(guard) => {
+                // A watch "from now" reports the revision it starts after, which the hub may
+                // not have published yet while an apply is in flight.
+                let header = if c.start_revision <= 0 {
+                    self.shared.header(guard.start_revision() - 1)
+                } else {
+                    header
+                };
+                self.watchers.insert(
+                    id,
+                    Watcher {
+                        guard,
+                        progress_notify: c.progress_notify,
+                        fragment: c.fragment,
+                    },
+                );
+                self.send(WatchResponse {
+                    header,
+                    watch_id: id,
+                    created: true,
+                    ..Default::default()
+                })
+                .await
+            }
+            Err(e) => {
+                self.send(WatchResponse {
+                    header,
+                    watch_id: id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: e.to_string(),
+                    ..Default::default()
+                })
+                .await
+            }
+        }
+    }
+
+    async fn on_delivery(&mut self, d: Delivery) -> Result<(), End> {
+        let id = d.tag as i64;
+        let Some(watcher) = self.watchers.get(&id) else {
+            // Cancelled meanwhile.
+            return Ok(());
+        };
+        let header = self.header();
+        if let Some(compacted) = d.compacted {
+            self.watchers.remove(&id);
+            return self
+                .send(WatchResponse {
+                    header,
+                    watch_id: id,
+                    canceled: true,
+                    compact_revision: compacted,
+                    ..Default::default()
+                })
+                .await;
+        }
+        let response = WatchResponse {
+            header,
+            watch_id: id,
+            events: d.events.into_iter().map(event_to_pb).collect(),
+            ..Default::default()
+        };
+        let limit = self.shared.config.limits.max_request_bytes;
+        if watcher.fragment && response.events.len() > 1 && response.encoded_len() > limit {
+            for part in fragments(response, limit) {
+                self.send(part).await?;
+            }
+            return Ok(());
+        }
+        self.send(response).await
+    }
+
+    /// The revision every watch of this stream has been sent all events up to, if all are live:
+    /// asked of the hub first, then the deliveries already queued are forwarded, so nothing
+    /// sent after the answer can be at or below it.
+    async fn progress(
+        &mut self,
+        delivered: &mut mpsc::Receiver<Delivery>,
+    ) -> Result<Option<i64>, End> {
+        let ids: Vec<_> = self.watchers.values().map(|w| w.guard.id()).collect();
+        let Some(revision) = self.hub.progress(&ids) else {
+            return Ok(None);
+        };
+        while let Ok(d) = delivered.try_recv() {
+            self.on_delivery(d).await?;
+        }
+        Ok(Some(revision))
+    }
+
+    async fn on_progress_tick(
+        &mut self,
+        delivered: &mut mpsc::Receiver<Delivery>,
+    ) -> Result<(), End> {
+        let wanted: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.progress_notify)
+            .map(|(id, _)| *id)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        if let Some(revision) = self.progress(delivered).await? {
+            for id in wanted {
+                let header = self.shared.header(revision);
+                self.send(WatchResponse {
+                    header,
+                    watch_id: id,
+                    ..Default::default()
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits an answer whose events exceed `limit` bytes into answers under it, each marked as a
+/// fragment but the last (a single event larger than the limit goes alone).
+fn fragments(response: WatchResponse, limit: usize) -> Vec<WatchResponse> {
+    let template = WatchResponse {
+        events: Vec::new(),
+        ..response.clone()
+    };
+    let mut parts = Vec::new();
+    let mut current = template.clone();
+    for event in response.events {
+        if !current.events.is_empty() && current.encoded_len() + event.encoded_len() + 8 > limit {
+            parts.push(std::mem::replace(&mut current, template.clone()));
+        }
+        current.events.push(event);
+    }
+    parts.push(current);
+    let last = parts.len() - 1;
+    for (i, part) in parts.iter_mut().enumerate() {
+        part.fragment = i != last;
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::mvccpb;
+
+    #[test]
+    fn fragments_split_under_the_limit_and_mark_all_but_the_last() {
+        let event = |i: u8| mvccpb::Event {
+            kv: Some(mvccpb::KeyValue {
+                key: vec![i],
+                value: vec![i; 100],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let response = WatchResponse {
+            watch_id: 3,
+            events: (0..10).map(event).collect(),
+            ..Default::default()
+        };
+        let parts = fragments(response, 300);
+        assert!(parts.len() > 1);
+        assert!(parts
+            .iter()
+            .all(|p| p.encoded_len() <= 300 && p.watch_id == 3));
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment));
+        assert!(!parts[parts.len() - 1].fragment);
+        let keys: Vec<u8> = parts
+            .iter()
+            .flat_map(|p| {
+                p.events
+                    .iter()
+                    .map(|e| e.kv.as_ref().map_or(0, |kv| kv.key[0]))
+            })
+            .collect();
+        assert_eq!(keys, (0..10).collect::<Vec<u8>>());
+    }
+}
