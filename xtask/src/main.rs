@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - `tidy`: checks every crate's `lib.rs` header and the layer rule between crates.
-//! - `bench`: `cargo xtask bench engine`, the engines' throughput and memory, written to
+//! - `bench`: `cargo xtask bench engine`, the engines' throughput and memory, and
+//!   `cargo xtask bench kv`, MetaStore against etcd 3.4 over gRPC, written to
 //!   `docs/benchmarks.md`.
 
 // A command-line tool: printing to stdout is its interface.

@@ -5,6 +5,7 @@
 
 mod doc;
 mod engine;
+mod kv;
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,11 +16,12 @@ use anyhow::{bail, Context, Result};
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("engine") => engine::run(&args[1..]),
+        Some("kv") => kv::run(&args[1..]),
         // Hidden: the memory benchmark re-executes this binary so each engine is measured in
         // a process of its own, with nothing else on the heap.
         Some(engine::CHILD) => engine::child(&args[1..]),
-        Some(other) => bail!("unknown benchmark `{other}`; try: engine"),
-        None => bail!("usage: cargo xtask bench engine [--help]"),
+        Some(other) => bail!("unknown benchmark `{other}`; try: engine, kv"),
+        None => bail!("usage: cargo xtask bench <engine|kv> [--help]"),
     }
 }
 

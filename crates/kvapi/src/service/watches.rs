@@ -34,6 +34,10 @@ const RESPONSES: usize = 128;
 const DELIVERIES: usize = 64;
 /// etcd's watch id for answers that concern the whole stream (progress).
 const WHOLE_STREAM: i64 = -1;
+/// How often a progress request that found a watch still catching up is tried again. etcd
+/// (3.5 on) defers such a request until every watch is synced rather than answer a revision
+/// some watch has not reached; the hub does not announce a rejoin, so the stream looks again.
+const PROGRESS_RETRY: Duration = Duration::from_millis(20);
 
 /// etcd's Watch service over a member and its watch hub.
 pub struct WatchService<B> {
@@ -100,6 +104,7 @@ impl<B: Backend> Watch for WatchService<B> {
             ended: Arc::clone(&ended),
             watchers: HashMap::new(),
             next_id: 0,
+            progress_deferred: false,
             budget: self.shared.config.budgets.get(Layer::WatchSend),
         };
         tokio::spawn(stream.run(
@@ -137,6 +142,8 @@ struct StreamTask<B> {
     ended: Arc<OnceLock<Status>>,
     watchers: HashMap<i64, Watcher>,
     next_id: i64,
+    /// A progress request waits for every watch to be synced.
+    progress_deferred: bool,
     budget: Duration,
 }
 
@@ -150,6 +157,8 @@ impl<B: Backend> StreamTask<B> {
         let (deliveries, mut delivered) = mpsc::channel(DELIVERIES);
         let mut progress = tokio::time::interval(every);
         progress.tick().await;
+        let mut retry = tokio::time::interval(PROGRESS_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
             let step = tokio::select! {
                 () = stop.cancelled() => Err(End::Quietly),
@@ -159,6 +168,9 @@ impl<B: Backend> StreamTask<B> {
                 },
                 Some(d) = delivered.recv() => self.on_delivery(d).await,
                 _ = progress.tick() => self.on_progress_tick(&mut delivered).await,
+                _ = retry.tick(), if self.progress_deferred => {
+                    self.answer_progress(&mut delivered).await
+                }
             };
             if let Err(end) = step {
                 break end;
@@ -219,19 +231,32 @@ impl<B: Backend> StreamTask<B> {
                 }
                 Ok(())
             }
-            Some(RequestUnion::ProgressRequest(_)) => {
-                if let Some(revision) = self.progress(delivered).await? {
-                    let header = self.shared.header(revision);
-                    self.send(WatchResponse {
-                        header,
-                        watch_id: WHOLE_STREAM,
-                        ..Default::default()
-                    })
-                    .await?;
-                }
+            Some(RequestUnion::ProgressRequest(_)) => self.answer_progress(delivered).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Answers a progress request for the whole stream now if every watch is synced, or
+    /// defers it until they are (several deferred requests get one answer, as in etcd).
+    async fn answer_progress(
+        &mut self,
+        delivered: &mut mpsc::Receiver<Delivery>,
+    ) -> Result<(), End> {
+        match self.progress(delivered).await? {
+            Some(revision) => {
+                self.progress_deferred = false;
+                let header = self.shared.header(revision);
+                self.send(WatchResponse {
+                    header,
+                    watch_id: WHOLE_STREAM,
+                    ..Default::default()
+                })
+                .await
+            }
+            None => {
+                self.progress_deferred = true;
                 Ok(())
             }
-            None => Ok(()),
         }
     }
 

@@ -7,3 +7,4 @@ mod etcdctl;
 mod harness;
 mod http;
 mod kv;
+mod watch;

@@ -1,0 +1,1305 @@
+//! `cargo xtask bench kv`: MetaStore against etcd 3.4 over the etcd v3 gRPC API.
+//!
+//! Both servers run on this machine side by side, each a single member with a fresh data dir
+//! under `target/` and each fsyncing its log before it acknowledges a write. Every workload
+//! runs against MetaStore, then against etcd, through the same client — kvapi's generated
+//! tonic `KvClient` over the same number of HTTP/2 connections — and the figures with their
+//! ratios go to the `## KV` section of `docs/benchmarks.md`.
+//!
+//! Everything is bounded: each server must answer within [`READY_TIMEOUT`], each request
+//! carries a [`REQUEST_TIMEOUT`] deadline, each workload a watchdog; both servers are killed
+//! when [`Server`] drops, on every path out.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use kvapi::pb::etcdserverpb::kv_client::KvClient;
+use kvapi::pb::etcdserverpb::request_op::Request as TxnOp;
+use kvapi::pb::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
+use tokio::runtime::Runtime;
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+
+use super::doc;
+use super::{grouped, load_average, output_of, Machine, XorShift};
+
+const HEADING: &str = "## KV";
+/// Keys are `k` and this many digits: 8 bytes, as the issue asks.
+const KEY_DIGITS: usize = 7;
+/// Put and txn rows write uniformly random keys out of this many.
+const KEY_SPACE: usize = 100_000;
+const VALUE_LEN: usize = 256;
+/// Keys written before the first range row; range rows read random ones of them.
+const PRELOAD: usize = 10_000;
+/// Clients writing the preload.
+const PRELOAD_CLIENTS: usize = 64;
+/// HTTP/2 connections per workload are `min(clients, MAX_CONNS)`, the same for both servers.
+const MAX_CONNS: usize = 8;
+/// Deadline of every request, sent as `grpc-timeout` and enforced by the client too.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a server may take from start to answering a linearizable range.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest the preload may take, per server.
+const PRELOAD_TIMEOUT: Duration = Duration::from_secs(180);
+/// Pause after `sync` before each run, so that one server's write-back does not land in the
+/// other's measured window.
+const SETTLE: Duration = Duration::from_millis(500);
+const SEED: u64 = 0x6b76_6265_6e63_6821;
+
+const USAGE: &str = "\
+usage: cargo xtask bench kv [options]
+
+Starts MetaStore (target/release/metastore, built first) and etcd 3.4 (`etcd` on PATH) side by
+side, drives both with the same client and workloads, alternating, and writes the `## KV`
+section of docs/benchmarks.md.
+
+options:
+  --secs S          measured seconds per workload and server   (default 5)
+  --warmup S        warm-up seconds before each measurement    (default 1)
+  --rounds N        runs per workload and server; the median   (default 1)
+                    req/s is reported (the better of two)
+  --workloads LIST  comma-separated subset of: put-1, put-16, put-64, put-256, range-64,
+                    range-serializable-64, txn-put-64          (default all)
+  --no-build        use target/release/metastore as it is
+  --metastore PATH  use this metastore binary (another build, for A/B) and build nothing
+  --no-docs         print the figures but leave docs/benchmarks.md alone";
+
+/// What one request of a workload does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    /// A put of a random key.
+    Put,
+    /// A range over one preloaded key.
+    Range { serializable: bool },
+    /// A txn with no compares and one put in `success`.
+    TxnPut,
+}
+
+/// One row of the table: an operation and a number of concurrent clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Workload {
+    id: &'static str,
+    op: Op,
+    clients: usize,
+}
+
+const WORKLOADS: [Workload; 7] = [
+    Workload {
+        id: "put-1",
+        op: Op::Put,
+        clients: 1,
+    },
+    Workload {
+        id: "put-16",
+        op: Op::Put,
+        clients: 16,
+    },
+    Workload {
+        id: "put-64",
+        op: Op::Put,
+        clients: 64,
+    },
+    Workload {
+        id: "put-256",
+        op: Op::Put,
+        clients: 256,
+    },
+    Workload {
+        id: "range-64",
+        op: Op::Range {
+            serializable: false,
+        },
+        clients: 64,
+    },
+    Workload {
+        id: "range-serializable-64",
+        op: Op::Range { serializable: true },
+        clients: 64,
+    },
+    Workload {
+        id: "txn-put-64",
+        op: Op::TxnPut,
+        clients: 64,
+    },
+];
+
+impl Workload {
+    fn describe(&self) -> String {
+        let clients = match self.clients {
+            1 => "1 client".to_string(),
+            n => format!("{n} clients"),
+        };
+        match self.op {
+            Op::Put => format!("put, {clients}"),
+            Op::Range {
+                serializable: false,
+            } => format!("range (linearizable), {clients}"),
+            Op::Range { serializable: true } => format!("range (serializable), {clients}"),
+            Op::TxnPut => format!("txn-put, {clients}"),
+        }
+    }
+
+    fn conns(&self) -> usize {
+        self.clients.min(MAX_CONNS)
+    }
+}
+
+struct Args {
+    secs: f64,
+    warmup: f64,
+    rounds: usize,
+    workloads: Vec<Workload>,
+    build: bool,
+    /// A metastore binary to run instead of target/release/metastore.
+    metastore: Option<PathBuf>,
+    docs: bool,
+}
+
+impl Args {
+    /// `None` when help was asked for.
+    fn parse(args: &[String]) -> Result<Option<Self>> {
+        let mut out = Self {
+            secs: 5.0,
+            warmup: 1.0,
+            rounds: 1,
+            workloads: WORKLOADS.to_vec(),
+            build: true,
+            metastore: None,
+            docs: true,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--secs" => out.secs = value()?.parse().context("--secs")?,
+                "--warmup" => out.warmup = value()?.parse().context("--warmup")?,
+                "--rounds" => out.rounds = value()?.parse().context("--rounds")?,
+                "--workloads" => out.workloads = workloads(value()?)?,
+                "--no-build" => out.build = false,
+                "--metastore" => out.metastore = Some(PathBuf::from(value()?)),
+                "--no-docs" => out.docs = false,
+                "-h" | "--help" => return Ok(None),
+                other => bail!("unknown option `{other}`\n\n{USAGE}"),
+            }
+        }
+        ensure!(
+            out.secs > 0.0 && out.secs <= 600.0,
+            "--secs must be in (0, 600]"
+        );
+        ensure!(
+            (0.0..=60.0).contains(&out.warmup),
+            "--warmup must be in [0, 60]"
+        );
+        ensure!((1..=9).contains(&out.rounds), "--rounds must be 1 to 9");
+        Ok(Some(out))
+    }
+}
+
+/// The workloads named in a comma-separated list, in the table's order.
+fn workloads(list: &str) -> Result<Vec<Workload>> {
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    for name in &names {
+        ensure!(
+            WORKLOADS.iter().any(|w| w.id == *name),
+            "unknown workload `{name}`; try: {}",
+            WORKLOADS.map(|w| w.id).join(", ")
+        );
+    }
+    Ok(WORKLOADS
+        .into_iter()
+        .filter(|w| names.contains(&w.id))
+        .collect())
+}
+
+/// Which server a figure is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Ours,
+    Etcd,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Ours => "MetaStore",
+            Kind::Etcd => "etcd",
+        }
+    }
+}
+
+/// A running server, killed and reaped on drop.
+struct Server {
+    kind: Kind,
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `program` as a single member with its data in `dir/data` and its output in
+    /// `dir/log`, on two free ports.
+    fn start(kind: Kind, program: &Path, dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let [client_port, peer_port] = free_ports()?;
+        let url = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let data = dir.join("data");
+        let log = dir.join("log");
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let mut cmd = Command::new(program);
+        cmd.arg("--name")
+            .arg("bench")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &url])
+            .args(["--advertise-client-urls", &url])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("bench={peer}")])
+            .args(["--initial-cluster-state", "new"]);
+        match kind {
+            Kind::Ours => cmd.args(["--engine", "redb", "--log-level", "warn"]),
+            Kind::Etcd => cmd.args(["--logger", "zap", "--log-level", "warn"]),
+        };
+        // Flags only: a stray ETCD_* or METASTORE_* variable would change one server alone.
+        for (name, _) in std::env::vars_os() {
+            let name_text = name.to_string_lossy();
+            if name_text.starts_with("ETCD_")
+                || name_text.starts_with("METASTORE_")
+                || name_text == "RUST_LOG"
+            {
+                cmd.env_remove(&name);
+            }
+        }
+        if kind == Kind::Etcd && std::env::consts::ARCH != "x86_64" {
+            // etcd 3.4 refuses to start on other architectures unless told this.
+            cmd.env("ETCD_UNSUPPORTED_ARCH", go_arch());
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        Ok(Self {
+            kind,
+            child,
+            url,
+            log,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if the process has already ended.
+    fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// The last lines of its output, for an error message.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Fails, with its log, if the process has ended.
+    fn ensure_running(&mut self) -> Result<()> {
+        if let Some(status) = self.exited()? {
+            bail!(
+                "{} exited ({status}); the end of its log:\n{}",
+                self.kind.name(),
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Go's name for this architecture, which `ETCD_UNSUPPORTED_ARCH` must match.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// Two ports free at the time of asking, distinct because both are held until both are known.
+fn free_ports() -> Result<[u16; 2]> {
+    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok([a.local_addr()?.port(), b.local_addr()?.port()])
+}
+
+/// A directory under `target/` for both data dirs and logs, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self> {
+        // Under target/ rather than the temp dir, which may be a tmpfs where fsync is free.
+        let dir = crate::tidy::project_root()
+            .join("target/xtask-bench")
+            .join(format!("kv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Builds the server in release mode and returns the path of its binary.
+fn build_server(root: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!("building the server: cargo build --release -p server …");
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "server"])
+        .current_dir(root)
+        .status()
+        .context("running cargo build")?;
+    ensure!(status.success(), "building the server failed ({status})");
+    Ok(metastore_binary(root))
+}
+
+fn metastore_binary(root: &Path) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), |dir| root.join(PathBuf::from(dir)));
+    target.join("release/metastore")
+}
+
+/// A client endpoint with the deadlines every connection of the benchmark uses.
+fn endpoint(url: &str) -> Result<Endpoint> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(REQUEST_TIMEOUT)
+        .tcp_nodelay(true))
+}
+
+/// `msg` with a deadline, sent to the server as `grpc-timeout`.
+fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(timeout);
+    req
+}
+
+/// Polls with a linearizable range, which needs a leader, until it answers or
+/// [`READY_TIMEOUT`] passes.
+fn wait_ready(rt: &Runtime, server: &mut Server) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        server.ensure_running()?;
+        let last = match rt.block_on(probe(&server.url)) {
+            Ok(()) => return Ok(()),
+            Err(e) => format!("{e:#}"),
+        };
+        if start.elapsed() >= READY_TIMEOUT {
+            bail!(
+                "{} did not answer at {} within {READY_TIMEOUT:?} (last error: {last}); the \
+                 end of its log:\n{}",
+                server.kind.name(),
+                server.url,
+                server.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn probe(url: &str) -> Result<()> {
+    let channel = endpoint(url)?
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await?;
+    let req = RangeRequest {
+        key: b"ready".to_vec(),
+        ..RangeRequest::default()
+    };
+    KvClient::new(channel)
+        .range(request(req, Duration::from_secs(1)))
+        .await?;
+    Ok(())
+}
+
+/// `n` connections to `url`.
+async fn connect(url: &str, n: usize) -> Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let channel = endpoint(url)?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+/// Waits for every task of `set`, aborting them all and failing once `deadline` passes.
+async fn join_within<T: 'static>(mut set: JoinSet<T>, deadline: Instant) -> Result<Vec<T>> {
+    // An interval's first tick is at its start: a sleep until the deadline, without
+    // `tokio::time::sleep`, which this workspace leaves to the `deadline` crate.
+    let mut watchdog = tokio::time::interval_at(deadline.into(), Duration::from_secs(24 * 60 * 60));
+    let mut out = Vec::with_capacity(set.len());
+    loop {
+        tokio::select! {
+            joined = set.join_next() => match joined {
+                Some(done) => out.push(done.context("a client task failed")?),
+                None => return Ok(out),
+            },
+            _ = watchdog.tick() => {
+                let left = set.len();
+                set.abort_all();
+                bail!("{left} client tasks still running at their deadline");
+            }
+        }
+    }
+}
+
+/// Key `i` as the benchmark writes it: `k` and [`KEY_DIGITS`] digits.
+fn key(i: usize) -> Vec<u8> {
+    format!("k{i:0KEY_DIGITS$}").into_bytes()
+}
+
+/// Writes keys `0..keys` with [`PRELOAD_CLIENTS`] clients; any failure fails it.
+async fn preload(url: &str, keys: usize) -> Result<()> {
+    let conns = PRELOAD_CLIENTS.min(MAX_CONNS);
+    let channels = connect(url, conns).await?;
+    let mut set = JoinSet::new();
+    for c in 0..PRELOAD_CLIENTS {
+        let mut kv = KvClient::new(channels[c % conns].clone());
+        set.spawn(async move {
+            let mut rng = XorShift::new(SEED ^ c as u64);
+            for i in (c..keys).step_by(PRELOAD_CLIENTS) {
+                let req = PutRequest {
+                    key: key(i),
+                    value: value(&mut rng),
+                    ..PutRequest::default()
+                };
+                kv.put(request(req, REQUEST_TIMEOUT))
+                    .await
+                    .map_err(status_text)?;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    for done in join_within(set, Instant::now() + PRELOAD_TIMEOUT).await? {
+        done.map_err(|e| anyhow::anyhow!("preloading: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A value of [`VALUE_LEN`] pseudo-random bytes.
+fn value(rng: &mut XorShift) -> Vec<u8> {
+    (0..VALUE_LEN).map(|_| rng.next_u64() as u8).collect()
+}
+
+/// An error's kind as the table shows it: the gRPC code and the start of the message.
+fn status_text(status: tonic::Status) -> String {
+    let message: String = status.message().chars().take(80).collect();
+    format!("{:?}: {message}", status.code())
+}
+
+/// What one client task saw in the measured window.
+struct ClientOut {
+    /// Microseconds from send to answer, per request answered OK.
+    latencies: Vec<u32>,
+    errors: BTreeMap<String, u64>,
+    /// When its last request answered.
+    finished: Instant,
+}
+
+/// One client: a request, its answer, the next request, until `end`. Requests sent before
+/// `warm_end` are not recorded.
+async fn client(
+    mut kv: KvClient<Channel>,
+    op: Op,
+    mut rng: XorShift,
+    warm_end: Instant,
+    end: Instant,
+) -> ClientOut {
+    let value = value(&mut rng);
+    let mut out = ClientOut {
+        latencies: Vec::new(),
+        errors: BTreeMap::new(),
+        finished: Instant::now(),
+    };
+    loop {
+        let sent = Instant::now();
+        if sent >= end {
+            break;
+        }
+        let result = one(&mut kv, op, &mut rng, &value).await;
+        if sent >= warm_end {
+            match result {
+                Ok(()) => {
+                    let micros = sent.elapsed().as_micros();
+                    out.latencies
+                        .push(u32::try_from(micros).unwrap_or(u32::MAX));
+                }
+                Err(e) => *out.errors.entry(e).or_default() += 1,
+            }
+        }
+    }
+    out.finished = Instant::now();
+    out
+}
+
+/// One request of `op`, checked: a range must find its key, a txn must succeed.
+async fn one(
+    kv: &mut KvClient<Channel>,
+    op: Op,
+    rng: &mut XorShift,
+    value: &[u8],
+) -> std::result::Result<(), String> {
+    match op {
+        Op::Put => {
+            let req = PutRequest {
+                key: key(rng.below(KEY_SPACE)),
+                value: value.to_vec(),
+                ..PutRequest::default()
+            };
+            kv.put(request(req, REQUEST_TIMEOUT))
+                .await
+                .map_err(status_text)?;
+        }
+        Op::Range { serializable } => {
+            let req = RangeRequest {
+                key: key(rng.below(PRELOAD)),
+                serializable,
+                ..RangeRequest::default()
+            };
+            let resp = kv
+                .range(request(req, REQUEST_TIMEOUT))
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            if resp.kvs.len() != 1 {
+                return Err(format!("range of a preloaded key found {}", resp.kvs.len()));
+            }
+        }
+        Op::TxnPut => {
+            let put = PutRequest {
+                key: key(rng.below(KEY_SPACE)),
+                value: value.to_vec(),
+                ..PutRequest::default()
+            };
+            let req = TxnRequest {
+                success: vec![RequestOp {
+                    request: Some(TxnOp::RequestPut(put)),
+                }],
+                ..TxnRequest::default()
+            };
+            let resp = kv
+                .txn(request(req, REQUEST_TIMEOUT))
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            if !resp.succeeded {
+                return Err("a txn without compares did not succeed".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The figures of one workload on one server.
+#[derive(Clone, Debug)]
+struct Sample {
+    /// Requests sent in the measured window and answered OK.
+    ok: u64,
+    /// From the window's start until the last of them answered.
+    secs: f64,
+    p50_us: u64,
+    p99_us: u64,
+    errors: BTreeMap<String, u64>,
+    /// The server's on-CPU time over the window's wall time (1.0 = one core).
+    server_cpu: Option<f64>,
+    /// The same for this process, the client.
+    client_cpu: Option<f64>,
+}
+
+impl Sample {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.secs
+    }
+
+    fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Server CPU microseconds per request answered.
+    fn cpu_per_request_us(&self) -> Option<f64> {
+        let cpu = self.server_cpu?;
+        (self.ok > 0).then(|| cpu * self.secs * 1e6 / self.ok as f64)
+    }
+}
+
+/// Nanoseconds all threads of process `pid` ("self" for this one) have spent on a CPU.
+///
+/// Summed from `/proc/PID/task/*/schedstat`; threads that ended are not counted, which the
+/// long-lived worker threads of both servers and of this client make negligible.
+fn process_cpu_ns(pid: &str) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
+/// The `p`-quantile of `sorted` by nearest rank; 0 when empty.
+fn percentile(sorted: &[u32], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    u64::from(sorted[rank - 1])
+}
+
+/// Runs `workload` against the server at `url` (process `pid`): a warm-up, then the measured
+/// window, with every client closed-loop.
+async fn drive(
+    url: &str,
+    pid: u32,
+    workload: Workload,
+    warmup: Duration,
+    measure: Duration,
+    seed: u64,
+) -> Result<Sample> {
+    let conns = workload.conns();
+    let channels = connect(url, conns).await?;
+    let start = Instant::now();
+    let warm_end = start + warmup;
+    let end = warm_end + measure;
+    let mut set = JoinSet::new();
+    for i in 0..workload.clients {
+        // Round-robin over the connections: client i on connection i mod conns.
+        let kv = KvClient::new(channels[i % conns].clone());
+        let rng = XorShift::new(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        set.spawn(client(kv, workload.op, rng, warm_end, end));
+    }
+    let server = pid.to_string();
+    // CPU readings at the start of the measured window, taken by a task woken then.
+    let cpu_at_start = tokio::spawn(async move {
+        tokio::time::interval_at(warm_end.into(), Duration::from_secs(3600))
+            .tick()
+            .await;
+        (process_cpu_ns(&server), process_cpu_ns("self"))
+    });
+    let outs = join_within(set, end + REQUEST_TIMEOUT + Duration::from_secs(5)).await?;
+    let server_end = process_cpu_ns(&pid.to_string());
+    let client_end = process_cpu_ns("self");
+    let (server_start, client_start) = cpu_at_start.await?;
+
+    let finished = outs.iter().map(|o| o.finished).max().unwrap_or(end);
+    let secs = finished.saturating_duration_since(warm_end).as_secs_f64();
+    let mut latencies = Vec::new();
+    let mut errors = BTreeMap::new();
+    for out in outs {
+        latencies.extend(out.latencies);
+        for (kind, n) in out.errors {
+            *errors.entry(kind).or_default() += n;
+        }
+    }
+    latencies.sort_unstable();
+    let share = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) if secs > 0.0 => Some(b.saturating_sub(a) as f64 / 1e9 / secs),
+        _ => None,
+    };
+    Ok(Sample {
+        ok: latencies.len() as u64,
+        secs,
+        p50_us: percentile(&latencies, 0.50),
+        p99_us: percentile(&latencies, 0.99),
+        errors,
+        server_cpu: share(server_start, server_end),
+        client_cpu: share(client_start, client_end),
+    })
+}
+
+/// One workload's figures on both servers.
+struct Row {
+    workload: Workload,
+    ours: Sample,
+    etcd: Sample,
+    /// Lowest and highest req/s over the rounds: MetaStore's, then etcd's.
+    spread: [(f64, f64); 2],
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        self.ours.rate() / self.etcd.rate()
+    }
+
+    fn p99_ratio(&self) -> f64 {
+        self.ours.p99_us as f64 / self.etcd.p99_us.max(1) as f64
+    }
+}
+
+/// The lowest and highest req/s of `samples`.
+fn spread(samples: &[Sample]) -> (f64, f64) {
+    samples
+        .iter()
+        .map(Sample::rate)
+        .fold((f64::MAX, 0.0), |(lo, hi), r| (lo.min(r), hi.max(r)))
+}
+
+/// The sample with the median rate: the better of two, the middle of three.
+fn median(mut samples: Vec<Sample>) -> Result<Sample> {
+    samples.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let mid = samples.len() / 2;
+    samples
+        .into_iter()
+        .nth(mid)
+        .context("a workload without samples")
+}
+
+/// Flushes what either server left in the page cache, then waits a moment.
+fn settle() {
+    let _ = Command::new("sync").status();
+    std::thread::sleep(SETTLE);
+}
+
+/// Runs `cargo xtask bench kv`.
+pub fn run(raw: &[String]) -> Result<()> {
+    let Some(args) = Args::parse(raw)? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let root = crate::tidy::project_root();
+    // Probed first: the commit the server is built from, not one that lands during the run.
+    let machine = Machine::probe();
+    let metastore = match (&args.metastore, args.build) {
+        (Some(path), _) => path.clone(),
+        (None, true) => build_server(&root)?,
+        (None, false) => metastore_binary(&root),
+    };
+    ensure!(
+        metastore.is_file(),
+        "{} is not a file (built? see --no-build, --metastore)",
+        metastore.display()
+    );
+    let etcd_version = output_of("etcd", &["--version"]);
+    ensure!(
+        etcd_version != "unknown",
+        "`etcd --version` failed: install etcd 3.4 (apt-get install -y etcd-server)"
+    );
+    let ours_version = output_of(&metastore.to_string_lossy(), &["--version"]);
+    let load_before = load_average();
+
+    // Dropped in reverse: both servers are killed before their directory goes.
+    let scratch = Scratch::new()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut ours = Server::start(Kind::Ours, &metastore, &scratch.0.join("metastore"))?;
+    let mut etcd = Server::start(Kind::Etcd, Path::new("etcd"), &scratch.0.join("etcd"))?;
+    println!(
+        "MetaStore (pid {}) at {}, etcd (pid {}) at {}; data under {}",
+        ours.pid(),
+        ours.url,
+        etcd.pid(),
+        etcd.url,
+        scratch.0.display()
+    );
+    wait_ready(&rt, &mut ours)?;
+    wait_ready(&rt, &mut etcd)?;
+
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let measure = Duration::from_secs_f64(args.secs);
+    let mut preloaded = false;
+    let mut rows = Vec::new();
+    for (n, &workload) in args.workloads.iter().enumerate() {
+        if matches!(workload.op, Op::Range { .. }) && !preloaded {
+            for server in [&mut ours, &mut etcd] {
+                println!(
+                    "preloading {} keys into {} …",
+                    grouped(PRELOAD as u64),
+                    server.kind.name()
+                );
+                rt.block_on(preload(&server.url, PRELOAD))
+                    .with_context(|| format!("preloading {}", server.kind.name()))?;
+                server.ensure_running()?;
+            }
+            preloaded = true;
+        }
+        let mut samples = [Vec::new(), Vec::new()];
+        for round in 0..args.rounds {
+            for (side, server) in [&mut ours, &mut etcd].into_iter().enumerate() {
+                settle();
+                let seed = SEED ^ ((n * 16 + round) as u64);
+                let sample = rt
+                    .block_on(drive(
+                        &server.url,
+                        server.pid(),
+                        workload,
+                        warmup,
+                        measure,
+                        seed,
+                    ))
+                    .with_context(|| format!("{} on {}", workload.id, server.kind.name()));
+                server.ensure_running()?;
+                let sample = sample?;
+                println!(
+                    "  {:<34} {:<9} {:>9} req/s  p50 {:>8}  p99 {:>8}{}",
+                    workload.describe(),
+                    server.kind.name(),
+                    grouped(sample.rate() as u64),
+                    millis(sample.p50_us),
+                    millis(sample.p99_us),
+                    errors_note(&sample)
+                );
+                samples[side].push(sample);
+            }
+        }
+        let [ours_samples, etcd_samples] = samples;
+        rows.push(Row {
+            workload,
+            spread: [spread(&ours_samples), spread(&etcd_samples)],
+            ours: median(ours_samples)?,
+            etcd: median(etcd_samples)?,
+        });
+    }
+    drop(ours);
+    drop(etcd);
+    drop(rt);
+
+    let setup = Setup {
+        command: std::iter::once("cargo xtask bench kv".to_string())
+            .chain(raw.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" "),
+        ours_version,
+        etcd_version,
+        load: format!(
+            "load average (1 min) {} before the run, {} after",
+            load_before.as_deref().unwrap_or("?"),
+            load_average().as_deref().unwrap_or("?")
+        ),
+        client_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let section = render(&args, &setup, &rows, &machine);
+    println!("\n{section}");
+    if args.docs {
+        let path = super::benchmarks_md();
+        let old = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => doc::PREAMBLE.to_string(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        std::fs::write(&path, doc::replace_section(&old, HEADING, &section))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote the `{HEADING}` section of {}", path.display());
+    }
+    Ok(())
+}
+
+/// What the section says about how the figures were made, beside the machine.
+struct Setup {
+    command: String,
+    ours_version: String,
+    etcd_version: String,
+    load: String,
+    client_threads: usize,
+}
+
+/// Microseconds as milliseconds, to two decimals.
+fn millis(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1000.0)
+}
+
+fn percent(share: Option<f64>) -> String {
+    share.map_or_else(|| "?".into(), |s| format!("{:.0}%", s * 100.0))
+}
+
+/// " (N errors)" when a sample had any.
+fn errors_note(s: &Sample) -> String {
+    match s.error_count() {
+        0 => String::new(),
+        n => format!(" ({} errors)", grouped(n)),
+    }
+}
+
+/// The `## KV` section: command, machine, setup, figures, and the issue's goals judged.
+fn render(args: &Args, setup: &Setup, rows: &[Row], m: &Machine) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{HEADING}\n");
+    let _ = writeln!(s, "Command: `{}`\n", setup.command);
+    let _ = writeln!(
+        s,
+        "Machine: {} cores (`nproc`), {}, {} RAM; {}; {}; commit `{}`; {}.\n",
+        m.cores, m.cpu, m.memory, m.date, m.rustc, m.commit, setup.load
+    );
+    let _ = writeln!(
+        s,
+        "Servers: MetaStore (`{}`, `--engine redb`, release build) and etcd (`{}`, Debian's \
+         `etcd-server`), both on this machine for the whole run, each a single member with a \
+         fresh data dir under `target/` on {}, default settings otherwise. Both fsync before \
+         acknowledging a write: MetaStore's Raft log (redb) is fsynced before Raft counts an \
+         entry as written (its key space, redb with `Durability::Lazy`, is replayed from that \
+         log), etcd fsyncs its WAL for every batch of Raft entries before applying it.\n",
+        setup.ours_version, setup.etcd_version, m.target_fs
+    );
+    let _ = writeln!(
+        s,
+        "Client: this process, on the same cores as the servers: one tokio runtime of {} \
+         worker threads and, per concurrent client, one task with kvapi's generated tonic \
+         `KvClient`, closed-loop (the next request when the last one answers). Clients share \
+         `min(clients, {MAX_CONNS})` HTTP/2 connections per run, spread round-robin, the same \
+         for both servers. Keys are {} bytes (`k` and {KEY_DIGITS} digits); puts and txn-puts \
+         pick them uniformly from {}, values are {VALUE_LEN} bytes. Ranges read one key, a \
+         random one of {} written before the first range row. A txn-put is a `TxnRequest` with \
+         no compares and one put in `success`. Every request carries a {} s deadline.\n",
+        setup.client_threads,
+        KEY_DIGITS + 1,
+        grouped(KEY_SPACE as u64),
+        grouped(PRELOAD as u64),
+        REQUEST_TIMEOUT.as_secs()
+    );
+    let rounds = match args.rounds {
+        1 => "one round".to_string(),
+        2 => "two rounds, reporting the better of each server's two".to_string(),
+        n => format!("{n} rounds, reporting each server's median by req/s"),
+    };
+    let _ = writeln!(
+        s,
+        "Method: per workload, MetaStore then etcd, each after `sync` and a {:.1} s pause: \
+         {} s warm-up, then {} s measured; {rounds}. req/s is requests sent in the measured \
+         window and answered OK, over the window (to the last answer); p50 and p99 are of \
+         those requests' latency, send to answer. Ratios are MetaStore's over etcd's.\n",
+        SETTLE.as_secs_f64(),
+        args.warmup,
+        args.secs
+    );
+
+    let _ = writeln!(s, "### Results\n");
+    let _ = writeln!(
+        s,
+        "| workload | conns | MetaStore req/s | etcd req/s | ratio | MetaStore p50 / p99 | etcd p50 / p99 | p99 ratio |"
+    );
+    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {}{} | {}{} | {:.2}× | {} / {} | {} / {} | {:.2}× |",
+            r.workload.describe(),
+            r.workload.conns(),
+            grouped(r.ours.rate() as u64),
+            errors_note(&r.ours),
+            grouped(r.etcd.rate() as u64),
+            errors_note(&r.etcd),
+            r.ratio(),
+            millis(r.ours.p50_us),
+            millis(r.ours.p99_us),
+            millis(r.etcd.p50_us),
+            millis(r.etcd.p99_us),
+            r.p99_ratio()
+        );
+    }
+    let failed: Vec<String> = rows
+        .iter()
+        .flat_map(|r| {
+            [(Kind::Ours, &r.ours), (Kind::Etcd, &r.etcd)]
+                .into_iter()
+                .flat_map(move |(kind, sample)| {
+                    sample.errors.iter().map(move |(what, n)| {
+                        format!(
+                            "- {} on {}: {} × `{what}`",
+                            r.workload.describe(),
+                            kind.name(),
+                            grouped(*n)
+                        )
+                    })
+                })
+        })
+        .collect();
+    if failed.is_empty() {
+        let _ = writeln!(s, "\nNo request failed.");
+    } else {
+        let _ = writeln!(s, "\nFailed requests (not counted in req/s or latency):\n");
+        for line in failed {
+            let _ = writeln!(s, "{line}");
+        }
+    }
+
+    if args.rounds > 1 {
+        let _ = writeln!(s, "\n### Rounds\n");
+        let _ = writeln!(
+            s,
+            "Lowest and highest req/s of the {} rounds: how much the shared machine moved the \
+             figures above.\n",
+            args.rounds
+        );
+        let _ = writeln!(s, "| workload | MetaStore req/s | etcd req/s |");
+        let _ = writeln!(s, "|---|--:|--:|");
+        let span =
+            |(lo, hi): (f64, f64)| format!("{} – {}", grouped(lo as u64), grouped(hi as u64));
+        for r in rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} |",
+                r.workload.describe(),
+                span(r.spread[0]),
+                span(r.spread[1])
+            );
+        }
+    }
+
+    let _ = writeln!(s, "\n### CPU\n");
+    let _ = writeln!(
+        s,
+        "On-CPU time over the measured window's wall time, summed over a process's threads \
+         (100% is one of the {} cores); per request is the server's CPU time over the requests \
+         it answered. The client shares the cores, so what it takes is not the servers'.\n",
+        m.cores
+    );
+    let _ = writeln!(
+        s,
+        "| workload | MetaStore CPU | etcd CPU | MetaStore CPU/req | etcd CPU/req | client CPU (MetaStore / etcd run) |"
+    );
+    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|");
+    for r in rows {
+        let per_req = |x: &Sample| {
+            x.cpu_per_request_us()
+                .map_or_else(|| "?".into(), |us| format!("{us:.0} µs"))
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} / {} |",
+            r.workload.describe(),
+            percent(r.ours.server_cpu),
+            percent(r.etcd.server_cpu),
+            per_req(&r.ours),
+            per_req(&r.etcd),
+            percent(r.ours.client_cpu),
+            percent(r.etcd.client_cpu)
+        );
+    }
+
+    let goals = judge(rows);
+    let _ = writeln!(s, "\n### Goals (from the issue, same machine)\n");
+    let met = goals.iter().filter(|g| g.2).count();
+    let _ = writeln!(s, "{met} of {} met.\n", goals.len());
+    let _ = writeln!(s, "| goal | measured | met |");
+    let _ = writeln!(s, "|---|---|---|");
+    for (goal, measured, met) in &goals {
+        let _ = writeln!(
+            s,
+            "| {goal} | {measured} | {} |",
+            if *met { "yes" } else { "**no**" }
+        );
+    }
+    s
+}
+
+/// The issue's goals for each row: (goal, measured, met). A row where MetaStore failed
+/// requests meets neither.
+fn judge(rows: &[Row]) -> Vec<(String, String, bool)> {
+    let mut out = Vec::new();
+    for r in rows {
+        let clean = r.ours.error_count() == 0;
+        let failures = if clean {
+            String::new()
+        } else {
+            format!(
+                "; MetaStore failed {} requests",
+                grouped(r.ours.error_count())
+            )
+        };
+        out.push((
+            format!("{}: req/s ≥ 2× etcd's", r.workload.describe()),
+            format!(
+                "{:.2}× ({} vs {}){failures}",
+                r.ratio(),
+                grouped(r.ours.rate() as u64),
+                grouped(r.etcd.rate() as u64)
+            ),
+            clean && r.ratio() >= 2.0,
+        ));
+    }
+    for r in rows {
+        let clean = r.ours.error_count() == 0;
+        out.push((
+            format!("{}: p99 ≤ etcd's", r.workload.describe()),
+            format!(
+                "{} vs {} ({:.2}×)",
+                millis(r.ours.p99_us),
+                millis(r.etcd.p99_us),
+                r.p99_ratio()
+            ),
+            clean && r.ours.p99_us <= r.etcd.p99_us,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn sample(ok: u64, p99_us: u64, errors: u64) -> Sample {
+        let mut e = BTreeMap::new();
+        if errors > 0 {
+            e.insert("Unavailable: x".to_string(), errors);
+        }
+        Sample {
+            ok,
+            secs: 1.0,
+            p50_us: p99_us / 2,
+            p99_us,
+            errors: e,
+            server_cpu: Some(0.5),
+            client_cpu: None,
+        }
+    }
+
+    #[test]
+    fn args_parse() {
+        let a = Args::parse(&strings(&[
+            "--secs",
+            "2",
+            "--rounds",
+            "3",
+            "--workloads",
+            "txn-put-64,put-1",
+            "--no-docs",
+            "--no-build",
+            "--metastore",
+            "/x/metastore",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!((a.secs, a.rounds, a.docs, a.build), (2.0, 3, false, false));
+        assert_eq!(a.metastore, Some(PathBuf::from("/x/metastore")));
+        // In the table's order, not the list's.
+        assert_eq!(
+            a.workloads.iter().map(|w| w.id).collect::<Vec<_>>(),
+            ["put-1", "txn-put-64"]
+        );
+        let all = Args::parse(&[]).unwrap().unwrap();
+        assert_eq!(all.workloads.len(), 7);
+        assert!(Args::parse(&strings(&["--help"])).unwrap().is_none());
+        assert!(Args::parse(&strings(&["--workloads", "put-2"])).is_err());
+        assert!(Args::parse(&strings(&["--rounds", "0"])).is_err());
+        assert!(Args::parse(&strings(&["--secs"])).is_err());
+        assert!(Args::parse(&strings(&["--bogus"])).is_err());
+    }
+
+    #[test]
+    fn keys_are_eight_bytes() {
+        assert_eq!(key(0), b"k0000000");
+        assert_eq!(key(KEY_SPACE - 1), b"k0099999");
+        assert_eq!(key(KEY_SPACE - 1).len(), 8);
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.50), 50);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&[7], 0.99), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn median_takes_the_middle_rate() {
+        let m = median(vec![sample(3, 1, 0), sample(1, 2, 0), sample(2, 3, 0)]).unwrap();
+        assert_eq!(m.ok, 2);
+        assert_eq!(
+            median(vec![sample(1, 1, 0), sample(5, 1, 0)]).unwrap().ok,
+            5
+        );
+        assert!(median(Vec::new()).is_err());
+    }
+
+    #[test]
+    fn connections_are_capped() {
+        let conns: Vec<usize> = WORKLOADS.iter().map(Workload::conns).collect();
+        assert_eq!(conns, [1, 8, 8, 8, 8, 8, 8]);
+    }
+
+    #[test]
+    fn section_judges_every_row() {
+        let args = Args::parse(&[]).unwrap().unwrap();
+        let setup = Setup {
+            command: "cargo xtask bench kv".into(),
+            ours_version: "metastore 0.1.0".into(),
+            etcd_version: "etcd Version: 3.4.23".into(),
+            load: "load".into(),
+            client_threads: 2,
+        };
+        let rows = vec![
+            Row {
+                workload: WORKLOADS[0],
+                ours: sample(300, 900, 0),
+                etcd: sample(100, 1_000, 0),
+                spread: [(290.0, 310.0), (90.0, 110.0)],
+            },
+            Row {
+                workload: WORKLOADS[6],
+                ours: sample(300, 900, 2),
+                etcd: sample(100, 1_000, 0),
+                spread: [(300.0, 300.0), (100.0, 100.0)],
+            },
+        ];
+        let section = render(&args, &setup, &rows, &Machine::probe());
+        assert!(section.starts_with("## KV\n"), "{section}");
+        assert!(!section.contains("### Rounds"), "{section}");
+        let three = Args::parse(&strings(&["--rounds", "3"])).unwrap().unwrap();
+        let with_rounds = render(&three, &setup, &rows, &Machine::probe());
+        assert!(
+            with_rounds.contains("| put, 1 client | 290 – 310 | 90 – 110 |"),
+            "{with_rounds}"
+        );
+        assert!(
+            section.contains("| put, 1 client | 1 | 300 | 100 | 3.00× |"),
+            "{section}"
+        );
+        assert!(section.contains("300 (2 errors)"), "{section}");
+        assert!(section.contains("2 × `Unavailable: x`"), "{section}");
+        assert!(section.contains("2 of 4 met."), "{section}");
+        let goals = judge(&rows);
+        assert_eq!(
+            goals.iter().map(|g| g.2).collect::<Vec<_>>(),
+            [true, false, true, false]
+        );
+        // Regenerating replaces the section rather than adding one.
+        let once = doc::replace_section(doc::PREAMBLE, HEADING, &section);
+        assert_eq!(once, doc::replace_section(&once, HEADING, &section));
+    }
+
+    #[test]
+    fn own_cpu_is_readable() {
+        assert!(process_cpu_ns("self").is_some_and(|ns| ns > 0));
+    }
+}
