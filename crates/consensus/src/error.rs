@@ -72,6 +72,9 @@ pub enum ProposeError {
         /// The leader's id.
         leader: u64,
     },
+    /// Too many entries wait for their apply; etcd's answer to an overloaded member.
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     /// The node is stopping or has stopped.
     #[error("etcdserver: server stopped")]
     Stopped,

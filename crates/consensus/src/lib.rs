@@ -7,13 +7,16 @@
 //! gRPC services or name a storage engine: the server picks the engine.
 //!
 //! # Layout
-//! - `types`: [`TypeConfig`], the log payload [`Proposal`], the answer [`Applied`], [`Member`].
+//! - `types`: [`TypeConfig`], the log payload [`Proposal`] (a batch of [`Tagged`] commands),
+//!   the answer [`Applied`], [`Member`].
+//! - `batcher`: puts every command queued while the log is busy into one entry.
 //! - `error`: [`ProposeError`], [`ReadError`], [`StartError`], [`CommandError`].
 //! - `log_store`: [`LogStore`], the Raft log and vote on redb.
 //! - `state_machine`: [`StateMachine`], apply and snapshots.
 //! - `network`: peer transport ([`NoPeers`] for a single member).
 //! - `node`: [`Node`] and [`NodeConfig`].
 
+mod batcher;
 mod error;
 mod log_store;
 mod network;
@@ -26,4 +29,4 @@ pub use log_store::{LogCloser, LogStore};
 pub use network::{NoPeer, NoPeers};
 pub use node::{Node, NodeConfig, NodeStatus};
 pub use state_machine::{SnapshotBuilder, StateMachine};
-pub use types::{typ, Applied, Member, Proposal, TypeConfig};
+pub use types::{typ, Applied, Member, Proposal, Tagged, TypeConfig};

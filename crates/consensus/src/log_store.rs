@@ -16,11 +16,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::types::typ::{Entry, LogId, StorageError, Vote};
 use crate::types::TypeConfig;
@@ -44,6 +44,8 @@ enum Op {
     /// Append encoded entries, then tell Raft they are durable.
     Append {
         entries: Vec<(LogId, Vec<u8>)>,
+        /// The highest batch number of this member's own proposals among them.
+        own_seq: Option<u64>,
         callback: LogFlushed<TypeConfig>,
     },
     /// Remove entries from `from` on.
@@ -69,6 +71,9 @@ pub struct LogStore {
     db: Arc<redb::Database>,
     pending: Pending,
     ops: mpsc::Sender<Op>,
+    /// This member's id: its own proposals are the ones whose flush it reports.
+    own_id: u64,
+    flushed: watch::Receiver<u64>,
 }
 
 /// Stops the writer thread, so the log file is closed once Raft lets go of it.
@@ -91,7 +96,12 @@ impl LogCloser {
 /// The only writer of log entries: takes every write waiting, applies them in order in one
 /// transaction, makes it durable with one fsync, then reports each. Under load one fsync covers
 /// every entry appended while the previous one ran (group commit).
-fn run_writer(db: Arc<redb::Database>, pending: Pending, mut ops: mpsc::Receiver<Op>) {
+fn run_writer(
+    db: Arc<redb::Database>,
+    pending: Pending,
+    mut ops: mpsc::Receiver<Op>,
+    flushed: watch::Sender<u64>,
+) {
     while let Some(first) = ops.blocking_recv() {
         let mut group = vec![first];
         while group.len() < GROUP {
@@ -103,9 +113,15 @@ fn run_writer(db: Arc<redb::Database>, pending: Pending, mut ops: mpsc::Receiver
         let stop = group.iter().any(|op| matches!(op, Op::Stop));
         let result = write_group(&db, &group);
         let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut own_seq = None;
         for op in group {
             match op {
-                Op::Append { entries, callback } => {
+                Op::Append {
+                    entries,
+                    own_seq: seq,
+                    callback,
+                } => {
+                    own_seq = own_seq.max(seq);
                     if result.is_ok() {
                         for (log_id, _) in &entries {
                             // Only this very entry: a truncate may have replaced the index since.
@@ -126,6 +142,15 @@ fn run_writer(db: Arc<redb::Database>, pending: Pending, mut ops: mpsc::Receiver
             }
         }
         drop(pending);
+        if let (Ok(()), Some(seq)) = (&result, own_seq) {
+            flushed.send_if_modified(|at| {
+                let newer = seq > *at;
+                if newer {
+                    *at = seq;
+                }
+                newer
+            });
+        }
         if stop {
             return;
         }
@@ -133,7 +158,16 @@ fn run_writer(db: Arc<redb::Database>, pending: Pending, mut ops: mpsc::Receiver
 }
 
 fn write_group(db: &redb::Database, group: &[Op]) -> Result<(), String> {
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+    // Only the committed-index hint may go unsynced: it is made durable by the next synced
+    // group, and a restart that misses it only replays a little more.
+    if group
+        .iter()
+        .all(|op| matches!(op, Op::Committed(_) | Op::Stop))
+    {
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| e.to_string())?;
+    }
     {
         let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
         let mut state = txn.open_table(STATE).map_err(|e| e.to_string())?;
@@ -189,7 +223,7 @@ impl LogStore {
     ///
     /// # Errors
     /// The file cannot be opened or is not a redb file.
-    pub fn open(path: &Path) -> Result<(Self, LogCloser), String> {
+    pub fn open(path: &Path, own_id: u64) -> Result<(Self, LogCloser), String> {
         let db = redb::Database::create(path).map_err(|e| e.to_string())?;
         let txn = db.begin_write().map_err(|e| e.to_string())?;
         txn.open_table(LOG).map_err(|e| e.to_string())?;
@@ -198,16 +232,31 @@ impl LogStore {
         let db = Arc::new(db);
         let pending: Pending = Arc::default();
         let (ops, queue) = mpsc::channel(QUEUE);
+        let (flushed_tx, flushed) = watch::channel(0);
         let (writer_db, writer_pending) = (Arc::clone(&db), Arc::clone(&pending));
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || run_writer(writer_db, writer_pending, queue))
+            .spawn(move || run_writer(writer_db, writer_pending, queue, flushed_tx))
             .map_err(|e| e.to_string())?;
         let closer = LogCloser {
             ops: ops.clone(),
             thread: Some(thread),
         };
-        Ok((Self { db, pending, ops }, closer))
+        Ok((
+            Self {
+                db,
+                pending,
+                ops,
+                own_id,
+                flushed,
+            },
+            closer,
+        ))
+    }
+
+    /// The highest batch number of this member's own proposals that the log holds durably.
+    pub(crate) fn flushed(&self) -> watch::Receiver<u64> {
+        self.flushed.clone()
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
@@ -352,9 +401,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut encoded = Vec::new();
+        let mut own_seq = None;
         {
             let mut pending = self.pending();
             for entry in entries {
+                if let EntryPayload::Normal(p) = &entry.payload {
+                    if p.origin == self.own_id {
+                        own_seq = own_seq.max(Some(p.seq));
+                    }
+                }
                 encoded.push((entry.log_id, encode(&entry, ErrorSubject::Logs)?));
                 pending.insert(entry.log_id.index, entry);
             }
@@ -364,6 +419,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.ops
             .send(Op::Append {
                 entries: encoded,
+                own_seq,
                 callback,
             })
             .await

@@ -5,18 +5,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadline::{Budgets, Deadline, Layer, Registry, WaitError};
+use deadline::{Budgets, Deadline, Layer, Registry, SendError, WaitError};
 use mvcc::{Backend, Store};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{Config, SnapshotPolicy};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
 
+use crate::batcher::{Answer, Batcher, Queued, Rejected};
 use crate::error::{ProposeError, ReadError, StartError};
 use crate::log_store::{LogCloser, LogStore};
 use crate::network::NoPeers;
 use crate::state_machine::StateMachine;
 use crate::types::typ::Raft;
-use crate::types::{Applied, Member, Proposal};
+use crate::types::{Member, Tagged};
 
 /// How to run a member.
 #[derive(Clone, Debug)]
@@ -108,9 +110,13 @@ struct Inner<B> {
     id: u64,
     raft: Raft,
     store: Store<B>,
-    waiters: Registry<Applied>,
+    waiters: Registry<Answer>,
     budgets: Budgets,
     room: Semaphore,
+    /// Commands waiting for the batcher to put them into an entry.
+    queue: mpsc::Sender<Queued>,
+    /// Stops the batcher.
+    stop: CancellationToken,
     log_closer: std::sync::Mutex<Option<LogCloser>>,
 }
 
@@ -130,10 +136,11 @@ impl<B: Backend> Node<B> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StartError::Config(format!("{}: {e}", dir.display())))?;
         let log_path = dir.join("raft-log.redb");
-        let (log, log_closer) = LogStore::open(&log_path).map_err(|cause| StartError::Log {
-            path: log_path.display().to_string(),
-            cause,
-        })?;
+        let (log, log_closer) =
+            LogStore::open(&log_path, config.id).map_err(|cause| StartError::Log {
+                path: log_path.display().to_string(),
+                cause,
+            })?;
         let store = Store::open(backend)?;
         let waiters = Registry::new("proposals");
         let snap_dir = dir.join("snapshots");
@@ -142,6 +149,7 @@ impl<B: Backend> Node<B> {
                 path: snap_dir.display().to_string(),
                 cause,
             })?;
+        let flushed = log.flushed();
         let raft = Raft::new(config.id, raft_config, NoPeers, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -159,6 +167,21 @@ impl<B: Backend> Node<B> {
                 .await
                 .map_err(|e| StartError::Raft(e.to_string()))?;
         }
+        let max_in_flight = config.max_in_flight.max(1);
+        let (queue, queued) = mpsc::channel(max_in_flight);
+        let stop = CancellationToken::new();
+        tokio::spawn(
+            Batcher {
+                origin: config.id,
+                raft: raft.clone(),
+                queue: queued,
+                waiters: waiters.clone(),
+                flushed,
+                flush_wait: config.budgets.get(Layer::Commit),
+                stop: stop.clone(),
+            }
+            .run(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 id: config.id,
@@ -166,7 +189,9 @@ impl<B: Backend> Node<B> {
                 store,
                 waiters,
                 budgets: config.budgets,
-                room: Semaphore::new(config.max_in_flight.max(1)),
+                room: Semaphore::new(max_in_flight),
+                queue,
+                stop,
                 log_closer: std::sync::Mutex::new(Some(log_closer)),
             }),
         })
@@ -208,35 +233,33 @@ impl<B: Backend> Node<B> {
             .await?
             .map_err(|_| ProposeError::Stopped)?;
         let pending = inner.waiters.register();
-        let proposal = Proposal {
-            origin: inner.id,
+        let queued = Tagged {
             id: pending.id(),
             command,
         };
-        let responder = budgets
-            .run(
-                Layer::Propose,
-                deadline,
-                inner.raft.client_write_ff(proposal),
-            )
-            .await?
-            .map_err(|_| ProposeError::Stopped)?;
-        let wait = pending.wait(Layer::Commit, budgets.deadline_for(Layer::Commit, deadline));
-        tokio::pin!(wait);
-        let applied = tokio::select! {
-            waited = &mut wait => waited.map_err(wait_error)?,
-            answered = responder => match answered {
-                Ok(Ok(response)) => response.data,
-                Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
-                    return Err(f.leader_id.map_or(ProposeError::NoLeader, |leader| ProposeError::NotLeader { leader }))
-                }
-                Ok(Err(ClientWriteError::ChangeMembershipError(e))) => {
-                    return Err(ProposeError::Command(crate::CommandError::Other(e.to_string())))
-                }
-                // Raft dropped the responder; the local apply still answers, or the budget does.
-                Err(_) => wait.await.map_err(wait_error)?,
-            },
-        };
+        match deadline::send(
+            Layer::Propose,
+            budgets.deadline_for(Layer::Propose, deadline),
+            &inner.queue,
+            queued,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(SendError::Expired { expired, .. }) => return Err(ProposeError::Timeout(expired)),
+            Err(_) => return Err(ProposeError::Stopped),
+        }
+        let answer = pending
+            .wait(Layer::Commit, budgets.deadline_for(Layer::Commit, deadline))
+            .await
+            .map_err(wait_error)?;
+        let applied = answer.map_err(|rejected| match rejected {
+            Rejected::NoLeader => ProposeError::NoLeader,
+            Rejected::NotLeader(leader) => ProposeError::NotLeader { leader },
+            Rejected::Stopped => ProposeError::Stopped,
+            Rejected::TooManyRequests => ProposeError::TooManyRequests,
+            Rejected::Other(why) => ProposeError::Command(crate::CommandError::Other(why)),
+        })?;
         match applied.result {
             Ok(Some(response)) => Ok((applied.revision, response)),
             Ok(None) => Err(ProposeError::Command(crate::CommandError::Other(
@@ -323,6 +346,7 @@ impl<B: Backend> Node<B> {
     /// The store's flush failed.
     pub async fn shutdown(&self) -> Result<(), mvcc::Error> {
         self.inner.room.close();
+        self.inner.stop.cancel();
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(cause = %e, "raft did not stop cleanly");
         }

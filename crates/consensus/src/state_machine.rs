@@ -12,6 +12,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use serde::{Deserialize, Serialize};
 
+use crate::batcher::Answer;
 use crate::types::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership};
 use crate::types::{Applied, TypeConfig};
 
@@ -53,7 +54,7 @@ fn snap_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
 pub struct StateMachine<B> {
     store: Store<B>,
     node_id: u64,
-    waiters: Registry<Applied>,
+    waiters: Registry<Answer>,
     snapshots: SnapshotDir,
     position: Position,
 }
@@ -64,7 +65,7 @@ impl<B: Backend> StateMachine<B> {
     pub(crate) fn open(
         store: Store<B>,
         node_id: u64,
-        waiters: Registry<Applied>,
+        waiters: Registry<Answer>,
         dir: PathBuf,
     ) -> Result<Self, String> {
         let snapshots = SnapshotDir::open(dir)?;
@@ -102,21 +103,28 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        // One store batch for every entry Raft hands over: one engine write per apply call.
+        // One store batch for every command of every entry Raft hands over: one engine write
+        // per apply call, each command still at its own revision.
         let mut commands = Vec::new();
-        let mut slots = Vec::new();
+        // Per entry: how many commands it holds, and their waiters if this member proposed it.
+        let mut slots: Vec<(usize, Vec<u64>)> = Vec::new();
         let mut position = self.position.clone();
         for entry in entries {
             position.log_id = Some(entry.log_id);
             match entry.payload {
-                EntryPayload::Blank => slots.push(None),
+                EntryPayload::Blank => slots.push((0, Vec::new())),
                 EntryPayload::Normal(p) => {
-                    slots.push(Some((commands.len(), p.origin, p.id)));
-                    commands.push(p.command);
+                    let ids = if p.origin == self.node_id {
+                        p.commands.iter().map(|t| t.id).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    slots.push((p.commands.len(), ids));
+                    commands.extend(p.commands.into_iter().map(|t| t.command));
                 }
                 EntryPayload::Membership(m) => {
                     position.membership = StoredMembership::new(Some(entry.log_id), m);
-                    slots.push(None);
+                    slots.push((0, Vec::new()));
                 }
             }
         }
@@ -131,29 +139,27 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         self.position = position;
         let mut outcomes = outcomes.into_iter();
-        let revision = self.store.current_revision();
+        let mut revision = self.store.current_revision();
         let mut answers = Vec::with_capacity(slots.len());
-        for slot in slots {
-            let answer = match slot {
-                None => Applied {
-                    revision,
-                    result: Ok(None),
-                },
-                Some((_, origin, id)) => {
-                    let Some(o) = outcomes.next() else {
-                        return Err(sm_err(ErrorVerb::Write, "store returned too few outcomes"));
-                    };
+        for (count, ids) in slots {
+            let mut ids = ids.into_iter();
+            for _ in 0..count {
+                let Some(o) = outcomes.next() else {
+                    return Err(sm_err(ErrorVerb::Write, "store returned too few outcomes"));
+                };
+                revision = o.revision;
+                if let Some(id) = ids.next() {
                     let applied = Applied {
                         revision: o.revision,
                         result: o.result.map(Some).map_err(Into::into),
                     };
-                    if origin == self.node_id {
-                        self.waiters.complete(id, applied.clone());
-                    }
-                    applied
+                    self.waiters.complete(id, Ok(applied));
                 }
-            };
-            answers.push(answer);
+            }
+            answers.push(Applied {
+                revision,
+                result: Ok(None),
+            });
         }
         Ok(answers)
     }

@@ -21,13 +21,22 @@ impl std::fmt::Display for Member {
     }
 }
 
-/// One entry's payload: a store command, tagged with who proposed it so the proposer's local
-/// apply can answer its waiter.
+/// One entry's payload: the store commands one member batched into it, each tagged so the
+/// proposer's local apply can answer its waiter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     /// The member that proposed it.
     pub origin: u64,
-    /// The proposer's id for the waiting request.
+    /// The proposer's batch number: its log reports when it holds the batch durably.
+    pub seq: u64,
+    /// What to apply, in order, each at its own revision.
+    pub commands: Vec<Tagged>,
+}
+
+/// A command with the proposer's id for the request waiting on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tagged {
+    /// The proposer's waiter id.
     pub id: u64,
     /// What to apply.
     pub command: mvcc::Command,

@@ -49,6 +49,9 @@ pub enum ApiError {
     /// This member is not the leader and cannot forward.
     #[error("etcdserver: not leader")]
     NotLeader,
+    /// Too many proposals wait for their apply.
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     /// The server is stopping.
     #[error("etcdserver: server stopped")]
     Stopped,
@@ -73,6 +76,7 @@ impl ApiError {
             ApiError::LeaseNotFound => Code::NotFound,
             ApiError::Timeout | ApiError::NoLeader | ApiError::Stopped => Code::Unavailable,
             ApiError::NotLeader => Code::FailedPrecondition,
+            ApiError::TooManyRequests => Code::ResourceExhausted,
             ApiError::Internal(_) => Code::Internal,
         };
         Status::new(code, self.to_string())
@@ -116,6 +120,7 @@ impl From<ProposeError> for ApiError {
             ProposeError::Timeout(_) => ApiError::Timeout,
             ProposeError::NoLeader => ApiError::NoLeader,
             ProposeError::NotLeader { .. } => ApiError::NotLeader,
+            ProposeError::TooManyRequests => ApiError::TooManyRequests,
             _ => ApiError::Stopped,
         }
     }
@@ -214,6 +219,11 @@ mod tests {
                 ApiError::Stopped,
                 Code::Unavailable,
                 "etcdserver: server stopped",
+            ),
+            (
+                ApiError::TooManyRequests,
+                Code::ResourceExhausted,
+                "etcdserver: too many requests",
             ),
             (
                 ApiError::Internal("boom".into()),

@@ -285,3 +285,43 @@ pub struct KvHash {
     /// The compaction point at the time of hashing.
     pub compact_revision: i64,
 }
+
+impl Command {
+    /// Roughly how many bytes the command carries (keys and values), for bounding batches.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Command::Put(p) => p.key.len() + p.value.len() + 16,
+            Command::DeleteRange(d) => d.key.len() + d.range_end.len() + 16,
+            Command::Txn(t) => t.approx_size(),
+            Command::Compact(_) => 16,
+        }
+    }
+}
+
+impl TxnRequest {
+    fn approx_size(&self) -> usize {
+        let compares: usize = self
+            .compare
+            .iter()
+            .map(|c| {
+                let value = match &c.target {
+                    CompareTarget::Value(v) => v.len(),
+                    _ => 8,
+                };
+                c.key.len() + c.range_end.len() + value + 8
+            })
+            .sum();
+        let ops: usize = self
+            .success
+            .iter()
+            .chain(&self.failure)
+            .map(|op| match op {
+                RequestOp::Range(r) => r.key.len() + r.range_end.len() + 32,
+                RequestOp::Put(p) => p.key.len() + p.value.len() + 16,
+                RequestOp::DeleteRange(d) => d.key.len() + d.range_end.len() + 16,
+                RequestOp::Txn(t) => t.approx_size(),
+            })
+            .sum();
+        compares + ops + 16
+    }
+}

@@ -1,0 +1,196 @@
+//! Proposal batching: every command that arrives while the log is busy goes into one entry.
+//!
+//! openraft 0.9's core writes a leader's new entry to the log and waits for it to be durable
+//! before it takes the next client write. One entry per write would therefore cost one fsync
+//! per write, whatever the concurrency. The batcher holds the next entry back until the log
+//! reports the previous one durable, then puts every command that queued up meanwhile into one
+//! entry: one fsync, one replication message and one apply batch for all of them. Each command
+//! still gets its own revision and its own answer.
+//!
+//! Bounded throughout: the queue in front of it has room for `max_in_flight` commands, an entry
+//! holds at most [`MAX_BATCH`] commands or [`MAX_BATCH_BYTES`], the wait for a flush is capped,
+//! and at most [`MAX_UNANSWERED`] entries may wait for their apply before new commands are
+//! refused with etcd's "too many requests".
+
+use std::time::Duration;
+
+use deadline::{Deadline, Layer, Registry};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use openraft::error::ClientWriteError;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::types::typ::Raft;
+use crate::types::{Applied, Proposal, Tagged};
+
+/// Commands in one entry at most.
+pub(crate) const MAX_BATCH: usize = 4_096;
+/// Approximate bytes of commands in one entry at most (one command may exceed it alone).
+pub(crate) const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Entries proposed and not yet answered at most; beyond, commands are refused. etcd refuses
+/// proposals when its applied index lags the committed one by 5,000 entries; our entries are
+/// batches, so the bound counts far more commands.
+pub(crate) const MAX_UNANSWERED: usize = 256;
+
+/// A command waiting for an entry, with the id of its waiter.
+pub(crate) type Queued = Tagged;
+
+/// Why a command was answered without being applied.
+#[derive(Clone, Debug)]
+pub(crate) enum Rejected {
+    /// No leader is known.
+    NoLeader,
+    /// Another member leads.
+    NotLeader(u64),
+    /// Raft has stopped.
+    Stopped,
+    /// Too many entries wait for their apply.
+    TooManyRequests,
+    /// Raft refused the entry for another reason.
+    Other(String),
+}
+
+/// What a waiting proposer receives.
+pub(crate) type Answer = Result<Applied, Rejected>;
+
+type Outcome = (Vec<u64>, Option<Rejected>);
+
+/// The task that turns queued commands into entries.
+pub(crate) struct Batcher {
+    pub(crate) origin: u64,
+    pub(crate) raft: Raft,
+    pub(crate) queue: mpsc::Receiver<Queued>,
+    pub(crate) waiters: Registry<Answer>,
+    /// The highest batch sequence number of this member that the log holds durably.
+    pub(crate) flushed: watch::Receiver<u64>,
+    /// Longest the batcher waits for an entry's flush before it sends the next one anyway.
+    pub(crate) flush_wait: Duration,
+    pub(crate) stop: CancellationToken,
+}
+
+impl Batcher {
+    /// Runs until `stop` or until every sender of the queue is gone.
+    pub(crate) async fn run(mut self) {
+        let mut unanswered: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
+        let mut seq = 0u64;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break,
+                Some(outcome) = unanswered.next(), if !unanswered.is_empty() => {
+                    self.settle(outcome);
+                }
+                first = self.queue.recv() => {
+                    let Some(first) = first else { break };
+                    let batch = self.gather(first);
+                    if unanswered.len() >= MAX_UNANSWERED {
+                        self.reject(batch.iter().map(|q| q.id), &Rejected::TooManyRequests);
+                        continue;
+                    }
+                    seq += 1;
+                    let ids: Vec<u64> = batch.iter().map(|q| q.id).collect();
+                    let proposal = Proposal { origin: self.origin, seq, commands: batch };
+                    match self.raft.client_write_ff(proposal).await {
+                        Ok(responder) => {
+                            unanswered.push(Box::pin(async move {
+                                let rejected = match responder.await {
+                                    Ok(Ok(_)) => None,
+                                    Ok(Err(e)) => Some(rejection(e)),
+                                    // Raft dropped the responder (it stopped, or the entry was
+                                    // applied without one): the waiters hear from the apply or
+                                    // from their budget.
+                                    Err(_) => None,
+                                };
+                                (ids, rejected)
+                            }));
+                            self.await_flush(seq, &mut unanswered).await;
+                        }
+                        Err(_) => self.reject(ids.into_iter(), &Rejected::Stopped),
+                    }
+                }
+            }
+        }
+        // Entries still unanswered are Raft's now; their waiters hear from the apply, from
+        // `Node::shutdown` or from their budget. Commands never sent are refused here.
+        drop(unanswered);
+        self.queue.close();
+        while let Ok(q) = self.queue.try_recv() {
+            self.waiters.complete(q.id, Err(Rejected::Stopped));
+        }
+    }
+
+    /// `first` and whatever else is queued, within the entry's bounds.
+    fn gather(&mut self, first: Queued) -> Vec<Queued> {
+        let mut bytes = first.command.approx_size();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match self.queue.try_recv() {
+                Ok(q) => {
+                    bytes += q.command.approx_size();
+                    batch.push(q);
+                }
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    /// Waits until the log holds batch `seq` durably, its entry is refused, `stop`, or the
+    /// flush wait runs out; answers that arrive meanwhile are settled.
+    async fn await_flush(
+        &self,
+        seq: u64,
+        unanswered: &mut FuturesUnordered<BoxFuture<'static, Outcome>>,
+    ) {
+        let mut flushed = self.flushed.clone();
+        let wait = async {
+            loop {
+                if *flushed.borrow_and_update() >= seq {
+                    return;
+                }
+                tokio::select! {
+                    biased;
+                    () = self.stop.cancelled() => return,
+                    changed = flushed.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    Some(outcome) = unanswered.next(), if !unanswered.is_empty() => {
+                        // A refusal means this entry will not reach the log from us.
+                        let refused = outcome.1.is_some();
+                        self.settle(outcome);
+                        if refused {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        // Running out only means the next entry goes to Raft without waiting: never an error.
+        let _ = deadline::within(Layer::Propose, Deadline::after(self.flush_wait), wait).await;
+    }
+
+    fn settle(&self, (ids, rejected): Outcome) {
+        if let Some(rejected) = rejected {
+            self.reject(ids.into_iter(), &rejected);
+        }
+    }
+
+    /// Answers every waiter in `ids` with `rejected`.
+    fn reject(&self, ids: impl Iterator<Item = u64>, rejected: &Rejected) {
+        for id in ids {
+            self.waiters.complete(id, Err(rejected.clone()));
+        }
+    }
+}
+
+fn rejection(e: ClientWriteError<u64, crate::Member>) -> Rejected {
+    match e {
+        ClientWriteError::ForwardToLeader(f) => {
+            f.leader_id.map_or(Rejected::NoLeader, Rejected::NotLeader)
+        }
+        ClientWriteError::ChangeMembershipError(e) => Rejected::Other(e.to_string()),
+    }
+}
