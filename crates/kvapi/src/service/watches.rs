@@ -32,8 +32,12 @@ use crate::service::Shared;
 const RESPONSES: usize = 128;
 /// Deliveries waiting for the stream task, per stream; beyond, watchers catch up from history.
 const DELIVERIES: usize = 64;
-/// etcd's watch id for answers that concern the whole stream (progress).
+/// etcd's watch id for answers that concern the whole stream (progress), and for the refusal
+/// of a create request that names an id already in use.
 const WHOLE_STREAM: i64 = -1;
+/// etcd lets a watch response exceed `--max-request-bytes` by this much before it fragments
+/// (its allowance for gRPC overhead).
+const FRAGMENT_SLACK: usize = 512 * 1024;
 /// How often a progress request that found a watch still catching up is tried again. etcd
 /// (3.5 on) defers such a request until every watch is synced rather than answer a revision
 /// some watch has not reached; the hub does not announce a rejoin, so the stream looks again.
@@ -159,12 +163,24 @@ impl<B: Backend> StreamTask<B> {
         progress.tick().await;
         let mut retry = tokio::time::interval(PROGRESS_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A client may close its side of the stream and keep reading, as etcd allows.
+        let mut inbound_open = true;
         let end = loop {
+            let tx = self.tx.clone();
             let step = tokio::select! {
                 () = stop.cancelled() => Err(End::Quietly),
-                request = inbound.message() => match request {
+                () = tx.closed() => Err(End::Quietly),
+                request = inbound.message(), if inbound_open => match request {
                     Ok(Some(r)) => self.on_request(r, &deliveries, &mut delivered).await,
-                    Ok(None) | Err(_) => Err(End::Quietly),
+                    Ok(None) => {
+                        tracing::debug!("the client closed its side of a watch stream");
+                        inbound_open = false;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::debug!(cause = %e, "watch stream failed");
+                        Err(End::Quietly)
+                    }
                 },
                 Some(d) = delivered.recv() => self.on_delivery(d).await,
                 _ = progress.tick() => self.on_progress_tick(&mut delivered).await,
@@ -279,7 +295,7 @@ impl<B: Backend> StreamTask<B> {
             return self
                 .send(WatchResponse {
                     header,
-                    watch_id: id,
+                    watch_id: WHOLE_STREAM,
                     created: true,
                     canceled: true,
                     cancel_reason: reason,
@@ -342,12 +358,12 @@ impl<B: Backend> StreamTask<B> {
             // Cancelled meanwhile.
             return Ok(());
         };
-        let header = self.header();
         if let Some(compacted) = d.compacted {
             self.watchers.remove(&id);
+            // etcd 3.4 sends this cancellation with a header at revision 0.
             return self
                 .send(WatchResponse {
-                    header,
+                    header: self.shared.header(0),
                     watch_id: id,
                     canceled: true,
                     compact_revision: compacted,
@@ -355,14 +371,15 @@ impl<B: Backend> StreamTask<B> {
                 })
                 .await;
         }
+        let header = self.header();
         let response = WatchResponse {
             header,
             watch_id: id,
             events: d.events.into_iter().map(event_to_pb).collect(),
             ..Default::default()
         };
-        let limit = self.shared.config.limits.max_request_bytes;
-        if watcher.fragment && response.events.len() > 1 && response.encoded_len() > limit {
+        let limit = self.shared.config.limits.max_request_bytes + FRAGMENT_SLACK;
+        if watcher.fragment && response.events.len() > 1 && response.encoded_len() >= limit {
             for part in fragments(response, limit) {
                 self.send(part).await?;
             }
@@ -416,8 +433,9 @@ impl<B: Backend> StreamTask<B> {
     }
 }
 
-/// Splits an answer whose events exceed `limit` bytes into answers under it, each marked as a
-/// fragment but the last (a single event larger than the limit goes alone).
+/// Splits an answer whose events reach `limit` bytes into answers under it, as etcd does: each
+/// part takes events while it stays under the limit (a single event larger than it goes
+/// alone), and every part but the last is marked as a fragment.
 fn fragments(response: WatchResponse, limit: usize) -> Vec<WatchResponse> {
     let template = WatchResponse {
         events: Vec::new(),
@@ -426,10 +444,12 @@ fn fragments(response: WatchResponse, limit: usize) -> Vec<WatchResponse> {
     let mut parts = Vec::new();
     let mut current = template.clone();
     for event in response.events {
-        if !current.events.is_empty() && current.encoded_len() + event.encoded_len() + 8 > limit {
-            parts.push(std::mem::replace(&mut current, template.clone()));
-        }
         current.events.push(event);
+        if current.events.len() > 1 && current.encoded_len() >= limit {
+            let overflow = current.events.pop();
+            parts.push(std::mem::replace(&mut current, template.clone()));
+            current.events.extend(overflow);
+        }
     }
     parts.push(current);
     let last = parts.len() - 1;

@@ -8,3 +8,4 @@ mod harness;
 mod http;
 mod kv;
 mod watch;
+mod watch_api;
