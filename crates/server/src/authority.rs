@@ -19,6 +19,8 @@ use loona_hpack::huffman::HuffmanDecoder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::coalesce::Coalesced;
+
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
 const HEADERS: u8 = 0x1;
@@ -36,7 +38,7 @@ const MAX_BLOCK: usize = 1 << 20;
 pub struct FixAuthority(pub TcpListener);
 
 impl axum::serve::Listener for FixAuthority {
-    type Io = Fixed<TcpStream>;
+    type Io = Fixed<Coalesced<TcpStream>>;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -45,7 +47,7 @@ impl axum::serve::Listener for FixAuthority {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(cause = %e, "could not set TCP_NODELAY");
         }
-        (Fixed::new(stream), addr)
+        (Fixed::new(Coalesced::new(stream)), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {

@@ -14,6 +14,7 @@
 //! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2.
 
 mod authority;
+mod coalesce;
 mod compactor;
 mod config;
 mod flags;

@@ -48,6 +48,21 @@ pub fn replace_section(doc: &str, heading: &str, section: &str) -> String {
     }
 }
 
+/// Replaces (or appends) the section under `heading` in docs/benchmarks.md with `section`.
+pub fn write_section(heading: &str, section: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let path = super::benchmarks_md();
+    let old = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => PREAMBLE.to_string(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    std::fs::write(&path, replace_section(&old, heading, section))
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote the `{heading}` section of {}", path.display());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,20 +12,21 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use kvapi::pb::etcdserverpb::kv_client::KvClient;
 use kvapi::pb::etcdserverpb::request_op::Request as TxnOp;
 use kvapi::pb::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
-use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::doc;
+use super::servers::{
+    build_server, connect, join_within, metastore_binary, percentile, process_cpu_ns, request,
+    settle, wait_ready, Kind, Scratch, Server, REQUEST_TIMEOUT, SETTLE,
+};
 use super::{grouped, load_average, output_of, Machine, XorShift};
 
 const HEADING: &str = "## KV";
@@ -40,15 +41,8 @@ const PRELOAD: usize = 10_000;
 const PRELOAD_CLIENTS: usize = 64;
 /// HTTP/2 connections per workload are `min(clients, MAX_CONNS)`, the same for both servers.
 const MAX_CONNS: usize = 8;
-/// Deadline of every request, sent as `grpc-timeout` and enforced by the client too.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a server may take from start to answering a linearizable range.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest the preload may take, per server.
 const PRELOAD_TIMEOUT: Duration = Duration::from_secs(180);
-/// Pause after `sync` before each run, so that one server's write-back does not land in the
-/// other's measured window.
-const SETTLE: Duration = Duration::from_millis(500);
 const SEED: u64 = 0x6b76_6265_6e63_6821;
 
 const USAGE: &str = "\
@@ -214,265 +208,6 @@ fn workloads(list: &str) -> Result<Vec<Workload>> {
         .into_iter()
         .filter(|w| names.contains(&w.id))
         .collect())
-}
-
-/// Which server a figure is of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Ours,
-    Etcd,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Ours => "MetaStore",
-            Kind::Etcd => "etcd",
-        }
-    }
-}
-
-/// A running server, killed and reaped on drop.
-struct Server {
-    kind: Kind,
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Server {
-    /// Starts `program` as a single member with its data in `dir/data` and its output in
-    /// `dir/log`, on two free ports.
-    fn start(kind: Kind, program: &Path, dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let [client_port, peer_port] = free_ports()?;
-        let url = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let data = dir.join("data");
-        let log = dir.join("log");
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let mut cmd = Command::new(program);
-        cmd.arg("--name")
-            .arg("bench")
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--listen-client-urls", &url])
-            .args(["--advertise-client-urls", &url])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("bench={peer}")])
-            .args(["--initial-cluster-state", "new"]);
-        match kind {
-            Kind::Ours => cmd.args(["--engine", "redb", "--log-level", "warn"]),
-            Kind::Etcd => cmd.args(["--logger", "zap", "--log-level", "warn"]),
-        };
-        // Flags only: a stray ETCD_* or METASTORE_* variable would change one server alone.
-        for (name, _) in std::env::vars_os() {
-            let name_text = name.to_string_lossy();
-            if name_text.starts_with("ETCD_")
-                || name_text.starts_with("METASTORE_")
-                || name_text == "RUST_LOG"
-            {
-                cmd.env_remove(&name);
-            }
-        }
-        if kind == Kind::Etcd && std::env::consts::ARCH != "x86_64" {
-            // etcd 3.4 refuses to start on other architectures unless told this.
-            cmd.env("ETCD_UNSUPPORTED_ARCH", go_arch());
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        Ok(Self {
-            kind,
-            child,
-            url,
-            log,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The exit status, if the process has already ended.
-    fn exited(&mut self) -> Result<Option<ExitStatus>> {
-        Ok(self.child.try_wait()?)
-    }
-
-    /// The last lines of its output, for an error message.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// Fails, with its log, if the process has ended.
-    fn ensure_running(&mut self) -> Result<()> {
-        if let Some(status) = self.exited()? {
-            bail!(
-                "{} exited ({status}); the end of its log:\n{}",
-                self.kind.name(),
-                self.log_tail()
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Go's name for this architecture, which `ETCD_UNSUPPORTED_ARCH` must match.
-fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
-
-/// Two ports free at the time of asking, distinct because both are held until both are known.
-fn free_ports() -> Result<[u16; 2]> {
-    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok([a.local_addr()?.port(), b.local_addr()?.port()])
-}
-
-/// A directory under `target/` for both data dirs and logs, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Self> {
-        // Under target/ rather than the temp dir, which may be a tmpfs where fsync is free.
-        let dir = crate::tidy::project_root()
-            .join("target/xtask-bench")
-            .join(format!("kv-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Builds the server in release mode and returns the path of its binary.
-fn build_server(root: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    println!("building the server: cargo build --release -p server …");
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "server"])
-        .current_dir(root)
-        .status()
-        .context("running cargo build")?;
-    ensure!(status.success(), "building the server failed ({status})");
-    Ok(metastore_binary(root))
-}
-
-fn metastore_binary(root: &Path) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), |dir| root.join(PathBuf::from(dir)));
-    target.join("release/metastore")
-}
-
-/// A client endpoint with the deadlines every connection of the benchmark uses.
-fn endpoint(url: &str) -> Result<Endpoint> {
-    Ok(Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(REQUEST_TIMEOUT)
-        .tcp_nodelay(true))
-}
-
-/// `msg` with a deadline, sent to the server as `grpc-timeout`.
-fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.set_timeout(timeout);
-    req
-}
-
-/// Polls with a linearizable range, which needs a leader, until it answers or
-/// [`READY_TIMEOUT`] passes.
-fn wait_ready(rt: &Runtime, server: &mut Server) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        server.ensure_running()?;
-        let last = match rt.block_on(probe(&server.url)) {
-            Ok(()) => return Ok(()),
-            Err(e) => format!("{e:#}"),
-        };
-        if start.elapsed() >= READY_TIMEOUT {
-            bail!(
-                "{} did not answer at {} within {READY_TIMEOUT:?} (last error: {last}); the \
-                 end of its log:\n{}",
-                server.kind.name(),
-                server.url,
-                server.log_tail()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-async fn probe(url: &str) -> Result<()> {
-    let channel = endpoint(url)?
-        .connect_timeout(Duration::from_secs(1))
-        .connect()
-        .await?;
-    let req = RangeRequest {
-        key: b"ready".to_vec(),
-        ..RangeRequest::default()
-    };
-    KvClient::new(channel)
-        .range(request(req, Duration::from_secs(1)))
-        .await?;
-    Ok(())
-}
-
-/// `n` connections to `url`.
-async fn connect(url: &str, n: usize) -> Result<Vec<Channel>> {
-    let mut channels = Vec::with_capacity(n);
-    for _ in 0..n {
-        let channel = endpoint(url)?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
-        channels.push(channel);
-    }
-    Ok(channels)
-}
-
-/// Waits for every task of `set`, aborting them all and failing once `deadline` passes.
-async fn join_within<T: 'static>(mut set: JoinSet<T>, deadline: Instant) -> Result<Vec<T>> {
-    // An interval's first tick is at its start: a sleep until the deadline, without
-    // `tokio::time::sleep`, which this workspace leaves to the `deadline` crate.
-    let mut watchdog = tokio::time::interval_at(deadline.into(), Duration::from_secs(24 * 60 * 60));
-    let mut out = Vec::with_capacity(set.len());
-    loop {
-        tokio::select! {
-            joined = set.join_next() => match joined {
-                Some(done) => out.push(done.context("a client task failed")?),
-                None => return Ok(out),
-            },
-            _ = watchdog.tick() => {
-                let left = set.len();
-                set.abort_all();
-                bail!("{left} client tasks still running at their deadline");
-            }
-        }
-    }
 }
 
 /// Key `i` as the benchmark writes it: `k` and [`KEY_DIGITS`] digits.
@@ -654,34 +389,6 @@ impl Sample {
     }
 }
 
-/// Nanoseconds all threads of process `pid` ("self" for this one) have spent on a CPU.
-///
-/// Summed from `/proc/PID/task/*/schedstat`; threads that ended are not counted, which the
-/// long-lived worker threads of both servers and of this client make negligible.
-fn process_cpu_ns(pid: &str) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = 0;
-    for task in tasks.flatten() {
-        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
-            total += stat
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    Some(total)
-}
-
-/// The `p`-quantile of `sorted` by nearest rank; 0 when empty.
-fn percentile(sorted: &[u32], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    u64::from(sorted[rank - 1])
-}
-
 /// Runs `workload` against the server at `url` (process `pid`): a warm-up, then the measured
 /// window, with every client closed-loop.
 async fn drive(
@@ -780,12 +487,6 @@ fn median(mut samples: Vec<Sample>) -> Result<Sample> {
         .context("a workload without samples")
 }
 
-/// Flushes what either server left in the page cache, then waits a moment.
-fn settle() {
-    let _ = Command::new("sync").status();
-    std::thread::sleep(SETTLE);
-}
-
 /// Runs `cargo xtask bench kv`.
 pub fn run(raw: &[String]) -> Result<()> {
     let Some(args) = Args::parse(raw)? else {
@@ -814,12 +515,12 @@ pub fn run(raw: &[String]) -> Result<()> {
     let load_before = load_average();
 
     // Dropped in reverse: both servers are killed before their directory goes.
-    let scratch = Scratch::new()?;
+    let scratch = Scratch::new("kv")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let mut ours = Server::start(Kind::Ours, &metastore, &scratch.0.join("metastore"))?;
-    let mut etcd = Server::start(Kind::Etcd, Path::new("etcd"), &scratch.0.join("etcd"))?;
+    let mut ours = Server::start(Kind::Ours, &metastore, &scratch.0.join("metastore"), &[])?;
+    let mut etcd = Server::start(Kind::Etcd, Path::new("etcd"), &scratch.0.join("etcd"), &[])?;
     println!(
         "MetaStore (pid {}) at {}, etcd (pid {}) at {}; data under {}",
         ours.pid(),
@@ -907,15 +608,7 @@ pub fn run(raw: &[String]) -> Result<()> {
     let section = render(&args, &setup, &rows, &machine);
     println!("\n{section}");
     if args.docs {
-        let path = super::benchmarks_md();
-        let old = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => doc::PREAMBLE.to_string(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        std::fs::write(&path, doc::replace_section(&old, HEADING, &section))
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote the `{HEADING}` section of {}", path.display());
+        doc::write_section(HEADING, &section)?;
     }
     Ok(())
 }

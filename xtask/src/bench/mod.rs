@@ -6,6 +6,8 @@
 mod doc;
 mod engine;
 mod kv;
+mod servers;
+mod watch;
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,11 +19,12 @@ pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("engine") => engine::run(&args[1..]),
         Some("kv") => kv::run(&args[1..]),
+        Some("watch") => watch::run(&args[1..]),
         // Hidden: the memory benchmark re-executes this binary so each engine is measured in
         // a process of its own, with nothing else on the heap.
         Some(engine::CHILD) => engine::child(&args[1..]),
-        Some(other) => bail!("unknown benchmark `{other}`; try: engine, kv"),
-        None => bail!("usage: cargo xtask bench <engine|kv> [--help]"),
+        Some(other) => bail!("unknown benchmark `{other}`; try: engine, kv, watch"),
+        None => bail!("usage: cargo xtask bench <engine|kv|watch> [--help]"),
     }
 }
 
