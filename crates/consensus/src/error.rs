@@ -28,6 +28,12 @@ pub enum CommandError {
     /// A txn writes one key twice.
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
+    /// A put or revoke named a lease that does not exist.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// A grant named a lease id that is taken.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
     /// Any other refusal, described.
     #[error("{0}")]
     Other(String),
@@ -48,6 +54,8 @@ impl From<mvcc::Error> for CommandError {
             }
             mvcc::Error::KeyNotFound { .. } => CommandError::KeyNotFound,
             mvcc::Error::DuplicateKey { .. } => CommandError::DuplicateKey,
+            mvcc::Error::LeaseNotFound { .. } => CommandError::LeaseNotFound,
+            mvcc::Error::LeaseExists { .. } => CommandError::LeaseExists,
             other => CommandError::Other(other.to_string()),
         }
     }
@@ -90,6 +98,12 @@ pub enum ReadError {
     /// No leader is known.
     #[error("etcdserver: no leader")]
     NoLeader,
+    /// Another member leads; this one cannot answer by itself.
+    #[error("etcdserver: not leader (leader is {leader})")]
+    NotLeader {
+        /// The leader's id.
+        leader: u64,
+    },
     /// The node is stopping or has stopped.
     #[error("etcdserver: server stopped")]
     Stopped,

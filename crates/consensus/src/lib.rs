@@ -15,9 +15,12 @@
 //! - `state_machine`: [`StateMachine`], apply and snapshots.
 //! - `network`: peer transport ([`NoPeers`] for a single member).
 //! - `node`: [`Node`] and [`NodeConfig`].
+//! - `lessor`, `lease_loop`: lease expiry times, and the leader's revokes and checkpoints.
 
 mod batcher;
 mod error;
+mod lease_loop;
+mod lessor;
 mod log_store;
 mod network;
 mod node;

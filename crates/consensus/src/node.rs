@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{Answer, Batcher, Queued, Rejected};
 use crate::error::{ProposeError, ReadError, StartError};
+use crate::lessor::Lessor;
 use crate::log_store::{LogCloser, LogStore};
 use crate::network::NoPeers;
 use crate::state_machine::StateMachine;
@@ -41,6 +42,10 @@ pub struct NodeConfig {
     pub budgets: Budgets,
     /// Proposals allowed in flight at once; more wait (within the propose budget) for room.
     pub max_in_flight: usize,
+    /// Expired leases the leader revokes per second at most.
+    pub lease_revoke_rate: u32,
+    /// How often the leader records leases' remaining TTLs, so a restart does not renew them.
+    pub lease_checkpoint_interval: Duration,
 }
 
 impl NodeConfig {
@@ -56,6 +61,8 @@ impl NodeConfig {
             snapshot_count: 100_000,
             budgets: Budgets::default(),
             max_in_flight: 10_000,
+            lease_revoke_rate: 5_000,
+            lease_checkpoint_interval: Duration::from_secs(300),
         }
     }
 
@@ -115,8 +122,11 @@ struct Inner<B> {
     room: Semaphore,
     /// Commands waiting for the batcher to put them into an entry.
     queue: mpsc::Sender<Queued>,
-    /// Stops the batcher.
+    /// Stops the batcher and the lease expiry task.
     stop: CancellationToken,
+    lessor: Arc<Lessor>,
+    /// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to whole seconds.
+    min_lease_ttl: i64,
     log_closer: std::sync::Mutex<Option<LogCloser>>,
 }
 
@@ -144,11 +154,19 @@ impl<B: Backend> Node<B> {
         let store = Store::open(backend)?;
         let waiters = Registry::new("proposals");
         let snap_dir = dir.join("snapshots");
-        let sm = StateMachine::open(store.clone(), config.id, waiters.clone(), snap_dir.clone())
-            .map_err(|cause| StartError::Snapshots {
-                path: snap_dir.display().to_string(),
-                cause,
-            })?;
+        let lessor = Arc::new(Lessor::default());
+        let sm = StateMachine::open(
+            store.clone(),
+            config.id,
+            waiters.clone(),
+            snap_dir.clone(),
+            Arc::clone(&lessor),
+            config.election_timeout,
+        )
+        .map_err(|cause| StartError::Snapshots {
+            path: snap_dir.display().to_string(),
+            cause,
+        })?;
         let flushed = log.flushed();
         let raft = Raft::new(config.id, raft_config, NoPeers, log, sm)
             .await
@@ -182,7 +200,11 @@ impl<B: Backend> Node<B> {
             }
             .run(),
         );
-        Ok(Self {
+        let min_lease_ttl =
+            i64::try_from((config.election_timeout.as_millis() * 3).div_ceil(2 * 1000))
+                .unwrap_or(i64::MAX)
+                .max(1);
+        let node = Self {
             inner: Arc::new(Inner {
                 id: config.id,
                 raft,
@@ -192,9 +214,18 @@ impl<B: Backend> Node<B> {
                 room: Semaphore::new(max_in_flight),
                 queue,
                 stop,
+                lessor,
+                min_lease_ttl,
                 log_closer: std::sync::Mutex::new(Some(log_closer)),
             }),
-        })
+        };
+        tokio::spawn(crate::lease_loop::run(
+            node.clone(),
+            config.lease_revoke_rate,
+            config.lease_checkpoint_interval,
+            config.election_timeout,
+        ));
+        Ok(node)
     }
 
     /// The local store, for serializable reads.
@@ -294,6 +325,62 @@ impl<B: Backend> Node<B> {
             }
             Err(RaftError::Fatal(_)) => Err(ReadError::Stopped),
         }
+    }
+
+    /// etcd's minimum lease TTL in seconds: shorter grants get this one.
+    pub fn min_lease_ttl(&self) -> i64 {
+        self.inner.min_lease_ttl
+    }
+
+    /// Whether this member leads now, and the term.
+    pub(crate) fn leading(&self) -> (bool, u64) {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        (m.current_leader == Some(self.inner.id), m.current_term)
+    }
+
+    pub(crate) fn raft_metrics(
+        &self,
+    ) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, Member>> {
+        self.inner.raft.metrics()
+    }
+
+    pub(crate) fn budgets(&self) -> &Budgets {
+        &self.inner.budgets
+    }
+
+    pub(crate) fn lessor(&self) -> &Lessor {
+        &self.inner.lessor
+    }
+
+    pub(crate) fn stopping(&self) -> &CancellationToken {
+        &self.inner.stop
+    }
+
+    /// A keep-alive on the leader: the lease runs for its TTL from now. Answers the TTL, or 0
+    /// for a lease that does not exist or has already expired (as etcd does).
+    ///
+    /// # Errors
+    /// [`ReadError::NoLeader`] or [`ReadError::NotLeader`] when this member does not lead.
+    pub fn lease_renew(&self, id: i64) -> Result<i64, ReadError> {
+        let metrics = self.inner.raft.metrics();
+        let leader = metrics.borrow().current_leader;
+        match leader {
+            Some(l) if l == self.inner.id => {}
+            Some(l) => return Err(ReadError::NotLeader { leader: l }),
+            None => return Err(ReadError::NoLeader),
+        }
+        let lessor = &self.inner.lessor;
+        if lessor.remaining(id).is_none_or(|left| left.is_zero()) {
+            return Ok(0);
+        }
+        Ok(lessor.renew(id).unwrap_or(0))
+    }
+
+    /// How long lease `id` has left, as this member's lessor sees it (the leader's is the one
+    /// that counts).
+    pub fn lease_remaining(&self, id: i64) -> Option<Duration> {
+        self.inner.lessor.remaining(id)
     }
 
     /// The current Raft term, cheaply, for response headers.

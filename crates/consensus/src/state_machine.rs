@@ -5,6 +5,8 @@
 
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use deadline::Registry;
 use mvcc::{Backend, Store};
@@ -13,6 +15,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use crate::batcher::Answer;
+use crate::lessor::Lessor;
 use crate::types::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership};
 use crate::types::{Applied, TypeConfig};
 
@@ -57,6 +60,10 @@ pub struct StateMachine<B> {
     waiters: Registry<Answer>,
     snapshots: SnapshotDir,
     position: Position,
+    /// Told of every lease granted or revoked, and reset after a snapshot is installed.
+    lessor: Arc<Lessor>,
+    /// What a reset adds to every lease's remaining TTL (an election timeout).
+    lease_extend: Duration,
 }
 
 impl<B: Backend> StateMachine<B> {
@@ -67,6 +74,8 @@ impl<B: Backend> StateMachine<B> {
         node_id: u64,
         waiters: Registry<Answer>,
         dir: PathBuf,
+        lessor: Arc<Lessor>,
+        lease_extend: Duration,
     ) -> Result<Self, String> {
         let snapshots = SnapshotDir::open(dir)?;
         let mut position =
@@ -81,12 +90,15 @@ impl<B: Backend> StateMachine<B> {
                 position = Position::decode(info.applied.as_deref())?;
             }
         }
+        lessor.reset(&store.leases(), lease_extend, None);
         Ok(Self {
             store,
             node_id,
             waiters,
             snapshots,
             position,
+            lessor,
+            lease_extend,
         })
     }
 }
@@ -131,6 +143,16 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         if slots.is_empty() {
             return Ok(Vec::new());
         }
+        // Lease grants and revokes, by command index, to tell the lessor once they applied.
+        let lease_changes: Vec<(usize, i64, Option<i64>)> = commands
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c {
+                mvcc::Command::LeaseGrant(g) => Some((i, g.id, Some(g.ttl))),
+                mvcc::Command::LeaseRevoke(r) => Some((i, r.id, None)),
+                _ => None,
+            })
+            .collect();
         let raw = bincode::serialize(&position).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let store = self.store.clone();
         let outcomes = tokio::task::spawn_blocking(move || store.apply(&commands, Some(&raw)))
@@ -138,6 +160,14 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             .map_err(|e| sm_err(ErrorVerb::Write, e))?
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         self.position = position;
+        for (i, id, granted) in lease_changes {
+            if outcomes.get(i).is_some_and(|o| o.result.is_ok()) {
+                match granted {
+                    Some(ttl) => self.lessor.granted(id, ttl),
+                    None => self.lessor.revoked(id),
+                }
+            }
+        }
         let mut outcomes = outcomes.into_iter();
         let mut revision = self.store.current_revision();
         let mut answers = Vec::with_capacity(slots.len());
@@ -209,6 +239,8 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.position =
             Position::decode(info.applied.as_deref()).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        self.lessor
+            .reset(&self.store.leases(), self.lease_extend, None);
         Ok(())
     }
 

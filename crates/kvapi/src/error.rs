@@ -31,6 +31,12 @@ pub enum ApiError {
     /// A put naming a lease that does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// A grant naming a lease id that is taken.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// A grant with a TTL over etcd's maximum.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     /// A request over `--max-request-bytes`.
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
@@ -74,6 +80,8 @@ impl ApiError {
             | ApiError::RequestTooLarge => Code::InvalidArgument,
             ApiError::Compacted | ApiError::FutureRevision => Code::OutOfRange,
             ApiError::LeaseNotFound => Code::NotFound,
+            ApiError::LeaseExists => Code::FailedPrecondition,
+            ApiError::LeaseTtlTooLarge => Code::OutOfRange,
             ApiError::Timeout | ApiError::NoLeader | ApiError::Stopped => Code::Unavailable,
             ApiError::NotLeader => Code::FailedPrecondition,
             ApiError::TooManyRequests => Code::ResourceExhausted,
@@ -96,6 +104,8 @@ impl From<mvcc::Error> for ApiError {
             mvcc::Error::FutureRevision { .. } => ApiError::FutureRevision,
             mvcc::Error::KeyNotFound { .. } => ApiError::KeyNotFound,
             mvcc::Error::DuplicateKey { .. } => ApiError::DuplicateKey,
+            mvcc::Error::LeaseNotFound { .. } => ApiError::LeaseNotFound,
+            mvcc::Error::LeaseExists { .. } => ApiError::LeaseExists,
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -108,6 +118,8 @@ impl From<CommandError> for ApiError {
             CommandError::FutureRevision { .. } => ApiError::FutureRevision,
             CommandError::KeyNotFound => ApiError::KeyNotFound,
             CommandError::DuplicateKey => ApiError::DuplicateKey,
+            CommandError::LeaseNotFound => ApiError::LeaseNotFound,
+            CommandError::LeaseExists => ApiError::LeaseExists,
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -131,6 +143,7 @@ impl From<ReadError> for ApiError {
         match e {
             ReadError::Timeout(_) => ApiError::Timeout,
             ReadError::NoLeader => ApiError::NoLeader,
+            ReadError::NotLeader { .. } => ApiError::NotLeader,
             _ => ApiError::Stopped,
         }
     }
@@ -219,6 +232,16 @@ mod tests {
                 ApiError::Stopped,
                 Code::Unavailable,
                 "etcdserver: server stopped",
+            ),
+            (
+                ApiError::LeaseExists,
+                Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+            ),
+            (
+                ApiError::LeaseTtlTooLarge,
+                Code::OutOfRange,
+                "etcdserver: too large lease TTL",
             ),
             (
                 ApiError::TooManyRequests,

@@ -11,7 +11,7 @@
 //! - `error`: [`ApiError`] and its `tonic::Status` table.
 //! - `validate`: etcd's request checks.
 //! - `oversize`: grpc-go's answer to a message over the receive limit.
-//! - `service`: the KV, Watch, Maintenance and Cluster services.
+//! - `service`: the KV, Watch, Lease, Maintenance and Cluster services.
 
 mod error;
 mod oversize;
@@ -27,12 +27,14 @@ use mvcc::Backend;
 
 pub use error::ApiError;
 pub use service::{
-    ApiConfig, ClusterService, DbSize, KvService, MaintenanceService, Responses, WatchService,
+    ApiConfig, ClusterService, DbSize, KeepAlives, KvService, LeaseService, MaintenanceService,
+    Responses, WatchService,
 };
 pub use validate::Limits;
 
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
+use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
 
@@ -42,8 +44,8 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// The etcd v3 services of one member, as a router ready to be served (HTTP/2, h2c).
 ///
-/// Watch streams end when `stop` is cancelled. Lease and Auth are not registered yet: clients
-/// calling them get `UNIMPLEMENTED`.
+/// Watch streams end when `stop` is cancelled. Auth is not registered yet: clients calling it
+/// get `UNIMPLEMENTED`.
 pub fn router<B: Backend>(
     node: Node<B>,
     config: ApiConfig,
@@ -65,12 +67,14 @@ pub fn router<B: Backend>(
         .max_decoding_message_size(max);
     let cluster =
         ClusterServer::new(ClusterService::new(shared.clone())).max_decoding_message_size(max);
+    let lease = LeaseServer::new(LeaseService::new(shared.clone())).max_decoding_message_size(max);
     let every = shared.config.watch_progress_interval;
     let watch = WatchServer::new(WatchService::new(shared, hub, stop, every))
         .max_decoding_message_size(max);
     tonic::service::Routes::new(kv)
         .add_service(maintenance)
         .add_service(cluster)
+        .add_service(lease)
         .add_service(watch)
         .into_axum_router()
         .layer(axum::middleware::map_response(oversize::as_grpc_go))

@@ -50,10 +50,6 @@ pub(crate) fn check_put(r: &PutRequest) -> Result<(), ApiError> {
     if r.ignore_lease && r.lease != 0 {
         return Err(ApiError::LeaseProvided);
     }
-    // No lease can exist until the Lease service does, so every lease named is unknown.
-    if r.lease != 0 {
-        return Err(ApiError::LeaseNotFound);
-    }
     Ok(())
 }
 

@@ -20,8 +20,9 @@ use proptest::test_runner::{Config, TestRunner};
 
 use crate::{
     Backend, Command, CompactRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
-    Error, Event, EventKind, EventSink, KeyValue, PutRequest, RangeRequest, RequestOp, Response,
-    ResponseOp, SortOrder, SortTarget, Store, TxnRequest,
+    Error, Event, EventKind, EventSink, KeyValue, LeaseCheckpointRequest, LeaseGrantRequest,
+    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, Response, ResponseOp, SortOrder,
+    SortTarget, Store, TxnRequest,
 };
 
 /// Makes a fresh, empty backend and whatever must live as long as it.
@@ -67,6 +68,25 @@ impl<B: Backend> Fixture<B> {
         }));
         res.expect("put");
         rev
+    }
+
+    fn grant(&self, id: i64, ttl: i64) {
+        let (_, res) = self.apply(Command::LeaseGrant(LeaseGrantRequest { id, ttl }));
+        assert_eq!(res.expect("grant"), Response::LeaseGrant { id, ttl });
+    }
+
+    fn revoke(&self, id: i64) -> (i64, Result<Response, Error>) {
+        self.apply(Command::LeaseRevoke(LeaseRevokeRequest { id }))
+    }
+
+    /// The keys the store says are attached to lease `id`.
+    fn attached(&self, id: i64) -> Option<Vec<String>> {
+        self.store.lease(id).map(|l| {
+            l.keys
+                .into_iter()
+                .map(|k| String::from_utf8(k).unwrap())
+                .collect()
+        })
     }
 
     fn delete(&self, key: &str, end: &str) -> (i64, i64) {
@@ -152,12 +172,152 @@ impl Suite {
         snapshot_holds_compaction(factory);
         many_versions_and_odd_keys(factory);
         one_call_many_commands(factory);
+        leases(factory);
     }
 
     /// Runs `cases` random op sequences against the engine and the model.
     pub fn run_model<B: Backend>(factory: Factory<'_, B>, cases: u32) {
         model::run(factory, cases);
     }
+}
+
+fn leases<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    let sink = Arc::new(Collect::default());
+    s.store.set_sink(sink.clone());
+    s.grant(1, 30);
+    assert_eq!(s.store.current_revision(), 1, "a grant takes no revision");
+    let (_, res) = s.apply(Command::LeaseGrant(LeaseGrantRequest { id: 1, ttl: 5 }));
+    assert!(matches!(res, Err(Error::LeaseExists { id: 1 })), "{res:?}");
+    // A put naming an unknown lease changes nothing.
+    let (rev, res) = s.apply(Command::Put(PutRequest {
+        key: "x".into(),
+        lease: 2,
+        ..Default::default()
+    }));
+    assert!(
+        matches!(res, Err(Error::LeaseNotFound { id: 2 })),
+        "{res:?}"
+    );
+    assert_eq!(rev, 1);
+    assert_eq!(s.put_lease("a", "1", 1), 2);
+    assert_eq!(s.put_lease("b", "1", 1), 3);
+    assert_eq!(s.put_lease("c", "1", 1), 4);
+    assert_eq!(s.attached(1).unwrap(), ["a", "b", "c"]);
+    // A put without a lease detaches; ignore_lease keeps it; a delete detaches.
+    s.put("b", "2");
+    let (_, res) = s.apply(Command::Put(PutRequest {
+        key: "c".into(),
+        value: "2".into(),
+        ignore_lease: true,
+        ..Default::default()
+    }));
+    res.unwrap();
+    assert_eq!(s.attached(1).unwrap(), ["a", "c"]);
+    s.delete("c", "");
+    assert_eq!(s.attached(1).unwrap(), ["a"]);
+    // A txn whose put names an unknown lease fails whole.
+    let (rev, res) = s.apply(Command::Txn(TxnRequest {
+        success: vec![
+            RequestOp::Put(PutRequest {
+                key: "d".into(),
+                ..Default::default()
+            }),
+            RequestOp::Put(PutRequest {
+                key: "e".into(),
+                lease: 3,
+                ..Default::default()
+            }),
+        ],
+        ..Default::default()
+    }));
+    assert!(
+        matches!(res, Err(Error::LeaseNotFound { id: 3 })),
+        "{res:?}"
+    );
+    assert_eq!(rev, 7, "a refused txn takes no revision");
+    assert_eq!(s.get("d"), None);
+    // Grant, attach and revoke in one apply call: the keys go in one revision with events.
+    s.grant(4, 60);
+    s.put_lease("f", "1", 4);
+    let before = s.store.current_revision();
+    sink.0.lock().clear();
+    let outcomes = s
+        .store
+        .apply(
+            &[
+                Command::LeaseGrant(LeaseGrantRequest { id: 5, ttl: 60 }),
+                Command::Put(PutRequest {
+                    key: "g".into(),
+                    lease: 5,
+                    ..Default::default()
+                }),
+                Command::Put(PutRequest {
+                    key: "f".into(),
+                    lease: 5,
+                    ..Default::default()
+                }),
+                Command::LeaseRevoke(LeaseRevokeRequest { id: 5 }),
+                Command::LeaseRevoke(LeaseRevokeRequest { id: 4 }),
+            ],
+            None,
+        )
+        .unwrap();
+    let revs: Vec<i64> = outcomes.iter().map(|o| o.revision).collect();
+    assert_eq!(
+        revs,
+        [before, before + 1, before + 2, before + 3, before + 3]
+    );
+    assert!(outcomes.iter().all(|o| o.result.is_ok()), "{outcomes:?}");
+    let events = sink.0.lock().clone();
+    let deletes: Vec<(i64, String, i64)> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Delete)
+        .map(|e| {
+            (
+                e.kv.mod_revision,
+                String::from_utf8(e.kv.key.clone()).unwrap(),
+                e.prev_kv.as_ref().map_or(0, |p| p.lease),
+            )
+        })
+        .collect();
+    assert_eq!(
+        deletes,
+        [(before + 3, "f".into(), 5), (before + 3, "g".into(), 5)],
+        "revoking 5 deletes both its keys in one revision, with prev_kv; 4 had none left"
+    );
+    assert_eq!(s.attached(4), None);
+    assert_eq!(s.attached(5), None);
+    // Revoking a lease without keys takes no revision; an unknown one is an error.
+    s.grant(6, 60);
+    let (rev, res) = s.revoke(6);
+    assert_eq!((rev, res.is_ok()), (before + 3, true));
+    let (_, res) = s.revoke(6);
+    assert!(
+        matches!(res, Err(Error::LeaseNotFound { id: 6 })),
+        "{res:?}"
+    );
+    // Checkpoints, leases list, and a snapshot carries it all.
+    let (_, res) = s.apply(Command::LeaseCheckpoint(LeaseCheckpointRequest {
+        checkpoints: vec![(1, 12), (99, 3)],
+    }));
+    res.unwrap();
+    let listed: Vec<(i64, i64, i64)> = s
+        .store
+        .leases()
+        .into_iter()
+        .map(|l| (l.id, l.ttl, l.remaining))
+        .collect();
+    assert_eq!(listed, [(1, 30, 12)]);
+    let copy = Fixture::new(f);
+    let mut stream = Vec::new();
+    std::io::copy(&mut s.store.snapshot().unwrap(), &mut stream).unwrap();
+    copy.store.restore(stream.as_slice()).unwrap();
+    assert_eq!(copy.store.lease(1), s.store.lease(1));
+    assert_eq!(copy.attached(1).unwrap(), ["a"]);
+    let (_, res) = copy.revoke(1);
+    res.unwrap();
+    assert_eq!(copy.get("a"), None, "the restored lease still owns its key");
 }
 
 fn revisions<B: Backend>(f: Factory<'_, B>) {
@@ -225,6 +385,8 @@ fn revisions<B: Backend>(f: Factory<'_, B>) {
 
 fn versions_and_tombstones<B: Backend>(f: Factory<'_, B>) {
     let s = Fixture::new(f);
+    s.grant(7, 10);
+    s.grant(9, 10);
     s.put_lease("k", "v1", 7);
     s.put("k", "v2");
     let kv = s.get("k").unwrap();
@@ -490,6 +652,7 @@ fn filters_and_past_revisions<B: Backend>(f: Factory<'_, B>) {
 
 fn txns<B: Backend>(f: Factory<'_, B>) {
     let s = Fixture::new(f);
+    s.grant(5, 10); // no revision
     s.put_lease("a", "1", 5); // 2: a v1 c2 m2
     s.put("b", "x"); // 3
     use CompareResult::*;

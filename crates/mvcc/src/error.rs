@@ -56,6 +56,18 @@ pub enum Error {
         /// The key written twice.
         key: Vec<u8>,
     },
+    /// A put, or a revoke, named a lease that does not exist.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound {
+        /// The lease id.
+        id: i64,
+    },
+    /// A grant named a lease id that is taken.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists {
+        /// The lease id.
+        id: i64,
+    },
     /// The storage engine failed; the node must stop.
     #[error(transparent)]
     Backend(#[from] BackendError),

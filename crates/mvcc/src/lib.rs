@@ -12,6 +12,7 @@
 //! - `codec`: how versions are laid out in the backend's tables.
 //! - `read`: visible versions at a revision, and building range answers.
 //! - `txn`: compares and the duplicate-key rule.
+//! - `lease`: leases as the store keeps them ([`LeaseInfo`]) and the lease-to-keys index.
 //! - `store`: [`Store`], which applies commands and serves reads, events and compaction.
 //! - `snapshot`: streamed snapshots, restore, and the key-space hash.
 //! - `conformance` (feature `conformance`): the behaviour suite every engine must pass.
@@ -20,6 +21,7 @@ mod backend;
 mod codec;
 mod error;
 mod keys;
+mod lease;
 mod read;
 mod snapshot;
 mod store;
@@ -32,11 +34,13 @@ pub mod conformance;
 pub use backend::{is_empty_interval, Backend, BatchOp, Table, Visitor, WriteBatch};
 pub use error::{BackendError, Error, Result};
 pub use keys::{prefix_end, KeyRange};
+pub use lease::LeaseInfo;
 pub use snapshot::{SnapshotInfo, SnapshotReader};
 pub use store::{CompactionProgress, EventSink, Outcome, Store};
 pub use txn::check_txn_keys;
 pub use types::{
     Command, CompactRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
-    DeleteRangeResponse, Event, EventKind, KeyValue, KvHash, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, RequestOp, Response, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
+    DeleteRangeResponse, Event, EventKind, KeyValue, KvHash, LeaseCheckpointRequest,
+    LeaseGrantRequest, LeaseRevokeRequest, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, Response, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
 };

@@ -4,9 +4,10 @@
 //! compacted at C. Versions at or below R never change, and a hold keeps physical compaction
 //! from passing C while the snapshot streams, so no engine support is needed.
 //!
-//! Stream format (integers big-endian): `MSTSNAP1`; revision u64, compaction point u64, applied
+//! Stream format (integers big-endian): `MSTSNAP2`; revision u64, compaction point u64, applied
 //! position flag u8 + length u32 + bytes; entries `1, len u32, key, len u32, record` (the `Keys`
-//! table's own bytes); end `0, entry count u64, CRC-32 u32` of every byte before the CRC.
+//! table's own bytes); then leases `2, id i64, ttl i64, remaining i64`; end `0, entry count
+//! u64, CRC-32 u32` of every byte before the CRC (the count covers both kinds of entries).
 
 use std::io::{self, Read};
 use std::ops::{Bound, ControlFlow};
@@ -14,12 +15,14 @@ use std::ops::{Bound, ControlFlow};
 use crate::backend::{Backend, Table, WriteBatch};
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::lease;
 use crate::read::CHUNK;
-use crate::store::{Hold, Store, META_COMPACT, META_COMPACT_DONE, META_CURRENT, META_RESTORING};
+use crate::store::{Hold, LeaseRecord, Store, META_COMPACT, META_COMPACT_DONE, META_CURRENT, META_RESTORING};
 use crate::types::KvHash;
 
-const MAGIC: &[u8; 8] = b"MSTSNAP1";
+const MAGIC: &[u8; 8] = b"MSTSNAP2";
 const TAG_ENTRY: u8 = 1;
+const TAG_LEASE: u8 = 2;
 const TAG_END: u8 = 0;
 /// No key or record is this large; a length above it means a corrupt stream, not an allocation.
 const MAX_FIELD: u32 = 256 << 20;
@@ -146,7 +149,7 @@ impl<B: Backend> Store<B> {
     /// # Errors
     /// Backend errors.
     pub fn snapshot(&self) -> Result<SnapshotReader<B>> {
-        let (info, hold) = self.snapshot_point()?;
+        let (info, hold, leases) = self.snapshot_point()?;
         let SnapshotInfo {
             revision,
             compacted,
@@ -174,6 +177,9 @@ impl<B: Backend> Store<B> {
             buf: header,
             pos: 0,
             next: Some(Bound::Unbounded),
+            leases,
+            leases_sent: 0,
+            done: false,
             count: 0,
             hasher,
         })
@@ -231,6 +237,20 @@ impl<B: Backend> Store<B> {
                         backend.write(std::mem::take(&mut batch))?;
                     }
                 }
+                TAG_LEASE => {
+                    let id = input.read_u64()? as i64;
+                    let ttl = input.read_u64()? as i64;
+                    let remaining = input.read_u64()? as i64;
+                    batch.put(
+                        Table::Meta,
+                        lease::record_key(id),
+                        lease::encode(ttl, remaining),
+                    );
+                    count += 1;
+                    if batch.len() >= RESTORE_BATCH {
+                        backend.write(std::mem::take(&mut batch))?;
+                    }
+                }
                 TAG_END => break,
                 other => return Err(bad(format!("bad entry tag {other}"))),
             }
@@ -270,6 +290,7 @@ impl<B: Backend> Store<B> {
         backend.flush()?;
         drop(_writer);
         self.reset_after_restore(revision, compacted);
+        self.reload_leases()?;
         Ok(SnapshotInfo {
             revision,
             compacted,
@@ -305,8 +326,13 @@ pub struct SnapshotReader<B> {
     kept: Kept,
     buf: Vec<u8>,
     pos: usize,
-    /// Where the next chunk starts; `None` once the end frame is in `buf`.
+    /// Where the next chunk of keys starts; `None` once every key is in `buf`.
     next: Option<Bound<Vec<u8>>>,
+    /// The lease records, streamed after the keys.
+    leases: Vec<LeaseRecord>,
+    leases_sent: usize,
+    /// The end frame is in `buf` (or was read).
+    done: bool,
     count: u64,
     hasher: crc32fast::Hasher,
 }
@@ -322,32 +348,43 @@ impl<B: Backend> SnapshotReader<B> {
     fn refill(&mut self) -> Result<()> {
         self.buf.clear();
         self.pos = 0;
-        let Some(from) = self.next.take() else {
+        if let Some(from) = self.next.take() {
+            let buf = &mut self.buf;
+            let count = &mut self.count;
+            let resume = scan_kept(self.store.backend(), &from, &mut self.kept, &mut |k, v| {
+                buf.push(TAG_ENTRY);
+                buf.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                buf.extend_from_slice(k);
+                buf.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                buf.extend_from_slice(v);
+                *count += 1;
+            })?;
+            self.next = resume.map(Bound::Excluded);
+            self.hasher.update(&self.buf);
             return Ok(());
-        };
-        let buf = &mut self.buf;
-        let count = &mut self.count;
-        let resume = scan_kept(self.store.backend(), &from, &mut self.kept, &mut |k, v| {
-            buf.push(TAG_ENTRY);
-            buf.extend_from_slice(&(k.len() as u32).to_be_bytes());
-            buf.extend_from_slice(k);
-            buf.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            buf.extend_from_slice(v);
-            *count += 1;
-        })?;
-        match resume {
-            Some(last) => {
-                self.hasher.update(&self.buf);
-                self.next = Some(Bound::Excluded(last));
-            }
-            None => {
-                self.buf.push(TAG_END);
-                self.buf.extend_from_slice(&self.count.to_be_bytes());
-                self.hasher.update(&self.buf);
-                let crc = self.hasher.clone().finalize();
-                self.buf.extend_from_slice(&crc.to_be_bytes());
-            }
         }
+        if self.leases_sent < self.leases.len() {
+            let end = (self.leases_sent + CHUNK).min(self.leases.len());
+            for &(id, ttl, remaining) in &self.leases[self.leases_sent..end] {
+                self.buf.push(TAG_LEASE);
+                for v in [id, ttl, remaining] {
+                    self.buf.extend_from_slice(&(v as u64).to_be_bytes());
+                }
+                self.count += 1;
+            }
+            self.leases_sent = end;
+            self.hasher.update(&self.buf);
+            return Ok(());
+        }
+        if self.done {
+            return Ok(());
+        }
+        self.buf.push(TAG_END);
+        self.buf.extend_from_slice(&self.count.to_be_bytes());
+        self.hasher.update(&self.buf);
+        let crc = self.hasher.clone().finalize();
+        self.buf.extend_from_slice(&crc.to_be_bytes());
+        self.done = true;
         Ok(())
     }
 }
@@ -355,7 +392,7 @@ impl<B: Backend> SnapshotReader<B> {
 impl<B: Backend> Read for SnapshotReader<B> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.buf.len() {
-            if self.next.is_none() {
+            if self.done {
                 return Ok(0);
             }
             self.refill().map_err(io::Error::other)?;

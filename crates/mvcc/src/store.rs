@@ -1,6 +1,6 @@
 //! The MVCC store: applies commands at new revisions and answers reads at any kept revision.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::{Bound, ControlFlow};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,13 +11,14 @@ use crate::backend::{Backend, Table, WriteBatch};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys::KeyRange;
+use crate::lease::{self, LeaseInfo};
 use crate::read::{self, build_range, Item};
 use crate::snapshot::SnapshotInfo;
 use crate::txn::{check_txn_keys, compare_kv};
 use crate::types::{
     Command, CompactRequest, DeleteRangeRequest, DeleteRangeResponse, Event, EventKind, KeyValue,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, Response, ResponseOp,
-    TxnRequest, TxnResponse,
+    LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, Response, ResponseOp, TxnRequest, TxnResponse,
 };
 
 pub(crate) const META_CURRENT: &[u8] = b"current";
@@ -91,6 +92,9 @@ pub(crate) struct Inner<B> {
     holds: Mutex<BTreeMap<u64, i64>>,
     next_hold: AtomicU64,
     sink: RwLock<Option<Arc<dyn EventSink>>>,
+    /// Every lease and its attached keys; changed only under the writer lock, after the batch
+    /// that records the change is written.
+    leases: RwLock<lease::Index>,
 }
 
 struct WriterState {
@@ -116,7 +120,14 @@ impl<B: Backend> Store<B> {
         let current = meta_i64(&backend, META_CURRENT, FIRST_REVISION)?;
         let compacted = meta_i64(&backend, META_COMPACT, 0)?;
         let compact_done = meta_i64(&backend, META_COMPACT_DONE, 0)?;
-        tracing::debug!(current, compacted, compact_done, "mvcc store opened");
+        let leases = lease::load(&backend, current)?;
+        tracing::debug!(
+            current,
+            compacted,
+            compact_done,
+            leases = leases.len(),
+            "mvcc store opened"
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 backend,
@@ -126,6 +137,7 @@ impl<B: Backend> Store<B> {
                 holds: Mutex::new(BTreeMap::new()),
                 next_hold: AtomicU64::new(0),
                 sink: RwLock::new(None),
+                leases: RwLock::new(leases),
             }),
         })
     }
@@ -210,6 +222,41 @@ impl<B: Backend> Store<B> {
         read::get_at(&self.inner.backend, key, self.current_revision())
     }
 
+    /// The lease `id` with its attached keys, if it exists.
+    pub fn lease(&self, id: i64) -> Option<LeaseInfo> {
+        self.inner.leases.read().get(&id).map(|e| LeaseInfo {
+            id,
+            ttl: e.ttl,
+            remaining: e.remaining,
+            keys: e.keys.iter().cloned().collect(),
+        })
+    }
+
+    /// Every lease (without its keys), in id order.
+    pub fn leases(&self) -> Vec<LeaseInfo> {
+        let mut all: Vec<LeaseInfo> = self
+            .inner
+            .leases
+            .read()
+            .iter()
+            .map(|(id, e)| LeaseInfo {
+                id: *id,
+                ttl: e.ttl,
+                remaining: e.remaining,
+                keys: Vec::new(),
+            })
+            .collect();
+        all.sort_unstable_by_key(|l| l.id);
+        all
+    }
+
+    /// Rebuilds the lease index from the backend: after a restore.
+    pub(crate) fn reload_leases(&self) -> Result<()> {
+        let index = lease::load(&self.inner.backend, self.current_revision())?;
+        *self.inner.leases.write() = index;
+        Ok(())
+    }
+
     /// Applies `commands` in order, each at the next revision if it changes anything, as one
     /// atomic backend batch that also records `applied`; then publishes their events.
     ///
@@ -222,8 +269,10 @@ impl<B: Backend> Store<B> {
         let inner = &*self.inner;
         let _writer = inner.writer.lock();
         let sink = inner.sink.read().clone();
+        let leases = inner.leases.read();
         let mut w = Writer::new(
             inner,
+            &leases,
             self.current_revision(),
             self.compact_revision(),
             sink.is_some(),
@@ -247,8 +296,10 @@ impl<B: Backend> Store<B> {
             base_compacted,
             mut batch,
             events,
+            lease_changes,
             ..
         } = w;
+        drop(leases);
         if current != base {
             batch.put(
                 Table::Meta,
@@ -268,6 +319,12 @@ impl<B: Backend> Store<B> {
         }
         if !batch.is_empty() {
             inner.backend.write(batch)?;
+        }
+        if !lease_changes.is_empty() {
+            let mut leases = inner.leases.write();
+            for change in lease_changes {
+                change.apply(&mut leases);
+            }
         }
         inner.current.store(current, Ordering::Release);
         inner.compacted.store(compacted, Ordering::Release);
@@ -396,7 +453,8 @@ impl<B: Backend> Store<B> {
 
     /// Reads the store's revision, compaction point and applied position together, and holds
     /// physical compaction at that point; under the writer lock, so nothing moves in between.
-    pub(crate) fn snapshot_point(&self) -> Result<(SnapshotInfo, Hold<B>)> {
+    /// Also returns every lease record then, as (id, ttl, remaining).
+    pub(crate) fn snapshot_point(&self) -> Result<(SnapshotInfo, Hold<B>, Vec<LeaseRecord>)> {
         let _writer = self.inner.writer.lock();
         let compacted = self.compact_revision();
         let applied = self.inner.backend.applied()?;
@@ -405,7 +463,15 @@ impl<B: Backend> Store<B> {
             compacted,
             applied,
         };
-        Ok((info, self.hold(compacted)))
+        let mut leases: Vec<LeaseRecord> = self
+            .inner
+            .leases
+            .read()
+            .iter()
+            .map(|(id, e)| (*id, e.ttl, e.remaining))
+            .collect();
+        leases.sort_unstable();
+        Ok((info, self.hold(compacted), leases))
     }
 
     /// Replaces the store's contents; used by restore, which builds the state itself.
@@ -421,6 +487,9 @@ impl<B: Backend> Store<B> {
         self.inner.writer.lock()
     }
 }
+
+/// A lease record as snapshots carry it: (id, ttl, remaining).
+pub(crate) type LeaseRecord = (i64, i64, i64);
 
 /// Keeps physical compaction behind a snapshot's compaction point while it lives.
 pub(crate) struct Hold<B> {
@@ -564,9 +633,67 @@ fn record(overlay: &mut Overlay, key: &[u8], main: i64, kv: Option<KeyValue>) {
     }
 }
 
+/// A change to the lease index, made once the batch that records it is written.
+enum LeaseChange {
+    Grant {
+        id: i64,
+        ttl: i64,
+    },
+    Revoke {
+        id: i64,
+    },
+    Checkpoint {
+        id: i64,
+        remaining: i64,
+    },
+    /// `key` moves from lease `from` to lease `to` (0: none).
+    Attach {
+        key: Vec<u8>,
+        from: i64,
+        to: i64,
+    },
+}
+
+impl LeaseChange {
+    fn apply(self, index: &mut lease::Index) {
+        match self {
+            LeaseChange::Grant { id, ttl } => {
+                index.insert(
+                    id,
+                    lease::Entry {
+                        ttl,
+                        ..Default::default()
+                    },
+                );
+            }
+            LeaseChange::Revoke { id } => {
+                index.remove(&id);
+            }
+            LeaseChange::Checkpoint { id, remaining } => {
+                if let Some(e) = index.get_mut(&id) {
+                    e.remaining = remaining;
+                }
+            }
+            LeaseChange::Attach { key, from, to } => {
+                if let Some(e) = index.get_mut(&from) {
+                    e.keys.remove(&key);
+                }
+                if let Some(e) = index.get_mut(&to) {
+                    e.keys.insert(key);
+                }
+            }
+        }
+    }
+}
+
 /// The state of one apply call: what it read, what it will write, what it will publish.
 struct Writer<'s, B> {
     backend: &'s B,
+    /// The leases as the backend holds them.
+    leases: &'s lease::Index,
+    /// Leases this call granted (`Some(ttl)`) or revoked (`None`).
+    lease_overlay: BTreeMap<i64, Option<i64>>,
+    lease_changes: Vec<LeaseChange>,
     /// Revision the backend holds.
     base: i64,
     base_compacted: i64,
@@ -581,9 +708,18 @@ struct Writer<'s, B> {
 }
 
 impl<'s, B: Backend> Writer<'s, B> {
-    fn new(inner: &'s Inner<B>, base: i64, base_compacted: i64, publish: bool) -> Self {
+    fn new(
+        inner: &'s Inner<B>,
+        leases: &'s lease::Index,
+        base: i64,
+        base_compacted: i64,
+        publish: bool,
+    ) -> Self {
         Self {
             backend: &inner.backend,
+            leases,
+            lease_overlay: BTreeMap::new(),
+            lease_changes: Vec::new(),
             base,
             base_compacted,
             current: base,
@@ -626,7 +762,103 @@ impl<'s, B: Backend> Writer<'s, B> {
                 Ok(Response::Txn(resp))
             }
             Command::Compact(req) => self.compact(req),
+            Command::LeaseGrant(req) => self.grant(req),
+            Command::LeaseRevoke(req) => self.revoke(req),
+            Command::LeaseCheckpoint(req) => self.checkpoint(req),
         }
+    }
+
+    /// The TTL of lease `id` if it exists, counting this call's grants and revokes.
+    fn lease_ttl(&self, id: i64) -> Option<i64> {
+        match self.lease_overlay.get(&id) {
+            Some(state) => *state,
+            None => self.leases.get(&id).map(|e| e.ttl),
+        }
+    }
+
+    fn grant(&mut self, req: &LeaseGrantRequest) -> Result<Response> {
+        if self.lease_ttl(req.id).is_some() {
+            return Err(Error::LeaseExists { id: req.id });
+        }
+        self.batch.put(
+            Table::Meta,
+            lease::record_key(req.id),
+            lease::encode(req.ttl, 0),
+        );
+        self.lease_overlay.insert(req.id, Some(req.ttl));
+        self.lease_changes.push(LeaseChange::Grant {
+            id: req.id,
+            ttl: req.ttl,
+        });
+        Ok(Response::LeaseGrant {
+            id: req.id,
+            ttl: req.ttl,
+        })
+    }
+
+    /// The keys attached to lease `id` now, counting this call's writes.
+    fn attached(&self, id: i64) -> BTreeSet<Vec<u8>> {
+        let mut keys = self
+            .leases
+            .get(&id)
+            .map(|e| e.keys.clone())
+            .unwrap_or_default();
+        for change in &self.lease_changes {
+            match change {
+                LeaseChange::Attach { key, from, to } => {
+                    if *from == id {
+                        keys.remove(key);
+                    }
+                    if *to == id {
+                        keys.insert(key.clone());
+                    }
+                }
+                // A lease revoked and granted again in this call starts with no keys.
+                LeaseChange::Grant { id: g, .. } | LeaseChange::Revoke { id: g } if *g == id => {
+                    keys.clear();
+                }
+                _ => {}
+            }
+        }
+        keys
+    }
+
+    fn revoke(&mut self, req: &LeaseRevokeRequest) -> Result<Response> {
+        if self.lease_ttl(req.id).is_none() {
+            return Err(Error::LeaseNotFound { id: req.id });
+        }
+        let main = self.current + 1;
+        let mut sub = 0;
+        for key in self.attached(req.id) {
+            let delete = DeleteRangeRequest {
+                key,
+                ..Default::default()
+            };
+            self.delete(&delete, main, &mut sub)?;
+        }
+        if sub > 0 {
+            self.current = main;
+        }
+        self.batch.delete(Table::Meta, lease::record_key(req.id));
+        self.lease_overlay.insert(req.id, None);
+        self.lease_changes.push(LeaseChange::Revoke { id: req.id });
+        Ok(Response::LeaseRevoke)
+    }
+
+    fn checkpoint(&mut self, req: &LeaseCheckpointRequest) -> Result<Response> {
+        for &(id, remaining) in &req.checkpoints {
+            let Some(ttl) = self.lease_ttl(id) else {
+                continue;
+            };
+            self.batch.put(
+                Table::Meta,
+                lease::record_key(id),
+                lease::encode(ttl, remaining),
+            );
+            self.lease_changes
+                .push(LeaseChange::Checkpoint { id, remaining });
+        }
+        Ok(Response::LeaseCheckpoint)
     }
 
     fn compact(&mut self, req: &CompactRequest) -> Result<Response> {
@@ -743,6 +975,9 @@ impl<'s, B: Backend> Writer<'s, B> {
                 key: req.key.clone(),
             });
         }
+        if req.lease != 0 && !req.ignore_lease && self.lease_ttl(req.lease).is_none() {
+            return Err(Error::LeaseNotFound { id: req.lease });
+        }
         Ok(())
     }
 
@@ -760,6 +995,14 @@ impl<'s, B: Backend> Writer<'s, B> {
             (Some(p), true) => p.lease,
             _ => req.lease,
         };
+        let old_lease = prev.as_ref().map_or(0, |p| p.lease);
+        if old_lease != lease {
+            self.lease_changes.push(LeaseChange::Attach {
+                key: req.key.clone(),
+                from: old_lease,
+                to: lease,
+            });
+        }
         let kv = KeyValue {
             key: req.key.clone(),
             create_revision,
@@ -821,6 +1064,13 @@ impl<'s, B: Backend> Writer<'s, B> {
         let deleted = doomed.len() as i64;
         for prev in &doomed {
             let key = prev.key.clone();
+            if prev.lease != 0 {
+                self.lease_changes.push(LeaseChange::Attach {
+                    key: key.clone(),
+                    from: prev.lease,
+                    to: 0,
+                });
+            }
             self.batch.put(
                 Table::Keys,
                 codec::version_key(&key, main),

@@ -259,6 +259,35 @@ pub enum Command {
     Txn(TxnRequest),
     /// Compact the history.
     Compact(CompactRequest),
+    /// Create a lease.
+    LeaseGrant(LeaseGrantRequest),
+    /// Delete a lease and every key attached to it, in one revision.
+    LeaseRevoke(LeaseRevokeRequest),
+    /// Record leases' remaining TTLs, so that a restart does not give them their full TTL.
+    LeaseCheckpoint(LeaseCheckpointRequest),
+}
+
+/// A request to create a lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrantRequest {
+    /// The lease id (never 0).
+    pub id: i64,
+    /// Its TTL in seconds, already raised to the minimum by the caller.
+    pub ttl: i64,
+}
+
+/// A request to revoke a lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRevokeRequest {
+    /// The lease id.
+    pub id: i64,
+}
+
+/// Remaining TTLs to record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseCheckpointRequest {
+    /// (lease id, remaining TTL in seconds); leases that no longer exist are skipped.
+    pub checkpoints: Vec<(i64, i64)>,
 }
 
 /// The answer to one applied [`Command`].
@@ -273,6 +302,17 @@ pub enum Response {
     Txn(TxnResponse),
     /// A compaction was recorded.
     Compact,
+    /// The lease was created with this TTL.
+    LeaseGrant {
+        /// Its id.
+        id: i64,
+        /// Its TTL in seconds.
+        ttl: i64,
+    },
+    /// The lease and its keys are gone.
+    LeaseRevoke,
+    /// The remaining TTLs were recorded.
+    LeaseCheckpoint,
 }
 
 /// A hash of the key space, comparable between members with the same history.
@@ -293,7 +333,8 @@ impl Command {
             Command::Put(p) => p.key.len() + p.value.len() + 16,
             Command::DeleteRange(d) => d.key.len() + d.range_end.len() + 16,
             Command::Txn(t) => t.approx_size(),
-            Command::Compact(_) => 16,
+            Command::Compact(_) | Command::LeaseGrant(_) | Command::LeaseRevoke(_) => 16,
+            Command::LeaseCheckpoint(c) => 16 * c.checkpoints.len() + 16,
         }
     }
 }

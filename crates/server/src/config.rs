@@ -182,6 +182,8 @@ impl TryFrom<Flags> for Config {
         node.heartbeat = Duration::from_millis(f.heartbeat_interval);
         node.election_timeout = Duration::from_millis(f.election_timeout);
         node.snapshot_count = f.snapshot_count;
+        node.lease_checkpoint_interval = f.lease_checkpoint_interval;
+        node.lease_revoke_rate = f.lease_revoke_rate.max(1);
         node.budgets = budgets;
         if f.election_timeout < 5 * f.heartbeat_interval {
             bail!(

@@ -123,6 +123,15 @@ pub struct Flags {
     /// read-index, apply, watch-send, peer-rpc).
     #[arg(long, env = "METASTORE_BUDGETS", default_value = "")]
     pub budgets: String,
+
+    /// How often the leader records every lease's remaining TTL, so that a restart or a new
+    /// leader does not give long leases their whole TTL again (e.g. `5m`).
+    #[arg(long, env = "METASTORE_LEASE_CHECKPOINT_INTERVAL", value_parser = parse_duration, default_value = "5m")]
+    pub lease_checkpoint_interval: Duration,
+
+    /// Expired leases the leader revokes per second at most (a burst is drained at this rate).
+    #[arg(long, env = "METASTORE_LEASE_REVOKE_RATE", default_value_t = 5_000)]
+    pub lease_revoke_rate: u32,
 }
 
 /// Parses `500ms`, `7s`, `2m`, `1h`, or a bare number of seconds.

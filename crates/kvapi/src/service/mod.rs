@@ -2,6 +2,7 @@
 
 mod cluster;
 mod kv;
+mod lease;
 mod maintenance;
 mod watches;
 
@@ -17,6 +18,7 @@ use crate::validate::Limits;
 
 pub use cluster::ClusterService;
 pub use kv::KvService;
+pub use lease::{KeepAlives, LeaseService};
 pub use maintenance::MaintenanceService;
 pub use watches::{Responses, WatchService};
 

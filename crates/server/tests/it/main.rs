@@ -7,5 +7,6 @@ mod etcdctl;
 mod harness;
 mod http;
 mod kv;
+mod lease;
 mod watch;
 mod watch_api;
