@@ -17,7 +17,9 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::lease;
 use crate::read::CHUNK;
-use crate::store::{Hold, LeaseRecord, Store, META_COMPACT, META_COMPACT_DONE, META_CURRENT, META_RESTORING};
+use crate::store::{
+    Hold, LeaseRecord, Store, META_COMPACT, META_COMPACT_DONE, META_CURRENT, META_RESTORING,
+};
 use crate::types::KvHash;
 
 const MAGIC: &[u8; 8] = b"MSTSNAP2";
