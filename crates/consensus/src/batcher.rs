@@ -21,6 +21,7 @@ use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::network::{ForwardReply, Forwarded, Peers, Refusal, Rpc};
 use crate::types::typ::Raft;
 use crate::types::{Applied, Proposal, Tagged};
 
@@ -32,6 +33,9 @@ pub(crate) const MAX_BATCH_BYTES: usize = 4 << 20;
 /// proposals when its applied index lags the committed one by 5,000 entries; our entries are
 /// batches, so the bound counts far more commands.
 pub(crate) const MAX_UNANSWERED: usize = 256;
+/// Batches a follower has forwarded to the leader and not yet heard back about, at most;
+/// while they are out, new commands gather into the next batch.
+const MAX_FORWARDS: usize = 4;
 
 /// A command waiting for an entry, with the id of its waiter.
 pub(crate) type Queued = Tagged;
@@ -54,12 +58,14 @@ pub(crate) enum Rejected {
 /// What a waiting proposer receives.
 pub(crate) type Answer = Result<Applied, Rejected>;
 
-type Outcome = (Vec<u64>, Option<Rejected>);
+/// A batch's waiters, its refusal if any, and whether it was forwarded to the leader.
+type Outcome = (Vec<u64>, Option<Rejected>, bool);
 
 /// The task that turns queued commands into entries.
 pub(crate) struct Batcher {
     pub(crate) origin: u64,
     pub(crate) raft: Raft,
+    pub(crate) peers: Peers,
     pub(crate) queue: mpsc::Receiver<Queued>,
     pub(crate) waiters: Registry<Answer>,
     /// The highest batch sequence number of this member that the log holds durably.
@@ -74,14 +80,16 @@ impl Batcher {
     pub(crate) async fn run(mut self) {
         let mut unanswered: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
         let mut seq = 0u64;
+        let mut forwards = 0usize;
         loop {
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
                 Some(outcome) = unanswered.next(), if !unanswered.is_empty() => {
+                    forwards -= usize::from(outcome.2);
                     self.settle(outcome);
                 }
-                first = self.queue.recv() => {
+                first = self.queue.recv(), if forwards < MAX_FORWARDS => {
                     let Some(first) = first else { break };
                     let batch = self.gather(first);
                     if unanswered.len() >= MAX_UNANSWERED {
@@ -91,22 +99,48 @@ impl Batcher {
                     seq += 1;
                     let ids: Vec<u64> = batch.iter().map(|q| q.id).collect();
                     let proposal = Proposal { origin: self.origin, seq, commands: batch };
-                    match self.raft.client_write_ff(proposal).await {
-                        Ok(responder) => {
-                            unanswered.push(Box::pin(async move {
-                                let rejected = match responder.await {
-                                    Ok(Ok(_)) => None,
-                                    Ok(Err(e)) => Some(rejection(e)),
-                                    // Raft dropped the responder (it stopped, or the entry was
-                                    // applied without one): the waiters hear from the apply or
-                                    // from their budget.
-                                    Err(_) => None,
-                                };
-                                (ids, rejected)
-                            }));
-                            self.await_flush(seq, &mut unanswered).await;
+                    let leader = {
+                        let metrics = self.raft.metrics();
+                        let m = metrics.borrow();
+                        m.current_leader.map(|l| {
+                            let member = m
+                                .membership_config
+                                .nodes()
+                                .find(|(id, _)| **id == l)
+                                .map(|(_, n)| n.clone());
+                            (l, member)
+                        })
+                    };
+                    match leader {
+                        Some((l, _)) if l == self.origin => {
+                            self.propose_here(proposal, ids, seq, &mut unanswered).await;
                         }
-                        Err(_) => self.reject(ids.into_iter(), &Rejected::Stopped),
+                        Some((l, Some(member))) => {
+                            let peers = self.peers.clone();
+                            let limit = self.flush_wait;
+                            forwards += 1;
+                            unanswered.push(Box::pin(async move {
+                                let request = Forwarded::Propose(proposal);
+                                let reply: Result<ForwardReply, _> =
+                                    peers.call(l, &member, Rpc::Forward, &request, Some(limit)).await;
+                                let rejected = match reply {
+                                    Ok(ForwardReply::Done) => None,
+                                    Ok(ForwardReply::Refused(Refusal::TooManyRequests)) => {
+                                        Some(Rejected::TooManyRequests)
+                                    }
+                                    Ok(ForwardReply::Refused(Refusal::NotLeader(Some(l)))) => {
+                                        Some(Rejected::NotLeader(l))
+                                    }
+                                    // A timeout: the entry may still commit; the waiters hear
+                                    // from the local apply or from their budget.
+                                    Ok(ForwardReply::Refused(Refusal::Timeout))
+                                    | Err(crate::network::CallError::Timeout) => None,
+                                    Ok(_) | Err(_) => Some(Rejected::NoLeader),
+                                };
+                                (ids, rejected, true)
+                            }));
+                        }
+                        _ => self.reject(ids.into_iter(), &Rejected::NoLeader),
                     }
                 }
             }
@@ -117,6 +151,32 @@ impl Batcher {
         self.queue.close();
         while let Ok(q) = self.queue.try_recv() {
             self.waiters.complete(q.id, Err(Rejected::Stopped));
+        }
+    }
+
+    /// Hands `proposal` to Raft on this member (the leader) and waits for its flush.
+    async fn propose_here(
+        &self,
+        proposal: Proposal,
+        ids: Vec<u64>,
+        seq: u64,
+        unanswered: &mut FuturesUnordered<BoxFuture<'static, Outcome>>,
+    ) {
+        match self.raft.client_write_ff(proposal).await {
+            Ok(responder) => {
+                unanswered.push(Box::pin(async move {
+                    let rejected = match responder.await {
+                        Ok(Ok(_)) => None,
+                        Ok(Err(e)) => Some(rejection(e)),
+                        // Raft dropped the responder (it stopped, or the entry was applied
+                        // without one): the waiters hear from the apply or their budget.
+                        Err(_) => None,
+                    };
+                    (ids, rejected, false)
+                }));
+                self.await_flush(seq, unanswered).await;
+            }
+            Err(_) => self.reject(ids.into_iter(), &Rejected::Stopped),
         }
     }
 
@@ -172,7 +232,7 @@ impl Batcher {
         let _ = deadline::within(Layer::Propose, Deadline::after(self.flush_wait), wait).await;
     }
 
-    fn settle(&self, (ids, rejected): Outcome) {
+    fn settle(&self, (ids, rejected, _): Outcome) {
         if let Some(rejected) = rejected {
             self.reject(ids.into_iter(), &rejected);
         }

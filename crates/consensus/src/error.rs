@@ -139,3 +139,37 @@ pub enum StartError {
         cause: String,
     },
 }
+
+/// Why a membership change failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MembershipFailure {
+    /// etcd's refusal of the change itself.
+    #[error(transparent)]
+    Refused(#[from] crate::membership::MembershipError),
+    /// No leader, a timeout, or a stopped node.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Raft refused it for another reason.
+    #[error("etcdserver: {0}")]
+    Other(String),
+}
+
+impl MembershipFailure {
+    pub(crate) fn from_refusal(r: crate::network::Refusal) -> Self {
+        use crate::network::Refusal;
+        match r {
+            Refusal::Membership(e) => MembershipFailure::Refused(e),
+            Refusal::NotLeader(Some(leader)) => {
+                MembershipFailure::Read(ReadError::NotLeader { leader })
+            }
+            Refusal::NotLeader(None) => MembershipFailure::Read(ReadError::NoLeader),
+            Refusal::Timeout => MembershipFailure::Read(ReadError::Timeout(
+                deadline::Expired::reported(deadline::Layer::Commit, std::time::Duration::ZERO),
+            )),
+            Refusal::Stopped => MembershipFailure::Read(ReadError::Stopped),
+            Refusal::TooManyRequests => MembershipFailure::Other("too many requests".into()),
+            Refusal::Other(why) => MembershipFailure::Other(why),
+        }
+    }
+}

@@ -13,7 +13,9 @@
 //! - `error`: [`ProposeError`], [`ReadError`], [`StartError`], [`CommandError`].
 //! - `log_store`: [`LogStore`], the Raft log and vote on redb.
 //! - `state_machine`: [`StateMachine`], apply and snapshots.
-//! - `network`: peer transport ([`NoPeers`] for a single member).
+//! - `network`: the peer transport over tonic ([`PeerService`], [`PeerNetwork`]): Raft's
+//!   messages, and what followers forward to the leader.
+//! - `membership`: etcd's membership changes ([`Change`], [`MembershipError`]), member ids.
 //! - `node`: [`Node`] and [`NodeConfig`].
 //! - `lessor`, `lease_loop`: lease expiry times, and the leader's revokes and checkpoints.
 
@@ -22,14 +24,16 @@ mod error;
 mod lease_loop;
 mod lessor;
 mod log_store;
+mod membership;
 mod network;
 mod node;
 mod state_machine;
 mod types;
 
-pub use error::{CommandError, ProposeError, ReadError, StartError};
+pub use error::{CommandError, MembershipFailure, ProposeError, ReadError, StartError};
 pub use log_store::{LogCloser, LogStore};
-pub use network::{NoPeer, NoPeers};
+pub use membership::{cluster_id, member_id, Change, MembershipError};
+pub use network::{PeerNetwork, PeerService, Peers};
 pub use node::{Node, NodeConfig, NodeStatus};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use types::{typ, Applied, Member, Proposal, Tagged, TypeConfig};

@@ -1,64 +1,357 @@
-//! Peer transport. A single member has no peers; the tonic transport arrives with clusters.
+//! The peer transport: openraft's messages and forwarded requests over tonic, between members.
+//!
+//! Every call is bounded by the `peer-rpc` budget (and by openraft's own TTL for the call, if
+//! shorter): a dead or frozen peer costs one budget per call, never a stuck task, and openraft
+//! backs off from a peer reported unreachable. Connections are made lazily, kept per peer, and
+//! rebuilt when a peer's URL changes.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use deadline::{Budgets, Deadline, Layer};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
 
-use crate::types::{Member, TypeConfig};
+use crate::types::{Member, Proposal, TypeConfig};
 
-/// The transport of a member that has no peers: every peer is unreachable, at once.
-#[derive(Clone, Debug, Default)]
-pub struct NoPeers;
+/// The generated protocol.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("metastore.peer");
+}
 
-/// A client for a peer [`NoPeers`] cannot reach.
+use pb::peer_client::PeerClient;
+use pb::Payload;
+
+/// Largest message a member accepts from a peer: Raft batches of entries and snapshot chunks.
+pub(crate) const MAX_PEER_MESSAGE: usize = 128 << 20;
+
+/// A request only the leader can serve, sent to it by a follower.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Forwarded {
+    /// Propose this batch (its origin is the follower, whose own apply answers its clients).
+    Propose(Proposal),
+    /// Confirm leadership and answer the index a linearizable read must wait for.
+    ReadIndex,
+    /// A lease keep-alive.
+    LeaseRenew(i64),
+    /// How long a lease has left, in milliseconds.
+    LeaseRemaining(i64),
+    /// A membership change.
+    Membership(crate::membership::Change),
+}
+
+/// The leader's answer to a [`Forwarded`] request.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ForwardReply {
+    /// Done; nothing to report.
+    Done,
+    /// A read index.
+    Index(u64),
+    /// A lease TTL in seconds (0: unknown or expired).
+    Ttl(i64),
+    /// A lease's remaining time in milliseconds, if the leader tracks it.
+    Remaining(Option<u64>),
+    /// The membership after a change.
+    Members(Vec<(u64, Member, bool)>),
+    /// Refused: not the leader, no leader, stopping, a timeout, or the change's own error.
+    Refused(Refusal),
+}
+
+/// Why a forwarded request was refused.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    NotLeader(Option<u64>),
+    Stopped,
+    Timeout,
+    TooManyRequests,
+    Membership(crate::membership::MembershipError),
+    Other(String),
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Payload, String> {
+    bincode::serialize(v)
+        .map(|data| Payload { data })
+        .map_err(|e| e.to_string())
+}
+
+fn decode<T: DeserializeOwned>(p: &Payload) -> Result<T, String> {
+    bincode::deserialize(&p.data).map_err(|e| e.to_string())
+}
+
+/// Per peer: the URL connected to, and the client.
+type Conns = HashMap<u64, (String, PeerClient<Channel>)>;
+
+/// Connections to the other members, one per peer, shared by Raft and forwarding.
+#[derive(Clone)]
+pub struct Peers {
+    conns: Arc<Mutex<Conns>>,
+    budgets: Budgets,
+}
+
+/// A failed peer call.
 #[derive(Debug)]
-pub struct NoPeer {
+pub(crate) enum CallError {
+    /// No connection, or the connection failed: back off.
+    Unreachable(String),
+    /// The budget ran out.
+    Timeout,
+    /// The peer answered with something that is not a reply.
+    Protocol(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Unreachable(e) => write!(f, "peer unreachable: {e}"),
+            CallError::Timeout => write!(f, "peer did not answer within the peer-rpc budget"),
+            CallError::Protocol(e) => write!(f, "peer protocol error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// Which RPC of the protocol a call is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    Forward,
+}
+
+impl Peers {
+    /// No connections yet; every call is bounded by `budgets`' `peer-rpc` budget.
+    pub fn new(budgets: Budgets) -> Self {
+        Self {
+            conns: Arc::default(),
+            budgets,
+        }
+    }
+
+    fn client(&self, target: u64, member: &Member) -> Result<PeerClient<Channel>, CallError> {
+        let url =
+            member.peer_urls.first().cloned().ok_or_else(|| {
+                CallError::Unreachable(format!("member {target:x} has no peer URL"))
+            })?;
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((known, client)) = conns.get(&target) {
+            if *known == url {
+                return Ok(client.clone());
+            }
+        }
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| CallError::Unreachable(format!("{url}: {e}")))?
+            .connect_timeout(self.budgets.get(Layer::PeerRpc).min(Duration::from_secs(1)))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true);
+        let client = PeerClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+        conns.insert(target, (url, client.clone()));
+        Ok(client)
+    }
+
+    /// Calls `rpc` on `target` with `request`, within `limit` and the peer-rpc budget.
+    pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: u64,
+        member: &Member,
+        rpc: Rpc,
+        request: &Req,
+        limit: Option<Duration>,
+    ) -> Result<Resp, CallError> {
+        let mut client = self.client(target, member)?;
+        let payload = encode(request).map_err(CallError::Protocol)?;
+        let budget = self.budgets.get(Layer::PeerRpc);
+        let timeout = limit.map_or(budget, |l| l.min(budget));
+        let mut req = tonic::Request::new(payload);
+        req.set_timeout(timeout);
+        let call = async move {
+            match rpc {
+                Rpc::AppendEntries => client.append_entries(req).await,
+                Rpc::Vote => client.vote(req).await,
+                Rpc::InstallSnapshot => client.install_snapshot(req).await,
+                Rpc::Forward => client.forward(req).await,
+            }
+        };
+        let answer = deadline::within(Layer::PeerRpc, Deadline::after(timeout), call)
+            .await
+            .map_err(|_| CallError::Timeout)?;
+        match answer {
+            Ok(reply) => decode(reply.get_ref()).map_err(CallError::Protocol),
+            Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
+                Err(CallError::Timeout)
+            }
+            Err(status) => Err(CallError::Unreachable(status.to_string())),
+        }
+    }
+}
+
+/// openraft's view of the transport: a client per target member.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    peers: Peers,
+}
+
+impl PeerNetwork {
+    /// A transport over `peers`.
+    pub fn new(peers: Peers) -> Self {
+        Self { peers }
+    }
+}
+
+/// One member as openraft's replication and elections talk to it.
+pub struct PeerConn {
+    peers: Peers,
     target: u64,
+    member: Member,
 }
 
-impl NoPeer {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<u64, Member, E> {
-        let cause = std::io::Error::other(format!("no transport to member {:x}", self.target));
-        RPCError::Unreachable(Unreachable::new(&cause))
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> PeerConn {
+        PeerConn {
+            peers: self.peers.clone(),
+            target,
+            member: node.clone(),
+        }
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for NoPeers {
-    type Network = NoPeer;
-
-    async fn new_client(&mut self, target: u64, _node: &Member) -> NoPeer {
-        NoPeer { target }
+impl PeerConn {
+    async fn raft_call<Req, Resp, E>(
+        &self,
+        rpc: Rpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, Member, RaftError<u64, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<Result<Resp, RaftError<u64, E>>, CallError> = self
+            .peers
+            .call(
+                self.target,
+                &self.member,
+                rpc,
+                request,
+                Some(option.hard_ttl()),
+            )
+            .await;
+        match answer {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(e @ (CallError::Unreachable(_) | CallError::Timeout)) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
     }
 }
 
-impl RaftNetwork<TypeConfig> for NoPeer {
+impl RaftNetwork<TypeConfig> for PeerConn {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        Err(self.unreachable())
+        self.raft_call(Rpc::AppendEntries, &rpc, &option).await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
         RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
     > {
-        Err(self.unreachable())
+        self.raft_call(Rpc::InstallSnapshot, &rpc, &option).await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        Err(self.unreachable())
+        self.raft_call(Rpc::Vote, &rpc, &option).await
+    }
+}
+
+/// The server side of the protocol, over a running member.
+pub struct PeerService<B> {
+    node: crate::Node<B>,
+}
+
+impl<B: mvcc::Backend> PeerService<B> {
+    /// Serves `node`'s peers.
+    pub fn new(node: crate::Node<B>) -> pb::peer_server::PeerServer<Self> {
+        pb::peer_server::PeerServer::new(Self { node })
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE)
+    }
+}
+
+fn bad_request(e: String) -> tonic::Status {
+    tonic::Status::invalid_argument(format!("undecodable peer message: {e}"))
+}
+
+fn reply<T: Serialize>(v: &T) -> Result<tonic::Response<Payload>, tonic::Status> {
+    encode(v)
+        .map(tonic::Response::new)
+        .map_err(tonic::Status::internal)
+}
+
+#[tonic::async_trait]
+impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
+    async fn append_entries(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let req: AppendEntriesRequest<TypeConfig> =
+            decode(request.get_ref()).map_err(bad_request)?;
+        reply(&self.node.raft().append_entries(req).await)
+    }
+
+    async fn vote(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let req: VoteRequest<u64> = decode(request.get_ref()).map_err(bad_request)?;
+        reply(&self.node.raft().vote(req).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let req: InstallSnapshotRequest<TypeConfig> =
+            decode(request.get_ref()).map_err(bad_request)?;
+        reply(&self.node.raft().install_snapshot(req).await)
+    }
+
+    async fn forward(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let req: Forwarded = decode(request.get_ref()).map_err(bad_request)?;
+        reply(&self.node.serve_forwarded(req).await)
     }
 }

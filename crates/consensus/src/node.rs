@@ -16,7 +16,8 @@ use crate::batcher::{Answer, Batcher, Queued, Rejected};
 use crate::error::{ProposeError, ReadError, StartError};
 use crate::lessor::Lessor;
 use crate::log_store::{LogCloser, LogStore};
-use crate::network::NoPeers;
+use crate::membership::{Change, View};
+use crate::network::{ForwardReply, Forwarded, PeerNetwork, Peers, Refusal, Rpc};
 use crate::state_machine::StateMachine;
 use crate::types::typ::Raft;
 use crate::types::{Member, Tagged};
@@ -46,6 +47,11 @@ pub struct NodeConfig {
     pub lease_revoke_rate: u32,
     /// How often the leader records leases' remaining TTLs, so a restart does not renew them.
     pub lease_checkpoint_interval: Duration,
+    /// The cluster token (`--initial-cluster-token`): member ids are derived with it.
+    pub cluster_token: String,
+    /// Join a running cluster (`--initial-cluster-state existing`): wait to be contacted
+    /// instead of bootstrapping `initial_members`.
+    pub join_existing: bool,
 }
 
 impl NodeConfig {
@@ -63,6 +69,8 @@ impl NodeConfig {
             max_in_flight: 10_000,
             lease_revoke_rate: 5_000,
             lease_checkpoint_interval: Duration::from_secs(300),
+            cluster_token: "etcd-cluster".to_string(),
+            join_existing: false,
         }
     }
 
@@ -75,6 +83,8 @@ impl NodeConfig {
             election_timeout_max: millis(self.election_timeout) * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_count.max(1)),
             max_in_snapshot_log_to_keep: 5_000.min(self.snapshot_count),
+            // Entries are batches of up to a few MiB: keep one append message bounded.
+            max_payload_entries: 32,
             ..Default::default()
         };
         config
@@ -127,6 +137,8 @@ struct Inner<B> {
     lessor: Arc<Lessor>,
     /// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to whole seconds.
     min_lease_ttl: i64,
+    peers: Peers,
+    cluster_token: String,
     log_closer: std::sync::Mutex<Option<LogCloser>>,
 }
 
@@ -168,14 +180,21 @@ impl<B: Backend> Node<B> {
             cause,
         })?;
         let flushed = log.flushed();
-        let raft = Raft::new(config.id, raft_config, NoPeers, log, sm)
+        let peers = Peers::new(config.budgets);
+        let network = PeerNetwork::new(peers.clone());
+        let raft = Raft::new(config.id, raft_config, network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let initialized = raft
             .is_initialized()
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        if !initialized {
+        if !initialized && config.join_existing {
+            tracing::info!(
+                id = format_args!("{:x}", config.id),
+                "joining an existing cluster: waiting for its leader to reach this member"
+            );
+        } else if !initialized {
             tracing::info!(
                 id = config.id,
                 members = config.initial_members.len(),
@@ -192,6 +211,7 @@ impl<B: Backend> Node<B> {
             Batcher {
                 origin: config.id,
                 raft: raft.clone(),
+                peers: peers.clone(),
                 queue: queued,
                 waiters: waiters.clone(),
                 flushed,
@@ -216,6 +236,8 @@ impl<B: Backend> Node<B> {
                 stop,
                 lessor,
                 min_lease_ttl,
+                peers: peers.clone(),
+                cluster_token: config.cluster_token.clone(),
                 log_closer: std::sync::Mutex::new(Some(log_closer)),
             }),
         };
@@ -225,12 +247,18 @@ impl<B: Backend> Node<B> {
             config.lease_checkpoint_interval,
             config.election_timeout,
         ));
+        tokio::spawn(publish_attributes(node.clone(), config.member.clone()));
         Ok(node)
     }
 
     /// The local store, for serializable reads.
     pub fn store(&self) -> &Store<B> {
         &self.inner.store
+    }
+
+    /// The cluster token member ids are derived with.
+    pub fn cluster_token(&self) -> &str {
+        &self.inner.cluster_token
     }
 
     /// This member's id.
@@ -306,6 +334,48 @@ impl<B: Backend> Node<B> {
     /// # Errors
     /// [`ReadError`]: the `read-index` budget ran out, no leader, or a stopped node.
     pub async fn read_index(&self, deadline: Deadline) -> Result<(), ReadError> {
+        let index = match self.leader()? {
+            (leader, _) if leader == self.inner.id => {
+                return self.read_index_as_leader(deadline).await.map(drop)
+            }
+            (leader, member) => {
+                let limit = self.inner.budgets.deadline_for(Layer::ReadIndex, deadline);
+                match self
+                    .forward(leader, &member, &Forwarded::ReadIndex, limit)
+                    .await?
+                {
+                    ForwardReply::Index(index) => index,
+                    other => return Err(read_refusal(other)),
+                }
+            }
+        };
+        // The leader confirmed `index`; this member serves the read once it applied that far.
+        let mut metrics = self.inner.raft.metrics();
+        let applied = async {
+            loop {
+                let at = metrics.borrow().last_applied.map_or(0, |l| l.index);
+                if at >= index {
+                    return true;
+                }
+                if metrics.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        match self
+            .inner
+            .budgets
+            .run(Layer::ReadIndex, deadline, applied)
+            .await?
+        {
+            true => Ok(()),
+            false => Err(ReadError::Stopped),
+        }
+    }
+
+    /// The leader's half of a read index: confirm leadership with a quorum, wait for the local
+    /// apply, answer the index.
+    async fn read_index_as_leader(&self, deadline: Deadline) -> Result<u64, ReadError> {
         let answer = self
             .inner
             .budgets
@@ -316,14 +386,103 @@ impl<B: Backend> Node<B> {
             )
             .await?;
         match answer {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                Err(ReadError::NoLeader)
-            }
+            Ok(read) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(f
+                .leader_id
+                .map_or(ReadError::NoLeader, |leader| ReadError::NotLeader {
+                    leader,
+                })),
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
                 Err(ReadError::NoLeader)
             }
             Err(RaftError::Fatal(_)) => Err(ReadError::Stopped),
+        }
+    }
+
+    /// The leader this member knows of, with its URLs.
+    ///
+    /// # Errors
+    /// [`ReadError::NoLeader`] when none is known.
+    fn leader(&self) -> Result<(u64, Member), ReadError> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader.ok_or(ReadError::NoLeader)?;
+        let member = m
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == leader)
+            .map(|(_, member)| member.clone())
+            .ok_or(ReadError::NoLeader)?;
+        Ok((leader, member))
+    }
+
+    /// Sends `request` to the leader, within `deadline` and the peer-rpc budget.
+    async fn forward(
+        &self,
+        leader: u64,
+        member: &Member,
+        request: &Forwarded,
+        deadline: Deadline,
+    ) -> Result<ForwardReply, ReadError> {
+        let limit = deadline.remaining().unwrap_or(Duration::MAX);
+        if limit.is_zero() {
+            return Err(ReadError::Timeout(deadline::Expired::reported(
+                Layer::PeerRpc,
+                Duration::ZERO,
+            )));
+        }
+        self.inner
+            .peers
+            .call(leader, member, Rpc::Forward, request, Some(limit))
+            .await
+            .map_err(|e| {
+                tracing::debug!(leader = format_args!("{leader:x}"), cause = %e, "forwarding to the leader failed");
+                match e {
+                    crate::network::CallError::Timeout => ReadError::Timeout(deadline::Expired::reported(Layer::PeerRpc, limit)),
+                    _ => ReadError::NoLeader,
+                }
+            })
+    }
+
+    /// Serves a request a follower forwarded to this member, as the leader.
+    pub(crate) async fn serve_forwarded(&self, request: Forwarded) -> ForwardReply {
+        let budgets = &self.inner.budgets;
+        match request {
+            Forwarded::Propose(proposal) => {
+                let write = async {
+                    let responder = self.inner.raft.client_write_ff(proposal).await?;
+                    Ok::<_, openraft::error::Fatal<u64>>(responder.await)
+                };
+                match budgets.run(Layer::Commit, Deadline::none(), write).await {
+                    Ok(Ok(Ok(Ok(_)))) => ForwardReply::Done,
+                    Ok(Ok(Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))))) => {
+                        ForwardReply::Refused(Refusal::NotLeader(f.leader_id))
+                    }
+                    Ok(Ok(Ok(Err(e)))) => ForwardReply::Refused(Refusal::Other(e.to_string())),
+                    Ok(Ok(Err(_))) | Ok(Err(_)) => ForwardReply::Refused(Refusal::Stopped),
+                    Err(_) => ForwardReply::Refused(Refusal::Timeout),
+                }
+            }
+            Forwarded::ReadIndex => match self.read_index_as_leader(Deadline::none()).await {
+                Ok(index) => ForwardReply::Index(index),
+                Err(e) => ForwardReply::Refused(read_error_refusal(e)),
+            },
+            Forwarded::LeaseRenew(id) => match self.lease_renew_local(id) {
+                Ok(ttl) => ForwardReply::Ttl(ttl),
+                Err(e) => ForwardReply::Refused(read_error_refusal(e)),
+            },
+            Forwarded::LeaseRemaining(id) => ForwardReply::Remaining(
+                self.inner
+                    .lessor
+                    .remaining(id)
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            ),
+            Forwarded::Membership(change) => {
+                match self.change_membership_local(change, Deadline::none()).await {
+                    Ok(members) => ForwardReply::Members(members),
+                    Err(r) => ForwardReply::Refused(r),
+                }
+            }
         }
     }
 
@@ -337,6 +496,10 @@ impl<B: Backend> Node<B> {
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow();
         (m.current_leader == Some(self.inner.id), m.current_term)
+    }
+
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.inner.raft
     }
 
     pub(crate) fn raft_metrics(
@@ -357,18 +520,32 @@ impl<B: Backend> Node<B> {
         &self.inner.stop
     }
 
-    /// A keep-alive on the leader: the lease runs for its TTL from now. Answers the TTL, or 0
-    /// for a lease that does not exist or has already expired (as etcd does).
+    /// A keep-alive: the lease runs for its TTL from now, as the leader sees it (a follower
+    /// forwards it). Answers the TTL, or 0 for a lease that does not exist or has already
+    /// expired (as etcd does).
     ///
     /// # Errors
-    /// [`ReadError::NoLeader`] or [`ReadError::NotLeader`] when this member does not lead.
-    pub fn lease_renew(&self, id: i64) -> Result<i64, ReadError> {
-        let metrics = self.inner.raft.metrics();
-        let leader = metrics.borrow().current_leader;
-        match leader {
-            Some(l) if l == self.inner.id => {}
-            Some(l) => return Err(ReadError::NotLeader { leader: l }),
-            None => return Err(ReadError::NoLeader),
+    /// No leader, or the leader could not be reached within the deadline.
+    pub async fn lease_renew(&self, id: i64, deadline: Deadline) -> Result<i64, ReadError> {
+        let (leader, member) = self.leader()?;
+        if leader == self.inner.id {
+            return self.lease_renew_local(id);
+        }
+        match self
+            .forward(leader, &member, &Forwarded::LeaseRenew(id), deadline)
+            .await?
+        {
+            ForwardReply::Ttl(ttl) => Ok(ttl),
+            other => Err(read_refusal(other)),
+        }
+    }
+
+    fn lease_renew_local(&self, id: i64) -> Result<i64, ReadError> {
+        let (leads, _) = self.leading();
+        if !leads {
+            return Err(self.leader().map_or(ReadError::NoLeader, |(leader, _)| {
+                ReadError::NotLeader { leader }
+            }));
         }
         let lessor = &self.inner.lessor;
         if lessor.remaining(id).is_none_or(|left| left.is_zero()) {
@@ -377,10 +554,96 @@ impl<B: Backend> Node<B> {
         Ok(lessor.renew(id).unwrap_or(0))
     }
 
-    /// How long lease `id` has left, as this member's lessor sees it (the leader's is the one
-    /// that counts).
-    pub fn lease_remaining(&self, id: i64) -> Option<Duration> {
-        self.inner.lessor.remaining(id)
+    /// How long lease `id` has left, as the leader sees it (a follower asks the leader).
+    ///
+    /// # Errors
+    /// No leader, or the leader could not be reached within the deadline.
+    pub async fn lease_remaining(
+        &self,
+        id: i64,
+        deadline: Deadline,
+    ) -> Result<Option<Duration>, ReadError> {
+        let (leader, member) = self.leader()?;
+        if leader == self.inner.id {
+            return Ok(self.inner.lessor.remaining(id));
+        }
+        match self
+            .forward(leader, &member, &Forwarded::LeaseRemaining(id), deadline)
+            .await?
+        {
+            ForwardReply::Remaining(ms) => Ok(ms.map(Duration::from_millis)),
+            other => Err(read_refusal(other)),
+        }
+    }
+
+    /// Changes the membership on the leader (a follower forwards the change), and answers the
+    /// new membership and the id concerned.
+    ///
+    /// # Errors
+    /// etcd's refusals ([`crate::MembershipError`]), no leader, a timeout.
+    pub async fn change_membership(
+        &self,
+        change: Change,
+        deadline: Deadline,
+    ) -> Result<Vec<(u64, Member, bool)>, crate::MembershipFailure> {
+        let (leader, member) = self.leader().map_err(crate::MembershipFailure::Read)?;
+        if leader == self.inner.id {
+            return self
+                .change_membership_local(change, deadline)
+                .await
+                .map_err(crate::MembershipFailure::from_refusal);
+        }
+        let limit = self.inner.budgets.deadline_for(Layer::Commit, deadline);
+        match self
+            .forward(leader, &member, &Forwarded::Membership(change), limit)
+            .await
+            .map_err(crate::MembershipFailure::Read)?
+        {
+            ForwardReply::Members(m) => Ok(m),
+            ForwardReply::Refused(r) => Err(crate::MembershipFailure::from_refusal(r)),
+            other => Err(crate::MembershipFailure::Read(read_refusal(other))),
+        }
+    }
+
+    async fn change_membership_local(
+        &self,
+        change: Change,
+        deadline: Deadline,
+    ) -> Result<Vec<(u64, Member, bool)>, Refusal> {
+        let view = {
+            let metrics = self.inner.raft.metrics();
+            let m = metrics.borrow();
+            if m.current_leader != Some(self.inner.id) {
+                return Err(Refusal::NotLeader(m.current_leader));
+            }
+            let membership = m.membership_config.membership();
+            View {
+                members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+                voters: membership.voter_ids().collect(),
+                matched: m
+                    .replication
+                    .as_ref()
+                    .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+                    .unwrap_or_default(),
+                leader: self.inner.id,
+                last_index: m.last_log_index.unwrap_or(0),
+            }
+        };
+        let (_, ask) = view
+            .plan(&change, &self.inner.cluster_token)
+            .map_err(Refusal::Membership)?;
+        let changed = self
+            .inner
+            .budgets
+            .run(
+                Layer::Commit,
+                deadline,
+                self.inner.raft.change_membership(ask, false),
+            )
+            .await
+            .map_err(|_| Refusal::Timeout)?;
+        changed.map_err(crate::membership::refusal)?;
+        Ok(self.status().members)
     }
 
     /// The current Raft term, cheaply, for response headers.
@@ -453,6 +716,71 @@ impl<B: Backend> Node<B> {
                 })
             })??;
         Ok(())
+    }
+}
+
+/// A forwarded request's unexpected or refused answer, as a read error.
+fn read_refusal(reply: ForwardReply) -> ReadError {
+    match reply {
+        ForwardReply::Refused(Refusal::NotLeader(Some(leader))) => ReadError::NotLeader { leader },
+        ForwardReply::Refused(Refusal::Stopped) => ReadError::Stopped,
+        ForwardReply::Refused(Refusal::Timeout) => {
+            ReadError::Timeout(deadline::Expired::reported(Layer::PeerRpc, Duration::ZERO))
+        }
+        _ => ReadError::NoLeader,
+    }
+}
+
+fn read_error_refusal(e: ReadError) -> Refusal {
+    match e {
+        ReadError::NotLeader { leader } => Refusal::NotLeader(Some(leader)),
+        ReadError::NoLeader => Refusal::NotLeader(None),
+        ReadError::Timeout(_) => Refusal::Timeout,
+        _ => Refusal::Stopped,
+    }
+}
+
+/// Once a leader is known, makes sure the membership carries this member's name and client
+/// URLs (a member added by `member add` is known by its peer URLs only until it starts).
+async fn publish_attributes<B: Backend>(node: Node<B>, me: Member) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = node.stopping().clone();
+    let mut metrics = node.raft_metrics();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        if node.status().leader.is_none() {
+            continue;
+        }
+        let known = node
+            .status()
+            .members
+            .into_iter()
+            .find(|(id, _, _)| *id == node.id())
+            .map(|(_, m, _)| m);
+        let Some(known) = known else { continue };
+        if known.name == me.name && known.client_urls == me.client_urls {
+            return;
+        }
+        let change = Change::Publish {
+            id: node.id(),
+            name: me.name.clone(),
+            client_urls: me.client_urls.clone(),
+        };
+        if let Err(e) = node
+            .change_membership(change, Deadline::after(Duration::from_secs(5)))
+            .await
+        {
+            tracing::debug!(cause = %e, "publishing this member's attributes failed; retrying");
+        }
     }
 }
 

@@ -14,6 +14,14 @@ pub struct Expired {
     pub waited: Duration,
 }
 
+impl Expired {
+    /// An expiry that happened elsewhere (another member's wait, reported back), for layers
+    /// that pass it on; local waits get theirs from [`within`](crate::within).
+    pub fn reported(layer: Layer, waited: Duration) -> Self {
+        Self { layer, waited }
+    }
+}
+
 /// A `grpc-timeout` header value that does not follow the gRPC HTTP/2 spec.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -1,6 +1,6 @@
 //! Every error a client can get, with etcd's gRPC code and text: clients match on the texts.
 
-use consensus::{CommandError, ProposeError, ReadError};
+use consensus::{CommandError, MembershipError, MembershipFailure, ProposeError, ReadError};
 use tonic::{Code, Status};
 
 /// An error answered to a client. Each maps to exactly one etcd status in [`ApiError::status`].
@@ -61,6 +61,9 @@ pub enum ApiError {
     /// The server is stopping.
     #[error("etcdserver: server stopped")]
     Stopped,
+    /// A membership change etcd refuses.
+    #[error("{0}")]
+    Membership(MembershipError),
     /// The store failed; the member is unhealthy.
     #[error("etcdserver: {0}")]
     Internal(String),
@@ -83,7 +86,13 @@ impl ApiError {
             ApiError::LeaseExists => Code::FailedPrecondition,
             ApiError::LeaseTtlTooLarge => Code::OutOfRange,
             ApiError::Timeout | ApiError::NoLeader | ApiError::Stopped => Code::Unavailable,
-            ApiError::NotLeader => Code::FailedPrecondition,
+            ApiError::NotLeader => Code::Unavailable,
+            ApiError::Membership(m) => match m {
+                MembershipError::MemberNotFound => Code::NotFound,
+                MembershipError::BadUrls => Code::InvalidArgument,
+                MembershipError::InProgress => Code::Unavailable,
+                _ => Code::FailedPrecondition,
+            },
             ApiError::TooManyRequests => Code::ResourceExhausted,
             ApiError::Internal(_) => Code::Internal,
         };
@@ -134,6 +143,16 @@ impl From<ProposeError> for ApiError {
             ProposeError::NotLeader { .. } => ApiError::NotLeader,
             ProposeError::TooManyRequests => ApiError::TooManyRequests,
             _ => ApiError::Stopped,
+        }
+    }
+}
+
+impl From<MembershipFailure> for ApiError {
+    fn from(e: MembershipFailure) -> Self {
+        match e {
+            MembershipFailure::Refused(m) => ApiError::Membership(m),
+            MembershipFailure::Read(r) => r.into(),
+            other => ApiError::Internal(other.to_string()),
         }
     }
 }
@@ -225,8 +244,28 @@ mod tests {
             ),
             (
                 ApiError::NotLeader,
-                Code::FailedPrecondition,
+                Code::Unavailable,
                 "etcdserver: not leader",
+            ),
+            (
+                ApiError::Membership(MembershipError::MemberNotFound),
+                Code::NotFound,
+                "etcdserver: member not found",
+            ),
+            (
+                ApiError::Membership(MembershipError::PeerUrlExists),
+                Code::FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
+            ),
+            (
+                ApiError::Membership(MembershipError::LearnerNotReady),
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            (
+                ApiError::Membership(MembershipError::BadUrls),
+                Code::InvalidArgument,
+                "etcdserver: given member URLs are invalid",
             ),
             (
                 ApiError::Stopped,

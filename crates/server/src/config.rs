@@ -48,34 +48,7 @@ pub struct Config {
     pub auto_compaction: AutoCompaction,
 }
 
-/// A stable 64-bit FNV-1a hash: ids must be the same on every member and every build.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.iter().chain(b"\0") {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h.max(1)
-}
-
-/// A member's id, from its peer URLs and the cluster token, as etcd derives it.
-pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
-    let mut urls: Vec<&[u8]> = peer_urls.iter().map(|u| u.as_bytes()).collect();
-    urls.sort();
-    urls.push(token.as_bytes());
-    fnv1a(&urls)
-}
-
-/// The cluster id, from the members' ids and the token.
-pub fn cluster_id(member_ids: &[u64], token: &str) -> u64 {
-    let mut ids: Vec<[u8; 8]> = member_ids.iter().map(|id| id.to_be_bytes()).collect();
-    ids.sort();
-    let mut parts: Vec<&[u8]> = ids.iter().map(|b| b.as_slice()).collect();
-    parts.push(token.as_bytes());
-    fnv1a(&parts)
-}
+pub use consensus::{cluster_id, member_id};
 
 fn split_urls(s: &str) -> Vec<String> {
     s.split(',')
@@ -145,24 +118,17 @@ impl TryFrom<Flags> for Config {
             Some(spec) => parse_initial_cluster(spec)?,
             None => BTreeMap::from([(f.name.clone(), peer_urls.clone())]),
         };
-        if f.initial_cluster_state != "new" {
-            bail!(
-                "--initial-cluster-state {:?}: joining an existing cluster is not supported yet",
-                f.initial_cluster_state
-            );
-        }
+        let join_existing = match f.initial_cluster_state.as_str() {
+            "new" => false,
+            "existing" => true,
+            other => bail!("--initial-cluster-state {other:?}: use new or existing"),
+        };
         let Some(own) = initial.get(&f.name) else {
             bail!(
                 "--initial-cluster has no entry for this member's --name {:?}",
                 f.name
             );
         };
-        if initial.len() > 1 {
-            bail!(
-                "--initial-cluster names {} members; multi-member clusters are not supported yet",
-                initial.len()
-            );
-        }
         let id = member_id(own, &f.initial_cluster_token);
         let member = Member {
             name: f.name.clone(),
@@ -178,7 +144,29 @@ impl TryFrom<Flags> for Config {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}.metastore", f.name)));
-        let mut node = NodeConfig::single(id, member, data_dir.join("member"));
+        let mut node = NodeConfig::single(id, member.clone(), data_dir.join("member"));
+        // Every member must bootstrap with exactly the same membership (Raft takes entries with
+        // the same id to be the same): names and peer URLs only. Each member then publishes
+        // its client URLs through Raft once a leader is known.
+        node.initial_members = initial
+            .iter()
+            .map(|(name, urls)| {
+                let other = member_id(urls, &f.initial_cluster_token);
+                // A member alone knows all of its own attributes up front.
+                let m = if initial.len() == 1 && other == id {
+                    member.clone()
+                } else {
+                    Member {
+                        name: name.clone(),
+                        peer_urls: urls.clone(),
+                        client_urls: Vec::new(),
+                    }
+                };
+                (other, m)
+            })
+            .collect();
+        node.cluster_token = f.initial_cluster_token.clone();
+        node.join_existing = join_existing;
         node.heartbeat = Duration::from_millis(f.heartbeat_interval);
         node.election_timeout = Duration::from_millis(f.election_timeout);
         node.snapshot_count = f.snapshot_count;
@@ -193,7 +181,7 @@ impl TryFrom<Flags> for Config {
             );
         }
         let api = ApiConfig {
-            cluster_id: cluster_id(&[id], &f.initial_cluster_token),
+            cluster_id: cluster_id(&f.initial_cluster_token),
             limits: Limits {
                 max_request_bytes: f.max_request_bytes,
                 max_txn_ops: f.max_txn_ops,
@@ -243,7 +231,7 @@ mod tests {
             a,
             member_id(&["http://127.0.0.1:2380".into()], "other-token")
         );
-        assert_ne!(cluster_id(&[a], "etcd-cluster"), a);
+        assert_ne!(cluster_id("etcd-cluster"), a);
     }
 
     #[test]

@@ -129,15 +129,23 @@ async fn serve<B: Backend>(
             }
         });
     }
-    // The peer port is taken now so a second member cannot claim it; peers talk here once
-    // clusters arrive.
-    let mut peer_listeners = Vec::new();
+    // The peer port: Raft's messages and what followers forward to the leader.
+    let peer_router =
+        tonic::service::Routes::new(consensus::PeerService::new(node.clone())).into_axum_router();
+    // Peers keep their connections open, so the peer listeners are not drained like client
+    // ones: they serve until Raft has stopped, then are aborted.
+    let mut peer_servers = Vec::new();
     for addr in &config.peer_addrs {
-        peer_listeners.push(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening for peers on {addr}"))?,
-        );
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for peers on {addr}"))?;
+        tracing::info!(%addr, "serving peers");
+        let router = peer_router.clone();
+        peer_servers.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(cause = %e, "peer listener failed");
+            }
+        }));
     }
     tasks.spawn(compactor::run(
         node.clone(),
@@ -168,9 +176,12 @@ async fn serve<B: Backend>(
     {
         tracing::warn!(waited = ?budget, "some connections did not close in time");
     }
-    drop(peer_listeners);
     hub.shutdown();
-    node.shutdown().await.context("flushing the store")?;
+    let stopped = node.shutdown().await.context("flushing the store");
+    for server in peer_servers {
+        server.abort();
+    }
+    stopped?;
     tracing::info!("stopped");
     Ok(())
 }

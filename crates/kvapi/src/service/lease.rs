@@ -116,7 +116,10 @@ impl<B: Backend> LeaseService<B> {
                 ..Default::default()
             });
         };
-        let left = node.lease_remaining(r.id).unwrap_or(Duration::ZERO);
+        let left = node
+            .lease_remaining(r.id, deadline)
+            .await?
+            .unwrap_or(Duration::ZERO);
         Ok(LeaseTimeToLiveResponse {
             header,
             id: r.id,
@@ -161,7 +164,7 @@ async fn keep_alive<B: Backend>(
             Ok(Some(r)) => r.id,
             Ok(None) | Err(_) => return,
         };
-        let answer = match shared.node.lease_renew(id) {
+        let answer = match shared.node.lease_renew(id, Deadline::after(budget)).await {
             Ok(ttl) => Ok(LeaseKeepAliveResponse {
                 header: shared.header(shared.node.store().current_revision()),
                 id,

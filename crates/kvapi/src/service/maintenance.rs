@@ -136,6 +136,10 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         )
     }
 
+    /// openraft 0.9 cannot hand leadership over: its voters refuse to elect anyone while
+    /// they hear from a live leader (leader stickiness), so asking the target to campaign
+    /// only bumps terms. `transfer_leader` exists from openraft 0.10; until then, etcd's
+    /// MoveLeader answers UNIMPLEMENTED (docs/architecture.md).
     async fn move_leader(
         &self,
         _request: Request<MoveLeaderRequest>,
@@ -143,7 +147,9 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         handled(
             SERVICE,
             "MoveLeader",
-            Err(Status::unimplemented("leader transfer is not implemented")),
+            Err(Status::unimplemented(
+                "leader transfer is not supported: openraft 0.9 has none (see docs/architecture.md)",
+            )),
         )
     }
 
