@@ -14,6 +14,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("consensus", 3),
     ("kvapi", 4),
     ("server", 5),
+    // Test support: runs the server binary; only tests and xtask use it.
+    ("testkit", 6),
 ];
 
 /// The workspace root, found from this crate's manifest directory.

@@ -241,6 +241,11 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             Position::decode(info.applied.as_deref()).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         self.lessor
             .reset(&self.store.leases(), self.lease_extend, None);
+        metrics::counter!("metastore_snapshots_installed_total").increment(1);
+        tracing::info!(
+            revision = info.revision,
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 

@@ -1,11 +1,9 @@
 //! Spawning `metastore` and a real etcd 3.4 on free ports with their own data dirs.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
@@ -16,38 +14,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Every request a test client makes is bounded by this.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Ports handed out in this process, so two servers of one test run never get the same one.
-static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-
-/// Where server ports are taken from: below the kernel's ephemeral range, so that no client's
-/// outgoing connection can take a server's port while that server restarts.
-fn port_range() -> (u16, u16) {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    (10_000, ephemeral_low.max(12_000))
-}
-
-/// A port that is free now and that no other server of this run got. Test processes start at
-/// different offsets (by pid), so concurrent runs rarely even try the same port.
-pub fn free_port() -> u16 {
-    let (low, high) = port_range();
-    let span = u32::from(high - low);
-    let mut handed_out = HANDED_OUT.lock().expect("port list");
-    let start = (std::process::id().wrapping_mul(7919) + handed_out.len() as u32 * 13) % span;
-    for i in 0..span {
-        let port = low + ((start + i) % span) as u16;
-        if handed_out.contains(&port) {
-            continue;
-        }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            handed_out.push(port);
-            return port;
-        }
-    }
-    panic!("no free port in {low}..{high}");
-}
+pub use testkit::{free_port, http_get};
 
 /// The path of `tool` on `PATH`; panics, saying how to install it, when it is missing.
 pub fn require_tool(tool: &str) -> PathBuf {
@@ -328,28 +295,4 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A plain HTTP/1.1 GET on 127.0.0.1:`port`; `None` when nothing answers.
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(3)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status_line = response.lines().next()?;
-    let code = status_line.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
 }

@@ -1,0 +1,426 @@
+//! Clusters of real `metastore` processes with faults: a killed leader, a frozen follower, a
+//! frozen leader, a lost quorum, a whole-cluster restart, a member added by snapshot,
+//! promoted, and another removed. Every acknowledged write must be on every member at the
+//! end, every request must end (success or error) within its budget plus a small slack.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadline::{Deadline, Layer};
+use etcd_client::{Client, ConnectOptions, GetOptions, MemberAddOptions};
+use testkit::{Cluster, ClusterOptions};
+
+/// The client-side bound of every request: longer than the server's budget, so that a
+/// server that answered late shows as a measured overrun, not as a client timeout.
+const CLIENT_LIMIT: Duration = Duration::from_secs(15);
+/// What a request may take beyond the server's budget.
+const SLACK: Duration = Duration::from_secs(1);
+
+fn start(members: usize, extra: &[&str]) -> Cluster {
+    let mut extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    extra_args.extend(["--request-timeout".into(), "3s".into()]);
+    Cluster::start(ClusterOptions {
+        binary: env!("CARGO_BIN_EXE_metastore").into(),
+        members,
+        engine: "redb".into(),
+        extra_args,
+    })
+    .unwrap_or_else(|e| panic!("starting a cluster: {e}"))
+}
+
+async fn client(endpoint: &str) -> Client {
+    Client::connect(
+        [endpoint],
+        Some(
+            ConnectOptions::new()
+                .with_timeout(CLIENT_LIMIT)
+                .with_connect_timeout(Duration::from_secs(2)),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connecting to {endpoint}: {e}"))
+}
+
+async fn pause(d: Duration) {
+    let _ = deadline::within(Layer::Api, Deadline::after(d), std::future::pending::<()>()).await;
+}
+
+/// Acknowledged writes, by key (every key is written once).
+type Acked = Arc<Mutex<BTreeMap<String, String>>>;
+
+/// Puts unique keys through every endpoint in turn until `stop`, recording what was
+/// acknowledged and the longest any request took.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+    ok: Arc<AtomicUsize>,
+    longest: Arc<Mutex<Duration>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    async fn start(endpoints: Vec<String>, prefix: &'static str) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Acked = Arc::default();
+        let ok = Arc::new(AtomicUsize::new(0));
+        let longest = Arc::new(Mutex::new(Duration::ZERO));
+        let mut clients = Vec::new();
+        for e in &endpoints {
+            clients.push(client(e).await);
+        }
+        let task = {
+            let (stop, acked, ok, longest) =
+                (stop.clone(), acked.clone(), ok.clone(), longest.clone());
+            tokio::spawn(async move {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let c = &mut clients[i % endpoints.len()];
+                    let key = format!("{prefix}{i:06}");
+                    let value = format!("v{i}");
+                    let started = Instant::now();
+                    let r = c.put(key.clone(), value.clone(), None).await;
+                    let took = started.elapsed();
+                    {
+                        let mut l = longest.lock().expect("longest");
+                        *l = (*l).max(took);
+                    }
+                    if r.is_ok() {
+                        acked.lock().expect("acked").insert(key, value);
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += 1;
+                }
+            })
+        };
+        Writer {
+            stop,
+            acked,
+            ok,
+            longest,
+            task,
+        }
+    }
+
+    fn ok(&self) -> usize {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    async fn finish(self) -> (BTreeMap<String, String>, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("writer");
+        let acked = self.acked.lock().expect("acked").clone();
+        let longest = *self.longest.lock().expect("longest");
+        (acked, longest)
+    }
+}
+
+/// Waits until every running member is at the same revision, then checks that each holds
+/// every acknowledged write and that their key-space hashes agree.
+async fn assert_converged(cluster: &Cluster, prefix: &str, acked: &BTreeMap<String, String>) {
+    let started = Instant::now();
+    let running: Vec<usize> = (0..cluster.members().len())
+        .filter(|i| cluster.member(*i).is_running())
+        .collect();
+    loop {
+        let revs: Vec<Option<f64>> = running
+            .iter()
+            .map(|i| cluster.metric(*i, "metastore_store_revision"))
+            .collect();
+        if revs.iter().all(|r| r.is_some() && *r == revs[0]) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "members did not converge: revisions {revs:?}"
+        );
+        pause(Duration::from_millis(100)).await;
+    }
+    let mut hashes = Vec::new();
+    for i in &running {
+        let mut c = client(&cluster.member(*i).endpoint()).await;
+        let got = c
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_serializable()),
+            )
+            .await
+            .expect("range");
+        let have: BTreeMap<String, String> = got
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().expect("utf-8").to_string(),
+                    kv.value_str().expect("utf-8").to_string(),
+                )
+            })
+            .collect();
+        let missing: Vec<&String> = acked
+            .keys()
+            .filter(|k| have.get(*k) != acked.get(*k))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "member {i} lacks {} of {} acknowledged writes, e.g. {:?}",
+            missing.len(),
+            acked.len(),
+            missing.iter().take(5).collect::<Vec<_>>()
+        );
+        let rev = got.header().expect("header").revision();
+        let h = c.hash_kv(rev).await.expect("hash_kv");
+        hashes.push((rev, h.hash()));
+    }
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "members disagree: (revision, hash) {hashes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
+    let mut cluster = start(3, &[]);
+    let writer = Writer::start(cluster.endpoints(), "k/").await;
+    pause(Duration::from_secs(2)).await;
+    let leader = cluster.leader().expect("a leader");
+    let before = writer.ok();
+    assert!(before > 0, "no write succeeded before the fault");
+    cluster.kill(leader);
+    let killed = Instant::now();
+    let new_leader = tokio::task::block_in_place(|| cluster.wait_leader(Duration::from_secs(15)))
+        .expect("a new leader");
+    assert_ne!(new_leader, leader);
+    let elected = killed.elapsed();
+    pause(Duration::from_secs(2)).await;
+    let after = writer.ok();
+    assert!(
+        after > before + 10,
+        "writes did not resume: {before} then {after}"
+    );
+    tokio::task::block_in_place(|| cluster.restart(leader)).expect("restart the old leader");
+    pause(Duration::from_secs(1)).await;
+    let (acked, longest) = writer.finish().await;
+    assert!(
+        longest <= Duration::from_secs(3) + SLACK,
+        "a request took {longest:?} (budget 3 s); new leader after {elected:?}"
+    );
+    assert_converged(&cluster, "k/", &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_follower_costs_nothing_and_catches_up() {
+    let mut cluster = start(3, &[]);
+    let leader = cluster.leader().expect("a leader");
+    let follower = (leader + 1) % 3;
+    let writer = Writer::start(vec![cluster.member(leader).endpoint()], "f/").await;
+    pause(Duration::from_secs(1)).await;
+    cluster.freeze(follower);
+    let before = writer.ok();
+    pause(Duration::from_secs(3)).await;
+    let during = writer.ok() - before;
+    assert!(
+        during > 50,
+        "only {during} writes in 3 s with a frozen follower"
+    );
+    cluster.thaw(follower);
+    pause(Duration::from_secs(1)).await;
+    let (acked, longest) = writer.finish().await;
+    assert!(
+        longest <= Duration::from_secs(3) + SLACK,
+        "a request took {longest:?}"
+    );
+    assert_converged(&cluster, "f/", &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_gives_errors_not_hangs_until_a_new_one_leads() {
+    let mut cluster = start(3, &[]);
+    let leader = cluster.leader().expect("a leader");
+    let others: Vec<String> = (0..3)
+        .filter(|i| *i != leader)
+        .map(|i| cluster.member(i).endpoint())
+        .collect();
+    let writer = Writer::start(others, "z/").await;
+    pause(Duration::from_secs(1)).await;
+    cluster.freeze(leader);
+    let frozen = Instant::now();
+    let before = writer.ok();
+    // The others elect a new leader; writes through them succeed again.
+    loop {
+        if writer.ok() > before + 10 {
+            break;
+        }
+        assert!(
+            frozen.elapsed() < Duration::from_secs(20),
+            "writes did not resume after the leader froze"
+        );
+        pause(Duration::from_millis(100)).await;
+    }
+    cluster.thaw(leader);
+    pause(Duration::from_secs(2)).await;
+    let (acked, longest) = writer.finish().await;
+    assert!(
+        longest <= Duration::from_secs(3) + SLACK,
+        "a request took {longest:?} with the leader frozen (budget 3 s)"
+    );
+    assert_converged(&cluster, "z/", &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_quorum_times_out_at_the_budget_and_leaves_nothing_behind() {
+    let mut cluster = start(3, &[]);
+    let leader = cluster.leader().expect("a leader");
+    let mut c = client(&cluster.member(leader).endpoint()).await;
+    c.put("warm", "up", None).await.expect("a put with quorum");
+    pause(Duration::from_millis(500)).await;
+    let baseline = cluster
+        .metric(leader, "metastore_live_tasks")
+        .expect("live tasks metric");
+    for i in (0..3).filter(|i| *i != leader) {
+        cluster.freeze(i);
+    }
+    let mut waited = Vec::new();
+    for i in 0..5 {
+        let started = Instant::now();
+        let r = c.put(format!("lost{i}"), "v", None).await;
+        let took = started.elapsed();
+        let e = r.expect_err("a put without quorum cannot succeed");
+        let text = e.to_string();
+        assert!(
+            text.contains("etcdserver: request timed out")
+                || text.contains("etcdserver: no leader"),
+            "{text}"
+        );
+        waited.push(took);
+    }
+    let started = Instant::now();
+    let read = c.get("warm", None).await;
+    waited.push(started.elapsed());
+    assert!(
+        read.is_err(),
+        "a linearizable read without quorum cannot succeed"
+    );
+    let longest = waited.iter().max().copied().unwrap_or_default();
+    assert!(
+        longest <= Duration::from_secs(3) + SLACK,
+        "waits without quorum: {waited:?} (budget 3 s)"
+    );
+    // Nothing stays behind: no pending proposal, no extra task.
+    let settled = Instant::now();
+    loop {
+        let pending = cluster.metric(leader, "metastore_pending_operations");
+        let tasks = cluster.metric(leader, "metastore_live_tasks");
+        if pending == Some(0.0) && tasks.is_some_and(|t| t <= baseline) {
+            break;
+        }
+        assert!(
+            settled.elapsed() < Duration::from_secs(10),
+            "after the timeouts: pending {pending:?}, tasks {tasks:?} (baseline {baseline})"
+        );
+        pause(Duration::from_millis(100)).await;
+    }
+    for i in 0..3 {
+        cluster.thaw(i);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_restart_keeps_every_acknowledged_write() {
+    let mut cluster = start(3, &[]);
+    let writer = Writer::start(cluster.endpoints(), "r/").await;
+    pause(Duration::from_secs(2)).await;
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    let (acked, _) = writer.finish().await;
+    assert!(!acked.is_empty());
+    tokio::task::block_in_place(|| {
+        for i in 0..3 {
+            cluster.restart(i).expect("restart");
+        }
+        cluster
+            .wait_leader(Duration::from_secs(15))
+            .expect("a leader after the restart");
+    });
+    assert_converged(&cluster, "r/", &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_joins_by_snapshot_is_promoted_and_another_is_removed() {
+    // Snapshots every 200 entries (and the log purged behind them): a new member cannot get
+    // the early entries and must install a snapshot.
+    let mut cluster = start(3, &["--snapshot-count", "200"]);
+    let leader = cluster.leader().expect("a leader");
+    let mut c = client(&cluster.member(leader).endpoint()).await;
+    let mut acked = BTreeMap::new();
+    for i in 0..1_500 {
+        let (k, v) = (format!("s/{i:05}"), format!("v{i}"));
+        c.put(k.clone(), v.clone(), None).await.expect("put");
+        acked.insert(k, v);
+    }
+    let new = cluster.prepare_member();
+    let added = c
+        .member_add(
+            [cluster.member(new).peer_url()],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .expect("member add --learner");
+    let id = added.member().expect("the new member").id();
+    // Promoting a learner that has not caught up is refused as etcd refuses it.
+    let early = c.member_promote(id).await.expect_err("not in sync yet");
+    assert!(
+        early
+            .to_string()
+            .contains("etcdserver: can only promote a learner member which is in sync with leader"),
+        "{early}"
+    );
+    tokio::task::block_in_place(|| cluster.start_prepared(new)).expect("start the new member");
+    // It catches up (by snapshot: the log was purged) and can then be promoted.
+    let started = Instant::now();
+    loop {
+        match c.member_promote(id).await {
+            Ok(r) => {
+                let m = r.members().iter().find(|m| m.id() == id).expect("listed");
+                assert!(!m.is_learner());
+                break;
+            }
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(30) && e.to_string().contains("in sync"),
+                "promote: {e}"
+            ),
+        }
+        pause(Duration::from_millis(200)).await;
+    }
+    assert!(
+        cluster.metric(new, "metastore_snapshots_installed_total") >= Some(1.0),
+        "the new member caught up without a snapshot: {}",
+        cluster.log_tail(new)
+    );
+    // Remove a follower that is not the new member.
+    let gone = (0..3).find(|i| *i != leader).expect("a follower");
+    let list = c.member_list().await.expect("member list");
+    let gone_id = list
+        .members()
+        .iter()
+        .find(|m| m.peer_urls().contains(&cluster.member(gone).peer_url()))
+        .expect("listed")
+        .id();
+    let r = c.member_remove(gone_id).await.expect("member remove");
+    assert_eq!(r.members().len(), 3);
+    cluster.kill(gone);
+    for i in 0..100 {
+        let (k, v) = (format!("s/after{i:03}"), format!("v{i}"));
+        c.put(k.clone(), v.clone(), None)
+            .await
+            .expect("put after the changes");
+        acked.insert(k, v);
+    }
+    let list = c.member_list().await.expect("member list");
+    assert!(list
+        .members()
+        .iter()
+        .all(|m| !m.is_learner() && m.id() != gone_id));
+    assert_converged(&cluster, "s/", &acked).await;
+}

@@ -1,0 +1,373 @@
+//! A cluster of real `metastore` processes on loopback, each with its own data directory.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::ports::free_port;
+
+/// Longest a member may take to answer `/health` healthy after it is spawned.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to start a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// The `metastore` binary.
+    pub binary: PathBuf,
+    /// How many members.
+    pub members: usize,
+    /// `--engine`: `redb` or `mem`.
+    pub engine: String,
+    /// Flags every member gets, after the cluster's own.
+    pub extra_args: Vec<String>,
+}
+
+/// One member process.
+pub struct Member {
+    /// Its `--name`.
+    pub name: String,
+    /// Its client port (gRPC and HTTP).
+    pub client_port: u16,
+    /// Its peer port.
+    pub peer_port: u16,
+    child: Option<Child>,
+    frozen: bool,
+    /// `new` for the bootstrap members, `existing` for one added later.
+    state: &'static str,
+}
+
+impl Member {
+    /// Its client URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Its peer URL.
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether its process runs (frozen or not).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Whether it is stopped with SIGSTOP.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+}
+
+/// A running cluster; every process is killed when it is dropped.
+pub struct Cluster {
+    options: ClusterOptions,
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl Cluster {
+    /// Starts `options.members` members bootstrapping a new cluster, and waits until each
+    /// answers `/health` and one of them leads.
+    ///
+    /// # Errors
+    /// A member that exits or is not healthy in time, with the end of its log.
+    pub fn start(options: ClusterOptions) -> Result<Cluster, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("metastore-cluster-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let members = (0..options.members)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+                frozen: false,
+                state: "new",
+            })
+            .collect();
+        let mut cluster = Cluster {
+            options,
+            dir,
+            members,
+        };
+        for i in 0..cluster.members.len() {
+            cluster.spawn(i)?;
+        }
+        for i in 0..cluster.members.len() {
+            cluster.wait_healthy(i)?;
+        }
+        cluster.wait_leader(READY_TIMEOUT)?;
+        Ok(cluster)
+    }
+
+    /// The members, in the order they were made.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Member `i`.
+    pub fn member(&self, i: usize) -> &Member {
+        &self.members[i]
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(&self.members[i].name)
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}.log", self.members[i].name))
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), String> {
+        let initial = self.initial_cluster();
+        let data = self.data_dir(i);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .map_err(|e| e.to_string())?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let m = &self.members[i];
+        let mut command = Command::new(&self.options.binary);
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("ETCD") || name.starts_with("METASTORE") {
+                command.env_remove(&*name);
+            }
+        }
+        let child = command
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &m.endpoint()])
+            .args(["--advertise-client-urls", &m.endpoint()])
+            .args(["--listen-peer-urls", &m.peer_url()])
+            .args(["--initial-advertise-peer-urls", &m.peer_url()])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-state", m.state])
+            .args(["--engine", &self.options.engine])
+            .args(&self.options.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", m.name))?;
+        let m = &mut self.members[i];
+        m.child = Some(child);
+        m.frozen = false;
+        Ok(())
+    }
+
+    /// Waits until member `i` answers `/health` with any answer (it serves, leader or not).
+    ///
+    /// # Errors
+    /// The process exited, or did not answer within the start-up limit.
+    pub fn wait_healthy(&mut self, i: usize) -> Result<(), String> {
+        let started = Instant::now();
+        loop {
+            if let Some(child) = self.members[i].child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.members[i].child = None;
+                    return Err(format!(
+                        "{} exited with {status}; its log:\n{}",
+                        self.members[i].name,
+                        self.log_tail(i)
+                    ));
+                }
+            }
+            if http_get(self.members[i].client_port, "/health").is_some() {
+                return Ok(());
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(format!(
+                    "{} did not answer within {READY_TIMEOUT:?}; its log:\n{}",
+                    self.members[i].name,
+                    self.log_tail(i)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The end of member `i`'s log.
+    pub fn log_tail(&self, i: usize) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = File::open(self.log_path(i)) {
+            let _ = f.read_to_string(&mut text);
+        }
+        let start = text.len().saturating_sub(4000);
+        let start = (start..text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(text.len());
+        text[start..].to_string()
+    }
+
+    /// SIGKILL member `i` and reap it.
+    pub fn kill(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        if let Some(mut child) = m.child.take() {
+            if m.frozen {
+                signal(child.id(), "-CONT");
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        m.frozen = false;
+    }
+
+    /// Starts member `i` again on its ports and data directory and waits until it answers.
+    ///
+    /// # Errors
+    /// As [`Cluster::wait_healthy`].
+    pub fn restart(&mut self, i: usize) -> Result<(), String> {
+        self.kill(i);
+        self.spawn(i)?;
+        self.wait_healthy(i)
+    }
+
+    /// SIGSTOP member `i`: it holds its connections and answers nothing.
+    pub fn freeze(&mut self, i: usize) {
+        if let Some(pid) = self.members[i].pid() {
+            signal(pid, "-STOP");
+            self.members[i].frozen = true;
+        }
+    }
+
+    /// SIGCONT member `i`.
+    pub fn thaw(&mut self, i: usize) {
+        if let Some(pid) = self.members[i].pid() {
+            signal(pid, "-CONT");
+            self.members[i].frozen = false;
+        }
+    }
+
+    /// A metric of member `i` (the sum of its series), if it runs, is not frozen and has it.
+    pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        let m = &self.members[i];
+        if !m.is_running() || m.frozen {
+            return None;
+        }
+        let (_, body) = http_get(m.client_port, "/metrics")?;
+        let values: Vec<f64> = body
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
+    /// The member that says it leads, among those running and not frozen.
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.members.len()).find(|i| self.metric(*i, "etcd_server_is_leader") == Some(1.0))
+    }
+
+    /// Waits up to `limit` for a leader among the running, unfrozen members.
+    ///
+    /// # Errors
+    /// None within `limit`.
+    pub fn wait_leader(&self, limit: Duration) -> Result<usize, String> {
+        let started = Instant::now();
+        loop {
+            if let Some(l) = self.leader() {
+                return Ok(l);
+            }
+            if started.elapsed() > limit {
+                return Err(format!("no leader within {limit:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts a member that joins the running cluster (after a `member add` for
+    /// `name`/its peer URL by the caller: see [`Cluster::prepare_member`]).
+    ///
+    /// # Errors
+    /// As [`Cluster::wait_healthy`].
+    pub fn start_prepared(&mut self, i: usize) -> Result<(), String> {
+        self.spawn(i)?;
+        self.wait_healthy(i)
+    }
+
+    /// Reserves ports for a new member that will join with `--initial-cluster-state
+    /// existing`; returns its index. Start it with [`Cluster::start_prepared`] once the
+    /// cluster has been told about its peer URL.
+    pub fn prepare_member(&mut self) -> usize {
+        let i = self.members.len();
+        self.members.push(Member {
+            name: format!("m{i}"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+            frozen: false,
+            state: "existing",
+        });
+        i
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1:`port`; `None` when nothing answers in time.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status_line = response.lines().next()?;
+    let code = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}

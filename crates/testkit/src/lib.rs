@@ -1,0 +1,16 @@
+//! Test support: clusters of real `metastore` processes on loopback ports, and the faults the
+//! tests and `cargo xtask chaos` inject into them (SIGKILL, SIGSTOP/SIGCONT, restarts).
+//!
+//! It owns processes, ports and data directories; it must not know about the server's code:
+//! it runs the binary it is given and reads the member's plain-HTTP endpoints. Only test code
+//! and xtask depend on it.
+//!
+//! # Layout
+//! - `ports`: free loopback ports, never handed out twice in one process.
+//! - `cluster`: [`Cluster`] and its [`Member`]s.
+
+mod cluster;
+mod ports;
+
+pub use cluster::{http_get, Cluster, ClusterOptions, Member};
+pub use ports::free_port;
