@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 
 use super::doc;
 use super::servers::{
-    build_server, connect, join_within, metastore_binary, percentile, process_cpu_ns, request,
+    build_server, connect_all, join_within, metastore_binary, percentile, process_cpu_ns, request,
     settle, wait_ready, Kind, Scratch, Server, REQUEST_TIMEOUT, SETTLE,
 };
 use super::{grouped, load_average, output_of, Machine, XorShift};
@@ -61,6 +61,8 @@ options:
                     range-serializable-64, txn-put-64          (default all)
   --no-build        use target/release/metastore as it is
   --metastore PATH  use this metastore binary (another build, for A/B) and build nothing
+  --cluster N       run each server as a cluster of N members on this machine, clients
+                    spread over all members                   (default 1)
   --no-docs         print the figures but leave docs/benchmarks.md alone";
 
 /// What one request of a workload does.
@@ -152,6 +154,19 @@ struct Args {
     /// A metastore binary to run instead of target/release/metastore.
     metastore: Option<PathBuf>,
     docs: bool,
+    /// Members per server: 1, or a cluster.
+    cluster: usize,
+}
+
+impl Args {
+    /// The section of docs/benchmarks.md these figures go to.
+    fn heading(&self) -> String {
+        if self.cluster == 1 {
+            HEADING.to_string()
+        } else {
+            format!("{HEADING}, {}-member clusters", self.cluster)
+        }
+    }
 }
 
 impl Args {
@@ -165,6 +180,7 @@ impl Args {
             build: true,
             metastore: None,
             docs: true,
+            cluster: 1,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -177,6 +193,7 @@ impl Args {
                 "--no-build" => out.build = false,
                 "--metastore" => out.metastore = Some(PathBuf::from(value()?)),
                 "--no-docs" => out.docs = false,
+                "--cluster" => out.cluster = value()?.parse().context("--cluster")?,
                 "-h" | "--help" => return Ok(None),
                 other => bail!("unknown option `{other}`\n\n{USAGE}"),
             }
@@ -190,6 +207,7 @@ impl Args {
             "--warmup must be in [0, 60]"
         );
         ensure!((1..=9).contains(&out.rounds), "--rounds must be 1 to 9");
+        ensure!((1..=7).contains(&out.cluster), "--cluster must be 1 to 7");
         Ok(Some(out))
     }
 }
@@ -216,9 +234,9 @@ fn key(i: usize) -> Vec<u8> {
 }
 
 /// Writes keys `0..keys` with [`PRELOAD_CLIENTS`] clients; any failure fails it.
-async fn preload(url: &str, keys: usize) -> Result<()> {
+async fn preload(urls: &[String], keys: usize) -> Result<()> {
     let conns = PRELOAD_CLIENTS.min(MAX_CONNS);
-    let channels = connect(url, conns).await?;
+    let channels = connect_all(urls, conns).await?;
     let mut set = JoinSet::new();
     for c in 0..PRELOAD_CLIENTS {
         let mut kv = KvClient::new(channels[c % conns].clone());
@@ -392,15 +410,15 @@ impl Sample {
 /// Runs `workload` against the server at `url` (process `pid`): a warm-up, then the measured
 /// window, with every client closed-loop.
 async fn drive(
-    url: &str,
-    pid: u32,
+    urls: &[String],
+    pids: &[u32],
     workload: Workload,
     warmup: Duration,
     measure: Duration,
     seed: u64,
 ) -> Result<Sample> {
-    let conns = workload.conns();
-    let channels = connect(url, conns).await?;
+    let conns = workload.conns().max(urls.len());
+    let channels = connect_all(urls, conns).await?;
     let start = Instant::now();
     let warm_end = start + warmup;
     let end = warm_end + measure;
@@ -411,16 +429,25 @@ async fn drive(
         let rng = XorShift::new(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         set.spawn(client(kv, workload.op, rng, warm_end, end));
     }
-    let server = pid.to_string();
+    let servers: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let cpu_of =
+        |servers: &[String]| -> Option<u64> { servers.iter().map(|p| process_cpu_ns(p)).sum() };
     // CPU readings at the start of the measured window, taken by a task woken then.
+    let at_start = servers.clone();
     let cpu_at_start = tokio::spawn(async move {
         tokio::time::interval_at(warm_end.into(), Duration::from_secs(3600))
             .tick()
             .await;
-        (process_cpu_ns(&server), process_cpu_ns("self"))
+        (
+            at_start
+                .iter()
+                .map(|p| process_cpu_ns(p))
+                .sum::<Option<u64>>(),
+            process_cpu_ns("self"),
+        )
     });
     let outs = join_within(set, end + REQUEST_TIMEOUT + Duration::from_secs(5)).await?;
-    let server_end = process_cpu_ns(&pid.to_string());
+    let server_end = cpu_of(&servers);
     let client_end = process_cpu_ns("self");
     let (server_start, client_start) = cpu_at_start.await?;
 
@@ -519,8 +546,20 @@ pub fn run(raw: &[String]) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let mut ours = Server::start(Kind::Ours, &metastore, &scratch.0.join("metastore"), &[])?;
-    let mut etcd = Server::start(Kind::Etcd, Path::new("etcd"), &scratch.0.join("etcd"), &[])?;
+    let mut ours = Server::start_cluster(
+        Kind::Ours,
+        &metastore,
+        &scratch.0.join("metastore"),
+        args.cluster,
+        &[],
+    )?;
+    let mut etcd = Server::start_cluster(
+        Kind::Etcd,
+        Path::new("etcd"),
+        &scratch.0.join("etcd"),
+        args.cluster,
+        &[],
+    )?;
     println!(
         "MetaStore (pid {}) at {}, etcd (pid {}) at {}; data under {}",
         ours.pid(),
@@ -544,7 +583,7 @@ pub fn run(raw: &[String]) -> Result<()> {
                     grouped(PRELOAD as u64),
                     server.kind.name()
                 );
-                rt.block_on(preload(&server.url, PRELOAD))
+                rt.block_on(preload(&server.urls, PRELOAD))
                     .with_context(|| format!("preloading {}", server.kind.name()))?;
                 server.ensure_running()?;
             }
@@ -557,8 +596,8 @@ pub fn run(raw: &[String]) -> Result<()> {
                 let seed = SEED ^ ((n * 16 + round) as u64);
                 let sample = rt
                     .block_on(drive(
-                        &server.url,
-                        server.pid(),
+                        &server.urls,
+                        &server.pids(),
                         workload,
                         warmup,
                         measure,
@@ -608,7 +647,7 @@ pub fn run(raw: &[String]) -> Result<()> {
     let section = render(&args, &setup, &rows, &machine);
     println!("\n{section}");
     if args.docs {
-        doc::write_section(HEADING, &section)?;
+        doc::write_section(&args.heading(), &section)?;
     }
     Ok(())
 }
@@ -642,7 +681,7 @@ fn errors_note(s: &Sample) -> String {
 /// The `## KV` section: command, machine, setup, figures, and the issue's goals judged.
 fn render(args: &Args, setup: &Setup, rows: &[Row], m: &Machine) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{HEADING}\n");
+    let _ = writeln!(s, "{}\n", args.heading());
     let _ = writeln!(s, "Command: `{}`\n", setup.command);
     let _ = writeln!(
         s,
@@ -652,12 +691,23 @@ fn render(args: &Args, setup: &Setup, rows: &[Row], m: &Machine) -> String {
     let _ = writeln!(
         s,
         "Servers: MetaStore (`{}`, `--engine redb`, release build) and etcd (`{}`, Debian's \
-         `etcd-server`), both on this machine for the whole run, each a single member with a \
+         `etcd-server`), both on this machine for the whole run, each {} with a \
          fresh data dir under `target/` on {}, default settings otherwise. Both fsync before \
          acknowledging a write: MetaStore's Raft log (redb) is fsynced before Raft counts an \
          entry as written (its key space, redb with `Durability::Lazy`, is replayed from that \
          log), etcd fsyncs its WAL for every batch of Raft entries before applying it.\n",
-        setup.ours_version, setup.etcd_version, m.target_fs
+        setup.ours_version,
+        setup.etcd_version,
+        if args.cluster == 1 {
+            "a single member".to_string()
+        } else {
+            format!(
+                "a cluster of {} members (every member a process, clients' connections spread \
+                 over all of them, so most requests reach a follower and are forwarded)",
+                args.cluster
+            )
+        },
+        m.target_fs
     );
     let _ = writeln!(
         s,

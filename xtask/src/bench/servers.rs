@@ -37,87 +37,140 @@ impl Kind {
     }
 }
 
-/// A running server, killed and reaped on drop.
+/// A running server: one member, or a cluster of members, each a process killed and reaped
+/// on drop.
 pub(super) struct Server {
     pub(super) kind: Kind,
-    child: Child,
+    children: Vec<Child>,
+    /// Every member's client URL.
+    pub(super) urls: Vec<String>,
+    /// The first member's client URL.
     pub(super) url: String,
-    log: PathBuf,
+    logs: Vec<PathBuf>,
 }
 
 impl Server {
     /// Starts `program` as a single member with its data in `dir/data` and its output in
     /// `dir/log`, on two free ports.
     pub(super) fn start(kind: Kind, program: &Path, dir: &Path, extra: &[&str]) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let [client_port, peer_port] = free_ports()?;
-        let url = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let data = dir.join("data");
-        let log = dir.join("log");
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let mut cmd = Command::new(program);
-        cmd.arg("--name")
-            .arg("bench")
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--listen-client-urls", &url])
-            .args(["--advertise-client-urls", &url])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("bench={peer}")])
-            .args(["--initial-cluster-state", "new"]);
-        match kind {
-            Kind::Ours => cmd.args(["--engine", "redb", "--log-level", "warn"]),
-            Kind::Etcd => cmd.args(["--logger", "zap", "--log-level", "warn"]),
+        Self::start_cluster(kind, program, dir, 1, extra)
+    }
+
+    /// Starts `members` members of `program` bootstrapping one cluster, member `i` with its
+    /// data in `dir/m{i}/data` and its output in `dir/m{i}/log`.
+    pub(super) fn start_cluster(
+        kind: Kind,
+        program: &Path,
+        dir: &Path,
+        members: usize,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let ports: Vec<[u16; 2]> = (0..members).map(|_| free_ports()).collect::<Result<_>>()?;
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|[client, _]| format!("http://127.0.0.1:{client}"))
+            .collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, [_, peer])| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut server = Self {
+            kind,
+            children: Vec::new(),
+            url: urls[0].clone(),
+            urls: urls.clone(),
+            logs: Vec::new(),
         };
-        cmd.args(extra);
-        // Flags only: a stray ETCD_* or METASTORE_* variable would change one server alone.
-        for (name, _) in std::env::vars_os() {
-            let name_text = name.to_string_lossy();
-            if name_text.starts_with("ETCD_")
-                || name_text.starts_with("METASTORE_")
-                || name_text == "RUST_LOG"
-            {
-                cmd.env_remove(&name);
+        for (i, [_, peer_port]) in ports.iter().enumerate() {
+            let member_dir = if members == 1 {
+                dir.to_path_buf()
+            } else {
+                dir.join(format!("m{i}"))
+            };
+            std::fs::create_dir_all(&member_dir)
+                .with_context(|| format!("creating {}", member_dir.display()))?;
+            let url = &urls[i];
+            let peer = format!("http://127.0.0.1:{peer_port}");
+            let data = member_dir.join("data");
+            let log = member_dir.join("log");
+            let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+            let err = out.try_clone()?;
+            let mut cmd = Command::new(program);
+            cmd.args(["--name", &format!("m{i}")])
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--listen-client-urls", url])
+                .args(["--advertise-client-urls", url])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &initial])
+                .args(["--initial-cluster-state", "new"]);
+            match kind {
+                Kind::Ours => cmd.args(["--engine", "redb", "--log-level", "warn"]),
+                Kind::Etcd => cmd.args(["--logger", "zap", "--log-level", "warn"]),
+            };
+            cmd.args(extra);
+            // Flags only: a stray ETCD_* or METASTORE_* variable would change one server alone.
+            for (name, _) in std::env::vars_os() {
+                let name_text = name.to_string_lossy();
+                if name_text.starts_with("ETCD_")
+                    || name_text.starts_with("METASTORE_")
+                    || name_text == "RUST_LOG"
+                {
+                    cmd.env_remove(&name);
+                }
+            }
+            if kind == Kind::Etcd && std::env::consts::ARCH != "x86_64" {
+                // etcd 3.4 refuses to start on other architectures unless told this.
+                cmd.env("ETCD_UNSUPPORTED_ARCH", go_arch());
+            }
+            let child = cmd
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .with_context(|| format!("starting {}", program.display()))?;
+            server.children.push(child);
+            server.logs.push(log);
+        }
+        Ok(server)
+    }
+
+    /// The first member's process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.children[0].id()
+    }
+
+    /// Every member's process id.
+    pub(super) fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// The exit status of a member that has already ended, if any has.
+    pub(super) fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        for child in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some(status));
             }
         }
-        if kind == Kind::Etcd && std::env::consts::ARCH != "x86_64" {
-            // etcd 3.4 refuses to start on other architectures unless told this.
-            cmd.env("ETCD_UNSUPPORTED_ARCH", go_arch());
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        Ok(Self {
-            kind,
-            child,
-            url,
-            log,
-        })
+        Ok(None)
     }
 
-    pub(super) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The exit status, if the process has already ended.
-    pub(super) fn exited(&mut self) -> Result<Option<ExitStatus>> {
-        Ok(self.child.try_wait()?)
-    }
-
-    /// The last lines of its output, for an error message.
+    /// The last lines of every member's output, for an error message.
     pub(super) fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        let mut out = String::new();
+        for log in &self.logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&lines[lines.len().saturating_sub(20)..].join("\n"));
+            out.push('\n');
+        }
+        out
     }
 
-    /// Fails, with its log, if the process has ended.
+    /// Fails, with its log, if a member process has ended.
     pub(super) fn ensure_running(&mut self) -> Result<()> {
         if let Some(status) = self.exited()? {
             bail!(
@@ -132,8 +185,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -216,9 +271,14 @@ pub(super) fn wait_ready(rt: &Runtime, server: &mut Server) -> Result<()> {
     let start = Instant::now();
     loop {
         server.ensure_running()?;
-        let last = match rt.block_on(probe(&server.url)) {
-            Ok(()) => return Ok(()),
-            Err(e) => format!("{e:#}"),
+        let mut last = None;
+        for url in server.urls.clone() {
+            if let Err(e) = rt.block_on(probe(&url)) {
+                last = Some(format!("{url}: {e:#}"));
+            }
+        }
+        let Some(last) = last else {
+            return Ok(());
         };
         if start.elapsed() >= READY_TIMEOUT {
             bail!(
@@ -246,6 +306,20 @@ pub(super) async fn probe(url: &str) -> Result<()> {
         .range(request(req, Duration::from_secs(1)))
         .await?;
     Ok(())
+}
+
+/// `n` connections spread over `urls` round-robin.
+pub(super) async fn connect_all(urls: &[String], n: usize) -> Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(n);
+    for i in 0..n {
+        let url = &urls[i % urls.len()];
+        let channel = endpoint(url)?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
 }
 
 /// `n` connections to `url`.
