@@ -4,14 +4,15 @@
 //!
 //! # Layout
 //! - `tidy`: checks every crate's `lib.rs` header and the layer rule between crates.
-//! - `bench`: `cargo xtask bench engine`, the engines' throughput and memory, and
-//!   `cargo xtask bench kv`, MetaStore against etcd 3.4 over gRPC, written to
-//!   `docs/benchmarks.md`.
+//! - `bench`: `cargo xtask bench engine|kv|watch|lease`: the engines alone, and MetaStore
+//!   against etcd 3.4 on the same machine, written to `docs/benchmarks.md`.
+//! - `chaos`: `cargo xtask chaos`, a cluster under faults with a linearizability checker.
 
 // A command-line tool: printing to stdout is its interface.
 #![allow(clippy::print_stdout)]
 
 mod bench;
+mod chaos;
 mod tidy;
 
 use anyhow::{bail, Result};
@@ -21,7 +22,8 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("tidy") => tidy::check(&tidy::project_root()),
         Some("bench") => bench::run(&args[1..]),
-        Some(other) => bail!("unknown task `{other}`; try: tidy, bench"),
-        None => bail!("usage: cargo xtask <tidy|bench>"),
+        Some("chaos") => chaos::run(&args[1..]),
+        Some(other) => bail!("unknown task `{other}`; try: tidy, bench, chaos"),
+        None => bail!("usage: cargo xtask <tidy|bench|chaos>"),
     }
 }

@@ -97,6 +97,7 @@ type Conns = HashMap<u64, (String, PeerClient<Channel>)>;
 pub struct Peers {
     conns: Arc<Mutex<Conns>>,
     budgets: Budgets,
+    source: Option<std::net::IpAddr>,
 }
 
 /// A failed peer call.
@@ -132,11 +133,13 @@ pub(crate) enum Rpc {
 }
 
 impl Peers {
-    /// No connections yet; every call is bounded by `budgets`' `peer-rpc` budget.
-    pub fn new(budgets: Budgets) -> Self {
+    /// No connections yet; every call is bounded by `budgets`' `peer-rpc` budget, and made
+    /// from `source` if given.
+    pub fn new(budgets: Budgets, source: Option<std::net::IpAddr>) -> Self {
         Self {
             conns: Arc::default(),
             budgets,
+            source,
         }
     }
 
@@ -157,7 +160,8 @@ impl Peers {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            .local_address(self.source);
         let client = PeerClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);

@@ -52,6 +52,8 @@ pub struct NodeConfig {
     /// Join a running cluster (`--initial-cluster-state existing`): wait to be contacted
     /// instead of bootstrapping `initial_members`.
     pub join_existing: bool,
+    /// The local address peer connections are made from (the system's choice if none).
+    pub peer_source_addr: Option<std::net::IpAddr>,
 }
 
 impl NodeConfig {
@@ -71,6 +73,7 @@ impl NodeConfig {
             lease_checkpoint_interval: Duration::from_secs(300),
             cluster_token: "etcd-cluster".to_string(),
             join_existing: false,
+            peer_source_addr: None,
         }
     }
 
@@ -180,7 +183,7 @@ impl<B: Backend> Node<B> {
             cause,
         })?;
         let flushed = log.flushed();
-        let peers = Peers::new(config.budgets);
+        let peers = Peers::new(config.budgets, config.peer_source_addr);
         let network = PeerNetwork::new(peers.clone());
         let raft = Raft::new(config.id, raft_config, network, log, sm)
             .await
@@ -338,6 +341,8 @@ impl<B: Backend> Node<B> {
             (leader, _) if leader == self.inner.id => {
                 return self.read_index_as_leader(deadline).await.map(drop)
             }
+            // The planted bug the chaos checker must catch (never in a normal build).
+            _ if cfg!(feature = "stale-follower-reads") => return Ok(()),
             (leader, member) => {
                 let limit = self.inner.budgets.deadline_for(Layer::ReadIndex, deadline);
                 match self

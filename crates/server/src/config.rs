@@ -166,6 +166,7 @@ impl TryFrom<Flags> for Config {
             })
             .collect();
         node.cluster_token = f.initial_cluster_token.clone();
+        node.peer_source_addr = f.experimental_peer_source_addr;
         node.join_existing = join_existing;
         node.heartbeat = Duration::from_millis(f.heartbeat_interval);
         node.election_timeout = Duration::from_millis(f.election_timeout);

@@ -132,6 +132,11 @@ pub struct Flags {
     /// Expired leases the leader revokes per second at most (a burst is drained at this rate).
     #[arg(long, env = "METASTORE_LEASE_REVOKE_RATE", default_value_t = 5_000)]
     pub lease_revoke_rate: u32,
+
+    /// (Testing) the local IP address this member's connections to its peers come from, so
+    /// that a fault-injecting proxy can tell members apart (`cargo xtask chaos`).
+    #[arg(long, env = "METASTORE_EXPERIMENTAL_PEER_SOURCE_ADDR", hide = true)]
+    pub experimental_peer_source_addr: Option<std::net::IpAddr>,
 }
 
 /// Parses `500ms`, `7s`, `2m`, `1h`, or a bare number of seconds.

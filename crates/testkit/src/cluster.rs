@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::ports::free_port;
+use crate::proxy::{source_addr, Net};
 
 /// Longest a member may take to answer `/health` healthy after it is spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,6 +24,8 @@ pub struct ClusterOptions {
     pub engine: String,
     /// Flags every member gets, after the cluster's own.
     pub extra_args: Vec<String>,
+    /// Route peer traffic through fault-injecting proxies ([`Cluster::net`]).
+    pub proxy_peers: bool,
 }
 
 /// One member process.
@@ -33,6 +36,8 @@ pub struct Member {
     pub client_port: u16,
     /// Its peer port.
     pub peer_port: u16,
+    /// The port of the proxy in front of its peer port, when peers are proxied.
+    pub proxy_port: Option<u16>,
     child: Option<Child>,
     frozen: bool,
     /// `new` for the bootstrap members, `existing` for one added later.
@@ -45,8 +50,16 @@ impl Member {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
-    /// Its peer URL.
+    /// Its peer URL as the cluster knows it (its proxy's, when peers are proxied).
     pub fn peer_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.proxy_port.unwrap_or(self.peer_port)
+        )
+    }
+
+    /// The URL it listens for peers on.
+    pub fn listen_peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
 
@@ -71,6 +84,7 @@ pub struct Cluster {
     options: ClusterOptions,
     dir: tempfile::TempDir,
     members: Vec<Member>,
+    net: Option<Net>,
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -92,20 +106,31 @@ impl Cluster {
             .prefix("metastore-cluster-")
             .tempdir()
             .map_err(|e| e.to_string())?;
-        let members = (0..options.members)
+        let members: Vec<Member> = (0..options.members)
             .map(|i| Member {
                 name: format!("m{i}"),
                 client_port: free_port(),
                 peer_port: free_port(),
+                proxy_port: options.proxy_peers.then(free_port),
                 child: None,
                 frozen: false,
                 state: "new",
             })
             .collect();
+        let net = if options.proxy_peers {
+            let routes: Vec<(u16, u16)> = members
+                .iter()
+                .map(|m| (m.proxy_port.unwrap_or(m.peer_port), m.peer_port))
+                .collect();
+            Some(Net::start(&routes).map_err(|e| format!("starting the peer proxies: {e}"))?)
+        } else {
+            None
+        };
         let mut cluster = Cluster {
             options,
             dir,
             members,
+            net,
         };
         for i in 0..cluster.members.len() {
             cluster.spawn(i)?;
@@ -115,6 +140,11 @@ impl Cluster {
         }
         cluster.wait_leader(READY_TIMEOUT)?;
         Ok(cluster)
+    }
+
+    /// The peer proxies, when the cluster was started with them.
+    pub fn net(&self) -> Option<&Net> {
+        self.net.as_ref()
     }
 
     /// The members, in the order they were made.
@@ -161,6 +191,12 @@ impl Cluster {
         let err = log.try_clone().map_err(|e| e.to_string())?;
         let m = &self.members[i];
         let mut command = Command::new(&self.options.binary);
+        if m.proxy_port.is_some() {
+            command.args([
+                "--experimental-peer-source-addr",
+                &source_addr(i).to_string(),
+            ]);
+        }
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy();
             if name.starts_with("ETCD") || name.starts_with("METASTORE") {
@@ -173,7 +209,7 @@ impl Cluster {
             .arg(&data)
             .args(["--listen-client-urls", &m.endpoint()])
             .args(["--advertise-client-urls", &m.endpoint()])
-            .args(["--listen-peer-urls", &m.peer_url()])
+            .args(["--listen-peer-urls", &m.listen_peer_url()])
             .args(["--initial-advertise-peer-urls", &m.peer_url()])
             .args(["--initial-cluster", &initial])
             .args(["--initial-cluster-state", m.state])
@@ -332,6 +368,7 @@ impl Cluster {
             name: format!("m{i}"),
             client_port: free_port(),
             peer_port: free_port(),
+            proxy_port: None,
             child: None,
             frozen: false,
             state: "existing",

@@ -8,9 +8,12 @@
 //! # Layout
 //! - `ports`: free loopback ports, never handed out twice in one process.
 //! - `cluster`: [`Cluster`] and its [`Member`]s.
+//! - `proxy`: [`Net`], fault-injecting proxies in front of the members' peer ports.
 
 mod cluster;
 mod ports;
+mod proxy;
 
 pub use cluster::{http_get, Cluster, ClusterOptions, Member};
 pub use ports::free_port;
+pub use proxy::{source_addr, Net};

@@ -31,6 +31,11 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 /// The file every benchmark writes its section of.
+/// Builds the server in release mode and returns its binary (for `chaos` too).
+pub fn build_release_server(root: &std::path::Path) -> Result<PathBuf> {
+    servers::build_server(root)
+}
+
 fn benchmarks_md() -> PathBuf {
     crate::tidy::project_root().join("docs/benchmarks.md")
 }

@@ -26,6 +26,7 @@ fn start(members: usize, extra: &[&str]) -> Cluster {
         members,
         engine: "redb".into(),
         extra_args,
+        proxy_peers: false,
     })
     .unwrap_or_else(|e| panic!("starting a cluster: {e}"))
 }

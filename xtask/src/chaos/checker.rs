@@ -1,0 +1,496 @@
+//! A linearizability checker for a key-value history, in the Wing–Gong/Lowe style.
+//!
+//! The history is partitioned by key (P-compositionality: a history is linearizable iff each
+//! key's sub-history is), and each key's operations are searched for an order that (1) respects
+//! real time — an operation that returned before another was invoked comes first — and (2)
+//! agrees with a sequential model of one etcd key: put, linearizable get, delete, and a
+//! compare-and-swap txn. Operations whose outcome is unknown (a timeout, a lost connection)
+//! may have taken effect at any point after their invocation, or never: they constrain no
+//! other operation's position and their answer is not checked. The search is depth-first with
+//! an explicit stack and memoizes (linearized set, model state) pairs, so it is exact and
+//! terminates on the histories a few concurrent clients produce.
+
+use std::collections::HashSet;
+
+/// What one operation did to, or saw of, one key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Put `value`.
+    Put(String),
+    /// Read; `Some(output)` is what a get that returned saw (`None` inside it: no key).
+    Get,
+    /// Delete the key.
+    Delete,
+    /// If the value is `expect`, set it to `new`.
+    Cas { expect: String, new: String },
+}
+
+/// How an operation ended.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// A put or a delete that the server acknowledged; for a delete, how many keys went.
+    Done(i64),
+    /// A get's answer: the value, or none.
+    Read(Option<String>),
+    /// A compare-and-swap's answer: whether it swapped.
+    Swapped(bool),
+    /// No answer: it may or may not have taken effect.
+    Unknown,
+}
+
+/// One operation of the history.
+#[derive(Clone, Debug)]
+pub struct Op {
+    /// Which client made it (for reports).
+    pub client: usize,
+    /// The key.
+    pub key: String,
+    /// What it did.
+    pub action: Action,
+    /// When it was invoked and when it returned (`u64::MAX` when it never did), on one clock.
+    pub call: u64,
+    pub ret: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// The sequential model: the key's value, or no key.
+type State = Option<String>;
+
+/// The states `op` can leave from `state`, given its answer; empty when the answer is
+/// impossible from `state`.
+fn step(state: &State, op: &Op) -> Vec<State> {
+    let unknown = op.outcome == Outcome::Unknown;
+    let mut out = Vec::with_capacity(2);
+    match (&op.action, &op.outcome) {
+        (Action::Put(v), _) => out.push(Some(v.clone())),
+        (Action::Get, Outcome::Read(seen)) if seen == state => out.push(state.clone()),
+        (Action::Get, _) if unknown => out.push(state.clone()),
+        (Action::Get, _) => {}
+        (Action::Delete, Outcome::Done(n)) => {
+            if *n == i64::from(state.is_some()) {
+                out.push(None);
+            }
+        }
+        (Action::Delete, _) => out.push(None),
+        (Action::Cas { expect, new }, outcome) => {
+            let matches = state.as_deref() == Some(expect.as_str());
+            match outcome {
+                Outcome::Swapped(true) if matches => out.push(Some(new.clone())),
+                Outcome::Swapped(false) if !matches => out.push(state.clone()),
+                Outcome::Unknown => out.push(if matches {
+                    Some(new.clone())
+                } else {
+                    state.clone()
+                }),
+                _ => {}
+            }
+        }
+    }
+    // An unknown operation that never happened is simply never linearized: it does not hold
+    // up any other (its return is at infinity), so no "no effect" step is needed here.
+    let _ = unknown;
+    out
+}
+
+/// A key's history that has no linearization, with what the search got furthest to.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    /// The key.
+    pub key: String,
+    /// The most operations any attempted order linearized, of how many.
+    pub linearized: usize,
+    pub total: usize,
+    /// The operation the longest attempt could not place next (the likely culprit).
+    pub stuck_at: Option<Op>,
+}
+
+/// Bit set over operation indexes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        Self(vec![0; n.div_ceil(64)])
+    }
+    fn get(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+    fn set(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+}
+
+/// The verdict on one key.
+#[derive(Debug)]
+pub enum KeyVerdict {
+    /// Some order fits.
+    Linearizable,
+    /// No order fits.
+    Violation(Box<Violation>),
+    /// The search gave up after its budget of steps.
+    Undecided,
+}
+
+/// Checks one key's operations (all for the same key), within `budget` search steps.
+pub fn check_key(ops: &[Op], budget: usize) -> KeyVerdict {
+    let mut ops: Vec<Op> = ops.to_vec();
+    ops.sort_by_key(|o| (o.call, o.ret));
+    let n = ops.len();
+    let required: Vec<usize> = (0..n).filter(|i| ops[*i].ret != u64::MAX).collect();
+    // A search frame: the ops linearized so far, the model state, and which candidates of
+    // this frame are still to try.
+    struct Frame {
+        done: Bits,
+        count: usize,
+        next: Vec<(usize, State)>,
+    }
+    let candidates = |done: &Bits, state: &State| -> Vec<(usize, State)> {
+        // Only ops invoked before every pending op's return may go next.
+        let horizon = (0..n)
+            .filter(|i| !done.get(*i))
+            .map(|i| ops[i].ret)
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        for i in (0..n).filter(|i| !done.get(*i)) {
+            if ops[i].call > horizon {
+                break;
+            }
+            for next in step(state, &ops[i]) {
+                out.push((i, next));
+            }
+        }
+        out
+    };
+    let all_required = |done: &Bits| required.iter().all(|i| done.get(*i));
+    let start = Bits::new(n);
+    if all_required(&start) {
+        return KeyVerdict::Linearizable;
+    }
+    let mut seen: HashSet<(Bits, State)> = HashSet::new();
+    let first = candidates(&start, &None);
+    let mut stack = vec![Frame {
+        done: start,
+        count: 0,
+        next: first,
+    }];
+    let mut best = (0usize, None::<Op>);
+    let mut steps = 0usize;
+    while let Some(frame) = stack.last_mut() {
+        steps += 1;
+        if steps > budget {
+            return KeyVerdict::Undecided;
+        }
+        let Some((i, next_state)) = frame.next.pop() else {
+            stack.pop();
+            continue;
+        };
+        let mut done = frame.done.clone();
+        done.set(i);
+        let count = frame.count + 1;
+        if all_required(&done) {
+            return KeyVerdict::Linearizable;
+        }
+        if !seen.insert((done.clone(), next_state.clone())) {
+            continue;
+        }
+        let next = candidates(&done, &next_state);
+        if next.is_empty() && count >= best.0 {
+            let stuck = (0..n).find(|j| !done.get(*j) && ops[*j].ret != u64::MAX);
+            best = (count, stuck.map(|j| ops[j].clone()));
+        }
+        stack.push(Frame { done, count, next });
+    }
+    let key = ops.first().map(|o| o.key.clone()).unwrap_or_default();
+    KeyVerdict::Violation(Box::new(Violation {
+        key,
+        linearized: best.0,
+        total: required.len(),
+        stuck_at: best.1,
+    }))
+}
+
+/// The verdict on a whole history.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Keys with no linearization.
+    pub violations: Vec<Violation>,
+    /// Keys the search gave up on (too many steps): neither proven nor refuted.
+    pub undecided: Vec<String>,
+    /// Operations checked, and of them with unknown outcome.
+    pub ops: usize,
+    pub unknown: usize,
+}
+
+/// `ops` without the unknown writes whose value nobody ever observed: no read returned it and
+/// no compare-and-swap expected it. If that smaller history has a linearization, so does the
+/// whole one (those writes simply never happened), and the search is far cheaper: every
+/// unknown operation stays a candidate forever, so each one multiplies the orders to try.
+fn without_unobserved_writes(ops: &[Op]) -> Vec<Op> {
+    let observed: HashSet<&str> = ops
+        .iter()
+        .flat_map(|o| {
+            let read = match &o.outcome {
+                Outcome::Read(Some(v)) => Some(v.as_str()),
+                _ => None,
+            };
+            let expected = match &o.action {
+                Action::Cas { expect, .. } => Some(expect.as_str()),
+                _ => None,
+            };
+            read.into_iter().chain(expected)
+        })
+        .collect();
+    ops.iter()
+        .filter(|o| {
+            o.outcome != Outcome::Unknown
+                || match &o.action {
+                    Action::Put(v) | Action::Cas { new: v, .. } => observed.contains(v.as_str()),
+                    _ => true,
+                }
+        })
+        .cloned()
+        .collect()
+}
+
+/// Checks every key of `history`.
+pub fn check(history: &[Op], budget_per_key: usize) -> Verdict {
+    let mut by_key: std::collections::BTreeMap<&str, Vec<Op>> = std::collections::BTreeMap::new();
+    for op in history {
+        by_key.entry(op.key.as_str()).or_default().push(op.clone());
+    }
+    let mut verdict = Verdict {
+        ops: history.len(),
+        unknown: history
+            .iter()
+            .filter(|o| o.outcome == Outcome::Unknown)
+            .count(),
+        ..Verdict::default()
+    };
+    for (key, ops) in by_key {
+        let smaller = without_unobserved_writes(&ops);
+        if smaller.len() < ops.len()
+            && matches!(
+                check_key(&smaller, budget_per_key),
+                KeyVerdict::Linearizable
+            )
+        {
+            continue;
+        }
+        match check_key(&ops, budget_per_key) {
+            KeyVerdict::Linearizable => {}
+            KeyVerdict::Violation(v) => verdict.violations.push(*v),
+            KeyVerdict::Undecided => verdict.undecided.push(key.to_string()),
+        }
+    }
+    verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(client: usize, call: u64, ret: u64, action: Action, outcome: Outcome) -> Op {
+        Op {
+            client,
+            key: "k".into(),
+            action,
+            call,
+            ret,
+            outcome,
+        }
+    }
+    fn put(c: usize, call: u64, ret: u64, v: &str) -> Op {
+        op(c, call, ret, Action::Put(v.into()), Outcome::Done(0))
+    }
+    fn get(c: usize, call: u64, ret: u64, v: Option<&str>) -> Op {
+        op(
+            c,
+            call,
+            ret,
+            Action::Get,
+            Outcome::Read(v.map(str::to_string)),
+        )
+    }
+    fn ok(h: &[Op]) -> bool {
+        matches!(check_key(h, 1_000_000), KeyVerdict::Linearizable)
+    }
+
+    #[test]
+    fn sequential_histories_pass_and_stale_reads_fail() {
+        assert!(ok(&[
+            put(0, 1, 2, "a"),
+            get(1, 3, 4, Some("a")),
+            put(0, 5, 6, "b"),
+            get(1, 7, 8, Some("b"))
+        ]));
+        // A stale read: b was acknowledged before the read began.
+        let stale = [
+            put(0, 1, 2, "a"),
+            put(0, 3, 4, "b"),
+            get(1, 5, 6, Some("a")),
+        ];
+        let KeyVerdict::Violation(v) = check_key(&stale, 1_000_000) else {
+            panic!("a stale read is a violation");
+        };
+        assert_eq!(v.stuck_at.map(|o| o.action), Some(Action::Get));
+    }
+
+    #[test]
+    fn concurrent_operations_may_take_either_order() {
+        // The read overlaps the put: it may see either value.
+        assert!(ok(&[
+            put(0, 1, 2, "a"),
+            put(0, 3, 10, "b"),
+            get(1, 4, 5, Some("a"))
+        ]));
+        assert!(ok(&[
+            put(0, 1, 2, "a"),
+            put(0, 3, 10, "b"),
+            get(1, 4, 5, Some("b"))
+        ]));
+        // But two reads by one client cannot go back in time.
+        assert!(!ok(&[
+            put(0, 1, 2, "a"),
+            put(0, 3, 10, "b"),
+            get(1, 4, 5, Some("b")),
+            get(1, 6, 7, Some("a")),
+        ]));
+    }
+
+    #[test]
+    fn a_lost_write_is_caught() {
+        // Acknowledged, and a later read does not see it (nor anything after it).
+        let h = [
+            put(0, 1, 2, "a"),
+            put(1, 3, 4, "b"),
+            get(2, 5, 6, Some("a")),
+            get(2, 7, 8, Some("a")),
+        ];
+        assert!(!ok(&h));
+        // A read of a value never written is impossible too.
+        assert!(!ok(&[put(0, 1, 2, "a"), get(1, 3, 4, Some("zzz"))]));
+    }
+
+    #[test]
+    fn unknown_writes_may_or_may_not_have_happened() {
+        let timed_out = op(0, 1, u64::MAX, Action::Put("x".into()), Outcome::Unknown);
+        assert!(ok(&[timed_out.clone(), get(1, 5, 6, Some("x"))]));
+        assert!(ok(&[timed_out.clone(), get(1, 5, 6, None)]));
+        // ... but once seen, it cannot be unseen.
+        assert!(!ok(&[
+            timed_out,
+            get(1, 5, 6, Some("x")),
+            get(1, 7, 8, None)
+        ]));
+    }
+
+    #[test]
+    fn compare_and_swap_is_checked() {
+        let cas = |c, call, ret, e: &str, n: &str, swapped| {
+            op(
+                c,
+                call,
+                ret,
+                Action::Cas {
+                    expect: e.into(),
+                    new: n.into(),
+                },
+                Outcome::Swapped(swapped),
+            )
+        };
+        assert!(ok(&[
+            put(0, 1, 2, "a"),
+            cas(1, 3, 4, "a", "b", true),
+            get(2, 5, 6, Some("b"))
+        ]));
+        // A CAS that saw an impossible value: it swapped although the value was not "a".
+        assert!(!ok(&[put(0, 1, 2, "z"), cas(1, 3, 4, "a", "b", true)]));
+        // Two CAS from the same value cannot both succeed.
+        assert!(!ok(&[
+            put(0, 1, 2, "a"),
+            cas(1, 3, 5, "a", "b", true),
+            cas(2, 3, 5, "a", "c", true),
+        ]));
+    }
+
+    #[test]
+    fn deletes_report_what_they_deleted() {
+        let del = |c, call, ret, n| op(c, call, ret, Action::Delete, Outcome::Done(n));
+        assert!(ok(&[
+            put(0, 1, 2, "a"),
+            del(1, 3, 4, 1),
+            get(2, 5, 6, None),
+            del(1, 7, 8, 0)
+        ]));
+        assert!(!ok(&[put(0, 1, 2, "a"), del(1, 3, 4, 0)]));
+    }
+
+    #[test]
+    fn a_whole_history_is_checked_per_key() {
+        let mut h = vec![put(0, 1, 2, "a"), get(1, 3, 4, Some("a"))];
+        let mut other = vec![
+            put(0, 1, 2, "x"),
+            put(0, 3, 4, "y"),
+            get(1, 5, 6, Some("x")),
+        ];
+        for o in &mut other {
+            o.key = "j".into();
+        }
+        h.extend(other);
+        let v = check(&h, 1_000_000);
+        assert_eq!(v.violations.len(), 1);
+        assert_eq!(v.violations[0].key, "j");
+        assert_eq!(v.ops, 5);
+    }
+
+    #[test]
+    fn many_unknown_writes_that_nobody_saw_stay_tractable() {
+        let mut h = Vec::new();
+        for i in 0..200u64 {
+            let t = i * 10;
+            h.push(put(0, t, t + 2, &format!("v{i}")));
+            h.push(get(1, t + 3, t + 4, Some(&format!("v{i}"))));
+            // A write to an unavailable member: it never took effect, but nobody can tell.
+            h.push(op(
+                2,
+                t + 1,
+                u64::MAX,
+                Action::Put(format!("lost{i}")),
+                Outcome::Unknown,
+            ));
+        }
+        let v = check(&h, 200_000);
+        assert!(v.violations.is_empty() && v.undecided.is_empty(), "{v:?}");
+        // One of them seen makes it count, and a history that needs it still passes.
+        h.push(get(1, 5_000, 5_001, Some("lost7")));
+        let v = check(&h, 5_000_000);
+        assert!(v.violations.is_empty(), "{v:?}");
+    }
+
+    #[test]
+    fn many_concurrent_clients_stay_tractable() {
+        // 8 clients, 300 ops each, overlapping heavily but consistent: a put's value is read
+        // only after the put returned.
+        let mut h = Vec::new();
+        let mut t = 0;
+        let mut last = None;
+        for round in 0..300 {
+            for c in 0..8u64 {
+                let start = t + c;
+                if c == 0 {
+                    let v = format!("v{round}");
+                    h.push(put(0, start, start + 20, &v));
+                    last = Some((v, start + 20));
+                } else if let Some((v, done)) = &last {
+                    if start > *done {
+                        h.push(get(c as usize, start, start + 5, Some(v)));
+                    }
+                }
+            }
+            t += 30;
+        }
+        assert!(ok(&h), "a consistent history of {} ops", h.len());
+    }
+}

@@ -1,0 +1,588 @@
+//! `cargo xtask chaos`: a cluster of real members under faults, concurrent clients recording
+//! what they saw, and a check of the history against etcd's model.
+//!
+//! The run starts a cluster whose peer traffic goes through fault-injecting proxies (testkit's
+//! `Net`: each member connects to its peers from its own loopback address, so the proxy in
+//! front of a member knows which link a connection is). Checked clients put, read, swap and
+//! delete a few keys; lease clients grant leases with keys; one watcher per member records
+//! every event. Faults drawn from the seed come and go meanwhile. At the end every fault is
+//! healed, every member is killed and restarted, and the run checks:
+//! - linearizability of the KV history (`checker`), with final reads after the restart, so a
+//!   lost acknowledged write is a violation;
+//! - each watcher's events against the history (`watchcheck`);
+//! - that every member holds the same keys and the same HashKV at the same revision;
+//! - that every request finished within its deadline plus a slack (the longest is reported);
+//! - that no proposal stayed pending and the task count returned to its start.
+
+mod checker;
+mod faults;
+mod watchcheck;
+mod workload;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use testkit::{Cluster, ClusterOptions};
+
+use workload::{Seen, Shared};
+
+/// What a request may take beyond its deadline.
+const SLACK: Duration = Duration::from_secs(1);
+/// Steps the checker may take per key before calling it undecided.
+const CHECK_BUDGET: usize = 20_000_000;
+
+const USAGE: &str = "\
+usage: cargo xtask chaos [options]
+
+Runs a cluster of real metastore members under faults with concurrent clients, then checks the
+history (linearizability, watch guarantees, lost writes, deadlines, leaks). Prints a one-line
+verdict and writes the history and a report to the results folder; exits non-zero on a FAIL.
+
+options:
+  --seed N             the seed of the fault schedule and the clients   (default 1)
+  --duration D         how long clients run, e.g. 120s, 30m               (default 120s)
+  --members N          cluster size, 3 or 5                               (default 3)
+  --engine E           redb or mem                                        (default redb)
+  --faults LIST        kill, stop, isolate-leader, split, asymmetric,
+                       latency, drop-connections, partition, all          (default all)
+  --clients N          checked KV clients                                 (default 6)
+  --keys N             keys they share                                    (default 5)
+  --binary PATH        the metastore binary (default: build target/release/metastore)
+  --out DIR            results folder (default target/chaos/seed-N)
+  --expect-violation   succeed only if the checker finds a violation (for testing the
+                       checker against a build with a planted bug)";
+
+struct Args {
+    seed: u64,
+    duration: Duration,
+    members: usize,
+    engine: String,
+    faults: Vec<faults::Kind>,
+    clients: usize,
+    keys: usize,
+    binary: Option<PathBuf>,
+    out: Option<PathBuf>,
+    expect_violation: bool,
+}
+
+impl Args {
+    fn parse(args: &[String]) -> Result<Option<Self>> {
+        let mut out = Self {
+            seed: 1,
+            duration: Duration::from_secs(120),
+            members: 3,
+            engine: "redb".into(),
+            faults: faults::Kind::ALL.to_vec(),
+            clients: 6,
+            keys: 5,
+            binary: None,
+            out: None,
+            expect_violation: false,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--seed" => out.seed = value()?.parse().context("--seed")?,
+                "--duration" => {
+                    out.duration = parse_duration(value()?).context("--duration")?;
+                }
+                "--members" => out.members = value()?.parse().context("--members")?,
+                "--engine" => out.engine = value()?.clone(),
+                "--faults" => {
+                    out.faults = faults::Kind::parse_list(value()?).map_err(anyhow::Error::msg)?;
+                }
+                "--clients" => out.clients = value()?.parse().context("--clients")?,
+                "--keys" => out.keys = value()?.parse().context("--keys")?,
+                "--binary" => out.binary = Some(PathBuf::from(value()?)),
+                "--out" => out.out = Some(PathBuf::from(value()?)),
+                "--expect-violation" => out.expect_violation = true,
+                "-h" | "--help" => return Ok(None),
+                other => bail!("unknown option `{other}`\n\n{USAGE}"),
+            }
+        }
+        ensure!((3..=7).contains(&out.members), "--members must be 3 to 7");
+        ensure!(
+            out.engine == "redb" || out.engine == "mem",
+            "--engine must be redb or mem"
+        );
+        ensure!((1..=64).contains(&out.clients), "--clients must be 1 to 64");
+        ensure!((1..=1000).contains(&out.keys), "--keys must be 1 to 1000");
+        ensure!(
+            out.duration >= Duration::from_secs(10),
+            "--duration must be at least 10s"
+        );
+        Ok(Some(out))
+    }
+}
+
+/// `120s`, `2m`, `1h`, or seconds.
+fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().with_context(|| format!("{s:?}"))?;
+    Ok(match unit {
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => bail!("{s:?}: use s, m or h"),
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Everything a run found.
+struct Findings {
+    linearizability: checker::Verdict,
+    watch_problems: Vec<String>,
+    divergence: Vec<String>,
+    timing: workload::Timing,
+    leaks: Vec<String>,
+    timeline: Vec<faults::Event>,
+    watch_events: Vec<usize>,
+    reference_events: usize,
+}
+
+impl Findings {
+    fn passed(&self) -> bool {
+        self.linearizability.violations.is_empty()
+            && self.linearizability.undecided.is_empty()
+            && self.watch_problems.is_empty()
+            && self.divergence.is_empty()
+            && self.timing.longest <= workload::DEADLINE + SLACK
+            && self.leaks.is_empty()
+    }
+}
+
+/// Runs `cargo xtask chaos`.
+pub fn run(raw: &[String]) -> Result<()> {
+    let Some(args) = Args::parse(raw)? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let root = crate::tidy::project_root();
+    let binary = match &args.binary {
+        Some(b) => b.clone(),
+        None => crate::bench::build_release_server(&root)?,
+    };
+    ensure!(binary.is_file(), "{} is not a file", binary.display());
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join(format!("target/chaos/seed-{}", args.seed)));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+
+    let cluster = Cluster::start(ClusterOptions {
+        binary: binary.clone(),
+        members: args.members,
+        engine: args.engine.clone(),
+        extra_args: vec![
+            "--request-timeout".into(),
+            "2s".into(),
+            "--snapshot-count".into(),
+            "2000".into(),
+            "--log-level".into(),
+            "warn".into(),
+        ],
+        proxy_peers: true,
+    })
+    .map_err(anyhow::Error::msg)
+    .context("starting the cluster")?;
+    let endpoints = cluster.endpoints();
+    let baseline_tasks: Vec<f64> = (0..args.members)
+        .filter_map(|i| cluster.metric(i, "metastore_live_tasks"))
+        .collect();
+    let cluster = Arc::new(Mutex::new(cluster));
+    println!(
+        "chaos: seed {}, {:?}, {} members ({}), faults {}; results in {}",
+        args.seed,
+        args.duration,
+        args.members,
+        args.engine,
+        args.faults
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(","),
+        out_dir.display()
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let shared = Shared::new();
+    let end = shared.start + args.duration;
+    let fault_thread = {
+        let cluster = Arc::clone(&cluster);
+        let kinds = args.faults.clone();
+        let stop = Arc::clone(&shared.stop);
+        let (seed, start) = (args.seed, shared.start);
+        std::thread::spawn(move || faults::run(&cluster, &kinds, seed, start, end, &stop))
+    };
+    let (watched, timeline) = rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in 0..args.clients {
+            let endpoint = endpoints[c % endpoints.len()].clone();
+            tasks.spawn(workload::kv_client(
+                shared.clone(),
+                c,
+                endpoint,
+                args.keys,
+                args.seed,
+            ));
+        }
+        for c in 0..2 {
+            let endpoint = endpoints[(c + 1) % endpoints.len()].clone();
+            tasks.spawn(workload::lease_client(
+                shared.clone(),
+                c,
+                endpoint,
+                args.seed,
+            ));
+        }
+        let mut watchers = Vec::new();
+        for w in 0..endpoints.len() {
+            watchers.push(tokio::spawn(workload::watcher(
+                shared.clone(),
+                endpoints.clone(),
+                w,
+            )));
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        while Instant::now() < end {
+            tick.tick().await;
+            let done = lock(&shared.history).len();
+            println!(
+                "  {:5.0}s  {done} operations",
+                shared.start.elapsed().as_secs_f64()
+            );
+        }
+        shared.stop.store(true, Ordering::Relaxed);
+        while tasks.join_next().await.is_some() {}
+        let mut watched = Vec::new();
+        for w in watchers {
+            watched.push(w.await.unwrap_or_default());
+        }
+        let timeline = tokio::task::block_in_place(|| fault_thread.join().unwrap_or_default());
+        (watched, timeline)
+    });
+
+    // Quiet now and healed: nothing may stay pending, and the tasks go back to where they were.
+    let mut leaks = Vec::new();
+    {
+        let c = lock(&cluster);
+        let settle = Instant::now();
+        let max_baseline = baseline_tasks.iter().copied().fold(0.0, f64::max);
+        loop {
+            let pending: Vec<Option<f64>> = (0..args.members)
+                .map(|i| c.metric(i, "metastore_pending_operations"))
+                .collect();
+            let tasks: Vec<Option<f64>> = (0..args.members)
+                .map(|i| c.metric(i, "metastore_live_tasks"))
+                .collect();
+            let quiet = pending.iter().all(|p| *p == Some(0.0))
+                && tasks
+                    .iter()
+                    .all(|t| t.is_some_and(|t| t <= max_baseline + 8.0));
+            if quiet {
+                break;
+            }
+            if settle.elapsed() > Duration::from_secs(20) {
+                leaks.push(format!(
+                    "20 s after the load: pending {pending:?}, tasks {tasks:?} (at start {baseline_tasks:?})"
+                ));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    // Kill and restart every member: what was acknowledged must survive it.
+    {
+        let mut c = lock(&cluster);
+        for i in 0..args.members {
+            c.kill(i);
+        }
+        for i in 0..args.members {
+            c.restart(i)
+                .map_err(anyhow::Error::msg)
+                .context("restarting after the run")?;
+        }
+        c.wait_leader(Duration::from_secs(30))
+            .map_err(anyhow::Error::msg)?;
+    }
+    let leader = lock(&cluster).leader().unwrap_or(0);
+    let leader_endpoint = endpoints[leader].clone();
+    let (divergence, reference) = rt.block_on(async {
+        let mut divergence = Vec::new();
+        if let Err(e) = workload::final_reads(&shared, &leader_endpoint, args.keys).await {
+            divergence.push(format!("final reads failed: {e}"));
+        }
+        // Every member converges on the same state and hash.
+        let started = Instant::now();
+        let mut states = Vec::new();
+        loop {
+            states.clear();
+            for e in &endpoints {
+                states.push(workload::local_state(e).await);
+            }
+            let same = states
+                .iter()
+                .all(|s| s.is_ok() && s.as_ref().ok() == states[0].as_ref().ok());
+            if same || started.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            workload::pause(Duration::from_millis(200)).await;
+        }
+        let mut revision = 0;
+        for (i, s) in states.iter().enumerate() {
+            match s {
+                Ok((rev, kvs)) if Some(Ok((*rev, kvs.clone()))) != states.first().cloned() => {
+                    divergence.push(format!("m{i} differs: revision {rev}, {kvs:?}"));
+                }
+                Ok((rev, _)) => revision = *rev,
+                Err(e) => divergence.push(format!("m{i} cannot be read: {e}")),
+            }
+        }
+        let mut hashes = Vec::new();
+        for e in &endpoints {
+            hashes.push(workload::hash_kv(e, revision).await);
+        }
+        if hashes.iter().any(|h| h != &hashes[0] || h.is_err()) {
+            divergence.push(format!("HashKV at {revision} differs: {hashes:?}"));
+        }
+        let reference = workload::reference_events(&leader_endpoint, revision).await;
+        (divergence, reference)
+    });
+    drop(cluster);
+
+    let reference = reference
+        .map_err(anyhow::Error::msg)
+        .context("reading the history")?;
+    let history = lock(&shared.history).clone();
+    let linearizability = checker::check(&history, CHECK_BUDGET);
+    let mut watch_problems = Vec::new();
+    for (w, seen) in watched.iter().enumerate() {
+        for problem in watchcheck::check(seen, &reference) {
+            watch_problems.push(format!("watcher {w}: {problem}"));
+        }
+    }
+    let findings = Findings {
+        linearizability,
+        watch_problems,
+        divergence,
+        timing: lock(&shared.timing).clone(),
+        leaks,
+        timeline,
+        watch_events: watched.iter().map(Vec::len).collect(),
+        reference_events: reference.len(),
+    };
+    write_results(&out_dir, &args, &history, &watched, &findings)?;
+    let verdict = verdict_line(&args, &findings);
+    println!("{verdict}");
+    if args.expect_violation {
+        ensure!(
+            !findings.linearizability.violations.is_empty(),
+            "the checker found no violation in a build that should have one"
+        );
+        return Ok(());
+    }
+    ensure!(
+        findings.passed(),
+        "chaos run failed; see {}",
+        out_dir.join("report.md").display()
+    );
+    Ok(())
+}
+
+fn verdict_line(args: &Args, f: &Findings) -> String {
+    let lin = &f.linearizability;
+    format!(
+        "chaos: seed {}, {:?}, {} members ({}): {} operations ({} unknown), {} faults, \
+         {} linearizability violations, {} undecided keys, {} watch problems over {} events, \
+         {} divergences, longest request {:.2}s (deadline {}s), {} leaks — {}",
+        args.seed,
+        args.duration,
+        args.members,
+        args.engine,
+        lin.ops,
+        lin.unknown,
+        f.timeline.iter().filter(|e| e.begins).count(),
+        lin.violations.len(),
+        lin.undecided.len(),
+        f.watch_problems.len(),
+        f.watch_events.iter().sum::<usize>(),
+        f.divergence.len(),
+        f.timing.longest.as_secs_f64(),
+        workload::DEADLINE.as_secs(),
+        f.leaks.len(),
+        if f.passed() { "PASS" } else { "FAIL" }
+    )
+}
+
+fn write_results(
+    dir: &std::path::Path,
+    args: &Args,
+    history: &[checker::Op],
+    watched: &[Vec<Seen>],
+    f: &Findings,
+) -> Result<()> {
+    let mut h = String::new();
+    for op in history {
+        let ret = if op.ret == u64::MAX {
+            "?".to_string()
+        } else {
+            op.ret.to_string()
+        };
+        let _ = writeln!(
+            h,
+            "{} {} client={} {:?} -> {:?}",
+            op.call,
+            ret,
+            op.client,
+            (&op.key, &op.action),
+            op.outcome
+        );
+    }
+    std::fs::write(dir.join("history.txt"), h)?;
+    let mut w = String::new();
+    for (i, events) in watched.iter().enumerate() {
+        for e in events {
+            let _ = writeln!(w, "watcher {i}: {e:?}");
+        }
+    }
+    std::fs::write(dir.join("watch.txt"), w)?;
+    let mut r = String::new();
+    let _ = writeln!(r, "# Chaos run, seed {}\n", args.seed);
+    let _ = writeln!(r, "{}\n", verdict_line(args, f));
+    let _ = writeln!(r, "## Faults\n");
+    for e in &f.timeline {
+        let _ = writeln!(r, "    {e}");
+    }
+    let _ = writeln!(r, "\n## Linearizability\n");
+    for v in &f.linearizability.violations {
+        let _ = writeln!(
+            r,
+            "- key {}: no linearization; the longest order placed {} of {} operations and \
+             could not place {:?}",
+            v.key, v.linearized, v.total, v.stuck_at
+        );
+    }
+    for k in &f.linearizability.undecided {
+        let _ = writeln!(r, "- key {k}: undecided (search budget exhausted)");
+    }
+    let _ = writeln!(r, "\n## Watches\n");
+    let _ = writeln!(
+        r,
+        "Reference history: {} events. Received per watcher: {:?}.\n",
+        f.reference_events, f.watch_events
+    );
+    for p in &f.watch_problems {
+        let _ = writeln!(r, "- {p}");
+    }
+    let _ = writeln!(r, "\n## State after restarting every member\n");
+    for d in &f.divergence {
+        let _ = writeln!(r, "- {d}");
+    }
+    let _ = writeln!(
+        r,
+        "\n## Deadlines\n\n{} requests, {} ended in an error; the longest took {:.3} s ({}).\n",
+        f.timing.requests,
+        f.timing.errors,
+        f.timing.longest.as_secs_f64(),
+        f.timing.what
+    );
+    for (kind, n) in &f.timing.by_error {
+        let _ = writeln!(r, "- {n} × {kind}");
+    }
+    let _ = writeln!(r, "\n## Leaks\n");
+    for l in &f.leaks {
+        let _ = writeln!(r, "- {l}");
+    }
+    std::fs::write(dir.join("report.md"), r)?;
+    std::fs::write(
+        dir.join("timeline.svg"),
+        svg(history, &f.timeline, args.clients),
+    )?;
+    Ok(())
+}
+
+/// A timeline: one row per client (a tick per operation: green done, red unknown), faults as
+/// shaded bands.
+fn svg(history: &[checker::Op], timeline: &[faults::Event], clients: usize) -> String {
+    let end = history
+        .iter()
+        .filter(|o| o.ret != u64::MAX)
+        .map(|o| o.ret)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let (width, row) = (1200.0, 14.0);
+    let height = row * (clients as f64 + 2.0) + 20.0;
+    let x = |t: f64| 10.0 + (width - 20.0) * t / end;
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-size='10'>\n"
+    );
+    let mut open: Option<(f64, &str)> = None;
+    for e in timeline {
+        let t = e.at * 1e6;
+        if e.begins {
+            open = Some((t, &e.what));
+        } else if let Some((from, what)) = open.take() {
+            let _ = writeln!(
+                s,
+                "<rect x='{:.1}' y='0' width='{:.1}' height='{height}' fill='#fdd' ><title>{what}</title></rect>",
+                x(from),
+                (x(t) - x(from)).max(1.0)
+            );
+        }
+    }
+    for op in history {
+        if op.client >= clients {
+            continue;
+        }
+        let y = 10.0 + row * op.client as f64;
+        let (x1, color) = if op.ret == u64::MAX {
+            (x(op.call as f64) + 2.0, "#c00")
+        } else {
+            (x(op.ret as f64).max(x(op.call as f64) + 0.5), "#2a2")
+        };
+        let _ = writeln!(
+            s,
+            "<line x1='{:.1}' y1='{y:.1}' x2='{x1:.1}' y2='{y:.1}' stroke='{color}' stroke-width='6'/>",
+            x(op.call as f64)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_and_durations() {
+        let a = Args::parse(&[
+            "--duration".into(),
+            "2m".into(),
+            "--faults".into(),
+            "kill,stop".into(),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.duration, Duration::from_secs(120));
+        assert_eq!(a.faults, [faults::Kind::Kill, faults::Kind::Stop]);
+        assert!(Args::parse(&["--members".into(), "2".into()]).is_err());
+        assert!(Args::parse(&["--faults".into(), "meteor".into()]).is_err());
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("5d").is_err());
+    }
+}

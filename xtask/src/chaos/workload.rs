@@ -1,0 +1,475 @@
+//! The clients of a chaos run: KV clients whose every operation goes into the history, lease
+//! clients, and watchers that record every event they receive.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
+
+use super::checker::{Action, Op, Outcome};
+use crate::bench::XorShift;
+
+/// Keys the checked clients work on live under this prefix.
+pub const PREFIX: &str = "c/";
+/// The deadline every request carries (the client gives up then).
+pub const DEADLINE: Duration = Duration::from_secs(3);
+
+/// One request that took longer than the deadline, or the longest so far.
+#[derive(Clone, Debug, Default)]
+pub struct Timing {
+    /// The longest any request took.
+    pub longest: Duration,
+    /// What it was.
+    pub what: String,
+    /// Requests that ended in an error, and that ended with no answer at all.
+    pub errors: u64,
+    pub requests: u64,
+    /// Errors by their text's start.
+    pub by_error: std::collections::BTreeMap<String, u64>,
+}
+
+/// What the clients share: the clock, the history, the stop flag, the timings.
+#[derive(Clone)]
+pub struct Shared {
+    pub start: Instant,
+    pub history: Arc<Mutex<Vec<Op>>>,
+    pub stop: Arc<AtomicBool>,
+    pub timing: Arc<Mutex<Timing>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            history: Arc::default(),
+            stop: Arc::default(),
+            timing: Arc::default(),
+        }
+    }
+
+    /// Microseconds since the run started.
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn timed(&self, what: impl FnOnce() -> String, took: Duration, error: Option<&str>) {
+        let mut t = lock(&self.timing);
+        t.requests += 1;
+        if let Some(e) = error {
+            t.errors += 1;
+            let kind: String = e.chars().take(90).collect();
+            *t.by_error.entry(kind).or_default() += 1;
+        }
+        if took > t.longest {
+            t.longest = took;
+            t.what = what();
+        }
+    }
+
+    fn record(&self, op: Op) {
+        lock(&self.history).push(op);
+    }
+}
+
+/// How long a client waits after an error before its next request, so that a member that
+/// refuses everything at once does not flood the history with operations of unknown outcome.
+const ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// An error that means the request never reached a server: nothing can have happened.
+fn never_sent(e: &str) -> bool {
+    e.contains("tcp connect error") || e.contains("Connection refused")
+}
+
+/// Connects to `endpoint` with the run's deadline.
+pub async fn connect(endpoint: &str) -> Option<Client> {
+    let options = ConnectOptions::new()
+        .with_timeout(DEADLINE)
+        .with_connect_timeout(Duration::from_secs(1));
+    match deadline::within(
+        deadline::Layer::Api,
+        deadline::Deadline::after(Duration::from_secs(2)),
+        Client::connect([endpoint], Some(options)),
+    )
+    .await
+    {
+        Ok(Ok(c)) => Some(c),
+        _ => None,
+    }
+}
+
+/// Bounds `fut` by the deadline plus a margin on the client side too, so that a server that
+/// never answers shows up as an overrun rather than a stuck client.
+async fn bounded<T>(
+    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, String> {
+    match deadline::within(
+        deadline::Layer::Api,
+        deadline::Deadline::after(DEADLINE + Duration::from_secs(5)),
+        fut,
+    )
+    .await
+    {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("client-side limit".to_string()),
+    }
+}
+
+/// A checked KV client: puts, linearizable gets, compare-and-swaps and deletes on `keys`
+/// keys, through `endpoint`, until told to stop.
+pub async fn kv_client(shared: Shared, id: usize, endpoint: String, keys: usize, seed: u64) {
+    let mut rng = XorShift::new(seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut client: Option<Client> = None;
+    let mut n = 0u64;
+    // The last value this client saw per key: what its next CAS expects.
+    let mut seen: Vec<Option<String>> = vec![None; keys];
+    while !shared.stop.load(Ordering::Relaxed) {
+        let Some(c) = client.as_mut() else {
+            client = connect(&endpoint).await;
+            if client.is_none() {
+                pause(Duration::from_millis(200)).await;
+            }
+            continue;
+        };
+        let k = rng.below(keys);
+        let key = format!("{PREFIX}{k}");
+        n += 1;
+        let value = format!("{id}-{n}");
+        let roll = rng.below(100);
+        let call = shared.now();
+        let started = Instant::now();
+        let (action, result): (Action, Result<Outcome, String>) = if roll < 35 {
+            let r = bounded(c.put(key.clone(), value.clone(), None)).await;
+            (Action::Put(value.clone()), r.map(|_| Outcome::Done(0)))
+        } else if roll < 70 {
+            let r = bounded(c.get(key.clone(), None)).await;
+            let r = r.map(|g| {
+                Outcome::Read(
+                    g.kvs()
+                        .first()
+                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                )
+            });
+            if let Ok(Outcome::Read(v)) = &r {
+                seen[k].clone_from(v);
+            }
+            (Action::Get, r)
+        } else if roll < 88 {
+            let expect = seen[k].clone().unwrap_or_default();
+            let txn = Txn::new()
+                .when([Compare::value(
+                    key.clone(),
+                    CompareOp::Equal,
+                    expect.clone(),
+                )])
+                .and_then([TxnOp::put(key.clone(), value.clone(), None)])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            let r = bounded(c.txn(txn)).await;
+            let r = r.map(|t| {
+                if !t.succeeded() {
+                    // Learn the current value for the next try.
+                    if let Some(TxnOpResponse::Get(g)) = t.op_responses().first() {
+                        seen[k] = g
+                            .kvs()
+                            .first()
+                            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+                    }
+                }
+                Outcome::Swapped(t.succeeded())
+            });
+            (
+                Action::Cas {
+                    expect,
+                    new: value.clone(),
+                },
+                r,
+            )
+        } else {
+            let r = bounded(c.delete(key.clone(), None)).await;
+            (Action::Delete, r.map(|d| Outcome::Done(d.deleted())))
+        };
+        let took = started.elapsed();
+        let ret = shared.now();
+        shared.timed(
+            || format!("client {id} {action:?} on {key} via {endpoint}"),
+            took,
+            result.as_ref().err().map(String::as_str),
+        );
+        match result {
+            Ok(outcome) => shared.record(Op {
+                client: id,
+                key,
+                action,
+                call,
+                ret,
+                outcome,
+            }),
+            // A failed read changed nothing; a write refused before it was sent neither.
+            Err(e) if action == Action::Get || never_sent(&e) => {
+                pause(ERROR_BACKOFF).await;
+                if e.contains("transport") || e.contains("connect") {
+                    client = None;
+                }
+            }
+            // Any other failed write may have happened.
+            Err(e) => {
+                pause(ERROR_BACKOFF).await;
+                shared.record(Op {
+                    client: id,
+                    key,
+                    action,
+                    call,
+                    ret: u64::MAX,
+                    outcome: Outcome::Unknown,
+                });
+                if e.contains("transport") || e.contains("connect") || e.contains("client-side") {
+                    client = None;
+                }
+            }
+        }
+    }
+}
+
+/// A lease client: grants short leases with a key attached, some kept alive, some revoked;
+/// only its deadlines are checked (expiry makes its keys come and go at the leader's pace).
+pub async fn lease_client(shared: Shared, id: usize, endpoint: String, seed: u64) {
+    let mut rng = XorShift::new(seed ^ 0x1ea5e ^ id as u64);
+    let mut client: Option<Client> = None;
+    let mut n = 0;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let Some(c) = client.as_mut() else {
+            client = connect(&endpoint).await;
+            if client.is_none() {
+                pause(Duration::from_millis(200)).await;
+            }
+            continue;
+        };
+        n += 1;
+        let started = Instant::now();
+        let granted = bounded(c.lease_grant(2, None)).await;
+        shared.timed(
+            || format!("lease client {id} grant"),
+            started.elapsed(),
+            granted.as_ref().err().map(String::as_str),
+        );
+        let Ok(lease) = granted else {
+            client = None;
+            pause(ERROR_BACKOFF).await;
+            continue;
+        };
+        let started = Instant::now();
+        let put = bounded(c.put(
+            format!("lease/{id}-{n}"),
+            "v",
+            Some(PutOptions::new().with_lease(lease.id())),
+        ))
+        .await;
+        shared.timed(
+            || format!("lease client {id} put"),
+            started.elapsed(),
+            put.as_ref().err().map(String::as_str),
+        );
+        if rng.below(3) == 0 {
+            let started = Instant::now();
+            let r = bounded(c.lease_revoke(lease.id())).await;
+            shared.timed(
+                || format!("lease client {id} revoke"),
+                started.elapsed(),
+                r.as_ref().err().map(String::as_str),
+            );
+        }
+        pause(Duration::from_millis(100)).await;
+    }
+}
+
+/// One event as a watcher saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub rev: i64,
+    pub key: String,
+    pub put: bool,
+    pub value: String,
+    pub prev: Option<String>,
+}
+
+/// A watcher: watches [`PREFIX`] from revision 1 through `endpoints` in turn, resuming from the
+/// last revision it saw plus one whenever its stream breaks; returns what it saw, in order.
+pub async fn watcher(shared: Shared, endpoints: Vec<String>, first: usize) -> Vec<Seen> {
+    let mut seen: Vec<Seen> = Vec::new();
+    let mut at = first;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let endpoint = &endpoints[at % endpoints.len()];
+        at += 1;
+        let Some(mut c) = connect(endpoint).await else {
+            pause(Duration::from_millis(200)).await;
+            continue;
+        };
+        let from = seen.last().map_or(1, |s| s.rev + 1);
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_start_revision(from);
+        let Ok(Ok(mut stream)) = deadline::within(
+            deadline::Layer::Api,
+            deadline::Deadline::after(DEADLINE),
+            c.watch(PREFIX, Some(options)),
+        )
+        .await
+        else {
+            continue;
+        };
+        loop {
+            let step = deadline::within(
+                deadline::Layer::Api,
+                deadline::Deadline::after(Duration::from_millis(500)),
+                stream.message(),
+            )
+            .await;
+            match step {
+                Err(_) if shared.stop.load(Ordering::Relaxed) => return seen,
+                Err(_) => continue,
+                Ok(Ok(Some(r))) => {
+                    if r.canceled() {
+                        break;
+                    }
+                    for e in r.events() {
+                        let Some(kv) = e.kv() else { continue };
+                        seen.push(Seen {
+                            rev: kv.mod_revision(),
+                            key: String::from_utf8_lossy(kv.key()).into_owned(),
+                            put: e.event_type() == EventType::Put,
+                            value: String::from_utf8_lossy(kv.value()).into_owned(),
+                            prev: e
+                                .prev_kv()
+                                .map(|p| String::from_utf8_lossy(p.value()).into_owned()),
+                        });
+                    }
+                }
+                Ok(_) => break,
+            }
+        }
+    }
+    seen
+}
+
+/// Every event under [`PREFIX`] from revision 1 to now, read from `endpoint` once the run is
+/// over: the reference the watchers are compared with.
+pub async fn reference_events(endpoint: &str, until: i64) -> Result<Vec<Seen>, String> {
+    let mut c = connect(endpoint).await.ok_or("cannot connect")?;
+    let mut stream = c
+        .watch(
+            PREFIX,
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_prev_key()
+                    .with_start_revision(1),
+            ),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    loop {
+        if out.last().is_some_and(|s: &Seen| s.rev >= until) {
+            return Ok(out);
+        }
+        let r = deadline::within(
+            deadline::Layer::Api,
+            deadline::Deadline::after(Duration::from_secs(5)),
+            stream.message(),
+        )
+        .await;
+        match r {
+            Ok(Ok(Some(r))) => {
+                for e in r.events() {
+                    let Some(kv) = e.kv() else { continue };
+                    out.push(Seen {
+                        rev: kv.mod_revision(),
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        put: e.event_type() == EventType::Put,
+                        value: String::from_utf8_lossy(kv.value()).into_owned(),
+                        prev: e
+                            .prev_kv()
+                            .map(|p| String::from_utf8_lossy(p.value()).into_owned()),
+                    });
+                }
+            }
+            // No event past the last one: it is all there is.
+            Err(_) => return Ok(out),
+            Ok(Ok(None)) => return Ok(out),
+            Ok(Err(e)) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// The final value of every checked key, read linearizably through `endpoint`, as history
+/// operations after everything else.
+pub async fn final_reads(shared: &Shared, endpoint: &str, keys: usize) -> Result<(), String> {
+    let mut c = connect(endpoint).await.ok_or("cannot connect")?;
+    for k in 0..keys {
+        let key = format!("{PREFIX}{k}");
+        let call = shared.now();
+        let g = bounded(c.get(key.clone(), None)).await?;
+        let ret = shared.now();
+        shared.record(Op {
+            client: usize::MAX,
+            key,
+            action: Action::Get,
+            call,
+            ret,
+            outcome: Outcome::Read(
+                g.kvs()
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The current revision and the keys under [`PREFIX`] with their values, read serializably
+/// from `endpoint`.
+pub async fn local_state(endpoint: &str) -> Result<(i64, Vec<(String, String)>), String> {
+    let mut c = connect(endpoint).await.ok_or("cannot connect")?;
+    let g = bounded(c.get(
+        PREFIX,
+        Some(GetOptions::new().with_prefix().with_serializable()),
+    ))
+    .await?;
+    let rev = g.header().map_or(0, |h| h.revision());
+    Ok((
+        rev,
+        g.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            })
+            .collect(),
+    ))
+}
+
+/// HashKV of `endpoint` at `rev`.
+pub async fn hash_kv(endpoint: &str, rev: i64) -> Result<u32, String> {
+    let mut c = connect(endpoint).await.ok_or("cannot connect")?;
+    bounded(c.hash_kv(rev)).await.map(|h| h.hash())
+}
+
+pub async fn pause(d: Duration) {
+    let _ = deadline::within(
+        deadline::Layer::Api,
+        deadline::Deadline::after(d),
+        std::future::pending::<()>(),
+    )
+    .await;
+}
