@@ -1,5 +1,5 @@
 # Thin wrapper: the real work lives in cargo and `cargo xtask`.
-.PHONY: test verify fmt clippy doc bench-engine tidy
+.PHONY: test verify fmt clippy doc tidy bench bench-engine bench-kv bench-watch bench-lease chaos chaos-short
 
 test:
 	cargo test --workspace
@@ -20,3 +20,25 @@ verify: fmt clippy doc test
 
 bench-engine:
 	cargo xtask bench engine
+
+bench-kv:
+	cargo xtask bench kv --rounds 3
+	cargo xtask bench kv --cluster 3
+
+bench-watch:
+	cargo xtask bench watch
+
+bench-lease:
+	cargo xtask bench lease
+
+bench: bench-engine bench-kv bench-watch bench-lease
+
+# Long chaos runs, one per engine (results in target/chaos/).
+chaos:
+	cargo xtask chaos --engine redb --seed 1 --duration 30m
+	cargo xtask chaos --engine mem --seed 2 --duration 30m
+
+# What CI runs.
+chaos-short:
+	cargo build -p server
+	cargo run -p xtask -- chaos --binary target/debug/metastore --seed 7 --duration 100s
