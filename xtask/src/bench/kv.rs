@@ -6,9 +6,10 @@
 //! tonic `KvClient` over the same number of HTTP/2 connections — and the figures with their
 //! ratios go to the `## KV` section of `docs/benchmarks.md`.
 //!
-//! Everything is bounded: each server must answer within [`READY_TIMEOUT`], each request
-//! carries a [`REQUEST_TIMEOUT`] deadline, each workload a watchdog; both servers are killed
-//! when [`Server`] drops, on every path out.
+//! Everything is bounded: each server must answer within
+//! [`READY_TIMEOUT`](super::servers::READY_TIMEOUT), each request carries a [`REQUEST_TIMEOUT`]
+//! deadline, each workload a watchdog; both servers are killed when [`Server`] drops, on every
+//! path out.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
