@@ -54,7 +54,10 @@ options:
   --binary PATH        the metastore binary (default: build target/release/metastore)
   --out DIR            results folder (default target/chaos/seed-N)
   --expect-violation   succeed only if the checker finds a violation (for testing the
-                       checker against a build with a planted bug)";
+                       checker against a build with a planted bug)
+
+cargo xtask chaos --recheck FILE
+  checks the history.txt of an earlier run again and prints the verdict on it";
 
 struct Args {
     seed: u64,
@@ -121,6 +124,34 @@ impl Args {
 }
 
 /// `120s`, `2m`, `1h`, or seconds.
+/// Checks a saved `history.txt` again: for a checker change, or a run to look into.
+fn recheck(file: &str) -> Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+    let history = checker::parse_history(&text)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("parsing {file}"))?;
+    let started = Instant::now();
+    let v = checker::check(&history, CHECK_BUDGET);
+    for violation in &v.violations {
+        println!("{violation:?}");
+    }
+    println!(
+        "{} operations ({} unknown): {} linearizability violations, {} undecided keys {:?}, \
+         checked in {:.1?}",
+        v.ops,
+        v.unknown,
+        v.violations.len(),
+        v.undecided.len(),
+        v.undecided,
+        started.elapsed()
+    );
+    ensure!(
+        v.violations.is_empty() && v.undecided.is_empty(),
+        "the history is not shown linearizable"
+    );
+    Ok(())
+}
+
 fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -163,6 +194,11 @@ impl Findings {
 
 /// Runs `cargo xtask chaos`.
 pub fn run(raw: &[String]) -> Result<()> {
+    if let [flag, file] = raw {
+        if flag == "--recheck" {
+            return recheck(file);
+        }
+    }
     let Some(args) = Args::parse(raw)? else {
         println!("{USAGE}");
         return Ok(());
