@@ -418,9 +418,10 @@ fn parse_line(line: &str) -> Option<Op> {
     let outcome = match outcome {
         "Unknown" => Outcome::Unknown,
         "Read(None)" => Outcome::Read(None),
-        o if o.starts_with("Read(Some(") => Outcome::Read(Some(unquote(
-            &inner(o, "Read(Some(")?.strip_suffix(')')?.to_string(),
-        )?)),
+        o if o.starts_with("Read(Some(") => {
+            let quoted = o.strip_prefix("Read(Some(")?.strip_suffix("))")?;
+            Outcome::Read(Some(unquote(quoted)?))
+        }
         o if o.starts_with("Swapped(") => Outcome::Swapped(inner(o, "Swapped(")?.parse().ok()?),
         o => Outcome::Done(inner(o, "Done(")?.parse().ok()?),
     };
