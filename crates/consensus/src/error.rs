@@ -89,7 +89,7 @@ pub enum ProposeError {
 }
 
 /// Why a linearizable read could not be served.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReadError {
     /// The read-index budget ran out (e.g. quorum lost).

@@ -17,6 +17,7 @@
 //!   messages, and what followers forward to the leader.
 //! - `membership`: etcd's membership changes ([`Change`], [`MembershipError`]), member ids.
 //! - `node`: [`Node`] and [`NodeConfig`].
+//! - `read_rounds`: one leadership confirmation for every read that arrived before it.
 //! - `lessor`, `lease_loop`: lease expiry times, and the leader's revokes and checkpoints.
 
 mod batcher;
@@ -27,6 +28,7 @@ mod log_store;
 mod membership;
 mod network;
 mod node;
+mod read_rounds;
 mod state_machine;
 mod types;
 

@@ -18,6 +18,7 @@ use crate::lessor::Lessor;
 use crate::log_store::{LogCloser, LogStore};
 use crate::membership::{Change, View};
 use crate::network::{ForwardReply, Forwarded, PeerNetwork, Peers, Refusal, Rpc};
+use crate::read_rounds::ReadRounds;
 use crate::state_machine::StateMachine;
 use crate::types::typ::Raft;
 use crate::types::{Member, Tagged};
@@ -143,6 +144,8 @@ struct Inner<B> {
     peers: Peers,
     cluster_token: String,
     log_closer: std::sync::Mutex<Option<LogCloser>>,
+    /// Leadership confirmations shared by concurrent linearizable reads.
+    reads: ReadRounds,
 }
 
 impl<B: Backend> Node<B> {
@@ -223,6 +226,7 @@ impl<B: Backend> Node<B> {
             }
             .run(),
         );
+        let (reads, read_queue) = ReadRounds::new(config.budgets);
         let min_lease_ttl =
             i64::try_from((config.election_timeout.as_millis() * 3).div_ceil(2 * 1000))
                 .unwrap_or(i64::MAX)
@@ -242,6 +246,7 @@ impl<B: Backend> Node<B> {
                 peers: peers.clone(),
                 cluster_token: config.cluster_token.clone(),
                 log_closer: std::sync::Mutex::new(Some(log_closer)),
+                reads,
             }),
         };
         tokio::spawn(crate::lease_loop::run(
@@ -251,6 +256,12 @@ impl<B: Backend> Node<B> {
             config.election_timeout,
         ));
         tokio::spawn(publish_attributes(node.clone(), config.member.clone()));
+        tokio::spawn(crate::read_rounds::run(
+            node.clone(),
+            read_queue,
+            node.inner.reads.rounds.clone(),
+            node.inner.stop.clone(),
+        ));
         Ok(node)
     }
 
@@ -332,21 +343,48 @@ impl<B: Backend> Node<B> {
     }
 
     /// Waits until this member has applied everything committed before the call, as confirmed
-    /// by a quorum (Raft's read index), so a local read after it is linearizable.
+    /// by a quorum (Raft's read index), so a local read after it is linearizable. Concurrent
+    /// reads share one confirmation (`read_rounds`).
     ///
     /// # Errors
     /// [`ReadError`]: the `read-index` budget ran out, no leader, or a stopped node.
     pub async fn read_index(&self, deadline: Deadline) -> Result<(), ReadError> {
+        // The planted bug the chaos checker must catch (never in a normal build).
+        if cfg!(feature = "stale-follower-reads")
+            && self
+                .leader()
+                .is_ok_and(|(leader, _)| leader != self.inner.id)
+        {
+            return Ok(());
+        }
+        self.inner.reads.read_index(deadline).await.map(drop)
+    }
+
+    /// How many read-index rounds this member has run; each served every linearizable read
+    /// queued when it began.
+    pub fn read_rounds(&self) -> u64 {
+        self.inner
+            .reads
+            .rounds
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// One read index for a round of reads: confirmed by this member as the leader, or asked
+    /// of the leader; returned once this member has applied that far. Bounded by the
+    /// `read-index` budget.
+    pub(crate) async fn confirm_read(&self) -> Result<u64, ReadError> {
+        let deadline = self
+            .inner
+            .budgets
+            .deadline_for(Layer::ReadIndex, Deadline::none());
         let index = match self.leader()? {
             (leader, _) if leader == self.inner.id => {
-                return self.read_index_as_leader(deadline).await.map(drop)
+                // openraft waits for the local apply to reach the read index too.
+                return self.read_index_as_leader(deadline).await;
             }
-            // The planted bug the chaos checker must catch (never in a normal build).
-            _ if cfg!(feature = "stale-follower-reads") => return Ok(()),
             (leader, member) => {
-                let limit = self.inner.budgets.deadline_for(Layer::ReadIndex, deadline);
                 match self
-                    .forward(leader, &member, &Forwarded::ReadIndex, limit)
+                    .forward(leader, &member, &Forwarded::ReadIndex, deadline)
                     .await?
                 {
                     ForwardReply::Index(index) => index,
@@ -354,7 +392,6 @@ impl<B: Backend> Node<B> {
                 }
             }
         };
-        // The leader confirmed `index`; this member serves the read once it applied that far.
         let mut metrics = self.inner.raft.metrics();
         let applied = async {
             loop {
@@ -367,13 +404,8 @@ impl<B: Backend> Node<B> {
                 }
             }
         };
-        match self
-            .inner
-            .budgets
-            .run(Layer::ReadIndex, deadline, applied)
-            .await?
-        {
-            true => Ok(()),
+        match deadline::within(Layer::ReadIndex, deadline, applied).await? {
+            true => Ok(index),
             false => Err(ReadError::Stopped),
         }
     }
@@ -381,15 +413,12 @@ impl<B: Backend> Node<B> {
     /// The leader's half of a read index: confirm leadership with a quorum, wait for the local
     /// apply, answer the index.
     async fn read_index_as_leader(&self, deadline: Deadline) -> Result<u64, ReadError> {
-        let answer = self
-            .inner
-            .budgets
-            .run(
-                Layer::ReadIndex,
-                deadline,
-                self.inner.raft.ensure_linearizable(),
-            )
-            .await?;
+        let answer = deadline::within(
+            Layer::ReadIndex,
+            deadline,
+            self.inner.raft.ensure_linearizable(),
+        )
+        .await?;
         match answer {
             Ok(read) => Ok(read.map_or(0, |l| l.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(f
@@ -468,7 +497,8 @@ impl<B: Backend> Node<B> {
                     Err(_) => ForwardReply::Refused(Refusal::Timeout),
                 }
             }
-            Forwarded::ReadIndex => match self.read_index_as_leader(Deadline::none()).await {
+            // In the leader's rounds, shared with its own reads and other followers' rounds.
+            Forwarded::ReadIndex => match self.inner.reads.read_index(Deadline::none()).await {
                 Ok(index) => ForwardReply::Index(index),
                 Err(e) => ForwardReply::Refused(read_error_refusal(e)),
             },

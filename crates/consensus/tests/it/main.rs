@@ -95,6 +95,43 @@ async fn proposals_apply_and_reads_are_linearizable() {
     node.shutdown().await.unwrap();
 }
 
+/// Concurrent linearizable reads share leadership confirmations, and each still sees every
+/// write acknowledged before it began.
+#[tokio::test(flavor = "current_thread")]
+async fn concurrent_reads_share_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = started(config(dir.path()), MemBackend::new()).await;
+    let d = || Deadline::after(Duration::from_secs(5));
+    let before = node.read_rounds();
+    for burst in 0..4usize {
+        node.propose(put("k", &burst.to_string()), d())
+            .await
+            .unwrap();
+        // Spawned, so they queue together: a current-thread runtime runs them all once this
+        // task waits, before the rounds task takes its queue.
+        let reads: Vec<_> = (0..50)
+            .map(|_| {
+                let n = node.clone();
+                tokio::spawn(async move { n.read_index(d()).await.map(|()| value_of(&n, "k")) })
+            })
+            .collect();
+        for r in reads {
+            let seen = r.await.unwrap().unwrap().unwrap();
+            assert_eq!(
+                seen,
+                burst.to_string().as_bytes(),
+                "a read missed an acknowledged write"
+            );
+        }
+    }
+    let rounds = node.read_rounds() - before;
+    assert!(
+        (4..=12).contains(&rounds),
+        "200 reads in 4 bursts took {rounds} rounds"
+    );
+    node.shutdown().await.unwrap();
+}
+
 async fn restart_keeps_writes<B: Backend>(open: impl Fn() -> B) {
     let dir = tempfile::tempdir().unwrap();
     let hash = {

@@ -63,6 +63,10 @@ async fn lease_script(c: &mut Client) -> Vec<String> {
         "grant 1002 ttl 1: ttl {} (raised to the minimum)",
         r.ttl()
     ));
+    // Gone before the list of leases below, which would otherwise race its 2 s expiry.
+    bounded("revoke", c.lease_revoke(1002))
+        .await
+        .expect("revoke 1002");
     let long = bounded("grant", c.lease_grant(9_000_000_001, id(1003))).await;
     out.push(format!(
         "grant too long: {:?}",
@@ -109,11 +113,13 @@ async fn lease_script(c: &mut Client) -> Vec<String> {
     )
     .await
     .expect("ttl");
-    let keys: Vec<String> = t
+    // etcd lists them from a Go map, in no fixed order.
+    let mut keys: Vec<String> = t
         .keys()
         .iter()
         .map(|k| String::from_utf8_lossy(k).into_owned())
         .collect();
+    keys.sort();
     out.push(format!(
         "time to live 1001: granted {} remaining in 25..=30: {} keys {keys:?}",
         t.granted_ttl(),
