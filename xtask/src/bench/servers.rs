@@ -324,15 +324,7 @@ pub(super) async fn connect_all(urls: &[String], n: usize) -> Result<Vec<Channel
 
 /// `n` connections to `url`.
 pub(super) async fn connect(url: &str, n: usize) -> Result<Vec<Channel>> {
-    let mut channels = Vec::with_capacity(n);
-    for _ in 0..n {
-        let channel = endpoint(url)?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
-        channels.push(channel);
-    }
-    Ok(channels)
+    connect_all(&[url.to_string()], n).await
 }
 
 /// Waits for every task of `set`, aborting them all and failing once `deadline` passes.

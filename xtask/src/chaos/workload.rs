@@ -300,6 +300,22 @@ pub struct Seen {
     pub prev: Option<String>,
 }
 
+impl Seen {
+    /// What a watch event says, if it carries a key-value.
+    fn of(e: &etcd_client::Event) -> Option<Self> {
+        let kv = e.kv()?;
+        Some(Self {
+            rev: kv.mod_revision(),
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            put: e.event_type() == EventType::Put,
+            value: String::from_utf8_lossy(kv.value()).into_owned(),
+            prev: e
+                .prev_kv()
+                .map(|p| String::from_utf8_lossy(p.value()).into_owned()),
+        })
+    }
+}
+
 /// A watcher: watches [`PREFIX`] from revision 1 through `endpoints` in turn, resuming from the
 /// last revision it saw plus one whenever its stream breaks; returns what it saw, in order.
 pub async fn watcher(shared: Shared, endpoints: Vec<String>, first: usize) -> Vec<Seen> {
@@ -340,18 +356,7 @@ pub async fn watcher(shared: Shared, endpoints: Vec<String>, first: usize) -> Ve
                     if r.canceled() {
                         break;
                     }
-                    for e in r.events() {
-                        let Some(kv) = e.kv() else { continue };
-                        seen.push(Seen {
-                            rev: kv.mod_revision(),
-                            key: String::from_utf8_lossy(kv.key()).into_owned(),
-                            put: e.event_type() == EventType::Put,
-                            value: String::from_utf8_lossy(kv.value()).into_owned(),
-                            prev: e
-                                .prev_kv()
-                                .map(|p| String::from_utf8_lossy(p.value()).into_owned()),
-                        });
-                    }
+                    seen.extend(r.events().iter().filter_map(Seen::of));
                 }
                 Ok(_) => break,
             }
@@ -389,18 +394,7 @@ pub async fn reference_events(endpoint: &str, until: i64) -> Result<Vec<Seen>, S
         .await;
         match r {
             Ok(Ok(Some(r))) => {
-                for e in r.events() {
-                    let Some(kv) = e.kv() else { continue };
-                    out.push(Seen {
-                        rev: kv.mod_revision(),
-                        key: String::from_utf8_lossy(kv.key()).into_owned(),
-                        put: e.event_type() == EventType::Put,
-                        value: String::from_utf8_lossy(kv.value()).into_owned(),
-                        prev: e
-                            .prev_kv()
-                            .map(|p| String::from_utf8_lossy(p.value()).into_owned()),
-                    });
-                }
+                out.extend(r.events().iter().filter_map(Seen::of));
             }
             // No event past the last one: it is all there is.
             Err(_) => return Ok(out),
