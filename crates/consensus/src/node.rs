@@ -259,7 +259,6 @@ impl<B: Backend> Node<B> {
         tokio::spawn(crate::read_rounds::run(
             node.clone(),
             read_queue,
-            node.inner.reads.rounds.clone(),
             node.inner.stop.clone(),
         ));
         Ok(node)
@@ -367,6 +366,11 @@ impl<B: Backend> Node<B> {
             .reads
             .rounds
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The read rounds, for their task.
+    pub(crate) fn read_rounds_handle(&self) -> &ReadRounds {
+        &self.inner.reads
     }
 
     /// One read index for a round of reads: confirmed by this member as the leader, or asked

@@ -14,7 +14,6 @@
 //! round comes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use deadline::{Budgets, Deadline, Layer};
 use mvcc::Backend;
@@ -37,19 +36,18 @@ pub(crate) struct ReadRounds {
     queue: mpsc::Sender<Reply>,
     budgets: Budgets,
     /// Rounds run so far.
-    pub(crate) rounds: Arc<AtomicU64>,
+    pub(crate) rounds: AtomicU64,
 }
 
 impl ReadRounds {
     /// The handle, and the queue for [`run`].
     pub(crate) fn new(budgets: Budgets) -> (Self, mpsc::Receiver<Reply>) {
         let (queue, queued) = mpsc::channel(QUEUE);
-        let rounds = Arc::default();
         (
             Self {
                 queue,
                 budgets,
-                rounds,
+                rounds: AtomicU64::new(0),
             },
             queued,
         )
@@ -77,7 +75,6 @@ impl ReadRounds {
 pub(crate) async fn run<B: Backend>(
     node: Node<B>,
     mut queued: mpsc::Receiver<Reply>,
-    rounds: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
     let mut round = Vec::with_capacity(64);
@@ -100,7 +97,9 @@ pub(crate) async fn run<B: Backend>(
         if round.is_empty() {
             continue;
         }
-        rounds.fetch_add(1, Ordering::Relaxed);
+        node.read_rounds_handle()
+            .rounds
+            .fetch_add(1, Ordering::Relaxed);
         metrics::counter!("metastore_read_index_rounds_total").increment(1);
         metrics::counter!("metastore_read_index_reads_total").increment(round.len() as u64);
         let result = node.confirm_read().await;
