@@ -124,6 +124,18 @@ async fn assert_converged(cluster: &Cluster, prefix: &str, acked: &BTreeMap<Stri
     let running: Vec<usize> = (0..cluster.members().len())
         .filter(|i| cluster.member(*i).is_running())
         .collect();
+    // Equal revisions alone do not mean caught up: right after a restart every member can
+    // stand at the same revision while the last committed entries wait for the new leader to
+    // commit one of its own term. A linearizable read makes the leader apply all of them
+    // first, so equal revisions afterwards include every acknowledged write.
+    let mut c = client(&cluster.member(running[0]).endpoint()).await;
+    while let Err(e) = c.get(prefix, None).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no linearizable read: {e}"
+        );
+        pause(Duration::from_millis(100)).await;
+    }
     loop {
         let revs: Vec<Option<f64>> = running
             .iter()
@@ -141,27 +153,37 @@ async fn assert_converged(cluster: &Cluster, prefix: &str, acked: &BTreeMap<Stri
     let mut hashes = Vec::new();
     for i in &running {
         let mut c = client(&cluster.member(*i).endpoint()).await;
-        let got = c
-            .get(
-                prefix,
-                Some(GetOptions::new().with_prefix().with_serializable()),
-            )
-            .await
-            .expect("range");
-        let have: BTreeMap<String, String> = got
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    kv.key_str().expect("utf-8").to_string(),
-                    kv.value_str().expect("utf-8").to_string(),
+        // Equal revisions can come before the last committed entries are applied (right after
+        // a restart they wait for the new leader to commit one of its own term), so a member
+        // gets a bounded while to show every acknowledged write.
+        let (got, missing) = loop {
+            let got = c
+                .get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_serializable()),
                 )
-            })
-            .collect();
-        let missing: Vec<&String> = acked
-            .keys()
-            .filter(|k| have.get(*k) != acked.get(*k))
-            .collect();
+                .await
+                .expect("range");
+            let have: BTreeMap<String, String> = got
+                .kvs()
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.key_str().expect("utf-8").to_string(),
+                        kv.value_str().expect("utf-8").to_string(),
+                    )
+                })
+                .collect();
+            let missing: Vec<String> = acked
+                .keys()
+                .filter(|k| have.get(*k) != acked.get(*k))
+                .cloned()
+                .collect();
+            if missing.is_empty() || started.elapsed() > Duration::from_secs(30) {
+                break (got, missing);
+            }
+            pause(Duration::from_millis(100)).await;
+        };
         assert!(
             missing.is_empty(),
             "member {i} lacks {} of {} acknowledged writes, e.g. {:?}",
@@ -357,7 +379,14 @@ async fn a_new_member_joins_by_snapshot_is_promoted_and_another_is_removed() {
     let mut acked = BTreeMap::new();
     for i in 0..1_500 {
         let (k, v) = (format!("s/{i:05}"), format!("v{i}"));
-        c.put(k.clone(), v.clone(), None).await.expect("put");
+        // A loaded machine may see an election meanwhile ("etcdserver: no leader"): the same
+        // put again is harmless, and it must land within a bounded number of tries.
+        let mut tries = 0;
+        while let Err(e) = c.put(k.clone(), v.clone(), None).await {
+            tries += 1;
+            assert!(tries < 50, "put {k}: {e}");
+            pause(Duration::from_millis(100)).await;
+        }
         acked.insert(k, v);
     }
     let new = cluster.prepare_member();
