@@ -30,6 +30,8 @@ mod network;
 mod node;
 mod read_rounds;
 mod state_machine;
+#[cfg(test)]
+mod test_support;
 mod types;
 
 pub use error::{CommandError, MembershipFailure, ProposeError, ReadError, StartError};
