@@ -110,6 +110,8 @@ impl Unanswered {
 /// The task that turns queued commands into entries.
 pub(crate) struct Batcher {
     pub(crate) origin: u64,
+    /// This start of the member ([`crate::incarnation::boot_id`]).
+    pub(crate) incarnation: u64,
     pub(crate) raft: Raft,
     pub(crate) peers: Peers,
     pub(crate) queue: mpsc::Receiver<Queued>,
@@ -142,7 +144,12 @@ impl Batcher {
                     }
                     seq += 1;
                     let ids: Vec<u64> = batch.iter().map(|q| q.id).collect();
-                    let proposal = Proposal { origin: self.origin, seq, commands: batch };
+                    let proposal = Proposal {
+                        origin: self.origin,
+                        incarnation: self.incarnation,
+                        seq,
+                        commands: batch,
+                    };
                     let leader = {
                         let metrics = self.raft.metrics();
                         let m = metrics.borrow();
@@ -335,6 +342,7 @@ mod tests {
         let stop = CancellationToken::new();
         let batcher = Batcher {
             origin: crate::test_support::ME,
+            incarnation: crate::test_support::INCARNATION,
             raft: h.raft.clone(),
             peers: h.peers.clone(),
             queue: rx,

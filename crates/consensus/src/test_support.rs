@@ -32,6 +32,8 @@ use crate::types::{Member, TypeConfig};
 pub(crate) const PEER: u64 = 2;
 /// The real member's id.
 pub(crate) const ME: u64 = 1;
+/// The real member's incarnation.
+pub(crate) const INCARNATION: u64 = 11;
 
 fn payload<T: serde::Serialize>(v: &T) -> Result<tonic::Response<Payload>, tonic::Status> {
     Ok(tonic::Response::new(Payload {
@@ -122,12 +124,14 @@ impl Harness {
         tokio::spawn(server);
 
         let dir = tempfile::tempdir().unwrap();
-        let (log, closer) = LogStore::open(&dir.path().join("raft-log.redb"), ME).unwrap();
+        let (log, closer) =
+            LogStore::open(&dir.path().join("raft-log.redb"), ME, INCARNATION).unwrap();
         let store = Store::open(engine_mem::MemBackend::new()).unwrap();
         let waiters = Registry::new("test-proposals");
         let sm = StateMachine::open(
             store,
             ME,
+            INCARNATION,
             waiters.clone(),
             dir.path().join("snapshots"),
             Arc::new(Lessor::default()),
