@@ -52,6 +52,11 @@ pub(crate) enum Rejected {
     Stopped,
     /// Too many entries wait for their apply.
     TooManyRequests,
+    /// The command itself is refused.
+    Command(crate::CommandError),
+    /// The leader refused a forwarded batch holding these commands (waiter id, why); the
+    /// rest of the batch is refused with it.
+    Invalid(Vec<(u64, crate::CommandError)>),
     /// Raft refused the entry for another reason.
     Other(String),
 }
@@ -178,6 +183,9 @@ impl Batcher {
                                     Ok(ForwardReply::Refused(Refusal::TooManyRequests)) => {
                                         Some(Rejected::TooManyRequests)
                                     }
+                                    Ok(ForwardReply::Refused(Refusal::Invalid(bad))) => {
+                                        Some(Rejected::Invalid(bad))
+                                    }
                                     Ok(ForwardReply::Refused(Refusal::NotLeader(Some(l)))) => {
                                         Some(Rejected::NotLeader(l))
                                     }
@@ -287,7 +295,22 @@ impl Batcher {
     /// Answers every waiter in `ids` with `rejected`.
     fn reject(&self, ids: impl Iterator<Item = u64>, rejected: &Rejected) {
         for id in ids {
-            self.waiters.complete(id, Err(rejected.clone()));
+            let answer = match rejected {
+                Rejected::Invalid(bad) => {
+                    Rejected::Command(bad.iter().find(|(b, _)| *b == id).map_or_else(
+                        || {
+                            crate::CommandError::Other(
+                                "etcdserver: the leader refused the batch this request was \
+                                     forwarded in: it held an invalid command"
+                                    .into(),
+                            )
+                        },
+                        |(_, why)| why.clone(),
+                    ))
+                }
+                other => other.clone(),
+            };
+            self.waiters.complete(id, Err(answer));
         }
     }
 }

@@ -34,6 +34,24 @@ pub enum CommandError {
     /// A grant named a lease id that is taken.
     #[error("etcdserver: lease already exists")]
     LeaseExists,
+    /// A command without a key.
+    #[error("etcdserver: key is not provided")]
+    KeyNotProvided,
+    /// `ignore_value` together with a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// `ignore_lease` together with a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// A txn over `--max-txn-ops`.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// Keys and values over `--max-request-bytes`.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// A lease TTL over etcd's `MaxLeaseTTL` (9,000,000,000 s).
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     /// Any other refusal, described.
     #[error("{0}")]
     Other(String),
@@ -169,6 +187,7 @@ impl MembershipFailure {
             )),
             Refusal::Stopped => MembershipFailure::Read(ReadError::Stopped),
             Refusal::TooManyRequests => MembershipFailure::Other("too many requests".into()),
+            Refusal::Invalid(bad) => MembershipFailure::Other(format!("invalid commands: {bad:?}")),
             Refusal::Other(why) => MembershipFailure::Other(why),
         }
     }

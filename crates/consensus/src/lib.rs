@@ -20,6 +20,7 @@
 //! - `read_rounds`: one leadership confirmation for every read that arrived before it.
 //! - `lessor`, `lease_loop`: lease expiry times, and the leader's revokes and checkpoints.
 //! - `incarnation`: the id that tells this start of a member from its earlier ones.
+//! - `validate`: the checks every command passes before it enters the log, forwarded or not.
 
 mod batcher;
 mod error;
@@ -35,6 +36,7 @@ mod state_machine;
 #[cfg(test)]
 mod test_support;
 mod types;
+mod validate;
 
 pub use error::{CommandError, MembershipFailure, ProposeError, ReadError, StartError};
 pub use log_store::{LogCloser, LogStore};

@@ -75,6 +75,8 @@ pub(crate) enum Refusal {
     Stopped,
     Timeout,
     TooManyRequests,
+    /// A forwarded batch held commands no checked request could produce: (waiter id, why).
+    Invalid(Vec<(u64, crate::CommandError)>),
     Membership(crate::membership::MembershipError),
     Other(String),
 }

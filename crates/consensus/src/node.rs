@@ -55,6 +55,11 @@ pub struct NodeConfig {
     pub join_existing: bool,
     /// The local address peer connections are made from (the system's choice if none).
     pub peer_source_addr: Option<std::net::IpAddr>,
+    /// `--max-request-bytes`: key and value bytes one command may carry, checked again on the
+    /// leader for forwarded commands.
+    pub max_request_bytes: usize,
+    /// `--max-txn-ops`, checked again on the leader for forwarded commands.
+    pub max_txn_ops: usize,
 }
 
 impl NodeConfig {
@@ -75,6 +80,8 @@ impl NodeConfig {
             cluster_token: "etcd-cluster".to_string(),
             join_existing: false,
             peer_source_addr: None,
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
         }
     }
 
@@ -146,6 +153,8 @@ struct Inner<B> {
     log_closer: std::sync::Mutex<Option<LogCloser>>,
     /// Leadership confirmations shared by concurrent linearizable reads.
     reads: ReadRounds,
+    /// What one command may carry, for commands proposed here or forwarded here.
+    limits: crate::validate::Limits,
 }
 
 impl<B: Backend> Node<B> {
@@ -250,6 +259,10 @@ impl<B: Backend> Node<B> {
                 cluster_token: config.cluster_token.clone(),
                 log_closer: std::sync::Mutex::new(Some(log_closer)),
                 reads,
+                limits: crate::validate::Limits {
+                    max_request_bytes: config.max_request_bytes,
+                    max_txn_ops: config.max_txn_ops,
+                },
             }),
         };
         tokio::spawn(crate::lease_loop::run(
@@ -302,6 +315,7 @@ impl<B: Backend> Node<B> {
         deadline: Deadline,
     ) -> Result<(i64, mvcc::Response), ProposeError> {
         let inner = &*self.inner;
+        crate::validate::check(&command, inner.limits)?;
         let budgets = &inner.budgets;
         let _room = budgets
             .run(Layer::Propose, deadline, inner.room.acquire())
@@ -333,6 +347,10 @@ impl<B: Backend> Node<B> {
             Rejected::NotLeader(leader) => ProposeError::NotLeader { leader },
             Rejected::Stopped => ProposeError::Stopped,
             Rejected::TooManyRequests => ProposeError::TooManyRequests,
+            Rejected::Command(refused) => ProposeError::Command(refused),
+            Rejected::Invalid(_) => ProposeError::Command(crate::CommandError::Other(
+                "etcdserver: the leader refused an invalid command".to_string(),
+            )),
             Rejected::Other(why) => ProposeError::Command(crate::CommandError::Other(why)),
         })?;
         match applied.result {
@@ -490,6 +508,25 @@ impl<B: Backend> Node<B> {
         let budgets = &self.inner.budgets;
         match request {
             Forwarded::Propose(proposal) => {
+                // kvapi checked the follower's requests; nothing unchecked enters the log.
+                let limits = self.inner.limits;
+                let bad: Vec<(u64, crate::CommandError)> = proposal
+                    .commands
+                    .iter()
+                    .filter_map(|t| {
+                        crate::validate::check(&t.command, limits)
+                            .err()
+                            .map(|why| (t.id, why))
+                    })
+                    .collect();
+                if !bad.is_empty() {
+                    tracing::warn!(
+                        origin = format_args!("{:x}", proposal.origin),
+                        refused = ?bad,
+                        "refused a forwarded batch holding invalid commands"
+                    );
+                    return ForwardReply::Refused(Refusal::Invalid(bad));
+                }
                 let write = async {
                     let responder = self.inner.raft.client_write_ff(proposal).await?;
                     Ok::<_, openraft::error::Fatal<u64>>(responder.await)

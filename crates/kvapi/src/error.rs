@@ -129,6 +129,12 @@ impl From<CommandError> for ApiError {
             CommandError::DuplicateKey => ApiError::DuplicateKey,
             CommandError::LeaseNotFound => ApiError::LeaseNotFound,
             CommandError::LeaseExists => ApiError::LeaseExists,
+            CommandError::KeyNotProvided => ApiError::KeyNotProvided,
+            CommandError::ValueProvided => ApiError::ValueProvided,
+            CommandError::LeaseProvided => ApiError::LeaseProvided,
+            CommandError::TooManyOps => ApiError::TooManyOps,
+            CommandError::RequestTooLarge => ApiError::RequestTooLarge,
+            CommandError::LeaseTtlTooLarge => ApiError::LeaseTtlTooLarge,
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -174,6 +174,8 @@ impl TryFrom<Flags> for Config {
         node.lease_checkpoint_interval = f.lease_checkpoint_interval;
         node.lease_revoke_rate = f.lease_revoke_rate.max(1);
         node.budgets = budgets;
+        node.max_request_bytes = f.max_request_bytes;
+        node.max_txn_ops = f.max_txn_ops;
         if f.election_timeout < 5 * f.heartbeat_interval {
             bail!(
                 "--election-timeout ({}ms) should be at least 5 times --heartbeat-interval ({}ms)",
