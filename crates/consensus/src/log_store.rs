@@ -229,6 +229,8 @@ impl LogStore {
         txn.open_table(LOG).map_err(|e| e.to_string())?;
         txn.open_table(STATE).map_err(|e| e.to_string())?;
         txn.commit().map_err(|e| e.to_string())?;
+        // redb may just have created the file: its name is durable only once the directory is.
+        mvcc::durable::sync_parent(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let db = Arc::new(db);
         let pending: Pending = Arc::default();
         let (ops, queue) = mpsc::channel(QUEUE);

@@ -161,7 +161,7 @@ impl<B: Backend> Node<B> {
             .map_err(|e| StartError::Config(e.to_string()))?;
         let raft_config = Arc::new(config.raft_config()?);
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir)
+        mvcc::durable::create_dir_all_synced(dir)
             .map_err(|e| StartError::Config(format!("{}: {e}", dir.display())))?;
         let log_path = dir.join("raft-log.redb");
         let (log, log_closer) =
