@@ -55,6 +55,8 @@ pub async fn run(
             if let Some(parent) = path.parent() {
                 mvcc::durable::create_dir_all_synced(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
+                // Opening would create an empty engine file in place of a lost one.
+                consensus::require_state(parent, "data.redb")?;
             }
             // Lazy: the Raft log is fsynced before any write is acknowledged, and replays
             // whatever the engine had not made durable.
