@@ -527,12 +527,19 @@ impl<B: Backend> Node<B> {
                 Ok(ttl) => ForwardReply::Ttl(ttl),
                 Err(e) => ForwardReply::Refused(read_error_refusal(e)),
             },
-            Forwarded::LeaseRemaining(id) => ForwardReply::Remaining(
-                self.inner
-                    .lessor
-                    .remaining(id)
-                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            ),
+            // The leader's lessor answers once the leader has applied everything committed, so
+            // a lease the asking follower already sees is known here too.
+            Forwarded::LeaseRemaining(id) => {
+                match self.inner.reads.read_index(Deadline::none()).await {
+                    Ok(_) => ForwardReply::Remaining(
+                        self.inner
+                            .lessor
+                            .remaining(id)
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    ),
+                    Err(e) => ForwardReply::Refused(read_error_refusal(e)),
+                }
+            }
             Forwarded::Membership(change) => {
                 match self.change_membership_local(change, Deadline::none()).await {
                     Ok(members) => ForwardReply::Members(members),
