@@ -148,6 +148,22 @@ pub enum StartError {
     /// Raft refused to start or initialize.
     #[error("raft failed to start: {0}")]
     Raft(String),
+    /// The member marker says this member was initialised, but state it vouches for is gone.
+    #[error(
+        "refusing to start: {what}, but {marker} says this member was initialised: its \
+         state was lost (restore the member directory from a backup, or remove the member \
+         from the cluster and add it again with an empty data dir); starting would silently \
+         bootstrap a new, empty cluster"
+    )]
+    Missing {
+        /// What is missing.
+        what: String,
+        /// The marker file.
+        marker: String,
+    },
+    /// The member marker could not be read or written.
+    #[error("member marker: {0}")]
+    Marker(String),
     /// Snapshot files could not be read or written.
     #[error("snapshot directory {path}: {cause}")]
     Snapshots {

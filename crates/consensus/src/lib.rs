@@ -16,6 +16,7 @@
 //! - `network`: the peer transport over tonic ([`PeerService`], [`PeerNetwork`]): Raft's
 //!   messages, and what followers forward to the leader.
 //! - `membership`: etcd's membership changes ([`Change`], [`MembershipError`]), member ids.
+//! - `marker`: the durable note that this member was initialised ([`require_state`]).
 //! - `node`: [`Node`] and [`NodeConfig`].
 //! - `read_rounds`: one leadership confirmation for every read that arrived before it.
 //! - `lessor`, `lease_loop`: lease expiry times, and the leader's revokes and checkpoints.
@@ -28,6 +29,7 @@ mod incarnation;
 mod lease_loop;
 mod lessor;
 mod log_store;
+mod marker;
 mod membership;
 mod network;
 mod node;
@@ -40,6 +42,7 @@ mod validate;
 
 pub use error::{CommandError, MembershipFailure, ProposeError, ReadError, StartError};
 pub use log_store::{LogCloser, LogStore};
+pub use marker::{require as require_state, MARKER};
 pub use membership::{cluster_id, member_id, Change, MembershipError};
 pub use network::{PeerNetwork, PeerService, Peers};
 pub use node::{Node, NodeConfig, NodeStatus};

@@ -231,6 +231,8 @@ impl LogStore {
         txn.open_table(LOG).map_err(|e| e.to_string())?;
         txn.open_table(STATE).map_err(|e| e.to_string())?;
         txn.commit().map_err(|e| e.to_string())?;
+        // redb may just have created the file: its name is durable only once the directory is.
+        mvcc::durable::sync_parent(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let db = Arc::new(db);
         let pending: Pending = Arc::default();
         let (ops, queue) = mpsc::channel(QUEUE);
@@ -379,8 +381,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         written.map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
+    /// The persisted vote, as *not yet granted* in this incarnation.
+    ///
+    /// openraft 0.9 reads the vote only at start-up, and a committed vote there restores the
+    /// leadership it names at once (`Engine::startup`): after a whole-cluster restart the old
+    /// leader leads again in its old term without appending an entry, and its read index is
+    /// `max(its old first entry, the committed hint)`. The hint is written lazily, so it may
+    /// lag the last acknowledged write, and a linearizable read could be served before that
+    /// write was even re-committed (issue 23: 'read 1-18 at revision 40, but 1-19 was
+    /// acknowledged at revision 41'). Followers, too, trust the committed vote's leader.
+    ///
+    /// Handing the vote back uncommitted keeps what Raft's safety needs (this member still
+    /// voted for that leader in that term and cannot vote for a lower one), but no member
+    /// assumes a leader after a restart: an election follows, and the new leader appends a
+    /// blank entry of its new term, whose commit (and local apply) every read index waits for.
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_state(VOTE)
+        let vote: Option<Vote> = self.read_state(VOTE)?;
+        Ok(vote.map(|v| Vote::new(v.leader_id().term, v.leader_id().node_id)))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {

@@ -170,9 +170,11 @@ impl<B: Backend> Node<B> {
             .map_err(|e| StartError::Config(e.to_string()))?;
         let raft_config = Arc::new(config.raft_config()?);
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir)
+        mvcc::durable::create_dir_all_synced(dir)
             .map_err(|e| StartError::Config(format!("{}: {e}", dir.display())))?;
-        let log_path = dir.join("raft-log.redb");
+        // Before opening: opening would create an empty log in place of a lost one.
+        crate::marker::require(dir, crate::marker::RAFT_LOG)?;
+        let log_path = dir.join(crate::marker::RAFT_LOG);
         let incarnation = crate::incarnation::boot_id();
         let (log, log_closer) =
             LogStore::open(&log_path, config.id, incarnation).map_err(|cause| StartError::Log {
@@ -206,6 +208,18 @@ impl<B: Backend> Node<B> {
             .is_initialized()
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        if !initialized && crate::marker::initialised(dir)? {
+            return Err(crate::marker::missing(
+                dir,
+                &format!("{} holds no vote or membership", log_path.display()),
+            ));
+        }
+        if initialized {
+            crate::marker::write(dir, config.id)?;
+        } else if config.join_existing {
+            // The marker is written once the leader has given this member its membership.
+            tokio::spawn(mark_when_joined(raft.clone(), dir.clone(), config.id));
+        }
         if !initialized && config.join_existing {
             tracing::info!(
                 id = format_args!("{:x}", config.id),
@@ -220,6 +234,9 @@ impl<B: Backend> Node<B> {
             raft.initialize(config.initial_members.clone())
                 .await
                 .map_err(|e| StartError::Raft(e.to_string()))?;
+            // Marked after the bootstrap: had its entry been lost with the marker kept, the
+            // member would refuse to start rather than bootstrap again.
+            crate::marker::write(dir, config.id)?;
         }
         let max_in_flight = config.max_in_flight.max(1);
         let (queue, queued) = mpsc::channel(max_in_flight);
@@ -550,12 +567,19 @@ impl<B: Backend> Node<B> {
                 Ok(ttl) => ForwardReply::Ttl(ttl),
                 Err(e) => ForwardReply::Refused(read_error_refusal(e)),
             },
-            Forwarded::LeaseRemaining(id) => ForwardReply::Remaining(
-                self.inner
-                    .lessor
-                    .remaining(id)
-                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            ),
+            // The leader's lessor answers once the leader has applied everything committed, so
+            // a lease the asking follower already sees is known here too.
+            Forwarded::LeaseRemaining(id) => {
+                match self.inner.reads.read_index(Deadline::none()).await {
+                    Ok(_) => ForwardReply::Remaining(
+                        self.inner
+                            .lessor
+                            .remaining(id)
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    ),
+                    Err(e) => ForwardReply::Refused(read_error_refusal(e)),
+                }
+            }
             Forwarded::Membership(change) => {
                 match self.change_membership_local(change, Deadline::none()).await {
                     Ok(members) => ForwardReply::Members(members),
@@ -867,5 +891,22 @@ fn wait_error(e: WaitError) -> ProposeError {
     match e {
         WaitError::Expired(expired) => ProposeError::Timeout(expired),
         _ => ProposeError::Stopped,
+    }
+}
+
+/// Writes the member marker once a joining member holds a membership from the leader (its
+/// log then has state to lose). Ends with Raft.
+async fn mark_when_joined(raft: Raft, dir: PathBuf, id: u64) {
+    let mut metrics = raft.metrics();
+    loop {
+        if metrics.borrow().membership_config.log_id().is_some() {
+            if let Err(e) = crate::marker::write(&dir, id) {
+                tracing::error!(cause = %e, "writing the member marker failed");
+            }
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }

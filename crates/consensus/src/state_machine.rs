@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadline::Registry;
-use mvcc::{Backend, Store};
+use mvcc::{durable, Backend, Store};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use serde::{Deserialize, Serialize};
@@ -312,7 +312,7 @@ const BUILDING: &str = "building.snap";
 
 impl SnapshotDir {
     fn open(dir: PathBuf) -> Result<Self, String> {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        durable::create_dir_all_synced(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         Ok(Self { dir })
     }
 
@@ -346,7 +346,7 @@ impl SnapshotDir {
         let position = Position::decode(reader.info().applied.as_deref())?;
         let tmp = self.dir.join(BUILDING);
         {
-            let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+            let file = durable::create_file_synced(&tmp).map_err(|e| e.to_string())?;
             let mut out = BufWriter::new(file);
             std::io::copy(&mut reader, &mut out).map_err(|e| e.to_string())?;
             let file = out.into_inner().map_err(|e| e.to_string())?;
@@ -371,25 +371,21 @@ impl SnapshotDir {
     }
 
     /// Moves `data` to its final name, then atomically points the metadata at it, then removes
-    /// older data files.
+    /// older data files. Each rename is fsynced into the directory before the next step, so the
+    /// old snapshots are removed only once the new one is durably current.
     fn commit(&self, data: &Path, meta: &SnapshotMeta) -> Result<PathBuf, String> {
         let name = Self::data_name(meta);
         let path = self.dir.join(&name);
-        std::fs::rename(data, &path).map_err(|e| e.to_string())?;
+        durable::rename_synced(data, &path).map_err(|e| e.to_string())?;
         let raw = bincode::serialize(meta).map_err(|e| e.to_string())?;
-        let tmp = self.dir.join("meta.tmp");
-        std::fs::write(&tmp, raw).map_err(|e| e.to_string())?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, self.dir.join(META)).map_err(|e| e.to_string())?;
+        durable::write_synced(&self.dir.join(META), &raw).map_err(|e| e.to_string())?;
         let entries = std::fs::read_dir(&self.dir).map_err(|e| e.to_string())?;
         for entry in entries.flatten() {
             let old = entry.file_name();
             let old = old.to_string_lossy();
             if old.starts_with("snap-") && old != name {
                 // A reader of the old snapshot keeps its open handle; the name can go.
-                let _ = std::fs::remove_file(entry.path());
+                let _ = durable::remove_synced(&entry.path());
             }
         }
         Ok(path)

@@ -99,6 +99,9 @@ impl RedbBackend {
         }
         txn.commit()
             .map_err(|e| BackendError::Open(e.to_string()))?;
+        // redb may just have created the file: its name is durable only once the directory is.
+        mvcc::durable::sync_parent(path)
+            .map_err(|e| BackendError::Open(format!("{}: {e}", path.display())))?;
         tracing::debug!(path = %path.display(), ?options, "redb engine opened");
         Ok(Self {
             db,

@@ -15,10 +15,12 @@
 //! - `lease`: leases as the store keeps them ([`LeaseInfo`]) and the lease-to-keys index.
 //! - `store`: [`Store`], which applies commands and serves reads, events and compaction.
 //! - `snapshot`: streamed snapshots, restore, and the key-space hash.
+//! - [`durable`]: creating, renaming and removing files so their names survive a power cut.
 //! - `conformance` (feature `conformance`): the behaviour suite every engine must pass.
 
 mod backend;
 mod codec;
+pub mod durable;
 mod error;
 mod keys;
 mod lease;

@@ -47,13 +47,16 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
+    mvcc::durable::create_dir_all_synced(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     match config.engine {
         Engine::Redb => {
             let path = config.data_dir.join("member").join("data.redb");
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
+                mvcc::durable::create_dir_all_synced(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+                // Opening would create an empty engine file in place of a lost one.
+                consensus::require_state(parent, "data.redb")?;
             }
             // Lazy: the Raft log is fsynced before any write is acknowledged, and replays
             // whatever the engine had not made durable.

@@ -293,6 +293,16 @@ impl Cluster {
         self.wait_healthy(i)
     }
 
+    /// Starts member `i` again (killing it first if it runs) without waiting for it to answer,
+    /// for tests that must reach it the moment its port opens.
+    ///
+    /// # Errors
+    /// The process could not be spawned.
+    pub fn respawn(&mut self, i: usize) -> Result<(), String> {
+        self.kill(i);
+        self.spawn(i)
+    }
+
     /// SIGSTOP member `i`: it holds its connections and answers nothing.
     pub fn freeze(&mut self, i: usize) {
         if let Some(pid) = self.members[i].pid() {
