@@ -10,6 +10,7 @@
 //! - `types`: [`TypeConfig`], the log payload [`Proposal`] (a batch of [`Tagged`] commands),
 //!   the answer [`Applied`], [`Member`].
 //! - `batcher`: puts every command queued while the log is busy into one entry.
+//! - `compaction`: removes compacted versions in the background on every member.
 //! - `error`: [`ProposeError`], [`ReadError`], [`StartError`], [`CommandError`].
 //! - `log_store`: [`LogStore`], the Raft log and vote on redb.
 //! - `state_machine`: [`StateMachine`], apply and snapshots.
@@ -21,6 +22,7 @@
 //! - `lessor`, `lease_loop`: lease expiry times, and the leader's revokes and checkpoints.
 
 mod batcher;
+mod compaction;
 mod error;
 mod lease_loop;
 mod lessor;

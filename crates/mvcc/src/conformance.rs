@@ -173,6 +173,7 @@ impl Suite {
         many_versions_and_odd_keys(factory);
         one_call_many_commands(factory);
         leases(factory);
+        version_count(factory);
     }
 
     /// Runs `cases` random op sequences against the engine and the model.
@@ -1037,6 +1038,43 @@ fn snapshot_holds_compaction<B: Backend>(f: Factory<'_, B>) {
         s.store.finish_compaction().unwrap().finished(),
         "and goes on once it is gone"
     );
+}
+
+fn version_count<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    assert_eq!(s.store.versions(), 0);
+    for i in 0..300 {
+        s.put(&format!("k{}", i % 10), &format!("v{i}"));
+    }
+    s.delete("k0", "");
+    assert_eq!(s.store.versions(), 301, "every put and the tombstone");
+    let rev = s.store.current_revision();
+    s.apply(Command::Compact(CompactRequest {
+        revision: rev,
+        physical: false,
+    }))
+    .1
+    .unwrap();
+    assert!(
+        !s.store.compaction_progress().finished(),
+        "compaction is logical until removal runs"
+    );
+    assert_eq!(s.store.versions(), 301);
+    let progress = s.store.finish_compaction().unwrap();
+    assert!(progress.finished() && s.store.compaction_progress().finished());
+    assert_eq!(
+        s.store.versions(),
+        9,
+        "one version per live key; the deleted key leaves nothing"
+    );
+    let mut bytes = Vec::new();
+    s.store.snapshot().unwrap().read_to_end(&mut bytes).unwrap();
+    let t = Fixture::new(f);
+    t.put("junk", "gone after restore");
+    t.store.restore(bytes.as_slice()).unwrap();
+    assert_eq!(t.store.versions(), 9, "a restore counts what it installs");
+    t.put("k1", "again");
+    assert_eq!(t.store.versions(), 10);
 }
 
 fn many_versions_and_odd_keys<B: Backend>(f: Factory<'_, B>) {

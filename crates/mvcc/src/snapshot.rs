@@ -19,6 +19,7 @@ use crate::lease;
 use crate::read::CHUNK;
 use crate::store::{
     Hold, LeaseRecord, Store, META_COMPACT, META_COMPACT_DONE, META_CURRENT, META_RESTORING,
+    META_VERSIONS,
 };
 use crate::types::KvHash;
 
@@ -217,6 +218,7 @@ impl<B: Backend> Store<B> {
         batch.clear_all();
         batch.put(Table::Meta, META_RESTORING.to_vec(), vec![1]);
         let mut count: u64 = 0;
+        let mut versions: i64 = 0;
         loop {
             match input.read_u8()? {
                 TAG_ENTRY => {
@@ -235,6 +237,7 @@ impl<B: Backend> Store<B> {
                     );
                     batch.put(Table::Keys, key, record);
                     count += 1;
+                    versions += 1;
                     if batch.len() >= RESTORE_BATCH {
                         backend.write(std::mem::take(&mut batch))?;
                     }
@@ -284,6 +287,11 @@ impl<B: Backend> Store<B> {
             META_COMPACT_DONE.to_vec(),
             codec::encode_i64(compacted),
         );
+        batch.put(
+            Table::Meta,
+            META_VERSIONS.to_vec(),
+            codec::encode_i64(versions),
+        );
         batch.delete(Table::Meta, META_RESTORING.to_vec());
         if let Some(pos) = &applied {
             batch.set_applied(pos.clone());
@@ -291,7 +299,7 @@ impl<B: Backend> Store<B> {
         backend.write(batch)?;
         backend.flush()?;
         drop(_writer);
-        self.reset_after_restore(revision, compacted);
+        self.reset_after_restore(revision, compacted, versions);
         self.reload_leases()?;
         Ok(SnapshotInfo {
             revision,

@@ -25,6 +25,8 @@ pub(crate) const META_CURRENT: &[u8] = b"current";
 pub(crate) const META_COMPACT: &[u8] = b"compact";
 pub(crate) const META_COMPACT_DONE: &[u8] = b"compact_done";
 pub(crate) const META_RESTORING: &[u8] = b"restoring";
+/// How many versions (puts and tombstones) the store holds: an operator's view of history.
+pub(crate) const META_VERSIONS: &[u8] = b"versions";
 
 /// The revision of an empty store, as in etcd: the first write is revision 2.
 const FIRST_REVISION: i64 = 1;
@@ -86,6 +88,9 @@ pub(crate) struct Inner<B> {
     current: AtomicI64,
     /// Logical compaction point: reads below it fail.
     compacted: AtomicI64,
+    /// Mirrors of the writer's `compact_done` and `versions`, for readers that must not wait.
+    compact_done: AtomicI64,
+    versions: AtomicI64,
     /// Serializes writers; holds how far physical compaction has got.
     writer: Mutex<WriterState>,
     /// Compaction points of live snapshots, which physical compaction must not pass.
@@ -99,6 +104,8 @@ pub(crate) struct Inner<B> {
 
 struct WriterState {
     compact_done: i64,
+    /// Versions stored, kept in `Meta` with every batch that changes it.
+    versions: i64,
 }
 
 fn meta_i64<B: Backend>(backend: &B, key: &[u8], default: i64) -> Result<i64> {
@@ -120,11 +127,17 @@ impl<B: Backend> Store<B> {
         let current = meta_i64(&backend, META_CURRENT, FIRST_REVISION)?;
         let compacted = meta_i64(&backend, META_COMPACT, 0)?;
         let compact_done = meta_i64(&backend, META_COMPACT_DONE, 0)?;
+        let versions = match backend.get(Table::Meta, META_VERSIONS)? {
+            Some(raw) => codec::decode_i64(&raw, "versions")?,
+            // A store written before the count was kept: count once; the next batch records it.
+            None => count_versions(&backend)?,
+        };
         let leases = lease::load(&backend, current)?;
         tracing::debug!(
             current,
             compacted,
             compact_done,
+            versions,
             leases = leases.len(),
             "mvcc store opened"
         );
@@ -133,7 +146,12 @@ impl<B: Backend> Store<B> {
                 backend,
                 current: AtomicI64::new(current),
                 compacted: AtomicI64::new(compacted),
-                writer: Mutex::new(WriterState { compact_done }),
+                compact_done: AtomicI64::new(compact_done),
+                versions: AtomicI64::new(versions),
+                writer: Mutex::new(WriterState {
+                    compact_done,
+                    versions,
+                }),
                 holds: Mutex::new(BTreeMap::new()),
                 next_hold: AtomicU64::new(0),
                 sink: RwLock::new(None),
@@ -155,6 +173,20 @@ impl<B: Backend> Store<B> {
     /// The compaction point: reads and watches below it fail.
     pub fn compact_revision(&self) -> i64 {
         self.inner.compacted.load(Ordering::Acquire)
+    }
+
+    /// How many versions (puts and tombstones, of every key) the store holds now; drops as
+    /// physical compaction removes what compaction made unreachable.
+    pub fn versions(&self) -> i64 {
+        self.inner.versions.load(Ordering::Acquire)
+    }
+
+    /// How far physical compaction has got towards the compaction point.
+    pub fn compaction_progress(&self) -> CompactionProgress {
+        CompactionProgress {
+            done: self.inner.compact_done.load(Ordering::Acquire),
+            target: self.compact_revision(),
+        }
     }
 
     /// The applied position recorded with the last batch that carried one.
@@ -267,7 +299,7 @@ impl<B: Backend> Store<B> {
     /// Only fatal ones ([`Error::is_fatal`]): nothing of the batch is applied then.
     pub fn apply(&self, commands: &[Command], applied: Option<&[u8]>) -> Result<Vec<Outcome>> {
         let inner = &*self.inner;
-        let _writer = inner.writer.lock();
+        let mut writer = inner.writer.lock();
         let sink = inner.sink.read().clone();
         let leases = inner.leases.read();
         let mut w = Writer::new(
@@ -314,12 +346,27 @@ impl<B: Backend> Store<B> {
                 codec::encode_i64(compacted),
             );
         }
+        let added = batch
+            .ops()
+            .iter()
+            .filter(|op| op.table == Table::Revisions && op.value.is_some())
+            .count() as i64;
+        let versions = writer.versions + added;
+        if added > 0 {
+            batch.put(
+                Table::Meta,
+                META_VERSIONS.to_vec(),
+                codec::encode_i64(versions),
+            );
+        }
         if let Some(position) = applied {
             batch.set_applied(position.to_vec());
         }
         if !batch.is_empty() {
             inner.backend.write(batch)?;
         }
+        writer.versions = versions;
+        inner.versions.store(versions, Ordering::Release);
         if !lease_changes.is_empty() {
             let mut leases = inner.leases.write();
             for change in lease_changes {
@@ -373,8 +420,22 @@ impl<B: Backend> Store<B> {
             META_COMPACT_DONE.to_vec(),
             codec::encode_i64(new_done),
         );
+        let removed = batch
+            .ops()
+            .iter()
+            .filter(|op| op.table == Table::Revisions && op.value.is_none())
+            .count() as i64;
+        let versions = writer.versions - removed;
+        batch.put(
+            Table::Meta,
+            META_VERSIONS.to_vec(),
+            codec::encode_i64(versions),
+        );
         inner.backend.write(batch)?;
         writer.compact_done = new_done;
+        writer.versions = versions;
+        inner.compact_done.store(new_done, Ordering::Release);
+        inner.versions.store(versions, Ordering::Release);
         Ok(CompactionProgress {
             done: new_done,
             target: self.compact_revision(),
@@ -475,9 +536,12 @@ impl<B: Backend> Store<B> {
     }
 
     /// Replaces the store's contents; used by restore, which builds the state itself.
-    pub(crate) fn reset_after_restore(&self, current: i64, compacted: i64) {
+    pub(crate) fn reset_after_restore(&self, current: i64, compacted: i64, versions: i64) {
         let mut writer = self.inner.writer.lock();
         writer.compact_done = compacted;
+        writer.versions = versions;
+        self.inner.compact_done.store(compacted, Ordering::Release);
+        self.inner.versions.store(versions, Ordering::Release);
         self.inner.current.store(current, Ordering::Release);
         self.inner.compacted.store(compacted, Ordering::Release);
     }
@@ -486,6 +550,21 @@ impl<B: Backend> Store<B> {
     pub(crate) fn lock_writer(&self) -> parking_lot::MutexGuard<'_, impl Sized> {
         self.inner.writer.lock()
     }
+}
+
+/// Counts the `Revisions` table: one entry per stored version.
+fn count_versions<B: Backend>(backend: &B) -> Result<i64> {
+    let mut n = 0i64;
+    backend.scan(
+        Table::Revisions,
+        Bound::Unbounded,
+        Bound::Unbounded,
+        &mut |_, _| {
+            n += 1;
+            ControlFlow::Continue(())
+        },
+    )?;
+    Ok(n)
 }
 
 /// A lease record as snapshots carry it: (id, ttl, remaining).
