@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::backend::{Backend, Table, WriteBatch};
+use crate::backend::{Backend, Replacement, Table, WriteBatch};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys::KeyRange;
@@ -97,12 +97,18 @@ pub(crate) struct Inner<B> {
     holds: Mutex<BTreeMap<u64, i64>>,
     next_hold: AtomicU64,
     sink: RwLock<Option<Arc<dyn EventSink>>>,
+    /// Held for reading by every read, and for writing while a restore switches the backend
+    /// and the revisions above, so no read sees the content of one store with the revisions
+    /// of another, nor spans the switch.
+    install: RwLock<()>,
+    /// How many restores this store has installed: a snapshot streamed across one fails.
+    generation: AtomicU64,
     /// Every lease and its attached keys; changed only under the writer lock, after the batch
     /// that records the change is written.
     leases: RwLock<lease::Index>,
 }
 
-struct WriterState {
+pub(crate) struct WriterState {
     compact_done: i64,
     /// Versions stored, kept in `Meta` with every batch that changes it.
     versions: i64,
@@ -155,6 +161,8 @@ impl<B: Backend> Store<B> {
                 holds: Mutex::new(BTreeMap::new()),
                 next_hold: AtomicU64::new(0),
                 sink: RwLock::new(None),
+                install: RwLock::new(()),
+                generation: AtomicU64::new(0),
                 leases: RwLock::new(leases),
             }),
         })
@@ -234,6 +242,7 @@ impl<B: Backend> Store<B> {
     /// # Errors
     /// [`Error::Compacted`] or [`Error::FutureRevision`] for a revision out of reach.
     pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64)> {
+        let _installed = self.inner.install.read();
         let header = self.current_revision();
         let rev = self.readable(req.revision)?;
         let range = KeyRange::new(&req.key, &req.range_end);
@@ -251,6 +260,7 @@ impl<B: Backend> Store<B> {
     /// # Errors
     /// Backend errors.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        let _installed = self.inner.install.read();
         read::get_at(&self.inner.backend, key, self.current_revision())
     }
 
@@ -280,13 +290,6 @@ impl<B: Backend> Store<B> {
             .collect();
         all.sort_unstable_by_key(|l| l.id);
         all
-    }
-
-    /// Rebuilds the lease index from the backend: after a restore.
-    pub(crate) fn reload_leases(&self) -> Result<()> {
-        let index = lease::load(&self.inner.backend, self.current_revision())?;
-        *self.inner.leases.write() = index;
-        Ok(())
     }
 
     /// Applies `commands` in order, each at the next revision if it changes anything, as one
@@ -462,6 +465,7 @@ impl<B: Backend> Store<B> {
     /// # Errors
     /// [`Error::Compacted`] when `from` is below the compaction point.
     pub fn events_since(&self, from: i64, max_events: usize) -> Result<Vec<Event>> {
+        let _installed = self.inner.install.read();
         let current = self.current_revision();
         let from = from.max(1);
         self.still_readable(from)?;
@@ -515,8 +519,10 @@ impl<B: Backend> Store<B> {
     /// Reads the store's revision, compaction point and applied position together, and holds
     /// physical compaction at that point; under the writer lock, so nothing moves in between.
     /// Also returns every lease record then, as (id, ttl, remaining).
-    pub(crate) fn snapshot_point(&self) -> Result<(SnapshotInfo, Hold<B>, Vec<LeaseRecord>)> {
+    /// Also returns how many restores the store has installed (none can run meanwhile).
+    pub(crate) fn snapshot_point(&self) -> Result<(SnapshotInfo, Hold<B>, Vec<LeaseRecord>, u64)> {
         let _writer = self.inner.writer.lock();
+        let generation = self.inner.generation.load(Ordering::Acquire);
         let compacted = self.compact_revision();
         let applied = self.inner.backend.applied()?;
         let info = SnapshotInfo {
@@ -532,23 +538,45 @@ impl<B: Backend> Store<B> {
             .map(|(id, e)| (*id, e.ttl, e.remaining))
             .collect();
         leases.sort_unstable();
-        Ok((info, self.hold(compacted), leases))
+        Ok((info, self.hold(compacted), leases, generation))
     }
 
-    /// Replaces the store's contents; used by restore, which builds the state itself.
-    pub(crate) fn reset_after_restore(&self, current: i64, compacted: i64, versions: i64) {
-        let mut writer = self.inner.writer.lock();
+    /// Switches the backend to `replacement` and the store to its revisions, all at once for
+    /// readers (they wait for the switch); the caller holds the writer lock, so no write
+    /// comes in between.
+    pub(crate) fn install(
+        &self,
+        writer: &mut WriterState,
+        replacement: Box<dyn Replacement + '_>,
+        current: i64,
+        compacted: i64,
+        versions: i64,
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        let _installing = inner.install.write();
+        replacement.commit()?;
         writer.compact_done = compacted;
         writer.versions = versions;
-        self.inner.compact_done.store(compacted, Ordering::Release);
-        self.inner.versions.store(versions, Ordering::Release);
-        self.inner.current.store(current, Ordering::Release);
-        self.inner.compacted.store(compacted, Ordering::Release);
+        inner.compact_done.store(compacted, Ordering::Release);
+        inner.versions.store(versions, Ordering::Release);
+        inner.current.store(current, Ordering::Release);
+        inner.compacted.store(compacted, Ordering::Release);
+        inner.generation.fetch_add(1, Ordering::AcqRel);
+        let leases = lease::load(&inner.backend, current)?;
+        *inner.leases.write() = leases;
+        Ok(())
     }
 
     /// Locks out writers for the duration of a restore.
-    pub(crate) fn lock_writer(&self) -> parking_lot::MutexGuard<'_, impl Sized> {
+    pub(crate) fn lock_writer(&self) -> parking_lot::MutexGuard<'_, WriterState> {
         self.inner.writer.lock()
+    }
+
+    /// Holds off restores while a read spans several backend calls; with the number of
+    /// restores installed so far.
+    pub(crate) fn read_installed(&self) -> (parking_lot::RwLockReadGuard<'_, ()>, u64) {
+        let guard = self.inner.install.read();
+        (guard, self.inner.generation.load(Ordering::Acquire))
     }
 }
 

@@ -268,6 +268,9 @@ impl Backend for Stuck {
     fn flush(&self) -> Result<(), BackendError> {
         Ok(())
     }
+    fn replace(&self) -> Result<Box<dyn mvcc::Replacement + '_>, BackendError> {
+        self.inner.replace()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
