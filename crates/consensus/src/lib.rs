@@ -10,6 +10,7 @@
 //! - `types`: [`TypeConfig`], the log payload [`Proposal`] (a batch of [`Tagged`] commands),
 //!   the answer [`Applied`], [`Member`].
 //! - `batcher`: puts every command queued while the log is busy into one entry.
+//! - `compaction`: removes compacted versions in the background on every member.
 //! - `error`: [`ProposeError`], [`ReadError`], [`StartError`], [`CommandError`].
 //! - `log_store`: [`LogStore`], the Raft log and vote on redb.
 //! - `state_machine`: [`StateMachine`], apply and snapshots.
@@ -24,6 +25,7 @@
 //! - `validate`: the checks every command passes before it enters the log, forwarded or not.
 
 mod batcher;
+mod compaction;
 mod error;
 mod incarnation;
 mod lease_loop;

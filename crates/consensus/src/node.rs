@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{Answer, Batcher, Queued, Rejected};
+use crate::compaction::Removal;
 use crate::error::{ProposeError, ReadError, StartError};
 use crate::lessor::Lessor;
 use crate::log_store::{LogCloser, LogStore};
@@ -155,6 +156,8 @@ struct Inner<B> {
     reads: ReadRounds,
     /// What one command may carry, for commands proposed here or forwarded here.
     limits: crate::validate::Limits,
+    /// Physical compaction's progress on this member.
+    removal: Arc<Removal>,
 }
 
 impl<B: Backend> Node<B> {
@@ -185,6 +188,7 @@ impl<B: Backend> Node<B> {
         let waiters = Registry::new("proposals");
         let snap_dir = dir.join("snapshots");
         let lessor = Arc::new(Lessor::default());
+        let removal = Removal::new(store.compaction_progress().done);
         let sm = StateMachine::open(
             store.clone(),
             config.id,
@@ -193,6 +197,7 @@ impl<B: Backend> Node<B> {
             snap_dir.clone(),
             Arc::clone(&lessor),
             config.election_timeout,
+            Arc::clone(&removal),
         )
         .map_err(|cause| StartError::Snapshots {
             path: snap_dir.display().to_string(),
@@ -280,8 +285,16 @@ impl<B: Backend> Node<B> {
                     max_request_bytes: config.max_request_bytes,
                     max_txn_ops: config.max_txn_ops,
                 },
+                removal: Arc::clone(&removal),
             }),
         };
+        // Resumes whatever removal a crash interrupted, then follows every applied compaction.
+        removal.wake();
+        tokio::spawn(crate::compaction::run(
+            node.inner.store.clone(),
+            removal,
+            node.inner.stop.clone(),
+        ));
         tokio::spawn(crate::lease_loop::run(
             node.clone(),
             config.lease_revoke_rate,
@@ -377,6 +390,20 @@ impl<B: Backend> Node<B> {
             ))),
             Err(refused) => Err(ProposeError::Command(refused)),
         }
+    }
+
+    /// Waits until this member has physically removed the versions that compaction at
+    /// `revision` made unreachable (etcd's `physical` compaction); removal itself runs in the
+    /// background on every member once the compaction is applied.
+    ///
+    /// # Errors
+    /// [`ReadError::Timeout`] at `deadline`; [`ReadError::Stopped`] if removal stopped.
+    pub async fn wait_compaction(
+        &self,
+        revision: i64,
+        deadline: Deadline,
+    ) -> Result<(), ReadError> {
+        self.inner.removal.wait(revision, deadline).await
     }
 
     /// Waits until this member has applied everything committed before the call, as confirmed

@@ -15,6 +15,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use crate::batcher::Answer;
+use crate::compaction::Removal;
 use crate::lessor::Lessor;
 use crate::types::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership};
 use crate::types::{Applied, TypeConfig};
@@ -66,6 +67,8 @@ pub struct StateMachine<B> {
     lessor: Arc<Lessor>,
     /// What a reset adds to every lease's remaining TTL (an election timeout).
     lease_extend: Duration,
+    /// Woken when an apply leaves compacted versions to remove.
+    removal: Arc<Removal>,
 }
 
 impl<B: Backend> StateMachine<B> {
@@ -79,6 +82,7 @@ impl<B: Backend> StateMachine<B> {
         dir: PathBuf,
         lessor: Arc<Lessor>,
         lease_extend: Duration,
+        removal: Arc<Removal>,
     ) -> Result<Self, String> {
         let snapshots = SnapshotDir::open(dir)?;
         let mut position =
@@ -103,6 +107,7 @@ impl<B: Backend> StateMachine<B> {
             position,
             lessor,
             lease_extend,
+            removal,
         })
     }
 }
@@ -168,6 +173,9 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             .map_err(|e| sm_err(ErrorVerb::Write, e))?
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         self.position = position;
+        if !self.store.compaction_progress().finished() {
+            self.removal.wake();
+        }
         for (i, id, granted) in lease_changes {
             if outcomes.get(i).is_some_and(|o| o.result.is_ok()) {
                 match granted {
@@ -249,6 +257,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             Position::decode(info.applied.as_deref()).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         self.lessor
             .reset(&self.store.leases(), self.lease_extend, None);
+        self.removal.wake();
         metrics::counter!("metastore_snapshots_installed_total").increment(1);
         tracing::info!(
             revision = info.revision,

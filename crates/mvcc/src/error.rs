@@ -77,13 +77,14 @@ pub enum Error {
         /// What failed to decode, and where.
         what: String,
     },
-    /// A snapshot stream is malformed or truncated; the store stays marked as restoring.
+    /// A snapshot stream is malformed or truncated; the store is left as it was.
     #[error("bad snapshot: {what}")]
     BadSnapshot {
         /// What is wrong with the stream.
         what: String,
     },
-    /// A restore was interrupted; the store must be restored again before use.
+    /// A restore by an older version, which refilled the store in place, was interrupted; the
+    /// store must be restored again before use. Restores now switch atomically.
     #[error("the store was being restored from a snapshot when it stopped; restore it again")]
     IncompleteRestore,
     /// Reading or writing a snapshot stream failed.

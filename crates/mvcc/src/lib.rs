@@ -33,7 +33,7 @@ mod types;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use backend::{is_empty_interval, Backend, BatchOp, Table, Visitor, WriteBatch};
+pub use backend::{is_empty_interval, Backend, BatchOp, Replacement, Table, Visitor, WriteBatch};
 pub use error::{BackendError, Error, Result};
 pub use keys::{prefix_end, KeyRange};
 pub use lease::LeaseInfo;

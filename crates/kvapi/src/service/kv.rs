@@ -118,13 +118,13 @@ impl<B: Backend> KvService<B> {
             physical: r.physical,
         });
         let (revision, _) = self.write(deadline, command).await?;
-        // Removing the old versions is bounded background work; `physical` waits for it.
-        let store = self.shared.node.store().clone();
-        let removal = tokio::task::spawn_blocking(move || store.finish_compaction());
+        // Every member removes the old versions in the background once it applied the
+        // compaction; `physical` waits for this member's removal.
         if r.physical {
-            deadline::within(deadline::Layer::Api, deadline, removal)
-                .await?
-                .map_err(|e| ApiError::Internal(e.to_string()))??;
+            self.shared
+                .node
+                .wait_compaction(r.revision, deadline)
+                .await?;
         }
         Ok(CompactionResponse {
             header: self.shared.header(revision),

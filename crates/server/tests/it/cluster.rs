@@ -454,3 +454,84 @@ async fn a_new_member_joins_by_snapshot_is_promoted_and_another_is_removed() {
         .all(|m| !m.is_learner() && m.id() != gone_id));
     assert_converged(&cluster, "s/", &acked).await;
 }
+
+/// Waits up to 15 s until member `i`'s stored versions are at most `most`; answers the last
+/// count seen.
+async fn versions_drop_to(cluster: &Cluster, i: usize, most: f64) -> Option<f64> {
+    let started = Instant::now();
+    loop {
+        let seen = cluster.metric(i, "metastore_mvcc_versions_stored");
+        if seen.is_some_and(|v| v <= most) || started.elapsed() > Duration::from_secs(15) {
+            return seen;
+        }
+        pause(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_removes_compacted_history() {
+    const KEYS: usize = 5;
+    const ROUNDS: usize = 60;
+    let cluster = start(3, &[]);
+    let leader = cluster.leader().expect("a leader");
+    let follower = (leader + 1) % 3;
+    let mut c = client(&cluster.member(leader).endpoint()).await;
+    let mut last = 0;
+    for round in 0..ROUNDS {
+        for k in 0..KEYS {
+            let put = c
+                .put(format!("h/{k}"), format!("v{round}"), None)
+                .await
+                .expect("put");
+            last = put.header().expect("header").revision();
+        }
+    }
+    // Every member applied every version before the compaction.
+    let mut history = Vec::new();
+    for i in 0..3 {
+        history.push(versions_drop_to(&cluster, i, f64::MAX).await);
+    }
+    assert!(
+        history
+            .iter()
+            .all(|v| v.is_some_and(|v| v >= (KEYS * ROUNDS) as f64)),
+        "stored versions before compaction: {history:?}"
+    );
+
+    // Compaction through a follower: every member, not just the one asked, drops the history.
+    let mut f = client(&cluster.member(follower).endpoint()).await;
+    f.compact(last, None).await.expect("compact");
+    let mut after = Vec::new();
+    for i in 0..3 {
+        after.push(versions_drop_to(&cluster, i, KEYS as f64).await);
+    }
+    assert!(
+        after.iter().all(|v| *v == Some(KEYS as f64)),
+        "stored versions after compacting at {last} through member {follower} (leader \
+         {leader}): {after:?}, before {history:?}"
+    );
+
+    // `physical` answers once the asked member has removed the history itself.
+    for round in 0..10 {
+        for k in 0..KEYS {
+            let put = c
+                .put(format!("h/{k}"), format!("w{round}"), None)
+                .await
+                .expect("put");
+            last = put.header().expect("header").revision();
+        }
+    }
+    let asked = (leader + 2) % 3;
+    let mut p = client(&cluster.member(asked).endpoint()).await;
+    p.compact(
+        last,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .expect("physical compact");
+    assert_eq!(
+        cluster.metric(asked, "metastore_mvcc_versions_stored"),
+        Some(KEYS as f64),
+        "member {asked} answered a physical compaction before removing the history"
+    );
+}
