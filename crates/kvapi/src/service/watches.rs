@@ -107,7 +107,9 @@ impl<B: Backend> Watch for WatchService<B> {
             tx,
             ended: Arc::clone(&ended),
             watchers: HashMap::new(),
+            routes: HashMap::new(),
             next_id: 0,
+            next_route: 0,
             progress_deferred: false,
             budget: self.shared.config.budgets.get(Layer::WatchSend),
         };
@@ -127,6 +129,9 @@ impl<B: Backend> Watch for WatchService<B> {
 /// What a stream remembers of one of its watches.
 struct Watcher {
     guard: WatchGuard,
+    /// The tag its deliveries carry: never reused on the stream, unlike a client's watch id, so
+    /// a delivery still queued for a cancelled watch never reaches a later one with its id.
+    route: u64,
     progress_notify: bool,
     fragment: bool,
 }
@@ -145,7 +150,11 @@ struct StreamTask<B> {
     tx: mpsc::Sender<WatchResponse>,
     ended: Arc<OnceLock<Status>>,
     watchers: HashMap<i64, Watcher>,
+    /// The client's watch id of each live route.
+    routes: HashMap<u64, i64>,
+    /// The next automatic watch id; like etcd, never handed out twice on a stream.
     next_id: i64,
+    next_route: u64,
     /// A progress request waits for every watch to be synced.
     progress_deferred: bool,
     budget: Duration,
@@ -202,6 +211,7 @@ impl<B: Backend> StreamTask<B> {
         }
         // Dropping the guards removes the watchers from the hub.
         self.watchers.clear();
+        self.routes.clear();
     }
 
     fn header(&self) -> Option<crate::pb::etcdserverpb::ResponseHeader> {
@@ -235,7 +245,7 @@ impl<B: Backend> StreamTask<B> {
             Some(RequestUnion::CreateRequest(create)) => self.create(create, deliveries).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
                 // etcd answers only the cancellation of a watch it has.
-                if self.watchers.remove(&cancel.watch_id).is_some() {
+                if self.remove(cancel.watch_id) {
                     let header = self.header();
                     self.send(WatchResponse {
                         header,
@@ -288,7 +298,9 @@ impl<B: Backend> StreamTask<B> {
             while self.watchers.contains_key(&self.next_id) {
                 self.next_id += 1;
             }
-            self.next_id
+            let id = self.next_id;
+            self.next_id += 1;
+            id
         };
         if self.watchers.contains_key(&id) {
             let reason = "mvcc: duplicate watch ID provided on the WatchStream".to_string();
@@ -311,10 +323,13 @@ impl<B: Backend> StreamTask<B> {
             no_put: c.filters.contains(&(FilterType::Noput as i32)),
             no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
             prev_kv: c.prev_kv,
-            tag: id as u64,
+            tag: self.next_route,
         };
         match self.hub.watch(spec, deliveries.clone()) {
             Ok(guard) => {
+                let route = self.next_route;
+                self.next_route += 1;
+                self.routes.insert(route, id);
                 // A watch "from now" reports the revision it starts after, which the hub may
                 // not have published yet while an apply is in flight.
                 let header = if c.start_revision <= 0 {
@@ -326,6 +341,7 @@ impl<B: Backend> StreamTask<B> {
                     id,
                     Watcher {
                         guard,
+                        route,
                         progress_notify: c.progress_notify,
                         fragment: c.fragment,
                     },
@@ -352,14 +368,27 @@ impl<B: Backend> StreamTask<B> {
         }
     }
 
+    /// Forgets the watch `id` (its guard removes it from the hub); false if there was none.
+    fn remove(&mut self, id: i64) -> bool {
+        match self.watchers.remove(&id) {
+            Some(w) => {
+                self.routes.remove(&w.route);
+                true
+            }
+            None => false,
+        }
+    }
+
     async fn on_delivery(&mut self, d: Delivery) -> Result<(), End> {
-        let id = d.tag as i64;
+        // No route: the watch was cancelled meanwhile.
+        let Some(&id) = self.routes.get(&d.tag) else {
+            return Ok(());
+        };
         let Some(watcher) = self.watchers.get(&id) else {
-            // Cancelled meanwhile.
             return Ok(());
         };
         if let Some(compacted) = d.compacted {
-            self.watchers.remove(&id);
+            self.remove(id);
             // etcd 3.4 sends this cancellation with a header at revision 0.
             return self
                 .send(WatchResponse {
