@@ -135,18 +135,23 @@ fn recheck(file: &str) -> Result<()> {
     for violation in &v.violations {
         println!("{violation:?}");
     }
+    for p in &v.revisions {
+        println!("revisions: {p}");
+    }
     println!(
-        "{} operations ({} unknown): {} linearizability violations, {} undecided keys {:?}, \
+        "{} operations ({} unknown): {} linearizability violations, {} revision problems, \
+         {} undecided keys {:?}, \
          checked in {:.1?}",
         v.ops,
         v.unknown,
         v.violations.len(),
+        v.revisions.len(),
         v.undecided.len(),
         v.undecided,
         started.elapsed()
     );
     ensure!(
-        v.violations.is_empty() && v.undecided.is_empty(),
+        !v.violated() && v.undecided.is_empty(),
         "the history is not shown linearizable"
     );
     Ok(())
@@ -183,7 +188,7 @@ struct Findings {
 
 impl Findings {
     fn passed(&self) -> bool {
-        self.linearizability.violations.is_empty()
+        !self.linearizability.violated()
             && self.linearizability.undecided.is_empty()
             && self.watch_problems.is_empty()
             && self.divergence.is_empty()
@@ -425,7 +430,7 @@ pub fn run(raw: &[String]) -> Result<()> {
     println!("{verdict}");
     if args.expect_violation {
         ensure!(
-            !findings.linearizability.violations.is_empty(),
+            findings.linearizability.violated(),
             "the checker found no violation in a build that should have one"
         );
         return Ok(());
@@ -442,7 +447,8 @@ fn verdict_line(args: &Args, f: &Findings) -> String {
     let lin = &f.linearizability;
     format!(
         "chaos: seed {}, {:?}, {} members ({}): {} operations ({} unknown), {} faults, \
-         {} linearizability violations, {} undecided keys, {} watch problems over {} events, \
+         {} linearizability violations, {} revision problems, {} undecided keys, \
+         {} watch problems over {} events, \
          {} divergences, longest request {:.2}s (deadline {}s), {} leaks — {}",
         args.seed,
         args.duration,
@@ -452,6 +458,7 @@ fn verdict_line(args: &Args, f: &Findings) -> String {
         lin.unknown,
         f.timeline.iter().filter(|e| e.begins).count(),
         lin.violations.len(),
+        lin.revisions.len(),
         lin.undecided.len(),
         f.watch_problems.len(),
         f.watch_events.iter().sum::<usize>(),
@@ -472,20 +479,7 @@ fn write_results(
 ) -> Result<()> {
     let mut h = String::new();
     for op in history {
-        let ret = if op.ret == u64::MAX {
-            "?".to_string()
-        } else {
-            op.ret.to_string()
-        };
-        let _ = writeln!(
-            h,
-            "{} {} client={} {:?} -> {:?}",
-            op.call,
-            ret,
-            op.client,
-            (&op.key, &op.action),
-            op.outcome
-        );
+        let _ = writeln!(h, "{}", checker::format_op(op));
     }
     std::fs::write(dir.join("history.txt"), h)?;
     let mut w = String::new();
@@ -510,6 +504,9 @@ fn write_results(
              could not place {:?}",
             v.key, v.linearized, v.total, v.stuck_at
         );
+    }
+    for p in &f.linearizability.revisions {
+        let _ = writeln!(r, "- revisions: {p}");
     }
     for k in &f.linearizability.undecided {
         let _ = writeln!(r, "- key {k}: undecided (search budget exhausted)");

@@ -10,7 +10,7 @@ use etcd_client::{
     TxnOpResponse, WatchOptions,
 };
 
-use super::checker::{Action, Op, Outcome};
+use super::checker::{Action, Op, Outcome, Revs};
 use crate::bench::XorShift;
 
 /// Keys the checked clients work on live under this prefix.
@@ -79,6 +79,10 @@ impl Shared {
     }
 }
 
+/// What a compare-and-swap records when its answer's responses are not those of its branch
+/// (another request's answer): a value nobody wrote, so the checker reports it.
+const WRONG_RESPONSES: &str = "!responses-of-another-request";
+
 /// How long a client waits after an error before its next request, so that a member that
 /// refuses everything at once does not flood the history with operations of unknown outcome.
 const ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -86,6 +90,25 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// An error that means the request never reached a server: nothing can have happened.
 fn never_sent(e: &str) -> bool {
     e.contains("tcp connect error") || e.contains("Connection refused")
+}
+
+/// The revisions of an answer: its header's, and the key it found.
+fn revs(header: Option<&etcd_client::ResponseHeader>, kv: Option<(i64, i64, i64)>) -> Revs {
+    Revs {
+        header: header.map_or(0, etcd_client::ResponseHeader::revision),
+        kv,
+    }
+}
+
+/// The value a get of one key found and its (create, mod, version) revisions, or none.
+fn found(kvs: &[etcd_client::KeyValue]) -> (Option<String>, Option<(i64, i64, i64)>) {
+    match kvs.first() {
+        Some(kv) => (
+            Some(String::from_utf8_lossy(kv.value()).into_owned()),
+            Some((kv.create_revision(), kv.mod_revision(), kv.version())),
+        ),
+        None => (None, None),
+    }
 }
 
 /// Connects to `endpoint` with the run's deadline.
@@ -146,19 +169,19 @@ pub async fn kv_client(shared: Shared, id: usize, endpoint: String, keys: usize,
         let roll = rng.below(100);
         let call = shared.now();
         let started = Instant::now();
-        let (action, result): (Action, Result<Outcome, String>) = if roll < 35 {
+        let (action, result): (Action, Result<(Outcome, Revs), String>) = if roll < 35 {
             let r = bounded(c.put(key.clone(), value.clone(), None)).await;
-            (Action::Put(value.clone()), r.map(|_| Outcome::Done(0)))
+            (
+                Action::Put(value.clone()),
+                r.map(|p| (Outcome::Done(0), revs(p.header(), None))),
+            )
         } else if roll < 70 {
             let r = bounded(c.get(key.clone(), None)).await;
             let r = r.map(|g| {
-                Outcome::Read(
-                    g.kvs()
-                        .first()
-                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-                )
+                let (value, kv) = found(g.kvs());
+                (Outcome::Read(value), revs(g.header(), kv))
             });
-            if let Ok(Outcome::Read(v)) = &r {
+            if let Ok((Outcome::Read(v), _)) = &r {
                 seen[k].clone_from(v);
             }
             (Action::Get, r)
@@ -174,16 +197,20 @@ pub async fn kv_client(shared: Shared, id: usize, endpoint: String, keys: usize,
                 .or_else([TxnOp::get(key.clone(), None)]);
             let r = bounded(c.txn(txn)).await;
             let r = r.map(|t| {
-                if !t.succeeded() {
-                    // Learn the current value for the next try.
-                    if let Some(TxnOpResponse::Get(g)) = t.op_responses().first() {
-                        seen[k] = g
-                            .kvs()
-                            .first()
-                            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+                let wrong = || Outcome::Refused(Some(WRONG_RESPONSES.to_string()));
+                match (t.succeeded(), t.op_responses().as_slice()) {
+                    // The then-branch is one put: its answer must be a put's.
+                    (true, [TxnOpResponse::Put(_)]) => {
+                        (Outcome::Swapped(true), revs(t.header(), None))
                     }
+                    // The else-branch get: what the key is, which the next try expects.
+                    (false, [TxnOpResponse::Get(g)]) => {
+                        let (value, kv) = found(g.kvs());
+                        seen[k].clone_from(&value);
+                        (Outcome::Refused(value), revs(t.header(), kv))
+                    }
+                    _ => (wrong(), revs(t.header(), None)),
                 }
-                Outcome::Swapped(t.succeeded())
             });
             (
                 Action::Cas {
@@ -194,7 +221,10 @@ pub async fn kv_client(shared: Shared, id: usize, endpoint: String, keys: usize,
             )
         } else {
             let r = bounded(c.delete(key.clone(), None)).await;
-            (Action::Delete, r.map(|d| Outcome::Done(d.deleted())))
+            (
+                Action::Delete,
+                r.map(|d| (Outcome::Done(d.deleted()), revs(d.header(), None))),
+            )
         };
         let took = started.elapsed();
         let ret = shared.now();
@@ -204,13 +234,14 @@ pub async fn kv_client(shared: Shared, id: usize, endpoint: String, keys: usize,
             result.as_ref().err().map(String::as_str),
         );
         match result {
-            Ok(outcome) => shared.record(Op {
+            Ok((outcome, revs)) => shared.record(Op {
                 client: id,
                 key,
                 action,
                 call,
                 ret,
                 outcome,
+                revs,
             }),
             // A failed read changed nothing; a write refused before it was sent neither.
             Err(e) if action == Action::Get || never_sent(&e) => {
@@ -229,6 +260,7 @@ pub async fn kv_client(shared: Shared, id: usize, endpoint: String, keys: usize,
                     call,
                     ret: u64::MAX,
                     outcome: Outcome::Unknown,
+                    revs: Revs::default(),
                 });
                 if e.contains("transport") || e.contains("connect") || e.contains("client-side") {
                     client = None;
@@ -413,17 +445,15 @@ pub async fn final_reads(shared: &Shared, endpoint: &str, keys: usize) -> Result
         let call = shared.now();
         let g = bounded(c.get(key.clone(), None)).await?;
         let ret = shared.now();
+        let (value, kv) = found(g.kvs());
         shared.record(Op {
             client: usize::MAX,
             key,
             action: Action::Get,
             call,
             ret,
-            outcome: Outcome::Read(
-                g.kvs()
-                    .first()
-                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-            ),
+            outcome: Outcome::Read(value),
+            revs: revs(g.header(), kv),
         });
     }
     Ok(())
