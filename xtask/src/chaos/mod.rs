@@ -410,8 +410,14 @@ pub fn run(raw: &[String]) -> Result<()> {
     let history = lock(&shared.history).clone();
     let linearizability = checker::check(&history, CHECK_BUDGET);
     let mut watch_problems = Vec::new();
+    for problem in watchcheck::check_history(&reference, &history, true) {
+        watch_problems.push(format!("reference: {problem}"));
+    }
     for (w, seen) in watched.iter().enumerate() {
         for problem in watchcheck::check(seen, &reference) {
+            watch_problems.push(format!("watcher {w}: {problem}"));
+        }
+        for problem in watchcheck::check_history(seen, &history, false) {
             watch_problems.push(format!("watcher {w}: {problem}"));
         }
     }
