@@ -47,7 +47,7 @@ options:
   --duration D         how long clients run, e.g. 120s, 30m               (default 120s)
   --members N          cluster size, 3 or 5                               (default 3)
   --engine E           redb or mem                                        (default redb)
-  --faults LIST        kill, stop, isolate-leader, split, asymmetric,
+  --faults LIST        kill, restart, stop, isolate-leader, split, asymmetric,
                        latency, drop-connections, partition, all          (default all)
   --clients N          checked KV clients                                 (default 6)
   --keys N             keys they share                                    (default 5)
