@@ -433,6 +433,7 @@ pub fn run(raw: &[String]) -> Result<()> {
     };
     write_results(&out_dir, &args, &history, &watched, &findings)?;
     let verdict = verdict_line(&args, &findings);
+    print!("{}", failure_table(&findings.timing));
     println!("{verdict}");
     if args.expect_violation {
         ensure!(
@@ -447,6 +448,46 @@ pub fn run(raw: &[String]) -> Result<()> {
         out_dir.join("report.md").display()
     );
     Ok(())
+}
+
+/// The share of each kind of request that failed definitely (an error saying it did not take
+/// effect) and indeterminately (a timeout or lost connection: it may have), as a table.
+fn failure_table(t: &workload::Timing) -> String {
+    let share = |n: u64, of: u64| {
+        if of == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / of as f64
+        }
+    };
+    let mut s = String::from(
+        "| request | sent | failed definitely | failed indeterminately |\n|---|--:|--:|--:|\n",
+    );
+    let mut all = workload::Failures::default();
+    for (kind, f) in &t.by_kind {
+        let _ = writeln!(
+            s,
+            "| {kind} | {} | {} ({:.2} %) | {} ({:.2} %) |",
+            f.requests,
+            f.definite,
+            share(f.definite, f.requests),
+            f.indeterminate,
+            share(f.indeterminate, f.requests)
+        );
+        all.requests += f.requests;
+        all.definite += f.definite;
+        all.indeterminate += f.indeterminate;
+    }
+    let _ = writeln!(
+        s,
+        "| all | {} | {} ({:.2} %) | {} ({:.2} %) |",
+        all.requests,
+        all.definite,
+        share(all.definite, all.requests),
+        all.indeterminate,
+        share(all.indeterminate, all.requests)
+    );
+    s
 }
 
 fn verdict_line(args: &Args, f: &Findings) -> String {
@@ -541,6 +582,11 @@ fn write_results(
     for (kind, n) in &f.timing.by_error {
         let _ = writeln!(r, "- {n} × {kind}");
     }
+    let _ = writeln!(
+        r,
+        "\n## Failed requests per kind\n\n{}",
+        failure_table(&f.timing)
+    );
     let _ = writeln!(r, "\n## Leaks\n");
     for l in &f.leaks {
         let _ = writeln!(r, "- {l}");

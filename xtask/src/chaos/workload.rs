@@ -30,6 +30,37 @@ pub struct Timing {
     pub requests: u64,
     /// Errors by their text's start.
     pub by_error: std::collections::BTreeMap<String, u64>,
+    /// Requests and how they failed, per kind of request (put, get, txn, …).
+    pub by_kind: std::collections::BTreeMap<&'static str, Failures>,
+}
+
+/// How the requests of one kind ended.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Failures {
+    /// Requests sent.
+    pub requests: u64,
+    /// Failed with an error that says the request did not take effect.
+    pub definite: u64,
+    /// Failed leaving it open whether it took effect (a timeout, a lost connection).
+    pub indeterminate: u64,
+}
+
+/// Whether an error says the request did not take effect: refused before it was sent,
+/// proposed or served (no leader, a limit, bad input), rather than left open (a timeout, a
+/// broken connection, `request timed out` after the proposal).
+pub fn definite(e: &str) -> bool {
+    const DEFINITE: [&str; 9] = [
+        "etcdserver: no leader",
+        "etcdserver: too many requests",
+        "not found",
+        "Client specified an invalid argument",
+        "The system is not in a state required",
+        "Operation was attempted past the valid range",
+        "Some resource has been exhausted",
+        "tcp connect error",
+        "Connection refused",
+    ];
+    DEFINITE.iter().any(|d| e.contains(d))
 }
 
 /// What the clients share: the clock, the history, the stop flag, the timings.
@@ -60,9 +91,22 @@ impl Shared {
         u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    fn timed(&self, what: impl FnOnce() -> String, took: Duration, error: Option<&str>) {
+    fn timed(
+        &self,
+        kind: &'static str,
+        what: impl FnOnce() -> String,
+        took: Duration,
+        error: Option<&str>,
+    ) {
         let mut t = lock(&self.timing);
         t.requests += 1;
+        let failures = t.by_kind.entry(kind).or_default();
+        failures.requests += 1;
+        match error {
+            Some(e) if definite(e) => failures.definite += 1,
+            Some(_) => failures.indeterminate += 1,
+            None => {}
+        }
         if let Some(e) = error {
             t.errors += 1;
             let kind: String = e.chars().take(90).collect();
@@ -228,7 +272,14 @@ pub async fn kv_client(shared: Shared, id: usize, endpoint: String, keys: usize,
         };
         let took = started.elapsed();
         let ret = shared.now();
+        let kind = match action {
+            Action::Put(_) => "put",
+            Action::Get => "get",
+            Action::Cas { .. } => "txn (compare-and-swap)",
+            Action::Delete => "delete",
+        };
         shared.timed(
+            kind,
             || format!("client {id} {action:?} on {key} via {endpoint}"),
             took,
             result.as_ref().err().map(String::as_str),
@@ -288,6 +339,7 @@ pub async fn lease_client(shared: Shared, id: usize, endpoint: String, seed: u64
         let started = Instant::now();
         let granted = bounded(c.lease_grant(2, None)).await;
         shared.timed(
+            "lease grant",
             || format!("lease client {id} grant"),
             started.elapsed(),
             granted.as_ref().err().map(String::as_str),
@@ -305,6 +357,7 @@ pub async fn lease_client(shared: Shared, id: usize, endpoint: String, seed: u64
         ))
         .await;
         shared.timed(
+            "put with a lease",
             || format!("lease client {id} put"),
             started.elapsed(),
             put.as_ref().err().map(String::as_str),
@@ -313,6 +366,7 @@ pub async fn lease_client(shared: Shared, id: usize, endpoint: String, seed: u64
             let started = Instant::now();
             let r = bounded(c.lease_revoke(lease.id())).await;
             shared.timed(
+                "lease revoke",
                 || format!("lease client {id} revoke"),
                 started.elapsed(),
                 r.as_ref().err().map(String::as_str),
@@ -496,4 +550,30 @@ pub async fn pause(d: Duration) {
         std::future::pending::<()>(),
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_told_apart_by_whether_the_request_can_have_happened() {
+        let unavailable = "grpc request error: code: 'The service is currently unavailable'";
+        assert!(definite(&format!(
+            "{unavailable}, message: \"etcdserver: no leader\""
+        )));
+        assert!(definite(&format!(
+            "{unavailable}, message: \"tcp connect error\""
+        )));
+        assert!(!definite(&format!(
+            "{unavailable}, message: \"etcdserver: request timed out\""
+        )));
+        assert!(!definite(
+            "grpc request error: code: 'Unknown error', message: \"transport error\""
+        ));
+        assert!(!definite(
+            "grpc request error: code: 'The operation was cancelled', message: \"Timeout expired\""
+        ));
+        assert!(!definite("client-side limit"));
+    }
 }
