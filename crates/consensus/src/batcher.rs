@@ -12,6 +12,7 @@
 //! and at most [`MAX_UNANSWERED`] entries may wait for their apply before new commands are
 //! refused with etcd's "too many requests".
 
+use std::task::Poll;
 use std::time::Duration;
 
 use deadline::{Deadline, Layer, Registry};
@@ -58,12 +59,59 @@ pub(crate) enum Rejected {
 /// What a waiting proposer receives.
 pub(crate) type Answer = Result<Applied, Rejected>;
 
-/// A batch's waiters, its refusal if any, and whether it was forwarded to the leader.
-type Outcome = (Vec<u64>, Option<Rejected>, bool);
+/// A batch's waiters and its refusal if any.
+type Outcome = (Vec<u64>, Option<Rejected>);
+
+/// A batch still waiting for its answer.
+type Waiting = BoxFuture<'static, Outcome>;
+
+/// Every batch not yet answered: entries proposed here and batches forwarded to the leader,
+/// apart, so the number of forwards out is the size of their set and cannot drift from it
+/// whichever loop takes an answer.
+#[derive(Default)]
+struct Unanswered {
+    local: FuturesUnordered<Waiting>,
+    forwarded: FuturesUnordered<Waiting>,
+}
+
+impl Unanswered {
+    fn len(&self) -> usize {
+        self.local.len() + self.forwarded.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.local.is_empty() && self.forwarded.is_empty()
+    }
+
+    /// Batches forwarded to the leader and not yet answered.
+    fn forwards(&self) -> usize {
+        self.forwarded.len()
+    }
+
+    /// The next answer from either set; `None` once both are empty.
+    async fn next(&mut self) -> Option<Outcome> {
+        futures::future::poll_fn(|cx| {
+            if let Poll::Ready(Some(outcome)) = self.local.poll_next_unpin(cx) {
+                return Poll::Ready(Some(outcome));
+            }
+            if let Poll::Ready(Some(outcome)) = self.forwarded.poll_next_unpin(cx) {
+                return Poll::Ready(Some(outcome));
+            }
+            if self.is_empty() {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
 
 /// The task that turns queued commands into entries.
 pub(crate) struct Batcher {
     pub(crate) origin: u64,
+    /// This start of the member ([`crate::incarnation::boot_id`]).
+    pub(crate) incarnation: u64,
     pub(crate) raft: Raft,
     pub(crate) peers: Peers,
     pub(crate) queue: mpsc::Receiver<Queued>,
@@ -78,18 +126,16 @@ pub(crate) struct Batcher {
 impl Batcher {
     /// Runs until `stop` or until every sender of the queue is gone.
     pub(crate) async fn run(mut self) {
-        let mut unanswered: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
+        let mut unanswered = Unanswered::default();
         let mut seq = 0u64;
-        let mut forwards = 0usize;
         loop {
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
                 Some(outcome) = unanswered.next(), if !unanswered.is_empty() => {
-                    forwards -= usize::from(outcome.2);
                     self.settle(outcome);
                 }
-                first = self.queue.recv(), if forwards < MAX_FORWARDS => {
+                first = self.queue.recv(), if unanswered.forwards() < MAX_FORWARDS => {
                     let Some(first) = first else { break };
                     let batch = self.gather(first);
                     if unanswered.len() >= MAX_UNANSWERED {
@@ -98,7 +144,12 @@ impl Batcher {
                     }
                     seq += 1;
                     let ids: Vec<u64> = batch.iter().map(|q| q.id).collect();
-                    let proposal = Proposal { origin: self.origin, seq, commands: batch };
+                    let proposal = Proposal {
+                        origin: self.origin,
+                        incarnation: self.incarnation,
+                        seq,
+                        commands: batch,
+                    };
                     let leader = {
                         let metrics = self.raft.metrics();
                         let m = metrics.borrow();
@@ -118,8 +169,7 @@ impl Batcher {
                         Some((l, Some(member))) => {
                             let peers = self.peers.clone();
                             let limit = self.flush_wait;
-                            forwards += 1;
-                            unanswered.push(Box::pin(async move {
+                            unanswered.forwarded.push(Box::pin(async move {
                                 let request = Forwarded::Propose(proposal);
                                 let reply: Result<ForwardReply, _> =
                                     peers.call(l, &member, Rpc::Forward, &request, Some(limit)).await;
@@ -137,7 +187,7 @@ impl Batcher {
                                     | Err(crate::network::CallError::Timeout) => None,
                                     Ok(_) | Err(_) => Some(Rejected::NoLeader),
                                 };
-                                (ids, rejected, true)
+                                (ids, rejected)
                             }));
                         }
                         _ => self.reject(ids.into_iter(), &Rejected::NoLeader),
@@ -160,11 +210,11 @@ impl Batcher {
         proposal: Proposal,
         ids: Vec<u64>,
         seq: u64,
-        unanswered: &mut FuturesUnordered<BoxFuture<'static, Outcome>>,
+        unanswered: &mut Unanswered,
     ) {
         match self.raft.client_write_ff(proposal).await {
             Ok(responder) => {
-                unanswered.push(Box::pin(async move {
+                unanswered.local.push(Box::pin(async move {
                     let rejected = match responder.await {
                         Ok(Ok(_)) => None,
                         Ok(Err(e)) => Some(rejection(e)),
@@ -172,7 +222,7 @@ impl Batcher {
                         // without one): the waiters hear from the apply or their budget.
                         Err(_) => None,
                     };
-                    (ids, rejected, false)
+                    (ids, rejected)
                 }));
                 self.await_flush(seq, unanswered).await;
             }
@@ -198,11 +248,7 @@ impl Batcher {
 
     /// Waits until the log holds batch `seq` durably, its entry is refused, `stop`, or the
     /// flush wait runs out; answers that arrive meanwhile are settled.
-    async fn await_flush(
-        &self,
-        seq: u64,
-        unanswered: &mut FuturesUnordered<BoxFuture<'static, Outcome>>,
-    ) {
+    async fn await_flush(&self, seq: u64, unanswered: &mut Unanswered) {
         let mut flushed = self.flushed.clone();
         let wait = async {
             loop {
@@ -232,7 +278,7 @@ impl Batcher {
         let _ = deadline::within(Layer::Propose, Deadline::after(self.flush_wait), wait).await;
     }
 
-    fn settle(&self, (ids, rejected, _): Outcome) {
+    fn settle(&self, (ids, rejected): Outcome) {
         if let Some(rejected) = rejected {
             self.reject(ids.into_iter(), &rejected);
         }
@@ -252,5 +298,86 @@ fn rejection(e: ClientWriteError<u64, crate::Member>) -> Rejected {
             f.leader_id.map_or(Rejected::NoLeader, Rejected::NotLeader)
         }
         ClientWriteError::ChangeMembershipError(e) => Rejected::Other(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{Harness, LONG};
+    use crate::types::Tagged;
+
+    fn put(key: &str) -> mvcc::Command {
+        mvcc::Command::Put(mvcc::PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+    }
+
+    /// Queues `command` and returns its waiter.
+    async fn queue(
+        h: &Harness,
+        tx: &mpsc::Sender<Queued>,
+        command: mvcc::Command,
+    ) -> deadline::Pending<Answer> {
+        let pending = h.waiters.register();
+        let tagged = Tagged {
+            id: pending.id(),
+            command,
+        };
+        tx.send(tagged).await.unwrap();
+        pending
+    }
+
+    /// A follower forwards a batch, becomes leader, proposes its own batch, and hears back
+    /// about the forward while it waits for that batch's flush; four times over. Writes on the
+    /// member must still be taken afterwards: the forwards are all answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forwards_answered_while_waiting_for_a_flush_do_not_stall_writes() {
+        let mut h = Harness::start().await;
+        let (tx, rx) = mpsc::channel(64);
+        // The flush never reports: the batcher waits in `await_flush` for as long as it may.
+        let (_flushed_tx, flushed) = watch::channel(0);
+        let stop = CancellationToken::new();
+        let batcher = Batcher {
+            origin: crate::test_support::ME,
+            incarnation: crate::test_support::INCARNATION,
+            raft: h.raft.clone(),
+            peers: h.peers.clone(),
+            queue: rx,
+            waiters: h.waiters.clone(),
+            flushed,
+            flush_wait: LONG,
+            stop: stop.clone(),
+        };
+        let running = tokio::spawn(batcher.run());
+        let answer = |p: deadline::Pending<Answer>, what: String| async move {
+            p.wait(Layer::Commit, Deadline::after(Duration::from_secs(10)))
+                .await
+                .unwrap_or_else(|e| panic!("{what} was never answered: {e}"))
+        };
+        for round in 1..=MAX_FORWARDS {
+            h.follow_peer().await;
+            let forwarded = queue(&h, &tx, put(&format!("fwd{round}"))).await;
+            h.forwards_arrived(round).await;
+            h.lead().await;
+            // Applied here, so the batcher has proposed it and now waits for its flush.
+            let local = queue(&h, &tx, put(&format!("own{round}"))).await;
+            let applied = answer(local, format!("round {round}: the leader's own write")).await;
+            assert!(applied.is_ok(), "round {round}: {applied:?}");
+            h.release_one_forward();
+            let refused = answer(forwarded, format!("round {round}: the forward")).await;
+            assert!(
+                matches!(refused, Err(Rejected::TooManyRequests)),
+                "round {round}: {refused:?}"
+            );
+        }
+        let last = queue(&h, &tx, put("after")).await;
+        let applied = answer(last, "a write after the forwards were answered".into()).await;
+        assert!(applied.is_ok(), "{applied:?}");
+        stop.cancel();
+        running.await.unwrap();
+        h.raft.shutdown().await.unwrap();
     }
 }

@@ -19,9 +19,11 @@
 //! - `node`: [`Node`] and [`NodeConfig`].
 //! - `read_rounds`: one leadership confirmation for every read that arrived before it.
 //! - `lessor`, `lease_loop`: lease expiry times, and the leader's revokes and checkpoints.
+//! - `incarnation`: the id that tells this start of a member from its earlier ones.
 
 mod batcher;
 mod error;
+mod incarnation;
 mod lease_loop;
 mod lessor;
 mod log_store;
@@ -30,6 +32,8 @@ mod network;
 mod node;
 mod read_rounds;
 mod state_machine;
+#[cfg(test)]
+mod test_support;
 mod types;
 
 pub use error::{CommandError, MembershipFailure, ProposeError, ReadError, StartError};

@@ -71,8 +71,10 @@ pub struct LogStore {
     db: Arc<redb::Database>,
     pending: Pending,
     ops: mpsc::Sender<Op>,
-    /// This member's id: its own proposals are the ones whose flush it reports.
+    /// This member's id and incarnation: its own proposals since this start are the ones
+    /// whose flush it reports (an earlier start numbered its batches from 1 too).
     own_id: u64,
+    incarnation: u64,
     flushed: watch::Receiver<u64>,
 }
 
@@ -223,7 +225,7 @@ impl LogStore {
     ///
     /// # Errors
     /// The file cannot be opened or is not a redb file.
-    pub fn open(path: &Path, own_id: u64) -> Result<(Self, LogCloser), String> {
+    pub fn open(path: &Path, own_id: u64, incarnation: u64) -> Result<(Self, LogCloser), String> {
         let db = redb::Database::create(path).map_err(|e| e.to_string())?;
         let txn = db.begin_write().map_err(|e| e.to_string())?;
         txn.open_table(LOG).map_err(|e| e.to_string())?;
@@ -248,6 +250,7 @@ impl LogStore {
                 pending,
                 ops,
                 own_id,
+                incarnation,
                 flushed,
             },
             closer,
@@ -406,7 +409,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut pending = self.pending();
             for entry in entries {
                 if let EntryPayload::Normal(p) = &entry.payload {
-                    if p.origin == self.own_id {
+                    if p.is_from(self.own_id, self.incarnation) {
                         own_seq = own_seq.max(Some(p.seq));
                     }
                 }

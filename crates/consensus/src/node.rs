@@ -164,8 +164,9 @@ impl<B: Backend> Node<B> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StartError::Config(format!("{}: {e}", dir.display())))?;
         let log_path = dir.join("raft-log.redb");
+        let incarnation = crate::incarnation::boot_id();
         let (log, log_closer) =
-            LogStore::open(&log_path, config.id).map_err(|cause| StartError::Log {
+            LogStore::open(&log_path, config.id, incarnation).map_err(|cause| StartError::Log {
                 path: log_path.display().to_string(),
                 cause,
             })?;
@@ -176,6 +177,7 @@ impl<B: Backend> Node<B> {
         let sm = StateMachine::open(
             store.clone(),
             config.id,
+            incarnation,
             waiters.clone(),
             snap_dir.clone(),
             Arc::clone(&lessor),
@@ -216,6 +218,7 @@ impl<B: Backend> Node<B> {
         tokio::spawn(
             Batcher {
                 origin: config.id,
+                incarnation,
                 raft: raft.clone(),
                 peers: peers.clone(),
                 queue: queued,

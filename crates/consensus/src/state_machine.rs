@@ -57,6 +57,8 @@ fn snap_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
 pub struct StateMachine<B> {
     store: Store<B>,
     node_id: u64,
+    /// Only entries this start of the member proposed name its waiters.
+    incarnation: u64,
     waiters: Registry<Answer>,
     snapshots: SnapshotDir,
     position: Position,
@@ -72,6 +74,7 @@ impl<B: Backend> StateMachine<B> {
     pub(crate) fn open(
         store: Store<B>,
         node_id: u64,
+        incarnation: u64,
         waiters: Registry<Answer>,
         dir: PathBuf,
         lessor: Arc<Lessor>,
@@ -94,6 +97,7 @@ impl<B: Backend> StateMachine<B> {
         Ok(Self {
             store,
             node_id,
+            incarnation,
             waiters,
             snapshots,
             position,
@@ -126,7 +130,11 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             match entry.payload {
                 EntryPayload::Blank => slots.push((0, Vec::new())),
                 EntryPayload::Normal(p) => {
-                    let ids = if p.origin == self.node_id {
+                    // The planted bug (never in a normal build): any incarnation's ids answer.
+                    let ours = p.is_from(self.node_id, self.incarnation)
+                        || (cfg!(feature = "planted-reused-waiter-ids")
+                            && p.origin == self.node_id);
+                    let ids = if ours {
                         p.commands.iter().map(|t| t.id).collect()
                     } else {
                         Vec::new()

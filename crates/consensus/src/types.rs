@@ -27,10 +27,21 @@ impl std::fmt::Display for Member {
 pub struct Proposal {
     /// The member that proposed it.
     pub origin: u64,
+    /// Which start of that member proposed it (drawn anew at every start): waiter ids restart
+    /// with the process, so only this incarnation may answer the waiters named in `commands`.
+    pub incarnation: u64,
     /// The proposer's batch number: its log reports when it holds the batch durably.
     pub seq: u64,
     /// What to apply, in order, each at its own revision.
     pub commands: Vec<Tagged>,
+}
+
+impl Proposal {
+    /// Whether this very incarnation of `member` proposed it, so its waiter ids are that
+    /// incarnation's.
+    pub fn is_from(&self, member: u64, incarnation: u64) -> bool {
+        self.origin == member && self.incarnation == incarnation
+    }
 }
 
 /// A command with the proposer's id for the request waiting on it.

@@ -1,0 +1,229 @@
+//! Test support: one real Raft member beside a scripted peer, so tests can move the member
+//! between follower and leader at the moments they choose.
+//!
+//! The scripted peer (member 2) grants every vote, accepts every append, and holds each
+//! forwarded request until the test releases it, then refuses it with "too many requests" (a
+//! refusal its proposer can see).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadline::{Budgets, Deadline, Layer, Registry};
+use mvcc::Store;
+use openraft::error::RaftError;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::{Config, Vote};
+use tokio::sync::{watch, Semaphore};
+
+use crate::batcher::Answer;
+use crate::lessor::Lessor;
+use crate::log_store::{LogCloser, LogStore};
+use crate::network::pb::{peer_server, Payload};
+use crate::network::{ForwardReply, PeerNetwork, Peers, Refusal};
+use crate::state_machine::StateMachine;
+use crate::types::typ::Raft;
+use crate::types::{Member, TypeConfig};
+
+/// The scripted peer's id.
+pub(crate) const PEER: u64 = 2;
+/// The real member's id.
+pub(crate) const ME: u64 = 1;
+/// The real member's incarnation.
+pub(crate) const INCARNATION: u64 = 11;
+
+fn payload<T: serde::Serialize>(v: &T) -> Result<tonic::Response<Payload>, tonic::Status> {
+    Ok(tonic::Response::new(Payload {
+        data: bincode::serialize(v).unwrap(),
+    }))
+}
+
+/// Member 2 as a script.
+#[derive(Clone)]
+pub(crate) struct ScriptedPeer {
+    /// Forwarded requests received so far.
+    pub(crate) forwards: Arc<AtomicUsize>,
+    /// Tells the test a forward arrived.
+    arrived: Arc<watch::Sender<usize>>,
+    /// One permit answers one held forward.
+    release: Arc<Semaphore>,
+}
+
+#[tonic::async_trait]
+impl peer_server::Peer for ScriptedPeer {
+    async fn append_entries(
+        &self,
+        _request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        payload(&Ok::<_, RaftError<u64>>(
+            AppendEntriesResponse::<u64>::Success,
+        ))
+    }
+
+    async fn vote(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let req: VoteRequest<u64> = bincode::deserialize(&request.get_ref().data).unwrap();
+        payload(&Ok::<_, RaftError<u64>>(VoteResponse::new(
+            req.vote, None, true,
+        )))
+    }
+
+    async fn install_snapshot(
+        &self,
+        _request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        Err(tonic::Status::unimplemented("scripted peer"))
+    }
+
+    async fn forward(
+        &self,
+        _request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let n = self.forwards.fetch_add(1, Ordering::SeqCst) + 1;
+        self.arrived.send_replace(n);
+        // Held until the test releases it; the caller's own timeout bounds the wait.
+        let permit = self.release.acquire().await.unwrap();
+        permit.forget();
+        payload(&ForwardReply::Refused(Refusal::TooManyRequests))
+    }
+}
+
+/// A real member (id 1) of a two-member cluster whose other member is [`ScriptedPeer`].
+pub(crate) struct Harness {
+    pub(crate) raft: Raft,
+    pub(crate) peers: Peers,
+    pub(crate) waiters: Registry<Answer>,
+    pub(crate) peer: ScriptedPeer,
+    arrived: watch::Receiver<usize>,
+    _closer: LogCloser,
+    _dir: tempfile::TempDir,
+}
+
+/// Generous: only a broken member waits this long.
+pub(crate) const LONG: Duration = Duration::from_secs(60);
+
+impl Harness {
+    /// Starts the scripted peer and the member; the member has no leader yet.
+    pub(crate) async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (arrived_tx, arrived) = watch::channel(0);
+        let peer = ScriptedPeer {
+            forwards: Arc::default(),
+            arrived: Arc::new(arrived_tx),
+            release: Arc::new(Semaphore::new(0)),
+        };
+        let server = tonic::transport::Server::builder()
+            .add_service(peer_server::PeerServer::new(peer.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+        tokio::spawn(server);
+
+        let dir = tempfile::tempdir().unwrap();
+        let (log, closer) =
+            LogStore::open(&dir.path().join("raft-log.redb"), ME, INCARNATION).unwrap();
+        let store = Store::open(engine_mem::MemBackend::new()).unwrap();
+        let waiters = Registry::new("test-proposals");
+        let sm = StateMachine::open(
+            store,
+            ME,
+            INCARNATION,
+            waiters.clone(),
+            dir.path().join("snapshots"),
+            Arc::new(Lessor::default()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let peers = Peers::new(Budgets::default().with(Layer::PeerRpc, LONG), None);
+        let config = Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 1_000,
+            election_timeout_max: 2_000,
+            // Leadership moves only when the test says so.
+            enable_elect: false,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let raft = Raft::new(
+            ME,
+            Arc::new(config),
+            PeerNetwork::new(peers.clone()),
+            log,
+            sm,
+        )
+        .await
+        .unwrap();
+        let member = |name: &str, url: String| Member {
+            name: name.into(),
+            peer_urls: vec![url],
+            client_urls: vec![],
+        };
+        raft.initialize(BTreeMap::from([
+            (ME, member("me", "http://127.0.0.1:1".into())),
+            (PEER, member("peer", url)),
+        ]))
+        .await
+        .unwrap();
+        Self {
+            raft,
+            peers,
+            waiters,
+            peer,
+            arrived,
+            _closer: closer,
+            _dir: dir,
+        }
+    }
+
+    async fn wait_for_leader(&self, leader: u64) {
+        let mut metrics = self.raft.metrics();
+        deadline::within(Layer::Api, Deadline::after(LONG), async {
+            while metrics.borrow_and_update().current_leader != Some(leader) {
+                metrics.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("member {leader} did not become the leader"));
+    }
+
+    /// The scripted peer takes over at the next term: the member follows it.
+    pub(crate) async fn follow_peer(&self) {
+        let term = self.raft.metrics().borrow().current_term;
+        let request = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(term + 1, PEER),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        self.raft.append_entries(request).await.unwrap();
+        self.wait_for_leader(PEER).await;
+    }
+
+    /// The member campaigns and wins (the peer grants every vote).
+    pub(crate) async fn lead(&self) {
+        self.raft.trigger().elect().await.unwrap();
+        self.wait_for_leader(ME).await;
+    }
+
+    /// Waits until the peer has received `n` forwarded requests in all.
+    pub(crate) async fn forwards_arrived(&mut self, n: usize) {
+        let arrived = &mut self.arrived;
+        deadline::within(Layer::Api, Deadline::after(LONG), async {
+            while *arrived.borrow_and_update() < n {
+                arrived.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("forward {n} never reached the leader"));
+    }
+
+    /// Lets the peer answer one held forward.
+    pub(crate) fn release_one_forward(&self) {
+        self.peer.release.add_permits(1);
+    }
+}
