@@ -15,6 +15,9 @@ use crate::bench::XorShift;
 pub enum Kind {
     /// SIGKILL a member (the leader or a follower), restart it when healed.
     Kill,
+    /// SIGKILL a member under load and start it again within a second: what it proposed
+    /// before may be applied after, by its next incarnation.
+    Restart,
     /// SIGSTOP a member, SIGCONT it when healed.
     Stop,
     /// Cut both directions between the leader and every other member.
@@ -31,8 +34,9 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order `--faults all` lists them.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Kill,
+        Kind::Restart,
         Kind::Stop,
         Kind::IsolateLeader,
         Kind::Split,
@@ -45,6 +49,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Kill => "kill",
+            Kind::Restart => "restart",
             Kind::Stop => "stop",
             Kind::IsolateLeader => "isolate-leader",
             Kind::Split => "split",
@@ -145,12 +150,20 @@ pub fn run(
             "follower"
         };
         let what;
+        // A restart is not held: the member comes back this soon after its kill.
+        let mut back_after = None;
         {
             let mut c = lock(cluster);
             match kind {
                 Kind::Kill => {
                     c.kill(target);
                     what = format!("kill m{target} ({role})");
+                }
+                Kind::Restart => {
+                    c.kill(target);
+                    let down = Duration::from_millis(rng.below(1_000) as u64);
+                    back_after = Some(down);
+                    what = format!("restart m{target} ({role}) after {down:?}");
                 }
                 Kind::Stop => {
                     c.freeze(target);
@@ -210,7 +223,7 @@ pub fn run(
             what: what.clone(),
             begins: true,
         });
-        nap(hold, stop);
+        nap(back_after.unwrap_or(hold), stop);
         heal(cluster);
         timeline.push(Event {
             at: at(),
@@ -237,5 +250,19 @@ pub fn heal(cluster: &Arc<Mutex<Cluster>>) {
                 eprintln!("chaos: restarting m{i} failed: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_are_in_the_default_mix_and_can_be_named() {
+        assert!(Kind::parse_list("all").unwrap().contains(&Kind::Restart));
+        assert_eq!(
+            Kind::parse_list("restart,kill").unwrap(),
+            [Kind::Restart, Kind::Kill]
+        );
     }
 }

@@ -47,7 +47,7 @@ options:
   --duration D         how long clients run, e.g. 120s, 30m               (default 120s)
   --members N          cluster size, 3 or 5                               (default 3)
   --engine E           redb or mem                                        (default redb)
-  --faults LIST        kill, stop, isolate-leader, split, asymmetric,
+  --faults LIST        kill, restart, stop, isolate-leader, split, asymmetric,
                        latency, drop-connections, partition, all          (default all)
   --clients N          checked KV clients                                 (default 6)
   --keys N             keys they share                                    (default 5)
@@ -135,18 +135,23 @@ fn recheck(file: &str) -> Result<()> {
     for violation in &v.violations {
         println!("{violation:?}");
     }
+    for p in &v.revisions {
+        println!("revisions: {p}");
+    }
     println!(
-        "{} operations ({} unknown): {} linearizability violations, {} undecided keys {:?}, \
+        "{} operations ({} unknown): {} linearizability violations, {} revision problems, \
+         {} undecided keys {:?}, \
          checked in {:.1?}",
         v.ops,
         v.unknown,
         v.violations.len(),
+        v.revisions.len(),
         v.undecided.len(),
         v.undecided,
         started.elapsed()
     );
     ensure!(
-        v.violations.is_empty() && v.undecided.is_empty(),
+        !v.violated() && v.undecided.is_empty(),
         "the history is not shown linearizable"
     );
     Ok(())
@@ -183,7 +188,7 @@ struct Findings {
 
 impl Findings {
     fn passed(&self) -> bool {
-        self.linearizability.violations.is_empty()
+        !self.linearizability.violated()
             && self.linearizability.undecided.is_empty()
             && self.watch_problems.is_empty()
             && self.divergence.is_empty()
@@ -405,8 +410,14 @@ pub fn run(raw: &[String]) -> Result<()> {
     let history = lock(&shared.history).clone();
     let linearizability = checker::check(&history, CHECK_BUDGET);
     let mut watch_problems = Vec::new();
+    for problem in watchcheck::check_history(&reference, &history, true) {
+        watch_problems.push(format!("reference: {problem}"));
+    }
     for (w, seen) in watched.iter().enumerate() {
         for problem in watchcheck::check(seen, &reference) {
+            watch_problems.push(format!("watcher {w}: {problem}"));
+        }
+        for problem in watchcheck::check_history(seen, &history, false) {
             watch_problems.push(format!("watcher {w}: {problem}"));
         }
     }
@@ -422,10 +433,11 @@ pub fn run(raw: &[String]) -> Result<()> {
     };
     write_results(&out_dir, &args, &history, &watched, &findings)?;
     let verdict = verdict_line(&args, &findings);
+    print!("{}", failure_table(&findings.timing));
     println!("{verdict}");
     if args.expect_violation {
         ensure!(
-            !findings.linearizability.violations.is_empty(),
+            findings.linearizability.violated(),
             "the checker found no violation in a build that should have one"
         );
         return Ok(());
@@ -438,11 +450,52 @@ pub fn run(raw: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The share of each kind of request that failed definitely (an error saying it did not take
+/// effect) and indeterminately (a timeout or lost connection: it may have), as a table.
+fn failure_table(t: &workload::Timing) -> String {
+    let share = |n: u64, of: u64| {
+        if of == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / of as f64
+        }
+    };
+    let mut s = String::from(
+        "| request | sent | failed definitely | failed indeterminately |\n|---|--:|--:|--:|\n",
+    );
+    let mut all = workload::Failures::default();
+    for (kind, f) in &t.by_kind {
+        let _ = writeln!(
+            s,
+            "| {kind} | {} | {} ({:.2} %) | {} ({:.2} %) |",
+            f.requests,
+            f.definite,
+            share(f.definite, f.requests),
+            f.indeterminate,
+            share(f.indeterminate, f.requests)
+        );
+        all.requests += f.requests;
+        all.definite += f.definite;
+        all.indeterminate += f.indeterminate;
+    }
+    let _ = writeln!(
+        s,
+        "| all | {} | {} ({:.2} %) | {} ({:.2} %) |",
+        all.requests,
+        all.definite,
+        share(all.definite, all.requests),
+        all.indeterminate,
+        share(all.indeterminate, all.requests)
+    );
+    s
+}
+
 fn verdict_line(args: &Args, f: &Findings) -> String {
     let lin = &f.linearizability;
     format!(
         "chaos: seed {}, {:?}, {} members ({}): {} operations ({} unknown), {} faults, \
-         {} linearizability violations, {} undecided keys, {} watch problems over {} events, \
+         {} linearizability violations, {} revision problems, {} undecided keys, \
+         {} watch problems over {} events, \
          {} divergences, longest request {:.2}s (deadline {}s), {} leaks — {}",
         args.seed,
         args.duration,
@@ -452,6 +505,7 @@ fn verdict_line(args: &Args, f: &Findings) -> String {
         lin.unknown,
         f.timeline.iter().filter(|e| e.begins).count(),
         lin.violations.len(),
+        lin.revisions.len(),
         lin.undecided.len(),
         f.watch_problems.len(),
         f.watch_events.iter().sum::<usize>(),
@@ -472,20 +526,7 @@ fn write_results(
 ) -> Result<()> {
     let mut h = String::new();
     for op in history {
-        let ret = if op.ret == u64::MAX {
-            "?".to_string()
-        } else {
-            op.ret.to_string()
-        };
-        let _ = writeln!(
-            h,
-            "{} {} client={} {:?} -> {:?}",
-            op.call,
-            ret,
-            op.client,
-            (&op.key, &op.action),
-            op.outcome
-        );
+        let _ = writeln!(h, "{}", checker::format_op(op));
     }
     std::fs::write(dir.join("history.txt"), h)?;
     let mut w = String::new();
@@ -510,6 +551,9 @@ fn write_results(
              could not place {:?}",
             v.key, v.linearized, v.total, v.stuck_at
         );
+    }
+    for p in &f.linearizability.revisions {
+        let _ = writeln!(r, "- revisions: {p}");
     }
     for k in &f.linearizability.undecided {
         let _ = writeln!(r, "- key {k}: undecided (search budget exhausted)");
@@ -538,6 +582,11 @@ fn write_results(
     for (kind, n) in &f.timing.by_error {
         let _ = writeln!(r, "- {n} × {kind}");
     }
+    let _ = writeln!(
+        r,
+        "\n## Failed requests per kind\n\n{}",
+        failure_table(&f.timing)
+    );
     let _ = writeln!(r, "\n## Leaks\n");
     for l in &f.leaks {
         let _ = writeln!(r, "- {l}");

@@ -10,7 +10,7 @@ use etcd_client::{
     TxnOpResponse, WatchOptions,
 };
 
-use super::checker::{Action, Op, Outcome};
+use super::checker::{Action, Op, Outcome, Revs};
 use crate::bench::XorShift;
 
 /// Keys the checked clients work on live under this prefix.
@@ -30,6 +30,37 @@ pub struct Timing {
     pub requests: u64,
     /// Errors by their text's start.
     pub by_error: std::collections::BTreeMap<String, u64>,
+    /// Requests and how they failed, per kind of request (put, get, txn, …).
+    pub by_kind: std::collections::BTreeMap<&'static str, Failures>,
+}
+
+/// How the requests of one kind ended.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Failures {
+    /// Requests sent.
+    pub requests: u64,
+    /// Failed with an error that says the request did not take effect.
+    pub definite: u64,
+    /// Failed leaving it open whether it took effect (a timeout, a lost connection).
+    pub indeterminate: u64,
+}
+
+/// Whether an error says the request did not take effect: refused before it was sent,
+/// proposed or served (no leader, a limit, bad input), rather than left open (a timeout, a
+/// broken connection, `request timed out` after the proposal).
+pub fn definite(e: &str) -> bool {
+    const DEFINITE: [&str; 9] = [
+        "etcdserver: no leader",
+        "etcdserver: too many requests",
+        "not found",
+        "Client specified an invalid argument",
+        "The system is not in a state required",
+        "Operation was attempted past the valid range",
+        "Some resource has been exhausted",
+        "tcp connect error",
+        "Connection refused",
+    ];
+    DEFINITE.iter().any(|d| e.contains(d))
 }
 
 /// What the clients share: the clock, the history, the stop flag, the timings.
@@ -60,9 +91,22 @@ impl Shared {
         u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    fn timed(&self, what: impl FnOnce() -> String, took: Duration, error: Option<&str>) {
+    fn timed(
+        &self,
+        kind: &'static str,
+        what: impl FnOnce() -> String,
+        took: Duration,
+        error: Option<&str>,
+    ) {
         let mut t = lock(&self.timing);
         t.requests += 1;
+        let failures = t.by_kind.entry(kind).or_default();
+        failures.requests += 1;
+        match error {
+            Some(e) if definite(e) => failures.definite += 1,
+            Some(_) => failures.indeterminate += 1,
+            None => {}
+        }
         if let Some(e) = error {
             t.errors += 1;
             let kind: String = e.chars().take(90).collect();
@@ -79,6 +123,10 @@ impl Shared {
     }
 }
 
+/// What a compare-and-swap records when its answer's responses are not those of its branch
+/// (another request's answer): a value nobody wrote, so the checker reports it.
+const WRONG_RESPONSES: &str = "!responses-of-another-request";
+
 /// How long a client waits after an error before its next request, so that a member that
 /// refuses everything at once does not flood the history with operations of unknown outcome.
 const ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -86,6 +134,25 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// An error that means the request never reached a server: nothing can have happened.
 fn never_sent(e: &str) -> bool {
     e.contains("tcp connect error") || e.contains("Connection refused")
+}
+
+/// The revisions of an answer: its header's, and the key it found.
+fn revs(header: Option<&etcd_client::ResponseHeader>, kv: Option<(i64, i64, i64)>) -> Revs {
+    Revs {
+        header: header.map_or(0, etcd_client::ResponseHeader::revision),
+        kv,
+    }
+}
+
+/// The value a get of one key found and its (create, mod, version) revisions, or none.
+fn found(kvs: &[etcd_client::KeyValue]) -> (Option<String>, Option<(i64, i64, i64)>) {
+    match kvs.first() {
+        Some(kv) => (
+            Some(String::from_utf8_lossy(kv.value()).into_owned()),
+            Some((kv.create_revision(), kv.mod_revision(), kv.version())),
+        ),
+        None => (None, None),
+    }
 }
 
 /// Connects to `endpoint` with the run's deadline.
@@ -146,19 +213,19 @@ pub async fn kv_client(shared: Shared, id: usize, endpoint: String, keys: usize,
         let roll = rng.below(100);
         let call = shared.now();
         let started = Instant::now();
-        let (action, result): (Action, Result<Outcome, String>) = if roll < 35 {
+        let (action, result): (Action, Result<(Outcome, Revs), String>) = if roll < 35 {
             let r = bounded(c.put(key.clone(), value.clone(), None)).await;
-            (Action::Put(value.clone()), r.map(|_| Outcome::Done(0)))
+            (
+                Action::Put(value.clone()),
+                r.map(|p| (Outcome::Done(0), revs(p.header(), None))),
+            )
         } else if roll < 70 {
             let r = bounded(c.get(key.clone(), None)).await;
             let r = r.map(|g| {
-                Outcome::Read(
-                    g.kvs()
-                        .first()
-                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-                )
+                let (value, kv) = found(g.kvs());
+                (Outcome::Read(value), revs(g.header(), kv))
             });
-            if let Ok(Outcome::Read(v)) = &r {
+            if let Ok((Outcome::Read(v), _)) = &r {
                 seen[k].clone_from(v);
             }
             (Action::Get, r)
@@ -174,16 +241,20 @@ pub async fn kv_client(shared: Shared, id: usize, endpoint: String, keys: usize,
                 .or_else([TxnOp::get(key.clone(), None)]);
             let r = bounded(c.txn(txn)).await;
             let r = r.map(|t| {
-                if !t.succeeded() {
-                    // Learn the current value for the next try.
-                    if let Some(TxnOpResponse::Get(g)) = t.op_responses().first() {
-                        seen[k] = g
-                            .kvs()
-                            .first()
-                            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+                let wrong = || Outcome::Refused(Some(WRONG_RESPONSES.to_string()));
+                match (t.succeeded(), t.op_responses().as_slice()) {
+                    // The then-branch is one put: its answer must be a put's.
+                    (true, [TxnOpResponse::Put(_)]) => {
+                        (Outcome::Swapped(true), revs(t.header(), None))
                     }
+                    // The else-branch get: what the key is, which the next try expects.
+                    (false, [TxnOpResponse::Get(g)]) => {
+                        let (value, kv) = found(g.kvs());
+                        seen[k].clone_from(&value);
+                        (Outcome::Refused(value), revs(t.header(), kv))
+                    }
+                    _ => (wrong(), revs(t.header(), None)),
                 }
-                Outcome::Swapped(t.succeeded())
             });
             (
                 Action::Cas {
@@ -194,23 +265,34 @@ pub async fn kv_client(shared: Shared, id: usize, endpoint: String, keys: usize,
             )
         } else {
             let r = bounded(c.delete(key.clone(), None)).await;
-            (Action::Delete, r.map(|d| Outcome::Done(d.deleted())))
+            (
+                Action::Delete,
+                r.map(|d| (Outcome::Done(d.deleted()), revs(d.header(), None))),
+            )
         };
         let took = started.elapsed();
         let ret = shared.now();
+        let kind = match action {
+            Action::Put(_) => "put",
+            Action::Get => "get",
+            Action::Cas { .. } => "txn (compare-and-swap)",
+            Action::Delete => "delete",
+        };
         shared.timed(
+            kind,
             || format!("client {id} {action:?} on {key} via {endpoint}"),
             took,
             result.as_ref().err().map(String::as_str),
         );
         match result {
-            Ok(outcome) => shared.record(Op {
+            Ok((outcome, revs)) => shared.record(Op {
                 client: id,
                 key,
                 action,
                 call,
                 ret,
                 outcome,
+                revs,
             }),
             // A failed read changed nothing; a write refused before it was sent neither.
             Err(e) if action == Action::Get || never_sent(&e) => {
@@ -229,6 +311,7 @@ pub async fn kv_client(shared: Shared, id: usize, endpoint: String, keys: usize,
                     call,
                     ret: u64::MAX,
                     outcome: Outcome::Unknown,
+                    revs: Revs::default(),
                 });
                 if e.contains("transport") || e.contains("connect") || e.contains("client-side") {
                     client = None;
@@ -256,6 +339,7 @@ pub async fn lease_client(shared: Shared, id: usize, endpoint: String, seed: u64
         let started = Instant::now();
         let granted = bounded(c.lease_grant(2, None)).await;
         shared.timed(
+            "lease grant",
             || format!("lease client {id} grant"),
             started.elapsed(),
             granted.as_ref().err().map(String::as_str),
@@ -273,6 +357,7 @@ pub async fn lease_client(shared: Shared, id: usize, endpoint: String, seed: u64
         ))
         .await;
         shared.timed(
+            "put with a lease",
             || format!("lease client {id} put"),
             started.elapsed(),
             put.as_ref().err().map(String::as_str),
@@ -281,6 +366,7 @@ pub async fn lease_client(shared: Shared, id: usize, endpoint: String, seed: u64
             let started = Instant::now();
             let r = bounded(c.lease_revoke(lease.id())).await;
             shared.timed(
+                "lease revoke",
                 || format!("lease client {id} revoke"),
                 started.elapsed(),
                 r.as_ref().err().map(String::as_str),
@@ -413,17 +499,15 @@ pub async fn final_reads(shared: &Shared, endpoint: &str, keys: usize) -> Result
         let call = shared.now();
         let g = bounded(c.get(key.clone(), None)).await?;
         let ret = shared.now();
+        let (value, kv) = found(g.kvs());
         shared.record(Op {
             client: usize::MAX,
             key,
             action: Action::Get,
             call,
             ret,
-            outcome: Outcome::Read(
-                g.kvs()
-                    .first()
-                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-            ),
+            outcome: Outcome::Read(value),
+            revs: revs(g.header(), kv),
         });
     }
     Ok(())
@@ -466,4 +550,30 @@ pub async fn pause(d: Duration) {
         std::future::pending::<()>(),
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_told_apart_by_whether_the_request_can_have_happened() {
+        let unavailable = "grpc request error: code: 'The service is currently unavailable'";
+        assert!(definite(&format!(
+            "{unavailable}, message: \"etcdserver: no leader\""
+        )));
+        assert!(definite(&format!(
+            "{unavailable}, message: \"tcp connect error\""
+        )));
+        assert!(!definite(&format!(
+            "{unavailable}, message: \"etcdserver: request timed out\""
+        )));
+        assert!(!definite(
+            "grpc request error: code: 'Unknown error', message: \"transport error\""
+        ));
+        assert!(!definite(
+            "grpc request error: code: 'The operation was cancelled', message: \"Timeout expired\""
+        ));
+        assert!(!definite("client-side limit"));
+    }
 }
