@@ -73,6 +73,7 @@ mod tests {
             dir.path().join("snapshots"),
             Arc::new(Lessor::default()),
             Duration::from_secs(1),
+            crate::compaction::Removal::new(0),
         )
         .unwrap();
         let new_request = waiters.register();

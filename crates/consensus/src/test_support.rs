@@ -136,6 +136,7 @@ impl Harness {
             dir.path().join("snapshots"),
             Arc::new(Lessor::default()),
             Duration::from_secs(1),
+            crate::compaction::Removal::new(0),
         )
         .unwrap();
         let peers = Peers::new(Budgets::default().with(Layer::PeerRpc, LONG), None);
