@@ -16,6 +16,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("server", 5),
     // Test support: runs the server binary; only tests and xtask use it.
     ("testkit", 6),
+    // Test support: the power-cut filesystem; only tests use it.
+    ("powercut", 6),
 ];
 
 /// The workspace root, found from this crate's manifest directory.

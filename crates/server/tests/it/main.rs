@@ -9,6 +9,7 @@ mod harness;
 mod http;
 mod kv;
 mod lease;
+mod powercut;
 mod restart;
 mod watch;
 mod watch_api;
