@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use deadline::{Budgets, Deadline, Layer};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -35,6 +36,8 @@ use pb::Payload;
 
 /// Largest message a member accepts from a peer: Raft batches of entries and snapshot chunks.
 pub(crate) const MAX_PEER_MESSAGE: usize = 128 << 20;
+/// What gRPC framing adds around an encoded payload, at most.
+const FRAME_SLACK: usize = 64;
 
 /// A request only the leader can serve, sent to it by a follower.
 #[derive(Debug, Serialize, Deserialize)]
@@ -100,6 +103,8 @@ pub struct Peers {
     conns: Arc<Mutex<Conns>>,
     budgets: Budgets,
     source: Option<std::net::IpAddr>,
+    /// The largest message sent or accepted: [`MAX_PEER_MESSAGE`] but in tests.
+    max_message: usize,
 }
 
 /// A failed peer call.
@@ -111,6 +116,13 @@ pub(crate) enum CallError {
     Timeout,
     /// The peer answered with something that is not a reply.
     Protocol(String),
+    /// The request encodes to more bytes than a peer accepts: send less.
+    TooLarge {
+        /// Its encoded size.
+        bytes: usize,
+        /// The most a peer accepts.
+        limit: usize,
+    },
 }
 
 impl std::fmt::Display for CallError {
@@ -119,6 +131,12 @@ impl std::fmt::Display for CallError {
             CallError::Unreachable(e) => write!(f, "peer unreachable: {e}"),
             CallError::Timeout => write!(f, "peer did not answer within the peer-rpc budget"),
             CallError::Protocol(e) => write!(f, "peer protocol error: {e}"),
+            CallError::TooLarge { bytes, limit } => {
+                write!(
+                    f,
+                    "peer message of {bytes} bytes exceeds the {limit}-byte limit"
+                )
+            }
         }
     }
 }
@@ -142,7 +160,15 @@ impl Peers {
             conns: Arc::default(),
             budgets,
             source,
+            max_message: MAX_PEER_MESSAGE,
         }
+    }
+
+    /// The same with another message limit, for tests that cannot afford 128 MiB messages.
+    #[cfg(test)]
+    fn with_max_message(mut self, max_message: usize) -> Self {
+        self.max_message = max_message;
+        self
     }
 
     fn client(&self, target: u64, member: &Member) -> Result<PeerClient<Channel>, CallError> {
@@ -165,8 +191,8 @@ impl Peers {
             .keep_alive_while_idle(true)
             .local_address(self.source);
         let client = PeerClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_PEER_MESSAGE)
-            .max_encoding_message_size(MAX_PEER_MESSAGE);
+            .max_decoding_message_size(self.max_message)
+            .max_encoding_message_size(self.max_message);
         conns.insert(target, (url, client.clone()));
         Ok(client)
     }
@@ -180,8 +206,18 @@ impl Peers {
         request: &Req,
         limit: Option<Duration>,
     ) -> Result<Resp, CallError> {
-        let mut client = self.client(target, member)?;
         let payload = encode(request).map_err(CallError::Protocol)?;
+        // Refused here, before the peer's limit refuses it, with what the caller needs to
+        // shrink it; openraft otherwise sees an unreachable peer and retries the same batch.
+        let bytes = payload.data.len();
+        let too_large = CallError::TooLarge {
+            bytes,
+            limit: self.max_message,
+        };
+        if bytes + FRAME_SLACK > self.max_message {
+            return Err(too_large);
+        }
+        let mut client = self.client(target, member)?;
         let budget = self.budgets.get(Layer::PeerRpc);
         let timeout = limit.map_or(budget, |l| l.min(budget));
         let mut req = tonic::Request::new(payload);
@@ -202,6 +238,8 @@ impl Peers {
             Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
                 Err(CallError::Timeout)
             }
+            // A peer with a lower limit refused the message's size.
+            Err(status) if status.code() == tonic::Code::OutOfRange => Err(too_large),
             Err(status) => Err(CallError::Unreachable(status.to_string())),
         }
     }
@@ -240,10 +278,13 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 }
 
 impl PeerConn {
+    /// One Raft RPC; `entries` is how many log entries `request` carries (0 for all but
+    /// AppendEntries), so a message over the limit can ask openraft for fewer.
     async fn raft_call<Req, Resp, E>(
         &self,
         rpc: Rpc,
         request: &Req,
+        entries: usize,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<u64, Member, RaftError<u64, E>>>
     where
@@ -267,6 +308,20 @@ impl PeerConn {
             Err(e @ (CallError::Unreachable(_) | CallError::Timeout)) => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
+            Err(e @ CallError::TooLarge { bytes, limit }) if entries > 1 => {
+                // Entries in proportion to what fits, at least one and fewer than now.
+                let fits = (entries as u128 * limit as u128 / bytes.max(1) as u128) as usize;
+                let hint = fits.clamp(1, entries - 1) as u64;
+                tracing::debug!(
+                    entries,
+                    bytes,
+                    hint,
+                    "append too large for one message; splitting"
+                );
+                Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(hint).with_source_error(&e),
+                ))
+            }
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }
@@ -278,7 +333,9 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        self.raft_call(Rpc::AppendEntries, &rpc, &option).await
+        let entries = rpc.entries.len();
+        self.raft_call(Rpc::AppendEntries, &rpc, entries, &option)
+            .await
     }
 
     async fn install_snapshot(
@@ -289,7 +346,7 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         InstallSnapshotResponse<u64>,
         RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.raft_call(Rpc::InstallSnapshot, &rpc, &option).await
+        self.raft_call(Rpc::InstallSnapshot, &rpc, 0, &option).await
     }
 
     async fn vote(
@@ -297,7 +354,7 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        self.raft_call(Rpc::Vote, &rpc, &option).await
+        self.raft_call(Rpc::Vote, &rpc, 0, &option).await
     }
 }
 
@@ -359,5 +416,132 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let req: Forwarded = decode(request.get_ref()).map_err(bad_request)?;
         reply(&self.node.serve_forwarded(req).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Proposal, Tagged};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
+
+    /// `n` entries of one put of `value_bytes` each, from index 1.
+    fn big_append(n: u64, value_bytes: usize) -> AppendEntriesRequest<TypeConfig> {
+        let entries = (1..=n)
+            .map(|index| openraft::Entry::<TypeConfig> {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(Proposal {
+                    origin: 1,
+                    seq: index,
+                    commands: vec![Tagged {
+                        id: index,
+                        command: mvcc::Command::Put(mvcc::PutRequest {
+                            key: format!("k{index}").into_bytes(),
+                            value: vec![b'v'; value_bytes],
+                            ..Default::default()
+                        }),
+                    }],
+                }),
+            })
+            .collect();
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries,
+        }
+    }
+
+    /// A peer that accepts every append: only the transport is under test.
+    struct Accepting;
+
+    #[tonic::async_trait]
+    impl pb::peer_server::Peer for Accepting {
+        async fn append_entries(
+            &self,
+            _: tonic::Request<Payload>,
+        ) -> Result<tonic::Response<Payload>, tonic::Status> {
+            reply(&Ok::<_, RaftError<u64>>(
+                AppendEntriesResponse::<u64>::Success,
+            ))
+        }
+
+        async fn vote(
+            &self,
+            _: tonic::Request<Payload>,
+        ) -> Result<tonic::Response<Payload>, tonic::Status> {
+            Err(tonic::Status::unimplemented("vote"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: tonic::Request<Payload>,
+        ) -> Result<tonic::Response<Payload>, tonic::Status> {
+            Err(tonic::Status::unimplemented("install_snapshot"))
+        }
+
+        async fn forward(
+            &self,
+            _: tonic::Request<Payload>,
+        ) -> Result<tonic::Response<Payload>, tonic::Status> {
+            Err(tonic::Status::unimplemented("forward"))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_over_the_message_limit_asks_openraft_for_fewer_entries() {
+        // The 128 MiB limit scaled down to 1 MiB (encoding 128 MiB takes half a minute in a
+        // debug build): 32 entries of 48 KiB do not fit in one message.
+        const LIMIT: usize = 1 << 20;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = futures::stream::unfold(listener, |l| async move {
+            let accepted = l.accept().await.map(|(s, _)| s);
+            Some((accepted, l))
+        });
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    pb::peer_server::PeerServer::new(Accepting)
+                        .max_decoding_message_size(LIMIT)
+                        .max_encoding_message_size(LIMIT),
+                )
+                .serve_with_incoming(incoming),
+        );
+        let mut conn = PeerConn {
+            peers: Peers::new(Budgets::default(), None).with_max_message(LIMIT),
+            target: 2,
+            member: Member {
+                name: "m2".into(),
+                peer_urls: vec![format!("http://{addr}")],
+                client_urls: Vec::new(),
+            },
+        };
+        let option = || RPCOption::new(Duration::from_secs(5));
+        let small = conn.append_entries(big_append(4, 48 << 10), option()).await;
+        assert!(
+            matches!(small, Ok(AppendEntriesResponse::Success)),
+            "an append within the limit: {small:?}"
+        );
+        let hint = match conn
+            .append_entries(big_append(32, 48 << 10), option())
+            .await
+        {
+            Err(RPCError::PayloadTooLarge(too_large)) => too_large.entries_hint(),
+            other => panic!("an oversized append answered {other:?}"),
+        };
+        assert!(
+            (1..32).contains(&hint),
+            "entries hint {hint} does not shrink the message"
+        );
+        // What openraft sends next, with the hint, goes through.
+        let split = conn
+            .append_entries(big_append(hint, 48 << 10), option())
+            .await;
+        assert!(
+            matches!(split, Ok(AppendEntriesResponse::Success)),
+            "the {hint} entries the hint asked for: {split:?}"
+        );
+        server.abort();
     }
 }
