@@ -150,8 +150,10 @@ pub fn run(
             "follower"
         };
         let what;
-        // A restart is not held: the member comes back this soon after its kill.
+        // A restart is not held: the member comes back this soon after its kill, and in a
+        // crash loop is killed again this many more times, each soon after it answered.
         let mut back_after = None;
+        let mut again = 0;
         {
             let mut c = lock(cluster);
             match kind {
@@ -163,7 +165,21 @@ pub fn run(
                     c.kill(target);
                     let down = Duration::from_millis(rng.below(1_000) as u64);
                     back_after = Some(down);
-                    what = format!("restart m{target} ({role}) after {down:?}");
+                    // Half of the restarts are crash loops: an incarnation that dies young
+                    // has requests in flight with the small ids its successor hands out too.
+                    again = if rng.below(2) == 0 {
+                        1 + rng.below(2)
+                    } else {
+                        0
+                    };
+                    what = format!(
+                        "restart m{target} ({role}) after {down:?}{}",
+                        if again > 0 {
+                            format!(", then {again} more times as soon as it answers")
+                        } else {
+                            String::new()
+                        }
+                    );
                 }
                 Kind::Stop => {
                     c.freeze(target);
@@ -225,6 +241,12 @@ pub fn run(
         });
         nap(back_after.unwrap_or(hold), stop);
         heal(cluster);
+        for _ in 0..again {
+            nap(Duration::from_millis(rng.below(300) as u64), stop);
+            lock(cluster).kill(target);
+            nap(back_after.unwrap_or_default(), stop);
+            heal(cluster);
+        }
         timeline.push(Event {
             at: at(),
             what: format!("heal: {what}"),
