@@ -22,7 +22,7 @@ use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::network::{ForwardReply, Forwarded, Peers, Refusal, Rpc};
+use crate::network::{CallError, ForwardReply, Forwarded, Peers, Refusal, Rpc};
 use crate::types::typ::Raft;
 use crate::types::{Applied, Proposal, Tagged};
 
@@ -44,7 +44,8 @@ pub(crate) type Queued = Tagged;
 /// Why a command was answered without being applied.
 #[derive(Clone, Debug)]
 pub(crate) enum Rejected {
-    /// No leader is known.
+    /// No leader is known, or it could not be reached; nothing was appended, so the proposer
+    /// may try again.
     NoLeader,
     /// Another member leads.
     NotLeader(u64),
@@ -189,11 +190,26 @@ impl Batcher {
                                     Ok(ForwardReply::Refused(Refusal::NotLeader(Some(l)))) => {
                                         Some(Rejected::NotLeader(l))
                                     }
-                                    // A timeout: the entry may still commit; the waiters hear
-                                    // from the local apply or from their budget.
+                                    // Refused before anything was appended, or never sent:
+                                    // the proposer may try again, with a leader.
+                                    Ok(ForwardReply::Refused(
+                                        Refusal::NotLeader(None) | Refusal::Stopped,
+                                    ))
+                                    | Err(CallError::NotSent(_)) => Some(Rejected::NoLeader),
+                                    // A timeout, or a call that failed once sent: the entry
+                                    // may still commit; the waiters hear from the local apply
+                                    // or from their budget.
                                     Ok(ForwardReply::Refused(Refusal::Timeout))
-                                    | Err(crate::network::CallError::Timeout) => None,
-                                    Ok(_) | Err(_) => Some(Rejected::NoLeader),
+                                    | Err(CallError::Timeout | CallError::Unreachable(_)) => None,
+                                    Ok(ForwardReply::Refused(Refusal::Other(why))) => {
+                                        Some(Rejected::Other(why))
+                                    }
+                                    Ok(other) => Some(Rejected::Other(format!(
+                                        "unexpected answer from the leader: {other:?}"
+                                    ))),
+                                    Err(e @ CallError::Protocol(_)) => {
+                                        Some(Rejected::Other(e.to_string()))
+                                    }
                                 };
                                 (ids, rejected)
                             }));

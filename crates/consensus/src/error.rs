@@ -106,6 +106,17 @@ pub enum ProposeError {
     Stopped,
 }
 
+impl From<ReadError> for ProposeError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Timeout(expired) => ProposeError::Timeout(expired),
+            ReadError::NoLeader => ProposeError::NoLeader,
+            ReadError::NotLeader { leader } => ProposeError::NotLeader { leader },
+            ReadError::Stopped => ProposeError::Stopped,
+        }
+    }
+}
+
 /// Why a linearizable read could not be served.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]

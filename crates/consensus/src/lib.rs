@@ -21,6 +21,7 @@
 //! - `node`: [`Node`] and [`NodeConfig`].
 //! - `read_rounds`: one leadership confirmation for every read that arrived before it.
 //! - `lessor`, `lease_loop`: lease expiry times, and the leader's revokes and checkpoints.
+//! - `leader`: who leads, one shared watch that requests finding no leader wait on.
 //! - `incarnation`: the id that tells this start of a member from its earlier ones.
 //! - `validate`: the checks every command passes before it enters the log, forwarded or not.
 
@@ -28,6 +29,7 @@ mod batcher;
 mod compaction;
 mod error;
 mod incarnation;
+mod leader;
 mod lease_loop;
 mod lessor;
 mod log_store;

@@ -110,8 +110,10 @@ pub struct Peers {
 /// A failed peer call.
 #[derive(Debug)]
 pub(crate) enum CallError {
-    /// No connection, or the connection failed: back off.
+    /// No connection, or the connection failed: back off. The request may have been sent.
     Unreachable(String),
+    /// The request was never sent (no URL, connection refused): back off, or try again.
+    NotSent(String),
     /// The budget ran out.
     Timeout,
     /// The peer answered with something that is not a reply.
@@ -129,6 +131,7 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Unreachable(e) => write!(f, "peer unreachable: {e}"),
+            CallError::NotSent(e) => write!(f, "peer unreachable, nothing sent: {e}"),
             CallError::Timeout => write!(f, "peer did not answer within the peer-rpc budget"),
             CallError::Protocol(e) => write!(f, "peer protocol error: {e}"),
             CallError::TooLarge { bytes, limit } => {
@@ -172,10 +175,11 @@ impl Peers {
     }
 
     fn client(&self, target: u64, member: &Member) -> Result<PeerClient<Channel>, CallError> {
-        let url =
-            member.peer_urls.first().cloned().ok_or_else(|| {
-                CallError::Unreachable(format!("member {target:x} has no peer URL"))
-            })?;
+        let url = member
+            .peer_urls
+            .first()
+            .cloned()
+            .ok_or_else(|| CallError::NotSent(format!("member {target:x} has no peer URL")))?;
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((known, client)) = conns.get(&target) {
             if *known == url {
@@ -183,7 +187,7 @@ impl Peers {
             }
         }
         let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| CallError::Unreachable(format!("{url}: {e}")))?
+            .map_err(|e| CallError::NotSent(format!("{url}: {e}")))?
             .connect_timeout(self.budgets.get(Layer::PeerRpc).min(Duration::from_secs(1)))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))
@@ -240,9 +244,24 @@ impl Peers {
             }
             // A peer with a lower limit refused the message's size.
             Err(status) if status.code() == tonic::Code::OutOfRange => Err(too_large),
+            Err(status) if never_sent(&status) => Err(CallError::NotSent(status.to_string())),
             Err(status) => Err(CallError::Unreachable(status.to_string())),
         }
     }
+}
+
+/// Whether a failed call provably never reached the peer: its connection was refused.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// openraft's view of the transport: a client per target member.
@@ -305,7 +324,7 @@ impl PeerConn {
         match answer {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
-            Err(e @ (CallError::Unreachable(_) | CallError::Timeout)) => {
+            Err(e @ (CallError::Unreachable(_) | CallError::NotSent(_) | CallError::Timeout)) => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
             Err(e @ CallError::TooLarge { bytes, limit }) if entries > 1 => {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batcher::{Answer, Batcher, Queued, Rejected};
 use crate::compaction::Removal;
 use crate::error::{ProposeError, ReadError, StartError};
+use crate::leader::Leadership;
 use crate::lessor::Lessor;
 use crate::log_store::{LogCloser, LogStore};
 use crate::membership::{Change, View};
@@ -158,6 +159,12 @@ struct Inner<B> {
     limits: crate::validate::Limits,
     /// Physical compaction's progress on this member.
     removal: Arc<Removal>,
+    /// Who leads: requests that find no leader wait on it.
+    leadership: Leadership,
+    /// How long after a leader could not be reached it is tried again, if no other is known.
+    retry_after: Duration,
+    /// The election timeout, for watch streams that require a leader.
+    election_timeout: Duration,
 }
 
 impl<B: Backend> Node<B> {
@@ -261,6 +268,7 @@ impl<B: Backend> Node<B> {
             .run(),
         );
         let (reads, read_queue) = ReadRounds::new(config.budgets);
+        let leadership = Leadership::follow(raft.metrics(), stop.clone());
         let min_lease_ttl =
             i64::try_from((config.election_timeout.as_millis() * 3).div_ceil(2 * 1000))
                 .unwrap_or(i64::MAX)
@@ -286,6 +294,9 @@ impl<B: Backend> Node<B> {
                     max_txn_ops: config.max_txn_ops,
                 },
                 removal: Arc::clone(&removal),
+                leadership,
+                retry_after: config.heartbeat.max(Duration::from_millis(50)),
+                election_timeout: config.election_timeout,
             }),
         };
         // Resumes whatever removal a crash interrupted, then follows every applied compaction.
@@ -344,8 +355,54 @@ impl<B: Backend> Node<B> {
         command: mvcc::Command,
         deadline: Deadline,
     ) -> Result<(i64, mvcc::Response), ProposeError> {
+        crate::validate::check(&command, self.inner.limits)?;
+        // Waits for a leader first; tries again when it was refused before anything was
+        // appended (no leader after all, another leads, the leader could not be reached).
+        let mut failed = None;
+        loop {
+            let leader = self.await_leader(deadline, failed).await?;
+            match self.propose_once(command.clone(), deadline).await {
+                Err(ProposeError::NoLeader | ProposeError::NotLeader { .. }) => {
+                    failed = Some(leader);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A leader known now, or the first one known within `deadline` (capped by the
+    /// `leader-wait` budget); after `failed` could not take a request, a different one or
+    /// `failed` again a little later.
+    async fn await_leader(
+        &self,
+        deadline: Deadline,
+        failed: Option<u64>,
+    ) -> Result<u64, ReadError> {
         let inner = &*self.inner;
-        crate::validate::check(&command, inner.limits)?;
+        inner
+            .leadership
+            .wait(&inner.budgets, deadline, failed, inner.retry_after)
+            .await
+    }
+
+    /// Whether this member knows a leader now.
+    pub fn has_leader(&self) -> bool {
+        self.inner.leadership.now().leader.is_some()
+    }
+
+    /// Resolves once this member has had no leader for `elections` election timeouts in a row
+    /// (etcd cancels streams that require a leader then).
+    pub async fn leaderless_for(&self, elections: u32) {
+        let period = self.inner.election_timeout.saturating_mul(elections);
+        self.inner.leadership.leaderless_for(period).await;
+    }
+
+    async fn propose_once(
+        &self,
+        command: mvcc::Command,
+        deadline: Deadline,
+    ) -> Result<(i64, mvcc::Response), ProposeError> {
+        let inner = &*self.inner;
         let budgets = &inner.budgets;
         let _room = budgets
             .run(Layer::Propose, deadline, inner.room.acquire())
@@ -421,7 +478,14 @@ impl<B: Backend> Node<B> {
         {
             return Ok(());
         }
-        self.inner.reads.read_index(deadline).await.map(drop)
+        let mut failed = None;
+        loop {
+            let leader = self.await_leader(deadline, failed).await?;
+            match self.inner.reads.read_index(deadline).await {
+                Err(ReadError::NoLeader | ReadError::NotLeader { .. }) => failed = Some(leader),
+                other => return other.map(drop),
+            }
+        }
     }
 
     /// How many read-index rounds this member has run; each served every linearizable read
@@ -581,8 +645,10 @@ impl<B: Backend> Node<B> {
                         ForwardReply::Refused(Refusal::NotLeader(f.leader_id))
                     }
                     Ok(Ok(Ok(Err(e)))) => ForwardReply::Refused(Refusal::Other(e.to_string())),
-                    Ok(Ok(Err(_))) | Ok(Err(_)) => ForwardReply::Refused(Refusal::Stopped),
-                    Err(_) => ForwardReply::Refused(Refusal::Timeout),
+                    // Raft stopped before taking it: nothing was appended.
+                    Ok(Err(_)) => ForwardReply::Refused(Refusal::Stopped),
+                    // Taken, then its answer was dropped: it may still commit.
+                    Ok(Ok(Err(_))) | Err(_) => ForwardReply::Refused(Refusal::Timeout),
                 }
             }
             // In the leader's rounds, shared with its own reads and other followers' rounds.
@@ -657,6 +723,17 @@ impl<B: Backend> Node<B> {
     /// # Errors
     /// No leader, or the leader could not be reached within the deadline.
     pub async fn lease_renew(&self, id: i64, deadline: Deadline) -> Result<i64, ReadError> {
+        let mut failed = None;
+        loop {
+            let leader = self.await_leader(deadline, failed).await?;
+            match self.lease_renew_once(id, deadline).await {
+                Err(ReadError::NoLeader | ReadError::NotLeader { .. }) => failed = Some(leader),
+                other => return other,
+            }
+        }
+    }
+
+    async fn lease_renew_once(&self, id: i64, deadline: Deadline) -> Result<i64, ReadError> {
         let (leader, member) = self.leader()?;
         if leader == self.inner.id {
             return self.lease_renew_local(id);
@@ -693,6 +770,21 @@ impl<B: Backend> Node<B> {
         id: i64,
         deadline: Deadline,
     ) -> Result<Option<Duration>, ReadError> {
+        let mut failed = None;
+        loop {
+            let leader = self.await_leader(deadline, failed).await?;
+            match self.lease_remaining_once(id, deadline).await {
+                Err(ReadError::NoLeader | ReadError::NotLeader { .. }) => failed = Some(leader),
+                other => return other,
+            }
+        }
+    }
+
+    async fn lease_remaining_once(
+        &self,
+        id: i64,
+        deadline: Deadline,
+    ) -> Result<Option<Duration>, ReadError> {
         let (leader, member) = self.leader()?;
         if leader == self.inner.id {
             return Ok(self.inner.lessor.remaining(id));
@@ -716,6 +808,9 @@ impl<B: Backend> Node<B> {
         change: Change,
         deadline: Deadline,
     ) -> Result<Vec<(u64, Member, bool)>, crate::MembershipFailure> {
+        self.await_leader(deadline, None)
+            .await
+            .map_err(crate::MembershipFailure::Read)?;
         let (leader, member) = self.leader().map_err(crate::MembershipFailure::Read)?;
         if leader == self.inner.id {
             return self

@@ -92,11 +92,22 @@ fn payload_bytes(command: &Command) -> usize {
     match command {
         Command::Put(p) => p.key.len().saturating_add(p.value.len()),
         Command::DeleteRange(d) => d.key.len().saturating_add(d.range_end.len()),
+        // etcd (and kvapi) put no size limit on a read-only txn: it is not a proposal there.
+        Command::Txn(t) if !writes(t) => 0,
         Command::Txn(t) => txn_bytes(t),
         // The leader's own record of every lease (no client's request): as large as the lease
         // count, bounded by the peer message size when forwarded.
         _ => 0,
     }
+}
+
+/// Whether any branch of `t` (nested ones too) writes.
+fn writes(t: &TxnRequest) -> bool {
+    t.success.iter().chain(&t.failure).any(|op| match op {
+        RequestOp::Range(_) => false,
+        RequestOp::Put(_) | RequestOp::DeleteRange(_) => true,
+        RequestOp::Txn(t) => writes(t),
+    })
 }
 
 fn txn_bytes(t: &TxnRequest) -> usize {
@@ -206,6 +217,12 @@ mod tests {
             ]))),
             Some(CommandError::RequestTooLarge)
         );
+        // A read-only txn has no size limit, as in etcd.
+        let read = mvcc::RequestOp::Range(mvcc::RangeRequest {
+            key: vec![b'k'; 200],
+            ..Default::default()
+        });
+        assert_eq!(refused(mvcc::Command::Txn(txn(vec![read]))), None);
         assert_eq!(refused(grant(1, super::MAX_LEASE_TTL)), None);
         assert_eq!(
             refused(grant(1, super::MAX_LEASE_TTL + 1)),

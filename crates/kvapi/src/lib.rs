@@ -11,12 +11,14 @@
 //! - `error`: [`ApiError`] and its `tonic::Status` table.
 //! - `validate`: etcd's request checks.
 //! - `oversize`: grpc-go's answer to a message over the receive limit.
+//! - `require_leader`: etcd's `hasleader` metadata: no leader, no service.
 //! - `service`: the KV, Watch, Lease, Maintenance and Cluster services.
 
 mod error;
 mod oversize;
 pub mod pb;
 mod pb_conv;
+mod require_leader;
 mod service;
 mod validate;
 
@@ -57,6 +59,7 @@ pub fn router<B: Backend>(
         .limits
         .max_request_bytes
         .saturating_add(GRPC_OVERHEAD_BYTES);
+    let leader = node.clone();
     let shared = service::Shared {
         node,
         config: Arc::new(config),
@@ -77,5 +80,9 @@ pub fn router<B: Backend>(
         .add_service(lease)
         .add_service(watch)
         .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            leader,
+            require_leader::require_leader,
+        ))
         .layer(axum::middleware::map_response(oversize::as_grpc_go))
 }

@@ -119,8 +119,8 @@ pub struct Flags {
     #[arg(long, env = "METASTORE_REQUEST_TIMEOUT", value_parser = parse_duration)]
     pub request_timeout: Option<Duration>,
 
-    /// Per-layer wait budgets, e.g. `commit=2s,read-index=500ms` (layers: api, propose, commit,
-    /// read-index, apply, watch-send, peer-rpc).
+    /// Per-layer wait budgets, e.g. `commit=2s,read-index=500ms` (layers: api, leader-wait,
+    /// propose, commit, read-index, apply, watch-send, peer-rpc).
     #[arg(long, env = "METASTORE_BUDGETS", default_value = "")]
     pub budgets: String,
 

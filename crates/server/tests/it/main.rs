@@ -8,6 +8,7 @@ mod etcdctl;
 mod harness;
 mod http;
 mod kv;
+mod leader_wait;
 mod lease;
 mod powercut;
 mod restart;
