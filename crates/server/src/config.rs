@@ -181,11 +181,15 @@ impl TryFrom<Flags> for Config {
                 f.heartbeat_interval
             );
         }
+        if f.max_response_bytes == 0 {
+            bail!("--max-response-bytes must be more than 0");
+        }
         let api = ApiConfig {
             cluster_id: cluster_id(&f.initial_cluster_token),
             limits: Limits {
                 max_request_bytes: f.max_request_bytes,
                 max_txn_ops: f.max_txn_ops,
+                max_response_bytes: f.max_response_bytes,
             },
             budgets,
             version: API_VERSION.to_string(),

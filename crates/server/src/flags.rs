@@ -78,6 +78,11 @@ pub struct Flags {
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: usize,
 
+    /// Largest answer sent, in bytes; a larger one is refused with grpc-go's "trying to send
+    /// message larger than max" (etcd's limit is grpc-go's send limit, 2 GiB - 1).
+    #[arg(long, env = "METASTORE_MAX_RESPONSE_BYTES", default_value_t = kvapi::MAX_RESPONSE_BYTES)]
+    pub max_response_bytes: usize,
+
     /// Most operations in one txn (per compare list and per branch).
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
@@ -183,6 +188,7 @@ mod tests {
         assert_eq!(f.name, "default");
         assert_eq!(f.max_request_bytes, 1_572_864);
         assert_eq!(f.max_txn_ops, 128);
+        assert_eq!(f.max_response_bytes, 2_147_483_647);
         assert_eq!((f.heartbeat_interval, f.election_timeout), (100, 1000));
         assert_eq!(f.engine, Engine::Redb);
         assert_eq!(f.listen_client_urls, "http://127.0.0.1:2379");

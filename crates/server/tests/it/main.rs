@@ -9,5 +9,6 @@ mod harness;
 mod http;
 mod kv;
 mod lease;
+mod limits;
 mod watch;
 mod watch_api;
