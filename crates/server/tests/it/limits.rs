@@ -249,3 +249,183 @@ async fn an_answer_over_the_response_limit_is_refused_as_grpc_go_refuses_it() {
         .expect("a count fits");
     assert_eq!(count.get_ref().count, KEYS as i64);
 }
+
+/// Past `--max-client-connections` a new connection is closed at once (and counted); one
+/// freed lets the next in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let server = Server::start(Kind::Redb, &["--max-client-connections", "2"]);
+    let addr = format!("127.0.0.1:{}", server.client_port);
+    // Two connections that hold their places (HTTP/2 clients, each with a live call).
+    let mut first = kv(&server).await;
+    first
+        .range(RangeRequest {
+            key: b"a".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("first");
+    let second = tokio::net::TcpStream::connect(&addr).await.expect("second");
+    // The third is closed without a word.
+    let mut third = tokio::net::TcpStream::connect(&addr).await.expect("third");
+    let mut buf = [0u8; 16];
+    let read = deadline::within(
+        deadline::Layer::Api,
+        deadline::Deadline::after(Duration::from_secs(5)),
+        third.read(&mut buf),
+    )
+    .await
+    .expect("the third connection is closed promptly");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the third connection got {read:?}"
+    );
+    let refused = KvClient::connect(server.endpoint())
+        .await
+        .map(|mut c| async move {
+            c.range(RangeRequest {
+                key: b"a".to_vec(),
+                ..Default::default()
+            })
+            .await
+        });
+    match refused {
+        Err(_) => {}
+        Ok(call) => assert!(call.await.is_err(), "a call over the cap was served"),
+    }
+    // A freed place lets the next connection in.
+    drop(second);
+    let started = Instant::now();
+    loop {
+        let mut c = match KvClient::connect(server.endpoint()).await {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "never let in: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        match c
+            .range(RangeRequest {
+                key: b"a".to_vec(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "never let in: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first
+        .range(RangeRequest {
+            key: b"a".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("the first connection still works");
+    // Counted (read once a place is free: the scrape is a connection too).
+    let started = Instant::now();
+    loop {
+        match server.metric("metastore_client_connections_refused_total") {
+            Some(n) if n >= 1.0 => break,
+            other => assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "refusals counted: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Past `--max-watchers-per-stream` a create is refused with a reason naming the limit, the
+/// stream's other watches go on, and a cancel makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_over_the_cap_are_refused_with_a_reason() {
+    use kvapi::pb::etcdserverpb::watch_client::WatchClient;
+    use kvapi::pb::etcdserverpb::watch_request::RequestUnion;
+    use kvapi::pb::etcdserverpb::{WatchCancelRequest, WatchCreateRequest, WatchRequest};
+    let server = Server::start(Kind::Redb, &["--max-watchers-per-stream", "3"]);
+    let mut client = WatchClient::connect(server.endpoint())
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let create = |key: &str| WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })),
+    };
+    tx.send(create("w0")).await.expect("send");
+    let mut responses = client
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("watch")
+        .into_inner();
+    for key in ["w1", "w2", "w3"] {
+        tx.send(create(key)).await.expect("send");
+    }
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = next(&mut responses).await;
+        assert!(r.created && !r.canceled, "{r:?}");
+        ids.push(r.watch_id);
+    }
+    let refused = next(&mut responses).await;
+    assert!(refused.created && refused.canceled, "{refused:?}");
+    assert!(
+        refused.cancel_reason.contains("too many watchers")
+            && refused.cancel_reason.contains("--max-watchers-per-stream"),
+        "{:?}",
+        refused.cancel_reason
+    );
+    // The others still see their keys.
+    let mut c = kv(&server).await;
+    c.put(PutRequest {
+        key: b"w0".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("put");
+    let event = next(&mut responses).await;
+    assert_eq!(
+        (event.watch_id, event.events.len()),
+        (ids[0], 1),
+        "{event:?}"
+    );
+    // A cancel makes room.
+    tx.send(WatchRequest {
+        request_union: Some(RequestUnion::CancelRequest(WatchCancelRequest {
+            watch_id: ids[1],
+        })),
+    })
+    .await
+    .expect("send");
+    assert!(next(&mut responses).await.canceled);
+    tx.send(create("w4")).await.expect("send");
+    let r = next(&mut responses).await;
+    assert!(r.created && !r.canceled, "{r:?}");
+}
+
+/// The next watch response, within ten seconds.
+async fn next(
+    responses: &mut tonic::Streaming<kvapi::pb::etcdserverpb::WatchResponse>,
+) -> kvapi::pb::etcdserverpb::WatchResponse {
+    deadline::within(
+        deadline::Layer::Api,
+        deadline::Deadline::after(Duration::from_secs(10)),
+        responses.message(),
+    )
+    .await
+    .expect("a response in time")
+    .expect("the stream works")
+    .expect("the stream is open")
+}
