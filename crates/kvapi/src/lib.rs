@@ -32,7 +32,7 @@ pub use service::{
     ApiConfig, ClusterService, DbSize, KeepAlives, KvService, LeaseService, MaintenanceService,
     Responses, WatchService,
 };
-pub use validate::Limits;
+pub use validate::{Limits, MAX_RESPONSE_BYTES};
 
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
@@ -43,6 +43,13 @@ use crate::pb::etcdserverpb::watch_server::WatchServer;
 /// Room gRPC allows above `--max-request-bytes`, as etcd does, so that a request slightly too
 /// large gets etcd's "request is too large" rather than a transport error.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// How many long reads scan at once on the blocking pool: enough to keep every core busy while
+/// some wait on storage, few enough that they cannot crowd out the async workers' threads.
+fn scan_permits() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    (2 * cores).max(4)
+}
 
 /// The etcd v3 services of one member, as a router ready to be served (HTTP/2, h2c).
 ///
@@ -64,6 +71,7 @@ pub fn router<B: Backend>(
         node,
         config: Arc::new(config),
         db_size,
+        scans: Arc::new(tokio::sync::Semaphore::new(scan_permits())),
     };
     let kv = KvServer::new(KvService::new(shared.clone())).max_decoding_message_size(max);
     let maintenance = MaintenanceServer::new(MaintenanceService::new(shared.clone()))

@@ -23,8 +23,9 @@ use proptest::test_runner::{Config, TestRunner};
 use crate::{
     Backend, BackendError, Command, CompactRequest, Compare, CompareResult, CompareTarget,
     DeleteRangeRequest, Error, Event, EventKind, EventSink, KeyValue, LeaseCheckpointRequest,
-    LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, Replacement, RequestOp,
-    Response, ResponseOp, SortOrder, SortTarget, Store, Table, TxnRequest, Visitor, WriteBatch,
+    LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, ReadLimits, Replacement,
+    RequestOp, Response, ResponseOp, SortOrder, SortTarget, Store, Table, TxnRequest, Visitor,
+    WriteBatch,
 };
 
 /// Makes a fresh, empty backend and whatever must live as long as it.
@@ -165,6 +166,7 @@ impl Suite {
         versions_and_tombstones(factory);
         range_conventions(factory);
         limit_count_and_sort(factory);
+        read_limits(factory);
         filters_and_past_revisions(factory);
         txns(factory);
         txn_errors(factory);
@@ -567,6 +569,113 @@ fn limit_count_and_sort<B: Backend>(f: Factory<'_, B>) {
         (r.kvs[0].key.as_slice(), r.more, r.count),
         (&b"k3"[..], true, 3),
         "sort happens before the limit"
+    );
+}
+
+/// A read stops when its caller says so, between chunks, and refuses an answer over its byte
+/// limit, measuring only what would be sent.
+fn read_limits<B: Backend>(f: Factory<'_, B>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let s = Fixture::new(f);
+    // More keys than one chunk of a scan, so that a stop can come between chunks.
+    let ops: Vec<RequestOp> = (0..3000)
+        .map(|i| put_op(&format!("m{i:05}"), "vvvv"))
+        .collect();
+    for chunk in ops.chunks(500) {
+        let (_, r) = s.apply(Command::Txn(TxnRequest {
+            compare: vec![],
+            success: chunk.to_vec(),
+            failure: vec![],
+        }));
+        r.unwrap();
+    }
+    let all = RangeRequest {
+        key: "m".into(),
+        range_end: "n".into(),
+        ..Default::default()
+    };
+    let size = |kv: &KeyValue| kv.key.len() + kv.value.len();
+    let asked = AtomicUsize::new(0);
+    let counting = || {
+        asked.fetch_add(1, Ordering::Relaxed);
+        false
+    };
+    let open = ReadLimits {
+        max_bytes: usize::MAX,
+        measure: &size,
+        stop: &counting,
+    };
+    let (r, _) = s.store.range_within(&all, &open).unwrap();
+    assert_eq!((r.kvs.len(), r.count), (3000, 3000));
+    assert!(
+        asked.load(Ordering::Relaxed) >= 2,
+        "stop is asked between chunks"
+    );
+    let stopped = ReadLimits {
+        stop: &|| true,
+        ..open
+    };
+    assert!(matches!(
+        s.store.range_within(&all, &stopped),
+        Err(Error::Stopped)
+    ));
+    assert!(matches!(
+        s.store.hash_until(0, &|| true),
+        Err(Error::Stopped)
+    ));
+    assert_eq!(
+        s.store.hash_until(0, &|| false).unwrap(),
+        s.store.hash(0).unwrap()
+    );
+    // Each key-value is 6 + 4 bytes by this measure.
+    let capped = |max_bytes| ReadLimits { max_bytes, ..open };
+    assert!(matches!(
+        s.store.range_within(&all, &capped(29_999)),
+        Err(Error::TooLarge {
+            size: 30_000,
+            limit: 29_999
+        })
+    ));
+    assert_eq!(
+        s.store
+            .range_within(&all, &capped(30_000))
+            .unwrap()
+            .0
+            .kvs
+            .len(),
+        3000
+    );
+    let two = RangeRequest {
+        limit: 2,
+        ..all.clone()
+    };
+    let (r, _) = s.store.range_within(&two, &capped(20)).unwrap();
+    assert_eq!(
+        (r.kvs.len(), r.more, r.count),
+        (2, true, 3000),
+        "the one past the limit is not sent"
+    );
+    let keys = RangeRequest {
+        keys_only: true,
+        ..all.clone()
+    };
+    assert_eq!(
+        s.store
+            .range_within(&keys, &capped(18_000))
+            .unwrap()
+            .0
+            .kvs
+            .len(),
+        3000,
+        "keys only: values are not measured"
+    );
+    let counted = RangeRequest {
+        count_only: true,
+        ..all
+    };
+    assert_eq!(
+        s.store.range_within(&counted, &capped(0)).unwrap().0.count,
+        3000
     );
 }
 

@@ -87,6 +87,18 @@ pub enum Error {
     /// store must be restored again before use. Restores now switch atomically.
     #[error("the store was being restored from a snapshot when it stopped; restore it again")]
     IncompleteRestore,
+    /// A read's caller stopped it (its deadline passed, or its client left) before it finished.
+    #[error("the read was stopped before it finished")]
+    Stopped,
+    /// A range answer would take more than the read's byte limit (`size` counts what was
+    /// measured of it, `limit` is the limit).
+    #[error("the answer would take {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// The bytes the answer's key-values would take.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// Reading or writing a snapshot stream failed.
     #[error("snapshot i/o: {0}")]
     SnapshotIo(#[from] std::io::Error),

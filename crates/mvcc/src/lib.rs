@@ -37,6 +37,7 @@ pub use backend::{is_empty_interval, Backend, BatchOp, Replacement, Table, Visit
 pub use error::{BackendError, Error, Result};
 pub use keys::{prefix_end, KeyRange};
 pub use lease::LeaseInfo;
+pub use read::ReadLimits;
 pub use snapshot::{SnapshotInfo, SnapshotReader};
 pub use store::{CompactionProgress, EventSink, Outcome, Store};
 pub use txn::check_txn_keys;

@@ -114,6 +114,15 @@ impl<B: Backend> Store<B> {
     /// # Errors
     /// [`Error::Compacted`] or [`Error::FutureRevision`] for a revision out of reach.
     pub fn hash(&self, rev: i64) -> Result<KvHash> {
+        self.hash_until(rev, &|| false)
+    }
+
+    /// [`Store::hash`], asking `stop` between chunks of the scan. Long scans belong off async
+    /// workers.
+    ///
+    /// # Errors
+    /// As [`Store::hash`]; [`Error::Stopped`] when `stop` said so.
+    pub fn hash_until(&self, rev: i64, stop: &dyn Fn() -> bool) -> Result<KvHash> {
         let (_installed, _) = self.read_installed();
         let current = self.current_revision();
         let rev = if rev <= 0 { current } else { rev };
@@ -138,6 +147,9 @@ impl<B: Backend> Store<B> {
             hasher.update(k);
             hasher.update(v);
         })? {
+            if stop() {
+                return Err(Error::Stopped);
+            }
             from = Bound::Excluded(last);
         }
         Ok(KvHash {

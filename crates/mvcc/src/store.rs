@@ -12,7 +12,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys::KeyRange;
 use crate::lease::{self, LeaseInfo};
-use crate::read::{self, build_range, Item};
+use crate::read::{self, build_range, Item, ReadLimits};
 use crate::snapshot::SnapshotInfo;
 use crate::txn::{check_txn_keys, compare_kv};
 use crate::types::{
@@ -242,12 +242,26 @@ impl<B: Backend> Store<B> {
     /// # Errors
     /// [`Error::Compacted`] or [`Error::FutureRevision`] for a revision out of reach.
     pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64)> {
+        self.range_within(req, &ReadLimits::none())
+    }
+
+    /// [`Store::range`] within `limits`: the scan asks `limits.stop` between chunks, and the
+    /// answer holds at most `limits.max_bytes`. Long scans belong off async workers.
+    ///
+    /// # Errors
+    /// As [`Store::range`]; [`Error::Stopped`] when `limits.stop` said so, [`Error::TooLarge`]
+    /// when the answer would be over the byte limit.
+    pub fn range_within(
+        &self,
+        req: &RangeRequest,
+        limits: &ReadLimits<'_>,
+    ) -> Result<(RangeResponse, i64)> {
         let _installed = self.inner.install.read();
         let header = self.current_revision();
         let rev = self.readable(req.revision)?;
         let range = KeyRange::new(&req.key, &req.range_end);
-        let resp = build_range(req, |f| {
-            read::scan_visible(&self.inner.backend, &range, rev, &mut |v| {
+        let resp = build_range(req, limits, |f| {
+            read::scan_visible_until(&self.inner.backend, &range, rev, limits.stop, &mut |v| {
                 f(Item::Stored(v))
             })
         })?;
@@ -1073,7 +1087,7 @@ impl<'s, B: Backend> Writer<'s, B> {
     fn range(&self, req: &RangeRequest, now: i64) -> Result<RangeResponse> {
         let rev = if req.revision <= 0 { now } else { req.revision };
         let range = KeyRange::new(&req.key, &req.range_end);
-        build_range(req, |f| self.visit(&range, rev, f))
+        build_range(req, &ReadLimits::none(), |f| self.visit(&range, rev, f))
     }
 
     fn check_put(&self, req: &PutRequest) -> Result<()> {

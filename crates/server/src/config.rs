@@ -46,6 +46,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Automatic compaction.
     pub auto_compaction: AutoCompaction,
+    /// Most client connections open at once.
+    pub max_client_connections: usize,
 }
 
 pub use consensus::{cluster_id, member_id};
@@ -183,11 +185,22 @@ impl TryFrom<Flags> for Config {
                 f.heartbeat_interval
             );
         }
+        for (flag, value) in [
+            ("--max-response-bytes", f.max_response_bytes),
+            ("--max-client-connections", f.max_client_connections),
+            ("--max-watchers-per-stream", f.max_watchers_per_stream),
+        ] {
+            if value == 0 {
+                bail!("{flag} must be more than 0");
+            }
+        }
         let api = ApiConfig {
             cluster_id: cluster_id(&f.initial_cluster_token),
             limits: Limits {
                 max_request_bytes: f.max_request_bytes,
                 max_txn_ops: f.max_txn_ops,
+                max_response_bytes: f.max_response_bytes,
+                max_watchers_per_stream: f.max_watchers_per_stream,
             },
             budgets,
             version: API_VERSION.to_string(),
@@ -210,6 +223,7 @@ impl TryFrom<Flags> for Config {
                 &f.auto_compaction_mode,
                 &f.auto_compaction_retention,
             )?,
+            max_client_connections: f.max_client_connections,
         })
     }
 }

@@ -78,6 +78,29 @@ pub struct Flags {
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: usize,
 
+    /// Largest answer sent, in bytes; a larger one is refused with grpc-go's "trying to send
+    /// message larger than max" (etcd's limit is grpc-go's send limit, 2 GiB - 1).
+    #[arg(long, env = "METASTORE_MAX_RESPONSE_BYTES", default_value_t = kvapi::MAX_RESPONSE_BYTES)]
+    pub max_response_bytes: usize,
+
+    /// Most client connections open at once (gRPC and HTTP); a connection over it is closed
+    /// as soon as it is accepted, and counted in `metastore_client_connections_refused_total`.
+    #[arg(
+        long,
+        env = "METASTORE_MAX_CLIENT_CONNECTIONS",
+        default_value_t = 10_000
+    )]
+    pub max_client_connections: usize,
+
+    /// Most watches on one watch stream; a create over it is answered cancelled, with a
+    /// reason naming this flag.
+    #[arg(
+        long,
+        env = "METASTORE_MAX_WATCHERS_PER_STREAM",
+        default_value_t = 10_000
+    )]
+    pub max_watchers_per_stream: usize,
+
     /// Most operations in one txn (per compare list and per branch).
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
@@ -183,6 +206,9 @@ mod tests {
         assert_eq!(f.name, "default");
         assert_eq!(f.max_request_bytes, 1_572_864);
         assert_eq!(f.max_txn_ops, 128);
+        assert_eq!(f.max_response_bytes, 2_147_483_647);
+        assert_eq!(f.max_client_connections, 10_000);
+        assert_eq!(f.max_watchers_per_stream, 10_000);
         assert_eq!((f.heartbeat_interval, f.election_timeout), (100, 1000));
         assert_eq!(f.engine, Engine::Redb);
         assert_eq!(f.listen_client_urls, "http://127.0.0.1:2379");

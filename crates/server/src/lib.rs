@@ -116,6 +116,8 @@ async fn serve<B: Backend>(
         metrics,
     });
     let client_router = grpc.merge(http);
+    // One cap over every client listener.
+    let connections = Arc::new(tokio::sync::Semaphore::new(config.max_client_connections));
     for addr in &config.client_addrs {
         let listener = TcpListener::bind(addr)
             .await
@@ -123,8 +125,9 @@ async fn serve<B: Backend>(
         tracing::info!(%addr, "serving client requests (gRPC and HTTP)");
         let router = client_router.clone();
         let stop = stop.clone();
+        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections));
         tasks.spawn(async move {
-            let served = axum::serve(authority::FixAuthority(listener), router)
+            let served = axum::serve(listener, router)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
             if let Err(e) = served {

@@ -302,6 +302,23 @@ impl<B: Backend> StreamTask<B> {
             self.next_id += 1;
             id
         };
+        let cap = self.shared.config.limits.max_watchers_per_stream;
+        if self.watchers.len() >= cap {
+            // Refused like any failed create: this watch is cancelled, the others go on.
+            return self
+                .send(WatchResponse {
+                    header,
+                    watch_id: id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: format!(
+                        "etcdserver: too many watchers on this stream (limit {cap}, set by \
+                         --max-watchers-per-stream)"
+                    ),
+                    ..Default::default()
+                })
+                .await;
+        }
         if self.watchers.contains_key(&id) {
             let reason = "mvcc: duplicate watch ID provided on the WatchStream".to_string();
             return self

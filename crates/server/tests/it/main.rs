@@ -10,6 +10,7 @@ mod http;
 mod kv;
 mod leader_wait;
 mod lease;
+mod limits;
 mod powercut;
 mod restart;
 mod watch;
