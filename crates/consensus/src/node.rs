@@ -835,40 +835,66 @@ impl<B: Backend> Node<B> {
         change: Change,
         deadline: Deadline,
     ) -> Result<Vec<(u64, Member, bool)>, Refusal> {
-        let view = {
-            let metrics = self.inner.raft.metrics();
-            let m = metrics.borrow();
-            if m.current_leader != Some(self.inner.id) {
-                return Err(Refusal::NotLeader(m.current_leader));
-            }
-            let membership = m.membership_config.membership();
-            View {
-                members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
-                voters: membership.voter_ids().collect(),
-                matched: m
-                    .replication
-                    .as_ref()
-                    .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
-                    .unwrap_or_default(),
-                leader: self.inner.id,
-                last_index: m.last_log_index.unwrap_or(0),
-            }
-        };
-        let (_, ask) = view
-            .plan(&change, &self.inner.cluster_token)
-            .map_err(Refusal::Membership)?;
-        let changed = self
-            .inner
-            .budgets
-            .run(
+        let limit = self.inner.budgets.deadline_for(Layer::Commit, deadline);
+        loop {
+            let mut metrics = self.inner.raft.metrics();
+            let view = {
+                let m = metrics.borrow_and_update();
+                if m.current_leader != Some(self.inner.id) {
+                    return Err(Refusal::NotLeader(m.current_leader));
+                }
+                let membership = m.membership_config.membership();
+                View {
+                    members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+                    voters: membership.voter_ids().collect(),
+                    matched: m
+                        .replication
+                        .as_ref()
+                        .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+                        .unwrap_or_default(),
+                    leader: self.inner.id,
+                    last_index: m.last_log_index.unwrap_or(0),
+                }
+            };
+            let (_, ask) = view
+                .plan(&change, &self.inner.cluster_token)
+                .map_err(Refusal::Membership)?;
+            let changed = deadline::within(
                 Layer::Commit,
-                deadline,
+                limit,
                 self.inner.raft.change_membership(ask, false),
             )
             .await
             .map_err(|_| Refusal::Timeout)?;
-        changed.map_err(crate::membership::refusal)?;
-        Ok(self.status().members)
+            match changed.map_err(crate::membership::refusal) {
+                // Another change is being committed (a new member publishing its URLs, say):
+                // this one waits for it, within its deadline, as later changes queue in etcd.
+                Err(Refusal::Membership(crate::MembershipError::InProgress)) => {
+                    let committed = async {
+                        loop {
+                            // At least one change first: no tight loop if openraft still
+                            // refuses once the change it named has applied.
+                            if metrics.changed().await.is_err() {
+                                return;
+                            }
+                            {
+                                let m = metrics.borrow_and_update();
+                                if m.last_applied >= *m.membership_config.log_id() {
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    deadline::within(Layer::Commit, limit, committed)
+                        .await
+                        .map_err(|_| Refusal::Membership(crate::MembershipError::InProgress))?;
+                }
+                other => {
+                    other?;
+                    return Ok(self.status().members);
+                }
+            }
+        }
     }
 
     /// The current Raft term, cheaply, for response headers.

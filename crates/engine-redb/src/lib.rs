@@ -11,6 +11,10 @@
 //! is at some earlier batch boundary and the log replays the rest from [`RedbBackend`]'s applied
 //! position.
 //!
+//! A restore ([`mvcc::Backend::replace`]) is one write transaction that empties every table and
+//! refills it, committed with fsync whatever the durability: readers and a reopened file see the
+//! old content until it commits and the new content after.
+//!
 //! # Layout
 //! - `lib.rs`: [`RedbBackend`], [`Options`], [`Durability`].
 

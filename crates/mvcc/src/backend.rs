@@ -152,8 +152,10 @@ pub trait Replacement {
 /// - whether `write` is durable on return is the engine's documented choice; [`Backend::flush`]
 ///   makes every returned write durable.
 ///
-/// Snapshots need no engine support: versions at or below a revision never change until
-/// compaction removes them, and the store holds compaction back while a snapshot streams.
+/// Taking a snapshot needs no engine support: versions at or below a revision never change
+/// until compaction removes them, and the store holds compaction back while a snapshot
+/// streams. Installing one does: [`Backend::replace`] builds the new content aside and
+/// switches to it at once.
 pub trait Backend: Send + Sync + 'static {
     /// Reads one key.
     ///

@@ -455,13 +455,13 @@ async fn a_new_member_joins_by_snapshot_is_promoted_and_another_is_removed() {
     assert_converged(&cluster, "s/", &acked).await;
 }
 
-/// Waits up to 15 s until member `i`'s stored versions are at most `most`; answers the last
-/// count seen.
-async fn versions_drop_to(cluster: &Cluster, i: usize, most: f64) -> Option<f64> {
+/// Waits up to 15 s until member `i`'s stored versions satisfy `ok`; answers the last count
+/// seen.
+async fn versions_until(cluster: &Cluster, i: usize, ok: impl Fn(f64) -> bool) -> Option<f64> {
     let started = Instant::now();
     loop {
         let seen = cluster.metric(i, "metastore_mvcc_versions_stored");
-        if seen.is_some_and(|v| v <= most) || started.elapsed() > Duration::from_secs(15) {
+        if seen.is_some_and(&ok) || started.elapsed() > Duration::from_secs(15) {
             return seen;
         }
         pause(Duration::from_millis(100)).await;
@@ -489,7 +489,7 @@ async fn every_member_removes_compacted_history() {
     // Every member applied every version before the compaction.
     let mut history = Vec::new();
     for i in 0..3 {
-        history.push(versions_drop_to(&cluster, i, f64::MAX).await);
+        history.push(versions_until(&cluster, i, |v| v >= (KEYS * ROUNDS) as f64).await);
     }
     assert!(
         history
@@ -503,7 +503,7 @@ async fn every_member_removes_compacted_history() {
     f.compact(last, None).await.expect("compact");
     let mut after = Vec::new();
     for i in 0..3 {
-        after.push(versions_drop_to(&cluster, i, KEYS as f64).await);
+        after.push(versions_until(&cluster, i, |v| v <= KEYS as f64).await);
     }
     assert!(
         after.iter().all(|v| *v == Some(KEYS as f64)),
