@@ -207,7 +207,8 @@ impl Batcher {
                                     Ok(other) => Some(Rejected::Other(format!(
                                         "unexpected answer from the leader: {other:?}"
                                     ))),
-                                    Err(e @ CallError::Protocol(_)) => {
+                                    // A message over the size limit was refused whole.
+                                    Err(e @ (CallError::Protocol(_) | CallError::TooLarge { .. })) => {
                                         Some(Rejected::Other(e.to_string()))
                                     }
                                 };

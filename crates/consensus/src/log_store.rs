@@ -537,6 +537,7 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Proposal {
                 origin: 1,
+                incarnation: 1,
                 seq: index,
                 commands: vec![Tagged {
                     id: index,
@@ -553,7 +554,7 @@ mod tests {
     #[tokio::test]
     async fn replication_reads_are_bounded_by_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, closer) = LogStore::open(&dir.path().join("log.redb"), 1).unwrap();
+        let (mut log, closer) = LogStore::open(&dir.path().join("log.redb"), 1, 1).unwrap();
         // The 8 MiB bound scaled down: 32 entries of 48 KiB are 1.5 MiB.
         log.max_append_bytes = 256 << 10;
         // Half the entries in the file, the rest still pending, as replication finds them.

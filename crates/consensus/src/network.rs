@@ -451,6 +451,7 @@ mod tests {
                 log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
                 payload: EntryPayload::Normal(Proposal {
                     origin: 1,
+                    incarnation: 1,
                     seq: index,
                     commands: vec![Tagged {
                         id: index,

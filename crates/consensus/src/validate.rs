@@ -334,6 +334,7 @@ mod tests {
             dir.path().join("snapshots"),
             Arc::clone(&lessor),
             Duration::from_secs(1),
+            crate::compaction::Removal::new(0),
         )
         .unwrap();
         let pending = waiters.register();
