@@ -178,6 +178,7 @@ impl TryFrom<Flags> for Config {
         node.budgets = budgets;
         node.max_request_bytes = f.max_request_bytes;
         node.max_txn_ops = f.max_txn_ops;
+        node.strict_reconfig_check = f.strict_reconfig_check;
         if f.election_timeout < 5 * f.heartbeat_interval {
             bail!(
                 "--election-timeout ({}ms) should be at least 5 times --heartbeat-interval ({}ms)",

@@ -130,6 +130,13 @@ pub struct Flags {
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
 
+    /// Refuse membership changes that would leave fewer started voters than a quorum (as
+    /// etcd; a lone member may still take a second voter). `--strict-reconfig-check=false`
+    /// turns the check off.
+    #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK", default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub strict_reconfig_check: bool,
+
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -212,5 +219,18 @@ mod tests {
         assert_eq!((f.heartbeat_interval, f.election_timeout), (100, 1000));
         assert_eq!(f.engine, Engine::Redb);
         assert_eq!(f.listen_client_urls, "http://127.0.0.1:2379");
+        assert!(f.strict_reconfig_check);
+    }
+
+    #[test]
+    fn booleans_parse_as_go_flags_do() {
+        let strict = |args: &[&str]| {
+            Flags::try_parse_from(std::iter::once("metastore").chain(args.iter().copied()))
+                .map(|f| f.strict_reconfig_check)
+        };
+        assert_eq!(strict(&["--strict-reconfig-check=false"]).ok(), Some(false));
+        assert_eq!(strict(&["--strict-reconfig-check"]).ok(), Some(true));
+        assert_eq!(strict(&["--strict-reconfig-check=true"]).ok(), Some(true));
+        assert!(strict(&["--strict-reconfig-check=maybe"]).is_err());
     }
 }
