@@ -48,6 +48,8 @@ pub struct Config {
     pub auto_compaction: AutoCompaction,
     /// Most client connections open at once.
     pub max_client_connections: usize,
+    /// The watch hub's settings.
+    pub hub: watch::HubConfig,
 }
 
 pub use consensus::{cluster_id, member_id};
@@ -187,6 +189,7 @@ impl TryFrom<Flags> for Config {
             ("--max-response-bytes", f.max_response_bytes),
             ("--max-client-connections", f.max_client_connections),
             ("--max-watchers-per-stream", f.max_watchers_per_stream),
+            ("--max-watcher-queue-bytes", f.max_watcher_queue_bytes),
         ] {
             if value == 0 {
                 bail!("{flag} must be more than 0");
@@ -222,6 +225,10 @@ impl TryFrom<Flags> for Config {
                 &f.auto_compaction_retention,
             )?,
             max_client_connections: f.max_client_connections,
+            hub: watch::HubConfig {
+                max_queued_bytes: f.max_watcher_queue_bytes,
+                ..watch::HubConfig::default()
+            },
         })
     }
 }

@@ -97,8 +97,7 @@ async fn serve<B: Backend>(
 
     // The hub hears every applied revision from now on; resync covers what start-up applied.
     let history: Arc<dyn watch::History> = Arc::new(node.store().clone());
-    let hub =
-        watch::Hub::new(history, watch::HubConfig::default()).context("starting the watch hub")?;
+    let hub = watch::Hub::new(history, config.hub.clone()).context("starting the watch hub")?;
     node.store().set_sink(Arc::new(hub.clone()));
     hub.resync();
     let grpc = kvapi::router(
