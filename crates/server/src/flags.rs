@@ -92,6 +92,11 @@ pub struct Flags {
     )]
     pub max_client_connections: usize,
 
+    /// Most concurrent HTTP/2 streams (calls, watch and keep-alive streams) one client
+    /// connection may have open; announced in SETTINGS, so clients wait for a free one.
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = 1_000)]
+    pub max_concurrent_streams: u32,
+
     /// Most watches on one watch stream; a create over it is answered cancelled, with a
     /// reason naming this flag.
     #[arg(
@@ -215,6 +220,7 @@ mod tests {
         assert_eq!(f.max_client_connections, 10_000);
         assert_eq!(f.max_watchers_per_stream, 10_000);
         assert_eq!(f.max_watcher_queue_bytes, 16 << 20);
+        assert_eq!(f.max_concurrent_streams, 1_000);
         assert_eq!((f.heartbeat_interval, f.election_timeout), (100, 1000));
         assert_eq!(f.engine, Engine::Redb);
         assert_eq!(f.listen_client_urls, "http://127.0.0.1:2379");

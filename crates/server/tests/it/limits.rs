@@ -504,3 +504,73 @@ async fn an_unread_watch_holds_its_byte_budget_not_the_history() {
     assert_eq!(revisions, (2..2 + PUTS as i64).collect::<Vec<_>>());
     drop(tx);
 }
+
+/// `--max-concurrent-streams` (etcd's flag) is what the server announces in HTTP/2's
+/// SETTINGS: a client holding that many streams on one connection (here, watch streams) gets
+/// no more there until one ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_the_cap_wait_for_a_free_one() {
+    use kvapi::pb::etcdserverpb::watch_client::WatchClient;
+    use kvapi::pb::etcdserverpb::watch_request::RequestUnion;
+    use kvapi::pb::etcdserverpb::{WatchCreateRequest, WatchRequest};
+    let server = Server::start(Kind::Redb, &["--max-concurrent-streams", "2"]);
+    let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut open = Vec::new();
+    for key in ["s1", "s2"] {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })),
+        })
+        .await
+        .expect("send");
+        let mut responses = WatchClient::new(channel.clone())
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("watch")
+            .into_inner();
+        assert!(next(&mut responses).await.created);
+        open.push((tx, responses));
+    }
+    let get = || {
+        let mut c = KvClient::new(channel.clone());
+        async move {
+            let mut request = tonic::Request::new(RangeRequest {
+                key: b"s1".to_vec(),
+                ..Default::default()
+            });
+            request.set_timeout(Duration::from_millis(500));
+            c.range(request).await
+        }
+    };
+    assert!(
+        get().await.is_err(),
+        "a third stream was served beside two open ones"
+    );
+    // Another connection is not affected.
+    kv(&server)
+        .await
+        .range(RangeRequest {
+            key: b"s1".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("another connection");
+    drop(open.pop());
+    let started = Instant::now();
+    loop {
+        match get().await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "a freed stream did not let the call in: {e}"
+            ),
+        }
+    }
+}
