@@ -48,6 +48,10 @@ pub struct Config {
     pub auto_compaction: AutoCompaction,
     /// Most client connections open at once.
     pub max_client_connections: usize,
+    /// Most concurrent HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+    /// The watch hub's settings.
+    pub hub: watch::HubConfig,
 }
 
 pub use consensus::{cluster_id, member_id};
@@ -190,6 +194,11 @@ impl TryFrom<Flags> for Config {
             ("--max-response-bytes", f.max_response_bytes),
             ("--max-client-connections", f.max_client_connections),
             ("--max-watchers-per-stream", f.max_watchers_per_stream),
+            ("--max-watcher-queue-bytes", f.max_watcher_queue_bytes),
+            (
+                "--max-concurrent-streams",
+                usize::try_from(f.max_concurrent_streams).unwrap_or(usize::MAX),
+            ),
         ] {
             if value == 0 {
                 bail!("{flag} must be more than 0");
@@ -225,6 +234,11 @@ impl TryFrom<Flags> for Config {
                 &f.auto_compaction_retention,
             )?,
             max_client_connections: f.max_client_connections,
+            max_concurrent_streams: f.max_concurrent_streams,
+            hub: watch::HubConfig {
+                max_queued_bytes: f.max_watcher_queue_bytes,
+                ..watch::HubConfig::default()
+            },
         })
     }
 }
