@@ -72,7 +72,7 @@ async fn a_long_range_stops_at_its_deadline_and_others_are_served() {
     const KEYS: usize = 150_000;
     const SCANS: usize = 6;
     const HASHES: usize = 2;
-    const DEADLINE: Duration = Duration::from_millis(100);
+    const DEADLINE: Duration = Duration::from_millis(50);
     /// How long after its deadline the server may take to give a scan up.
     const SLACK: Duration = Duration::from_millis(700);
     let ops = TXN_OPS.to_string();
@@ -97,7 +97,7 @@ async fn a_long_range_stops_at_its_deadline_and_others_are_served() {
     let whole = started.elapsed();
     assert_eq!(full.get_ref().count, KEYS as i64);
     assert!(
-        whole > DEADLINE * 3,
+        whole > DEADLINE * 4,
         "a full count took only {whole:?}: too quick to test a {DEADLINE:?} deadline"
     );
     let started = Instant::now();
@@ -109,7 +109,7 @@ async fn a_long_range_stops_at_its_deadline_and_others_are_served() {
         .expect("hash");
     let hash_whole = started.elapsed();
     assert!(
-        hash_whole > DEADLINE * 2,
+        hash_whole > DEADLINE * 3,
         "a full hash took only {hash_whole:?}: too quick to test a {DEADLINE:?} deadline"
     );
 
