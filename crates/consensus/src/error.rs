@@ -52,6 +52,12 @@ pub enum CommandError {
     /// A lease TTL over etcd's `MaxLeaseTTL` (9,000,000,000 s).
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    /// A write that can grow the store while a NOSPACE alarm is raised.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// A write or compaction while a CORRUPT alarm is raised.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     /// Any other refusal, described.
     #[error("{0}")]
     Other(String),

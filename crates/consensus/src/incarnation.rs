@@ -71,6 +71,7 @@ mod tests {
                 node_id: ME,
                 incarnation: now,
                 waiters: waiters.clone(),
+                alarms: Default::default(),
             },
             dir.path().join("snapshots"),
             Arc::new(Lessor::default()),

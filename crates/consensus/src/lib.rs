@@ -10,6 +10,7 @@
 //! - `types`: [`TypeConfig`], the log payload [`Proposal`] (a batch of [`Tagged`] commands),
 //!   the answer [`Applied`], [`Member`].
 //! - `batcher`: puts every command queued while the log is busy into one entry.
+//! - `alarms`: etcd's alarms (NOSPACE, CORRUPT), applied in log order.
 //! - `compaction`: removes compacted versions in the background on every member.
 //! - `error`: [`ProposeError`], [`ReadError`], [`StartError`], [`CommandError`].
 //! - `log_store`: [`LogStore`], the Raft log and vote on redb.
@@ -25,6 +26,7 @@
 //! - `incarnation`: the id that tells this start of a member from its earlier ones.
 //! - `validate`: the checks every command passes before it enters the log, forwarded or not.
 
+mod alarms;
 mod batcher;
 mod compaction;
 mod error;

@@ -12,6 +12,7 @@ use openraft::{Config, SnapshotPolicy};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::alarms::Alarms;
 use crate::batcher::{Answer, Batcher, Queued, Rejected};
 use crate::compaction::Removal;
 use crate::error::{ProposeError, ReadError, StartError};
@@ -171,6 +172,8 @@ struct Inner<B> {
     election_timeout: Duration,
     /// `--strict-reconfig-check`.
     strict_reconfig_check: bool,
+    /// The alarms as this member last applied them.
+    alarms: Arc<Alarms>,
     /// Members added as voters that this leader promotes once they catch up
     /// ([`crate::membership::promote_when_caught_up`]).
     pending_voters: std::sync::Mutex<BTreeSet<u64>>,
@@ -204,6 +207,7 @@ impl<B: Backend> Node<B> {
         let waiters = Registry::new("proposals");
         let snap_dir = dir.join("snapshots");
         let lessor = Arc::new(Lessor::default());
+        let alarms = Arc::new(Alarms::default());
         let removal = Removal::new(store.compaction_progress().done);
         let sm = StateMachine::open(
             store.clone(),
@@ -211,6 +215,7 @@ impl<B: Backend> Node<B> {
                 node_id: config.id,
                 incarnation,
                 waiters: waiters.clone(),
+                alarms: Arc::clone(&alarms),
             },
             snap_dir.clone(),
             Arc::clone(&lessor),
@@ -309,6 +314,7 @@ impl<B: Backend> Node<B> {
                 retry_after: config.heartbeat.max(Duration::from_millis(50)),
                 election_timeout: config.election_timeout,
                 strict_reconfig_check: config.strict_reconfig_check,
+                alarms,
                 pending_voters: std::sync::Mutex::default(),
             }),
         };
@@ -940,6 +946,17 @@ impl<B: Backend> Node<B> {
     /// Forgets a voter-to-be: promoted, removed, or no longer this member's to promote.
     pub(crate) fn forget_pending(&self, id: u64) {
         self.lock_pending().remove(&id);
+    }
+
+    /// Every raised alarm as this member last applied it, ordered by member then kind.
+    pub fn alarms(&self) -> Vec<mvcc::AlarmMember> {
+        self.inner.alarms.list()
+    }
+
+    /// Whether any member's alarm of `kind` ([`mvcc::alarm_kind`]) is raised, as last applied
+    /// here.
+    pub fn alarm_raised(&self, kind: i32) -> bool {
+        self.inner.alarms.any(kind)
     }
 
     /// The current Raft term, cheaply, for response headers.

@@ -3,36 +3,90 @@
 // openraft's storage traits dictate `StorageError` as the error type, large as it is.
 #![allow(clippy::result_large_err)]
 
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadline::Registry;
-use mvcc::{durable, Backend, Store};
+use mvcc::{alarm_kind, durable, AlarmMember, Backend, Store};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use serde::{Deserialize, Serialize};
 
+use crate::alarms::Alarms;
 use crate::batcher::Answer;
 use crate::compaction::Removal;
+use crate::error::CommandError;
 use crate::lessor::Lessor;
 use crate::types::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership};
 use crate::types::{Applied, TypeConfig};
 
-/// What the store records as its applied position: the last log id and the membership then.
+/// What the store records as its applied position: the last log id, the membership then, and
+/// the raised alarms (written with every apply, so a restart and a snapshot carry them).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Position {
     pub log_id: Option<LogId>,
     pub membership: StoredMembership,
+    pub alarms: BTreeSet<AlarmMember>,
+}
+
+/// The position as stores written before alarms recorded it.
+#[derive(Deserialize)]
+struct PositionWithoutAlarms {
+    log_id: Option<LogId>,
+    membership: StoredMembership,
 }
 
 impl Position {
     pub(crate) fn decode(raw: Option<&[u8]>) -> Result<Self, String> {
-        match raw {
-            None => Ok(Self::default()),
-            Some(raw) => bincode::deserialize(raw).map_err(|e| e.to_string()),
+        let Some(raw) = raw else {
+            return Ok(Self::default());
+        };
+        match bincode::deserialize(raw) {
+            Ok(position) => Ok(position),
+            Err(e) => match bincode::deserialize::<PositionWithoutAlarms>(raw) {
+                Ok(old) => Ok(Self {
+                    log_id: old.log_id,
+                    membership: old.membership,
+                    alarms: BTreeSet::new(),
+                }),
+                Err(_) => Err(e.to_string()),
+            },
         }
+    }
+}
+
+/// What raised alarms refuse `command` with, as etcd 3.4's appliers do: with a CORRUPT alarm
+/// every write and compaction ("corrupt cluster"); with a NOSPACE alarm what can grow the store
+/// (puts, txns with puts, lease grants).
+fn refusal(command: &mvcc::Command, alarms: &BTreeSet<AlarmMember>) -> Option<CommandError> {
+    fn ops_put(ops: &[mvcc::RequestOp]) -> bool {
+        ops.iter().any(|op| match op {
+            mvcc::RequestOp::Put(_) => true,
+            mvcc::RequestOp::Txn(t) => txn_puts(t),
+            _ => false,
+        })
+    }
+    fn txn_puts(t: &mvcc::TxnRequest) -> bool {
+        ops_put(&t.success) || ops_put(&t.failure)
+    }
+    let raised = |kind| alarms.iter().any(|a| a.alarm == kind);
+    let (writes, grows) = match command {
+        mvcc::Command::Put(_) | mvcc::Command::LeaseGrant(_) => (true, true),
+        mvcc::Command::Txn(t) => (true, txn_puts(t)),
+        mvcc::Command::DeleteRange(_)
+        | mvcc::Command::Compact(_)
+        | mvcc::Command::LeaseRevoke(_) => (true, false),
+        _ => (false, false),
+    };
+    if writes && raised(alarm_kind::CORRUPT) {
+        Some(CommandError::Corrupt)
+    } else if grows && raised(alarm_kind::NOSPACE) {
+        Some(CommandError::NoSpace)
+    } else {
+        None
     }
 }
 
@@ -62,6 +116,8 @@ pub(crate) struct Proposer {
     pub(crate) incarnation: u64,
     /// This start's waiters, by the ids its proposals carry.
     pub(crate) waiters: Registry<Answer>,
+    /// Where the applied alarms are published for the request path.
+    pub(crate) alarms: Arc<Alarms>,
 }
 
 /// Applies entries to the store and answers the local waiters of the proposals among them.
@@ -71,6 +127,7 @@ pub struct StateMachine<B> {
     /// Only entries this start of the member proposed name its waiters.
     incarnation: u64,
     waiters: Registry<Answer>,
+    alarms: Arc<Alarms>,
     snapshots: SnapshotDir,
     position: Position,
     /// Told of every lease granted or revoked, and reset after a snapshot is installed.
@@ -110,12 +167,15 @@ impl<B: Backend> StateMachine<B> {
             node_id,
             incarnation,
             waiters,
+            alarms,
         } = proposer;
+        alarms.publish(&position.alarms);
         Ok(Self {
             store,
             node_id,
             incarnation,
             waiters,
+            alarms,
             snapshots,
             position,
             lessor,
@@ -169,6 +229,19 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         if slots.is_empty() {
             return Ok(Vec::new());
         }
+        // Alarms apply here, in log order; what the store would answer for them, and for the
+        // writes a NOSPACE alarm refuses, is replaced by these answers.
+        let mut answered: HashMap<usize, Result<mvcc::Response, CommandError>> = HashMap::new();
+        for (i, c) in commands.iter_mut().enumerate() {
+            if let mvcc::Command::Alarm(req) = c {
+                let listed = crate::alarms::apply(&mut position.alarms, req);
+                answered.insert(i, Ok(mvcc::Response::Alarm(listed)));
+            } else if let Some(refused) = refusal(c, &position.alarms) {
+                // The store still orders a command in its place, one that changes nothing.
+                *c = mvcc::Command::Alarm(mvcc::AlarmRequest::default());
+                answered.insert(i, Err(refused));
+            }
+        }
         // Lease grants and revokes, by command index, to tell the lessor once they applied.
         let lease_changes: Vec<(usize, i64, Option<i64>)> = commands
             .iter()
@@ -185,6 +258,9 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             .await
             .map_err(|e| sm_err(ErrorVerb::Write, e))?
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        if self.position.alarms != position.alarms {
+            self.alarms.publish(&position.alarms);
+        }
         self.position = position;
         if !self.store.compaction_progress().finished() {
             self.removal.wake();
@@ -197,20 +273,24 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
                 }
             }
         }
-        let mut outcomes = outcomes.into_iter();
+        let mut outcomes = outcomes.into_iter().enumerate();
         let mut revision = self.store.current_revision();
         let mut answers = Vec::with_capacity(slots.len());
         for (count, ids) in slots {
             let mut ids = ids.into_iter();
             for _ in 0..count {
-                let Some(o) = outcomes.next() else {
+                let Some((i, o)) = outcomes.next() else {
                     return Err(sm_err(ErrorVerb::Write, "store returned too few outcomes"));
                 };
                 revision = o.revision;
+                let result = match answered.remove(&i) {
+                    Some(answer) => answer,
+                    None => o.result.map_err(Into::into),
+                };
                 if let Some(id) = ids.next() {
                     let applied = Applied {
                         revision: o.revision,
-                        result: o.result.map(Some).map_err(Into::into),
+                        result: result.map(Some),
                     };
                     self.waiters.complete(id, Ok(applied));
                 }
@@ -268,6 +348,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.position =
             Position::decode(info.applied.as_deref()).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        self.alarms.publish(&self.position.alarms);
         self.lessor
             .reset(&self.store.leases(), self.lease_extend, None);
         self.removal.wake();

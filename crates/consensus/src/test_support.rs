@@ -134,6 +134,7 @@ impl Harness {
                 node_id: ME,
                 incarnation: INCARNATION,
                 waiters: waiters.clone(),
+                alarms: Default::default(),
             },
             dir.path().join("snapshots"),
             Arc::new(Lessor::default()),

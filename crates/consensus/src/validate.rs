@@ -332,6 +332,7 @@ mod tests {
                 node_id: 7,
                 incarnation: 3,
                 waiters: waiters.clone(),
+                alarms: Default::default(),
             },
             dir.path().join("snapshots"),
             Arc::clone(&lessor),

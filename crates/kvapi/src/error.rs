@@ -79,6 +79,12 @@ pub enum ApiError {
     /// A membership change etcd refuses.
     #[error("{0}")]
     Membership(MembershipError),
+    /// A write that can grow the store while a NOSPACE alarm is raised.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// A write or compaction while a CORRUPT alarm is raised.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     /// The store failed; the member is unhealthy.
     #[error("etcdserver: {0}")]
     Internal(String),
@@ -108,12 +114,13 @@ impl ApiError {
                 MembershipError::InProgress => Code::Unavailable,
                 _ => Code::FailedPrecondition,
             },
-            ApiError::TooManyRequests | ApiError::ResponseTooLarge { .. } => {
+            ApiError::TooManyRequests | ApiError::ResponseTooLarge { .. } | ApiError::NoSpace => {
                 Code::ResourceExhausted
             }
             ApiError::DeadlineExceeded => Code::DeadlineExceeded,
             ApiError::Canceled => Code::Cancelled,
             ApiError::Internal(_) => Code::Internal,
+            ApiError::Corrupt => Code::DataLoss,
         };
         Status::new(code, self.to_string())
     }
@@ -155,6 +162,8 @@ impl From<CommandError> for ApiError {
             CommandError::TooManyOps => ApiError::TooManyOps,
             CommandError::RequestTooLarge => ApiError::RequestTooLarge,
             CommandError::LeaseTtlTooLarge => ApiError::LeaseTtlTooLarge,
+            CommandError::NoSpace => ApiError::NoSpace,
+            CommandError::Corrupt => ApiError::Corrupt,
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -208,6 +217,16 @@ mod tests {
     #[test]
     fn every_error_has_etcds_code_and_text() {
         let table = [
+            (
+                ApiError::Corrupt,
+                Code::DataLoss,
+                "etcdserver: corrupt cluster",
+            ),
+            (
+                ApiError::NoSpace,
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
             (
                 ApiError::KeyNotProvided,
                 Code::InvalidArgument,

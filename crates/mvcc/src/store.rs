@@ -916,6 +916,8 @@ impl<'s, B: Backend> Writer<'s, B> {
             Command::LeaseGrant(req) => self.grant(req),
             Command::LeaseRevoke(req) => self.revoke(req),
             Command::LeaseCheckpoint(req) => self.checkpoint(req),
+            // Consensus keeps the alarms and fills in the answer; the store changes nothing.
+            Command::Alarm(_) => Ok(Response::Alarm(Vec::new())),
         }
     }
 

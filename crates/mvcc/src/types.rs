@@ -355,6 +355,51 @@ pub enum Command {
     LeaseRevoke(LeaseRevokeRequest),
     /// Record leases' remaining TTLs, so that a restart does not give them their full TTL.
     LeaseCheckpoint(LeaseCheckpointRequest),
+    /// List, raise or clear an alarm. The store only orders it: the alarms themselves are
+    /// consensus's state, kept with the applied position.
+    Alarm(AlarmRequest),
+}
+
+/// What an [`AlarmRequest`] does, as etcd's `AlarmRequest.AlarmAction`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AlarmAction {
+    /// List the alarms of one kind, or all for kind 0 (`NONE`).
+    #[default]
+    Get,
+    /// Raise an alarm for a member.
+    Activate,
+    /// Clear a member's alarm.
+    Deactivate,
+}
+
+/// etcd's alarm kind numbers (`AlarmType`): 0 `NONE`, 1 `NOSPACE`, 2 `CORRUPT`.
+pub mod alarm_kind {
+    /// No alarm; in a GET: every kind.
+    pub const NONE: i32 = 0;
+    /// The backend passed its quota.
+    pub const NOSPACE: i32 = 1;
+    /// Members' key-space hashes differ.
+    pub const CORRUPT: i32 = 2;
+}
+
+/// An alarm request, as etcd's `AlarmRequest`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmRequest {
+    /// What to do.
+    pub action: AlarmAction,
+    /// The member raising or clearing the alarm.
+    pub member_id: u64,
+    /// The alarm kind ([`alarm_kind`]).
+    pub alarm: i32,
+}
+
+/// One raised alarm, as etcd's `AlarmMember`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AlarmMember {
+    /// The member that raised it.
+    pub member_id: u64,
+    /// The alarm kind ([`alarm_kind`]).
+    pub alarm: i32,
 }
 
 /// A request to create a lease.
@@ -403,6 +448,8 @@ pub enum Response {
     LeaseRevoke,
     /// The remaining TTLs were recorded.
     LeaseCheckpoint,
+    /// The alarms the request listed, raised or cleared.
+    Alarm(Vec<AlarmMember>),
 }
 
 /// A hash of the key space, comparable between members with the same history.
@@ -423,7 +470,10 @@ impl Command {
             Command::Put(p) => p.key.len() + p.value.len() + 16,
             Command::DeleteRange(d) => d.key.len() + d.range_end.len() + 16,
             Command::Txn(t) => t.approx_size(),
-            Command::Compact(_) | Command::LeaseGrant(_) | Command::LeaseRevoke(_) => 16,
+            Command::Compact(_)
+            | Command::LeaseGrant(_)
+            | Command::LeaseRevoke(_)
+            | Command::Alarm(_) => 16,
             Command::LeaseCheckpoint(c) => 16 * c.checkpoints.len() + 16,
         }
     }

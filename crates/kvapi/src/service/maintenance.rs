@@ -9,9 +9,10 @@ use tonic::{Request, Response as Reply, Status};
 use crate::error::ApiError;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::{
-    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
-    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, DefragmentRequest,
+    DefragmentResponse, DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse,
+    HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse,
 };
 use crate::service::{client_deadline, handled, Shared};
 
@@ -40,6 +41,43 @@ impl<B: Backend> MaintenanceService<B> {
             .await
     }
 
+    /// Every action goes through the log, GET too, as in etcd: the answer is the alarms as
+    /// of that point in the log, the same on every member. etcd 3.4 answers without a header.
+    async fn serve_alarm(&self, request: Request<AlarmRequest>) -> Result<AlarmResponse, ApiError> {
+        let deadline = self.shared.deadline(&request);
+        let r = request.into_inner();
+        let action = match AlarmAction::try_from(r.action) {
+            Ok(AlarmAction::Get) => mvcc::AlarmAction::Get,
+            Ok(AlarmAction::Activate) => mvcc::AlarmAction::Activate,
+            Ok(AlarmAction::Deactivate) => mvcc::AlarmAction::Deactivate,
+            // etcd's applier answers an unknown action with an empty list.
+            Err(_) => {
+                return Ok(AlarmResponse {
+                    header: None,
+                    alarms: vec![],
+                })
+            }
+        };
+        let command = mvcc::Command::Alarm(mvcc::AlarmRequest {
+            action,
+            member_id: r.member_id,
+            alarm: r.alarm,
+        });
+        match self.shared.node.propose(command, deadline).await? {
+            (_, mvcc::Response::Alarm(listed)) => Ok(AlarmResponse {
+                header: None,
+                alarms: listed
+                    .into_iter()
+                    .map(|m| AlarmMember {
+                        member_id: m.member_id,
+                        alarm: m.alarm,
+                    })
+                    .collect(),
+            }),
+            (_, other) => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
     fn current_header(&self) -> Option<crate::pb::etcdserverpb::ResponseHeader> {
         self.shared
             .header(self.shared.node.store().current_revision())
@@ -48,15 +86,14 @@ impl<B: Backend> MaintenanceService<B> {
 
 #[tonic::async_trait]
 impl<B: Backend> Maintenance for MaintenanceService<B> {
-    async fn alarm(&self, _request: Request<AlarmRequest>) -> Result<Reply<AlarmResponse>, Status> {
-        // No alarm is ever raised yet (the space quota arrives with its own issue).
+    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Reply<AlarmResponse>, Status> {
         handled(
             SERVICE,
             "Alarm",
-            Ok(Reply::new(AlarmResponse {
-                header: self.current_header(),
-                alarms: vec![],
-            })),
+            self.serve_alarm(request)
+                .await
+                .map(Reply::new)
+                .map_err(|e| e.status()),
         )
     }
 

@@ -525,3 +525,111 @@ fn etcdctl_output_matches_etcd() {
         ours.server.log_tail()
     );
 }
+
+/// Alarms raised and cleared through the Maintenance API: each answer (as etcd-client sees it)
+/// and what `etcdctl alarm list` / `alarm disarm` print, against etcd 3.4 and MetaStore.
+#[test]
+fn alarms_match_etcd() {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+
+    let etcdctl = require_etcdctl_34();
+    let norm = Normalizer::new();
+    let run = |kind: Kind| -> Vec<String> {
+        let target = Target::new(kind, etcdctl.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut seen = Vec::new();
+        let call = |action: AlarmAction, alarm: AlarmType, member: Option<u64>| {
+            let answer = runtime.block_on(async {
+                let mut c = target.server.client().await;
+                let member = match member {
+                    Some(m) => m,
+                    None => c
+                        .status()
+                        .await
+                        .expect("status")
+                        .header()
+                        .expect("header")
+                        .member_id(),
+                };
+                let mut options = AlarmOptions::new();
+                options.with_member(member);
+                c.alarm(action, alarm, Some(options)).await
+            });
+            let text = match answer {
+                Ok(r) => format!(
+                    "{action:?} {alarm:?}: header {}, alarms {:?}",
+                    r.header()
+                        .is_some_and(|h| h.revision() > 0 && h.cluster_id() != 0),
+                    r.alarms()
+                        .iter()
+                        .map(|m| (m.member_id(), m.alarm()))
+                        .collect::<Vec<_>>()
+                ),
+                Err(e) => format!("{action:?} {alarm:?}: error {e}"),
+            };
+            norm.apply(&text, &target.replacements)
+        };
+        seen.push(call(AlarmAction::Get, AlarmType::None, None));
+        seen.push(call(AlarmAction::Activate, AlarmType::Nospace, None));
+        seen.push(call(AlarmAction::Activate, AlarmType::Nospace, None));
+        seen.push(call(AlarmAction::Activate, AlarmType::Corrupt, None));
+        seen.push(call(AlarmAction::Get, AlarmType::Nospace, None));
+        for st in [
+            step(&["alarm", "list"]),
+            step(&["alarm", "list", "-w", "json"]),
+            step(&["put", "k", "v"]),
+            step(&["get", "k"]),
+        ] {
+            seen.push(format!(
+                "etcdctl {:?}: {}",
+                st.args,
+                shown(&target.run(&st.args, &st.stdin, &norm))
+            ));
+        }
+        seen.push(call(AlarmAction::Deactivate, AlarmType::Corrupt, None));
+        // Clearing what is not raised answers no alarm.
+        seen.push(call(AlarmAction::Deactivate, AlarmType::Corrupt, None));
+        seen.push(call(
+            AlarmAction::Deactivate,
+            AlarmType::Nospace,
+            Some(12345),
+        ));
+        for st in [
+            step(&["alarm", "list", "-w", "json"]),
+            step(&["alarm", "disarm"]),
+            step(&["alarm", "list"]),
+            step(&["alarm", "list", "-w", "json"]),
+            step(&["put", "k", "v2"]),
+        ] {
+            seen.push(format!(
+                "etcdctl {:?}: {}",
+                st.args,
+                shown(&target.run(&st.args, &st.stdin, &norm))
+            ));
+        }
+        seen
+    };
+    let expected = run(Kind::Etcd);
+    let got = run(Kind::Redb);
+    assert_eq!(
+        expected.len(),
+        got.len(),
+        "etcd: {expected:#?}\nmetastore: {got:#?}"
+    );
+    let differences: Vec<String> = expected
+        .iter()
+        .zip(&got)
+        .filter(|(e, g)| e != g)
+        .map(|(e, g)| format!("etcd 3.4:  {e}\nmetastore: {g}"))
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "{} of {} alarm steps differ from etcd 3.4:\n\n{}",
+        differences.len(),
+        expected.len(),
+        differences.join("\n\n")
+    );
+}

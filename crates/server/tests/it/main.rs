@@ -1,6 +1,7 @@
 //! Integration tests: the real `metastore` binary through real etcd clients, next to etcd 3.4.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod alarms;
 mod cluster;
 mod durability;
 mod errors;
