@@ -49,6 +49,7 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    refuse_etcd_data_dir(&config.data_dir)?;
     mvcc::durable::create_dir_all_synced(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     match config.engine {
@@ -85,6 +86,29 @@ pub async fn run(
             .await
         }
     }
+}
+
+/// etcd's own files, which MetaStore does not read: starting on them would serve an empty store
+/// in place of the user's data.
+const ETCD_FILES: [&str; 2] = ["member/snap/db", "member/wal"];
+
+/// Refuses a data dir that holds etcd's files, naming them and how to migrate.
+fn refuse_etcd_data_dir(dir: &std::path::Path) -> Result<()> {
+    let found: Vec<&str> = ETCD_FILES
+        .into_iter()
+        .filter(|f| dir.join(f).exists())
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "data dir {} holds etcd's files ({}): MetaStore does not read etcd's data directory, \
+         and starting on it would serve an empty store. To migrate, start MetaStore on an empty \
+         --data-dir and copy the keys from the running etcd with `etcdctl make-mirror \
+         --endpoints=<etcd> <metastore endpoint>` (then check them, stop writes, and switch clients)",
+        dir.display(),
+        found.join(", ")
+    )
 }
 
 async fn serve<B: Backend>(

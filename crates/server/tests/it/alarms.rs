@@ -57,3 +57,24 @@ async fn raised_alarm_survives_restart() {
         );
     }
 }
+
+/// MetaStore started on etcd 3.4's data dir refuses with the files it found and how to
+/// migrate, instead of serving an empty store.
+#[tokio::test]
+async fn etcd_data_dir_is_refused() {
+    let mut server = Server::start(Kind::Etcd, &[]);
+    let mut c = server.client().await;
+    c.put("kept", "by etcd", None).await.expect("put to etcd");
+    drop(c);
+    server.kill();
+    server.switch_to(Kind::Redb);
+    let refusal = server.restart_refused(std::time::Duration::from_secs(20));
+    for needle in [
+        "holds etcd's files",
+        "member/snap/db",
+        "member/wal",
+        "make-mirror",
+    ] {
+        assert!(refusal.contains(needle), "{needle:?} not in {refusal}");
+    }
+}

@@ -291,6 +291,13 @@ impl Server {
         }
     }
 
+    /// From the next start on, runs `kind` on this server's ports and data dir (the server must
+    /// be stopped): e.g. MetaStore on what etcd left.
+    pub fn switch_to(&mut self, kind: Kind) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.kind = kind;
+    }
+
     /// Starts the server again on the same ports and data dir, and waits until it is healthy.
     pub fn restart(&mut self) {
         self.spawn();
