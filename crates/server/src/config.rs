@@ -215,6 +215,7 @@ impl TryFrom<Flags> for Config {
             budgets,
             version: API_VERSION.to_string(),
             watch_progress_interval: WATCH_PROGRESS_INTERVAL,
+            quota_backend_bytes: quota_backend_bytes(f.quota_backend_bytes),
         };
         Ok(Config {
             data_dir,
@@ -241,6 +242,26 @@ impl TryFrom<Flags> for Config {
             },
         })
     }
+}
+
+/// etcd's default backend quota, 2 GiB.
+const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+/// Past this quota etcd warns that the backend may perform poorly (8 GiB).
+const MAX_QUOTA_BYTES: u64 = 8 << 30;
+
+/// `--quota-backend-bytes` as etcd reads it: 0 means the default; above 8 GiB it warns.
+fn quota_backend_bytes(flag: u64) -> u64 {
+    if flag == 0 {
+        return DEFAULT_QUOTA_BYTES;
+    }
+    if flag > MAX_QUOTA_BYTES {
+        tracing::warn!(
+            quota_size_bytes = flag,
+            maximum_value_bytes = MAX_QUOTA_BYTES,
+            "quota exceeds the maximum value"
+        );
+    }
+    flag
 }
 
 #[cfg(test)]

@@ -115,7 +115,7 @@ pub struct Flags {
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
 
-    /// Backend size quota in bytes; 0 means the default of 2 GiB (not enforced yet).
+    /// Backend size quota in bytes; 0 means the default of 2 GiB.
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
 

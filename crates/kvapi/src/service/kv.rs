@@ -90,6 +90,11 @@ impl<B: Backend> KvService<B> {
         deadline: deadline::Deadline,
         command: Command,
     ) -> Result<(i64, Response), ApiError> {
+        if grows(&command) {
+            self.shared
+                .check_quota(command.approx_size(), deadline)
+                .await?;
+        }
         Ok(self.shared.node.propose(command, deadline).await?)
     }
 
@@ -238,5 +243,21 @@ impl<B: Backend> Kv for KvService<B> {
                 .map(Reply::new)
                 .map_err(Status::from),
         )
+    }
+}
+
+/// Whether `command` can grow the store: what etcd's quota checks (puts, txns with puts).
+fn grows(command: &Command) -> bool {
+    fn ops_put(ops: &[mvcc::RequestOp]) -> bool {
+        ops.iter().any(|op| match op {
+            mvcc::RequestOp::Put(_) => true,
+            mvcc::RequestOp::Txn(t) => ops_put(&t.success) || ops_put(&t.failure),
+            _ => false,
+        })
+    }
+    match command {
+        Command::Put(_) => true,
+        Command::Txn(t) => ops_put(&t.success) || ops_put(&t.failure),
+        _ => false,
     }
 }

@@ -73,6 +73,9 @@ impl<B: Backend> LeaseService<B> {
         let id = if r.id > 0 { r.id } else { self.generate_id() };
         let ttl = r.ttl.max(self.shared.node.min_lease_ttl());
         let command = Command::LeaseGrant(GrantCommand { id, ttl });
+        self.shared
+            .check_quota(command.approx_size(), deadline)
+            .await?;
         match self.shared.node.propose(command, deadline).await? {
             (revision, Response::LeaseGrant { id, ttl }) => Ok(LeaseGrantResponse {
                 header: self.shared.header(revision),

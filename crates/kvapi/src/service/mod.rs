@@ -38,6 +38,9 @@ pub struct ApiConfig {
     pub version: String,
     /// How often watches that asked for progress notifications get one (etcd: 10 minutes).
     pub watch_progress_interval: std::time::Duration,
+    /// `--quota-backend-bytes`: past this engine size ([`DbSize`]) writes that can grow the
+    /// store raise NOSPACE and are refused.
+    pub quota_backend_bytes: u64,
 }
 
 /// Reports the storage engine's size in bytes, for `Status`.
@@ -86,6 +89,34 @@ impl<B: Backend> Shared<B> {
         read: impl FnOnce(&dyn Fn() -> bool) -> mvcc::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
         scan(&self.scans, deadline, client, read).await
+    }
+
+    /// etcd's quota check before a write that can grow the store by about `cost` bytes: refused
+    /// while a NOSPACE alarm is raised; past the quota, this member raises NOSPACE through the
+    /// log (so every member refuses the same writes) and the write is refused.
+    pub async fn check_quota(&self, cost: usize, deadline: Deadline) -> Result<(), ApiError> {
+        if self.node.alarm_raised(mvcc::alarm_kind::NOSPACE) {
+            return Err(ApiError::NoSpace);
+        }
+        let size = (self.db_size)().saturating_add(cost as u64);
+        if size <= self.config.quota_backend_bytes {
+            return Ok(());
+        }
+        tracing::warn!(
+            size,
+            quota = self.config.quota_backend_bytes,
+            "a write would pass the backend quota; raising the NOSPACE alarm"
+        );
+        let raise = mvcc::Command::Alarm(mvcc::AlarmRequest {
+            action: mvcc::AlarmAction::Activate,
+            member_id: self.node.id(),
+            alarm: mvcc::alarm_kind::NOSPACE,
+        });
+        // The write is refused either way; a raise that did not commit is retried by the next.
+        if let Err(e) = self.node.propose(raise, deadline).await {
+            tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
+        }
+        Err(ApiError::NoSpace)
     }
 
     /// The response header at `revision`.

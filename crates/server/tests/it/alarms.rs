@@ -78,3 +78,96 @@ async fn etcd_data_dir_is_refused() {
         assert!(refusal.contains(needle), "{needle:?} not in {refusal}");
     }
 }
+
+/// The quota, filled and recovered with etcd's steps, against etcd 3.4 and MetaStore: what each
+/// step answers must match.
+#[tokio::test]
+async fn quota_reached_as_etcd() {
+    use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+
+    async fn script(kind: Kind) -> Vec<String> {
+        let server = Server::start(kind, &["--quota-backend-bytes", "4194304"]);
+        let mut c = server.client().await;
+        let me = member_id(&mut c).await;
+        let mut seen = Vec::new();
+        let lease = c.lease_grant(60, None).await.expect("grant").id();
+        let value = vec![b'x'; 64 << 10];
+        let mut refused = None;
+        for i in 0..400 {
+            if let Err(e) = c.put(format!("fill/{i:04}"), value.clone(), None).await {
+                refused = Some(e);
+                break;
+            }
+        }
+        let refused = refused.expect("the quota refuses a put within 400 puts of 64 KiB");
+        seen.push(format!("refused: {refused}"));
+        let listed = alarms(&mut c).await;
+        seen.push(format!(
+            "alarms: {:?}",
+            listed
+                .iter()
+                .map(|(m, a)| (*m == me, *a))
+                .collect::<Vec<_>>()
+        ));
+        let show = |r: Result<String, etcd_client::Error>| match r {
+            Ok(s) => format!("ok {s}"),
+            Err(e) => format!("error {e}"),
+        };
+        seen.push(show(c.put("more", "v", None).await.map(|_| String::new())));
+        seen.push(show(
+            c.txn(Txn::new().and_then([TxnOp::put("t", "v", None)]))
+                .await
+                .map(|t| t.succeeded().to_string()),
+        ));
+        seen.push(show(c.lease_grant(60, None).await.map(|_| String::new())));
+        // Reads, deletes, read-only txns, lease revokes and compaction still work.
+        seen.push(show(
+            c.get(
+                "fill/",
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .map(|g| (g.count() > 0).to_string()),
+        ));
+        seen.push(show(
+            c.txn(
+                Txn::new()
+                    .when([Compare::version("fill/0000", CompareOp::Greater, 0)])
+                    .and_then([TxnOp::get("fill/0000", None)]),
+            )
+            .await
+            .map(|t| t.succeeded().to_string()),
+        ));
+        seen.push(show(c.lease_revoke(lease).await.map(|_| String::new())));
+        let deleted = c
+            .delete(
+                "fill/",
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await;
+        seen.push(show(deleted.map(|d| (d.deleted() > 0).to_string())));
+        let rev = c
+            .get("any", None)
+            .await
+            .expect("get")
+            .header()
+            .expect("header")
+            .revision();
+        seen.push(show(
+            c.compact(
+                rev,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+            .map(|_| String::new()),
+        ));
+        seen
+    }
+    let expected = script(Kind::Etcd).await;
+    let got = script(Kind::Redb).await;
+    eprintln!("metastore: {got:#?}");
+    assert_eq!(
+        expected, got,
+        "etcd 3.4 (left) and MetaStore (right) differ"
+    );
+}
