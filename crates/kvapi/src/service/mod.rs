@@ -91,12 +91,16 @@ impl<B: Backend> Shared<B> {
         scan(&self.scans, deadline, client, read).await
     }
 
-    /// etcd's quota check before a write that can grow the store by about `cost` bytes: refused
-    /// while a NOSPACE alarm is raised; past the quota, this member raises NOSPACE through the
-    /// log (so every member refuses the same writes) and the write is refused.
+    /// etcd's quota check before a write that can grow the store by about `cost` bytes: past
+    /// the quota, this member raises NOSPACE through the log (so every member refuses the same
+    /// writes) and the write is refused.
     pub async fn check_quota(&self, cost: usize, deadline: Deadline) -> Result<(), ApiError> {
-        if self.node.alarm_raised(mvcc::alarm_kind::NOSPACE) {
-            return Err(ApiError::NoSpace);
+        // With an alarm raised the apply refuses the write, with the answer that alarm gives
+        // (CORRUPT's before NOSPACE's), the same on every member.
+        if self.node.alarm_raised(mvcc::alarm_kind::NOSPACE)
+            || self.node.alarm_raised(mvcc::alarm_kind::CORRUPT)
+        {
+            return Ok(());
         }
         let size = (self.db_size)().saturating_add(cost as u64);
         if size <= self.config.quota_backend_bytes {
