@@ -111,7 +111,14 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
             raft_index: s.last_log_index,
             raft_term: s.term,
             raft_applied_index: s.applied_index,
-            errors: vec![],
+            // etcd lists the raised alarms here, in protobuf's text form.
+            errors: self
+                .shared
+                .node
+                .alarms()
+                .into_iter()
+                .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
+                .collect(),
             db_size_in_use: size,
             is_learner: s.members.iter().any(|(id, _, voter)| *id == s.id && !voter),
         };
@@ -208,5 +215,15 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
             "Downgrade",
             Err(Status::unimplemented("downgrade is not supported")),
         )
+    }
+}
+
+/// An alarm kind's name as etcd's `AlarmType` enum spells it.
+fn alarm_name(kind: i32) -> String {
+    match kind {
+        mvcc::alarm_kind::NONE => "NONE".to_string(),
+        mvcc::alarm_kind::NOSPACE => "NOSPACE".to_string(),
+        mvcc::alarm_kind::CORRUPT => "CORRUPT".to_string(),
+        other => other.to_string(),
     }
 }
