@@ -1,0 +1,313 @@
+//! etcd's Lock and Election gRPC services (`v3lockpb`, `v3electionpb`) through the
+//! `etcd-client` crate, the same script against etcd 3.4 and MetaStore: holders exclude each
+//! other, a waiter gets the lock when the holder unlocks or its lease expires, a waiter that
+//! gives up leaves no key behind, and errors carry etcd's codes and texts.
+
+use std::time::{Duration, Instant};
+
+use deadline::{Deadline, Layer};
+use etcd_client::{Client, Error, GetOptions, LeaseGrantOptions, LockOptions};
+
+use crate::harness::{Kind, Server};
+
+fn code(e: Error) -> String {
+    match e {
+        Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => format!("not a gRPC status: {other}"),
+    }
+}
+
+/// Awaits `fut` for at most `limit`: `None` if it did not finish (and it is dropped, which
+/// cancels the call).
+async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    deadline::within(Layer::Api, Deadline::after(limit), fut)
+        .await
+        .ok()
+}
+
+/// Awaits `fut` for at most 10 s; a hang is a failure naming `what`.
+async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match within(Duration::from_secs(10), fut).await {
+        Some(v) => v,
+        None => panic!("{what}: no answer within 10 s"),
+    }
+}
+
+/// The keys under `prefix`, once the store holds exactly `want` of them (cleanup after a
+/// cancelled call runs after the call ends), or what it holds after 5 s.
+async fn keys_settled(c: &mut Client, prefix: &str, want: usize) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let r = bounded("get", c.get(prefix, Some(GetOptions::new().with_prefix())))
+            .await
+            .expect("get");
+        let keys: Vec<String> = r
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect();
+        if keys.len() == want || start.elapsed() > Duration::from_secs(5) {
+            return keys;
+        }
+        // Bounded: at most 5 s of reads, each answered at once.
+        let _ = within(Duration::from_millis(50), std::future::pending::<()>()).await;
+    }
+}
+
+async fn grant(c: &mut Client, id: i64, ttl: i64) {
+    bounded(
+        "grant",
+        c.lease_grant(ttl, Some(LeaseGrantOptions::new().with_id(id))),
+    )
+    .await
+    .expect("grant");
+}
+
+fn with_lease(id: i64) -> Option<LockOptions> {
+    Some(LockOptions::new().with_lease(id))
+}
+
+/// The lock script; lease ids are chosen so that owner keys are comparable.
+async fn lock_script(endpoint: &str) -> Vec<String> {
+    let mut c = Client::connect([endpoint], None).await.expect("connect");
+    let mut out = Vec::new();
+    grant(&mut c, 0x7d1, 60).await;
+    grant(&mut c, 0x7d2, 60).await;
+    grant(&mut c, 0x7d3, 2).await;
+    let first = bounded("lock", c.lock("mylock", with_lease(0x7d1)))
+        .await
+        .expect("lock");
+    let first_key = String::from_utf8_lossy(first.key()).into_owned();
+    out.push(format!("first holder: {first_key}"));
+    // A second locker waits; when it gives up, its key goes.
+    let gave_up = within(
+        Duration::from_millis(700),
+        c.lock("mylock", with_lease(0x7d2)),
+    )
+    .await;
+    out.push(format!("second while held: finished={}", gave_up.is_some()));
+    out.push(format!(
+        "keys after it gave up: {:?}",
+        keys_settled(&mut c, "mylock/", 1).await
+    ));
+    // It waits again, and gets the lock when the first unlocks, not before.
+    let mut waiter = c.clone();
+    let second = tokio::spawn(async move {
+        let got = waiter.lock("mylock", with_lease(0x7d2)).await;
+        (Instant::now(), got)
+    });
+    let _ = within(Duration::from_millis(500), std::future::pending::<()>()).await;
+    out.push(format!(
+        "second done before unlock: {}",
+        second.is_finished()
+    ));
+    let unlocked = Instant::now();
+    bounded("unlock", c.unlock(first_key.clone()))
+        .await
+        .expect("unlock");
+    let (when, got) = bounded("second lock", second).await.expect("task");
+    out.push(format!(
+        "second after unlock: {}, after the unlock: {}",
+        got.map(|r| String::from_utf8_lossy(r.key()).into_owned())
+            .map_err(code)
+            .unwrap_or_else(|e| e),
+        when >= unlocked
+    ));
+    // A holder whose lease expires lets the next one in.
+    let expiring = bounded("lock", c.lock("exp", with_lease(0x7d3)))
+        .await
+        .expect("lock");
+    out.push(format!(
+        "expiring holder: {}",
+        String::from_utf8_lossy(expiring.key())
+    ));
+    let next = bounded("lock after expiry", c.lock("exp", with_lease(0x7d1))).await;
+    out.push(format!(
+        "after the holder's lease expired: {}",
+        next.map(|r| String::from_utf8_lossy(r.key()).into_owned())
+            .map_err(code)
+            .unwrap_or_else(|e| e)
+    ));
+    // Errors.
+    out.push(format!(
+        "unlock without a key: {:?}",
+        bounded("unlock", c.unlock(""))
+            .await
+            .map(|_| ())
+            .map_err(code)
+    ));
+    out.push(format!(
+        "unlock of a key that is not there: {:?}",
+        bounded("unlock", c.unlock("nothing/here"))
+            .await
+            .map(|_| ())
+            .map_err(code)
+    ));
+    out.push(format!(
+        "lock under an unknown lease: {:?}",
+        bounded("lock", c.lock("other", with_lease(0x9999)))
+            .await
+            .map(|_| ())
+            .map_err(code)
+    ));
+    out.push(format!(
+        "keys left under other/: {:?}",
+        keys_settled(&mut c, "other/", 0).await
+    ));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_service_answers_as_etcd() {
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let expected = lock_script(&etcd.endpoint()).await;
+    drop(etcd);
+    let ours = Server::start(Kind::Redb, &[]);
+    let got = lock_script(&ours.endpoint()).await;
+    assert_eq!(got, expected, "MetaStore (left) against etcd 3.4 (right)");
+}
+
+fn kv_text(r: &etcd_client::LeaderResponse) -> String {
+    r.kv().map_or("no kv".into(), |kv| {
+        format!(
+            "{}={}",
+            String::from_utf8_lossy(kv.key()),
+            String::from_utf8_lossy(kv.value())
+        )
+    })
+}
+
+/// The next message of an Observe stream, as text.
+async fn observed(stream: &mut etcd_client::ObserveStream) -> String {
+    match bounded("observe", stream.message()).await {
+        Ok(Some(r)) => kv_text(&r),
+        Ok(None) => "stream ended".into(),
+        Err(e) => code(e),
+    }
+}
+
+/// The election script; lease ids are chosen so that candidate keys are comparable.
+async fn election_script(endpoint: &str) -> Vec<String> {
+    let mut c = Client::connect([endpoint], None).await.expect("connect");
+    let mut out = Vec::new();
+    grant(&mut c, 0xbb1, 60).await;
+    grant(&mut c, 0xbb2, 60).await;
+    let leader = |c: &mut Client| {
+        let mut c = c.clone();
+        async move {
+            bounded("leader", c.leader("elec"))
+                .await
+                .map(|r| kv_text(&r))
+                .map_err(code)
+        }
+    };
+    out.push(format!("leader before any: {:?}", leader(&mut c).await));
+    let first = bounded("campaign", c.campaign("elec", "v1", 0xbb1))
+        .await
+        .expect("campaign");
+    let first_key = first.leader().expect("leader key").clone();
+    out.push(format!(
+        "first elected: {} lease {:x} name {}",
+        String::from_utf8_lossy(first_key.key()),
+        first_key.lease(),
+        String::from_utf8_lossy(first_key.name())
+    ));
+    out.push(format!("leader: {:?}", leader(&mut c).await));
+    let mut stream = bounded("observe", c.observe("elec"))
+        .await
+        .expect("observe");
+    out.push(format!("observed: {}", observed(&mut stream).await));
+    // A second candidate waits for the first to go.
+    let mut other = c.clone();
+    let second = tokio::spawn(async move { other.campaign("elec", "v2", 0xbb2).await });
+    let _ = within(Duration::from_millis(500), std::future::pending::<()>()).await;
+    out.push(format!(
+        "second elected while first leads: {}",
+        second.is_finished()
+    ));
+    let proclaim = |c: &mut Client, key: Option<etcd_client::LeaderKey>, value: &'static str| {
+        let mut c = c.clone();
+        async move {
+            let options = key.map(|k| etcd_client::ProclaimOptions::new().with_leader(k));
+            bounded("proclaim", c.proclaim(value, options))
+                .await
+                .map(|_| ())
+                .map_err(code)
+        }
+    };
+    out.push(format!(
+        "leader proclaims: {:?}",
+        proclaim(&mut c, Some(first_key.clone()), "v1b").await
+    ));
+    out.push(format!("observed: {}", observed(&mut stream).await));
+    let forged = etcd_client::LeaderKey::new()
+        .with_name("elec")
+        .with_key(first_key.key())
+        .with_rev(first_key.rev() + 1000)
+        .with_lease(first_key.lease());
+    out.push(format!(
+        "a forged leader proclaims: {:?}",
+        proclaim(&mut c, Some(forged), "x").await
+    ));
+    out.push(format!(
+        "proclaim without a leader: {:?}",
+        proclaim(&mut c, None, "x").await
+    ));
+    out.push(format!(
+        "resign without a leader: {:?}",
+        bounded("resign", c.resign(None))
+            .await
+            .map(|_| ())
+            .map_err(code)
+    ));
+    let resign = |c: &mut Client, key: etcd_client::LeaderKey| {
+        let mut c = c.clone();
+        async move {
+            let options = etcd_client::ResignOptions::new().with_leader(key);
+            bounded("resign", c.resign(Some(options)))
+                .await
+                .map(|_| ())
+                .map_err(code)
+        }
+    };
+    out.push(format!(
+        "first resigns: {:?}",
+        resign(&mut c, first_key.clone()).await
+    ));
+    let second = bounded("second campaign", second).await.expect("task");
+    out.push(format!(
+        "second elected: {:?}",
+        second
+            .map(|r| r
+                .leader()
+                .map(|l| String::from_utf8_lossy(l.key()).into_owned()))
+            .map_err(code)
+    ));
+    out.push(format!("observed: {}", observed(&mut stream).await));
+    out.push(format!("leader: {:?}", leader(&mut c).await));
+    out.push(format!(
+        "the old leader resigns again: {:?}",
+        resign(&mut c, first_key).await
+    ));
+    // A candidate that gives up leaves no key behind.
+    let gave_up = within(Duration::from_millis(700), c.campaign("elec", "v3", 0xbb1)).await;
+    out.push(format!(
+        "third while second leads: finished={}",
+        gave_up.is_some()
+    ));
+    out.push(format!(
+        "keys after it gave up: {:?}",
+        keys_settled(&mut c, "elec/", 1).await
+    ));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_service_answers_as_etcd() {
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let expected = election_script(&etcd.endpoint()).await;
+    drop(etcd);
+    let ours = Server::start(Kind::Redb, &[]);
+    let got = election_script(&ours.endpoint()).await;
+    assert_eq!(got, expected, "MetaStore (left) against etcd 3.4 (right)");
+}
