@@ -311,3 +311,90 @@ async fn election_service_answers_as_etcd() {
     let got = election_script(&ours.endpoint()).await;
     assert_eq!(got, expected, "MetaStore (left) against etcd 3.4 (right)");
 }
+
+/// Appends `line` to the shared holders' log (appends of one short line are atomic).
+fn log_line(path: &std::path::Path, line: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .expect("holders' log");
+    f.write_all(format!("{line}\n").as_bytes()).expect("append");
+}
+
+/// `etcdctl lock` (etcd's client recipe) and the Lock service use one key layout, so their
+/// holders exclude each other: under contention, every "in" in the holders' log is followed
+/// by the same holder's "out" before anyone else's "in".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lock_and_the_lock_service_exclude_each_other() {
+    let server = Server::start(Kind::Redb, &[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("holders");
+    let mut c = Client::connect([server.endpoint()], None)
+        .await
+        .expect("connect");
+    let mut children = Vec::new();
+    for i in 0..2 {
+        let script = format!(
+            "echo 'in ctl{i}' >> {p}; sleep 0.2; echo 'out ctl{i}' >> {p}",
+            p = log.display()
+        );
+        let child = std::process::Command::new(crate::harness::require_tool("etcdctl"))
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", server.endpoint()))
+            .args(["lock", "--ttl", "5", "mx", "--", "sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawning etcdctl");
+        children.push(child);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let lease = bounded("grant", c.lease_grant(10, None))
+            .await
+            .expect("grant")
+            .id();
+        let mut c = c.clone();
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..2 {
+                let held = c.lock("mx", with_lease(lease)).await.expect("lock");
+                log_line(&log, &format!("in svc{i}.{round}"));
+                let _ = within(Duration::from_millis(200), std::future::pending::<()>()).await;
+                log_line(&log, &format!("out svc{i}.{round}"));
+                c.unlock(held.key()).await.expect("unlock");
+            }
+        }));
+    }
+    for task in tasks {
+        match within(Duration::from_secs(30), task).await {
+            Some(done) => done.expect("a service locker failed"),
+            None => panic!("the service lockers did not finish within 30 s"),
+        }
+    }
+    for mut child in children {
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("wait task");
+        assert!(status.is_ok_and(|s| s.success()), "etcdctl lock failed");
+    }
+    let text = std::fs::read_to_string(&log).expect("holders' log");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2 * (2 + 3 * 2),
+        "every holder held once per round: {lines:?}"
+    );
+    let mut overlaps = 0;
+    for pair in lines.chunks(2) {
+        let who_in = pair[0].strip_prefix("in ");
+        let who_out = pair[1].strip_prefix("out ");
+        if who_in.is_none() || who_in != who_out {
+            overlaps += 1;
+        }
+    }
+    assert_eq!(overlaps, 0, "holders overlapped: {lines:?}");
+}
