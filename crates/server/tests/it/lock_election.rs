@@ -398,3 +398,67 @@ async fn etcdctl_lock_and_the_lock_service_exclude_each_other() {
     }
     assert_eq!(overlaps, 0, "holders overlapped: {lines:?}");
 }
+
+/// The `etcd-client` crate's lock and election calls, through a follower of a 3-member
+/// cluster whose leader is killed while a locker waits: the wait survives the failover, the
+/// unlock passes the lock on, and an election works on the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_and_election_ride_through_a_killed_leader() {
+    let mut cluster = testkit::Cluster::start(testkit::ClusterOptions {
+        binary: env!("CARGO_BIN_EXE_metastore").into(),
+        members: 3,
+        engine: "redb".into(),
+        extra_args: Vec::new(),
+        proxy_peers: false,
+    })
+    .unwrap_or_else(|e| panic!("starting a cluster: {e}"));
+    let leader = tokio::task::block_in_place(|| cluster.wait_leader(Duration::from_secs(15)))
+        .expect("a leader");
+    let follower = (leader + 1) % 3;
+    let endpoint = cluster.endpoints()[follower].clone();
+    let mut c = Client::connect([endpoint], None).await.expect("connect");
+    let first_lease = bounded("grant", c.lease_grant(30, None))
+        .await
+        .expect("grant")
+        .id();
+    let second_lease = bounded("grant", c.lease_grant(30, None))
+        .await
+        .expect("grant")
+        .id();
+    let first = bounded("lock", c.lock("ha", with_lease(first_lease)))
+        .await
+        .expect("lock");
+    let mut waiter = c.clone();
+    let second = tokio::spawn(async move { waiter.lock("ha", with_lease(second_lease)).await });
+    let _ = within(Duration::from_millis(500), std::future::pending::<()>()).await;
+    assert!(!second.is_finished(), "the second locker got a held lock");
+    cluster.kill(leader);
+    let new_leader = tokio::task::block_in_place(|| cluster.wait_leader(Duration::from_secs(15)))
+        .expect("a new leader");
+    assert_ne!(new_leader, leader);
+    assert!(
+        !second.is_finished(),
+        "the second locker got the lock in the failover"
+    );
+    bounded("unlock", c.unlock(first.key()))
+        .await
+        .expect("unlock after the failover");
+    let got = bounded("second lock", second)
+        .await
+        .expect("task")
+        .expect("the second locker gets the lock");
+    assert_eq!(
+        got.key(),
+        format!("ha/{second_lease:x}").as_bytes(),
+        "the second locker holds its own key"
+    );
+    let elected = bounded("campaign", c.campaign("ha-e", "v1", first_lease))
+        .await
+        .expect("campaign on the new leader");
+    let leader_kv = bounded("leader", c.leader("ha-e")).await.expect("leader");
+    assert_eq!(
+        leader_kv.kv().map(|kv| kv.key()),
+        elected.leader().map(|l| l.key()),
+        "the elected candidate is the leader"
+    );
+}
