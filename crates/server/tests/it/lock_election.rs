@@ -462,3 +462,74 @@ async fn lock_and_election_ride_through_a_killed_leader() {
         "the elected candidate is the leader"
     );
 }
+
+/// A Lock and a Campaign that wait past the client's own deadline (`grpc-timeout`, as the Go
+/// clients send it) end with DeadlineExceeded, and their keys go; as in etcd 3.4.
+async fn deadline_script(endpoint: &str) -> Vec<String> {
+    use kvapi::pb::v3electionpb::election_client::ElectionClient;
+    use kvapi::pb::v3electionpb::CampaignRequest;
+    use kvapi::pb::v3lockpb::lock_client::LockClient;
+    use kvapi::pb::v3lockpb::LockRequest;
+
+    let mut c = Client::connect([endpoint], None).await.expect("connect");
+    grant(&mut c, 0xcc1, 60).await;
+    grant(&mut c, 0xcc2, 60).await;
+    bounded("lock", c.lock("dl", with_lease(0xcc1)))
+        .await
+        .expect("lock");
+    bounded("campaign", c.campaign("dle", "v", 0xcc1))
+        .await
+        .expect("campaign");
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut out = Vec::new();
+    let status = |r: Result<String, tonic::Status>| match r {
+        Ok(v) => format!("answered {v}"),
+        Err(s) => format!("{:?}", s.code()),
+    };
+    let mut req = tonic::Request::new(LockRequest {
+        name: b"dl".to_vec(),
+        lease: 0xcc2,
+    });
+    req.set_timeout(Duration::from_millis(600));
+    let started = Instant::now();
+    let got = bounded("lock", LockClient::new(channel.clone()).lock(req)).await;
+    out.push(format!(
+        "lock past its deadline: {}, within 3 s: {}",
+        status(got.map(|r| String::from_utf8_lossy(&r.into_inner().key).into_owned())),
+        started.elapsed() < Duration::from_secs(3)
+    ));
+    out.push(format!(
+        "lock keys: {:?}",
+        keys_settled(&mut c, "dl/", 1).await
+    ));
+    let mut req = tonic::Request::new(CampaignRequest {
+        name: b"dle".to_vec(),
+        lease: 0xcc2,
+        value: b"w".to_vec(),
+    });
+    req.set_timeout(Duration::from_millis(600));
+    let got = bounded("campaign", ElectionClient::new(channel).campaign(req)).await;
+    out.push(format!(
+        "campaign past its deadline: {}",
+        status(got.map(|r| format!("{:?}", r.into_inner().leader)))
+    ));
+    out.push(format!(
+        "candidate keys: {:?}",
+        keys_settled(&mut c, "dle/", 1).await
+    ));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_end_at_the_clients_deadline_as_in_etcd() {
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let expected = deadline_script(&etcd.endpoint()).await;
+    drop(etcd);
+    let ours = Server::start(Kind::Redb, &[]);
+    let got = deadline_script(&ours.endpoint()).await;
+    assert_eq!(got, expected, "MetaStore (left) against etcd 3.4 (right)");
+}
