@@ -533,3 +533,49 @@ async fn waits_end_at_the_clients_deadline_as_in_etcd() {
     let got = deadline_script(&ours.endpoint()).await;
     assert_eq!(got, expected, "MetaStore (left) against etcd 3.4 (right)");
 }
+
+/// Observe from before any candidate: it reports the first one elected, and, when that
+/// leader's lease expires, the candidate that was waiting, which is then elected.
+async fn expiry_script(endpoint: &str) -> Vec<String> {
+    let mut c = Client::connect([endpoint], None).await.expect("connect");
+    grant(&mut c, 0xdd1, 2).await;
+    grant(&mut c, 0xdd2, 60).await;
+    let mut out = Vec::new();
+    // etcd sends an Observe stream's headers with its first message: the call itself waits.
+    let mut observer = c.clone();
+    let observing = tokio::spawn(async move {
+        let mut stream = observer.observe("oe").await.expect("observe");
+        let first = observed(&mut stream).await;
+        let second = observed(&mut stream).await;
+        (first, second)
+    });
+    let _ = within(Duration::from_millis(300), std::future::pending::<()>()).await;
+    bounded("campaign", c.campaign("oe", "short", 0xdd1))
+        .await
+        .expect("campaign");
+    let mut other = c.clone();
+    let second = tokio::spawn(async move { other.campaign("oe", "long", 0xdd2).await });
+    let (first, next) = bounded("observe", observing).await.expect("observer");
+    out.push(format!("observed: {first}"));
+    out.push(format!("observed after the lease expired: {next}"));
+    let second = bounded("second campaign", second).await.expect("task");
+    out.push(format!(
+        "second elected: {:?}",
+        second
+            .map(|r| r
+                .leader()
+                .map(|l| String::from_utf8_lossy(l.key()).into_owned()))
+            .map_err(code)
+    ));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_leader_is_followed_by_the_waiting_candidate_as_in_etcd() {
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let expected = expiry_script(&etcd.endpoint()).await;
+    drop(etcd);
+    let ours = Server::start(Kind::Redb, &[]);
+    let got = expiry_script(&ours.endpoint()).await;
+    assert_eq!(got, expected, "MetaStore (left) against etcd 3.4 (right)");
+}
