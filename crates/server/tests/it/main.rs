@@ -11,6 +11,7 @@ mod kv;
 mod leader_wait;
 mod lease;
 mod limits;
+mod lock_election;
 mod powercut;
 mod restart;
 mod watch;
