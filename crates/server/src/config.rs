@@ -15,9 +15,6 @@ use crate::flags::{Engine, Flags};
 /// The etcd API version this server speaks.
 pub const API_VERSION: &str = "3.4.0";
 
-/// How often watches that asked for progress notifications get one, as in etcd.
-pub const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
-
 /// Automatic compaction, as `--auto-compaction-*` ask for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AutoCompaction {
@@ -186,6 +183,9 @@ impl TryFrom<Flags> for Config {
                 f.heartbeat_interval
             );
         }
+        if f.experimental_watch_progress_notify_interval.is_zero() {
+            bail!("--experimental-watch-progress-notify-interval must be more than 0");
+        }
         for (flag, value) in [
             ("--max-response-bytes", f.max_response_bytes),
             ("--max-client-connections", f.max_client_connections),
@@ -205,7 +205,7 @@ impl TryFrom<Flags> for Config {
             },
             budgets,
             version: API_VERSION.to_string(),
-            watch_progress_interval: WATCH_PROGRESS_INTERVAL,
+            watch_progress_interval: f.experimental_watch_progress_notify_interval,
         };
         Ok(Config {
             data_dir,

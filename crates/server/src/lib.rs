@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - `flags`: [`Flags`], the command line.
+//! - [`etcd_flags`]: etcd's other flags, accepted with no effect or refused.
 //! - `config`: [`Config`], checked configuration, member and cluster ids.
 //! - `http`: `/health`, `/version`, `/metrics`.
 //! - `compactor`: automatic compaction.
@@ -17,6 +18,7 @@ mod authority;
 mod coalesce;
 mod compactor;
 mod config;
+pub mod etcd_flags;
 mod flags;
 mod http;
 
