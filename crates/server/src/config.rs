@@ -45,6 +45,8 @@ pub struct Config {
     pub auto_compaction: AutoCompaction,
     /// Most client connections open at once.
     pub max_client_connections: usize,
+    /// Addresses to serve `/metrics` and `/health` on (`--listen-metrics-urls`).
+    pub metrics_addrs: Vec<String>,
 }
 
 pub use consensus::{cluster_id, member_id};
@@ -225,6 +227,10 @@ impl TryFrom<Flags> for Config {
                 &f.auto_compaction_retention,
             )?,
             max_client_connections: f.max_client_connections,
+            metrics_addrs: split_urls(&f.listen_metrics_urls)
+                .iter()
+                .map(|u| host_port(u))
+                .collect::<Result<_>>()?,
         })
     }
 }

@@ -99,7 +99,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("host-whitelist", false, Fate::DefaultOnly { default: "*", why: "a host whitelist is not supported yet (every host is allowed, as etcd's default)" }),
     flag("enable-pprof", true, Fate::DefaultOnly { default: "false", why: "Go's pprof endpoints do not exist in a Rust server" }),
     flag("metrics", false, Fate::DefaultOnly { default: "basic", why: "only the basic metrics set exists" }),
-    flag("listen-metrics-urls", false, Fate::DefaultOnly { default: "", why: "metrics are served on the client URLs only (/metrics)" }),
     flag("logger", false, Fate::NoEffect("logs are written by tracing in one format, whichever of etcd's loggers (capnslog, zap) is named")),
     flag("log-outputs", false, Fate::DefaultOnly { default: "default", why: "logs go to stderr only" }),
     flag("log-package-levels", false, Fate::DefaultOnly { default: "", why: "per-package levels do not exist: use --log-level or RUST_LOG" }),

@@ -147,6 +147,10 @@ pub struct Flags {
           require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub debug: bool,
 
+    /// Comma-separated URLs to serve `/metrics` and `/health` on, besides the client URLs.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

@@ -113,10 +113,11 @@ async fn serve<B: Backend>(
         hub.clone(),
         stop.clone(),
     );
-    let http = http::router(http::HttpState {
+    let http_state = http::HttpState {
         node: node.clone(),
         metrics,
-    });
+    };
+    let http = http::router(http_state.clone());
     let client_router = grpc.merge(http);
     // One cap over every client listener.
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_client_connections));
@@ -134,6 +135,23 @@ async fn serve<B: Backend>(
                 .await;
             if let Err(e) = served {
                 tracing::error!(cause = %e, "client listener failed");
+            }
+        });
+    }
+    // `--listen-metrics-urls`: metrics and health only, outside the client connection cap.
+    for addr in &config.metrics_addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for metrics on {addr}"))?;
+        tracing::info!(%addr, "serving /metrics and /health");
+        let router = http::metrics_router(http_state.clone());
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(cause = %e, "metrics listener failed");
             }
         });
     }

@@ -231,3 +231,23 @@ fn etcd_variables_refused_and_unknown_ones_warned_about() {
         "{text}"
     );
 }
+
+#[test]
+fn listen_metrics_urls_serve_metrics_and_health() {
+    let port = free_port();
+    let url = format!("--listen-metrics-urls=http://127.0.0.1:{port}");
+    let server = Server::start(Kind::Redb, &[&url]);
+    let (code, body) = crate::harness::http_get(port, "/metrics").expect("metrics answered");
+    assert_eq!(code, 200);
+    assert!(body.contains("metastore_"), "{body}");
+    let (code, body) = crate::harness::http_get(port, "/health").expect("health answered");
+    assert_eq!(
+        (code, body.contains(r#""health":"true""#)),
+        (200, true),
+        "{body}"
+    );
+    // As etcd: only those two there.
+    let (code, _) = crate::harness::http_get(port, "/version").expect("an answer");
+    assert_eq!(code, 404);
+    drop(server);
+}
