@@ -48,7 +48,7 @@ const NO_DISCOVERY: &str = "discovery is not supported yet: use --initial-cluste
 
 /// Every etcd 3.4 flag [`crate::Flags`] has no field for.
 pub const ETCD_FLAGS: &[EtcdFlag] = &[
-    flag("max-snapshots", false, Fate::NoEffect("Raft snapshots are kept by the log store, one at a time; there are no snapshot files to count")),
+    flag("max-snapshots", false, Fate::NoEffect("only the newest Raft snapshot file is kept (an older one is removed once a newer one is complete), so there is no count to set")),
     flag("max-wals", false, Fate::NoEffect("the Raft log is a redb table, not WAL files; there are no WAL files to count")),
     flag("backend-batch-interval", false, Fate::NoEffect("the engine commits each applied batch itself; there is no bbolt batch interval")),
     flag("backend-batch-limit", false, Fate::NoEffect("the engine commits each applied batch itself; there is no bbolt batch limit")),
