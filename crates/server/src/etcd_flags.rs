@@ -10,9 +10,11 @@ pub enum Fate {
     /// Accepted, no effect here (it tunes an internal that does not exist); logged at start.
     NoEffect(&'static str),
     /// Accepted at etcd's default value (the behaviour is then the same); any other value is
-    /// refused with the reason.
+    /// refused with the reason. An empty or false TLS flag asks for nothing to be secured,
+    /// so it is accepted; any certificate, key or `true` is refused.
     DefaultOnly {
-        /// etcd's default, as `etcd --help` shows it.
+        /// etcd's default, as `etcd --help` shows it; `|` separates other values that
+        /// behave as the default does here.
         default: &'static str,
         /// Why another value is refused.
         why: &'static str,
@@ -70,37 +72,37 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("enable-v2", true, Fate::DefaultOnly { default: "false", why: NO_V2 }),
     flag("experimental-enable-v2v3", false, Fate::DefaultOnly { default: "", why: NO_V2 }),
     flag("proxy", false, Fate::DefaultOnly { default: "off", why: NO_V2 }),
-    flag("proxy-failure-wait", false, Fate::Refused(NO_V2)),
-    flag("proxy-refresh-interval", false, Fate::Refused(NO_V2)),
-    flag("proxy-dial-timeout", false, Fate::Refused(NO_V2)),
-    flag("proxy-write-timeout", false, Fate::Refused(NO_V2)),
-    flag("proxy-read-timeout", false, Fate::Refused(NO_V2)),
-    flag("cert-file", false, Fate::Refused(NO_TLS)),
-    flag("key-file", false, Fate::Refused(NO_TLS)),
-    flag("client-cert-auth", true, Fate::Refused(NO_TLS)),
-    flag("client-crl-file", false, Fate::Refused(NO_TLS)),
-    flag("client-cert-allowed-hostname", false, Fate::Refused(NO_TLS)),
-    flag("trusted-ca-file", false, Fate::Refused(NO_TLS)),
-    flag("auto-tls", true, Fate::Refused(NO_TLS)),
-    flag("peer-cert-file", false, Fate::Refused(NO_TLS)),
-    flag("peer-key-file", false, Fate::Refused(NO_TLS)),
-    flag("peer-client-cert-auth", true, Fate::Refused(NO_TLS)),
-    flag("peer-trusted-ca-file", false, Fate::Refused(NO_TLS)),
-    flag("peer-cert-allowed-cn", false, Fate::Refused(NO_TLS)),
-    flag("peer-cert-allowed-hostname", false, Fate::Refused(NO_TLS)),
-    flag("peer-auto-tls", true, Fate::Refused(NO_TLS)),
-    flag("peer-crl-file", false, Fate::Refused(NO_TLS)),
-    flag("cipher-suites", false, Fate::Refused(NO_TLS)),
-    flag("experimental-peer-skip-client-san-verification", true, Fate::Refused(NO_TLS)),
-    flag("auth-token", false, Fate::Refused(NO_AUTH)),
-    flag("bcrypt-cost", false, Fate::Refused(NO_AUTH)),
-    flag("auth-token-ttl", false, Fate::Refused(NO_AUTH)),
+    flag("proxy-failure-wait", false, Fate::DefaultOnly { default: "5000", why: NO_V2 }),
+    flag("proxy-refresh-interval", false, Fate::DefaultOnly { default: "30000", why: NO_V2 }),
+    flag("proxy-dial-timeout", false, Fate::DefaultOnly { default: "1000", why: NO_V2 }),
+    flag("proxy-write-timeout", false, Fate::DefaultOnly { default: "5000", why: NO_V2 }),
+    flag("proxy-read-timeout", false, Fate::DefaultOnly { default: "0", why: NO_V2 }),
+    flag("cert-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
+    flag("key-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
+    flag("client-cert-auth", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
+    flag("client-crl-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
+    flag("client-cert-allowed-hostname", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
+    flag("trusted-ca-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
+    flag("auto-tls", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
+    flag("peer-cert-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
+    flag("peer-key-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
+    flag("peer-client-cert-auth", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
+    flag("peer-trusted-ca-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
+    flag("peer-cert-allowed-cn", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
+    flag("peer-cert-allowed-hostname", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
+    flag("peer-auto-tls", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
+    flag("peer-crl-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
+    flag("cipher-suites", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
+    flag("experimental-peer-skip-client-san-verification", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
+    flag("auth-token", false, Fate::DefaultOnly { default: "simple", why: NO_AUTH }),
+    flag("bcrypt-cost", false, Fate::DefaultOnly { default: "10", why: NO_AUTH }),
+    flag("auth-token-ttl", false, Fate::DefaultOnly { default: "300", why: NO_AUTH }),
     flag("cors", false, Fate::DefaultOnly { default: "*", why: "CORS origins are not configurable yet (every origin is allowed, as etcd's default)" }),
     flag("host-whitelist", false, Fate::DefaultOnly { default: "*", why: "a host whitelist is not supported yet (every host is allowed, as etcd's default)" }),
     flag("enable-pprof", true, Fate::DefaultOnly { default: "false", why: "Go's pprof endpoints do not exist in a Rust server" }),
     flag("metrics", false, Fate::DefaultOnly { default: "basic", why: "only the basic metrics set exists" }),
     flag("logger", false, Fate::NoEffect("logs are written by tracing in one format, whichever of etcd's loggers (capnslog, zap) is named")),
-    flag("log-outputs", false, Fate::DefaultOnly { default: "default", why: "logs go to stderr only" }),
+    flag("log-outputs", false, Fate::DefaultOnly { default: "default|stderr", why: "logs go to stderr only" }),
     flag("log-package-levels", false, Fate::DefaultOnly { default: "", why: "per-package levels do not exist: use --log-level or RUST_LOG" }),
     flag("experimental-initial-corrupt-check", true, Fate::DefaultOnly { default: "false", why: "the start-up corruption check is not built yet; refusing rather than skipping a check that was asked for" }),
     flag("experimental-corrupt-check-time", false, Fate::DefaultOnly { default: "0s", why: "the periodic corruption check is not built yet; refusing rather than skipping a check that was asked for" }),
@@ -124,6 +126,9 @@ fn normalize_bool(v: &str) -> Option<&'static str> {
 
 /// Whether `value` is the flag's default as etcd would read it.
 fn is_default(f: &EtcdFlag, default: &str, value: &str) -> bool {
+    if default.contains('|') {
+        return default.split('|').any(|d| is_default(f, d, value));
+    }
     if f.boolean {
         return normalize_bool(value).is_some() && normalize_bool(value) == normalize_bool(default);
     }
@@ -284,6 +289,11 @@ mod tests {
             e.contains("--experimental-initial-corrupt-check=true"),
             "{e}"
         );
+        let e = run(&["--client-cert-auth"], &[]).unwrap_err();
+        assert!(
+            e.contains("--client-cert-auth=true") && e.contains("TLS"),
+            "{e}"
+        );
         let e = run(&["--pre-vote=maybe"], &[]).unwrap_err();
         assert!(e.contains("invalid boolean"), "{e}");
     }
@@ -296,7 +306,12 @@ mod tests {
                 "--grpc-keepalive-interval=7200s",
                 "--cors=*",
             ],
-            &[("ETCD_ENABLE_V2", "false")],
+            &[
+                ("ETCD_ENABLE_V2", "false"),
+                ("ETCD_CLIENT_CERT_AUTH", "false"),
+                ("ETCD_CERT_FILE", ""),
+                ("ETCD_LOG_OUTPUTS", "stderr"),
+            ],
         )
         .unwrap();
         assert_eq!(s.args, ["metastore"]);
