@@ -35,10 +35,11 @@ const PURGED: &str = "last_purged";
 const QUEUE: usize = 16_384;
 /// Writes the writer thread folds into one synced transaction at most.
 const GROUP: usize = 4_096;
-/// Bytes of entries one replication message carries at most (but always one entry): far below
-/// the peers' message limit, and small enough to cross within one RPC's time. Like etcd's
+/// Bytes of entries one replication message carries at most (but always one entry): one full
+/// batch, far below the peers' message limit and small enough to cross within one RPC's time
+/// (openraft 0.9 bounds an AppendEntries by the heartbeat interval). Like etcd's
 /// `MaxSizePerMsg`, for entries that are batches of up to a few MiB each.
-pub(crate) const MAX_APPEND_BYTES: usize = 8 << 20;
+pub(crate) const MAX_APPEND_BYTES: usize = crate::batcher::MAX_BATCH_BYTES;
 
 /// Entries appended but not yet durable, readable meanwhile: Raft may read what it appended.
 type Pending = Arc<Mutex<BTreeMap<u64, Entry>>>;
@@ -555,7 +556,7 @@ mod tests {
     async fn replication_reads_are_bounded_by_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, closer) = LogStore::open(&dir.path().join("log.redb"), 1, 1).unwrap();
-        // The 8 MiB bound scaled down: 32 entries of 48 KiB are 1.5 MiB.
+        // The 4 MiB bound scaled down: 32 entries of 48 KiB are 1.5 MiB.
         log.max_append_bytes = 256 << 10;
         // Half the entries in the file, the rest still pending, as replication finds them.
         {

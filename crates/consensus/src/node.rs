@@ -207,9 +207,11 @@ impl<B: Backend> Node<B> {
         let removal = Removal::new(store.compaction_progress().done);
         let sm = StateMachine::open(
             store.clone(),
-            config.id,
-            incarnation,
-            waiters.clone(),
+            crate::state_machine::Proposer {
+                node_id: config.id,
+                incarnation,
+                waiters: waiters.clone(),
+            },
             snap_dir.clone(),
             Arc::clone(&lessor),
             config.election_timeout,

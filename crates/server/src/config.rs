@@ -47,6 +47,10 @@ pub struct Config {
     pub max_client_connections: usize,
     /// Addresses to serve `/metrics` and `/health` on (`--listen-metrics-urls`).
     pub metrics_addrs: Vec<String>,
+    /// Most concurrent HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+    /// The watch hub's settings.
+    pub hub: watch::HubConfig,
 }
 
 pub use consensus::{cluster_id, member_id};
@@ -192,6 +196,11 @@ impl TryFrom<Flags> for Config {
             ("--max-response-bytes", f.max_response_bytes),
             ("--max-client-connections", f.max_client_connections),
             ("--max-watchers-per-stream", f.max_watchers_per_stream),
+            ("--max-watcher-queue-bytes", f.max_watcher_queue_bytes),
+            (
+                "--max-concurrent-streams",
+                usize::try_from(f.max_concurrent_streams).unwrap_or(usize::MAX),
+            ),
         ] {
             if value == 0 {
                 bail!("{flag} must be more than 0");
@@ -231,6 +240,11 @@ impl TryFrom<Flags> for Config {
                 .iter()
                 .map(|u| host_port(u))
                 .collect::<Result<_>>()?,
+            max_concurrent_streams: f.max_concurrent_streams,
+            hub: watch::HubConfig {
+                max_queued_bytes: f.max_watcher_queue_bytes,
+                ..watch::HubConfig::default()
+            },
         })
     }
 }

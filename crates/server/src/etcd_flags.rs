@@ -59,7 +59,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("experimental-warning-apply-duration", false, Fate::NoEffect("only etcd's slow-apply log warning; apply times are exported as metrics instead")),
     flag("initial-election-tick-advance", true, Fate::NoEffect("openraft has no election ticks to fast-forward; a booting member starts its first election after a randomized election timeout, as etcd with this flag off (only the time to the first leader differs)")),
     flag("wal-dir", false, Fate::DefaultOnly { default: "", why: "the Raft log lives in --data-dir/member; a separate log directory is not supported yet" }),
-    flag("max-concurrent-streams", false, Fate::DefaultOnly { default: "4294967295", why: "the HTTP/2 stream limit of client connections is not configurable yet" }),
     flag("grpc-keepalive-min-time", false, Fate::DefaultOnly { default: "5s", why: "gRPC keepalive settings are not configurable yet" }),
     flag("grpc-keepalive-interval", false, Fate::DefaultOnly { default: "2h", why: "gRPC keepalive settings are not configurable yet" }),
     flag("grpc-keepalive-timeout", false, Fate::DefaultOnly { default: "20s", why: "gRPC keepalive settings are not configurable yet" }),

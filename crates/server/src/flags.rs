@@ -92,6 +92,11 @@ pub struct Flags {
     )]
     pub max_client_connections: usize,
 
+    /// Most concurrent HTTP/2 streams (calls, watch and keep-alive streams) one client
+    /// connection may have open; announced in SETTINGS, so clients wait for a free one.
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = 1_000)]
+    pub max_concurrent_streams: u32,
+
     /// Most watches on one watch stream; a create over it is answered cancelled, with a
     /// reason naming this flag.
     #[arg(
@@ -100,6 +105,11 @@ pub struct Flags {
         default_value_t = 10_000
     )]
     pub max_watchers_per_stream: usize,
+
+    /// Bytes of events (keys and values) that may wait for one watcher's reader; past that its
+    /// events wait in history and it catches up from there when its reader makes room.
+    #[arg(long, env = "METASTORE_MAX_WATCHER_QUEUE_BYTES", default_value_t = 16 << 20)]
+    pub max_watcher_queue_bytes: usize,
 
     /// Most operations in one txn (per compare list and per branch).
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
@@ -230,6 +240,8 @@ mod tests {
         assert_eq!(f.max_response_bytes, 2_147_483_647);
         assert_eq!(f.max_client_connections, 10_000);
         assert_eq!(f.max_watchers_per_stream, 10_000);
+        assert_eq!(f.max_watcher_queue_bytes, 16 << 20);
+        assert_eq!(f.max_concurrent_streams, 1_000);
         assert_eq!((f.heartbeat_interval, f.election_timeout), (100, 1000));
         assert_eq!(f.engine, Engine::Redb);
         assert_eq!(f.listen_client_urls, "http://127.0.0.1:2379");

@@ -12,7 +12,8 @@
 //! - `config`: [`Config`], checked configuration, member and cluster ids.
 //! - `http`: `/health`, `/version`, `/metrics`.
 //! - `compactor`: automatic compaction.
-//! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2.
+//! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2; caps connections.
+//! - `serve`: client connections, with HTTP/2's stream limit and a graceful stop.
 
 mod authority;
 mod coalesce;
@@ -21,6 +22,7 @@ mod config;
 pub mod etcd_flags;
 mod flags;
 mod http;
+mod serve;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -102,8 +104,7 @@ async fn serve<B: Backend>(
 
     // The hub hears every applied revision from now on; resync covers what start-up applied.
     let history: Arc<dyn watch::History> = Arc::new(node.store().clone());
-    let hub =
-        watch::Hub::new(history, watch::HubConfig::default()).context("starting the watch hub")?;
+    let hub = watch::Hub::new(history, config.hub.clone()).context("starting the watch hub")?;
     node.store().set_sink(Arc::new(hub.clone()));
     hub.resync();
     let grpc = kvapi::router(
@@ -127,16 +128,13 @@ async fn serve<B: Backend>(
             .with_context(|| format!("listening for clients on {addr}"))?;
         tracing::info!(%addr, "serving client requests (gRPC and HTTP)");
         let router = client_router.clone();
-        let stop = stop.clone();
         let listener = authority::FixAuthority::new(listener, Arc::clone(&connections));
-        tasks.spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::error!(cause = %e, "client listener failed");
-            }
-        });
+        tasks.spawn(serve::serve(
+            listener,
+            router,
+            config.max_concurrent_streams,
+            stop.clone(),
+        ));
     }
     // `--listen-metrics-urls`: metrics and health only, outside the client connection cap.
     for addr in &config.metrics_addrs {

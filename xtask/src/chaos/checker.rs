@@ -443,6 +443,9 @@ pub struct Verdict {
     pub violations: Vec<Violation>,
     /// Revisions no linearization can give (see [`check_revisions`]), described.
     pub revisions: Vec<String>,
+    /// Of those, writes given more than one revision or revisions given to more than one
+    /// write: an answer that belongs to another request (what a reused waiter id does).
+    pub wrong_write_revisions: usize,
     /// Keys the search gave up on (too many steps): neither proven nor refuted.
     pub undecided: Vec<String>,
     /// Operations checked, and of them with unknown outcome.
@@ -524,9 +527,11 @@ fn describe(o: &Op) -> String {
 
 /// The conditions on revisions that every linearization in etcd's model meets, across keys
 /// (the module documentation gives the argument); `ops` is the whole history, with the
-/// unknown writes somebody observed resolved. Returns what fails, described.
-fn check_revisions(ops: &[Op]) -> Vec<String> {
+/// unknown writes somebody observed resolved. Returns what fails, described, and how many of
+/// those are a write with more than one revision or a revision with more than one write.
+fn check_revisions(ops: &[Op]) -> (Vec<String>, usize) {
     let mut problems = Vec::new();
+    let mut wrong_writes = 0;
     // Who wrote each value (unique per history, and each written to one key).
     let mut writer: HashMap<(&str, &str), usize> = HashMap::new();
     for (i, o) in ops.iter().enumerate() {
@@ -563,6 +568,7 @@ fn check_revisions(ops: &[Op]) -> Vec<String> {
     let mut by_rev: BTreeMap<i64, usize> = BTreeMap::new();
     for (&w, revs) in &claims {
         if revs.len() > 1 {
+            wrong_writes += 1;
             let said: Vec<String> = revs
                 .iter()
                 .map(|(r, src)| format!("{r} (by {})", describe(&ops[*src])))
@@ -579,6 +585,7 @@ fn check_revisions(ops: &[Op]) -> Vec<String> {
                     e.insert(w);
                 }
                 std::collections::btree_map::Entry::Occupied(e) if *e.get() != w => {
+                    wrong_writes += 1;
                     problems.push(format!(
                         "revision {r} was given to two writes: {} and {} (by {})",
                         describe(&ops[*e.get()]),
@@ -597,7 +604,7 @@ fn check_revisions(ops: &[Op]) -> Vec<String> {
         problems.truncate(MAX_PROBLEMS);
         problems.push(format!("… and {more} more revision problems"));
     }
-    problems
+    (problems, wrong_writes)
 }
 
 /// An operation that returned before another was invoked was linearized before it, where the
@@ -766,7 +773,7 @@ pub fn check(history: &[Op], budget_per_key: usize) -> Verdict {
         resolve_observed_writes(ops);
     }
     let resolved: Vec<Op> = by_key.values().flatten().cloned().collect();
-    verdict.revisions = check_revisions(&resolved);
+    (verdict.revisions, verdict.wrong_write_revisions) = check_revisions(&resolved);
     for (key, ops) in by_key {
         match check_key(&ops, budget_per_key) {
             KeyVerdict::Linearizable => {}
@@ -1250,6 +1257,7 @@ mod tests {
         let v = check(&h, 1_000_000);
         assert!(v.violations.is_empty(), "per key it looks fine: {v:?}");
         assert!(!v.revisions.is_empty());
+        assert_eq!(v.wrong_write_revisions, 1, "{v:?}");
         // Told a revision its value was not read at.
         let mut h = valid.clone();
         h[1].revs.header = 4;
@@ -1260,12 +1268,14 @@ mod tests {
             at(put(1, 3, 4, "b"), "j", 4, None),
         ];
         assert!(!passes(&h));
-        // A read served at a revision below a write that finished before it began.
+        // A read served at a revision below a write that finished before it began: a stale
+        // read, not a write given the wrong revision.
         let h = [
             at(put(0, 1, 2, "a"), "k", 5, None),
             at(get(1, 3, 4, None), "j", 4, None),
         ];
-        assert!(!passes(&h));
+        let v = check(&h, 1_000_000);
+        assert!(v.violated() && v.wrong_write_revisions == 0, "{v:?}");
     }
 
     #[test]
@@ -1339,7 +1349,7 @@ mod tests {
         // Each told the other's revision: per key all is well, the revisions are not.
         let v = check(&h(5, 4), 1_000_000);
         assert!(v.violations.is_empty());
-        assert!(!v.revisions.is_empty(), "{v:?}");
+        assert!(v.wrong_write_revisions > 0, "{v:?}");
         // A swap told it failed with the other's answer (what the key held afterwards), and
         // the other told it succeeded: the values give it away.
         let h = [

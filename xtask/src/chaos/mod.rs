@@ -55,6 +55,10 @@ options:
   --out DIR            results folder (default target/chaos/seed-N)
   --expect-violation   succeed only if the checker finds a violation (for testing the
                        checker against a build with a planted bug)
+  --expect-wrong-revisions
+                       succeed only if an acknowledged write was given another write's
+                       revision, or one its value was not read or watched at (a planted
+                       bug that answers requests with other requests' results)
 
 cargo xtask chaos --recheck FILE
   checks the history.txt of an earlier run again and prints the verdict on it";
@@ -70,6 +74,7 @@ struct Args {
     binary: Option<PathBuf>,
     out: Option<PathBuf>,
     expect_violation: bool,
+    expect_wrong_revisions: bool,
 }
 
 impl Args {
@@ -85,6 +90,7 @@ impl Args {
             binary: None,
             out: None,
             expect_violation: false,
+            expect_wrong_revisions: false,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -104,6 +110,7 @@ impl Args {
                 "--binary" => out.binary = Some(PathBuf::from(value()?)),
                 "--out" => out.out = Some(PathBuf::from(value()?)),
                 "--expect-violation" => out.expect_violation = true,
+                "--expect-wrong-revisions" => out.expect_wrong_revisions = true,
                 "-h" | "--help" => return Ok(None),
                 other => bail!("unknown option `{other}`\n\n{USAGE}"),
             }
@@ -178,6 +185,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Findings {
     linearizability: checker::Verdict,
     watch_problems: Vec<String>,
+    /// Reference events at another revision than their write's acknowledgement said.
+    watch_wrong_revisions: usize,
     divergence: Vec<String>,
     timing: workload::Timing,
     leaks: Vec<String>,
@@ -410,20 +419,22 @@ pub fn run(raw: &[String]) -> Result<()> {
     let history = lock(&shared.history).clone();
     let linearizability = checker::check(&history, CHECK_BUDGET);
     let mut watch_problems = Vec::new();
-    for problem in watchcheck::check_history(&reference, &history, true) {
+    let (problems, watch_wrong_revisions) = watchcheck::check_history(&reference, &history, true);
+    for problem in problems {
         watch_problems.push(format!("reference: {problem}"));
     }
     for (w, seen) in watched.iter().enumerate() {
         for problem in watchcheck::check(seen, &reference) {
             watch_problems.push(format!("watcher {w}: {problem}"));
         }
-        for problem in watchcheck::check_history(seen, &history, false) {
+        for problem in watchcheck::check_history(seen, &history, false).0 {
             watch_problems.push(format!("watcher {w}: {problem}"));
         }
     }
     let findings = Findings {
         linearizability,
         watch_problems,
+        watch_wrong_revisions,
         divergence,
         timing: lock(&shared.timing).clone(),
         leaks,
@@ -435,6 +446,14 @@ pub fn run(raw: &[String]) -> Result<()> {
     let verdict = verdict_line(&args, &findings);
     print!("{}", failure_table(&findings.timing));
     println!("{verdict}");
+    if args.expect_wrong_revisions {
+        ensure!(
+            findings.linearizability.wrong_write_revisions + findings.watch_wrong_revisions > 0,
+            "the checker found no write given another write's revision in a build that \
+             should answer some"
+        );
+        return Ok(());
+    }
     if args.expect_violation {
         ensure!(
             findings.linearizability.violated(),

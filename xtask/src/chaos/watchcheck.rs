@@ -20,10 +20,13 @@ use super::workload::Seen;
 /// At most this many problems per watcher are described (the rest are counted).
 const MAX_PROBLEMS: usize = 50;
 
-/// What in `events` contradicts the client `history`. With `complete`, `events` are all the
-/// events up to the last one's revision, so every write the history places at or below it
-/// must be there.
-pub fn check_history(events: &[Seen], history: &[Op], complete: bool) -> Vec<String> {
+/// What in `events` contradicts the client `history`, and how many events are at another
+/// revision than the write they show was acknowledged or read at, or at a revision the history
+/// gives another write (an answer that belongs to another request). With `complete`, `events`
+/// are all the events up to the last one's revision, so every write the history places at or
+/// below it must be there.
+pub fn check_history(events: &[Seen], history: &[Op], complete: bool) -> (Vec<String>, usize) {
+    let mut wrong_revisions = 0;
     // The key each value was written to (values are unique), and the revisions its write was
     // acknowledged or read at.
     let mut written: HashMap<&str, (&str, HashSet<i64>)> = HashMap::new();
@@ -68,6 +71,7 @@ pub fn check_history(events: &[Seen], history: &[Op], complete: bool) -> Vec<Str
                     wrong.push(format!("{e:?}: that value was written to {key}"));
                 }
                 Some((_, revs)) if !revs.is_empty() && !revs.contains(&e.rev) => {
+                    wrong_revisions += 1;
                     wrong.push(format!(
                         "{e:?}: its write was acknowledged or read at revision {revs:?}"
                     ));
@@ -78,6 +82,7 @@ pub fn check_history(events: &[Seen], history: &[Op], complete: bool) -> Vec<Str
         if let Some((key, value)) = at.get(&e.rev) {
             let same = *key == e.key && *value == e.put.then_some(e.value.as_str());
             if !same {
+                wrong_revisions += 1;
                 wrong.push(format!(
                     "{e:?}: revision {} is {} of {key}",
                     e.rev,
@@ -114,7 +119,7 @@ pub fn check_history(events: &[Seen], history: &[Op], complete: bool) -> Vec<Str
         wrong.truncate(MAX_PROBLEMS);
         wrong.push(format!("… and {more} more"));
     }
-    wrong
+    (wrong, wrong_revisions)
 }
 
 /// What is wrong with one watcher's events, if anything.
@@ -203,31 +208,38 @@ mod tests {
             e(4, "b", "x", None),
             deleted,
         ];
-        assert_eq!(check_history(&events, &history, true), Vec::<String>::new());
+        assert_eq!(
+            check_history(&events, &history, true),
+            (Vec::<String>::new(), 0)
+        );
         // An event at another revision than its write was acknowledged at.
         let mut bad = events.clone();
         bad[1].rev = 4;
-        assert!(!check_history(&bad, &history, false).is_empty());
+        assert_eq!(
+            check_history(&bad, &history, false).1,
+            1,
+            "a put acknowledged at 3"
+        );
         // An event for a key its value was not written to.
         let mut bad = events.clone();
         bad[2].key = "a".into();
-        assert!(!check_history(&bad, &history, false).is_empty());
+        assert!(!check_history(&bad, &history, false).0.is_empty());
         // A revision's event that is not the write acknowledged there.
         let mut bad = events.clone();
         bad[3].put = true;
         bad[3].value = "x".into();
-        assert!(!check_history(&bad, &history, false).is_empty());
+        assert!(check_history(&bad, &history, false).1 > 0);
         // A value nobody wrote, and a prev_kv of another key.
         let mut bad = events.clone();
         bad[0].value = "zz".into();
-        assert!(!check_history(&bad, &history, false).is_empty());
+        assert!(!check_history(&bad, &history, false).0.is_empty());
         let mut bad = events.clone();
         bad[1].prev = Some("x".into());
-        assert!(!check_history(&bad, &history, false).is_empty());
+        assert!(!check_history(&bad, &history, false).0.is_empty());
         // An acknowledged write with no event, when the events are complete.
         let gap = vec![events[0].clone(), events[2].clone(), events[3].clone()];
-        assert!(check_history(&gap, &history, false).is_empty());
-        assert!(!check_history(&gap, &history, true).is_empty());
+        assert!(check_history(&gap, &history, false).0.is_empty());
+        assert!(!check_history(&gap, &history, true).0.is_empty());
     }
 
     #[test]
