@@ -15,9 +15,6 @@ use crate::flags::{Engine, Flags};
 /// The etcd API version this server speaks.
 pub const API_VERSION: &str = "3.4.0";
 
-/// How often watches that asked for progress notifications get one, as in etcd.
-pub const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
-
 /// Automatic compaction, as `--auto-compaction-*` ask for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AutoCompaction {
@@ -48,6 +45,8 @@ pub struct Config {
     pub auto_compaction: AutoCompaction,
     /// Most client connections open at once.
     pub max_client_connections: usize,
+    /// Addresses to serve `/metrics` and `/health` on (`--listen-metrics-urls`).
+    pub metrics_addrs: Vec<String>,
     /// Most concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
     /// The watch hub's settings.
@@ -190,6 +189,9 @@ impl TryFrom<Flags> for Config {
                 f.heartbeat_interval
             );
         }
+        if f.experimental_watch_progress_notify_interval.is_zero() {
+            bail!("--experimental-watch-progress-notify-interval must be more than 0");
+        }
         for (flag, value) in [
             ("--max-response-bytes", f.max_response_bytes),
             ("--max-client-connections", f.max_client_connections),
@@ -214,7 +216,7 @@ impl TryFrom<Flags> for Config {
             },
             budgets,
             version: API_VERSION.to_string(),
-            watch_progress_interval: WATCH_PROGRESS_INTERVAL,
+            watch_progress_interval: f.experimental_watch_progress_notify_interval,
         };
         Ok(Config {
             data_dir,
@@ -234,6 +236,10 @@ impl TryFrom<Flags> for Config {
                 &f.auto_compaction_retention,
             )?,
             max_client_connections: f.max_client_connections,
+            metrics_addrs: split_urls(&f.listen_metrics_urls)
+                .iter()
+                .map(|u| host_port(u))
+                .collect::<Result<_>>()?,
             max_concurrent_streams: f.max_concurrent_streams,
             hub: watch::HubConfig {
                 max_queued_bytes: f.max_watcher_queue_bytes,

@@ -147,6 +147,20 @@ pub struct Flags {
           require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub strict_reconfig_check: bool,
 
+    /// How often watches that asked for progress notifications get one (etcd's
+    /// `--experimental-watch-progress-notify-interval`).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", value_parser = parse_duration, default_value = "10m")]
+    pub experimental_watch_progress_notify_interval: Duration,
+
+    /// Log at debug level (as `--log-level debug`).
+    #[arg(long, env = "ETCD_DEBUG", default_value_t = false, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub debug: bool,
+
+    /// Comma-separated URLs to serve `/metrics` and `/health` on, besides the client URLs.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -232,6 +246,11 @@ mod tests {
         assert_eq!(f.engine, Engine::Redb);
         assert_eq!(f.listen_client_urls, "http://127.0.0.1:2379");
         assert!(f.strict_reconfig_check);
+        assert!(!f.debug);
+        assert_eq!(
+            f.experimental_watch_progress_notify_interval,
+            Duration::from_secs(600)
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - `flags`: [`Flags`], the command line.
+//! - [`etcd_flags`]: etcd's other flags, accepted with no effect or refused.
 //! - `config`: [`Config`], checked configuration, member and cluster ids.
 //! - `http`: `/health`, `/version`, `/metrics`.
 //! - `compactor`: automatic compaction.
@@ -18,6 +19,7 @@ mod authority;
 mod coalesce;
 mod compactor;
 mod config;
+pub mod etcd_flags;
 mod flags;
 mod http;
 mod serve;
@@ -112,10 +114,11 @@ async fn serve<B: Backend>(
         hub.clone(),
         stop.clone(),
     );
-    let http = http::router(http::HttpState {
+    let http_state = http::HttpState {
         node: node.clone(),
         metrics,
-    });
+    };
+    let http = http::router(http_state.clone());
     let client_router = grpc.merge(http);
     // One cap over every client listener.
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_client_connections));
@@ -132,6 +135,23 @@ async fn serve<B: Backend>(
             config.max_concurrent_streams,
             stop.clone(),
         ));
+    }
+    // `--listen-metrics-urls`: metrics and health only, outside the client connection cap.
+    for addr in &config.metrics_addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for metrics on {addr}"))?;
+        tracing::info!(%addr, "serving /metrics and /health");
+        let router = http::metrics_router(http_state.clone());
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(cause = %e, "metrics listener failed");
+            }
+        });
     }
     // The peer port: Raft's messages and what followers forward to the leader.
     let peer_router =

@@ -5,6 +5,7 @@ mod cluster;
 mod durability;
 mod errors;
 mod etcdctl;
+mod flags;
 mod harness;
 mod http;
 mod kv;
