@@ -11,6 +11,9 @@ use deadline::{Budgets, Layer};
 use kvapi::{ApiConfig, Limits};
 
 use crate::flags::{Engine, Flags};
+use crate::tls::{self, TlsFiles};
+use std::sync::Arc;
+use tokio_rustls::rustls;
 
 /// The etcd API version this server speaks.
 pub const API_VERSION: &str = "3.4.0";
@@ -40,6 +43,14 @@ pub struct Config {
     pub client_addrs: Vec<String>,
     /// Addresses to serve peers on.
     pub peer_addrs: Vec<String>,
+    /// Addresses to serve clients on over TLS (`https://` in `--listen-client-urls`).
+    pub client_tls_addrs: Vec<String>,
+    /// Addresses to serve peers on over TLS (`https://` in `--listen-peer-urls`).
+    pub peer_tls_addrs: Vec<String>,
+    /// The client port's TLS, checked at start (`--cert-file`, ...).
+    pub client_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The peer port's TLS, checked at start (`--peer-cert-file`, ...).
+    pub peer_tls: Option<Arc<rustls::ServerConfig>>,
     /// The member's Raft configuration.
     pub node: NodeConfig,
     /// The API's configuration.
@@ -60,16 +71,54 @@ fn split_urls(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// `http://host:port` → `host:port`; other schemes are refused (no TLS yet).
-pub fn host_port(url: &str) -> Result<String> {
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url:?}: only http:// URLs are supported"))?;
+/// `http://host:port` or `https://host:port` → (`host:port`, whether TLS).
+pub fn host_port(url: &str) -> Result<(String, bool)> {
+    let (rest, tls) = match url.strip_prefix("https://") {
+        Some(rest) => (rest, true),
+        None => (
+            url.strip_prefix("http://").with_context(|| {
+                format!("{url:?}: only http:// and https:// URLs are supported")
+            })?,
+            false,
+        ),
+    };
     let host_port = rest.trim_end_matches('/');
     if host_port.parse::<SocketAddr>().is_err() && !host_port.contains(':') {
         bail!("{url:?}: a port is required");
     }
-    Ok(host_port.to_string())
+    Ok((host_port.to_string(), tls))
+}
+
+/// One side's listen URLs split into plaintext and TLS addresses, and its TLS configuration,
+/// checked: `https://` needs a certificate, and TLS files without an `https://` URL are refused
+/// rather than ignored (a plaintext server where TLS was asked for).
+type Listeners = (Vec<String>, Vec<String>, Option<Arc<rustls::ServerConfig>>);
+
+fn listeners(urls: &str, files: &TlsFiles, prefix: &str, urls_flag: &str) -> Result<Listeners> {
+    let (mut plain, mut secure) = (Vec::new(), Vec::new());
+    for url in split_urls(urls) {
+        let (addr, tls) = host_port(&url)?;
+        if tls {
+            secure.push(addr);
+        } else {
+            plain.push(addr);
+        }
+    }
+    if !secure.is_empty() && files.cert_file.is_none() {
+        bail!("{urls_flag} has https:// URLs: --{prefix}cert-file and --{prefix}key-file are required");
+    }
+    if files.is_set() && secure.is_empty() {
+        bail!(
+            "--{prefix}cert-file/--{prefix}key-file/--{prefix}trusted-ca-file/--{prefix}client-cert-auth \
+             are set but {urls_flag} has no https:// URL; refusing to serve in plaintext"
+        );
+    }
+    let config = if secure.is_empty() {
+        None
+    } else {
+        Some(tls::server_config(files, prefix)?)
+    };
+    Ok((plain, secure, config))
 }
 
 fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<String, Vec<String>>> {
@@ -206,17 +255,27 @@ impl TryFrom<Flags> for Config {
             version: API_VERSION.to_string(),
             watch_progress_interval: WATCH_PROGRESS_INTERVAL,
         };
+        let (client_addrs, client_tls_addrs, client_tls) = listeners(
+            &f.listen_client_urls,
+            &f.client_tls_files(),
+            "",
+            "--listen-client-urls",
+        )?;
+        let (peer_addrs, peer_tls_addrs, peer_tls) = listeners(
+            &f.listen_peer_urls,
+            &f.peer_tls_files(),
+            "peer-",
+            "--listen-peer-urls",
+        )?;
         Ok(Config {
             data_dir,
             engine: f.engine,
-            client_addrs: split_urls(&f.listen_client_urls)
-                .iter()
-                .map(|u| host_port(u))
-                .collect::<Result<_>>()?,
-            peer_addrs: split_urls(&f.listen_peer_urls)
-                .iter()
-                .map(|u| host_port(u))
-                .collect::<Result<_>>()?,
+            client_addrs,
+            peer_addrs,
+            client_tls_addrs,
+            peer_tls_addrs,
+            client_tls,
+            peer_tls,
             node,
             api,
             auto_compaction: parse_auto_compaction(
@@ -270,7 +329,7 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        assert!(bad(&["--listen-client-urls", "https://x:1"]).contains("only http://"));
+        assert!(bad(&["--listen-client-urls", "https://x:1"]).contains("--cert-file"));
         assert!(bad(&["--initial-cluster", "other=http://127.0.0.1:2380"]).contains("no entry"));
         assert!(bad(&["--budgets", "commit=0s"]).contains("budgets"));
         assert!(bad(&[

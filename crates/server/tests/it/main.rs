@@ -13,5 +13,6 @@ mod lease;
 mod limits;
 mod powercut;
 mod restart;
+mod tls;
 mod watch;
 mod watch_api;
