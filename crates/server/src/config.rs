@@ -121,6 +121,44 @@ fn listeners(urls: &str, files: &TlsFiles, prefix: &str, urls_flag: &str) -> Res
     Ok((plain, secure, config))
 }
 
+/// TLS for connecting to `https://` peers: this member's certificate as its client
+/// certificate, and the peer CA to verify the others with.
+fn peer_client_tls(
+    files: &TlsFiles,
+    initial: &BTreeMap<String, Vec<String>>,
+) -> Result<Option<tonic::transport::ClientTlsConfig>> {
+    let https = initial
+        .values()
+        .flatten()
+        .any(|u| u.starts_with("https://"));
+    if !files.is_set() {
+        if https {
+            bail!("--initial-cluster has https:// peer URLs: --peer-cert-file, --peer-key-file and --peer-trusted-ca-file are required");
+        }
+        return Ok(None);
+    }
+    let (Some(cert), Some(key), Some(ca)) =
+        (&files.cert_file, &files.key_file, &files.trusted_ca_file)
+    else {
+        bail!("peer TLS needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file (the CA other members' certificates are checked against)");
+    };
+    let read = |path: &std::path::Path, flag: &str| {
+        std::fs::read(path).with_context(|| format!("{flag} {}: cannot read", path.display()))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read(cert, "--peer-cert-file")?,
+        read(key, "--peer-key-file")?,
+    );
+    Ok(Some(
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(
+                ca,
+                "--peer-trusted-ca-file",
+            )?))
+            .identity(identity),
+    ))
+}
+
 fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<String, Vec<String>>> {
     let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -267,6 +305,7 @@ impl TryFrom<Flags> for Config {
             "peer-",
             "--listen-peer-urls",
         )?;
+        node.peer_tls = peer_client_tls(&f.peer_tls_files(), &initial)?;
         Ok(Config {
             data_dir,
             engine: f.engine,
@@ -354,6 +393,39 @@ mod tests {
         assert_eq!(
             parse_auto_compaction("revision", "1000").unwrap(),
             AutoCompaction::Revision(1000)
+        );
+    }
+
+    #[test]
+    fn tls_without_https_or_https_without_tls_is_refused() {
+        let bad = |args: &[&str]| {
+            let mut all = vec!["metastore"];
+            all.extend_from_slice(args);
+            Config::try_from(Flags::parse_from(all))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(&["--cert-file", "c.pem", "--key-file", "k.pem"]).contains("plaintext"));
+        assert!(bad(&["--peer-client-cert-auth"]).contains("plaintext"));
+        let https_peers = [
+            "--initial-advertise-peer-urls",
+            "https://127.0.0.1:2380",
+            "--initial-cluster",
+            "default=https://127.0.0.1:2380",
+        ];
+        assert!(bad(&https_peers).contains("--peer-cert-file"));
+        assert!(bad(&["--listen-peer-urls", "https://127.0.0.1:2380"]).contains("--peer-cert-file"));
+        let missing = bad(&[
+            "--listen-client-urls",
+            "https://127.0.0.1:2379",
+            "--cert-file",
+            "/nonexistent/c.pem",
+            "--key-file",
+            "/nonexistent/k.pem",
+        ]);
+        assert!(
+            missing.contains("--cert-file /nonexistent/c.pem"),
+            "{missing}"
         );
     }
 }

@@ -87,13 +87,40 @@ struct TlsServer {
 impl TlsServer {
     /// Spawns `kind` with the server certificate and `extra` flags; does not wait.
     fn spawn(kind: Kind, pki: &Pki, extra: &[&str]) -> TlsServer {
+        let port = free_port();
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let client = format!("https://127.0.0.1:{port}");
+        let mut args: Vec<String> = [
+            "--name",
+            "t",
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("t={peer}"),
+            "--cert-file",
+            &pki.path("server.pem"),
+        ]
+        .map(String::from)
+        .to_vec();
+        if !extra.contains(&"--key-file") {
+            args.extend(["--key-file".to_string(), pki.path("server-key.pem")]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        TlsServer::spawn_args(kind, port, &args)
+    }
+
+    /// Spawns `kind` with `args` (and a data dir of its own), serving clients on `port`.
+    fn spawn_args(kind: Kind, port: u16, args: &[String]) -> TlsServer {
         let dir = tempfile::Builder::new()
             .prefix("metastore-tls-")
             .tempdir()
             .expect("temp dir");
-        let port = free_port();
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let client = format!("https://127.0.0.1:{port}");
         let program = match kind {
             Kind::Etcd => require_tool("etcd"),
             _ => PathBuf::from(env!("CARGO_BIN_EXE_metastore")),
@@ -107,31 +134,14 @@ impl TlsServer {
             }
         }
         command.args([
-            "--name",
-            "t",
-            "--data-dir",
-            &dir.path().join("data").display().to_string(),
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &format!("t={peer}"),
-            "--cert-file",
-            &pki.path("server.pem"),
+            "--data-dir".to_string(),
+            dir.path().join("data").display().to_string(),
         ]);
-        if !extra.contains(&"--key-file") {
-            command.args(["--key-file", &pki.path("server-key.pem")]);
-        }
         if kind == Kind::Mem {
             command.args(["--engine", "mem"]);
         }
         let child = command
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -148,6 +158,13 @@ impl TlsServer {
     /// Spawns and waits until etcdctl with the right certificates finds it healthy.
     fn start(kind: Kind, pki: &Pki, extra: &[&str]) -> TlsServer {
         let mut server = TlsServer::spawn(kind, pki, extra);
+        server.wait_healthy(pki);
+        server
+    }
+
+    /// Waits until etcdctl with the right certificates finds it healthy.
+    fn wait_healthy(&mut self, pki: &Pki) {
+        let (kind, server) = (self.kind, self);
         let started = Instant::now();
         loop {
             if let Some(status) = server
@@ -164,7 +181,7 @@ impl TlsServer {
                 &["endpoint", "health"],
             );
             if health.0 == Some(0) {
-                return server;
+                return;
             }
             assert!(
                 started.elapsed() < READY_TIMEOUT,
@@ -366,4 +383,162 @@ fn tls_misconfiguration_stops_the_server_at_start() {
         let log = TlsServer::spawn(Kind::Mem, &pki, flags).refused();
         assert!(log.contains(expected), "{flags:?}: {log}");
     }
+}
+
+/// What the peer port answers a client that sends HTTP/2's preface: `Ok(first bytes)` or the
+/// error that ended the connection. `tls`: `None` for plaintext, else the client certificate
+/// (`""`: none) to present.
+fn peer_port_answer(port: u16, pki: &Pki, tls: Option<&str>) -> Result<Vec<u8>, String> {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    // The preface and an empty SETTINGS frame: a gRPC server answers with its SETTINGS.
+    let hello = [
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+        &[0, 0, 0, 4, 0, 0, 0, 0, 0],
+    ]
+    .concat();
+    let exchange = |stream: &mut dyn ReadWrite| -> Result<Vec<u8>, String> {
+        stream.write_all(&hello).map_err(|e| e.to_string())?;
+        stream.flush().map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        match stream.read(&mut buf) {
+            Ok(0) => Err("closed".into()),
+            Ok(n) => Ok(buf[..n].to_vec()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let Some(client_cert) = tls else {
+        return exchange(&mut { tcp });
+    };
+    #[allow(deprecated)] // ring, as the server uses
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(pki.path("ca.pem")).expect("ca") {
+        roots.add(ca.expect("ca")).expect("root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut config = if client_cert.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let certs = CertificateDer::pem_file_iter(pki.path(&format!("{client_cert}.pem")))
+            .expect("cert")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("cert");
+        let key =
+            PrivateKeyDer::from_pem_file(pki.path(&format!("{client_cert}-key.pem"))).expect("key");
+        builder
+            .with_client_auth_cert(certs, key)
+            .expect("client cert")
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from("127.0.0.1").expect("name");
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    exchange(&mut rustls::StreamOwned::new(conn, tcp))
+}
+
+/// Reading and writing, for [`peer_port_answer`]'s plaintext and TLS streams alike.
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+/// Whether `bytes` begin with an HTTP/2 SETTINGS frame: the peer port spoke HTTP/2.
+fn spoke_http2(bytes: &[u8]) -> bool {
+    bytes.len() >= 9 && bytes[3] == 4
+}
+
+#[test]
+fn a_cluster_with_peer_mtls_serves_and_refuses_peers_without_certificates() {
+    let pki = Pki::new();
+    let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let initial: Vec<String> = peer_ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("m{i}=https://127.0.0.1:{p}"))
+        .collect();
+    let initial = initial.join(",");
+    let ca = pki.path("ca.pem");
+    let (cert, key) = (pki.path("server.pem"), pki.path("server-key.pem"));
+    let mut members: Vec<TlsServer> = (0..3)
+        .map(|i| {
+            let peer = format!("https://127.0.0.1:{}", peer_ports[i]);
+            let client = format!("https://127.0.0.1:{}", client_ports[i]);
+            let args: Vec<String> = [
+                "--name",
+                &format!("m{i}"),
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &initial,
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--cert-file",
+                &cert,
+                "--key-file",
+                &key,
+                "--trusted-ca-file",
+                &ca,
+                "--client-cert-auth",
+                "--peer-cert-file",
+                &cert,
+                "--peer-key-file",
+                &key,
+                "--peer-trusted-ca-file",
+                &ca,
+                "--peer-client-cert-auth",
+            ]
+            .map(String::from)
+            .to_vec();
+            TlsServer::spawn_args(Kind::Mem, client_ports[i], &args)
+        })
+        .collect();
+    for member in &mut members {
+        member.wait_healthy(&pki);
+    }
+    let tls = certs(&pki, "client");
+    let put = etcdctl(&members[0].endpoint(), &tls, &["put", "k", "replicated"]);
+    assert_eq!(put.0, Some(0), "{put:?}");
+    let get = etcdctl(
+        &members[2].endpoint(),
+        &tls,
+        &["get", "k", "--print-value-only"],
+    );
+    assert_eq!(get, (Some(0), "replicated\n".into(), String::new()));
+    // Without a client certificate etcdctl is refused, as by etcd.
+    let refused = etcdctl(&members[1].endpoint(), &certs(&pki, ""), &["get", "k"]);
+    assert_eq!(refused.0, Some(1), "{refused:?}");
+
+    // The peer port: only a certificate from the peer CA gets to HTTP/2.
+    let port = peer_ports[1];
+    let good = peer_port_answer(port, &pki, Some("client"));
+    assert!(
+        good.as_ref().is_ok_and(|b| spoke_http2(b)),
+        "with a peer certificate: {good:?}"
+    );
+    for (what, tls) in [
+        ("plaintext", None),
+        ("TLS without a certificate", Some("")),
+        ("another CA's certificate", Some("rogue")),
+    ] {
+        let answer = peer_port_answer(port, &pki, tls);
+        assert!(
+            !answer.as_ref().is_ok_and(|b| spoke_http2(b)),
+            "{what}: the peer port spoke HTTP/2: {answer:?}"
+        );
+    }
+    // The cluster still serves.
+    let put = etcdctl(&members[2].endpoint(), &tls, &["put", "k", "again"]);
+    assert_eq!(put.0, Some(0), "{put:?}");
 }
