@@ -293,6 +293,14 @@ impl TryFrom<Flags> for Config {
             version: API_VERSION.to_string(),
             watch_progress_interval: WATCH_PROGRESS_INTERVAL,
         };
+        let unsupported = f.unsupported_tls_flags();
+        if !unsupported.is_empty() {
+            bail!(
+                "{} not supported yet: give certificates with --cert-file/--key-file/--trusted-ca-file \
+                 (and --peer-* for peers); see docs/security.md",
+                unsupported.join(", ")
+            );
+        }
         let (client_addrs, client_tls_addrs, client_tls) = listeners(
             &f.listen_client_urls,
             &f.client_tls_files(),
@@ -407,6 +415,14 @@ mod tests {
         };
         assert!(bad(&["--cert-file", "c.pem", "--key-file", "k.pem"]).contains("plaintext"));
         assert!(bad(&["--peer-client-cert-auth"]).contains("plaintext"));
+        assert!(bad(&["--auto-tls"]).contains("--auto-tls not supported yet"));
+        let both = bad(&["--peer-auto-tls=true", "--cipher-suites", "x"]);
+        assert!(
+            both.contains("--peer-auto-tls, --cipher-suites not supported"),
+            "{both}"
+        );
+        // etcd's configuration files often spell out the defaults: false is not refused.
+        Config::try_from(Flags::parse_from(["metastore", "--auto-tls=false"])).unwrap();
         let https_peers = [
             "--initial-advertise-peer-urls",
             "https://127.0.0.1:2380",

@@ -196,6 +196,40 @@ pub struct Flags {
     #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub peer_client_cert_auth: bool,
+
+    /// Not supported yet (refused at start): client TLS with a generated certificate.
+    #[arg(long, env = "ETCD_AUTO_TLS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub auto_tls: bool,
+
+    /// Not supported yet (refused at start): peer TLS with a generated certificate.
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub peer_auto_tls: bool,
+
+    /// Not supported yet (refused at start): the CN peer certificates must carry.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+
+    /// Not supported yet (refused at start): TLS cipher suites (rustls's safe defaults apply).
+    #[arg(long, env = "ETCD_CIPHER_SUITES")]
+    pub cipher_suites: Option<String>,
+
+    /// Not supported yet (refused at start): client certificate revocation list.
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
+
+    /// Not supported yet (refused at start): peer certificate revocation list.
+    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<PathBuf>,
+
+    /// Not supported yet (refused at start): lowest TLS version (rustls: TLS 1.2).
+    #[arg(long, env = "ETCD_TLS_MIN_VERSION")]
+    pub tls_min_version: Option<String>,
+
+    /// Not supported yet (refused at start): highest TLS version (rustls: TLS 1.3).
+    #[arg(long, env = "ETCD_TLS_MAX_VERSION")]
+    pub tls_max_version: Option<String>,
 }
 
 impl Flags {
@@ -207,6 +241,27 @@ impl Flags {
             trusted_ca_file: self.trusted_ca_file.clone(),
             client_cert_auth: self.client_cert_auth,
         }
+    }
+
+    /// The TLS flags given that this server does not implement yet: refused rather than
+    /// ignored, since ignoring them would serve with weaker security than asked for.
+    pub fn unsupported_tls_flags(&self) -> Vec<&'static str> {
+        [
+            (self.auto_tls, "--auto-tls"),
+            (self.peer_auto_tls, "--peer-auto-tls"),
+            (
+                self.peer_cert_allowed_cn.is_some(),
+                "--peer-cert-allowed-cn",
+            ),
+            (self.cipher_suites.is_some(), "--cipher-suites"),
+            (self.client_crl_file.is_some(), "--client-crl-file"),
+            (self.peer_crl_file.is_some(), "--peer-crl-file"),
+            (self.tls_min_version.is_some(), "--tls-min-version"),
+            (self.tls_max_version.is_some(), "--tls-max-version"),
+        ]
+        .into_iter()
+        .filter_map(|(set, flag)| set.then_some(flag))
+        .collect()
     }
 
     /// The peer port's TLS flags.
