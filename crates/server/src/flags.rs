@@ -207,7 +207,7 @@ pub struct Flags {
           default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub peer_auto_tls: bool,
 
-    /// Not supported yet (refused at start): the CN peer certificates must carry.
+    /// The only common name a connecting member's certificate may carry.
     #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
     pub peer_cert_allowed_cn: Option<String>,
 
@@ -240,6 +240,7 @@ impl Flags {
             key_file: self.key_file.clone(),
             trusted_ca_file: self.trusted_ca_file.clone(),
             client_cert_auth: self.client_cert_auth,
+            allowed_cn: None,
         }
     }
 
@@ -249,10 +250,6 @@ impl Flags {
         [
             (self.auto_tls, "--auto-tls"),
             (self.peer_auto_tls, "--peer-auto-tls"),
-            (
-                self.peer_cert_allowed_cn.is_some(),
-                "--peer-cert-allowed-cn",
-            ),
             (self.cipher_suites.is_some(), "--cipher-suites"),
             (self.client_crl_file.is_some(), "--client-crl-file"),
             (self.peer_crl_file.is_some(), "--peer-crl-file"),
@@ -271,6 +268,7 @@ impl Flags {
             key_file: self.peer_key_file.clone(),
             trusted_ca_file: self.peer_trusted_ca_file.clone(),
             client_cert_auth: self.peer_client_cert_auth,
+            allowed_cn: self.peer_cert_allowed_cn.clone(),
         }
     }
 }

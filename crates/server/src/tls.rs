@@ -21,6 +21,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
 
@@ -35,6 +37,8 @@ pub struct TlsFiles {
     pub trusted_ca_file: Option<PathBuf>,
     /// Demand a certificate from every client, verified against `trusted_ca_file`.
     pub client_cert_auth: bool,
+    /// The only common name a client certificate may carry (`--peer-cert-allowed-cn`).
+    pub allowed_cn: Option<String>,
 }
 
 impl TlsFiles {
@@ -44,6 +48,7 @@ impl TlsFiles {
             || self.key_file.is_some()
             || self.trusted_ca_file.is_some()
             || self.client_cert_auth
+            || self.allowed_cn.is_some()
     }
 }
 
@@ -103,7 +108,16 @@ pub fn server_config(files: &TlsFiles, prefix: &str) -> Result<Arc<rustls::Serve
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .with_context(|| format!("{ca_flag} {}", ca_file.display()))?;
-            builder.with_client_cert_verifier(verifier)
+            match &files.allowed_cn {
+                Some(cn) => builder.with_client_cert_verifier(Arc::new(AllowedCn {
+                    inner: verifier,
+                    cn: cn.clone(),
+                })),
+                None => builder.with_client_cert_verifier(verifier),
+            }
+        }
+        None if files.allowed_cn.is_some() => {
+            bail!("--{prefix}cert-allowed-cn needs {ca_flag} to verify client certificates")
         }
         None if files.client_cert_auth => {
             bail!("--{prefix}client-cert-auth needs {ca_flag} to verify client certificates")
@@ -120,6 +134,132 @@ pub fn server_config(files: &TlsFiles, prefix: &str) -> Result<Arc<rustls::Serve
     // gRPC needs HTTP/2; /health and /metrics may come over HTTP/1.1.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A client verifier that, past the CA check, admits only certificates whose subject's
+/// common name is `cn` (etcd's `--peer-cert-allowed-cn`).
+#[derive(Debug)]
+struct AllowedCn {
+    inner: Arc<dyn ClientCertVerifier>,
+    cn: String,
+}
+
+impl ClientCertVerifier for AllowedCn {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let cn = common_name(end_entity);
+        if cn.as_deref() == Some(self.cn.as_str()) {
+            return Ok(verified);
+        }
+        tracing::warn!(cn = ?cn, allowed = %self.cn, "refused a certificate: its CN is not the allowed one");
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ApplicationVerificationFailure,
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// One DER element at the start of `der`: (tag, contents, the rest).
+fn der_element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+/// The common name in a certificate's subject, if it has one (the first, if several).
+pub fn common_name(cert: &[u8]) -> Option<String> {
+    const SEQUENCE: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
+    let (SEQUENCE, certificate, _) = der_element(cert)? else {
+        return None;
+    };
+    let (SEQUENCE, mut tbs, _) = der_element(certificate)? else {
+        return None;
+    };
+    // [0] version (optional), serial, signature algorithm, issuer, validity, subject.
+    let (tag, _, rest) = der_element(tbs)?;
+    if tag == 0xa0 {
+        tbs = rest;
+    }
+    for _ in 0..4 {
+        tbs = der_element(tbs)?.2;
+    }
+    let (SEQUENCE, mut subject, _) = der_element(tbs)? else {
+        return None;
+    };
+    while !subject.is_empty() {
+        let (set_tag, mut set, rest) = der_element(subject)?;
+        subject = rest;
+        if set_tag != SET {
+            return None;
+        }
+        while !set.is_empty() {
+            let (_, attribute, rest) = der_element(set)?;
+            set = rest;
+            let (_, oid, value) = der_element(attribute)?;
+            if oid == OID_CN {
+                let (_, text, _) = der_element(value)?;
+                return String::from_utf8(text.to_vec()).ok();
+            }
+        }
+    }
+    None
 }
 
 /// How a listener's connections are secured.
@@ -277,5 +417,35 @@ impl axum::serve::Listener for SecureListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.listener.local_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_names_are_read_from_the_subject() {
+        let issuer_key = rcgen::KeyPair::generate().unwrap();
+        let mut issuer_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        issuer_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "the issuer");
+        let issuer = rcgen::Issuer::new(issuer_params, issuer_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "org");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "member-1");
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        assert_eq!(common_name(cert.der()).as_deref(), Some("member-1"));
+        let mut nameless = rcgen::CertificateParams::new(vec!["a".to_string()]).unwrap();
+        nameless.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = nameless.signed_by(&key, &issuer).unwrap();
+        assert_eq!(common_name(cert.der()), None);
+        assert_eq!(common_name(b"\x30\x05junk"), None);
     }
 }

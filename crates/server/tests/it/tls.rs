@@ -542,3 +542,57 @@ fn a_cluster_with_peer_mtls_serves_and_refuses_peers_without_certificates() {
     let put = etcdctl(&members[2].endpoint(), &tls, &["put", "k", "again"]);
     assert_eq!(put.0, Some(0), "{put:?}");
 }
+
+#[test]
+fn peer_cert_allowed_cn_admits_only_that_common_name() {
+    let pki = Pki::new();
+    let (client_port, peer_port) = (free_port(), free_port());
+    let client = format!("https://127.0.0.1:{client_port}");
+    let peer = format!("https://127.0.0.1:{peer_port}");
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("server.pem"),
+        pki.path("server-key.pem"),
+    );
+    let args: Vec<String> = [
+        "--name",
+        "t",
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster",
+        &format!("t={peer}"),
+        "--cert-file",
+        &cert,
+        "--key-file",
+        &key,
+        "--peer-cert-file",
+        &cert,
+        "--peer-key-file",
+        &key,
+        "--peer-trusted-ca-file",
+        &ca,
+        "--peer-cert-allowed-cn",
+        "server",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut server = TlsServer::spawn_args(Kind::Mem, client_port, &args);
+    server.wait_healthy(&pki);
+    // Both certificates come from the peer CA; only the one whose CN is "server" is admitted.
+    let allowed = peer_port_answer(peer_port, &pki, Some("server"));
+    assert!(
+        allowed.as_ref().is_ok_and(|b| spoke_http2(b)),
+        "CN server: {allowed:?}"
+    );
+    let other = peer_port_answer(peer_port, &pki, Some("client"));
+    assert!(
+        !other.as_ref().is_ok_and(|b| spoke_http2(b)),
+        "CN root: {other:?}"
+    );
+}
