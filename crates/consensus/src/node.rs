@@ -55,6 +55,8 @@ pub struct NodeConfig {
     /// Join a running cluster (`--initial-cluster-state existing`): wait to be contacted
     /// instead of bootstrapping `initial_members`.
     pub join_existing: bool,
+    /// TLS for `https://` peer URLs: this member's certificate and the peer CA.
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
     /// The local address peer connections are made from (the system's choice if none).
     pub peer_source_addr: Option<std::net::IpAddr>,
     /// `--max-request-bytes`: key and value bytes one command may carry, checked again on the
@@ -84,6 +86,7 @@ impl NodeConfig {
             lease_checkpoint_interval: Duration::from_secs(300),
             cluster_token: "etcd-cluster".to_string(),
             join_existing: false,
+            peer_tls: None,
             peer_source_addr: None,
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
@@ -222,7 +225,8 @@ impl<B: Backend> Node<B> {
             cause,
         })?;
         let flushed = log.flushed();
-        let peers = Peers::new(config.budgets, config.peer_source_addr);
+        let peers = Peers::new(config.budgets, config.peer_source_addr)
+            .with_identity(config.id, config.peer_tls.clone());
         let network = PeerNetwork::new(peers.clone());
         let raft = Raft::new(config.id, raft_config, network, log, sm)
             .await

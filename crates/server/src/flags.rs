@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Parser, ValueEnum};
 
 /// Which storage engine keeps the key space.
@@ -191,6 +192,116 @@ pub struct Flags {
     /// that a fault-injecting proxy can tell members apart (`cargo xtask chaos`).
     #[arg(long, env = "METASTORE_EXPERIMENTAL_PEER_SOURCE_ADDR", hide = true)]
     pub experimental_peer_source_addr: Option<std::net::IpAddr>,
+
+    // TLS, as etcd 3.4 names it (crate::tls).
+    /// Path to the client server TLS cert file.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Path to the client server TLS trusted CA cert file (client certificates must chain to it).
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Enable client cert authentication.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub client_cert_auth: bool,
+
+    /// Path to the peer server TLS cert file.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Enable peer client cert authentication.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub peer_client_cert_auth: bool,
+
+    /// Not supported yet (refused at start): client TLS with a generated certificate.
+    #[arg(long, env = "ETCD_AUTO_TLS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub auto_tls: bool,
+
+    /// Not supported yet (refused at start): peer TLS with a generated certificate.
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub peer_auto_tls: bool,
+
+    /// The only common name a connecting member's certificate may carry.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+
+    /// Not supported yet (refused at start): TLS cipher suites (rustls's safe defaults apply).
+    #[arg(long, env = "ETCD_CIPHER_SUITES")]
+    pub cipher_suites: Option<String>,
+
+    /// Not supported yet (refused at start): client certificate revocation list.
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
+
+    /// Not supported yet (refused at start): peer certificate revocation list.
+    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<PathBuf>,
+
+    /// Not supported yet (refused at start): lowest TLS version (rustls: TLS 1.2).
+    #[arg(long, env = "ETCD_TLS_MIN_VERSION")]
+    pub tls_min_version: Option<String>,
+
+    /// Not supported yet (refused at start): highest TLS version (rustls: TLS 1.3).
+    #[arg(long, env = "ETCD_TLS_MAX_VERSION")]
+    pub tls_max_version: Option<String>,
+}
+
+impl Flags {
+    /// The client port's TLS flags.
+    pub fn client_tls_files(&self) -> crate::tls::TlsFiles {
+        crate::tls::TlsFiles {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+            allowed_cn: None,
+        }
+    }
+
+    /// The TLS flags given that this server does not implement yet: refused rather than
+    /// ignored, since ignoring them would serve with weaker security than asked for.
+    pub fn unsupported_tls_flags(&self) -> Vec<&'static str> {
+        [
+            (self.auto_tls, "--auto-tls"),
+            (self.peer_auto_tls, "--peer-auto-tls"),
+            (self.cipher_suites.is_some(), "--cipher-suites"),
+            (self.client_crl_file.is_some(), "--client-crl-file"),
+            (self.peer_crl_file.is_some(), "--peer-crl-file"),
+            (self.tls_min_version.is_some(), "--tls-min-version"),
+            (self.tls_max_version.is_some(), "--tls-max-version"),
+        ]
+        .into_iter()
+        .filter_map(|(set, flag)| set.then_some(flag))
+        .collect()
+    }
+
+    /// The peer port's TLS flags.
+    pub fn peer_tls_files(&self) -> crate::tls::TlsFiles {
+        crate::tls::TlsFiles {
+            cert_file: self.peer_cert_file.clone(),
+            key_file: self.peer_key_file.clone(),
+            trusted_ca_file: self.peer_trusted_ca_file.clone(),
+            client_cert_auth: self.peer_client_cert_auth,
+            allowed_cn: self.peer_cert_allowed_cn.clone(),
+        }
+    }
 }
 
 /// Parses `500ms`, `7s`, `2m`, `1h`, or a bare number of seconds.

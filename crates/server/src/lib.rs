@@ -14,6 +14,7 @@
 //! - `compactor`: automatic compaction.
 //! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2; caps connections.
 //! - `serve`: client connections, with HTTP/2's stream limit and a graceful stop.
+//! - `tls`: TLS (rustls) on `https://` client and peer listeners.
 
 mod authority;
 mod coalesce;
@@ -23,6 +24,7 @@ pub mod etcd_flags;
 mod flags;
 mod http;
 mod serve;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -122,13 +124,18 @@ async fn serve<B: Backend>(
     let client_router = grpc.merge(http);
     // One cap over every client listener.
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_client_connections));
-    for addr in &config.client_addrs {
+    for (addr, security) in listen_plan(
+        &config.client_addrs,
+        &config.client_tls_addrs,
+        &config.client_tls,
+    ) {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening for clients on {addr}"))?;
-        tracing::info!(%addr, "serving client requests (gRPC and HTTP)");
+        let tls = matches!(security, tls::Security::Tls(_));
+        tracing::info!(%addr, tls, "serving client requests (gRPC and HTTP)");
         let router = client_router.clone();
-        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections));
+        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security);
         tasks.spawn(serve::serve(
             listener,
             router,
@@ -159,11 +166,15 @@ async fn serve<B: Backend>(
     // Peers keep their connections open, so the peer listeners are not drained like client
     // ones: they serve until Raft has stopped, then are aborted.
     let mut peer_servers = Vec::new();
-    for addr in &config.peer_addrs {
+    for (addr, security) in
+        listen_plan(&config.peer_addrs, &config.peer_tls_addrs, &config.peer_tls)
+    {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening for peers on {addr}"))?;
-        tracing::info!(%addr, "serving peers");
+        let tls = matches!(security, tls::Security::Tls(_));
+        tracing::info!(%addr, tls, "serving peers");
+        let listener = tls::SecureListener::new(listener, security);
         let router = peer_router.clone();
         peer_servers.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
@@ -208,6 +219,24 @@ async fn serve<B: Backend>(
     stopped?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every listen address with how its connections are secured: plaintext ones, then TLS ones.
+fn listen_plan<'a>(
+    plain: &'a [String],
+    secure: &'a [String],
+    tls: &Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) -> Vec<(&'a String, tls::Security)> {
+    let mut plan: Vec<_> = plain.iter().map(|a| (a, tls::Security::Plain)).collect();
+    if let Some(config) = tls {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
+        plan.extend(
+            secure
+                .iter()
+                .map(|a| (a, tls::Security::Tls(acceptor.clone()))),
+        );
+    }
+    plan
 }
 
 /// Completes on the first SIGINT or SIGTERM; a second one exits the process at once.

@@ -15,5 +15,6 @@ mod limits;
 mod lock_election;
 mod powercut;
 mod restart;
+mod tls;
 mod watch;
 mod watch_api;
