@@ -16,6 +16,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("server", 5),
     // Test support: runs the server binary; only tests and xtask use it.
     ("testkit", 6),
+    // Test support: the power-cut filesystem; only tests use it.
+    ("powercut", 6),
 ];
 
 /// The workspace root, found from this crate's manifest directory.
@@ -61,6 +63,9 @@ pub fn check(root: &Path) -> Result<()> {
                 }
             }
         }
+        if !DEV_ONLY.contains(&name.as_str()) {
+            check_durable_fs(root, &dir.join("src"), &mut problems)?;
+        }
         let lib = dir.join("src/lib.rs");
         if lib.is_file() {
             let text = std::fs::read_to_string(&lib)?;
@@ -85,6 +90,100 @@ pub fn check(root: &Path) -> Result<()> {
             problems.join("\n  ")
         )
     }
+}
+
+/// Crates that only tests use: their files are scratch, not state a member recovers from.
+const DEV_ONLY: &[&str] = &["testkit", "powercut"];
+
+/// Calls that create, rename or remove a name in a directory. Recovery depends on those names
+/// surviving a power cut, which needs an fsync of the directory: `mvcc::durable` does both.
+const UNSYNCED_FS_CALLS: &[&str] = &[
+    "fs::create_dir",
+    "fs::rename",
+    "fs::remove_file",
+    "fs::remove_dir",
+    "fs::write(",
+    "File::create(",
+    ".create(true)",
+    ".create_new(true)",
+];
+
+/// Direct calls allowed outside `mvcc::durable`, each with the reason (file, call).
+const UNSYNCED_FS_ALLOWED: &[(&str, &str)] = &[
+    // The helper itself.
+    ("crates/mvcc/src/durable.rs", ""),
+    // incoming.snap is a scratch name: install_snapshot fsyncs its bytes and keep_incoming
+    // renames it durably before anything relies on it.
+    ("crates/consensus/src/state_machine.rs", ".create(true)"),
+];
+
+/// Reports every direct create/rename/remove of a file or directory in non-test code under
+/// `src`, which must go through `mvcc::durable` so the name is fsynced into its directory.
+fn check_durable_fs(root: &Path, src: &Path, problems: &mut Vec<String>) -> Result<()> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files)?;
+    files.sort();
+    for file in files {
+        let rel = file
+            .strip_prefix(root)
+            .unwrap_or(&file)
+            .to_string_lossy()
+            .replace('\\', "/");
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        for (n, line) in non_test_lines(&text) {
+            let code = line.split("//").next().unwrap_or("");
+            for call in UNSYNCED_FS_CALLS {
+                if !code.contains(call) {
+                    continue;
+                }
+                let allowed = UNSYNCED_FS_ALLOWED
+                    .iter()
+                    .any(|(f, c)| *f == rel && (c.is_empty() || c == call));
+                if !allowed {
+                    problems.push(format!(
+                        "{rel}:{n}: `{call}` outside mvcc::durable: use its synced helpers \
+                         so the name survives a power cut"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `.rs` files under `dir`, recursively.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            rust_files(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The numbered lines of a source file before its `#[cfg(test)]` module.
+fn non_test_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let end = lines
+        .windows(2)
+        .position(|w| {
+            w[0].trim() == "#[cfg(test)]"
+                && (w[1].trim_start().starts_with("mod ")
+                    || w[1].trim_start().starts_with("pub mod "))
+        })
+        .unwrap_or(lines.len());
+    lines
+        .into_iter()
+        .take(end)
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
 }
 
 fn layer_of(name: &str) -> Option<u8> {
@@ -142,6 +241,25 @@ mod tests {
         );
         let err = check(dir.path()).unwrap_err().to_string();
         assert!(err.contains("must open with"), "{err}");
+    }
+
+    #[test]
+    fn unsynced_rename_is_reported() {
+        let dir = tempdir_with_crate(
+            "deadline",
+            "[package]\nname=\"deadline\"\n[lints]\nworkspace = true\n",
+            "//! x\n//! # Layout\npub fn f() { std::fs::rename(\"a\", \"b\").ok(); }\n\
+             #[cfg(test)]\nmod tests { fn g() { std::fs::remove_file(\"a\").ok(); } }\n",
+        );
+        let err = check(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("lib.rs:3: `fs::rename` outside mvcc::durable"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("remove_file"),
+            "test modules are exempt: {err}"
+        );
     }
 
     fn tempdir_with_crate(name: &str, manifest: &str, lib: &str) -> TempDir {

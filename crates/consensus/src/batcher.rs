@@ -22,7 +22,7 @@ use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::network::{ForwardReply, Forwarded, Peers, Refusal, Rpc};
+use crate::network::{CallError, ForwardReply, Forwarded, Peers, Refusal, Rpc};
 use crate::types::typ::Raft;
 use crate::types::{Applied, Proposal, Tagged};
 
@@ -44,7 +44,8 @@ pub(crate) type Queued = Tagged;
 /// Why a command was answered without being applied.
 #[derive(Clone, Debug)]
 pub(crate) enum Rejected {
-    /// No leader is known.
+    /// No leader is known, or it could not be reached; nothing was appended, so the proposer
+    /// may try again.
     NoLeader,
     /// Another member leads.
     NotLeader(u64),
@@ -52,6 +53,11 @@ pub(crate) enum Rejected {
     Stopped,
     /// Too many entries wait for their apply.
     TooManyRequests,
+    /// The command itself is refused.
+    Command(crate::CommandError),
+    /// The leader refused a forwarded batch holding these commands (waiter id, why); the
+    /// rest of the batch is refused with it.
+    Invalid(Vec<(u64, crate::CommandError)>),
     /// Raft refused the entry for another reason.
     Other(String),
 }
@@ -178,14 +184,33 @@ impl Batcher {
                                     Ok(ForwardReply::Refused(Refusal::TooManyRequests)) => {
                                         Some(Rejected::TooManyRequests)
                                     }
+                                    Ok(ForwardReply::Refused(Refusal::Invalid(bad))) => {
+                                        Some(Rejected::Invalid(bad))
+                                    }
                                     Ok(ForwardReply::Refused(Refusal::NotLeader(Some(l)))) => {
                                         Some(Rejected::NotLeader(l))
                                     }
-                                    // A timeout: the entry may still commit; the waiters hear
-                                    // from the local apply or from their budget.
+                                    // Refused before anything was appended, or never sent:
+                                    // the proposer may try again, with a leader.
+                                    Ok(ForwardReply::Refused(
+                                        Refusal::NotLeader(None) | Refusal::Stopped,
+                                    ))
+                                    | Err(CallError::NotSent(_)) => Some(Rejected::NoLeader),
+                                    // A timeout, or a call that failed once sent: the entry
+                                    // may still commit; the waiters hear from the local apply
+                                    // or from their budget.
                                     Ok(ForwardReply::Refused(Refusal::Timeout))
-                                    | Err(crate::network::CallError::Timeout) => None,
-                                    Ok(_) | Err(_) => Some(Rejected::NoLeader),
+                                    | Err(CallError::Timeout | CallError::Unreachable(_)) => None,
+                                    Ok(ForwardReply::Refused(Refusal::Other(why))) => {
+                                        Some(Rejected::Other(why))
+                                    }
+                                    Ok(other) => Some(Rejected::Other(format!(
+                                        "unexpected answer from the leader: {other:?}"
+                                    ))),
+                                    // A message over the size limit was refused whole.
+                                    Err(e @ (CallError::Protocol(_) | CallError::TooLarge { .. })) => {
+                                        Some(Rejected::Other(e.to_string()))
+                                    }
                                 };
                                 (ids, rejected)
                             }));
@@ -287,7 +312,22 @@ impl Batcher {
     /// Answers every waiter in `ids` with `rejected`.
     fn reject(&self, ids: impl Iterator<Item = u64>, rejected: &Rejected) {
         for id in ids {
-            self.waiters.complete(id, Err(rejected.clone()));
+            let answer = match rejected {
+                Rejected::Invalid(bad) => {
+                    Rejected::Command(bad.iter().find(|(b, _)| *b == id).map_or_else(
+                        || {
+                            crate::CommandError::Other(
+                                "etcdserver: the leader refused the batch this request was \
+                                     forwarded in: it held an invalid command"
+                                    .into(),
+                            )
+                        },
+                        |(_, why)| why.clone(),
+                    ))
+                }
+                other => other.clone(),
+            };
+            self.waiters.complete(id, Err(answer));
         }
     }
 }

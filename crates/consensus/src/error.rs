@@ -34,6 +34,24 @@ pub enum CommandError {
     /// A grant named a lease id that is taken.
     #[error("etcdserver: lease already exists")]
     LeaseExists,
+    /// A command without a key.
+    #[error("etcdserver: key is not provided")]
+    KeyNotProvided,
+    /// `ignore_value` together with a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// `ignore_lease` together with a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// A txn over `--max-txn-ops`.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// Keys and values over `--max-request-bytes`.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// A lease TTL over etcd's `MaxLeaseTTL` (9,000,000,000 s).
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     /// Any other refusal, described.
     #[error("{0}")]
     Other(String),
@@ -88,6 +106,17 @@ pub enum ProposeError {
     Stopped,
 }
 
+impl From<ReadError> for ProposeError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Timeout(expired) => ProposeError::Timeout(expired),
+            ReadError::NoLeader => ProposeError::NoLeader,
+            ReadError::NotLeader { leader } => ProposeError::NotLeader { leader },
+            ReadError::Stopped => ProposeError::Stopped,
+        }
+    }
+}
+
 /// Why a linearizable read could not be served.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -130,6 +159,22 @@ pub enum StartError {
     /// Raft refused to start or initialize.
     #[error("raft failed to start: {0}")]
     Raft(String),
+    /// The member marker says this member was initialised, but state it vouches for is gone.
+    #[error(
+        "refusing to start: {what}, but {marker} says this member was initialised: its \
+         state was lost (restore the member directory from a backup, or remove the member \
+         from the cluster and add it again with an empty data dir); starting would silently \
+         bootstrap a new, empty cluster"
+    )]
+    Missing {
+        /// What is missing.
+        what: String,
+        /// The marker file.
+        marker: String,
+    },
+    /// The member marker could not be read or written.
+    #[error("member marker: {0}")]
+    Marker(String),
     /// Snapshot files could not be read or written.
     #[error("snapshot directory {path}: {cause}")]
     Snapshots {
@@ -169,6 +214,7 @@ impl MembershipFailure {
             )),
             Refusal::Stopped => MembershipFailure::Read(ReadError::Stopped),
             Refusal::TooManyRequests => MembershipFailure::Other("too many requests".into()),
+            Refusal::Invalid(bad) => MembershipFailure::Other(format!("invalid commands: {bad:?}")),
             Refusal::Other(why) => MembershipFailure::Other(why),
         }
     }

@@ -67,12 +67,15 @@ mod tests {
         let waiters: Registry<Answer> = Registry::new("test-proposals");
         let mut sm = StateMachine::open(
             store.clone(),
-            ME,
-            now,
-            waiters.clone(),
+            crate::state_machine::Proposer {
+                node_id: ME,
+                incarnation: now,
+                waiters: waiters.clone(),
+            },
             dir.path().join("snapshots"),
             Arc::new(Lessor::default()),
             Duration::from_secs(1),
+            crate::compaction::Removal::new(0),
         )
         .unwrap();
         let new_request = waiters.register();

@@ -57,8 +57,20 @@ pub struct Lessor {
     state: Mutex<State>,
 }
 
+/// A TTL from the log as a duration: never negative, never over etcd's largest TTL (the log
+/// may hold anything a buggy or older proposer put there; the apply must not fail on it).
 fn secs(ttl: i64) -> Duration {
+    let ttl = ttl.clamp(0, crate::validate::MAX_LEASE_TTL);
     Duration::from_secs(u64::try_from(ttl).unwrap_or(0))
+}
+
+/// `at + d`, or as far as the clock can go: an expiry beyond it is as good as never.
+fn later(at: Instant, d: Duration) -> Instant {
+    /// Far enough to outlive any member, small enough for any clock.
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    at.checked_add(d)
+        .or_else(|| at.checked_add(FAR.min(d)))
+        .unwrap_or(at)
 }
 
 impl Lessor {
@@ -68,7 +80,7 @@ impl Lessor {
 
     /// A lease was granted: it runs for its TTL from now.
     pub(crate) fn granted(&self, id: i64, ttl: i64) {
-        self.state().set(id, ttl, Instant::now() + secs(ttl));
+        self.state().set(id, ttl, later(Instant::now(), secs(ttl)));
     }
 
     /// A lease was revoked.
@@ -104,7 +116,7 @@ impl Lessor {
                 }
                 None => {
                     let left = if l.remaining > 0 { l.remaining } else { l.ttl };
-                    st.set(l.id, l.ttl, now + secs(left) + extend);
+                    st.set(l.id, l.ttl, later(later(now, secs(left)), extend));
                 }
             }
         }
@@ -115,7 +127,7 @@ impl Lessor {
     pub(crate) fn renew(&self, id: i64) -> Option<i64> {
         let mut st = self.state();
         let ttl = st.leases.get(&id)?.ttl;
-        st.set(id, ttl, Instant::now() + secs(ttl));
+        st.set(id, ttl, later(Instant::now(), secs(ttl)));
         Some(ttl)
     }
 
@@ -140,7 +152,7 @@ impl Lessor {
             .collect();
         for &(_, id) in &due {
             if let Some(t) = st.leases.get(&id).copied() {
-                st.set(id, t.ttl, now + RETRY);
+                st.set(id, t.ttl, later(now, RETRY));
             }
         }
         due.into_iter().map(|(_, id)| id).collect()

@@ -10,23 +10,30 @@
 //! - `types`: [`TypeConfig`], the log payload [`Proposal`] (a batch of [`Tagged`] commands),
 //!   the answer [`Applied`], [`Member`].
 //! - `batcher`: puts every command queued while the log is busy into one entry.
+//! - `compaction`: removes compacted versions in the background on every member.
 //! - `error`: [`ProposeError`], [`ReadError`], [`StartError`], [`CommandError`].
 //! - `log_store`: [`LogStore`], the Raft log and vote on redb.
 //! - `state_machine`: [`StateMachine`], apply and snapshots.
 //! - `network`: the peer transport over tonic ([`PeerService`], [`PeerNetwork`]): Raft's
 //!   messages, and what followers forward to the leader.
 //! - `membership`: etcd's membership changes ([`Change`], [`MembershipError`]), member ids.
+//! - `marker`: the durable note that this member was initialised ([`require_state`]).
 //! - `node`: [`Node`] and [`NodeConfig`].
 //! - `read_rounds`: one leadership confirmation for every read that arrived before it.
 //! - `lessor`, `lease_loop`: lease expiry times, and the leader's revokes and checkpoints.
+//! - `leader`: who leads, one shared watch that requests finding no leader wait on.
 //! - `incarnation`: the id that tells this start of a member from its earlier ones.
+//! - `validate`: the checks every command passes before it enters the log, forwarded or not.
 
 mod batcher;
+mod compaction;
 mod error;
 mod incarnation;
+mod leader;
 mod lease_loop;
 mod lessor;
 mod log_store;
+mod marker;
 mod membership;
 mod network;
 mod node;
@@ -35,9 +42,11 @@ mod state_machine;
 #[cfg(test)]
 mod test_support;
 mod types;
+mod validate;
 
 pub use error::{CommandError, MembershipFailure, ProposeError, ReadError, StartError};
 pub use log_store::{LogCloser, LogStore};
+pub use marker::{require as require_state, MARKER};
 pub use membership::{cluster_id, member_id, Change, MembershipError};
 pub use network::{PeerNetwork, PeerService, Peers};
 pub use node::{Node, NodeConfig, NodeStatus};

@@ -35,6 +35,11 @@ const PURGED: &str = "last_purged";
 const QUEUE: usize = 16_384;
 /// Writes the writer thread folds into one synced transaction at most.
 const GROUP: usize = 4_096;
+/// Bytes of entries one replication message carries at most (but always one entry): one full
+/// batch, far below the peers' message limit and small enough to cross within one RPC's time
+/// (openraft 0.9 bounds an AppendEntries by the heartbeat interval). Like etcd's
+/// `MaxSizePerMsg`, for entries that are batches of up to a few MiB each.
+pub(crate) const MAX_APPEND_BYTES: usize = crate::batcher::MAX_BATCH_BYTES;
 
 /// Entries appended but not yet durable, readable meanwhile: Raft may read what it appended.
 type Pending = Arc<Mutex<BTreeMap<u64, Entry>>>;
@@ -76,6 +81,8 @@ pub struct LogStore {
     own_id: u64,
     incarnation: u64,
     flushed: watch::Receiver<u64>,
+    /// What one replication read returns at most, in bytes ([`MAX_APPEND_BYTES`]).
+    max_append_bytes: usize,
 }
 
 /// Stops the writer thread, so the log file is closed once Raft lets go of it.
@@ -231,6 +238,8 @@ impl LogStore {
         txn.open_table(LOG).map_err(|e| e.to_string())?;
         txn.open_table(STATE).map_err(|e| e.to_string())?;
         txn.commit().map_err(|e| e.to_string())?;
+        // redb may just have created the file: its name is durable only once the directory is.
+        mvcc::durable::sync_parent(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let db = Arc::new(db);
         let pending: Pending = Arc::default();
         let (ops, queue) = mpsc::channel(QUEUE);
@@ -252,6 +261,7 @@ impl LogStore {
                 own_id,
                 incarnation,
                 flushed,
+                max_append_bytes: MAX_APPEND_BYTES,
             },
             closer,
         ))
@@ -314,12 +324,23 @@ fn bounds<RB: RangeBounds<u64>>(range: &RB) -> (Bound<u64>, Bound<u64>) {
     (range.start_bound().cloned(), range.end_bound().cloned())
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
-        &mut self,
-        range: RB,
+/// What an entry weighs in a replication message, about: its commands' bytes.
+fn approx_entry_size(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(p) => p.commands.iter().map(|t| t.command.approx_size()).sum(),
+        _ => 64,
+    }
+}
+
+impl LogStore {
+    /// The entries in `from..to`, in order, stopping before the entry that would take them
+    /// over `max_bytes` (but never returning none of a non-empty range).
+    fn read_entries(
+        &self,
+        from: Bound<u64>,
+        to: Bound<u64>,
+        max_bytes: usize,
     ) -> Result<Vec<Entry>, StorageError> {
-        let (from, to) = bounds(&range);
         if let (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) =
             (from, to)
         {
@@ -329,20 +350,66 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         let err =
             |e: &dyn std::fmt::Display| io_err(ErrorSubject::Logs, ErrorVerb::Read, e.to_string());
-        let mut out: BTreeMap<u64, Entry> = BTreeMap::new();
+        let mut out: BTreeMap<u64, (Entry, usize)> = BTreeMap::new();
+        let mut file_bytes = 0usize;
         {
             let txn = self.db.begin_read().map_err(|e| err(&e))?;
             let table = txn.open_table(LOG).map_err(|e| err(&e))?;
             for item in table.range((from, to)).map_err(|e| err(&e))? {
+                if file_bytes > max_bytes {
+                    break;
+                }
                 let (k, v) = item.map_err(|e| err(&e))?;
-                out.insert(k.value(), decode(v.value(), ErrorSubject::Logs)?);
+                let raw = v.value();
+                file_bytes += raw.len();
+                out.insert(k.value(), (decode(raw, ErrorSubject::Logs)?, raw.len()));
             }
         }
         // Read after the file: an entry leaves `pending` only once the file holds it.
+        // Once past the bound nothing more is taken: the file's part ends before any gap.
+        let mut held = file_bytes;
         for (index, entry) in self.pending().range((from, to)) {
-            out.insert(*index, entry.clone());
+            if held > max_bytes {
+                break;
+            }
+            let bytes = approx_entry_size(entry);
+            held = held.saturating_add(bytes);
+            out.insert(*index, (entry.clone(), bytes));
         }
-        Ok(out.into_values().collect())
+        let mut total = 0usize;
+        let mut entries = Vec::with_capacity(out.len());
+        for (entry, bytes) in out.into_values() {
+            total = total.saturating_add(bytes);
+            if total > max_bytes && !entries.is_empty() {
+                break;
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (from, to) = bounds(&range);
+        self.read_entries(from, to, usize::MAX)
+    }
+
+    /// Replication's reads: bounded by bytes, so one AppendEntries message stays far below the
+    /// peers' message limit however large the entries (openraft sends the rest next).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_entries(
+            Bound::Included(start),
+            Bound::Excluded(end),
+            self.max_append_bytes,
+        )
     }
 }
 
@@ -379,8 +446,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         written.map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
+    /// The persisted vote, as *not yet granted* in this incarnation.
+    ///
+    /// openraft 0.9 reads the vote only at start-up, and a committed vote there restores the
+    /// leadership it names at once (`Engine::startup`): after a whole-cluster restart the old
+    /// leader leads again in its old term without appending an entry, and its read index is
+    /// `max(its old first entry, the committed hint)`. The hint is written lazily, so it may
+    /// lag the last acknowledged write, and a linearizable read could be served before that
+    /// write was even re-committed (issue 23: 'read 1-18 at revision 40, but 1-19 was
+    /// acknowledged at revision 41'). Followers, too, trust the committed vote's leader.
+    ///
+    /// Handing the vote back uncommitted keeps what Raft's safety needs (this member still
+    /// voted for that leader in that term and cannot vote for a lower one), but no member
+    /// assumes a leader after a restart: an election follows, and the new leader appends a
+    /// blank entry of its new term, whose commit (and local apply) every read index waits for.
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_state(VOTE)
+        let vote: Option<Vote> = self.read_state(VOTE)?;
+        Ok(vote.map(|v| Vote::new(v.leader_id().term, v.leader_id().node_id)))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -442,5 +524,82 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.pending().retain(|index, _| *index > upto);
         self.write_and_wait(ErrorSubject::Logs, |done| Op::Purge { upto, record, done })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Proposal, Tagged};
+    use openraft::{CommittedLeaderId, LogId};
+
+    fn entry(index: u64, value_bytes: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                origin: 1,
+                incarnation: 1,
+                seq: index,
+                commands: vec![Tagged {
+                    id: index,
+                    command: mvcc::Command::Put(mvcc::PutRequest {
+                        key: format!("k{index}").into_bytes(),
+                        value: vec![b'v'; value_bytes],
+                        ..Default::default()
+                    }),
+                }],
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn replication_reads_are_bounded_by_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, closer) = LogStore::open(&dir.path().join("log.redb"), 1, 1).unwrap();
+        // The 4 MiB bound scaled down: 32 entries of 48 KiB are 1.5 MiB.
+        log.max_append_bytes = 256 << 10;
+        // Half the entries in the file, the rest still pending, as replication finds them.
+        {
+            let txn = log.db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(LOG).unwrap();
+                for i in 1..=16 {
+                    let raw = encode(&entry(i, 48 << 10), ErrorSubject::Logs).unwrap();
+                    table.insert(i, raw.as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        for i in 17..=32 {
+            log.pending().insert(i, entry(i, 48 << 10));
+        }
+        let mut start = 1;
+        let mut messages = 0;
+        while start <= 32 {
+            let got = log.limited_get_log_entries(start, 33).await.unwrap();
+            let indexes: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+            let bytes: usize = got.iter().map(approx_entry_size).sum();
+            assert!(
+                !got.is_empty() && bytes <= 256 << 10,
+                "from {start}: entries {indexes:?}, {bytes} bytes"
+            );
+            assert_eq!(
+                indexes,
+                (start..start + got.len() as u64).collect::<Vec<_>>(),
+                "a contiguous run from {start}"
+            );
+            start += got.len() as u64;
+            messages += 1;
+        }
+        assert!(messages >= 6, "1.5 MiB in {messages} messages of 256 KiB");
+        // One entry over the bound still goes, alone.
+        log.pending().insert(33, entry(33, 1 << 20));
+        let got = log.limited_get_log_entries(33, 34).await.unwrap();
+        assert_eq!(got.len(), 1);
+        // Every other read is whole.
+        assert_eq!(log.try_get_log_entries(1..34).await.unwrap().len(), 33);
+        tokio::task::spawn_blocking(move || closer.close())
+            .await
+            .unwrap();
     }
 }

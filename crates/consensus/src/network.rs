@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use deadline::{Budgets, Deadline, Layer};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -35,6 +36,8 @@ use pb::Payload;
 
 /// Largest message a member accepts from a peer: Raft batches of entries and snapshot chunks.
 pub(crate) const MAX_PEER_MESSAGE: usize = 128 << 20;
+/// What gRPC framing adds around an encoded payload, at most.
+const FRAME_SLACK: usize = 64;
 
 /// A request only the leader can serve, sent to it by a follower.
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,10 +78,24 @@ pub(crate) enum Refusal {
     Stopped,
     Timeout,
     TooManyRequests,
+    /// A forwarded batch held commands no checked request could produce: (waiter id, why).
+    Invalid(Vec<(u64, crate::CommandError)>),
     Membership(crate::membership::MembershipError),
     Other(String),
 }
 
+/// bincode's classic encoding (what `bincode::serialize` writes), read within the peer
+/// message limit and refusing bytes after the value: whatever a peer sends is untrusted. The
+/// one recursive type on the wire, a txn, bounds its own nesting (`mvcc::MAX_TXN_NESTING`).
+fn wire() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(MAX_PEER_MESSAGE as u64)
+}
+
+/// The same encoding, with no limit: a message too large is refused by its size, so the
+/// sender can split it.
 fn encode<T: Serialize>(v: &T) -> Result<Payload, String> {
     bincode::serialize(v)
         .map(|data| Payload { data })
@@ -86,7 +103,8 @@ fn encode<T: Serialize>(v: &T) -> Result<Payload, String> {
 }
 
 fn decode<T: DeserializeOwned>(p: &Payload) -> Result<T, String> {
-    bincode::deserialize(&p.data).map_err(|e| e.to_string())
+    use bincode::Options;
+    wire().deserialize(&p.data).map_err(|e| e.to_string())
 }
 
 /// Per peer: the URL connected to, and the client.
@@ -98,25 +116,43 @@ pub struct Peers {
     conns: Arc<Mutex<Conns>>,
     budgets: Budgets,
     source: Option<std::net::IpAddr>,
+    /// The largest message sent or accepted: [`MAX_PEER_MESSAGE`] but in tests.
+    max_message: usize,
 }
 
 /// A failed peer call.
 #[derive(Debug)]
 pub(crate) enum CallError {
-    /// No connection, or the connection failed: back off.
+    /// No connection, or the connection failed: back off. The request may have been sent.
     Unreachable(String),
+    /// The request was never sent (no URL, connection refused): back off, or try again.
+    NotSent(String),
     /// The budget ran out.
     Timeout,
     /// The peer answered with something that is not a reply.
     Protocol(String),
+    /// The request encodes to more bytes than a peer accepts: send less.
+    TooLarge {
+        /// Its encoded size.
+        bytes: usize,
+        /// The most a peer accepts.
+        limit: usize,
+    },
 }
 
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Unreachable(e) => write!(f, "peer unreachable: {e}"),
+            CallError::NotSent(e) => write!(f, "peer unreachable, nothing sent: {e}"),
             CallError::Timeout => write!(f, "peer did not answer within the peer-rpc budget"),
             CallError::Protocol(e) => write!(f, "peer protocol error: {e}"),
+            CallError::TooLarge { bytes, limit } => {
+                write!(
+                    f,
+                    "peer message of {bytes} bytes exceeds the {limit}-byte limit"
+                )
+            }
         }
     }
 }
@@ -140,14 +176,23 @@ impl Peers {
             conns: Arc::default(),
             budgets,
             source,
+            max_message: MAX_PEER_MESSAGE,
         }
     }
 
+    /// The same with another message limit, for tests that cannot afford 128 MiB messages.
+    #[cfg(test)]
+    fn with_max_message(mut self, max_message: usize) -> Self {
+        self.max_message = max_message;
+        self
+    }
+
     fn client(&self, target: u64, member: &Member) -> Result<PeerClient<Channel>, CallError> {
-        let url =
-            member.peer_urls.first().cloned().ok_or_else(|| {
-                CallError::Unreachable(format!("member {target:x} has no peer URL"))
-            })?;
+        let url = member
+            .peer_urls
+            .first()
+            .cloned()
+            .ok_or_else(|| CallError::NotSent(format!("member {target:x} has no peer URL")))?;
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((known, client)) = conns.get(&target) {
             if *known == url {
@@ -155,7 +200,7 @@ impl Peers {
             }
         }
         let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| CallError::Unreachable(format!("{url}: {e}")))?
+            .map_err(|e| CallError::NotSent(format!("{url}: {e}")))?
             .connect_timeout(self.budgets.get(Layer::PeerRpc).min(Duration::from_secs(1)))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))
@@ -163,8 +208,8 @@ impl Peers {
             .keep_alive_while_idle(true)
             .local_address(self.source);
         let client = PeerClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_PEER_MESSAGE)
-            .max_encoding_message_size(MAX_PEER_MESSAGE);
+            .max_decoding_message_size(self.max_message)
+            .max_encoding_message_size(self.max_message);
         conns.insert(target, (url, client.clone()));
         Ok(client)
     }
@@ -178,8 +223,18 @@ impl Peers {
         request: &Req,
         limit: Option<Duration>,
     ) -> Result<Resp, CallError> {
-        let mut client = self.client(target, member)?;
         let payload = encode(request).map_err(CallError::Protocol)?;
+        // Refused here, before the peer's limit refuses it, with what the caller needs to
+        // shrink it; openraft otherwise sees an unreachable peer and retries the same batch.
+        let bytes = payload.data.len();
+        let too_large = CallError::TooLarge {
+            bytes,
+            limit: self.max_message,
+        };
+        if bytes + FRAME_SLACK > self.max_message {
+            return Err(too_large);
+        }
+        let mut client = self.client(target, member)?;
         let budget = self.budgets.get(Layer::PeerRpc);
         let timeout = limit.map_or(budget, |l| l.min(budget));
         let mut req = tonic::Request::new(payload);
@@ -200,9 +255,26 @@ impl Peers {
             Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
                 Err(CallError::Timeout)
             }
+            // A peer with a lower limit refused the message's size.
+            Err(status) if status.code() == tonic::Code::OutOfRange => Err(too_large),
+            Err(status) if never_sent(&status) => Err(CallError::NotSent(status.to_string())),
             Err(status) => Err(CallError::Unreachable(status.to_string())),
         }
     }
+}
+
+/// Whether a failed call provably never reached the peer: its connection was refused.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// openraft's view of the transport: a client per target member.
@@ -238,10 +310,13 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 }
 
 impl PeerConn {
+    /// One Raft RPC; `entries` is how many log entries `request` carries (0 for all but
+    /// AppendEntries), so a message over the limit can ask openraft for fewer.
     async fn raft_call<Req, Resp, E>(
         &self,
         rpc: Rpc,
         request: &Req,
+        entries: usize,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<u64, Member, RaftError<u64, E>>>
     where
@@ -262,8 +337,22 @@ impl PeerConn {
         match answer {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
-            Err(e @ (CallError::Unreachable(_) | CallError::Timeout)) => {
+            Err(e @ (CallError::Unreachable(_) | CallError::NotSent(_) | CallError::Timeout)) => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e @ CallError::TooLarge { bytes, limit }) if entries > 1 => {
+                // Entries in proportion to what fits, at least one and fewer than now.
+                let fits = (entries as u128 * limit as u128 / bytes.max(1) as u128) as usize;
+                let hint = fits.clamp(1, entries - 1) as u64;
+                tracing::debug!(
+                    entries,
+                    bytes,
+                    hint,
+                    "append too large for one message; splitting"
+                );
+                Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(hint).with_source_error(&e),
+                ))
             }
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
@@ -276,7 +365,9 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        self.raft_call(Rpc::AppendEntries, &rpc, &option).await
+        let entries = rpc.entries.len();
+        self.raft_call(Rpc::AppendEntries, &rpc, entries, &option)
+            .await
     }
 
     async fn install_snapshot(
@@ -287,7 +378,7 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         InstallSnapshotResponse<u64>,
         RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.raft_call(Rpc::InstallSnapshot, &rpc, &option).await
+        self.raft_call(Rpc::InstallSnapshot, &rpc, 0, &option).await
     }
 
     async fn vote(
@@ -295,7 +386,7 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        self.raft_call(Rpc::Vote, &rpc, &option).await
+        self.raft_call(Rpc::Vote, &rpc, 0, &option).await
     }
 }
 
@@ -357,5 +448,354 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let req: Forwarded = decode(request.get_ref()).map_err(bad_request)?;
         reply(&self.node.serve_forwarded(req).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Proposal, Tagged};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
+
+    /// `n` entries of one put of `value_bytes` each, from index 1.
+    fn big_append(n: u64, value_bytes: usize) -> AppendEntriesRequest<TypeConfig> {
+        let entries = (1..=n)
+            .map(|index| openraft::Entry::<TypeConfig> {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(Proposal {
+                    origin: 1,
+                    incarnation: 1,
+                    seq: index,
+                    commands: vec![Tagged {
+                        id: index,
+                        command: mvcc::Command::Put(mvcc::PutRequest {
+                            key: format!("k{index}").into_bytes(),
+                            value: vec![b'v'; value_bytes],
+                            ..Default::default()
+                        }),
+                    }],
+                }),
+            })
+            .collect();
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries,
+        }
+    }
+
+    /// A peer that accepts every append: only the transport is under test.
+    struct Accepting;
+
+    #[tonic::async_trait]
+    impl pb::peer_server::Peer for Accepting {
+        async fn append_entries(
+            &self,
+            _: tonic::Request<Payload>,
+        ) -> Result<tonic::Response<Payload>, tonic::Status> {
+            reply(&Ok::<_, RaftError<u64>>(
+                AppendEntriesResponse::<u64>::Success,
+            ))
+        }
+
+        async fn vote(
+            &self,
+            _: tonic::Request<Payload>,
+        ) -> Result<tonic::Response<Payload>, tonic::Status> {
+            Err(tonic::Status::unimplemented("vote"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: tonic::Request<Payload>,
+        ) -> Result<tonic::Response<Payload>, tonic::Status> {
+            Err(tonic::Status::unimplemented("install_snapshot"))
+        }
+
+        async fn forward(
+            &self,
+            _: tonic::Request<Payload>,
+        ) -> Result<tonic::Response<Payload>, tonic::Status> {
+            Err(tonic::Status::unimplemented("forward"))
+        }
+    }
+
+    /// A txn whose one success op is a txn, `depth` levels down, as bincode encodes it; built
+    /// as bytes because the value itself could not even be dropped without overflowing.
+    fn nested_txn_bytes(depth: usize) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(depth * 28 + 24);
+        for _ in 0..depth {
+            bytes.extend_from_slice(&0u64.to_le_bytes()); // no compares
+            bytes.extend_from_slice(&1u64.to_le_bytes()); // one success op...
+            bytes.extend_from_slice(&3u32.to_le_bytes()); // ...RequestOp::Txn
+        }
+        bytes.extend_from_slice(&[0; 24]); // the innermost txn: empty
+        for _ in 0..depth {
+            bytes.extend_from_slice(&0u64.to_le_bytes()); // no failure ops
+        }
+        bytes
+    }
+
+    /// A marker txn, findable in an encoded message and replaced there by a nested one.
+    fn marker_txn() -> mvcc::TxnRequest {
+        mvcc::TxnRequest {
+            success: vec![mvcc::RequestOp::Range(mvcc::RangeRequest {
+                key: b"nested-txn-goes-here".to_vec(),
+                ..Default::default()
+            })],
+            ..Default::default()
+        }
+    }
+
+    fn marker_proposal() -> Proposal {
+        Proposal {
+            origin: 2,
+            incarnation: 7,
+            seq: 1,
+            commands: vec![Tagged {
+                id: 1,
+                command: mvcc::Command::Txn(marker_txn()),
+            }],
+        }
+    }
+
+    /// `message` encoded, its marker txn replaced by one nested `depth` deep.
+    fn with_nested_txn<T: Serialize>(message: &T, depth: usize) -> Payload {
+        let mut data = encode(message).unwrap().data;
+        let marker = bincode::serialize(&marker_txn()).unwrap();
+        let at = data
+            .windows(marker.len())
+            .position(|w| w == marker.as_slice())
+            .expect("the message carries the marker txn");
+        data.splice(at..at + marker.len(), nested_txn_bytes(depth));
+        Payload { data }
+    }
+
+    fn append_with_marker() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![openraft::Entry::<TypeConfig> {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+                payload: EntryPayload::Normal(marker_proposal()),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_txn_nested_deeper_than_any_client_can_send_is_refused_not_a_stack_overflow() {
+        // 100,000 levels: decoding recursed once per level and overflowed the stack, killing
+        // the member before any check ran.
+        let forwarded = with_nested_txn(&Forwarded::Propose(marker_proposal()), 100_000);
+        let err = decode::<Forwarded>(&forwarded).expect_err("a forwarded 100,000-deep txn");
+        assert!(err.contains("nested"), "{err}");
+        let append = with_nested_txn(&append_with_marker(), 100_000);
+        let err = decode::<AppendEntriesRequest<TypeConfig>>(&append)
+            .expect_err("an append carrying a 100,000-deep txn");
+        assert!(err.contains("nested"), "{err}");
+        // As deep as a client's txn can be (prost's recursion limit of 100 allows about 50
+        // levels) still decodes, in both.
+        let ok = with_nested_txn(&Forwarded::Propose(marker_proposal()), 60);
+        assert!(decode::<Forwarded>(&ok).is_ok());
+        let ok = with_nested_txn(&append_with_marker(), 60);
+        assert!(decode::<AppendEntriesRequest<TypeConfig>>(&ok).is_ok());
+        // The bound is exact: 64 levels decode, 65 do not.
+        let deepest = with_nested_txn(&Forwarded::Propose(marker_proposal()), 63);
+        assert!(decode::<Forwarded>(&deepest).is_ok());
+        let over = with_nested_txn(&Forwarded::Propose(marker_proposal()), 64);
+        assert!(decode::<Forwarded>(&over).is_err());
+    }
+
+    /// A small deterministic generator (xorshift64*): failures replay from the seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// Feeds `T`'s decode every prefix of every valid sample, each sample with bytes
+    /// changed at random, and random bytes: each may fail, none may panic or overflow.
+    fn garbage_never_panics<T: DeserializeOwned>(samples: &[Vec<u8>], rng: &mut Rng) -> usize {
+        let mut refused = 0;
+        let mut try_decode = |data: Vec<u8>| {
+            if decode::<T>(&Payload { data }).is_err() {
+                refused += 1;
+            }
+        };
+        for sample in samples {
+            for cut in 0..sample.len() {
+                try_decode(sample[..cut].to_vec());
+            }
+            for _ in 0..300 {
+                let mut data = sample.clone();
+                for _ in 0..=rng.below(4) {
+                    let at = rng.below(data.len());
+                    if let Some(b) = data.get_mut(at) {
+                        *b = rng.next() as u8;
+                    }
+                }
+                try_decode(data);
+            }
+        }
+        for _ in 0..300 {
+            let len = rng.below(256);
+            try_decode((0..len).map(|_| rng.next() as u8).collect());
+        }
+        refused
+    }
+
+    #[test]
+    fn garbage_on_any_peer_rpc_is_refused_never_a_panic() {
+        let mut rng = Rng(0x005e_ed0f_9a4b_a6e5);
+        let enc = |data: Payload| data.data;
+        let nested = |v: &dyn Fn() -> Payload| enc(v());
+        let vote = VoteRequest::<u64>::new(
+            Vote::new(3, 2),
+            Some(LogId::new(CommittedLeaderId::new(2, 1), 9)),
+        );
+        let snapshot = InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(1, 1),
+            meta: Default::default(),
+            offset: 4096,
+            data: b"snapshot chunk".to_vec(),
+            done: false,
+        };
+        let forwards = [
+            nested(&|| with_nested_txn(&Forwarded::Propose(marker_proposal()), 5)),
+            enc(encode(&Forwarded::ReadIndex).unwrap()),
+            enc(encode(&Forwarded::LeaseRenew(77)).unwrap()),
+            enc(encode(&Forwarded::LeaseRemaining(77)).unwrap()),
+            enc(
+                encode(&Forwarded::Membership(crate::membership::Change::Add {
+                    peer_urls: vec!["http://127.0.0.1:2380".into()],
+                    learner: true,
+                }))
+                .unwrap(),
+            ),
+        ];
+        let forward_replies = [
+            enc(encode(&ForwardReply::Index(12)).unwrap()),
+            enc(encode(&ForwardReply::Remaining(Some(1500))).unwrap()),
+            enc(encode(&ForwardReply::Members(vec![(
+                2,
+                Member {
+                    name: "m2".into(),
+                    peer_urls: vec!["http://127.0.0.1:2380".into()],
+                    client_urls: vec!["http://127.0.0.1:2379".into()],
+                },
+                false,
+            )]))
+            .unwrap()),
+            enc(encode(&ForwardReply::Refused(Refusal::NotLeader(Some(3)))).unwrap()),
+        ];
+        let mut refused = 0;
+        refused += garbage_never_panics::<AppendEntriesRequest<TypeConfig>>(
+            &[nested(&|| with_nested_txn(&append_with_marker(), 5))],
+            &mut rng,
+        );
+        refused += garbage_never_panics::<Result<AppendEntriesResponse<u64>, RaftError<u64>>>(
+            &[enc(reply(&Ok::<_, RaftError<u64>>(
+                AppendEntriesResponse::<u64>::Success,
+            ))
+            .unwrap()
+            .into_inner())],
+            &mut rng,
+        );
+        refused +=
+            garbage_never_panics::<VoteRequest<u64>>(&[enc(encode(&vote).unwrap())], &mut rng);
+        refused += garbage_never_panics::<Result<VoteResponse<u64>, RaftError<u64>>>(
+            &[enc(encode(&Ok::<_, RaftError<u64>>(
+                VoteResponse::<u64>::new(Vote::new(3, 2), None, true),
+            ))
+            .unwrap())],
+            &mut rng,
+        );
+        refused += garbage_never_panics::<InstallSnapshotRequest<TypeConfig>>(
+            &[enc(encode(&snapshot).unwrap())],
+            &mut rng,
+        );
+        refused += garbage_never_panics::<
+            Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>,
+        >(
+            &[enc(encode(&Ok::<_, RaftError<u64, InstallSnapshotError>>(
+                InstallSnapshotResponse::<u64> {
+                    vote: Vote::new_committed(1, 1),
+                },
+            ))
+            .unwrap())],
+            &mut rng,
+        );
+        refused += garbage_never_panics::<Forwarded>(&forwards, &mut rng);
+        refused += garbage_never_panics::<ForwardReply>(&forward_replies, &mut rng);
+        // Truncations must be refused (trailing garbage too), or the check above tests little.
+        assert!(refused > 1000, "only {refused} inputs refused");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_over_the_message_limit_asks_openraft_for_fewer_entries() {
+        // The 128 MiB limit scaled down to 1 MiB (encoding 128 MiB takes half a minute in a
+        // debug build): 32 entries of 48 KiB do not fit in one message.
+        const LIMIT: usize = 1 << 20;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = futures::stream::unfold(listener, |l| async move {
+            let accepted = l.accept().await.map(|(s, _)| s);
+            Some((accepted, l))
+        });
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    pb::peer_server::PeerServer::new(Accepting)
+                        .max_decoding_message_size(LIMIT)
+                        .max_encoding_message_size(LIMIT),
+                )
+                .serve_with_incoming(incoming),
+        );
+        let mut conn = PeerConn {
+            peers: Peers::new(Budgets::default(), None).with_max_message(LIMIT),
+            target: 2,
+            member: Member {
+                name: "m2".into(),
+                peer_urls: vec![format!("http://{addr}")],
+                client_urls: Vec::new(),
+            },
+        };
+        let option = || RPCOption::new(Duration::from_secs(5));
+        let small = conn.append_entries(big_append(4, 48 << 10), option()).await;
+        assert!(
+            matches!(small, Ok(AppendEntriesResponse::Success)),
+            "an append within the limit: {small:?}"
+        );
+        let hint = match conn
+            .append_entries(big_append(32, 48 << 10), option())
+            .await
+        {
+            Err(RPCError::PayloadTooLarge(too_large)) => too_large.entries_hint(),
+            other => panic!("an oversized append answered {other:?}"),
+        };
+        assert!(
+            (1..32).contains(&hint),
+            "entries hint {hint} does not shrink the message"
+        );
+        // What openraft sends next, with the hint, goes through.
+        let split = conn
+            .append_entries(big_append(hint, 48 << 10), option())
+            .await;
+        assert!(
+            matches!(split, Ok(AppendEntriesResponse::Success)),
+            "the {hint} entries the hint asked for: {split:?}"
+        );
+        server.abort();
     }
 }

@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{Answer, Batcher, Queued, Rejected};
+use crate::compaction::Removal;
 use crate::error::{ProposeError, ReadError, StartError};
+use crate::leader::Leadership;
 use crate::lessor::Lessor;
 use crate::log_store::{LogCloser, LogStore};
 use crate::membership::{Change, View};
@@ -55,6 +57,14 @@ pub struct NodeConfig {
     pub join_existing: bool,
     /// The local address peer connections are made from (the system's choice if none).
     pub peer_source_addr: Option<std::net::IpAddr>,
+    /// `--max-request-bytes`: key and value bytes one command may carry, checked again on the
+    /// leader for forwarded commands.
+    pub max_request_bytes: usize,
+    /// `--max-txn-ops`, checked again on the leader for forwarded commands.
+    pub max_txn_ops: usize,
+    /// `--strict-reconfig-check`: refuse membership changes that leave too few started
+    /// voters for a quorum, as etcd does.
+    pub strict_reconfig_check: bool,
 }
 
 impl NodeConfig {
@@ -75,6 +85,9 @@ impl NodeConfig {
             cluster_token: "etcd-cluster".to_string(),
             join_existing: false,
             peer_source_addr: None,
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+            strict_reconfig_check: true,
         }
     }
 
@@ -146,6 +159,21 @@ struct Inner<B> {
     log_closer: std::sync::Mutex<Option<LogCloser>>,
     /// Leadership confirmations shared by concurrent linearizable reads.
     reads: ReadRounds,
+    /// What one command may carry, for commands proposed here or forwarded here.
+    limits: crate::validate::Limits,
+    /// Physical compaction's progress on this member.
+    removal: Arc<Removal>,
+    /// Who leads: requests that find no leader wait on it.
+    leadership: Leadership,
+    /// How long after a leader could not be reached it is tried again, if no other is known.
+    retry_after: Duration,
+    /// The election timeout, for watch streams that require a leader.
+    election_timeout: Duration,
+    /// `--strict-reconfig-check`.
+    strict_reconfig_check: bool,
+    /// Members added as voters that this leader promotes once they catch up
+    /// ([`crate::membership::promote_when_caught_up`]).
+    pending_voters: std::sync::Mutex<BTreeSet<u64>>,
 }
 
 impl<B: Backend> Node<B> {
@@ -161,9 +189,11 @@ impl<B: Backend> Node<B> {
             .map_err(|e| StartError::Config(e.to_string()))?;
         let raft_config = Arc::new(config.raft_config()?);
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir)
+        mvcc::durable::create_dir_all_synced(dir)
             .map_err(|e| StartError::Config(format!("{}: {e}", dir.display())))?;
-        let log_path = dir.join("raft-log.redb");
+        // Before opening: opening would create an empty log in place of a lost one.
+        crate::marker::require(dir, crate::marker::RAFT_LOG)?;
+        let log_path = dir.join(crate::marker::RAFT_LOG);
         let incarnation = crate::incarnation::boot_id();
         let (log, log_closer) =
             LogStore::open(&log_path, config.id, incarnation).map_err(|cause| StartError::Log {
@@ -174,14 +204,18 @@ impl<B: Backend> Node<B> {
         let waiters = Registry::new("proposals");
         let snap_dir = dir.join("snapshots");
         let lessor = Arc::new(Lessor::default());
+        let removal = Removal::new(store.compaction_progress().done);
         let sm = StateMachine::open(
             store.clone(),
-            config.id,
-            incarnation,
-            waiters.clone(),
+            crate::state_machine::Proposer {
+                node_id: config.id,
+                incarnation,
+                waiters: waiters.clone(),
+            },
             snap_dir.clone(),
             Arc::clone(&lessor),
             config.election_timeout,
+            Arc::clone(&removal),
         )
         .map_err(|cause| StartError::Snapshots {
             path: snap_dir.display().to_string(),
@@ -197,6 +231,18 @@ impl<B: Backend> Node<B> {
             .is_initialized()
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        if !initialized && crate::marker::initialised(dir)? {
+            return Err(crate::marker::missing(
+                dir,
+                &format!("{} holds no vote or membership", log_path.display()),
+            ));
+        }
+        if initialized {
+            crate::marker::write(dir, config.id)?;
+        } else if config.join_existing {
+            // The marker is written once the leader has given this member its membership.
+            tokio::spawn(mark_when_joined(raft.clone(), dir.clone(), config.id));
+        }
         if !initialized && config.join_existing {
             tracing::info!(
                 id = format_args!("{:x}", config.id),
@@ -211,6 +257,9 @@ impl<B: Backend> Node<B> {
             raft.initialize(config.initial_members.clone())
                 .await
                 .map_err(|e| StartError::Raft(e.to_string()))?;
+            // Marked after the bootstrap: had its entry been lost with the marker kept, the
+            // member would refuse to start rather than bootstrap again.
+            crate::marker::write(dir, config.id)?;
         }
         let max_in_flight = config.max_in_flight.max(1);
         let (queue, queued) = mpsc::channel(max_in_flight);
@@ -230,6 +279,7 @@ impl<B: Backend> Node<B> {
             .run(),
         );
         let (reads, read_queue) = ReadRounds::new(config.budgets);
+        let leadership = Leadership::follow(raft.metrics(), stop.clone());
         let min_lease_ttl =
             i64::try_from((config.election_timeout.as_millis() * 3).div_ceil(2 * 1000))
                 .unwrap_or(i64::MAX)
@@ -250,8 +300,25 @@ impl<B: Backend> Node<B> {
                 cluster_token: config.cluster_token.clone(),
                 log_closer: std::sync::Mutex::new(Some(log_closer)),
                 reads,
+                limits: crate::validate::Limits {
+                    max_request_bytes: config.max_request_bytes,
+                    max_txn_ops: config.max_txn_ops,
+                },
+                removal: Arc::clone(&removal),
+                leadership,
+                retry_after: config.heartbeat.max(Duration::from_millis(50)),
+                election_timeout: config.election_timeout,
+                strict_reconfig_check: config.strict_reconfig_check,
+                pending_voters: std::sync::Mutex::default(),
             }),
         };
+        // Resumes whatever removal a crash interrupted, then follows every applied compaction.
+        removal.wake();
+        tokio::spawn(crate::compaction::run(
+            node.inner.store.clone(),
+            removal,
+            node.inner.stop.clone(),
+        ));
         tokio::spawn(crate::lease_loop::run(
             node.clone(),
             config.lease_revoke_rate,
@@ -301,6 +368,53 @@ impl<B: Backend> Node<B> {
         command: mvcc::Command,
         deadline: Deadline,
     ) -> Result<(i64, mvcc::Response), ProposeError> {
+        crate::validate::check(&command, self.inner.limits)?;
+        // Waits for a leader first; tries again when it was refused before anything was
+        // appended (no leader after all, another leads, the leader could not be reached).
+        let mut failed = None;
+        loop {
+            let leader = self.await_leader(deadline, failed).await?;
+            match self.propose_once(command.clone(), deadline).await {
+                Err(ProposeError::NoLeader | ProposeError::NotLeader { .. }) => {
+                    failed = Some(leader);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A leader known now, or the first one known within `deadline` (capped by the
+    /// `leader-wait` budget); after `failed` could not take a request, a different one or
+    /// `failed` again a little later.
+    async fn await_leader(
+        &self,
+        deadline: Deadline,
+        failed: Option<u64>,
+    ) -> Result<u64, ReadError> {
+        let inner = &*self.inner;
+        inner
+            .leadership
+            .wait(&inner.budgets, deadline, failed, inner.retry_after)
+            .await
+    }
+
+    /// Whether this member knows a leader now.
+    pub fn has_leader(&self) -> bool {
+        self.inner.leadership.now().leader.is_some()
+    }
+
+    /// Resolves once this member has had no leader for `elections` election timeouts in a row
+    /// (etcd cancels streams that require a leader then).
+    pub async fn leaderless_for(&self, elections: u32) {
+        let period = self.inner.election_timeout.saturating_mul(elections);
+        self.inner.leadership.leaderless_for(period).await;
+    }
+
+    async fn propose_once(
+        &self,
+        command: mvcc::Command,
+        deadline: Deadline,
+    ) -> Result<(i64, mvcc::Response), ProposeError> {
         let inner = &*self.inner;
         let budgets = &inner.budgets;
         let _room = budgets
@@ -333,6 +447,10 @@ impl<B: Backend> Node<B> {
             Rejected::NotLeader(leader) => ProposeError::NotLeader { leader },
             Rejected::Stopped => ProposeError::Stopped,
             Rejected::TooManyRequests => ProposeError::TooManyRequests,
+            Rejected::Command(refused) => ProposeError::Command(refused),
+            Rejected::Invalid(_) => ProposeError::Command(crate::CommandError::Other(
+                "etcdserver: the leader refused an invalid command".to_string(),
+            )),
             Rejected::Other(why) => ProposeError::Command(crate::CommandError::Other(why)),
         })?;
         match applied.result {
@@ -342,6 +460,20 @@ impl<B: Backend> Node<B> {
             ))),
             Err(refused) => Err(ProposeError::Command(refused)),
         }
+    }
+
+    /// Waits until this member has physically removed the versions that compaction at
+    /// `revision` made unreachable (etcd's `physical` compaction); removal itself runs in the
+    /// background on every member once the compaction is applied.
+    ///
+    /// # Errors
+    /// [`ReadError::Timeout`] at `deadline`; [`ReadError::Stopped`] if removal stopped.
+    pub async fn wait_compaction(
+        &self,
+        revision: i64,
+        deadline: Deadline,
+    ) -> Result<(), ReadError> {
+        self.inner.removal.wait(revision, deadline).await
     }
 
     /// Waits until this member has applied everything committed before the call, as confirmed
@@ -359,7 +491,14 @@ impl<B: Backend> Node<B> {
         {
             return Ok(());
         }
-        self.inner.reads.read_index(deadline).await.map(drop)
+        let mut failed = None;
+        loop {
+            let leader = self.await_leader(deadline, failed).await?;
+            match self.inner.reads.read_index(deadline).await {
+                Err(ReadError::NoLeader | ReadError::NotLeader { .. }) => failed = Some(leader),
+                other => return other.map(drop),
+            }
+        }
     }
 
     /// How many read-index rounds this member has run; each served every linearizable read
@@ -490,6 +629,25 @@ impl<B: Backend> Node<B> {
         let budgets = &self.inner.budgets;
         match request {
             Forwarded::Propose(proposal) => {
+                // kvapi checked the follower's requests; nothing unchecked enters the log.
+                let limits = self.inner.limits;
+                let bad: Vec<(u64, crate::CommandError)> = proposal
+                    .commands
+                    .iter()
+                    .filter_map(|t| {
+                        crate::validate::check(&t.command, limits)
+                            .err()
+                            .map(|why| (t.id, why))
+                    })
+                    .collect();
+                if !bad.is_empty() {
+                    tracing::warn!(
+                        origin = format_args!("{:x}", proposal.origin),
+                        refused = ?bad,
+                        "refused a forwarded batch holding invalid commands"
+                    );
+                    return ForwardReply::Refused(Refusal::Invalid(bad));
+                }
                 let write = async {
                     let responder = self.inner.raft.client_write_ff(proposal).await?;
                     Ok::<_, openraft::error::Fatal<u64>>(responder.await)
@@ -500,8 +658,10 @@ impl<B: Backend> Node<B> {
                         ForwardReply::Refused(Refusal::NotLeader(f.leader_id))
                     }
                     Ok(Ok(Ok(Err(e)))) => ForwardReply::Refused(Refusal::Other(e.to_string())),
-                    Ok(Ok(Err(_))) | Ok(Err(_)) => ForwardReply::Refused(Refusal::Stopped),
-                    Err(_) => ForwardReply::Refused(Refusal::Timeout),
+                    // Raft stopped before taking it: nothing was appended.
+                    Ok(Err(_)) => ForwardReply::Refused(Refusal::Stopped),
+                    // Taken, then its answer was dropped: it may still commit.
+                    Ok(Ok(Err(_))) | Err(_) => ForwardReply::Refused(Refusal::Timeout),
                 }
             }
             // In the leader's rounds, shared with its own reads and other followers' rounds.
@@ -513,12 +673,19 @@ impl<B: Backend> Node<B> {
                 Ok(ttl) => ForwardReply::Ttl(ttl),
                 Err(e) => ForwardReply::Refused(read_error_refusal(e)),
             },
-            Forwarded::LeaseRemaining(id) => ForwardReply::Remaining(
-                self.inner
-                    .lessor
-                    .remaining(id)
-                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            ),
+            // The leader's lessor answers once the leader has applied everything committed, so
+            // a lease the asking follower already sees is known here too.
+            Forwarded::LeaseRemaining(id) => {
+                match self.inner.reads.read_index(Deadline::none()).await {
+                    Ok(_) => ForwardReply::Remaining(
+                        self.inner
+                            .lessor
+                            .remaining(id)
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    ),
+                    Err(e) => ForwardReply::Refused(read_error_refusal(e)),
+                }
+            }
             Forwarded::Membership(change) => {
                 match self.change_membership_local(change, Deadline::none()).await {
                     Ok(members) => ForwardReply::Members(members),
@@ -569,6 +736,17 @@ impl<B: Backend> Node<B> {
     /// # Errors
     /// No leader, or the leader could not be reached within the deadline.
     pub async fn lease_renew(&self, id: i64, deadline: Deadline) -> Result<i64, ReadError> {
+        let mut failed = None;
+        loop {
+            let leader = self.await_leader(deadline, failed).await?;
+            match self.lease_renew_once(id, deadline).await {
+                Err(ReadError::NoLeader | ReadError::NotLeader { .. }) => failed = Some(leader),
+                other => return other,
+            }
+        }
+    }
+
+    async fn lease_renew_once(&self, id: i64, deadline: Deadline) -> Result<i64, ReadError> {
         let (leader, member) = self.leader()?;
         if leader == self.inner.id {
             return self.lease_renew_local(id);
@@ -605,6 +783,21 @@ impl<B: Backend> Node<B> {
         id: i64,
         deadline: Deadline,
     ) -> Result<Option<Duration>, ReadError> {
+        let mut failed = None;
+        loop {
+            let leader = self.await_leader(deadline, failed).await?;
+            match self.lease_remaining_once(id, deadline).await {
+                Err(ReadError::NoLeader | ReadError::NotLeader { .. }) => failed = Some(leader),
+                other => return other,
+            }
+        }
+    }
+
+    async fn lease_remaining_once(
+        &self,
+        id: i64,
+        deadline: Deadline,
+    ) -> Result<Option<Duration>, ReadError> {
         let (leader, member) = self.leader()?;
         if leader == self.inner.id {
             return Ok(self.inner.lessor.remaining(id));
@@ -628,6 +821,9 @@ impl<B: Backend> Node<B> {
         change: Change,
         deadline: Deadline,
     ) -> Result<Vec<(u64, Member, bool)>, crate::MembershipFailure> {
+        self.await_leader(deadline, None)
+            .await
+            .map_err(crate::MembershipFailure::Read)?;
         let (leader, member) = self.leader().map_err(crate::MembershipFailure::Read)?;
         if leader == self.inner.id {
             return self
@@ -652,40 +848,98 @@ impl<B: Backend> Node<B> {
         change: Change,
         deadline: Deadline,
     ) -> Result<Vec<(u64, Member, bool)>, Refusal> {
-        let view = {
-            let metrics = self.inner.raft.metrics();
-            let m = metrics.borrow();
-            if m.current_leader != Some(self.inner.id) {
-                return Err(Refusal::NotLeader(m.current_leader));
-            }
-            let membership = m.membership_config.membership();
-            View {
-                members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
-                voters: membership.voter_ids().collect(),
-                matched: m
-                    .replication
-                    .as_ref()
-                    .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
-                    .unwrap_or_default(),
-                leader: self.inner.id,
-                last_index: m.last_log_index.unwrap_or(0),
-            }
-        };
-        let (_, ask) = view
-            .plan(&change, &self.inner.cluster_token)
-            .map_err(Refusal::Membership)?;
-        let changed = self
-            .inner
-            .budgets
-            .run(
+        let limit = self.inner.budgets.deadline_for(Layer::Commit, deadline);
+        loop {
+            let mut metrics = self.inner.raft.metrics();
+            let view = {
+                let m = metrics.borrow_and_update();
+                if m.current_leader != Some(self.inner.id) {
+                    return Err(Refusal::NotLeader(m.current_leader));
+                }
+                let membership = m.membership_config.membership();
+                let members: BTreeMap<u64, Member> =
+                    membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+                View {
+                    pending: self.pending_voters(&members),
+                    members,
+                    voters: membership.voter_ids().collect(),
+                    matched: m
+                        .replication
+                        .as_ref()
+                        .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+                        .unwrap_or_default(),
+                    leader: self.inner.id,
+                    last_index: m.last_log_index.unwrap_or(0),
+                }
+            };
+            let (id, ask) = view
+                .plan(
+                    &change,
+                    &self.inner.cluster_token,
+                    self.inner.strict_reconfig_check,
+                )
+                .map_err(Refusal::Membership)?;
+            let new_voter = matches!(change, Change::Add { learner: false, .. });
+            let changed = deadline::within(
                 Layer::Commit,
-                deadline,
+                limit,
                 self.inner.raft.change_membership(ask, false),
             )
             .await
             .map_err(|_| Refusal::Timeout)?;
-        changed.map_err(crate::membership::refusal)?;
-        Ok(self.status().members)
+            match changed.map_err(crate::membership::refusal) {
+                // Another change is being committed (a new member publishing its URLs, say):
+                // this one waits for it, within its deadline, as later changes queue in etcd.
+                Err(Refusal::Membership(crate::MembershipError::InProgress)) => {
+                    let committed = async {
+                        loop {
+                            // At least one change first: no tight loop if openraft still
+                            // refuses once the change it named has applied.
+                            if metrics.changed().await.is_err() {
+                                return;
+                            }
+                            {
+                                let m = metrics.borrow_and_update();
+                                if m.last_applied >= *m.membership_config.log_id() {
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    deadline::within(Layer::Commit, limit, committed)
+                        .await
+                        .map_err(|_| Refusal::Membership(crate::MembershipError::InProgress))?;
+                }
+                other => {
+                    other?;
+                    if new_voter {
+                        self.lock_pending().insert(id);
+                        tokio::spawn(crate::membership::promote_when_caught_up(self.clone(), id));
+                    }
+                    return Ok(self.status().members);
+                }
+            }
+        }
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        // The set stays consistent whatever panicked while holding it.
+        self.inner
+            .pending_voters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The voters still catching up that are still members (others are forgotten).
+    pub(crate) fn pending_voters(&self, members: &BTreeMap<u64, Member>) -> BTreeSet<u64> {
+        let mut pending = self.lock_pending();
+        pending.retain(|id| members.contains_key(id));
+        pending.clone()
+    }
+
+    /// Forgets a voter-to-be: promoted, removed, or no longer this member's to promote.
+    pub(crate) fn forget_pending(&self, id: u64) {
+        self.lock_pending().remove(&id);
     }
 
     /// The current Raft term, cheaply, for response headers.
@@ -697,7 +951,9 @@ impl<B: Backend> Node<B> {
     pub fn status(&self) -> NodeStatus {
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow();
-        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        let mut voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        // Added as voters: etcd lists them as voters from the start.
+        voters.extend(self.lock_pending().iter().copied());
         NodeStatus {
             id: self.inner.id,
             leader: m.current_leader,
@@ -830,5 +1086,22 @@ fn wait_error(e: WaitError) -> ProposeError {
     match e {
         WaitError::Expired(expired) => ProposeError::Timeout(expired),
         _ => ProposeError::Stopped,
+    }
+}
+
+/// Writes the member marker once a joining member holds a membership from the leader (its
+/// log then has state to lose). Ends with Raft.
+async fn mark_when_joined(raft: Raft, dir: PathBuf, id: u64) {
+    let mut metrics = raft.metrics();
+    loop {
+        if metrics.borrow().membership_config.log_id().is_some() {
+            if let Err(e) = crate::marker::write(&dir, id) {
+                tracing::error!(cause = %e, "writing the member marker failed");
+            }
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadline::Registry;
-use mvcc::{Backend, Store};
+use mvcc::{durable, Backend, Store};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use crate::batcher::Answer;
+use crate::compaction::Removal;
 use crate::lessor::Lessor;
 use crate::types::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership};
 use crate::types::{Applied, TypeConfig};
@@ -53,6 +54,16 @@ fn snap_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
     .into()
 }
 
+/// Who this member is in this start, and the waiters its proposals name.
+pub(crate) struct Proposer {
+    /// The member's id.
+    pub(crate) node_id: u64,
+    /// Only entries this start of the member proposed name its waiters.
+    pub(crate) incarnation: u64,
+    /// This start's waiters, by the ids its proposals carry.
+    pub(crate) waiters: Registry<Answer>,
+}
+
 /// Applies entries to the store and answers the local waiters of the proposals among them.
 pub struct StateMachine<B> {
     store: Store<B>,
@@ -66,6 +77,8 @@ pub struct StateMachine<B> {
     lessor: Arc<Lessor>,
     /// What a reset adds to every lease's remaining TTL (an election timeout).
     lease_extend: Duration,
+    /// Woken when an apply leaves compacted versions to remove.
+    removal: Arc<Removal>,
 }
 
 impl<B: Backend> StateMachine<B> {
@@ -73,12 +86,11 @@ impl<B: Backend> StateMachine<B> {
     /// (an in-memory engine after a restart), the store is rebuilt from it first.
     pub(crate) fn open(
         store: Store<B>,
-        node_id: u64,
-        incarnation: u64,
-        waiters: Registry<Answer>,
+        proposer: Proposer,
         dir: PathBuf,
         lessor: Arc<Lessor>,
         lease_extend: Duration,
+        removal: Arc<Removal>,
     ) -> Result<Self, String> {
         let snapshots = SnapshotDir::open(dir)?;
         let mut position =
@@ -94,6 +106,11 @@ impl<B: Backend> StateMachine<B> {
             }
         }
         lessor.reset(&store.leases(), lease_extend, None);
+        let Proposer {
+            node_id,
+            incarnation,
+            waiters,
+        } = proposer;
         Ok(Self {
             store,
             node_id,
@@ -103,6 +120,7 @@ impl<B: Backend> StateMachine<B> {
             position,
             lessor,
             lease_extend,
+            removal,
         })
     }
 }
@@ -168,6 +186,9 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             .map_err(|e| sm_err(ErrorVerb::Write, e))?
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         self.position = position;
+        if !self.store.compaction_progress().finished() {
+            self.removal.wake();
+        }
         for (i, id, granted) in lease_changes {
             if outcomes.get(i).is_some_and(|o| o.result.is_ok()) {
                 match granted {
@@ -249,6 +270,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             Position::decode(info.applied.as_deref()).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         self.lessor
             .reset(&self.store.leases(), self.lease_extend, None);
+        self.removal.wake();
         metrics::counter!("metastore_snapshots_installed_total").increment(1);
         tracing::info!(
             revision = info.revision,
@@ -312,7 +334,7 @@ const BUILDING: &str = "building.snap";
 
 impl SnapshotDir {
     fn open(dir: PathBuf) -> Result<Self, String> {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        durable::create_dir_all_synced(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         Ok(Self { dir })
     }
 
@@ -346,7 +368,7 @@ impl SnapshotDir {
         let position = Position::decode(reader.info().applied.as_deref())?;
         let tmp = self.dir.join(BUILDING);
         {
-            let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+            let file = durable::create_file_synced(&tmp).map_err(|e| e.to_string())?;
             let mut out = BufWriter::new(file);
             std::io::copy(&mut reader, &mut out).map_err(|e| e.to_string())?;
             let file = out.into_inner().map_err(|e| e.to_string())?;
@@ -371,25 +393,21 @@ impl SnapshotDir {
     }
 
     /// Moves `data` to its final name, then atomically points the metadata at it, then removes
-    /// older data files.
+    /// older data files. Each rename is fsynced into the directory before the next step, so the
+    /// old snapshots are removed only once the new one is durably current.
     fn commit(&self, data: &Path, meta: &SnapshotMeta) -> Result<PathBuf, String> {
         let name = Self::data_name(meta);
         let path = self.dir.join(&name);
-        std::fs::rename(data, &path).map_err(|e| e.to_string())?;
+        durable::rename_synced(data, &path).map_err(|e| e.to_string())?;
         let raw = bincode::serialize(meta).map_err(|e| e.to_string())?;
-        let tmp = self.dir.join("meta.tmp");
-        std::fs::write(&tmp, raw).map_err(|e| e.to_string())?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, self.dir.join(META)).map_err(|e| e.to_string())?;
+        durable::write_synced(&self.dir.join(META), &raw).map_err(|e| e.to_string())?;
         let entries = std::fs::read_dir(&self.dir).map_err(|e| e.to_string())?;
         for entry in entries.flatten() {
             let old = entry.file_name();
             let old = old.to_string_lossy();
             if old.starts_with("snap-") && old != name {
                 // A reader of the old snapshot keeps its open handle; the name can go.
-                let _ = std::fs::remove_file(entry.path());
+                let _ = durable::remove_synced(&entry.path());
             }
         }
         Ok(path)

@@ -9,6 +9,8 @@ use crate::ParseLayerError;
 pub enum Layer {
     /// A whole client request, from arrival to response.
     Api,
+    /// Waiting for a leader to be known (an election) before proposing or reading.
+    LeaderWait,
     /// Handing a proposal to the consensus loop (including forwarding to the leader).
     Propose,
     /// Waiting for a proposal to be committed by a quorum.
@@ -25,8 +27,9 @@ pub enum Layer {
 
 impl Layer {
     /// Every layer, in request-path order: for configs, docs and metric pre-registration.
-    pub const ALL: [Layer; 7] = [
+    pub const ALL: [Layer; 8] = [
         Layer::Api,
+        Layer::LeaderWait,
         Layer::Propose,
         Layer::Commit,
         Layer::ReadIndex,
@@ -39,6 +42,7 @@ impl Layer {
     pub const fn as_str(self) -> &'static str {
         match self {
             Layer::Api => "api",
+            Layer::LeaderWait => "leader-wait",
             Layer::Propose => "propose",
             Layer::Commit => "commit",
             Layer::ReadIndex => "read-index",
@@ -79,6 +83,7 @@ mod tests {
             names,
             [
                 "api",
+                "leader-wait",
                 "propose",
                 "commit",
                 "read-index",

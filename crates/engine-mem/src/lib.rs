@@ -13,7 +13,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeSet;
 use std::ops::{Bound, ControlFlow};
 
-use mvcc::{is_empty_interval, Backend, BackendError, Table, Visitor, WriteBatch};
+use mvcc::{is_empty_interval, Backend, BackendError, Replacement, Table, Visitor, WriteBatch};
 use parking_lot::RwLock;
 
 /// One entry in one allocation: `varint(key length) ++ key ++ value`.
@@ -119,6 +119,48 @@ impl Tables {
             _ => &mut self.meta,
         }
     }
+
+    fn apply(&mut self, batch: WriteBatch) {
+        let (clear, ops, applied) = batch.into_parts();
+        if clear {
+            *self = Tables::default();
+        }
+        for op in ops {
+            let map = self.table_mut(op.table);
+            match op.value {
+                Some(value) => {
+                    map.replace(Entry::new(&op.key, &value));
+                }
+                None => {
+                    map.remove(op.key.as_slice());
+                }
+            }
+        }
+        if applied.is_some() {
+            self.applied = applied;
+        }
+    }
+}
+
+/// New content built aside, then swapped in under the write lock.
+struct MemReplacement<'a> {
+    backend: &'a MemBackend,
+    tables: Tables,
+}
+
+impl Replacement for MemReplacement<'_> {
+    fn write(&mut self, batch: WriteBatch) -> Result<(), BackendError> {
+        self.tables.apply(batch);
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), BackendError> {
+        let MemReplacement { backend, tables } = *self;
+        // The old tables are freed after the lock is released.
+        let old = std::mem::replace(&mut *backend.tables.write(), tables);
+        drop(old);
+        Ok(())
+    }
 }
 
 /// The in-memory engine. Writes are visible, never durable; `flush` has nothing to do.
@@ -176,25 +218,7 @@ impl Backend for MemBackend {
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
-        let (clear, ops, applied) = batch.into_parts();
-        let mut tables = self.tables.write();
-        if clear {
-            *tables = Tables::default();
-        }
-        for op in ops {
-            let map = tables.table_mut(op.table);
-            match op.value {
-                Some(value) => {
-                    map.replace(Entry::new(&op.key, &value));
-                }
-                None => {
-                    map.remove(op.key.as_slice());
-                }
-            }
-        }
-        if applied.is_some() {
-            tables.applied = applied;
-        }
+        self.tables.write().apply(batch);
         Ok(())
     }
 
@@ -204,6 +228,13 @@ impl Backend for MemBackend {
 
     fn flush(&self) -> Result<(), BackendError> {
         Ok(())
+    }
+
+    fn replace(&self) -> Result<Box<dyn Replacement + '_>, BackendError> {
+        Ok(Box::new(MemReplacement {
+            backend: self,
+            tables: Tables::default(),
+        }))
     }
 }
 

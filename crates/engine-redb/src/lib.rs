@@ -11,13 +11,19 @@
 //! is at some earlier batch boundary and the log replays the rest from [`RedbBackend`]'s applied
 //! position.
 //!
+//! A restore ([`mvcc::Backend::replace`]) is one write transaction that empties every table and
+//! refills it, committed with fsync whatever the durability: readers and a reopened file see the
+//! old content until it commits and the new content after.
+//!
 //! # Layout
 //! - `lib.rs`: [`RedbBackend`], [`Options`], [`Durability`].
 
 use std::ops::{Bound, ControlFlow};
 use std::path::Path;
 
-use mvcc::{is_empty_interval, Backend, BackendError, Table, Visitor, WriteBatch};
+use mvcc::{
+    is_empty_interval, Backend, BackendError, BatchOp, Replacement, Table, Visitor, WriteBatch,
+};
 use redb::{ReadableDatabase, TableDefinition};
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -99,6 +105,9 @@ impl RedbBackend {
         }
         txn.commit()
             .map_err(|e| BackendError::Open(e.to_string()))?;
+        // redb may just have created the file: its name is durable only once the directory is.
+        mvcc::durable::sync_parent(path)
+            .map_err(|e| BackendError::Open(format!("{}: {e}", path.display())))?;
         tracing::debug!(path = %path.display(), ?options, "redb engine opened");
         Ok(Self {
             db,
@@ -140,42 +149,13 @@ impl Backend for RedbBackend {
 
     fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
         let err = io("write", None);
-        let (clear, ops, applied) = batch.into_parts();
         let mut txn = self.db.begin_write().map_err(|e| err(&e))?;
         let durability = match self.durability {
             Durability::EveryBatch => redb::Durability::Immediate,
             Durability::Lazy => redb::Durability::None,
         };
         txn.set_durability(durability).map_err(|e| err(&e))?;
-        if clear {
-            for d in [KEYS, REVISIONS, META, ENGINE] {
-                txn.delete_table(d).map_err(|e| err(&e))?;
-            }
-        }
-        {
-            let mut keys = txn.open_table(KEYS).map_err(|e| err(&e))?;
-            let mut revisions = txn.open_table(REVISIONS).map_err(|e| err(&e))?;
-            let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
-            let mut engine = txn.open_table(ENGINE).map_err(|e| err(&e))?;
-            for op in &ops {
-                let t = match op.table {
-                    Table::Keys => &mut keys,
-                    Table::Revisions => &mut revisions,
-                    _ => &mut meta,
-                };
-                let e = io("write", Some(op.table));
-                match &op.value {
-                    Some(v) => t.insert(op.key.as_slice(), v.as_slice()).map(drop),
-                    None => t.remove(op.key.as_slice()).map(drop),
-                }
-                .map_err(|x| e(&x))?;
-            }
-            if let Some(position) = &applied {
-                engine
-                    .insert(APPLIED, position.as_slice())
-                    .map_err(|e| err(&e))?;
-            }
-        }
+        write_into(&txn, batch)?;
         txn.commit().map_err(|e| err(&e))?;
         Ok(())
     }
@@ -186,6 +166,17 @@ impl Backend for RedbBackend {
         let t = txn.open_table(ENGINE).map_err(|e| err(&e))?;
         let value = t.get(APPLIED).map_err(|e| err(&e))?;
         Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    fn replace(&self) -> Result<Box<dyn Replacement + '_>, BackendError> {
+        // One write transaction that empties every table and refills it: redb's readers see
+        // the last commit until it commits, and a crash before then leaves the old content.
+        let err = io("replace", None);
+        let mut txn = self.db.begin_write().map_err(|e| err(&e))?;
+        txn.set_durability(redb::Durability::Immediate)
+            .map_err(|e| err(&e))?;
+        clear(&txn)?;
+        Ok(Box::new(RedbReplacement { txn }))
     }
 
     fn flush(&self) -> Result<(), BackendError> {
@@ -199,4 +190,62 @@ impl Backend for RedbBackend {
             .map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))
     }
+}
+
+/// A restore's content, in one redb write transaction that empties the tables first.
+struct RedbReplacement {
+    txn: redb::WriteTransaction,
+}
+
+impl Replacement for RedbReplacement {
+    fn write(&mut self, batch: WriteBatch) -> Result<(), BackendError> {
+        write_into(&self.txn, batch)
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), BackendError> {
+        self.txn.commit().map_err(|e| io("replace", None)(&e))
+    }
+}
+
+/// Drops and recreates every table inside `txn`.
+fn clear(txn: &redb::WriteTransaction) -> Result<(), BackendError> {
+    let err = io("write", None);
+    for d in [KEYS, REVISIONS, META, ENGINE] {
+        txn.delete_table(d).map_err(|e| err(&e))?;
+        txn.open_table(d).map_err(|e| err(&e))?;
+    }
+    Ok(())
+}
+
+/// Applies `batch` inside `txn`.
+fn write_into(txn: &redb::WriteTransaction, batch: WriteBatch) -> Result<(), BackendError> {
+    let err = io("write", None);
+    let (clears, ops, applied) = batch.into_parts();
+    if clears {
+        clear(txn)?;
+    }
+    let mut keys = txn.open_table(KEYS).map_err(|e| err(&e))?;
+    let mut revisions = txn.open_table(REVISIONS).map_err(|e| err(&e))?;
+    let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
+    let mut engine = txn.open_table(ENGINE).map_err(|e| err(&e))?;
+    for op in &ops {
+        let BatchOp { table, key, value } = op;
+        let t = match table {
+            Table::Keys => &mut keys,
+            Table::Revisions => &mut revisions,
+            _ => &mut meta,
+        };
+        let e = io("write", Some(*table));
+        match value {
+            Some(v) => t.insert(key.as_slice(), v.as_slice()).map(drop),
+            None => t.remove(key.as_slice()).map(drop),
+        }
+        .map_err(|x| e(&x))?;
+    }
+    if let Some(position) = &applied {
+        engine
+            .insert(APPLIED, position.as_slice())
+            .map_err(|e| err(&e))?;
+    }
+    Ok(())
 }

@@ -49,6 +49,21 @@ pub enum ApiError {
     /// A budget ran out.
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// The client's own deadline (`grpc-timeout`) passed, as grpc-go reports it.
+    #[error("context deadline exceeded")]
+    DeadlineExceeded,
+    /// The client went away before the answer was ready.
+    #[error("context canceled")]
+    Canceled,
+    /// An answer over `--max-response-bytes`, refused as grpc-go refuses a message over its
+    /// send limit (etcd's limit is grpc-go's, 2 GiB - 1).
+    #[error("grpc: trying to send message larger than max ({size} vs. {limit})")]
+    ResponseTooLarge {
+        /// The answer's size in bytes.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// No leader is known.
     #[error("etcdserver: no leader")]
     NoLeader,
@@ -93,7 +108,11 @@ impl ApiError {
                 MembershipError::InProgress => Code::Unavailable,
                 _ => Code::FailedPrecondition,
             },
-            ApiError::TooManyRequests => Code::ResourceExhausted,
+            ApiError::TooManyRequests | ApiError::ResponseTooLarge { .. } => {
+                Code::ResourceExhausted
+            }
+            ApiError::DeadlineExceeded => Code::DeadlineExceeded,
+            ApiError::Canceled => Code::Cancelled,
             ApiError::Internal(_) => Code::Internal,
         };
         Status::new(code, self.to_string())
@@ -115,6 +134,7 @@ impl From<mvcc::Error> for ApiError {
             mvcc::Error::DuplicateKey { .. } => ApiError::DuplicateKey,
             mvcc::Error::LeaseNotFound { .. } => ApiError::LeaseNotFound,
             mvcc::Error::LeaseExists { .. } => ApiError::LeaseExists,
+            mvcc::Error::TooLarge { size, limit } => ApiError::ResponseTooLarge { size, limit },
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -129,6 +149,12 @@ impl From<CommandError> for ApiError {
             CommandError::DuplicateKey => ApiError::DuplicateKey,
             CommandError::LeaseNotFound => ApiError::LeaseNotFound,
             CommandError::LeaseExists => ApiError::LeaseExists,
+            CommandError::KeyNotProvided => ApiError::KeyNotProvided,
+            CommandError::ValueProvided => ApiError::ValueProvided,
+            CommandError::LeaseProvided => ApiError::LeaseProvided,
+            CommandError::TooManyOps => ApiError::TooManyOps,
+            CommandError::RequestTooLarge => ApiError::RequestTooLarge,
+            CommandError::LeaseTtlTooLarge => ApiError::LeaseTtlTooLarge,
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -286,6 +312,20 @@ mod tests {
                 ApiError::TooManyRequests,
                 Code::ResourceExhausted,
                 "etcdserver: too many requests",
+            ),
+            (
+                ApiError::DeadlineExceeded,
+                Code::DeadlineExceeded,
+                "context deadline exceeded",
+            ),
+            (ApiError::Canceled, Code::Cancelled, "context canceled"),
+            (
+                ApiError::ResponseTooLarge {
+                    size: 2_000_000,
+                    limit: 1_048_576,
+                },
+                Code::ResourceExhausted,
+                "grpc: trying to send message larger than max (2000000 vs. 1048576)",
             ),
             (
                 ApiError::Internal("boom".into()),

@@ -11,12 +11,14 @@
 //! - `error`: [`ApiError`] and its `tonic::Status` table.
 //! - `validate`: etcd's request checks.
 //! - `oversize`: grpc-go's answer to a message over the receive limit.
+//! - `require_leader`: etcd's `hasleader` metadata: no leader, no service.
 //! - `service`: the KV, Watch, Lease, Maintenance and Cluster services.
 
 mod error;
 mod oversize;
 pub mod pb;
 mod pb_conv;
+mod require_leader;
 mod service;
 mod validate;
 
@@ -30,7 +32,7 @@ pub use service::{
     ApiConfig, ClusterService, DbSize, KeepAlives, KvService, LeaseService, MaintenanceService,
     Responses, WatchService,
 };
-pub use validate::Limits;
+pub use validate::{Limits, MAX_RESPONSE_BYTES};
 
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
@@ -41,6 +43,13 @@ use crate::pb::etcdserverpb::watch_server::WatchServer;
 /// Room gRPC allows above `--max-request-bytes`, as etcd does, so that a request slightly too
 /// large gets etcd's "request is too large" rather than a transport error.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// How many long reads scan at once on the blocking pool: enough to keep every core busy while
+/// some wait on storage, few enough that they cannot crowd out the async workers' threads.
+fn scan_permits() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    (2 * cores).max(4)
+}
 
 /// The etcd v3 services of one member, as a router ready to be served (HTTP/2, h2c).
 ///
@@ -57,10 +66,12 @@ pub fn router<B: Backend>(
         .limits
         .max_request_bytes
         .saturating_add(GRPC_OVERHEAD_BYTES);
+    let leader = node.clone();
     let shared = service::Shared {
         node,
         config: Arc::new(config),
         db_size,
+        scans: Arc::new(tokio::sync::Semaphore::new(scan_permits())),
     };
     let kv = KvServer::new(KvService::new(shared.clone())).max_decoding_message_size(max);
     let maintenance = MaintenanceServer::new(MaintenanceService::new(shared.clone()))
@@ -77,5 +88,9 @@ pub fn router<B: Backend>(
         .add_service(lease)
         .add_service(watch)
         .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            leader,
+            require_leader::require_leader,
+        ))
         .layer(axum::middleware::map_response(oversize::as_grpc_go))
 }

@@ -12,13 +12,22 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Most compares, or ops per branch, in one txn (etcd's default 128).
     pub max_txn_ops: usize,
+    /// Largest answer sent, in encoded bytes (etcd's is grpc-go's send limit, 2 GiB - 1).
+    pub max_response_bytes: usize,
+    /// Most watches on one watch stream.
+    pub max_watchers_per_stream: usize,
 }
+
+/// etcd's largest answer: grpc-go's send limit, which etcd sets to `math.MaxInt32`.
+pub const MAX_RESPONSE_BYTES: usize = 2_147_483_647;
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
+            max_response_bytes: MAX_RESPONSE_BYTES,
+            max_watchers_per_stream: 10_000,
         }
     }
 }

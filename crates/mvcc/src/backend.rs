@@ -123,6 +123,25 @@ impl WriteBatch {
     }
 }
 
+/// New content for a whole backend, built aside from what readers see; see
+/// [`Backend::replace`]. Dropped without [`Replacement::commit`], it leaves the backend as it
+/// was, also after a crash at any point.
+pub trait Replacement {
+    /// Adds `batch` to the new content; nothing of it is visible before the commit.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the engine cannot write; the replacement must be dropped then.
+    fn write(&mut self, batch: WriteBatch) -> Result<(), BackendError>;
+
+    /// Makes the new content the backend's, atomically and durably: readers see the whole old
+    /// content before it returns and the whole new content after; a crash at any point leaves
+    /// one or the other on disk.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the engine cannot commit; the old content stays then.
+    fn commit(self: Box<Self>) -> Result<(), BackendError>;
+}
+
 /// An ordered key-value engine the MVCC store runs on.
 ///
 /// The store keeps its whole model (revisions, tombstones, compaction, snapshots) in three
@@ -133,8 +152,10 @@ impl WriteBatch {
 /// - whether `write` is durable on return is the engine's documented choice; [`Backend::flush`]
 ///   makes every returned write durable.
 ///
-/// Snapshots need no engine support: versions at or below a revision never change until
-/// compaction removes them, and the store holds compaction back while a snapshot streams.
+/// Taking a snapshot needs no engine support: versions at or below a revision never change
+/// until compaction removes them, and the store holds compaction back while a snapshot
+/// streams. Installing one does: [`Backend::replace`] builds the new content aside and
+/// switches to it at once.
 pub trait Backend: Send + Sync + 'static {
     /// Reads one key.
     ///
@@ -172,6 +193,14 @@ pub trait Backend: Send + Sync + 'static {
     /// # Errors
     /// [`BackendError`] when the engine cannot sync.
     fn flush(&self) -> Result<(), BackendError>;
+
+    /// Starts replacing everything the backend holds (every table and the applied position)
+    /// with new content built aside, for a restore. The caller writes nothing else to the
+    /// backend until the replacement is committed or dropped.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the engine cannot start one.
+    fn replace(&self) -> Result<Box<dyn Replacement + '_>, BackendError>;
 }
 
 /// True when no key lies between `from` and `to`; engines whose range APIs panic on inverted
@@ -211,5 +240,9 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
 
     fn flush(&self) -> Result<(), BackendError> {
         (**self).flush()
+    }
+
+    fn replace(&self) -> Result<Box<dyn Replacement + '_>, BackendError> {
+        (**self).replace()
     }
 }

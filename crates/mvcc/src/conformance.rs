@@ -12,6 +12,8 @@
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -19,10 +21,11 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 use crate::{
-    Backend, Command, CompactRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
-    Error, Event, EventKind, EventSink, KeyValue, LeaseCheckpointRequest, LeaseGrantRequest,
-    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, Response, ResponseOp, SortOrder,
-    SortTarget, Store, TxnRequest,
+    Backend, BackendError, Command, CompactRequest, Compare, CompareResult, CompareTarget,
+    DeleteRangeRequest, Error, Event, EventKind, EventSink, KeyValue, LeaseCheckpointRequest,
+    LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, ReadLimits, Replacement,
+    RequestOp, Response, ResponseOp, SortOrder, SortTarget, Store, Table, TxnRequest, Visitor,
+    WriteBatch,
 };
 
 /// Makes a fresh, empty backend and whatever must live as long as it.
@@ -163,6 +166,7 @@ impl Suite {
         versions_and_tombstones(factory);
         range_conventions(factory);
         limit_count_and_sort(factory);
+        read_limits(factory);
         filters_and_past_revisions(factory);
         txns(factory);
         txn_errors(factory);
@@ -173,6 +177,8 @@ impl Suite {
         many_versions_and_odd_keys(factory);
         one_call_many_commands(factory);
         leases(factory);
+        version_count(factory);
+        readers_never_see_a_half_restored_store(factory);
     }
 
     /// Runs `cases` random op sequences against the engine and the model.
@@ -563,6 +569,124 @@ fn limit_count_and_sort<B: Backend>(f: Factory<'_, B>) {
         (r.kvs[0].key.as_slice(), r.more, r.count),
         (&b"k3"[..], true, 3),
         "sort happens before the limit"
+    );
+}
+
+/// A read stops when its caller says so, between chunks, and refuses an answer over its byte
+/// limit, measuring only what would be sent.
+fn read_limits<B: Backend>(f: Factory<'_, B>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let s = Fixture::new(f);
+    // More keys than one chunk of a scan, so that a stop can come between chunks.
+    let ops: Vec<RequestOp> = (0..3000)
+        .map(|i| put_op(&format!("m{i:05}"), "vvvv"))
+        .collect();
+    for chunk in ops.chunks(500) {
+        let (_, r) = s.apply(Command::Txn(TxnRequest {
+            compare: vec![],
+            success: chunk.to_vec(),
+            failure: vec![],
+        }));
+        r.unwrap();
+    }
+    let all = RangeRequest {
+        key: "m".into(),
+        range_end: "n".into(),
+        ..Default::default()
+    };
+    let size = |kv: &KeyValue| kv.key.len() + kv.value.len();
+    let asked = AtomicUsize::new(0);
+    let counting = || {
+        asked.fetch_add(1, Ordering::Relaxed);
+        false
+    };
+    let open = ReadLimits {
+        max_bytes: usize::MAX,
+        measure: &size,
+        stop: &counting,
+    };
+    let (r, _) = s.store.range_within(&all, &open).unwrap();
+    assert_eq!((r.kvs.len(), r.count), (3000, 3000));
+    assert!(
+        asked.load(Ordering::Relaxed) >= 2,
+        "stop is asked between chunks"
+    );
+    let stopped = ReadLimits {
+        stop: &|| true,
+        ..open
+    };
+    assert!(matches!(
+        s.store.range_within(&all, &stopped),
+        Err(Error::Stopped)
+    ));
+    assert!(matches!(
+        s.store.hash_until(0, &|| true),
+        Err(Error::Stopped)
+    ));
+    assert_eq!(
+        s.store.hash_until(0, &|| false).unwrap(),
+        s.store.hash(0).unwrap()
+    );
+    // Each key-value is 6 + 4 bytes by this measure.
+    let capped = |max_bytes| ReadLimits { max_bytes, ..open };
+    assert!(matches!(
+        s.store.range_within(&all, &capped(29_999)),
+        Err(Error::TooLarge {
+            size: 30_000,
+            limit: 29_999
+        })
+    ));
+    assert_eq!(
+        s.store
+            .range_within(&all, &capped(30_000))
+            .unwrap()
+            .0
+            .kvs
+            .len(),
+        3000
+    );
+    let two = RangeRequest {
+        limit: 2,
+        ..all.clone()
+    };
+    let (r, _) = s.store.range_within(&two, &capped(20)).unwrap();
+    assert_eq!(
+        (r.kvs.len(), r.more, r.count),
+        (2, true, 3000),
+        "the one past the limit is not sent"
+    );
+    let keys = RangeRequest {
+        keys_only: true,
+        ..all.clone()
+    };
+    assert_eq!(
+        s.store
+            .range_within(&keys, &capped(18_000))
+            .unwrap()
+            .0
+            .kvs
+            .len(),
+        3000,
+        "keys only: values are not measured"
+    );
+    // History reads by bytes: whole revisions (500 events of 10 bytes each), the first always.
+    let since = |max_bytes| {
+        s.store
+            .events_since_within(2, 10_000, max_bytes)
+            .unwrap()
+            .len()
+    };
+    assert_eq!(since(1), 500, "the first revision comes whole");
+    assert_eq!(since(5_001), 500);
+    assert_eq!(since(10_000), 1000);
+    assert_eq!(since(usize::MAX), 3000);
+    let counted = RangeRequest {
+        count_only: true,
+        ..all
+    };
+    assert_eq!(
+        s.store.range_within(&counted, &capped(0)).unwrap().0.count,
+        3000
     );
 }
 
@@ -989,10 +1113,16 @@ fn snapshots<B: Backend>(f: Factory<'_, B>) {
 
     for cut in [0, 7, bytes.len() / 2, bytes.len() - 1] {
         let u = Fixture::new(f);
+        let kept = u.put("kept", "1");
         let res = u.store.restore(&bytes[..cut]);
         assert!(
             matches!(res, Err(Error::BadSnapshot { .. })),
             "cut at {cut}: {res:?}"
+        );
+        assert_eq!(
+            (u.store.current_revision(), u.get("kept").map(|kv| kv.value)),
+            (kept, Some(b"1".to_vec())),
+            "cut at {cut}: a failed restore leaves the store as it was"
         );
     }
     let mut flipped = bytes.clone();
@@ -1037,6 +1167,196 @@ fn snapshot_holds_compaction<B: Backend>(f: Factory<'_, B>) {
         s.store.finish_compaction().unwrap().finished(),
         "and goes on once it is gone"
     );
+}
+
+fn version_count<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    assert_eq!(s.store.versions(), 0);
+    for i in 0..300 {
+        s.put(&format!("k{}", i % 10), &format!("v{i}"));
+    }
+    s.delete("k0", "");
+    assert_eq!(s.store.versions(), 301, "every put and the tombstone");
+    let rev = s.store.current_revision();
+    s.apply(Command::Compact(CompactRequest {
+        revision: rev,
+        physical: false,
+    }))
+    .1
+    .unwrap();
+    assert!(
+        !s.store.compaction_progress().finished(),
+        "compaction is logical until removal runs"
+    );
+    assert_eq!(s.store.versions(), 301);
+    let progress = s.store.finish_compaction().unwrap();
+    assert!(progress.finished() && s.store.compaction_progress().finished());
+    assert_eq!(
+        s.store.versions(),
+        9,
+        "one version per live key; the deleted key leaves nothing"
+    );
+    let mut bytes = Vec::new();
+    s.store.snapshot().unwrap().read_to_end(&mut bytes).unwrap();
+    let t = Fixture::new(f);
+    t.put("junk", "gone after restore");
+    t.store.restore(bytes.as_slice()).unwrap();
+    assert_eq!(t.store.versions(), 9, "a restore counts what it installs");
+    t.put("k1", "again");
+    assert_eq!(t.store.versions(), 10);
+}
+
+/// Lets a reader look at the store after every engine write of a restore, and waits for it.
+struct Gate<B> {
+    inner: B,
+    armed: AtomicBool,
+    /// `true`: read now; `false`: stop reading.
+    to_reader: std::sync::mpsc::SyncSender<bool>,
+    from_reader: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl<B: Backend> Gate<B> {
+    /// After a write: one read by the reader, if armed (a gone reader stops the waiting).
+    fn pass(&self) {
+        if self.armed.load(AtomicOrdering::SeqCst) && self.to_reader.send(true).is_ok() {
+            let _ = self.from_reader.lock().recv();
+        }
+    }
+}
+
+impl<B: Backend> Backend for Gate<B> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.get(table, key)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), BackendError> {
+        self.inner.scan(table, from, to, visit)
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
+        self.inner.write(batch)?;
+        self.pass();
+        Ok(())
+    }
+
+    fn applied(&self) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.applied()
+    }
+
+    fn flush(&self) -> Result<(), BackendError> {
+        self.inner.flush()
+    }
+
+    fn replace(&self) -> Result<Box<dyn Replacement + '_>, BackendError> {
+        Ok(Box::new(GatedReplacement {
+            inner: self.inner.replace()?,
+            gate: self,
+        }))
+    }
+}
+
+/// A replacement that lets the reader in after each of its writes.
+struct GatedReplacement<'a, B> {
+    inner: Box<dyn Replacement + 'a>,
+    gate: &'a Gate<B>,
+}
+
+impl<B: Backend> Replacement for GatedReplacement<'_, B> {
+    fn write(&mut self, batch: WriteBatch) -> Result<(), BackendError> {
+        self.inner.write(batch)?;
+        self.gate.pass();
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), BackendError> {
+        self.inner.commit()
+    }
+}
+
+/// A serializable read during a restore sees the whole old store or the whole new one: the
+/// reader reads after every engine write the restore makes.
+fn readers_never_see_a_half_restored_store<B: Backend>(f: Factory<'_, B>) {
+    const OLD: usize = 100;
+    const NEW: usize = 3000;
+    let s = Fixture::new(f);
+    for i in 0..NEW {
+        s.put(&format!("new/{i:05}"), "n");
+    }
+    let new_rev = s.store.current_revision();
+    let mut bytes = Vec::new();
+    s.store.snapshot().unwrap().read_to_end(&mut bytes).unwrap();
+
+    let (backend, _guard) = f();
+    let (to_reader, wake) = std::sync::mpsc::sync_channel(0);
+    let (ack, from_reader) = std::sync::mpsc::sync_channel(0);
+    let t = Store::open(Gate {
+        inner: backend,
+        armed: AtomicBool::new(false),
+        to_reader,
+        from_reader: Mutex::new(from_reader),
+    })
+    .unwrap();
+    for i in 0..OLD {
+        let put = PutRequest {
+            key: format!("old/{i:03}").into(),
+            value: b"o".to_vec(),
+            ..Default::default()
+        };
+        t.apply(&[Command::Put(put)], None).unwrap();
+    }
+    let old_rev = t.current_revision();
+    let everything = RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    };
+    let classify = |header: i64, kvs: &[KeyValue]| {
+        let old = kvs.iter().filter(|kv| kv.key.starts_with(b"old/")).count();
+        let new = kvs.iter().filter(|kv| kv.key.starts_with(b"new/")).count();
+        if (header, old, new) == (old_rev, OLD, 0) {
+            Ok("old")
+        } else if (header, old, new) == (new_rev, 0, NEW) {
+            Ok("new")
+        } else {
+            Err(format!(
+                "revision {header}, {old} old keys, {new} new keys (old store: revision \
+                 {old_rev}, {OLD} keys; new: revision {new_rev}, {NEW} keys)"
+            ))
+        }
+    };
+    t.backend().armed.store(true, AtomicOrdering::SeqCst);
+    let (restored, seen) = std::thread::scope(|scope| {
+        let (t, classify, everything) = (&t, &classify, &everything);
+        let reader = scope.spawn(move || {
+            let mut seen = Vec::new();
+            while wake.recv() == Ok(true) {
+                let (resp, header) = t.range(everything).unwrap();
+                seen.push(classify(header, &resp.kvs));
+                if ack.send(()).is_err() {
+                    break;
+                }
+            }
+            seen
+        });
+        let restored = t.restore(bytes.as_slice());
+        t.backend().armed.store(false, AtomicOrdering::SeqCst);
+        let _ = t.backend().to_reader.send(false);
+        (restored, reader.join().unwrap())
+    });
+    restored.unwrap();
+    for (i, state) in seen.iter().enumerate() {
+        if let Err(what) = state {
+            panic!("read {i} of {} during the restore saw {what}", seen.len());
+        }
+    }
+    let (resp, header) = t.range(&everything).unwrap();
+    assert_eq!(classify(header, &resp.kvs), Ok("new"), "after the restore");
 }
 
 fn many_versions_and_odd_keys<B: Backend>(f: Factory<'_, B>) {

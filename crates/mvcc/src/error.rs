@@ -77,15 +77,28 @@ pub enum Error {
         /// What failed to decode, and where.
         what: String,
     },
-    /// A snapshot stream is malformed or truncated; the store stays marked as restoring.
+    /// A snapshot stream is malformed or truncated; the store is left as it was.
     #[error("bad snapshot: {what}")]
     BadSnapshot {
         /// What is wrong with the stream.
         what: String,
     },
-    /// A restore was interrupted; the store must be restored again before use.
+    /// A restore by an older version, which refilled the store in place, was interrupted; the
+    /// store must be restored again before use. Restores now switch atomically.
     #[error("the store was being restored from a snapshot when it stopped; restore it again")]
     IncompleteRestore,
+    /// A read's caller stopped it (its deadline passed, or its client left) before it finished.
+    #[error("the read was stopped before it finished")]
+    Stopped,
+    /// A range answer would take more than the read's byte limit (`size` counts what was
+    /// measured of it, `limit` is the limit).
+    #[error("the answer would take {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// The bytes the answer's key-values would take.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// Reading or writing a snapshot stream failed.
     #[error("snapshot i/o: {0}")]
     SnapshotIo(#[from] std::io::Error),

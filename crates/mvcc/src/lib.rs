@@ -15,10 +15,12 @@
 //! - `lease`: leases as the store keeps them ([`LeaseInfo`]) and the lease-to-keys index.
 //! - `store`: [`Store`], which applies commands and serves reads, events and compaction.
 //! - `snapshot`: streamed snapshots, restore, and the key-space hash.
+//! - [`durable`]: creating, renaming and removing files so their names survive a power cut.
 //! - `conformance` (feature `conformance`): the behaviour suite every engine must pass.
 
 mod backend;
 mod codec;
+pub mod durable;
 mod error;
 mod keys;
 mod lease;
@@ -31,10 +33,11 @@ mod types;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use backend::{is_empty_interval, Backend, BatchOp, Table, Visitor, WriteBatch};
+pub use backend::{is_empty_interval, Backend, BatchOp, Replacement, Table, Visitor, WriteBatch};
 pub use error::{BackendError, Error, Result};
 pub use keys::{prefix_end, KeyRange};
 pub use lease::LeaseInfo;
+pub use read::ReadLimits;
 pub use snapshot::{SnapshotInfo, SnapshotReader};
 pub use store::{CompactionProgress, EventSink, Outcome, Store};
 pub use txn::check_txn_keys;
@@ -43,4 +46,5 @@ pub use types::{
     DeleteRangeResponse, Event, EventKind, KeyValue, KvHash, LeaseCheckpointRequest,
     LeaseGrantRequest, LeaseRevokeRequest, PutRequest, PutResponse, RangeRequest, RangeResponse,
     RequestOp, Response, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
+    MAX_TXN_NESTING,
 };

@@ -61,11 +61,46 @@ fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     }
 }
 
+/// Bounds on one range read, checked as it goes, so that no read runs past its caller's
+/// patience or holds more than its answer may carry.
+#[derive(Clone, Copy)]
+pub struct ReadLimits<'a> {
+    /// Most bytes the answer's key-values may take, as `measure` counts them; a read that
+    /// would hold more fails with [`Error::TooLarge`] (and holds no more meanwhile).
+    pub max_bytes: usize,
+    /// The bytes one key-value takes in the answer (the caller's wire encoding).
+    pub measure: &'a dyn Fn(&KeyValue) -> usize,
+    /// Asked between chunks of the scan; true stops the read with [`Error::Stopped`].
+    pub stop: &'a dyn Fn() -> bool,
+}
+
+impl ReadLimits<'static> {
+    /// No bounds: what reads inside a txn and internal reads use.
+    pub fn none() -> Self {
+        Self {
+            max_bytes: usize::MAX,
+            measure: &|_| 0,
+            stop: &|| false,
+        }
+    }
+}
+
 /// Calls `f` with the version of each live key in `range` visible at `rev`, in key order.
 pub(crate) fn scan_visible<B: Backend + ?Sized>(
     backend: &B,
     range: &KeyRange,
     rev: i64,
+    f: &mut dyn FnMut(Visible<'_>) -> ControlFlow<()>,
+) -> Result<()> {
+    scan_visible_until(backend, range, rev, &|| false, f)
+}
+
+/// [`scan_visible`], asking `stop` between chunks: true ends the scan with [`Error::Stopped`].
+pub(crate) fn scan_visible_until<B: Backend + ?Sized>(
+    backend: &B,
+    range: &KeyRange,
+    rev: i64,
+    stop: &dyn Fn() -> bool,
     f: &mut dyn FnMut(Visible<'_>) -> ControlFlow<()>,
 ) -> Result<()> {
     if range.is_empty() {
@@ -78,6 +113,9 @@ pub(crate) fn scan_visible<B: Backend + ?Sized>(
     // The group whose visible version was already found: its older versions are skipped.
     let mut seen_group: Option<Vec<u8>> = None;
     loop {
+        if stop() {
+            return Err(Error::Stopped);
+        }
         let mut visited = 0;
         let mut resume = None;
         let mut stopped = false;
@@ -205,8 +243,12 @@ impl Item<'_> {
 /// As etcd does: with a sort order or a revision filter every key is fetched, filtered, sorted
 /// and cut to the limit; otherwise fetching stops one past the limit to learn `more`. `count`
 /// is always the number of keys in the range, before filters and limit.
+///
+/// The key-values held may take `limits.max_bytes`; past that nothing more is held, the
+/// rest is only measured (so the error can say how large the answer would have been).
 pub(crate) fn build_range(
     req: &RangeRequest,
+    limits: &ReadLimits<'_>,
     visit: impl FnOnce(&mut dyn FnMut(Item<'_>) -> ControlFlow<()>) -> Result<()>,
 ) -> Result<RangeResponse> {
     let filtered = req.min_mod_revision != 0
@@ -224,14 +266,34 @@ pub(crate) fn build_range(
             .saturating_add(1)
     };
     let with_value = !req.keys_only || req.sort_target == SortTarget::Value;
+    // The one fetched past an unsorted limit only tells `more`: it is not sent.
+    let sent = if fetch_all || req.limit <= 0 {
+        usize::MAX
+    } else {
+        want - 1
+    };
     let mut count = 0i64;
     let mut kvs = Vec::new();
+    let (mut taken, mut bytes, mut too_large) = (0usize, 0usize, false);
     let mut failure: Option<Error> = None;
     visit(&mut |item| {
         count += 1;
-        if kvs.len() < want {
+        if taken < want {
             match item.to_kv(with_value) {
-                Ok(kv) => kvs.push(kv),
+                Ok(kv) => {
+                    if taken < sent {
+                        bytes = bytes.saturating_add((limits.measure)(&kv));
+                    }
+                    taken += 1;
+                    if bytes > limits.max_bytes {
+                        if !too_large {
+                            too_large = true;
+                            kvs = Vec::new();
+                        }
+                    } else {
+                        kvs.push(kv);
+                    }
+                }
                 Err(e) => {
                     failure = Some(e);
                     return ControlFlow::Break(());
@@ -242,6 +304,12 @@ pub(crate) fn build_range(
     })?;
     if let Some(e) = failure {
         return Err(e);
+    }
+    if too_large {
+        return Err(Error::TooLarge {
+            size: bytes,
+            limit: limits.max_bytes,
+        });
     }
     if req.count_only {
         return Ok(RangeResponse {

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::lease;
 use crate::read::CHUNK;
 use crate::store::{
-    Hold, LeaseRecord, Store, META_COMPACT, META_COMPACT_DONE, META_CURRENT, META_RESTORING,
+    Hold, LeaseRecord, Store, META_COMPACT, META_COMPACT_DONE, META_CURRENT, META_VERSIONS,
 };
 use crate::types::KvHash;
 
@@ -114,6 +114,16 @@ impl<B: Backend> Store<B> {
     /// # Errors
     /// [`Error::Compacted`] or [`Error::FutureRevision`] for a revision out of reach.
     pub fn hash(&self, rev: i64) -> Result<KvHash> {
+        self.hash_until(rev, &|| false)
+    }
+
+    /// [`Store::hash`], asking `stop` between chunks of the scan. Long scans belong off async
+    /// workers.
+    ///
+    /// # Errors
+    /// As [`Store::hash`]; [`Error::Stopped`] when `stop` said so.
+    pub fn hash_until(&self, rev: i64, stop: &dyn Fn() -> bool) -> Result<KvHash> {
+        let (_installed, _) = self.read_installed();
         let current = self.current_revision();
         let rev = if rev <= 0 { current } else { rev };
         if rev > current {
@@ -137,6 +147,9 @@ impl<B: Backend> Store<B> {
             hasher.update(k);
             hasher.update(v);
         })? {
+            if stop() {
+                return Err(Error::Stopped);
+            }
             from = Bound::Excluded(last);
         }
         Ok(KvHash {
@@ -151,7 +164,7 @@ impl<B: Backend> Store<B> {
     /// # Errors
     /// Backend errors.
     pub fn snapshot(&self) -> Result<SnapshotReader<B>> {
-        let (info, hold, leases) = self.snapshot_point()?;
+        let (info, hold, leases, generation) = self.snapshot_point()?;
         let SnapshotInfo {
             revision,
             compacted,
@@ -174,6 +187,7 @@ impl<B: Backend> Store<B> {
         Ok(SnapshotReader {
             store: self.clone(),
             _hold: hold,
+            generation,
             info,
             kept: Kept::new(revision, compacted),
             buf: header,
@@ -189,13 +203,16 @@ impl<B: Backend> Store<B> {
 
     /// Replaces the whole store with the snapshot read from `input`.
     ///
-    /// The store is marked as restoring until the last byte is checked, so a crash or a bad
-    /// stream leaves it refusing to open ([`Error::IncompleteRestore`]) rather than half-built.
+    /// The new content is built aside ([`Backend::replace`]) and installed in one atomic,
+    /// durable switch once the last byte is checked: readers see the whole old store until
+    /// then and the whole new one after, a bad stream leaves the store as it was, and a crash
+    /// at any point leaves the old or the new store on disk.
     ///
     /// # Errors
-    /// [`Error::BadSnapshot`] for a malformed stream; I/O and backend errors.
+    /// [`Error::BadSnapshot`] for a malformed stream; I/O and backend errors. The store is
+    /// unchanged by a failed restore.
     pub fn restore(&self, input: impl Read) -> Result<SnapshotInfo> {
-        let _writer = self.lock_writer();
+        let mut writer = self.lock_writer();
         let mut input = Checked {
             inner: input,
             hasher: crc32fast::Hasher::new(),
@@ -212,11 +229,10 @@ impl<B: Backend> Store<B> {
             1 => Some(input.read_field()?),
             other => return Err(bad(format!("bad applied-position flag {other}"))),
         };
-        let backend = self.backend();
+        let mut replacement = self.backend().replace()?;
         let mut batch = WriteBatch::new();
-        batch.clear_all();
-        batch.put(Table::Meta, META_RESTORING.to_vec(), vec![1]);
         let mut count: u64 = 0;
+        let mut versions: i64 = 0;
         loop {
             match input.read_u8()? {
                 TAG_ENTRY => {
@@ -235,9 +251,7 @@ impl<B: Backend> Store<B> {
                     );
                     batch.put(Table::Keys, key, record);
                     count += 1;
-                    if batch.len() >= RESTORE_BATCH {
-                        backend.write(std::mem::take(&mut batch))?;
-                    }
+                    versions += 1;
                 }
                 TAG_LEASE => {
                     let id = input.read_u64()? as i64;
@@ -249,12 +263,12 @@ impl<B: Backend> Store<B> {
                         lease::encode(ttl, remaining),
                     );
                     count += 1;
-                    if batch.len() >= RESTORE_BATCH {
-                        backend.write(std::mem::take(&mut batch))?;
-                    }
                 }
                 TAG_END => break,
                 other => return Err(bad(format!("bad entry tag {other}"))),
+            }
+            if batch.len() >= RESTORE_BATCH {
+                replacement.write(std::mem::take(&mut batch))?;
             }
         }
         let expected_count = input.read_u64()?;
@@ -269,30 +283,19 @@ impl<B: Backend> Store<B> {
         if u32::from_be_bytes(stored_crc) != crc {
             return Err(bad("checksum mismatch"));
         }
-        batch.put(
-            Table::Meta,
-            META_CURRENT.to_vec(),
-            codec::encode_i64(revision),
-        );
-        batch.put(
-            Table::Meta,
-            META_COMPACT.to_vec(),
-            codec::encode_i64(compacted),
-        );
-        batch.put(
-            Table::Meta,
-            META_COMPACT_DONE.to_vec(),
-            codec::encode_i64(compacted),
-        );
-        batch.delete(Table::Meta, META_RESTORING.to_vec());
+        for (key, value) in [
+            (META_CURRENT, revision),
+            (META_COMPACT, compacted),
+            (META_COMPACT_DONE, compacted),
+            (META_VERSIONS, versions),
+        ] {
+            batch.put(Table::Meta, key.to_vec(), codec::encode_i64(value));
+        }
         if let Some(pos) = &applied {
             batch.set_applied(pos.clone());
         }
-        backend.write(batch)?;
-        backend.flush()?;
-        drop(_writer);
-        self.reset_after_restore(revision, compacted);
-        self.reload_leases()?;
+        replacement.write(batch)?;
+        self.install(&mut writer, replacement, revision, compacted, versions)?;
         Ok(SnapshotInfo {
             revision,
             compacted,
@@ -324,6 +327,9 @@ pub struct SnapshotInfo {
 pub struct SnapshotReader<B> {
     store: Store<B>,
     _hold: Hold<B>,
+    /// The store's restore count when the snapshot began: a restore since replaced the
+    /// content the stream was reading.
+    generation: u64,
     info: SnapshotInfo,
     kept: Kept,
     buf: Vec<u8>,
@@ -351,6 +357,12 @@ impl<B: Backend> SnapshotReader<B> {
         self.buf.clear();
         self.pos = 0;
         if let Some(from) = self.next.take() {
+            let (_installed, generation) = self.store.read_installed();
+            if generation != self.generation {
+                return Err(Error::SnapshotIo(io::Error::other(
+                    "the store was restored from another snapshot while this one streamed",
+                )));
+            }
             let buf = &mut self.buf;
             let count = &mut self.count;
             let resume = scan_kept(self.store.backend(), &from, &mut self.kept, &mut |k, v| {

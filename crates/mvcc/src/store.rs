@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::backend::{Backend, Table, WriteBatch};
+use crate::backend::{Backend, Replacement, Table, WriteBatch};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys::KeyRange;
 use crate::lease::{self, LeaseInfo};
-use crate::read::{self, build_range, Item};
+use crate::read::{self, build_range, Item, ReadLimits};
 use crate::snapshot::SnapshotInfo;
 use crate::txn::{check_txn_keys, compare_kv};
 use crate::types::{
@@ -25,6 +25,8 @@ pub(crate) const META_CURRENT: &[u8] = b"current";
 pub(crate) const META_COMPACT: &[u8] = b"compact";
 pub(crate) const META_COMPACT_DONE: &[u8] = b"compact_done";
 pub(crate) const META_RESTORING: &[u8] = b"restoring";
+/// How many versions (puts and tombstones) the store holds: an operator's view of history.
+pub(crate) const META_VERSIONS: &[u8] = b"versions";
 
 /// The revision of an empty store, as in etcd: the first write is revision 2.
 const FIRST_REVISION: i64 = 1;
@@ -86,19 +88,30 @@ pub(crate) struct Inner<B> {
     current: AtomicI64,
     /// Logical compaction point: reads below it fail.
     compacted: AtomicI64,
+    /// Mirrors of the writer's `compact_done` and `versions`, for readers that must not wait.
+    compact_done: AtomicI64,
+    versions: AtomicI64,
     /// Serializes writers; holds how far physical compaction has got.
     writer: Mutex<WriterState>,
     /// Compaction points of live snapshots, which physical compaction must not pass.
     holds: Mutex<BTreeMap<u64, i64>>,
     next_hold: AtomicU64,
     sink: RwLock<Option<Arc<dyn EventSink>>>,
+    /// Held for reading by every read, and for writing while a restore switches the backend
+    /// and the revisions above, so no read sees the content of one store with the revisions
+    /// of another, nor spans the switch.
+    install: RwLock<()>,
+    /// How many restores this store has installed: a snapshot streamed across one fails.
+    generation: AtomicU64,
     /// Every lease and its attached keys; changed only under the writer lock, after the batch
     /// that records the change is written.
     leases: RwLock<lease::Index>,
 }
 
-struct WriterState {
+pub(crate) struct WriterState {
     compact_done: i64,
+    /// Versions stored, kept in `Meta` with every batch that changes it.
+    versions: i64,
 }
 
 fn meta_i64<B: Backend>(backend: &B, key: &[u8], default: i64) -> Result<i64> {
@@ -120,11 +133,17 @@ impl<B: Backend> Store<B> {
         let current = meta_i64(&backend, META_CURRENT, FIRST_REVISION)?;
         let compacted = meta_i64(&backend, META_COMPACT, 0)?;
         let compact_done = meta_i64(&backend, META_COMPACT_DONE, 0)?;
+        let versions = match backend.get(Table::Meta, META_VERSIONS)? {
+            Some(raw) => codec::decode_i64(&raw, "versions")?,
+            // A store written before the count was kept: count once; the next batch records it.
+            None => count_versions(&backend)?,
+        };
         let leases = lease::load(&backend, current)?;
         tracing::debug!(
             current,
             compacted,
             compact_done,
+            versions,
             leases = leases.len(),
             "mvcc store opened"
         );
@@ -133,10 +152,17 @@ impl<B: Backend> Store<B> {
                 backend,
                 current: AtomicI64::new(current),
                 compacted: AtomicI64::new(compacted),
-                writer: Mutex::new(WriterState { compact_done }),
+                compact_done: AtomicI64::new(compact_done),
+                versions: AtomicI64::new(versions),
+                writer: Mutex::new(WriterState {
+                    compact_done,
+                    versions,
+                }),
                 holds: Mutex::new(BTreeMap::new()),
                 next_hold: AtomicU64::new(0),
                 sink: RwLock::new(None),
+                install: RwLock::new(()),
+                generation: AtomicU64::new(0),
                 leases: RwLock::new(leases),
             }),
         })
@@ -155,6 +181,20 @@ impl<B: Backend> Store<B> {
     /// The compaction point: reads and watches below it fail.
     pub fn compact_revision(&self) -> i64 {
         self.inner.compacted.load(Ordering::Acquire)
+    }
+
+    /// How many versions (puts and tombstones, of every key) the store holds now; drops as
+    /// physical compaction removes what compaction made unreachable.
+    pub fn versions(&self) -> i64 {
+        self.inner.versions.load(Ordering::Acquire)
+    }
+
+    /// How far physical compaction has got towards the compaction point.
+    pub fn compaction_progress(&self) -> CompactionProgress {
+        CompactionProgress {
+            done: self.inner.compact_done.load(Ordering::Acquire),
+            target: self.compact_revision(),
+        }
     }
 
     /// The applied position recorded with the last batch that carried one.
@@ -202,11 +242,26 @@ impl<B: Backend> Store<B> {
     /// # Errors
     /// [`Error::Compacted`] or [`Error::FutureRevision`] for a revision out of reach.
     pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64)> {
+        self.range_within(req, &ReadLimits::none())
+    }
+
+    /// [`Store::range`] within `limits`: the scan asks `limits.stop` between chunks, and the
+    /// answer holds at most `limits.max_bytes`. Long scans belong off async workers.
+    ///
+    /// # Errors
+    /// As [`Store::range`]; [`Error::Stopped`] when `limits.stop` said so, [`Error::TooLarge`]
+    /// when the answer would be over the byte limit.
+    pub fn range_within(
+        &self,
+        req: &RangeRequest,
+        limits: &ReadLimits<'_>,
+    ) -> Result<(RangeResponse, i64)> {
+        let _installed = self.inner.install.read();
         let header = self.current_revision();
         let rev = self.readable(req.revision)?;
         let range = KeyRange::new(&req.key, &req.range_end);
-        let resp = build_range(req, |f| {
-            read::scan_visible(&self.inner.backend, &range, rev, &mut |v| {
+        let resp = build_range(req, limits, |f| {
+            read::scan_visible_until(&self.inner.backend, &range, rev, limits.stop, &mut |v| {
                 f(Item::Stored(v))
             })
         })?;
@@ -219,6 +274,7 @@ impl<B: Backend> Store<B> {
     /// # Errors
     /// Backend errors.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        let _installed = self.inner.install.read();
         read::get_at(&self.inner.backend, key, self.current_revision())
     }
 
@@ -250,13 +306,6 @@ impl<B: Backend> Store<B> {
         all
     }
 
-    /// Rebuilds the lease index from the backend: after a restore.
-    pub(crate) fn reload_leases(&self) -> Result<()> {
-        let index = lease::load(&self.inner.backend, self.current_revision())?;
-        *self.inner.leases.write() = index;
-        Ok(())
-    }
-
     /// Applies `commands` in order, each at the next revision if it changes anything, as one
     /// atomic backend batch that also records `applied`; then publishes their events.
     ///
@@ -267,7 +316,7 @@ impl<B: Backend> Store<B> {
     /// Only fatal ones ([`Error::is_fatal`]): nothing of the batch is applied then.
     pub fn apply(&self, commands: &[Command], applied: Option<&[u8]>) -> Result<Vec<Outcome>> {
         let inner = &*self.inner;
-        let _writer = inner.writer.lock();
+        let mut writer = inner.writer.lock();
         let sink = inner.sink.read().clone();
         let leases = inner.leases.read();
         let mut w = Writer::new(
@@ -314,12 +363,27 @@ impl<B: Backend> Store<B> {
                 codec::encode_i64(compacted),
             );
         }
+        let added = batch
+            .ops()
+            .iter()
+            .filter(|op| op.table == Table::Revisions && op.value.is_some())
+            .count() as i64;
+        let versions = writer.versions + added;
+        if added > 0 {
+            batch.put(
+                Table::Meta,
+                META_VERSIONS.to_vec(),
+                codec::encode_i64(versions),
+            );
+        }
         if let Some(position) = applied {
             batch.set_applied(position.to_vec());
         }
         if !batch.is_empty() {
             inner.backend.write(batch)?;
         }
+        writer.versions = versions;
+        inner.versions.store(versions, Ordering::Release);
         if !lease_changes.is_empty() {
             let mut leases = inner.leases.write();
             for change in lease_changes {
@@ -373,8 +437,22 @@ impl<B: Backend> Store<B> {
             META_COMPACT_DONE.to_vec(),
             codec::encode_i64(new_done),
         );
+        let removed = batch
+            .ops()
+            .iter()
+            .filter(|op| op.table == Table::Revisions && op.value.is_none())
+            .count() as i64;
+        let versions = writer.versions - removed;
+        batch.put(
+            Table::Meta,
+            META_VERSIONS.to_vec(),
+            codec::encode_i64(versions),
+        );
         inner.backend.write(batch)?;
         writer.compact_done = new_done;
+        writer.versions = versions;
+        inner.compact_done.store(new_done, Ordering::Release);
+        inner.versions.store(versions, Ordering::Release);
         Ok(CompactionProgress {
             done: new_done,
             target: self.compact_revision(),
@@ -401,6 +479,22 @@ impl<B: Backend> Store<B> {
     /// # Errors
     /// [`Error::Compacted`] when `from` is below the compaction point.
     pub fn events_since(&self, from: i64, max_events: usize) -> Result<Vec<Event>> {
+        self.events_since_within(from, max_events, usize::MAX)
+    }
+
+    /// [`Store::events_since`], also stopping before the revision that would take the events
+    /// past `max_bytes` of keys and values (previous ones included); the first revision always
+    /// comes, whole.
+    ///
+    /// # Errors
+    /// [`Error::Compacted`] when `from` is below the compaction point.
+    pub fn events_since_within(
+        &self,
+        from: i64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>> {
+        let _installed = self.inner.install.read();
         let current = self.current_revision();
         let from = from.max(1);
         self.still_readable(from)?;
@@ -409,8 +503,13 @@ impl<B: Backend> Store<B> {
         }
         let backend = &self.inner.backend;
         let found = revisions_between(backend, from, current, max_events)?;
-        let mut events = Vec::with_capacity(found.len());
+        let mut events: Vec<Event> = Vec::with_capacity(found.len());
+        let mut held = 0usize;
         for (main, key) in found {
+            let boundary = events.last().is_some_and(|e| e.kv.mod_revision != main);
+            if boundary && held >= max_bytes {
+                break;
+            }
             let Some(raw) = backend.get(Table::Keys, &codec::version_key(&key, main))? else {
                 // Physical compaction removed it after we listed it: a tombstone at the
                 // compaction point goes, which etcd's history at that point lacks too.
@@ -435,6 +534,16 @@ impl<B: Backend> Store<B> {
                     prev_kv,
                 },
             };
+            let bytes = event.kv.key.len()
+                + event.kv.value.len()
+                + event
+                    .prev_kv
+                    .as_ref()
+                    .map_or(0, |p| p.key.len() + p.value.len());
+            if boundary && held.saturating_add(bytes) > max_bytes {
+                break;
+            }
+            held = held.saturating_add(bytes);
             events.push(event);
         }
         self.still_readable(from)?;
@@ -454,8 +563,10 @@ impl<B: Backend> Store<B> {
     /// Reads the store's revision, compaction point and applied position together, and holds
     /// physical compaction at that point; under the writer lock, so nothing moves in between.
     /// Also returns every lease record then, as (id, ttl, remaining).
-    pub(crate) fn snapshot_point(&self) -> Result<(SnapshotInfo, Hold<B>, Vec<LeaseRecord>)> {
+    /// Also returns how many restores the store has installed (none can run meanwhile).
+    pub(crate) fn snapshot_point(&self) -> Result<(SnapshotInfo, Hold<B>, Vec<LeaseRecord>, u64)> {
         let _writer = self.inner.writer.lock();
+        let generation = self.inner.generation.load(Ordering::Acquire);
         let compacted = self.compact_revision();
         let applied = self.inner.backend.applied()?;
         let info = SnapshotInfo {
@@ -471,21 +582,61 @@ impl<B: Backend> Store<B> {
             .map(|(id, e)| (*id, e.ttl, e.remaining))
             .collect();
         leases.sort_unstable();
-        Ok((info, self.hold(compacted), leases))
+        Ok((info, self.hold(compacted), leases, generation))
     }
 
-    /// Replaces the store's contents; used by restore, which builds the state itself.
-    pub(crate) fn reset_after_restore(&self, current: i64, compacted: i64) {
-        let mut writer = self.inner.writer.lock();
+    /// Switches the backend to `replacement` and the store to its revisions, all at once for
+    /// readers (they wait for the switch); the caller holds the writer lock, so no write
+    /// comes in between.
+    pub(crate) fn install(
+        &self,
+        writer: &mut WriterState,
+        replacement: Box<dyn Replacement + '_>,
+        current: i64,
+        compacted: i64,
+        versions: i64,
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        let _installing = inner.install.write();
+        replacement.commit()?;
         writer.compact_done = compacted;
-        self.inner.current.store(current, Ordering::Release);
-        self.inner.compacted.store(compacted, Ordering::Release);
+        writer.versions = versions;
+        inner.compact_done.store(compacted, Ordering::Release);
+        inner.versions.store(versions, Ordering::Release);
+        inner.current.store(current, Ordering::Release);
+        inner.compacted.store(compacted, Ordering::Release);
+        inner.generation.fetch_add(1, Ordering::AcqRel);
+        let leases = lease::load(&inner.backend, current)?;
+        *inner.leases.write() = leases;
+        Ok(())
     }
 
     /// Locks out writers for the duration of a restore.
-    pub(crate) fn lock_writer(&self) -> parking_lot::MutexGuard<'_, impl Sized> {
+    pub(crate) fn lock_writer(&self) -> parking_lot::MutexGuard<'_, WriterState> {
         self.inner.writer.lock()
     }
+
+    /// Holds off restores while a read spans several backend calls; with the number of
+    /// restores installed so far.
+    pub(crate) fn read_installed(&self) -> (parking_lot::RwLockReadGuard<'_, ()>, u64) {
+        let guard = self.inner.install.read();
+        (guard, self.inner.generation.load(Ordering::Acquire))
+    }
+}
+
+/// Counts the `Revisions` table: one entry per stored version.
+fn count_versions<B: Backend>(backend: &B) -> Result<i64> {
+    let mut n = 0i64;
+    backend.scan(
+        Table::Revisions,
+        Bound::Unbounded,
+        Bound::Unbounded,
+        &mut |_, _| {
+            n += 1;
+            ControlFlow::Continue(())
+        },
+    )?;
+    Ok(n)
 }
 
 /// A lease record as snapshots carry it: (id, ttl, remaining).
@@ -966,7 +1117,7 @@ impl<'s, B: Backend> Writer<'s, B> {
     fn range(&self, req: &RangeRequest, now: i64) -> Result<RangeResponse> {
         let rev = if req.revision <= 0 { now } else { req.revision };
         let range = KeyRange::new(&req.key, &req.range_end);
-        build_range(req, |f| self.visit(&range, rev, f))
+        build_range(req, &ReadLimits::none(), |f| self.visit(&range, rev, f))
     }
 
     fn check_put(&self, req: &PutRequest) -> Result<()> {

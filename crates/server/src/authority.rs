@@ -9,15 +9,21 @@
 //! literal once and then refer to it in the dynamic table, where `h2` now holds the fixed value.
 //! The fixed entry is shorter than the client thinks, so `h2`'s table can only evict later than
 //! the client's, never earlier: every index the client uses still names the same entry. Every
-//! other frame, and every HTTP/1 connection, passes unchanged.
+//! other frame, and every HTTP/1 connection, passes unchanged; frames that are not part of a
+//! header block pass as their bytes arrive, so no more than one header frame is ever held.
+//!
+//! The listener also caps the connections open at once (`--max-client-connections`): each
+//! holds a permit, and one accepted over the cap is closed at once.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use loona_hpack::huffman::HuffmanDecoder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::coalesce::Coalesced;
 
@@ -34,24 +40,51 @@ const MAX_FRAME: usize = 16_384;
 /// A header block longer than this is left alone (and `h2` will refuse it itself).
 const MAX_BLOCK: usize = 1 << 20;
 
-/// A TCP listener whose connections get their `:authority` fixed (and `TCP_NODELAY`).
-pub struct FixAuthority(pub TcpListener);
+/// Connections closed at accept because `--max-client-connections` were open.
+const REFUSED: &str = "metastore_client_connections_refused_total";
+
+/// A TCP listener whose connections get their `:authority` fixed (and `TCP_NODELAY`), at most
+/// as many open at once as `connections` has permits (shared by every client listener).
+pub struct FixAuthority {
+    listener: TcpListener,
+    connections: Arc<Semaphore>,
+}
+
+impl FixAuthority {
+    /// Serves `listener`, each connection holding one of `connections`' permits.
+    pub fn new(listener: TcpListener, connections: Arc<Semaphore>) -> Self {
+        Self {
+            listener,
+            connections,
+        }
+    }
+}
 
 impl axum::serve::Listener for FixAuthority {
     type Io = Fixed<Coalesced<TcpStream>>;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        // Small gRPC answers must not wait for Nagle's algorithm (40 ms with delayed ACKs).
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(cause = %e, "could not set TCP_NODELAY");
+        loop {
+            let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+            let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
+                // Closed unread: the client sees its connection end at once.
+                metrics::counter!(REFUSED).increment(1);
+                tracing::debug!(%addr, "connection closed: --max-client-connections are open");
+                continue;
+            };
+            // Small gRPC answers must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(cause = %e, "could not set TCP_NODELAY");
+            }
+            let mut io = Fixed::new(Coalesced::new(stream));
+            io.permit = Some(permit);
+            return (io, addr);
         }
-        (Fixed::new(Coalesced::new(stream)), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 }
 
@@ -82,6 +115,10 @@ pub struct Fixed<S> {
     out: Vec<u8>,
     out_pos: usize,
     block: Option<Block>,
+    /// Bytes of a frame outside any header block still to pass on as they come.
+    passing: usize,
+    /// The connection's place under the connection cap, given back when it closes.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl<S> Fixed<S> {
@@ -94,6 +131,8 @@ impl<S> Fixed<S> {
             out: Vec::new(),
             out_pos: 0,
             block: None,
+            passing: 0,
+            permit: None,
         }
     }
 
@@ -118,9 +157,34 @@ impl<S> Fixed<S> {
             return;
         }
         let mut at = 0;
-        while self.raw.len() - at >= FRAME_HEADER {
+        loop {
+            if self.passing > 0 {
+                let n = self.passing.min(self.raw.len() - at);
+                self.out.extend_from_slice(&self.raw[at..at + n]);
+                at += n;
+                self.passing -= n;
+                if self.passing > 0 {
+                    break;
+                }
+            }
+            if self.raw.len() - at < FRAME_HEADER {
+                break;
+            }
             let h = &self.raw[at..at + FRAME_HEADER];
             let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+            let in_block = matches!(h[3], HEADERS | CONTINUATION) || self.block.is_some();
+            if !in_block {
+                // Nothing to rewrite: its bytes go on as they come, whatever length it claims.
+                self.out.extend_from_slice(&self.raw[at..at + FRAME_HEADER]);
+                at += FRAME_HEADER;
+                self.passing = len;
+                continue;
+            }
+            if len > MAX_FRAME {
+                // Longer than `h2` accepts: it refuses the frame itself; nothing is gathered.
+                self.give_up(at);
+                return;
+            }
             if self.raw.len() - at < FRAME_HEADER + len {
                 break;
             }
@@ -581,6 +645,43 @@ mod tests {
             [0x82, 0x86],
             "indexed fields pass"
         );
+    }
+
+    #[test]
+    fn a_large_frame_passes_as_it_comes_and_nothing_waits_for_its_end() {
+        let mut fixed = Fixed::new(());
+        fixed.raw.extend_from_slice(PREFACE);
+        fixed.process(false);
+        // A DATA frame declaring the largest length a frame header can carry.
+        let mut input = frame(0x0, 0, 1, &[]);
+        input[..3].copy_from_slice(&[0xff, 0xff, 0xff]);
+        input.extend(std::iter::repeat_n(7u8, 200 * 1024));
+        for piece in input.chunks(1000) {
+            fixed.raw.extend_from_slice(piece);
+            fixed.process(false);
+            assert!(
+                fixed.raw.len() <= FRAME_HEADER + MAX_FRAME,
+                "{} bytes held back",
+                fixed.raw.len()
+            );
+        }
+        assert_eq!(
+            fixed.out.len(),
+            PREFACE.len() + input.len(),
+            "everything passed on"
+        );
+        // A header frame longer than any h2 accepts is not gathered either: h2 refuses it.
+        let mut fixed = Fixed::new(());
+        fixed.raw.extend_from_slice(PREFACE);
+        let mut headers = frame(HEADERS, END_HEADERS, 1, &[]);
+        headers[..3].copy_from_slice(&[0x10, 0x00, 0x00]);
+        headers.extend(std::iter::repeat_n(0x82u8, 64 * 1024));
+        for piece in headers.chunks(1000) {
+            fixed.raw.extend_from_slice(piece);
+            fixed.process(false);
+        }
+        assert!(fixed.raw.len() <= FRAME_HEADER + MAX_FRAME);
+        assert_eq!(fixed.out.len(), PREFACE.len() + headers.len());
     }
 
     #[test]

@@ -45,7 +45,10 @@ pub async fn run<B: Backend>(node: Node<B>, policy: AutoCompaction, stop: Cancel
                 point
             }
         };
-        if target <= node.store().compact_revision() {
+        // Only the leader proposes, as etcd's compactor does: every member would otherwise
+        // propose the same compaction, and the store removes the versions on every member.
+        let status = node.status();
+        if status.leader != Some(status.id) || target <= node.store().compact_revision() {
             continue;
         }
         let command = Command::Compact(CompactRequest {
@@ -56,11 +59,7 @@ pub async fn run<B: Backend>(node: Node<B>, policy: AutoCompaction, stop: Cancel
             .propose(command, Deadline::after(Duration::from_secs(10)))
             .await
         {
-            Ok(_) => {
-                tracing::info!(revision = target, "auto-compacted");
-                let store = node.store().clone();
-                let _ = tokio::task::spawn_blocking(move || store.finish_compaction()).await;
-            }
+            Ok(_) => tracing::info!(revision = target, "auto-compacted"),
             Err(e) => tracing::warn!(revision = target, cause = %e, "auto-compaction failed"),
         }
     }

@@ -46,6 +46,12 @@ pub struct Config {
     pub api: ApiConfig,
     /// Automatic compaction.
     pub auto_compaction: AutoCompaction,
+    /// Most client connections open at once.
+    pub max_client_connections: usize,
+    /// Most concurrent HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+    /// The watch hub's settings.
+    pub hub: watch::HubConfig,
 }
 
 pub use consensus::{cluster_id, member_id};
@@ -174,6 +180,9 @@ impl TryFrom<Flags> for Config {
         node.lease_checkpoint_interval = f.lease_checkpoint_interval;
         node.lease_revoke_rate = f.lease_revoke_rate.max(1);
         node.budgets = budgets;
+        node.max_request_bytes = f.max_request_bytes;
+        node.max_txn_ops = f.max_txn_ops;
+        node.strict_reconfig_check = f.strict_reconfig_check;
         if f.election_timeout < 5 * f.heartbeat_interval {
             bail!(
                 "--election-timeout ({}ms) should be at least 5 times --heartbeat-interval ({}ms)",
@@ -181,11 +190,27 @@ impl TryFrom<Flags> for Config {
                 f.heartbeat_interval
             );
         }
+        for (flag, value) in [
+            ("--max-response-bytes", f.max_response_bytes),
+            ("--max-client-connections", f.max_client_connections),
+            ("--max-watchers-per-stream", f.max_watchers_per_stream),
+            ("--max-watcher-queue-bytes", f.max_watcher_queue_bytes),
+            (
+                "--max-concurrent-streams",
+                usize::try_from(f.max_concurrent_streams).unwrap_or(usize::MAX),
+            ),
+        ] {
+            if value == 0 {
+                bail!("{flag} must be more than 0");
+            }
+        }
         let api = ApiConfig {
             cluster_id: cluster_id(&f.initial_cluster_token),
             limits: Limits {
                 max_request_bytes: f.max_request_bytes,
                 max_txn_ops: f.max_txn_ops,
+                max_response_bytes: f.max_response_bytes,
+                max_watchers_per_stream: f.max_watchers_per_stream,
             },
             budgets,
             version: API_VERSION.to_string(),
@@ -208,6 +233,12 @@ impl TryFrom<Flags> for Config {
                 &f.auto_compaction_mode,
                 &f.auto_compaction_retention,
             )?,
+            max_client_connections: f.max_client_connections,
+            max_concurrent_streams: f.max_concurrent_streams,
+            hub: watch::HubConfig {
+                max_queued_bytes: f.max_watcher_queue_bytes,
+                ..watch::HubConfig::default()
+            },
         })
     }
 }

@@ -78,6 +78,39 @@ pub struct Flags {
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: usize,
 
+    /// Largest answer sent, in bytes; a larger one is refused with grpc-go's "trying to send
+    /// message larger than max" (etcd's limit is grpc-go's send limit, 2 GiB - 1).
+    #[arg(long, env = "METASTORE_MAX_RESPONSE_BYTES", default_value_t = kvapi::MAX_RESPONSE_BYTES)]
+    pub max_response_bytes: usize,
+
+    /// Most client connections open at once (gRPC and HTTP); a connection over it is closed
+    /// as soon as it is accepted, and counted in `metastore_client_connections_refused_total`.
+    #[arg(
+        long,
+        env = "METASTORE_MAX_CLIENT_CONNECTIONS",
+        default_value_t = 10_000
+    )]
+    pub max_client_connections: usize,
+
+    /// Most concurrent HTTP/2 streams (calls, watch and keep-alive streams) one client
+    /// connection may have open; announced in SETTINGS, so clients wait for a free one.
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = 1_000)]
+    pub max_concurrent_streams: u32,
+
+    /// Most watches on one watch stream; a create over it is answered cancelled, with a
+    /// reason naming this flag.
+    #[arg(
+        long,
+        env = "METASTORE_MAX_WATCHERS_PER_STREAM",
+        default_value_t = 10_000
+    )]
+    pub max_watchers_per_stream: usize,
+
+    /// Bytes of events (keys and values) that may wait for one watcher's reader; past that its
+    /// events wait in history and it catches up from there when its reader makes room.
+    #[arg(long, env = "METASTORE_MAX_WATCHER_QUEUE_BYTES", default_value_t = 16 << 20)]
+    pub max_watcher_queue_bytes: usize,
+
     /// Most operations in one txn (per compare list and per branch).
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
@@ -107,6 +140,13 @@ pub struct Flags {
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
 
+    /// Refuse membership changes that would leave fewer started voters than a quorum (as
+    /// etcd; a lone member may still take a second voter). `--strict-reconfig-check=false`
+    /// turns the check off.
+    #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK", default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub strict_reconfig_check: bool,
+
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -119,8 +159,8 @@ pub struct Flags {
     #[arg(long, env = "METASTORE_REQUEST_TIMEOUT", value_parser = parse_duration)]
     pub request_timeout: Option<Duration>,
 
-    /// Per-layer wait budgets, e.g. `commit=2s,read-index=500ms` (layers: api, propose, commit,
-    /// read-index, apply, watch-send, peer-rpc).
+    /// Per-layer wait budgets, e.g. `commit=2s,read-index=500ms` (layers: api, leader-wait,
+    /// propose, commit, read-index, apply, watch-send, peer-rpc).
     #[arg(long, env = "METASTORE_BUDGETS", default_value = "")]
     pub budgets: String,
 
@@ -183,8 +223,26 @@ mod tests {
         assert_eq!(f.name, "default");
         assert_eq!(f.max_request_bytes, 1_572_864);
         assert_eq!(f.max_txn_ops, 128);
+        assert_eq!(f.max_response_bytes, 2_147_483_647);
+        assert_eq!(f.max_client_connections, 10_000);
+        assert_eq!(f.max_watchers_per_stream, 10_000);
+        assert_eq!(f.max_watcher_queue_bytes, 16 << 20);
+        assert_eq!(f.max_concurrent_streams, 1_000);
         assert_eq!((f.heartbeat_interval, f.election_timeout), (100, 1000));
         assert_eq!(f.engine, Engine::Redb);
         assert_eq!(f.listen_client_urls, "http://127.0.0.1:2379");
+        assert!(f.strict_reconfig_check);
+    }
+
+    #[test]
+    fn booleans_parse_as_go_flags_do() {
+        let strict = |args: &[&str]| {
+            Flags::try_parse_from(std::iter::once("metastore").chain(args.iter().copied()))
+                .map(|f| f.strict_reconfig_check)
+        };
+        assert_eq!(strict(&["--strict-reconfig-check=false"]).ok(), Some(false));
+        assert_eq!(strict(&["--strict-reconfig-check"]).ok(), Some(true));
+        assert_eq!(strict(&["--strict-reconfig-check=true"]).ok(), Some(true));
+        assert!(strict(&["--strict-reconfig-check=maybe"]).is_err());
     }
 }

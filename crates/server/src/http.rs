@@ -66,7 +66,14 @@ async fn version() -> impl IntoResponse {
 async fn metrics_text<B: Backend>(State(state): State<HttpState<B>>) -> impl IntoResponse {
     let runtime = tokio::runtime::Handle::current().metrics();
     metrics::gauge!("metastore_live_tasks").set(runtime.num_alive_tasks() as f64);
-    metrics::gauge!("metastore_store_revision").set(state.node.store().current_revision() as f64);
+    let store = state.node.store();
+    metrics::gauge!("metastore_store_revision").set(store.current_revision() as f64);
+    // Storage held by history: every stored version, and the revisions compacted but not yet
+    // physically removed on this member.
+    metrics::gauge!("metastore_mvcc_versions_stored").set(store.versions() as f64);
+    let progress = store.compaction_progress();
+    metrics::gauge!("metastore_mvcc_compaction_pending_revisions")
+        .set((progress.target - progress.done).max(0) as f64);
     let status = state.node.status();
     metrics::gauge!("etcd_server_has_leader").set(if status.leader.is_some() { 1.0 } else { 0.0 });
     metrics::gauge!("etcd_server_is_leader").set(if status.leader == Some(status.id) {

@@ -11,7 +11,8 @@
 //! - `config`: [`Config`], checked configuration, member and cluster ids.
 //! - `http`: `/health`, `/version`, `/metrics`.
 //! - `compactor`: automatic compaction.
-//! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2.
+//! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2; caps connections.
+//! - `serve`: client connections, with HTTP/2's stream limit and a graceful stop.
 
 mod authority;
 mod coalesce;
@@ -19,6 +20,7 @@ mod compactor;
 mod config;
 mod flags;
 mod http;
+mod serve;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,13 +49,16 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
+    mvcc::durable::create_dir_all_synced(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     match config.engine {
         Engine::Redb => {
             let path = config.data_dir.join("member").join("data.redb");
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
+                mvcc::durable::create_dir_all_synced(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+                // Opening would create an empty engine file in place of a lost one.
+                consensus::require_state(parent, "data.redb")?;
             }
             // Lazy: the Raft log is fsynced before any write is acknowledged, and replays
             // whatever the engine had not made durable.
@@ -97,8 +102,7 @@ async fn serve<B: Backend>(
 
     // The hub hears every applied revision from now on; resync covers what start-up applied.
     let history: Arc<dyn watch::History> = Arc::new(node.store().clone());
-    let hub =
-        watch::Hub::new(history, watch::HubConfig::default()).context("starting the watch hub")?;
+    let hub = watch::Hub::new(history, config.hub.clone()).context("starting the watch hub")?;
     node.store().set_sink(Arc::new(hub.clone()));
     hub.resync();
     let grpc = kvapi::router(
@@ -113,21 +117,21 @@ async fn serve<B: Backend>(
         metrics,
     });
     let client_router = grpc.merge(http);
+    // One cap over every client listener.
+    let connections = Arc::new(tokio::sync::Semaphore::new(config.max_client_connections));
     for addr in &config.client_addrs {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening for clients on {addr}"))?;
         tracing::info!(%addr, "serving client requests (gRPC and HTTP)");
         let router = client_router.clone();
-        let stop = stop.clone();
-        tasks.spawn(async move {
-            let served = axum::serve(authority::FixAuthority(listener), router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::error!(cause = %e, "client listener failed");
-            }
-        });
+        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections));
+        tasks.spawn(serve::serve(
+            listener,
+            router,
+            config.max_concurrent_streams,
+            stop.clone(),
+        ));
     }
     // The peer port: Raft's messages and what followers forward to the leader.
     let peer_router =

@@ -85,6 +85,8 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     members: Vec<Member>,
     net: Option<Net>,
+    /// Where the members' data directories go, when not in the cluster's own directory.
+    data_root: Option<PathBuf>,
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -102,6 +104,23 @@ impl Cluster {
     /// # Errors
     /// A member that exits or is not healthy in time, with the end of its log.
     pub fn start(options: ClusterOptions) -> Result<Cluster, String> {
+        Self::start_with_data_root(options, None)
+    }
+
+    /// As [`Cluster::start`], with each member's data directory under `data_root` (a
+    /// filesystem a test controls, such as a power-cut mount) instead of the cluster's own
+    /// temporary directory, which keeps the logs.
+    ///
+    /// # Errors
+    /// As [`Cluster::start`].
+    pub fn start_in(options: ClusterOptions, data_root: PathBuf) -> Result<Cluster, String> {
+        Self::start_with_data_root(options, Some(data_root))
+    }
+
+    fn start_with_data_root(
+        options: ClusterOptions,
+        data_root: Option<PathBuf>,
+    ) -> Result<Cluster, String> {
         let dir = tempfile::Builder::new()
             .prefix("metastore-cluster-")
             .tempdir()
@@ -131,6 +150,7 @@ impl Cluster {
             dir,
             members,
             net,
+            data_root,
         };
         for i in 0..cluster.members.len() {
             cluster.spawn(i)?;
@@ -171,7 +191,10 @@ impl Cluster {
     }
 
     fn data_dir(&self, i: usize) -> PathBuf {
-        self.dir.path().join(&self.members[i].name)
+        self.data_root
+            .as_deref()
+            .unwrap_or(self.dir.path())
+            .join(&self.members[i].name)
     }
 
     fn log_path(&self, i: usize) -> PathBuf {
@@ -291,6 +314,16 @@ impl Cluster {
         self.kill(i);
         self.spawn(i)?;
         self.wait_healthy(i)
+    }
+
+    /// Starts member `i` again (killing it first if it runs) without waiting for it to answer,
+    /// for tests that must reach it the moment its port opens.
+    ///
+    /// # Errors
+    /// The process could not be spawned.
+    pub fn respawn(&mut self, i: usize) -> Result<(), String> {
+        self.kill(i);
+        self.spawn(i)
     }
 
     /// SIGSTOP member `i`: it holds its connections and answers nothing.

@@ -268,6 +268,9 @@ impl Backend for Stuck {
     fn flush(&self) -> Result<(), BackendError> {
         Ok(())
     }
+    fn replace(&self) -> Result<Box<dyn mvcc::Replacement + '_>, BackendError> {
+        self.inner.replace()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,5 +352,59 @@ async fn a_state_machine_that_never_applies_times_out_at_the_budget() {
         b"v",
         "the timed-out entries still applied, as in etcd"
     );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_removing_compacted_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.redb");
+    let open = || RedbBackend::open(&path, &Options::default()).unwrap();
+    let d = || Deadline::after(Duration::from_secs(5));
+    {
+        let node = started(config(dir.path()), open()).await;
+        for i in 0..400 {
+            node.propose(put(&format!("k{}", i % 200), &i.to_string()), d())
+                .await
+                .unwrap();
+        }
+        node.shutdown().await.unwrap();
+    }
+    // The member applied a compaction and removed part of the history when it crashed: the
+    // store as that crash leaves it, at the same applied position.
+    let (versions, progress) = {
+        let store = mvcc::Store::open(open()).unwrap();
+        let applied = store.applied().unwrap();
+        let compact = Command::Compact(mvcc::CompactRequest {
+            revision: store.current_revision(),
+            physical: false,
+        });
+        store.apply(&[compact], applied.as_deref()).unwrap();
+        store.compact_physical(100).unwrap();
+        (store.versions(), store.compaction_progress())
+    };
+    assert!(
+        !progress.finished() && versions > 250,
+        "the crash must come mid-removal: {progress:?}, {versions} versions"
+    );
+    let node = started(config(dir.path()), open()).await;
+    let started_at = Instant::now();
+    while node.store().versions() > 200 && started_at.elapsed() < Duration::from_secs(10) {
+        let _ = deadline::within(
+            Layer::Api,
+            Deadline::after(Duration::from_millis(50)),
+            std::future::pending::<()>(),
+        )
+        .await;
+    }
+    assert_eq!(
+        (
+            node.store().versions(),
+            node.store().compaction_progress().finished()
+        ),
+        (200, true),
+        "the restarted member did not finish removing the compacted history"
+    );
+    assert_eq!(value_of(&node, "k199").unwrap(), b"399");
     node.shutdown().await.unwrap();
 }

@@ -1,6 +1,6 @@
 //! The KV service: reads from the local store, writes through Raft.
 
-use mvcc::{Backend, Command, Response};
+use mvcc::{Backend, Command, ReadLimits, Response};
 use prost::Message;
 use tonic::{Request, Response as Reply, Status};
 
@@ -11,10 +11,10 @@ use crate::pb::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use crate::pb_conv::{
-    delete_from_pb, delete_to_pb, put_from_pb, put_to_pb, range_from_pb, range_to_pb, read_only,
-    txn_from_pb, txn_to_pb,
+    delete_from_pb, delete_to_pb, kv_wire_len, put_from_pb, put_to_pb, range_from_pb, range_to_pb,
+    read_only, txn_from_pb, txn_to_pb,
 };
-use crate::service::{handled, Shared};
+use crate::service::{client_deadline, handled, Shared};
 use crate::validate;
 
 const SERVICE: &str = "etcdserverpb.KV";
@@ -31,6 +31,7 @@ impl<B: Backend> KvService<B> {
 
     async fn serve_range(&self, req: Request<RangeRequest>) -> Result<RangeResponse, ApiError> {
         let deadline = self.shared.deadline(&req);
+        let client = client_deadline(&req);
         let r = req.into_inner();
         // Like etcd, only what goes through Raft is size-checked: reads are not.
         validate::check_range(&r)?;
@@ -38,10 +39,50 @@ impl<B: Backend> KvService<B> {
         if !r.serializable {
             self.shared.node.read_index(deadline).await?;
         }
-        let (resp, revision) = self.shared.node.store().range(&model)?;
+        let limit = self.shared.config.limits.max_response_bytes;
+        let (resp, revision) = if r.range_end.is_empty() {
+            // One key: one seek, cheaper than a trip to the blocking pool.
+            self.shared.node.store().range(&model)?
+        } else {
+            // Any other range may count millions of keys, even with a limit.
+            let store = self.shared.node.store().clone();
+            self.shared
+                .scan(deadline, client, move |stop| {
+                    let limits = ReadLimits {
+                        max_bytes: limit,
+                        measure: &kv_wire_len,
+                        stop,
+                    };
+                    store.range_within(&model, &limits)
+                })
+                .await
+                .map_err(|e| match e {
+                    // The whole answer, header and all, as grpc-go would have measured it.
+                    ApiError::ResponseTooLarge { size, limit } => ApiError::ResponseTooLarge {
+                        size: size + self.framing(),
+                        limit,
+                    },
+                    other => other,
+                })?
+        };
         let mut out = range_to_pb(resp, revision);
         out.header = self.shared.header(revision);
+        let size = out.encoded_len();
+        if size > limit {
+            return Err(ApiError::ResponseTooLarge { size, limit });
+        }
         Ok(out)
+    }
+
+    /// The bytes of a range answer besides its key-values (header, count, more).
+    fn framing(&self) -> usize {
+        RangeResponse {
+            header: self.shared.header(i64::MAX),
+            count: i64::MAX,
+            more: true,
+            kvs: Vec::new(),
+        }
+        .encoded_len()
     }
 
     async fn write(
@@ -118,13 +159,13 @@ impl<B: Backend> KvService<B> {
             physical: r.physical,
         });
         let (revision, _) = self.write(deadline, command).await?;
-        // Removing the old versions is bounded background work; `physical` waits for it.
-        let store = self.shared.node.store().clone();
-        let removal = tokio::task::spawn_blocking(move || store.finish_compaction());
+        // Every member removes the old versions in the background once it applied the
+        // compaction; `physical` waits for this member's removal.
         if r.physical {
-            deadline::within(deadline::Layer::Api, deadline, removal)
-                .await?
-                .map_err(|e| ApiError::Internal(e.to_string()))??;
+            self.shared
+                .node
+                .wait_compaction(r.revision, deadline)
+                .await?;
         }
         Ok(CompactionResponse {
             header: self.shared.header(revision),

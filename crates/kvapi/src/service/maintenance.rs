@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 
-use mvcc::Backend;
+use mvcc::{Backend, KvHash};
 use tokio_stream::Stream;
 use tonic::{Request, Response as Reply, Status};
 
@@ -13,7 +13,7 @@ use crate::pb::etcdserverpb::{
     DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
     MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
-use crate::service::{handled, Shared};
+use crate::service::{client_deadline, handled, Shared};
 
 const SERVICE: &str = "etcdserverpb.Maintenance";
 
@@ -25,6 +25,19 @@ pub struct MaintenanceService<B> {
 impl<B: Backend> MaintenanceService<B> {
     pub(crate) fn new(shared: Shared<B>) -> Self {
         Self { shared }
+    }
+
+    /// The key-space hash at `revision`: a scan of the whole store, off the async workers and
+    /// within the request's deadline.
+    async fn hash_of<T>(&self, request: &Request<T>, revision: i64) -> Result<KvHash, ApiError> {
+        let store = self.shared.node.store().clone();
+        self.shared
+            .scan(
+                self.shared.deadline(request),
+                client_deadline(request),
+                move |stop| store.hash_until(revision, stop),
+            )
+            .await
     }
 
     fn current_header(&self) -> Option<crate::pb::etcdserverpb::ResponseHeader> {
@@ -82,19 +95,17 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         )
     }
 
-    async fn hash(&self, _request: Request<HashRequest>) -> Result<Reply<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Reply<HashResponse>, Status> {
         let result = self
-            .shared
-            .node
-            .store()
-            .hash(0)
+            .hash_of(&request, 0)
+            .await
             .map(|h| {
                 Reply::new(HashResponse {
                     header: self.current_header(),
                     hash: h.hash,
                 })
             })
-            .map_err(|e| ApiError::from(e).status());
+            .map_err(|e| e.status());
         handled(SERVICE, "Hash", result)
     }
 
@@ -102,12 +113,10 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Reply<HashKvResponse>, Status> {
-        let revision = request.into_inner().revision;
+        let revision = request.get_ref().revision;
         let result = self
-            .shared
-            .node
-            .store()
-            .hash(revision)
+            .hash_of(&request, revision)
+            .await
             .map(|h| {
                 Reply::new(HashKvResponse {
                     header: self.current_header(),
@@ -116,7 +125,7 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
                     hash_revision: h.revision,
                 })
             })
-            .map_err(|e| ApiError::from(e).status());
+            .map_err(|e| e.status());
         handled(SERVICE, "HashKV", result)
     }
 

@@ -6,13 +6,16 @@ mod lease;
 mod maintenance;
 mod watches;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use consensus::Node;
 use deadline::{Budgets, Deadline, Layer};
 use mvcc::Backend;
+use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
+use crate::error::ApiError;
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::validate::Limits;
 
@@ -45,6 +48,8 @@ pub(crate) struct Shared<B> {
     pub node: Node<B>,
     pub config: Arc<ApiConfig>,
     pub db_size: DbSize,
+    /// Permits for long reads on the blocking pool: how many scan at once.
+    pub scans: Arc<Semaphore>,
 }
 
 impl<B> Clone for Shared<B> {
@@ -53,6 +58,7 @@ impl<B> Clone for Shared<B> {
             node: self.node.clone(),
             config: Arc::clone(&self.config),
             db_size: Arc::clone(&self.db_size),
+            scans: Arc::clone(&self.scans),
         }
     }
 }
@@ -69,6 +75,19 @@ impl<B: Backend> Shared<B> {
         self.config.budgets.deadline_for(Layer::Api, client)
     }
 
+    /// Runs `read`, a scan of the store that may be long, on the blocking pool (never on the
+    /// async workers), one of a bounded number at a time. `read` is handed a stop check to ask
+    /// between chunks: true once `deadline` passed or the caller went away (this future was
+    /// dropped). `client` is the client's own deadline, which decides how expiry is answered.
+    pub async fn scan<T: Send + 'static>(
+        &self,
+        deadline: Deadline,
+        client: Deadline,
+        read: impl FnOnce(&dyn Fn() -> bool) -> mvcc::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        scan(&self.scans, deadline, client, read).await
+    }
+
     /// The response header at `revision`.
     pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
         Some(ResponseHeader {
@@ -78,6 +97,89 @@ impl<B: Backend> Shared<B> {
             raft_term: self.node.term(),
         })
     }
+}
+
+/// Reads stopped before they finished, by reason (`deadline`, `canceled`).
+const READS_STOPPED: &str = "metastore_reads_stopped_total";
+/// Reads scanning on the blocking pool now.
+const READS_RUNNING: &str = "metastore_reads_running";
+
+/// [`Shared::scan`] with its permits given.
+async fn scan<T: Send + 'static>(
+    scans: &Arc<Semaphore>,
+    deadline: Deadline,
+    client: Deadline,
+    read: impl FnOnce(&dyn Fn() -> bool) -> mvcc::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let expired = || {
+        if client.is_expired() {
+            ApiError::DeadlineExceeded
+        } else {
+            ApiError::Timeout
+        }
+    };
+    let permit = deadline::within(Layer::Api, deadline, Arc::clone(scans).acquire_owned())
+        .await
+        .map_err(|_| expired())?
+        .map_err(|_| ApiError::Stopped)?;
+    let gone = Arc::new(AtomicBool::new(false));
+    let _abandon = Abandon(Arc::clone(&gone));
+    let job = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let _running = Running::new();
+        let result = read(&|| deadline.is_expired() || gone.load(Ordering::Relaxed));
+        if matches!(result, Err(mvcc::Error::Stopped)) {
+            // Counted here: a caller that went away is not there to count it.
+            let reason = if deadline.is_expired() {
+                "deadline"
+            } else {
+                "canceled"
+            };
+            metrics::counter!(READS_STOPPED, "reason" => reason).increment(1);
+        }
+        result
+    });
+    match job.await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(mvcc::Error::Stopped)) if deadline.is_expired() => Err(expired()),
+        Ok(Err(mvcc::Error::Stopped)) => Err(ApiError::Canceled),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::Internal(format!("a read failed: {e}"))),
+    }
+}
+
+/// Counts a read in [`READS_RUNNING`] while it lives.
+struct Running;
+
+impl Running {
+    fn new() -> Self {
+        metrics::gauge!(READS_RUNNING).increment(1.0);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        metrics::gauge!(READS_RUNNING).decrement(1.0);
+    }
+}
+
+/// Tells a read on the blocking pool that its caller is gone, when the caller's future drops.
+struct Abandon(Arc<AtomicBool>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The client's own deadline, from its `grpc-timeout`; none if it sent none.
+pub(crate) fn client_deadline<T>(req: &tonic::Request<T>) -> Deadline {
+    req.metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Deadline::from_grpc_timeout(v).ok())
+        .unwrap_or_else(Deadline::none)
 }
 
 /// Counts the call as etcd's `grpc_server_handled_total` does and logs an error once, with
@@ -135,5 +237,66 @@ fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "Unavailable",
         Code::DataLoss => "DataLoss",
         Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A read that goes on until it is told to stop, and says when it was.
+    fn endless(
+        stopped: mpsc::Sender<Instant>,
+    ) -> impl FnOnce(&dyn Fn() -> bool) -> mvcc::Result<()> {
+        move |stop| {
+            while !stop() {
+                std::thread::yield_now();
+            }
+            let _ = stopped.send(Instant::now());
+            Err(mvcc::Error::Stopped)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scan_stops_at_its_deadline_and_answers_by_whose_it_was() {
+        let permits = Arc::new(Semaphore::new(2));
+        let short = Duration::from_millis(50);
+        let (tx, rx) = mpsc::channel();
+        let started = Instant::now();
+        let client = Deadline::after(short);
+        let got = scan(&permits, client, client, endless(tx.clone())).await;
+        assert_eq!(
+            got,
+            Err(ApiError::DeadlineExceeded),
+            "the client's deadline"
+        );
+        assert!(started.elapsed() < short + Duration::from_secs(1));
+        let budget = Deadline::after(short);
+        let got = scan(&permits, budget, Deadline::none(), endless(tx)).await;
+        assert_eq!(got, Err(ApiError::Timeout), "the server's budget");
+        assert_eq!(rx.try_iter().count(), 2, "both reads were stopped");
+        assert_eq!(permits.available_permits(), 2, "permits are given back");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scan_whose_caller_left_stops() {
+        let permits = Arc::new(Semaphore::new(1));
+        let (tx, rx) = mpsc::channel();
+        let call = scan(&permits, Deadline::none(), Deadline::none(), endless(tx));
+        let left = deadline::within(Layer::Api, Deadline::after(Duration::from_millis(50)), call);
+        assert!(left.await.is_err(), "the read never ends by itself");
+        let stopped = rx.recv_timeout(Duration::from_secs(5));
+        assert!(stopped.is_ok(), "the read went on after its caller left");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scan_waits_for_a_permit_within_its_deadline() {
+        let permits = Arc::new(Semaphore::new(0));
+        let client = Deadline::after(Duration::from_millis(50));
+        let got = scan(&permits, client, client, |_| Ok(())).await;
+        assert_eq!(got, Err(ApiError::DeadlineExceeded));
     }
 }

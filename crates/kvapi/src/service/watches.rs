@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response as Reply, Status, Streaming};
-use watch::{Delivery, Hub, WatchGuard, WatchSpec};
+use watch::{Charge, Delivery, Hub, WatchGuard, WatchSpec};
 
 use crate::pb::etcdserverpb::watch_create_request::FilterType;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
@@ -70,7 +70,9 @@ impl<B: Backend> WatchService<B> {
 /// The response stream handed to tonic: the queue, unless the stream was ended for a reason,
 /// which then comes first.
 pub struct Responses {
-    rx: mpsc::Receiver<WatchResponse>,
+    /// Each response with the bytes it holds against its watcher's queue budget, given back
+    /// when tonic takes it.
+    rx: mpsc::Receiver<(WatchResponse, Charge)>,
     ended: Arc<OnceLock<Status>>,
     done: bool,
 }
@@ -87,7 +89,9 @@ impl Stream for Responses {
             self.rx.close();
             return Poll::Ready(Some(Err(status)));
         }
-        self.rx.poll_recv(cx).map(|r| r.map(Ok))
+        self.rx
+            .poll_recv(cx)
+            .map(|r| r.map(|(response, _charge)| Ok(response)))
     }
 }
 
@@ -107,7 +111,9 @@ impl<B: Backend> Watch for WatchService<B> {
             tx,
             ended: Arc::clone(&ended),
             watchers: HashMap::new(),
+            routes: HashMap::new(),
             next_id: 0,
+            next_route: 0,
             progress_deferred: false,
             budget: self.shared.config.budgets.get(Layer::WatchSend),
         };
@@ -127,6 +133,9 @@ impl<B: Backend> Watch for WatchService<B> {
 /// What a stream remembers of one of its watches.
 struct Watcher {
     guard: WatchGuard,
+    /// The tag its deliveries carry: never reused on the stream, unlike a client's watch id, so
+    /// a delivery still queued for a cancelled watch never reaches a later one with its id.
+    route: u64,
     progress_notify: bool,
     fragment: bool,
 }
@@ -142,10 +151,14 @@ enum End {
 struct StreamTask<B> {
     shared: Shared<B>,
     hub: Hub,
-    tx: mpsc::Sender<WatchResponse>,
+    tx: mpsc::Sender<(WatchResponse, Charge)>,
     ended: Arc<OnceLock<Status>>,
     watchers: HashMap<i64, Watcher>,
+    /// The client's watch id of each live route.
+    routes: HashMap<u64, i64>,
+    /// The next automatic watch id; like etcd, never handed out twice on a stream.
     next_id: i64,
+    next_route: u64,
     /// A progress request waits for every watch to be synced.
     progress_deferred: bool,
     budget: Duration,
@@ -202,6 +215,7 @@ impl<B: Backend> StreamTask<B> {
         }
         // Dropping the guards removes the watchers from the hub.
         self.watchers.clear();
+        self.routes.clear();
     }
 
     fn header(&self) -> Option<crate::pb::etcdserverpb::ResponseHeader> {
@@ -211,11 +225,16 @@ impl<B: Backend> StreamTask<B> {
 
     /// Sends within the watch-send budget.
     async fn send(&self, response: WatchResponse) -> Result<(), End> {
+        self.send_charged(response, Charge::default()).await
+    }
+
+    /// Sends within the watch-send budget, keeping `charge` until the response has left.
+    async fn send_charged(&self, response: WatchResponse, charge: Charge) -> Result<(), End> {
         match deadline::send(
             Layer::WatchSend,
             Deadline::after(self.budget),
             &self.tx,
-            response,
+            (response, charge),
         )
         .await
         {
@@ -235,7 +254,7 @@ impl<B: Backend> StreamTask<B> {
             Some(RequestUnion::CreateRequest(create)) => self.create(create, deliveries).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
                 // etcd answers only the cancellation of a watch it has.
-                if self.watchers.remove(&cancel.watch_id).is_some() {
+                if self.remove(cancel.watch_id) {
                     let header = self.header();
                     self.send(WatchResponse {
                         header,
@@ -288,8 +307,27 @@ impl<B: Backend> StreamTask<B> {
             while self.watchers.contains_key(&self.next_id) {
                 self.next_id += 1;
             }
-            self.next_id
+            let id = self.next_id;
+            self.next_id += 1;
+            id
         };
+        let cap = self.shared.config.limits.max_watchers_per_stream;
+        if self.watchers.len() >= cap {
+            // Refused like any failed create: this watch is cancelled, the others go on.
+            return self
+                .send(WatchResponse {
+                    header,
+                    watch_id: id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: format!(
+                        "etcdserver: too many watchers on this stream (limit {cap}, set by \
+                         --max-watchers-per-stream)"
+                    ),
+                    ..Default::default()
+                })
+                .await;
+        }
         if self.watchers.contains_key(&id) {
             let reason = "mvcc: duplicate watch ID provided on the WatchStream".to_string();
             return self
@@ -311,10 +349,13 @@ impl<B: Backend> StreamTask<B> {
             no_put: c.filters.contains(&(FilterType::Noput as i32)),
             no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
             prev_kv: c.prev_kv,
-            tag: id as u64,
+            tag: self.next_route,
         };
         match self.hub.watch(spec, deliveries.clone()) {
             Ok(guard) => {
+                let route = self.next_route;
+                self.next_route += 1;
+                self.routes.insert(route, id);
                 // A watch "from now" reports the revision it starts after, which the hub may
                 // not have published yet while an apply is in flight.
                 let header = if c.start_revision <= 0 {
@@ -326,6 +367,7 @@ impl<B: Backend> StreamTask<B> {
                     id,
                     Watcher {
                         guard,
+                        route,
                         progress_notify: c.progress_notify,
                         fragment: c.fragment,
                     },
@@ -352,14 +394,27 @@ impl<B: Backend> StreamTask<B> {
         }
     }
 
+    /// Forgets the watch `id` (its guard removes it from the hub); false if there was none.
+    fn remove(&mut self, id: i64) -> bool {
+        match self.watchers.remove(&id) {
+            Some(w) => {
+                self.routes.remove(&w.route);
+                true
+            }
+            None => false,
+        }
+    }
+
     async fn on_delivery(&mut self, d: Delivery) -> Result<(), End> {
-        let id = d.tag as i64;
+        // No route: the watch was cancelled meanwhile.
+        let Some(&id) = self.routes.get(&d.tag) else {
+            return Ok(());
+        };
         let Some(watcher) = self.watchers.get(&id) else {
-            // Cancelled meanwhile.
             return Ok(());
         };
         if let Some(compacted) = d.compacted {
-            self.watchers.remove(&id);
+            self.remove(id);
             // etcd 3.4 sends this cancellation with a header at revision 0.
             return self
                 .send(WatchResponse {
@@ -380,12 +435,17 @@ impl<B: Backend> StreamTask<B> {
         };
         let limit = self.shared.config.limits.max_request_bytes + FRAGMENT_SLACK;
         if watcher.fragment && response.events.len() > 1 && response.encoded_len() >= limit {
-            for part in fragments(response, limit) {
+            let mut parts = fragments(response, limit);
+            let last = parts.pop();
+            for part in parts {
                 self.send(part).await?;
+            }
+            if let Some(part) = last {
+                self.send_charged(part, d.charge).await?;
             }
             return Ok(());
         }
-        self.send(response).await
+        self.send_charged(response, d.charge).await
     }
 
     /// The revision every watch of this stream has been sent all events up to, if all are live:

@@ -272,3 +272,35 @@ async fn sigterm_exits_zero_and_keeps_every_write_redb() {
 async fn sigterm_exits_zero_and_keeps_every_write_mem() {
     graceful(Kind::Mem).await;
 }
+
+/// A member that lost the state its marker vouches for (the Raft log, or the engine's file)
+/// refuses to start with an error naming what is missing, instead of bootstrapping a new,
+/// empty cluster over the old one's name (issue 23).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_missing_its_state_refuses_to_start() {
+    let mut cases = vec![(Kind::Redb, "raft-log.redb"), (Kind::Mem, "raft-log.redb")];
+    cases.push((Kind::Redb, "data.redb"));
+    for (kind, lost) in cases {
+        let mut server = Server::start(kind, &[]);
+        let mut c = server.client().await;
+        c.put("k", "v", None).await.expect("put");
+        drop(c);
+        server.kill();
+        let path = server.data_dir().join("member").join(lost);
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let log = server.restart_refused(Duration::from_secs(30));
+        assert!(
+            log.contains(lost) && log.contains("refusing to start"),
+            "{kind:?} without {lost}: the error must name it; log:\n{log}"
+        );
+        assert!(
+            !log.contains("bootstrapping a new cluster"),
+            "{kind:?} without {lost} bootstrapped anyway; log:\n{log}"
+        );
+        // The refusal created nothing in its place, so the next start refuses too.
+        assert!(
+            !path.exists(),
+            "{kind:?}: the refused start created {lost} again"
+        );
+    }
+}

@@ -139,7 +139,8 @@ impl Server {
         (!values.is_empty()).then(|| values.iter().sum())
     }
 
-    fn data_dir(&self) -> PathBuf {
+    /// The server's `--data-dir`.
+    pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
@@ -147,7 +148,7 @@ impl Server {
         self.dir.path().join("server.log")
     }
 
-    fn spawn(&mut self) {
+    fn spawn_only(&mut self) {
         assert!(self.child.is_none(), "the server is already running");
         let client = self.endpoint();
         let peer = self.peer_url();
@@ -194,7 +195,47 @@ impl Server {
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {:?}: {e}", self.kind));
         self.child = Some(child);
+    }
+
+    fn spawn(&mut self) {
+        self.spawn_only();
         self.wait_ready();
+    }
+
+    /// Starts the server again and expects it to refuse: waits up to `limit` for it to exit
+    /// unsuccessfully and answers what it logged. Panics if it becomes healthy or keeps running.
+    pub fn restart_refused(&mut self, limit: Duration) -> String {
+        let before = std::fs::metadata(self.log_path()).map_or(0, |m| m.len() as usize);
+        self.spawn_only();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().expect("try_wait"))
+            {
+                self.child = None;
+                assert!(!status.success(), "the refusal must be an error exit");
+                let log = std::fs::read(self.log_path()).unwrap_or_default();
+                return String::from_utf8_lossy(log.get(before..).unwrap_or_default()).into_owned();
+            }
+            if let Some((200, body)) = http_get(self.client_port, "/health") {
+                if body.contains(r#""health":"true""#) {
+                    panic!(
+                        "{:?} started instead of refusing; its log:\n{}",
+                        self.kind,
+                        self.log_tail()
+                    );
+                }
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{:?} neither refused nor started within {limit:?}; its log:\n{}",
+                self.kind,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Polls `GET /health` until it answers healthy; panics with the log after

@@ -559,3 +559,137 @@ async fn a_stuck_watch_client_costs_nothing_else_and_is_cut_off() {
         calm.0
     );
 }
+
+impl Stream {
+    /// The next response, within [`RECV_LIMIT`].
+    async fn next(&mut self) -> WatchResponse {
+        match deadline::within(
+            Layer::Api,
+            Deadline::after(RECV_LIMIT),
+            self.responses.message(),
+        )
+        .await
+        {
+            Ok(Ok(Some(r))) => r,
+            other => panic!("no watch response within {RECV_LIMIT:?}: {other:?}"),
+        }
+    }
+
+    /// Reads until a response for `id` satisfies `want`; returns everything read.
+    async fn until(
+        &mut self,
+        id: i64,
+        want: impl Fn(&WatchResponse) -> bool,
+    ) -> Vec<WatchResponse> {
+        let mut seen = Vec::new();
+        loop {
+            let r = self.next().await;
+            let done = r.watch_id == id && want(&r);
+            seen.push(r);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+/// The keys of a response's events.
+fn keys(r: &WatchResponse) -> Vec<String> {
+    r.events
+        .iter()
+        .filter_map(|e| e.kv.as_ref())
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+/// One round of [`a_new_watch_never_gets_a_cancelled_watchs_events`] on `s`: a watch of `c/`
+/// (id `old`, 0 for automatic) that falls `backlog` writes behind unread (its queues fill) and is
+/// then cancelled, a watch of `key` (id `new`) created right after the cancel, then a put of
+/// `key`. Checks that nothing comes for the cancelled watch after its cancellation and that the
+/// new watch gets its own key's event and nothing else; returns the two ids the server chose.
+async fn reuse_round(
+    server: &Server,
+    s: &mut Stream,
+    old: i64,
+    new: i64,
+    key: &str,
+    backlog: usize,
+) -> (i64, i64) {
+    s.create(create("c/", b"c0", old, 0)).await;
+    let first = s.next().await;
+    assert!(first.created && !first.canceled, "{first:?}");
+    let old_id = first.watch_id;
+    // One revision per put, more than the server's queues and the connection's flow-control
+    // window hold, none of them read yet.
+    let mut c = server.client().await;
+    let value = vec![b'v'; 16 * 1024];
+    for i in 0..backlog {
+        put(&mut c, &format!("c/{key}/{i}"), &value).await;
+    }
+    s.send(RequestUnion::CancelRequest(WatchCancelRequest {
+        watch_id: old_id,
+    }))
+    .await;
+    s.create(create(key, b"", new, 0)).await;
+    for r in s.until(old_id, |r| r.canceled).await {
+        assert!(
+            r.watch_id == old_id && !r.created,
+            "before the cancellation was answered: {r:?}"
+        );
+    }
+    let created = s.next().await;
+    assert!(
+        created.created && !created.canceled,
+        "the new watch of {key} was not created: {created:?}"
+    );
+    let new_id = created.watch_id;
+    put(&mut c, key, b"v").await;
+    let r = s.next().await;
+    assert_eq!(
+        r.watch_id, new_id,
+        "a response for the cancelled watch {old_id}: {r:?}"
+    );
+    assert!(!r.canceled, "the new watch of {key} was cancelled: {r:?}");
+    assert_eq!(
+        keys(&r),
+        [key],
+        "the new watch of {key} got another watch's events"
+    );
+    (old_id, new_id)
+}
+
+/// A watch created after another was cancelled never receives the cancelled one's events:
+/// automatic ids are never reused on a stream (as in etcd: the ids come out as etcd's), and
+/// a client that reuses its own id gets only the new watch's events under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_watch_never_gets_a_cancelled_watchs_events() {
+    const ROUNDS: i64 = 3;
+    let mut chosen = Vec::new();
+    for kind in [Kind::Etcd, Kind::Redb] {
+        let server = Server::start(kind, &[]);
+        // etcd is asked only for its ids: its fsync per put makes a backlog slow to build.
+        let backlog = if kind == Kind::Etcd { 5 } else { 400 };
+        let mut s = Stream::open(&server, create("first", b"", 0, 0)).await;
+        let first = s.next().await;
+        let mut ids = vec![first.watch_id];
+        for round in 0..ROUNDS {
+            let (old, new) =
+                reuse_round(&server, &mut s, 0, 0, &format!("z/{round}"), backlog).await;
+            ids.extend([old, new]);
+        }
+        if kind != Kind::Etcd {
+            // etcd 3.4 itself may hand a reused client id the old watch's queued events.
+            for round in 0..ROUNDS {
+                let id = 100 + round;
+                let ids =
+                    reuse_round(&server, &mut s, id, id, &format!("y/{round}"), backlog).await;
+                assert_eq!(ids, (id, id), "the ids the client chose");
+            }
+        }
+        chosen.push((kind, ids));
+    }
+    assert_eq!(
+        chosen[1].1, chosen[0].1,
+        "automatic watch ids: ours, then etcd's"
+    );
+}

@@ -1,0 +1,96 @@
+//! The member marker: a durable note that this member has been initialised, so lost state is
+//! refused at start-up instead of being mistaken for a new member.
+//!
+//! Without it, a member whose Raft log (or engine file) vanished — a power cut before the
+//! directory entry was durable, an operator's mistake, a bad restore — looks exactly like a
+//! fresh data dir and bootstraps a new, empty cluster under the old name, silently losing
+//! every acknowledged write. The marker is written (fsynced, and its directory fsynced) only
+//! after the state it vouches for is durable: the log file's name and the vote and membership
+//! entry in it. From then on every start checks that state is still there.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::StartError;
+
+/// The marker's file name in the member directory.
+pub const MARKER: &str = "member.marker";
+/// The Raft log's file name in the member directory.
+pub(crate) const RAFT_LOG: &str = "raft-log.redb";
+
+/// The marker's path in member directory `dir`.
+fn path(dir: &Path) -> PathBuf {
+    dir.join(MARKER)
+}
+
+/// Whether member directory `dir` holds the marker of an initialised member.
+///
+/// # Errors
+/// [`StartError::Marker`] when the marker's presence cannot be determined.
+pub fn initialised(dir: &Path) -> Result<bool, StartError> {
+    let marker = path(dir);
+    marker
+        .try_exists()
+        .map_err(|e| StartError::Marker(format!("{}: {e}", marker.display())))
+}
+
+/// Refuses to start when `dir` carries the marker but `file` (the Raft log, an engine's
+/// data file) is gone: the member's state was lost and bootstrapping would hide it.
+///
+/// # Errors
+/// [`StartError::Missing`] naming the file, or [`StartError::Marker`].
+pub fn require(dir: &Path, file: &str) -> Result<(), StartError> {
+    if !initialised(dir)? {
+        return Ok(());
+    }
+    let wanted = dir.join(file);
+    match wanted.try_exists() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(missing(dir, &format!("{} is missing", wanted.display()))),
+        Err(e) => Err(StartError::Marker(format!("{}: {e}", wanted.display()))),
+    }
+}
+
+/// The refusal for a member whose marker vouches for state that is not there.
+pub(crate) fn missing(dir: &Path, what: &str) -> StartError {
+    StartError::Missing {
+        what: what.to_string(),
+        marker: path(dir).display().to_string(),
+    }
+}
+
+/// Writes the marker durably (idempotent), once the state it vouches for is durable.
+///
+/// # Errors
+/// [`StartError::Marker`] when the marker cannot be written or synced.
+pub(crate) fn write(dir: &Path, id: u64) -> Result<(), StartError> {
+    if initialised(dir)? {
+        return Ok(());
+    }
+    let marker = path(dir);
+    let text = format!("metastore member marker v1\nmember {id:x}\n");
+    mvcc::durable::write_synced(&marker, text.as_bytes())
+        .map_err(|e| StartError::Marker(format!("{}: {e}", marker.display())))?;
+    tracing::info!(path = %marker.display(), "member marker written: lost state will be refused");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_vouches_for_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // No marker: a new member, nothing is required.
+        require(dir.path(), RAFT_LOG).unwrap();
+        write(dir.path(), 7).unwrap();
+        assert!(initialised(dir.path()).unwrap());
+        let err = require(dir.path(), RAFT_LOG).unwrap_err().to_string();
+        assert!(err.contains("raft-log.redb is missing"), "{err}");
+        assert!(err.contains("refusing to start"), "{err}");
+        std::fs::write(dir.path().join(RAFT_LOG), b"").unwrap();
+        require(dir.path(), RAFT_LOG).unwrap();
+        // Writing again keeps the marker.
+        write(dir.path(), 7).unwrap();
+    }
+}

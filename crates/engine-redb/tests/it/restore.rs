@@ -1,0 +1,197 @@
+//! Crash injection at the Backend seam during a restore: the engine write at each step of the
+//! restore fails (as if the process died there; with `EveryBatch` every earlier write is on
+//! disk), and the file, reopened, must hold the whole old store or the whole new one.
+
+use std::io::Read;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use engine_mem::MemBackend;
+use engine_redb::{Durability, Options, RedbBackend};
+use mvcc::{
+    Backend, BackendError, Command, KvHash, PutRequest, RangeRequest, Replacement, Store, Table,
+    Visitor, WriteBatch,
+};
+
+/// Fails the engine write numbered `left` (from 0) and every one after it.
+struct Crashing {
+    inner: RedbBackend,
+    left: AtomicI64,
+}
+
+impl Crashing {
+    /// One more step of the restore; `Err` once the crash point is reached.
+    fn step(&self) -> Result<(), BackendError> {
+        if self.left.fetch_sub(1, Ordering::SeqCst) <= 0 {
+            return Err(BackendError::Io {
+                op: "write",
+                table: None,
+                cause: "injected crash".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Crashing {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.get(table, key)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), BackendError> {
+        self.inner.scan(table, from, to, visit)
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
+        self.step()?;
+        self.inner.write(batch)
+    }
+
+    fn applied(&self) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.applied()
+    }
+
+    fn flush(&self) -> Result<(), BackendError> {
+        self.inner.flush()
+    }
+
+    fn replace(&self) -> Result<Box<dyn Replacement + '_>, BackendError> {
+        self.step()?;
+        Ok(Box::new(CrashingReplacement {
+            inner: self.inner.replace()?,
+            crashing: self,
+        }))
+    }
+}
+
+/// Each write and the commit of a replacement is a step that may crash.
+struct CrashingReplacement<'a> {
+    inner: Box<dyn Replacement + 'a>,
+    crashing: &'a Crashing,
+}
+
+impl Replacement for CrashingReplacement<'_> {
+    fn write(&mut self, batch: WriteBatch) -> Result<(), BackendError> {
+        self.crashing.step()?;
+        self.inner.write(batch)
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), BackendError> {
+        self.crashing.step()?;
+        self.inner.commit()
+    }
+}
+
+fn options() -> Options {
+    Options {
+        durability: Durability::EveryBatch,
+        cache_bytes: 4 << 20,
+    }
+}
+
+fn put(key: String, value: &[u8]) -> Command {
+    Command::Put(PutRequest {
+        key: key.into_bytes(),
+        value: value.to_vec(),
+        ..PutRequest::default()
+    })
+}
+
+/// (revision, compaction point, hash, live keys) of a store.
+fn state<B: Backend>(store: &Store<B>) -> (i64, i64, KvHash, usize) {
+    let everything = RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        count_only: true,
+        ..RangeRequest::default()
+    };
+    (
+        store.current_revision(),
+        store.compact_revision(),
+        store.hash(0).unwrap(),
+        store.range(&everything).unwrap().0.count as usize,
+    )
+}
+
+#[test]
+fn a_restore_interrupted_at_any_step_leaves_the_old_or_the_new_store() {
+    // The new store: enough entries for several engine batches, a compaction, an applied
+    // position.
+    let source = Store::open(MemBackend::new()).unwrap();
+    for i in 0..6000 {
+        source
+            .apply(&[put(format!("new/{:05}", i % 4000), b"n")], None)
+            .unwrap();
+    }
+    source
+        .apply(
+            &[Command::Compact(mvcc::CompactRequest {
+                revision: 3000,
+                physical: false,
+            })],
+            Some(b"new-position"),
+        )
+        .unwrap();
+    let new = state(&source);
+    let mut bytes = Vec::new();
+    source.snapshot().unwrap().read_to_end(&mut bytes).unwrap();
+
+    for crash_at in 0.. {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let store = Store::open(Crashing {
+            inner: RedbBackend::open(&path, &options()).unwrap(),
+            left: AtomicI64::new(i64::MAX),
+        })
+        .unwrap();
+        for i in 0..100 {
+            store
+                .apply(&[put(format!("old/{i:03}"), b"o")], Some(b"old-position"))
+                .unwrap();
+        }
+        let old = state(&store);
+        store.backend().left.store(crash_at, Ordering::SeqCst);
+        let restored = store.restore(bytes.as_slice());
+        if restored.is_err() {
+            // The live store still answers from the old content.
+            assert_eq!(
+                state(&store),
+                old,
+                "crash at step {crash_at}: a failed restore changed the live store"
+            );
+        }
+        drop(store);
+        let reopened = Store::open(RedbBackend::open(&path, &options()).unwrap())
+            .unwrap_or_else(|e| panic!("crash at step {crash_at}: reopening failed: {e}"));
+        let after = state(&reopened);
+        match &restored {
+            Ok(_) => {
+                assert_eq!(
+                    after, new,
+                    "crash at step {crash_at}: restored, then reopened"
+                );
+                assert_eq!(
+                    reopened.applied().unwrap().as_deref(),
+                    Some(&b"new-position"[..])
+                );
+                eprintln!("a restore is {crash_at} engine steps; each crash point checked");
+                return;
+            }
+            Err(e) => assert_eq!(
+                after, old,
+                "crash at step {crash_at} ({e}): the reopened store is neither old nor new"
+            ),
+        }
+        assert_eq!(
+            reopened.applied().unwrap().as_deref(),
+            Some(&b"old-position"[..])
+        );
+        assert!(crash_at < 100, "the restore never finished");
+    }
+}
