@@ -344,7 +344,13 @@ impl TryFrom<Flags> for Config {
             max_client_connections: f.max_client_connections,
             metrics_addrs: split_urls(&f.listen_metrics_urls)
                 .iter()
-                .map(|u| host_port(u))
+                .map(|u| match host_port(u)? {
+                    (_, true) => bail!(
+                        "--listen-metrics-urls {u:?}: https:// is not supported for the metrics \
+                         listener yet (use http://, or the client port's /metrics)"
+                    ),
+                    (addr, false) => Ok(addr),
+                })
                 .collect::<Result<_>>()?,
             max_concurrent_streams: f.max_concurrent_streams,
             hub: watch::HubConfig {
