@@ -13,6 +13,7 @@ mod leader_wait;
 mod lease;
 mod limits;
 mod lock_election;
+mod peer_port;
 mod powercut;
 mod restart;
 mod tls;
