@@ -197,7 +197,8 @@ pub struct Flags {
           default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub peer_client_cert_auth: bool,
 
-    /// Not supported yet (refused at start): client TLS with a generated certificate.
+    /// Client TLS with a self-signed certificate made in DATA_DIR/fixtures/client (when no
+    /// --cert-file/--key-file are given); clients must skip verification.
     #[arg(long, env = "ETCD_AUTO_TLS", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub auto_tls: bool,
@@ -248,7 +249,6 @@ impl Flags {
     /// ignored, since ignoring them would serve with weaker security than asked for.
     pub fn unsupported_tls_flags(&self) -> Vec<&'static str> {
         [
-            (self.auto_tls, "--auto-tls"),
             (self.peer_auto_tls, "--peer-auto-tls"),
             (self.cipher_suites.is_some(), "--cipher-suites"),
             (self.client_crl_file.is_some(), "--client-crl-file"),

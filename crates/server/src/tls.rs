@@ -76,6 +76,43 @@ pub fn read_key(path: &Path, flag: &str) -> Result<PrivateKeyDer<'static>> {
         .with_context(|| format!("{flag} {}: no readable PEM private key", path.display()))
 }
 
+/// `--auto-tls`: a self-signed certificate for `hosts` in `dir` (`cert.pem`, `key.pem`), made
+/// on first use and kept, as etcd does in `DATA_DIR/fixtures/client`. The directory is
+/// private to this user, so the key is too.
+///
+/// # Errors
+/// The directory or files cannot be created, or the certificate cannot be made.
+pub fn self_signed(dir: &Path, hosts: Vec<String>) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if cert.is_file() && key.is_file() {
+        return Ok((cert, key));
+    }
+    mvcc::durable::create_dir_all_synced(dir)
+        .with_context(|| format!("--auto-tls: creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("--auto-tls: securing {}", dir.display()))?;
+    }
+    let pair = rcgen::KeyPair::generate().context("--auto-tls: generating a key")?;
+    let mut params = rcgen::CertificateParams::new(hosts).context("--auto-tls: host names")?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "etcd");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let made = params
+        .self_signed(&pair)
+        .context("--auto-tls: signing the certificate")?;
+    // The key first: a certificate without its key is never left behind to be reused.
+    mvcc::durable::write_synced(&key, pair.serialize_pem().as_bytes())
+        .with_context(|| format!("--auto-tls: writing {}", key.display()))?;
+    mvcc::durable::write_synced(&cert, made.pem().as_bytes())
+        .with_context(|| format!("--auto-tls: writing {}", cert.display()))?;
+    tracing::info!(cert = %cert.display(), "--auto-tls: made a self-signed certificate");
+    Ok((cert, key))
+}
+
 /// Builds the TLS server configuration for one side; `prefix` is `""` for the client port and
 /// `"peer-"` for the peer port (it names the flags in errors).
 ///
