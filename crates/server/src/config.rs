@@ -439,9 +439,9 @@ mod tests {
         assert!(bad(&["--cert-file", "c.pem", "--key-file", "k.pem"]).contains("plaintext"));
         assert!(bad(&["--peer-client-cert-auth"]).contains("plaintext"));
         assert!(bad(&["--auto-tls"]).contains("no https:// URL"));
-        let both = bad(&["--peer-auto-tls=true", "--cipher-suites", "x"]);
+        let both = bad(&["--peer-auto-tls=true", "--tls-min-version", "TLS1.2"]);
         assert!(
-            both.contains("--peer-auto-tls, --cipher-suites not supported"),
+            both.contains("--peer-auto-tls, --tls-min-version not supported"),
             "{both}"
         );
         // etcd's configuration files often spell out the defaults: false is not refused.
