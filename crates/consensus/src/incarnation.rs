@@ -67,9 +67,11 @@ mod tests {
         let waiters: Registry<Answer> = Registry::new("test-proposals");
         let mut sm = StateMachine::open(
             store.clone(),
-            ME,
-            now,
-            waiters.clone(),
+            crate::state_machine::Proposer {
+                node_id: ME,
+                incarnation: now,
+                waiters: waiters.clone(),
+            },
             dir.path().join("snapshots"),
             Arc::new(Lessor::default()),
             Duration::from_secs(1),

@@ -125,6 +125,9 @@ fn valid_urls(urls: &[String]) -> bool {
 pub(crate) struct View {
     pub members: BTreeMap<u64, Member>,
     pub voters: BTreeSet<u64>,
+    /// Members added as voters that replicate as learners until they catch up; they count
+    /// as voters in every check, as they would in etcd.
+    pub pending: BTreeSet<u64>,
     pub matched: BTreeMap<u64, Option<u64>>,
     pub leader: u64,
     pub last_index: u64,
@@ -139,13 +142,25 @@ impl View {
         voters.iter().filter(|id| self.started(**id)).count()
     }
 
+    /// Voters as etcd counts them: openraft's voters and the voters still catching up.
+    fn all_voters(&self) -> BTreeSet<u64> {
+        self.voters.union(&self.pending).copied().collect()
+    }
+
     /// What to ask openraft for, or why not: etcd's checks, made before anything is proposed.
+    ///
+    /// A new voter is asked for as a learner (a node without a vote): openraft changes voters
+    /// by joint consensus, whose first step needs the new member's vote too, so adding a
+    /// voter that has not started yet (as `member add` does) could never commit. The caller
+    /// promotes it once it has caught up. `strict` is `--strict-reconfig-check`.
     pub(crate) fn plan(
         &self,
         change: &Change,
         token: &str,
+        strict: bool,
     ) -> Result<(u64, ChangeMembers<u64, Member>), MembershipError> {
         let exists = |id: u64| self.members.contains_key(&id);
+        let voters = self.all_voters();
         match change {
             Change::Add { peer_urls, learner } => {
                 if !valid_urls(peer_urls) {
@@ -168,30 +183,37 @@ impl View {
                     client_urls: Vec::new(),
                 };
                 if *learner {
-                    let learners = self.members.len() - self.voters.len();
+                    let learners = self.members.len() - voters.len();
                     if learners >= MAX_LEARNERS {
                         return Err(MembershipError::TooManyLearners);
                     }
                     return Ok((id, ChangeMembers::AddNodes(BTreeMap::from([(id, member)]))));
                 }
-                // The new voter has not started: the others must still make a quorum.
-                let size = self.voters.len() + 1;
-                if self.started_voters(&self.voters) < size / 2 + 1 {
+                // The new voter has not started: the others must still make a quorum, except
+                // that etcd lets a lone member take a second (to restore a cluster from one).
+                let size = voters.len() + 1;
+                let started = self.started_voters(&voters);
+                let lone = started == 1 && size == 2;
+                if strict && !lone && started < size / 2 + 1 {
                     return Err(MembershipError::NotEnoughStarted);
                 }
-                Ok((id, ChangeMembers::AddVoters(BTreeMap::from([(id, member)]))))
+                Ok((id, ChangeMembers::AddNodes(BTreeMap::from([(id, member)]))))
             }
             Change::Remove { id } => {
                 if !exists(*id) {
                     return Err(MembershipError::MemberNotFound);
                 }
-                if !self.voters.contains(id) {
+                if !voters.contains(id) {
                     return Ok((*id, ChangeMembers::RemoveNodes(BTreeSet::from([*id]))));
                 }
-                let mut rest = self.voters.clone();
+                let mut rest = voters.clone();
                 rest.remove(id);
-                if rest.is_empty() || self.started_voters(&rest) < rest.len() / 2 + 1 {
+                if rest.is_empty() || (strict && self.started_voters(&rest) < rest.len() / 2 + 1) {
                     return Err(MembershipError::NotEnoughStarted);
+                }
+                if !self.voters.contains(id) {
+                    // Still catching up: openraft knows it as a learner.
+                    return Ok((*id, ChangeMembers::RemoveNodes(BTreeSet::from([*id]))));
                 }
                 Ok((*id, ChangeMembers::RemoveVoters(BTreeSet::from([*id]))))
             }
@@ -221,7 +243,7 @@ impl View {
                 if !exists(*id) {
                     return Err(MembershipError::MemberNotFound);
                 }
-                if self.voters.contains(id) {
+                if voters.contains(id) {
                     return Err(MembershipError::NotLearner);
                 }
                 // etcd: the learner's match index must be at least 90% of the leader's.
@@ -248,6 +270,68 @@ impl View {
                     *id,
                     ChangeMembers::SetNodes(BTreeMap::from([(*id, member)])),
                 ))
+            }
+        }
+    }
+}
+
+/// Makes `id`, added by `member add` as a voter, a voter in openraft once it has started and
+/// caught up (as `member promote` would allow). Ends when it is promoted or gone, when this
+/// member stops leading (the new leader lists it as a learner; `member promote` finishes
+/// it), or when the member stops.
+pub(crate) async fn promote_when_caught_up<B: mvcc::Backend>(node: crate::Node<B>, id: u64) {
+    let stop = node.stopping().clone();
+    let mut metrics = node.raft_metrics();
+    loop {
+        let ready = {
+            let m = metrics.borrow_and_update();
+            let membership = m.membership_config.membership();
+            if m.current_leader != Some(node.id())
+                || membership.get_node(&id).is_none()
+                || membership.voter_ids().any(|v| v == id)
+            {
+                node.forget_pending(id);
+                return;
+            }
+            let last = m.last_log_index.unwrap_or(0);
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).copied().flatten())
+                .map(|l| l.index);
+            // The leader's own check for `member promote`: within 90% of the leader's log.
+            matched.is_some_and(|matched| matched * 10 >= last * 9)
+        };
+        if ready {
+            let promote = node
+                .raft()
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false);
+            let limit = node
+                .budgets()
+                .deadline_for(deadline::Layer::Commit, deadline::Deadline::none());
+            match deadline::within(deadline::Layer::Commit, limit, promote).await {
+                Ok(Ok(_)) => {
+                    tracing::info!(member = format_args!("{id:x}"), "promoted the new voter");
+                    node.forget_pending(id);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(member = format_args!("{id:x}"), cause = %e, "promoting the new voter failed; retrying");
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        member = format_args!("{id:x}"),
+                        "promoting the new voter timed out; retrying"
+                    );
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
             }
         }
     }
@@ -293,6 +377,7 @@ mod tests {
                 (3, m("http://c:1")),
             ]),
             voters: BTreeSet::from([1, 2, 3]),
+            pending: BTreeSet::new(),
             matched: BTreeMap::from([(1, Some(100)), (2, Some(100)), (3, None)]),
             leader: 1,
             last_index: 100,
@@ -322,31 +407,31 @@ mod tests {
             learner,
         };
         assert_eq!(
-            v.plan(&add("http://a:1", false), "t").unwrap_err(),
+            v.plan(&add("http://a:1", false), "t", true).unwrap_err(),
             MembershipError::PeerUrlExists
         );
         assert_eq!(
-            v.plan(&add("nope", false), "t").unwrap_err(),
+            v.plan(&add("nope", false), "t", true).unwrap_err(),
             MembershipError::BadUrls
         );
-        assert!(v.plan(&add("http://d:1", true), "t").is_ok());
+        assert!(v.plan(&add("http://d:1", true), "t", true).is_ok());
         // 2 of 3 voters started: a 4th voter would need 3 started.
         assert_eq!(
-            v.plan(&add("http://d:1", false), "t").unwrap_err(),
+            v.plan(&add("http://d:1", false), "t", true).unwrap_err(),
             MembershipError::NotEnoughStarted
         );
         assert_eq!(
-            v.plan(&Change::Remove { id: 9 }, "t").unwrap_err(),
+            v.plan(&Change::Remove { id: 9 }, "t", true).unwrap_err(),
             MembershipError::MemberNotFound
         );
         // Removing a started voter leaves 1 started of 2: not a quorum.
         assert_eq!(
-            v.plan(&Change::Remove { id: 2 }, "t").unwrap_err(),
+            v.plan(&Change::Remove { id: 2 }, "t", true).unwrap_err(),
             MembershipError::NotEnoughStarted
         );
-        assert!(v.plan(&Change::Remove { id: 3 }, "t").is_ok());
+        assert!(v.plan(&Change::Remove { id: 3 }, "t", true).is_ok());
         assert_eq!(
-            v.plan(&Change::Promote { id: 2 }, "t").unwrap_err(),
+            v.plan(&Change::Promote { id: 2 }, "t", true).unwrap_err(),
             MembershipError::NotLearner
         );
         let mut with_learner = view();
@@ -354,17 +439,58 @@ mod tests {
         with_learner.matched.insert(4, Some(50));
         assert_eq!(
             with_learner
-                .plan(&Change::Promote { id: 4 }, "t")
+                .plan(&Change::Promote { id: 4 }, "t", true)
                 .unwrap_err(),
             MembershipError::LearnerNotReady
         );
         assert_eq!(
             with_learner
-                .plan(&add("http://e:1", true), "t")
+                .plan(&add("http://e:1", true), "t", true)
                 .unwrap_err(),
             MembershipError::TooManyLearners
         );
         with_learner.matched.insert(4, Some(95));
-        assert!(with_learner.plan(&Change::Promote { id: 4 }, "t").is_ok());
+        assert!(with_learner
+            .plan(&Change::Promote { id: 4 }, "t", true)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_lone_member_takes_a_second_voter_then_the_strict_check_applies() {
+        let add = |url: &str| Change::Add {
+            peer_urls: vec![url.into()],
+            learner: false,
+        };
+        let mut v = View {
+            members: BTreeMap::from([(1, m("http://a:1"))]),
+            voters: BTreeSet::from([1]),
+            pending: BTreeSet::new(),
+            matched: BTreeMap::new(),
+            leader: 1,
+            last_index: 10,
+        };
+        let (id, ask) = v.plan(&add("http://b:1"), "t", true).unwrap();
+        assert!(matches!(ask, ChangeMembers::AddNodes(_)));
+        // The second voter has not started: a third would need 2 of 3 started.
+        v.members.insert(id, m("http://b:1"));
+        v.pending.insert(id);
+        v.matched.insert(id, None);
+        assert_eq!(
+            v.plan(&add("http://c:1"), "t", true).unwrap_err(),
+            MembershipError::NotEnoughStarted
+        );
+        // --strict-reconfig-check=false: allowed.
+        assert!(v.plan(&add("http://c:1"), "t", false).is_ok());
+        // Once it runs, the third is allowed; removing it is allowed, and it is no learner.
+        v.matched.insert(id, Some(10));
+        assert!(v.plan(&add("http://c:1"), "t", true).is_ok());
+        assert_eq!(
+            v.plan(&Change::Promote { id }, "t", true).unwrap_err(),
+            MembershipError::NotLearner
+        );
+        assert!(matches!(
+            v.plan(&Change::Remove { id }, "t", true).unwrap().1,
+            ChangeMembers::RemoveNodes(_)
+        ));
     }
 }

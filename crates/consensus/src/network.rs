@@ -87,6 +87,18 @@ pub(crate) enum Refusal {
     Other(String),
 }
 
+/// bincode's classic encoding (what `bincode::serialize` writes), read within the peer
+/// message limit and refusing bytes after the value: whatever a peer sends is untrusted. The
+/// one recursive type on the wire, a txn, bounds its own nesting (`mvcc::MAX_TXN_NESTING`).
+fn wire() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(MAX_PEER_MESSAGE as u64)
+}
+
+/// The same encoding, with no limit: a message too large is refused by its size, so the
+/// sender can split it.
 fn encode<T: Serialize>(v: &T) -> Result<Payload, String> {
     bincode::serialize(v)
         .map(|data| Payload { data })
@@ -94,7 +106,8 @@ fn encode<T: Serialize>(v: &T) -> Result<Payload, String> {
 }
 
 fn decode<T: DeserializeOwned>(p: &Payload) -> Result<T, String> {
-    bincode::deserialize(&p.data).map_err(|e| e.to_string())
+    use bincode::Options;
+    wire().deserialize(&p.data).map_err(|e| e.to_string())
 }
 
 /// Per peer: the URL connected to, and the client.
@@ -583,6 +596,227 @@ mod tests {
         ) -> Result<tonic::Response<Payload>, tonic::Status> {
             Err(tonic::Status::unimplemented("forward"))
         }
+    }
+
+    /// A txn whose one success op is a txn, `depth` levels down, as bincode encodes it; built
+    /// as bytes because the value itself could not even be dropped without overflowing.
+    fn nested_txn_bytes(depth: usize) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(depth * 28 + 24);
+        for _ in 0..depth {
+            bytes.extend_from_slice(&0u64.to_le_bytes()); // no compares
+            bytes.extend_from_slice(&1u64.to_le_bytes()); // one success op...
+            bytes.extend_from_slice(&3u32.to_le_bytes()); // ...RequestOp::Txn
+        }
+        bytes.extend_from_slice(&[0; 24]); // the innermost txn: empty
+        for _ in 0..depth {
+            bytes.extend_from_slice(&0u64.to_le_bytes()); // no failure ops
+        }
+        bytes
+    }
+
+    /// A marker txn, findable in an encoded message and replaced there by a nested one.
+    fn marker_txn() -> mvcc::TxnRequest {
+        mvcc::TxnRequest {
+            success: vec![mvcc::RequestOp::Range(mvcc::RangeRequest {
+                key: b"nested-txn-goes-here".to_vec(),
+                ..Default::default()
+            })],
+            ..Default::default()
+        }
+    }
+
+    fn marker_proposal() -> Proposal {
+        Proposal {
+            origin: 2,
+            incarnation: 7,
+            seq: 1,
+            commands: vec![Tagged {
+                id: 1,
+                command: mvcc::Command::Txn(marker_txn()),
+            }],
+        }
+    }
+
+    /// `message` encoded, its marker txn replaced by one nested `depth` deep.
+    fn with_nested_txn<T: Serialize>(message: &T, depth: usize) -> Payload {
+        let mut data = encode(message).unwrap().data;
+        let marker = bincode::serialize(&marker_txn()).unwrap();
+        let at = data
+            .windows(marker.len())
+            .position(|w| w == marker.as_slice())
+            .expect("the message carries the marker txn");
+        data.splice(at..at + marker.len(), nested_txn_bytes(depth));
+        Payload { data }
+    }
+
+    fn append_with_marker() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![openraft::Entry::<TypeConfig> {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+                payload: EntryPayload::Normal(marker_proposal()),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_txn_nested_deeper_than_any_client_can_send_is_refused_not_a_stack_overflow() {
+        // 100,000 levels: decoding recursed once per level and overflowed the stack, killing
+        // the member before any check ran.
+        let forwarded = with_nested_txn(&Forwarded::Propose(marker_proposal()), 100_000);
+        let err = decode::<Forwarded>(&forwarded).expect_err("a forwarded 100,000-deep txn");
+        assert!(err.contains("nested"), "{err}");
+        let append = with_nested_txn(&append_with_marker(), 100_000);
+        let err = decode::<AppendEntriesRequest<TypeConfig>>(&append)
+            .expect_err("an append carrying a 100,000-deep txn");
+        assert!(err.contains("nested"), "{err}");
+        // As deep as a client's txn can be (prost's recursion limit of 100 allows about 50
+        // levels) still decodes, in both.
+        let ok = with_nested_txn(&Forwarded::Propose(marker_proposal()), 60);
+        assert!(decode::<Forwarded>(&ok).is_ok());
+        let ok = with_nested_txn(&append_with_marker(), 60);
+        assert!(decode::<AppendEntriesRequest<TypeConfig>>(&ok).is_ok());
+        // The bound is exact: 64 levels decode, 65 do not.
+        let deepest = with_nested_txn(&Forwarded::Propose(marker_proposal()), 63);
+        assert!(decode::<Forwarded>(&deepest).is_ok());
+        let over = with_nested_txn(&Forwarded::Propose(marker_proposal()), 64);
+        assert!(decode::<Forwarded>(&over).is_err());
+    }
+
+    /// A small deterministic generator (xorshift64*): failures replay from the seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// Feeds `T`'s decode every prefix of every valid sample, each sample with bytes
+    /// changed at random, and random bytes: each may fail, none may panic or overflow.
+    fn garbage_never_panics<T: DeserializeOwned>(samples: &[Vec<u8>], rng: &mut Rng) -> usize {
+        let mut refused = 0;
+        let mut try_decode = |data: Vec<u8>| {
+            if decode::<T>(&Payload { data }).is_err() {
+                refused += 1;
+            }
+        };
+        for sample in samples {
+            for cut in 0..sample.len() {
+                try_decode(sample[..cut].to_vec());
+            }
+            for _ in 0..300 {
+                let mut data = sample.clone();
+                for _ in 0..=rng.below(4) {
+                    let at = rng.below(data.len());
+                    if let Some(b) = data.get_mut(at) {
+                        *b = rng.next() as u8;
+                    }
+                }
+                try_decode(data);
+            }
+        }
+        for _ in 0..300 {
+            let len = rng.below(256);
+            try_decode((0..len).map(|_| rng.next() as u8).collect());
+        }
+        refused
+    }
+
+    #[test]
+    fn garbage_on_any_peer_rpc_is_refused_never_a_panic() {
+        let mut rng = Rng(0x005e_ed0f_9a4b_a6e5);
+        let enc = |data: Payload| data.data;
+        let nested = |v: &dyn Fn() -> Payload| enc(v());
+        let vote = VoteRequest::<u64>::new(
+            Vote::new(3, 2),
+            Some(LogId::new(CommittedLeaderId::new(2, 1), 9)),
+        );
+        let snapshot = InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(1, 1),
+            meta: Default::default(),
+            offset: 4096,
+            data: b"snapshot chunk".to_vec(),
+            done: false,
+        };
+        let forwards = [
+            nested(&|| with_nested_txn(&Forwarded::Propose(marker_proposal()), 5)),
+            enc(encode(&Forwarded::ReadIndex).unwrap()),
+            enc(encode(&Forwarded::LeaseRenew(77)).unwrap()),
+            enc(encode(&Forwarded::LeaseRemaining(77)).unwrap()),
+            enc(
+                encode(&Forwarded::Membership(crate::membership::Change::Add {
+                    peer_urls: vec!["http://127.0.0.1:2380".into()],
+                    learner: true,
+                }))
+                .unwrap(),
+            ),
+        ];
+        let forward_replies = [
+            enc(encode(&ForwardReply::Index(12)).unwrap()),
+            enc(encode(&ForwardReply::Remaining(Some(1500))).unwrap()),
+            enc(encode(&ForwardReply::Members(vec![(
+                2,
+                Member {
+                    name: "m2".into(),
+                    peer_urls: vec!["http://127.0.0.1:2380".into()],
+                    client_urls: vec!["http://127.0.0.1:2379".into()],
+                },
+                false,
+            )]))
+            .unwrap()),
+            enc(encode(&ForwardReply::Refused(Refusal::NotLeader(Some(3)))).unwrap()),
+        ];
+        let mut refused = 0;
+        refused += garbage_never_panics::<AppendEntriesRequest<TypeConfig>>(
+            &[nested(&|| with_nested_txn(&append_with_marker(), 5))],
+            &mut rng,
+        );
+        refused += garbage_never_panics::<Result<AppendEntriesResponse<u64>, RaftError<u64>>>(
+            &[enc(reply(&Ok::<_, RaftError<u64>>(
+                AppendEntriesResponse::<u64>::Success,
+            ))
+            .unwrap()
+            .into_inner())],
+            &mut rng,
+        );
+        refused +=
+            garbage_never_panics::<VoteRequest<u64>>(&[enc(encode(&vote).unwrap())], &mut rng);
+        refused += garbage_never_panics::<Result<VoteResponse<u64>, RaftError<u64>>>(
+            &[enc(encode(&Ok::<_, RaftError<u64>>(
+                VoteResponse::<u64>::new(Vote::new(3, 2), None, true),
+            ))
+            .unwrap())],
+            &mut rng,
+        );
+        refused += garbage_never_panics::<InstallSnapshotRequest<TypeConfig>>(
+            &[enc(encode(&snapshot).unwrap())],
+            &mut rng,
+        );
+        refused += garbage_never_panics::<
+            Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>,
+        >(
+            &[enc(encode(&Ok::<_, RaftError<u64, InstallSnapshotError>>(
+                InstallSnapshotResponse::<u64> {
+                    vote: Vote::new_committed(1, 1),
+                },
+            ))
+            .unwrap())],
+            &mut rng,
+        );
+        refused += garbage_never_panics::<Forwarded>(&forwards, &mut rng);
+        refused += garbage_never_panics::<ForwardReply>(&forward_replies, &mut rng);
+        // Truncations must be refused (trailing garbage too), or the check above tests little.
+        assert!(refused > 1000, "only {refused} inputs refused");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

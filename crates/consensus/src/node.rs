@@ -64,6 +64,9 @@ pub struct NodeConfig {
     pub max_request_bytes: usize,
     /// `--max-txn-ops`, checked again on the leader for forwarded commands.
     pub max_txn_ops: usize,
+    /// `--strict-reconfig-check`: refuse membership changes that leave too few started
+    /// voters for a quorum, as etcd does.
+    pub strict_reconfig_check: bool,
 }
 
 impl NodeConfig {
@@ -87,6 +90,7 @@ impl NodeConfig {
             peer_source_addr: None,
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
+            strict_reconfig_check: true,
         }
     }
 
@@ -168,6 +172,11 @@ struct Inner<B> {
     retry_after: Duration,
     /// The election timeout, for watch streams that require a leader.
     election_timeout: Duration,
+    /// `--strict-reconfig-check`.
+    strict_reconfig_check: bool,
+    /// Members added as voters that this leader promotes once they catch up
+    /// ([`crate::membership::promote_when_caught_up`]).
+    pending_voters: std::sync::Mutex<BTreeSet<u64>>,
 }
 
 impl<B: Backend> Node<B> {
@@ -201,9 +210,11 @@ impl<B: Backend> Node<B> {
         let removal = Removal::new(store.compaction_progress().done);
         let sm = StateMachine::open(
             store.clone(),
-            config.id,
-            incarnation,
-            waiters.clone(),
+            crate::state_machine::Proposer {
+                node_id: config.id,
+                incarnation,
+                waiters: waiters.clone(),
+            },
             snap_dir.clone(),
             Arc::clone(&lessor),
             config.election_timeout,
@@ -301,6 +312,8 @@ impl<B: Backend> Node<B> {
                 leadership,
                 retry_after: config.heartbeat.max(Duration::from_millis(50)),
                 election_timeout: config.election_timeout,
+                strict_reconfig_check: config.strict_reconfig_check,
+                pending_voters: std::sync::Mutex::default(),
             }),
         };
         // Resumes whatever removal a crash interrupted, then follows every applied compaction.
@@ -848,8 +861,11 @@ impl<B: Backend> Node<B> {
                     return Err(Refusal::NotLeader(m.current_leader));
                 }
                 let membership = m.membership_config.membership();
+                let members: BTreeMap<u64, Member> =
+                    membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
                 View {
-                    members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+                    pending: self.pending_voters(&members),
+                    members,
                     voters: membership.voter_ids().collect(),
                     matched: m
                         .replication
@@ -860,9 +876,14 @@ impl<B: Backend> Node<B> {
                     last_index: m.last_log_index.unwrap_or(0),
                 }
             };
-            let (_, ask) = view
-                .plan(&change, &self.inner.cluster_token)
+            let (id, ask) = view
+                .plan(
+                    &change,
+                    &self.inner.cluster_token,
+                    self.inner.strict_reconfig_check,
+                )
                 .map_err(Refusal::Membership)?;
+            let new_voter = matches!(change, Change::Add { learner: false, .. });
             let changed = deadline::within(
                 Layer::Commit,
                 limit,
@@ -895,10 +916,34 @@ impl<B: Backend> Node<B> {
                 }
                 other => {
                     other?;
+                    if new_voter {
+                        self.lock_pending().insert(id);
+                        tokio::spawn(crate::membership::promote_when_caught_up(self.clone(), id));
+                    }
                     return Ok(self.status().members);
                 }
             }
         }
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        // The set stays consistent whatever panicked while holding it.
+        self.inner
+            .pending_voters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The voters still catching up that are still members (others are forgotten).
+    pub(crate) fn pending_voters(&self, members: &BTreeMap<u64, Member>) -> BTreeSet<u64> {
+        let mut pending = self.lock_pending();
+        pending.retain(|id| members.contains_key(id));
+        pending.clone()
+    }
+
+    /// Forgets a voter-to-be: promoted, removed, or no longer this member's to promote.
+    pub(crate) fn forget_pending(&self, id: u64) {
+        self.lock_pending().remove(&id);
     }
 
     /// The current Raft term, cheaply, for response headers.
@@ -910,7 +955,9 @@ impl<B: Backend> Node<B> {
     pub fn status(&self) -> NodeStatus {
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow();
-        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        let mut voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        // Added as voters: etcd lists them as voters from the start.
+        voters.extend(self.lock_pending().iter().copied());
         NodeStatus {
             id: self.inner.id,
             leader: m.current_leader,

@@ -54,6 +54,16 @@ fn snap_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
     .into()
 }
 
+/// Who this member is in this start, and the waiters its proposals name.
+pub(crate) struct Proposer {
+    /// The member's id.
+    pub(crate) node_id: u64,
+    /// Only entries this start of the member proposed name its waiters.
+    pub(crate) incarnation: u64,
+    /// This start's waiters, by the ids its proposals carry.
+    pub(crate) waiters: Registry<Answer>,
+}
+
 /// Applies entries to the store and answers the local waiters of the proposals among them.
 pub struct StateMachine<B> {
     store: Store<B>,
@@ -76,9 +86,7 @@ impl<B: Backend> StateMachine<B> {
     /// (an in-memory engine after a restart), the store is rebuilt from it first.
     pub(crate) fn open(
         store: Store<B>,
-        node_id: u64,
-        incarnation: u64,
-        waiters: Registry<Answer>,
+        proposer: Proposer,
         dir: PathBuf,
         lessor: Arc<Lessor>,
         lease_extend: Duration,
@@ -98,6 +106,11 @@ impl<B: Backend> StateMachine<B> {
             }
         }
         lessor.reset(&store.leases(), lease_extend, None);
+        let Proposer {
+            node_id,
+            incarnation,
+            waiters,
+        } = proposer;
         Ok(Self {
             store,
             node_id,

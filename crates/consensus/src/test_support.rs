@@ -130,9 +130,11 @@ impl Harness {
         let waiters = Registry::new("test-proposals");
         let sm = StateMachine::open(
             store,
-            ME,
-            INCARNATION,
-            waiters.clone(),
+            crate::state_machine::Proposer {
+                node_id: ME,
+                incarnation: INCARNATION,
+                waiters: waiters.clone(),
+            },
             dir.path().join("snapshots"),
             Arc::new(Lessor::default()),
             Duration::from_secs(1),

@@ -328,9 +328,11 @@ mod tests {
         let waiters: Registry<Answer> = Registry::new("test-proposals");
         let mut sm = StateMachine::open(
             store.clone(),
-            7,
-            3,
-            waiters.clone(),
+            crate::state_machine::Proposer {
+                node_id: 7,
+                incarnation: 3,
+                waiters: waiters.clone(),
+            },
             dir.path().join("snapshots"),
             Arc::clone(&lessor),
             Duration::from_secs(1),

@@ -669,6 +669,17 @@ fn read_limits<B: Backend>(f: Factory<'_, B>) {
         3000,
         "keys only: values are not measured"
     );
+    // History reads by bytes: whole revisions (500 events of 10 bytes each), the first always.
+    let since = |max_bytes| {
+        s.store
+            .events_since_within(2, 10_000, max_bytes)
+            .unwrap()
+            .len()
+    };
+    assert_eq!(since(1), 500, "the first revision comes whole");
+    assert_eq!(since(5_001), 500);
+    assert_eq!(since(10_000), 1000);
+    assert_eq!(since(usize::MAX), 3000);
     let counted = RangeRequest {
         count_only: true,
         ..all

@@ -46,4 +46,5 @@ pub use types::{
     DeleteRangeResponse, Event, EventKind, KeyValue, KvHash, LeaseCheckpointRequest,
     LeaseGrantRequest, LeaseRevokeRequest, PutRequest, PutResponse, RangeRequest, RangeResponse,
     RequestOp, Response, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
+    MAX_TXN_NESTING,
 };

@@ -479,6 +479,21 @@ impl<B: Backend> Store<B> {
     /// # Errors
     /// [`Error::Compacted`] when `from` is below the compaction point.
     pub fn events_since(&self, from: i64, max_events: usize) -> Result<Vec<Event>> {
+        self.events_since_within(from, max_events, usize::MAX)
+    }
+
+    /// [`Store::events_since`], also stopping before the revision that would take the events
+    /// past `max_bytes` of keys and values (previous ones included); the first revision always
+    /// comes, whole.
+    ///
+    /// # Errors
+    /// [`Error::Compacted`] when `from` is below the compaction point.
+    pub fn events_since_within(
+        &self,
+        from: i64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>> {
         let _installed = self.inner.install.read();
         let current = self.current_revision();
         let from = from.max(1);
@@ -488,8 +503,13 @@ impl<B: Backend> Store<B> {
         }
         let backend = &self.inner.backend;
         let found = revisions_between(backend, from, current, max_events)?;
-        let mut events = Vec::with_capacity(found.len());
+        let mut events: Vec<Event> = Vec::with_capacity(found.len());
+        let mut held = 0usize;
         for (main, key) in found {
+            let boundary = events.last().is_some_and(|e| e.kv.mod_revision != main);
+            if boundary && held >= max_bytes {
+                break;
+            }
             let Some(raw) = backend.get(Table::Keys, &codec::version_key(&key, main))? else {
                 // Physical compaction removed it after we listed it: a tombstone at the
                 // compaction point goes, which etcd's history at that point lacks too.
@@ -514,6 +534,16 @@ impl<B: Backend> Store<B> {
                     prev_kv,
                 },
             };
+            let bytes = event.kv.key.len()
+                + event.kv.value.len()
+                + event
+                    .prev_kv
+                    .as_ref()
+                    .map_or(0, |p| p.key.len() + p.value.len());
+            if boundary && held.saturating_add(bytes) > max_bytes {
+                break;
+            }
+            held = held.saturating_add(bytes);
             events.push(event);
         }
         self.still_readable(from)?;

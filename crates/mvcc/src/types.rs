@@ -219,7 +219,7 @@ pub enum ResponseOp {
 }
 
 /// An atomic if/then/else over the store.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TxnRequest {
     /// Conditions, all of which must hold for `success` to run.
     pub compare: Vec<Compare>,
@@ -230,12 +230,102 @@ pub struct TxnRequest {
 }
 
 /// The answer to a [`TxnRequest`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TxnResponse {
     /// True when the compares held and `success` ran.
     pub succeeded: bool,
     /// One answer per operation of the branch that ran.
     pub responses: Vec<ResponseOp>,
+}
+
+/// The deepest txn nesting a decoded value may hold (the outermost txn is level 1).
+///
+/// Decoding recurses once per level, so without a bound a message from the network could
+/// overflow the stack before any check ran. A client's txn stays far below it: prost's
+/// recursion limit of 100 lets about 50 levels through the client port.
+pub const MAX_TXN_NESTING: usize = 64;
+
+/// Counts the txn levels being decoded on this thread: decoding is synchronous and
+/// depth-first, so the count is the nesting of the txn being decoded now.
+mod nesting {
+    use std::cell::Cell;
+
+    std::thread_local! {
+        static DEPTH: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// One level of txn being decoded; leaving it (also by an error) gives it back.
+    pub(super) struct Level(());
+
+    impl Level {
+        /// Enters one more level, or the error text if that would exceed the bound.
+        pub(super) fn enter() -> Result<Level, String> {
+            DEPTH.with(|depth| {
+                let now = depth.get();
+                if now >= super::MAX_TXN_NESTING {
+                    return Err(format!(
+                        "txns nested more than {} levels deep",
+                        super::MAX_TXN_NESTING
+                    ));
+                }
+                depth.set(now + 1);
+                Ok(Level(()))
+            })
+        }
+    }
+
+    impl Drop for Level {
+        fn drop(&mut self) {
+            DEPTH.with(|depth| depth.set(depth.get().saturating_sub(1)));
+        }
+    }
+}
+
+/// [`TxnRequest`]'s encoded form, decoded within one nesting [`nesting::Level`].
+#[derive(Deserialize)]
+#[serde(rename = "TxnRequest")]
+struct TxnRequestFields {
+    compare: Vec<Compare>,
+    success: Vec<RequestOp>,
+    failure: Vec<RequestOp>,
+}
+
+impl<'de> Deserialize<'de> for TxnRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _level = nesting::Level::enter().map_err(serde::de::Error::custom)?;
+        let TxnRequestFields {
+            compare,
+            success,
+            failure,
+        } = TxnRequestFields::deserialize(d)?;
+        Ok(TxnRequest {
+            compare,
+            success,
+            failure,
+        })
+    }
+}
+
+/// [`TxnResponse`]'s encoded form, decoded within one nesting [`nesting::Level`].
+#[derive(Deserialize)]
+#[serde(rename = "TxnResponse")]
+struct TxnResponseFields {
+    succeeded: bool,
+    responses: Vec<ResponseOp>,
+}
+
+impl<'de> Deserialize<'de> for TxnResponse {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _level = nesting::Level::enter().map_err(serde::de::Error::custom)?;
+        let TxnResponseFields {
+            succeeded,
+            responses,
+        } = TxnResponseFields::deserialize(d)?;
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+        })
+    }
 }
 
 /// A request to drop history before a revision.

@@ -18,9 +18,6 @@ use tokio_rustls::rustls;
 /// The etcd API version this server speaks.
 pub const API_VERSION: &str = "3.4.0";
 
-/// How often watches that asked for progress notifications get one, as in etcd.
-pub const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
-
 /// Automatic compaction, as `--auto-compaction-*` ask for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AutoCompaction {
@@ -59,6 +56,12 @@ pub struct Config {
     pub auto_compaction: AutoCompaction,
     /// Most client connections open at once.
     pub max_client_connections: usize,
+    /// Addresses to serve `/metrics` and `/health` on (`--listen-metrics-urls`).
+    pub metrics_addrs: Vec<String>,
+    /// Most concurrent HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+    /// The watch hub's settings.
+    pub hub: watch::HubConfig,
 }
 
 pub use consensus::{cluster_id, member_id};
@@ -273,6 +276,7 @@ impl TryFrom<Flags> for Config {
         node.budgets = budgets;
         node.max_request_bytes = f.max_request_bytes;
         node.max_txn_ops = f.max_txn_ops;
+        node.strict_reconfig_check = f.strict_reconfig_check;
         if f.election_timeout < 5 * f.heartbeat_interval {
             bail!(
                 "--election-timeout ({}ms) should be at least 5 times --heartbeat-interval ({}ms)",
@@ -280,10 +284,18 @@ impl TryFrom<Flags> for Config {
                 f.heartbeat_interval
             );
         }
+        if f.experimental_watch_progress_notify_interval.is_zero() {
+            bail!("--experimental-watch-progress-notify-interval must be more than 0");
+        }
         for (flag, value) in [
             ("--max-response-bytes", f.max_response_bytes),
             ("--max-client-connections", f.max_client_connections),
             ("--max-watchers-per-stream", f.max_watchers_per_stream),
+            ("--max-watcher-queue-bytes", f.max_watcher_queue_bytes),
+            (
+                "--max-concurrent-streams",
+                usize::try_from(f.max_concurrent_streams).unwrap_or(usize::MAX),
+            ),
         ] {
             if value == 0 {
                 bail!("{flag} must be more than 0");
@@ -299,7 +311,7 @@ impl TryFrom<Flags> for Config {
             },
             budgets,
             version: API_VERSION.to_string(),
-            watch_progress_interval: WATCH_PROGRESS_INTERVAL,
+            watch_progress_interval: f.experimental_watch_progress_notify_interval,
         };
         let unsupported = f.unsupported_tls_flags();
         if !unsupported.is_empty() {
@@ -353,6 +365,20 @@ impl TryFrom<Flags> for Config {
                 &f.auto_compaction_retention,
             )?,
             max_client_connections: f.max_client_connections,
+            metrics_addrs: split_urls(&f.listen_metrics_urls)
+                .iter()
+                .map(|u| match host_port(u)? {
+                    (addr, false) => Ok(addr),
+                    (_, true) => {
+                        bail!("--listen-metrics-urls {u:?}: https:// is not supported yet")
+                    }
+                })
+                .collect::<Result<_>>()?,
+            max_concurrent_streams: f.max_concurrent_streams,
+            hub: watch::HubConfig {
+                max_queued_bytes: f.max_watcher_queue_bytes,
+                ..watch::HubConfig::default()
+            },
         })
     }
 }
@@ -439,13 +465,18 @@ mod tests {
         assert!(bad(&["--cert-file", "c.pem", "--key-file", "k.pem"]).contains("plaintext"));
         assert!(bad(&["--peer-client-cert-auth"]).contains("plaintext"));
         assert!(bad(&["--auto-tls"]).contains("no https:// URL"));
-        let both = bad(&["--peer-auto-tls=true", "--tls-min-version", "TLS1.2"]);
+        let both = bad(&["--tls-max-version", "TLS1.2", "--tls-min-version", "TLS1.2"]);
         assert!(
-            both.contains("--peer-auto-tls, --tls-min-version not supported"),
+            both.contains("--tls-min-version, --tls-max-version not supported"),
             "{both}"
         );
         // etcd's configuration files often spell out the defaults: false is not refused.
-        Config::try_from(Flags::parse_from(["metastore", "--auto-tls=false"])).unwrap();
+        Config::try_from(Flags::parse_from([
+            "metastore",
+            "--auto-tls=false",
+            "--client-cert-auth=false",
+        ]))
+        .unwrap();
         let https_peers = [
             "--initial-advertise-peer-urls",
             "https://127.0.0.1:2380",

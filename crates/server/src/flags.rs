@@ -93,6 +93,11 @@ pub struct Flags {
     )]
     pub max_client_connections: usize,
 
+    /// Most concurrent HTTP/2 streams (calls, watch and keep-alive streams) one client
+    /// connection may have open; announced in SETTINGS, so clients wait for a free one.
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = 1_000)]
+    pub max_concurrent_streams: u32,
+
     /// Most watches on one watch stream; a create over it is answered cancelled, with a
     /// reason naming this flag.
     #[arg(
@@ -101,6 +106,11 @@ pub struct Flags {
         default_value_t = 10_000
     )]
     pub max_watchers_per_stream: usize,
+
+    /// Bytes of events (keys and values) that may wait for one watcher's reader; past that its
+    /// events wait in history and it catches up from there when its reader makes room.
+    #[arg(long, env = "METASTORE_MAX_WATCHER_QUEUE_BYTES", default_value_t = 16 << 20)]
+    pub max_watcher_queue_bytes: usize,
 
     /// Most operations in one txn (per compare list and per branch).
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
@@ -130,6 +140,27 @@ pub struct Flags {
     /// Time (in milliseconds) for an election to timeout.
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
+
+    /// Refuse membership changes that would leave fewer started voters than a quorum (as
+    /// etcd; a lone member may still take a second voter). `--strict-reconfig-check=false`
+    /// turns the check off.
+    #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK", default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub strict_reconfig_check: bool,
+
+    /// How often watches that asked for progress notifications get one (etcd's
+    /// `--experimental-watch-progress-notify-interval`).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", value_parser = parse_duration, default_value = "10m")]
+    pub experimental_watch_progress_notify_interval: Duration,
+
+    /// Log at debug level (as `--log-level debug`).
+    #[arg(long, env = "ETCD_DEBUG", default_value_t = false, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub debug: bool,
+
+    /// Comma-separated URLs to serve `/metrics` and `/health` on, besides the client URLs.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
 
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
@@ -203,11 +234,6 @@ pub struct Flags {
           default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub auto_tls: bool,
 
-    /// Not supported yet (refused at start): peer TLS with a generated certificate.
-    #[arg(long, env = "ETCD_PEER_AUTO_TLS", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
-    pub peer_auto_tls: bool,
-
     /// The only common name a connecting member's certificate may carry.
     #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
     pub peer_cert_allowed_cn: Option<String>,
@@ -216,14 +242,6 @@ pub struct Flags {
     /// TLS 1.3's are always on. Default: rustls's.
     #[arg(long, env = "ETCD_CIPHER_SUITES")]
     pub cipher_suites: Option<String>,
-
-    /// Not supported yet (refused at start): client certificate revocation list.
-    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
-    pub client_crl_file: Option<PathBuf>,
-
-    /// Not supported yet (refused at start): peer certificate revocation list.
-    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
-    pub peer_crl_file: Option<PathBuf>,
 
     /// Not supported yet (refused at start): lowest TLS version (rustls: TLS 1.2).
     #[arg(long, env = "ETCD_TLS_MIN_VERSION")]
@@ -238,12 +256,12 @@ impl Flags {
     /// The client port's TLS flags.
     pub fn client_tls_files(&self) -> crate::tls::TlsFiles {
         crate::tls::TlsFiles {
-            cert_file: self.cert_file.clone(),
-            key_file: self.key_file.clone(),
-            trusted_ca_file: self.trusted_ca_file.clone(),
+            cert_file: given(&self.cert_file),
+            key_file: given(&self.key_file),
+            trusted_ca_file: given(&self.trusted_ca_file),
             client_cert_auth: self.client_cert_auth,
             allowed_cn: None,
-            cipher_suites: self.cipher_suites.clone(),
+            cipher_suites: given(&self.cipher_suites),
         }
     }
 
@@ -251,9 +269,6 @@ impl Flags {
     /// ignored, since ignoring them would serve with weaker security than asked for.
     pub fn unsupported_tls_flags(&self) -> Vec<&'static str> {
         [
-            (self.peer_auto_tls, "--peer-auto-tls"),
-            (self.client_crl_file.is_some(), "--client-crl-file"),
-            (self.peer_crl_file.is_some(), "--peer-crl-file"),
             (self.tls_min_version.is_some(), "--tls-min-version"),
             (self.tls_max_version.is_some(), "--tls-max-version"),
         ]
@@ -265,14 +280,19 @@ impl Flags {
     /// The peer port's TLS flags.
     pub fn peer_tls_files(&self) -> crate::tls::TlsFiles {
         crate::tls::TlsFiles {
-            cert_file: self.peer_cert_file.clone(),
-            key_file: self.peer_key_file.clone(),
-            trusted_ca_file: self.peer_trusted_ca_file.clone(),
+            cert_file: given(&self.peer_cert_file),
+            key_file: given(&self.peer_key_file),
+            trusted_ca_file: given(&self.peer_trusted_ca_file),
             client_cert_auth: self.peer_client_cert_auth,
-            allowed_cn: self.peer_cert_allowed_cn.clone(),
-            cipher_suites: self.cipher_suites.clone(),
+            allowed_cn: given(&self.peer_cert_allowed_cn),
+            cipher_suites: given(&self.cipher_suites),
         }
     }
+}
+
+/// A flag's value unless empty: etcd's defaults are empty strings, which ask for nothing.
+fn given<T: Clone + AsRef<std::ffi::OsStr>>(value: &Option<T>) -> Option<T> {
+    value.clone().filter(|v| !v.as_ref().is_empty())
 }
 
 /// Parses `500ms`, `7s`, `2m`, `1h`, or a bare number of seconds.
@@ -322,8 +342,28 @@ mod tests {
         assert_eq!(f.max_response_bytes, 2_147_483_647);
         assert_eq!(f.max_client_connections, 10_000);
         assert_eq!(f.max_watchers_per_stream, 10_000);
+        assert_eq!(f.max_watcher_queue_bytes, 16 << 20);
+        assert_eq!(f.max_concurrent_streams, 1_000);
         assert_eq!((f.heartbeat_interval, f.election_timeout), (100, 1000));
         assert_eq!(f.engine, Engine::Redb);
         assert_eq!(f.listen_client_urls, "http://127.0.0.1:2379");
+        assert!(f.strict_reconfig_check);
+        assert!(!f.debug);
+        assert_eq!(
+            f.experimental_watch_progress_notify_interval,
+            Duration::from_secs(600)
+        );
+    }
+
+    #[test]
+    fn booleans_parse_as_go_flags_do() {
+        let strict = |args: &[&str]| {
+            Flags::try_parse_from(std::iter::once("metastore").chain(args.iter().copied()))
+                .map(|f| f.strict_reconfig_check)
+        };
+        assert_eq!(strict(&["--strict-reconfig-check=false"]).ok(), Some(false));
+        assert_eq!(strict(&["--strict-reconfig-check"]).ok(), Some(true));
+        assert_eq!(strict(&["--strict-reconfig-check=true"]).ok(), Some(true));
+        assert!(strict(&["--strict-reconfig-check=maybe"]).is_err());
     }
 }

@@ -8,18 +8,22 @@
 //!
 //! # Layout
 //! - `flags`: [`Flags`], the command line.
+//! - [`etcd_flags`]: etcd's other flags, accepted with no effect or refused.
 //! - `config`: [`Config`], checked configuration, member and cluster ids.
 //! - `http`: `/health`, `/version`, `/metrics`.
 //! - `compactor`: automatic compaction.
-//! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2.
+//! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2; caps connections.
+//! - `serve`: client connections, with HTTP/2's stream limit and a graceful stop.
 //! - `tls`: TLS (rustls) on `https://` client and peer listeners.
 
 mod authority;
 mod coalesce;
 mod compactor;
 mod config;
+pub mod etcd_flags;
 mod flags;
 mod http;
+mod serve;
 mod tls;
 
 use std::future::Future;
@@ -102,8 +106,7 @@ async fn serve<B: Backend>(
 
     // The hub hears every applied revision from now on; resync covers what start-up applied.
     let history: Arc<dyn watch::History> = Arc::new(node.store().clone());
-    let hub =
-        watch::Hub::new(history, watch::HubConfig::default()).context("starting the watch hub")?;
+    let hub = watch::Hub::new(history, config.hub.clone()).context("starting the watch hub")?;
     node.store().set_sink(Arc::new(hub.clone()));
     hub.resync();
     let grpc = kvapi::router(
@@ -113,10 +116,11 @@ async fn serve<B: Backend>(
         hub.clone(),
         stop.clone(),
     );
-    let http = http::router(http::HttpState {
+    let http_state = http::HttpState {
         node: node.clone(),
         metrics,
-    });
+    };
+    let http = http::router(http_state.clone());
     let client_router = grpc.merge(http);
     // One cap over every client listener.
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_client_connections));
@@ -131,14 +135,28 @@ async fn serve<B: Backend>(
         let tls = matches!(security, tls::Security::Tls(_));
         tracing::info!(%addr, tls, "serving client requests (gRPC and HTTP)");
         let router = client_router.clone();
-        let stop = stop.clone();
         let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security);
+        tasks.spawn(serve::serve(
+            listener,
+            router,
+            config.max_concurrent_streams,
+            stop.clone(),
+        ));
+    }
+    // `--listen-metrics-urls`: metrics and health only, outside the client connection cap.
+    for addr in &config.metrics_addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for metrics on {addr}"))?;
+        tracing::info!(%addr, "serving /metrics and /health");
+        let router = http::metrics_router(http_state.clone());
+        let stop = stop.clone();
         tasks.spawn(async move {
             let served = axum::serve(listener, router)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
             if let Err(e) = served {
-                tracing::error!(cause = %e, "client listener failed");
+                tracing::error!(cause = %e, "metrics listener failed");
             }
         });
     }

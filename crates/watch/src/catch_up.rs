@@ -17,7 +17,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Shared;
-use crate::spec::Matcher;
+use crate::spec::{event_bytes, Charge, Matcher};
 use crate::{metrics, Delivery, WatchId};
 
 /// Runs rounds when woken or every `every`, until `stop` or until the hub is gone.
@@ -96,7 +96,10 @@ impl Shared {
             st.unsynced
                 .iter()
                 .filter_map(|id| {
-                    st.watchers.get(id).map(|w| Job {
+                    // A watcher whose reader holds its whole budget gets nothing this round.
+                    let budget = self.config.max_queued_bytes;
+                    let w = st.watchers.get(id).filter(|w| !w.over_budget(1, budget));
+                    w.map(|w| Job {
                         id: *id,
                         next_rev: w.next_rev,
                         matcher: Arc::clone(&w.matcher),
@@ -140,7 +143,11 @@ impl Shared {
             return Read::Compacted(compacted);
         }
         let current = self.history.current_revision();
-        match self.history.events_since(from, self.config.catch_up_batch) {
+        match self.history.events_since(
+            from,
+            self.config.catch_up_batch,
+            self.config.max_queued_bytes,
+        ) {
             Ok(events) => Read::Events {
                 events: Arc::new(events),
                 current,
@@ -168,6 +175,7 @@ impl Shared {
                     tag: job.matcher.tag,
                     events: Vec::new(),
                     compacted: Some(compacted),
+                    charge: Charge::default(),
                 });
                 st.remove(job.id);
                 st.report();
@@ -190,15 +198,21 @@ impl Shared {
                     None => job.next_rev,
                 };
                 let n = batch.len();
+                let bytes = batch.iter().map(event_bytes).sum();
                 let mut st = self.state.lock();
                 let Some(w) = st.unsynced_at(job.id, job.next_rev) else {
                     return false;
                 };
                 if n > 0 {
+                    if w.over_budget(bytes, self.config.max_queued_bytes) {
+                        // Its reader still holds too much: look again next round.
+                        return false;
+                    }
                     permit.send(Delivery {
                         tag: job.matcher.tag,
                         events: batch,
                         compacted: None,
+                        charge: Charge::new(&w.queued, bytes),
                     });
                 }
                 w.next_rev = next_rev;

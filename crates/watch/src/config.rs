@@ -13,6 +13,11 @@ pub struct HubConfig {
     /// How often the catch-up task looks at unsynced watchers when nothing woke it; this is
     /// how soon a watcher whose queue was full notices that its reader made room.
     pub catch_up_interval: Duration,
+    /// Bytes of events (keys and values, previous ones too) that may wait for one watcher's
+    /// reader, in its queue and in the responses made from it; past that its deliveries
+    /// wait in history and it catches up. A catch-up read stops at a revision boundary past
+    /// it; a single revision larger than it still goes, alone.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -20,6 +25,7 @@ impl Default for HubConfig {
         Self {
             catch_up_batch: 1000,
             catch_up_interval: Duration::from_millis(50),
+            max_queued_bytes: 16 << 20,
         }
     }
 }
@@ -33,6 +39,12 @@ impl HubConfig {
         if self.catch_up_batch == 0 {
             return Err(HubError::Config {
                 field: "catch_up_batch",
+                problem: "must be at least 1",
+            });
+        }
+        if self.max_queued_bytes == 0 {
+            return Err(HubError::Config {
+                field: "max_queued_bytes",
                 problem: "must be at least 1",
             });
         }

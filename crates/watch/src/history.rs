@@ -8,12 +8,19 @@ use mvcc::{Backend, Event, Store};
 /// a blocking thread of the catch-up task, never with the hub's lock held.
 pub trait History: Send + Sync + 'static {
     /// The events of revisions `from` and later, in revision then sub order, stopping at the
-    /// first revision boundary after `max_events` (a revision is never split).
+    /// first revision boundary after `max_events`, or before the revision that would take
+    /// them past `max_bytes` (as [`event_bytes`](crate::event_bytes) counts); a revision is
+    /// never split, and the first one always comes.
     ///
     /// # Errors
     /// [`mvcc::Error::Compacted`] when `from` is below the compaction point; other errors
     /// are the store's failures, and the hub retries later.
-    fn events_since(&self, from: i64, max_events: usize) -> Result<Vec<Event>, mvcc::Error>;
+    fn events_since(
+        &self,
+        from: i64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, mvcc::Error>;
 
     /// The highest revision stored; every revision up to it can be read (unless compacted).
     fn current_revision(&self) -> i64;
@@ -23,8 +30,13 @@ pub trait History: Send + Sync + 'static {
 }
 
 impl<B: Backend> History for Store<B> {
-    fn events_since(&self, from: i64, max_events: usize) -> Result<Vec<Event>, mvcc::Error> {
-        Store::events_since(self, from, max_events)
+    fn events_since(
+        &self,
+        from: i64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, mvcc::Error> {
+        Store::events_since_within(self, from, max_events, max_bytes)
     }
 
     fn current_revision(&self) -> i64 {

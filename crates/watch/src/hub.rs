@@ -39,6 +39,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use mvcc::{Event, EventSink};
@@ -49,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::index::Index;
 use crate::spec::Matcher;
+use crate::spec::{event_bytes, Charge};
 use crate::{catch_up, metrics};
 use crate::{Delivery, History, HubConfig, HubError, WatchError, WatchId, WatchSpec};
 
@@ -109,6 +111,17 @@ pub(crate) struct Watcher {
     pub(crate) tx: Sender<Delivery>,
     pub(crate) next_rev: i64,
     synced: bool,
+    /// Bytes of its deliveries not yet let go by its reader.
+    pub(crate) queued: Arc<AtomicUsize>,
+}
+
+impl Watcher {
+    /// Whether `bytes` more would overfill its queue budget; an empty queue takes anything,
+    /// so that a revision larger than the budget still goes (alone).
+    pub(crate) fn over_budget(&self, bytes: usize, budget: usize) -> bool {
+        let queued = self.queued.load(Ordering::Relaxed);
+        queued > 0 && queued.saturating_add(bytes) > budget
+    }
 }
 
 impl Hub {
@@ -184,6 +197,7 @@ impl Hub {
                 tx: deliveries,
                 next_rev,
                 synced,
+                queued: Arc::new(AtomicUsize::new(0)),
             },
         );
         st.report();
@@ -337,10 +351,19 @@ impl Shared {
                 continue;
             };
             let (first, last, n) = (first.kv.mod_revision, last.kv.mod_revision, batch.len());
+            let bytes = batch.iter().map(event_bytes).sum();
+            if w.over_budget(bytes, self.config.max_queued_bytes) {
+                // As good as a full queue: it waits in history instead.
+                tracing::debug!(%id, next_rev = first, "watcher byte budget full; catching up");
+                st.unfile(id, first);
+                victims += 1;
+                continue;
+            }
             let delivery = Delivery {
                 tag: w.matcher.tag,
                 events: batch,
                 compacted: None,
+                charge: Charge::new(&w.queued, bytes),
             };
             match w.tx.try_send(delivery) {
                 Ok(()) => {
@@ -520,7 +543,12 @@ mod tests {
     }
 
     impl History for Log {
-        fn events_since(&self, from: i64, max: usize) -> Result<Vec<Event>, mvcc::Error> {
+        fn events_since(
+            &self,
+            from: i64,
+            max: usize,
+            max_bytes: usize,
+        ) -> Result<Vec<Event>, mvcc::Error> {
             let compacted = *self.compacted.lock();
             if from < compacted {
                 return Err(mvcc::Error::Compacted {
@@ -533,7 +561,9 @@ mod tests {
                 if e.kv.mod_revision < from {
                     continue;
                 }
-                if out.len() >= max
+                let held: usize = out.iter().map(event_bytes).sum();
+                if (out.len() >= max || held + event_bytes(e) > max_bytes)
+                    && !out.is_empty()
                     && out.last().map(|l| l.kv.mod_revision) != Some(e.kv.mod_revision)
                 {
                     break;
@@ -557,6 +587,7 @@ mod tests {
             HubConfig {
                 catch_up_batch: batch,
                 catch_up_interval: Duration::from_secs(3600),
+                ..HubConfig::default()
             },
         )
         .unwrap()
@@ -564,6 +595,65 @@ mod tests {
 
     fn revs(d: &Delivery) -> Vec<i64> {
         d.events.iter().map(|e| e.kv.mod_revision).collect()
+    }
+
+    /// Bytes a delivery's events hold, as the queue budget counts them.
+    fn held(d: &Delivery) -> usize {
+        d.events.iter().map(crate::spec::event_bytes).sum()
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_is_not_read_holds_no_more_than_its_byte_budget() {
+        const BUDGET: usize = 1000;
+        let log = Arc::new(Log::default());
+        let history: Arc<dyn History> = log.clone();
+        let hub = Hub::new(
+            history,
+            HubConfig {
+                catch_up_batch: 100,
+                catch_up_interval: Duration::from_secs(3600),
+                max_queued_bytes: BUDGET,
+            },
+        )
+        .unwrap();
+        // Room for many deliveries by count, not by bytes.
+        let (tx, mut rx) = mpsc::channel(64);
+        let _g = hub
+            .watch(WatchSpec::new(KeyRange::prefix(b"")), tx)
+            .unwrap();
+        for rev in 2..12 {
+            let mut events = log.write(rev, &["k"]);
+            events[0].kv.value = vec![b'v'; 299];
+            log.events.lock().last_mut().unwrap().kv.value = vec![b'v'; 299];
+            hub.publish(events);
+        }
+        let mut queued = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            queued.push(d);
+        }
+        let bytes: usize = queued.iter().map(held).sum();
+        assert!(
+            bytes <= BUDGET,
+            "{} deliveries hold {bytes} bytes, over the budget of {BUDGET}",
+            queued.len()
+        );
+        // Read now: the rest comes from history, every revision once, in order, each
+        // delivery within the budget.
+        let mut seen: Vec<i64> = queued.iter().flat_map(revs).collect();
+        drop(queued);
+        for _ in 0..20 {
+            hub.shared.catch_up_round();
+            while let Ok(d) = rx.try_recv() {
+                assert!(
+                    held(&d) <= BUDGET,
+                    "a catch-up delivery of {} bytes",
+                    held(&d)
+                );
+                seen.extend(revs(&d));
+            }
+        }
+        assert_eq!(seen, (2..12).collect::<Vec<_>>());
+        assert_eq!(hub.stats().unsynced, 0);
     }
 
     #[tokio::test]

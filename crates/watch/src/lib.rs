@@ -34,4 +34,4 @@ pub use config::HubConfig;
 pub use error::{HubError, WatchError};
 pub use history::History;
 pub use hub::{Hub, HubStats, WatchGuard};
-pub use spec::{Delivery, WatchId, WatchSpec};
+pub use spec::{event_bytes, Charge, Delivery, WatchId, WatchSpec};

@@ -1,6 +1,8 @@
 //! What a watcher asks for and what it is sent.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use mvcc::{Event, EventKind, KeyRange};
 
@@ -51,6 +53,68 @@ pub struct Delivery {
     /// Set when the watcher is cancelled because its next revision was compacted: the
     /// compaction point. The watcher is removed from the hub and receives nothing more.
     pub compacted: Option<i64>,
+    /// The bytes these events hold against the watcher's queue budget, given back when the
+    /// charge is dropped: a consumer keeps it until the events have left (e.g. with the
+    /// response made of them).
+    pub charge: Charge,
+}
+
+/// Bytes held against one watcher's queue budget ([`HubConfig::max_queued_bytes`]), given
+/// back on drop. A clone holds nothing.
+///
+/// [`HubConfig::max_queued_bytes`]: crate::HubConfig::max_queued_bytes
+#[derive(Default)]
+pub struct Charge(Option<(Arc<AtomicUsize>, usize)>);
+
+impl Charge {
+    /// Holds `bytes` against `queued` until dropped.
+    pub(crate) fn new(queued: &Arc<AtomicUsize>, bytes: usize) -> Self {
+        queued.fetch_add(bytes, Ordering::Relaxed);
+        Self(Some((Arc::clone(queued), bytes)))
+    }
+
+    /// The bytes held.
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |(_, n)| *n)
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if let Some((queued, n)) = self.0.take() {
+            queued.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Clone for Charge {
+    fn clone(&self) -> Self {
+        Self(None)
+    }
+}
+
+/// Charges compare equal: they are bookkeeping, not content.
+impl PartialEq for Charge {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Charge {}
+
+impl fmt::Debug for Charge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Charge({})", self.bytes())
+    }
+}
+
+/// The bytes an event holds, as the queue budget counts them: keys and values, previous too.
+pub fn event_bytes(e: &Event) -> usize {
+    let kv = e.kv.key.len() + e.kv.value.len();
+    kv + e
+        .prev_kv
+        .as_ref()
+        .map_or(0, |p| p.key.len() + p.value.len())
 }
 
 /// The hub's id of one registered watcher; never reused by the same hub.

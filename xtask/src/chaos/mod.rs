@@ -56,9 +56,11 @@ options:
   --expect-violation   succeed only if the checker finds a violation (for testing the
                        checker against a build with a planted bug)
   --expect-wrong-revisions
-                       succeed only if an acknowledged write was given another write's
-                       revision, or one its value was not read or watched at (a planted
-                       bug that answers requests with other requests' results)
+                       succeed only if answers disagree about which write is at which
+                       revision (a write given another's revision, or one its value was
+                       not read or watched at; a create/mod/version the acknowledged writes
+                       contradict): a planted bug that answers requests with other
+                       requests' results
 
 cargo xtask chaos --recheck FILE
   checks the history.txt of an earlier run again and prints the verdict on it";
@@ -146,13 +148,14 @@ fn recheck(file: &str) -> Result<()> {
         println!("revisions: {p}");
     }
     println!(
-        "{} operations ({} unknown): {} linearizability violations, {} revision problems, \
-         {} undecided keys {:?}, \
+        "{} operations ({} unknown): {} linearizability violations, {} revision problems \
+         ({} about which write is at which revision), {} undecided keys {:?}, \
          checked in {:.1?}",
         v.ops,
         v.unknown,
         v.violations.len(),
         v.revisions.len(),
+        v.wrong_write_revisions,
         v.undecided.len(),
         v.undecided,
         started.elapsed()

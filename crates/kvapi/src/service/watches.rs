@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response as Reply, Status, Streaming};
-use watch::{Delivery, Hub, WatchGuard, WatchSpec};
+use watch::{Charge, Delivery, Hub, WatchGuard, WatchSpec};
 
 use crate::pb::etcdserverpb::watch_create_request::FilterType;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
@@ -70,7 +70,9 @@ impl<B: Backend> WatchService<B> {
 /// The response stream handed to tonic: the queue, unless the stream was ended for a reason,
 /// which then comes first.
 pub struct Responses {
-    rx: mpsc::Receiver<WatchResponse>,
+    /// Each response with the bytes it holds against its watcher's queue budget, given back
+    /// when tonic takes it.
+    rx: mpsc::Receiver<(WatchResponse, Charge)>,
     ended: Arc<OnceLock<Status>>,
     done: bool,
 }
@@ -87,7 +89,9 @@ impl Stream for Responses {
             self.rx.close();
             return Poll::Ready(Some(Err(status)));
         }
-        self.rx.poll_recv(cx).map(|r| r.map(Ok))
+        self.rx
+            .poll_recv(cx)
+            .map(|r| r.map(|(response, _charge)| Ok(response)))
     }
 }
 
@@ -147,7 +151,7 @@ enum End {
 struct StreamTask<B> {
     shared: Shared<B>,
     hub: Hub,
-    tx: mpsc::Sender<WatchResponse>,
+    tx: mpsc::Sender<(WatchResponse, Charge)>,
     ended: Arc<OnceLock<Status>>,
     watchers: HashMap<i64, Watcher>,
     /// The client's watch id of each live route.
@@ -221,11 +225,16 @@ impl<B: Backend> StreamTask<B> {
 
     /// Sends within the watch-send budget.
     async fn send(&self, response: WatchResponse) -> Result<(), End> {
+        self.send_charged(response, Charge::default()).await
+    }
+
+    /// Sends within the watch-send budget, keeping `charge` until the response has left.
+    async fn send_charged(&self, response: WatchResponse, charge: Charge) -> Result<(), End> {
         match deadline::send(
             Layer::WatchSend,
             Deadline::after(self.budget),
             &self.tx,
-            response,
+            (response, charge),
         )
         .await
         {
@@ -426,12 +435,17 @@ impl<B: Backend> StreamTask<B> {
         };
         let limit = self.shared.config.limits.max_request_bytes + FRAGMENT_SLACK;
         if watcher.fragment && response.events.len() > 1 && response.encoded_len() >= limit {
-            for part in fragments(response, limit) {
+            let mut parts = fragments(response, limit);
+            let last = parts.pop();
+            for part in parts {
                 self.send(part).await?;
+            }
+            if let Some(part) = last {
+                self.send_charged(part, d.charge).await?;
             }
             return Ok(());
         }
-        self.send(response).await
+        self.send_charged(response, d.charge).await
     }
 
     /// The revision every watch of this stream has been sent all events up to, if all are live:

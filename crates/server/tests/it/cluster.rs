@@ -535,3 +535,87 @@ async fn every_member_removes_compacted_history() {
         "member {asked} answered a physical compaction before removing the history"
     );
 }
+
+/// `etcdctl member add NAME --peer-urls=URL` (a voter) against `endpoint`.
+fn etcdctl_member_add(endpoint: &str, name: &str, peer_url: &str) -> Result<String, String> {
+    let etcdctl = crate::harness::require_tool("etcdctl");
+    let out = std::process::Command::new(etcdctl)
+        .env("ETCDCTL_API", "3")
+        .args([
+            &format!("--endpoints={endpoint}"),
+            "--command-timeout=10s",
+            "member",
+            "add",
+            name,
+            &format!("--peer-urls={peer_url}"),
+        ])
+        .output()
+        .map_err(|e| format!("running etcdctl: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+/// Waits up to 30 s until `c` lists `n` members, every one a voter.
+async fn until_voters(c: &mut Client, n: usize) {
+    let started = Instant::now();
+    loop {
+        let list = c.member_list().await.map(|l| {
+            l.members()
+                .iter()
+                .map(|m| (m.name().to_string(), m.is_learner()))
+                .collect::<Vec<_>>()
+        });
+        if let Ok(members) = &list {
+            if members.len() == n && members.iter().all(|(_, learner)| !learner) {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not {n} voters after 30 s: {list:?}"
+        );
+        pause(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_member_grows_to_three_voters_with_etcdctl_while_writes_go_on() {
+    let mut cluster = start(1, &[]);
+    let first = cluster.member(0).endpoint();
+    let mut c = client(&first).await;
+    let writer = Writer::start(vec![first.clone()], "g/").await;
+    for step in 2..=3 {
+        let new = cluster.prepare_member();
+        let name = cluster.member(new).name.clone();
+        // etcd 3.4 takes a second voter on a one-member cluster; a third once the second runs.
+        let printed = etcdctl_member_add(&first, &name, &cluster.member(new).peer_url())
+            .unwrap_or_else(|e| panic!("member add {name} (to {step} members): {e}"));
+        assert!(
+            printed.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+            "{printed}"
+        );
+        tokio::task::block_in_place(|| cluster.start_prepared(new))
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        until_voters(&mut c, step).await;
+        let before = writer.ok();
+        let started = Instant::now();
+        while writer.ok() < before + 50 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "writes stalled with {step} members"
+            );
+            pause(Duration::from_millis(100)).await;
+        }
+    }
+    let (acked, _) = writer.finish().await;
+    assert!(!acked.is_empty());
+    assert_converged(&cluster, "g/", &acked).await;
+}

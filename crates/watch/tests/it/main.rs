@@ -24,6 +24,7 @@ fn config() -> HubConfig {
     HubConfig {
         catch_up_batch: 7,
         catch_up_interval: Duration::from_millis(2),
+        ..HubConfig::default()
     }
 }
 
@@ -440,6 +441,7 @@ async fn a_full_queue_never_blocks_apply_and_its_watcher_catches_up_exactly() {
         HubConfig {
             catch_up_batch: 1000,
             catch_up_interval: Duration::from_millis(2),
+            ..HubConfig::default()
         },
     )
     .unwrap();
@@ -510,7 +512,8 @@ async fn a_compacted_start_revision_cancels_with_the_compaction_point() {
         Delivery {
             tag: 7,
             events: vec![],
-            compacted: Some(6)
+            compacted: Some(6),
+            charge: watch::Charge::default(),
         }
     );
     // The watcher is gone, and with it the only sender.
