@@ -92,6 +92,14 @@ pub fn host_port(url: &str) -> Result<(String, bool)> {
     Ok((host_port.to_string(), tls))
 }
 
+/// `host:port` → `host` (brackets of an IPv6 address dropped).
+fn host_of(host_port: &str) -> String {
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
+}
+
 /// One side's listen URLs split into plaintext and TLS addresses, and its TLS configuration,
 /// checked: `https://` needs a certificate, and TLS files without an `https://` URL are refused
 /// rather than ignored (a plaintext server where TLS was asked for).
@@ -313,9 +321,24 @@ impl TryFrom<Flags> for Config {
                 unsupported.join(", ")
             );
         }
+        let mut client_files = f.client_tls_files();
+        // etcd: given certificate files win over --auto-tls.
+        if f.auto_tls && client_files.cert_file.is_none() && client_files.key_file.is_none() {
+            let hosts = split_urls(&f.listen_client_urls)
+                .iter()
+                .filter(|u| u.starts_with("https://"))
+                .map(|u| host_port(u).map(|(hp, _)| host_of(&hp)))
+                .collect::<Result<Vec<_>>>()?;
+            if hosts.is_empty() {
+                bail!("--auto-tls is set but --listen-client-urls has no https:// URL; refusing to serve in plaintext");
+            }
+            let (cert, key) = tls::self_signed(&data_dir.join("fixtures").join("client"), hosts)?;
+            client_files.cert_file = Some(cert);
+            client_files.key_file = Some(key);
+        }
         let (client_addrs, client_tls_addrs, client_tls) = listeners(
             &f.listen_client_urls,
-            &f.client_tls_files(),
+            &client_files,
             "",
             "--listen-client-urls",
         )?;
@@ -442,14 +465,19 @@ mod tests {
         };
         assert!(bad(&["--cert-file", "c.pem", "--key-file", "k.pem"]).contains("plaintext"));
         assert!(bad(&["--peer-client-cert-auth"]).contains("plaintext"));
-        assert!(bad(&["--auto-tls"]).contains("--auto-tls not supported yet"));
-        let both = bad(&["--peer-auto-tls=true", "--cipher-suites", "x"]);
+        assert!(bad(&["--auto-tls"]).contains("no https:// URL"));
+        let both = bad(&["--tls-max-version", "TLS1.2", "--tls-min-version", "TLS1.2"]);
         assert!(
-            both.contains("--peer-auto-tls, --cipher-suites not supported"),
+            both.contains("--tls-min-version, --tls-max-version not supported"),
             "{both}"
         );
         // etcd's configuration files often spell out the defaults: false is not refused.
-        Config::try_from(Flags::parse_from(["metastore", "--auto-tls=false"])).unwrap();
+        Config::try_from(Flags::parse_from([
+            "metastore",
+            "--auto-tls=false",
+            "--client-cert-auth=false",
+        ]))
+        .unwrap();
         let https_peers = [
             "--initial-advertise-peer-urls",
             "https://127.0.0.1:2380",

@@ -43,7 +43,7 @@ const fn flag(name: &'static str, boolean: bool, fate: Fate) -> EtcdFlag {
 }
 
 const NO_TLS: &str =
-    "TLS is not supported yet; refusing rather than serving in the clear what was asked to be secured";
+    "this TLS feature is not supported yet (docs/security.md); refusing rather than serving with less security than was asked for";
 const NO_AUTH: &str = "authentication is not supported yet";
 const NO_V2: &str = "the v2 API and v2 proxy are not supported (MetaStore serves the v3 API only)";
 const NO_DISCOVERY: &str = "discovery is not supported yet: use --initial-cluster";
@@ -76,22 +76,11 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("proxy-dial-timeout", false, Fate::DefaultOnly { default: "1000", why: NO_V2 }),
     flag("proxy-write-timeout", false, Fate::DefaultOnly { default: "5000", why: NO_V2 }),
     flag("proxy-read-timeout", false, Fate::DefaultOnly { default: "0", why: NO_V2 }),
-    flag("cert-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
-    flag("key-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
-    flag("client-cert-auth", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
     flag("client-crl-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
     flag("client-cert-allowed-hostname", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
-    flag("trusted-ca-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
-    flag("auto-tls", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
-    flag("peer-cert-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
-    flag("peer-key-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
-    flag("peer-client-cert-auth", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
-    flag("peer-trusted-ca-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
-    flag("peer-cert-allowed-cn", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
     flag("peer-cert-allowed-hostname", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
     flag("peer-auto-tls", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
     flag("peer-crl-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
-    flag("cipher-suites", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
     flag("experimental-peer-skip-client-san-verification", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
     flag("auth-token", false, Fate::DefaultOnly { default: "simple", why: NO_AUTH }),
     flag("bcrypt-cost", false, Fate::DefaultOnly { default: "10", why: NO_AUTH }),
@@ -279,18 +268,18 @@ mod tests {
 
     #[test]
     fn refused_flags_and_variables_name_themselves() {
-        let e = run(&["--cert-file", "c.pem"], &[]).unwrap_err();
-        assert!(e.contains("--cert-file") && e.contains("TLS"), "{e}");
-        let e = run(&[], &[("ETCD_KEY_FILE", "k.pem")]).unwrap_err();
-        assert!(e.contains("ETCD_KEY_FILE") && e.contains("TLS"), "{e}");
+        let e = run(&["--client-crl-file", "c.pem"], &[]).unwrap_err();
+        assert!(e.contains("--client-crl-file") && e.contains("TLS"), "{e}");
+        let e = run(&[], &[("ETCD_PEER_CRL_FILE", "k.pem")]).unwrap_err();
+        assert!(e.contains("ETCD_PEER_CRL_FILE") && e.contains("TLS"), "{e}");
         let e = run(&["--experimental-initial-corrupt-check"], &[]).unwrap_err();
         assert!(
             e.contains("--experimental-initial-corrupt-check=true"),
             "{e}"
         );
-        let e = run(&["--client-cert-auth"], &[]).unwrap_err();
+        let e = run(&["--peer-auto-tls"], &[]).unwrap_err();
         assert!(
-            e.contains("--client-cert-auth=true") && e.contains("TLS"),
+            e.contains("--peer-auto-tls=true") && e.contains("TLS"),
             "{e}"
         );
         let e = run(&["--pre-vote=maybe"], &[]).unwrap_err();
@@ -307,8 +296,8 @@ mod tests {
             ],
             &[
                 ("ETCD_ENABLE_V2", "false"),
-                ("ETCD_CLIENT_CERT_AUTH", "false"),
-                ("ETCD_CERT_FILE", ""),
+                ("ETCD_PEER_AUTO_TLS", "false"),
+                ("ETCD_CLIENT_CRL_FILE", ""),
                 ("ETCD_LOG_OUTPUTS", "stderr"),
             ],
         )

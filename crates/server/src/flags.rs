@@ -228,31 +228,20 @@ pub struct Flags {
           default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub peer_client_cert_auth: bool,
 
-    /// Not supported yet (refused at start): client TLS with a generated certificate.
+    /// Client TLS with a self-signed certificate made in DATA_DIR/fixtures/client (when no
+    /// --cert-file/--key-file are given); clients must skip verification.
     #[arg(long, env = "ETCD_AUTO_TLS", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub auto_tls: bool,
-
-    /// Not supported yet (refused at start): peer TLS with a generated certificate.
-    #[arg(long, env = "ETCD_PEER_AUTO_TLS", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
-    pub peer_auto_tls: bool,
 
     /// The only common name a connecting member's certificate may carry.
     #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
     pub peer_cert_allowed_cn: Option<String>,
 
-    /// Not supported yet (refused at start): TLS cipher suites (rustls's safe defaults apply).
+    /// Comma-separated TLS 1.2 cipher suites (IANA names) for the client and peer servers;
+    /// TLS 1.3's are always on. Default: rustls's.
     #[arg(long, env = "ETCD_CIPHER_SUITES")]
     pub cipher_suites: Option<String>,
-
-    /// Not supported yet (refused at start): client certificate revocation list.
-    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
-    pub client_crl_file: Option<PathBuf>,
-
-    /// Not supported yet (refused at start): peer certificate revocation list.
-    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
-    pub peer_crl_file: Option<PathBuf>,
 
     /// Not supported yet (refused at start): lowest TLS version (rustls: TLS 1.2).
     #[arg(long, env = "ETCD_TLS_MIN_VERSION")]
@@ -267,11 +256,12 @@ impl Flags {
     /// The client port's TLS flags.
     pub fn client_tls_files(&self) -> crate::tls::TlsFiles {
         crate::tls::TlsFiles {
-            cert_file: self.cert_file.clone(),
-            key_file: self.key_file.clone(),
-            trusted_ca_file: self.trusted_ca_file.clone(),
+            cert_file: given(&self.cert_file),
+            key_file: given(&self.key_file),
+            trusted_ca_file: given(&self.trusted_ca_file),
             client_cert_auth: self.client_cert_auth,
             allowed_cn: None,
+            cipher_suites: given(&self.cipher_suites),
         }
     }
 
@@ -279,11 +269,6 @@ impl Flags {
     /// ignored, since ignoring them would serve with weaker security than asked for.
     pub fn unsupported_tls_flags(&self) -> Vec<&'static str> {
         [
-            (self.auto_tls, "--auto-tls"),
-            (self.peer_auto_tls, "--peer-auto-tls"),
-            (self.cipher_suites.is_some(), "--cipher-suites"),
-            (self.client_crl_file.is_some(), "--client-crl-file"),
-            (self.peer_crl_file.is_some(), "--peer-crl-file"),
             (self.tls_min_version.is_some(), "--tls-min-version"),
             (self.tls_max_version.is_some(), "--tls-max-version"),
         ]
@@ -295,13 +280,19 @@ impl Flags {
     /// The peer port's TLS flags.
     pub fn peer_tls_files(&self) -> crate::tls::TlsFiles {
         crate::tls::TlsFiles {
-            cert_file: self.peer_cert_file.clone(),
-            key_file: self.peer_key_file.clone(),
-            trusted_ca_file: self.peer_trusted_ca_file.clone(),
+            cert_file: given(&self.peer_cert_file),
+            key_file: given(&self.peer_key_file),
+            trusted_ca_file: given(&self.peer_trusted_ca_file),
             client_cert_auth: self.peer_client_cert_auth,
-            allowed_cn: self.peer_cert_allowed_cn.clone(),
+            allowed_cn: given(&self.peer_cert_allowed_cn),
+            cipher_suites: given(&self.cipher_suites),
         }
     }
+}
+
+/// A flag's value unless empty: etcd's defaults are empty strings, which ask for nothing.
+fn given<T: Clone + AsRef<std::ffi::OsStr>>(value: &Option<T>) -> Option<T> {
+    value.clone().filter(|v| !v.as_ref().is_empty())
 }
 
 /// Parses `500ms`, `7s`, `2m`, `1h`, or a bare number of seconds.

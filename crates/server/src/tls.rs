@@ -39,6 +39,8 @@ pub struct TlsFiles {
     pub client_cert_auth: bool,
     /// The only common name a client certificate may carry (`--peer-cert-allowed-cn`).
     pub allowed_cn: Option<String>,
+    /// TLS 1.2 cipher suites allowed, by their IANA names (`--cipher-suites`, both sides).
+    pub cipher_suites: Option<String>,
 }
 
 impl TlsFiles {
@@ -76,6 +78,71 @@ pub fn read_key(path: &Path, flag: &str) -> Result<PrivateKeyDer<'static>> {
         .with_context(|| format!("{flag} {}: no readable PEM private key", path.display()))
 }
 
+/// `--auto-tls`: a self-signed certificate for `hosts` in `dir` (`cert.pem`, `key.pem`), made
+/// on first use and kept, as etcd does in `DATA_DIR/fixtures/client`. The directory is
+/// private to this user, so the key is too.
+///
+/// # Errors
+/// The directory or files cannot be created, or the certificate cannot be made.
+pub fn self_signed(dir: &Path, hosts: Vec<String>) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if cert.is_file() && key.is_file() {
+        return Ok((cert, key));
+    }
+    mvcc::durable::create_dir_all_synced(dir)
+        .with_context(|| format!("--auto-tls: creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("--auto-tls: securing {}", dir.display()))?;
+    }
+    let pair = rcgen::KeyPair::generate().context("--auto-tls: generating a key")?;
+    let mut params = rcgen::CertificateParams::new(hosts).context("--auto-tls: host names")?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "etcd");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let made = params
+        .self_signed(&pair)
+        .context("--auto-tls: signing the certificate")?;
+    // The key first: a certificate without its key is never left behind to be reused.
+    mvcc::durable::write_synced(&key, pair.serialize_pem().as_bytes())
+        .with_context(|| format!("--auto-tls: writing {}", key.display()))?;
+    mvcc::durable::write_synced(&cert, made.pem().as_bytes())
+        .with_context(|| format!("--auto-tls: writing {}", cert.display()))?;
+    tracing::info!(cert = %cert.display(), "--auto-tls: made a self-signed certificate");
+    Ok((cert, key))
+}
+
+/// The suites of `available` that `names` (comma-separated IANA names, as etcd's
+/// `--cipher-suites` takes them) allow. As in Go, the list governs TLS 1.2 only: TLS 1.3's
+/// suites are always kept.
+///
+/// # Errors
+/// A name rustls does not offer, in etcd's words.
+pub fn cipher_suites(
+    available: &[rustls::SupportedCipherSuite],
+    names: &str,
+) -> Result<Vec<rustls::SupportedCipherSuite>> {
+    let wanted: Vec<&str> = names
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    let name = |s: &rustls::SupportedCipherSuite| format!("{:?}", s.suite());
+    for n in &wanted {
+        if !available.iter().any(|s| name(s) == *n) {
+            bail!("--cipher-suites: unexpected TLS cipher suite {n:?}");
+        }
+    }
+    Ok(available
+        .iter()
+        .filter(|s| s.tls13().is_some() || wanted.contains(&name(s).as_str()))
+        .copied()
+        .collect())
+}
+
 /// Builds the TLS server configuration for one side; `prefix` is `""` for the client port and
 /// `"peer-"` for the peer port (it names the flags in errors).
 ///
@@ -91,7 +158,11 @@ pub fn server_config(files: &TlsFiles, prefix: &str) -> Result<Arc<rustls::Serve
     };
     let certs = read_certs(cert_file, &cert_flag)?;
     let key = read_key(key_file, &key_flag)?;
-    let provider = provider();
+    let mut provider = (*provider()).clone();
+    if let Some(names) = &files.cipher_suites {
+        provider.cipher_suites = cipher_suites(&provider.cipher_suites, names)?;
+    }
+    let provider = Arc::new(provider);
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
@@ -447,5 +518,24 @@ mod tests {
         let cert = nameless.signed_by(&key, &issuer).unwrap();
         assert_eq!(common_name(cert.der()), None);
         assert_eq!(common_name(b"\x30\x05junk"), None);
+    }
+
+    #[test]
+    fn cipher_suites_restrict_tls12_only() {
+        let all = provider().cipher_suites.clone();
+        let chosen = cipher_suites(&all, "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256").unwrap();
+        let tls12: Vec<String> = chosen
+            .iter()
+            .filter(|s| s.tls13().is_none())
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        assert_eq!(tls12, ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]);
+        assert!(chosen.iter().any(|s| s.tls13().is_some()));
+        assert!(chosen.len() < all.len());
+        let bad = cipher_suites(&all, "TLS_RSA_WITH_RC4_128_SHA").unwrap_err();
+        assert!(
+            bad.to_string().contains("unexpected TLS cipher suite"),
+            "{bad}"
+        );
     }
 }

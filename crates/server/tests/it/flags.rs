@@ -211,12 +211,23 @@ fn etcd_variables_refused_and_unknown_ones_warned_about() {
     // A refused flag given as a variable names the variable (TLS is never silently ignored).
     let (exit, text) = run_briefly(
         &[],
+        &[("ETCD_CLIENT_CRL_FILE".into(), "/x.pem".into())],
+        Duration::from_secs(10),
+    );
+    assert_eq!(exit, Some(false), "{text}");
+    assert!(
+        text.contains("ETCD_CLIENT_CRL_FILE") && text.contains("TLS"),
+        "{text}"
+    );
+    // An implemented TLS variable is read: a certificate without an https:// URL is refused.
+    let (exit, text) = run_briefly(
+        &[],
         &[("ETCD_CERT_FILE".into(), "/x.pem".into())],
         Duration::from_secs(10),
     );
     assert_eq!(exit, Some(false), "{text}");
     assert!(
-        text.contains("ETCD_CERT_FILE") && text.contains("TLS"),
+        text.contains("--cert-file") && text.contains("plaintext"),
         "{text}"
     );
     // An unknown one is warned about, and the server starts anyway.

@@ -596,3 +596,66 @@ fn peer_cert_allowed_cn_admits_only_that_common_name() {
         "CN root: {other:?}"
     );
 }
+
+#[test]
+fn auto_tls_serves_https_with_a_self_signed_certificate() {
+    let insecure = [
+        "--insecure-transport=false".to_string(),
+        "--insecure-skip-tls-verify".to_string(),
+    ];
+    for kind in KINDS {
+        let (client_port, peer_port) = (free_port(), free_port());
+        let client = format!("https://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let args: Vec<String> = [
+            "--name",
+            "t",
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("t={peer}"),
+            "--auto-tls",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut server = TlsServer::spawn_args(kind, client_port, &args);
+        let started = Instant::now();
+        let put = loop {
+            let put = etcdctl(&client, &insecure, &["put", "k", "auto"]);
+            if put.0 == Some(0) || started.elapsed() > READY_TIMEOUT {
+                break put;
+            }
+            if let Some(status) = server
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok())
+                .flatten()
+            {
+                panic!("{kind:?} exited at start with {status}: {}", server.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(put.0, Some(0), "{kind:?}: {put:?}\n{}", server.log());
+        let get = etcdctl(&client, &insecure, &["get", "k", "--print-value-only"]);
+        assert_eq!(get, (Some(0), "auto\n".into(), String::new()), "{kind:?}");
+        // Verifying the certificate fails: it is self-signed, not from the test CA.
+        let pki = Pki::new();
+        let verified = etcdctl(&client, &certs(&pki, ""), &["get", "k"]);
+        assert_eq!(verified.0, Some(1), "{kind:?}: {verified:?}");
+        let fixtures = server
+            .dir
+            .path()
+            .join("data")
+            .join("fixtures")
+            .join("client");
+        for file in ["cert.pem", "key.pem"] {
+            assert!(fixtures.join(file).is_file(), "{kind:?}: no {file}");
+        }
+    }
+}
