@@ -915,12 +915,18 @@ impl<B: Backend> Node<B> {
                         .map_err(|_| Refusal::Membership(crate::MembershipError::InProgress))?;
                 }
                 other => {
-                    other?;
+                    let written = other?;
                     if new_voter {
                         self.lock_pending().insert(id);
                         tokio::spawn(crate::membership::promote_when_caught_up(self.clone(), id));
                     }
-                    return Ok(self.status().members);
+                    // openraft's metrics may not show the new configuration yet (they follow
+                    // the answer), and a list without the new member breaks etcdctl: answer
+                    // from the configuration this change committed.
+                    return Ok(match written.membership {
+                        Some(membership) => self.listing(&membership),
+                        None => self.status().members,
+                    });
                 }
             }
         }
@@ -955,21 +961,25 @@ impl<B: Backend> Node<B> {
     pub fn status(&self) -> NodeStatus {
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow();
-        let mut voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
-        // Added as voters: etcd lists them as voters from the start.
-        voters.extend(self.lock_pending().iter().copied());
         NodeStatus {
             id: self.inner.id,
             leader: m.current_leader,
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
-            members: m
-                .membership_config
-                .nodes()
-                .map(|(id, member)| (*id, member.clone(), voters.contains(id)))
-                .collect(),
+            members: self.listing(m.membership_config.membership()),
         }
+    }
+
+    /// The members of `membership`, each with whether it votes (or will, once caught up:
+    /// etcd lists an added voter as one from the start).
+    fn listing(&self, membership: &openraft::Membership<u64, Member>) -> Vec<(u64, Member, bool)> {
+        let mut voters: BTreeSet<u64> = membership.voter_ids().collect();
+        voters.extend(self.lock_pending().iter().copied());
+        membership
+            .nodes()
+            .map(|(id, member)| (*id, member.clone(), voters.contains(id)))
+            .collect()
     }
 
     /// Waits (within `deadline`) until this member knows a leader; for start-up and tests.
