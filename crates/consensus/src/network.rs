@@ -21,7 +21,7 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::types::{Member, Proposal, TypeConfig};
 
@@ -33,6 +33,9 @@ pub mod pb {
 
 use pb::peer_client::PeerClient;
 use pb::Payload;
+
+/// The metadata key naming the member a peer request comes from (its id in decimal).
+const SENDER: &str = "metastore-sender";
 
 /// Largest message a member accepts from a peer: Raft batches of entries and snapshot chunks.
 pub(crate) const MAX_PEER_MESSAGE: usize = 128 << 20;
@@ -116,6 +119,10 @@ pub struct Peers {
     conns: Arc<Mutex<Conns>>,
     budgets: Budgets,
     source: Option<std::net::IpAddr>,
+    /// This member's id, sent with every request so the receiver can refuse non-members.
+    sender: Option<u64>,
+    /// TLS for `https://` peer URLs (client certificate and the peer CA).
+    tls: Option<ClientTlsConfig>,
     /// The largest message sent or accepted: [`MAX_PEER_MESSAGE`] but in tests.
     max_message: usize,
 }
@@ -176,8 +183,18 @@ impl Peers {
             conns: Arc::default(),
             budgets,
             source,
+            sender: None,
+            tls: None,
             max_message: MAX_PEER_MESSAGE,
         }
+    }
+
+    /// The same, naming this member as the sender of every request and using `tls` for
+    /// `https://` peers.
+    pub fn with_identity(mut self, sender: u64, tls: Option<ClientTlsConfig>) -> Self {
+        self.sender = Some(sender);
+        self.tls = tls;
+        self
     }
 
     /// The same with another message limit, for tests that cannot afford 128 MiB messages.
@@ -207,6 +224,12 @@ impl Peers {
             .keep_alive_timeout(Duration::from_secs(2))
             .keep_alive_while_idle(true)
             .local_address(self.source);
+        let endpoint = match &self.tls {
+            Some(tls) => endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| CallError::NotSent(format!("{url}: TLS: {e}")))?,
+            None => endpoint,
+        };
         let client = PeerClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(self.max_message)
             .max_encoding_message_size(self.max_message);
@@ -239,6 +262,9 @@ impl Peers {
         let timeout = limit.map_or(budget, |l| l.min(budget));
         let mut req = tonic::Request::new(payload);
         req.set_timeout(timeout);
+        if let Some(sender) = self.sender {
+            req.metadata_mut().insert(SENDER, sender.into());
+        }
         let call = async move {
             match rpc {
                 Rpc::AppendEntries => client.append_entries(req).await,
@@ -404,6 +430,48 @@ impl<B: mvcc::Backend> PeerService<B> {
     }
 }
 
+impl<B: mvcc::Backend> PeerService<B> {
+    /// Refuses a message from `sender` unless it is in the membership this member knows
+    /// (joint configurations and learners included). A member that has no membership yet (one
+    /// waiting to join) accepts its first messages from whoever leads.
+    fn admit(&self, rpc: &str, sender: Option<u64>) -> Result<(), tonic::Status> {
+        let known = {
+            let metrics = self.node.raft().metrics();
+            let m = metrics.borrow();
+            let nodes: Vec<u64> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect();
+            nodes
+        };
+        if known.is_empty() {
+            return Ok(());
+        }
+        match sender {
+            Some(id) if known.contains(&id) => Ok(()),
+            _ => {
+                let from =
+                    sender.map_or_else(|| "an unnamed sender".to_string(), |id| format!("{id:x}"));
+                tracing::warn!(rpc, from = %from, "refused a peer message from a member not in the membership");
+                metrics::counter!(REFUSED_PEER_MESSAGES).increment(1);
+                Err(tonic::Status::permission_denied(format!(
+                    "{rpc} from {from}: not a member of this cluster"
+                )))
+            }
+        }
+    }
+}
+
+/// Peer messages refused because their sender is not a member.
+const REFUSED_PEER_MESSAGES: &str = "metastore_peer_messages_refused_total";
+
+/// The sender a request's metadata names, if any.
+fn named_sender<T>(request: &tonic::Request<T>) -> Option<u64> {
+    request.metadata().get(SENDER)?.to_str().ok()?.parse().ok()
+}
+
 fn bad_request(e: String) -> tonic::Status {
     tonic::Status::invalid_argument(format!("undecodable peer message: {e}"))
 }
@@ -422,6 +490,7 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let req: AppendEntriesRequest<TypeConfig> =
             decode(request.get_ref()).map_err(bad_request)?;
+        self.admit("append-entries", req.vote.leader_id().voted_for())?;
         reply(&self.node.raft().append_entries(req).await)
     }
 
@@ -430,6 +499,7 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let req: VoteRequest<u64> = decode(request.get_ref()).map_err(bad_request)?;
+        self.admit("vote", req.vote.leader_id().voted_for())?;
         reply(&self.node.raft().vote(req).await)
     }
 
@@ -439,6 +509,7 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let req: InstallSnapshotRequest<TypeConfig> =
             decode(request.get_ref()).map_err(bad_request)?;
+        self.admit("install-snapshot", req.vote.leader_id().voted_for())?;
         reply(&self.node.raft().install_snapshot(req).await)
     }
 
@@ -447,6 +518,12 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let req: Forwarded = decode(request.get_ref()).map_err(bad_request)?;
+        // Every forward names its sender; a proposal must also come from its own origin.
+        let sender = match (&req, named_sender(&request)) {
+            (Forwarded::Propose(p), Some(id)) if p.origin != id => None,
+            (_, named) => named,
+        };
+        self.admit("forward", sender)?;
         reply(&self.node.serve_forwarded(req).await)
     }
 }
@@ -797,5 +874,87 @@ mod tests {
             "the {hint} entries the hint asked for: {split:?}"
         );
         server.abort();
+    }
+
+    /// A member alone, leading: the receiver of the messages under test.
+    async fn lone_leader() -> (crate::Node<engine_mem::MemBackend>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let member = Member {
+            name: "solo".into(),
+            peer_urls: vec!["http://127.0.0.1:1".into()],
+            client_urls: vec![],
+        };
+        let mut config = crate::NodeConfig::single(7, member, dir.path().to_path_buf());
+        config.election_timeout = Duration::from_millis(150);
+        config.heartbeat = Duration::from_millis(30);
+        let node = crate::Node::start(config, engine_mem::MemBackend::new())
+            .await
+            .unwrap();
+        node.wait_for_leader(Deadline::after(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        (node, dir)
+    }
+
+    /// Raft messages and forwards from an id outside the membership are refused before Raft
+    /// sees them: a vote with a far higher term does not depose the leader.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_from_non_members_are_refused() {
+        use pb::peer_server::Peer;
+        let (node, _dir) = lone_leader().await;
+        let service = PeerService { node: node.clone() };
+        let term = || node.raft().metrics().borrow().current_term;
+        let before = term();
+        let stranger: u64 = 0xdead;
+        let vote = VoteRequest {
+            vote: Vote::new(before + 1000, stranger),
+            last_log_id: Some(LogId::new(
+                CommittedLeaderId::new(before + 999, stranger),
+                1 << 40,
+            )),
+        };
+        let refused = service
+            .vote(tonic::Request::new(encode(&vote).unwrap()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        let append: AppendEntriesRequest<TypeConfig> = AppendEntriesRequest {
+            vote: Vote::new_committed(before + 1000, stranger),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        };
+        let refused = service
+            .append_entries(tonic::Request::new(encode(&append).unwrap()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        let proposal = Proposal {
+            origin: stranger,
+            incarnation: 1,
+            seq: 1,
+            commands: vec![],
+        };
+        let forward = encode(&Forwarded::Propose(proposal.clone())).unwrap();
+        // Unnamed, named as a stranger, and named as a member while proposing as a stranger.
+        for sender in [None, Some(stranger), Some(7)] {
+            let mut request = tonic::Request::new(forward.clone());
+            if let Some(id) = sender {
+                request.metadata_mut().insert(SENDER, id.into());
+            }
+            let refused = service.forward(request).await.unwrap_err();
+            assert_eq!(
+                refused.code(),
+                tonic::Code::PermissionDenied,
+                "{sender:?}: {refused:?}"
+            );
+        }
+        assert_eq!(term(), before, "a refused message moved the term");
+        let leader = node
+            .wait_for_leader(Deadline::after(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(leader, 7, "the leader was deposed");
+        node.shutdown().await.unwrap();
     }
 }

@@ -56,6 +56,8 @@ pub struct NodeConfig {
     /// Join a running cluster (`--initial-cluster-state existing`): wait to be contacted
     /// instead of bootstrapping `initial_members`.
     pub join_existing: bool,
+    /// TLS for `https://` peer URLs: this member's certificate and the peer CA.
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
     /// The local address peer connections are made from (the system's choice if none).
     pub peer_source_addr: Option<std::net::IpAddr>,
     /// `--max-request-bytes`: key and value bytes one command may carry, checked again on the
@@ -85,6 +87,7 @@ impl NodeConfig {
             lease_checkpoint_interval: Duration::from_secs(300),
             cluster_token: "etcd-cluster".to_string(),
             join_existing: false,
+            peer_tls: None,
             peer_source_addr: None,
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
@@ -227,7 +230,8 @@ impl<B: Backend> Node<B> {
             cause,
         })?;
         let flushed = log.flushed();
-        let peers = Peers::new(config.budgets, config.peer_source_addr);
+        let peers = Peers::new(config.budgets, config.peer_source_addr)
+            .with_identity(config.id, config.peer_tls.clone());
         let network = PeerNetwork::new(peers.clone());
         let raft = Raft::new(config.id, raft_config, network, log, sm)
             .await
@@ -917,12 +921,18 @@ impl<B: Backend> Node<B> {
                         .map_err(|_| Refusal::Membership(crate::MembershipError::InProgress))?;
                 }
                 other => {
-                    other?;
+                    let written = other?;
                     if new_voter {
                         self.lock_pending().insert(id);
                         tokio::spawn(crate::membership::promote_when_caught_up(self.clone(), id));
                     }
-                    return Ok(self.status().members);
+                    // openraft's metrics may not show the new configuration yet (they follow
+                    // the answer), and a list without the new member breaks etcdctl: answer
+                    // from the configuration this change committed.
+                    return Ok(match written.membership {
+                        Some(membership) => self.listing(&membership),
+                        None => self.status().members,
+                    });
                 }
             }
         }
@@ -968,21 +978,25 @@ impl<B: Backend> Node<B> {
     pub fn status(&self) -> NodeStatus {
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow();
-        let mut voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
-        // Added as voters: etcd lists them as voters from the start.
-        voters.extend(self.lock_pending().iter().copied());
         NodeStatus {
             id: self.inner.id,
             leader: m.current_leader,
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
-            members: m
-                .membership_config
-                .nodes()
-                .map(|(id, member)| (*id, member.clone(), voters.contains(id)))
-                .collect(),
+            members: self.listing(m.membership_config.membership()),
         }
+    }
+
+    /// The members of `membership`, each with whether it votes (or will, once caught up:
+    /// etcd lists an added voter as one from the start).
+    fn listing(&self, membership: &openraft::Membership<u64, Member>) -> Vec<(u64, Member, bool)> {
+        let mut voters: BTreeSet<u64> = membership.voter_ids().collect();
+        voters.extend(self.lock_pending().iter().copied());
+        membership
+            .nodes()
+            .map(|(id, member)| (*id, member.clone(), voters.contains(id)))
+            .collect()
     }
 
     /// Waits (within `deadline`) until this member knows a leader; for start-up and tests.

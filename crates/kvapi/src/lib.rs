@@ -12,7 +12,8 @@
 //! - `validate`: etcd's request checks.
 //! - `oversize`: grpc-go's answer to a message over the receive limit.
 //! - `require_leader`: etcd's `hasleader` metadata: no leader, no service.
-//! - `service`: the KV, Watch, Lease, Maintenance and Cluster services.
+//! - `service`: the KV, Watch, Lease, Maintenance and Cluster services, and the Lock and
+//!   Election services built on them as etcd builds its own.
 
 mod error;
 mod oversize;
@@ -29,8 +30,8 @@ use mvcc::Backend;
 
 pub use error::ApiError;
 pub use service::{
-    ApiConfig, ClusterService, DbSize, KeepAlives, KvService, LeaseService, MaintenanceService,
-    Responses, WatchService,
+    ApiConfig, ClusterService, DbSize, ElectionService, KeepAlives, KvService, LeaseService,
+    LockService, MaintenanceService, Responses, WatchService,
 };
 pub use validate::{Limits, MAX_RESPONSE_BYTES};
 
@@ -39,6 +40,8 @@ use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
+use crate::pb::v3electionpb::election_server::ElectionServer;
+use crate::pb::v3lockpb::lock_server::LockServer;
 
 /// Room gRPC allows above `--max-request-bytes`, as etcd does, so that a request slightly too
 /// large gets etcd's "request is too large" rather than a transport error.
@@ -79,6 +82,10 @@ pub fn router<B: Backend>(
     let cluster =
         ClusterServer::new(ClusterService::new(shared.clone())).max_decoding_message_size(max);
     let lease = LeaseServer::new(LeaseService::new(shared.clone())).max_decoding_message_size(max);
+    let recipes = service::Recipes::new(shared.clone(), hub.clone());
+    let lock = LockServer::new(LockService::new(recipes.clone())).max_decoding_message_size(max);
+    let election =
+        ElectionServer::new(ElectionService::new(recipes)).max_decoding_message_size(max);
     let every = shared.config.watch_progress_interval;
     let watch = WatchServer::new(WatchService::new(shared, hub, stop, every))
         .max_decoding_message_size(max);
@@ -87,6 +94,8 @@ pub fn router<B: Backend>(
         .add_service(cluster)
         .add_service(lease)
         .add_service(watch)
+        .add_service(lock)
+        .add_service(election)
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(
             leader,

@@ -16,3 +16,13 @@ pub mod authpb {
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
+
+/// etcd's `v3lockpb` package: the Lock service.
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's `v3electionpb` package: the Election service.
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}

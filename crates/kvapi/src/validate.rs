@@ -97,6 +97,36 @@ fn check_op(op: &RequestOp, max_ops: usize) -> Result<(), ApiError> {
 
 #[cfg(test)]
 mod tests {
+
+    /// The deepest txn nesting prost lets through the client port (its recursion limit):
+    /// below `mvcc::MAX_TXN_NESTING`, so whatever a client's txn holds, peers can decode.
+    #[test]
+    fn prost_bounds_txn_nesting_below_what_peers_decode() {
+        use crate::pb::etcdserverpb::{request_op, RequestOp, TxnRequest};
+        use prost::Message;
+        let nested = |depth: usize| {
+            let mut t = TxnRequest::default();
+            for _ in 1..depth {
+                t = TxnRequest {
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::RequestTxn(t)),
+                    }],
+                    ..Default::default()
+                };
+            }
+            t.encode_to_vec()
+        };
+        let deepest = (1..200)
+            .take_while(|d| TxnRequest::decode(nested(*d).as_slice()).is_ok())
+            .last()
+            .unwrap_or(0);
+        assert!(deepest > 8, "prost refused a {}-deep txn", deepest + 1);
+        assert!(
+            deepest <= mvcc::MAX_TXN_NESTING,
+            "prost decodes txns {deepest} deep; peers only {}",
+            mvcc::MAX_TXN_NESTING
+        );
+    }
     use super::*;
 
     fn put(key: &str) -> RequestOp {

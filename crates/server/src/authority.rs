@@ -22,10 +22,11 @@ use std::task::{Context, Poll};
 
 use loona_hpack::huffman::HuffmanDecoder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::coalesce::Coalesced;
+use crate::tls::{MaybeTls, Security};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
@@ -48,20 +49,23 @@ const REFUSED: &str = "metastore_client_connections_refused_total";
 pub struct FixAuthority {
     listener: TcpListener,
     connections: Arc<Semaphore>,
+    security: Security,
 }
 
 impl FixAuthority {
-    /// Serves `listener`, each connection holding one of `connections`' permits.
-    pub fn new(listener: TcpListener, connections: Arc<Semaphore>) -> Self {
+    /// Serves `listener`, each connection holding one of `connections`' permits, secured by
+    /// `security` (TLS is terminated below the rewriting).
+    pub fn new(listener: TcpListener, connections: Arc<Semaphore>, security: Security) -> Self {
         Self {
             listener,
             connections,
+            security,
         }
     }
 }
 
 impl axum::serve::Listener for FixAuthority {
-    type Io = Fixed<Coalesced<TcpStream>>;
+    type Io = Fixed<Coalesced<MaybeTls>>;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -77,7 +81,7 @@ impl axum::serve::Listener for FixAuthority {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(cause = %e, "could not set TCP_NODELAY");
             }
-            let mut io = Fixed::new(Coalesced::new(stream));
+            let mut io = Fixed::new(Coalesced::new(self.security.wrap(stream)));
             io.permit = Some(permit);
             return (io, addr);
         }

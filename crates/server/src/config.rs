@@ -11,12 +11,12 @@ use deadline::{Budgets, Layer};
 use kvapi::{ApiConfig, Limits};
 
 use crate::flags::{Engine, Flags};
+use crate::tls::{self, TlsFiles};
+use std::sync::Arc;
+use tokio_rustls::rustls;
 
 /// The etcd API version this server speaks.
 pub const API_VERSION: &str = "3.4.0";
-
-/// How often watches that asked for progress notifications get one, as in etcd.
-pub const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Automatic compaction, as `--auto-compaction-*` ask for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +40,14 @@ pub struct Config {
     pub client_addrs: Vec<String>,
     /// Addresses to serve peers on.
     pub peer_addrs: Vec<String>,
+    /// Addresses to serve clients on over TLS (`https://` in `--listen-client-urls`).
+    pub client_tls_addrs: Vec<String>,
+    /// Addresses to serve peers on over TLS (`https://` in `--listen-peer-urls`).
+    pub peer_tls_addrs: Vec<String>,
+    /// The client port's TLS, checked at start (`--cert-file`, ...).
+    pub client_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The peer port's TLS, checked at start (`--peer-cert-file`, ...).
+    pub peer_tls: Option<Arc<rustls::ServerConfig>>,
     /// The member's Raft configuration.
     pub node: NodeConfig,
     /// The API's configuration.
@@ -48,6 +56,8 @@ pub struct Config {
     pub auto_compaction: AutoCompaction,
     /// Most client connections open at once.
     pub max_client_connections: usize,
+    /// Addresses to serve `/metrics` and `/health` on (`--listen-metrics-urls`).
+    pub metrics_addrs: Vec<String>,
     /// Most concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
     /// The watch hub's settings.
@@ -64,16 +74,100 @@ fn split_urls(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// `http://host:port` → `host:port`; other schemes are refused (no TLS yet).
-pub fn host_port(url: &str) -> Result<String> {
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url:?}: only http:// URLs are supported"))?;
+/// `http://host:port` or `https://host:port` → (`host:port`, whether TLS).
+pub fn host_port(url: &str) -> Result<(String, bool)> {
+    let (rest, tls) = match url.strip_prefix("https://") {
+        Some(rest) => (rest, true),
+        None => (
+            url.strip_prefix("http://").with_context(|| {
+                format!("{url:?}: only http:// and https:// URLs are supported")
+            })?,
+            false,
+        ),
+    };
     let host_port = rest.trim_end_matches('/');
     if host_port.parse::<SocketAddr>().is_err() && !host_port.contains(':') {
         bail!("{url:?}: a port is required");
     }
-    Ok(host_port.to_string())
+    Ok((host_port.to_string(), tls))
+}
+
+/// `host:port` → `host` (brackets of an IPv6 address dropped).
+fn host_of(host_port: &str) -> String {
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
+}
+
+/// One side's listen URLs split into plaintext and TLS addresses, and its TLS configuration,
+/// checked: `https://` needs a certificate, and TLS files without an `https://` URL are refused
+/// rather than ignored (a plaintext server where TLS was asked for).
+type Listeners = (Vec<String>, Vec<String>, Option<Arc<rustls::ServerConfig>>);
+
+fn listeners(urls: &str, files: &TlsFiles, prefix: &str, urls_flag: &str) -> Result<Listeners> {
+    let (mut plain, mut secure) = (Vec::new(), Vec::new());
+    for url in split_urls(urls) {
+        let (addr, tls) = host_port(&url)?;
+        if tls {
+            secure.push(addr);
+        } else {
+            plain.push(addr);
+        }
+    }
+    if !secure.is_empty() && files.cert_file.is_none() {
+        bail!("{urls_flag} has https:// URLs: --{prefix}cert-file and --{prefix}key-file are required");
+    }
+    if files.is_set() && secure.is_empty() {
+        bail!(
+            "--{prefix}cert-file/--{prefix}key-file/--{prefix}trusted-ca-file/--{prefix}client-cert-auth \
+             are set but {urls_flag} has no https:// URL; refusing to serve in plaintext"
+        );
+    }
+    let config = if secure.is_empty() {
+        None
+    } else {
+        Some(tls::server_config(files, prefix)?)
+    };
+    Ok((plain, secure, config))
+}
+
+/// TLS for connecting to `https://` peers: this member's certificate as its client
+/// certificate, and the peer CA to verify the others with.
+fn peer_client_tls(
+    files: &TlsFiles,
+    initial: &BTreeMap<String, Vec<String>>,
+) -> Result<Option<tonic::transport::ClientTlsConfig>> {
+    let https = initial
+        .values()
+        .flatten()
+        .any(|u| u.starts_with("https://"));
+    if !files.is_set() {
+        if https {
+            bail!("--initial-cluster has https:// peer URLs: --peer-cert-file, --peer-key-file and --peer-trusted-ca-file are required");
+        }
+        return Ok(None);
+    }
+    let (Some(cert), Some(key), Some(ca)) =
+        (&files.cert_file, &files.key_file, &files.trusted_ca_file)
+    else {
+        bail!("peer TLS needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file (the CA other members' certificates are checked against)");
+    };
+    let read = |path: &std::path::Path, flag: &str| {
+        std::fs::read(path).with_context(|| format!("{flag} {}: cannot read", path.display()))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read(cert, "--peer-cert-file")?,
+        read(key, "--peer-key-file")?,
+    );
+    Ok(Some(
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(
+                ca,
+                "--peer-trusted-ca-file",
+            )?))
+            .identity(identity),
+    ))
 }
 
 fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<String, Vec<String>>> {
@@ -190,6 +284,9 @@ impl TryFrom<Flags> for Config {
                 f.heartbeat_interval
             );
         }
+        if f.experimental_watch_progress_notify_interval.is_zero() {
+            bail!("--experimental-watch-progress-notify-interval must be more than 0");
+        }
         for (flag, value) in [
             ("--max-response-bytes", f.max_response_bytes),
             ("--max-client-connections", f.max_client_connections),
@@ -214,20 +311,54 @@ impl TryFrom<Flags> for Config {
             },
             budgets,
             version: API_VERSION.to_string(),
-            watch_progress_interval: WATCH_PROGRESS_INTERVAL,
+            watch_progress_interval: f.experimental_watch_progress_notify_interval,
             quota_backend_bytes: quota_backend_bytes(f.quota_backend_bytes),
         };
+        let unsupported = f.unsupported_tls_flags();
+        if !unsupported.is_empty() {
+            bail!(
+                "{} not supported yet: give certificates with --cert-file/--key-file/--trusted-ca-file \
+                 (and --peer-* for peers); see docs/security.md",
+                unsupported.join(", ")
+            );
+        }
+        let mut client_files = f.client_tls_files();
+        // etcd: given certificate files win over --auto-tls.
+        if f.auto_tls && client_files.cert_file.is_none() && client_files.key_file.is_none() {
+            let hosts = split_urls(&f.listen_client_urls)
+                .iter()
+                .filter(|u| u.starts_with("https://"))
+                .map(|u| host_port(u).map(|(hp, _)| host_of(&hp)))
+                .collect::<Result<Vec<_>>>()?;
+            if hosts.is_empty() {
+                bail!("--auto-tls is set but --listen-client-urls has no https:// URL; refusing to serve in plaintext");
+            }
+            let (cert, key) = tls::self_signed(&data_dir.join("fixtures").join("client"), hosts)?;
+            client_files.cert_file = Some(cert);
+            client_files.key_file = Some(key);
+        }
+        let (client_addrs, client_tls_addrs, client_tls) = listeners(
+            &f.listen_client_urls,
+            &client_files,
+            "",
+            "--listen-client-urls",
+        )?;
+        let (peer_addrs, peer_tls_addrs, peer_tls) = listeners(
+            &f.listen_peer_urls,
+            &f.peer_tls_files(),
+            "peer-",
+            "--listen-peer-urls",
+        )?;
+        node.peer_tls = peer_client_tls(&f.peer_tls_files(), &initial)?;
         Ok(Config {
             data_dir,
             engine: f.engine,
-            client_addrs: split_urls(&f.listen_client_urls)
-                .iter()
-                .map(|u| host_port(u))
-                .collect::<Result<_>>()?,
-            peer_addrs: split_urls(&f.listen_peer_urls)
-                .iter()
-                .map(|u| host_port(u))
-                .collect::<Result<_>>()?,
+            client_addrs,
+            peer_addrs,
+            client_tls_addrs,
+            peer_tls_addrs,
+            client_tls,
+            peer_tls,
             node,
             api,
             auto_compaction: parse_auto_compaction(
@@ -235,6 +366,16 @@ impl TryFrom<Flags> for Config {
                 &f.auto_compaction_retention,
             )?,
             max_client_connections: f.max_client_connections,
+            metrics_addrs: split_urls(&f.listen_metrics_urls)
+                .iter()
+                .map(|u| match host_port(u)? {
+                    (_, true) => bail!(
+                        "--listen-metrics-urls {u:?}: https:// is not supported for the metrics \
+                         listener yet (use http://, or the client port's /metrics)"
+                    ),
+                    (addr, false) => Ok(addr),
+                })
+                .collect::<Result<_>>()?,
             max_concurrent_streams: f.max_concurrent_streams,
             hub: watch::HubConfig {
                 max_queued_bytes: f.max_watcher_queue_bytes,
@@ -306,7 +447,7 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        assert!(bad(&["--listen-client-urls", "https://x:1"]).contains("only http://"));
+        assert!(bad(&["--listen-client-urls", "https://x:1"]).contains("--cert-file"));
         assert!(bad(&["--initial-cluster", "other=http://127.0.0.1:2380"]).contains("no entry"));
         assert!(bad(&["--budgets", "commit=0s"]).contains("budgets"));
         assert!(bad(&[
@@ -331,6 +472,52 @@ mod tests {
         assert_eq!(
             parse_auto_compaction("revision", "1000").unwrap(),
             AutoCompaction::Revision(1000)
+        );
+    }
+
+    #[test]
+    fn tls_without_https_or_https_without_tls_is_refused() {
+        let bad = |args: &[&str]| {
+            let mut all = vec!["metastore"];
+            all.extend_from_slice(args);
+            Config::try_from(Flags::parse_from(all))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(&["--cert-file", "c.pem", "--key-file", "k.pem"]).contains("plaintext"));
+        assert!(bad(&["--peer-client-cert-auth"]).contains("plaintext"));
+        assert!(bad(&["--auto-tls"]).contains("no https:// URL"));
+        let both = bad(&["--tls-max-version", "TLS1.2", "--tls-min-version", "TLS1.2"]);
+        assert!(
+            both.contains("--tls-min-version, --tls-max-version not supported"),
+            "{both}"
+        );
+        // etcd's configuration files often spell out the defaults: false is not refused.
+        Config::try_from(Flags::parse_from([
+            "metastore",
+            "--auto-tls=false",
+            "--client-cert-auth=false",
+        ]))
+        .unwrap();
+        let https_peers = [
+            "--initial-advertise-peer-urls",
+            "https://127.0.0.1:2380",
+            "--initial-cluster",
+            "default=https://127.0.0.1:2380",
+        ];
+        assert!(bad(&https_peers).contains("--peer-cert-file"));
+        assert!(bad(&["--listen-peer-urls", "https://127.0.0.1:2380"]).contains("--peer-cert-file"));
+        let missing = bad(&[
+            "--listen-client-urls",
+            "https://127.0.0.1:2379",
+            "--cert-file",
+            "/nonexistent/c.pem",
+            "--key-file",
+            "/nonexistent/k.pem",
+        ]);
+        assert!(
+            missing.contains("--cert-file /nonexistent/c.pem"),
+            "{missing}"
         );
     }
 }

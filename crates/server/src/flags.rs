@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Parser, ValueEnum};
 
 /// Which storage engine keeps the key space.
@@ -147,6 +148,20 @@ pub struct Flags {
           require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub strict_reconfig_check: bool,
 
+    /// How often watches that asked for progress notifications get one (etcd's
+    /// `--experimental-watch-progress-notify-interval`).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", value_parser = parse_duration, default_value = "10m")]
+    pub experimental_watch_progress_notify_interval: Duration,
+
+    /// Log at debug level (as `--log-level debug`).
+    #[arg(long, env = "ETCD_DEBUG", default_value_t = false, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub debug: bool,
+
+    /// Comma-separated URLs to serve `/metrics` and `/health` on, besides the client URLs.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -177,6 +192,107 @@ pub struct Flags {
     /// that a fault-injecting proxy can tell members apart (`cargo xtask chaos`).
     #[arg(long, env = "METASTORE_EXPERIMENTAL_PEER_SOURCE_ADDR", hide = true)]
     pub experimental_peer_source_addr: Option<std::net::IpAddr>,
+
+    // TLS, as etcd 3.4 names it (crate::tls).
+    /// Path to the client server TLS cert file.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Path to the client server TLS trusted CA cert file (client certificates must chain to it).
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Enable client cert authentication.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub client_cert_auth: bool,
+
+    /// Path to the peer server TLS cert file.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Enable peer client cert authentication.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub peer_client_cert_auth: bool,
+
+    /// Client TLS with a self-signed certificate made in DATA_DIR/fixtures/client (when no
+    /// --cert-file/--key-file are given); clients must skip verification.
+    #[arg(long, env = "ETCD_AUTO_TLS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub auto_tls: bool,
+
+    /// The only common name a connecting member's certificate may carry.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+
+    /// Comma-separated TLS 1.2 cipher suites (IANA names) for the client and peer servers;
+    /// TLS 1.3's are always on. Default: rustls's.
+    #[arg(long, env = "ETCD_CIPHER_SUITES")]
+    pub cipher_suites: Option<String>,
+
+    /// Not supported yet (refused at start): lowest TLS version (rustls: TLS 1.2).
+    #[arg(long, env = "ETCD_TLS_MIN_VERSION")]
+    pub tls_min_version: Option<String>,
+
+    /// Not supported yet (refused at start): highest TLS version (rustls: TLS 1.3).
+    #[arg(long, env = "ETCD_TLS_MAX_VERSION")]
+    pub tls_max_version: Option<String>,
+}
+
+impl Flags {
+    /// The client port's TLS flags.
+    pub fn client_tls_files(&self) -> crate::tls::TlsFiles {
+        crate::tls::TlsFiles {
+            cert_file: given(&self.cert_file),
+            key_file: given(&self.key_file),
+            trusted_ca_file: given(&self.trusted_ca_file),
+            client_cert_auth: self.client_cert_auth,
+            allowed_cn: None,
+            cipher_suites: given(&self.cipher_suites),
+        }
+    }
+
+    /// The TLS flags given that this server does not implement yet: refused rather than
+    /// ignored, since ignoring them would serve with weaker security than asked for.
+    pub fn unsupported_tls_flags(&self) -> Vec<&'static str> {
+        [
+            (self.tls_min_version.is_some(), "--tls-min-version"),
+            (self.tls_max_version.is_some(), "--tls-max-version"),
+        ]
+        .into_iter()
+        .filter_map(|(set, flag)| set.then_some(flag))
+        .collect()
+    }
+
+    /// The peer port's TLS flags.
+    pub fn peer_tls_files(&self) -> crate::tls::TlsFiles {
+        crate::tls::TlsFiles {
+            cert_file: given(&self.peer_cert_file),
+            key_file: given(&self.peer_key_file),
+            trusted_ca_file: given(&self.peer_trusted_ca_file),
+            client_cert_auth: self.peer_client_cert_auth,
+            allowed_cn: given(&self.peer_cert_allowed_cn),
+            cipher_suites: given(&self.cipher_suites),
+        }
+    }
+}
+
+/// A flag's value unless empty: etcd's defaults are empty strings, which ask for nothing.
+fn given<T: Clone + AsRef<std::ffi::OsStr>>(value: &Option<T>) -> Option<T> {
+    value.clone().filter(|v| !v.as_ref().is_empty())
 }
 
 /// Parses `500ms`, `7s`, `2m`, `1h`, or a bare number of seconds.
@@ -232,6 +348,11 @@ mod tests {
         assert_eq!(f.engine, Engine::Redb);
         assert_eq!(f.listen_client_urls, "http://127.0.0.1:2379");
         assert!(f.strict_reconfig_check);
+        assert!(!f.debug);
+        assert_eq!(
+            f.experimental_watch_progress_notify_interval,
+            Duration::from_secs(600)
+        );
     }
 
     #[test]

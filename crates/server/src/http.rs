@@ -40,6 +40,14 @@ pub fn router<B: Backend>(state: HttpState<B>) -> Router {
         .with_state(state)
 }
 
+/// The routes of `--listen-metrics-urls`, as etcd serves them there: `/metrics`, `/health`.
+pub fn metrics_router<B: Backend>(state: HttpState<B>) -> Router {
+    Router::new()
+        .route("/health", get(health::<B>))
+        .route("/metrics", get(metrics_text::<B>))
+        .with_state(state)
+}
+
 async fn health<B: Backend>(State(state): State<HttpState<B>>) -> impl IntoResponse {
     // Healthy means a quorum answers a read index within a second, as etcd's check does.
     let answer = state

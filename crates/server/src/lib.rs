@@ -8,19 +8,23 @@
 //!
 //! # Layout
 //! - `flags`: [`Flags`], the command line.
+//! - [`etcd_flags`]: etcd's other flags, accepted with no effect or refused.
 //! - `config`: [`Config`], checked configuration, member and cluster ids.
 //! - `http`: `/health`, `/version`, `/metrics`.
 //! - `compactor`: automatic compaction.
 //! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2; caps connections.
 //! - `serve`: client connections, with HTTP/2's stream limit and a graceful stop.
+//! - `tls`: TLS (rustls) on `https://` client and peer listeners.
 
 mod authority;
 mod coalesce;
 mod compactor;
 mod config;
+pub mod etcd_flags;
 mod flags;
 mod http;
 mod serve;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -136,20 +140,26 @@ async fn serve<B: Backend>(
         hub.clone(),
         stop.clone(),
     );
-    let http = http::router(http::HttpState {
+    let http_state = http::HttpState {
         node: node.clone(),
         metrics,
-    });
+    };
+    let http = http::router(http_state.clone());
     let client_router = grpc.merge(http);
     // One cap over every client listener.
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_client_connections));
-    for addr in &config.client_addrs {
+    for (addr, security) in listen_plan(
+        &config.client_addrs,
+        &config.client_tls_addrs,
+        &config.client_tls,
+    ) {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening for clients on {addr}"))?;
-        tracing::info!(%addr, "serving client requests (gRPC and HTTP)");
+        let tls = matches!(security, tls::Security::Tls(_));
+        tracing::info!(%addr, tls, "serving client requests (gRPC and HTTP)");
         let router = client_router.clone();
-        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections));
+        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security);
         tasks.spawn(serve::serve(
             listener,
             router,
@@ -157,17 +167,38 @@ async fn serve<B: Backend>(
             stop.clone(),
         ));
     }
+    // `--listen-metrics-urls`: metrics and health only, outside the client connection cap.
+    for addr in &config.metrics_addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for metrics on {addr}"))?;
+        tracing::info!(%addr, "serving /metrics and /health");
+        let router = http::metrics_router(http_state.clone());
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(cause = %e, "metrics listener failed");
+            }
+        });
+    }
     // The peer port: Raft's messages and what followers forward to the leader.
     let peer_router =
         tonic::service::Routes::new(consensus::PeerService::new(node.clone())).into_axum_router();
     // Peers keep their connections open, so the peer listeners are not drained like client
     // ones: they serve until Raft has stopped, then are aborted.
     let mut peer_servers = Vec::new();
-    for addr in &config.peer_addrs {
+    for (addr, security) in
+        listen_plan(&config.peer_addrs, &config.peer_tls_addrs, &config.peer_tls)
+    {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening for peers on {addr}"))?;
-        tracing::info!(%addr, "serving peers");
+        let tls = matches!(security, tls::Security::Tls(_));
+        tracing::info!(%addr, tls, "serving peers");
+        let listener = tls::SecureListener::new(listener, security);
         let router = peer_router.clone();
         peer_servers.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
@@ -212,6 +243,24 @@ async fn serve<B: Backend>(
     stopped?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every listen address with how its connections are secured: plaintext ones, then TLS ones.
+fn listen_plan<'a>(
+    plain: &'a [String],
+    secure: &'a [String],
+    tls: &Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) -> Vec<(&'a String, tls::Security)> {
+    let mut plan: Vec<_> = plain.iter().map(|a| (a, tls::Security::Plain)).collect();
+    if let Some(config) = tls {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
+        plan.extend(
+            secure
+                .iter()
+                .map(|a| (a, tls::Security::Tls(acceptor.clone()))),
+        );
+    }
+    plan
 }
 
 /// Completes on the first SIGINT or SIGTERM; a second one exits the process at once.

@@ -1,9 +1,12 @@
 //! The gRPC services and what they share: the member, the limits, the header.
 
 mod cluster;
+mod election;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
+mod recipes;
 mod watches;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,9 +23,12 @@ use crate::pb::etcdserverpb::ResponseHeader;
 use crate::validate::Limits;
 
 pub use cluster::ClusterService;
+pub use election::ElectionService;
 pub use kv::KvService;
 pub use lease::{KeepAlives, LeaseService};
+pub use lock::LockService;
 pub use maintenance::MaintenanceService;
+pub(crate) use recipes::Recipes;
 pub use watches::{Responses, WatchService};
 
 /// How the API behaves: identity, limits, budgets.
