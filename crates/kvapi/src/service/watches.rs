@@ -462,6 +462,13 @@ impl<B: Backend> StreamTask<B> {
         while let Ok(d) = delivered.try_recv() {
             self.on_delivery(d).await?;
         }
+        // A publish between the hub's answer and the drain may have queued events above it,
+        // and the drain has just sent them: a bookmark at `revision` would then follow an
+        // event past it. The hub publishes under the lock it answers under, so an unchanged
+        // answer means nothing newer was queued; otherwise the next try answers.
+        if self.hub.progress(&ids) != Some(revision) {
+            return Ok(None);
+        }
         Ok(Some(revision))
     }
 
