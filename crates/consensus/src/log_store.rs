@@ -530,26 +530,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Proposal, Tagged};
-    use openraft::{CommittedLeaderId, LogId};
 
     fn entry(index: u64, value_bytes: usize) -> Entry {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Proposal {
-                origin: 1,
-                incarnation: 1,
-                seq: index,
-                commands: vec![Tagged {
-                    id: index,
-                    command: mvcc::Command::Put(mvcc::PutRequest {
-                        key: format!("k{index}").into_bytes(),
-                        value: vec![b'v'; value_bytes],
-                        ..Default::default()
-                    }),
-                }],
-            }),
-        }
+        crate::test_support::put_entry(index, value_bytes)
     }
 
     #[tokio::test]

@@ -537,22 +537,7 @@ mod tests {
     /// `n` entries of one put of `value_bytes` each, from index 1.
     fn big_append(n: u64, value_bytes: usize) -> AppendEntriesRequest<TypeConfig> {
         let entries = (1..=n)
-            .map(|index| openraft::Entry::<TypeConfig> {
-                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-                payload: EntryPayload::Normal(Proposal {
-                    origin: 1,
-                    incarnation: 1,
-                    seq: index,
-                    commands: vec![Tagged {
-                        id: index,
-                        command: mvcc::Command::Put(mvcc::PutRequest {
-                            key: format!("k{index}").into_bytes(),
-                            value: vec![b'v'; value_bytes],
-                            ..Default::default()
-                        }),
-                    }],
-                }),
-            })
+            .map(|index| crate::test_support::put_entry(index, value_bytes))
             .collect();
         AppendEntriesRequest {
             vote: Vote::new_committed(1, 1),

@@ -231,3 +231,25 @@ impl Harness {
         self.peer.release.add_permits(1);
     }
 }
+
+/// Entry `index` of term 1: one put of `value_bytes` to `k<index>`, proposed by member 1.
+pub(crate) fn put_entry(index: u64, value_bytes: usize) -> crate::types::typ::Entry {
+    use crate::types::{Proposal, Tagged};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    openraft::Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Proposal {
+            origin: 1,
+            incarnation: 1,
+            seq: index,
+            commands: vec![Tagged {
+                id: index,
+                command: mvcc::Command::Put(mvcc::PutRequest {
+                    key: format!("k{index}").into_bytes(),
+                    value: vec![b'v'; value_bytes],
+                    ..Default::default()
+                }),
+            }],
+        }),
+    }
+}
