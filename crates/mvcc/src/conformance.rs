@@ -174,6 +174,7 @@ impl Suite {
         events(factory);
         snapshots(factory);
         snapshot_holds_compaction(factory);
+        export_and_import(factory);
         many_versions_and_odd_keys(factory);
         one_call_many_commands(factory);
         leases(factory);
@@ -1133,6 +1134,115 @@ fn snapshots<B: Backend>(f: Factory<'_, B>) {
         u.store.restore(flipped.as_slice()).is_err(),
         "a flipped bit is caught"
     );
+}
+
+/// Every version an export gives, to the end.
+fn exported<B: Backend>(e: &mut crate::Export<B>) -> Vec<crate::Version> {
+    let mut all = Vec::new();
+    while let Some(chunk) = e.next_chunk().unwrap() {
+        all.extend(chunk);
+    }
+    all
+}
+
+fn export_and_import<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    s.grant(7, 100);
+    for i in 0..2500 {
+        s.put(&format!("k{:03}", i % 700), &format!("v{i}"));
+    }
+    s.put_lease("leased", "x", 7);
+    s.delete("k000", "k010");
+    let (txn_rev, _) = s.apply(Command::Txn(TxnRequest {
+        compare: vec![],
+        success: vec![put_op("t1", "a"), put_op("t2", "b")],
+        failure: vec![],
+    }));
+    s.apply(Command::Compact(CompactRequest {
+        revision: 1800,
+        physical: false,
+    }))
+    .1
+    .unwrap();
+    let mut e = s.store.export().unwrap();
+    let rev = e.info().revision;
+    assert_eq!(rev, s.store.current_revision());
+    // Writes after the export began are not in it.
+    s.put("later", "1");
+    s.delete("k5", "k6");
+    let first = exported(&mut e);
+    e.rewind();
+    assert_eq!(exported(&mut e), first, "a second pass sees the same");
+    assert!(first
+        .windows(2)
+        .all(|w| (w[0].main, w[0].sub) < (w[1].main, w[1].sub)));
+    assert!(first.iter().all(|v| v.main <= rev));
+    let txn: Vec<_> = first.iter().filter(|v| v.main == txn_rev).collect();
+    assert_eq!(txn.len(), 2);
+    assert_eq!((txn[0].sub, txn[1].sub), (0, 1));
+    assert!(first.iter().any(|v| v.tombstone && v.key == b"k005"));
+    assert!(
+        first.iter().all(|v| v.main > 1800 || !v.tombstone),
+        "compaction keeps no tombstone at or below its point"
+    );
+    assert_eq!(e.leases(), &[(7, 100, 0)]);
+    let t = Fixture::new(f);
+    t.put("junk", "gone after import");
+    let info = t
+        .store
+        .import(
+            rev,
+            1800,
+            &mut first.clone().into_iter().map(Ok),
+            e.leases(),
+        )
+        .unwrap();
+    assert_eq!(info.revision, rev);
+    assert_eq!(t.store.current_revision(), rev);
+    assert_eq!(t.store.compact_revision(), 1800);
+    let before = s.store.hash(rev).unwrap();
+    assert_eq!(t.store.hash(0).unwrap(), before);
+    assert!(t.get("junk").is_none());
+    assert_eq!(t.get("leased").map(|kv| kv.lease), Some(7));
+    assert_eq!(
+        t.store.lease(7).map(|l| l.keys),
+        Some(vec![b"leased".to_vec()])
+    );
+    let mut again = t.store.export().unwrap();
+    assert_eq!(exported(&mut again), first, "export(import(x)) = x");
+    drop(again);
+    assert_eq!(
+        t.put("new", "1"),
+        rev + 1,
+        "an imported store goes on writing"
+    );
+
+    let u = Fixture::new(f);
+    let kept = u.put("kept", "1");
+    let failing = first
+        .iter()
+        .cloned()
+        .map(Ok)
+        .chain(std::iter::once(Err(Error::BadSnapshot {
+            what: "cut".into(),
+        })));
+    assert!(u
+        .store
+        .import(rev, 1800, &mut failing.into_iter(), &[])
+        .is_err());
+    assert_eq!(
+        (u.store.current_revision(), u.get("kept").map(|kv| kv.value)),
+        (kept, Some(b"1".to_vec())),
+        "a failed import leaves the store as it was"
+    );
+    let beyond = vec![Ok(crate::Version {
+        main: rev + 1,
+        ..first[0].clone()
+    })];
+    assert!(matches!(
+        u.store.import(rev, 0, &mut beyond.into_iter(), &[]),
+        Err(Error::BadSnapshot { .. })
+    ));
 }
 
 fn snapshot_holds_compaction<B: Backend>(f: Factory<'_, B>) {

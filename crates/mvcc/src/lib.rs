@@ -22,6 +22,7 @@ mod backend;
 mod codec;
 pub mod durable;
 mod error;
+mod export;
 mod keys;
 mod lease;
 mod read;
@@ -35,6 +36,7 @@ pub mod conformance;
 
 pub use backend::{is_empty_interval, Backend, BatchOp, Replacement, Table, Visitor, WriteBatch};
 pub use error::{BackendError, Error, Result};
+pub use export::{Export, LeaseRecord, Version};
 pub use keys::{prefix_end, KeyRange};
 pub use lease::LeaseInfo;
 pub use read::ReadLimits;
