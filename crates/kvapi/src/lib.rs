@@ -12,10 +12,13 @@
 //! - `validate`: etcd's request checks.
 //! - `oversize`: grpc-go's answer to a message over the receive limit.
 //! - `require_leader`: etcd's `hasleader` metadata: no leader, no service.
+//! - [`etcd_snapshot`]: etcd's snapshot file (a bbolt database in etcd's layout), written
+//!   from the store and restored into one.
 //! - `service`: the KV, Watch, Lease, Maintenance and Cluster services, and the Lock and
 //!   Election services built on them as etcd builds its own.
 
 mod error;
+pub mod etcd_snapshot;
 mod oversize;
 pub mod pb;
 mod pb_conv;

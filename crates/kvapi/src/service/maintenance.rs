@@ -176,16 +176,16 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
     type SnapshotStream =
         Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send + 'static>>;
 
+    /// etcd's snapshot file of this member's store (see `service::snapshot`).
     async fn snapshot(
         &self,
-        _request: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> Result<Reply<Self::SnapshotStream>, Status> {
+        let started = crate::service::snapshot::start(&self.shared, &request).await;
         handled(
             SERVICE,
             "Snapshot",
-            Err(Status::unimplemented(
-                "snapshot download is not implemented yet",
-            )),
+            started.map(Reply::new).map_err(|e| e.status()),
         )
     }
 

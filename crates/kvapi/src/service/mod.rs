@@ -7,6 +7,7 @@ mod lease;
 mod lock;
 mod maintenance;
 mod recipes;
+mod snapshot;
 mod watches;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,0 +1,608 @@
+//! etcd's snapshot file: the store written in etcd's bbolt layout, and read back from one.
+//!
+//! An etcd 3.4 snapshot is its backend database (a bbolt file) followed by the SHA-256 of those
+//! bytes. Its buckets, as etcd 3.4.23 writes them (checked on files it wrote):
+//! - `key`: key = main revision (8 bytes, big-endian), `_`, sub revision (8 bytes), and `t` for
+//!   a delete; value = `mvccpb.KeyValue` (a delete's carries the key alone). Compaction leaves
+//!   each key's newest version at or below the compaction point, unless it is a delete.
+//! - `meta`: `consistent_index` (u64, big-endian), and after a compaction `scheduledCompactRev`
+//!   and `finishedCompactRev` (a revision key, as in `key`).
+//! - `lease`: key = lease id (8 bytes, big-endian), value = `leasepb.Lease` (ID, TTL, and the
+//!   remaining TTL when checkpointed).
+//! - `members`: key = member id in hex, value = JSON (`id`, `peerURLs`, `name`, `clientURLs`,
+//!   `isLearner` when set); `members_removed`; `cluster`: `clusterVersion` = `3.4.0`.
+//! - `auth` (`authRevision` = 1 while auth was never enabled), `authUsers`, `authRoles`.
+//! - `alarm`: key = `etcdserverpb.AlarmMember`, empty value.
+//!
+//! `etcdctl snapshot restore` replaces `members` and the consistent index; `snapshot status`
+//! reports the newest revision in `key` and counts every entry of every bucket.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use bbolt::{BucketRoot, Plan, Reader};
+use mvcc::{Backend, Export, Store, Version};
+use prost::Message;
+
+use crate::pb::etcdserverpb::AlarmMember;
+use crate::pb::mvccpb::KeyValue;
+
+/// The page size of the files written here (etcd's on the usual machines).
+const PAGE_SIZE: u32 = bbolt::DEFAULT_PAGE_SIZE;
+/// Bytes of the SHA-256 after the database.
+pub const HASH_LEN: usize = 32;
+/// The cluster version the file says it was written by: MetaStore speaks etcd 3.4's API.
+const CLUSTER_VERSION: &str = "3.4.0";
+
+/// What can go wrong writing or reading an etcd snapshot.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The bbolt file is damaged or could not be written.
+    #[error(transparent)]
+    Bolt(#[from] bbolt::Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] mvcc::Error),
+    /// Reading or writing the file failed.
+    #[error("snapshot i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The file is a bbolt database but not in etcd's layout.
+    #[error("not an etcd snapshot: {0}")]
+    Layout(String),
+    /// etcdctl's check of the hash after the database failed (its texts).
+    #[error("{0}")]
+    Hash(String),
+    /// The file holds what MetaStore cannot take yet.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The reader went away or a chunk was not taken in time.
+    #[error("snapshot stopped: {0}")]
+    Stopped(String),
+}
+
+fn layout(what: impl Into<String>) -> SnapshotError {
+    SnapshotError::Layout(what.into())
+}
+
+/// etcd's `leasepb.Lease`, as the `lease` bucket holds it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseRecordPb {
+    /// The lease id.
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    /// The granted TTL, seconds.
+    #[prost(int64, tag = "2")]
+    pub ttl: i64,
+    /// The remaining TTL at the last checkpoint, seconds.
+    #[prost(int64, tag = "3")]
+    pub remaining_ttl: i64,
+}
+
+/// A member as the `members` bucket lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotMember {
+    /// The member id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// Its peer URLs.
+    pub peer_urls: Vec<String>,
+    /// Its client URLs.
+    pub client_urls: Vec<String>,
+    /// Whether it is a learner.
+    pub is_learner: bool,
+}
+
+/// What the file carries besides the store: the member's view of its cluster.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    /// The Raft index the content reflects (etcd's `consistent_index`).
+    pub consistent_index: u64,
+    /// The members.
+    pub members: Vec<SnapshotMember>,
+    /// Raised alarms: (member id, alarm kind).
+    pub alarms: Vec<(u64, i32)>,
+}
+
+/// etcd's revision key: main, `_`, sub, big-endian, and `t` for a delete.
+pub fn revision_key(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18);
+    k.extend_from_slice(&(main as u64).to_be_bytes());
+    k.push(b'_');
+    k.extend_from_slice(&(sub as u64).to_be_bytes());
+    if tombstone {
+        k.push(b't');
+    }
+    k
+}
+
+/// Parses etcd's revision key: (main, sub, tombstone).
+fn parse_revision_key(k: &[u8]) -> Result<(i64, i64, bool), SnapshotError> {
+    let tombstone = match k.len() {
+        17 => false,
+        18 if k[17] == b't' => true,
+        _ => return Err(layout(format!("bad revision key {k:02x?}"))),
+    };
+    if k[8] != b'_' {
+        return Err(layout(format!("bad revision key {k:02x?}")));
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k[..8]);
+    let main = u64::from_be_bytes(b);
+    b.copy_from_slice(&k[9..17]);
+    let sub = u64::from_be_bytes(b);
+    match (i64::try_from(main), i64::try_from(sub)) {
+        (Ok(main), Ok(sub)) => Ok((main, sub, tombstone)),
+        _ => Err(layout(format!("revision ({main}, {sub}) out of range"))),
+    }
+}
+
+/// A JSON string literal.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '<' | '>' | '&' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_list(out: &mut String, items: &[String]) {
+    out.push('[');
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_str(out, s);
+    }
+    out.push(']');
+}
+
+/// A member's JSON as etcd 3.4 stores it.
+fn member_json(m: &SnapshotMember) -> String {
+    let mut out = format!("{{\"id\":{},\"peerURLs\":", m.id);
+    json_list(&mut out, &m.peer_urls);
+    if m.is_learner {
+        out.push_str(",\"isLearner\":true");
+    }
+    if !m.name.is_empty() {
+        out.push_str(",\"name\":");
+        json_str(&mut out, &m.name);
+    }
+    if !m.client_urls.is_empty() {
+        out.push_str(",\"clientURLs\":");
+        json_list(&mut out, &m.client_urls);
+    }
+    out.push('}');
+    out
+}
+
+/// The auth buckets (`auth`, `authRoles`, `authUsers`, in that order) with their entries.
+///
+/// The hook for the auth store: until it exists, these are etcd's buckets of an auth store
+/// that was never enabled (the auth revision 1 and nothing else).
+pub fn auth_buckets() -> Vec<(&'static [u8], Vec<(Vec<u8>, Vec<u8>)>)> {
+    vec![
+        (
+            b"auth",
+            vec![(b"authRevision".to_vec(), 1u64.to_be_bytes().to_vec())],
+        ),
+        (b"authRoles", vec![]),
+        (b"authUsers", vec![]),
+    ]
+}
+
+fn put_all<W: Write>(
+    w: &mut bbolt::Writer<W>,
+    name: &[u8],
+    mut entries: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<(), SnapshotError> {
+    entries.sort();
+    w.begin_bucket(name)?;
+    for (k, v) in entries {
+        w.put(&k, &v)?;
+    }
+    Ok(())
+}
+
+/// Writes the database (without the hash) from `export` into `out`; with `plan`, a complete
+/// file streamed front to back, without, one whose meta pages must be written after.
+///
+/// # Errors
+/// Store, bbolt and I/O errors; [`SnapshotError::Stopped`] once `stop` says so.
+pub fn write_db<W: Write, B: Backend>(
+    out: W,
+    plan: Option<Plan>,
+    export: &mut Export<B>,
+    cluster: &ClusterState,
+    stop: &dyn Fn() -> bool,
+) -> Result<(W, Plan), SnapshotError> {
+    export.rewind();
+    let mut w = bbolt::Writer::new(out, PAGE_SIZE, plan)?;
+    let alarms = cluster
+        .alarms
+        .iter()
+        .map(|&(member_id, alarm)| {
+            let key = AlarmMember { member_id, alarm }.encode_to_vec();
+            (key, Vec::new())
+        })
+        .collect();
+    put_all(&mut w, b"alarm", alarms)?;
+    for (name, entries) in auth_buckets() {
+        put_all(&mut w, name, entries)?;
+    }
+    put_all(
+        &mut w,
+        b"cluster",
+        vec![(
+            b"clusterVersion".to_vec(),
+            CLUSTER_VERSION.as_bytes().to_vec(),
+        )],
+    )?;
+    w.begin_bucket(b"key")?;
+    while let Some(chunk) = export.next_chunk()? {
+        if stop() {
+            return Err(SnapshotError::Stopped("the snapshot was abandoned".into()));
+        }
+        for v in chunk {
+            let kv = if v.tombstone {
+                KeyValue {
+                    key: v.key,
+                    ..Default::default()
+                }
+            } else {
+                KeyValue {
+                    key: v.key,
+                    create_revision: v.create_revision,
+                    mod_revision: v.main,
+                    version: v.version,
+                    value: v.value,
+                    lease: v.lease,
+                }
+            };
+            w.put(
+                &revision_key(v.main, v.sub, v.tombstone),
+                &kv.encode_to_vec(),
+            )?;
+        }
+    }
+    let leases = export
+        .leases()
+        .iter()
+        .map(|&(id, ttl, remaining)| {
+            let value = LeaseRecordPb {
+                id,
+                ttl,
+                remaining_ttl: remaining,
+            };
+            ((id as u64).to_be_bytes().to_vec(), value.encode_to_vec())
+        })
+        .collect();
+    put_all(&mut w, b"lease", leases)?;
+    let members = cluster
+        .members
+        .iter()
+        .map(|m| {
+            (
+                format!("{:x}", m.id).into_bytes(),
+                member_json(m).into_bytes(),
+            )
+        })
+        .collect();
+    put_all(&mut w, b"members", members)?;
+    put_all(&mut w, b"members_removed", vec![])?;
+    let mut meta = vec![(
+        b"consistent_index".to_vec(),
+        cluster.consistent_index.to_be_bytes().to_vec(),
+    )];
+    let compacted = export.info().compacted;
+    if compacted > 0 {
+        for name in [&b"finishedCompactRev"[..], b"scheduledCompactRev"] {
+            meta.push((name.to_vec(), revision_key(compacted, 0, false)));
+        }
+    }
+    put_all(&mut w, b"meta", meta)?;
+    Ok(w.finish()?)
+}
+
+/// Sends what is written in chunks of a fixed size, hashing it, and the hash at the end.
+struct Chunks<'a> {
+    buf: Vec<u8>,
+    chunk: usize,
+    hash: ring::digest::Context,
+    send: &'a mut dyn FnMut(Vec<u8>) -> io::Result<()>,
+}
+
+impl Write for Chunks<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.hash.update(data);
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = rest.len().min(self.chunk - self.buf.len());
+            self.buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            if self.buf.len() == self.chunk {
+                let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk));
+                (self.send)(full)?;
+            }
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Streams etcd's snapshot of `export` (the database, then its SHA-256) through `send` in
+/// chunks of `chunk` bytes; `total` is told the file's size before the first chunk.
+///
+/// Two passes over the same point of the store: the first learns the layout (into a sink),
+/// the second writes the file front to back. Memory holds a chunk, a page, and the branch
+/// keys (the first key of every leaf page); never the file.
+///
+/// # Errors
+/// As [`write_db`]; errors from `send` (as I/O errors).
+pub fn stream<B: Backend>(
+    export: &mut Export<B>,
+    cluster: &ClusterState,
+    chunk: usize,
+    total: &mut dyn FnMut(u64),
+    send: &mut dyn FnMut(Vec<u8>) -> io::Result<()>,
+    stop: &dyn Fn() -> bool,
+) -> Result<u64, SnapshotError> {
+    let (_, plan) = write_db(io::sink(), None, export, cluster, stop)?;
+    let size = plan.high_water * u64::from(PAGE_SIZE) + HASH_LEN as u64;
+    total(size);
+    let chunks = Chunks {
+        buf: Vec::with_capacity(chunk),
+        chunk: chunk.max(1),
+        hash: ring::digest::Context::new(&ring::digest::SHA256),
+        send,
+    };
+    let (chunks, _) = write_db(chunks, Some(plan), export, cluster, stop)?;
+    let Chunks {
+        buf, hash, send, ..
+    } = chunks;
+    if !buf.is_empty() {
+        send(buf)?;
+    }
+    send(hash.finish().as_ref().to_vec())?;
+    Ok(size)
+}
+
+/// Checks the SHA-256 etcd appends to a snapshot, as `etcdctl snapshot restore` does; the
+/// size of the database before it.
+///
+/// # Errors
+/// etcdctl's texts for a wrong or (without `skip_hash_check`) missing hash; I/O errors.
+pub fn check_hash(file: &mut File, skip_hash_check: bool) -> Result<u64, SnapshotError> {
+    let size = file.metadata()?.len();
+    // etcd's rule: a database is whole pages, so 32 bytes more means a hash follows.
+    let has_hash = size % 512 == HASH_LEN as u64;
+    if !has_hash {
+        if skip_hash_check {
+            return Ok(size);
+        }
+        return Err(SnapshotError::Hash(
+            "snapshot missing hash but --skip-hash-check=false".into(),
+        ));
+    }
+    let db_size = size - HASH_LEN as u64;
+    if skip_hash_check {
+        return Ok(db_size);
+    }
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut left = db_size;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut reader = io::BufReader::new(&*file);
+    while left > 0 {
+        let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        reader.read_exact(&mut buf[..n])?;
+        hash.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let mut stored = [0u8; HASH_LEN];
+    reader.read_exact(&mut stored)?;
+    let computed = hash.finish();
+    if computed.as_ref() != stored {
+        return Err(SnapshotError::Hash(format!(
+            "expected sha256 {}, got {}",
+            go_bytes(&stored),
+            go_bytes(computed.as_ref())
+        )));
+    }
+    Ok(db_size)
+}
+
+/// Bytes as Go's `%v` prints a byte slice (etcdctl's text): `[1 2 3]`.
+fn go_bytes(b: &[u8]) -> String {
+    let parts: Vec<String> = b.iter().map(u8::to_string).collect();
+    format!("[{}]", parts.join(" "))
+}
+
+/// What a restore took from an etcd file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// The revision the store is at.
+    pub revision: i64,
+    /// Its compaction point.
+    pub compacted: i64,
+    /// Versions restored.
+    pub versions: u64,
+    /// Leases restored.
+    pub leases: u64,
+    /// The file's `consistent_index`.
+    pub consistent_index: u64,
+}
+
+fn bucket(reader: &Reader, name: &str) -> Result<Option<BucketRoot>, SnapshotError> {
+    Ok(reader.bucket(&reader.root(), name.as_bytes())?)
+}
+
+fn entries(reader: &Reader, bucket: &BucketRoot) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SnapshotError> {
+    let mut out = Vec::new();
+    let _ = reader.walk::<SnapshotError>(bucket, &mut |e| {
+        out.push((e.key.to_vec(), e.value.to_vec()));
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(out)
+}
+
+/// The hook for the auth store on restore: until MetaStore has one, a file whose auth store
+/// holds users or roles, or is enabled, is refused rather than restored without them.
+fn check_auth(reader: &Reader) -> Result<(), SnapshotError> {
+    for name in ["authUsers", "authRoles"] {
+        if let Some(b) = bucket(reader, name)? {
+            if !entries(reader, &b)?.is_empty() {
+                return Err(SnapshotError::Unsupported(format!(
+                    "the snapshot has auth {} (bucket {name}); MetaStore cannot restore auth \
+                     yet: remove them in etcd (etcdctl user/role delete) and snapshot again",
+                    if name == "authUsers" {
+                        "users"
+                    } else {
+                        "roles"
+                    }
+                )));
+            }
+        }
+    }
+    if let Some(b) = bucket(reader, "auth")? {
+        let enabled = entries(reader, &b)?
+            .into_iter()
+            .any(|(k, v)| k == b"authEnabled" && v == [1]);
+        if enabled {
+            return Err(SnapshotError::Unsupported(
+                "the snapshot has auth enabled; MetaStore cannot restore auth yet: \
+                 `etcdctl auth disable` in etcd and snapshot again"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A revision stored in `meta` (`scheduledCompactRev`, `finishedCompactRev`).
+fn meta_revision(meta: &[(Vec<u8>, Vec<u8>)], name: &[u8]) -> Result<i64, SnapshotError> {
+    match meta.iter().find(|(k, _)| k == name) {
+        None => Ok(0),
+        Some((_, v)) => Ok(parse_revision_key(v)?.0),
+    }
+}
+
+/// Replaces `store`'s content with the etcd database in the first `db_size` bytes of `file`.
+///
+/// # Errors
+/// [`SnapshotError::Layout`] for a file not in etcd's layout, [`SnapshotError::Unsupported`]
+/// for auth content; bbolt, store and I/O errors. The store is unchanged by a failure.
+pub fn restore_into<B: Backend>(
+    store: &Store<B>,
+    file: File,
+    db_size: u64,
+) -> Result<Restored, SnapshotError> {
+    let reader = Reader::open(file, db_size)?;
+    check_auth(&reader)?;
+    let meta = match bucket(&reader, "meta")? {
+        Some(b) => entries(&reader, &b)?,
+        None => return Err(layout("no meta bucket")),
+    };
+    let consistent_index = match meta.iter().find(|(k, _)| k == b"consistent_index") {
+        Some((_, v)) => <[u8; 8]>::try_from(v.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| layout("consistent_index is not 8 bytes"))?,
+        None => 0,
+    };
+    let compacted = meta_revision(&meta, b"scheduledCompactRev")?
+        .max(meta_revision(&meta, b"finishedCompactRev")?);
+    let keys = bucket(&reader, "key")?.ok_or_else(|| layout("no key bucket"))?;
+    // First pass: the newest revision (etcd's revision is the newest in `key`), and checks.
+    let mut newest = 0i64;
+    let mut count = 0u64;
+    let _ = reader.walk::<SnapshotError>(&keys, &mut |e| {
+        let (main, _, _) = parse_revision_key(e.key)?;
+        newest = newest.max(main);
+        count += 1;
+        Ok(ControlFlow::Continue(()))
+    })?;
+    let revision = newest.max(compacted).max(1);
+    let mut leases = Vec::new();
+    if let Some(b) = bucket(&reader, "lease")? {
+        for (_, v) in entries(&reader, &b)? {
+            let l = LeaseRecordPb::decode(v.as_slice())
+                .map_err(|e| layout(format!("bad lease record: {e}")))?;
+            leases.push((l.id, l.ttl, l.remaining_ttl));
+        }
+    }
+    // Second pass: versions go from the file's walk to the import through a bounded channel.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Version, SnapshotError>>(1024);
+    let imported = std::thread::scope(|scope| {
+        let reader = &reader;
+        let keys = &keys;
+        scope.spawn(move || {
+            let walked = reader.walk::<SnapshotError>(keys, &mut |e| {
+                let item = decode_version(e.key, e.value);
+                let failed = item.is_err();
+                if tx.send(item).is_err() || failed {
+                    // The import stopped, or was told why it must.
+                    return Ok(ControlFlow::Break(()));
+                }
+                Ok(ControlFlow::Continue(()))
+            });
+            if let Err(e) = walked {
+                let _ = tx.send(Err(e));
+            }
+        });
+        let mut versions = rx.into_iter().map(|item| {
+            item.map_err(|e| match e {
+                SnapshotError::Store(e) => e,
+                other => mvcc::Error::BadSnapshot {
+                    what: other.to_string(),
+                },
+            })
+        });
+        store.import(revision, compacted, &mut versions, &leases)
+    });
+    imported?;
+    Ok(Restored {
+        revision,
+        compacted,
+        versions: count,
+        leases: leases.len() as u64,
+        consistent_index,
+    })
+}
+
+fn decode_version(key: &[u8], value: &[u8]) -> Result<Version, SnapshotError> {
+    let (main, sub, tombstone) = parse_revision_key(key)?;
+    let kv = KeyValue::decode(value)
+        .map_err(|e| layout(format!("bad key-value at ({main}, {sub}): {e}")))?;
+    Ok(Version {
+        key: kv.key,
+        main,
+        sub,
+        tombstone,
+        create_revision: if tombstone { 0 } else { kv.create_revision },
+        version: if tombstone { 0 } else { kv.version },
+        lease: if tombstone { 0 } else { kv.lease },
+        value: if tombstone { Vec::new() } else { kv.value },
+    })
+}
+
+/// Opens an etcd snapshot (checking its hash) or database file for [`restore_into`]: the file
+/// and the size of the database in it.
+///
+/// # Errors
+/// As [`check_hash`].
+pub fn open_file(path: &Path, skip_hash_check: bool) -> Result<(File, u64), SnapshotError> {
+    let mut file = File::open(path)?;
+    let db_size = check_hash(&mut file, skip_hash_check)?;
+    Ok((file, db_size))
+}
