@@ -170,7 +170,7 @@ fn peer_client_tls(
     ))
 }
 
-fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<String, Vec<String>>> {
+pub(crate) fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<String, Vec<String>>> {
     let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let (name, url) = entry

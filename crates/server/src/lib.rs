@@ -15,6 +15,7 @@
 //! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2; caps connections.
 //! - `serve`: client connections, with HTTP/2's stream limit and a graceful stop.
 //! - `tls`: TLS (rustls) on `https://` client and peer listeners.
+//! - `restore`: `metastore snapshot restore` and `metastore migrate-etcd`, from etcd's files.
 
 mod authority;
 mod coalesce;
@@ -23,6 +24,7 @@ mod config;
 pub mod etcd_flags;
 mod flags;
 mod http;
+mod restore;
 mod serve;
 mod tls;
 
@@ -41,6 +43,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{cluster_id, member_id, AutoCompaction, Config, API_VERSION};
 pub use flags::{Engine, Flags};
+pub use restore::{is_tool, run_tool};
 
 /// Runs the server until `shutdown` completes, then stops it in order: stop accepting and let
 /// in-flight requests finish (bounded by the api budget), stop Raft, flush the store.
@@ -106,12 +109,14 @@ fn refuse_etcd_data_dir(dir: &std::path::Path) -> Result<()> {
         return Ok(());
     }
     anyhow::bail!(
-        "data dir {} holds etcd's files ({}): MetaStore does not read etcd's data directory, \
-         and starting on it would serve an empty store. To migrate, start MetaStore on an empty \
-         --data-dir and copy the keys from the running etcd with `etcdctl make-mirror \
-         --endpoints=<etcd> <metastore endpoint>` (then check them, stop writes, and switch clients)",
+        "data dir {} holds etcd's files ({}): MetaStore does not serve etcd's data directory, \
+         and starting on it would serve an empty store. To migrate, stop etcd and build a new \
+         MetaStore data dir from it with `metastore migrate-etcd --etcd-data-dir {} --data-dir \
+         <new dir> --name … --initial-cluster …`, or from a snapshot with `metastore snapshot \
+         restore <file> --data-dir <new dir> …` (docs/operations.md)",
         dir.display(),
-        found.join(", ")
+        found.join(", "),
+        dir.display()
     )
 }
 

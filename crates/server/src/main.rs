@@ -6,6 +6,14 @@ use server::{etcd_flags, Config, Flags};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> Result<()> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if server::is_tool(&args) {
+        tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new("info"))
+            .with_writer(std::io::stderr)
+            .init();
+        return server::run_tool(args);
+    }
     // The variables clap reads; any other ETCD_* one is warned about, as etcd does.
     let known: Vec<String> = Flags::command()
         .get_arguments()

@@ -73,7 +73,7 @@ async fn etcd_data_dir_is_refused() {
         "holds etcd's files",
         "member/snap/db",
         "member/wal",
-        "make-mirror",
+        "migrate-etcd",
     ] {
         assert!(refusal.contains(needle), "{needle:?} not in {refusal}");
     }
