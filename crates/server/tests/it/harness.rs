@@ -97,6 +97,30 @@ impl Server {
         server
     }
 
+    /// Starts `kind` on a data dir `prepare` builds first (given the data dir, which does not
+    /// exist yet, and the peer URL; the member is named `t`), and waits until it is healthy.
+    pub fn start_prepared(
+        kind: Kind,
+        extra_args: &[&str],
+        prepare: impl FnOnce(&std::path::Path, &str),
+    ) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("metastore-it-")
+            .tempdir()
+            .expect("temp dir");
+        let mut server = Server {
+            kind,
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
+        prepare(&server.data_dir(), &server.peer_url());
+        server.spawn();
+        server
+    }
+
     /// The client URL, as `--endpoints` takes it.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)

@@ -17,6 +17,7 @@ mod lock_election;
 mod peer_port;
 mod powercut;
 mod restart;
+mod snapshot;
 mod tls;
 mod watch;
 mod watch_api;

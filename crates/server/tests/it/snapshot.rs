@@ -1,0 +1,474 @@
+//! Snapshots in etcd's format, both ways: MetaStore's snapshot restored by etcd 3.4's own
+//! tools and served by etcd, etcd's snapshot and data dir restored by MetaStore, and a snapshot
+//! taken under writes being one point in time.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, CompactionOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
+};
+
+use crate::harness::{require_tool, Kind, Server};
+
+/// Longest one tool run may take.
+const TOOL_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `program` with `args` within [`TOOL_LIMIT`]; (exit success, stdout, stderr).
+fn run(program: &Path, args: &[&str]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out_path = dir.path().join("out");
+    let err_path = dir.path().join("err");
+    let mut child = Command::new(program)
+        .args(args)
+        .env_remove("ETCDCTL_API")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("out file"))
+        .stderr(std::fs::File::create(&err_path).expect("err file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > TOOL_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{} {args:?} took over {TOOL_LIMIT:?}", program.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.success(),
+        std::fs::read_to_string(out_path).unwrap_or_default(),
+        std::fs::read_to_string(err_path).unwrap_or_default(),
+    )
+}
+
+fn etcdctl() -> std::path::PathBuf {
+    require_tool("etcdctl")
+}
+
+fn metastore() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_metastore"))
+}
+
+/// `etcdctl snapshot save` from `server` into `file`.
+fn save(server: &Server, file: &Path) {
+    let (ok, out, err) = run(
+        &etcdctl(),
+        &[
+            "--endpoints",
+            &server.endpoint(),
+            "snapshot",
+            "save",
+            file.to_str().expect("path"),
+        ],
+    );
+    assert!(ok, "snapshot save from {:?}: {out} {err}", server.kind());
+}
+
+/// `etcdctl snapshot status -w json`: (revision, totalKey).
+fn status(file: &Path) -> (i64, i64) {
+    let (ok, out, err) = run(
+        &etcdctl(),
+        &[
+            "snapshot",
+            "status",
+            file.to_str().expect("path"),
+            "-w",
+            "json",
+        ],
+    );
+    assert!(ok, "snapshot status: {out} {err}");
+    let field = |name: &str| -> i64 {
+        let at = out
+            .find(&format!("\"{name}\":"))
+            .unwrap_or_else(|| panic!("{name} in {out}"));
+        out[at + name.len() + 3..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} in {out}"))
+    };
+    (field("revision"), field("totalKey"))
+}
+
+/// The restore flags for the harness's member `t` at `peer`.
+fn member_flags<'a>(dir: &'a str, peer: &'a str, cluster: &'a str) -> Vec<&'a str> {
+    vec![
+        "--data-dir",
+        dir,
+        "--name",
+        "t",
+        "--initial-cluster",
+        cluster,
+        "--initial-advertise-peer-urls",
+        peer,
+    ]
+}
+
+/// A history with every kind of version: overwrites, a delete, a two-put txn (sub revisions),
+/// a lease with a key, enough keys for branch pages, and a compaction. Returns the compaction
+/// point.
+async fn write_history(c: &mut Client) -> i64 {
+    c.put("a", "1", None).await.expect("put");
+    c.put("b", "2", None).await.expect("put");
+    c.put("a", "3", None).await.expect("put");
+    let lease = c.lease_grant(600, None).await.expect("grant").id();
+    c.put("c", "4", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .expect("put");
+    c.delete("b", None).await.expect("delete");
+    c.txn(Txn::new().and_then([TxnOp::put("x", "10", None), TxnOp::put("y", "11", None)]))
+        .await
+        .expect("txn");
+    for i in 0..400 {
+        c.put(format!("k/{:03}", i % 250), vec![b'v'; 100 + i], None)
+            .await
+            .expect("put");
+    }
+    let compacted = c
+        .put("z", "12", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("h")
+        .revision();
+    c.delete("k/1", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .expect("delete");
+    c.put("a", "5", None).await.expect("put");
+    c.compact(compacted, Some(CompactionOptions::new().with_physical()))
+        .await
+        .expect("compact");
+    compacted
+}
+
+/// Everything a client sees of a store at `revision` (0: now): each key with its revisions,
+/// version, value and lease; the leases with their granted TTL and keys.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    revision: i64,
+    kvs: Vec<(Vec<u8>, i64, i64, i64, Vec<u8>, i64)>,
+    leases: Vec<(i64, i64, Vec<Vec<u8>>)>,
+}
+
+async fn seen(c: &mut Client, revision: i64) -> Seen {
+    let got = c
+        .get(
+            "",
+            Some(GetOptions::new().with_all_keys().with_revision(revision)),
+        )
+        .await
+        .expect("get all");
+    let kvs = got
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key().to_vec(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+                kv.value().to_vec(),
+                kv.lease(),
+            )
+        })
+        .collect();
+    let mut leases = Vec::new();
+    for l in c.leases().await.expect("leases").leases() {
+        let ttl = c
+            .lease_time_to_live(l.id(), Some(LeaseTimeToLiveOptions::new().with_keys()))
+            .await
+            .expect("ttl");
+        leases.push((l.id(), ttl.granted_ttl(), ttl.keys().to_vec()));
+    }
+    leases.sort();
+    Seen {
+        revision: if revision == 0 {
+            got.header().expect("header").revision()
+        } else {
+            revision
+        },
+        kvs,
+        leases,
+    }
+}
+
+/// Whether a read below `compacted` is refused as compacted.
+async fn compacted_below(c: &mut Client, compacted: i64) -> bool {
+    c.get("a", Some(GetOptions::new().with_revision(compacted - 1)))
+        .await
+        .is_err_and(|e| {
+            e.to_string()
+                .contains("required revision has been compacted")
+        })
+}
+
+/// MetaStore's snapshot: `etcdctl snapshot status` reads it as it reads etcd's of the same
+/// writes, and etcd 3.4 restored from it (`etcdctl snapshot restore`) serves every key,
+/// revision, version and lease, and the compaction point.
+#[tokio::test]
+async fn etcd_restores_our_snapshot() {
+    let files = tempfile::tempdir().expect("temp dir");
+    let ours = files.path().join("metastore.db");
+    let theirs = files.path().join("etcd.db");
+
+    let ms = Server::start(Kind::Redb, &[]);
+    let mut c = ms.client().await;
+    let compacted = write_history(&mut c).await;
+    let expected = seen(&mut c, 0).await;
+    save(&ms, &ours);
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let mut e = etcd.client().await;
+    write_history(&mut e).await;
+    save(&etcd, &theirs);
+    assert_eq!(
+        status(&ours),
+        status(&theirs),
+        "snapshot status: (revision, totalKey) of the same writes"
+    );
+    assert_eq!(status(&ours).0, expected.revision);
+
+    let restored = Server::start_prepared(Kind::Etcd, &[], |dir, peer| {
+        let cluster = format!("t={peer}");
+        let mut args = vec!["snapshot", "restore", ours.to_str().expect("path")];
+        args.extend(member_flags(dir.to_str().expect("path"), peer, &cluster));
+        let (ok, out, err) = run(&etcdctl(), &args);
+        assert!(ok, "etcdctl snapshot restore of our snapshot: {out} {err}");
+    });
+    let mut r = restored.client().await;
+    assert_eq!(seen(&mut r, 0).await, expected);
+    assert!(compacted_below(&mut r, compacted).await);
+    assert_eq!(
+        seen(&mut r, compacted).await.kvs,
+        seen(&mut c, compacted).await.kvs,
+        "history from the compaction point on"
+    );
+}
+
+/// etcd's snapshot restored by `metastore snapshot restore` and served by MetaStore.
+#[tokio::test]
+async fn we_restore_etcds_snapshot() {
+    let files = tempfile::tempdir().expect("temp dir");
+    let file = files.path().join("etcd.db");
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let mut e = etcd.client().await;
+    let compacted = write_history(&mut e).await;
+    let expected = seen(&mut e, 0).await;
+    let at_compaction = seen(&mut e, compacted).await;
+    save(&etcd, &file);
+
+    let restored = Server::start_prepared(Kind::Redb, &[], |dir, peer| {
+        let cluster = format!("t={peer}");
+        let mut args = vec!["snapshot", "restore", file.to_str().expect("path")];
+        args.extend(member_flags(dir.to_str().expect("path"), peer, &cluster));
+        let (ok, out, err) = run(&metastore(), &args);
+        assert!(ok, "metastore snapshot restore: {out} {err}");
+        // The same again: the data dir exists now, refused as etcdctl refuses.
+        let (ok, _, err) = run(&metastore(), &args);
+        assert!(!ok && err.contains("exists"), "{err}");
+    });
+    let mut r = restored.client().await;
+    assert_eq!(seen(&mut r, 0).await, expected);
+    assert!(compacted_below(&mut r, compacted).await);
+    assert_eq!(seen(&mut r, compacted).await, at_compaction);
+    let next = r
+        .put("new", "1", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("h")
+        .revision();
+    assert_eq!(
+        next,
+        expected.revision + 1,
+        "writes go on from etcd's revision"
+    );
+
+    // A damaged file is refused with etcdctl's text, and leaves no data dir behind.
+    let mut bytes = std::fs::read(&file).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    let bad = files.path().join("bad.db");
+    std::fs::write(&bad, bytes).expect("write");
+    let dir = files.path().join("never");
+    let (ok, _, err) = run(
+        &metastore(),
+        &[
+            "snapshot",
+            "restore",
+            bad.to_str().expect("path"),
+            "--data-dir",
+            dir.to_str().expect("path"),
+        ],
+    );
+    assert!(!ok && err.contains("expected sha256"), "{err}");
+    assert!(!dir.exists());
+}
+
+/// A stopped etcd 3.4 member's data dir migrated with `metastore migrate-etcd`; one whose WAL
+/// holds writes the database lacks (etcd killed before its backend commit) is refused.
+#[tokio::test]
+async fn we_migrate_an_etcd_data_dir() {
+    let mut etcd = Server::start(Kind::Etcd, &[]);
+    let mut e = etcd.client().await;
+    write_history(&mut e).await;
+    let expected = seen(&mut e, 0).await;
+    drop(e);
+    assert!(
+        etcd.terminate(Duration::from_secs(20)).is_some(),
+        "etcd stops on SIGTERM"
+    );
+    let source = etcd.data_dir();
+    let migrated = Server::start_prepared(Kind::Redb, &[], |dir, peer| {
+        let cluster = format!("t={peer}");
+        let mut args = vec![
+            "migrate-etcd",
+            "--etcd-data-dir",
+            source.to_str().expect("path"),
+        ];
+        args.extend(member_flags(dir.to_str().expect("path"), peer, &cluster));
+        let (ok, out, err) = run(&metastore(), &args);
+        assert!(ok, "metastore migrate-etcd: {out} {err}");
+    });
+    let mut m = migrated.client().await;
+    assert_eq!(seen(&mut m, 0).await, expected);
+
+    // etcd commits its database only every hour here: killed, its writes are in the WAL alone.
+    let mut crashed = Server::start(
+        Kind::Etcd,
+        &[
+            "--backend-batch-interval",
+            "1h",
+            "--backend-batch-limit",
+            "1000000",
+        ],
+    );
+    let mut e = crashed.client().await;
+    e.put("only", "in the wal", None).await.expect("put");
+    drop(e);
+    crashed.kill();
+    let files = tempfile::tempdir().expect("temp dir");
+    let target = files.path().join("m");
+    let (ok, _, err) = run(
+        &metastore(),
+        &[
+            "migrate-etcd",
+            "--etcd-data-dir",
+            crashed.data_dir().to_str().expect("path"),
+            "--data-dir",
+            target.to_str().expect("path"),
+        ],
+    );
+    assert!(
+        !ok && err.contains("after the database's consistent index"),
+        "{err}"
+    );
+    assert!(!target.exists());
+}
+
+/// A snapshot taken while writes go on is the store at one revision: etcd restored from it
+/// serves exactly what MetaStore served at the revision the snapshot says.
+#[tokio::test]
+async fn a_snapshot_under_writes_is_one_point_in_time() {
+    let ms = Server::start(Kind::Redb, &[]);
+    let mut c = ms.client().await;
+    // About 3 MiB (under the client's 4 MiB answer limit): about a hundred chunks, two passes.
+    for i in 0..3000 {
+        c.put(format!("k/{i:04}"), vec![b'0'; 1000], None)
+            .await
+            .expect("put");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, writes) = (Arc::clone(&stop), Arc::clone(&writes));
+        let mut w = ms.client().await;
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("k/{:04}", i % 3000);
+                w.put(key, format!("{i}").repeat(50), None)
+                    .await
+                    .expect("put");
+                w.put("counter", i.to_string(), None).await.expect("put");
+                writes.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        })
+    };
+    // Writes are landing before the snapshot starts, and go on until it ends.
+    let began = Instant::now();
+    while writes.load(Ordering::Relaxed) < 20 {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "the writer is stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let files = tempfile::tempdir().expect("temp dir");
+    let file = files.path().join("load.db");
+    let before = writes.load(Ordering::Relaxed);
+    let saved = {
+        let (ms_endpoint, file) = (ms.endpoint(), file.clone());
+        tokio::task::spawn_blocking(move || {
+            run(
+                &etcdctl(),
+                &[
+                    "--endpoints",
+                    &ms_endpoint,
+                    "snapshot",
+                    "save",
+                    file.to_str().expect("path"),
+                ],
+            )
+        })
+        .await
+        .expect("join")
+    };
+    let during = writes.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    assert!(
+        saved.0,
+        "snapshot save under writes: {} {}",
+        saved.1, saved.2
+    );
+    assert!(during > 0, "no write landed while the snapshot streamed");
+    let (revision, _) = status(&file);
+    let expected = seen(&mut c, revision).await;
+    assert!(
+        c.get("counter", None)
+            .await
+            .expect("get")
+            .header()
+            .expect("h")
+            .revision()
+            > revision,
+        "writes went on past the snapshot's revision"
+    );
+
+    let restored = Server::start_prepared(Kind::Etcd, &[], |dir, peer| {
+        let cluster = format!("t={peer}");
+        let mut args = vec!["snapshot", "restore", file.to_str().expect("path")];
+        args.extend(member_flags(dir.to_str().expect("path"), peer, &cluster));
+        let (ok, out, err) = run(&etcdctl(), &args);
+        assert!(ok, "etcdctl snapshot restore: {out} {err}");
+    });
+    let mut r = restored.client().await;
+    let got = seen(&mut r, 0).await;
+    assert_eq!(got.revision, revision);
+    assert_eq!(got.kvs.len(), expected.kvs.len());
+    assert!(
+        got.kvs == expected.kvs,
+        "the restored store differs from MetaStore at {revision}"
+    );
+}
