@@ -5,6 +5,11 @@
 //! need is here: one transaction's worth of pages, written once (no free pages, no updates) and
 //! read back without ever holding more than a path of pages from root to leaf.
 //!
+//! # Layout
+//! One file: the format's constants, [`Writer`] (with [`Plan`] and [`meta_pages`]) and
+//! [`Reader`] (with [`BucketRoot`] and [`Entry`]); `tests` checks both against each other and
+//! against a snapshot etcd 3.4.23 wrote (`tests/data/`).
+//!
 //! # The format, as this crate writes and reads it
 //! Integers are little-endian. The file is a sequence of pages of `page_size` bytes; a page
 //! starts with a 16-byte header (id u64, flags u16, count u16, overflow u32) and a page whose

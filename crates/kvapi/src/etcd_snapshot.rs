@@ -67,6 +67,9 @@ fn layout(what: impl Into<String>) -> SnapshotError {
     SnapshotError::Layout(what.into())
 }
 
+/// A bucket's entries, in any order: (key, value).
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// etcd's `leasepb.Lease`, as the `lease` bucket holds it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LeaseRecordPb {
@@ -189,7 +192,7 @@ fn member_json(m: &SnapshotMember) -> String {
 ///
 /// The hook for the auth store: until it exists, these are etcd's buckets of an auth store
 /// that was never enabled (the auth revision 1 and nothing else).
-pub fn auth_buckets() -> Vec<(&'static [u8], Vec<(Vec<u8>, Vec<u8>)>)> {
+pub fn auth_buckets() -> Vec<(&'static [u8], Entries)> {
     vec![
         (
             b"auth",
@@ -203,7 +206,7 @@ pub fn auth_buckets() -> Vec<(&'static [u8], Vec<(Vec<u8>, Vec<u8>)>)> {
 fn put_all<W: Write>(
     w: &mut bbolt::Writer<W>,
     name: &[u8],
-    mut entries: Vec<(Vec<u8>, Vec<u8>)>,
+    mut entries: Entries,
 ) -> Result<(), SnapshotError> {
     entries.sort();
     w.begin_bucket(name)?;
@@ -400,6 +403,7 @@ pub fn check_hash(file: &mut File, skip_hash_check: bool) -> Result<u64, Snapsho
     if skip_hash_check {
         return Ok(db_size);
     }
+    io::Seek::seek(file, io::SeekFrom::Start(0))?;
     let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
     let mut left = db_size;
     let mut buf = vec![0u8; 1 << 16];
@@ -448,7 +452,7 @@ fn bucket(reader: &Reader, name: &str) -> Result<Option<BucketRoot>, SnapshotErr
     Ok(reader.bucket(&reader.root(), name.as_bytes())?)
 }
 
-fn entries(reader: &Reader, bucket: &BucketRoot) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SnapshotError> {
+fn entries(reader: &Reader, bucket: &BucketRoot) -> Result<Entries, SnapshotError> {
     let mut out = Vec::new();
     let _ = reader.walk::<SnapshotError>(bucket, &mut |e| {
         out.push((e.key.to_vec(), e.value.to_vec()));
@@ -491,7 +495,7 @@ fn check_auth(reader: &Reader) -> Result<(), SnapshotError> {
 }
 
 /// A revision stored in `meta` (`scheduledCompactRev`, `finishedCompactRev`).
-fn meta_revision(meta: &[(Vec<u8>, Vec<u8>)], name: &[u8]) -> Result<i64, SnapshotError> {
+fn meta_revision(meta: &Entries, name: &[u8]) -> Result<i64, SnapshotError> {
     match meta.iter().find(|(k, _)| k == name) {
         None => Ok(0),
         Some((_, v)) => Ok(parse_revision_key(v)?.0),
@@ -605,4 +609,154 @@ pub fn open_file(path: &Path, skip_hash_check: bool) -> Result<(File, u64), Snap
     let mut file = File::open(path)?;
     let db_size = check_hash(&mut file, skip_hash_check)?;
     Ok((file, db_size))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::io::{Seek, SeekFrom};
+
+    use engine_mem::MemBackend;
+    use mvcc::{Command, CompactRequest, DeleteRangeRequest, LeaseGrantRequest, PutRequest};
+
+    use super::*;
+
+    fn store_with_history() -> Store<MemBackend> {
+        let s = Store::open(MemBackend::new()).unwrap();
+        let put = |key: String, lease: i64| {
+            Command::Put(PutRequest {
+                key: key.into_bytes(),
+                value: vec![b'v'; 300],
+                lease,
+                ..Default::default()
+            })
+        };
+        s.apply(
+            &[Command::LeaseGrant(LeaseGrantRequest { id: 9, ttl: 60 })],
+            None,
+        )
+        .unwrap();
+        let mut commands: Vec<Command> = (0..3000)
+            .map(|i| put(format!("k{:04}", i % 900), 0))
+            .collect();
+        commands.push(put("leased".into(), 9));
+        commands.push(Command::DeleteRange(DeleteRangeRequest {
+            key: b"k0000".to_vec(),
+            range_end: b"k0100".to_vec(),
+            prev_kv: false,
+        }));
+        commands.push(Command::Compact(CompactRequest {
+            revision: 1500,
+            physical: false,
+        }));
+        for c in commands {
+            s.apply(&[c], None).unwrap();
+        }
+        s
+    }
+
+    /// Streams `store`'s snapshot into a file, checking the chunks on the way.
+    fn streamed(store: &Store<MemBackend>, chunk: usize) -> (File, u64) {
+        let mut export = store.export().unwrap();
+        let mut file = tempfile::tempfile().unwrap();
+        let mut announced = 0;
+        let mut sizes = Vec::new();
+        let size = stream(
+            &mut export,
+            &ClusterState::default(),
+            chunk,
+            &mut |t| announced = t,
+            &mut |blob| {
+                sizes.push(blob.len());
+                file.write_all(&blob)
+            },
+            &|| false,
+        )
+        .unwrap();
+        assert_eq!(size, announced);
+        assert_eq!(file.metadata().unwrap().len(), size);
+        assert!(sizes.iter().all(|&n| n <= chunk), "no chunk over {chunk}");
+        assert_eq!(sizes.last(), Some(&HASH_LEN), "the hash comes last, alone");
+        file.seek(SeekFrom::Start(0)).unwrap();
+        (file, size)
+    }
+
+    #[test]
+    fn a_streamed_snapshot_restores_to_the_same_store() {
+        let s = store_with_history();
+        let (mut file, size) = streamed(&s, 32 * 1024);
+        assert_eq!(size % 4096, HASH_LEN as u64);
+        let db_size = check_hash(&mut file, false).unwrap();
+        let t = Store::open(MemBackend::new()).unwrap();
+        let restored = restore_into(&t, file, db_size).unwrap();
+        assert_eq!(restored.revision, s.current_revision());
+        assert_eq!(restored.compacted, 1500);
+        assert_eq!(restored.leases, 1);
+        assert_eq!(t.hash(0).unwrap(), s.hash(0).unwrap());
+        assert_eq!(t.lease(9).map(|l| l.keys), Some(vec![b"leased".to_vec()]));
+    }
+
+    #[test]
+    fn a_damaged_or_headless_file_is_refused_as_etcdctl_refuses_it() {
+        let s = store_with_history();
+        let (mut file, size) = streamed(&s, 4096);
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).unwrap();
+        bytes[5000] ^= 1;
+        let mut damaged = tempfile::tempfile().unwrap();
+        damaged.write_all(&bytes).unwrap();
+        let e = check_hash(&mut damaged, false).unwrap_err().to_string();
+        assert!(e.starts_with("expected sha256 ["), "{e}");
+        let mut headless = tempfile::tempfile().unwrap();
+        headless
+            .write_all(&bytes[..size as usize - HASH_LEN])
+            .unwrap();
+        let e = check_hash(&mut headless, false).unwrap_err().to_string();
+        assert_eq!(e, "snapshot missing hash but --skip-hash-check=false");
+        assert_eq!(
+            check_hash(&mut headless, true).unwrap(),
+            size - HASH_LEN as u64
+        );
+    }
+
+    #[test]
+    fn a_failed_send_stops_the_stream() {
+        let s = store_with_history();
+        let mut export = s.export().unwrap();
+        let mut sent = 0;
+        let result = stream(
+            &mut export,
+            &ClusterState::default(),
+            4096,
+            &mut |_| {},
+            &mut |_| {
+                sent += 1;
+                if sent == 3 {
+                    Err(io::Error::other("gone"))
+                } else {
+                    Ok(())
+                }
+            },
+            &|| false,
+        );
+        assert!(result.is_err());
+        assert_eq!(sent, 3, "nothing is sent after a failed chunk");
+    }
+
+    #[test]
+    fn member_json_is_etcds() {
+        let m = SnapshotMember {
+            id: 11802139097793119417,
+            name: "e1".into(),
+            peer_urls: vec!["http://127.0.0.1:40188".into()],
+            client_urls: vec!["http://127.0.0.1:40187".into()],
+            is_learner: false,
+        };
+        // As etcd 3.4.23 stored it.
+        assert_eq!(
+            member_json(&m),
+            r#"{"id":11802139097793119417,"peerURLs":["http://127.0.0.1:40188"],"name":"e1","clientURLs":["http://127.0.0.1:40187"]}"#
+        );
+    }
 }

@@ -171,7 +171,18 @@ fn restore(
     member: &MemberArgs,
     from: &Path,
 ) -> Result<()> {
-    let built = build(dir, file, db_size);
+    // Built under a scratch name and renamed into place once complete and durable: a crash
+    // part way never leaves a data dir that looks restored.
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    let scratch = dir.with_file_name(format!(".{name}.restoring-{}", std::process::id()));
+    let built = build(&scratch, file, db_size).and_then(|r| {
+        mvcc::durable::rename_synced(&scratch, dir)
+            .with_context(|| format!("renaming {} to {}", scratch.display(), dir.display()))?;
+        Ok(r)
+    });
     match built {
         Ok(r) => {
             tracing::info!(
@@ -199,8 +210,9 @@ fn restore(
             Ok(())
         }
         Err(e) => {
-            // Nothing of a failed restore is kept: the same command can run again.
-            let _ = std::fs::remove_dir_all(dir);
+            // Nothing of a failed restore is kept (a scratch dir a crash leaves has a name
+            // nothing starts on): the same command can run again.
+            let _ = std::fs::remove_dir_all(&scratch);
             Err(e)
         }
     }

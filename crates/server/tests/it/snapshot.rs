@@ -12,6 +12,8 @@ use etcd_client::{
     Client, CompactionOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
 };
 
+use deadline::{Deadline, Layer};
+
 use crate::harness::{require_tool, Kind, Server};
 
 /// Longest one tool run may take.
@@ -151,12 +153,15 @@ async fn write_history(c: &mut Client) -> i64 {
     compacted
 }
 
+/// A key-value as compared: key, create and mod revision, version, value, lease.
+type Kv = (Vec<u8>, i64, i64, i64, Vec<u8>, i64);
+
 /// Everything a client sees of a store at `revision` (0: now): each key with its revisions,
 /// version, value and lease; the leases with their granted TTL and keys.
 #[derive(Debug, PartialEq, Eq)]
 struct Seen {
     revision: i64,
-    kvs: Vec<(Vec<u8>, i64, i64, i64, Vec<u8>, i64)>,
+    kvs: Vec<Kv>,
     leases: Vec<(i64, i64, Vec<Vec<u8>>)>,
 }
 
@@ -389,8 +394,10 @@ async fn a_snapshot_under_writes_is_one_point_in_time() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
+    let landing = Arc::new(tokio::sync::Notify::new());
     let writer = {
-        let (stop, writes) = (Arc::clone(&stop), Arc::clone(&writes));
+        let (stop, writes, landing) =
+            (Arc::clone(&stop), Arc::clone(&writes), Arc::clone(&landing));
         let mut w = ms.client().await;
         tokio::spawn(async move {
             let mut i = 0u64;
@@ -401,19 +408,21 @@ async fn a_snapshot_under_writes_is_one_point_in_time() {
                     .expect("put");
                 w.put("counter", i.to_string(), None).await.expect("put");
                 writes.fetch_add(1, Ordering::Relaxed);
+                if i == 20 {
+                    landing.notify_one();
+                }
                 i += 1;
             }
         })
     };
     // Writes are landing before the snapshot starts, and go on until it ends.
-    let began = Instant::now();
-    while writes.load(Ordering::Relaxed) < 20 {
-        assert!(
-            began.elapsed() < Duration::from_secs(20),
-            "the writer is stuck"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    deadline::within(
+        Layer::Api,
+        Deadline::after(Duration::from_secs(20)),
+        landing.notified(),
+    )
+    .await
+    .expect("the writer is stuck");
     let files = tempfile::tempdir().expect("temp dir");
     let file = files.path().join("load.db");
     let before = writes.load(Ordering::Relaxed);
