@@ -481,3 +481,51 @@ async fn a_snapshot_under_writes_is_one_point_in_time() {
         "the restored store differs from MetaStore at {revision}"
     );
 }
+
+/// Waits `d` (bounded, as every wait here).
+async fn pause(d: Duration) {
+    let _ = deadline::within(Layer::Api, Deadline::after(d), std::future::pending::<()>()).await;
+}
+
+/// A client that stops reading a snapshot is cut off once a chunk waits longer than the api
+/// budget (so its hold on compaction ends), and the member goes on serving.
+#[tokio::test]
+async fn a_stalled_snapshot_reader_is_cut_off() {
+    let ms = Server::start(Kind::Redb, &["--request-timeout", "5s"]);
+    let mut c = ms.client().await;
+    // About 8 MiB: more than the connection's flow-control windows and the queued chunks.
+    for t in 0..125 {
+        let puts: Vec<TxnOp> = (0..64)
+            .map(|i| TxnOp::put(format!("k/{t:03}/{i:02}"), vec![b'0'; 1000], None))
+            .collect();
+        c.txn(Txn::new().and_then(puts)).await.expect("txn");
+    }
+    let mut stalled = c.snapshot().await.expect("snapshot");
+    let first = stalled
+        .message()
+        .await
+        .expect("first chunk")
+        .expect("a chunk");
+    assert!(!first.blob().is_empty());
+    let began = Instant::now();
+    while !ms.log_tail().contains("took no chunk") {
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "the stalled snapshot was not cut off; log:\n{}",
+            ms.log_tail()
+        );
+        pause(Duration::from_millis(100)).await;
+    }
+    drop(stalled);
+    let files = tempfile::tempdir().expect("temp dir");
+    let file = files.path().join("after.db");
+    save(&ms, &file);
+    let now = c
+        .get("k/000/00", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("h")
+        .revision();
+    assert_eq!(status(&file).0, now, "a snapshot after it is whole");
+}
