@@ -1,5 +1,6 @@
 //! The gRPC services and what they share: the member, the limits, the header.
 
+mod auth;
 mod cluster;
 mod election;
 mod kv;
@@ -22,6 +23,7 @@ use crate::error::ApiError;
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::validate::Limits;
 
+pub use auth::AuthService;
 pub use cluster::ClusterService;
 pub use election::ElectionService;
 pub use kv::KvService;
@@ -47,6 +49,10 @@ pub struct ApiConfig {
     /// `--quota-backend-bytes`: past this engine size ([`DbSize`]) writes that can grow the
     /// store raise NOSPACE and are refused.
     pub quota_backend_bytes: u64,
+    /// `--auth-token-ttl`: how long a simple token lives unused.
+    pub auth_token_ttl: std::time::Duration,
+    /// `--bcrypt-cost`: the cost of the password hashes this member makes.
+    pub bcrypt_cost: u32,
 }
 
 /// Reports the storage engine's size in bytes, for `Status`.
@@ -127,6 +133,11 @@ impl<B: Backend> Shared<B> {
             tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
         }
         Err(ApiError::NoSpace)
+    }
+
+    /// Who sent `req`, as etcd's auth sees it.
+    pub fn caller<T>(&self, req: &tonic::Request<T>) -> Result<crate::authz::Caller, ApiError> {
+        crate::authz::Caller::identify(self.node.auth(), req.metadata())
     }
 
     /// The response header at `revision`.
