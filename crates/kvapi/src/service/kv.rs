@@ -107,6 +107,14 @@ impl<B: Backend> KvService<B> {
         self.shared.config.limits.check_size(r.encoded_len())?;
         validate::check_put(&r)?;
         caller.put(&r.key, r.prev_kv)?;
+        // etcd: a put onto a lease needs write permission on the lease's other keys too.
+        if r.lease != 0 && caller.state().enabled {
+            if let Some(lease) = self.shared.node.store().lease(r.lease) {
+                for key in &lease.keys {
+                    caller.write(key, &[])?;
+                }
+            }
+        }
         match self.write(deadline, Command::Put(put_from_pb(r))).await? {
             (revision, Response::Put(p)) => {
                 let mut out = put_to_pb(p, revision);
