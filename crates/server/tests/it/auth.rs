@@ -466,3 +466,52 @@ async fn auth_reaches_a_new_member_by_snapshot() {
         "auth is enabled on the new member: {none:?}"
     );
 }
+
+/// `--auth-token jwt,...` is refused at start, naming the flag, rather than run with simple
+/// tokens; a bad `--bcrypt-cost` too.
+#[test]
+fn unsupported_auth_flags_are_refused_naming_them() {
+    for (args, named) in [
+        (
+            vec![
+                "--auth-token",
+                "jwt,pub-key=a.pub,priv-key=a,sign-method=RS256",
+            ],
+            "--auth-token jwt",
+        ),
+        (vec!["--bcrypt-cost", "3"], "--bcrypt-cost"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_metastore"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--listen-client-urls=http://127.0.0.1:0")
+            .arg("--listen-peer-urls=http://127.0.0.1:0")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running metastore");
+        // Refused at start: it must exit by itself, promptly.
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{args:?}: metastore kept running");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut stderr);
+        }
+        assert!(!status.success(), "{args:?} started");
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+    }
+}
