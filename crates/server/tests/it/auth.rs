@@ -13,6 +13,16 @@ use crate::etcdctl::{require_etcdctl_34, shown, step, with_stdin, Normalizer, St
 use crate::harness::{Kind, Server};
 
 const ROOT: &str = "--user=root:rootpw";
+
+/// Waits `d`, bounded and counted as the code's waits are.
+async fn pause(d: Duration) {
+    let _ = deadline::within(
+        deadline::Layer::Api,
+        deadline::Deadline::after(d),
+        std::future::pending::<()>(),
+    )
+    .await;
+}
 const ALICE: &str = "--user=alice:apw";
 const BOB: &str = "--user=bob:bpw";
 
@@ -351,7 +361,7 @@ async fn expired_tokens_are_refused_and_refreshed_as_etcd() {
         );
         // Used within the TTL, a token lives on: 3 uses one second apart span past 2 s.
         for _ in 0..3 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            pause(Duration::from_secs(1)).await;
             seen.push(
                 plain
                     .get("a/1", None)
@@ -362,7 +372,7 @@ async fn expired_tokens_are_refused_and_refreshed_as_etcd() {
         }
         // Unused past the TTL (etcd sweeps once a second): gone.
         let idle = Instant::now();
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        pause(Duration::from_secs(4)).await;
         assert!(idle.elapsed() >= Duration::from_secs(4));
         seen.push(
             plain
@@ -414,7 +424,7 @@ async fn auth_reaches_a_new_member_by_snapshot() {
         while let Err(e) = root.put(format!("a/{i}"), "v", None).await {
             tries += 1;
             assert!(tries < 50, "put: {e}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            pause(Duration::from_millis(100)).await;
         }
     }
     let new = cluster.prepare_member();
@@ -436,7 +446,7 @@ async fn auth_reaches_a_new_member_by_snapshot() {
             "no snapshot installed: {}",
             cluster.log_tail(new)
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        pause(Duration::from_millis(200)).await;
     }
     // alice authenticates against the new member: her user, password hash and role came in the
     // snapshot.
