@@ -536,3 +536,43 @@ impl SnapshotDir {
         Ok(path)
     }
 }
+
+#[cfg(test)]
+mod position_tests {
+    use super::*;
+
+    /// The position as written before auth: the same fields, the same order, no auth.
+    #[derive(Serialize)]
+    struct Old {
+        log_id: Option<LogId>,
+        membership: StoredMembership,
+        alarms: BTreeSet<AlarmMember>,
+    }
+
+    #[test]
+    fn a_position_written_before_auth_decodes_with_auth_off() {
+        let mut alarms = BTreeSet::new();
+        alarms.insert(AlarmMember {
+            member_id: 7,
+            alarm: alarm_kind::NOSPACE,
+        });
+        let old = Old {
+            log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), 42)),
+            membership: StoredMembership::default(),
+            alarms: alarms.clone(),
+        };
+        let raw = bincode::serialize(&old).expect("encode");
+        let decoded = Position::decode(Some(&raw)).expect("decode");
+        assert_eq!(decoded.log_id, old.log_id);
+        assert_eq!(decoded.alarms, alarms);
+        assert_eq!(decoded.auth, AuthState::default());
+        // And the new form round-trips with its auth state.
+        let mut new = decoded.clone();
+        new.auth.enabled = true;
+        new.auth.revision = 9;
+        let raw = bincode::serialize(&new).expect("encode");
+        let again = Position::decode(Some(&raw)).expect("decode");
+        assert_eq!(again.auth, new.auth);
+        assert_eq!(again.alarms, new.alarms);
+    }
+}
