@@ -58,8 +58,8 @@ impl<B: Backend> AuthService<B> {
     }
 
     /// The caller, which must be allowed to manage auth.
-    fn admin<T>(&self, req: &Request<T>) -> Result<Caller, ApiError> {
-        let caller = self.shared.caller(req)?;
+    async fn admin<T>(&self, req: &Request<T>) -> Result<Caller, ApiError> {
+        let caller = self.shared.caller(req).await?;
         caller.admin()?;
         Ok(caller)
     }
@@ -173,7 +173,7 @@ impl<B: Backend> Auth for AuthService<B> {
     ) -> Result<Reply<AuthDisableResponse>, Status> {
         let result: Result<_, ApiError> = async {
             let deadline = self.shared.deadline(&request);
-            self.admin(&request)?;
+            self.admin(&request).await?;
             let (header, _) = self.propose(deadline, AuthRequest::Disable).await?;
             Ok(AuthDisableResponse { header })
         }
@@ -221,7 +221,7 @@ impl<B: Backend> Auth for AuthService<B> {
     ) -> Result<Reply<AuthUserAddResponse>, Status> {
         let result: Result<_, ApiError> = async {
             let deadline = self.shared.deadline(&request);
-            self.admin(&request)?;
+            self.admin(&request).await?;
             let r = request.into_inner();
             if r.name.is_empty() {
                 return Err(AuthError::UserEmpty.into());
@@ -252,7 +252,7 @@ impl<B: Backend> Auth for AuthService<B> {
     ) -> Result<Reply<AuthUserGetResponse>, Status> {
         let result: Result<_, ApiError> = async {
             let deadline = self.shared.deadline(&request);
-            let caller = self.shared.caller(&request)?;
+            let caller = self.shared.caller(&request).await?;
             let r = request.into_inner();
             // A user may read itself.
             if let Err(e) = caller.admin() {
@@ -282,7 +282,7 @@ impl<B: Backend> Auth for AuthService<B> {
     ) -> Result<Reply<AuthUserListResponse>, Status> {
         let result: Result<_, ApiError> = async {
             let deadline = self.shared.deadline(&request);
-            self.admin(&request)?;
+            self.admin(&request).await?;
             let (header, answer) = self.propose(deadline, AuthRequest::UserList).await?;
             Ok(AuthUserListResponse {
                 header,
@@ -303,7 +303,7 @@ impl<B: Backend> Auth for AuthService<B> {
     ) -> Result<Reply<AuthUserDeleteResponse>, Status> {
         let result: Result<_, ApiError> = async {
             let deadline = self.shared.deadline(&request);
-            self.admin(&request)?;
+            self.admin(&request).await?;
             let name = request.into_inner().name;
             let (header, _) = self
                 .propose(deadline, AuthRequest::UserDelete { name })
@@ -324,7 +324,7 @@ impl<B: Backend> Auth for AuthService<B> {
     ) -> Result<Reply<AuthUserChangePasswordResponse>, Status> {
         let result: Result<_, ApiError> = async {
             let deadline = self.shared.deadline(&request);
-            self.admin(&request)?;
+            self.admin(&request).await?;
             let r = request.into_inner();
             // Refused before the (slow) hash when the user does not exist.
             if !self.shared.node.auth().state().users.contains_key(&r.name) {
@@ -353,7 +353,7 @@ impl<B: Backend> Auth for AuthService<B> {
     ) -> Result<Reply<AuthUserGrantRoleResponse>, Status> {
         let result: Result<_, ApiError> = async {
             let deadline = self.shared.deadline(&request);
-            self.admin(&request)?;
+            self.admin(&request).await?;
             let r = request.into_inner();
             let grant = AuthRequest::UserGrantRole {
                 user: r.user,
@@ -376,7 +376,7 @@ impl<B: Backend> Auth for AuthService<B> {
     ) -> Result<Reply<AuthUserRevokeRoleResponse>, Status> {
         let result: Result<_, ApiError> = async {
             let deadline = self.shared.deadline(&request);
-            self.admin(&request)?;
+            self.admin(&request).await?;
             let r = request.into_inner();
             let revoke = AuthRequest::UserRevokeRole {
                 name: r.name,
@@ -399,7 +399,7 @@ impl<B: Backend> Auth for AuthService<B> {
     ) -> Result<Reply<AuthRoleAddResponse>, Status> {
         let result: Result<_, ApiError> = async {
             let deadline = self.shared.deadline(&request);
-            self.admin(&request)?;
+            self.admin(&request).await?;
             let name = request.into_inner().name;
             let (header, _) = self
                 .propose(deadline, AuthRequest::RoleAdd { name })
@@ -420,7 +420,7 @@ impl<B: Backend> Auth for AuthService<B> {
     ) -> Result<Reply<AuthRoleGetResponse>, Status> {
         let result: Result<_, ApiError> = async {
             let deadline = self.shared.deadline(&request);
-            let caller = self.shared.caller(&request)?;
+            let caller = self.shared.caller(&request).await?;
             let role = request.into_inner().role;
             // A user may read the roles it has.
             if let Err(e) = caller.admin() {
@@ -455,7 +455,7 @@ impl<B: Backend> Auth for AuthService<B> {
     ) -> Result<Reply<AuthRoleListResponse>, Status> {
         let result: Result<_, ApiError> = async {
             let deadline = self.shared.deadline(&request);
-            self.admin(&request)?;
+            self.admin(&request).await?;
             let (header, answer) = self.propose(deadline, AuthRequest::RoleList).await?;
             Ok(AuthRoleListResponse {
                 header,
@@ -476,7 +476,7 @@ impl<B: Backend> Auth for AuthService<B> {
     ) -> Result<Reply<AuthRoleDeleteResponse>, Status> {
         let result: Result<_, ApiError> = async {
             let deadline = self.shared.deadline(&request);
-            self.admin(&request)?;
+            self.admin(&request).await?;
             let role = request.into_inner().role;
             let (header, _) = self
                 .propose(deadline, AuthRequest::RoleDelete { role })
@@ -497,7 +497,7 @@ impl<B: Backend> Auth for AuthService<B> {
     ) -> Result<Reply<AuthRoleGrantPermissionResponse>, Status> {
         let result: Result<_, ApiError> = async {
             let deadline = self.shared.deadline(&request);
-            self.admin(&request)?;
+            self.admin(&request).await?;
             let r = request.into_inner();
             // etcd answers a grant without a permission with its own error.
             let perm = r
@@ -524,7 +524,7 @@ impl<B: Backend> Auth for AuthService<B> {
     ) -> Result<Reply<AuthRoleRevokePermissionResponse>, Status> {
         let result: Result<_, ApiError> = async {
             let deadline = self.shared.deadline(&request);
-            self.admin(&request)?;
+            self.admin(&request).await?;
             let r = request.into_inner();
             let revoke = AuthRequest::RoleRevokePermission {
                 role: r.role,

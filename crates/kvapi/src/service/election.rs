@@ -81,6 +81,7 @@ impl<B: Backend> ElectionService<B> {
         let client = client_deadline(&req);
         self.recipes
             .permit(&req, &prefix_of(&req.get_ref().name), false)
+            .await
             .map_err(as_etcd_status)?;
         let r = req.into_inner();
         let prefix = prefix_of(&r.name);
@@ -144,6 +145,7 @@ impl<B: Backend> ElectionService<B> {
         if let Some(leader) = &req.get_ref().leader {
             self.recipes
                 .permit(&req, &leader.key, true)
+                .await
                 .map_err(as_etcd_status)?;
         }
         let r = req.into_inner();
@@ -160,6 +162,7 @@ impl<B: Backend> ElectionService<B> {
         let client = client_deadline(&req);
         self.recipes
             .permit(&req, &prefix_of(&req.get_ref().name), false)
+            .await
             .map_err(as_etcd_status)?;
         let r = req.into_inner();
         let (first, revision) = self
@@ -179,6 +182,7 @@ impl<B: Backend> ElectionService<B> {
         if let Some(leader) = &req.get_ref().leader {
             self.recipes
                 .permit(&req, &leader.key, true)
+                .await
                 .map_err(as_etcd_status)?;
         }
         let r = req.into_inner();
@@ -306,7 +310,7 @@ impl<B: Backend> Election for ElectionService<B> {
         request: Request<LeaderRequest>,
     ) -> Result<Reply<Self::ObserveStream>, Status> {
         let prefix = prefix_of(&request.get_ref().name);
-        if let Err(e) = self.recipes.permit(&request, &prefix, false) {
+        if let Err(e) = self.recipes.permit(&request, &prefix, false).await {
             return Err(as_etcd_status(e));
         }
         let (tx, rx) = mpsc::channel(OBSERVE_QUEUE);

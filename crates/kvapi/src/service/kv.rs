@@ -32,7 +32,7 @@ impl<B: Backend> KvService<B> {
     async fn serve_range(&self, req: Request<RangeRequest>) -> Result<RangeResponse, ApiError> {
         let deadline = self.shared.deadline(&req);
         let client = client_deadline(&req);
-        let caller = self.shared.caller(&req)?;
+        let caller = self.shared.caller(&req).await?;
         let r = req.into_inner();
         // Like etcd, only what goes through Raft is size-checked: reads are not.
         validate::check_range(&r)?;
@@ -102,7 +102,7 @@ impl<B: Backend> KvService<B> {
 
     async fn serve_put(&self, req: Request<PutRequest>) -> Result<PutResponse, ApiError> {
         let deadline = self.shared.deadline(&req);
-        let caller = self.shared.caller(&req)?;
+        let caller = self.shared.caller(&req).await?;
         let r = req.into_inner();
         self.shared.config.limits.check_size(r.encoded_len())?;
         validate::check_put(&r)?;
@@ -130,7 +130,7 @@ impl<B: Backend> KvService<B> {
         req: Request<DeleteRangeRequest>,
     ) -> Result<DeleteRangeResponse, ApiError> {
         let deadline = self.shared.deadline(&req);
-        let caller = self.shared.caller(&req)?;
+        let caller = self.shared.caller(&req).await?;
         let r = req.into_inner();
         self.shared.config.limits.check_size(r.encoded_len())?;
         validate::check_delete(&r)?;
@@ -150,7 +150,7 @@ impl<B: Backend> KvService<B> {
 
     async fn serve_txn(&self, req: Request<TxnRequest>) -> Result<TxnResponse, ApiError> {
         let deadline = self.shared.deadline(&req);
-        let caller = self.shared.caller(&req)?;
+        let caller = self.shared.caller(&req).await?;
         let r = req.into_inner();
         if !read_only(&r) {
             self.shared.config.limits.check_size(r.encoded_len())?;
@@ -175,7 +175,7 @@ impl<B: Backend> KvService<B> {
     ) -> Result<CompactionResponse, ApiError> {
         let deadline = self.shared.deadline(&req);
         // etcd 3.4 checks no permission for a compaction, but refuses a token it does not know.
-        self.shared.caller(&req)?;
+        self.shared.caller(&req).await?;
         let r = req.into_inner();
         let command = Command::Compact(mvcc::CompactRequest {
             revision: r.revision,

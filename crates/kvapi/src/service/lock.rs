@@ -25,7 +25,8 @@ impl<B: Backend> LockService<B> {
     async fn serve_lock(&self, req: Request<LockRequest>) -> Result<LockResponse, ApiError> {
         let client = client_deadline(&req);
         self.recipes
-            .permit(&req, &prefix_of(&req.get_ref().name), false)?;
+            .permit(&req, &prefix_of(&req.get_ref().name), false)
+            .await?;
         let r = req.into_inner();
         let prefix = prefix_of(&r.name);
         let lease = self.recipes.lease_or_new(r.lease, client).await?;
@@ -58,7 +59,7 @@ impl<B: Backend> LockService<B> {
 
     async fn serve_unlock(&self, req: Request<UnlockRequest>) -> Result<UnlockResponse, ApiError> {
         let step = self.recipes.shared.deadline(&req);
-        self.recipes.permit(&req, &req.get_ref().key, true)?;
+        self.recipes.permit(&req, &req.get_ref().key, true).await?;
         let r = req.into_inner();
         let command = Command::DeleteRange(DeleteRangeRequest {
             key: r.key,

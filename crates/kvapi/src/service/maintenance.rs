@@ -80,9 +80,9 @@ impl<B: Backend> MaintenanceService<B> {
 
     /// etcd's check for Hash, HashKV, Defragment and Snapshot: root only, refused with the
     /// auth store's own text and code Unknown, as etcd 3.4 answers.
-    fn admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    async fn admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let unknown = |e| ApiError::AuthUnknown(e).status();
-        let caller = self.shared.caller(request).map_err(|e| match e {
+        let caller = self.shared.caller(request).await.map_err(|e| match e {
             ApiError::Auth(a) => unknown(a),
             other => other.status(),
         })?;
@@ -140,7 +140,7 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         &self,
         request: Request<DefragmentRequest>,
     ) -> Result<Reply<DefragmentResponse>, Status> {
-        if let Err(e) = self.admin(&request) {
+        if let Err(e) = self.admin(&request).await {
             return handled(SERVICE, "Defragment", Err(e));
         }
         // Both engines reuse freed space in place; there is nothing to rewrite.
@@ -154,7 +154,7 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Reply<HashResponse>, Status> {
-        if let Err(e) = self.admin(&request) {
+        if let Err(e) = self.admin(&request).await {
             return handled(SERVICE, "Hash", Err(e));
         }
         let result = self
@@ -174,7 +174,7 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Reply<HashKvResponse>, Status> {
-        if let Err(e) = self.admin(&request) {
+        if let Err(e) = self.admin(&request).await {
             return handled(SERVICE, "HashKV", Err(e));
         }
         let revision = request.get_ref().revision;
@@ -200,7 +200,7 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Reply<Self::SnapshotStream>, Status> {
-        if let Err(e) = self.admin(&request) {
+        if let Err(e) = self.admin(&request).await {
             return handled(SERVICE, "Snapshot", Err(e));
         }
         handled(

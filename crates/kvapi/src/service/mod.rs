@@ -136,8 +136,19 @@ impl<B: Backend> Shared<B> {
     }
 
     /// Who sent `req`, as etcd's auth sees it.
-    pub fn caller<T>(&self, req: &tonic::Request<T>) -> Result<crate::authz::Caller, ApiError> {
-        crate::authz::Caller::identify(self.node.auth(), req.metadata())
+    pub async fn caller<T>(
+        &self,
+        req: &tonic::Request<T>,
+    ) -> Result<crate::authz::Caller, ApiError> {
+        match crate::authz::Caller::identify(self.node.auth(), req.metadata()) {
+            Err(ApiError::Auth(consensus::AuthError::InvalidAuthToken)) => {
+                // The token may come from an entry committed on another member that this one
+                // has not applied yet (etcd waits for it too): catch up once, then look again.
+                self.node.read_index(self.deadline(req)).await?;
+                crate::authz::Caller::identify(self.node.auth(), req.metadata())
+            }
+            other => other,
+        }
     }
 
     /// The response header at `revision`.

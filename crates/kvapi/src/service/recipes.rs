@@ -155,13 +155,13 @@ impl<B: Backend> Recipes<B> {
     /// Runs `txn` through Raft; answers the store's revision after it and its answer.
     /// etcd serves Lock and Election as a client of itself with the caller's token: the caller
     /// needs read and write on the keys under `prefix` (or on the one key, with `exact`).
-    pub(crate) fn permit<T>(
+    pub(crate) async fn permit<T>(
         &self,
         req: &tonic::Request<T>,
         prefix: &[u8],
         exact: bool,
     ) -> Result<(), ApiError> {
-        let caller = self.shared.caller(req)?;
+        let caller = self.shared.caller(req).await?;
         let end = if exact {
             Vec::new()
         } else {
