@@ -58,6 +58,9 @@ pub enum CommandError {
     /// A write or compaction while a CORRUPT alarm is raised.
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    /// An auth request refused, or a token a member could not record.
+    #[error("{0}")]
+    Auth(crate::auth::AuthError),
     /// Any other refusal, described.
     #[error("{0}")]
     Other(String),

@@ -72,6 +72,7 @@ mod tests {
                 incarnation: now,
                 waiters: waiters.clone(),
                 alarms: Default::default(),
+                auth: Default::default(),
             },
             dir.path().join("snapshots"),
             Arc::new(Lessor::default()),

@@ -11,6 +11,8 @@
 //!   the answer [`Applied`], [`Member`].
 //! - `batcher`: puts every command queued while the log is busy into one entry.
 //! - `alarms`: etcd's alarms (NOSPACE, CORRUPT), applied in log order.
+//! - `auth`: etcd's users, roles and permissions ([`AuthState`]), applied in log order, and
+//!   each member's simple tokens.
 //! - `compaction`: removes compacted versions in the background on every member.
 //! - `error`: [`ProposeError`], [`ReadError`], [`StartError`], [`CommandError`].
 //! - `log_store`: [`LogStore`], the Raft log and vote on redb.
@@ -27,6 +29,7 @@
 //! - `validate`: the checks every command passes before it enters the log, forwarded or not.
 
 mod alarms;
+mod auth;
 mod batcher;
 mod compaction;
 mod error;
@@ -46,6 +49,7 @@ mod test_support;
 mod types;
 mod validate;
 
+pub use auth::{Access, Auth, AuthError, AuthState, Tokens, User, ROOT};
 pub use error::{CommandError, MembershipFailure, ProposeError, ReadError, StartError};
 pub use log_store::{LogCloser, LogStore};
 pub use marker::{require as require_state, MARKER};

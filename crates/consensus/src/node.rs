@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::alarms::Alarms;
+use crate::auth::Auth;
 use crate::batcher::{Answer, Batcher, Queued, Rejected};
 use crate::compaction::Removal;
 use crate::error::{ProposeError, ReadError, StartError};
@@ -177,6 +178,8 @@ struct Inner<B> {
     strict_reconfig_check: bool,
     /// The alarms as this member last applied them.
     alarms: Arc<Alarms>,
+    /// The auth state as this member last applied it, and its tokens.
+    auth: Arc<Auth>,
     /// Members added as voters that this leader promotes once they catch up
     /// ([`crate::membership::promote_when_caught_up`]).
     pending_voters: std::sync::Mutex<BTreeSet<u64>>,
@@ -211,6 +214,7 @@ impl<B: Backend> Node<B> {
         let snap_dir = dir.join("snapshots");
         let lessor = Arc::new(Lessor::default());
         let alarms = Arc::new(Alarms::default());
+        let auth = Arc::new(Auth::default());
         let removal = Removal::new(store.compaction_progress().done);
         let sm = StateMachine::open(
             store.clone(),
@@ -219,6 +223,7 @@ impl<B: Backend> Node<B> {
                 incarnation,
                 waiters: waiters.clone(),
                 alarms: Arc::clone(&alarms),
+                auth: Arc::clone(&auth),
             },
             snap_dir.clone(),
             Arc::clone(&lessor),
@@ -319,6 +324,7 @@ impl<B: Backend> Node<B> {
                 election_timeout: config.election_timeout,
                 strict_reconfig_check: config.strict_reconfig_check,
                 alarms,
+                auth,
                 pending_voters: std::sync::Mutex::default(),
             }),
         };
@@ -956,6 +962,11 @@ impl<B: Backend> Node<B> {
     /// Forgets a voter-to-be: promoted, removed, or no longer this member's to promote.
     pub(crate) fn forget_pending(&self, id: u64) {
         self.lock_pending().remove(&id);
+    }
+
+    /// The auth state as this member last applied it, with this member's simple tokens.
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
     }
 
     /// Every raised alarm as this member last applied it, ordered by member then kind.

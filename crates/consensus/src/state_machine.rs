@@ -16,6 +16,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use crate::alarms::Alarms;
+use crate::auth::{Auth, AuthState};
 use crate::batcher::Answer;
 use crate::compaction::Removal;
 use crate::error::CommandError;
@@ -30,6 +31,15 @@ pub(crate) struct Position {
     pub log_id: Option<LogId>,
     pub membership: StoredMembership,
     pub alarms: BTreeSet<AlarmMember>,
+    pub auth: AuthState,
+}
+
+/// The position as stores written before auth recorded it.
+#[derive(Deserialize)]
+struct PositionWithoutAuth {
+    log_id: Option<LogId>,
+    membership: StoredMembership,
+    alarms: BTreeSet<AlarmMember>,
 }
 
 /// The position as stores written before alarms recorded it.
@@ -44,16 +54,26 @@ impl Position {
         let Some(raw) = raw else {
             return Ok(Self::default());
         };
-        match bincode::deserialize(raw) {
-            Ok(position) => Ok(position),
-            Err(e) => match bincode::deserialize::<PositionWithoutAlarms>(raw) {
-                Ok(old) => Ok(Self {
-                    log_id: old.log_id,
-                    membership: old.membership,
-                    alarms: BTreeSet::new(),
-                }),
-                Err(_) => Err(e.to_string()),
-            },
+        let e = match bincode::deserialize(raw) {
+            Ok(position) => return Ok(position),
+            Err(e) => e,
+        };
+        if let Ok(old) = bincode::deserialize::<PositionWithoutAuth>(raw) {
+            return Ok(Self {
+                log_id: old.log_id,
+                membership: old.membership,
+                alarms: old.alarms,
+                auth: AuthState::default(),
+            });
+        }
+        match bincode::deserialize::<PositionWithoutAlarms>(raw) {
+            Ok(old) => Ok(Self {
+                log_id: old.log_id,
+                membership: old.membership,
+                alarms: BTreeSet::new(),
+                auth: AuthState::default(),
+            }),
+            Err(_) => Err(e.to_string()),
         }
     }
 }
@@ -118,6 +138,8 @@ pub(crate) struct Proposer {
     pub(crate) waiters: Registry<Answer>,
     /// Where the applied alarms are published for the request path.
     pub(crate) alarms: Arc<Alarms>,
+    /// Where the applied auth state is published, with this member's tokens.
+    pub(crate) auth: Arc<Auth>,
 }
 
 /// Applies entries to the store and answers the local waiters of the proposals among them.
@@ -128,6 +150,7 @@ pub struct StateMachine<B> {
     incarnation: u64,
     waiters: Registry<Answer>,
     alarms: Arc<Alarms>,
+    auth: Arc<Auth>,
     snapshots: SnapshotDir,
     position: Position,
     /// Told of every lease granted or revoked, and reset after a snapshot is installed.
@@ -168,14 +191,17 @@ impl<B: Backend> StateMachine<B> {
             incarnation,
             waiters,
             alarms,
+            auth,
         } = proposer;
         alarms.publish(&position.alarms);
+        auth.publish(&position.auth);
         Ok(Self {
             store,
             node_id,
             incarnation,
             waiters,
             alarms,
+            auth,
             snapshots,
             position,
             lessor,
@@ -232,8 +258,17 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         // Alarms apply here, in log order; what the store would answer for them, and for the
         // writes a NOSPACE alarm refuses, is replaced by these answers.
         let mut answered: HashMap<usize, Result<mvcc::Response, CommandError>> = HashMap::new();
+        // Auth applies here too; its token changes wait until the new state is durable.
+        let mut token_changes = Vec::new();
         for (i, c) in commands.iter_mut().enumerate() {
-            if let mvcc::Command::Alarm(req) = c {
+            if let mvcc::Command::Auth(req) = c {
+                let answer = position
+                    .auth
+                    .apply(req, &mut token_changes)
+                    .map(mvcc::Response::Auth)
+                    .map_err(CommandError::Auth);
+                answered.insert(i, answer);
+            } else if let mvcc::Command::Alarm(req) = c {
                 let listed = crate::alarms::apply(&mut position.alarms, req);
                 answered.insert(i, Ok(mvcc::Response::Alarm(listed)));
             } else if let Some(refused) = refusal(c, &position.alarms) {
@@ -260,6 +295,12 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         if self.position.alarms != position.alarms {
             self.alarms.publish(&position.alarms);
+        }
+        if self.position.auth != position.auth {
+            self.auth.publish(&position.auth);
+        }
+        for change in token_changes {
+            self.auth.tokens().change(change);
         }
         self.position = position;
         if !self.store.compaction_progress().finished() {
@@ -349,6 +390,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         self.position =
             Position::decode(info.applied.as_deref()).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         self.alarms.publish(&self.position.alarms);
+        self.auth.publish(&self.position.auth);
         self.lessor
             .reset(&self.store.leases(), self.lease_extend, None);
         self.removal.wake();
@@ -492,5 +534,45 @@ impl SnapshotDir {
             }
         }
         Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod position_tests {
+    use super::*;
+
+    /// The position as written before auth: the same fields, the same order, no auth.
+    #[derive(Serialize)]
+    struct Old {
+        log_id: Option<LogId>,
+        membership: StoredMembership,
+        alarms: BTreeSet<AlarmMember>,
+    }
+
+    #[test]
+    fn a_position_written_before_auth_decodes_with_auth_off() {
+        let mut alarms = BTreeSet::new();
+        alarms.insert(AlarmMember {
+            member_id: 7,
+            alarm: alarm_kind::NOSPACE,
+        });
+        let old = Old {
+            log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), 42)),
+            membership: StoredMembership::default(),
+            alarms: alarms.clone(),
+        };
+        let raw = bincode::serialize(&old).expect("encode");
+        let decoded = Position::decode(Some(&raw)).expect("decode");
+        assert_eq!(decoded.log_id, old.log_id);
+        assert_eq!(decoded.alarms, alarms);
+        assert_eq!(decoded.auth, AuthState::default());
+        // And the new form round-trips with its auth state.
+        let mut new = decoded.clone();
+        new.auth.enabled = true;
+        new.auth.revision = 9;
+        let raw = bincode::serialize(&new).expect("encode");
+        let again = Position::decode(Some(&raw)).expect("decode");
+        assert_eq!(again.auth, new.auth);
+        assert_eq!(again.alarms, new.alarms);
     }
 }

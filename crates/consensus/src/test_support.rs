@@ -135,6 +135,7 @@ impl Harness {
                 incarnation: INCARNATION,
                 waiters: waiters.clone(),
                 alarms: Default::default(),
+                auth: Default::default(),
             },
             dir.path().join("snapshots"),
             Arc::new(Lessor::default()),

@@ -333,6 +333,7 @@ mod tests {
                 incarnation: 3,
                 waiters: waiters.clone(),
                 alarms: Default::default(),
+                auth: Default::default(),
             },
             dir.path().join("snapshots"),
             Arc::clone(&lessor),

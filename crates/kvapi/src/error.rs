@@ -1,6 +1,8 @@
 //! Every error a client can get, with etcd's gRPC code and text: clients match on the texts.
 
-use consensus::{CommandError, MembershipError, MembershipFailure, ProposeError, ReadError};
+use consensus::{
+    AuthError, CommandError, MembershipError, MembershipFailure, ProposeError, ReadError,
+};
 use tonic::{Code, Status};
 
 /// An error answered to a client. Each maps to exactly one etcd status in [`ApiError::status`].
@@ -85,6 +87,13 @@ pub enum ApiError {
     /// A write or compaction while a CORRUPT alarm is raised.
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    /// An auth refusal, with etcd's text.
+    #[error("{0}")]
+    Auth(AuthError),
+    /// An auth refusal as etcd's maintenance service answers it: the auth store's own text
+    /// (`auth: ...`) with code Unknown.
+    #[error("auth: {}", .0.to_string().trim_start_matches("etcdserver: "))]
+    AuthUnknown(AuthError),
     /// The store failed; the member is unhealthy.
     #[error("etcdserver: {0}")]
     Internal(String),
@@ -121,8 +130,29 @@ impl ApiError {
             ApiError::Canceled => Code::Cancelled,
             ApiError::Internal(_) => Code::Internal,
             ApiError::Corrupt => Code::DataLoss,
+            ApiError::Auth(a) => auth_code(a),
+            ApiError::AuthUnknown(_) => Code::Unknown,
         };
         Status::new(code, self.to_string())
+    }
+}
+
+/// etcd's gRPC code for each auth error.
+fn auth_code(e: &AuthError) -> Code {
+    match e {
+        AuthError::UserEmpty
+        | AuthError::RoleEmpty
+        | AuthError::AuthFailed
+        | AuthError::AuthOldRevision => Code::InvalidArgument,
+        AuthError::PermissionDenied => Code::PermissionDenied,
+        AuthError::InvalidAuthToken => Code::Unauthenticated,
+        _ => Code::FailedPrecondition,
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::Auth(e)
     }
 }
 
@@ -164,6 +194,7 @@ impl From<CommandError> for ApiError {
             CommandError::LeaseTtlTooLarge => ApiError::LeaseTtlTooLarge,
             CommandError::NoSpace => ApiError::NoSpace,
             CommandError::Corrupt => ApiError::Corrupt,
+            CommandError::Auth(a) => ApiError::Auth(a),
             other => ApiError::Internal(other.to_string()),
         }
     }

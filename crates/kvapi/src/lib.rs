@@ -10,13 +10,15 @@
 //! - `pb_conv`: conversions, one file per message family.
 //! - `error`: [`ApiError`] and its `tonic::Status` table.
 //! - `validate`: etcd's request checks.
+//! - `authz`: the caller's user from its token, and etcd's permission checks.
 //! - `oversize`: grpc-go's answer to a message over the receive limit.
 //! - `require_leader`: etcd's `hasleader` metadata: no leader, no service.
 //! - [`etcd_snapshot`]: etcd's snapshot file (a bbolt database in etcd's layout), written
 //!   from the store and restored into one.
-//! - `service`: the KV, Watch, Lease, Maintenance and Cluster services, and the Lock and
+//! - `service`: the KV, Watch, Lease, Maintenance, Cluster and Auth services, and the Lock and
 //!   Election services built on them as etcd builds its own.
 
+mod authz;
 mod error;
 pub mod etcd_snapshot;
 mod oversize;
@@ -33,11 +35,12 @@ use mvcc::Backend;
 
 pub use error::ApiError;
 pub use service::{
-    ApiConfig, ClusterService, DbSize, ElectionService, KeepAlives, KvService, LeaseService,
-    LockService, MaintenanceService, Responses, WatchService,
+    ApiConfig, AuthService, ClusterService, DbSize, ElectionService, KeepAlives, KvService,
+    LeaseService, LockService, MaintenanceService, Responses, WatchService,
 };
 pub use validate::{Limits, MAX_RESPONSE_BYTES};
 
+use crate::pb::etcdserverpb::auth_server::AuthServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
@@ -59,8 +62,7 @@ fn scan_permits() -> usize {
 
 /// The etcd v3 services of one member, as a router ready to be served (HTTP/2, h2c).
 ///
-/// Watch streams end when `stop` is cancelled. Auth is not registered yet: clients calling it
-/// get `UNIMPLEMENTED`.
+/// Watch streams end when `stop` is cancelled.
 pub fn router<B: Backend>(
     node: Node<B>,
     config: ApiConfig,
@@ -73,6 +75,7 @@ pub fn router<B: Backend>(
         .max_request_bytes
         .saturating_add(GRPC_OVERHEAD_BYTES);
     let leader = node.clone();
+    node.auth().tokens().set_ttl(config.auth_token_ttl);
     let shared = service::Shared {
         node,
         config: Arc::new(config),
@@ -82,6 +85,7 @@ pub fn router<B: Backend>(
     let kv = KvServer::new(KvService::new(shared.clone())).max_decoding_message_size(max);
     let maintenance = MaintenanceServer::new(MaintenanceService::new(shared.clone()))
         .max_decoding_message_size(max);
+    let auth = AuthServer::new(AuthService::new(shared.clone())).max_decoding_message_size(max);
     let cluster =
         ClusterServer::new(ClusterService::new(shared.clone())).max_decoding_message_size(max);
     let lease = LeaseServer::new(LeaseService::new(shared.clone())).max_decoding_message_size(max);
@@ -95,6 +99,7 @@ pub fn router<B: Backend>(
     tonic::service::Routes::new(kv)
         .add_service(maintenance)
         .add_service(cluster)
+        .add_service(auth)
         .add_service(lease)
         .add_service(watch)
         .add_service(lock)

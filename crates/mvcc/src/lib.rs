@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - `types`: the data model and the requests and responses of etcd's KV API.
+//! - `auth`: etcd's auth requests (users, roles, permissions) as the log carries them.
 //! - `keys`: etcd's `key`/`range_end` conventions ([`KeyRange`], [`prefix_end`]).
 //! - `backend`: the [`Backend`] seam and its [`WriteBatch`].
 //! - `codec`: how versions are laid out in the backend's tables.
@@ -18,6 +19,7 @@
 //! - [`durable`]: creating, renaming and removing files so their names survive a power cut.
 //! - `conformance` (feature `conformance`): the behaviour suite every engine must pass.
 
+mod auth;
 mod backend;
 mod codec;
 pub mod durable;
@@ -34,6 +36,7 @@ mod types;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use auth::{AuthRequest, AuthResponse, PermType, Permission};
 pub use backend::{is_empty_interval, Backend, BatchOp, Replacement, Table, Visitor, WriteBatch};
 pub use error::{BackendError, Error, Result};
 pub use export::{Export, LeaseRecord, Version};

@@ -918,6 +918,8 @@ impl<'s, B: Backend> Writer<'s, B> {
             Command::LeaseCheckpoint(req) => self.checkpoint(req),
             // Consensus keeps the alarms and fills in the answer; the store changes nothing.
             Command::Alarm(_) => Ok(Response::Alarm(Vec::new())),
+            // Likewise for auth.
+            Command::Auth(_) => Ok(Response::Auth(crate::auth::AuthResponse::Done)),
         }
     }
 

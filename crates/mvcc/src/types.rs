@@ -358,6 +358,9 @@ pub enum Command {
     /// List, raise or clear an alarm. The store only orders it: the alarms themselves are
     /// consensus's state, kept with the applied position.
     Alarm(AlarmRequest),
+    /// A change to or read of the auth state. The store only orders it: auth is consensus's
+    /// state, kept with the applied position.
+    Auth(crate::auth::AuthRequest),
 }
 
 /// What an [`AlarmRequest`] does, as etcd's `AlarmRequest.AlarmAction`.
@@ -450,6 +453,8 @@ pub enum Response {
     LeaseCheckpoint,
     /// The alarms the request listed, raised or cleared.
     Alarm(Vec<AlarmMember>),
+    /// The answer to an auth request.
+    Auth(crate::auth::AuthResponse),
 }
 
 /// A hash of the key space, comparable between members with the same history.
@@ -474,6 +479,7 @@ impl Command {
             | Command::LeaseGrant(_)
             | Command::LeaseRevoke(_)
             | Command::Alarm(_) => 16,
+            Command::Auth(_) => 128,
             Command::LeaseCheckpoint(c) => 16 * c.checkpoints.len() + 16,
         }
     }

@@ -313,6 +313,8 @@ impl TryFrom<Flags> for Config {
             version: API_VERSION.to_string(),
             watch_progress_interval: f.experimental_watch_progress_notify_interval,
             quota_backend_bytes: quota_backend_bytes(f.quota_backend_bytes),
+            auth_token_ttl: std::time::Duration::from_secs(f.auth_token_ttl),
+            bcrypt_cost: check_auth_flags(&f)?,
         };
         let unsupported = f.unsupported_tls_flags();
         if !unsupported.is_empty() {
@@ -383,6 +385,29 @@ impl TryFrom<Flags> for Config {
             },
         })
     }
+}
+
+/// Checks `--auth-token` and `--bcrypt-cost`, answering the cost.
+fn check_auth_flags(f: &Flags) -> Result<u32> {
+    let kind = f.auth_token.split(',').next().unwrap_or_default();
+    match kind {
+        "simple" => {}
+        "jwt" => bail!(
+            "--auth-token jwt is not supported yet: only simple tokens (--auth-token simple, \
+             etcd's default); see docs/security.md"
+        ),
+        other => bail!("--auth-token: unknown token type {other:?} (etcd's are simple and jwt)"),
+    }
+    if f.auth_token_ttl == 0 {
+        bail!("--auth-token-ttl must be more than 0");
+    }
+    if !(4..=31).contains(&f.bcrypt_cost) {
+        bail!(
+            "--bcrypt-cost must be between 4 and 31 (bcrypt's limits), not {}",
+            f.bcrypt_cost
+        );
+    }
+    Ok(f.bcrypt_cost)
 }
 
 /// etcd's default backend quota, 2 GiB.

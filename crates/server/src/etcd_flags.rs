@@ -44,7 +44,6 @@ const fn flag(name: &'static str, boolean: bool, fate: Fate) -> EtcdFlag {
 
 const NO_TLS: &str =
     "this TLS feature is not supported yet (docs/security.md); refusing rather than serving with less security than was asked for";
-const NO_AUTH: &str = "authentication is not supported yet";
 const NO_V2: &str = "the v2 API and v2 proxy are not supported (MetaStore serves the v3 API only)";
 const NO_DISCOVERY: &str = "discovery is not supported yet: use --initial-cluster";
 
@@ -82,9 +81,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("peer-auto-tls", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
     flag("peer-crl-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
     flag("experimental-peer-skip-client-san-verification", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
-    flag("auth-token", false, Fate::DefaultOnly { default: "simple", why: NO_AUTH }),
-    flag("bcrypt-cost", false, Fate::DefaultOnly { default: "10", why: NO_AUTH }),
-    flag("auth-token-ttl", false, Fate::DefaultOnly { default: "300", why: NO_AUTH }),
     flag("cors", false, Fate::DefaultOnly { default: "*", why: "CORS origins are not configurable yet (every origin is allowed, as etcd's default)" }),
     flag("host-whitelist", false, Fate::DefaultOnly { default: "*", why: "a host whitelist is not supported yet (every host is allowed, as etcd's default)" }),
     flag("enable-pprof", true, Fate::DefaultOnly { default: "false", why: "Go's pprof endpoints do not exist in a Rust server" }),

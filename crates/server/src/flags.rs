@@ -250,6 +250,19 @@ pub struct Flags {
     /// Not supported yet (refused at start): highest TLS version (rustls: TLS 1.3).
     #[arg(long, env = "ETCD_TLS_MAX_VERSION")]
     pub tls_max_version: Option<String>,
+
+    // Auth, as etcd 3.4 names it (docs/security.md).
+    /// Auth token type: `simple` (JWT is not supported yet and refused).
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+
+    /// Seconds a simple token lives unused (each use renews it).
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+
+    /// bcrypt cost of the password hashes this member makes (4 to 31).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
 }
 
 impl Flags {

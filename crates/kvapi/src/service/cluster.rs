@@ -44,6 +44,8 @@ impl<B: Backend> ClusterService<B> {
         change: Change,
     ) -> Result<Vec<Member>, ApiError> {
         let deadline = self.shared.deadline(request);
+        // etcd 3.4: membership changes are root's (MemberList is anyone's).
+        self.shared.caller(request).await?.admin()?;
         let list = self.shared.node.change_membership(change, deadline).await?;
         Ok(Self::members(list))
     }

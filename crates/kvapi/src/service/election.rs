@@ -79,6 +79,10 @@ impl<B: Backend> ElectionService<B> {
         req: Request<CampaignRequest>,
     ) -> Result<CampaignResponse, Status> {
         let client = client_deadline(&req);
+        self.recipes
+            .permit(&req, &prefix_of(&req.get_ref().name), false)
+            .await
+            .map_err(as_etcd_status)?;
         let r = req.into_inner();
         let prefix = prefix_of(&r.name);
         let lease = self
@@ -138,6 +142,12 @@ impl<B: Backend> ElectionService<B> {
         req: Request<ProclaimRequest>,
     ) -> Result<ProclaimResponse, Status> {
         let client = client_deadline(&req);
+        if let Some(leader) = &req.get_ref().leader {
+            self.recipes
+                .permit(&req, &leader.key, true)
+                .await
+                .map_err(as_etcd_status)?;
+        }
         let r = req.into_inner();
         let leader = r.leader.ok_or_else(missing_leader)?;
         let revision = self
@@ -150,6 +160,10 @@ impl<B: Backend> ElectionService<B> {
 
     async fn serve_leader(&self, req: Request<LeaderRequest>) -> Result<LeaderResponse, Status> {
         let client = client_deadline(&req);
+        self.recipes
+            .permit(&req, &prefix_of(&req.get_ref().name), false)
+            .await
+            .map_err(as_etcd_status)?;
         let r = req.into_inner();
         let (first, revision) = self
             .recipes
@@ -165,6 +179,12 @@ impl<B: Backend> ElectionService<B> {
 
     async fn serve_resign(&self, req: Request<ResignRequest>) -> Result<ResignResponse, Status> {
         let client = client_deadline(&req);
+        if let Some(leader) = &req.get_ref().leader {
+            self.recipes
+                .permit(&req, &leader.key, true)
+                .await
+                .map_err(as_etcd_status)?;
+        }
         let r = req.into_inner();
         let leader = r.leader.ok_or_else(missing_leader)?;
         let revision = self
@@ -289,7 +309,10 @@ impl<B: Backend> Election for ElectionService<B> {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Reply<Self::ObserveStream>, Status> {
-        let prefix = prefix_of(&request.into_inner().name);
+        let prefix = prefix_of(&request.get_ref().name);
+        if let Err(e) = self.recipes.permit(&request, &prefix, false).await {
+            return Err(as_etcd_status(e));
+        }
         let (tx, rx) = mpsc::channel(OBSERVE_QUEUE);
         let recipes = self.recipes.clone();
         tokio::spawn(async move {

@@ -32,9 +32,11 @@ impl<B: Backend> KvService<B> {
     async fn serve_range(&self, req: Request<RangeRequest>) -> Result<RangeResponse, ApiError> {
         let deadline = self.shared.deadline(&req);
         let client = client_deadline(&req);
+        let caller = self.shared.caller(&req).await?;
         let r = req.into_inner();
         // Like etcd, only what goes through Raft is size-checked: reads are not.
         validate::check_range(&r)?;
+        caller.read(&r.key, &r.range_end)?;
         let model = range_from_pb(&r)?;
         if !r.serializable {
             self.shared.node.read_index(deadline).await?;
@@ -100,9 +102,19 @@ impl<B: Backend> KvService<B> {
 
     async fn serve_put(&self, req: Request<PutRequest>) -> Result<PutResponse, ApiError> {
         let deadline = self.shared.deadline(&req);
+        let caller = self.shared.caller(&req).await?;
         let r = req.into_inner();
         self.shared.config.limits.check_size(r.encoded_len())?;
         validate::check_put(&r)?;
+        caller.put(&r.key, r.prev_kv)?;
+        // etcd: a put onto a lease needs write permission on the lease's other keys too.
+        if r.lease != 0 && caller.state().enabled {
+            if let Some(lease) = self.shared.node.store().lease(r.lease) {
+                for key in &lease.keys {
+                    caller.write(key, &[])?;
+                }
+            }
+        }
         match self.write(deadline, Command::Put(put_from_pb(r))).await? {
             (revision, Response::Put(p)) => {
                 let mut out = put_to_pb(p, revision);
@@ -118,9 +130,11 @@ impl<B: Backend> KvService<B> {
         req: Request<DeleteRangeRequest>,
     ) -> Result<DeleteRangeResponse, ApiError> {
         let deadline = self.shared.deadline(&req);
+        let caller = self.shared.caller(&req).await?;
         let r = req.into_inner();
         self.shared.config.limits.check_size(r.encoded_len())?;
         validate::check_delete(&r)?;
+        caller.delete(&r.key, &r.range_end, r.prev_kv)?;
         match self
             .write(deadline, Command::DeleteRange(delete_from_pb(r)))
             .await?
@@ -136,11 +150,13 @@ impl<B: Backend> KvService<B> {
 
     async fn serve_txn(&self, req: Request<TxnRequest>) -> Result<TxnResponse, ApiError> {
         let deadline = self.shared.deadline(&req);
+        let caller = self.shared.caller(&req).await?;
         let r = req.into_inner();
         if !read_only(&r) {
             self.shared.config.limits.check_size(r.encoded_len())?;
         }
         validate::check_txn(&r, self.shared.config.limits.max_txn_ops)?;
+        caller.txn(&r)?;
         let txn = txn_from_pb(r)?;
         mvcc::check_txn_keys(&txn)?;
         match self.write(deadline, Command::Txn(txn)).await? {
@@ -158,6 +174,8 @@ impl<B: Backend> KvService<B> {
         req: Request<CompactionRequest>,
     ) -> Result<CompactionResponse, ApiError> {
         let deadline = self.shared.deadline(&req);
+        // etcd 3.4 checks no permission for a compaction, but refuses a token it does not know.
+        self.shared.caller(&req).await?;
         let r = req.into_inner();
         let command = Command::Compact(mvcc::CompactRequest {
             revision: r.revision,

@@ -92,7 +92,14 @@ impl<B: Backend> LeaseService<B> {
         req: Request<LeaseRevokeRequest>,
     ) -> Result<LeaseRevokeResponse, ApiError> {
         let deadline = self.shared.deadline(&req);
+        let caller = self.shared.caller(&req).await?;
         let id = req.into_inner().id;
+        // etcd: revoking deletes the attached keys, so it needs write permission on each.
+        if let Some(lease) = self.shared.node.store().lease(id) {
+            for key in &lease.keys {
+                caller.write(key, &[])?;
+            }
+        }
         let command = Command::LeaseRevoke(mvcc::LeaseRevokeRequest { id });
         let (revision, _) = self.shared.node.propose(command, deadline).await?;
         Ok(LeaseRevokeResponse {

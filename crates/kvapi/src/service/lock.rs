@@ -24,6 +24,9 @@ impl<B: Backend> LockService<B> {
 
     async fn serve_lock(&self, req: Request<LockRequest>) -> Result<LockResponse, ApiError> {
         let client = client_deadline(&req);
+        self.recipes
+            .permit(&req, &prefix_of(&req.get_ref().name), false)
+            .await?;
         let r = req.into_inner();
         let prefix = prefix_of(&r.name);
         let lease = self.recipes.lease_or_new(r.lease, client).await?;
@@ -56,6 +59,7 @@ impl<B: Backend> LockService<B> {
 
     async fn serve_unlock(&self, req: Request<UnlockRequest>) -> Result<UnlockResponse, ApiError> {
         let step = self.recipes.shared.deadline(&req);
+        self.recipes.permit(&req, &req.get_ref().key, true).await?;
         let r = req.into_inner();
         let command = Command::DeleteRange(DeleteRangeRequest {
             key: r.key,

@@ -1,5 +1,6 @@
 //! The gRPC services and what they share: the member, the limits, the header.
 
+mod auth;
 mod cluster;
 mod election;
 mod kv;
@@ -23,6 +24,7 @@ use crate::error::ApiError;
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::validate::Limits;
 
+pub use auth::AuthService;
 pub use cluster::ClusterService;
 pub use election::ElectionService;
 pub use kv::KvService;
@@ -48,6 +50,10 @@ pub struct ApiConfig {
     /// `--quota-backend-bytes`: past this engine size ([`DbSize`]) writes that can grow the
     /// store raise NOSPACE and are refused.
     pub quota_backend_bytes: u64,
+    /// `--auth-token-ttl`: how long a simple token lives unused.
+    pub auth_token_ttl: std::time::Duration,
+    /// `--bcrypt-cost`: the cost of the password hashes this member makes.
+    pub bcrypt_cost: u32,
 }
 
 /// Reports the storage engine's size in bytes, for `Status`.
@@ -128,6 +134,22 @@ impl<B: Backend> Shared<B> {
             tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
         }
         Err(ApiError::NoSpace)
+    }
+
+    /// Who sent `req`, as etcd's auth sees it.
+    pub async fn caller<T>(
+        &self,
+        req: &tonic::Request<T>,
+    ) -> Result<crate::authz::Caller, ApiError> {
+        match crate::authz::Caller::identify(self.node.auth(), req.metadata()) {
+            Err(ApiError::Auth(consensus::AuthError::InvalidAuthToken)) => {
+                // The token may come from an entry committed on another member that this one
+                // has not applied yet (etcd waits for it too): catch up once, then look again.
+                self.node.read_index(self.deadline(req)).await?;
+                crate::authz::Caller::identify(self.node.auth(), req.metadata())
+            }
+            other => other,
+        }
     }
 
     /// The response header at `revision`.

@@ -153,6 +153,25 @@ impl<B: Backend> Recipes<B> {
     }
 
     /// Runs `txn` through Raft; answers the store's revision after it and its answer.
+    /// etcd serves Lock and Election as a client of itself with the caller's token: the caller
+    /// needs read and write on the keys under `prefix` (or on the one key, with `exact`).
+    pub(crate) async fn permit<T>(
+        &self,
+        req: &tonic::Request<T>,
+        prefix: &[u8],
+        exact: bool,
+    ) -> Result<(), ApiError> {
+        let caller = self.shared.caller(req).await?;
+        let end = if exact {
+            Vec::new()
+        } else {
+            mvcc::prefix_end(prefix)
+        };
+        caller.read(prefix, &end)?;
+        caller.write(prefix, &end)?;
+        Ok(())
+    }
+
     pub async fn txn(
         &self,
         txn: TxnRequest,

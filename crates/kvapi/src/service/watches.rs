@@ -106,6 +106,7 @@ impl<B: Backend> Watch for WatchService<B> {
         let (tx, rx) = mpsc::channel(RESPONSES);
         let ended = Arc::new(OnceLock::new());
         let stream = StreamTask {
+            metadata: request.metadata().clone(),
             shared: self.shared.clone(),
             hub: self.hub.clone(),
             tx,
@@ -149,6 +150,8 @@ enum End {
 }
 
 struct StreamTask<B> {
+    /// The stream's metadata: its token names the user each create is checked for.
+    metadata: tonic::metadata::MetadataMap,
     shared: Shared<B>,
     hub: Hub,
     tx: mpsc::Sender<(WatchResponse, Charge)>,
@@ -301,6 +304,24 @@ impl<B: Backend> StreamTask<B> {
         deliveries: &mpsc::Sender<Delivery>,
     ) -> Result<(), End> {
         let header = self.header();
+        // etcd checks read permission on the watched range at create; any failure, a bad token
+        // included, cancels this watch with grpc-go's text of PermissionDenied.
+        let permitted = crate::authz::Caller::identify(self.shared.node.auth(), &self.metadata)
+            .is_ok_and(|caller| caller.read(&c.key, &c.range_end).is_ok());
+        if !permitted {
+            return self
+                .send(WatchResponse {
+                    header,
+                    watch_id: WHOLE_STREAM,
+                    created: true,
+                    canceled: true,
+                    cancel_reason:
+                        "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+                            .to_string(),
+                    ..Default::default()
+                })
+                .await;
+        }
         let id = if c.watch_id != 0 {
             c.watch_id
         } else {

@@ -16,15 +16,15 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(30);
 
 /// What one etcdctl run printed, normalized.
 #[derive(Debug, PartialEq, Eq)]
-struct Outcome {
+pub(crate) struct Outcome {
     code: Option<i32>,
     stdout: String,
     stderr: String,
 }
 
 /// One server under etcdctl, with what to normalize in its outputs.
-struct Target {
-    server: Server,
+pub(crate) struct Target {
+    pub(crate) server: Server,
     etcdctl: PathBuf,
     /// Exact strings to replace, longest first: ids (decimal and hex), URLs.
     replacements: Vec<(String, &'static str)>,
@@ -32,7 +32,12 @@ struct Target {
 
 impl Target {
     fn new(kind: Kind, etcdctl: PathBuf) -> Target {
-        let server = Server::start(kind, &[]);
+        Target::with_args(kind, etcdctl, &[])
+    }
+
+    /// A target whose server gets `extra` flags.
+    pub(crate) fn with_args(kind: Kind, etcdctl: PathBuf, extra: &[&str]) -> Target {
+        let server = Server::start(kind, extra);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -59,7 +64,7 @@ impl Target {
         }
     }
 
-    fn run(&self, args: &[String], stdin: &[u8], norm: &Normalizer) -> Outcome {
+    pub(crate) fn run(&self, args: &[String], stdin: &[u8], norm: &Normalizer) -> Outcome {
         let mut command = Command::new(&self.etcdctl);
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy();
@@ -125,12 +130,12 @@ impl Target {
 }
 
 /// Rewrites what legitimately differs between two servers.
-struct Normalizer {
+pub(crate) struct Normalizer {
     rules: Vec<(Regex, &'static str)>,
 }
 
 impl Normalizer {
-    fn new() -> Normalizer {
+    pub(crate) fn new() -> Normalizer {
         let rules = [
             // Tables first: column widths follow the contents.
             (r"(?m)^(\|.*?)[ ]{2,}", "$1 "),
@@ -187,19 +192,19 @@ impl Normalizer {
 }
 
 /// One etcdctl invocation: arguments (after `--endpoints`) and what to feed on stdin.
-struct Step {
-    args: Vec<String>,
-    stdin: Vec<u8>,
+pub(crate) struct Step {
+    pub(crate) args: Vec<String>,
+    pub(crate) stdin: Vec<u8>,
 }
 
-fn step(args: &[&str]) -> Step {
+pub(crate) fn step(args: &[&str]) -> Step {
     Step {
         args: args.iter().map(|s| s.to_string()).collect(),
         stdin: Vec::new(),
     }
 }
 
-fn with_stdin(args: &[&str], stdin: impl Into<Vec<u8>>) -> Step {
+pub(crate) fn with_stdin(args: &[&str], stdin: impl Into<Vec<u8>>) -> Step {
     Step {
         args: args.iter().map(|s| s.to_string()).collect(),
         stdin: stdin.into(),
@@ -453,7 +458,7 @@ fn steps() -> Vec<Step> {
     s
 }
 
-fn require_etcdctl_34() -> PathBuf {
+pub(crate) fn require_etcdctl_34() -> PathBuf {
     let etcdctl = require_tool("etcdctl");
     let out = Command::new(&etcdctl)
         .env("ETCDCTL_API", "3")
@@ -469,7 +474,7 @@ fn require_etcdctl_34() -> PathBuf {
     etcdctl
 }
 
-fn shown(o: &Outcome) -> String {
+pub(crate) fn shown(o: &Outcome) -> String {
     let cut = |s: &str| {
         if s.len() > 3000 {
             format!("{}... ({} bytes)", &s[..3000], s.len())

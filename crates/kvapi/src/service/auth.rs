@@ -1,0 +1,544 @@
+//! The Auth service: users, roles and permissions through Raft, passwords hashed with bcrypt by
+//! the member that takes the request (the log never holds a clear password), simple tokens.
+
+use consensus::AuthError;
+use mvcc::{AuthRequest, AuthResponse, Backend, Command, PermType, Permission, Response};
+use rand::Rng;
+use tonic::{Request, Response as Reply, Status};
+
+use crate::authz::Caller;
+use crate::error::ApiError;
+use crate::pb::authpb;
+use crate::pb::etcdserverpb::auth_server::Auth;
+use crate::pb::etcdserverpb::*;
+use crate::service::{handled, Shared};
+
+const SERVICE: &str = "etcdserverpb.Auth";
+
+/// How many times an authentication is retried when the auth state changed between the password
+/// check and its commit (etcd retries until they agree).
+const AUTHENTICATE_TRIES: usize = 5;
+
+/// etcd's Auth service over a member.
+pub struct AuthService<B> {
+    shared: Shared<B>,
+}
+
+impl<B: Backend> AuthService<B> {
+    pub(crate) fn new(shared: Shared<B>) -> Self {
+        Self { shared }
+    }
+
+    /// Proposes `req` and answers with its header and result.
+    async fn propose(
+        &self,
+        deadline: deadline::Deadline,
+        req: AuthRequest,
+    ) -> Result<(Option<ResponseHeader>, AuthResponse), ApiError> {
+        match self
+            .shared
+            .node
+            .propose(Command::Auth(req), deadline)
+            .await?
+        {
+            (revision, Response::Auth(answer)) => Ok((self.shared.header(revision), answer)),
+            (_, other) => Err(ApiError::Internal(format!(
+                "an auth request was answered with {other:?}"
+            ))),
+        }
+    }
+
+    /// Hashes `password` with `--bcrypt-cost`, off the async workers (a hash takes tens of ms).
+    async fn hash(&self, password: String) -> Result<String, ApiError> {
+        let cost = self.shared.config.bcrypt_cost;
+        tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
+            .await
+            .map_err(|e| ApiError::Internal(format!("hashing a password failed: {e}")))?
+            .map_err(|e| ApiError::Internal(format!("hashing a password failed: {e}")))
+    }
+
+    /// The caller, which must be allowed to manage auth.
+    async fn admin<T>(&self, req: &Request<T>) -> Result<Caller, ApiError> {
+        let caller = self.shared.caller(req).await?;
+        caller.admin()?;
+        Ok(caller)
+    }
+
+    async fn serve_authenticate(
+        &self,
+        req: Request<AuthenticateRequest>,
+    ) -> Result<AuthenticateResponse, ApiError> {
+        let deadline = self.shared.deadline(&req);
+        let r = req.into_inner();
+        for _ in 0..AUTHENTICATE_TRIES {
+            let state = self.shared.node.auth().state();
+            if !state.enabled {
+                return Err(AuthError::AuthNotEnabled.into());
+            }
+            let hash = state
+                .users
+                .get(&r.name)
+                .and_then(|u| u.hash.clone())
+                .ok_or(AuthError::AuthFailed)?;
+            let password = r.password.clone();
+            let matches = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
+                .await
+                .map_err(|e| ApiError::Internal(format!("checking a password failed: {e}")))?
+                .unwrap_or(false);
+            if !matches {
+                return Err(AuthError::AuthFailed.into());
+            }
+            let token = new_token(self.shared.node.store().current_revision());
+            let request = AuthRequest::Authenticate {
+                name: r.name.clone(),
+                token,
+                revision: state.revision,
+            };
+            match self.propose(deadline, request).await {
+                Ok((header, AuthResponse::Token(token))) => {
+                    return Ok(AuthenticateResponse { header, token })
+                }
+                Ok((_, other)) => {
+                    return Err(ApiError::Internal(format!(
+                        "authenticate was answered with {other:?}"
+                    )))
+                }
+                // The password may have changed meanwhile: check it again.
+                Err(ApiError::Auth(AuthError::AuthOldRevision)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(AuthError::AuthOldRevision.into())
+    }
+}
+
+/// A simple token: 16 random letters, a dot, and a number, as etcd's look.
+fn new_token(seq: i64) -> String {
+    let letters: String = rand::rng()
+        .sample_iter(rand::distr::Alphabetic)
+        .take(16)
+        .map(char::from)
+        .collect();
+    format!("{letters}.{seq}")
+}
+
+/// A permission from the wire; an unknown type is refused as etcd's gRPC layer would.
+fn perm_from_pb(p: authpb::Permission) -> Result<Permission, ApiError> {
+    let perm_type = PermType::from_number(p.perm_type)
+        .ok_or_else(|| ApiError::Internal(format!("unknown permission type {}", p.perm_type)))?;
+    Ok(Permission {
+        perm_type,
+        key: p.key,
+        range_end: p.range_end,
+    })
+}
+
+fn perm_to_pb(p: Permission) -> authpb::Permission {
+    authpb::Permission {
+        perm_type: p.perm_type.number(),
+        key: p.key,
+        range_end: p.range_end,
+    }
+}
+
+fn names(answer: AuthResponse) -> Vec<String> {
+    match answer {
+        AuthResponse::Names(n) => n,
+        _ => Vec::new(),
+    }
+}
+
+#[tonic::async_trait]
+impl<B: Backend> Auth for AuthService<B> {
+    async fn auth_enable(
+        &self,
+        request: Request<AuthEnableRequest>,
+    ) -> Result<Reply<AuthEnableResponse>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            let (header, _) = self.propose(deadline, AuthRequest::Enable).await?;
+            Ok(AuthEnableResponse { header })
+        }
+        .await;
+        handled(
+            SERVICE,
+            "AuthEnable",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn auth_disable(
+        &self,
+        request: Request<AuthDisableRequest>,
+    ) -> Result<Reply<AuthDisableResponse>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            self.admin(&request).await?;
+            let (header, _) = self.propose(deadline, AuthRequest::Disable).await?;
+            Ok(AuthDisableResponse { header })
+        }
+        .await;
+        handled(
+            SERVICE,
+            "AuthDisable",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn auth_status(
+        &self,
+        _request: Request<AuthStatusRequest>,
+    ) -> Result<Reply<AuthStatusResponse>, Status> {
+        let state = self.shared.node.auth().state();
+        let revision = self.shared.node.store().current_revision();
+        let result: Result<_, ApiError> = Ok(AuthStatusResponse {
+            header: self.shared.header(revision),
+            enabled: state.enabled,
+            auth_revision: state.revision,
+        });
+        handled(
+            SERVICE,
+            "AuthStatus",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn authenticate(
+        &self,
+        request: Request<AuthenticateRequest>,
+    ) -> Result<Reply<AuthenticateResponse>, Status> {
+        let result = self.serve_authenticate(request).await;
+        handled(
+            SERVICE,
+            "Authenticate",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn user_add(
+        &self,
+        request: Request<AuthUserAddRequest>,
+    ) -> Result<Reply<AuthUserAddResponse>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            self.admin(&request).await?;
+            let r = request.into_inner();
+            if r.name.is_empty() {
+                return Err(AuthError::UserEmpty.into());
+            }
+            let no_password = r.options.is_some_and(|o| o.no_password);
+            let hash = if no_password {
+                None
+            } else if !r.hashed_password.is_empty() {
+                Some(r.hashed_password)
+            } else {
+                Some(self.hash(r.password).await?)
+            };
+            let add = AuthRequest::UserAdd { name: r.name, hash };
+            let (header, _) = self.propose(deadline, add).await?;
+            Ok(AuthUserAddResponse { header })
+        }
+        .await;
+        handled(
+            SERVICE,
+            "UserAdd",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn user_get(
+        &self,
+        request: Request<AuthUserGetRequest>,
+    ) -> Result<Reply<AuthUserGetResponse>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            let caller = self.shared.caller(&request).await?;
+            let r = request.into_inner();
+            // A user may read itself.
+            if let Err(e) = caller.admin() {
+                if caller.user() != Some(r.name.as_str()) {
+                    return Err(e.into());
+                }
+            }
+            let (header, answer) = self
+                .propose(deadline, AuthRequest::UserGet { name: r.name })
+                .await?;
+            Ok(AuthUserGetResponse {
+                header,
+                roles: names(answer),
+            })
+        }
+        .await;
+        handled(
+            SERVICE,
+            "UserGet",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn user_list(
+        &self,
+        request: Request<AuthUserListRequest>,
+    ) -> Result<Reply<AuthUserListResponse>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            self.admin(&request).await?;
+            let (header, answer) = self.propose(deadline, AuthRequest::UserList).await?;
+            Ok(AuthUserListResponse {
+                header,
+                users: names(answer),
+            })
+        }
+        .await;
+        handled(
+            SERVICE,
+            "UserList",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn user_delete(
+        &self,
+        request: Request<AuthUserDeleteRequest>,
+    ) -> Result<Reply<AuthUserDeleteResponse>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            self.admin(&request).await?;
+            let name = request.into_inner().name;
+            let (header, _) = self
+                .propose(deadline, AuthRequest::UserDelete { name })
+                .await?;
+            Ok(AuthUserDeleteResponse { header })
+        }
+        .await;
+        handled(
+            SERVICE,
+            "UserDelete",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn user_change_password(
+        &self,
+        request: Request<AuthUserChangePasswordRequest>,
+    ) -> Result<Reply<AuthUserChangePasswordResponse>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            self.admin(&request).await?;
+            let r = request.into_inner();
+            // Refused before the (slow) hash when the user does not exist.
+            if !self.shared.node.auth().state().users.contains_key(&r.name) {
+                return Err(AuthError::UserNotFound.into());
+            }
+            let hash = if r.hashed_password.is_empty() {
+                self.hash(r.password).await?
+            } else {
+                r.hashed_password
+            };
+            let change = AuthRequest::UserChangePassword { name: r.name, hash };
+            let (header, _) = self.propose(deadline, change).await?;
+            Ok(AuthUserChangePasswordResponse { header })
+        }
+        .await;
+        handled(
+            SERVICE,
+            "UserChangePassword",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn user_grant_role(
+        &self,
+        request: Request<AuthUserGrantRoleRequest>,
+    ) -> Result<Reply<AuthUserGrantRoleResponse>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            self.admin(&request).await?;
+            let r = request.into_inner();
+            let grant = AuthRequest::UserGrantRole {
+                user: r.user,
+                role: r.role,
+            };
+            let (header, _) = self.propose(deadline, grant).await?;
+            Ok(AuthUserGrantRoleResponse { header })
+        }
+        .await;
+        handled(
+            SERVICE,
+            "UserGrantRole",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn user_revoke_role(
+        &self,
+        request: Request<AuthUserRevokeRoleRequest>,
+    ) -> Result<Reply<AuthUserRevokeRoleResponse>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            self.admin(&request).await?;
+            let r = request.into_inner();
+            let revoke = AuthRequest::UserRevokeRole {
+                name: r.name,
+                role: r.role,
+            };
+            let (header, _) = self.propose(deadline, revoke).await?;
+            Ok(AuthUserRevokeRoleResponse { header })
+        }
+        .await;
+        handled(
+            SERVICE,
+            "UserRevokeRole",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn role_add(
+        &self,
+        request: Request<AuthRoleAddRequest>,
+    ) -> Result<Reply<AuthRoleAddResponse>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            self.admin(&request).await?;
+            let name = request.into_inner().name;
+            let (header, _) = self
+                .propose(deadline, AuthRequest::RoleAdd { name })
+                .await?;
+            Ok(AuthRoleAddResponse { header })
+        }
+        .await;
+        handled(
+            SERVICE,
+            "RoleAdd",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn role_get(
+        &self,
+        request: Request<AuthRoleGetRequest>,
+    ) -> Result<Reply<AuthRoleGetResponse>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            let caller = self.shared.caller(&request).await?;
+            let role = request.into_inner().role;
+            // A user may read the roles it has.
+            if let Err(e) = caller.admin() {
+                let has = caller
+                    .user()
+                    .and_then(|u| caller.state().users.get(u))
+                    .is_some_and(|u| u.roles.contains(&role));
+                if !has {
+                    return Err(e.into());
+                }
+            }
+            let (header, answer) = self
+                .propose(deadline, AuthRequest::RoleGet { role })
+                .await?;
+            let perm = match answer {
+                AuthResponse::Perms(p) => p.into_iter().map(perm_to_pb).collect(),
+                _ => Vec::new(),
+            };
+            Ok(AuthRoleGetResponse { header, perm })
+        }
+        .await;
+        handled(
+            SERVICE,
+            "RoleGet",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn role_list(
+        &self,
+        request: Request<AuthRoleListRequest>,
+    ) -> Result<Reply<AuthRoleListResponse>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            self.admin(&request).await?;
+            let (header, answer) = self.propose(deadline, AuthRequest::RoleList).await?;
+            Ok(AuthRoleListResponse {
+                header,
+                roles: names(answer),
+            })
+        }
+        .await;
+        handled(
+            SERVICE,
+            "RoleList",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn role_delete(
+        &self,
+        request: Request<AuthRoleDeleteRequest>,
+    ) -> Result<Reply<AuthRoleDeleteResponse>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            self.admin(&request).await?;
+            let role = request.into_inner().role;
+            let (header, _) = self
+                .propose(deadline, AuthRequest::RoleDelete { role })
+                .await?;
+            Ok(AuthRoleDeleteResponse { header })
+        }
+        .await;
+        handled(
+            SERVICE,
+            "RoleDelete",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn role_grant_permission(
+        &self,
+        request: Request<AuthRoleGrantPermissionRequest>,
+    ) -> Result<Reply<AuthRoleGrantPermissionResponse>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            self.admin(&request).await?;
+            let r = request.into_inner();
+            // etcd answers a grant without a permission with its own error.
+            let perm = r
+                .perm
+                .ok_or_else(|| ApiError::Internal("permission is not given".into()))?;
+            let grant = AuthRequest::RoleGrantPermission {
+                name: r.name,
+                perm: perm_from_pb(perm)?,
+            };
+            let (header, _) = self.propose(deadline, grant).await?;
+            Ok(AuthRoleGrantPermissionResponse { header })
+        }
+        .await;
+        handled(
+            SERVICE,
+            "RoleGrantPermission",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
+    async fn role_revoke_permission(
+        &self,
+        request: Request<AuthRoleRevokePermissionRequest>,
+    ) -> Result<Reply<AuthRoleRevokePermissionResponse>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            self.admin(&request).await?;
+            let r = request.into_inner();
+            let revoke = AuthRequest::RoleRevokePermission {
+                role: r.role,
+                key: r.key,
+                range_end: r.range_end,
+            };
+            let (header, _) = self.propose(deadline, revoke).await?;
+            Ok(AuthRoleRevokePermissionResponse { header })
+        }
+        .await;
+        handled(
+            SERVICE,
+            "RoleRevokePermission",
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+}
