@@ -96,7 +96,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("experimental-corrupt-check-time", false, Fate::DefaultOnly { default: "0s", why: "the periodic corruption check is not built yet; refusing rather than skipping a check that was asked for" }),
     flag("experimental-enable-lease-checkpoint", true, Fate::NoEffect("leases are always checkpointed here (every --lease-checkpoint-interval), as with this flag on; with it off etcd 3.4 gives leases their whole TTL again after a leader change, which MetaStore never does")),
     flag("force-new-cluster", true, Fate::DefaultOnly { default: "false", why: "forcing a new cluster from one member's data is not supported yet" }),
-    flag("config-file", false, Fate::DefaultOnly { default: "", why: "the YAML configuration file is not supported yet: pass flags or ETCD_* variables" }),
 ];
 
 /// The environment variable etcd reads for a flag: `ETCD_` and the name in capitals.

@@ -247,6 +247,11 @@ pub struct Flags {
     #[arg(long, env = "ETCD_TLS_MIN_VERSION")]
     pub tls_min_version: Option<String>,
 
+    /// etcd's YAML configuration file; when given, every other flag and `ETCD_*` variable is
+    /// ignored, as in etcd 3.4 (read before the other flags, see `config_file`).
+    #[arg(long, env = "ETCD_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+
     /// Not supported yet (refused at start): highest TLS version (rustls: TLS 1.3).
     #[arg(long, env = "ETCD_TLS_MAX_VERSION")]
     pub tls_max_version: Option<String>,

@@ -10,6 +10,7 @@
 //! - `flags`: [`Flags`], the command line.
 //! - [`etcd_flags`]: etcd's other flags, accepted with no effect or refused.
 //! - `config`: [`Config`], checked configuration, member and cluster ids.
+//! - [`config_file`]: etcd's YAML `--config-file`, and etcd's precedence of file, flags, variables.
 //! - `http`: `/health`, `/version`, `/metrics`.
 //! - `compactor`: automatic compaction.
 //! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2; caps connections.
@@ -20,6 +21,7 @@ mod authority;
 mod coalesce;
 mod compactor;
 mod config;
+pub mod config_file;
 pub mod etcd_flags;
 mod flags;
 mod http;

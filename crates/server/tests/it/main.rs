@@ -3,6 +3,7 @@
 
 mod alarms;
 mod cluster;
+mod config_file;
 mod durability;
 mod errors;
 mod etcdctl;

@@ -233,7 +233,7 @@ impl Drop for TlsServer {
 }
 
 /// etcdctl's TLS flags for the client certificate `name` (`None`: CA only).
-fn certs(pki: &Pki, name: &str) -> Vec<String> {
+pub(crate) fn certs(pki: &Pki, name: &str) -> Vec<String> {
     let mut flags = vec![format!("--cacert={}", pki.path("ca.pem"))];
     if !name.is_empty() {
         flags.push(format!("--cert={}", pki.path(&format!("{name}.pem"))));
@@ -243,7 +243,11 @@ fn certs(pki: &Pki, name: &str) -> Vec<String> {
 }
 
 /// Runs etcdctl 3.4 against `endpoint`: (exit code, stdout, stderr).
-fn etcdctl(endpoint: &str, tls: &[String], args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) fn etcdctl(
+    endpoint: &str,
+    tls: &[String],
+    args: &[&str],
+) -> (Option<i32>, String, String) {
     let mut command = Command::new(require_tool("etcdctl"));
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
