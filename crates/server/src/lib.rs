@@ -169,6 +169,31 @@ async fn serve<B: Backend>(
             stop.clone(),
         ));
     }
+    // `unix://` client URLs: the same service on Unix domain sockets, as etcd serves them.
+    #[cfg(unix)]
+    for (path, tls) in &config.client_unix_sockets {
+        // As etcd 3.4: an existing file at the path (even a stale socket) is not replaced.
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("listening for clients on unix socket {}", path.display()))?;
+        let security = match (&config.client_tls, tls) {
+            (Some(server_config), true) => {
+                tls::Security::Tls(tokio_rustls::TlsAcceptor::from(Arc::clone(server_config)))
+            }
+            _ => tls::Security::Plain,
+        };
+        tracing::info!(path = %path.display(), tls, "serving client requests (gRPC and HTTP) on a unix socket");
+        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security);
+        tasks.spawn(serve::serve(
+            listener,
+            client_router.clone(),
+            config.max_concurrent_streams,
+            stop.clone(),
+        ));
+    }
+    #[cfg(not(unix))]
+    if !config.client_unix_sockets.is_empty() {
+        anyhow::bail!("unix:// client URLs need a Unix system");
+    }
     // `--listen-metrics-urls`: metrics and health only, outside the client connection cap.
     for addr in &config.metrics_addrs {
         let listener = TcpListener::bind(addr)
@@ -241,6 +266,10 @@ async fn serve<B: Backend>(
     let stopped = node.shutdown().await.context("flushing the store");
     for server in peer_servers {
         server.abort();
+    }
+    for (path, _) in &config.client_unix_sockets {
+        // As Go's listener does on close: the socket file goes with the server.
+        let _ = std::fs::remove_file(path);
     }
     stopped?;
     tracing::info!("stopped");

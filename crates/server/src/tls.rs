@@ -333,6 +333,83 @@ pub fn common_name(cert: &[u8]) -> Option<String> {
     None
 }
 
+/// A connection's socket: TCP, or a Unix domain socket (`unix://` client URLs, as etcd).
+pub enum Socket {
+    /// TCP.
+    Tcp(TcpStream),
+    /// A Unix domain socket.
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+impl From<TcpStream> for Socket {
+    fn from(s: TcpStream) -> Self {
+        Socket::Tcp(s)
+    }
+}
+
+#[cfg(unix)]
+impl From<tokio::net::UnixStream> for Socket {
+    fn from(s: tokio::net::UnixStream) -> Self {
+        Socket::Unix(s)
+    }
+}
+
+/// Forwards one `AsyncRead`/`AsyncWrite` call to whichever socket this is.
+macro_rules! on_socket {
+    ($this:expr, $s:ident => $call:expr) => {
+        match $this.get_mut() {
+            Socket::Tcp($s) => $call,
+            #[cfg(unix)]
+            Socket::Unix($s) => $call,
+        }
+    };
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        on_socket!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        on_socket!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        on_socket!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Socket::Tcp(s) => s.is_write_vectored(),
+            #[cfg(unix)]
+            Socket::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_socket!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_socket!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
 /// How a listener's connections are secured.
 #[derive(Clone)]
 pub enum Security {
@@ -344,7 +421,8 @@ pub enum Security {
 
 impl Security {
     /// Wraps a freshly accepted connection; TLS handshakes when it is first read or written.
-    pub fn wrap(&self, stream: TcpStream) -> MaybeTls {
+    pub fn wrap(&self, stream: impl Into<Socket>) -> MaybeTls {
+        let stream = stream.into();
         match self {
             Security::Plain => MaybeTls::Plain(stream),
             Security::Tls(acceptor) => MaybeTls::Handshake(Box::new(acceptor.accept(stream))),
@@ -355,11 +433,11 @@ impl Security {
 /// A client or peer connection, plaintext or TLS.
 pub enum MaybeTls {
     /// Plaintext.
-    Plain(TcpStream),
+    Plain(Socket),
     /// TLS, still handshaking.
-    Handshake(Box<tokio_rustls::Accept<TcpStream>>),
+    Handshake(Box<tokio_rustls::Accept<Socket>>),
     /// TLS, established.
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::server::TlsStream<Socket>>),
     /// The handshake failed: every use fails.
     Failed,
 }

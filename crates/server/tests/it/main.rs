@@ -19,5 +19,6 @@ mod peer_port;
 mod powercut;
 mod restart;
 mod tls;
+mod unix_urls;
 mod watch;
 mod watch_api;
