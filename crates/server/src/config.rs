@@ -64,6 +64,10 @@ pub struct Config {
     pub metrics_addrs: Vec<String>,
     /// Most concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
+    /// Client connections' HTTP/2 keepalive (`--grpc-keepalive-*`).
+    pub keepalive: crate::serve::Keepalive,
+    /// `--cors` and `--host-whitelist` on the HTTP endpoints.
+    pub access: Arc<crate::access::AccessControl>,
     /// The watch hub's settings.
     pub hub: watch::HubConfig,
 }
@@ -414,6 +418,14 @@ impl TryFrom<Flags> for Config {
                 })
                 .collect::<Result<_>>()?,
             max_concurrent_streams: f.max_concurrent_streams,
+            keepalive: crate::serve::Keepalive {
+                interval: f.grpc_keepalive_interval,
+                timeout: f.grpc_keepalive_timeout,
+            },
+            access: Arc::new(crate::access::AccessControl::new(
+                &f.cors,
+                &f.host_whitelist,
+            )?),
             hub: watch::HubConfig {
                 max_queued_bytes: f.max_watcher_queue_bytes,
                 ..watch::HubConfig::default()

@@ -59,9 +59,7 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("experimental-warning-apply-duration", false, Fate::NoEffect("only etcd's slow-apply log warning; apply times are exported as metrics instead")),
     flag("initial-election-tick-advance", true, Fate::NoEffect("openraft has no election ticks to fast-forward; a booting member starts its first election after a randomized election timeout, as etcd with this flag off (only the time to the first leader differs)")),
     flag("wal-dir", false, Fate::DefaultOnly { default: "", why: "the Raft log lives in --data-dir/member; a separate log directory is not supported yet" }),
-    flag("grpc-keepalive-min-time", false, Fate::DefaultOnly { default: "5s", why: "gRPC keepalive settings are not configurable yet" }),
-    flag("grpc-keepalive-interval", false, Fate::DefaultOnly { default: "2h", why: "gRPC keepalive settings are not configurable yet" }),
-    flag("grpc-keepalive-timeout", false, Fate::DefaultOnly { default: "20s", why: "gRPC keepalive settings are not configurable yet" }),
+    flag("grpc-keepalive-min-time", false, Fate::DefaultOnly { default: "5s", why: "the HTTP/2 server (h2) has no ping policy to set: clients' pings are answered whatever their rate" }),
     flag("discovery", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
     flag("discovery-fallback", false, Fate::DefaultOnly { default: "proxy", why: NO_DISCOVERY }),
     flag("discovery-proxy", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
@@ -85,8 +83,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("auth-token", false, Fate::DefaultOnly { default: "simple", why: NO_AUTH }),
     flag("bcrypt-cost", false, Fate::DefaultOnly { default: "10", why: NO_AUTH }),
     flag("auth-token-ttl", false, Fate::DefaultOnly { default: "300", why: NO_AUTH }),
-    flag("cors", false, Fate::DefaultOnly { default: "*", why: "CORS origins are not configurable yet (every origin is allowed, as etcd's default)" }),
-    flag("host-whitelist", false, Fate::DefaultOnly { default: "*", why: "a host whitelist is not supported yet (every host is allowed, as etcd's default)" }),
     flag("enable-pprof", true, Fate::DefaultOnly { default: "false", why: "Go's pprof endpoints do not exist in a Rust server" }),
     flag("metrics", false, Fate::DefaultOnly { default: "basic", why: "only the basic metrics set exists" }),
     flag("logger", false, Fate::NoEffect("logs are written by tracing in one format, whichever of etcd's loggers (capnslog, zap) is named")),
@@ -288,11 +284,7 @@ mod tests {
     #[test]
     fn defaults_are_accepted() {
         let s = run(
-            &[
-                "--pre-vote=false",
-                "--grpc-keepalive-interval=7200s",
-                "--cors=*",
-            ],
+            &["--pre-vote=false", "--discovery-fallback=proxy"],
             &[
                 ("ETCD_ENABLE_V2", "false"),
                 ("ETCD_PEER_AUTO_TLS", "false"),

@@ -98,6 +98,24 @@ pub struct Flags {
     #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = 1_000)]
     pub max_concurrent_streams: u32,
 
+    /// How long a client connection may be idle before the server pings it; 0 turns server
+    /// pings off (etcd's `--grpc-keepalive-interval`).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", value_parser = parse_duration, default_value = "2h")]
+    pub grpc_keepalive_interval: Duration,
+
+    /// How long the server waits for a ping's answer before closing the connection (etcd's
+    /// `--grpc-keepalive-timeout`).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", value_parser = parse_duration, default_value = "20s")]
+    pub grpc_keepalive_timeout: Duration,
+
+    /// Comma-separated origins allowed for CORS on the HTTP endpoints (`*`: every origin).
+    #[arg(long, env = "ETCD_CORS", default_value = "*")]
+    pub cors: String,
+
+    /// Comma-separated hosts a plaintext HTTP request may name in `Host` (`*`: every host).
+    #[arg(long, env = "ETCD_HOST_WHITELIST", default_value = "*")]
+    pub host_whitelist: String,
+
     /// Most watches on one watch stream; a create over it is answered cancelled, with a
     /// reason naming this flag.
     #[arg(

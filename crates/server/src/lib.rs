@@ -17,6 +17,7 @@
 //! - `serve`: client connections, with HTTP/2's stream limit and a graceful stop.
 //! - `tls`: TLS (rustls) on `https://` client and peer listeners.
 
+mod access;
 mod authority;
 mod coalesce;
 mod compactor;
@@ -146,8 +147,10 @@ async fn serve<B: Backend>(
         node: node.clone(),
         metrics,
     };
-    let http = http::router(http_state.clone());
-    let client_router = grpc.merge(http);
+    // HTTP requests (gRPC passes) go through --cors/--host-whitelist, which treat TLS
+    // listeners apart.
+    let merged = grpc.merge(http::router(http_state.clone()));
+    let client_router = |secure: bool| access::guard(merged.clone(), &config.access, secure);
     // One cap over every client listener.
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_client_connections));
     for (addr, security) in listen_plan(
@@ -160,12 +163,15 @@ async fn serve<B: Backend>(
             .with_context(|| format!("listening for clients on {addr}"))?;
         let tls = matches!(security, tls::Security::Tls(_));
         tracing::info!(%addr, tls, "serving client requests (gRPC and HTTP)");
-        let router = client_router.clone();
+        let router = client_router(tls);
         let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security);
         tasks.spawn(serve::serve(
             listener,
             router,
-            config.max_concurrent_streams,
+            serve::Http2 {
+                max_concurrent_streams: config.max_concurrent_streams,
+                keepalive: config.keepalive,
+            },
             stop.clone(),
         ));
     }
@@ -185,8 +191,11 @@ async fn serve<B: Backend>(
         let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security);
         tasks.spawn(serve::serve(
             listener,
-            client_router.clone(),
-            config.max_concurrent_streams,
+            client_router(*tls),
+            serve::Http2 {
+                max_concurrent_streams: config.max_concurrent_streams,
+                keepalive: config.keepalive,
+            },
             stop.clone(),
         ));
     }

@@ -10,6 +10,7 @@ mod etcdctl;
 mod flags;
 mod harness;
 mod http;
+mod http_access;
 mod kv;
 mod leader_wait;
 mod lease;
