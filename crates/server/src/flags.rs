@@ -252,6 +252,16 @@ pub struct Flags {
           default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub auto_tls: bool,
 
+    /// Path to the client certificate revocation list file (PEM): listed client certificates
+    /// are refused.
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
+
+    /// Path to the peer certificate revocation list file (PEM): listed member certificates
+    /// are refused.
+    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<PathBuf>,
+
     /// The only common name a connecting member's certificate may carry.
     #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
     pub peer_cert_allowed_cn: Option<String>,
@@ -285,6 +295,7 @@ impl Flags {
             client_cert_auth: self.client_cert_auth,
             allowed_cn: None,
             cipher_suites: given(&self.cipher_suites),
+            crl_file: given(&self.client_crl_file),
         }
     }
 
@@ -309,6 +320,7 @@ impl Flags {
             client_cert_auth: self.peer_client_cert_auth,
             allowed_cn: given(&self.peer_cert_allowed_cn),
             cipher_suites: given(&self.cipher_suites),
+            crl_file: given(&self.peer_crl_file),
         }
     }
 }

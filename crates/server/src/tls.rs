@@ -17,7 +17,7 @@ use std::task::{ready, Context, Poll};
 
 use anyhow::{bail, Context as _, Result};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
@@ -41,6 +41,9 @@ pub struct TlsFiles {
     pub allowed_cn: Option<String>,
     /// TLS 1.2 cipher suites allowed, by their IANA names (`--cipher-suites`, both sides).
     pub cipher_suites: Option<String>,
+    /// Certificate revocation lists (PEM): a client certificate listed is refused
+    /// (`--client-crl-file`, `--peer-crl-file`).
+    pub crl_file: Option<PathBuf>,
 }
 
 impl TlsFiles {
@@ -51,6 +54,7 @@ impl TlsFiles {
             || self.trusted_ca_file.is_some()
             || self.client_cert_auth
             || self.allowed_cn.is_some()
+            || self.crl_file.is_some()
     }
 }
 
@@ -156,8 +160,6 @@ pub fn server_config(files: &TlsFiles, prefix: &str) -> Result<Arc<rustls::Serve
     let (Some(cert_file), Some(key_file)) = (&files.cert_file, &files.key_file) else {
         bail!("{prefix}TLS needs both {cert_flag} and {key_flag}");
     };
-    let certs = read_certs(cert_file, &cert_flag)?;
-    let key = read_key(key_file, &key_flag)?;
     let mut provider = (*provider()).clone();
     if let Some(names) = &files.cipher_suites {
         provider.cipher_suites = cipher_suites(&provider.cipher_suites, names)?;
@@ -176,7 +178,22 @@ pub fn server_config(files: &TlsFiles, prefix: &str) -> Result<Arc<rustls::Serve
                     .add(ca)
                     .with_context(|| format!("{ca_flag} {}: bad CA", ca_file.display()))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+            if let Some(crl_file) = &files.crl_file {
+                let crl_flag = if prefix.is_empty() {
+                    "--client-crl-file".to_string()
+                } else {
+                    format!("--{prefix}crl-file")
+                };
+                // As etcd: the presented certificate is looked up in the list; a certificate
+                // whose issuer published no list here is not refused for that.
+                verifier = verifier
+                    .with_crls(read_crls(crl_file, &crl_flag)?)
+                    .only_check_end_entity_revocation()
+                    .allow_unknown_revocation_status();
+            }
+            let verifier = verifier
                 .build()
                 .with_context(|| format!("{ca_flag} {}", ca_file.display()))?;
             match &files.allowed_cn {
@@ -187,6 +204,9 @@ pub fn server_config(files: &TlsFiles, prefix: &str) -> Result<Arc<rustls::Serve
                 None => builder.with_client_cert_verifier(verifier),
             }
         }
+        None if files.crl_file.is_some() => {
+            bail!("a certificate revocation list needs {ca_flag} to verify client certificates")
+        }
         None if files.allowed_cn.is_some() => {
             bail!("--{prefix}cert-allowed-cn needs {ca_flag} to verify client certificates")
         }
@@ -195,16 +215,130 @@ pub fn server_config(files: &TlsFiles, prefix: &str) -> Result<Arc<rustls::Serve
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(certs, key).with_context(|| {
+    let resolver = ReloadingCert::new(cert_file, key_file, &cert_flag, &key_flag, provider)?;
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    // gRPC needs HTTP/2; /health and /metrics may come over HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Reads a PEM file of certificate revocation lists; `flag` names it in errors.
+fn read_crls(path: &Path, flag: &str) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .with_context(|| format!("{flag} {}: cannot read", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{flag} {}: not a PEM CRL file", path.display()))?;
+    if crls.is_empty() {
+        bail!(
+            "{flag} {}: holds no certificate revocation list",
+            path.display()
+        );
+    }
+    Ok(crls)
+}
+
+/// What identifies one version of a file: replacing or rewriting it changes this.
+type FileStamp = Option<(std::time::SystemTime, u64, u64)>;
+
+fn stamp(path: &Path) -> FileStamp {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some((meta.modified().ok()?, meta.len(), inode))
+}
+
+/// The server certificate, re-read from its files when they change (rotation without a
+/// restart, as etcd 3.4 reads them at each handshake). A new pair that cannot be used (a
+/// key that does not fit, a file half written) is logged and the previous one kept; the
+/// next change is tried again.
+#[derive(Debug)]
+struct ReloadingCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    cert_flag: String,
+    key_flag: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: std::sync::Mutex<((FileStamp, FileStamp), Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl ReloadingCert {
+    /// Loads the pair now: a pair that does not work stops the server at start.
+    fn new(
+        cert_file: &Path,
+        key_file: &Path,
+        cert_flag: &str,
+        key_flag: &str,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self> {
+        let stamps = (stamp(cert_file), stamp(key_file));
+        let key = load_pair(cert_file, key_file, cert_flag, key_flag, &provider)?;
+        Ok(Self {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            cert_flag: cert_flag.to_string(),
+            key_flag: key_flag.to_string(),
+            provider,
+            current: std::sync::Mutex::new((stamps, Arc::new(key))),
+        })
+    }
+}
+
+fn load_pair(
+    cert_file: &Path,
+    key_file: &Path,
+    cert_flag: &str,
+    key_flag: &str,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<rustls::sign::CertifiedKey> {
+    let certs = read_certs(cert_file, cert_flag)?;
+    let key = read_key(key_file, key_flag)?;
+    let mismatch = || {
         format!(
             "{key_flag} {} does not fit {cert_flag} {}",
             key_file.display(),
             cert_file.display()
         )
-    })?;
-    // gRPC needs HTTP/2; /health and /metrics may come over HTTP/1.1.
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    };
+    let pair = rustls::sign::CertifiedKey::from_der(certs, key, provider).with_context(mismatch)?;
+    pair.keys_match().with_context(mismatch)?;
+    Ok(pair)
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let stamps = (stamp(&self.cert_file), stamp(&self.key_file));
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.0 != stamps {
+            current.0 = stamps;
+            match load_pair(
+                &self.cert_file,
+                &self.key_file,
+                &self.cert_flag,
+                &self.key_flag,
+                &self.provider,
+            ) {
+                Ok(pair) => {
+                    current.1 = Arc::new(pair);
+                    tracing::info!(cert = %self.cert_file.display(), "{} changed: serving the new certificate", self.cert_flag);
+                }
+                Err(e) => tracing::warn!(
+                    cause = format!("{e:#}"),
+                    "{} or {} changed but cannot be used; keeping the previous certificate",
+                    self.cert_flag,
+                    self.key_flag
+                ),
+            }
+        }
+        Some(Arc::clone(&current.1))
+    }
 }
 
 /// A client verifier that, past the CA check, admits only certificates whose subject's

@@ -20,6 +20,7 @@ mod peer_port;
 mod powercut;
 mod restart;
 mod tls;
+mod tls_files;
 mod unix_urls;
 mod watch;
 mod watch_api;

@@ -77,7 +77,7 @@ fn ca(cn: &str) -> CertifiedIssuer<'static, KeyPair> {
 }
 
 /// One server serving clients over `https://` only, killed when dropped.
-struct TlsServer {
+pub(crate) struct TlsServer {
     kind: Kind,
     child: Option<Child>,
     port: u16,
@@ -156,7 +156,7 @@ impl TlsServer {
     }
 
     /// Spawns and waits until etcdctl with the right certificates finds it healthy.
-    fn start(kind: Kind, pki: &Pki, extra: &[&str]) -> TlsServer {
+    pub(crate) fn start(kind: Kind, pki: &Pki, extra: &[&str]) -> TlsServer {
         let mut server = TlsServer::spawn(kind, pki, extra);
         server.wait_healthy(pki);
         server
@@ -192,7 +192,7 @@ impl TlsServer {
         }
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }
 
