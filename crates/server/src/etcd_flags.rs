@@ -74,8 +74,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("proxy-dial-timeout", false, Fate::DefaultOnly { default: "1000", why: NO_V2 }),
     flag("proxy-write-timeout", false, Fate::DefaultOnly { default: "5000", why: NO_V2 }),
     flag("proxy-read-timeout", false, Fate::DefaultOnly { default: "0", why: NO_V2 }),
-    flag("client-cert-allowed-hostname", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
-    flag("peer-cert-allowed-hostname", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
     flag("peer-auto-tls", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
     flag("experimental-peer-skip-client-san-verification", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
     flag("auth-token", false, Fate::DefaultOnly { default: "simple", why: NO_AUTH }),
@@ -261,16 +259,13 @@ mod tests {
 
     #[test]
     fn refused_flags_and_variables_name_themselves() {
-        let e = run(&["--client-cert-allowed-hostname", "h"], &[]).unwrap_err();
+        let e = run(&["--experimental-peer-skip-client-san-verification"], &[]).unwrap_err();
         assert!(
-            e.contains("--client-cert-allowed-hostname") && e.contains("TLS"),
+            e.contains("--experimental-peer-skip-client-san-verification") && e.contains("TLS"),
             "{e}"
         );
-        let e = run(&[], &[("ETCD_PEER_CERT_ALLOWED_HOSTNAME", "h")]).unwrap_err();
-        assert!(
-            e.contains("ETCD_PEER_CERT_ALLOWED_HOSTNAME") && e.contains("TLS"),
-            "{e}"
-        );
+        let e = run(&[], &[("ETCD_PEER_AUTO_TLS", "true")]).unwrap_err();
+        assert!(e.contains("ETCD_PEER_AUTO_TLS") && e.contains("TLS"), "{e}");
         let e = run(&["--experimental-initial-corrupt-check"], &[]).unwrap_err();
         assert!(
             e.contains("--experimental-initial-corrupt-check=true"),
@@ -292,7 +287,10 @@ mod tests {
             &[
                 ("ETCD_ENABLE_V2", "false"),
                 ("ETCD_PEER_AUTO_TLS", "false"),
-                ("ETCD_CLIENT_CERT_ALLOWED_HOSTNAME", ""),
+                (
+                    "ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION",
+                    "false",
+                ),
                 ("ETCD_LOG_OUTPUTS", "stderr"),
             ],
         )

@@ -262,6 +262,14 @@ pub struct Flags {
     #[arg(long, env = "ETCD_PEER_CRL_FILE")]
     pub peer_crl_file: Option<PathBuf>,
 
+    /// The only host name a client certificate must be valid for (by its SAN).
+    #[arg(long, env = "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME")]
+    pub client_cert_allowed_hostname: Option<String>,
+
+    /// The only host name a connecting member's certificate must be valid for (by its SAN).
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME")]
+    pub peer_cert_allowed_hostname: Option<String>,
+
     /// The only common name a connecting member's certificate may carry.
     #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
     pub peer_cert_allowed_cn: Option<String>,
@@ -294,6 +302,7 @@ impl Flags {
             trusted_ca_file: given(&self.trusted_ca_file),
             client_cert_auth: self.client_cert_auth,
             allowed_cn: None,
+            allowed_hostname: given(&self.client_cert_allowed_hostname),
             cipher_suites: given(&self.cipher_suites),
             crl_file: given(&self.client_crl_file),
         }
@@ -319,6 +328,7 @@ impl Flags {
             trusted_ca_file: given(&self.peer_trusted_ca_file),
             client_cert_auth: self.peer_client_cert_auth,
             allowed_cn: given(&self.peer_cert_allowed_cn),
+            allowed_hostname: given(&self.peer_cert_allowed_hostname),
             cipher_suites: given(&self.cipher_suites),
             crl_file: given(&self.peer_crl_file),
         }

@@ -39,6 +39,9 @@ pub struct TlsFiles {
     pub client_cert_auth: bool,
     /// The only common name a client certificate may carry (`--peer-cert-allowed-cn`).
     pub allowed_cn: Option<String>,
+    /// The only host name a client certificate must be valid for (its SAN), as etcd's
+    /// `--client-cert-allowed-hostname` and `--peer-cert-allowed-hostname`.
+    pub allowed_hostname: Option<String>,
     /// TLS 1.2 cipher suites allowed, by their IANA names (`--cipher-suites`, both sides).
     pub cipher_suites: Option<String>,
     /// Certificate revocation lists (PEM): a client certificate listed is refused
@@ -54,6 +57,7 @@ impl TlsFiles {
             || self.trusted_ca_file.is_some()
             || self.client_cert_auth
             || self.allowed_cn.is_some()
+            || self.allowed_hostname.is_some()
             || self.crl_file.is_some()
     }
 }
@@ -196,10 +200,23 @@ pub fn server_config(files: &TlsFiles, prefix: &str) -> Result<Arc<rustls::Serve
             let verifier = verifier
                 .build()
                 .with_context(|| format!("{ca_flag} {}", ca_file.display()))?;
-            match &files.allowed_cn {
-                Some(cn) => builder.with_client_cert_verifier(Arc::new(AllowedCn {
+            let rule = match (&files.allowed_cn, &files.allowed_hostname) {
+                (Some(cn), Some(host)) => bail!(
+                    "--{prefix}cert-allowed-cn ({cn:?}) and --{prefix}cert-allowed-hostname \
+                     ({host:?}) are mutually exclusive"
+                ),
+                (Some(cn), None) => Some(Allowed::Cn(cn.clone())),
+                (None, Some(host)) => Some(Allowed::Hostname(
+                    rustls_pki_types::ServerName::try_from(host.clone()).with_context(|| {
+                        format!("--{prefix}cert-allowed-hostname {host:?}: not a host name")
+                    })?,
+                )),
+                (None, None) => None,
+            };
+            match rule {
+                Some(rule) => builder.with_client_cert_verifier(Arc::new(AllowedCn {
                     inner: verifier,
-                    cn: cn.clone(),
+                    rule,
                 })),
                 None => builder.with_client_cert_verifier(verifier),
             }
@@ -209,6 +226,9 @@ pub fn server_config(files: &TlsFiles, prefix: &str) -> Result<Arc<rustls::Serve
         }
         None if files.allowed_cn.is_some() => {
             bail!("--{prefix}cert-allowed-cn needs {ca_flag} to verify client certificates")
+        }
+        None if files.allowed_hostname.is_some() => {
+            bail!("--{prefix}cert-allowed-hostname needs {ca_flag} to verify client certificates")
         }
         None if files.client_cert_auth => {
             bail!("--{prefix}client-cert-auth needs {ca_flag} to verify client certificates")
@@ -341,12 +361,22 @@ impl rustls::server::ResolvesServerCert for ReloadingCert {
     }
 }
 
-/// A client verifier that, past the CA check, admits only certificates whose subject's
-/// common name is `cn` (etcd's `--peer-cert-allowed-cn`).
+/// Which client certificates [`AllowedCn`] admits past the CA check.
+#[derive(Debug)]
+enum Allowed {
+    /// Those whose subject's common name is this (`--peer-cert-allowed-cn`).
+    Cn(String),
+    /// Those valid for this host name, by their SAN (`--*-cert-allowed-hostname`).
+    Hostname(rustls_pki_types::ServerName<'static>),
+}
+
+/// A client verifier that, past the CA check, admits only certificates that `rule` allows
+/// (etcd's `--peer-cert-allowed-cn`, `--client-cert-allowed-hostname`,
+/// `--peer-cert-allowed-hostname`).
 #[derive(Debug)]
 struct AllowedCn {
     inner: Arc<dyn ClientCertVerifier>,
-    cn: String,
+    rule: Allowed,
 }
 
 impl ClientCertVerifier for AllowedCn {
@@ -371,11 +401,23 @@ impl ClientCertVerifier for AllowedCn {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let cn = common_name(end_entity);
-        if cn.as_deref() == Some(self.cn.as_str()) {
-            return Ok(verified);
+        match &self.rule {
+            Allowed::Cn(allowed) => {
+                let cn = common_name(end_entity);
+                if cn.as_deref() == Some(allowed.as_str()) {
+                    return Ok(verified);
+                }
+                tracing::warn!(cn = ?cn, %allowed, "refused a certificate: its CN is not the allowed one");
+            }
+            Allowed::Hostname(host) => {
+                let valid = rustls::server::ParsedCertificate::try_from(end_entity)
+                    .and_then(|cert| rustls::client::verify_server_name(&cert, host));
+                if valid.is_ok() {
+                    return Ok(verified);
+                }
+                tracing::warn!(allowed = ?host, "refused a certificate: it is not valid for the allowed host name");
+            }
         }
-        tracing::warn!(cn = ?cn, allowed = %self.cn, "refused a certificate: its CN is not the allowed one");
         Err(rustls::Error::InvalidCertificate(
             rustls::CertificateError::ApplicationVerificationFailure,
         ))

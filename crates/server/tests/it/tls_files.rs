@@ -51,9 +51,14 @@ impl Ca {
     /// Writes `name.pem` and `name-key.pem` for common name `cn` with serial `serial`; the
     /// key first, then the certificate, each replaced whole (renamed into place); the DER.
     fn issue(&self, name: &str, cn: &str, serial: u64) -> Vec<u8> {
+        self.issue_for(name, cn, serial, &["localhost", "127.0.0.1"])
+    }
+
+    /// As [`Ca::issue`], valid for the host names `sans`.
+    fn issue_for(&self, name: &str, cn: &str, serial: u64, sans: &[&str]) -> Vec<u8> {
         let key = KeyPair::generate().expect("key");
         let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .expect("params");
         params.distinguished_name.push(DnType::CommonName, cn);
         params.serial_number = Some(SerialNumber::from(serial));
@@ -206,4 +211,49 @@ fn a_replaced_server_certificate_is_served_to_new_connections_without_restart() 
         assert_eq!(put.0, Some(0), "{kind:?}: {put:?}");
         drop(server);
     }
+}
+
+#[test]
+fn client_cert_allowed_hostname_admits_only_certificates_for_that_host_as_etcd() {
+    let mut seen = Vec::new();
+    for kind in KINDS {
+        let ca = Ca::new();
+        // The certificate the health wait uses is for other.example; another for localhost.
+        ca.issue_for("client", "root", 20, &["other.example"]);
+        ca.issue_for("stranger", "root", 21, &["localhost", "127.0.0.1"]);
+        let ca_file = ca.pki.path("ca.pem");
+        let server = TlsServer::start(
+            kind,
+            &ca.pki,
+            &[
+                "--client-cert-auth",
+                "--trusted-ca-file",
+                &ca_file,
+                "--client-cert-allowed-hostname=other.example",
+            ],
+        );
+        let put = etcdctl(
+            &server.endpoint(),
+            &certs(&ca.pki, "client"),
+            &["put", "k", "v"],
+        );
+        assert_eq!(put.0, Some(0), "{kind:?}: {put:?}");
+        let refused = etcdctl(
+            &server.endpoint(),
+            &certs(&ca.pki, "stranger"),
+            &["get", "k"],
+        );
+        assert_ne!(
+            refused.0,
+            Some(0),
+            "{kind:?} admitted a certificate not for other.example: {refused:?}"
+        );
+        seen.push((
+            put.0,
+            refused.0,
+            refused.2.lines().last().map(str::to_string),
+        ));
+        drop(server);
+    }
+    assert_eq!(seen[0], seen[1], "etcd 3.4 vs MetaStore");
 }
