@@ -317,6 +317,8 @@ impl TryFrom<Flags> for Config {
         node.max_request_bytes = f.max_request_bytes;
         node.max_txn_ops = f.max_txn_ops;
         node.strict_reconfig_check = f.strict_reconfig_check;
+        // etcd's default is an empty --wal-dir: the log stays in the data dir.
+        node.log_dir = f.wal_dir.clone().filter(|d| !d.as_os_str().is_empty());
         if f.election_timeout < 5 * f.heartbeat_interval {
             bail!(
                 "--election-timeout ({}ms) should be at least 5 times --heartbeat-interval ({}ms)",

@@ -27,6 +27,10 @@ pub struct Flags {
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Path to a dedicated directory for the Raft log (etcd's WAL) [default: in DATA_DIR/member].
+    #[arg(long, env = "ETCD_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+
     /// Comma-separated URLs to listen on for client traffic (gRPC and HTTP on one port).
     #[arg(
         long,

@@ -22,5 +22,6 @@ mod restart;
 mod tls;
 mod tls_files;
 mod unix_urls;
+mod wal_dir;
 mod watch;
 mod watch_api;
