@@ -66,6 +66,8 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     /// Client connections' HTTP/2 keepalive (`--grpc-keepalive-*`).
     pub keepalive: crate::serve::Keepalive,
+    /// `--metrics extensive`: time unary gRPC calls in `grpc_server_handling_seconds`.
+    pub extensive_metrics: bool,
     /// `--cors` and `--host-whitelist` on the HTTP endpoints.
     pub access: Arc<crate::access::AccessControl>,
     /// The watch hub's settings.
@@ -423,6 +425,11 @@ impl TryFrom<Flags> for Config {
             keepalive: crate::serve::Keepalive {
                 interval: f.grpc_keepalive_interval,
                 timeout: f.grpc_keepalive_timeout,
+            },
+            extensive_metrics: match f.metrics.as_str() {
+                "basic" => false,
+                "extensive" => true,
+                other => bail!("--metrics {other:?}: use basic or extensive"),
             },
             access: Arc::new(crate::access::AccessControl::new(
                 &f.cors,

@@ -79,7 +79,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("bcrypt-cost", false, Fate::DefaultOnly { default: "10", why: NO_AUTH }),
     flag("auth-token-ttl", false, Fate::DefaultOnly { default: "300", why: NO_AUTH }),
     flag("enable-pprof", true, Fate::DefaultOnly { default: "false", why: "Go's pprof endpoints do not exist in a Rust server" }),
-    flag("metrics", false, Fate::DefaultOnly { default: "basic", why: "only the basic metrics set exists" }),
     flag("logger", false, Fate::NoEffect("logs are written by tracing in one format, whichever of etcd's loggers (capnslog, zap) is named")),
     flag("log-outputs", false, Fate::DefaultOnly { default: "default|stderr", why: "logs go to stderr only" }),
     flag("log-package-levels", false, Fate::DefaultOnly { default: "", why: "per-package levels do not exist: use --log-level or RUST_LOG" }),

@@ -180,6 +180,11 @@ pub struct Flags {
           require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub debug: bool,
 
+    /// `basic`, or `extensive` to add the `grpc_server_handling_seconds` histogram of unary
+    /// calls' latency (as etcd).
+    #[arg(long, env = "ETCD_METRICS", default_value = "basic")]
+    pub metrics: String,
+
     /// Comma-separated URLs to serve `/metrics` and `/health` on, besides the client URLs.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
     pub listen_metrics_urls: String,

@@ -42,6 +42,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use access::HANDLING_BUCKETS;
 pub use config::{cluster_id, member_id, AutoCompaction, Config, API_VERSION};
 pub use flags::{Engine, Flags};
 
@@ -149,6 +150,11 @@ async fn serve<B: Backend>(
     };
     // HTTP requests (gRPC passes) go through --cors/--host-whitelist, which treat TLS
     // listeners apart.
+    let grpc = if config.extensive_metrics {
+        access::timed(grpc)
+    } else {
+        grpc
+    };
     let merged = grpc.merge(http::router(http_state.clone()));
     let client_router = |secure: bool| access::guard(merged.clone(), &config.access, secure);
     // One cap over every client listener.

@@ -171,3 +171,38 @@ fn grpc_keepalive_pings_an_idle_client_and_closes_when_it_does_not_answer() {
     );
     drop(server);
 }
+
+/// The `grpc_server_handling_seconds` series of Put in `/metrics`, without their counts.
+fn put_latency_series(port: u16) -> Vec<String> {
+    let (code, body) = crate::harness::http_get(port, "/metrics").expect("metrics answered");
+    assert_eq!(code, 200);
+    body.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handling_seconds") && l.contains(r#"grpc_method="Put""#)
+        })
+        .filter_map(|l| l.rsplit_once(' ').map(|(series, _)| series.to_string()))
+        .collect()
+}
+
+#[test]
+fn metrics_extensive_adds_grpc_handling_time_as_etcd() {
+    let mut seen = Vec::new();
+    for kind in [Kind::Etcd, Kind::Mem] {
+        let server = Server::start(kind, &["--metrics=extensive"]);
+        let put = crate::tls::etcdctl(&server.endpoint(), &[], &["put", "k", "v"]);
+        assert_eq!(put.0, Some(0), "{kind:?}: {put:?}");
+        let series = put_latency_series(server.client_port);
+        assert!(
+            series.iter().any(|s| s.ends_with(r#"le="0.005"}"#)),
+            "{kind:?}: {series:?}"
+        );
+        seen.push(series);
+        drop(server);
+    }
+    assert_eq!(seen[0], seen[1], "etcd 3.4 vs MetaStore");
+    // With the basic set (the default) there is no such series.
+    let server = Server::start(Kind::Mem, &[]);
+    let put = crate::tls::etcdctl(&server.endpoint(), &[], &["put", "k", "v"]);
+    assert_eq!(put.0, Some(0), "{put:?}");
+    assert_eq!(put_latency_series(server.client_port), Vec::<String>::new());
+}
