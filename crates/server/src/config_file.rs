@@ -8,7 +8,7 @@
 //! type stops the server with etcd's words. TLS comes in the two nested maps
 //! `client-transport-security` and `peer-transport-security`. Keys etcd does not read are
 //! ignored by etcd; here they are warned about, except MetaStore's own flags (`engine`, ...),
-//! which a file may set too.
+//! which a file may set too (and MetaStore's `METASTORE_*` variables, not etcd's, still apply).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
