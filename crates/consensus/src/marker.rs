@@ -39,10 +39,14 @@ pub fn initialised(dir: &Path) -> Result<bool, StartError> {
 /// # Errors
 /// [`StartError::Missing`] naming the file, or [`StartError::Marker`].
 pub fn require(dir: &Path, file: &str) -> Result<(), StartError> {
+    require_path(dir, &dir.join(file))
+}
+
+/// As [`require`], for a file anywhere (the Raft log in a `--wal-dir` of its own).
+pub(crate) fn require_path(dir: &Path, wanted: &Path) -> Result<(), StartError> {
     if !initialised(dir)? {
         return Ok(());
     }
-    let wanted = dir.join(file);
     match wanted.try_exists() {
         Ok(true) => Ok(()),
         Ok(false) => Err(missing(dir, &format!("{} is missing", wanted.display()))),

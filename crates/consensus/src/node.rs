@@ -69,6 +69,8 @@ pub struct NodeConfig {
     /// `--strict-reconfig-check`: refuse membership changes that leave too few started
     /// voters for a quorum, as etcd does.
     pub strict_reconfig_check: bool,
+    /// Where the Raft log lives (etcd's `--wal-dir`); `None`: in `data_dir`.
+    pub log_dir: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -93,6 +95,7 @@ impl NodeConfig {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             strict_reconfig_check: true,
+            log_dir: None,
         }
     }
 
@@ -200,9 +203,12 @@ impl<B: Backend> Node<B> {
         let dir = &config.data_dir;
         mvcc::durable::create_dir_all_synced(dir)
             .map_err(|e| StartError::Config(format!("{}: {e}", dir.display())))?;
+        let log_dir = config.log_dir.clone().unwrap_or_else(|| dir.clone());
+        mvcc::durable::create_dir_all_synced(&log_dir)
+            .map_err(|e| StartError::Config(format!("{}: {e}", log_dir.display())))?;
+        let log_path = log_dir.join(crate::marker::RAFT_LOG);
         // Before opening: opening would create an empty log in place of a lost one.
-        crate::marker::require(dir, crate::marker::RAFT_LOG)?;
-        let log_path = dir.join(crate::marker::RAFT_LOG);
+        crate::marker::require_path(dir, &log_path)?;
         let incarnation = crate::incarnation::boot_id();
         let (log, log_closer) =
             LogStore::open(&log_path, config.id, incarnation).map_err(|cause| StartError::Log {

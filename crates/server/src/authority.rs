@@ -44,10 +44,50 @@ const MAX_BLOCK: usize = 1 << 20;
 /// Connections closed at accept because `--max-client-connections` were open.
 const REFUSED: &str = "metastore_client_connections_refused_total";
 
+/// Where a client listener accepts: a TCP port, or a Unix domain socket (`unix://` URLs).
+pub enum ClientListener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A Unix domain socket.
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener),
+}
+
+impl From<TcpListener> for ClientListener {
+    fn from(l: TcpListener) -> Self {
+        ClientListener::Tcp(l)
+    }
+}
+
+#[cfg(unix)]
+impl From<tokio::net::UnixListener> for ClientListener {
+    fn from(l: tokio::net::UnixListener) -> Self {
+        ClientListener::Unix(l)
+    }
+}
+
+/// A client's address: an IP address and port, or the Unix socket's (unnamed) peer.
+#[derive(Debug)]
+pub enum ClientAddr {
+    /// Over TCP.
+    Tcp(std::net::SocketAddr),
+    /// Over a Unix domain socket.
+    Unix,
+}
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientAddr::Tcp(a) => a.fmt(f),
+            ClientAddr::Unix => f.write_str("unix socket"),
+        }
+    }
+}
+
 /// A TCP listener whose connections get their `:authority` fixed (and `TCP_NODELAY`), at most
 /// as many open at once as `connections` has permits (shared by every client listener).
 pub struct FixAuthority {
-    listener: TcpListener,
+    listener: ClientListener,
     connections: Arc<Semaphore>,
     security: Security,
 }
@@ -55,9 +95,13 @@ pub struct FixAuthority {
 impl FixAuthority {
     /// Serves `listener`, each connection holding one of `connections`' permits, secured by
     /// `security` (TLS is terminated below the rewriting).
-    pub fn new(listener: TcpListener, connections: Arc<Semaphore>, security: Security) -> Self {
+    pub fn new(
+        listener: impl Into<ClientListener>,
+        connections: Arc<Semaphore>,
+        security: Security,
+    ) -> Self {
         Self {
-            listener,
+            listener: listener.into(),
             connections,
             security,
         }
@@ -66,21 +110,32 @@ impl FixAuthority {
 
 impl axum::serve::Listener for FixAuthority {
     type Io = Fixed<Coalesced<MaybeTls>>;
-    type Addr = std::net::SocketAddr;
+    type Addr = ClientAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+            let (stream, addr): (crate::tls::Socket, _) = match &mut self.listener {
+                ClientListener::Tcp(l) => {
+                    let (stream, addr) = axum::serve::Listener::accept(l).await;
+                    // Small gRPC answers must not wait for Nagle's algorithm (40 ms with
+                    // delayed ACKs).
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(cause = %e, "could not set TCP_NODELAY");
+                    }
+                    (stream.into(), ClientAddr::Tcp(addr))
+                }
+                #[cfg(unix)]
+                ClientListener::Unix(l) => {
+                    let (stream, _) = axum::serve::Listener::accept(l).await;
+                    (stream.into(), ClientAddr::Unix)
+                }
+            };
             let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
                 // Closed unread: the client sees its connection end at once.
                 metrics::counter!(REFUSED).increment(1);
                 tracing::debug!(%addr, "connection closed: --max-client-connections are open");
                 continue;
             };
-            // Small gRPC answers must not wait for Nagle's algorithm (40 ms with delayed ACKs).
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(cause = %e, "could not set TCP_NODELAY");
-            }
             let mut io = Fixed::new(Coalesced::new(self.security.wrap(stream)));
             io.permit = Some(permit);
             return (io, addr);
@@ -88,7 +143,11 @@ impl axum::serve::Listener for FixAuthority {
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.listener.local_addr()
+        match &self.listener {
+            ClientListener::Tcp(l) => l.local_addr().map(ClientAddr::Tcp),
+            #[cfg(unix)]
+            ClientListener::Unix(_) => Ok(ClientAddr::Unix),
+        }
     }
 }
 

@@ -44,6 +44,10 @@ pub struct Config {
     pub client_tls_addrs: Vec<String>,
     /// Addresses to serve peers on over TLS (`https://` in `--listen-peer-urls`).
     pub peer_tls_addrs: Vec<String>,
+    /// Unix domain sockets to serve clients on (`unix://host:port` in `--listen-client-urls`:
+    /// the socket file `host:port`, relative to the working directory, as etcd), and whether
+    /// each is TLS (`unixs://`).
+    pub client_unix_sockets: Vec<(PathBuf, bool)>,
     /// The client port's TLS, checked at start (`--cert-file`, ...).
     pub client_tls: Option<Arc<rustls::ServerConfig>>,
     /// The peer port's TLS, checked at start (`--peer-cert-file`, ...).
@@ -60,6 +64,12 @@ pub struct Config {
     pub metrics_addrs: Vec<String>,
     /// Most concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
+    /// Client connections' HTTP/2 keepalive (`--grpc-keepalive-*`).
+    pub keepalive: crate::serve::Keepalive,
+    /// `--metrics extensive`: time unary gRPC calls in `grpc_server_handling_seconds`.
+    pub extensive_metrics: bool,
+    /// `--cors` and `--host-whitelist` on the HTTP endpoints.
+    pub access: Arc<crate::access::AccessControl>,
     /// The watch hub's settings.
     pub hub: watch::HubConfig,
 }
@@ -103,11 +113,42 @@ fn host_of(host_port: &str) -> String {
 /// One side's listen URLs split into plaintext and TLS addresses, and its TLS configuration,
 /// checked: `https://` needs a certificate, and TLS files without an `https://` URL are refused
 /// rather than ignored (a plaintext server where TLS was asked for).
-type Listeners = (Vec<String>, Vec<String>, Option<Arc<rustls::ServerConfig>>);
+type Listeners = (
+    Vec<String>,
+    Vec<String>,
+    Vec<(PathBuf, bool)>,
+    Option<Arc<rustls::ServerConfig>>,
+);
+
+/// `unix://host:port` or `unixs://host:port` → (the socket file `host:port`, whether TLS);
+/// `None` for other schemes. etcd 3.4 takes the URL's `host:port` as the file name and
+/// refuses any other form.
+fn unix_socket(url: &str) -> Result<Option<(PathBuf, bool)>> {
+    let (rest, tls) = match (url.strip_prefix("unixs://"), url.strip_prefix("unix://")) {
+        (Some(rest), _) => (rest, true),
+        (None, Some(rest)) => (rest, false),
+        (None, None) => return Ok(None),
+    };
+    let name = rest.trim_end_matches('/');
+    let well_formed = name
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && !port.is_empty() && !host.contains('/'));
+    if !well_formed {
+        bail!("{url:?}: URL address does not have the form \"host:port\" (etcd names the socket file host:port)");
+    }
+    Ok(Some((PathBuf::from(name), tls)))
+}
 
 fn listeners(urls: &str, files: &TlsFiles, prefix: &str, urls_flag: &str) -> Result<Listeners> {
-    let (mut plain, mut secure) = (Vec::new(), Vec::new());
+    let (mut plain, mut secure, mut unix) = (Vec::new(), Vec::new(), Vec::new());
     for url in split_urls(urls) {
+        if let Some(socket) = unix_socket(&url)? {
+            if !prefix.is_empty() {
+                bail!("{urls_flag} {url:?}: unix:// peer URLs are not supported (client URLs may be unix://)");
+            }
+            unix.push(socket);
+            continue;
+        }
         let (addr, tls) = host_port(&url)?;
         if tls {
             secure.push(addr);
@@ -115,21 +156,22 @@ fn listeners(urls: &str, files: &TlsFiles, prefix: &str, urls_flag: &str) -> Res
             plain.push(addr);
         }
     }
-    if !secure.is_empty() && files.cert_file.is_none() {
+    let any_tls = !secure.is_empty() || unix.iter().any(|(_, tls)| *tls);
+    if any_tls && files.cert_file.is_none() {
         bail!("{urls_flag} has https:// URLs: --{prefix}cert-file and --{prefix}key-file are required");
     }
-    if files.is_set() && secure.is_empty() {
+    if files.is_set() && !any_tls {
         bail!(
             "--{prefix}cert-file/--{prefix}key-file/--{prefix}trusted-ca-file/--{prefix}client-cert-auth \
              are set but {urls_flag} has no https:// URL; refusing to serve in plaintext"
         );
     }
-    let config = if secure.is_empty() {
-        None
-    } else {
+    let config = if any_tls {
         Some(tls::server_config(files, prefix)?)
+    } else {
+        None
     };
-    Ok((plain, secure, config))
+    Ok((plain, secure, unix, config))
 }
 
 /// TLS for connecting to `https://` peers: this member's certificate as its client
@@ -277,6 +319,8 @@ impl TryFrom<Flags> for Config {
         node.max_request_bytes = f.max_request_bytes;
         node.max_txn_ops = f.max_txn_ops;
         node.strict_reconfig_check = f.strict_reconfig_check;
+        // etcd's default is an empty --wal-dir: the log stays in the data dir.
+        node.log_dir = f.wal_dir.clone().filter(|d| !d.as_os_str().is_empty());
         if f.election_timeout < 5 * f.heartbeat_interval {
             bail!(
                 "--election-timeout ({}ms) should be at least 5 times --heartbeat-interval ({}ms)",
@@ -339,13 +383,13 @@ impl TryFrom<Flags> for Config {
             client_files.cert_file = Some(cert);
             client_files.key_file = Some(key);
         }
-        let (client_addrs, client_tls_addrs, client_tls) = listeners(
+        let (client_addrs, client_tls_addrs, client_unix_sockets, client_tls) = listeners(
             &f.listen_client_urls,
             &client_files,
             "",
             "--listen-client-urls",
         )?;
-        let (peer_addrs, peer_tls_addrs, peer_tls) = listeners(
+        let (peer_addrs, peer_tls_addrs, _, peer_tls) = listeners(
             &f.listen_peer_urls,
             &f.peer_tls_files(),
             "peer-",
@@ -358,6 +402,7 @@ impl TryFrom<Flags> for Config {
             client_addrs,
             peer_addrs,
             client_tls_addrs,
+            client_unix_sockets,
             peer_tls_addrs,
             client_tls,
             peer_tls,
@@ -379,6 +424,19 @@ impl TryFrom<Flags> for Config {
                 })
                 .collect::<Result<_>>()?,
             max_concurrent_streams: f.max_concurrent_streams,
+            keepalive: crate::serve::Keepalive {
+                interval: f.grpc_keepalive_interval,
+                timeout: f.grpc_keepalive_timeout,
+            },
+            extensive_metrics: match f.metrics.as_str() {
+                "basic" => false,
+                "extensive" => true,
+                other => bail!("--metrics {other:?}: use basic or extensive"),
+            },
+            access: Arc::new(crate::access::AccessControl::new(
+                &f.cors,
+                &f.host_whitelist,
+            )?),
             hub: watch::HubConfig {
                 max_queued_bytes: f.max_watcher_queue_bytes,
                 ..watch::HubConfig::default()

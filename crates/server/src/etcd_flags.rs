@@ -57,10 +57,7 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("experimental-compaction-batch-limit", false, Fate::NoEffect("physical compaction removes history in its own bounded steps, not bbolt batches")),
     flag("experimental-warning-apply-duration", false, Fate::NoEffect("only etcd's slow-apply log warning; apply times are exported as metrics instead")),
     flag("initial-election-tick-advance", true, Fate::NoEffect("openraft has no election ticks to fast-forward; a booting member starts its first election after a randomized election timeout, as etcd with this flag off (only the time to the first leader differs)")),
-    flag("wal-dir", false, Fate::DefaultOnly { default: "", why: "the Raft log lives in --data-dir/member; a separate log directory is not supported yet" }),
-    flag("grpc-keepalive-min-time", false, Fate::DefaultOnly { default: "5s", why: "gRPC keepalive settings are not configurable yet" }),
-    flag("grpc-keepalive-interval", false, Fate::DefaultOnly { default: "2h", why: "gRPC keepalive settings are not configurable yet" }),
-    flag("grpc-keepalive-timeout", false, Fate::DefaultOnly { default: "20s", why: "gRPC keepalive settings are not configurable yet" }),
+    flag("grpc-keepalive-min-time", false, Fate::DefaultOnly { default: "5s", why: "the HTTP/2 server (h2) has no ping policy to set: clients' pings are answered whatever their rate" }),
     flag("discovery", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
     flag("discovery-fallback", false, Fate::DefaultOnly { default: "proxy", why: NO_DISCOVERY }),
     flag("discovery-proxy", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
@@ -75,16 +72,9 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("proxy-dial-timeout", false, Fate::DefaultOnly { default: "1000", why: NO_V2 }),
     flag("proxy-write-timeout", false, Fate::DefaultOnly { default: "5000", why: NO_V2 }),
     flag("proxy-read-timeout", false, Fate::DefaultOnly { default: "0", why: NO_V2 }),
-    flag("client-crl-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
-    flag("client-cert-allowed-hostname", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
-    flag("peer-cert-allowed-hostname", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
     flag("peer-auto-tls", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
-    flag("peer-crl-file", false, Fate::DefaultOnly { default: "", why: NO_TLS }),
     flag("experimental-peer-skip-client-san-verification", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
-    flag("cors", false, Fate::DefaultOnly { default: "*", why: "CORS origins are not configurable yet (every origin is allowed, as etcd's default)" }),
-    flag("host-whitelist", false, Fate::DefaultOnly { default: "*", why: "a host whitelist is not supported yet (every host is allowed, as etcd's default)" }),
     flag("enable-pprof", true, Fate::DefaultOnly { default: "false", why: "Go's pprof endpoints do not exist in a Rust server" }),
-    flag("metrics", false, Fate::DefaultOnly { default: "basic", why: "only the basic metrics set exists" }),
     flag("logger", false, Fate::NoEffect("logs are written by tracing in one format, whichever of etcd's loggers (capnslog, zap) is named")),
     flag("log-outputs", false, Fate::DefaultOnly { default: "default|stderr", why: "logs go to stderr only" }),
     flag("log-package-levels", false, Fate::DefaultOnly { default: "", why: "per-package levels do not exist: use --log-level or RUST_LOG" }),
@@ -92,7 +82,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("experimental-corrupt-check-time", false, Fate::DefaultOnly { default: "0s", why: "the periodic corruption check is not built yet; refusing rather than skipping a check that was asked for" }),
     flag("experimental-enable-lease-checkpoint", true, Fate::NoEffect("leases are always checkpointed here (every --lease-checkpoint-interval), as with this flag on; with it off etcd 3.4 gives leases their whole TTL again after a leader change, which MetaStore never does")),
     flag("force-new-cluster", true, Fate::DefaultOnly { default: "false", why: "forcing a new cluster from one member's data is not supported yet" }),
-    flag("config-file", false, Fate::DefaultOnly { default: "", why: "the YAML configuration file is not supported yet: pass flags or ETCD_* variables" }),
 ];
 
 /// The environment variable etcd reads for a flag: `ETCD_` and the name in capitals.
@@ -264,10 +253,13 @@ mod tests {
 
     #[test]
     fn refused_flags_and_variables_name_themselves() {
-        let e = run(&["--client-crl-file", "c.pem"], &[]).unwrap_err();
-        assert!(e.contains("--client-crl-file") && e.contains("TLS"), "{e}");
-        let e = run(&[], &[("ETCD_PEER_CRL_FILE", "k.pem")]).unwrap_err();
-        assert!(e.contains("ETCD_PEER_CRL_FILE") && e.contains("TLS"), "{e}");
+        let e = run(&["--experimental-peer-skip-client-san-verification"], &[]).unwrap_err();
+        assert!(
+            e.contains("--experimental-peer-skip-client-san-verification") && e.contains("TLS"),
+            "{e}"
+        );
+        let e = run(&[], &[("ETCD_PEER_AUTO_TLS", "true")]).unwrap_err();
+        assert!(e.contains("ETCD_PEER_AUTO_TLS") && e.contains("TLS"), "{e}");
         let e = run(&["--experimental-initial-corrupt-check"], &[]).unwrap_err();
         assert!(
             e.contains("--experimental-initial-corrupt-check=true"),
@@ -285,15 +277,14 @@ mod tests {
     #[test]
     fn defaults_are_accepted() {
         let s = run(
-            &[
-                "--pre-vote=false",
-                "--grpc-keepalive-interval=7200s",
-                "--cors=*",
-            ],
+            &["--pre-vote=false", "--discovery-fallback=proxy"],
             &[
                 ("ETCD_ENABLE_V2", "false"),
                 ("ETCD_PEER_AUTO_TLS", "false"),
-                ("ETCD_CLIENT_CRL_FILE", ""),
+                (
+                    "ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION",
+                    "false",
+                ),
                 ("ETCD_LOG_OUTPUTS", "stderr"),
             ],
         )

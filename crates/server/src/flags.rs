@@ -27,6 +27,10 @@ pub struct Flags {
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Path to a dedicated directory for the Raft log (etcd's WAL) [default: in DATA_DIR/member].
+    #[arg(long, env = "ETCD_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+
     /// Comma-separated URLs to listen on for client traffic (gRPC and HTTP on one port).
     #[arg(
         long,
@@ -98,6 +102,24 @@ pub struct Flags {
     #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = 1_000)]
     pub max_concurrent_streams: u32,
 
+    /// How long a client connection may be idle before the server pings it; 0 turns server
+    /// pings off (etcd's `--grpc-keepalive-interval`).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", value_parser = parse_duration, default_value = "2h")]
+    pub grpc_keepalive_interval: Duration,
+
+    /// How long the server waits for a ping's answer before closing the connection (etcd's
+    /// `--grpc-keepalive-timeout`).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", value_parser = parse_duration, default_value = "20s")]
+    pub grpc_keepalive_timeout: Duration,
+
+    /// Comma-separated origins allowed for CORS on the HTTP endpoints (`*`: every origin).
+    #[arg(long, env = "ETCD_CORS", default_value = "*")]
+    pub cors: String,
+
+    /// Comma-separated hosts a plaintext HTTP request may name in `Host` (`*`: every host).
+    #[arg(long, env = "ETCD_HOST_WHITELIST", default_value = "*")]
+    pub host_whitelist: String,
+
     /// Most watches on one watch stream; a create over it is answered cancelled, with a
     /// reason naming this flag.
     #[arg(
@@ -157,6 +179,11 @@ pub struct Flags {
     #[arg(long, env = "ETCD_DEBUG", default_value_t = false, num_args = 0..=1,
           require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub debug: bool,
+
+    /// `basic`, or `extensive` to add the `grpc_server_handling_seconds` histogram of unary
+    /// calls' latency (as etcd).
+    #[arg(long, env = "ETCD_METRICS", default_value = "basic")]
+    pub metrics: String,
 
     /// Comma-separated URLs to serve `/metrics` and `/health` on, besides the client URLs.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
@@ -234,6 +261,24 @@ pub struct Flags {
           default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub auto_tls: bool,
 
+    /// Path to the client certificate revocation list file (PEM): listed client certificates
+    /// are refused.
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
+
+    /// Path to the peer certificate revocation list file (PEM): listed member certificates
+    /// are refused.
+    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<PathBuf>,
+
+    /// The only host name a client certificate must be valid for (by its SAN).
+    #[arg(long, env = "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME")]
+    pub client_cert_allowed_hostname: Option<String>,
+
+    /// The only host name a connecting member's certificate must be valid for (by its SAN).
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME")]
+    pub peer_cert_allowed_hostname: Option<String>,
+
     /// The only common name a connecting member's certificate may carry.
     #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
     pub peer_cert_allowed_cn: Option<String>,
@@ -246,6 +291,11 @@ pub struct Flags {
     /// Not supported yet (refused at start): lowest TLS version (rustls: TLS 1.2).
     #[arg(long, env = "ETCD_TLS_MIN_VERSION")]
     pub tls_min_version: Option<String>,
+
+    /// etcd's YAML configuration file; when given, every other flag and `ETCD_*` variable is
+    /// ignored, as in etcd 3.4 (read before the other flags, see `config_file`).
+    #[arg(long, env = "ETCD_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
 
     /// Not supported yet (refused at start): highest TLS version (rustls: TLS 1.3).
     #[arg(long, env = "ETCD_TLS_MAX_VERSION")]
@@ -274,7 +324,9 @@ impl Flags {
             trusted_ca_file: given(&self.trusted_ca_file),
             client_cert_auth: self.client_cert_auth,
             allowed_cn: None,
+            allowed_hostname: given(&self.client_cert_allowed_hostname),
             cipher_suites: given(&self.cipher_suites),
+            crl_file: given(&self.client_crl_file),
         }
     }
 
@@ -298,7 +350,9 @@ impl Flags {
             trusted_ca_file: given(&self.peer_trusted_ca_file),
             client_cert_auth: self.peer_client_cert_auth,
             allowed_cn: given(&self.peer_cert_allowed_cn),
+            allowed_hostname: given(&self.peer_cert_allowed_hostname),
             cipher_suites: given(&self.cipher_suites),
+            crl_file: given(&self.peer_crl_file),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - `flags`: [`Flags`], the command line.
 //! - [`etcd_flags`]: etcd's other flags, accepted with no effect or refused.
 //! - `config`: [`Config`], checked configuration, member and cluster ids.
+//! - [`config_file`]: etcd's YAML `--config-file`, and etcd's precedence of file, flags, variables.
 //! - `http`: `/health`, `/version`, `/metrics`.
 //! - `compactor`: automatic compaction.
 //! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2; caps connections.
@@ -17,10 +18,12 @@
 //! - `tls`: TLS (rustls) on `https://` client and peer listeners.
 //! - `restore`: `metastore snapshot restore` and `metastore migrate-etcd`, from etcd's files.
 
+mod access;
 mod authority;
 mod coalesce;
 mod compactor;
 mod config;
+pub mod config_file;
 pub mod etcd_flags;
 mod flags;
 mod http;
@@ -41,6 +44,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use access::HANDLING_BUCKETS;
 pub use config::{cluster_id, member_id, AutoCompaction, Config, API_VERSION};
 pub use flags::{Engine, Flags};
 pub use restore::{is_tool, run_tool};
@@ -149,8 +153,15 @@ async fn serve<B: Backend>(
         node: node.clone(),
         metrics,
     };
-    let http = http::router(http_state.clone());
-    let client_router = grpc.merge(http);
+    // HTTP requests (gRPC passes) go through --cors/--host-whitelist, which treat TLS
+    // listeners apart.
+    let grpc = if config.extensive_metrics {
+        access::timed(grpc)
+    } else {
+        grpc
+    };
+    let merged = grpc.merge(http::router(http_state.clone()));
+    let client_router = |secure: bool| access::guard(merged.clone(), &config.access, secure);
     // One cap over every client listener.
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_client_connections));
     for (addr, security) in listen_plan(
@@ -163,14 +174,45 @@ async fn serve<B: Backend>(
             .with_context(|| format!("listening for clients on {addr}"))?;
         let tls = matches!(security, tls::Security::Tls(_));
         tracing::info!(%addr, tls, "serving client requests (gRPC and HTTP)");
-        let router = client_router.clone();
+        let router = client_router(tls);
         let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security);
         tasks.spawn(serve::serve(
             listener,
             router,
-            config.max_concurrent_streams,
+            serve::Http2 {
+                max_concurrent_streams: config.max_concurrent_streams,
+                keepalive: config.keepalive,
+            },
             stop.clone(),
         ));
+    }
+    // `unix://` client URLs: the same service on Unix domain sockets, as etcd serves them.
+    #[cfg(unix)]
+    for (path, tls) in &config.client_unix_sockets {
+        // As etcd 3.4: an existing file at the path (even a stale socket) is not replaced.
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("listening for clients on unix socket {}", path.display()))?;
+        let security = match (&config.client_tls, tls) {
+            (Some(server_config), true) => {
+                tls::Security::Tls(tokio_rustls::TlsAcceptor::from(Arc::clone(server_config)))
+            }
+            _ => tls::Security::Plain,
+        };
+        tracing::info!(path = %path.display(), tls, "serving client requests (gRPC and HTTP) on a unix socket");
+        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security);
+        tasks.spawn(serve::serve(
+            listener,
+            client_router(*tls),
+            serve::Http2 {
+                max_concurrent_streams: config.max_concurrent_streams,
+                keepalive: config.keepalive,
+            },
+            stop.clone(),
+        ));
+    }
+    #[cfg(not(unix))]
+    if !config.client_unix_sockets.is_empty() {
+        anyhow::bail!("unix:// client URLs need a Unix system");
     }
     // `--listen-metrics-urls`: metrics and health only, outside the client connection cap.
     for addr in &config.metrics_addrs {
@@ -244,6 +286,10 @@ async fn serve<B: Backend>(
     let stopped = node.shutdown().await.context("flushing the store");
     for server in peer_servers {
         server.abort();
+    }
+    for (path, _) in &config.client_unix_sockets {
+        // As Go's listener does on close: the socket file goes with the server.
+        let _ = std::fs::remove_file(path);
     }
     stopped?;
     tracing::info!("stopped");

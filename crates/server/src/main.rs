@@ -1,8 +1,7 @@
 //! The `metastore` binary: parse flags, set up logs and metrics, run until a signal.
 
 use anyhow::Result;
-use clap::{CommandFactory, Parser};
-use server::{etcd_flags, Config, Flags};
+use server::{config_file, Config};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> Result<()> {
@@ -14,22 +13,17 @@ fn main() -> Result<()> {
             .init();
         return server::run_tool(args);
     }
-    // The variables clap reads; any other ETCD_* one is warned about, as etcd does.
-    let known: Vec<String> = Flags::command()
-        .get_arguments()
-        .filter_map(|a| a.get_env())
-        .map(|e| e.to_string_lossy().into_owned())
-        .collect();
     let env = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let screened = match etcd_flags::screen(std::env::args_os().collect(), env, &known) {
-        Ok(s) => s,
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let prepared = match config_file::prepare(args, env) {
+        Ok(p) => p,
         Err(why) => {
             eprintln!("metastore: {why}");
             std::process::exit(2);
         }
     };
-    let flags = Flags::parse_from(screened.args);
+    let flags = config_file::parse(&prepared);
     let level = if flags.debug {
         "debug"
     } else {
@@ -41,10 +35,15 @@ fn main() -> Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    for note in &screened.notes {
+    for note in &prepared.notes {
         tracing::warn!("{note}");
     }
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("grpc_server_handling_seconds".into()),
+            &server::HANDLING_BUCKETS,
+        )?
+        .install_recorder()?;
     let config = Config::try_from(flags)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -10,11 +10,30 @@ use tokio_util::task::TaskTracker;
 
 use crate::authority::FixAuthority;
 
+/// Server-initiated HTTP/2 keepalive, as etcd's `--grpc-keepalive-interval` and
+/// `--grpc-keepalive-timeout` set it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the server pings a client; zero: never.
+    pub interval: std::time::Duration,
+    /// How long the server waits for the ping's answer before closing the connection.
+    pub timeout: std::time::Duration,
+}
+
+/// Each client connection's HTTP/2 settings.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Http2 {
+    /// `--max-concurrent-streams`.
+    pub max_concurrent_streams: u32,
+    /// `--grpc-keepalive-interval`, `--grpc-keepalive-timeout`.
+    pub keepalive: Keepalive,
+}
+
 /// Serves `router` on `listener` until `stop`, then waits for its connections to finish.
 pub(crate) async fn serve(
     mut listener: FixAuthority,
     router: axum::Router,
-    max_concurrent_streams: u32,
+    http2: Http2,
     stop: CancellationToken,
 ) {
     let connections = TaskTracker::new();
@@ -27,9 +46,13 @@ pub(crate) async fn serve(
         let stop = stop.clone();
         connections.spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());
+            let keepalive = http2.keepalive;
             builder
                 .http2()
-                .max_concurrent_streams(max_concurrent_streams);
+                .max_concurrent_streams(http2.max_concurrent_streams)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval((!keepalive.interval.is_zero()).then_some(keepalive.interval))
+                .keep_alive_timeout(keepalive.timeout);
             let connection = builder.serve_connection(TokioIo::new(io), service);
             let mut connection = std::pin::pin!(connection);
             let ended = tokio::select! {

@@ -17,7 +17,7 @@ use std::task::{ready, Context, Poll};
 
 use anyhow::{bail, Context as _, Result};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
@@ -39,8 +39,14 @@ pub struct TlsFiles {
     pub client_cert_auth: bool,
     /// The only common name a client certificate may carry (`--peer-cert-allowed-cn`).
     pub allowed_cn: Option<String>,
+    /// The only host name a client certificate must be valid for (its SAN), as etcd's
+    /// `--client-cert-allowed-hostname` and `--peer-cert-allowed-hostname`.
+    pub allowed_hostname: Option<String>,
     /// TLS 1.2 cipher suites allowed, by their IANA names (`--cipher-suites`, both sides).
     pub cipher_suites: Option<String>,
+    /// Certificate revocation lists (PEM): a client certificate listed is refused
+    /// (`--client-crl-file`, `--peer-crl-file`).
+    pub crl_file: Option<PathBuf>,
 }
 
 impl TlsFiles {
@@ -51,6 +57,8 @@ impl TlsFiles {
             || self.trusted_ca_file.is_some()
             || self.client_cert_auth
             || self.allowed_cn.is_some()
+            || self.allowed_hostname.is_some()
+            || self.crl_file.is_some()
     }
 }
 
@@ -156,8 +164,6 @@ pub fn server_config(files: &TlsFiles, prefix: &str) -> Result<Arc<rustls::Serve
     let (Some(cert_file), Some(key_file)) = (&files.cert_file, &files.key_file) else {
         bail!("{prefix}TLS needs both {cert_flag} and {key_flag}");
     };
-    let certs = read_certs(cert_file, &cert_flag)?;
-    let key = read_key(key_file, &key_flag)?;
     let mut provider = (*provider()).clone();
     if let Some(names) = &files.cipher_suites {
         provider.cipher_suites = cipher_suites(&provider.cipher_suites, names)?;
@@ -176,43 +182,201 @@ pub fn server_config(files: &TlsFiles, prefix: &str) -> Result<Arc<rustls::Serve
                     .add(ca)
                     .with_context(|| format!("{ca_flag} {}: bad CA", ca_file.display()))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+            if let Some(crl_file) = &files.crl_file {
+                let crl_flag = if prefix.is_empty() {
+                    "--client-crl-file".to_string()
+                } else {
+                    format!("--{prefix}crl-file")
+                };
+                // As etcd: the presented certificate is looked up in the list; a certificate
+                // whose issuer published no list here is not refused for that.
+                verifier = verifier
+                    .with_crls(read_crls(crl_file, &crl_flag)?)
+                    .only_check_end_entity_revocation()
+                    .allow_unknown_revocation_status();
+            }
+            let verifier = verifier
                 .build()
                 .with_context(|| format!("{ca_flag} {}", ca_file.display()))?;
-            match &files.allowed_cn {
-                Some(cn) => builder.with_client_cert_verifier(Arc::new(AllowedCn {
+            let rule = match (&files.allowed_cn, &files.allowed_hostname) {
+                (Some(cn), Some(host)) => bail!(
+                    "--{prefix}cert-allowed-cn ({cn:?}) and --{prefix}cert-allowed-hostname \
+                     ({host:?}) are mutually exclusive"
+                ),
+                (Some(cn), None) => Some(Allowed::Cn(cn.clone())),
+                (None, Some(host)) => Some(Allowed::Hostname(
+                    rustls_pki_types::ServerName::try_from(host.clone()).with_context(|| {
+                        format!("--{prefix}cert-allowed-hostname {host:?}: not a host name")
+                    })?,
+                )),
+                (None, None) => None,
+            };
+            match rule {
+                Some(rule) => builder.with_client_cert_verifier(Arc::new(AllowedCn {
                     inner: verifier,
-                    cn: cn.clone(),
+                    rule,
                 })),
                 None => builder.with_client_cert_verifier(verifier),
             }
         }
+        None if files.crl_file.is_some() => {
+            bail!("a certificate revocation list needs {ca_flag} to verify client certificates")
+        }
         None if files.allowed_cn.is_some() => {
             bail!("--{prefix}cert-allowed-cn needs {ca_flag} to verify client certificates")
+        }
+        None if files.allowed_hostname.is_some() => {
+            bail!("--{prefix}cert-allowed-hostname needs {ca_flag} to verify client certificates")
         }
         None if files.client_cert_auth => {
             bail!("--{prefix}client-cert-auth needs {ca_flag} to verify client certificates")
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(certs, key).with_context(|| {
-        format!(
-            "{key_flag} {} does not fit {cert_flag} {}",
-            key_file.display(),
-            cert_file.display()
-        )
-    })?;
+    let resolver = ReloadingCert::new(cert_file, key_file, &cert_flag, &key_flag, provider)?;
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     // gRPC needs HTTP/2; /health and /metrics may come over HTTP/1.1.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
-/// A client verifier that, past the CA check, admits only certificates whose subject's
-/// common name is `cn` (etcd's `--peer-cert-allowed-cn`).
+/// Reads a PEM file of certificate revocation lists; `flag` names it in errors.
+fn read_crls(path: &Path, flag: &str) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .with_context(|| format!("{flag} {}: cannot read", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{flag} {}: not a PEM CRL file", path.display()))?;
+    if crls.is_empty() {
+        bail!(
+            "{flag} {}: holds no certificate revocation list",
+            path.display()
+        );
+    }
+    Ok(crls)
+}
+
+/// What identifies one version of a file: replacing or rewriting it changes this.
+type FileStamp = Option<(std::time::SystemTime, u64, u64)>;
+
+fn stamp(path: &Path) -> FileStamp {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some((meta.modified().ok()?, meta.len(), inode))
+}
+
+/// The server certificate, re-read from its files when they change (rotation without a
+/// restart, as etcd 3.4 reads them at each handshake). A new pair that cannot be used (a
+/// key that does not fit, a file half written) is logged and the previous one kept; the
+/// next change is tried again.
+#[derive(Debug)]
+struct ReloadingCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    cert_flag: String,
+    key_flag: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: std::sync::Mutex<((FileStamp, FileStamp), Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl ReloadingCert {
+    /// Loads the pair now: a pair that does not work stops the server at start.
+    fn new(
+        cert_file: &Path,
+        key_file: &Path,
+        cert_flag: &str,
+        key_flag: &str,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self> {
+        let stamps = (stamp(cert_file), stamp(key_file));
+        let key = load_pair(cert_file, key_file, cert_flag, key_flag, &provider)?;
+        Ok(Self {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            cert_flag: cert_flag.to_string(),
+            key_flag: key_flag.to_string(),
+            provider,
+            current: std::sync::Mutex::new((stamps, Arc::new(key))),
+        })
+    }
+}
+
+fn load_pair(
+    cert_file: &Path,
+    key_file: &Path,
+    cert_flag: &str,
+    key_flag: &str,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<rustls::sign::CertifiedKey> {
+    let certs = read_certs(cert_file, cert_flag)?;
+    let key = read_key(key_file, key_flag)?;
+    let mismatch = || {
+        format!(
+            "{key_flag} {} does not fit {cert_flag} {}",
+            key_file.display(),
+            cert_file.display()
+        )
+    };
+    let pair = rustls::sign::CertifiedKey::from_der(certs, key, provider).with_context(mismatch)?;
+    pair.keys_match().with_context(mismatch)?;
+    Ok(pair)
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let stamps = (stamp(&self.cert_file), stamp(&self.key_file));
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.0 != stamps {
+            current.0 = stamps;
+            match load_pair(
+                &self.cert_file,
+                &self.key_file,
+                &self.cert_flag,
+                &self.key_flag,
+                &self.provider,
+            ) {
+                Ok(pair) => {
+                    current.1 = Arc::new(pair);
+                    tracing::info!(cert = %self.cert_file.display(), "{} changed: serving the new certificate", self.cert_flag);
+                }
+                Err(e) => tracing::warn!(
+                    cause = format!("{e:#}"),
+                    "{} or {} changed but cannot be used; keeping the previous certificate",
+                    self.cert_flag,
+                    self.key_flag
+                ),
+            }
+        }
+        Some(Arc::clone(&current.1))
+    }
+}
+
+/// Which client certificates [`AllowedCn`] admits past the CA check.
+#[derive(Debug)]
+enum Allowed {
+    /// Those whose subject's common name is this (`--peer-cert-allowed-cn`).
+    Cn(String),
+    /// Those valid for this host name, by their SAN (`--*-cert-allowed-hostname`).
+    Hostname(rustls_pki_types::ServerName<'static>),
+}
+
+/// A client verifier that, past the CA check, admits only certificates that `rule` allows
+/// (etcd's `--peer-cert-allowed-cn`, `--client-cert-allowed-hostname`,
+/// `--peer-cert-allowed-hostname`).
 #[derive(Debug)]
 struct AllowedCn {
     inner: Arc<dyn ClientCertVerifier>,
-    cn: String,
+    rule: Allowed,
 }
 
 impl ClientCertVerifier for AllowedCn {
@@ -237,11 +401,23 @@ impl ClientCertVerifier for AllowedCn {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let cn = common_name(end_entity);
-        if cn.as_deref() == Some(self.cn.as_str()) {
-            return Ok(verified);
+        match &self.rule {
+            Allowed::Cn(allowed) => {
+                let cn = common_name(end_entity);
+                if cn.as_deref() == Some(allowed.as_str()) {
+                    return Ok(verified);
+                }
+                tracing::warn!(cn = ?cn, %allowed, "refused a certificate: its CN is not the allowed one");
+            }
+            Allowed::Hostname(host) => {
+                let valid = rustls::server::ParsedCertificate::try_from(end_entity)
+                    .and_then(|cert| rustls::client::verify_server_name(&cert, host));
+                if valid.is_ok() {
+                    return Ok(verified);
+                }
+                tracing::warn!(allowed = ?host, "refused a certificate: it is not valid for the allowed host name");
+            }
         }
-        tracing::warn!(cn = ?cn, allowed = %self.cn, "refused a certificate: its CN is not the allowed one");
         Err(rustls::Error::InvalidCertificate(
             rustls::CertificateError::ApplicationVerificationFailure,
         ))
@@ -333,6 +509,83 @@ pub fn common_name(cert: &[u8]) -> Option<String> {
     None
 }
 
+/// A connection's socket: TCP, or a Unix domain socket (`unix://` client URLs, as etcd).
+pub enum Socket {
+    /// TCP.
+    Tcp(TcpStream),
+    /// A Unix domain socket.
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+impl From<TcpStream> for Socket {
+    fn from(s: TcpStream) -> Self {
+        Socket::Tcp(s)
+    }
+}
+
+#[cfg(unix)]
+impl From<tokio::net::UnixStream> for Socket {
+    fn from(s: tokio::net::UnixStream) -> Self {
+        Socket::Unix(s)
+    }
+}
+
+/// Forwards one `AsyncRead`/`AsyncWrite` call to whichever socket this is.
+macro_rules! on_socket {
+    ($this:expr, $s:ident => $call:expr) => {
+        match $this.get_mut() {
+            Socket::Tcp($s) => $call,
+            #[cfg(unix)]
+            Socket::Unix($s) => $call,
+        }
+    };
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        on_socket!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        on_socket!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        on_socket!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Socket::Tcp(s) => s.is_write_vectored(),
+            #[cfg(unix)]
+            Socket::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_socket!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_socket!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
 /// How a listener's connections are secured.
 #[derive(Clone)]
 pub enum Security {
@@ -344,7 +597,8 @@ pub enum Security {
 
 impl Security {
     /// Wraps a freshly accepted connection; TLS handshakes when it is first read or written.
-    pub fn wrap(&self, stream: TcpStream) -> MaybeTls {
+    pub fn wrap(&self, stream: impl Into<Socket>) -> MaybeTls {
+        let stream = stream.into();
         match self {
             Security::Plain => MaybeTls::Plain(stream),
             Security::Tls(acceptor) => MaybeTls::Handshake(Box::new(acceptor.accept(stream))),
@@ -355,11 +609,11 @@ impl Security {
 /// A client or peer connection, plaintext or TLS.
 pub enum MaybeTls {
     /// Plaintext.
-    Plain(TcpStream),
+    Plain(Socket),
     /// TLS, still handshaking.
-    Handshake(Box<tokio_rustls::Accept<TcpStream>>),
+    Handshake(Box<tokio_rustls::Accept<Socket>>),
     /// TLS, established.
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::server::TlsStream<Socket>>),
     /// The handshake failed: every use fails.
     Failed,
 }

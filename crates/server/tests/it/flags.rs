@@ -211,12 +211,12 @@ fn etcd_variables_refused_and_unknown_ones_warned_about() {
     // A refused flag given as a variable names the variable (TLS is never silently ignored).
     let (exit, text) = run_briefly(
         &[],
-        &[("ETCD_CLIENT_CRL_FILE".into(), "/x.pem".into())],
+        &[("ETCD_PEER_AUTO_TLS".into(), "true".into())],
         Duration::from_secs(10),
     );
     assert_eq!(exit, Some(false), "{text}");
     assert!(
-        text.contains("ETCD_CLIENT_CRL_FILE") && text.contains("TLS"),
+        text.contains("ETCD_PEER_AUTO_TLS") && text.contains("TLS"),
         "{text}"
     );
     // An implemented TLS variable is read: a certificate without an https:// URL is refused.

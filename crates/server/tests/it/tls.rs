@@ -77,7 +77,7 @@ fn ca(cn: &str) -> CertifiedIssuer<'static, KeyPair> {
 }
 
 /// One server serving clients over `https://` only, killed when dropped.
-struct TlsServer {
+pub(crate) struct TlsServer {
     kind: Kind,
     child: Option<Child>,
     port: u16,
@@ -156,7 +156,7 @@ impl TlsServer {
     }
 
     /// Spawns and waits until etcdctl with the right certificates finds it healthy.
-    fn start(kind: Kind, pki: &Pki, extra: &[&str]) -> TlsServer {
+    pub(crate) fn start(kind: Kind, pki: &Pki, extra: &[&str]) -> TlsServer {
         let mut server = TlsServer::spawn(kind, pki, extra);
         server.wait_healthy(pki);
         server
@@ -192,7 +192,7 @@ impl TlsServer {
         }
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }
 
@@ -233,7 +233,7 @@ impl Drop for TlsServer {
 }
 
 /// etcdctl's TLS flags for the client certificate `name` (`None`: CA only).
-fn certs(pki: &Pki, name: &str) -> Vec<String> {
+pub(crate) fn certs(pki: &Pki, name: &str) -> Vec<String> {
     let mut flags = vec![format!("--cacert={}", pki.path("ca.pem"))];
     if !name.is_empty() {
         flags.push(format!("--cert={}", pki.path(&format!("{name}.pem"))));
@@ -243,7 +243,11 @@ fn certs(pki: &Pki, name: &str) -> Vec<String> {
 }
 
 /// Runs etcdctl 3.4 against `endpoint`: (exit code, stdout, stderr).
-fn etcdctl(endpoint: &str, tls: &[String], args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) fn etcdctl(
+    endpoint: &str,
+    tls: &[String],
+    args: &[&str],
+) -> (Option<i32>, String, String) {
     let mut command = Command::new(require_tool("etcdctl"));
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
