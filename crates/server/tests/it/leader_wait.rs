@@ -532,6 +532,11 @@ async fn side_by_side_with_etcd_a_watch_requiring_a_leader_ends_and_a_plain_one_
     assert_eq!(ours.required, etcd.required);
     let election = Duration::from_millis(SIDE_ELECTION_MS);
     for (side, run) in [("etcd", &etcd), ("MetaStore", &ours)] {
+        eprintln!(
+            "{side}: no leader seen {:?} after the freeze; the watch requiring one ended {:?} \
+             after it",
+            run.lost, run.required_ended
+        );
         // Not before the member could have gone three election timeouts without a leader
         // (it loses the leader one election timeout after the freeze at the earliest).
         assert!(
