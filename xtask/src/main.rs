@@ -4,8 +4,9 @@
 //!
 //! # Layout
 //! - `tidy`: checks every crate's `lib.rs` header and the layer rule between crates.
-//! - `bench`: `cargo xtask bench engine|kv|watch|lease`: the engines alone, and MetaStore
-//!   against etcd 3.4 on the same machine, written to `docs/benchmarks.md`.
+//! - `bench`: `cargo xtask bench engine|kv|watch|lease|failover`: the engines alone, and
+//!   MetaStore against etcd 3.4 on the same machine (all but `failover` write to
+//!   `docs/benchmarks.md`; `failover` prints its table for `docs/reliability.md`).
 //! - `chaos`: `cargo xtask chaos`, a cluster under faults with a linearizability checker.
 
 // A command-line tool: printing to stdout is its interface.

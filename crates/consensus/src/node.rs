@@ -40,7 +40,8 @@ pub struct NodeConfig {
     pub initial_members: BTreeMap<u64, Member>,
     /// Leader heartbeat period.
     pub heartbeat: Duration,
-    /// Election timeout; elections start at a random time between this and twice this.
+    /// Election timeout (E): a follower refuses votes for E after hearing from its leader, and
+    /// campaigns at a random time between 1.5 E and 2 E after it last did.
     pub election_timeout: Duration,
     /// Entries between snapshots.
     pub snapshot_count: u64,
@@ -104,8 +105,15 @@ impl NodeConfig {
         let config = Config {
             cluster_name: "metastore".to_string(),
             heartbeat_interval: millis(self.heartbeat),
-            election_timeout_min: millis(self.election_timeout),
-            election_timeout_max: millis(self.election_timeout) * 2,
+            // openraft's follower campaigns `election_timeout_max` (its leader lease: no vote
+            // is granted that soon after hearing from a leader) plus a random time in
+            // `min..max` after the last heartbeat. etcd's follower campaigns between one and
+            // two election timeouts after it, and refuses votes for one (check-quorum's
+            // lease). With min = E/2 and max = E, openraft campaigns in [1.5E, 2E) and keeps
+            // etcd's lease; with E..2E it waited 3E–4E, which a kill-the-leader loop saw as
+            // 3–4 s elections at the default 1 s. (E >= 5 heartbeats, so min > heartbeat.)
+            election_timeout_min: millis(self.election_timeout) / 2,
+            election_timeout_max: millis(self.election_timeout),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_count.max(1)),
             max_in_snapshot_log_to_keep: 5_000.min(self.snapshot_count),
             // Entries are batches of up to a few MiB: keep one append message bounded.
@@ -1150,6 +1158,45 @@ async fn mark_when_joined(raft: Raft, dir: PathBuf, id: u64) {
         }
         if metrics.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(election_ms: u64, heartbeat_ms: u64) -> Config {
+        let member = Member {
+            name: "m".to_string(),
+            peer_urls: vec!["http://127.0.0.1:1".to_string()],
+            client_urls: vec!["http://127.0.0.1:2".to_string()],
+        };
+        let mut c = NodeConfig::single(1, member, PathBuf::from("unused"));
+        c.election_timeout = Duration::from_millis(election_ms);
+        c.heartbeat = Duration::from_millis(heartbeat_ms);
+        c.raft_config().expect("a valid configuration")
+    }
+
+    /// A follower of a dead leader campaigns within two election timeouts of its last
+    /// heartbeat, as etcd's does, and refuses votes for one (etcd's check-quorum lease).
+    /// openraft waits its lease (`election_timeout_max`) plus a random timeout drawn from
+    /// `min..max`, so the longest wait is `2 * max`.
+    #[test]
+    fn a_follower_campaigns_within_two_election_timeouts_as_etcds_does() {
+        for (election, heartbeat) in [(1000, 100), (500, 50), (5000, 1000)] {
+            let c = config(election, heartbeat);
+            let lease = c.election_timeout_max;
+            let longest = lease + c.election_timeout_max;
+            assert!(
+                longest <= 2 * election,
+                "E = {election} ms: a follower may wait {longest} ms to campaign"
+            );
+            assert!(
+                lease >= election,
+                "E = {election} ms: votes granted {lease} ms after a heartbeat"
+            );
+            assert!(c.election_timeout_min > c.heartbeat_interval);
         }
     }
 }

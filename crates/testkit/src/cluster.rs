@@ -1,4 +1,5 @@
-//! A cluster of real `metastore` processes on loopback, each with its own data directory.
+//! A cluster of real `metastore` processes on loopback, each with its own data directory; or,
+//! for tests that compare the two side by side, of etcd 3.4 processes started the same way.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -87,6 +88,8 @@ pub struct Cluster {
     net: Option<Net>,
     /// Where the members' data directories go, when not in the cluster's own directory.
     data_root: Option<PathBuf>,
+    /// The members are etcd processes, not MetaStore's.
+    etcd: bool,
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -117,9 +120,42 @@ impl Cluster {
         Self::start_with_data_root(options, Some(data_root))
     }
 
+    /// Starts `members` etcd processes of `binary` (etcd 3.4) bootstrapping a new cluster,
+    /// each given `extra_args` after the cluster's own flags, and waits as [`Cluster::start`]
+    /// does. Every port comes from [`free_port`], below the ephemeral range: etcd members dial
+    /// each other while the later ones are still starting, and an outgoing connection's source
+    /// port taken from the ephemeral range could be a port a later member is about to bind.
+    /// Peers cannot be proxied (etcd has no flag for its peer source address); freeze members
+    /// to cut one off instead.
+    ///
+    /// # Errors
+    /// As [`Cluster::start`].
+    pub fn start_etcd(
+        binary: PathBuf,
+        members: usize,
+        extra_args: Vec<String>,
+    ) -> Result<Cluster, String> {
+        let options = ClusterOptions {
+            binary,
+            members,
+            engine: String::new(),
+            extra_args,
+            proxy_peers: false,
+        };
+        Self::start_flavor(options, None, true)
+    }
+
     fn start_with_data_root(
         options: ClusterOptions,
         data_root: Option<PathBuf>,
+    ) -> Result<Cluster, String> {
+        Self::start_flavor(options, data_root, false)
+    }
+
+    fn start_flavor(
+        options: ClusterOptions,
+        data_root: Option<PathBuf>,
+        etcd: bool,
     ) -> Result<Cluster, String> {
         let dir = tempfile::Builder::new()
             .prefix("metastore-cluster-")
@@ -151,6 +187,7 @@ impl Cluster {
             members,
             net,
             data_root,
+            etcd,
         };
         for i in 0..cluster.members.len() {
             cluster.spawn(i)?;
@@ -226,6 +263,19 @@ impl Cluster {
                 command.env_remove(&*name);
             }
         }
+        if self.etcd {
+            command.args(["--logger", "zap", "--log-level", "warn"]);
+            if std::env::consts::ARCH != "x86_64" {
+                // etcd 3.4 refuses other architectures unless told this one (Go's name).
+                let arch = match std::env::consts::ARCH {
+                    "aarch64" => "arm64",
+                    other => other,
+                };
+                command.env("ETCD_UNSUPPORTED_ARCH", arch);
+            }
+        } else {
+            command.args(["--engine", &self.options.engine]);
+        }
         let child = command
             .args(["--name", &m.name])
             .arg("--data-dir")
@@ -236,7 +286,6 @@ impl Cluster {
             .args(["--initial-advertise-peer-urls", &m.peer_url()])
             .args(["--initial-cluster", &initial])
             .args(["--initial-cluster-state", m.state])
-            .args(["--engine", &self.options.engine])
             .args(&self.options.extra_args)
             .stdin(Stdio::null())
             .stdout(log)
@@ -348,7 +397,13 @@ impl Cluster {
         if !m.is_running() || m.frozen {
             return None;
         }
-        let (_, body) = http_get(m.client_port, "/metrics")?;
+        // HTTP/1.0 for etcd: Go answers a long HTTP/1.1 body in chunks, and a chunk boundary
+        // may split a line.
+        let (_, body) = http_get_version(
+            m.client_port,
+            "/metrics",
+            if self.etcd { "1.0" } else { "1.1" },
+        )?;
         let values: Vec<f64> = body
             .lines()
             .filter(|l| {
@@ -420,6 +475,10 @@ impl Drop for Cluster {
 
 /// A plain HTTP/1.1 GET on 127.0.0.1:`port`; `None` when nothing answers in time.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_version(port, path, "1.1")
+}
+
+fn http_get_version(port: u16, path: &str, version: &str) -> Option<(u16, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
@@ -428,7 +487,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/{version}\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();

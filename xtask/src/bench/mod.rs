@@ -5,6 +5,7 @@
 
 mod doc;
 mod engine;
+mod failover;
 mod kv;
 mod lease;
 mod servers;
@@ -22,11 +23,14 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("kv") => kv::run(&args[1..]),
         Some("watch") => watch::run(&args[1..]),
         Some("lease") => lease::run(&args[1..]),
+        Some("failover") => failover::run(&args[1..]),
         // Hidden: the memory benchmark re-executes this binary so each engine is measured in
         // a process of its own, with nothing else on the heap.
         Some(engine::CHILD) => engine::child(&args[1..]),
-        Some(other) => bail!("unknown benchmark `{other}`; try: engine, kv, watch, lease"),
-        None => bail!("usage: cargo xtask bench <engine|kv|watch|lease> [--help]"),
+        Some(other) => {
+            bail!("unknown benchmark `{other}`; try: engine, kv, watch, lease, failover")
+        }
+        None => bail!("usage: cargo xtask bench <engine|kv|watch|lease|failover> [--help]"),
     }
 }
 

@@ -17,7 +17,7 @@
 mod checker;
 mod faults;
 mod watchcheck;
-mod workload;
+pub(crate) mod workload;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

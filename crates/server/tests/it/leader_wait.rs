@@ -295,3 +295,259 @@ async fn a_watch_requiring_a_leader_is_cancelled_on_a_cut_off_member() {
         Some(&b"w/after"[..])
     );
 }
+
+// Side by side with etcd 3.4: the same scenario on a 3-member cluster of each, with the same
+// short election timing. A member is cut off by freezing (SIGSTOP) the other two: etcd has no
+// flag for its peer source address, so the peer proxies cannot tell its links apart, and a
+// frozen peer is a faithful partition from the cut-off member's side (connections open,
+// nothing answered), as both servers see it.
+
+/// `--heartbeat-interval` and `--election-timeout` of both servers in the side-by-side tests.
+const SIDE_HEARTBEAT_MS: u64 = 50;
+const SIDE_ELECTION_MS: u64 = 500;
+
+/// Which server a side-by-side run is of.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    MetaStore,
+    Etcd,
+}
+
+fn start_side(side: Side) -> Cluster {
+    let timing = vec![
+        "--heartbeat-interval".to_string(),
+        SIDE_HEARTBEAT_MS.to_string(),
+        "--election-timeout".to_string(),
+        SIDE_ELECTION_MS.to_string(),
+    ];
+    let started = match side {
+        Side::MetaStore => Cluster::start(ClusterOptions {
+            binary: env!("CARGO_BIN_EXE_metastore").into(),
+            members: 3,
+            engine: "redb".into(),
+            extra_args: timing,
+            proxy_peers: false,
+        }),
+        Side::Etcd => Cluster::start_etcd(crate::harness::require_tool("etcd"), 3, timing),
+    };
+    started.unwrap_or_else(|e| panic!("starting a {side:?} cluster: {e}"))
+}
+
+/// A follower of a fresh `side` cluster, its cluster, and a client of it that has seen a write
+/// through it (so it knows the leader).
+async fn a_follower(side: Side) -> (Cluster, usize) {
+    let cluster = start_side(side);
+    let leader = tokio::task::block_in_place(|| cluster.wait_leader(Duration::from_secs(15)))
+        .unwrap_or_else(|e| panic!("{side:?}: {e}"));
+    let m = (leader + 1) % 3;
+    let mut c = client(&cluster.member(m).endpoint(), Duration::from_secs(10), true).await;
+    c.put("before", "v", None)
+        .await
+        .unwrap_or_else(|e| panic!("{side:?}: a put with a leader: {e}"));
+    (cluster, m)
+}
+
+/// Freezes every member but `m` and waits until `m` says it has no leader; returns when the
+/// others were frozen and when `m` was first seen without a leader.
+async fn cut_off_by_freezing(cluster: &mut Cluster, m: usize) -> (Instant, Instant) {
+    for o in (0..3).filter(|o| *o != m) {
+        cluster.freeze(o);
+    }
+    let frozen = Instant::now();
+    while cluster.metric(m, "etcd_server_has_leader") != Some(0.0) {
+        assert!(
+            frozen.elapsed() < Duration::from_secs(20),
+            "member {m} still has a leader 20 s after the others were frozen"
+        );
+        pause(Duration::from_millis(20)).await;
+    }
+    (frozen, Instant::now())
+}
+
+/// The gRPC code and message of a failed call.
+fn status_of(e: &etcd_client::Error) -> (String, String) {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => (format!("{:?}", s.code()), s.message().to_string()),
+        other => ("not a gRPC status".to_string(), other.to_string()),
+    }
+}
+
+/// What a member without a leader answered to unary puts.
+#[derive(Debug)]
+struct UnaryWithoutLeader {
+    /// A put with `hasleader`: its status and how long the answer took.
+    required: (String, String),
+    required_took: Duration,
+    /// A put without it, with a 1.5 s deadline.
+    plain: (String, String),
+    plain_took: Duration,
+}
+
+async fn unary_without_leader(side: Side) -> UnaryWithoutLeader {
+    let (mut cluster, m) = a_follower(side).await;
+    let endpoint = cluster.member(m).endpoint();
+    let mut requiring = client(&endpoint, Duration::from_secs(5), true).await;
+    let mut plain = client(&endpoint, Duration::from_millis(1500), false).await;
+    cut_off_by_freezing(&mut cluster, m).await;
+    let started = Instant::now();
+    let required = requiring
+        .put("k", "v", None)
+        .await
+        .expect_err("a put requiring a leader on a member without one");
+    let required_took = started.elapsed();
+    let started = Instant::now();
+    let plain_answer = plain
+        .put("k", "v", None)
+        .await
+        .expect_err("a put no leader can commit");
+    UnaryWithoutLeader {
+        required: status_of(&required),
+        required_took,
+        plain: status_of(&plain_answer),
+        plain_took: started.elapsed(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_by_side_with_etcd_a_call_requiring_a_leader_is_refused_at_once() {
+    let etcd = unary_without_leader(Side::Etcd).await;
+    let ours = unary_without_leader(Side::MetaStore).await;
+    eprintln!("etcd: {etcd:?}\nMetaStore: {ours:?}");
+    let no_leader = (
+        "Unavailable".to_string(),
+        "etcdserver: no leader".to_string(),
+    );
+    assert_eq!(etcd.required, no_leader, "etcd's answer, the reference");
+    assert_eq!(ours.required, etcd.required);
+    for (side, run) in [("etcd", &etcd), ("MetaStore", &ours)] {
+        assert!(
+            run.required_took < Duration::from_millis(500),
+            "{side} refused after {:?}, not at once",
+            run.required_took
+        );
+        // Without the metadata both wait for a leader until the deadline.
+        assert!(
+            !run.plain.1.contains("no leader"),
+            "{side} answered a plain put {:?}",
+            run.plain
+        );
+        assert!(
+            run.plain_took >= Duration::from_millis(1400),
+            "{side} answered a plain put after {:?}, before its deadline: {:?}",
+            run.plain_took,
+            run.plain
+        );
+    }
+}
+
+/// What happened to two watches on a member cut off from the others.
+#[derive(Debug)]
+struct WatchesWithoutLeader {
+    /// The watch opened with `hasleader`: how it ended and how long after the freeze.
+    required: (String, String),
+    required_ended: Duration,
+    /// How long after the freeze the member was seen without a leader.
+    lost: Duration,
+    /// The plain watch's next key once the others were thawed and a key was put.
+    plain_next: Result<String, String>,
+}
+
+async fn watches_without_leader(side: Side) -> WatchesWithoutLeader {
+    let (mut cluster, m) = a_follower(side).await;
+    let endpoint = cluster.member(m).endpoint();
+    let mut requiring = client(&endpoint, Duration::from_secs(60), true).await;
+    let mut plain = client(&endpoint, Duration::from_secs(60), false).await;
+    let mut required_stream = requiring
+        .watch("w", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap_or_else(|e| panic!("{side:?}: a watch requiring a leader: {e}"));
+    let mut plain_stream = plain
+        .watch("w", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap_or_else(|e| panic!("{side:?}: a plain watch: {e}"));
+    let (frozen, lost) = cut_off_by_freezing(&mut cluster, m).await;
+    let ended = deadline::within(
+        Layer::Api,
+        Deadline::after(Duration::from_secs(20)),
+        async {
+            loop {
+                match required_stream.message().await {
+                    Ok(Some(r)) if !r.canceled() => continue,
+                    Ok(Some(r)) => return ("cancelled".to_string(), r.cancel_reason().to_string()),
+                    Ok(None) => return ("ended".to_string(), String::new()),
+                    Err(e) => return status_of(&e),
+                }
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{side:?}: the watch requiring a leader still runs after 20 s"));
+    let required_ended = frozen.elapsed();
+    for o in (0..3).filter(|o| *o != m) {
+        cluster.thaw(o);
+    }
+    let mut c = client(&endpoint, Duration::from_secs(10), false).await;
+    c.put("w/after", "v", None)
+        .await
+        .unwrap_or_else(|e| panic!("{side:?}: a put after thawing: {e}"));
+    let plain_next = deadline::within(
+        Layer::Api,
+        Deadline::after(Duration::from_secs(10)),
+        async {
+            loop {
+                match plain_stream.message().await {
+                    Ok(Some(r)) if r.canceled() => {
+                        return Err(format!("cancelled: {}", r.cancel_reason()))
+                    }
+                    Ok(Some(r)) => match r.events().first().and_then(|e| e.kv()) {
+                        Some(kv) => return Ok(String::from_utf8_lossy(kv.key()).into_owned()),
+                        None => continue,
+                    },
+                    Ok(None) => return Err("ended".to_string()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|_| Err("nothing within 10 s".to_string()));
+    WatchesWithoutLeader {
+        required: ended,
+        required_ended,
+        lost: lost - frozen,
+        plain_next,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_by_side_with_etcd_a_watch_requiring_a_leader_ends_and_a_plain_one_stays() {
+    let etcd = watches_without_leader(Side::Etcd).await;
+    let ours = watches_without_leader(Side::MetaStore).await;
+    eprintln!("etcd: {etcd:?}\nMetaStore: {ours:?}");
+    let no_leader = (
+        "Unavailable".to_string(),
+        "etcdserver: no leader".to_string(),
+    );
+    assert_eq!(etcd.required, no_leader, "etcd's ending, the reference");
+    assert_eq!(ours.required, etcd.required);
+    let election = Duration::from_millis(SIDE_ELECTION_MS);
+    for (side, run) in [("etcd", &etcd), ("MetaStore", &ours)] {
+        eprintln!(
+            "{side}: no leader seen {:?} after the freeze; the watch requiring one ended {:?} \
+             after it",
+            run.lost, run.required_ended
+        );
+        // Not before the member could have gone three election timeouts without a leader
+        // (it loses the leader one election timeout after the freeze at the earliest).
+        assert!(
+            run.required_ended >= 3 * election,
+            "{side} ended the watch {:?} after the freeze",
+            run.required_ended
+        );
+        assert_eq!(
+            run.plain_next,
+            Ok("w/after".to_string()),
+            "{side}'s plain watch"
+        );
+    }
+}

@@ -1,0 +1,456 @@
+//! `cargo xtask bench failover`: a kill-the-leader loop (issue 22). A 3-member cluster whose
+//! leader is SIGKILLed every `--period` and started again `--down` later, while `--clients`
+//! clients put, read (linearizable) and compare-and-swap with a `--deadline` per request;
+//! MetaStore and etcd 3.4 under the same schedule. It counts what completed and what failed,
+//! by kind of failure, and how long each kill left the cluster without a leader.
+//!
+//! Each client talks to one member and moves to the next when its connection fails (as
+//! clientv3 fails over between endpoints); a failed request is not retried (clientv3 does not
+//! retry a put), the client pauses [`BACKOFF`] and sends its next one.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use testkit::{Cluster, ClusterOptions};
+
+use super::XorShift;
+use crate::chaos::workload::definite;
+
+/// A client's pause after a failed request, so a member that refuses at once is not asked
+/// thousands of times a second.
+const BACKOFF: Duration = Duration::from_millis(50);
+
+const USAGE: &str = "\
+cargo xtask bench failover [flags]: kill the leader of a 3-member cluster in a loop under load,
+MetaStore and etcd 3.4 under the same schedule
+
+  --duration SECS   how long each server is measured (120)
+  --period SECS     a leader is killed every SECS (5)
+  --down MS         it is started again MS after the kill (1000)
+  --clients N       concurrent clients (12)
+  --keys N          keys written and read (20)
+  --deadline MS     every request's deadline (1500)
+  --seed N          the workload's seed (1)
+  --binary PATH     the metastore binary (default: build target/release/metastore)
+  --only NAME       measure only `metastore` or `etcd`";
+
+struct Args {
+    duration: Duration,
+    period: Duration,
+    down: Duration,
+    clients: usize,
+    keys: usize,
+    deadline: Duration,
+    seed: u64,
+    binary: Option<PathBuf>,
+    only: Option<String>,
+}
+
+fn parse(raw: &[String]) -> Result<Option<Args>> {
+    let mut a = Args {
+        duration: Duration::from_secs(120),
+        period: Duration::from_secs(5),
+        down: Duration::from_millis(1000),
+        clients: 12,
+        keys: 20,
+        deadline: Duration::from_millis(1500),
+        seed: 1,
+        binary: None,
+        only: None,
+    };
+    let mut it = raw.iter();
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            return Ok(None);
+        }
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        let number = || -> Result<u64> {
+            value
+                .parse()
+                .with_context(|| format!("{flag}: `{value}` is not a number"))
+        };
+        match flag.as_str() {
+            "--duration" => a.duration = Duration::from_secs(number()?),
+            "--period" => a.period = Duration::from_secs(number()?),
+            "--down" => a.down = Duration::from_millis(number()?),
+            "--clients" => a.clients = usize::try_from(number()?)?,
+            "--keys" => a.keys = usize::try_from(number()?)?.max(1),
+            "--deadline" => a.deadline = Duration::from_millis(number()?),
+            "--seed" => a.seed = number()?,
+            "--binary" => a.binary = Some(PathBuf::from(value)),
+            "--only" => a.only = Some(value.clone()),
+            other => bail!("unknown flag {other}\n{USAGE}"),
+        }
+    }
+    if a.period <= a.down {
+        bail!("--period must be longer than --down");
+    }
+    Ok(Some(a))
+}
+
+/// Runs the benchmark and prints its table.
+pub fn run(raw: &[String]) -> Result<()> {
+    let Some(args) = parse(raw)? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let mut results = Vec::new();
+    if args.only.as_deref() != Some("etcd") {
+        let root = crate::tidy::project_root();
+        let binary = match &args.binary {
+            Some(b) => b.clone(),
+            None => super::servers::build_server(&root)?,
+        };
+        let cluster = Cluster::start(ClusterOptions {
+            binary,
+            members: 3,
+            engine: "redb".into(),
+            extra_args: Vec::new(),
+            proxy_peers: false,
+        })
+        .map_err(anyhow::Error::msg)?;
+        results.push(("MetaStore", measure(cluster, &args)?));
+    }
+    if args.only.as_deref() != Some("metastore") {
+        let cluster =
+            Cluster::start_etcd("etcd".into(), 3, Vec::new()).map_err(anyhow::Error::msg)?;
+        results.push(("etcd", measure(cluster, &args)?));
+    }
+    println!("{}", report(&results, &args));
+    Ok(())
+}
+
+/// What one kind of request did.
+#[derive(Default, Debug)]
+struct Kind {
+    ok: u64,
+    /// Failures by what they said.
+    failed: BTreeMap<&'static str, u64>,
+    definite: u64,
+    indeterminate: u64,
+}
+
+/// What one server did under the loop.
+#[derive(Default, Debug)]
+struct Tally {
+    put: Kind,
+    get: Kind,
+    txn: Kind,
+    /// Compare-and-swaps that swapped.
+    swapped: u64,
+    longest: Duration,
+    /// Per kill: how long until a member other than the killed one led, if within the period.
+    elections: Vec<Option<Duration>>,
+    /// Rounds with no leader to kill.
+    skipped: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a failure said, in a few words.
+fn label(e: &str) -> &'static str {
+    if e.contains("no leader") {
+        "no leader"
+    } else if e.contains("request timed out") {
+        "request timed out"
+    } else if e.contains("leader changed") {
+        "leader changed"
+    } else if e.contains("too many requests") {
+        "too many requests"
+    } else if e.contains("eadline")
+        || e.contains("Timeout expired")
+        || e.contains("timed out")
+        || e.contains("client-side")
+    {
+        "deadline"
+    } else if e.contains("transport")
+        || e.contains("connect")
+        || e.contains("onnection")
+        || e.contains("broken pipe")
+    {
+        "connection"
+    } else {
+        "other"
+    }
+}
+
+fn measure(mut cluster: Cluster, args: &Args) -> Result<Tally> {
+    let endpoints = cluster.endpoints();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let mut tasks = Vec::new();
+    for id in 0..args.clients {
+        let (endpoints, stop, tally) = (endpoints.clone(), stop.clone(), tally.clone());
+        let seed = args.seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let (keys, deadline) = (args.keys, args.deadline);
+        tasks.push(rt.spawn(async move {
+            worker(id, endpoints, keys, deadline, seed, &stop, &tally).await;
+        }));
+    }
+    let start = Instant::now();
+    let end = start + args.duration;
+    let mut next = start + args.period;
+    while next + args.down < end {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        let Some(leader) = cluster.leader() else {
+            lock(&tally).skipped += 1;
+            next += args.period;
+            continue;
+        };
+        cluster.kill(leader);
+        let killed = Instant::now();
+        let mut respawned = false;
+        let mut elected = None;
+        let mut seen = Vec::new();
+        loop {
+            if !respawned && killed.elapsed() >= args.down {
+                cluster.respawn(leader).map_err(anyhow::Error::msg)?;
+                respawned = true;
+            }
+            let now = cluster.leader();
+            if seen.last().map(|(l, _)| *l) != Some(now) {
+                seen.push((now, killed.elapsed()));
+            }
+            if elected.is_none() && now.is_some_and(|l| l != leader) {
+                elected = Some(killed.elapsed());
+            }
+            if (respawned && elected.is_some()) || killed.elapsed() >= args.period {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let seen: Vec<String> = seen
+            .iter()
+            .map(|(l, at)| match l {
+                Some(l) => format!("m{l} at {:.2} s", at.as_secs_f64()),
+                None => format!("none at {:.2} s", at.as_secs_f64()),
+            })
+            .collect();
+        eprintln!(
+            "{:6.1} s: killed m{leader}; leaders seen: {}",
+            killed.duration_since(start).as_secs_f64(),
+            seen.join(", ")
+        );
+        lock(&tally).elections.push(elected);
+        next += args.period;
+    }
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for t in tasks {
+            let _ = deadline::within(
+                deadline::Layer::Api,
+                deadline::Deadline::after(Duration::from_secs(10)),
+                t,
+            )
+            .await;
+        }
+    });
+    drop(cluster);
+    let mut out = lock(&tally);
+    Ok(std::mem::take(&mut *out))
+}
+
+async fn connect(endpoint: &str, deadline: Duration) -> Option<Client> {
+    let options = ConnectOptions::new()
+        .with_timeout(deadline)
+        .with_connect_timeout(Duration::from_secs(1));
+    match deadline::within(
+        deadline::Layer::Api,
+        deadline::Deadline::after(Duration::from_secs(2)),
+        Client::connect([endpoint], Some(options)),
+    )
+    .await
+    {
+        Ok(Ok(c)) => Some(c),
+        _ => None,
+    }
+}
+
+/// One client: puts (40 %), linearizable gets (30 %) and compare-and-swaps (30 %) until told to
+/// stop.
+async fn worker(
+    id: usize,
+    endpoints: Vec<String>,
+    keys: usize,
+    deadline: Duration,
+    seed: u64,
+    stop: &AtomicBool,
+    tally: &Mutex<Tally>,
+) {
+    let mut rng = XorShift::new(seed);
+    let mut member = id % endpoints.len();
+    let mut client: Option<Client> = None;
+    let mut seen: Vec<String> = vec![String::new(); keys];
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(c) = client.as_mut() else {
+            client = connect(&endpoints[member], deadline).await;
+            if client.is_none() {
+                member = (member + 1) % endpoints.len();
+                crate::chaos::workload::pause(Duration::from_millis(100)).await;
+            }
+            continue;
+        };
+        n += 1;
+        let k = rng.below(keys);
+        let key = format!("f/{k}");
+        let value = format!("{id}-{n}");
+        let roll = rng.below(10);
+        let started = Instant::now();
+        // The client enforces the deadline too; the margin only catches a stuck call.
+        let bound = deadline::Deadline::after(deadline + Duration::from_millis(500));
+        let (kind, result): (&str, Result<bool, String>) = if roll < 4 {
+            let r = deadline::within(deadline::Layer::Api, bound, c.put(key, value, None)).await;
+            ("put", flatten(r).map(|_| true))
+        } else if roll < 7 {
+            let r = deadline::within(deadline::Layer::Api, bound, c.get(key, None)).await;
+            let r = flatten(r).map(|g| {
+                if let Some(kv) = g.kvs().first() {
+                    seen[k] = String::from_utf8_lossy(kv.value()).into_owned();
+                }
+                true
+            });
+            ("get", r)
+        } else {
+            let txn = Txn::new()
+                .when([Compare::value(
+                    key.clone(),
+                    CompareOp::Equal,
+                    seen[k].clone(),
+                )])
+                .and_then([TxnOp::put(key.clone(), value.clone(), None)])
+                .or_else([TxnOp::get(key, None)]);
+            let r = deadline::within(deadline::Layer::Api, bound, c.txn(txn)).await;
+            let r = flatten(r).map(|t| {
+                if t.succeeded() {
+                    seen[k] = value;
+                }
+                t.succeeded()
+            });
+            ("txn", r)
+        };
+        let took = started.elapsed();
+        let failed = {
+            let mut t = lock(tally);
+            t.longest = t.longest.max(took);
+            let swapped = kind == "txn" && result.as_ref().is_ok_and(|s| *s);
+            if swapped {
+                t.swapped += 1;
+            }
+            let slot = match kind {
+                "put" => &mut t.put,
+                "get" => &mut t.get,
+                _ => &mut t.txn,
+            };
+            match &result {
+                Ok(_) => {
+                    slot.ok += 1;
+                    None
+                }
+                Err(e) => {
+                    *slot.failed.entry(label(e)).or_default() += 1;
+                    if definite(e) {
+                        slot.definite += 1;
+                    } else {
+                        slot.indeterminate += 1;
+                    }
+                    Some(label(e))
+                }
+            }
+        };
+        if let Some(what) = failed {
+            if what == "connection" {
+                client = None;
+                member = (member + 1) % endpoints.len();
+            }
+            crate::chaos::workload::pause(BACKOFF).await;
+        }
+    }
+}
+
+fn flatten<T>(r: Result<Result<T, etcd_client::Error>, deadline::Expired>) -> Result<T, String> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("client-side deadline".to_string()),
+    }
+}
+
+fn report(results: &[(&str, Tally)], args: &Args) -> String {
+    let mut out = format!(
+        "kill-the-leader loop: 3 members, the leader SIGKILLed every {:?} and started again {:?} \
+         later, {} clients, {:?} deadline, {:?}\n\n",
+        args.period, args.down, args.clients, args.deadline, args.duration
+    );
+    out.push_str(
+        "| server | kills | puts ok | swaps ok (txns ok) | gets ok | failed: definite / indeterminate | failures by kind | longest | kill → new leader: median / max (none within the period) |\n|---|--:|--:|--:|--:|--:|---|--:|---|\n",
+    );
+    for (name, t) in results {
+        let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+        for k in [&t.put, &t.get, &t.txn] {
+            for (what, n) in &k.failed {
+                *kinds.entry(what).or_default() += n;
+            }
+        }
+        let kinds = kinds
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut times: Vec<Duration> = t.elections.iter().flatten().copied().collect();
+        times.sort();
+        let none = t.elections.iter().filter(|e| e.is_none()).count();
+        let median = times.get(times.len() / 2).copied().unwrap_or_default();
+        let max = times.last().copied().unwrap_or_default();
+        let definite = t.put.definite + t.get.definite + t.txn.definite;
+        let indeterminate = t.put.indeterminate + t.get.indeterminate + t.txn.indeterminate;
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} ({}) | {} | {definite} / {indeterminate} | {kinds} | {:.2} s | {:.2} s / {:.2} s ({none}) |\n",
+            t.elections.len(),
+            t.put.ok,
+            t.swapped,
+            t.txn.ok,
+            t.get.ok,
+            t.longest.as_secs_f64(),
+            median.as_secs_f64(),
+            max.as_secs_f64(),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_labelled_by_what_they_say() {
+        assert_eq!(
+            label("grpc request error: status: Unavailable, message: \"etcdserver: no leader\""),
+            "no leader"
+        );
+        assert_eq!(label("client-side deadline"), "deadline");
+        assert_eq!(
+            label("grpc request error: status: Cancelled, message: \"Timeout expired\""),
+            "deadline"
+        );
+        assert_eq!(
+            label("transport error: tcp connect error: Connection refused"),
+            "connection"
+        );
+        assert_eq!(label("etcdserver: request timed out"), "request timed out");
+        assert_eq!(label("something else"), "other");
+    }
+}
