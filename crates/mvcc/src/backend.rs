@@ -201,6 +201,16 @@ pub trait Backend: Send + Sync + 'static {
     /// # Errors
     /// [`BackendError`] when the engine cannot start one.
     fn replace(&self) -> Result<Box<dyn Replacement + '_>, BackendError>;
+
+    /// Rewrites the engine's storage so space freed by deletes and compaction is given back
+    /// (etcd's defragment). Reads and writes wait while it runs. Returns whether anything was
+    /// rewritten; engines with nothing to give back keep the default, which does nothing.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the engine cannot rewrite; its content is unchanged then.
+    fn defragment(&self) -> Result<bool, BackendError> {
+        Ok(false)
+    }
 }
 
 /// True when no key lies between `from` and `to`; engines whose range APIs panic on inverted
@@ -244,5 +254,9 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
 
     fn replace(&self) -> Result<Box<dyn Replacement + '_>, BackendError> {
         (**self).replace()
+    }
+
+    fn defragment(&self) -> Result<bool, BackendError> {
+        (**self).defragment()
     }
 }

@@ -79,15 +79,11 @@ pub async fn run(
             serve(config, backend, db_size, metrics, shutdown).await
         }
         Engine::Mem => {
-            let db_size: kvapi::DbSize = Arc::new(|| 0);
-            serve(
-                config,
-                engine_mem::MemBackend::new(),
-                db_size,
-                metrics,
-                shutdown,
-            )
-            .await
+            // The bytes held stand for the file size etcd's quota is checked against.
+            let backend = Arc::new(engine_mem::MemBackend::new());
+            let held = Arc::clone(&backend);
+            let db_size: kvapi::DbSize = Arc::new(move || held.size_bytes());
+            serve(config, backend, db_size, metrics, shutdown).await
         }
     }
 }

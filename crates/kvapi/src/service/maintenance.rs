@@ -125,18 +125,30 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         handled(SERVICE, "Status", Ok(Reply::new(reply)))
     }
 
+    /// Rewrites this member's engine file (etcd defragments one member per request, as
+    /// etcdctl asks each endpoint in turn). Reads and writes wait while it runs, as on etcd.
+    /// The rewrite cannot stop halfway: past the deadline the client gets its timeout and the
+    /// rewrite finishes on its own.
     async fn defragment(
         &self,
-        _request: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Reply<DefragmentResponse>, Status> {
-        // Both engines reuse freed space in place; there is nothing to rewrite.
-        handled(
-            SERVICE,
-            "Defragment",
-            Ok(Reply::new(DefragmentResponse {
-                header: self.current_header(),
-            })),
-        )
+        let store = self.shared.node.store().clone();
+        let result = self
+            .shared
+            .scan(
+                self.shared.deadline(&request),
+                client_deadline(&request),
+                move |_stop| store.backend().defragment().map_err(mvcc::Error::from),
+            )
+            .await
+            .map(|_| {
+                Reply::new(DefragmentResponse {
+                    header: self.current_header(),
+                })
+            })
+            .map_err(|e| e.status());
+        handled(SERVICE, "Defragment", result)
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Reply<HashResponse>, Status> {
