@@ -177,7 +177,12 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
                 Reply::new(HashKvResponse {
                     header: self.current_header(),
                     hash: h.hash,
-                    compact_revision: h.compact_revision,
+                    // etcd's store starts "compacted at -1": never compacted.
+                    compact_revision: if h.compact_revision == 0 {
+                        -1
+                    } else {
+                        h.compact_revision
+                    },
                     hash_revision: h.revision,
                 })
             })
