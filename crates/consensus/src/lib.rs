@@ -43,6 +43,7 @@ mod read_rounds;
 mod state_machine;
 #[cfg(test)]
 mod test_support;
+mod transfer;
 mod types;
 mod validate;
 
@@ -53,4 +54,5 @@ pub use membership::{cluster_id, member_id, Change, MembershipError};
 pub use network::{PeerNetwork, PeerService, Peers};
 pub use node::{Node, NodeConfig, NodeStatus};
 pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use transfer::TransferError;
 pub use types::{typ, Applied, Member, Proposal, Tagged, TypeConfig};

@@ -55,6 +55,9 @@ pub(crate) enum Forwarded {
     LeaseRemaining(i64),
     /// A membership change.
     Membership(crate::membership::Change),
+    /// Sent by the leader to the member it hands leadership to: campaign now
+    /// ([`crate::transfer`]).
+    Campaign,
 }
 
 /// The leader's answer to a [`Forwarded`] request.

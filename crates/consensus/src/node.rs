@@ -23,6 +23,7 @@ use crate::membership::{Change, View};
 use crate::network::{ForwardReply, Forwarded, PeerNetwork, Peers, Refusal, Rpc};
 use crate::read_rounds::ReadRounds;
 use crate::state_machine::StateMachine;
+use crate::transfer::TransferError;
 use crate::types::typ::Raft;
 use crate::types::{Member, Tagged};
 
@@ -180,6 +181,8 @@ struct Inner<B> {
     /// Members added as voters that this leader promotes once they catch up
     /// ([`crate::membership::promote_when_caught_up`]).
     pending_voters: std::sync::Mutex<BTreeSet<u64>>,
+    /// Set while this leader hands leadership over ([`crate::transfer`]).
+    pause: crate::transfer::Pause,
 }
 
 impl<B: Backend> Node<B> {
@@ -273,6 +276,7 @@ impl<B: Backend> Node<B> {
         let max_in_flight = config.max_in_flight.max(1);
         let (queue, queued) = mpsc::channel(max_in_flight);
         let stop = CancellationToken::new();
+        let pause = crate::transfer::Pause::default();
         tokio::spawn(
             Batcher {
                 origin: config.id,
@@ -284,6 +288,7 @@ impl<B: Backend> Node<B> {
                 flushed,
                 flush_wait: config.budgets.get(Layer::Commit),
                 stop: stop.clone(),
+                pause: pause.clone(),
             }
             .run(),
         );
@@ -320,6 +325,7 @@ impl<B: Backend> Node<B> {
                 strict_reconfig_check: config.strict_reconfig_check,
                 alarms,
                 pending_voters: std::sync::Mutex::default(),
+                pause,
             }),
         };
         // Resumes whatever removal a crash interrupted, then follows every applied compaction.
@@ -638,6 +644,10 @@ impl<B: Backend> Node<B> {
     pub(crate) async fn serve_forwarded(&self, request: Forwarded) -> ForwardReply {
         let budgets = &self.inner.budgets;
         match request {
+            // Nothing is appended while leadership is handed over; the follower tries again.
+            Forwarded::Propose(_) if self.inner.pause.is_paused() => {
+                ForwardReply::Refused(Refusal::NotLeader(None))
+            }
             Forwarded::Propose(proposal) => {
                 // kvapi checked the follower's requests; nothing unchecked enters the log.
                 let limits = self.inner.limits;
@@ -702,7 +712,108 @@ impl<B: Backend> Node<B> {
                     Err(r) => ForwardReply::Refused(r),
                 }
             }
+            Forwarded::Campaign => match self.inner.raft.trigger().elect().await {
+                Ok(()) => ForwardReply::Done,
+                Err(_) => ForwardReply::Refused(Refusal::Stopped),
+            },
         }
+    }
+
+    /// Hands leadership to `target`, a voting member, as etcd's MoveLeader does: this member
+    /// must lead; it returns once `target` leads (at once when this member is `target`).
+    /// Proposals pause meanwhile and are retried with the new leader ([`crate::transfer`]).
+    ///
+    /// # Errors
+    /// [`TransferError`]: not the leader, a target that is not a voter, or a target that did
+    /// not catch up and win within the election timeouts (or `deadline`).
+    pub async fn transfer_leadership(
+        &self,
+        target: u64,
+        deadline: Deadline,
+    ) -> Result<(), TransferError> {
+        let inner = &*self.inner;
+        let (leading, _) = self.leading();
+        if !leading {
+            return Err(TransferError::NotLeader);
+        }
+        let member = {
+            let metrics = inner.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            if !membership.voter_ids().any(|v| v == target) {
+                return Err(TransferError::BadTransferee);
+            }
+            membership.get_node(&target).cloned()
+        };
+        if target == inner.id {
+            return Ok(());
+        }
+        let member = member.ok_or(TransferError::BadTransferee)?;
+        let Some(_paused) = inner.pause.hold() else {
+            // Another transfer runs; etcd's raft drops the second one the same way.
+            return Err(TransferError::Timeout);
+        };
+        let started = std::time::Instant::now();
+        let mut metrics = inner.raft.metrics();
+        // The target's log must match this leader's: then this leader grants its vote.
+        crate::transfer::until(&mut metrics, deadline, inner.election_timeout, |m| {
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&target).cloned().flatten())
+                .map(|l| l.index);
+            m.current_leader == Some(inner.id) && matched >= m.last_log_index
+        })
+        .await?;
+        // A leader refuses votes for a lease (the longest election timeout) after its election.
+        let lease_ends =
+            inner.leadership.now().since + inner.election_timeout * 2 + Duration::from_millis(20);
+        let wait = lease_ends.saturating_duration_since(tokio::time::Instant::now());
+        if !wait.is_zero() {
+            let bound = deadline.earliest(Deadline::after(wait));
+            if deadline::within(Layer::Api, bound, std::future::pending::<()>())
+                .await
+                .is_err()
+                && deadline.is_expired()
+            {
+                return Err(TransferError::Timeout);
+            }
+        }
+        let limit = deadline
+            .remaining()
+            .unwrap_or(inner.election_timeout)
+            .min(inner.election_timeout);
+        match inner
+            .peers
+            .call(
+                target,
+                &member,
+                Rpc::Forward,
+                &Forwarded::Campaign,
+                Some(limit),
+            )
+            .await
+        {
+            Ok(ForwardReply::Done) => {}
+            Ok(other) => {
+                tracing::warn!(target = format_args!("{target:x}"), answer = ?other, "the transferee did not campaign");
+                return Err(TransferError::Timeout);
+            }
+            Err(e) => {
+                tracing::warn!(target = format_args!("{target:x}"), cause = %e, "the transferee could not be asked to campaign");
+                return Err(TransferError::Timeout);
+            }
+        }
+        crate::transfer::until(&mut metrics, deadline, inner.election_timeout * 2, |m| {
+            m.current_leader == Some(target)
+        })
+        .await?;
+        tracing::info!(
+            target = format_args!("{target:x}"),
+            took_ms = started.elapsed().as_millis() as u64,
+            "leadership transferred"
+        );
+        Ok(())
     }
 
     /// etcd's minimum lease TTL in seconds: shorter grants get this one.

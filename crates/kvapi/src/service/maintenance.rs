@@ -206,21 +206,21 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         )
     }
 
-    /// openraft 0.9 cannot hand leadership over: its voters refuse to elect anyone while
-    /// they hear from a live leader (leader stickiness), so asking the target to campaign
-    /// only bumps terms. `transfer_leader` exists from openraft 0.10; until then, etcd's
-    /// MoveLeader answers UNIMPLEMENTED (docs/architecture.md).
+    /// etcd's MoveLeader: only the leader takes it, and it answers once the target leads.
+    /// openraft 0.9 has no transfer of its own; `consensus` builds one (docs/architecture.md).
     async fn move_leader(
         &self,
-        _request: Request<MoveLeaderRequest>,
+        request: Request<MoveLeaderRequest>,
     ) -> Result<Reply<MoveLeaderResponse>, Status> {
-        handled(
-            SERVICE,
-            "MoveLeader",
-            Err(Status::unimplemented(
-                "leader transfer is not supported: openraft 0.9 has none (see docs/architecture.md)",
-            )),
-        )
+        let deadline = self.shared.deadline(&request);
+        let target = request.get_ref().target_id;
+        let result = match self.shared.node.transfer_leadership(target, deadline).await {
+            Ok(()) => Ok(Reply::new(MoveLeaderResponse {
+                header: self.current_header(),
+            })),
+            Err(e) => Err(ApiError::from(e).status()),
+        };
+        handled(SERVICE, "MoveLeader", result)
     }
 
     async fn downgrade(

@@ -1,0 +1,226 @@
+//! Leader transfer (MoveLeader) in three-member clusters of etcd 3.4 and of MetaStore, side by
+//! side: the same steps under the same write load must answer the same way.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadline::{Deadline, Layer};
+use etcd_client::{Client, ConnectOptions};
+use testkit::{Cluster, ClusterOptions};
+
+use crate::harness::{free_port, require_tool};
+
+/// Three etcd 3.4 processes on free ports, killed when dropped.
+struct EtcdCluster {
+    children: Vec<Child>,
+    endpoints: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    fn start() -> EtcdCluster {
+        let etcd = require_tool("etcd");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let mut children = Vec::new();
+        let mut endpoints = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).expect("log");
+            let child = Command::new(&etcd)
+                .arg(format!("--name=m{i}"))
+                .arg(format!(
+                    "--data-dir={}",
+                    dir.path().join(format!("m{i}")).display()
+                ))
+                .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+                .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+                .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+                ))
+                .arg(format!("--initial-cluster={}", initial.join(",")))
+                .arg("--initial-cluster-state=new")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawning etcd");
+            children.push(child);
+            endpoints.push(format!("http://127.0.0.1:{client}"));
+        }
+        EtcdCluster {
+            children,
+            endpoints,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn client(endpoint: &str) -> Client {
+    Client::connect(
+        [endpoint],
+        Some(
+            ConnectOptions::new()
+                .with_timeout(Duration::from_secs(10))
+                .with_connect_timeout(Duration::from_secs(2)),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connecting to {endpoint}: {e}"))
+}
+
+async fn pause(d: Duration) {
+    let _ = deadline::within(Layer::Api, Deadline::after(d), std::future::pending::<()>()).await;
+}
+
+/// Each member's id and the leader it reports, once all three agree on one (within 20 s).
+async fn ids_and_leader(clients: &mut [Client]) -> (Vec<u64>, u64) {
+    let started = Instant::now();
+    loop {
+        let mut ids = Vec::new();
+        let mut leaders = Vec::new();
+        for c in clients.iter_mut() {
+            if let Ok(s) = c.status().await {
+                ids.push(s.header().map_or(0, |h| h.member_id()));
+                leaders.push(s.leader());
+            }
+        }
+        if ids.len() == clients.len() && leaders.iter().all(|l| *l != 0 && *l == leaders[0]) {
+            return (ids, leaders[0]);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no agreed leader: {leaders:?}"
+        );
+        pause(Duration::from_millis(100)).await;
+    }
+}
+
+/// What one side did: the answers that must match etcd's, and the measurements.
+#[derive(Debug)]
+struct Transfer {
+    /// Error answers (code and message) of the requests etcd refuses.
+    refusals: Vec<String>,
+    /// Writes that failed during the whole run.
+    failed: usize,
+    /// Writes acknowledged during the whole run.
+    acked: usize,
+    /// How long MoveLeader took.
+    took: Duration,
+}
+
+async fn transfer_under_load(endpoints: &[String]) -> Transfer {
+    let mut clients = Vec::new();
+    for e in endpoints {
+        clients.push(client(e).await);
+    }
+    let (ids, leader) = ids_and_leader(&mut clients).await;
+    let at = |id: u64| ids.iter().position(|i| *i == id).expect("a member id");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut writers = Vec::new();
+    for (w, e) in endpoints.iter().enumerate() {
+        let mut c = client(e).await;
+        let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                match c.put(format!("load/{w}/{i:06}"), "v", None).await {
+                    Ok(_) => acked.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("a write failed: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                i += 1;
+            }
+        }));
+    }
+    // Past the leader's lease (two election timeouts from its election), as in steady state.
+    pause(Duration::from_millis(2500)).await;
+    let target = *ids.iter().find(|i| **i != leader).expect("a follower");
+    let started = Instant::now();
+    let moved = clients[at(leader)].move_leader(target).await;
+    let took = started.elapsed();
+    moved.unwrap_or_else(|e| panic!("moving the leader to {target:x}: {e}"));
+    let (_, now) = ids_and_leader(&mut clients).await;
+    assert_eq!(now, target, "every member follows the transferee");
+    pause(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let show = |r: Result<etcd_client::MoveLeaderResponse, etcd_client::Error>| match r {
+        Ok(_) => "ok".to_string(),
+        Err(etcd_client::Error::GRpcStatus(s)) => format!("{:?}: {}", s.code(), s.message()),
+        Err(e) => format!("other: {e}"),
+    };
+    let follower = *ids.iter().find(|i| **i != target).expect("a follower");
+    let refusals = vec![
+        // A member that is none.
+        show(clients[at(target)].move_leader(0x1234).await),
+        // A follower asked to move the leader.
+        show(clients[at(follower)].move_leader(target).await),
+        // The leader asked to hand over to itself.
+        show(clients[at(target)].move_leader(target).await),
+    ];
+    Transfer {
+        refusals,
+        failed: failed.load(Ordering::Relaxed),
+        acked: acked.load(Ordering::Relaxed),
+        took,
+    }
+}
+
+/// Leader transfer under write load on etcd 3.4 and on MetaStore: the new leader is the target
+/// everywhere, within an election timeout (1 s on both), with no more failed writes than etcd
+/// and etcd's answers to a bad target, a follower and the leader itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_transfer_under_load_as_etcd() {
+    let etcd = {
+        let cluster = EtcdCluster::start();
+        transfer_under_load(&cluster.endpoints).await
+    };
+    eprintln!("etcd 3.4: {etcd:?}");
+    let cluster = Cluster::start(ClusterOptions {
+        binary: env!("CARGO_BIN_EXE_metastore").into(),
+        members: 3,
+        engine: "redb".into(),
+        extra_args: vec![],
+        proxy_peers: false,
+    })
+    .unwrap_or_else(|e| panic!("starting a cluster: {e}"));
+    let ours = transfer_under_load(&cluster.endpoints()).await;
+    eprintln!("metastore: {ours:?}");
+    assert_eq!(
+        ours.refusals, etcd.refusals,
+        "MetaStore (left), etcd (right)"
+    );
+    assert!(
+        ours.failed <= etcd.failed,
+        "{} writes failed during the transfer, etcd lost {}",
+        ours.failed,
+        etcd.failed
+    );
+    assert!(ours.acked > 0 && etcd.acked > 0);
+    assert!(
+        ours.took < Duration::from_secs(1),
+        "the transfer took {:?}, past the election timeout",
+        ours.took
+    );
+}
