@@ -397,6 +397,7 @@ mod tests {
             flushed,
             flush_wait: LONG,
             stop: stop.clone(),
+            pause: crate::transfer::Pause::default(),
         };
         let running = tokio::spawn(batcher.run());
         let answer = |p: deadline::Pending<Answer>, what: String| async move {
