@@ -25,10 +25,13 @@
 //! - `leader`: who leads, one shared watch that requests finding no leader wait on.
 //! - `incarnation`: the id that tells this start of a member from its earlier ones.
 //! - `validate`: the checks every command passes before it enters the log, forwarded or not.
+//! - `transfer`: leader transfer (etcd's MoveLeader) on openraft 0.9's primitives.
+//! - `corrupt`: etcd's corruption checks, members comparing key-space hashes.
 
 mod alarms;
 mod batcher;
 mod compaction;
+mod corrupt;
 mod error;
 mod incarnation;
 mod leader;
@@ -47,6 +50,7 @@ mod transfer;
 mod types;
 mod validate;
 
+pub use corrupt::{corruption_check_loop, Inconsistency, PeerHash};
 pub use error::{CommandError, MembershipFailure, ProposeError, ReadError, StartError};
 pub use log_store::{LogCloser, LogStore};
 pub use marker::{require as require_state, MARKER};

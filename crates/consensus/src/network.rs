@@ -58,6 +58,9 @@ pub(crate) enum Forwarded {
     /// Sent by the leader to the member it hands leadership to: campaign now
     /// ([`crate::transfer`]).
     Campaign,
+    /// This member's key-space hash at a revision, for the corruption checks
+    /// ([`crate::corrupt`]); any member answers.
+    HashKv(i64),
 }
 
 /// The leader's answer to a [`Forwarded`] request.
@@ -73,6 +76,8 @@ pub(crate) enum ForwardReply {
     Remaining(Option<u64>),
     /// The membership after a change.
     Members(Vec<(u64, Member, bool)>),
+    /// A key-space hash, with the answering member's current revision.
+    Hash(crate::corrupt::PeerHash),
     /// Refused: not the leader, no leader, stopping, a timeout, or the change's own error.
     Refused(Refusal),
 }

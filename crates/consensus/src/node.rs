@@ -712,6 +712,7 @@ impl<B: Backend> Node<B> {
                     Err(r) => ForwardReply::Refused(r),
                 }
             }
+            Forwarded::HashKv(rev) => self.serve_hash(rev).await,
             Forwarded::Campaign => match self.inner.raft.trigger().elect().await {
                 Ok(()) => ForwardReply::Done,
                 Err(_) => ForwardReply::Refused(Refusal::Stopped),
@@ -826,6 +827,10 @@ impl<B: Backend> Node<B> {
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow();
         (m.current_leader == Some(self.inner.id), m.current_term)
+    }
+
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.inner.peers
     }
 
     pub(crate) fn raft(&self) -> &Raft {
