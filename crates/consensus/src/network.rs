@@ -532,6 +532,13 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
             (_, named) => named,
         };
         self.admit("forward", sender)?;
+        // Only the leader this member follows may make it campaign: another member could
+        // otherwise depose a healthy leader.
+        if matches!(req, Forwarded::Campaign) && sender != self.node.status().leader {
+            return Err(tonic::Status::permission_denied(
+                "campaign: only the current leader hands leadership over",
+            ));
+        }
         reply(&self.node.serve_forwarded(req).await)
     }
 }
