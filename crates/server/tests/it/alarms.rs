@@ -166,6 +166,7 @@ async fn quota_reached_as_etcd() {
         let before = size(c.status().await.expect("status"));
         seen.push(show(c.defragment().await.map(|_| String::new())));
         let after = size(c.status().await.expect("status"));
+        eprintln!("{kind:?}: db size {before} bytes before defragment, {after} after");
         seen.push(format!("defragmented below the quota: {}", after < 4 << 20));
         if kind != Kind::Mem {
             // The in-memory engine gives memory back as compaction drops versions.
