@@ -145,6 +145,10 @@ impl<B> Clone for Node<B> {
     }
 }
 
+/// How many entries a transferee may lag before the leader pauses proposals to let it catch
+/// up the rest (a few batches under load).
+const CATCH_UP_SLACK: u64 = 64;
+
 struct Inner<B> {
     id: u64,
     raft: Raft,
@@ -750,23 +754,9 @@ impl<B: Backend> Node<B> {
             return Ok(());
         }
         let member = member.ok_or(TransferError::BadTransferee)?;
-        let Some(_paused) = inner.pause.hold() else {
-            // Another transfer runs; etcd's raft drops the second one the same way.
-            return Err(TransferError::Timeout);
-        };
         let started = std::time::Instant::now();
-        let mut metrics = inner.raft.metrics();
-        // The target's log must match this leader's: then this leader grants its vote.
-        crate::transfer::until(&mut metrics, deadline, inner.election_timeout, |m| {
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&target).cloned().flatten())
-                .map(|l| l.index);
-            m.current_leader == Some(inner.id) && matched >= m.last_log_index
-        })
-        .await?;
-        // A leader refuses votes for a lease (the longest election timeout) after its election.
+        // A leader refuses votes for a lease (the longest election timeout) after its election;
+        // writes go on meanwhile.
         let lease_ends =
             inner.leadership.now().since + inner.election_timeout * 2 + Duration::from_millis(20);
         let wait = lease_ends.saturating_duration_since(tokio::time::Instant::now());
@@ -780,34 +770,57 @@ impl<B: Backend> Node<B> {
                 return Err(TransferError::Timeout);
             }
         }
-        let limit = deadline
-            .remaining()
-            .unwrap_or(inner.election_timeout)
-            .min(inner.election_timeout);
-        match inner
-            .peers
-            .call(
-                target,
-                &member,
-                Rpc::Forward,
-                &Forwarded::Campaign,
-                Some(limit),
-            )
-            .await
-        {
-            Ok(ForwardReply::Done) => {}
-            Ok(other) => {
-                tracing::warn!(target = format_args!("{target:x}"), answer = ?other, "the transferee did not campaign");
+        let me = inner.id;
+        let matched_of = |m: &openraft::RaftMetrics<u64, Member>| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&target).cloned().flatten())
+                .map(|l| l.index)
+        };
+        let leads = |m: &openraft::RaftMetrics<u64, Member>| m.current_leader == Some(me);
+        let mut metrics = inner.raft.metrics();
+        // As etcd, a target that lags is waited for until the deadline, with writes flowing;
+        // only the last steps are taken with proposals paused, an election timeout at most.
+        // After a failed attempt the target must make progress before the next one, so a
+        // target that is down does not keep writes paused.
+        let mut floor: Option<u64> = None;
+        let _paused = loop {
+            crate::transfer::until(&mut metrics, deadline, None, |m| {
+                let matched = matched_of(m);
+                let progressed = floor.is_none() || matched > floor;
+                let near = matched.map(|i| i + CATCH_UP_SLACK) >= m.last_log_index;
+                !leads(m) || (progressed && near)
+            })
+            .await?;
+            let Some(paused) = inner.pause.hold() else {
+                // Another transfer runs; etcd's raft drops the second one the same way.
                 return Err(TransferError::Timeout);
+            };
+            let exact =
+                crate::transfer::until(&mut metrics, deadline, Some(inner.election_timeout), |m| {
+                    !leads(m) || matched_of(m) >= m.last_log_index
+                })
+                .await;
+            match exact {
+                Ok(()) => {
+                    if !leads(&inner.raft.metrics().borrow()) {
+                        return Err(TransferError::NotLeader);
+                    }
+                    if self.ask_to_campaign(target, &member, deadline).await {
+                        break paused;
+                    }
+                }
+                Err(TransferError::Timeout) if !deadline.is_expired() => {}
+                Err(e) => return Err(e),
             }
-            Err(e) => {
-                tracing::warn!(target = format_args!("{target:x}"), cause = %e, "the transferee could not be asked to campaign");
-                return Err(TransferError::Timeout);
-            }
-        }
-        crate::transfer::until(&mut metrics, deadline, inner.election_timeout * 2, |m| {
-            m.current_leader == Some(target)
-        })
+            floor = matched_of(&inner.raft.metrics().borrow());
+        };
+        crate::transfer::until(
+            &mut metrics,
+            deadline,
+            Some(inner.election_timeout * 2),
+            |m| m.current_leader == Some(target),
+        )
         .await?;
         tracing::info!(
             target = format_args!("{target:x}"),
@@ -815,6 +828,34 @@ impl<B: Backend> Node<B> {
             "leadership transferred"
         );
         Ok(())
+    }
+
+    /// Asks `target` to campaign now; whether it said it does.
+    async fn ask_to_campaign(&self, target: u64, member: &Member, deadline: Deadline) -> bool {
+        let half = self.inner.election_timeout / 2;
+        let limit = deadline.remaining().unwrap_or(half).min(half);
+        match self
+            .inner
+            .peers
+            .call(
+                target,
+                member,
+                Rpc::Forward,
+                &Forwarded::Campaign,
+                Some(limit),
+            )
+            .await
+        {
+            Ok(ForwardReply::Done) => true,
+            Ok(other) => {
+                tracing::warn!(target = format_args!("{target:x}"), answer = ?other, "the transferee did not campaign");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(target = format_args!("{target:x}"), cause = %e, "the transferee could not be asked to campaign");
+                false
+            }
+        }
     }
 
     /// etcd's minimum lease TTL in seconds: shorter grants get this one.

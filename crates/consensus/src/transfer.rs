@@ -5,11 +5,13 @@
 //! check. The leader's own lease, though, runs from its election only: in steady state the
 //! leader grants an up-to-date candidate's vote at once, and in a three-member cluster that
 //! vote and the candidate's own are a quorum. So the leader:
-//! 1. pauses proposals (local and forwarded ones are refused before anything is appended, and
-//!    their proposers try again with whoever leads, as after any leader change);
-//! 2. waits, within an election timeout, until the target's log matches its own;
-//! 3. waits until its own lease has run out (only right after its election);
-//! 4. asks the target to campaign ([`crate::network::Forwarded::Campaign`]), grants its vote and
+//! 1. waits until its own lease has run out (only right after its election);
+//! 2. waits until the target's log matches its own, then pauses proposals (local and forwarded
+//!    ones are refused before anything is appended, and their proposers try again with
+//!    whoever leads, as after any leader change) and waits, an election timeout at most, until
+//!    it matches again; a target that lags is waited for until the deadline, as etcd does,
+//!    with writes flowing;
+//! 3. asks the target to campaign ([`crate::network::Forwarded::Campaign`]), grants its vote and
 //!    steps down; the target leads with the next term.
 //!
 //! In larger clusters the other followers' leases also hold the target back until they run
@@ -68,14 +70,19 @@ impl Drop for PauseGuard {
     }
 }
 
-/// Waits until `ready` says so on a new metrics value, within `limit` and `deadline`.
+/// Waits until `ready` says so on a new metrics value, within `deadline` and `limit` if given
+/// (a deadline without an end is given ten seconds).
 pub(crate) async fn until<T>(
     metrics: &mut tokio::sync::watch::Receiver<T>,
     deadline: Deadline,
-    limit: Duration,
+    limit: Option<Duration>,
     ready: impl Fn(&T) -> bool,
 ) -> Result<(), TransferError> {
-    let bound = deadline.earliest(Deadline::after(limit));
+    let cap = limit.unwrap_or(Duration::from_secs(10));
+    let bound = match (limit, deadline.remaining()) {
+        (None, Some(_)) => deadline,
+        _ => deadline.earliest(Deadline::after(cap)),
+    };
     let wait = async {
         loop {
             if ready(&metrics.borrow_and_update()) {

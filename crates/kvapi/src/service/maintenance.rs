@@ -213,11 +213,16 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         request: Request<MoveLeaderRequest>,
     ) -> Result<Reply<MoveLeaderResponse>, Status> {
         let deadline = self.shared.deadline(&request);
+        let client = client_deadline(&request);
         let target = request.get_ref().target_id;
         let result = match self.shared.node.transfer_leadership(target, deadline).await {
             Ok(()) => Ok(Reply::new(MoveLeaderResponse {
                 header: self.current_header(),
             })),
+            // etcd waits for a lagging target until the client's own deadline.
+            Err(consensus::TransferError::Timeout) if client.is_expired() => {
+                Err(ApiError::DeadlineExceeded.status())
+            }
             Err(e) => Err(ApiError::from(e).status()),
         };
         handled(SERVICE, "MoveLeader", result)

@@ -122,9 +122,44 @@ struct Transfer {
     acked: usize,
     /// How long MoveLeader took.
     took: Duration,
+    /// MoveLeader to a frozen follower: its answer, whether the leader stayed, and the writes
+    /// that failed and succeeded on the leader meanwhile.
+    lagging: (String, bool, usize, usize),
 }
 
-async fn transfer_under_load(endpoints: &[String]) -> Transfer {
+/// Writes to `endpoint` until `stop`, counting (acknowledged, failed).
+fn writer(
+    mut c: Client,
+    prefix: String,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut i = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            match c.put(format!("{prefix}/{i:06}"), "v", None).await {
+                Ok(_) => acked.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    eprintln!("a write failed: {e}");
+                    failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            i += 1;
+        }
+    })
+}
+
+/// Stops (`-STOP`) or resumes (`-CONT`) a process.
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+async fn transfer_under_load(endpoints: &[String], pids: &[u32]) -> Transfer {
     let mut clients = Vec::new();
     for e in endpoints {
         clients.push(client(e).await);
@@ -135,23 +170,10 @@ async fn transfer_under_load(endpoints: &[String]) -> Transfer {
     let (acked, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut writers = Vec::new();
     for (w, e) in endpoints.iter().enumerate() {
-        let mut c = client(e).await;
+        let c = client(e).await;
         let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
-        writers.push(tokio::spawn(async move {
-            let mut i = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                match c.put(format!("load/{w}/{i:06}"), "v", None).await {
-                    Ok(_) => acked.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        eprintln!("a write failed: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                i += 1;
-            }
-        }));
+        writers.push(writer(c, format!("load/{w}"), stop, acked, failed));
     }
-    // Past the leader's lease (two election timeouts from its election), as in steady state.
     pause(Duration::from_millis(2500)).await;
     let target = *ids.iter().find(|i| **i != leader).expect("a follower");
     let started = Instant::now();
@@ -179,7 +201,47 @@ async fn transfer_under_load(endpoints: &[String]) -> Transfer {
         // The leader asked to hand over to itself.
         show(clients[at(target)].move_leader(target).await),
     ];
+    // A target that cannot catch up (frozen): etcd waits until the client's deadline, the
+    // leader stays, and writes to the leader go on meanwhile.
+    let lagging = *ids.iter().find(|i| **i != target).expect("a follower");
+    signal(pids[at(lagging)], "-STOP");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = writer(
+        client(&endpoints[at(target)]).await,
+        "lagging".into(),
+        stop.clone(),
+        ok.clone(),
+        bad.clone(),
+    );
+    let mut short = Client::connect(
+        [endpoints[at(target)].as_str()],
+        Some(ConnectOptions::new().with_timeout(Duration::from_secs(3))),
+    )
+    .await
+    .expect("connecting");
+    // The client's own deadline ends it on both: whether the client's timer or the server's
+    // answer to the expired deadline arrives first is a race, so both read the same here.
+    let answer = match short.move_leader(lagging).await {
+        Err(etcd_client::Error::GRpcStatus(s))
+            if s.code() == tonic::Code::DeadlineExceeded
+                || (s.code() == tonic::Code::Cancelled && s.message() == "Timeout expired") =>
+        {
+            "the client's deadline passed".to_string()
+        }
+        other => show(other),
+    };
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("writer");
+    signal(pids[at(lagging)], "-CONT");
+    let (_, after) = ids_and_leader(&mut clients).await;
     Transfer {
+        lagging: (
+            answer,
+            after == target,
+            bad.load(Ordering::Relaxed),
+            ok.load(Ordering::Relaxed),
+        ),
         refusals,
         failed: failed.load(Ordering::Relaxed),
         acked: acked.load(Ordering::Relaxed),
@@ -194,7 +256,8 @@ async fn transfer_under_load(endpoints: &[String]) -> Transfer {
 async fn leader_transfer_under_load_as_etcd() {
     let etcd = {
         let cluster = EtcdCluster::start();
-        transfer_under_load(&cluster.endpoints).await
+        let pids: Vec<u32> = cluster.children.iter().map(Child::id).collect();
+        transfer_under_load(&cluster.endpoints, &pids).await
     };
     eprintln!("etcd 3.4: {etcd:?}");
     let cluster = Cluster::start(ClusterOptions {
@@ -205,7 +268,10 @@ async fn leader_transfer_under_load_as_etcd() {
         proxy_peers: false,
     })
     .unwrap_or_else(|e| panic!("starting a cluster: {e}"));
-    let ours = transfer_under_load(&cluster.endpoints()).await;
+    let pids: Vec<u32> = (0..3)
+        .map(|i| cluster.member(i).pid().expect("a running member"))
+        .collect();
+    let ours = transfer_under_load(&cluster.endpoints(), &pids).await;
     eprintln!("metastore: {ours:?}");
     assert_eq!(
         ours.refusals, etcd.refusals,
@@ -218,6 +284,16 @@ async fn leader_transfer_under_load_as_etcd() {
         etcd.failed
     );
     assert!(ours.acked > 0 && etcd.acked > 0);
+    let (answer, stayed, failed, acked) = &ours.lagging;
+    assert_eq!(answer, &etcd.lagging.0, "to a lagging target");
+    assert!(
+        *stayed && etcd.lagging.1,
+        "the leader stays when the target lags"
+    );
+    assert!(
+        *failed <= etcd.lagging.2 && *acked > 0,
+        "writes to the leader while it waited for a lagging target: {failed} failed, {acked} acknowledged"
+    );
     assert!(
         ours.took < Duration::from_secs(1),
         "the transfer took {:?}, past the election timeout",
