@@ -75,7 +75,9 @@ impl Default for Options {
 /// The redb engine.
 pub struct RedbBackend {
     /// Every transaction is begun and ended under the read side; [`Backend::defragment`] takes
-    /// the write side, because redb compacts only a database with no transaction open.
+    /// the write side, because redb compacts only a database with no transaction open. The read
+    /// side is taken recursively: a reader that nested a second read behind a waiting
+    /// defragment would otherwise deadlock; a defragment waits for a gap between readers.
     db: RwLock<redb::Database>,
     durability: Durability,
 }
@@ -122,7 +124,7 @@ impl RedbBackend {
 impl Backend for RedbBackend {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
         let err = io("read", Some(table));
-        let db = self.db.read();
+        let db = self.db.read_recursive();
         let txn = db.begin_read().map_err(|e| err(&e))?;
         let t = txn.open_table(def(table)).map_err(|e| err(&e))?;
         let value = t.get(key).map_err(|e| err(&e))?;
@@ -140,7 +142,7 @@ impl Backend for RedbBackend {
             return Ok(());
         }
         let err = io("scan", Some(table));
-        let db = self.db.read();
+        let db = self.db.read_recursive();
         let txn = db.begin_read().map_err(|e| err(&e))?;
         let t = txn.open_table(def(table)).map_err(|e| err(&e))?;
         for entry in t.range::<&[u8]>((from, to)).map_err(|e| err(&e))? {
@@ -154,7 +156,7 @@ impl Backend for RedbBackend {
 
     fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
         let err = io("write", None);
-        let db = self.db.read();
+        let db = self.db.read_recursive();
         let mut txn = db.begin_write().map_err(|e| err(&e))?;
         let durability = match self.durability {
             Durability::EveryBatch => redb::Durability::Immediate,
@@ -168,7 +170,7 @@ impl Backend for RedbBackend {
 
     fn applied(&self) -> Result<Option<Vec<u8>>, BackendError> {
         let err = io("read", None);
-        let db = self.db.read();
+        let db = self.db.read_recursive();
         let txn = db.begin_read().map_err(|e| err(&e))?;
         let t = txn.open_table(ENGINE).map_err(|e| err(&e))?;
         let value = t.get(APPLIED).map_err(|e| err(&e))?;
@@ -179,7 +181,7 @@ impl Backend for RedbBackend {
         // One write transaction that empties every table and refills it: redb's readers see
         // the last commit until it commits, and a crash before then leaves the old content.
         let err = io("replace", None);
-        let db = self.db.read();
+        let db = self.db.read_recursive();
         let mut txn = db.begin_write().map_err(|e| err(&e))?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| err(&e))?;
@@ -193,7 +195,7 @@ impl Backend for RedbBackend {
         }
         // An empty synced commit makes every earlier unsynced commit durable.
         let err = io("flush", None);
-        let db = self.db.read();
+        let db = self.db.read_recursive();
         let mut txn = db.begin_write().map_err(|e| err(&e))?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| err(&e))?;
