@@ -131,6 +131,24 @@ impl Backend for RedbBackend {
         Ok(value.map(|v| v.value().to_vec()))
     }
 
+    fn get_many(
+        &self,
+        table: Table,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        let err = io("read", Some(table));
+        let db = self.db.read_recursive();
+        let txn = db.begin_read().map_err(|e| err(&e))?;
+        let t = txn.open_table(def(table)).map_err(|e| err(&e))?;
+        keys.iter()
+            .map(|k| {
+                t.get(k.as_slice())
+                    .map(|v| v.map(|v| v.value().to_vec()))
+                    .map_err(|e| err(&e))
+            })
+            .collect()
+    }
+
     fn scan(
         &self,
         table: Table,

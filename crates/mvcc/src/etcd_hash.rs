@@ -232,8 +232,13 @@ impl<B: Backend> Store<B> {
                 return Ok(());
             };
             let next = Bound::Excluded(codec::revision_key(last.0, last.1).to_vec());
-            for (main, sub, key) in &chunk {
-                let Some(raw) = backend.get(Table::Keys, &codec::version_key(key, *main))? else {
+            let wanted: Vec<Vec<u8>> = chunk
+                .iter()
+                .map(|(main, _, key)| codec::version_key(key, *main))
+                .collect();
+            let records = backend.get_many(Table::Keys, &wanted)?;
+            for ((main, sub, key), raw) in chunk.iter().zip(records) {
+                let Some(raw) = raw else {
                     return Err(Error::corrupt("a revisions entry without its version"));
                 };
                 let record = codec::decode_record(&raw)?;
