@@ -127,6 +127,8 @@ pub(crate) struct Batcher {
     /// Longest the batcher waits for an entry's flush before it sends the next one anyway.
     pub(crate) flush_wait: Duration,
     pub(crate) stop: CancellationToken,
+    /// Set while this leader hands leadership over: nothing new is appended.
+    pub(crate) pause: crate::transfer::Pause,
 }
 
 impl Batcher {
@@ -169,6 +171,11 @@ impl Batcher {
                         })
                     };
                     match leader {
+                        // Refused before anything is appended: the proposers try again with
+                        // whoever leads once the transfer is over.
+                        Some((l, _)) if l == self.origin && self.pause.is_paused() => {
+                            self.reject(ids.into_iter(), &Rejected::NoLeader);
+                        }
                         Some((l, _)) if l == self.origin => {
                             self.propose_here(proposal, ids, seq, &mut unanswered).await;
                         }
@@ -390,6 +397,7 @@ mod tests {
             flushed,
             flush_wait: LONG,
             stop: stop.clone(),
+            pause: crate::transfer::Pause::default(),
         };
         let running = tokio::spawn(batcher.run());
         let answer = |p: deadline::Pending<Answer>, what: String| async move {

@@ -27,11 +27,14 @@
 //! - `leader`: who leads, one shared watch that requests finding no leader wait on.
 //! - `incarnation`: the id that tells this start of a member from its earlier ones.
 //! - `validate`: the checks every command passes before it enters the log, forwarded or not.
+//! - `transfer`: leader transfer (etcd's MoveLeader) on openraft 0.9's primitives.
+//! - `corrupt`: etcd's corruption checks, members comparing key-space hashes.
 
 mod alarms;
 mod auth;
 mod batcher;
 mod compaction;
+mod corrupt;
 mod error;
 mod incarnation;
 mod leader;
@@ -46,10 +49,12 @@ mod read_rounds;
 mod state_machine;
 #[cfg(test)]
 mod test_support;
+mod transfer;
 mod types;
 mod validate;
 
 pub use auth::{Access, Auth, AuthError, AuthState, Tokens, User, ROOT};
+pub use corrupt::{corruption_check_loop, Inconsistency, PeerHash};
 pub use error::{CommandError, MembershipFailure, ProposeError, ReadError, StartError};
 pub use log_store::{LogCloser, LogStore};
 pub use marker::{require as require_state, MARKER};
@@ -57,4 +62,5 @@ pub use membership::{cluster_id, member_id, Change, MembershipError};
 pub use network::{PeerNetwork, PeerService, Peers};
 pub use node::{Node, NodeConfig, NodeStatus};
 pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use transfer::TransferError;
 pub use types::{typ, Applied, Member, Proposal, Tagged, TypeConfig};

@@ -55,6 +55,12 @@ pub(crate) enum Forwarded {
     LeaseRemaining(i64),
     /// A membership change.
     Membership(crate::membership::Change),
+    /// Sent by the leader to the member it hands leadership to: campaign now
+    /// ([`crate::transfer`]).
+    Campaign,
+    /// This member's key-space hash at a revision, for the corruption checks
+    /// ([`crate::corrupt`]); any member answers.
+    HashKv(i64),
 }
 
 /// The leader's answer to a [`Forwarded`] request.
@@ -70,6 +76,8 @@ pub(crate) enum ForwardReply {
     Remaining(Option<u64>),
     /// The membership after a change.
     Members(Vec<(u64, Member, bool)>),
+    /// A key-space hash, with the answering member's current revision.
+    Hash(crate::corrupt::PeerHash),
     /// Refused: not the leader, no leader, stopping, a timeout, or the change's own error.
     Refused(Refusal),
 }
@@ -524,6 +532,13 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
             (_, named) => named,
         };
         self.admit("forward", sender)?;
+        // Only the leader this member follows may make it campaign: another member could
+        // otherwise depose a healthy leader.
+        if matches!(req, Forwarded::Campaign) && sender != self.node.status().leader {
+            return Err(tonic::Status::permission_denied(
+                "campaign: only the current leader hands leadership over",
+            ));
+        }
         reply(&self.node.serve_forwarded(req).await)
     }
 }

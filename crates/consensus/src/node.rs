@@ -24,6 +24,7 @@ use crate::membership::{Change, View};
 use crate::network::{ForwardReply, Forwarded, PeerNetwork, Peers, Refusal, Rpc};
 use crate::read_rounds::ReadRounds;
 use crate::state_machine::StateMachine;
+use crate::transfer::TransferError;
 use crate::types::typ::Raft;
 use crate::types::{Member, Tagged};
 
@@ -156,6 +157,10 @@ impl<B> Clone for Node<B> {
     }
 }
 
+/// How many entries a transferee may lag before the leader pauses proposals to let it catch
+/// up the rest (a few batches under load).
+const CATCH_UP_SLACK: u64 = 64;
+
 struct Inner<B> {
     id: u64,
     raft: Raft,
@@ -194,6 +199,8 @@ struct Inner<B> {
     /// Members added as voters that this leader promotes once they catch up
     /// ([`crate::membership::promote_when_caught_up`]).
     pending_voters: std::sync::Mutex<BTreeSet<u64>>,
+    /// Set while this leader hands leadership over ([`crate::transfer`]).
+    pause: crate::transfer::Pause,
 }
 
 impl<B: Backend> Node<B> {
@@ -292,6 +299,7 @@ impl<B: Backend> Node<B> {
         let max_in_flight = config.max_in_flight.max(1);
         let (queue, queued) = mpsc::channel(max_in_flight);
         let stop = CancellationToken::new();
+        let pause = crate::transfer::Pause::default();
         tokio::spawn(
             Batcher {
                 origin: config.id,
@@ -303,6 +311,7 @@ impl<B: Backend> Node<B> {
                 flushed,
                 flush_wait: config.budgets.get(Layer::Commit),
                 stop: stop.clone(),
+                pause: pause.clone(),
             }
             .run(),
         );
@@ -340,6 +349,7 @@ impl<B: Backend> Node<B> {
                 alarms,
                 auth,
                 pending_voters: std::sync::Mutex::default(),
+                pause,
             }),
         };
         // Resumes whatever removal a crash interrupted, then follows every applied compaction.
@@ -658,6 +668,10 @@ impl<B: Backend> Node<B> {
     pub(crate) async fn serve_forwarded(&self, request: Forwarded) -> ForwardReply {
         let budgets = &self.inner.budgets;
         match request {
+            // Nothing is appended while leadership is handed over; the follower tries again.
+            Forwarded::Propose(_) if self.inner.pause.is_paused() => {
+                ForwardReply::Refused(Refusal::NotLeader(None))
+            }
             Forwarded::Propose(proposal) => {
                 // kvapi checked the follower's requests; nothing unchecked enters the log.
                 let limits = self.inner.limits;
@@ -722,6 +736,145 @@ impl<B: Backend> Node<B> {
                     Err(r) => ForwardReply::Refused(r),
                 }
             }
+            Forwarded::HashKv(rev) => self.serve_hash(rev).await,
+            Forwarded::Campaign => match self.inner.raft.trigger().elect().await {
+                Ok(()) => ForwardReply::Done,
+                Err(_) => ForwardReply::Refused(Refusal::Stopped),
+            },
+        }
+    }
+
+    /// Hands leadership to `target`, a voting member, as etcd's MoveLeader does: this member
+    /// must lead; it returns once `target` leads (at once when this member is `target`).
+    /// Proposals pause meanwhile and are retried with the new leader ([`crate::transfer`]).
+    ///
+    /// # Errors
+    /// [`TransferError`]: not the leader, a target that is not a voter, or a target that did
+    /// not catch up and win within the election timeouts (or `deadline`).
+    pub async fn transfer_leadership(
+        &self,
+        target: u64,
+        deadline: Deadline,
+    ) -> Result<(), TransferError> {
+        let inner = &*self.inner;
+        let (leading, _) = self.leading();
+        if !leading {
+            return Err(TransferError::NotLeader);
+        }
+        let member = {
+            let metrics = inner.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            if !membership.voter_ids().any(|v| v == target) {
+                return Err(TransferError::BadTransferee);
+            }
+            membership.get_node(&target).cloned()
+        };
+        if target == inner.id {
+            return Ok(());
+        }
+        let member = member.ok_or(TransferError::BadTransferee)?;
+        let started = std::time::Instant::now();
+        // A leader refuses votes for a lease (the longest election timeout) after its election;
+        // writes go on meanwhile.
+        let lease_ends =
+            inner.leadership.now().since + inner.election_timeout * 2 + Duration::from_millis(20);
+        let wait = lease_ends.saturating_duration_since(tokio::time::Instant::now());
+        if !wait.is_zero() {
+            let bound = deadline.earliest(Deadline::after(wait));
+            if deadline::within(Layer::Api, bound, std::future::pending::<()>())
+                .await
+                .is_err()
+                && deadline.is_expired()
+            {
+                return Err(TransferError::Timeout);
+            }
+        }
+        let me = inner.id;
+        let matched_of = |m: &openraft::RaftMetrics<u64, Member>| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&target).cloned().flatten())
+                .map(|l| l.index)
+        };
+        let leads = |m: &openraft::RaftMetrics<u64, Member>| m.current_leader == Some(me);
+        let mut metrics = inner.raft.metrics();
+        // As etcd, a target that lags is waited for until the deadline, with writes flowing;
+        // only the last steps are taken with proposals paused, an election timeout at most.
+        // After a failed attempt the target must make progress before the next one, so a
+        // target that is down does not keep writes paused.
+        let mut floor: Option<u64> = None;
+        let _paused = loop {
+            crate::transfer::until(&mut metrics, deadline, None, |m| {
+                let matched = matched_of(m);
+                let progressed = floor.is_none() || matched > floor;
+                let near = matched.map(|i| i + CATCH_UP_SLACK) >= m.last_log_index;
+                !leads(m) || (progressed && near)
+            })
+            .await?;
+            let Some(paused) = inner.pause.hold() else {
+                // Another transfer runs; etcd's raft drops the second one the same way.
+                return Err(TransferError::Timeout);
+            };
+            let exact =
+                crate::transfer::until(&mut metrics, deadline, Some(inner.election_timeout), |m| {
+                    !leads(m) || matched_of(m) >= m.last_log_index
+                })
+                .await;
+            match exact {
+                Ok(()) => {
+                    if !leads(&inner.raft.metrics().borrow()) {
+                        return Err(TransferError::NotLeader);
+                    }
+                    if self.ask_to_campaign(target, &member, deadline).await {
+                        break paused;
+                    }
+                }
+                Err(TransferError::Timeout) if !deadline.is_expired() => {}
+                Err(e) => return Err(e),
+            }
+            floor = matched_of(&inner.raft.metrics().borrow());
+        };
+        crate::transfer::until(
+            &mut metrics,
+            deadline,
+            Some(inner.election_timeout * 2),
+            |m| m.current_leader == Some(target),
+        )
+        .await?;
+        tracing::info!(
+            target = format_args!("{target:x}"),
+            took_ms = started.elapsed().as_millis() as u64,
+            "leadership transferred"
+        );
+        Ok(())
+    }
+
+    /// Asks `target` to campaign now; whether it said it does.
+    async fn ask_to_campaign(&self, target: u64, member: &Member, deadline: Deadline) -> bool {
+        let half = self.inner.election_timeout / 2;
+        let limit = deadline.remaining().unwrap_or(half).min(half);
+        match self
+            .inner
+            .peers
+            .call(
+                target,
+                member,
+                Rpc::Forward,
+                &Forwarded::Campaign,
+                Some(limit),
+            )
+            .await
+        {
+            Ok(ForwardReply::Done) => true,
+            Ok(other) => {
+                tracing::warn!(target = format_args!("{target:x}"), answer = ?other, "the transferee did not campaign");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(target = format_args!("{target:x}"), cause = %e, "the transferee could not be asked to campaign");
+                false
+            }
         }
     }
 
@@ -735,6 +888,10 @@ impl<B: Backend> Node<B> {
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow();
         (m.current_leader == Some(self.inner.id), m.current_term)
+    }
+
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.inner.peers
     }
 
     pub(crate) fn raft(&self) -> &Raft {

@@ -101,6 +101,9 @@ struct Tables {
     revisions: Map,
     meta: Map,
     applied: Option<Vec<u8>>,
+    /// Bytes of every entry held (keys, values and their length prefixes), kept up to date by
+    /// `apply`: the engine's size for `--quota-backend-bytes`.
+    bytes: usize,
 }
 
 impl Tables {
@@ -127,14 +130,15 @@ impl Tables {
         }
         for op in ops {
             let map = self.table_mut(op.table);
-            match op.value {
+            let (added, removed) = match op.value {
                 Some(value) => {
-                    map.replace(Entry::new(&op.key, &value));
+                    let entry = Entry::new(&op.key, &value);
+                    let added = entry.0.len();
+                    (added, map.replace(entry).map_or(0, |old| old.0.len()))
                 }
-                None => {
-                    map.remove(op.key.as_slice());
-                }
-            }
+                None => (0, map.take(op.key.as_slice()).map_or(0, |old| old.0.len())),
+            };
+            self.bytes = self.bytes + added - removed;
         }
         if applied.is_some() {
             self.applied = applied;
@@ -178,6 +182,13 @@ impl MemBackend {
     /// Entries per table, for tests and memory accounting.
     pub fn len(&self, table: Table) -> usize {
         self.tables.read().table(table).len()
+    }
+
+    /// Bytes of the keys and values held (with a length prefix per entry), the size
+    /// `--quota-backend-bytes` is checked against: memory the entries take, without the
+    /// trees' own overhead, which is about as large again for small entries.
+    pub fn size_bytes(&self) -> u64 {
+        self.tables.read().bytes as u64
     }
 
     /// True when no table holds anything.
@@ -265,6 +276,33 @@ mod tests {
             "a later put wins"
         );
         assert_eq!(b.len(Table::Keys), 1);
+    }
+
+    #[test]
+    fn size_counts_what_is_held() {
+        let b = MemBackend::new();
+        assert_eq!(b.size_bytes(), 0);
+        let mut batch = WriteBatch::new();
+        batch.put(Table::Keys, b"k".to_vec(), vec![0; 100]);
+        batch.put(Table::Meta, b"m".to_vec(), vec![0; 10]);
+        b.write(batch).unwrap();
+        assert_eq!(b.size_bytes(), (1 + 1 + 100) + (1 + 1 + 10));
+        let mut batch = WriteBatch::new();
+        batch.put(Table::Keys, b"k".to_vec(), vec![0; 50]);
+        batch.delete(Table::Meta, b"m".to_vec());
+        batch.delete(Table::Meta, b"absent".to_vec());
+        b.write(batch).unwrap();
+        assert_eq!(b.size_bytes(), 1 + 1 + 50, "a replaced value counts once");
+        let mut batch = WriteBatch::new();
+        batch.clear_all();
+        b.write(batch).unwrap();
+        assert_eq!(b.size_bytes(), 0);
+        let mut r = b.replace().unwrap();
+        let mut batch = WriteBatch::new();
+        batch.put(Table::Revisions, b"rr".to_vec(), vec![0; 7]);
+        r.write(batch).unwrap();
+        r.commit().unwrap();
+        assert_eq!(b.size_bytes(), 1 + 2 + 7, "a restore's content is counted");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::path::Path;
 use mvcc::{
     is_empty_interval, Backend, BackendError, BatchOp, Replacement, Table, Visitor, WriteBatch,
 };
+use parking_lot::RwLock;
 use redb::{ReadableDatabase, TableDefinition};
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -73,7 +74,11 @@ impl Default for Options {
 
 /// The redb engine.
 pub struct RedbBackend {
-    db: redb::Database,
+    /// Every transaction is begun and ended under the read side; [`Backend::defragment`] takes
+    /// the write side, because redb compacts only a database with no transaction open. The read
+    /// side is taken recursively: a reader that nested a second read behind a waiting
+    /// defragment would otherwise deadlock; a defragment waits for a gap between readers.
+    db: RwLock<redb::Database>,
     durability: Durability,
 }
 
@@ -110,7 +115,7 @@ impl RedbBackend {
             .map_err(|e| BackendError::Open(format!("{}: {e}", path.display())))?;
         tracing::debug!(path = %path.display(), ?options, "redb engine opened");
         Ok(Self {
-            db,
+            db: RwLock::new(db),
             durability: options.durability,
         })
     }
@@ -119,10 +124,29 @@ impl RedbBackend {
 impl Backend for RedbBackend {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
         let err = io("read", Some(table));
-        let txn = self.db.begin_read().map_err(|e| err(&e))?;
+        let db = self.db.read_recursive();
+        let txn = db.begin_read().map_err(|e| err(&e))?;
         let t = txn.open_table(def(table)).map_err(|e| err(&e))?;
         let value = t.get(key).map_err(|e| err(&e))?;
         Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    fn get_many(
+        &self,
+        table: Table,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        let err = io("read", Some(table));
+        let db = self.db.read_recursive();
+        let txn = db.begin_read().map_err(|e| err(&e))?;
+        let t = txn.open_table(def(table)).map_err(|e| err(&e))?;
+        keys.iter()
+            .map(|k| {
+                t.get(k.as_slice())
+                    .map(|v| v.map(|v| v.value().to_vec()))
+                    .map_err(|e| err(&e))
+            })
+            .collect()
     }
 
     fn scan(
@@ -136,7 +160,8 @@ impl Backend for RedbBackend {
             return Ok(());
         }
         let err = io("scan", Some(table));
-        let txn = self.db.begin_read().map_err(|e| err(&e))?;
+        let db = self.db.read_recursive();
+        let txn = db.begin_read().map_err(|e| err(&e))?;
         let t = txn.open_table(def(table)).map_err(|e| err(&e))?;
         for entry in t.range::<&[u8]>((from, to)).map_err(|e| err(&e))? {
             let (k, v) = entry.map_err(|e| err(&e))?;
@@ -149,7 +174,8 @@ impl Backend for RedbBackend {
 
     fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
         let err = io("write", None);
-        let mut txn = self.db.begin_write().map_err(|e| err(&e))?;
+        let db = self.db.read_recursive();
+        let mut txn = db.begin_write().map_err(|e| err(&e))?;
         let durability = match self.durability {
             Durability::EveryBatch => redb::Durability::Immediate,
             Durability::Lazy => redb::Durability::None,
@@ -162,7 +188,8 @@ impl Backend for RedbBackend {
 
     fn applied(&self) -> Result<Option<Vec<u8>>, BackendError> {
         let err = io("read", None);
-        let txn = self.db.begin_read().map_err(|e| err(&e))?;
+        let db = self.db.read_recursive();
+        let txn = db.begin_read().map_err(|e| err(&e))?;
         let t = txn.open_table(ENGINE).map_err(|e| err(&e))?;
         let value = t.get(APPLIED).map_err(|e| err(&e))?;
         Ok(value.map(|v| v.value().to_vec()))
@@ -172,7 +199,8 @@ impl Backend for RedbBackend {
         // One write transaction that empties every table and refills it: redb's readers see
         // the last commit until it commits, and a crash before then leaves the old content.
         let err = io("replace", None);
-        let mut txn = self.db.begin_write().map_err(|e| err(&e))?;
+        let db = self.db.read_recursive();
+        let mut txn = db.begin_write().map_err(|e| err(&e))?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| err(&e))?;
         clear(&txn)?;
@@ -185,10 +213,25 @@ impl Backend for RedbBackend {
         }
         // An empty synced commit makes every earlier unsynced commit durable.
         let err = io("flush", None);
-        let mut txn = self.db.begin_write().map_err(|e| err(&e))?;
+        let db = self.db.read_recursive();
+        let mut txn = db.begin_write().map_err(|e| err(&e))?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))
+    }
+
+    fn defragment(&self) -> Result<bool, BackendError> {
+        // The write side waits for every read and write under way and keeps new ones waiting
+        // until the file is rewritten, as etcd's defragment blocks its backend.
+        let mut db = self.db.write();
+        let started = std::time::Instant::now();
+        let rewritten = db.compact().map_err(|e| io("defragment", None)(&e))?;
+        tracing::info!(
+            rewritten,
+            took_ms = started.elapsed().as_millis() as u64,
+            "redb engine defragmented"
+        );
+        Ok(rewritten)
     }
 }
 

@@ -94,6 +94,15 @@ pub enum ApiError {
     /// (`auth: ...`) with code Unknown.
     #[error("auth: {}", .0.to_string().trim_start_matches("etcdserver: "))]
     AuthUnknown(AuthError),
+    /// MoveLeader sent to a member that does not lead (etcd answers it FailedPrecondition).
+    #[error("etcdserver: not leader")]
+    TransferNotLeader,
+    /// MoveLeader to a member that is not a voter.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// MoveLeader whose target did not take over in time.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     /// The store failed; the member is unhealthy.
     #[error("etcdserver: {0}")]
     Internal(String),
@@ -117,6 +126,8 @@ impl ApiError {
             ApiError::LeaseTtlTooLarge => Code::OutOfRange,
             ApiError::Timeout | ApiError::NoLeader | ApiError::Stopped => Code::Unavailable,
             ApiError::NotLeader => Code::Unavailable,
+            ApiError::BadLeaderTransferee | ApiError::TransferNotLeader => Code::FailedPrecondition,
+            ApiError::LeaderTransferTimeout => Code::Unavailable,
             ApiError::Membership(m) => match m {
                 MembershipError::MemberNotFound => Code::NotFound,
                 MembershipError::BadUrls => Code::InvalidArgument,
@@ -234,6 +245,17 @@ impl From<ReadError> for ApiError {
     }
 }
 
+impl From<consensus::TransferError> for ApiError {
+    fn from(e: consensus::TransferError) -> Self {
+        match e {
+            consensus::TransferError::NotLeader => ApiError::TransferNotLeader,
+            consensus::TransferError::BadTransferee => ApiError::BadLeaderTransferee,
+            consensus::TransferError::Timeout => ApiError::LeaderTransferTimeout,
+            consensus::TransferError::Stopped => ApiError::Stopped,
+        }
+    }
+}
+
 impl From<deadline::Expired> for ApiError {
     fn from(_: deadline::Expired) -> Self {
         ApiError::Timeout
@@ -322,6 +344,21 @@ mod tests {
                 ApiError::NotLeader,
                 Code::Unavailable,
                 "etcdserver: not leader",
+            ),
+            (
+                ApiError::TransferNotLeader,
+                Code::FailedPrecondition,
+                "etcdserver: not leader",
+            ),
+            (
+                ApiError::BadLeaderTransferee,
+                Code::FailedPrecondition,
+                "etcdserver: bad leader transferee",
+            ),
+            (
+                ApiError::LeaderTransferTimeout,
+                Code::Unavailable,
+                "etcdserver: request timed out, leader transfer took too long",
             ),
             (
                 ApiError::Membership(MembershipError::MemberNotFound),

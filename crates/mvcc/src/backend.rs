@@ -163,6 +163,19 @@ pub trait Backend: Send + Sync + 'static {
     /// [`BackendError`] when the engine cannot read; the store treats it as fatal.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
 
+    /// Reads several keys of one table, in order; engines that can read them in one go (one
+    /// transaction) override it for long scans such as the key-space hash.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the engine cannot read.
+    fn get_many(
+        &self,
+        table: Table,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        keys.iter().map(|k| self.get(table, k)).collect()
+    }
+
     /// Calls `visit` with each entry of `table` between `from` and `to`, in key order, until it
     /// returns `Break`. Engines may hold a lock while visiting; the store keeps visits short.
     ///
@@ -201,6 +214,16 @@ pub trait Backend: Send + Sync + 'static {
     /// # Errors
     /// [`BackendError`] when the engine cannot start one.
     fn replace(&self) -> Result<Box<dyn Replacement + '_>, BackendError>;
+
+    /// Rewrites the engine's storage so space freed by deletes and compaction is given back
+    /// (etcd's defragment). Reads and writes wait while it runs. Returns whether anything was
+    /// rewritten; engines with nothing to give back keep the default, which does nothing.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the engine cannot rewrite; its content is unchanged then.
+    fn defragment(&self) -> Result<bool, BackendError> {
+        Ok(false)
+    }
 }
 
 /// True when no key lies between `from` and `to`; engines whose range APIs panic on inverted
@@ -218,6 +241,14 @@ pub fn is_empty_interval(from: Bound<&[u8]>, to: Bound<&[u8]>) -> bool {
 impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
         (**self).get(table, key)
+    }
+
+    fn get_many(
+        &self,
+        table: Table,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        (**self).get_many(table, keys)
     }
 
     fn scan(
@@ -244,5 +275,9 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
 
     fn replace(&self) -> Result<Box<dyn Replacement + '_>, BackendError> {
         (**self).replace()
+    }
+
+    fn defragment(&self) -> Result<bool, BackendError> {
+        (**self).defragment()
     }
 }

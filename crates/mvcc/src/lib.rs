@@ -15,7 +15,8 @@
 //! - `txn`: compares and the duplicate-key rule.
 //! - `lease`: leases as the store keeps them ([`LeaseInfo`]) and the lease-to-keys index.
 //! - `store`: [`Store`], which applies commands and serves reads, events and compaction.
-//! - `snapshot`: streamed snapshots, restore, and the key-space hash.
+//! - `snapshot`: streamed snapshots and restore.
+//! - `etcd_hash`: the key-space hash, as etcd computes it.
 //! - [`durable`]: creating, renaming and removing files so their names survive a power cut.
 //! - `conformance` (feature `conformance`): the behaviour suite every engine must pass.
 
@@ -25,6 +26,7 @@ mod codec;
 pub mod durable;
 mod error;
 mod export;
+mod etcd_hash;
 mod keys;
 mod lease;
 mod read;

@@ -107,56 +107,14 @@ fn scan_kept<B: Backend>(
 }
 
 impl<B: Backend> Store<B> {
-    /// A CRC-32 of every version kept at or below `rev` (0 for the current revision); equal on
-    /// any two stores with the same history and compaction point, however far physical
-    /// compaction has got on each.
+    /// etcd 3.4's key-space hash at `rev` (0 for the current revision): equal on any two
+    /// stores with the same history and compaction point, however far physical compaction has
+    /// got on each, and equal to etcd's own; see [`Store::hash_until`].
     ///
     /// # Errors
     /// [`Error::Compacted`] or [`Error::FutureRevision`] for a revision out of reach.
     pub fn hash(&self, rev: i64) -> Result<KvHash> {
         self.hash_until(rev, &|| false)
-    }
-
-    /// [`Store::hash`], asking `stop` between chunks of the scan. Long scans belong off async
-    /// workers.
-    ///
-    /// # Errors
-    /// As [`Store::hash`]; [`Error::Stopped`] when `stop` said so.
-    pub fn hash_until(&self, rev: i64, stop: &dyn Fn() -> bool) -> Result<KvHash> {
-        let (_installed, _) = self.read_installed();
-        let current = self.current_revision();
-        let rev = if rev <= 0 { current } else { rev };
-        if rev > current {
-            return Err(Error::FutureRevision {
-                requested: rev,
-                current,
-            });
-        }
-        let _hold = self.hold(self.compact_revision());
-        let compacted = self.compact_revision();
-        if rev < compacted {
-            return Err(Error::Compacted {
-                requested: rev,
-                compacted,
-            });
-        }
-        let mut hasher = crc32fast::Hasher::new();
-        let mut kept = Kept::new(rev, compacted);
-        let mut from = Bound::Unbounded;
-        while let Some(last) = scan_kept(self.backend(), &from, &mut kept, &mut |k, v| {
-            hasher.update(k);
-            hasher.update(v);
-        })? {
-            if stop() {
-                return Err(Error::Stopped);
-            }
-            from = Bound::Excluded(last);
-        }
-        Ok(KvHash {
-            hash: hasher.finalize(),
-            revision: rev,
-            compact_revision: compacted,
-        })
     }
 
     /// A stream of the whole store at its current revision, produced in bounded chunks.

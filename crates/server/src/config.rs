@@ -72,6 +72,10 @@ pub struct Config {
     pub access: Arc<crate::access::AccessControl>,
     /// The watch hub's settings.
     pub hub: watch::HubConfig,
+    /// `--experimental-initial-corrupt-check`: compare hashes with the peers before serving.
+    pub initial_corrupt_check: bool,
+    /// `--experimental-corrupt-check-time`: how often the leader compares hashes (0: never).
+    pub corrupt_check_time: Duration,
 }
 
 pub use consensus::{cluster_id, member_id};
@@ -441,6 +445,8 @@ impl TryFrom<Flags> for Config {
                 max_queued_bytes: f.max_watcher_queue_bytes,
                 ..watch::HubConfig::default()
             },
+            initial_corrupt_check: f.experimental_initial_corrupt_check,
+            corrupt_check_time: f.experimental_corrupt_check_time,
         })
     }
 }

@@ -175,6 +175,17 @@ pub struct Flags {
     #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", value_parser = parse_duration, default_value = "10m")]
     pub experimental_watch_progress_notify_interval: Duration,
 
+    /// Before serving, compare this member's key-space hash with its peers' and refuse to start
+    /// when one differs (etcd's start-up corruption check).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", default_value_t = false, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub experimental_initial_corrupt_check: bool,
+
+    /// How often the leader compares every member's key-space hash and raises CORRUPT for one
+    /// that differs (etcd's periodic corruption check); 0 turns it off.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", value_parser = parse_duration, default_value = "0s")]
+    pub experimental_corrupt_check_time: Duration,
+
     /// Log at debug level (as `--log-level debug`).
     #[arg(long, env = "ETCD_DEBUG", default_value_t = false, num_args = 0..=1,
           require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]

@@ -86,15 +86,11 @@ pub async fn run(
             serve(config, backend, db_size, metrics, shutdown).await
         }
         Engine::Mem => {
-            let db_size: kvapi::DbSize = Arc::new(|| 0);
-            serve(
-                config,
-                engine_mem::MemBackend::new(),
-                db_size,
-                metrics,
-                shutdown,
-            )
-            .await
+            // The bytes held stand for the file size etcd's quota is checked against.
+            let backend = Arc::new(engine_mem::MemBackend::new());
+            let held = Arc::clone(&backend);
+            let db_size: kvapi::DbSize = Arc::new(move || held.size_bytes());
+            serve(config, backend, db_size, metrics, shutdown).await
         }
     }
 }
@@ -134,6 +130,17 @@ async fn serve<B: Backend>(
     let node = Node::start(config.node.clone(), backend)
         .await
         .context("starting the raft member")?;
+    if config.initial_corrupt_check {
+        // etcd checks before it serves anyone: a member whose data differs does not start.
+        let limit = config
+            .node
+            .election_timeout
+            .max(std::time::Duration::from_secs(5));
+        if let Err(e) = node.initial_corruption_check(limit).await {
+            node.shutdown().await.context("flushing the store")?;
+            return Err(e).context("the start-up corruption check failed");
+        }
+    }
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
 
@@ -252,6 +259,13 @@ async fn serve<B: Backend>(
                 tracing::error!(cause = %e, "peer listener failed");
             }
         }));
+    }
+    if !config.corrupt_check_time.is_zero() {
+        tasks.spawn(consensus::corruption_check_loop(
+            node.clone(),
+            config.corrupt_check_time,
+            stop.clone(),
+        ));
     }
     tasks.spawn(compactor::run(
         node.clone(),

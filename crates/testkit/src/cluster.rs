@@ -227,7 +227,8 @@ impl Cluster {
             .join(",")
     }
 
-    fn data_dir(&self, i: usize) -> PathBuf {
+    /// Member `i`'s `--data-dir`, for tests that change its files while it is stopped.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
         self.data_root
             .as_deref()
             .unwrap_or(self.dir.path())
@@ -327,6 +328,11 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Member `i`'s whole log (every run of it).
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
     }
 
     /// The end of member `i`'s log.

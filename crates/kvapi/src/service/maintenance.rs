@@ -136,6 +136,10 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         handled(SERVICE, "Status", Ok(Reply::new(reply)))
     }
 
+    /// Rewrites this member's engine file (etcd defragments one member per request, as
+    /// etcdctl asks each endpoint in turn). Reads and writes wait while it runs, as on etcd.
+    /// The rewrite cannot stop halfway: past the deadline the client gets its timeout and the
+    /// rewrite finishes on its own.
     async fn defragment(
         &self,
         request: Request<DefragmentRequest>,
@@ -143,14 +147,22 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         if let Err(e) = self.admin(&request).await {
             return handled(SERVICE, "Defragment", Err(e));
         }
-        // Both engines reuse freed space in place; there is nothing to rewrite.
-        handled(
-            SERVICE,
-            "Defragment",
-            Ok(Reply::new(DefragmentResponse {
-                header: self.current_header(),
-            })),
-        )
+        let store = self.shared.node.store().clone();
+        let result = self
+            .shared
+            .scan(
+                self.shared.deadline(&request),
+                client_deadline(&request),
+                move |_stop| store.backend().defragment().map_err(mvcc::Error::from),
+            )
+            .await
+            .map(|_| {
+                Reply::new(DefragmentResponse {
+                    header: self.current_header(),
+                })
+            })
+            .map_err(|e| e.status());
+        handled(SERVICE, "Defragment", result)
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Reply<HashResponse>, Status> {
@@ -185,7 +197,12 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
                 Reply::new(HashKvResponse {
                     header: self.current_header(),
                     hash: h.hash,
-                    compact_revision: h.compact_revision,
+                    // etcd's store starts "compacted at -1": never compacted.
+                    compact_revision: if h.compact_revision == 0 {
+                        -1
+                    } else {
+                        h.compact_revision
+                    },
                     hash_revision: h.revision,
                 })
             })
@@ -212,21 +229,26 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         )
     }
 
-    /// openraft 0.9 cannot hand leadership over: its voters refuse to elect anyone while
-    /// they hear from a live leader (leader stickiness), so asking the target to campaign
-    /// only bumps terms. `transfer_leader` exists from openraft 0.10; until then, etcd's
-    /// MoveLeader answers UNIMPLEMENTED (docs/architecture.md).
+    /// etcd's MoveLeader: only the leader takes it, and it answers once the target leads.
+    /// openraft 0.9 has no transfer of its own; `consensus` builds one (docs/architecture.md).
     async fn move_leader(
         &self,
-        _request: Request<MoveLeaderRequest>,
+        request: Request<MoveLeaderRequest>,
     ) -> Result<Reply<MoveLeaderResponse>, Status> {
-        handled(
-            SERVICE,
-            "MoveLeader",
-            Err(Status::unimplemented(
-                "leader transfer is not supported: openraft 0.9 has none (see docs/architecture.md)",
-            )),
-        )
+        let deadline = self.shared.deadline(&request);
+        let client = client_deadline(&request);
+        let target = request.get_ref().target_id;
+        let result = match self.shared.node.transfer_leadership(target, deadline).await {
+            Ok(()) => Ok(Reply::new(MoveLeaderResponse {
+                header: self.current_header(),
+            })),
+            // etcd waits for a lagging target until the client's own deadline.
+            Err(consensus::TransferError::Timeout) if client.is_expired() => {
+                Err(ApiError::DeadlineExceeded.status())
+            }
+            Err(e) => Err(ApiError::from(e).status()),
+        };
+        handled(SERVICE, "MoveLeader", result)
     }
 
     async fn downgrade(

@@ -214,6 +214,9 @@ pub(crate) fn with_stdin(args: &[&str], stdin: impl Into<Vec<u8>>) -> Step {
 /// The commands, in order. Both servers start empty (revision 1), so revisions line up.
 fn steps() -> Vec<Step> {
     let mut s = vec![
+        // The empty store's hash, and "never compacted" as etcd says it (-1).
+        step(&["endpoint", "hashkv", "-w", "json"]),
+        step(&["endpoint", "hashkv"]),
         // put, with and without prev-kv, in every output format that supports it.
         step(&["put", "foo", "bar"]),
         step(&["put", "foo", "bar2", "-w", "json"]),
@@ -440,6 +443,14 @@ fn steps() -> Vec<Step> {
         step(&["get", "foo", "--rev=12"]),
         step(&["get", "foo"]),
         step(&["compaction", "abc"]),
+        // The same history hashes as on etcd: before and after the compaction point, at it
+        // (compacted, as etcd 3.4 answers) and past the current revision.
+        step(&["endpoint", "hashkv", "-w", "json"]),
+        step(&["endpoint", "hashkv", "--rev=13", "-w", "json"]),
+        step(&["endpoint", "hashkv", "--rev=12"]),
+        step(&["endpoint", "hashkv", "--rev=11"]),
+        step(&["endpoint", "hashkv", "--rev=100000"]),
+        step(&["endpoint", "hashkv", "--rev=-1", "-w", "table"]),
         // Endpoints and members.
         step(&["endpoint", "health"]),
         step(&["endpoint", "health", "-w", "json"]),

@@ -17,6 +17,7 @@ mod leader_wait;
 mod lease;
 mod limits;
 mod lock_election;
+mod maintenance;
 mod peer_port;
 mod powercut;
 mod restart;
