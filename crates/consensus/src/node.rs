@@ -746,7 +746,7 @@ impl<B: Backend> Node<B> {
 
     /// Hands leadership to `target`, a voting member, as etcd's MoveLeader does: this member
     /// must lead; it returns once `target` leads (at once when this member is `target`).
-    /// Proposals pause meanwhile and are retried with the new leader ([`crate::transfer`]).
+    /// Proposals pause meanwhile and are retried with the new leader (the `transfer` module).
     ///
     /// # Errors
     /// [`TransferError`]: not the leader, a target that is not a voter, or a target that did

@@ -176,7 +176,7 @@ impl<B: Backend> Export<B> {
         self.next = Some(Bound::Unbounded);
     }
 
-    /// The next versions in revision order (at most about [`CHUNK`] visited); `None` at the end.
+    /// The next versions in revision order (at most about `CHUNK` visited); `None` at the end.
     ///
     /// # Errors
     /// Backend errors; an error when the store was restored from a snapshot meanwhile.
