@@ -286,9 +286,13 @@ async fn leader_transfer_under_load_as_etcd() {
     assert!(ours.acked > 0 && etcd.acked > 0);
     let (answer, stayed, failed, acked) = &ours.lagging;
     assert_eq!(answer, &etcd.lagging.0, "to a lagging target");
+    // etcd's own leader usually stays too, but not always: under load its leader, which stops
+    // taking proposals while it waits for the target, was seen losing its term (984 writes
+    // failed, then another member led). So etcd's outcome is shown, not required.
     assert!(
-        *stayed && etcd.lagging.1,
-        "the leader stays when the target lags"
+        *stayed,
+        "the leader stays when the target lags (etcd's stayed: {})",
+        etcd.lagging.1
     );
     assert!(
         *failed <= etcd.lagging.2 && *acked > 0,
