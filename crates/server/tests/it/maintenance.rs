@@ -159,7 +159,12 @@ fn signal(pid: u32, sig: &str) {
     assert!(status.success(), "kill {sig} {pid}");
 }
 
-async fn transfer_under_load(endpoints: &[String], pids: &[u32]) -> Transfer {
+/// `logs` gives the members' logs for a failure's message.
+async fn transfer_under_load(
+    endpoints: &[String],
+    pids: &[u32],
+    logs: &dyn Fn() -> String,
+) -> Transfer {
     let mut clients = Vec::new();
     for e in endpoints {
         clients.push(client(e).await);
@@ -179,7 +184,7 @@ async fn transfer_under_load(endpoints: &[String], pids: &[u32]) -> Transfer {
     let started = Instant::now();
     let moved = clients[at(leader)].move_leader(target).await;
     let took = started.elapsed();
-    moved.unwrap_or_else(|e| panic!("moving the leader to {target:x}: {e}"));
+    moved.unwrap_or_else(|e| panic!("moving the leader to {target:x}: {e}\n{}", logs()));
     let (_, now) = ids_and_leader(&mut clients).await;
     assert_eq!(now, target, "every member follows the transferee");
     pause(Duration::from_millis(1500)).await;
@@ -257,7 +262,7 @@ async fn leader_transfer_under_load_as_etcd() {
     let etcd = {
         let cluster = EtcdCluster::start();
         let pids: Vec<u32> = cluster.children.iter().map(Child::id).collect();
-        transfer_under_load(&cluster.endpoints, &pids).await
+        transfer_under_load(&cluster.endpoints, &pids, &String::new).await
     };
     eprintln!("etcd 3.4: {etcd:?}");
     let cluster = Cluster::start(ClusterOptions {
@@ -271,7 +276,8 @@ async fn leader_transfer_under_load_as_etcd() {
     let pids: Vec<u32> = (0..3)
         .map(|i| cluster.member(i).pid().expect("a running member"))
         .collect();
-    let ours = transfer_under_load(&cluster.endpoints(), &pids).await;
+    let logs = || (0..3).map(|i| cluster.log(i)).collect::<Vec<_>>().join("\n");
+    let ours = transfer_under_load(&cluster.endpoints(), &pids, &logs).await;
     eprintln!("metastore: {ours:?}");
     assert_eq!(
         ours.refusals, etcd.refusals,
