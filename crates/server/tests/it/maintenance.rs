@@ -276,7 +276,12 @@ async fn leader_transfer_under_load_as_etcd() {
     let pids: Vec<u32> = (0..3)
         .map(|i| cluster.member(i).pid().expect("a running member"))
         .collect();
-    let logs = || (0..3).map(|i| cluster.log(i)).collect::<Vec<_>>().join("\n");
+    let logs = || {
+        (0..3)
+            .map(|i| cluster.log(i))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     let ours = transfer_under_load(&cluster.endpoints(), &pids, &logs).await;
     eprintln!("metastore: {ours:?}");
     assert_eq!(
@@ -442,5 +447,62 @@ async fn a_planted_divergence_stops_a_member_at_start() {
     assert!(
         log.contains("found data inconsistency with peers"),
         "{refused}"
+    );
+}
+
+/// Leadership handed round the members again and again while every member takes writes: each
+/// MoveLeader succeeds. It failed on main with "leader transfer took too long" when a batch the
+/// leader had passed to Raft just before the pause was appended after the target was found up
+/// to date: the leader's log was then longer than the target's and it refused its vote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_transfers_under_load_all_succeed() {
+    let cluster = Cluster::start(ClusterOptions {
+        binary: env!("CARGO_BIN_EXE_metastore").into(),
+        members: 3,
+        engine: "redb".into(),
+        extra_args: vec![],
+        proxy_peers: false,
+    })
+    .unwrap_or_else(|e| panic!("starting a cluster: {e}"));
+    let endpoints = cluster.endpoints();
+    let mut clients = Vec::new();
+    for e in &endpoints {
+        clients.push(client(e).await);
+    }
+    let (ids, mut leader) = ids_and_leader(&mut clients).await;
+    let at = |id: u64| ids.iter().position(|i| *i == id).expect("a member id");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut writers = Vec::new();
+    // Several writers per member keep batches flowing into the leader's log at every moment.
+    for w in 0..12 {
+        let c = client(&endpoints[w % endpoints.len()]).await;
+        let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
+        writers.push(writer(c, format!("load/{w}"), stop, acked, failed));
+    }
+    for round in 0..6 {
+        let target = ids[(at(leader) + 1) % ids.len()];
+        let moved = clients[at(leader)].move_leader(target).await;
+        if let Err(e) = moved {
+            let logs: Vec<String> = (0..3).map(|i| cluster.log(i)).collect();
+            panic!(
+                "round {round}: moving the leader to {target:x}: {e}\n{}",
+                logs.join("\n")
+            );
+        }
+        let (_, now) = ids_and_leader(&mut clients).await;
+        assert_eq!(
+            now, target,
+            "round {round}: every member follows the transferee"
+        );
+        leader = now;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    assert!(
+        acked.load(Ordering::Relaxed) > 0,
+        "writes went on meanwhile"
     );
 }
