@@ -171,11 +171,6 @@ impl Batcher {
                         })
                     };
                     match leader {
-                        // Refused before anything is appended: the proposers try again with
-                        // whoever leads once the transfer is over.
-                        Some((l, _)) if l == self.origin && self.pause.is_paused() => {
-                            self.reject(ids.into_iter(), &Rejected::NoLeader);
-                        }
                         Some((l, _)) if l == self.origin => {
                             self.propose_here(proposal, ids, seq, &mut unanswered).await;
                         }
@@ -244,7 +239,15 @@ impl Batcher {
         seq: u64,
         unanswered: &mut Unanswered,
     ) {
-        match self.raft.client_write_ff(proposal).await {
+        // Refused before anything is appended while a transfer holds proposals back: the
+        // proposers try again with whoever leads once it is over.
+        let Some(pass) = self.pause.enter() else {
+            self.reject(ids.into_iter(), &Rejected::NoLeader);
+            return;
+        };
+        let submitted = self.raft.client_write_ff(proposal).await;
+        drop(pass);
+        match submitted {
             Ok(responder) => {
                 unanswered.local.push(Box::pin(async move {
                     let rejected = match responder.await {

@@ -272,6 +272,14 @@ impl LogStore {
         self.flushed.clone()
     }
 
+    /// The index of the last entry Raft has handed to this log, written or not yet.
+    ///
+    /// # Errors
+    /// The log file cannot be read.
+    pub(crate) fn last_index(&self) -> Result<Option<u64>, StorageError> {
+        Ok(self.last_entry_id()?.map(|id| id.index))
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -178,6 +178,8 @@ struct Inner<B> {
     peers: Peers,
     cluster_token: String,
     log_closer: std::sync::Mutex<Option<LogCloser>>,
+    /// A handle on the log Raft writes, to learn where it ends ([`Node::transfer_leadership`]).
+    log: LogStore,
     /// Leadership confirmations shared by concurrent linearizable reads.
     reads: ReadRounds,
     /// What one command may carry, for commands proposed here or forwarded here.
@@ -256,6 +258,7 @@ impl<B: Backend> Node<B> {
             cause,
         })?;
         let flushed = log.flushed();
+        let log_end = log.clone();
         let peers = Peers::new(config.budgets, config.peer_source_addr)
             .with_identity(config.id, config.peer_tls.clone());
         let network = PeerNetwork::new(peers.clone());
@@ -336,6 +339,7 @@ impl<B: Backend> Node<B> {
                 peers: peers.clone(),
                 cluster_token: config.cluster_token.clone(),
                 log_closer: std::sync::Mutex::new(Some(log_closer)),
+                log: log_end,
                 reads,
                 limits: crate::validate::Limits {
                     max_request_bytes: config.max_request_bytes,
@@ -668,11 +672,12 @@ impl<B: Backend> Node<B> {
     pub(crate) async fn serve_forwarded(&self, request: Forwarded) -> ForwardReply {
         let budgets = &self.inner.budgets;
         match request {
-            // Nothing is appended while leadership is handed over; the follower tries again.
-            Forwarded::Propose(_) if self.inner.pause.is_paused() => {
-                ForwardReply::Refused(Refusal::NotLeader(None))
-            }
             Forwarded::Propose(proposal) => {
+                // Nothing is appended while leadership is handed over; the follower tries
+                // again.
+                let Some(pass) = self.inner.pause.enter() else {
+                    return ForwardReply::Refused(Refusal::NotLeader(None));
+                };
                 // kvapi checked the follower's requests; nothing unchecked enters the log.
                 let limits = self.inner.limits;
                 let bad: Vec<(u64, crate::CommandError)> = proposal
@@ -693,8 +698,9 @@ impl<B: Backend> Node<B> {
                     return ForwardReply::Refused(Refusal::Invalid(bad));
                 }
                 let write = async {
-                    let responder = self.inner.raft.client_write_ff(proposal).await?;
-                    Ok::<_, openraft::error::Fatal<u64>>(responder.await)
+                    let responder = self.inner.raft.client_write_ff(proposal).await;
+                    drop(pass);
+                    Ok::<_, openraft::error::Fatal<u64>>(responder?.await)
                 };
                 match budgets.run(Layer::Commit, Deadline::none(), write).await {
                     Ok(Ok(Ok(Ok(_)))) => ForwardReply::Done,
@@ -812,13 +818,22 @@ impl<B: Backend> Node<B> {
                 !leads(m) || (progressed && near)
             })
             .await?;
-            let Some(paused) = inner.pause.hold() else {
-                // Another transfer runs; etcd's raft drops the second one the same way.
-                return Err(TransferError::Timeout);
-            };
+            // A second transfer while one runs is refused, as etcd's raft drops it.
+            let paused = inner.pause.hold(deadline, inner.election_timeout).await?;
+            // Every entry let in before the gate closed is in Raft's queue; a request behind
+            // them in that queue returns once Raft has handed them all to the log.
+            inner
+                .raft
+                .with_raft_state(|_| ())
+                .await
+                .map_err(|_| TransferError::Stopped)?;
+            let last = inner.log.last_index().map_err(|e| {
+                tracing::warn!(cause = %e, "reading the end of the log for a transfer");
+                TransferError::Stopped
+            })?;
             let exact =
                 crate::transfer::until(&mut metrics, deadline, Some(inner.election_timeout), |m| {
-                    !leads(m) || matched_of(m) >= m.last_log_index
+                    !leads(m) || matched_of(m) >= last
                 })
                 .await;
             match exact {

@@ -159,12 +159,9 @@ fn signal(pid: u32, sig: &str) {
     assert!(status.success(), "kill {sig} {pid}");
 }
 
-/// `logs` gives the members' logs for a failure's message.
-async fn transfer_under_load(
-    endpoints: &[String],
-    pids: &[u32],
-    logs: &dyn Fn() -> String,
-) -> Transfer {
+/// The steps on one cluster; `Err` with MoveLeader's answer when the transfer under load
+/// itself failed.
+async fn transfer_under_load(endpoints: &[String], pids: &[u32]) -> Result<Transfer, String> {
     let mut clients = Vec::new();
     for e in endpoints {
         clients.push(client(e).await);
@@ -184,7 +181,13 @@ async fn transfer_under_load(
     let started = Instant::now();
     let moved = clients[at(leader)].move_leader(target).await;
     let took = started.elapsed();
-    moved.unwrap_or_else(|e| panic!("moving the leader to {target:x}: {e}\n{}", logs()));
+    if let Err(e) = moved {
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.await.expect("writer");
+        }
+        return Err(format!("moving the leader to {target:x}: {e}"));
+    }
     let (_, now) = ids_and_leader(&mut clients).await;
     assert_eq!(now, target, "every member follows the transferee");
     pause(Duration::from_millis(1500)).await;
@@ -240,7 +243,7 @@ async fn transfer_under_load(
     load.await.expect("writer");
     signal(pids[at(lagging)], "-CONT");
     let (_, after) = ids_and_leader(&mut clients).await;
-    Transfer {
+    Ok(Transfer {
         lagging: (
             answer,
             after == target,
@@ -251,7 +254,7 @@ async fn transfer_under_load(
         failed: failed.load(Ordering::Relaxed),
         acked: acked.load(Ordering::Relaxed),
         took,
-    }
+    })
 }
 
 /// Leader transfer under write load on etcd 3.4 and on MetaStore: the new leader is the target
@@ -259,11 +262,22 @@ async fn transfer_under_load(
 /// and etcd's answers to a bad target, a follower and the leader itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_transfer_under_load_as_etcd() {
-    let etcd = {
+    // etcd is the oracle for the answers, but its own transfer under load sometimes fails
+    // ("leader transfer took too long", with "raft proposal dropped" for the writes meanwhile,
+    // seen in CI): then it is asked again on a fresh cluster. Ours must succeed the first time.
+    let mut etcd = None;
+    for attempt in 1..=3 {
         let cluster = EtcdCluster::start();
         let pids: Vec<u32> = cluster.children.iter().map(Child::id).collect();
-        transfer_under_load(&cluster.endpoints, &pids, &String::new).await
-    };
+        match transfer_under_load(&cluster.endpoints, &pids).await {
+            Ok(t) => {
+                etcd = Some(t);
+                break;
+            }
+            Err(e) => eprintln!("etcd 3.4, attempt {attempt}: {e}"),
+        }
+    }
+    let etcd = etcd.expect("etcd 3.4 moved its leader in one of three attempts");
     eprintln!("etcd 3.4: {etcd:?}");
     let cluster = Cluster::start(ClusterOptions {
         binary: env!("CARGO_BIN_EXE_metastore").into(),
@@ -276,13 +290,12 @@ async fn leader_transfer_under_load_as_etcd() {
     let pids: Vec<u32> = (0..3)
         .map(|i| cluster.member(i).pid().expect("a running member"))
         .collect();
-    let logs = || {
-        (0..3)
-            .map(|i| cluster.log(i))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let ours = transfer_under_load(&cluster.endpoints(), &pids, &logs).await;
+    let ours = transfer_under_load(&cluster.endpoints(), &pids)
+        .await
+        .unwrap_or_else(|e| {
+            let logs: Vec<String> = (0..3).map(|i| cluster.log(i)).collect();
+            panic!("{e}\n{}", logs.join("\n"))
+        });
     eprintln!("metastore: {ours:?}");
     assert_eq!(
         ours.refusals, etcd.refusals,
