@@ -158,3 +158,50 @@ async fn whole_cluster_restarts_never_serve_a_stale_read() {
     }
     eprintln!("{rounds} whole-cluster restart rounds, no stale read");
 }
+
+/// A single member stopped and started again on other ports, as after a host or container
+/// move: etcd keeps its member id (read from its data, not from the changed
+/// `--initial-advertise-peer-urls`), leads and serves. On main MetaStore derived the id from
+/// the new peer URL, was not a voter of its own cluster, and never had a leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_on_new_ports_keeps_its_identity_as_etcd() {
+    use crate::harness::{free_port, Kind, Server};
+    for kind in [Kind::Etcd, Kind::Redb, Kind::Mem] {
+        let mut server = Server::start(kind, &[]);
+        let mut c = server.client().await;
+        c.put("moved", "v1", None).await.expect("put");
+        let id = c
+            .status()
+            .await
+            .expect("status")
+            .header()
+            .expect("header")
+            .member_id();
+        drop(c);
+        assert!(
+            server.terminate(Duration::from_secs(20)).is_some(),
+            "{kind:?} did not stop on SIGTERM"
+        );
+        server.client_port = free_port();
+        server.peer_port = free_port();
+        // Waits until /health says the member has a leader (panics after its limit).
+        server.restart();
+        let mut c = server.client().await;
+        let got = c.get("moved", None).await.expect("get after the move");
+        assert_eq!(
+            got.kvs().first().map(|kv| kv.value()),
+            Some(&b"v1"[..]),
+            "{kind:?}"
+        );
+        c.put("moved", "v2", None)
+            .await
+            .expect("put after the move");
+        let status = c.status().await.expect("status");
+        assert_eq!(
+            status.header().expect("header").member_id(),
+            id,
+            "{kind:?} keeps its member id"
+        );
+        assert_eq!(status.leader(), id, "{kind:?} leads its own cluster");
+    }
+}
