@@ -62,6 +62,24 @@ pub(crate) fn missing(dir: &Path, what: &str) -> StartError {
     }
 }
 
+/// The member id the marker in `dir` records; `None` for a member never initialised.
+///
+/// # Errors
+/// [`StartError::Marker`] when the marker cannot be read or names no id.
+pub(crate) fn recorded_id(dir: &Path) -> Result<Option<u64>, StartError> {
+    let marker = path(dir);
+    let text = match std::fs::read_to_string(&marker) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StartError::Marker(format!("{}: {e}", marker.display()))),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("member "))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .map(Some)
+        .ok_or_else(|| StartError::Marker(format!("{}: names no member id", marker.display())))
+}
+
 /// Writes the marker durably (idempotent), once the state it vouches for is durable.
 ///
 /// # Errors
@@ -81,6 +99,22 @@ pub(crate) fn write(dir: &Path, id: u64) -> Result<(), StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_marker_records_the_member_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(recorded_id(dir.path()).ok(), Some(None));
+        write(dir.path(), 0x700d_9ac7_6f7b_e1bf).expect("write");
+        assert_eq!(
+            recorded_id(dir.path()).ok(),
+            Some(Some(0x700d_9ac7_6f7b_e1bf))
+        );
+        std::fs::write(path(dir.path()), "metastore member marker v1\n").expect("overwrite");
+        assert!(
+            recorded_id(dir.path()).is_err(),
+            "a marker without an id is refused"
+        );
+    }
 
     #[test]
     fn marker_vouches_for_files() {

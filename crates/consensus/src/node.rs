@@ -211,11 +211,24 @@ impl<B: Backend> Node<B> {
     ///
     /// # Errors
     /// [`StartError`] when the log, store or snapshots cannot be opened, or Raft refuses.
-    pub async fn start(config: NodeConfig, backend: B) -> Result<Self, StartError> {
+    pub async fn start(mut config: NodeConfig, backend: B) -> Result<Self, StartError> {
         config
             .budgets
             .validate()
             .map_err(|e| StartError::Config(e.to_string()))?;
+        // A member's id is fixed when it first starts; as etcd, a restart with other peer URLs
+        // (a moved host or container) is still that member, whatever id the flags give now.
+        if let Some(recorded) = crate::marker::recorded_id(&config.data_dir)? {
+            if recorded != config.id {
+                tracing::warn!(
+                    recorded = format_args!("{recorded:x}"),
+                    from_flags = format_args!("{:x}", config.id),
+                    "this data dir belongs to member {recorded:x}: starting as it (the \
+                     --initial-* flags count only at a member's first start)"
+                );
+                config.id = recorded;
+            }
+        }
         let raft_config = Arc::new(config.raft_config()?);
         let dir = &config.data_dir;
         mvcc::durable::create_dir_all_synced(dir)

@@ -6,6 +6,7 @@
 mod doc;
 mod engine;
 mod failover;
+mod footprint;
 mod kv;
 mod lease;
 mod servers;
@@ -24,13 +25,16 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("watch") => watch::run(&args[1..]),
         Some("lease") => lease::run(&args[1..]),
         Some("failover") => failover::run(&args[1..]),
+        Some("footprint") => footprint::run(&args[1..]),
         // Hidden: the memory benchmark re-executes this binary so each engine is measured in
         // a process of its own, with nothing else on the heap.
         Some(engine::CHILD) => engine::child(&args[1..]),
         Some(other) => {
-            bail!("unknown benchmark `{other}`; try: engine, kv, watch, lease, failover")
+            bail!("unknown benchmark `{other}`; try: engine, kv, watch, lease, failover, footprint")
         }
-        None => bail!("usage: cargo xtask bench <engine|kv|watch|lease|failover> [--help]"),
+        None => {
+            bail!("usage: cargo xtask bench <engine|kv|watch|lease|failover|footprint> [--help]")
+        }
     }
 }
 

@@ -108,6 +108,8 @@ impl Server {
                 .args(["--initial-cluster", &initial])
                 .args(["--initial-cluster-state", "new"]);
             match kind {
+                // redb unless the benchmark names the engine itself.
+                Kind::Ours if extra.contains(&"--engine") => cmd.args(["--log-level", "warn"]),
                 Kind::Ours => cmd.args(["--engine", "redb", "--log-level", "warn"]),
                 Kind::Etcd => cmd.args(["--logger", "zap", "--log-level", "warn"]),
             };
