@@ -79,7 +79,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("log-outputs", false, Fate::DefaultOnly { default: "default|stderr", why: "logs go to stderr only" }),
     flag("log-package-levels", false, Fate::DefaultOnly { default: "", why: "per-package levels do not exist: use --log-level or RUST_LOG" }),
     flag("experimental-enable-lease-checkpoint", true, Fate::NoEffect("leases are always checkpointed here (every --lease-checkpoint-interval), as with this flag on; with it off etcd 3.4 gives leases their whole TTL again after a leader change, which MetaStore never does")),
-    flag("force-new-cluster", true, Fate::DefaultOnly { default: "false", why: "forcing a new cluster from one member's data is not supported yet" }),
 ];
 
 /// The environment variable etcd reads for a flag: `ETCD_` and the name in capitals.
@@ -258,8 +257,8 @@ mod tests {
         );
         let e = run(&[], &[("ETCD_PEER_AUTO_TLS", "true")]).unwrap_err();
         assert!(e.contains("ETCD_PEER_AUTO_TLS") && e.contains("TLS"), "{e}");
-        let e = run(&["--force-new-cluster"], &[]).unwrap_err();
-        assert!(e.contains("--force-new-cluster=true"), "{e}");
+        let e = run(&["--enable-v2"], &[]).unwrap_err();
+        assert!(e.contains("--enable-v2=true"), "{e}");
         let e = run(&["--peer-auto-tls"], &[]).unwrap_err();
         assert!(
             e.contains("--peer-auto-tls=true") && e.contains("TLS"),

@@ -170,6 +170,12 @@ pub struct Flags {
           require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub strict_reconfig_check: bool,
 
+    /// Restart this (initialised) member as the only member of its cluster, keeping its data:
+    /// every other member is removed through its log (etcd's `--force-new-cluster`).
+    #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", default_value_t = false, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub force_new_cluster: bool,
+
     /// How often watches that asked for progress notifications get one (etcd's
     /// `--experimental-watch-progress-notify-interval`).
     #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", value_parser = parse_duration, default_value = "10m")]

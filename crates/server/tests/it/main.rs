@@ -9,6 +9,7 @@ mod durability;
 mod errors;
 mod etcdctl;
 mod flags;
+mod force_new_cluster;
 mod harness;
 mod http;
 mod http_access;
