@@ -45,7 +45,8 @@ const fn flag(name: &'static str, boolean: bool, fate: Fate) -> EtcdFlag {
 const NO_TLS: &str =
     "this TLS feature is not supported yet (docs/security.md); refusing rather than serving with less security than was asked for";
 const NO_V2: &str = "the v2 API and v2 proxy are not supported (MetaStore serves the v3 API only)";
-const NO_DISCOVERY: &str = "discovery is not supported yet: use --initial-cluster";
+const NO_DISCOVERY: &str =
+    "the discovery service is not supported yet: use --initial-cluster or --discovery-srv";
 
 /// Every etcd 3.4 flag [`crate::Flags`] has no field for.
 pub const ETCD_FLAGS: &[EtcdFlag] = &[
@@ -61,8 +62,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("discovery", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
     flag("discovery-fallback", false, Fate::DefaultOnly { default: "proxy", why: NO_DISCOVERY }),
     flag("discovery-proxy", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
-    flag("discovery-srv", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
-    flag("discovery-srv-name", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
     flag("pre-vote", true, Fate::DefaultOnly { default: "false", why: "openraft 0.9 has no pre-vote phase" }),
     flag("enable-v2", true, Fate::DefaultOnly { default: "false", why: NO_V2 }),
     flag("experimental-enable-v2v3", false, Fate::DefaultOnly { default: "", why: NO_V2 }),

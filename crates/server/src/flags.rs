@@ -67,6 +67,16 @@ pub struct Flags {
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
 
+    /// DNS domain whose SRV records give the initial cluster (`_etcd-server-ssl._tcp.DOMAIN`,
+    /// `_etcd-server._tcp.DOMAIN`), instead of --initial-cluster.
+    #[arg(long, env = "ETCD_DISCOVERY_SRV", default_value = "")]
+    pub discovery_srv: String,
+
+    /// Suffix of the SRV service names queried with --discovery-srv
+    /// (`_etcd-server-NAME._tcp.DOMAIN`).
+    #[arg(long, env = "ETCD_DISCOVERY_SRV_NAME", default_value = "")]
+    pub discovery_srv_name: String,
+
     /// Initial cluster state: `new` to bootstrap, `existing` to join.
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
     pub initial_cluster_state: String,

@@ -195,14 +195,61 @@ impl Cluster {
             data_root,
             etcd,
         };
-        for i in 0..cluster.members.len() {
-            cluster.spawn(i)?;
-        }
-        for i in 0..cluster.members.len() {
-            cluster.wait_healthy(i)?;
-        }
-        cluster.wait_leader(READY_TIMEOUT)?;
+        cluster.start_all()?;
         Ok(cluster)
+    }
+
+    /// A cluster whose members have their ports but are not started yet, for tests that must
+    /// know the ports first (to publish them in DNS, say); [`Cluster::start_all`] starts it.
+    /// `etcd`: the members are etcd 3.4 processes of `options.binary`, as in
+    /// [`Cluster::start_etcd`].
+    ///
+    /// # Errors
+    /// No temporary directory.
+    pub fn unstarted(options: ClusterOptions, etcd: bool) -> Result<Cluster, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("metastore-cluster-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let members = (0..options.members)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                proxy_port: None,
+                child: None,
+                frozen: false,
+                state: "new",
+                extra_args: Vec::new(),
+                initial_members: None,
+            })
+            .collect();
+        Ok(Cluster {
+            options: ClusterOptions {
+                proxy_peers: false,
+                ..options
+            },
+            dir,
+            members,
+            net: None,
+            data_root: None,
+            etcd,
+        })
+    }
+
+    /// Starts every member and waits until each answers `/health` and one of them leads.
+    ///
+    /// # Errors
+    /// As [`Cluster::start`].
+    pub fn start_all(&mut self) -> Result<(), String> {
+        for i in 0..self.members.len() {
+            self.spawn(i)?;
+        }
+        for i in 0..self.members.len() {
+            self.wait_healthy(i)?;
+        }
+        self.wait_leader(READY_TIMEOUT)?;
+        Ok(())
     }
 
     /// The peer proxies, when the cluster was started with them.

@@ -5,6 +5,7 @@ mod alarms;
 mod auth;
 mod cluster;
 mod config_file;
+mod discovery_srv;
 mod durability;
 mod errors;
 mod etcdctl;
