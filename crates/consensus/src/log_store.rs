@@ -267,6 +267,61 @@ impl LogStore {
         ))
     }
 
+    /// etcd's `--force-new-cluster`, before Raft starts: appends a membership entry naming
+    /// `own_id` (as `member`) as the only voter, in a term above every term seen, and votes for
+    /// this member in that term, in one synced transaction. Raft then starts on a one-member
+    /// configuration, elects this member, and its first entry commits the forced membership
+    /// and every entry before it. Returns the new entry's log id.
+    ///
+    /// Unlike etcd, which drops the entries past the commit index it knows, they are kept: a
+    /// follower's commit index may lag writes the leader had acknowledged, and keeping them
+    /// loses none of those (they commit with the forced entry).
+    ///
+    /// # Errors
+    /// The log cannot be read or written.
+    pub(crate) fn force_single_member(
+        &self,
+        own_id: u64,
+        member: crate::types::Member,
+    ) -> Result<LogId, String> {
+        let purged = self
+            .read_state::<Option<LogId>>(PURGED)
+            .map_err(|e| e.to_string())?
+            .flatten();
+        let last = self.last_entry_id().map_err(|e| e.to_string())?.or(purged);
+        let vote: Option<Vote> = self.read_state(VOTE).map_err(|e| e.to_string())?;
+        let term = vote
+            .map(|v| v.leader_id().term)
+            .max(last.map(|l| l.leader_id.term))
+            .unwrap_or(0)
+            + 1;
+        let index = last.map_or(1, |l| l.index + 1);
+        let log_id = LogId::new(openraft::CommittedLeaderId::new(term, own_id), index);
+        let membership = openraft::Membership::new(
+            vec![std::collections::BTreeSet::from([own_id])],
+            BTreeMap::from([(own_id, member)]),
+        );
+        let entry = Entry {
+            log_id,
+            payload: EntryPayload::Membership(membership),
+        };
+        let raw_entry = encode(&entry, ErrorSubject::Logs).map_err(|e| e.to_string())?;
+        let raw_vote =
+            encode(&Vote::new(term, own_id), ErrorSubject::Vote).map_err(|e| e.to_string())?;
+        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+            log.insert(index, raw_entry.as_slice())
+                .map_err(|e| e.to_string())?;
+            let mut state = txn.open_table(STATE).map_err(|e| e.to_string())?;
+            state
+                .insert(VOTE, raw_vote.as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+        txn.commit().map_err(|e| e.to_string())?;
+        Ok(log_id)
+    }
+
     /// The highest batch number of this member's own proposals that the log holds durably.
     pub(crate) fn flushed(&self) -> watch::Receiver<u64> {
         self.flushed.clone()

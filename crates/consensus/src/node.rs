@@ -73,6 +73,9 @@ pub struct NodeConfig {
     pub strict_reconfig_check: bool,
     /// Where the Raft log lives (etcd's `--wal-dir`); `None`: in `data_dir`.
     pub log_dir: Option<PathBuf>,
+    /// etcd's `--force-new-cluster`: an initialised member restarts as the only member of its
+    /// cluster, keeping its data (the other members are removed through its log).
+    pub force_new_cluster: bool,
 }
 
 impl NodeConfig {
@@ -98,6 +101,7 @@ impl NodeConfig {
             max_txn_ops: 128,
             strict_reconfig_check: true,
             log_dir: None,
+            force_new_cluster: false,
         }
     }
 
@@ -245,6 +249,21 @@ impl<B: Backend> Node<B> {
                 path: log_path.display().to_string(),
                 cause,
             })?;
+        if config.force_new_cluster && crate::marker::initialised(dir)? {
+            let at = log
+                .force_single_member(config.id, config.member.clone())
+                .map_err(|cause| StartError::Log {
+                    path: log_path.display().to_string(),
+                    cause,
+                })?;
+            tracing::warn!(
+                id = format_args!("{:x}", config.id),
+                index = at.index,
+                term = at.leader_id.term,
+                "--force-new-cluster: this member is now the only member of its cluster; \
+                 every other member was removed"
+            );
+        }
         let store = Store::open(backend)?;
         let waiters = Registry::new("proposals");
         let snap_dir = dir.join("snapshots");

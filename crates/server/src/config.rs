@@ -260,14 +260,40 @@ impl TryFrom<Flags> for Config {
     fn try_from(f: Flags) -> Result<Self> {
         let peer_urls = split_urls(&f.initial_advertise_peer_urls);
         let client_urls = split_urls(&f.advertise_client_urls);
-        let initial = match &f.initial_cluster {
-            Some(spec) => parse_initial_cluster(spec)?,
-            None => BTreeMap::from([(f.name.clone(), peer_urls.clone())]),
-        };
         let join_existing = match f.initial_cluster_state.as_str() {
             "new" => false,
             "existing" => true,
             other => bail!("--initial-cluster-state {other:?}: use new or existing"),
+        };
+        // etcd: an empty --initial-cluster is none given.
+        let given = f.initial_cluster.as_deref().filter(|s| !s.is_empty());
+        let by_dns = !f.discovery_srv.is_empty();
+        if by_dns && given.is_some() {
+            bail!(
+                "multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\""
+            );
+        }
+        let initial = match given {
+            _ if by_dns => {
+                let service = match f.discovery_srv_name.as_str() {
+                    "" => "etcd-server".to_string(),
+                    suffix => format!("etcd-server-{suffix}"),
+                };
+                let spec = crate::srv::cluster(&service, &f.name, &f.discovery_srv, &peer_urls)
+                    .map_err(anyhow::Error::msg)?;
+                tracing::info!(domain = %f.discovery_srv, cluster = %spec, "initial cluster from DNS SRV records");
+                let map = if spec.is_empty() {
+                    BTreeMap::new()
+                } else {
+                    parse_initial_cluster(&spec)?
+                };
+                if !map.contains_key(&f.name) {
+                    bail!("cannot find local etcd member {:?} in SRV records", f.name);
+                }
+                map
+            }
+            Some(spec) => parse_initial_cluster(spec)?,
+            None => BTreeMap::from([(f.name.clone(), peer_urls.clone())]),
         };
         let Some(own) = initial.get(&f.name) else {
             bail!(
@@ -323,6 +349,7 @@ impl TryFrom<Flags> for Config {
         node.max_request_bytes = f.max_request_bytes;
         node.max_txn_ops = f.max_txn_ops;
         node.strict_reconfig_check = f.strict_reconfig_check;
+        node.force_new_cluster = f.force_new_cluster;
         // etcd's default is an empty --wal-dir: the log stays in the data dir.
         node.log_dir = f.wal_dir.clone().filter(|d| !d.as_os_str().is_empty());
         if f.election_timeout < 5 * f.heartbeat_interval {
@@ -607,6 +634,25 @@ mod tests {
         assert!(
             missing.contains("--cert-file /nonexistent/c.pem"),
             "{missing}"
+        );
+    }
+
+    #[test]
+    fn discovery_srv_excludes_initial_cluster_as_etcd() {
+        let f = Flags::try_parse_from([
+            "metastore",
+            "--name",
+            "a",
+            "--discovery-srv",
+            "example.test",
+            "--initial-cluster",
+            "a=http://127.0.0.1:2380",
+        ])
+        .unwrap();
+        let e = Config::try_from(f).unwrap_err().to_string();
+        assert!(
+            e.contains("multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\""),
+            "{e}"
         );
     }
 }

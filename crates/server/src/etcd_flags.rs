@@ -45,7 +45,8 @@ const fn flag(name: &'static str, boolean: bool, fate: Fate) -> EtcdFlag {
 const NO_TLS: &str =
     "this TLS feature is not supported yet (docs/security.md); refusing rather than serving with less security than was asked for";
 const NO_V2: &str = "the v2 API and v2 proxy are not supported (MetaStore serves the v3 API only)";
-const NO_DISCOVERY: &str = "discovery is not supported yet: use --initial-cluster";
+const NO_DISCOVERY: &str =
+    "the discovery service is not supported yet: use --initial-cluster or --discovery-srv";
 
 /// Every etcd 3.4 flag [`crate::Flags`] has no field for.
 pub const ETCD_FLAGS: &[EtcdFlag] = &[
@@ -57,13 +58,11 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("experimental-compaction-batch-limit", false, Fate::NoEffect("physical compaction removes history in its own bounded steps, not bbolt batches")),
     flag("experimental-warning-apply-duration", false, Fate::NoEffect("only etcd's slow-apply log warning; apply times are exported as metrics instead")),
     flag("initial-election-tick-advance", true, Fate::NoEffect("openraft has no election ticks to fast-forward; a booting member starts its first election after a randomized election timeout, as etcd with this flag off (only the time to the first leader differs)")),
-    flag("grpc-keepalive-min-time", false, Fate::DefaultOnly { default: "5s", why: "the HTTP/2 server (h2) has no ping policy to set: clients' pings are answered whatever their rate" }),
+    flag("grpc-keepalive-min-time", false, Fate::DefaultOnly { default: "5s", why: "the HTTP/2 server (hyper/h2) answers every client PING itself and has no policy on their rate, so a faster pinger cannot be sent GOAWAY too_many_pings" }),
     flag("discovery", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
     flag("discovery-fallback", false, Fate::DefaultOnly { default: "proxy", why: NO_DISCOVERY }),
     flag("discovery-proxy", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
-    flag("discovery-srv", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
-    flag("discovery-srv-name", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
-    flag("pre-vote", true, Fate::DefaultOnly { default: "false", why: "openraft 0.9 has no pre-vote phase" }),
+    flag("pre-vote", true, Fate::DefaultOnly { default: "false", why: "openraft 0.9 has no pre-vote phase: a member cut off campaigns in ever higher terms, and when it returns its term makes the leader step down (one election), which --pre-vote exists to prevent" }),
     flag("enable-v2", true, Fate::DefaultOnly { default: "false", why: NO_V2 }),
     flag("experimental-enable-v2v3", false, Fate::DefaultOnly { default: "", why: NO_V2 }),
     flag("proxy", false, Fate::DefaultOnly { default: "off", why: NO_V2 }),
@@ -74,12 +73,11 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("proxy-read-timeout", false, Fate::DefaultOnly { default: "0", why: NO_V2 }),
     flag("peer-auto-tls", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
     flag("experimental-peer-skip-client-san-verification", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
-    flag("enable-pprof", true, Fate::DefaultOnly { default: "false", why: "Go's pprof endpoints do not exist in a Rust server" }),
+    flag("enable-pprof", true, Fate::DefaultOnly { default: "false", why: "Go's /debug/pprof endpoints do not exist in a Rust server and no equivalent is built yet (profile the process with `perf record -p PID` meanwhile)" }),
     flag("logger", false, Fate::NoEffect("logs are written by tracing in one format, whichever of etcd's loggers (capnslog, zap) is named")),
     flag("log-outputs", false, Fate::DefaultOnly { default: "default|stderr", why: "logs go to stderr only" }),
     flag("log-package-levels", false, Fate::DefaultOnly { default: "", why: "per-package levels do not exist: use --log-level or RUST_LOG" }),
     flag("experimental-enable-lease-checkpoint", true, Fate::NoEffect("leases are always checkpointed here (every --lease-checkpoint-interval), as with this flag on; with it off etcd 3.4 gives leases their whole TTL again after a leader change, which MetaStore never does")),
-    flag("force-new-cluster", true, Fate::DefaultOnly { default: "false", why: "forcing a new cluster from one member's data is not supported yet" }),
 ];
 
 /// The environment variable etcd reads for a flag: `ETCD_` and the name in capitals.
@@ -258,8 +256,8 @@ mod tests {
         );
         let e = run(&[], &[("ETCD_PEER_AUTO_TLS", "true")]).unwrap_err();
         assert!(e.contains("ETCD_PEER_AUTO_TLS") && e.contains("TLS"), "{e}");
-        let e = run(&["--force-new-cluster"], &[]).unwrap_err();
-        assert!(e.contains("--force-new-cluster=true"), "{e}");
+        let e = run(&["--enable-v2"], &[]).unwrap_err();
+        assert!(e.contains("--enable-v2=true"), "{e}");
         let e = run(&["--peer-auto-tls"], &[]).unwrap_err();
         assert!(
             e.contains("--peer-auto-tls=true") && e.contains("TLS"),

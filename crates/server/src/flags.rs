@@ -67,6 +67,16 @@ pub struct Flags {
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
 
+    /// DNS domain whose SRV records give the initial cluster (`_etcd-server-ssl._tcp.DOMAIN`,
+    /// `_etcd-server._tcp.DOMAIN`), instead of --initial-cluster.
+    #[arg(long, env = "ETCD_DISCOVERY_SRV", default_value = "")]
+    pub discovery_srv: String,
+
+    /// Suffix of the SRV service names queried with --discovery-srv
+    /// (`_etcd-server-NAME._tcp.DOMAIN`).
+    #[arg(long, env = "ETCD_DISCOVERY_SRV_NAME", default_value = "")]
+    pub discovery_srv_name: String,
+
     /// Initial cluster state: `new` to bootstrap, `existing` to join.
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
     pub initial_cluster_state: String,
@@ -169,6 +179,12 @@ pub struct Flags {
     #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK", default_value_t = true, num_args = 0..=1,
           require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub strict_reconfig_check: bool,
+
+    /// Restart this (initialised) member as the only member of its cluster, keeping its data:
+    /// every other member is removed through its log (etcd's `--force-new-cluster`).
+    #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", default_value_t = false, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub force_new_cluster: bool,
 
     /// How often watches that asked for progress notifications get one (etcd's
     /// `--experimental-watch-progress-notify-interval`).

@@ -15,6 +15,7 @@
 //! - `compactor`: automatic compaction.
 //! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2; caps connections.
 //! - `serve`: client connections, with HTTP/2's stream limit and a graceful stop.
+//! - `srv`: `--discovery-srv`, the initial cluster from DNS SRV records.
 //! - `tls`: TLS (rustls) on `https://` client and peer listeners.
 //! - `restore`: `metastore snapshot restore` and `metastore migrate-etcd`, from etcd's files.
 
@@ -29,6 +30,7 @@ mod flags;
 mod http;
 mod restore;
 mod serve;
+mod srv;
 mod tls;
 
 use std::future::Future;

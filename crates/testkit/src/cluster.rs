@@ -43,6 +43,10 @@ pub struct Member {
     frozen: bool,
     /// `new` for the bootstrap members, `existing` for one added later.
     state: &'static str,
+    /// Flags only this member gets, after every other ([`Cluster::set_member_args`]).
+    extra_args: Vec<String>,
+    /// The members its `--initial-cluster` names, when not all ([`Cluster::set_initial_members`]).
+    initial_members: Option<Vec<usize>>,
 }
 
 impl Member {
@@ -170,6 +174,8 @@ impl Cluster {
                 child: None,
                 frozen: false,
                 state: "new",
+                extra_args: Vec::new(),
+                initial_members: None,
             })
             .collect();
         let net = if options.proxy_peers {
@@ -189,14 +195,61 @@ impl Cluster {
             data_root,
             etcd,
         };
-        for i in 0..cluster.members.len() {
-            cluster.spawn(i)?;
-        }
-        for i in 0..cluster.members.len() {
-            cluster.wait_healthy(i)?;
-        }
-        cluster.wait_leader(READY_TIMEOUT)?;
+        cluster.start_all()?;
         Ok(cluster)
+    }
+
+    /// A cluster whose members have their ports but are not started yet, for tests that must
+    /// know the ports first (to publish them in DNS, say); [`Cluster::start_all`] starts it.
+    /// `etcd`: the members are etcd 3.4 processes of `options.binary`, as in
+    /// [`Cluster::start_etcd`].
+    ///
+    /// # Errors
+    /// No temporary directory.
+    pub fn unstarted(options: ClusterOptions, etcd: bool) -> Result<Cluster, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("metastore-cluster-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let members = (0..options.members)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                proxy_port: None,
+                child: None,
+                frozen: false,
+                state: "new",
+                extra_args: Vec::new(),
+                initial_members: None,
+            })
+            .collect();
+        Ok(Cluster {
+            options: ClusterOptions {
+                proxy_peers: false,
+                ..options
+            },
+            dir,
+            members,
+            net: None,
+            data_root: None,
+            etcd,
+        })
+    }
+
+    /// Starts every member and waits until each answers `/health` and one of them leads.
+    ///
+    /// # Errors
+    /// As [`Cluster::start`].
+    pub fn start_all(&mut self) -> Result<(), String> {
+        for i in 0..self.members.len() {
+            self.spawn(i)?;
+        }
+        for i in 0..self.members.len() {
+            self.wait_healthy(i)?;
+        }
+        self.wait_leader(READY_TIMEOUT)?;
+        Ok(())
     }
 
     /// The peer proxies, when the cluster was started with them.
@@ -219,10 +272,25 @@ impl Cluster {
         self.members.iter().map(Member::endpoint).collect()
     }
 
-    fn initial_cluster(&self) -> String {
+    /// Flags member `i` gets on its next starts, after every other (such as
+    /// `--force-new-cluster`); replaces those set before.
+    pub fn set_member_args(&mut self, i: usize, args: Vec<String>) {
+        self.members[i].extra_args = args;
+    }
+
+    /// Names only `members` in member `i`'s `--initial-cluster` on its next starts (a member
+    /// joining a cluster that has lost others, as `etcdctl member add` prints it).
+    pub fn set_initial_members(&mut self, i: usize, members: Vec<usize>) {
+        self.members[i].initial_members = Some(members);
+    }
+
+    fn initial_cluster(&self, i: usize) -> String {
+        let chosen = self.members[i].initial_members.as_deref();
         self.members
             .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .enumerate()
+            .filter(|(j, _)| chosen.is_none_or(|c| c.contains(j)))
+            .map(|(_, m)| format!("{}={}", m.name, m.peer_url()))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -242,7 +310,7 @@ impl Cluster {
     }
 
     fn spawn(&mut self, i: usize) -> Result<(), String> {
-        let initial = self.initial_cluster();
+        let initial = self.initial_cluster(i);
         let data = self.data_dir(i);
         let log = OpenOptions::new()
             .create(true)
@@ -288,6 +356,7 @@ impl Cluster {
             .args(["--initial-cluster", &initial])
             .args(["--initial-cluster-state", m.state])
             .args(&self.options.extra_args)
+            .args(&m.extra_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -466,6 +535,8 @@ impl Cluster {
             child: None,
             frozen: false,
             state: "existing",
+            extra_args: Vec::new(),
+            initial_members: None,
         });
         i
     }
