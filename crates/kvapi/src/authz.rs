@@ -12,6 +12,12 @@ use crate::pb::etcdserverpb::{request_op, RequestOp, TxnRequest};
 /// The metadata keys a token comes in: clientv3's, then the gRPC gateway's.
 const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
 
+/// The common name of the client certificate a request came with, put in the request's
+/// extensions by the server only under `--client-cert-auth`: with auth enabled and no token,
+/// etcd takes it as the user (kube-apiserver-style clients need no password).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertUser(pub String);
+
 /// The caller of one request, with the auth state it is checked against.
 #[derive(Clone, Debug)]
 pub(crate) struct Caller {
@@ -20,14 +26,16 @@ pub(crate) struct Caller {
 }
 
 impl Caller {
-    /// Identifies the caller by its token. With auth disabled every check passes and tokens are
-    /// ignored, as in etcd.
+    /// Identifies the caller by its token, or without one by its certificate's common name
+    /// (`cert`), as etcd does: a token, even a bad one, wins over the certificate. With auth
+    /// disabled every check passes and tokens are ignored, as in etcd.
     ///
     /// # Errors
     /// `invalid auth token` for a token this member does not know (or that expired).
     pub(crate) fn identify(
         auth: &consensus::Auth,
         metadata: &MetadataMap,
+        cert: Option<&CertUser>,
     ) -> Result<Self, ApiError> {
         let state = auth.state();
         if !state.enabled {
@@ -39,7 +47,7 @@ impl Caller {
             .and_then(|v| v.to_str().ok())
             .filter(|t| !t.is_empty());
         let user = match token {
-            None => None,
+            None => cert.map(|c| c.0.clone()),
             Some(t) => Some(
                 auth.tokens()
                     .user(t)

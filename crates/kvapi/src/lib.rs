@@ -33,6 +33,7 @@ use std::sync::Arc;
 use consensus::Node;
 use mvcc::Backend;
 
+pub use authz::CertUser;
 pub use error::ApiError;
 pub use service::{
     ApiConfig, AuthService, ClusterService, DbSize, ElectionService, KeepAlives, KvService,

@@ -50,6 +50,9 @@ pub struct Config {
     pub client_unix_sockets: Vec<(PathBuf, bool)>,
     /// The client port's TLS, checked at start (`--cert-file`, ...).
     pub client_tls: Option<Arc<rustls::ServerConfig>>,
+    /// `--client-cert-auth`: with auth enabled, a request without a token is the user its
+    /// client certificate names (its common name), as in etcd.
+    pub client_cert_auth: bool,
     /// The peer port's TLS, checked at start (`--peer-cert-file`, ...).
     pub peer_tls: Option<Arc<rustls::ServerConfig>>,
     /// The member's Raft configuration.
@@ -409,6 +412,7 @@ impl TryFrom<Flags> for Config {
             client_unix_sockets,
             peer_tls_addrs,
             client_tls,
+            client_cert_auth: f.client_cert_auth,
             peer_tls,
             node,
             api,

@@ -141,12 +141,13 @@ impl<B: Backend> Shared<B> {
         &self,
         req: &tonic::Request<T>,
     ) -> Result<crate::authz::Caller, ApiError> {
-        match crate::authz::Caller::identify(self.node.auth(), req.metadata()) {
+        let cert = req.extensions().get::<crate::authz::CertUser>();
+        match crate::authz::Caller::identify(self.node.auth(), req.metadata(), cert) {
             Err(ApiError::Auth(consensus::AuthError::InvalidAuthToken)) => {
                 // The token may come from an entry committed on another member that this one
                 // has not applied yet (etcd waits for it too): catch up once, then look again.
                 self.node.read_index(self.deadline(req)).await?;
-                crate::authz::Caller::identify(self.node.auth(), req.metadata())
+                crate::authz::Caller::identify(self.node.auth(), req.metadata(), cert)
             }
             other => other,
         }

@@ -3,6 +3,7 @@
 
 mod alarms;
 mod auth;
+mod cert_auth;
 mod cluster;
 mod config_file;
 mod durability;
