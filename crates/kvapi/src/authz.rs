@@ -23,6 +23,9 @@ pub struct CertUser(pub String);
 pub(crate) struct Caller {
     state: Arc<AuthState>,
     user: Option<String>,
+    /// The auth revision a JWT token was issued at: older than the state's, key access is
+    /// refused with `revision of auth store is old`, as etcd does.
+    token_revision: Option<u64>,
 }
 
 impl Caller {
@@ -34,27 +37,37 @@ impl Caller {
     /// `invalid auth token` for a token this member does not know (or that expired).
     pub(crate) fn identify(
         auth: &consensus::Auth,
+        jwt: Option<&crate::JwtTokens>,
         metadata: &MetadataMap,
         cert: Option<&CertUser>,
     ) -> Result<Self, ApiError> {
         let state = auth.state();
         if !state.enabled {
-            return Ok(Caller { state, user: None });
+            return Ok(Caller {
+                state,
+                user: None,
+                token_revision: None,
+            });
         }
         let token = TOKEN_KEYS
             .iter()
             .find_map(|k| metadata.get(*k))
             .and_then(|v| v.to_str().ok())
             .filter(|t| !t.is_empty());
-        let user = match token {
-            None => cert.map(|c| c.0.clone()),
-            Some(t) => Some(
-                auth.tokens()
-                    .user(t)
-                    .ok_or(ApiError::Auth(AuthError::InvalidAuthToken))?,
-            ),
+        let invalid = || ApiError::Auth(AuthError::InvalidAuthToken);
+        let (user, token_revision) = match (token, jwt) {
+            (None, _) => (cert.map(|c| c.0.clone()), None),
+            (Some(t), None) => (Some(auth.tokens().user(t).ok_or_else(invalid)?), None),
+            (Some(t), Some(jwt)) => {
+                let (user, revision) = jwt.verify(t).ok_or_else(invalid)?;
+                (Some(user), Some(revision))
+            }
         };
-        Ok(Caller { state, user })
+        Ok(Caller {
+            state,
+            user,
+            token_revision,
+        })
     }
 
     /// The user, if a token named one.
@@ -72,14 +85,26 @@ impl Caller {
         self.state.check_admin(self.user())
     }
 
+    /// etcd's revision check of key access: a token from before the last auth change is old.
+    fn current(&self) -> Result<(), AuthError> {
+        match self.token_revision {
+            Some(revision) if self.state.enabled && revision < self.state.revision => {
+                Err(AuthError::AuthOldRevision)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Read access to `[key, range_end)`.
     pub(crate) fn read(&self, key: &[u8], range_end: &[u8]) -> Result<(), AuthError> {
+        self.current()?;
         self.state
             .check_range(self.user(), key, range_end, Access::Read)
     }
 
     /// Write access to `[key, range_end)`.
     pub(crate) fn write(&self, key: &[u8], range_end: &[u8]) -> Result<(), AuthError> {
+        self.current()?;
         self.state
             .check_range(self.user(), key, range_end, Access::Write)
     }

@@ -366,6 +366,7 @@ impl TryFrom<Flags> for Config {
             quota_backend_bytes: quota_backend_bytes(f.quota_backend_bytes),
             auth_token_ttl: std::time::Duration::from_secs(f.auth_token_ttl),
             bcrypt_cost: check_auth_flags(&f)?,
+            jwt: jwt_tokens(&f.auth_token)?,
         };
         let unsupported = f.unsupported_tls_flags();
         if !unsupported.is_empty() {
@@ -459,11 +460,7 @@ impl TryFrom<Flags> for Config {
 fn check_auth_flags(f: &Flags) -> Result<u32> {
     let kind = f.auth_token.split(',').next().unwrap_or_default();
     match kind {
-        "simple" => {}
-        "jwt" => bail!(
-            "--auth-token jwt is not supported yet: only simple tokens (--auth-token simple, \
-             etcd's default); see docs/security.md"
-        ),
+        "simple" | "jwt" => {}
         other => bail!("--auth-token: unknown token type {other:?} (etcd's are simple and jwt)"),
     }
     if f.auth_token_ttl == 0 {
@@ -476,6 +473,17 @@ fn check_auth_flags(f: &Flags) -> Result<u32> {
         );
     }
     Ok(f.bcrypt_cost)
+}
+
+/// `--auth-token jwt,OPTIONS`: the signing keys, read and checked now; `None` for simple tokens.
+fn jwt_tokens(flag: &str) -> Result<Option<Arc<kvapi::JwtTokens>>> {
+    match flag.split_once(',') {
+        Some(("jwt", options)) => Ok(Some(Arc::new(kvapi::JwtTokens::from_options(options)?))),
+        None if flag == "jwt" => bail!(
+            "--auth-token jwt needs its options: jwt,pub-key=PATH,priv-key=PATH,sign-method=ALG"
+        ),
+        _ => Ok(None),
+    }
 }
 
 /// etcd's default backend quota, 2 GiB.

@@ -314,6 +314,7 @@ impl<B: Backend> StreamTask<B> {
         // included, cancels this watch with grpc-go's text of PermissionDenied.
         let permitted = crate::authz::Caller::identify(
             self.shared.node.auth(),
+            self.shared.config.jwt.as_deref(),
             &self.metadata,
             self.cert.as_ref(),
         )

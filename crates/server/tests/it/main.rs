@@ -13,6 +13,7 @@ mod flags;
 mod harness;
 mod http;
 mod http_access;
+mod jwt;
 mod kv;
 mod leader_wait;
 mod lease;
