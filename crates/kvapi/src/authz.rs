@@ -85,6 +85,18 @@ impl Caller {
         self.state.check_admin(self.user())
     }
 
+    /// `command`, to be applied only if auth has not changed since this caller was checked
+    /// (etcd's re-check at apply); as it is while auth is disabled.
+    pub(crate) fn guard(&self, command: mvcc::Command) -> mvcc::Command {
+        if !self.state.enabled {
+            return command;
+        }
+        mvcc::Command::Guarded {
+            auth_revision: self.state.revision,
+            command: Box::new(command),
+        }
+    }
+
     /// etcd's revision check of key access: a token from before the last auth change is old.
     fn current(&self) -> Result<(), AuthError> {
         match self.token_revision {
