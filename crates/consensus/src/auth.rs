@@ -514,6 +514,83 @@ mod tests {
     use super::*;
     use mvcc::PermType;
 
+    /// A write checked against the auth state before an auth change that is applied first is
+    /// refused at apply, as etcd re-checks the auth revision there; one checked after is
+    /// applied.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_checked_before_an_auth_change_is_refused_at_apply() {
+        let (node, _dir) = crate::validate::tests::single().await;
+        let d = || deadline::Deadline::after(Duration::from_secs(5));
+        let put = |key: &str| {
+            Box::new(mvcc::Command::Put(mvcc::PutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            }))
+        };
+        for r in [
+            AuthRequest::UserAdd {
+                name: ROOT.into(),
+                hash: None,
+            },
+            AuthRequest::RoleAdd { name: ROOT.into() },
+            AuthRequest::UserGrantRole {
+                user: ROOT.into(),
+                role: ROOT.into(),
+            },
+            AuthRequest::Enable,
+        ] {
+            node.propose(mvcc::Command::Auth(r.clone()), d())
+                .await
+                .unwrap_or_else(|e| panic!("{r:?}: {e}"));
+        }
+        let checked_at = node.auth().state().revision;
+        let change = AuthRequest::UserAdd {
+            name: "alice".into(),
+            hash: None,
+        };
+        node.propose(mvcc::Command::Auth(change), d())
+            .await
+            .unwrap();
+        assert!(node.auth().state().revision > checked_at);
+        let late = node
+            .propose(
+                mvcc::Command::Guarded {
+                    auth_revision: checked_at,
+                    command: put("late"),
+                },
+                d(),
+            )
+            .await;
+        assert!(
+            matches!(&late, Err(e) if e.to_string() == "etcdserver: revision of auth store is old"),
+            "{late:?}"
+        );
+        let current = node.auth().state().revision;
+        let fresh = node
+            .propose(
+                mvcc::Command::Guarded {
+                    auth_revision: current,
+                    command: put("fresh"),
+                },
+                d(),
+            )
+            .await;
+        assert!(
+            matches!(fresh, Ok((_, mvcc::Response::Put(_)))),
+            "{fresh:?}"
+        );
+        let late_kept = node.store().range(&mvcc::RangeRequest {
+            key: b"late".to_vec(),
+            ..Default::default()
+        });
+        assert!(
+            late_kept.is_ok_and(|(r, _)| r.kvs.is_empty()),
+            "the refused write changed nothing"
+        );
+        node.shutdown().await.unwrap();
+    }
+
     fn perm(t: PermType, key: &str, end: &[u8]) -> Permission {
         Permission {
             perm_type: t,

@@ -261,6 +261,27 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         // Auth applies here too; its token changes wait until the new state is durable.
         let mut token_changes = Vec::new();
         for (i, c) in commands.iter_mut().enumerate() {
+            if let mvcc::Command::Guarded {
+                auth_revision,
+                command,
+            } = c
+            {
+                // etcd's re-check at apply: a permission checked before an auth change that
+                // was applied since is no longer known to hold.
+                if position.auth.enabled && *auth_revision < position.auth.revision {
+                    *c = mvcc::Command::Alarm(mvcc::AlarmRequest::default());
+                    answered.insert(
+                        i,
+                        Err(CommandError::Auth(crate::AuthError::AuthOldRevision)),
+                    );
+                    continue;
+                }
+                let write = std::mem::replace(
+                    command.as_mut(),
+                    mvcc::Command::Alarm(mvcc::AlarmRequest::default()),
+                );
+                *c = write;
+            }
             if let mvcc::Command::Auth(req) = c {
                 let answer = position
                     .auth

@@ -26,6 +26,7 @@ pub(crate) struct Limits {
 /// Refuses a command no client request checked by kvapi could have produced.
 pub(crate) fn check(command: &Command, limits: Limits) -> Result<(), CommandError> {
     match command {
+        Command::Guarded { command, .. } => return check(command, limits),
         Command::Put(p) => check_op(&RequestOp::Put(p.clone()), 0)?,
         Command::DeleteRange(d) => key_given(&d.key)?,
         // First: it bounds the nesting that `payload_bytes` walks.
@@ -90,6 +91,7 @@ fn check_op(op: &RequestOp, max_ops: usize) -> Result<(), CommandError> {
 /// The key, range-end and value bytes a command carries.
 fn payload_bytes(command: &Command) -> usize {
     match command {
+        Command::Guarded { command, .. } => payload_bytes(command),
         Command::Put(p) => p.key.len().saturating_add(p.value.len()),
         Command::DeleteRange(d) => d.key.len().saturating_add(d.range_end.len()),
         // etcd (and kvapi) put no size limit on a read-only txn: it is not a proposal there.
@@ -131,7 +133,7 @@ fn txn_bytes(t: &TxnRequest) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -250,7 +252,7 @@ mod tests {
         })
     }
 
-    async fn single() -> (Node<engine_mem::MemBackend>, tempfile::TempDir) {
+    pub(crate) async fn single() -> (Node<engine_mem::MemBackend>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let member = Member {
             name: "solo".into(),

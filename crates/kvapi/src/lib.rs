@@ -21,6 +21,7 @@
 mod authz;
 mod error;
 pub mod etcd_snapshot;
+mod jwt;
 mod oversize;
 pub mod pb;
 mod pb_conv;
@@ -33,7 +34,9 @@ use std::sync::Arc;
 use consensus::Node;
 use mvcc::Backend;
 
+pub use authz::CertUser;
 pub use error::ApiError;
+pub use jwt::{JwtError, JwtTokens};
 pub use service::{
     ApiConfig, AuthService, ClusterService, DbSize, ElectionService, KeepAlives, KvService,
     LeaseService, LockService, MaintenanceService, Responses, WatchService,

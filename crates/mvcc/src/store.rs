@@ -920,6 +920,8 @@ impl<'s, B: Backend> Writer<'s, B> {
             Command::Alarm(_) => Ok(Response::Alarm(Vec::new())),
             // Likewise for auth.
             Command::Auth(_) => Ok(Response::Auth(crate::auth::AuthResponse::Done)),
+            // Consensus made the auth check; what is left is the write.
+            Command::Guarded { command, .. } => self.execute(command),
         }
     }
 

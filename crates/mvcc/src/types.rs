@@ -361,6 +361,16 @@ pub enum Command {
     /// A change to or read of the auth state. The store only orders it: auth is consensus's
     /// state, kept with the applied position.
     Auth(crate::auth::AuthRequest),
+    /// A client's write whose permissions were checked against the auth state at
+    /// `auth_revision`: consensus applies `command` only if auth has not changed since, and
+    /// otherwise answers `revision of auth store is old`, as etcd re-checks at apply. The store
+    /// applies `command` as it is.
+    Guarded {
+        /// The auth revision the permission check was made at.
+        auth_revision: u64,
+        /// The write.
+        command: Box<Command>,
+    },
 }
 
 /// What an [`AlarmRequest`] does, as etcd's `AlarmRequest.AlarmAction`.
@@ -481,6 +491,7 @@ impl Command {
             | Command::Alarm(_) => 16,
             Command::Auth(_) => 128,
             Command::LeaseCheckpoint(c) => 16 * c.checkpoints.len() + 16,
+            Command::Guarded { command, .. } => command.approx_size() + 8,
         }
     }
 }

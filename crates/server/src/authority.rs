@@ -136,8 +136,13 @@ impl axum::serve::Listener for FixAuthority {
                 tracing::debug!(%addr, "connection closed: --max-client-connections are open");
                 continue;
             };
-            let mut io = Fixed::new(Coalesced::new(self.security.wrap(stream)));
+            let common_name = Arc::new(std::sync::OnceLock::new());
+            let secured = self
+                .security
+                .wrap_noting(stream, Some(Arc::clone(&common_name)));
+            let mut io = Fixed::new(Coalesced::new(secured));
             io.permit = Some(permit);
+            io.common_name = Some(common_name);
             return (io, addr);
         }
     }
@@ -182,6 +187,8 @@ pub struct Fixed<S> {
     passing: usize,
     /// The connection's place under the connection cap, given back when it closes.
     permit: Option<OwnedSemaphorePermit>,
+    /// The verified client certificate's common name, once the TLS handshake is done.
+    common_name: Option<Arc<std::sync::OnceLock<String>>>,
 }
 
 impl<S> Fixed<S> {
@@ -196,7 +203,13 @@ impl<S> Fixed<S> {
             block: None,
             passing: 0,
             permit: None,
+            common_name: None,
         }
+    }
+
+    /// Where the connection's verified client certificate's common name will be, if it is TLS.
+    pub fn common_name(&self) -> Option<Arc<std::sync::OnceLock<String>>> {
+        self.common_name.clone()
     }
 
     /// Moves what can be decided from `raw` to `out`.

@@ -50,6 +50,9 @@ pub struct Config {
     pub client_unix_sockets: Vec<(PathBuf, bool)>,
     /// The client port's TLS, checked at start (`--cert-file`, ...).
     pub client_tls: Option<Arc<rustls::ServerConfig>>,
+    /// `--client-cert-auth`: with auth enabled, a request without a token is the user its
+    /// client certificate names (its common name), as in etcd.
+    pub client_cert_auth: bool,
     /// The peer port's TLS, checked at start (`--peer-cert-file`, ...).
     pub peer_tls: Option<Arc<rustls::ServerConfig>>,
     /// The member's Raft configuration.
@@ -390,6 +393,7 @@ impl TryFrom<Flags> for Config {
             quota_backend_bytes: quota_backend_bytes(f.quota_backend_bytes),
             auth_token_ttl: std::time::Duration::from_secs(f.auth_token_ttl),
             bcrypt_cost: check_auth_flags(&f)?,
+            jwt: jwt_tokens(&f.auth_token)?,
         };
         let unsupported = f.unsupported_tls_flags();
         if !unsupported.is_empty() {
@@ -436,6 +440,7 @@ impl TryFrom<Flags> for Config {
             client_unix_sockets,
             peer_tls_addrs,
             client_tls,
+            client_cert_auth: f.client_cert_auth,
             peer_tls,
             node,
             api,
@@ -482,11 +487,7 @@ impl TryFrom<Flags> for Config {
 fn check_auth_flags(f: &Flags) -> Result<u32> {
     let kind = f.auth_token.split(',').next().unwrap_or_default();
     match kind {
-        "simple" => {}
-        "jwt" => bail!(
-            "--auth-token jwt is not supported yet: only simple tokens (--auth-token simple, \
-             etcd's default); see docs/security.md"
-        ),
+        "simple" | "jwt" => {}
         other => bail!("--auth-token: unknown token type {other:?} (etcd's are simple and jwt)"),
     }
     if f.auth_token_ttl == 0 {
@@ -499,6 +500,17 @@ fn check_auth_flags(f: &Flags) -> Result<u32> {
         );
     }
     Ok(f.bcrypt_cost)
+}
+
+/// `--auth-token jwt,OPTIONS`: the signing keys, read and checked now; `None` for simple tokens.
+fn jwt_tokens(flag: &str) -> Result<Option<Arc<kvapi::JwtTokens>>> {
+    match flag.split_once(',') {
+        Some(("jwt", options)) => Ok(Some(Arc::new(kvapi::JwtTokens::from_options(options)?))),
+        None if flag == "jwt" => bail!(
+            "--auth-token jwt needs its options: jwt,pub-key=PATH,priv-key=PATH,sign-method=ALG"
+        ),
+        _ => Ok(None),
+    }
 }
 
 /// etcd's default backend quota, 2 GiB.

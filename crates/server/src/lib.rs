@@ -191,6 +191,7 @@ async fn serve<B: Backend>(
             serve::Http2 {
                 max_concurrent_streams: config.max_concurrent_streams,
                 keepalive: config.keepalive,
+                cert_users: config.client_cert_auth,
             },
             stop.clone(),
         ));
@@ -215,6 +216,7 @@ async fn serve<B: Backend>(
             serve::Http2 {
                 max_concurrent_streams: config.max_concurrent_streams,
                 keepalive: config.keepalive,
+                cert_users: config.client_cert_auth,
             },
             stop.clone(),
         ));

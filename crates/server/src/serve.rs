@@ -2,6 +2,8 @@
 //! `--max-concurrent-streams` announced in each HTTP/2 connection's SETTINGS, and a graceful
 //! stop (no new connections, in-flight requests finish, idle ones close).
 
+use std::sync::{Arc, OnceLock};
+
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -27,6 +29,21 @@ pub(crate) struct Http2 {
     pub max_concurrent_streams: u32,
     /// `--grpc-keepalive-interval`, `--grpc-keepalive-timeout`.
     pub keepalive: Keepalive,
+    /// `--client-cert-auth`: each request carries its connection's client certificate's
+    /// common name ([`kvapi::CertUser`]), which auth takes as the user when no token is given.
+    pub cert_users: bool,
+}
+
+/// Marks each request with the common name in `common_name` (set by the TLS handshake).
+fn note_cert_user<B>(
+    common_name: Option<Arc<OnceLock<String>>>,
+) -> impl FnMut(axum::http::Request<B>) -> axum::http::Request<B> + Clone {
+    move |mut req| {
+        if let Some(cn) = common_name.as_ref().and_then(|c| c.get()) {
+            req.extensions_mut().insert(kvapi::CertUser(cn.clone()));
+        }
+        req
+    }
 }
 
 /// Serves `router` on `listener` until `stop`, then waits for its connections to finish.
@@ -42,7 +59,13 @@ pub(crate) async fn serve(
             () = stop.cancelled() => break,
             accepted = axum::serve::Listener::accept(&mut listener) => accepted,
         };
-        let service = TowerToHyperService::new(router.clone());
+        let common_name = if http2.cert_users {
+            io.common_name()
+        } else {
+            None
+        };
+        let service = tower::ServiceExt::map_request(router.clone(), note_cert_user(common_name));
+        let service = TowerToHyperService::new(service);
         let stop = stop.clone();
         connections.spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());

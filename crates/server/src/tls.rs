@@ -598,10 +598,22 @@ pub enum Security {
 impl Security {
     /// Wraps a freshly accepted connection; TLS handshakes when it is first read or written.
     pub fn wrap(&self, stream: impl Into<Socket>) -> MaybeTls {
+        self.wrap_noting(stream, None)
+    }
+
+    /// [`Security::wrap`], and once the handshake has verified a client certificate, its
+    /// common name goes into `common_name` (read by requests, which come after the handshake).
+    pub fn wrap_noting(
+        &self,
+        stream: impl Into<Socket>,
+        common_name: Option<Arc<std::sync::OnceLock<String>>>,
+    ) -> MaybeTls {
         let stream = stream.into();
         match self {
             Security::Plain => MaybeTls::Plain(stream),
-            Security::Tls(acceptor) => MaybeTls::Handshake(Box::new(acceptor.accept(stream))),
+            Security::Tls(acceptor) => {
+                MaybeTls::Handshake(Box::new(acceptor.accept(stream)), common_name)
+            }
         }
     }
 }
@@ -610,8 +622,11 @@ impl Security {
 pub enum MaybeTls {
     /// Plaintext.
     Plain(Socket),
-    /// TLS, still handshaking.
-    Handshake(Box<tokio_rustls::Accept<Socket>>),
+    /// TLS, still handshaking; where to note the client certificate's common name.
+    Handshake(
+        Box<tokio_rustls::Accept<Socket>>,
+        Option<Arc<std::sync::OnceLock<String>>>,
+    ),
     /// TLS, established.
     Tls(Box<tokio_rustls::server::TlsStream<Socket>>),
     /// The handshake failed: every use fails.
@@ -621,9 +636,21 @@ pub enum MaybeTls {
 impl MaybeTls {
     /// Drives the handshake, if one is in progress, to its end.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let MaybeTls::Handshake(accept) = self {
+        if let MaybeTls::Handshake(accept, noted) = self {
             match ready!(Pin::new(accept.as_mut()).poll(cx)) {
-                Ok(stream) => *self = MaybeTls::Tls(Box::new(stream)),
+                Ok(stream) => {
+                    // rustls hands out peer certificates only once they are verified.
+                    let cn = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|cert| common_name(cert));
+                    if let (Some(slot), Some(cn)) = (noted.as_ref(), cn) {
+                        let _ = slot.set(cn);
+                    }
+                    *self = MaybeTls::Tls(Box::new(stream));
+                }
                 Err(e) => {
                     tracing::debug!(cause = %e, "TLS handshake failed");
                     *self = MaybeTls::Failed;
@@ -652,7 +679,7 @@ impl AsyncRead for MaybeTls {
         match this {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            MaybeTls::Handshake(_) | MaybeTls::Failed => Poll::Ready(Ok(())),
+            MaybeTls::Handshake(..) | MaybeTls::Failed => Poll::Ready(Ok(())),
         }
     }
 }
@@ -668,7 +695,7 @@ impl AsyncWrite for MaybeTls {
         match this {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            MaybeTls::Handshake(_) | MaybeTls::Failed => Poll::Ready(Ok(0)),
+            MaybeTls::Handshake(..) | MaybeTls::Failed => Poll::Ready(Ok(0)),
         }
     }
 
@@ -682,7 +709,7 @@ impl AsyncWrite for MaybeTls {
         match this {
             MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-            MaybeTls::Handshake(_) | MaybeTls::Failed => Poll::Ready(Ok(0)),
+            MaybeTls::Handshake(..) | MaybeTls::Failed => Poll::Ready(Ok(0)),
         }
     }
 
@@ -690,7 +717,7 @@ impl AsyncWrite for MaybeTls {
         match self {
             MaybeTls::Plain(s) => s.is_write_vectored(),
             MaybeTls::Tls(s) => s.is_write_vectored(),
-            MaybeTls::Handshake(_) | MaybeTls::Failed => false,
+            MaybeTls::Handshake(..) | MaybeTls::Failed => false,
         }
     }
 
@@ -700,7 +727,7 @@ impl AsyncWrite for MaybeTls {
         match this {
             MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            MaybeTls::Handshake(_) | MaybeTls::Failed => Poll::Ready(Ok(())),
+            MaybeTls::Handshake(..) | MaybeTls::Failed => Poll::Ready(Ok(())),
         }
     }
 
@@ -709,7 +736,7 @@ impl AsyncWrite for MaybeTls {
             MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             // Nothing was ever sent over TLS: dropping the socket closes it.
-            MaybeTls::Handshake(_) | MaybeTls::Failed => Poll::Ready(Ok(())),
+            MaybeTls::Handshake(..) | MaybeTls::Failed => Poll::Ready(Ok(())),
         }
     }
 }

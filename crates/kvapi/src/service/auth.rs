@@ -70,6 +70,9 @@ impl<B: Backend> AuthService<B> {
     ) -> Result<AuthenticateResponse, ApiError> {
         let deadline = self.shared.deadline(&req);
         let r = req.into_inner();
+        if let Some(jwt) = self.shared.config.jwt.clone() {
+            return self.authenticate_jwt(&jwt, deadline, r).await;
+        }
         for _ in 0..AUTHENTICATE_TRIES {
             let state = self.shared.node.auth().state();
             if !state.enabled {
@@ -109,6 +112,46 @@ impl<B: Backend> AuthService<B> {
             }
         }
         Err(AuthError::AuthOldRevision.into())
+    }
+}
+
+impl<B: Backend> AuthService<B> {
+    /// Authenticate with JWT tokens: nothing to record, the token is signed here. The auth
+    /// state is brought up to date first, so the token carries the current auth revision and a
+    /// password changed on another member is not accepted here afterwards.
+    async fn authenticate_jwt(
+        &self,
+        jwt: &crate::JwtTokens,
+        deadline: deadline::Deadline,
+        r: AuthenticateRequest,
+    ) -> Result<AuthenticateResponse, ApiError> {
+        self.shared.node.read_index(deadline).await?;
+        let state = self.shared.node.auth().state();
+        if !state.enabled {
+            return Err(AuthError::AuthNotEnabled.into());
+        }
+        let hash = state
+            .users
+            .get(&r.name)
+            .and_then(|u| u.hash.clone())
+            .ok_or(AuthError::AuthFailed)?;
+        let password = r.password;
+        let matches = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
+            .await
+            .map_err(|e| ApiError::Internal(format!("checking a password failed: {e}")))?
+            .unwrap_or(false);
+        if !matches {
+            return Err(AuthError::AuthFailed.into());
+        }
+        let token = jwt
+            .sign(&r.name, state.revision)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(AuthenticateResponse {
+            header: self
+                .shared
+                .header(self.shared.node.store().current_revision()),
+            token,
+        })
     }
 }
 

@@ -87,9 +87,11 @@ impl<B: Backend> KvService<B> {
         .encoded_len()
     }
 
+    /// Proposes a client's write that `caller` was checked for.
     async fn write(
         &self,
         deadline: deadline::Deadline,
+        caller: &crate::authz::Caller,
         command: Command,
     ) -> Result<(i64, Response), ApiError> {
         if grows(&command) {
@@ -97,6 +99,7 @@ impl<B: Backend> KvService<B> {
                 .check_quota(command.approx_size(), deadline)
                 .await?;
         }
+        let command = caller.guard(command);
         Ok(self.shared.node.propose(command, deadline).await?)
     }
 
@@ -115,7 +118,10 @@ impl<B: Backend> KvService<B> {
                 }
             }
         }
-        match self.write(deadline, Command::Put(put_from_pb(r))).await? {
+        match self
+            .write(deadline, &caller, Command::Put(put_from_pb(r)))
+            .await?
+        {
             (revision, Response::Put(p)) => {
                 let mut out = put_to_pb(p, revision);
                 out.header = self.shared.header(revision);
@@ -136,7 +142,7 @@ impl<B: Backend> KvService<B> {
         validate::check_delete(&r)?;
         caller.delete(&r.key, &r.range_end, r.prev_kv)?;
         match self
-            .write(deadline, Command::DeleteRange(delete_from_pb(r)))
+            .write(deadline, &caller, Command::DeleteRange(delete_from_pb(r)))
             .await?
         {
             (revision, Response::DeleteRange(d)) => {
@@ -159,7 +165,7 @@ impl<B: Backend> KvService<B> {
         caller.txn(&r)?;
         let txn = txn_from_pb(r)?;
         mvcc::check_txn_keys(&txn)?;
-        match self.write(deadline, Command::Txn(txn)).await? {
+        match self.write(deadline, &caller, Command::Txn(txn)).await? {
             (revision, Response::Txn(t)) => {
                 let mut out = txn_to_pb(t, revision);
                 out.header = self.shared.header(revision);
@@ -181,7 +187,8 @@ impl<B: Backend> KvService<B> {
             revision: r.revision,
             physical: r.physical,
         });
-        let (revision, _) = self.write(deadline, command).await?;
+        // Not re-checked at apply either: etcd checks nothing for it.
+        let (revision, _) = self.shared.node.propose(command, deadline).await?;
         // Every member removes the old versions in the background once it applied the
         // compaction; `physical` waits for this member's removal.
         if r.physical {

@@ -54,6 +54,8 @@ pub struct ApiConfig {
     pub auth_token_ttl: std::time::Duration,
     /// `--bcrypt-cost`: the cost of the password hashes this member makes.
     pub bcrypt_cost: u32,
+    /// `--auth-token jwt,…`: signed tokens instead of simple ones.
+    pub jwt: Option<Arc<crate::JwtTokens>>,
 }
 
 /// Reports the storage engine's size in bytes, for `Status`.
@@ -141,12 +143,14 @@ impl<B: Backend> Shared<B> {
         &self,
         req: &tonic::Request<T>,
     ) -> Result<crate::authz::Caller, ApiError> {
-        match crate::authz::Caller::identify(self.node.auth(), req.metadata()) {
+        let cert = req.extensions().get::<crate::authz::CertUser>();
+        let jwt = self.config.jwt.as_deref();
+        match crate::authz::Caller::identify(self.node.auth(), jwt, req.metadata(), cert) {
             Err(ApiError::Auth(consensus::AuthError::InvalidAuthToken)) => {
                 // The token may come from an entry committed on another member that this one
                 // has not applied yet (etcd waits for it too): catch up once, then look again.
                 self.node.read_index(self.deadline(req)).await?;
-                crate::authz::Caller::identify(self.node.auth(), req.metadata())
+                crate::authz::Caller::identify(self.node.auth(), jwt, req.metadata(), cert)
             }
             other => other,
         }

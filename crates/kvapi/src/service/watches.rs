@@ -107,6 +107,10 @@ impl<B: Backend> Watch for WatchService<B> {
         let ended = Arc::new(OnceLock::new());
         let stream = StreamTask {
             metadata: request.metadata().clone(),
+            cert: request
+                .extensions()
+                .get::<crate::authz::CertUser>()
+                .cloned(),
             shared: self.shared.clone(),
             hub: self.hub.clone(),
             tx,
@@ -152,6 +156,8 @@ enum End {
 struct StreamTask<B> {
     /// The stream's metadata: its token names the user each create is checked for.
     metadata: tonic::metadata::MetadataMap,
+    /// The stream's client certificate's user, under `--client-cert-auth`.
+    cert: Option<crate::authz::CertUser>,
     shared: Shared<B>,
     hub: Hub,
     tx: mpsc::Sender<(WatchResponse, Charge)>,
@@ -306,8 +312,13 @@ impl<B: Backend> StreamTask<B> {
         let header = self.header();
         // etcd checks read permission on the watched range at create; any failure, a bad token
         // included, cancels this watch with grpc-go's text of PermissionDenied.
-        let permitted = crate::authz::Caller::identify(self.shared.node.auth(), &self.metadata)
-            .is_ok_and(|caller| caller.read(&c.key, &c.range_end).is_ok());
+        let permitted = crate::authz::Caller::identify(
+            self.shared.node.auth(),
+            self.shared.config.jwt.as_deref(),
+            &self.metadata,
+            self.cert.as_ref(),
+        )
+        .is_ok_and(|caller| caller.read(&c.key, &c.range_end).is_ok());
         if !permitted {
             return self
                 .send(WatchResponse {

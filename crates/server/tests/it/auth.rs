@@ -19,7 +19,7 @@ use crate::harness::{Kind, Server};
 const ROOT: &str = "--user=root:rootpw";
 
 /// Waits `d`, bounded and counted as the code's waits are.
-async fn pause(d: Duration) {
+pub(crate) async fn pause(d: Duration) {
     let _ = deadline::within(
         deadline::Layer::Api,
         deadline::Deadline::after(d),
@@ -232,7 +232,7 @@ fn auth_etcdctl_matches_etcd() {
 }
 
 /// Root, alice (read on `a/`, write on `b`) and auth enabled, through etcd-client.
-async fn set_up(endpoint: &str) {
+pub(crate) async fn set_up(endpoint: &str) {
     let mut c = Client::connect([endpoint], None).await.expect("connect");
     c.user_add("root", "rootpw", None).await.expect("add root");
     c.role_add("root").await.expect("add role root");
@@ -251,7 +251,12 @@ async fn set_up(endpoint: &str) {
 }
 
 /// Connects as `user`.
-async fn connect_as(endpoint: &str, user: &str, password: &str, refresh: bool) -> Client {
+pub(crate) async fn connect_as(
+    endpoint: &str,
+    user: &str,
+    password: &str,
+    refresh: bool,
+) -> Client {
     let options = ConnectOptions::new()
         .with_user(user, password)
         .with_auto_token_refresh(refresh)
@@ -530,8 +535,8 @@ async fn auth_reaches_a_new_member_by_snapshot() {
     );
 }
 
-/// `--auth-token jwt,...` is refused at start, naming the flag, rather than run with simple
-/// tokens; a bad `--bcrypt-cost` too.
+/// `--auth-token jwt,...` with key files that cannot be read is refused at start, naming the
+/// flag, rather than run with simple tokens; a bad `--bcrypt-cost` too.
 #[test]
 fn unsupported_auth_flags_are_refused_naming_them() {
     for (args, named) in [

@@ -3,6 +3,7 @@
 
 mod alarms;
 mod auth;
+mod cert_auth;
 mod cluster;
 mod config_file;
 mod discovery_srv;
@@ -14,6 +15,7 @@ mod force_new_cluster;
 mod harness;
 mod http;
 mod http_access;
+mod jwt;
 mod kv;
 mod leader_wait;
 mod lease;

@@ -55,6 +55,8 @@ impl Pki {
         issue("server", &root, "server");
         issue("client", &root, "root");
         issue("rogue", &rogue, "root");
+        issue("alice", &root, "alice");
+        issue("nobody", &root, "nobody");
         Pki { dir }
     }
 
