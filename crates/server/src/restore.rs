@@ -226,7 +226,10 @@ fn build(dir: &Path, file: std::fs::File, db_size: u64) -> Result<kvapi::etcd_sn
     let backend = RedbBackend::open(&path, &Options::default())
         .with_context(|| format!("opening {}", path.display()))?;
     let store = mvcc::Store::open(backend).context("opening the new store")?;
-    kvapi::etcd_snapshot::restore_into(&store, file, db_size).context("restoring")
+    let restored =
+        kvapi::etcd_snapshot::restore_into(&store, file, db_size).context("restoring")?;
+    consensus::seed_auth(&store, restored.auth.clone()).context("restoring the auth state")?;
+    Ok(restored)
 }
 
 /// The `consistent_index` of the etcd database at `db`.

@@ -232,7 +232,7 @@ fn auth_etcdctl_matches_etcd() {
 }
 
 /// Root, alice (read on `a/`, write on `b`) and auth enabled, through etcd-client.
-async fn set_up(endpoint: &str) {
+pub(crate) async fn set_up(endpoint: &str) {
     let mut c = Client::connect([endpoint], None).await.expect("connect");
     c.user_add("root", "rootpw", None).await.expect("add root");
     c.role_add("root").await.expect("add role root");
@@ -251,7 +251,12 @@ async fn set_up(endpoint: &str) {
 }
 
 /// Connects as `user`.
-async fn connect_as(endpoint: &str, user: &str, password: &str, refresh: bool) -> Client {
+pub(crate) async fn connect_as(
+    endpoint: &str,
+    user: &str,
+    password: &str,
+    refresh: bool,
+) -> Client {
     let options = ConnectOptions::new()
         .with_user(user, password)
         .with_auto_token_refresh(refresh)
@@ -263,7 +268,7 @@ async fn connect_as(endpoint: &str, user: &str, password: &str, refresh: bool) -
 }
 
 /// What alice may do, as one comparable line per check.
-async fn alice_sees(endpoint: &str) -> Vec<String> {
+pub(crate) async fn alice_sees(endpoint: &str) -> Vec<String> {
     let mut c = connect_as(endpoint, "alice", "apw", false).await;
     let mut seen = Vec::new();
     let got = c.get("a/", Some(GetOptions::new().with_prefix())).await;
