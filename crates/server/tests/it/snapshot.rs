@@ -16,6 +16,7 @@ use deadline::{Deadline, Layer};
 
 use crate::auth::{alice_sees, connect_as, set_up};
 use crate::harness::{require_tool, Kind, Server};
+use testkit::{Cluster, ClusterOptions};
 
 /// Longest one tool run may take.
 const TOOL_LIMIT: Duration = Duration::from_secs(60);
@@ -628,5 +629,133 @@ async fn auth_travels_in_snapshots_both_ways() {
             alice_sees(&source.endpoint()).await,
             "{to:?} restored from {from:?}'s snapshot"
         );
+    }
+}
+
+/// The key-values a member serves from its own store (a serializable read), and its revision.
+async fn local_kvs(endpoint: &str) -> (i64, Vec<Kv>) {
+    let mut c = Client::connect([endpoint], None).await.expect("connect");
+    let got = c
+        .get(
+            "",
+            Some(GetOptions::new().with_all_keys().with_serializable()),
+        )
+        .await
+        .expect("serializable get");
+    let kvs = got
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key().to_vec(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+                kv.value().to_vec(),
+                kv.lease(),
+            )
+        })
+        .collect();
+    (got.header().expect("header").revision(), kvs)
+}
+
+/// One etcd snapshot restored into each of three members with `metastore snapshot restore`
+/// (`--name`, `--initial-cluster`, `--initial-advertise-peer-urls` as for etcdctl), the three
+/// started as one cluster: every member serves every key at etcd's revisions from its own
+/// store, the cluster elects a leader, and writes go on from the snapshot's revision on all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_snapshot_restored_into_three_members_makes_a_cluster() {
+    let files = tempfile::tempdir().expect("temp dir");
+    let file = files.path().join("etcd.db");
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let mut e = etcd.client().await;
+    write_history(&mut e).await;
+    let expected = seen(&mut e, 0).await;
+    save(&etcd, &file);
+    drop(e);
+    drop(etcd);
+
+    // A cluster's ports and names; its members' data is replaced by the restored one.
+    let mut cluster = Cluster::start(ClusterOptions {
+        binary: metastore(),
+        members: 3,
+        engine: "redb".into(),
+        extra_args: Vec::new(),
+        proxy_peers: false,
+    })
+    .unwrap_or_else(|e| panic!("starting a cluster: {e}"));
+    let initial: Vec<String> = cluster
+        .members()
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url()))
+        .collect();
+    let initial = initial.join(",");
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    for i in 0..3 {
+        let dir = cluster.data_dir(i);
+        std::fs::remove_dir_all(&dir).expect("remove the old data dir");
+        let (name, peer) = (cluster.member(i).name.clone(), cluster.member(i).peer_url());
+        let (ok, out, err) = run(
+            &metastore(),
+            &[
+                "snapshot",
+                "restore",
+                file.to_str().expect("path"),
+                "--data-dir",
+                dir.to_str().expect("path"),
+                "--name",
+                &name,
+                "--initial-cluster",
+                &initial,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ],
+        );
+        assert!(ok, "restore for {name}: {out} {err}");
+    }
+    tokio::task::block_in_place(|| {
+        for i in 0..3 {
+            cluster.respawn(i).expect("respawn");
+        }
+        for i in 0..3 {
+            cluster
+                .wait_healthy(i)
+                .unwrap_or_else(|e| panic!("member {i}: {e}\n{}", cluster.log_tail(i)));
+        }
+        cluster
+            .wait_leader(Duration::from_secs(20))
+            .expect("a leader");
+    });
+    let endpoints = cluster.endpoints();
+    for endpoint in &endpoints {
+        assert_eq!(
+            local_kvs(endpoint).await,
+            (expected.revision, expected.kvs.clone()),
+            "{endpoint} serves the snapshot from its own store"
+        );
+    }
+    let mut c = Client::connect(endpoints.clone(), None)
+        .await
+        .expect("connect");
+    assert_eq!(seen(&mut c, 0).await, expected, "through the cluster");
+    let next = c
+        .put("after", "1", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("h")
+        .revision();
+    assert_eq!(next, expected.revision + 1);
+    for endpoint in &endpoints {
+        let began = Instant::now();
+        while local_kvs(endpoint).await.0 < next {
+            assert!(
+                began.elapsed() < Duration::from_secs(20),
+                "{endpoint} did not apply revision {next}"
+            );
+            pause(Duration::from_millis(50)).await;
+        }
     }
 }
