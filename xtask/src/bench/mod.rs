@@ -9,6 +9,7 @@ mod failover;
 mod kv;
 mod lease;
 mod servers;
+mod snapshot;
 mod watch;
 
 use std::path::PathBuf;
@@ -24,13 +25,16 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("watch") => watch::run(&args[1..]),
         Some("lease") => lease::run(&args[1..]),
         Some("failover") => failover::run(&args[1..]),
+        Some("snapshot") => snapshot::run(&args[1..]),
         // Hidden: the memory benchmark re-executes this binary so each engine is measured in
         // a process of its own, with nothing else on the heap.
         Some(engine::CHILD) => engine::child(&args[1..]),
         Some(other) => {
-            bail!("unknown benchmark `{other}`; try: engine, kv, watch, lease, failover")
+            bail!("unknown benchmark `{other}`; try: engine, kv, watch, lease, failover, snapshot")
         }
-        None => bail!("usage: cargo xtask bench <engine|kv|watch|lease|failover> [--help]"),
+        None => {
+            bail!("usage: cargo xtask bench <engine|kv|watch|lease|failover|snapshot> [--help]")
+        }
     }
 }
 
