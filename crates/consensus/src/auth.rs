@@ -194,6 +194,15 @@ impl AuthState {
         Ok(answer)
     }
 
+    /// Applies `req` as [`AuthState::apply`] does, for a log replayed offline (no member's
+    /// tokens to change): etcd's migration from its WAL.
+    ///
+    /// # Errors
+    /// etcd's answer for a refused request (the state is unchanged then).
+    pub fn replay(&mut self, req: &AuthRequest) -> Result<AuthResponse, AuthError> {
+        self.apply(req, &mut Vec::new())
+    }
+
     fn apply_inner(
         &mut self,
         req: &AuthRequest,

@@ -61,6 +61,6 @@ pub use marker::{require as require_state, MARKER};
 pub use membership::{cluster_id, member_id, Change, MembershipError};
 pub use network::{PeerNetwork, PeerService, Peers};
 pub use node::{Node, NodeConfig, NodeStatus};
-pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use state_machine::{applied_auth, seed_auth, SnapshotBuilder, StateMachine};
 pub use transfer::TransferError;
 pub use types::{typ, Applied, Member, Proposal, Tagged, TypeConfig};

@@ -78,6 +78,34 @@ impl Position {
     }
 }
 
+/// The auth state recorded in a store's applied position (what [`Store::applied`] or an
+/// export's info gives): what a snapshot of that point carries.
+///
+/// # Errors
+/// A position that does not decode.
+pub fn applied_auth(applied: Option<&[u8]>) -> Result<AuthState, String> {
+    Position::decode(applied).map(|p| p.auth)
+}
+
+/// Records `auth` as the auth state of a store no member has applied log entries to (one
+/// restored from etcd's files): the member that first starts on it begins with these users,
+/// roles and enabled flag.
+///
+/// # Errors
+/// [`mvcc::Error::BadSnapshot`] when the store has applied entries already; store errors.
+pub fn seed_auth<B: Backend>(store: &Store<B>, auth: AuthState) -> Result<(), mvcc::Error> {
+    let bad = |what: String| mvcc::Error::BadSnapshot { what };
+    let mut position = Position::decode(store.applied()?.as_deref()).map_err(bad)?;
+    if position.log_id.is_some() {
+        return Err(bad(
+            "the store has applied log entries; auth is seeded only before".into(),
+        ));
+    }
+    position.auth = auth;
+    let raw = bincode::serialize(&position).map_err(|e| bad(e.to_string()))?;
+    store.apply(&[], Some(&raw)).map(drop)
+}
+
 /// What raised alarms refuse `command` with, as etcd 3.4's appliers do: with a CORRUPT alarm
 /// every write and compaction ("corrupt cluster"); with a NOSPACE alarm what can grow the store
 /// (puts, txns with puts, lease grants).

@@ -11,7 +11,11 @@
 //!   remaining TTL when checkpointed).
 //! - `members`: key = member id in hex, value = JSON (`id`, `peerURLs`, `name`, `clientURLs`,
 //!   `isLearner` when set); `members_removed`; `cluster`: `clusterVersion` = `3.4.0`.
-//! - `auth` (`authRevision` = 1 while auth was never enabled), `authUsers`, `authRoles`.
+//! - `auth`: `authRevision` (u64, big-endian; 1 while nothing changed, one more per change)
+//!   and, once auth was enabled, `authEnabled` (`[1]`, or `[0]` after a disable);
+//!   `authUsers`: key = user name, value = `authpb.User` (the bcrypt hash as the password,
+//!   roles sorted, options with `no_password`); `authRoles`: key = role name, value =
+//!   `authpb.Role` (permissions in key order).
 //! - `alarm`: key = `etcdserverpb.AlarmMember`, empty value.
 //!
 //! `etcdctl snapshot restore` replaces `members` and the consistent index; `snapshot status`
@@ -26,6 +30,10 @@ use bbolt::{BucketRoot, Plan, Reader};
 use mvcc::{Backend, Export, Store, Version};
 use prost::Message;
 
+use consensus::{AuthState, User};
+use mvcc::{PermType, Permission};
+
+use crate::pb::authpb;
 use crate::pb::etcdserverpb::AlarmMember;
 use crate::pb::mvccpb::KeyValue;
 
@@ -108,6 +116,8 @@ pub struct ClusterState {
     pub members: Vec<SnapshotMember>,
     /// Raised alarms: (member id, alarm kind).
     pub alarms: Vec<(u64, i32)>,
+    /// The auth state: users, roles, whether it is enabled.
+    pub auth: AuthState,
 }
 
 /// etcd's revision key: main, `_`, sub, big-endian, and `t` for a delete.
@@ -188,19 +198,122 @@ fn member_json(m: &SnapshotMember) -> String {
     out
 }
 
-/// The auth buckets (`auth`, `authRoles`, `authUsers`, in that order) with their entries.
+/// The auth buckets (`auth`, `authRoles`, `authUsers`, in that order) holding `auth`.
 ///
-/// The hook for the auth store: until it exists, these are etcd's buckets of an auth store
-/// that was never enabled (the auth revision 1 and nothing else).
-pub fn auth_buckets() -> Vec<(&'static [u8], Entries)> {
+/// etcd counts its auth revision from 1 (a store nothing changed), MetaStore from 0: the file
+/// has ours plus one, and a restore takes one off. `authEnabled` is written while auth is on;
+/// etcd also keeps `[0]` once it was disabled, which reads the same.
+pub fn auth_buckets(auth: &AuthState) -> Vec<(&'static [u8], Entries)> {
+    let mut flags = vec![(
+        b"authRevision".to_vec(),
+        auth.revision.saturating_add(1).to_be_bytes().to_vec(),
+    )];
+    if auth.enabled {
+        flags.push((b"authEnabled".to_vec(), vec![1]));
+    }
+    let roles = auth
+        .roles
+        .iter()
+        .map(|(name, perms)| {
+            let role = authpb::Role {
+                name: name.as_bytes().to_vec(),
+                key_permission: perms
+                    .iter()
+                    .map(|p| authpb::Permission {
+                        perm_type: p.perm_type.number(),
+                        key: p.key.clone(),
+                        range_end: p.range_end.clone(),
+                    })
+                    .collect(),
+            };
+            (name.as_bytes().to_vec(), role.encode_to_vec())
+        })
+        .collect();
+    let users = auth
+        .users
+        .iter()
+        .map(|(name, u)| {
+            let user = authpb::User {
+                name: name.as_bytes().to_vec(),
+                password: u.hash.clone().map(String::into_bytes).unwrap_or_default(),
+                roles: u.roles.iter().cloned().collect(),
+                options: Some(authpb::UserAddOptions {
+                    no_password: u.hash.is_none(),
+                }),
+            };
+            (name.as_bytes().to_vec(), user.encode_to_vec())
+        })
+        .collect();
     vec![
-        (
-            b"auth",
-            vec![(b"authRevision".to_vec(), 1u64.to_be_bytes().to_vec())],
-        ),
-        (b"authRoles", vec![]),
-        (b"authUsers", vec![]),
+        (b"auth", flags),
+        (b"authRoles", roles),
+        (b"authUsers", users),
     ]
+}
+
+/// The auth state the auth buckets of an etcd file hold (an empty, disabled one without them).
+///
+/// # Errors
+/// [`SnapshotError::Layout`] for records that do not decode.
+pub fn read_auth(reader: &Reader) -> Result<AuthState, SnapshotError> {
+    let mut auth = AuthState::default();
+    if let Some(b) = bucket(reader, "auth")? {
+        for (k, v) in entries(reader, &b)? {
+            match k.as_slice() {
+                b"authEnabled" => auth.enabled = v == [1],
+                b"authRevision" => {
+                    let rev = <[u8; 8]>::try_from(v.as_slice())
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| layout("authRevision is not 8 bytes"))?;
+                    auth.revision = rev.saturating_sub(1);
+                }
+                _ => {}
+            }
+        }
+    }
+    let text = |what: &str, b: Vec<u8>| {
+        String::from_utf8(b).map_err(|_| layout(format!("{what} is not UTF-8")))
+    };
+    if let Some(b) = bucket(reader, "authUsers")? {
+        for (_, v) in entries(reader, &b)? {
+            let u = authpb::User::decode(v.as_slice())
+                .map_err(|e| layout(format!("bad auth user: {e}")))?;
+            let no_password = u.options.is_some_and(|o| o.no_password);
+            let hash = if no_password || u.password.is_empty() {
+                None
+            } else {
+                Some(text("a password hash", u.password)?)
+            };
+            auth.users.insert(
+                text("a user name", u.name)?,
+                User {
+                    hash,
+                    roles: u.roles.into_iter().collect(),
+                },
+            );
+        }
+    }
+    if let Some(b) = bucket(reader, "authRoles")? {
+        for (_, v) in entries(reader, &b)? {
+            let r = authpb::Role::decode(v.as_slice())
+                .map_err(|e| layout(format!("bad auth role: {e}")))?;
+            let perms = r
+                .key_permission
+                .into_iter()
+                .map(|p| {
+                    let perm_type = PermType::from_number(p.perm_type)
+                        .ok_or_else(|| layout(format!("bad permission type {}", p.perm_type)))?;
+                    Ok(Permission {
+                        perm_type,
+                        key: p.key,
+                        range_end: p.range_end,
+                    })
+                })
+                .collect::<Result<Vec<_>, SnapshotError>>()?;
+            auth.roles.insert(text("a role name", r.name)?, perms);
+        }
+    }
+    Ok(auth)
 }
 
 fn put_all<W: Write>(
@@ -239,7 +352,7 @@ pub fn write_db<W: Write, B: Backend>(
         })
         .collect();
     put_all(&mut w, b"alarm", alarms)?;
-    for (name, entries) in auth_buckets() {
+    for (name, entries) in auth_buckets(&cluster.auth) {
         put_all(&mut w, name, entries)?;
     }
     put_all(
@@ -446,6 +559,8 @@ pub struct Restored {
     pub leases: u64,
     /// The file's `consistent_index`.
     pub consistent_index: u64,
+    /// The auth state (users, roles, enabled), for the caller to seed the member with.
+    pub auth: AuthState,
 }
 
 fn bucket(reader: &Reader, name: &str) -> Result<Option<BucketRoot>, SnapshotError> {
@@ -461,39 +576,6 @@ fn entries(reader: &Reader, bucket: &BucketRoot) -> Result<Entries, SnapshotErro
     Ok(out)
 }
 
-/// The hook for the auth store on restore: until MetaStore has one, a file whose auth store
-/// holds users or roles, or is enabled, is refused rather than restored without them.
-fn check_auth(reader: &Reader) -> Result<(), SnapshotError> {
-    for name in ["authUsers", "authRoles"] {
-        if let Some(b) = bucket(reader, name)? {
-            if !entries(reader, &b)?.is_empty() {
-                return Err(SnapshotError::Unsupported(format!(
-                    "the snapshot has auth {} (bucket {name}); MetaStore cannot restore auth \
-                     yet: remove them in etcd (etcdctl user/role delete) and snapshot again",
-                    if name == "authUsers" {
-                        "users"
-                    } else {
-                        "roles"
-                    }
-                )));
-            }
-        }
-    }
-    if let Some(b) = bucket(reader, "auth")? {
-        let enabled = entries(reader, &b)?
-            .into_iter()
-            .any(|(k, v)| k == b"authEnabled" && v == [1]);
-        if enabled {
-            return Err(SnapshotError::Unsupported(
-                "the snapshot has auth enabled; MetaStore cannot restore auth yet: \
-                 `etcdctl auth disable` in etcd and snapshot again"
-                    .into(),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// A revision stored in `meta` (`scheduledCompactRev`, `finishedCompactRev`).
 fn meta_revision(meta: &Entries, name: &[u8]) -> Result<i64, SnapshotError> {
     match meta.iter().find(|(k, _)| k == name) {
@@ -505,15 +587,16 @@ fn meta_revision(meta: &Entries, name: &[u8]) -> Result<i64, SnapshotError> {
 /// Replaces `store`'s content with the etcd database in the first `db_size` bytes of `file`.
 ///
 /// # Errors
-/// [`SnapshotError::Layout`] for a file not in etcd's layout, [`SnapshotError::Unsupported`]
-/// for auth content; bbolt, store and I/O errors. The store is unchanged by a failure.
+/// [`SnapshotError::Layout`] for a file not in etcd's layout; bbolt, store and I/O errors.
+/// The store is unchanged by a failure. The auth state is returned, not stored: the store's
+/// applied position is the consensus layer's ([`consensus::seed_auth`]).
 pub fn restore_into<B: Backend>(
     store: &Store<B>,
     file: File,
     db_size: u64,
 ) -> Result<Restored, SnapshotError> {
     let reader = Reader::open(file, db_size)?;
-    check_auth(&reader)?;
+    let auth = read_auth(&reader)?;
     let meta = match bucket(&reader, "meta")? {
         Some(b) => entries(&reader, &b)?,
         None => return Err(layout("no meta bucket")),
@@ -581,6 +664,7 @@ pub fn restore_into<B: Backend>(
         versions: count,
         leases: leases.len() as u64,
         consistent_index,
+        auth,
     })
 }
 
@@ -695,6 +779,51 @@ mod tests {
         assert_eq!(restored.leases, 1);
         assert_eq!(t.hash(0).unwrap(), s.hash(0).unwrap());
         assert_eq!(t.lease(9).map(|l| l.keys), Some(vec![b"leased".to_vec()]));
+    }
+
+    #[test]
+    fn the_auth_store_round_trips_through_etcds_buckets() {
+        let s = store_with_history();
+        let mut auth = AuthState {
+            enabled: true,
+            revision: 7,
+            ..Default::default()
+        };
+        auth.users.insert(
+            "root".into(),
+            User {
+                hash: Some("$2b$04$abcdefghijklmnopqrstuu".into()),
+                roles: ["root".to_string()].into_iter().collect(),
+            },
+        );
+        auth.users.insert("nopw".into(), User::default());
+        auth.roles.insert("root".into(), Vec::new());
+        auth.roles.insert(
+            "r".into(),
+            vec![Permission {
+                perm_type: PermType::ReadWrite,
+                key: b"a".to_vec(),
+                range_end: vec![0],
+            }],
+        );
+        let cluster = ClusterState {
+            auth: auth.clone(),
+            ..Default::default()
+        };
+        let mut export = s.export().unwrap();
+        let mut file = tempfile::tempfile().unwrap();
+        stream(
+            &mut export,
+            &cluster,
+            4096,
+            &mut |_| {},
+            &mut |blob| file.write_all(&blob),
+            &|| false,
+        )
+        .unwrap();
+        let db_size = check_hash(&mut file, false).unwrap();
+        let t = Store::open(MemBackend::new()).unwrap();
+        assert_eq!(restore_into(&t, file, db_size).unwrap().auth, auth);
     }
 
     #[test]

@@ -15,12 +15,15 @@
 //! - `require_leader`: etcd's `hasleader` metadata: no leader, no service.
 //! - [`etcd_snapshot`]: etcd's snapshot file (a bbolt database in etcd's layout), written
 //!   from the store and restored into one.
+//! - [`etcd_wal`]: etcd 3.4's WAL, read for migration: the committed requests after the
+//!   database's consistent index.
 //! - `service`: the KV, Watch, Lease, Maintenance, Cluster and Auth services, and the Lock and
 //!   Election services built on them as etcd builds its own.
 
 mod authz;
 mod error;
 pub mod etcd_snapshot;
+pub mod etcd_wal;
 mod jwt;
 mod oversize;
 pub mod pb;

@@ -6,9 +6,9 @@
 //! starts, so it must be started with the same `--name`, `--initial-cluster` and
 //! `--initial-cluster-token` (every member of a new cluster restores the same file).
 //!
-//! Migration reads `member/snap/db` and only checks the WAL after it: entries etcd committed
-//! after the database's consistent index are not applied from the WAL, so such a data dir is
-//! refused with what to do (start that etcd once and stop it cleanly, or take a snapshot).
+//! Migration reads `member/snap/db`, then replays the requests etcd committed after the
+//! database's consistent index from its WAL (`member/wal`), as etcd itself does when it
+//! restarts: what a killed etcd acknowledged but had not yet committed to its database.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use engine_redb::{Options, RedbBackend};
-use prost::Message;
 
 /// The subcommands, apart from serving.
 #[derive(Debug, Parser)]
@@ -103,7 +102,7 @@ pub fn run_tool(args: Vec<std::ffi::OsString>) -> Result<()> {
             let dir = a.member.check()?;
             let (file, db_size) = kvapi::etcd_snapshot::open_file(&a.file, a.skip_hash_check)
                 .with_context(|| format!("reading {}", a.file.display()))?;
-            restore(&dir, file, db_size, &a.member, &a.file)
+            restore(&dir, file, db_size, &a.member, &a.file, None)
         }
         Tool::MigrateEtcd(a) => {
             let dir = a.member.check()?;
@@ -118,8 +117,10 @@ pub fn run_tool(args: Vec<std::ffi::OsString>) -> Result<()> {
             let (file, db_size) = kvapi::etcd_snapshot::open_file(&db, true)
                 .with_context(|| format!("reading {}", db.display()))?;
             let index = consistent_index(&db)?;
-            check_wal(&a.etcd_data_dir.join("member").join("wal"), index)?;
-            restore(&dir, file, db_size, &a.member, &db)
+            let wal = a.etcd_data_dir.join("member").join("wal");
+            let tail = kvapi::etcd_wal::read_tail(&wal, index)
+                .with_context(|| format!("reading etcd's WAL in {}", wal.display()))?;
+            restore(&dir, file, db_size, &a.member, &db, Some(tail))
         }
     }
 }
@@ -170,6 +171,7 @@ fn restore(
     db_size: u64,
     member: &MemberArgs,
     from: &Path,
+    tail: Option<kvapi::etcd_wal::Tail>,
 ) -> Result<()> {
     // Built under a scratch name and renamed into place once complete and durable: a crash
     // part way never leaves a data dir that looks restored.
@@ -178,7 +180,7 @@ fn restore(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "data".into());
     let scratch = dir.with_file_name(format!(".{name}.restoring-{}", std::process::id()));
-    let built = build(&scratch, file, db_size).and_then(|r| {
+    let built = build(&scratch, file, db_size, tail).and_then(|r| {
         mvcc::durable::rename_synced(&scratch, dir)
             .with_context(|| format!("renaming {} to {}", scratch.display(), dir.display()))?;
         Ok(r)
@@ -192,16 +194,19 @@ fn restore(
                 compacted = r.compacted,
                 versions = r.versions,
                 leases = r.leases,
+                replayed = r.replayed,
                 "restored snapshot"
             );
             eprintln!(
-                "restored {} into {}: revision {}, {} versions, {} leases; start the member with \
-                 --data-dir {} --name {} --initial-cluster {} --initial-cluster-token {}",
+                "restored {} into {}: revision {}, {} versions, {} leases, {} requests replayed \
+                 from etcd's WAL; start the member with --data-dir {} --name {} \
+                 --initial-cluster {} --initial-cluster-token {}",
                 from.display(),
                 dir.display(),
                 r.revision,
                 r.versions,
                 r.leases,
+                r.replayed,
                 dir.display(),
                 member.name,
                 member.initial_cluster,
@@ -218,7 +223,22 @@ fn restore(
     }
 }
 
-fn build(dir: &Path, file: std::fs::File, db_size: u64) -> Result<kvapi::etcd_snapshot::Restored> {
+/// What a restore did.
+struct Built {
+    revision: i64,
+    compacted: i64,
+    versions: u64,
+    leases: u64,
+    /// Requests replayed from etcd's WAL.
+    replayed: usize,
+}
+
+fn build(
+    dir: &Path,
+    file: std::fs::File,
+    db_size: u64,
+    tail: Option<kvapi::etcd_wal::Tail>,
+) -> Result<Built> {
     let member = dir.join("member");
     mvcc::durable::create_dir_all_synced(&member)
         .with_context(|| format!("creating {}", member.display()))?;
@@ -226,7 +246,64 @@ fn build(dir: &Path, file: std::fs::File, db_size: u64) -> Result<kvapi::etcd_sn
     let backend = RedbBackend::open(&path, &Options::default())
         .with_context(|| format!("opening {}", path.display()))?;
     let store = mvcc::Store::open(backend).context("opening the new store")?;
-    kvapi::etcd_snapshot::restore_into(&store, file, db_size).context("restoring")
+    let restored =
+        kvapi::etcd_snapshot::restore_into(&store, file, db_size).context("restoring")?;
+    let mut auth = restored.auth.clone();
+    let mut replayed = 0;
+    if let Some(tail) = tail {
+        replayed = tail.commands.len();
+        replay(&store, &mut auth, tail)?;
+    }
+    consensus::seed_auth(&store, auth).context("restoring the auth state")?;
+    Ok(Built {
+        revision: store.current_revision(),
+        compacted: store.compact_revision(),
+        versions: restored.versions,
+        leases: store.leases().len() as u64,
+        replayed,
+    })
+}
+
+/// Commands applied to the store per batch while replaying etcd's WAL.
+const REPLAY_BATCH: usize = 1024;
+
+/// Applies the WAL's commands in log order: key, lease and compaction requests to the store
+/// (each refused one changes nothing, as in etcd's apply), auth requests to `auth`.
+fn replay<B: mvcc::Backend>(
+    store: &mvcc::Store<B>,
+    auth: &mut consensus::AuthState,
+    tail: kvapi::etcd_wal::Tail,
+) -> Result<()> {
+    let mut batch: Vec<mvcc::Command> = Vec::new();
+    let flush = |batch: &mut Vec<mvcc::Command>| -> Result<()> {
+        if !batch.is_empty() {
+            store
+                .apply(batch, None)
+                .context("replaying etcd's WAL into the store")?;
+            batch.clear();
+        }
+        Ok(())
+    };
+    for (index, command) in tail.commands {
+        match command {
+            mvcc::Command::Auth(req) => {
+                flush(&mut batch)?;
+                if let Err(e) = auth.replay(&req) {
+                    tracing::info!(index, cause = %e, "a replayed auth request was refused, as etcd refused it");
+                }
+            }
+            other => {
+                batch.push(other);
+                if batch.len() >= REPLAY_BATCH {
+                    flush(&mut batch)?;
+                }
+            }
+        }
+    }
+    flush(&mut batch)?;
+    // The store must hold what was replayed before the data dir is renamed into place.
+    store.backend().flush().context("flushing the store")?;
+    Ok(())
 }
 
 /// The `consistent_index` of the etcd database at `db`.
@@ -246,154 +323,4 @@ fn consistent_index(db: &Path) -> Result<u64> {
     })?;
     // A database etcd never committed a write to has none: every request is in the WAL.
     Ok(index.unwrap_or(0))
-}
-
-/// etcd's `walpb.Record`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct WalRecord {
-    #[prost(int64, tag = "1")]
-    kind: i64,
-    #[prost(uint32, tag = "2")]
-    crc: u32,
-    #[prost(bytes = "vec", tag = "3")]
-    data: Vec<u8>,
-}
-
-/// etcd's `raftpb.Entry`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RaftEntry {
-    #[prost(int32, tag = "1")]
-    kind: i32,
-    #[prost(uint64, tag = "2")]
-    term: u64,
-    #[prost(uint64, tag = "3")]
-    index: u64,
-    #[prost(bytes = "vec", tag = "4")]
-    data: Vec<u8>,
-}
-
-/// A WAL record holding a Raft entry.
-const WAL_ENTRY: i64 = 2;
-/// A Raft entry carrying a request (not a configuration change).
-const ENTRY_NORMAL: i32 = 0;
-/// No WAL record is this large; a bigger length is a torn or foreign file.
-const MAX_WAL_RECORD: u64 = 64 << 20;
-
-/// The top-level field numbers of a protobuf message; `None` when it does not parse.
-fn top_level_fields(mut data: &[u8]) -> Option<Vec<u64>> {
-    fn varint(data: &mut &[u8]) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&b, rest) = data.split_first()?;
-            *data = rest;
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Some(v);
-            }
-        }
-        None
-    }
-    let mut fields = Vec::new();
-    while !data.is_empty() {
-        let key = varint(&mut data)?;
-        let skip = match key & 7 {
-            0 => {
-                varint(&mut data)?;
-                0
-            }
-            1 => 8,
-            2 => usize::try_from(varint(&mut data)?).ok()?,
-            5 => 4,
-            _ => return None,
-        };
-        data = data.get(skip..)?;
-        fields.push(key >> 3);
-    }
-    Some(fields)
-}
-
-/// Whether a normal entry's request writes keys: an etcd 3.4 `InternalRaftRequest` (it has a
-/// header, field 100; v2 requests have none) with a put (4), delete (5) or txn (6). Those are
-/// the requests that move the consistent index when applied; the others (leases, compaction,
-/// alarms, cluster attributes) leave it behind, so a cleanly stopped etcd has them after it.
-/// What does not parse counts as writing keys.
-fn changes_keys(data: &[u8]) -> bool {
-    match top_level_fields(data) {
-        None => !data.is_empty(),
-        Some(fields) => fields.contains(&100) && fields.iter().any(|f| matches!(f, 4..=6)),
-    }
-}
-
-/// Refuses a WAL with writes after `index` (the database's consistent index): the database
-/// does not hold them (etcd stopped before committing them), and replaying the WAL is not done.
-fn check_wal(dir: &Path, index: u64) -> Result<()> {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    files.sort();
-    // Later records for an index replace earlier ones (a new leader's log wins).
-    let mut past: BTreeMap<u64, bool> = BTreeMap::new();
-    for path in &files {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut at = 0usize;
-        while at + 8 <= bytes.len() {
-            let mut frame = [0u8; 8];
-            frame.copy_from_slice(&bytes[at..at + 8]);
-            let frame = u64::from_le_bytes(frame);
-            let len = frame & 0x00ff_ffff_ffff_ffff;
-            let pad = if frame >> 63 == 1 {
-                (frame >> 56) & 0x7
-            } else {
-                0
-            };
-            if len == 0 {
-                break; // The preallocated rest of the file.
-            }
-            if len > MAX_WAL_RECORD {
-                bail!("{}: a WAL record of {len} bytes", path.display());
-            }
-            // The length leaves out the padding to 8 bytes that follows the record.
-            let start = at + 8;
-            let end = start + len as usize + pad as usize;
-            if end > bytes.len() {
-                break; // A torn last record: etcd drops it too.
-            }
-            let record = WalRecord::decode(&bytes[start..start + len as usize])
-                .with_context(|| format!("{}: a bad WAL record", path.display()))?;
-            if record.kind == WAL_ENTRY {
-                let entry = RaftEntry::decode(record.data.as_slice())
-                    .with_context(|| format!("{}: a bad Raft entry", path.display()))?;
-                past.retain(|&i, _| i < entry.index);
-                if entry.index > index {
-                    past.insert(
-                        entry.index,
-                        entry.kind == ENTRY_NORMAL && changes_keys(&entry.data),
-                    );
-                }
-            }
-            at = end;
-        }
-    }
-    let requests: Vec<u64> = past
-        .into_iter()
-        .filter(|&(_, request)| request)
-        .map(|(i, _)| i)
-        .collect();
-    if let (Some(first), Some(last)) = (requests.first(), requests.last()) {
-        bail!(
-            "etcd's WAL in {} has {} requests after the database's consistent index {index} \
-             (writes at entries {first} to {last}); MetaStore migrates from the database alone \
-             and would lose them. Start that etcd member once more and stop it cleanly (it applies them to \
-             its database), or take `etcdctl snapshot save` from the running etcd and use \
-             `metastore snapshot restore`",
-            dir.display(),
-            requests.len()
-        );
-    }
-    Ok(())
 }

@@ -10,6 +10,7 @@ mod footprint;
 mod kv;
 mod lease;
 mod servers;
+mod snapshot;
 mod watch;
 
 use std::path::PathBuf;
@@ -26,14 +27,21 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("lease") => lease::run(&args[1..]),
         Some("failover") => failover::run(&args[1..]),
         Some("footprint") => footprint::run(&args[1..]),
+        Some("snapshot") => snapshot::run(&args[1..]),
         // Hidden: the memory benchmark re-executes this binary so each engine is measured in
         // a process of its own, with nothing else on the heap.
         Some(engine::CHILD) => engine::child(&args[1..]),
         Some(other) => {
-            bail!("unknown benchmark `{other}`; try: engine, kv, watch, lease, failover, footprint")
+            bail!(
+                "unknown benchmark `{other}`; try: engine, kv, watch, lease, failover, footprint, \
+                 snapshot"
+            )
         }
         None => {
-            bail!("usage: cargo xtask bench <engine|kv|watch|lease|failover|footprint> [--help]")
+            bail!(
+                "usage: cargo xtask bench \
+                 <engine|kv|watch|lease|failover|footprint|snapshot> [--help]"
+            )
         }
     }
 }

@@ -60,8 +60,12 @@ pub(crate) async fn start<B: Backend>(
         let store = node.store().clone();
         let result = (|| -> Result<u64, etcd_snapshot::SnapshotError> {
             let mut export = store.export()?;
+            // The auth state recorded with the store at the export's point, not a later one.
+            let auth = consensus::applied_auth(export.info().applied.as_deref())
+                .map_err(etcd_snapshot::SnapshotError::Layout)?;
             let status = node.status();
             let cluster = ClusterState {
+                auth,
                 consistent_index: status.applied_index,
                 members: status
                     .members

@@ -268,7 +268,7 @@ pub(crate) async fn connect_as(
 }
 
 /// What alice may do, as one comparable line per check.
-async fn alice_sees(endpoint: &str) -> Vec<String> {
+pub(crate) async fn alice_sees(endpoint: &str) -> Vec<String> {
     let mut c = connect_as(endpoint, "alice", "apw", false).await;
     let mut seen = Vec::new();
     let got = c.get("a/", Some(GetOptions::new().with_prefix())).await;

@@ -1,0 +1,316 @@
+//! `cargo xtask bench snapshot`: `etcdctl snapshot save` against MetaStore and etcd 3.4 holding
+//! the same keys, side by side: the time to the file on disk, its size, and the ratio.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use kvapi::pb::etcdserverpb::kv_client::KvClient;
+use kvapi::pb::etcdserverpb::request_op::Request as Op;
+use kvapi::pb::etcdserverpb::{PutRequest, RequestOp, TxnRequest};
+use tokio::runtime::Runtime;
+use tokio::task::JoinSet;
+
+use super::doc;
+use super::servers::{
+    build_server, connect, join_within, metastore_binary, request, settle, wait_ready, Kind,
+    Scratch, Server, REQUEST_TIMEOUT,
+};
+use super::{bytes, grouped, load_average, output_of, Machine};
+
+const HEADING: &str = "## Snapshot save";
+
+const USAGE: &str = "usage: cargo xtask bench snapshot [--keys N,N,...] [--value-size B] [--runs N]
+                                 [--no-build] [--metastore PATH] [--no-docs]
+
+Loads the same keys into MetaStore (--engine redb) and into etcd 3.4, one server at a time, and
+times `etcdctl snapshot save` against each (--runs times, the median reported).
+  --keys        key counts to measure (default 100000,1000000)
+  --value-size  bytes per value (default 256)
+  --runs        saves per server and key count (default 3)";
+
+/// Puts per txn while loading (etcd's --max-txn-ops).
+const BATCH: usize = 128;
+/// Connections loading at once.
+const LOADERS: usize = 8;
+
+struct Args {
+    keys: Vec<usize>,
+    value_size: usize,
+    runs: usize,
+    build: bool,
+    metastore: Option<std::path::PathBuf>,
+    docs: bool,
+}
+
+impl Args {
+    fn parse(args: &[String]) -> Result<Option<Self>> {
+        let mut out = Self {
+            keys: vec![100_000, 1_000_000],
+            value_size: 256,
+            runs: 3,
+            build: true,
+            metastore: None,
+            docs: true,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--keys" => {
+                    out.keys = value()?
+                        .split(',')
+                        .map(|n| n.trim().parse::<usize>().context("--keys"))
+                        .collect::<Result<_>>()?;
+                }
+                "--value-size" => out.value_size = value()?.parse().context("--value-size")?,
+                "--runs" => out.runs = value()?.parse().context("--runs")?,
+                "--no-build" => out.build = false,
+                "--metastore" => out.metastore = Some(value()?.into()),
+                "--no-docs" => out.docs = false,
+                "-h" | "--help" => return Ok(None),
+                other => bail!("unknown option `{other}`\n\n{USAGE}"),
+            }
+        }
+        ensure!(
+            !out.keys.is_empty() && out.keys.iter().all(|&k| (1..=5_000_000).contains(&k)),
+            "--keys must be 1 to 5,000,000 each"
+        );
+        ensure!(
+            (1..=65_536).contains(&out.value_size),
+            "--value-size must be 1 to 65536"
+        );
+        ensure!((1..=20).contains(&out.runs), "--runs must be 1 to 20");
+        Ok(Some(out))
+    }
+}
+
+/// One server holding one key count.
+struct Row {
+    keys: usize,
+    load_secs: f64,
+    /// The saved file's size (database and hash).
+    file_bytes: u64,
+    /// Each save's wall time, sorted.
+    secs: Vec<f64>,
+}
+
+impl Row {
+    fn median(&self) -> f64 {
+        self.secs.get(self.secs.len() / 2).copied().unwrap_or(0.0)
+    }
+}
+
+/// Runs the benchmark.
+pub fn run(raw: &[String]) -> Result<()> {
+    let Some(args) = Args::parse(raw)? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let root = crate::tidy::project_root();
+    let machine = Machine::probe();
+    let metastore = match (&args.metastore, args.build) {
+        (Some(path), _) => path.clone(),
+        (None, true) => build_server(&root)?,
+        (None, false) => metastore_binary(&root),
+    };
+    ensure!(metastore.is_file(), "{} is not a file", metastore.display());
+    let etcdctl_version = output_of("etcdctl", &["version"]);
+    ensure!(
+        etcdctl_version != "unknown",
+        "`etcdctl version` failed: install etcd 3.4 (apt-get install -y etcd-client)"
+    );
+    let load_before = load_average();
+    let scratch = Scratch::new("snapshot")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut rows = Vec::new();
+    for &keys in &args.keys {
+        let ours = measure(&rt, Kind::Ours, &metastore, &scratch, keys, &args)?;
+        let etcd = measure(&rt, Kind::Etcd, Path::new("etcd"), &scratch, keys, &args)?;
+        rows.push((ours, etcd));
+    }
+    let load = format!(
+        "load average (1 min) {} before the run, {} after",
+        load_before.as_deref().unwrap_or("?"),
+        load_average().as_deref().unwrap_or("?")
+    );
+    let command = std::iter::once("cargo xtask bench snapshot".to_string())
+        .chain(raw.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let versions = (
+        output_of(&metastore.to_string_lossy(), &["--version"]),
+        output_of("etcd", &["--version"]),
+    );
+    let section = render(&args, &command, &load, &machine, &versions, &rows);
+    println!("\n{section}");
+    if args.docs {
+        doc::write_section(HEADING, &section)?;
+    }
+    Ok(())
+}
+
+fn measure(
+    rt: &Runtime,
+    kind: Kind,
+    program: &Path,
+    scratch: &Scratch,
+    keys: usize,
+    args: &Args,
+) -> Result<Row> {
+    settle();
+    let dir = scratch.0.join(format!("{}-{keys}", kind.name()));
+    let mut server = Server::start(kind, program, &dir, &[])?;
+    wait_ready(rt, &mut server)?;
+    let began = Instant::now();
+    rt.block_on(load(&server.url, keys, args.value_size))
+        .context("loading")?;
+    let load_secs = began.elapsed().as_secs_f64();
+    println!(
+        "  {:<9} {} keys loaded in {load_secs:.1} s",
+        kind.name(),
+        grouped(keys as u64)
+    );
+    let mut secs = Vec::new();
+    let mut file_bytes = 0;
+    for run in 0..args.runs {
+        settle();
+        let file = dir.join(format!("save-{run}.db"));
+        let began = Instant::now();
+        let out = Command::new("etcdctl")
+            .args(["--endpoints", &server.url, "--command-timeout", "600s"])
+            .args(["snapshot", "save"])
+            .arg(&file)
+            .env_remove("ETCDCTL_API")
+            .stdin(Stdio::null())
+            .output()
+            .context("running etcdctl snapshot save")?;
+        let took = began.elapsed().as_secs_f64();
+        ensure!(
+            out.status.success(),
+            "etcdctl snapshot save from {} failed: {}{}",
+            kind.name(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        server.ensure_running()?;
+        file_bytes = std::fs::metadata(&file)?.len();
+        std::fs::remove_file(&file)?;
+        println!(
+            "  {:<9} {} keys: save {run} took {took:.2} s ({})",
+            kind.name(),
+            grouped(keys as u64),
+            bytes(file_bytes)
+        );
+        secs.push(took);
+    }
+    secs.sort_by(f64::total_cmp);
+    drop(server);
+    Ok(Row {
+        keys,
+        load_secs,
+        file_bytes,
+        secs,
+    })
+}
+
+/// Puts `keys` keys (`k` and 8 digits) with `value_size`-byte values, 128 per txn, over
+/// [`LOADERS`] connections.
+async fn load(url: &str, keys: usize, value_size: usize) -> Result<()> {
+    let channels = connect(url, LOADERS).await?;
+    let mut set = JoinSet::new();
+    let per = keys.div_ceil(LOADERS);
+    for (i, channel) in channels.into_iter().enumerate() {
+        let range = (i * per)..((i + 1) * per).min(keys);
+        set.spawn(async move {
+            let mut kv = KvClient::new(channel);
+            let value = vec![b'v'; value_size];
+            let mut at = range.start;
+            while at < range.end {
+                let end = (at + BATCH).min(range.end);
+                let success = (at..end)
+                    .map(|k| RequestOp {
+                        request: Some(Op::RequestPut(PutRequest {
+                            key: format!("k{k:08}").into_bytes(),
+                            value: value.clone(),
+                            ..Default::default()
+                        })),
+                    })
+                    .collect();
+                let txn = TxnRequest {
+                    success,
+                    ..Default::default()
+                };
+                kv.txn(request(txn, REQUEST_TIMEOUT))
+                    .await
+                    .with_context(|| format!("txn of keys {at}..{end}"))?;
+                at = end;
+            }
+            anyhow::Ok(())
+        });
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(1800);
+    for done in join_within(set, deadline).await? {
+        done?;
+    }
+    Ok(())
+}
+
+fn render(
+    args: &Args,
+    command: &str,
+    load: &str,
+    m: &Machine,
+    versions: &(String, String),
+    rows: &[(Row, Row)],
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{HEADING}\n");
+    let _ = writeln!(s, "Command: `{command}`\n");
+    let _ = writeln!(
+        s,
+        "Machine: {} cores (`nproc`), {}, {} RAM; {}; {}; commit `{}`; {load}.\n",
+        m.cores, m.cpu, m.memory, m.date, m.rustc, m.commit
+    );
+    let _ = writeln!(
+        s,
+        "Servers: MetaStore (`{}`, `--engine redb`, release build) and etcd (`{}`), default \
+         settings, one at a time, each freshly started and loaded with the same keys (`k` and \
+         8 digits, {}-byte values, {BATCH} puts per txn). Then `etcdctl snapshot save` (3.4) \
+         runs {} times against it, after a `sync`; the time is etcdctl's wall time from start \
+         to the file written and its hash checked (median of the runs). Both files are etcd's \
+         format (a bbolt database and its SHA-256); MetaStore writes its file in two passes \
+         over one point of its store, etcd copies its database file.\n",
+        versions.0, versions.1, args.value_size, args.runs
+    );
+    let _ = writeln!(
+        s,
+        "| keys | server | load | file | save (median) | runs | MB/s | MetaStore / etcd time |"
+    );
+    let _ = writeln!(s, "|--:|---|--:|--:|--:|---|--:|--:|");
+    for (ours, etcd) in rows {
+        for (name, row) in [("MetaStore", ours), ("etcd", etcd)] {
+            let runs: Vec<String> = row.secs.iter().map(|t| format!("{t:.2}")).collect();
+            let ratio = if name == "MetaStore" && etcd.median() > 0.0 {
+                format!("{:.2}×", ours.median() / etcd.median())
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {name} | {:.1} s | {} | {:.2} s | {} | {:.0} | {ratio} |",
+                grouped(row.keys as u64),
+                row.load_secs,
+                bytes(row.file_bytes),
+                row.median(),
+                runs.join(", "),
+                row.file_bytes as f64 / 1e6 / row.median().max(1e-9),
+            );
+        }
+    }
+    s
+}
