@@ -7,8 +7,10 @@
 #      member answers a linearizable read and a put with a bounded error, never a value; after
 #      reconnect it catches up;
 #   3. docker pause of the leader for longer than the election timeout, then unpause;
-#   4. a rolling restart of the three members, one at a time, waiting for health between steps;
-#   5. docker-compose down, then up with the same volumes: every key and revision is back.
+#   4. a rolling upgrade: each member's container recreated from a new image tag, one at a
+#      time, waiting for health between steps (what a StatefulSet update does);
+#   5. docker-compose down, then up with the same volumes: every key and revision is back;
+#   6. a backup with etcdctl snapshot save; 7. member add and a new container that joins.
 # Every acknowledged write is read back at the end. A failed step prints the members' logs.
 # Containers, the network and the volumes are removed at the end, even on failure.
 #
@@ -20,6 +22,7 @@ cd "$(dirname "$0")/.."
 IMAGE=${METASTORE_IMAGE:-metastore:local}
 PROJECT=${PROJECT:-metastore-deploy-test}
 TOOLS=$PROJECT-etcdctl:local
+NEXT=$PROJECT-next:local
 NET=${PROJECT}_metastore
 COMPOSE=(docker-compose -p "$PROJECT" -f deploy/compose.yaml)
 MEMBERS=(metastore-0 metastore-1 metastore-2)
@@ -57,8 +60,11 @@ cleanup() {
     "${COMPOSE[@]}" logs --no-color --tail 150 >&2 || true
     echo "$passed passed, 1 failed"
   fi
+  # The added member first: while it is on the network, down cannot remove the network.
+  docker rm -f -v "$PROJECT-metastore-3" >/dev/null 2>&1 || true
+  docker volume rm "${PROJECT}_data-3" >/dev/null 2>&1 || true
   "${COMPOSE[@]}" down -v --remove-orphans -t 5 >/dev/null 2>&1 || true
-  docker image rm "$TOOLS" >/dev/null 2>&1 || true
+  docker image rm "$TOOLS" "$NEXT" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -258,15 +264,22 @@ wait_caught_up "$lead" "$other"
 gap_pause=$(longest_gap "$t" "$(now)")
 ok "longest write gap ${gap_pause} s"
 
-step="4. rolling restart, one member at a time"
+step="4. rolling upgrade: each member's container recreated from a new image, one at a time"
+# The new image is the same build under another tag: what is tested is the roll (a new
+# container on the old volume, health before the next), as a StatefulSet update does it.
+docker tag "$IMAGE" "$NEXT"
+export METASTORE_IMAGE=$NEXT
 t=$(now)
 for m in "${MEMBERS[@]}"; do
-  "${COMPOSE[@]}" restart -t 10 "$m" >/dev/null 2>&1
+  "${COMPOSE[@]}" up -d --no-deps "$m" >/dev/null 2>&1
   wait_healthy "$m"
 done
 n=$(acked_count)
 wait_writes_after "$n"
 gap_rolling=$(longest_gap "$t" "$(now)")
+for m in "${MEMBERS[@]}"; do
+  [ "$(docker inspect -f '{{.Config.Image}}' "$(cid "$m")")" = "$NEXT" ] || fail "$m not on $NEXT"
+done
 ok "longest write gap ${gap_rolling} s"
 
 touch "$work/stop"
@@ -297,6 +310,34 @@ dump >"$work/after"
 diff -q "$work/before" "$work/after" >/dev/null ||
   fail "keys or revisions differ after down/up: $(diff "$work/before" "$work/after" | head -5)"
 ok "$(head -1 "$work/after"), $(($(wc -l <"$work/after") - 1)) keys back, healthy ${restart_s} s after up"
+
+step="6. backup: etcdctl snapshot save through a published port"
+etcdctl --endpoints "127.0.0.1:$p0" snapshot save "$work/backup.db" >/dev/null
+snap_rev=$(etcdctl snapshot status "$work/backup.db" -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["revision"])')
+want_rev=$(head -1 "$work/after" | cut -d' ' -f2)
+[ "$snap_rev" = "$want_rev" ] || fail "the snapshot is at revision $snap_rev, the cluster at $want_rev"
+ok "snapshot at revision $snap_rev, $(($(stat -c %s "$work/backup.db") / 1024)) KiB"
+
+step="7. scale: member add, then a new container joins with its own volume"
+etcdctl --endpoints "$HOST_EPS" member add metastore-3 --peer-urls=http://metastore-3:2380 >/dev/null
+docker run -d --name "$PROJECT-metastore-3" --label "org.metastore.test=$PROJECT" \
+  --network "$NET" --network-alias metastore-3 --hostname metastore-3 \
+  --read-only --cap-drop ALL --health-interval 2s \
+  -v "${PROJECT}_data-3:/var/lib/metastore" \
+  -e ETCD_INITIAL_CLUSTER=metastore-0=http://metastore-0:2380,metastore-1=http://metastore-1:2380,metastore-2=http://metastore-2:2380,metastore-3=http://metastore-3:2380 \
+  -e ETCD_INITIAL_CLUSTER_STATE=existing -e ETCD_INITIAL_CLUSTER_TOKEN=metastore \
+  "$IMAGE" --name=metastore-3 --initial-advertise-peer-urls=http://metastore-3:2380 \
+  --advertise-client-urls=http://metastore-3:2379 >/dev/null
+deadline=$(($(date +%s) + 90))
+until [ "$(docker inspect -f '{{.State.Health.Status}}' "$PROJECT-metastore-3")" = healthy ]; do
+  [ "$(date +%s)" -lt "$deadline" ] || { docker logs --tail 50 "$PROJECT-metastore-3" >&2; fail "metastore-3 not healthy in 90 s"; }
+  sleep 0.5
+done
+got=$(docker run --rm --network "container:$PROJECT-metastore-3" "$TOOLS" --endpoints 127.0.0.1:2379 get hello --print-value-only)
+[ "$got" = world ] || { docker logs --tail 50 "$PROJECT-metastore-3" >&2; fail "metastore-3 answered '$got'"; }
+started=$(etcdctl --endpoints "$HOST_EPS" member list | grep -c ', started, ')
+[ "$started" = 4 ] || fail "$started members started, not 4"
+ok "4 members started; the new one answers from the replicated data"
 
 size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 echo "image $IMAGE: $((size / 1000000)) MB"
