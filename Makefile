@@ -1,5 +1,5 @@
 # Thin wrapper: the real work lives in cargo and `cargo xtask`.
-.PHONY: image test-deploy check-deploy chaos-planted powercut-rounds restart-rounds test verify fmt clippy doc tidy bench bench-engine bench-kv bench-watch bench-lease bench-failover chaos chaos-short
+.PHONY: image test-deploy test-deploy-etcd check-deploy chaos-planted powercut-rounds restart-rounds test verify fmt clippy doc tidy bench bench-engine bench-kv bench-watch bench-lease bench-failover chaos chaos-short
 
 test:
 	cargo test --workspace
@@ -78,6 +78,11 @@ image:
 # (about 3 minutes). CI builds the image from the debug binaries its tests already built.
 test-deploy: image
 	deploy/test-compose.sh
+
+# The same test against etcd 3.4 in an image of the same shape: the oracle for its figures.
+test-deploy-etcd: image
+	deploy/etcd-oracle-image.sh
+	PROJECT=metastore-deploy-etcd METASTORE_IMAGE=metastore-etcd-oracle:local deploy/test-compose.sh
 
 # The Kubernetes manifests, the compose file and the systemd unit through their validators.
 check-deploy:

@@ -31,7 +31,10 @@ if [ -z "$BASE" ]; then
 fi
 
 # The classic builder: BuildKit's frontend is itself an image, which cannot be pulled here.
-DOCKER_BUILDKIT=0 docker build --quiet --label org.metastore.image=1 \
-  --build-arg BASE="$BASE" -f deploy/Dockerfile -t "$IMAGE" "$ctx" >/dev/null
+if ! DOCKER_BUILDKIT=0 docker build --quiet --label org.metastore.image=1 \
+  --build-arg BASE="$BASE" -f deploy/Dockerfile -t "$IMAGE" "$ctx" >target/deploy/build.log 2>&1; then
+  cat target/deploy/build.log >&2
+  exit 1
+fi
 size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 echo "built $IMAGE on $BASE: $((size / 1000000)) MB"

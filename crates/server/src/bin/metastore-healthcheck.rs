@@ -47,8 +47,12 @@ fn probe(url: &str) -> Result<(), String> {
         .first()
         .ok_or_else(|| format!("{authority} resolves to no address"))?;
     let mut stream = TcpStream::connect_timeout(addr, STEP).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(STEP)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(STEP)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(STEP))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(STEP))
+        .map_err(|e| e.to_string())?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
@@ -93,8 +97,7 @@ mod tests {
     fn only_a_healthy_200_passes() {
         let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"health\":\"true\"}";
         assert_eq!(judge(ok), Ok(()));
-        let no_quorum =
-            "HTTP/1.1 503 Service Unavailable\r\n\r\n{\"health\":\"false\"}".to_owned();
+        let no_quorum = "HTTP/1.1 503 Service Unavailable\r\n\r\n{\"health\":\"false\"}".to_owned();
         assert!(judge(&no_quorum).is_err());
         assert!(judge("HTTP/1.1 200 OK\r\n\r\n{\"health\":\"false\"}").is_err());
         assert_eq!(judge("HTTP/1.1 200 OK\r\n\r\nok"), Ok(()));

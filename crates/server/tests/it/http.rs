@@ -93,5 +93,9 @@ fn livez_and_the_image_healthcheck() {
     }
     let closed = testkit::free_port();
     let out = run(format!("http://127.0.0.1:{closed}/health"));
-    assert_eq!(out.status.code(), Some(1), "a closed port must fail the check");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a closed port must fail the check"
+    );
 }
