@@ -1,5 +1,5 @@
 # Thin wrapper: the real work lives in cargo and `cargo xtask`.
-.PHONY: chaos-planted powercut-rounds restart-rounds test verify fmt clippy doc tidy bench bench-engine bench-kv bench-watch bench-lease bench-failover chaos chaos-short
+.PHONY: image test-deploy test-deploy-etcd check-deploy chaos-planted powercut-rounds restart-rounds test verify fmt clippy doc tidy bench bench-engine bench-kv bench-watch bench-lease bench-failover chaos chaos-short
 
 test:
 	cargo test --workspace
@@ -68,3 +68,23 @@ chaos-planted:
 	cargo run -p xtask -- chaos --binary target/chaos-bug/debug/metastore --seed 21 \
 	  --duration 60s --engine mem --clients 12 --faults restart --expect-wrong-revisions \
 	  --out target/chaos/planted-waiter-ids
+
+# The container image (deploy/README.md): release binaries on a base made here from this host's
+# Debian packages (BASE=<image> builds on a registry's base instead).
+image:
+	deploy/build-image.sh
+
+# The 3-member compose cluster under kill, partition, pause, rolling restart and down/up
+# (about 3 minutes). CI builds the image from the debug binaries its tests already built.
+test-deploy: image
+	deploy/test-compose.sh
+
+# The same test against etcd 3.4 in an image of the same shape: the oracle for its figures.
+test-deploy-etcd: image
+	deploy/etcd-oracle-image.sh
+	PROJECT=metastore-deploy-etcd METASTORE_IMAGE=metastore-etcd-oracle:local deploy/test-compose.sh
+
+# The Kubernetes manifests, the compose file and the systemd unit through their validators.
+check-deploy:
+	cargo build --quiet -p server --bin metastore
+	deploy/check-manifests.py target/debug/metastore

@@ -1,4 +1,5 @@
-//! Plain HTTP on the client port, as etcd answers it: `/health`, `/version`, `/metrics`.
+//! Plain HTTP on the client port, as etcd answers it: `/health`, `/version`, `/metrics`, and
+//! `/livez` (etcd 3.5's liveness probe: the process serves, whatever the quorum).
 
 use std::time::Duration;
 
@@ -35,17 +36,25 @@ impl<B> Clone for HttpState<B> {
 pub fn router<B: Backend>(state: HttpState<B>) -> Router {
     Router::new()
         .route("/health", get(health::<B>))
+        .route("/livez", get(livez))
         .route("/version", get(version))
         .route("/metrics", get(metrics_text::<B>))
         .with_state(state)
 }
 
-/// The routes of `--listen-metrics-urls`, as etcd serves them there: `/metrics`, `/health`.
+/// The routes of `--listen-metrics-urls`, as etcd serves them there: `/metrics`, `/health`, `/livez`.
 pub fn metrics_router<B: Backend>(state: HttpState<B>) -> Router {
     Router::new()
         .route("/health", get(health::<B>))
+        .route("/livez", get(livez))
         .route("/metrics", get(metrics_text::<B>))
         .with_state(state)
+}
+
+async fn livez() -> impl IntoResponse {
+    // Liveness must not depend on the quorum: a member cut off from its peers is alive and
+    // restarting it (what a failed liveness probe does) would not bring the quorum back.
+    "ok"
 }
 
 async fn health<B: Backend>(State(state): State<HttpState<B>>) -> impl IntoResponse {

@@ -66,3 +66,36 @@ fn http_endpoints_match_etcd() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// `/livez` (etcd 3.5's liveness probe) and the image's `metastore-healthcheck` against a
+/// real member: healthy passes, a port nobody serves fails.
+#[test]
+fn livez_and_the_image_healthcheck() {
+    let ours = Server::start(Kind::Redb, &[]);
+    assert_eq!(
+        http_get(ours.client_port, "/livez"),
+        Some((200, "ok".to_owned()))
+    );
+    let probe = env!("CARGO_BIN_EXE_metastore-healthcheck");
+    let run = |url: String| {
+        std::process::Command::new(probe)
+            .arg(&url)
+            .output()
+            .unwrap_or_else(|e| panic!("running {probe}: {e}"))
+    };
+    for path in ["/health", "/livez"] {
+        let out = run(format!("http://127.0.0.1:{}{path}", ours.client_port));
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let closed = testkit::free_port();
+    let out = run(format!("http://127.0.0.1:{closed}/health"));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a closed port must fail the check"
+    );
+}
