@@ -194,7 +194,7 @@ impl AuthState {
         Ok(answer)
     }
 
-    /// Applies `req` as [`AuthState::apply`] does, for a log replayed offline (no member's
+    /// Applies `req` as `AuthState::apply` does, for a log replayed offline (no member's
     /// tokens to change): etcd's migration from its WAL.
     ///
     /// # Errors
