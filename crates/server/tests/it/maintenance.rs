@@ -276,7 +276,12 @@ async fn leader_transfer_under_load_as_etcd() {
     let pids: Vec<u32> = (0..3)
         .map(|i| cluster.member(i).pid().expect("a running member"))
         .collect();
-    let logs = || (0..3).map(|i| cluster.log(i)).collect::<Vec<_>>().join("\n");
+    let logs = || {
+        (0..3)
+            .map(|i| cluster.log(i))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     let ours = transfer_under_load(&cluster.endpoints(), &pids, &logs).await;
     eprintln!("metastore: {ours:?}");
     assert_eq!(
