@@ -92,6 +92,15 @@ impl Meta {
     }
 }
 
+/// Who learns that appended entries are durable.
+enum Notify {
+    /// Raft, through the append's callback.
+    Raft(LogFlushed<TypeConfig>),
+    /// A test (openraft keeps `LogFlushed::new` to itself).
+    #[cfg(test)]
+    Test(oneshot::Sender<Result<(), String>>),
+}
+
 /// A write for the writer thread, applied in queue order.
 enum Op {
     /// Append encoded entries, then tell Raft they are durable.
@@ -99,7 +108,7 @@ enum Op {
         entries: Vec<(LogId, Vec<u8>)>,
         /// The highest batch number of this member's own proposals among them.
         own_seq: Option<u64>,
-        callback: LogFlushed<TypeConfig>,
+        callback: Notify,
     },
     /// Remove entries from `from` on.
     Truncate {
@@ -212,7 +221,15 @@ fn run_writer(
                     ..
                 } => {
                     own_seq = own_seq.max(seq);
-                    callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+                    match callback {
+                        Notify::Raft(cb) => {
+                            cb.log_io_completed(result.clone().map_err(std::io::Error::other))
+                        }
+                        #[cfg(test)]
+                        Notify::Test(done) => {
+                            let _ = done.send(result.clone());
+                        }
+                    }
                 }
                 Op::Truncate { done, .. } | Op::Purge { done, .. } | Op::Vote { done, .. } => {
                     let _ = done.send(result.clone());
@@ -502,6 +519,41 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+impl LogStore {
+    /// Puts `entries` in the log (readable at once) and queues them for the writer, which
+    /// tells `notify` once they are durable.
+    async fn queue_append<I>(&self, entries: I, notify: Notify) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut encoded = Vec::new();
+        let mut own_seq = None;
+        {
+            let mut index = self.index();
+            for entry in entries {
+                if let EntryPayload::Normal(p) = &entry.payload {
+                    if p.is_from(self.own_id, self.incarnation) {
+                        own_seq = own_seq.max(Some(p.seq));
+                    }
+                }
+                encoded.push((entry.log_id, encode(&entry, ErrorSubject::Logs)?));
+                index.insert(entry.log_id.index, Slot::Mem(entry));
+            }
+        }
+        // Raft waits for this call, not for the fsync: the writer reports that through
+        // `callback` once the group holding these entries is durable.
+        self.ops
+            .send(Op::Append {
+                entries: encoded,
+                own_seq,
+                callback: notify,
+            })
+            .await
+            .map_err(|_| stopped(ErrorSubject::Logs))
+    }
+}
+
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
@@ -566,44 +618,227 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut encoded = Vec::new();
-        let mut own_seq = None;
-        {
-            let mut index = self.index();
-            for entry in entries {
-                if let EntryPayload::Normal(p) = &entry.payload {
-                    if p.is_from(self.own_id, self.incarnation) {
-                        own_seq = own_seq.max(Some(p.seq));
-                    }
-                }
-                encoded.push((entry.log_id, encode(&entry, ErrorSubject::Logs)?));
-                index.insert(entry.log_id.index, Slot::Mem(entry));
-            }
-        }
-        // Raft waits for this call, not for the fsync: the writer reports that through
-        // `callback` once the group holding these entries is durable.
-        self.ops
-            .send(Op::Append {
-                entries: encoded,
-                own_seq,
-                callback,
-            })
-            .await
-            .map_err(|_| stopped(ErrorSubject::Logs))
+        self.queue_append(entries, Notify::Raft(callback)).await
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let from = log_id.index;
-        self.index().retain(|index, _| *index < from);
+        drop(self.index().split_off(&from));
         self.write_and_wait(ErrorSubject::Logs, |done| Op::Truncate { from, done })
             .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let upto = log_id.index;
-        self.index().retain(|index, _| *index > upto);
+        {
+            let mut index = self.index();
+            let kept = index.split_off(&upto.saturating_add(1));
+            *index = kept;
+        }
         self.meta().purged = Some(log_id);
         self.write_and_wait(ErrorSubject::Logs, |done| Op::Purge { upto: log_id, done })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    fn entry(index: u64, value_bytes: usize) -> Entry {
+        crate::test_support::put_entry(index, value_bytes)
+    }
+
+    /// Appends `entries` and waits until they are durable, as Raft does.
+    async fn append_durably(log: &mut LogStore, entries: Vec<Entry>) {
+        let (tx, rx) = oneshot::channel();
+        log.queue_append(entries, Notify::Test(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    async fn close(closer: LogCloser) {
+        tokio::task::spawn_blocking(move || closer.close())
+            .await
+            .unwrap();
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    /// Builds the log under test beside the state machine the member runs.
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, crate::StateMachine<engine_mem::MemBackend>, Guard>
+        for Builder
+    {
+        async fn build(
+            &self,
+        ) -> Result<(Guard, LogStore, crate::StateMachine<engine_mem::MemBackend>), StorageError>
+        {
+            let dir = tempfile::tempdir().unwrap();
+            // Small segments: the suite's logs span several.
+            let (log, closer) = LogStore::open_with(&dir.path().join("raft-log"), 1, 1, 512)
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
+            let store = mvcc::Store::open(engine_mem::MemBackend::new()).unwrap();
+            let sm = crate::StateMachine::open(
+                store,
+                crate::state_machine::Proposer {
+                    node_id: 1,
+                    incarnation: 1,
+                    waiters: deadline::Registry::new("suite"),
+                    alarms: Default::default(),
+                    auth: Default::default(),
+                },
+                dir.path().join("snapshots"),
+                Arc::new(crate::lessor::Lessor::default()),
+                std::time::Duration::from_secs(1),
+                crate::compaction::Removal::new(0),
+            )
+            .unwrap();
+            Ok((Guard(Some(closer), dir), log, sm))
+        }
+    }
+
+    /// Keeps the directory until the test is done, then stops the writer.
+    struct Guard(Option<LogCloser>, #[allow(dead_code)] tempfile::TempDir);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(closer) = self.0.take() {
+                // The suite drops this inside its runtime: close from a plain thread.
+                let _ = std::thread::spawn(move || closer.close()).join();
+            }
+        }
+    }
+
+    #[test]
+    fn openraft_storage_conformance_suite() {
+        Suite::test_all(Builder).unwrap();
+    }
+
+    #[tokio::test]
+    async fn replication_reads_are_bounded_by_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, closer) = LogStore::open(&dir.path().join("raft-log"), 1, 1).unwrap();
+        // The 4 MiB bound scaled down: 32 entries of 48 KiB are 1.5 MiB.
+        log.max_append_bytes = 256 << 10;
+        // Half the entries in the files, the rest still in memory, as replication finds them.
+        append_durably(&mut log, (1..=16).map(|i| entry(i, 48 << 10)).collect()).await;
+        for i in 17..=32 {
+            log.index().insert(i, Slot::Mem(entry(i, 48 << 10)));
+        }
+        let mut start = 1;
+        let mut messages = 0;
+        while start <= 32 {
+            let got = log.limited_get_log_entries(start, 33).await.unwrap();
+            let bytes: usize = got.iter().map(approx_entry_size).sum();
+            assert!(
+                !got.is_empty() && bytes <= 256 << 10,
+                "from {start}: entries {:?}, {bytes} bytes",
+                indexes(&got)
+            );
+            assert_eq!(
+                indexes(&got),
+                (start..start + got.len() as u64).collect::<Vec<_>>(),
+                "a contiguous run from {start}"
+            );
+            start += got.len() as u64;
+            messages += 1;
+        }
+        assert!(messages >= 6, "1.5 MiB in {messages} messages of 256 KiB");
+        // One entry over the bound still goes, alone.
+        log.index().insert(33, Slot::Mem(entry(33, 1 << 20)));
+        let got = log.limited_get_log_entries(33, 34).await.unwrap();
+        assert_eq!(got.len(), 1);
+        // Every other read is whole.
+        assert_eq!(log.try_get_log_entries(1..34).await.unwrap().len(), 33);
+        close(closer).await;
+    }
+
+    #[tokio::test]
+    async fn the_log_vote_and_hints_survive_a_reopen_after_truncate_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log");
+        let vote = Vote::new(7, 3);
+        {
+            let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
+            append_durably(&mut log, (1..=60).map(|i| entry(i, 200)).collect()).await;
+            log.truncate(entry(45, 0).log_id).await.unwrap();
+            append_durably(&mut log, (45..=50).map(|i| entry(i, 300)).collect()).await;
+            log.purge(entry(20, 0).log_id).await.unwrap();
+            log.save_vote(&vote).await.unwrap();
+            log.save_committed(Some(entry(48, 0).log_id)).await.unwrap();
+            close(closer).await;
+        }
+        let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(entry(20, 0).log_id));
+        assert_eq!(state.last_log_id, Some(entry(50, 0).log_id));
+        let got = log.try_get_log_entries(0..100).await.unwrap();
+        assert_eq!(indexes(&got), (21..=50).collect::<Vec<_>>());
+        assert_eq!(got[30 - 21], entry(30, 200));
+        assert_eq!(got[46 - 21], entry(46, 300));
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(
+            log.read_committed().await.unwrap(),
+            Some(entry(48, 0).log_id)
+        );
+        close(closer).await;
+    }
+
+    #[tokio::test]
+    async fn a_redb_log_is_migrated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = dir.path().join(crate::marker::LEGACY_RAFT_LOG);
+        let vote = Vote::new(4, 2);
+        {
+            // The layout the redb log used.
+            let log: redb::TableDefinition<'static, u64, &'static [u8]> =
+                redb::TableDefinition::new("log");
+            let state: redb::TableDefinition<'static, &'static str, &'static [u8]> =
+                redb::TableDefinition::new("state");
+            let db = redb::Database::create(&legacy).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(log).unwrap();
+                for i in 6..=30 {
+                    t.insert(i, bincode::serialize(&entry(i, 100)).unwrap().as_slice())
+                        .unwrap();
+                }
+                let mut s = txn.open_table(state).unwrap();
+                s.insert("vote", bincode::serialize(&vote).unwrap().as_slice())
+                    .unwrap();
+                let purged = Some(entry(5, 0).log_id);
+                s.insert(
+                    "last_purged",
+                    bincode::serialize(&purged).unwrap().as_slice(),
+                )
+                .unwrap();
+                let committed = Some(entry(29, 0).log_id);
+                s.insert(
+                    "committed",
+                    bincode::serialize(&committed).unwrap().as_slice(),
+                )
+                .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        for round in 0..2 {
+            let (mut log, closer) = LogStore::open_in(dir.path(), 1, 1).unwrap();
+            assert!(!legacy.exists(), "round {round}: the redb file is gone");
+            let got = log.try_get_log_entries(0..100).await.unwrap();
+            assert_eq!(indexes(&got), (6..=30).collect::<Vec<_>>());
+            assert_eq!(got[0], entry(6, 100));
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, Some(entry(5, 0).log_id));
+            assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+            assert_eq!(
+                log.read_committed().await.unwrap(),
+                Some(entry(29, 0).log_id)
+            );
+            close(closer).await;
+        }
     }
 }
