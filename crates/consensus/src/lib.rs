@@ -1,7 +1,7 @@
 //! Raft for MetaStore: the replicated, durable order of every write, and linearizable reads.
 //!
-//! This crate owns the openraft type configuration, the Raft log on redb (group commit: one
-//! fsync per append), the state machine that applies committed [`mvcc::Command`]s to an
+//! This crate owns the openraft type configuration, the Raft log in checksummed segment files (group
+//! commit: one fdatasync for every append waiting), the state machine that applies committed [`mvcc::Command`]s to an
 //! [`mvcc::Store`] over any [`mvcc::Backend`], snapshots as files, and [`Node`], which bounds
 //! every proposal and read-index wait through the `deadline` crate. It must not know about
 //! gRPC services or name a storage engine: the server picks the engine.
@@ -15,7 +15,9 @@
 //!   each member's simple tokens.
 //! - `compaction`: removes compacted versions in the background on every member.
 //! - `error`: [`ProposeError`], [`ReadError`], [`StartError`], [`CommandError`].
-//! - `log_store`: [`LogStore`], the Raft log and vote on redb.
+//! - `log_store`: [`LogStore`], the Raft log and vote, over `wal`'s segment files.
+//! - `wal`: segment files of checksummed records, torn-tail recovery, the state file.
+//! - `redb_log`: the log before segment files, migrated once at start.
 //! - `state_machine`: [`StateMachine`], apply and snapshots.
 //! - `network`: the peer transport over tonic ([`PeerService`], [`PeerNetwork`]): Raft's
 //!   messages, and what followers forward to the leader.
@@ -46,12 +48,14 @@ mod membership;
 mod network;
 mod node;
 mod read_rounds;
+mod redb_log;
 mod state_machine;
 #[cfg(test)]
 mod test_support;
 mod transfer;
 mod types;
 mod validate;
+mod wal;
 
 pub use auth::{Access, Auth, AuthError, AuthState, Tokens, User, ROOT};
 pub use corrupt::{corruption_check_loop, Inconsistency, PeerHash};

@@ -1,10 +1,19 @@
-//! The Raft log on redb: entries are durable before Raft is told they are, with group commit.
+//! The Raft log: entries are durable before Raft is told they are, with group commit, in the
+//! checksummed segment files of [`crate::wal`].
 //!
 //! openraft 0.9 calls `append` once per client write and waits for the call, not for the fsync.
 //! So `append` only queues the entries (keeping them readable in memory meanwhile) and returns;
-//! one writer thread takes every write waiting, applies them in order in one redb transaction
-//! with one fsync, and then tells Raft, through each append's callback, that they are durable.
-//! Under load one fsync covers every entry appended while the previous one ran.
+//! one writer thread takes every write waiting, writes them in order with one fdatasync, and
+//! only then tells Raft, through each append's callback, that they are durable. Under load one
+//! fdatasync covers every entry appended while the previous one ran.
+//!
+//! The vote, the last purged log id and the committed hint live in the log directory's small
+//! state file, replaced atomically; the committed hint also rides along in the segments with
+//! the next group (a hint: a restart that misses it only replays a little more).
+//!
+//! A data dir from before this log holds `raft-log.redb`: it is migrated once, at start, into
+//! the segment files, and removed only once they are durable (a crash in between migrates
+//! again).
 
 // openraft's storage traits dictate `StorageError` as the error type, large as it is.
 #![allow(clippy::result_large_err)]
@@ -16,24 +25,18 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use openraft::{CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::types::typ::{Entry, LogId, StorageError, Vote};
 use crate::types::TypeConfig;
-
-const LOG: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("log");
-const STATE: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("state");
-const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
-const PURGED: &str = "last_purged";
+use crate::wal::{Head, RecordRef, Wal};
 
 /// Log writes waiting for the writer thread at most; `append` waits for room beyond that.
 const QUEUE: usize = 16_384;
-/// Writes the writer thread folds into one synced transaction at most.
+/// Writes the writer thread folds into one synced group at most.
 const GROUP: usize = 4_096;
 /// Bytes of entries one replication message carries at most (but always one entry): one full
 /// batch, far below the peers' message limit and small enough to cross within one RPC's time
@@ -41,8 +44,61 @@ const GROUP: usize = 4_096;
 /// `MaxSizePerMsg`, for entries that are batches of up to a few MiB each.
 pub(crate) const MAX_APPEND_BYTES: usize = crate::batcher::MAX_BATCH_BYTES;
 
-/// Entries appended but not yet durable, readable meanwhile: Raft may read what it appended.
-type Pending = Arc<Mutex<BTreeMap<u64, Entry>>>;
+/// Where an entry is: in memory until the writer has written it, then in its segment.
+#[derive(Clone)]
+enum Slot {
+    Mem(Entry),
+    File { log_id: LogId, rec: RecordRef },
+}
+
+impl Slot {
+    fn log_id(&self) -> LogId {
+        match self {
+            Slot::Mem(e) => e.log_id,
+            Slot::File { log_id, .. } => *log_id,
+        }
+    }
+}
+
+/// Every entry in the log, by index.
+type Index = Arc<Mutex<BTreeMap<u64, Slot>>>;
+
+/// What the state file holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Meta {
+    vote: Option<Vote>,
+    purged: Option<LogId>,
+    committed: Option<LogId>,
+}
+
+/// The state file's content for these values (the redb migration writes it too).
+pub(crate) fn meta_blob(
+    vote: Option<Vote>,
+    purged: Option<LogId>,
+    committed: Option<LogId>,
+) -> Result<Vec<u8>, String> {
+    Meta {
+        vote,
+        purged,
+        committed,
+    }
+    .blob()
+}
+
+impl Meta {
+    fn blob(&self) -> Result<Vec<u8>, String> {
+        let rest = bincode::serialize(self).map_err(|e| e.to_string())?;
+        Ok(crate::wal::state_blob(self.purged.map(|p| p.index), &rest))
+    }
+}
+
+/// Who learns that appended entries are durable.
+enum Notify {
+    /// Raft, through the append's callback.
+    Raft(LogFlushed<TypeConfig>),
+    /// A caller of our own (openraft keeps `LogFlushed::new` to itself).
+    Done(oneshot::Sender<Result<(), String>>),
+}
 
 /// A write for the writer thread, applied in queue order.
 enum Op {
@@ -51,7 +107,7 @@ enum Op {
         entries: Vec<(LogId, Vec<u8>)>,
         /// The highest batch number of this member's own proposals among them.
         own_seq: Option<u64>,
-        callback: LogFlushed<TypeConfig>,
+        callback: Notify,
     },
     /// Remove entries from `from` on.
     Truncate {
@@ -60,21 +116,25 @@ enum Op {
     },
     /// Remove entries up to `upto` and remember it.
     Purge {
-        upto: u64,
-        record: Vec<u8>,
+        upto: LogId,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Save the vote durably.
+    Vote {
+        vote: Vote,
         done: oneshot::Sender<Result<(), String>>,
     },
     /// Remember the committed log id (a hint: durable with the next synced write).
-    Committed(Vec<u8>),
-    /// Finish what is queued, then stop.
+    Committed(Option<LogId>),
+    /// Finish what is queued, seal the log, then stop.
     Stop,
 }
 
-/// The Raft log and vote, in their own redb file. Cheap to clone; clones share the file.
+/// The Raft log and vote, in their own directory. Cheap to clone; clones share the files.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<redb::Database>,
-    pending: Pending,
+    index: Index,
+    meta: Arc<Mutex<Meta>>,
     ops: mpsc::Sender<Op>,
     /// This member's id and incarnation: its own proposals since this start are the ones
     /// whose flush it reports (an earlier start numbered its batches from 1 too).
@@ -85,14 +145,14 @@ pub struct LogStore {
     max_append_bytes: usize,
 }
 
-/// Stops the writer thread, so the log file is closed once Raft lets go of it.
+/// Stops the writer thread, so the log files are closed once Raft lets go of them.
 pub struct LogCloser {
     ops: mpsc::Sender<Op>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LogCloser {
-    /// Writes what is queued and joins the writer thread.
+    /// Writes what is queued, seals the log, and joins the writer thread.
     pub fn close(mut self) {
         // Closed means the thread has already gone.
         let _ = self.ops.blocking_send(Op::Stop);
@@ -102,15 +162,25 @@ impl LogCloser {
     }
 }
 
-/// The only writer of log entries: takes every write waiting, applies them in order in one
-/// transaction, makes it durable with one fsync, then reports each. Under load one fsync covers
-/// every entry appended while the previous one ran (group commit).
+fn head(log_id: &LogId) -> Head {
+    Head {
+        index: log_id.index,
+        term: log_id.leader_id.term,
+        node: log_id.leader_id.node_id,
+    }
+}
+
+/// The only writer of the log: takes every write waiting, applies them in order, makes them
+/// durable with one fdatasync, then reports each. After a failed write nothing more is
+/// written: what the files hold is no longer known, and Raft stops on the error anyway.
 fn run_writer(
-    db: Arc<redb::Database>,
-    pending: Pending,
+    mut wal: Wal,
+    mut meta: Meta,
+    index: Index,
     mut ops: mpsc::Receiver<Op>,
     flushed: watch::Sender<u64>,
 ) {
+    let mut failed: Option<String> = None;
     while let Some(first) = ops.blocking_recv() {
         let mut group = vec![first];
         while group.len() < GROUP {
@@ -120,37 +190,51 @@ fn run_writer(
             }
         }
         let stop = group.iter().any(|op| matches!(op, Op::Stop));
-        let result = write_group(&db, &group);
-        let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut written = Vec::new();
+        let result = match &failed {
+            Some(e) => Err(e.clone()),
+            None => write_group(&mut wal, &mut meta, &group, &mut written),
+        };
+        if let Err(e) = &result {
+            if failed.is_none() {
+                tracing::error!(cause = %e, "the Raft log cannot be written; it stops");
+                failed = Some(e.clone());
+            }
+        } else {
+            let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
+            for (log_id, rec) in written {
+                // Only this very entry: a truncate may have replaced the index since.
+                if let Some(slot) = index.get_mut(&log_id.index) {
+                    if matches!(slot, Slot::Mem(e) if e.log_id == log_id) {
+                        *slot = Slot::File { log_id, rec };
+                    }
+                }
+            }
+        }
         let mut own_seq = None;
         for op in group {
             match op {
                 Op::Append {
-                    entries,
                     own_seq: seq,
                     callback,
+                    ..
                 } => {
                     own_seq = own_seq.max(seq);
-                    if result.is_ok() {
-                        for (log_id, _) in &entries {
-                            // Only this very entry: a truncate may have replaced the index since.
-                            if pending
-                                .get(&log_id.index)
-                                .is_some_and(|e| e.log_id == *log_id)
-                            {
-                                pending.remove(&log_id.index);
-                            }
+                    match callback {
+                        Notify::Raft(cb) => {
+                            cb.log_io_completed(result.clone().map_err(std::io::Error::other))
+                        }
+                        Notify::Done(done) => {
+                            let _ = done.send(result.clone());
                         }
                     }
-                    callback.log_io_completed(result.clone().map_err(std::io::Error::other));
                 }
-                Op::Truncate { done, .. } | Op::Purge { done, .. } => {
+                Op::Truncate { done, .. } | Op::Purge { done, .. } | Op::Vote { done, .. } => {
                     let _ = done.send(result.clone());
                 }
                 Op::Committed(_) | Op::Stop => {}
             }
         }
-        drop(pending);
         if let (Ok(()), Some(seq)) = (&result, own_seq) {
             flushed.send_if_modified(|at| {
                 let newer = seq > *at;
@@ -161,54 +245,60 @@ fn run_writer(
             });
         }
         if stop {
+            if failed.is_none() {
+                if let Err(e) = wal.seal() {
+                    tracing::warn!(cause = %e, "the Raft log could not be sealed at close");
+                }
+            }
             return;
         }
     }
 }
 
-fn write_group(db: &redb::Database, group: &[Op]) -> Result<(), String> {
-    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-    // Only the committed-index hint may go unsynced: it is made durable by the next synced
-    // group, and a restart that misses it only replays a little more.
-    if group
-        .iter()
-        .all(|op| matches!(op, Op::Committed(_) | Op::Stop))
-    {
-        txn.set_durability(redb::Durability::None)
-            .map_err(|e| e.to_string())?;
-    }
-    {
-        let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
-        let mut state = txn.open_table(STATE).map_err(|e| e.to_string())?;
-        for op in group {
-            match op {
-                Op::Append { entries, .. } => {
-                    for (log_id, raw) in entries {
-                        log.insert(log_id.index, raw.as_slice())
-                            .map_err(|e| e.to_string())?;
-                    }
-                }
-                Op::Truncate { from, .. } => {
-                    log.retain_in(*from.., |_, _| false)
+fn write_group(
+    wal: &mut Wal,
+    meta: &mut Meta,
+    group: &[Op],
+    written: &mut Vec<(LogId, RecordRef)>,
+) -> Result<(), String> {
+    let mut appended = false;
+    for op in group {
+        match op {
+            Op::Append { entries, .. } => {
+                for (log_id, raw) in entries {
+                    let rec = wal
+                        .append_entry(head(log_id), raw)
                         .map_err(|e| e.to_string())?;
+                    written.push((*log_id, rec));
                 }
-                Op::Purge { upto, record, .. } => {
-                    state
-                        .insert(PURGED, record.as_slice())
-                        .map_err(|e| e.to_string())?;
-                    log.retain_in(..=*upto, |_, _| false)
-                        .map_err(|e| e.to_string())?;
-                }
-                Op::Committed(raw) => {
-                    state
-                        .insert(COMMITTED, raw.as_slice())
-                        .map_err(|e| e.to_string())?;
-                }
-                Op::Stop => {}
+                appended = true;
             }
+            Op::Truncate { from, .. } => wal.truncate(*from).map_err(|e| e.to_string())?,
+            Op::Purge { upto, .. } => {
+                // The state names the purged id before any segment goes: recovery skips what
+                // the remaining segments still hold up to it.
+                meta.purged = Some(*upto);
+                wal.write_state(&meta.blob()?).map_err(|e| e.to_string())?;
+                wal.purge(upto.index).map_err(|e| e.to_string())?;
+            }
+            Op::Vote { vote, .. } => {
+                meta.vote = Some(*vote);
+                wal.write_state(&meta.blob()?).map_err(|e| e.to_string())?;
+            }
+            Op::Committed(committed) => {
+                meta.committed = *committed;
+                let raw = bincode::serialize(committed).map_err(|e| e.to_string())?;
+                wal.append_committed(&raw).map_err(|e| e.to_string())?;
+            }
+            Op::Stop => {}
         }
     }
-    txn.commit().map_err(|e| e.to_string())
+    // Only the committed hint may go unsynced: the next synced group makes it durable.
+    if appended {
+        wal.sync().map_err(|e| e.to_string())
+    } else {
+        wal.flush().map_err(|e| e.to_string())
+    }
 }
 
 fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl ToString) -> StorageError {
@@ -228,26 +318,69 @@ fn stopped(subject: ErrorSubject<u64>) -> StorageError {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log file at `path`, with the handle that closes it.
+    /// Opens (or creates) the log in directory `dir`, with the handle that closes it.
     ///
     /// # Errors
-    /// The file cannot be opened or is not a redb file.
-    pub fn open(path: &Path, own_id: u64, incarnation: u64) -> Result<(Self, LogCloser), String> {
-        let db = redb::Database::create(path).map_err(|e| e.to_string())?;
-        let txn = db.begin_write().map_err(|e| e.to_string())?;
-        txn.open_table(LOG).map_err(|e| e.to_string())?;
-        txn.open_table(STATE).map_err(|e| e.to_string())?;
-        txn.commit().map_err(|e| e.to_string())?;
-        // redb may just have created the file: its name is durable only once the directory is.
-        mvcc::durable::sync_parent(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let db = Arc::new(db);
-        let pending: Pending = Arc::default();
+    /// The files cannot be read, or hold something a crash cannot have left (the error names
+    /// the file and offset).
+    pub fn open(dir: &Path, own_id: u64, incarnation: u64) -> Result<(Self, LogCloser), String> {
+        Self::open_with(dir, own_id, incarnation, crate::wal::SEGMENT_BYTES)
+    }
+
+    /// Opens the log in `log_dir`/`raft-log`, first migrating `log_dir`/`raft-log.redb` (the
+    /// log before segment files) into it if that is there.
+    ///
+    /// # Errors
+    /// As [`LogStore::open`], or the old log cannot be read.
+    pub fn open_in(
+        log_dir: &Path,
+        own_id: u64,
+        incarnation: u64,
+    ) -> Result<(Self, LogCloser), String> {
+        let dir = log_dir.join(crate::marker::RAFT_LOG);
+        let legacy = log_dir.join(crate::marker::LEGACY_RAFT_LOG);
+        if legacy
+            .try_exists()
+            .map_err(|e| format!("{}: {e}", legacy.display()))?
+        {
+            crate::redb_log::migrate(&legacy, &dir)?;
+        }
+        Self::open(&dir, own_id, incarnation)
+    }
+
+    pub(crate) fn open_with(
+        dir: &Path,
+        own_id: u64,
+        incarnation: u64,
+        segment_bytes: u64,
+    ) -> Result<(Self, LogCloser), String> {
+        let (wal, recovered) = Wal::open(dir, segment_bytes).map_err(|e| e.to_string())?;
+        let state_path = || dir.join("state").display().to_string();
+        let mut meta: Meta = match &recovered.state {
+            Some(blob) => bincode::deserialize(crate::wal::state_rest(blob))
+                .map_err(|e| format!("{}: {e}", state_path()))?,
+            None => Meta::default(),
+        };
+        if let Some(raw) = &recovered.committed {
+            let committed: Option<LogId> = bincode::deserialize(raw)
+                .map_err(|e| format!("{}: a committed hint: {e}", dir.display()))?;
+            meta.committed = meta.committed.max(committed);
+        }
+        let mut index = BTreeMap::new();
+        for e in recovered.entries {
+            let log_id = LogId::new(
+                CommittedLeaderId::new(e.head.term, e.head.node),
+                e.head.index,
+            );
+            index.insert(e.head.index, Slot::File { log_id, rec: e.rec });
+        }
+        let index: Index = Arc::new(Mutex::new(index));
         let (ops, queue) = mpsc::channel(QUEUE);
         let (flushed_tx, flushed) = watch::channel(0);
-        let (writer_db, writer_pending) = (Arc::clone(&db), Arc::clone(&pending));
+        let (writer_index, writer_meta) = (Arc::clone(&index), meta.clone());
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || run_writer(writer_db, writer_pending, queue, flushed_tx))
+            .spawn(move || run_writer(wal, writer_meta, writer_index, queue, flushed_tx))
             .map_err(|e| e.to_string())?;
         let closer = LogCloser {
             ops: ops.clone(),
@@ -255,8 +388,8 @@ impl LogStore {
         };
         Ok((
             Self {
-                db,
-                pending,
+                index,
+                meta: Arc::new(Mutex::new(meta)),
                 ops,
                 own_id,
                 incarnation,
@@ -269,7 +402,7 @@ impl LogStore {
 
     /// etcd's `--force-new-cluster`, before Raft starts: appends a membership entry naming
     /// `own_id` (as `member`) as the only voter, in a term above every term seen, and votes for
-    /// this member in that term, in one synced transaction. Raft then starts on a one-member
+    /// this member in that term: the entry synced first, then the vote. Raft then starts on a one-member
     /// configuration, elects this member, and its first entry commits the forced membership
     /// and every entry before it. Returns the new entry's log id.
     ///
@@ -279,17 +412,20 @@ impl LogStore {
     ///
     /// # Errors
     /// The log cannot be read or written.
-    pub(crate) fn force_single_member(
-        &self,
+    pub(crate) async fn force_single_member(
+        &mut self,
         own_id: u64,
         member: crate::types::Member,
     ) -> Result<LogId, String> {
-        let purged = self
-            .read_state::<Option<LogId>>(PURGED)
-            .map_err(|e| e.to_string())?
-            .flatten();
-        let last = self.last_entry_id().map_err(|e| e.to_string())?.or(purged);
-        let vote: Option<Vote> = self.read_state(VOTE).map_err(|e| e.to_string())?;
+        let (purged, vote) = {
+            let meta = self.meta();
+            (meta.purged, meta.vote)
+        };
+        let last = self
+            .index()
+            .last_key_value()
+            .map(|(_, s)| s.log_id())
+            .or(purged);
         let term = vote
             .map(|v| v.leader_id().term)
             .max(last.map(|l| l.leader_id.term))
@@ -305,20 +441,16 @@ impl LogStore {
             log_id,
             payload: EntryPayload::Membership(membership),
         };
-        let raw_entry = encode(&entry, ErrorSubject::Logs).map_err(|e| e.to_string())?;
-        let raw_vote =
-            encode(&Vote::new(term, own_id), ErrorSubject::Vote).map_err(|e| e.to_string())?;
-        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
-        {
-            let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
-            log.insert(index, raw_entry.as_slice())
-                .map_err(|e| e.to_string())?;
-            let mut state = txn.open_table(STATE).map_err(|e| e.to_string())?;
-            state
-                .insert(VOTE, raw_vote.as_slice())
-                .map_err(|e| e.to_string())?;
-        }
-        txn.commit().map_err(|e| e.to_string())?;
+        let (done, durable) = oneshot::channel();
+        self.queue_append([entry], Notify::Done(done))
+            .await
+            .map_err(|e| e.to_string())?;
+        durable
+            .await
+            .map_err(|_| "the log writer stopped".to_string())??;
+        self.save_vote(&Vote::new(term, own_id))
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(log_id)
     }
 
@@ -330,38 +462,17 @@ impl LogStore {
     /// The index of the last entry Raft has handed to this log, written or not yet.
     ///
     /// # Errors
-    /// The log file cannot be read.
+    /// None today (the index is in memory); kept fallible for log stores that read a file.
     pub(crate) fn last_index(&self) -> Result<Option<u64>, StorageError> {
-        Ok(self.last_entry_id()?.map(|id| id.index))
+        Ok(self.index().last_key_value().map(|(i, _)| *i))
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    fn index(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Slot>> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn read_state<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
-        let subject = ErrorSubject::Store;
-        let err =
-            |e: &dyn std::fmt::Display| io_err(ErrorSubject::Store, ErrorVerb::Read, e.to_string());
-        let txn = self.db.begin_read().map_err(|e| err(&e))?;
-        let table = txn.open_table(STATE).map_err(|e| err(&e))?;
-        let value = table.get(key).map_err(|e| err(&e))?;
-        value.map(|v| decode(v.value(), subject)).transpose()
-    }
-
-    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
-        if let Some((_, entry)) = self.pending().last_key_value() {
-            return Ok(Some(entry.log_id));
-        }
-        let err =
-            |e: &dyn std::fmt::Display| io_err(ErrorSubject::Logs, ErrorVerb::Read, e.to_string());
-        let txn = self.db.begin_read().map_err(|e| err(&e))?;
-        let table = txn.open_table(LOG).map_err(|e| err(&e))?;
-        let last = table.last().map_err(|e| err(&e))?;
-        match last {
-            None => Ok(None),
-            Some((_, v)) => Ok(Some(decode::<Entry>(v.value(), ErrorSubject::Logs)?.log_id)),
-        }
+    fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
+        self.meta.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues `op` and waits for the writer to report it done.
@@ -407,46 +518,38 @@ impl LogStore {
         if let (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) =
             (from, to)
         {
-            if a > b {
+            if a > b || (a == b && (from != Bound::Included(a) || to != Bound::Included(b))) {
                 return Ok(Vec::new());
             }
         }
-        let err =
-            |e: &dyn std::fmt::Display| io_err(ErrorSubject::Logs, ErrorVerb::Read, e.to_string());
-        let mut out: BTreeMap<u64, (Entry, usize)> = BTreeMap::new();
-        let mut file_bytes = 0usize;
+        // Pick the slots under the lock, read the files after it.
+        let mut slots = Vec::new();
         {
-            let txn = self.db.begin_read().map_err(|e| err(&e))?;
-            let table = txn.open_table(LOG).map_err(|e| err(&e))?;
-            for item in table.range((from, to)).map_err(|e| err(&e))? {
-                if file_bytes > max_bytes {
+            let index = self.index();
+            let mut total = 0usize;
+            for slot in index.range((from, to)).map(|(_, s)| s) {
+                let bytes = match slot {
+                    Slot::Mem(e) => approx_entry_size(e),
+                    Slot::File { rec, .. } => rec.len as usize,
+                };
+                total = total.saturating_add(bytes);
+                if total > max_bytes && !slots.is_empty() {
                     break;
                 }
-                let (k, v) = item.map_err(|e| err(&e))?;
-                let raw = v.value();
-                file_bytes += raw.len();
-                out.insert(k.value(), (decode(raw, ErrorSubject::Logs)?, raw.len()));
+                slots.push(slot.clone());
             }
         }
-        // Read after the file: an entry leaves `pending` only once the file holds it.
-        // Once past the bound nothing more is taken: the file's part ends before any gap.
-        let mut held = file_bytes;
-        for (index, entry) in self.pending().range((from, to)) {
-            if held > max_bytes {
-                break;
+        let mut entries = Vec::with_capacity(slots.len());
+        for slot in slots {
+            match slot {
+                Slot::Mem(e) => entries.push(e),
+                Slot::File { log_id, rec } => {
+                    let raw = rec
+                        .read()
+                        .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Read, e))?;
+                    entries.push(decode(&raw, ErrorSubject::Log(log_id))?);
+                }
             }
-            let bytes = approx_entry_size(entry);
-            held = held.saturating_add(bytes);
-            out.insert(*index, (entry.clone(), bytes));
-        }
-        let mut total = 0usize;
-        let mut entries = Vec::with_capacity(out.len());
-        for (entry, bytes) in out.into_values() {
-            total = total.saturating_add(bytes);
-            if total > max_bytes && !entries.is_empty() {
-                break;
-            }
-            entries.push(entry);
         }
         Ok(entries)
     }
@@ -476,15 +579,50 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+impl LogStore {
+    /// Puts `entries` in the log (readable at once) and queues them for the writer, which
+    /// tells `notify` once they are durable.
+    async fn queue_append<I>(&self, entries: I, notify: Notify) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut encoded = Vec::new();
+        let mut own_seq = None;
+        {
+            let mut index = self.index();
+            for entry in entries {
+                if let EntryPayload::Normal(p) = &entry.payload {
+                    if p.is_from(self.own_id, self.incarnation) {
+                        own_seq = own_seq.max(Some(p.seq));
+                    }
+                }
+                encoded.push((entry.log_id, encode(&entry, ErrorSubject::Logs)?));
+                index.insert(entry.log_id.index, Slot::Mem(entry));
+            }
+        }
+        // Raft waits for this call, not for the fsync: the writer reports that through
+        // `callback` once the group holding these entries is durable.
+        self.ops
+            .send(Op::Append {
+                entries: encoded,
+                own_seq,
+                callback: notify,
+            })
+            .await
+            .map_err(|_| stopped(ErrorSubject::Logs))
+    }
+}
+
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id = self.read_state::<Option<LogId>>(PURGED)?.flatten();
-        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        let last_purged_log_id = self.meta().purged;
+        let last = self.index().last_key_value().map(|(_, s)| s.log_id());
         Ok(LogState {
             last_purged_log_id,
-            last_log_id,
+            last_log_id: last.or(last_purged_log_id),
         })
     }
 
@@ -493,20 +631,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        // A vote must be durable before it is answered: its own synced transaction.
-        let raw = encode(vote, ErrorSubject::Vote)?;
-        let db = Arc::clone(&self.db);
-        let written = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let txn = db.begin_write().map_err(|e| e.to_string())?;
-            {
-                let mut t = txn.open_table(STATE).map_err(|e| e.to_string())?;
-                t.insert(VOTE, raw.as_slice()).map_err(|e| e.to_string())?;
-            }
-            txn.commit().map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
-        written.map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+        // A vote must be durable before it is answered: the state file is synced.
+        let vote = *vote;
+        self.write_and_wait(ErrorSubject::Vote, |done| Op::Vote { vote, done })
+            .await?;
+        self.meta().vote = Some(vote);
+        Ok(())
     }
 
     /// The persisted vote, as *not yet granted* in this incarnation.
@@ -524,19 +654,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// assumes a leader after a restart: an election follows, and the new leader appends a
     /// blank entry of its new term, whose commit (and local apply) every read index waits for.
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let vote: Option<Vote> = self.read_state(VOTE)?;
+        let vote = self.meta().vote;
         Ok(vote.map(|v| Vote::new(v.leader_id().term, v.leader_id().node_id)))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // A hint for restarts, written with the next group; if the queue is full, skip it.
-        let raw = encode(&committed, ErrorSubject::Store)?;
-        let _ = self.ops.try_send(Op::Committed(raw));
+        self.meta().committed = committed;
+        let _ = self.ops.try_send(Op::Committed(committed));
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_state::<Option<LogId>>(COMMITTED)?.flatten())
+        Ok(self.meta().committed)
     }
 
     async fn append<I>(
@@ -548,44 +678,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut encoded = Vec::new();
-        let mut own_seq = None;
-        {
-            let mut pending = self.pending();
-            for entry in entries {
-                if let EntryPayload::Normal(p) = &entry.payload {
-                    if p.is_from(self.own_id, self.incarnation) {
-                        own_seq = own_seq.max(Some(p.seq));
-                    }
-                }
-                encoded.push((entry.log_id, encode(&entry, ErrorSubject::Logs)?));
-                pending.insert(entry.log_id.index, entry);
-            }
-        }
-        // Raft waits for this call, not for the fsync: the writer reports that through
-        // `callback` once the group holding these entries is durable.
-        self.ops
-            .send(Op::Append {
-                entries: encoded,
-                own_seq,
-                callback,
-            })
-            .await
-            .map_err(|_| stopped(ErrorSubject::Logs))
+        self.queue_append(entries, Notify::Raft(callback)).await
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let from = log_id.index;
-        self.pending().retain(|index, _| *index < from);
+        drop(self.index().split_off(&from));
         self.write_and_wait(ErrorSubject::Logs, |done| Op::Truncate { from, done })
             .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let record = encode(&Some(log_id), ErrorSubject::Store)?;
         let upto = log_id.index;
-        self.pending().retain(|index, _| *index > upto);
-        self.write_and_wait(ErrorSubject::Logs, |done| Op::Purge { upto, record, done })
+        {
+            let mut index = self.index();
+            let kept = index.split_off(&upto.saturating_add(1));
+            *index = kept;
+        }
+        self.meta().purged = Some(log_id);
+        self.write_and_wait(ErrorSubject::Logs, |done| Op::Purge { upto: log_id, done })
             .await
     }
 }
@@ -593,44 +704,103 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openraft::testing::{StoreBuilder, Suite};
 
     fn entry(index: u64, value_bytes: usize) -> Entry {
         crate::test_support::put_entry(index, value_bytes)
     }
 
+    /// Appends `entries` and waits until they are durable, as Raft does.
+    async fn append_durably(log: &mut LogStore, entries: Vec<Entry>) {
+        let (tx, rx) = oneshot::channel();
+        log.queue_append(entries, Notify::Done(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    async fn close(closer: LogCloser) {
+        tokio::task::spawn_blocking(move || closer.close())
+            .await
+            .unwrap();
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    /// Builds the log under test beside the state machine the member runs.
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, crate::StateMachine<engine_mem::MemBackend>, Guard>
+        for Builder
+    {
+        async fn build(
+            &self,
+        ) -> Result<(Guard, LogStore, crate::StateMachine<engine_mem::MemBackend>), StorageError>
+        {
+            let dir = tempfile::tempdir().unwrap();
+            // Small segments: the suite's logs span several.
+            let (log, closer) = LogStore::open_with(&dir.path().join("raft-log"), 1, 1, 512)
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
+            let store = mvcc::Store::open(engine_mem::MemBackend::new()).unwrap();
+            let sm = crate::StateMachine::open(
+                store,
+                crate::state_machine::Proposer {
+                    node_id: 1,
+                    incarnation: 1,
+                    waiters: deadline::Registry::new("suite"),
+                    alarms: Default::default(),
+                    auth: Default::default(),
+                },
+                dir.path().join("snapshots"),
+                Arc::new(crate::lessor::Lessor::default()),
+                std::time::Duration::from_secs(1),
+                crate::compaction::Removal::new(0),
+            )
+            .unwrap();
+            Ok((Guard(Some(closer), dir), log, sm))
+        }
+    }
+
+    /// Keeps the directory until the test is done, then stops the writer.
+    struct Guard(Option<LogCloser>, #[allow(dead_code)] tempfile::TempDir);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(closer) = self.0.take() {
+                // The suite drops this inside its runtime: close from a plain thread.
+                let _ = std::thread::spawn(move || closer.close()).join();
+            }
+        }
+    }
+
+    #[test]
+    fn openraft_storage_conformance_suite() {
+        Suite::test_all(Builder).unwrap();
+    }
+
     #[tokio::test]
     async fn replication_reads_are_bounded_by_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, closer) = LogStore::open(&dir.path().join("log.redb"), 1, 1).unwrap();
+        let (mut log, closer) = LogStore::open(&dir.path().join("raft-log"), 1, 1).unwrap();
         // The 4 MiB bound scaled down: 32 entries of 48 KiB are 1.5 MiB.
         log.max_append_bytes = 256 << 10;
-        // Half the entries in the file, the rest still pending, as replication finds them.
-        {
-            let txn = log.db.begin_write().unwrap();
-            {
-                let mut table = txn.open_table(LOG).unwrap();
-                for i in 1..=16 {
-                    let raw = encode(&entry(i, 48 << 10), ErrorSubject::Logs).unwrap();
-                    table.insert(i, raw.as_slice()).unwrap();
-                }
-            }
-            txn.commit().unwrap();
-        }
+        // Half the entries in the files, the rest still in memory, as replication finds them.
+        append_durably(&mut log, (1..=16).map(|i| entry(i, 48 << 10)).collect()).await;
         for i in 17..=32 {
-            log.pending().insert(i, entry(i, 48 << 10));
+            log.index().insert(i, Slot::Mem(entry(i, 48 << 10)));
         }
         let mut start = 1;
         let mut messages = 0;
         while start <= 32 {
             let got = log.limited_get_log_entries(start, 33).await.unwrap();
-            let indexes: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
             let bytes: usize = got.iter().map(approx_entry_size).sum();
             assert!(
                 !got.is_empty() && bytes <= 256 << 10,
-                "from {start}: entries {indexes:?}, {bytes} bytes"
+                "from {start}: entries {:?}, {bytes} bytes",
+                indexes(&got)
             );
             assert_eq!(
-                indexes,
+                indexes(&got),
                 (start..start + got.len() as u64).collect::<Vec<_>>(),
                 "a contiguous run from {start}"
             );
@@ -639,13 +809,96 @@ mod tests {
         }
         assert!(messages >= 6, "1.5 MiB in {messages} messages of 256 KiB");
         // One entry over the bound still goes, alone.
-        log.pending().insert(33, entry(33, 1 << 20));
+        log.index().insert(33, Slot::Mem(entry(33, 1 << 20)));
         let got = log.limited_get_log_entries(33, 34).await.unwrap();
         assert_eq!(got.len(), 1);
         // Every other read is whole.
         assert_eq!(log.try_get_log_entries(1..34).await.unwrap().len(), 33);
-        tokio::task::spawn_blocking(move || closer.close())
-            .await
-            .unwrap();
+        close(closer).await;
+    }
+
+    #[tokio::test]
+    async fn the_log_vote_and_hints_survive_a_reopen_after_truncate_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log");
+        let vote = Vote::new(7, 3);
+        {
+            let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
+            append_durably(&mut log, (1..=60).map(|i| entry(i, 200)).collect()).await;
+            log.truncate(entry(45, 0).log_id).await.unwrap();
+            append_durably(&mut log, (45..=50).map(|i| entry(i, 300)).collect()).await;
+            log.purge(entry(20, 0).log_id).await.unwrap();
+            log.save_vote(&vote).await.unwrap();
+            log.save_committed(Some(entry(48, 0).log_id)).await.unwrap();
+            close(closer).await;
+        }
+        let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(entry(20, 0).log_id));
+        assert_eq!(state.last_log_id, Some(entry(50, 0).log_id));
+        let got = log.try_get_log_entries(0..100).await.unwrap();
+        assert_eq!(indexes(&got), (21..=50).collect::<Vec<_>>());
+        assert_eq!(got[30 - 21], entry(30, 200));
+        assert_eq!(got[46 - 21], entry(46, 300));
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(
+            log.read_committed().await.unwrap(),
+            Some(entry(48, 0).log_id)
+        );
+        close(closer).await;
+    }
+
+    #[tokio::test]
+    async fn a_redb_log_is_migrated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = dir.path().join(crate::marker::LEGACY_RAFT_LOG);
+        let vote = Vote::new(4, 2);
+        {
+            // The layout the redb log used.
+            let log: redb::TableDefinition<'static, u64, &'static [u8]> =
+                redb::TableDefinition::new("log");
+            let state: redb::TableDefinition<'static, &'static str, &'static [u8]> =
+                redb::TableDefinition::new("state");
+            let db = redb::Database::create(&legacy).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(log).unwrap();
+                for i in 6..=30 {
+                    t.insert(i, bincode::serialize(&entry(i, 100)).unwrap().as_slice())
+                        .unwrap();
+                }
+                let mut s = txn.open_table(state).unwrap();
+                s.insert("vote", bincode::serialize(&vote).unwrap().as_slice())
+                    .unwrap();
+                let purged = Some(entry(5, 0).log_id);
+                s.insert(
+                    "last_purged",
+                    bincode::serialize(&purged).unwrap().as_slice(),
+                )
+                .unwrap();
+                let committed = Some(entry(29, 0).log_id);
+                s.insert(
+                    "committed",
+                    bincode::serialize(&committed).unwrap().as_slice(),
+                )
+                .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        for round in 0..2 {
+            let (mut log, closer) = LogStore::open_in(dir.path(), 1, 1).unwrap();
+            assert!(!legacy.exists(), "round {round}: the redb file is gone");
+            let got = log.try_get_log_entries(0..100).await.unwrap();
+            assert_eq!(indexes(&got), (6..=30).collect::<Vec<_>>());
+            assert_eq!(got[0], entry(6, 100));
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, Some(entry(5, 0).log_id));
+            assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+            assert_eq!(
+                log.read_committed().await.unwrap(),
+                Some(entry(29, 0).log_id)
+            );
+            close(closer).await;
+        }
     }
 }

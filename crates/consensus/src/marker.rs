@@ -14,8 +14,10 @@ use crate::error::StartError;
 
 /// The marker's file name in the member directory.
 pub const MARKER: &str = "member.marker";
-/// The Raft log's file name in the member directory.
-pub(crate) const RAFT_LOG: &str = "raft-log.redb";
+/// The Raft log's directory name in the member directory (or `--wal-dir`).
+pub(crate) const RAFT_LOG: &str = "raft-log";
+/// The Raft log's file name before segment files: migrated at start when found.
+pub(crate) const LEGACY_RAFT_LOG: &str = "raft-log.redb";
 
 /// The marker's path in member directory `dir`.
 fn path(dir: &Path) -> PathBuf {
@@ -124,9 +126,9 @@ mod tests {
         write(dir.path(), 7).unwrap();
         assert!(initialised(dir.path()).unwrap());
         let err = require(dir.path(), RAFT_LOG).unwrap_err().to_string();
-        assert!(err.contains("raft-log.redb is missing"), "{err}");
+        assert!(err.contains("raft-log is missing"), "{err}");
         assert!(err.contains("refusing to start"), "{err}");
-        std::fs::write(dir.path().join(RAFT_LOG), b"").unwrap();
+        std::fs::create_dir(dir.path().join(RAFT_LOG)).unwrap();
         require(dir.path(), RAFT_LOG).unwrap();
         // Writing again keeps the marker.
         write(dir.path(), 7).unwrap();

@@ -241,17 +241,24 @@ impl<B: Backend> Node<B> {
         mvcc::durable::create_dir_all_synced(&log_dir)
             .map_err(|e| StartError::Config(format!("{}: {e}", log_dir.display())))?;
         let log_path = log_dir.join(crate::marker::RAFT_LOG);
-        // Before opening: opening would create an empty log in place of a lost one.
-        crate::marker::require_path(dir, &log_path)?;
+        let legacy = log_dir.join(crate::marker::LEGACY_RAFT_LOG);
+        // Before opening: opening would create an empty log in place of a lost one. A log
+        // from before segment files is migrated by the opening.
+        if !legacy.is_file() {
+            crate::marker::require_path(dir, &log_path)?;
+        }
         let incarnation = crate::incarnation::boot_id();
-        let (log, log_closer) =
-            LogStore::open(&log_path, config.id, incarnation).map_err(|cause| StartError::Log {
-                path: log_path.display().to_string(),
-                cause,
+        let (mut log, log_closer) =
+            LogStore::open_in(&log_dir, config.id, incarnation).map_err(|cause| {
+                StartError::Log {
+                    path: log_path.display().to_string(),
+                    cause,
+                }
             })?;
         if config.force_new_cluster && crate::marker::initialised(dir)? {
             let at = log
                 .force_single_member(config.id, config.member.clone())
+                .await
                 .map_err(|cause| StartError::Log {
                     path: log_path.display().to_string(),
                     cause,

@@ -124,8 +124,7 @@ impl Harness {
         tokio::spawn(server);
 
         let dir = tempfile::tempdir().unwrap();
-        let (log, closer) =
-            LogStore::open(&dir.path().join("raft-log.redb"), ME, INCARNATION).unwrap();
+        let (log, closer) = LogStore::open(&dir.path().join("raft-log"), ME, INCARNATION).unwrap();
         let store = Store::open(engine_mem::MemBackend::new()).unwrap();
         let waiters = Registry::new("test-proposals");
         let sm = StateMachine::open(

@@ -694,9 +694,9 @@ fn render(args: &Args, setup: &Setup, rows: &[Row], m: &Machine) -> String {
         "Servers: MetaStore (`{}`, `--engine redb`, release build) and etcd (`{}`, Debian's \
          `etcd-server`), both on this machine for the whole run, each {} with a \
          fresh data dir under `target/` on {}, default settings otherwise. Both fsync before \
-         acknowledging a write: MetaStore's Raft log (redb) is fsynced before Raft counts an \
-         entry as written (its key space, redb with `Durability::Lazy`, is replayed from that \
-         log), etcd fsyncs its WAL for every batch of Raft entries before applying it.\n",
+         acknowledging a write: MetaStore's Raft log (segment files) is fsynced before Raft \
+         counts an entry as written (its key space, redb with `Durability::Lazy`, is replayed \
+         from that log), etcd fsyncs its WAL for every batch of Raft entries before applying it.\n",
         setup.ours_version,
         setup.etcd_version,
         if args.cluster == 1 {

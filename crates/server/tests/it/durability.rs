@@ -278,7 +278,7 @@ async fn sigterm_exits_zero_and_keeps_every_write_mem() {
 /// empty cluster over the old one's name (issue 23).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_missing_its_state_refuses_to_start() {
-    let mut cases = vec![(Kind::Redb, "raft-log.redb"), (Kind::Mem, "raft-log.redb")];
+    let mut cases = vec![(Kind::Redb, "raft-log"), (Kind::Mem, "raft-log")];
     cases.push((Kind::Redb, "data.redb"));
     for (kind, lost) in cases {
         let mut server = Server::start(kind, &[]);
@@ -287,7 +287,13 @@ async fn a_member_missing_its_state_refuses_to_start() {
         drop(c);
         server.kill();
         let path = server.data_dir().join("member").join(lost);
-        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // The Raft log is a directory of segment files; an engine's data is one file.
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let log = server.restart_refused(Duration::from_secs(30));
         assert!(
             log.contains(lost) && log.contains("refusing to start"),

@@ -15,12 +15,12 @@ fn the_raft_log_lives_in_wal_dir_and_survives_a_restart() {
     let put = etcdctl(&server.endpoint(), &[], &["put", "k", "in the wal dir"]);
     assert_eq!(put.0, Some(0), "{put:?}");
     assert!(
-        wal_dir.join("raft-log.redb").is_file(),
+        wal_dir.join("raft-log").is_dir(),
         "no Raft log in --wal-dir {}",
         wal_dir.display()
     );
     assert!(
-        !server.data_dir().join("member/raft-log.redb").exists(),
+        !server.data_dir().join("member/raft-log").exists(),
         "the Raft log is in the data dir too"
     );
     server.kill();
@@ -31,5 +31,5 @@ fn the_raft_log_lives_in_wal_dir_and_survives_a_restart() {
     server.kill();
     std::fs::remove_dir_all(&wal_dir).expect("remove the wal dir");
     let log = server.restart_refused(Duration::from_secs(20));
-    assert!(log.contains("raft-log.redb is missing"), "{log}");
+    assert!(log.contains("raft-log is missing"), "{log}");
 }
