@@ -537,10 +537,14 @@ async fn side_by_side_with_etcd_a_watch_requiring_a_leader_ends_and_a_plain_one_
              after it",
             run.lost, run.required_ended
         );
-        // Not before the member could have gone three election timeouts without a leader
-        // (it loses the leader one election timeout after the freeze at the earliest).
+        // Not at once when the leader is lost: etcd cancels after its leader monitor, which
+        // ticks once per election timeout, has seen no leader three times in a row; the first
+        // tick may come right after the loss, and the loss comes an election timeout after the
+        // leader's last heartbeat. `frozen` is taken after both other members were stopped,
+        // which under load is well after the leader was (CI saw etcd end it 1.49 s after
+        // `frozen`, 0.44 s after losing its leader), so the bound is two election timeouts.
         assert!(
-            run.required_ended >= 3 * election,
+            run.required_ended >= 2 * election,
             "{side} ended the watch {:?} after the freeze",
             run.required_ended
         );
