@@ -299,10 +299,12 @@ fn measure(kind: Kind, program: &Path, scratch: &Scratch, args: &Args) -> Result
         out.puts_per_s = rt.block_on(load(&server.url, args.keys, 1))?;
         let (size, in_use, _) = rt.block_on(status(&server.url))?;
         (out.db_size, out.db_in_use) = (size, in_use);
+        out.rss_loaded = rss_of(server.pid())?;
+        // On disk once stopped: MetaStore's engine commits lazily (the Raft log is the durable
+        // copy) and writes its file out at the latest when it stops.
+        stop(&mut server)?;
         settle();
         out.loaded = Disk::measure(&data)?;
-        out.rss_loaded = rss_of(server.pid())?;
-        stop(&mut server)?;
     }
     let mut server = Server::start(kind, program, &dir, extra)?;
     let started = Instant::now();
@@ -359,10 +361,12 @@ fn measure(kind: Kind, program: &Path, scratch: &Scratch, args: &Args) -> Result
             Ok::<(), anyhow::Error>(())
         })?;
         let (size, in_use, _) = rt.block_on(status(&server.url))?;
+        stop(&mut server)?;
         settle();
         out.churned = Some((Disk::measure(&data)?, size, in_use));
+    } else {
+        stop(&mut server)?;
     }
-    stop(&mut server)?;
     Ok(out)
 }
 
@@ -428,8 +432,8 @@ fn render(
          ({KEY_BYTES}-byte keys, {VALUE_BYTES}-byte values) put by {CLIENTS} clients over \
          {CONNS} connections; then SIGTERM and a restart (time until a linearizable read of the \
          last key answers); then every key overwritten {} times, a compaction at the last \
-         revision and a defragment. Sizes are allocated bytes (what `du` counts); the quota's \
-         size is Status's `dbSize` / `dbSizeInUse`.\n",
+         revision and a defragment. Sizes are allocated bytes (what `du` counts), taken \
+         after SIGTERM; the quota's size is Status's `dbSize` / `dbSizeInUse`.\n",
         ours.version,
         args.engine,
         etcd.version,
