@@ -64,6 +64,30 @@ impl<B: Backend> AuthService<B> {
         Ok(caller)
     }
 
+    /// An admin change: the caller must be allowed to manage auth; `build` makes the request
+    /// from the message, which is proposed, and `reply` the answer from its header. A failure
+    /// is logged as `method`.
+    async fn change<T: Send, R>(
+        &self,
+        method: &'static str,
+        request: Request<T>,
+        build: impl FnOnce(T) -> Result<AuthRequest, ApiError> + Send,
+        reply: impl FnOnce(Option<ResponseHeader>) -> R + Send,
+    ) -> Result<Reply<R>, Status> {
+        let result: Result<_, ApiError> = async {
+            let deadline = self.shared.deadline(&request);
+            self.admin(&request).await?;
+            let (header, _) = self.propose(deadline, build(request.into_inner())?).await?;
+            Ok(reply(header))
+        }
+        .await;
+        handled(
+            SERVICE,
+            method,
+            result.map(Reply::new).map_err(|e| e.status()),
+        )
+    }
+
     async fn serve_authenticate(
         &self,
         req: Request<AuthenticateRequest>,
@@ -214,18 +238,13 @@ impl<B: Backend> Auth for AuthService<B> {
         &self,
         request: Request<AuthDisableRequest>,
     ) -> Result<Reply<AuthDisableResponse>, Status> {
-        let result: Result<_, ApiError> = async {
-            let deadline = self.shared.deadline(&request);
-            self.admin(&request).await?;
-            let (header, _) = self.propose(deadline, AuthRequest::Disable).await?;
-            Ok(AuthDisableResponse { header })
-        }
-        .await;
-        handled(
-            SERVICE,
+        self.change(
             "AuthDisable",
-            result.map(Reply::new).map_err(|e| e.status()),
+            request,
+            |_| Ok(AuthRequest::Disable),
+            |header| AuthDisableResponse { header },
         )
+        .await
     }
 
     async fn auth_status(
@@ -344,21 +363,13 @@ impl<B: Backend> Auth for AuthService<B> {
         &self,
         request: Request<AuthUserDeleteRequest>,
     ) -> Result<Reply<AuthUserDeleteResponse>, Status> {
-        let result: Result<_, ApiError> = async {
-            let deadline = self.shared.deadline(&request);
-            self.admin(&request).await?;
-            let name = request.into_inner().name;
-            let (header, _) = self
-                .propose(deadline, AuthRequest::UserDelete { name })
-                .await?;
-            Ok(AuthUserDeleteResponse { header })
-        }
-        .await;
-        handled(
-            SERVICE,
+        self.change(
             "UserDelete",
-            result.map(Reply::new).map_err(|e| e.status()),
+            request,
+            |r| Ok(AuthRequest::UserDelete { name: r.name }),
+            |header| AuthUserDeleteResponse { header },
         )
+        .await
     }
 
     async fn user_change_password(
@@ -394,67 +405,49 @@ impl<B: Backend> Auth for AuthService<B> {
         &self,
         request: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Reply<AuthUserGrantRoleResponse>, Status> {
-        let result: Result<_, ApiError> = async {
-            let deadline = self.shared.deadline(&request);
-            self.admin(&request).await?;
-            let r = request.into_inner();
-            let grant = AuthRequest::UserGrantRole {
-                user: r.user,
-                role: r.role,
-            };
-            let (header, _) = self.propose(deadline, grant).await?;
-            Ok(AuthUserGrantRoleResponse { header })
-        }
-        .await;
-        handled(
-            SERVICE,
+        self.change(
             "UserGrantRole",
-            result.map(Reply::new).map_err(|e| e.status()),
+            request,
+            |r| {
+                Ok(AuthRequest::UserGrantRole {
+                    user: r.user,
+                    role: r.role,
+                })
+            },
+            |header| AuthUserGrantRoleResponse { header },
         )
+        .await
     }
 
     async fn user_revoke_role(
         &self,
         request: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Reply<AuthUserRevokeRoleResponse>, Status> {
-        let result: Result<_, ApiError> = async {
-            let deadline = self.shared.deadline(&request);
-            self.admin(&request).await?;
-            let r = request.into_inner();
-            let revoke = AuthRequest::UserRevokeRole {
-                name: r.name,
-                role: r.role,
-            };
-            let (header, _) = self.propose(deadline, revoke).await?;
-            Ok(AuthUserRevokeRoleResponse { header })
-        }
-        .await;
-        handled(
-            SERVICE,
+        self.change(
             "UserRevokeRole",
-            result.map(Reply::new).map_err(|e| e.status()),
+            request,
+            |r| {
+                Ok(AuthRequest::UserRevokeRole {
+                    name: r.name,
+                    role: r.role,
+                })
+            },
+            |header| AuthUserRevokeRoleResponse { header },
         )
+        .await
     }
 
     async fn role_add(
         &self,
         request: Request<AuthRoleAddRequest>,
     ) -> Result<Reply<AuthRoleAddResponse>, Status> {
-        let result: Result<_, ApiError> = async {
-            let deadline = self.shared.deadline(&request);
-            self.admin(&request).await?;
-            let name = request.into_inner().name;
-            let (header, _) = self
-                .propose(deadline, AuthRequest::RoleAdd { name })
-                .await?;
-            Ok(AuthRoleAddResponse { header })
-        }
-        .await;
-        handled(
-            SERVICE,
+        self.change(
             "RoleAdd",
-            result.map(Reply::new).map_err(|e| e.status()),
+            request,
+            |r| Ok(AuthRequest::RoleAdd { name: r.name }),
+            |header| AuthRoleAddResponse { header },
         )
+        .await
     }
 
     async fn role_get(
@@ -517,71 +510,53 @@ impl<B: Backend> Auth for AuthService<B> {
         &self,
         request: Request<AuthRoleDeleteRequest>,
     ) -> Result<Reply<AuthRoleDeleteResponse>, Status> {
-        let result: Result<_, ApiError> = async {
-            let deadline = self.shared.deadline(&request);
-            self.admin(&request).await?;
-            let role = request.into_inner().role;
-            let (header, _) = self
-                .propose(deadline, AuthRequest::RoleDelete { role })
-                .await?;
-            Ok(AuthRoleDeleteResponse { header })
-        }
-        .await;
-        handled(
-            SERVICE,
+        self.change(
             "RoleDelete",
-            result.map(Reply::new).map_err(|e| e.status()),
+            request,
+            |r| Ok(AuthRequest::RoleDelete { role: r.role }),
+            |header| AuthRoleDeleteResponse { header },
         )
+        .await
     }
 
     async fn role_grant_permission(
         &self,
         request: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Reply<AuthRoleGrantPermissionResponse>, Status> {
-        let result: Result<_, ApiError> = async {
-            let deadline = self.shared.deadline(&request);
-            self.admin(&request).await?;
-            let r = request.into_inner();
-            // etcd answers a grant without a permission with its own error.
-            let perm = r
-                .perm
-                .ok_or_else(|| ApiError::Internal("permission is not given".into()))?;
-            let grant = AuthRequest::RoleGrantPermission {
-                name: r.name,
-                perm: perm_from_pb(perm)?,
-            };
-            let (header, _) = self.propose(deadline, grant).await?;
-            Ok(AuthRoleGrantPermissionResponse { header })
-        }
-        .await;
-        handled(
-            SERVICE,
+        self.change(
             "RoleGrantPermission",
-            result.map(Reply::new).map_err(|e| e.status()),
+            request,
+            |r| {
+                // etcd answers a grant without a permission with its own error.
+                let perm = r
+                    .perm
+                    .ok_or_else(|| ApiError::Internal("permission is not given".into()))?;
+                Ok(AuthRequest::RoleGrantPermission {
+                    name: r.name,
+                    perm: perm_from_pb(perm)?,
+                })
+            },
+            |header| AuthRoleGrantPermissionResponse { header },
         )
+        .await
     }
 
     async fn role_revoke_permission(
         &self,
         request: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Reply<AuthRoleRevokePermissionResponse>, Status> {
-        let result: Result<_, ApiError> = async {
-            let deadline = self.shared.deadline(&request);
-            self.admin(&request).await?;
-            let r = request.into_inner();
-            let revoke = AuthRequest::RoleRevokePermission {
-                role: r.role,
-                key: r.key,
-                range_end: r.range_end,
-            };
-            let (header, _) = self.propose(deadline, revoke).await?;
-            Ok(AuthRoleRevokePermissionResponse { header })
-        }
-        .await;
-        handled(
-            SERVICE,
+        self.change(
             "RoleRevokePermission",
-            result.map(Reply::new).map_err(|e| e.status()),
+            request,
+            |r| {
+                Ok(AuthRequest::RoleRevokePermission {
+                    role: r.role,
+                    key: r.key,
+                    range_end: r.range_end,
+                })
+            },
+            |header| AuthRoleRevokePermissionResponse { header },
         )
+        .await
     }
 }
