@@ -5,6 +5,8 @@
 //! own (this binary, re-executed with the hidden [`CHILD`] subcommand) so that its resident
 //! set holds one store and nothing else.
 
+use super::command_line;
+use super::load_span;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -303,11 +305,7 @@ pub fn run(raw: &[String]) -> Result<()> {
             memory.push(m);
         }
     }
-    let load = format!(
-        "load average (1 min) {} before the run, {} after",
-        load_before.as_deref().unwrap_or("?"),
-        load_average().as_deref().unwrap_or("?")
-    );
+    let load = load_span(load_before.as_deref());
     let section = render(&args, raw, &rows, &memory, &Machine::probe(), &load);
     println!("\n{section}");
     if args.docs {
@@ -681,10 +679,7 @@ fn render(
     load: &str,
 ) -> String {
     let mut s = String::new();
-    let command = std::iter::once("cargo xtask bench engine".to_string())
-        .chain(raw.iter().cloned())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = command_line("engine", raw);
     let _ = writeln!(s, "{HEADING}\n");
     let _ = writeln!(s, "Command: `{command}`\n");
     let _ = writeln!(

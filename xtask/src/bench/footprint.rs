@@ -7,6 +7,9 @@
 //! linearizable read answers, RSS then), and finally churned: every key overwritten R times,
 //! compacted at the last revision and defragmented, and measured again.
 
+use super::command_line;
+use super::load_span;
+use super::servers::metastore_to_run;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,8 +26,8 @@ use tokio::task::JoinSet;
 
 use super::doc;
 use super::servers::{
-    build_server, connect, endpoint, join_within, metastore_binary, request, settle, wait_ready,
-    Kind, Scratch, Server, REQUEST_TIMEOUT,
+    connect, endpoint, join_within, request, settle, wait_ready, Kind, Scratch, Server,
+    REQUEST_TIMEOUT,
 };
 use super::{grouped, load_average, output_of, Machine};
 
@@ -378,12 +381,7 @@ pub fn run(raw: &[String]) -> Result<()> {
     };
     let root = crate::tidy::project_root();
     let machine = Machine::probe();
-    let metastore = match (&args.metastore, args.build) {
-        (Some(path), _) => path.clone(),
-        (None, true) => build_server(&root)?,
-        (None, false) => metastore_binary(&root),
-    };
-    ensure!(metastore.is_file(), "{} is not a file", metastore.display());
+    let metastore = metastore_to_run(&root, args.metastore.as_ref(), args.build)?;
     ensure!(
         output_of("etcd", &["--version"]) != "unknown",
         "`etcd --version` failed: install etcd 3.4 (apt-get install -y etcd-server)"
@@ -392,15 +390,8 @@ pub fn run(raw: &[String]) -> Result<()> {
     let scratch = Scratch::new("footprint")?;
     let etcd = measure(Kind::Etcd, Path::new("etcd"), &scratch, &args)?;
     let ours = measure(Kind::Ours, &metastore, &scratch, &args)?;
-    let load = format!(
-        "load average (1 min) {} before the run, {} after",
-        load_before.as_deref().unwrap_or("?"),
-        load_average().as_deref().unwrap_or("?")
-    );
-    let command = std::iter::once("cargo xtask bench footprint".to_string())
-        .chain(raw.iter().cloned())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let load = load_span(load_before.as_deref());
+    let command = command_line("footprint", raw);
     let section = render(&args, &command, &load, &ours, &etcd, &machine);
     println!("\n{section}");
     if args.docs {

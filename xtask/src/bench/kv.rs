@@ -11,6 +11,8 @@
 //! deadline, each workload a watchdog; both servers are killed when [`Server`] drops, on every
 //! path out.
 
+use super::command_line;
+use super::load_span;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -632,17 +634,10 @@ pub fn run(raw: &[String]) -> Result<()> {
     drop(rt);
 
     let setup = Setup {
-        command: std::iter::once("cargo xtask bench kv".to_string())
-            .chain(raw.iter().cloned())
-            .collect::<Vec<_>>()
-            .join(" "),
+        command: command_line("kv", raw),
         ours_version,
         etcd_version,
-        load: format!(
-            "load average (1 min) {} before the run, {} after",
-            load_before.as_deref().unwrap_or("?"),
-            load_average().as_deref().unwrap_or("?")
-        ),
+        load: load_span(load_before.as_deref()),
         client_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let section = render(&args, &setup, &rows, &machine);

@@ -7,6 +7,9 @@
 //! - expiry: leases with one key each, all granted at about the same time with the same TTL;
 //!   the time from the first lease's expiry until the last key is gone.
 
+use super::command_line;
+use super::load_span;
+use super::servers::metastore_to_run;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,8 +25,7 @@ use tokio::task::JoinSet;
 
 use super::doc;
 use super::servers::{
-    build_server, connect, join_within, metastore_binary, request, settle, wait_ready, Kind,
-    Scratch, Server, REQUEST_TIMEOUT,
+    connect, join_within, request, settle, wait_ready, Kind, Scratch, Server, REQUEST_TIMEOUT,
 };
 use super::{grouped, load_average, output_of, Machine};
 
@@ -373,12 +375,7 @@ pub fn run(raw: &[String]) -> Result<()> {
     };
     let root = crate::tidy::project_root();
     let machine = Machine::probe();
-    let metastore = match (&args.metastore, args.build) {
-        (Some(path), _) => path.clone(),
-        (None, true) => build_server(&root)?,
-        (None, false) => metastore_binary(&root),
-    };
-    ensure!(metastore.is_file(), "{} is not a file", metastore.display());
+    let metastore = metastore_to_run(&root, args.metastore.as_ref(), args.build)?;
     ensure!(
         output_of("etcd", &["--version"]) != "unknown",
         "`etcd --version` failed: install etcd 3.4 (apt-get install -y etcd-server)"
@@ -387,15 +384,8 @@ pub fn run(raw: &[String]) -> Result<()> {
     let scratch = Scratch::new("lease")?;
     let ours = measure(Kind::Ours, &metastore, &scratch, &args)?;
     let etcd = measure(Kind::Etcd, Path::new("etcd"), &scratch, &args)?;
-    let load = format!(
-        "load average (1 min) {} before the run, {} after",
-        load_before.as_deref().unwrap_or("?"),
-        load_average().as_deref().unwrap_or("?")
-    );
-    let command = std::iter::once("cargo xtask bench lease".to_string())
-        .chain(raw.iter().cloned())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let load = load_span(load_before.as_deref());
+    let command = command_line("lease", raw);
     let section = render(&args, &command, &load, &ours, &etcd, &machine);
     println!("\n{section}");
     if args.docs {

@@ -89,6 +89,23 @@ impl XorShift {
     }
 }
 
+/// The command line a section reports: `cargo xtask bench <name>` and its flags.
+pub fn command_line(name: &str, raw: &[String]) -> String {
+    std::iter::once(format!("cargo xtask bench {name}"))
+        .chain(raw.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The 1-minute load average before a run (`before`) and now, as a section reports it.
+pub fn load_span(before: Option<&str>) -> String {
+    format!(
+        "load average (1 min) {} before the run, {} after",
+        before.unwrap_or("?"),
+        load_average().as_deref().unwrap_or("?")
+    )
+}
+
 /// The process's resident set size in bytes.
 ///
 /// Read from `VmRSS` in `/proc/self/status`, which is in kB, rather than from `statm`, which

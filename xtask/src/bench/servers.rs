@@ -246,6 +246,25 @@ pub(super) fn build_server(root: &Path) -> Result<PathBuf> {
     Ok(metastore_binary(root))
 }
 
+/// The metastore binary a benchmark runs: `given`, else the release build (built first when
+/// `build`).
+///
+/// # Errors
+/// The build fails, or the binary is not a file.
+pub(super) fn metastore_to_run(
+    root: &Path,
+    given: Option<&PathBuf>,
+    build: bool,
+) -> Result<PathBuf> {
+    let metastore = match (given, build) {
+        (Some(path), _) => path.clone(),
+        (None, true) => build_server(root)?,
+        (None, false) => metastore_binary(root),
+    };
+    ensure!(metastore.is_file(), "{} is not a file", metastore.display());
+    Ok(metastore)
+}
+
 pub(super) fn metastore_binary(root: &Path) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root.join("target"), |dir| root.join(PathBuf::from(dir)));

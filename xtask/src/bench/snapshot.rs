@@ -1,6 +1,9 @@
 //! `cargo xtask bench snapshot`: `etcdctl snapshot save` against MetaStore and etcd 3.4 holding
 //! the same keys, side by side: the time to the file on disk, its size, and the ratio.
 
+use super::command_line;
+use super::load_span;
+use super::servers::metastore_to_run;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,8 +18,7 @@ use tokio::task::JoinSet;
 
 use super::doc;
 use super::servers::{
-    build_server, connect, join_within, metastore_binary, request, settle, wait_ready, Kind,
-    Scratch, Server, REQUEST_TIMEOUT,
+    connect, join_within, request, settle, wait_ready, Kind, Scratch, Server, REQUEST_TIMEOUT,
 };
 use super::{bytes, grouped, load_average, output_of, Machine};
 
@@ -111,12 +113,7 @@ pub fn run(raw: &[String]) -> Result<()> {
     };
     let root = crate::tidy::project_root();
     let machine = Machine::probe();
-    let metastore = match (&args.metastore, args.build) {
-        (Some(path), _) => path.clone(),
-        (None, true) => build_server(&root)?,
-        (None, false) => metastore_binary(&root),
-    };
-    ensure!(metastore.is_file(), "{} is not a file", metastore.display());
+    let metastore = metastore_to_run(&root, args.metastore.as_ref(), args.build)?;
     let etcdctl_version = output_of("etcdctl", &["version"]);
     ensure!(
         etcdctl_version != "unknown",
@@ -133,15 +130,8 @@ pub fn run(raw: &[String]) -> Result<()> {
         let etcd = measure(&rt, Kind::Etcd, Path::new("etcd"), &scratch, keys, &args)?;
         rows.push((ours, etcd));
     }
-    let load = format!(
-        "load average (1 min) {} before the run, {} after",
-        load_before.as_deref().unwrap_or("?"),
-        load_average().as_deref().unwrap_or("?")
-    );
-    let command = std::iter::once("cargo xtask bench snapshot".to_string())
-        .chain(raw.iter().cloned())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let load = load_span(load_before.as_deref());
+    let command = command_line("snapshot", raw);
     let versions = (
         output_of(&metastore.to_string_lossy(), &["--version"]),
         output_of("etcd", &["--version"]),

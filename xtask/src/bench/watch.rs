@@ -10,6 +10,9 @@
 //! Everything is bounded: requests carry deadlines, every phase has a watchdog, servers are
 //! killed when dropped.
 
+use super::command_line;
+use super::load_span;
+use super::servers::metastore_to_run;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,8 +30,8 @@ use tonic::transport::Channel;
 
 use super::doc;
 use super::servers::{
-    build_server, connect, join_within, metastore_binary, percentile, request, settle, wait_ready,
-    Kind, Scratch, Server, REQUEST_TIMEOUT,
+    connect, join_within, percentile, request, settle, wait_ready, Kind, Scratch, Server,
+    REQUEST_TIMEOUT,
 };
 use super::{bytes, grouped, load_average, output_of, Machine, XorShift};
 
@@ -485,12 +488,7 @@ pub fn run(raw: &[String]) -> Result<()> {
     };
     let root = crate::tidy::project_root();
     let machine = Machine::probe();
-    let metastore = match (&args.metastore, args.build) {
-        (Some(path), _) => path.clone(),
-        (None, true) => build_server(&root)?,
-        (None, false) => metastore_binary(&root),
-    };
-    ensure!(metastore.is_file(), "{} is not a file", metastore.display());
+    let metastore = metastore_to_run(&root, args.metastore.as_ref(), args.build)?;
     ensure!(
         output_of("etcd", &["--version"]) != "unknown",
         "`etcd --version` failed: install etcd 3.4 (apt-get install -y etcd-server)"
@@ -499,15 +497,8 @@ pub fn run(raw: &[String]) -> Result<()> {
     let scratch = Scratch::new("watch")?;
     let ours = measure(Kind::Ours, &metastore, &scratch, &args)?;
     let etcd = measure(Kind::Etcd, Path::new("etcd"), &scratch, &args)?;
-    let load = format!(
-        "load average (1 min) {} before the run, {} after",
-        load_before.as_deref().unwrap_or("?"),
-        load_average().as_deref().unwrap_or("?")
-    );
-    let command = std::iter::once("cargo xtask bench watch".to_string())
-        .chain(raw.iter().cloned())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let load = load_span(load_before.as_deref());
+    let command = command_line("watch", raw);
     let section = render(&args, &command, &load, &ours, &etcd, &machine);
     println!("\n{section}");
     if args.docs {
