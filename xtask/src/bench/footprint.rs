@@ -192,17 +192,7 @@ fn mib(bytes: u64) -> String {
 fn rss_of(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS line")?;
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS without a value")?
-        .parse()
-        .context("VmRSS")?;
-    Ok(kb * 1024)
+    super::parse_vm_rss(&status).with_context(|| format!("no VmRSS line for process {pid}"))
 }
 
 /// Key `i`: 16 digits.

@@ -130,6 +130,7 @@ pub fn load_average() -> Option<String> {
     text.split_whitespace().next().map(str::to_string)
 }
 
+/// Bytes from the `VmRSS` line of a `/proc/PID/status` text.
 fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
