@@ -82,9 +82,8 @@ pub async fn run(
             };
             let backend = RedbBackend::open(&path, &options)
                 .with_context(|| format!("opening {}", path.display()))?;
-            let size_path = path.clone();
-            let db_size: kvapi::DbSize =
-                Arc::new(move || std::fs::metadata(&size_path).map(|m| m.len()).unwrap_or(0));
+            let size = backend.disk_size();
+            let db_size: kvapi::DbSize = Arc::new(move || size.bytes());
             serve(config, backend, db_size, metrics, shutdown).await
         }
         Engine::Mem => {

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod crash;
+mod footprint;
 mod restore;
 
 use engine_redb::{Durability, Options, RedbBackend};
