@@ -286,14 +286,22 @@ fn stream_error_line(status: &Status) -> Bytes {
         message: status.message(),
         http_status: http.canonical_reason().unwrap_or_default(),
     };
-    let json = serde_json::json!({ "error": error });
-    Bytes::from(serde_json::to_vec(&json).unwrap_or_default())
+    let mut line = b"{\"error\":".to_vec();
+    if serde_json::to_writer(&mut line, &error).is_err() {
+        line.extend_from_slice(b"{}");
+    }
+    line.push(b'}');
+    Bytes::from(line)
 }
 
 fn result_line<T: Serialize>(message: &T) -> Bytes {
-    // pbjson's serializers never fail on generated types; an empty line would be the symptom.
-    let mut line = serde_json::to_vec(&serde_json::json!({ "result": message })).unwrap_or_default();
-    line.push(b'\n');
+    // Written by hand around the message so its fields keep grpc-gateway's (the proto's) order.
+    let mut line = b"{\"result\":".to_vec();
+    // pbjson's serializers do not fail on generated types.
+    if serde_json::to_writer(&mut line, message).is_err() {
+        line.extend_from_slice(b"{}");
+    }
+    line.extend_from_slice(b"}\n");
     Bytes::from(line)
 }
 
@@ -307,7 +315,12 @@ async fn read_body(gw: &Gateway, body: Body) -> Result<Bytes, Status> {
         .map_err(|e| Status::invalid_argument(format!("reading the request body: {e}")))
 }
 
-async fn unary<Q, R>(gw: &Gateway, method: &'static str, headers: &HeaderMap, body: Body) -> Response
+async fn unary<Q, R>(
+    gw: &Gateway,
+    method: &'static str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response
 where
     Q: prost::Message + DeserializeOwned + Default + Send + Sync + 'static,
     R: prost::Message + Serialize + Default + Send + Sync + 'static,
@@ -437,8 +450,7 @@ impl JsonStream {
                     self.limit
                 )));
             }
-            match std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.body).poll_frame(cx))
-                .await
+            match std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.body).poll_frame(cx)).await
             {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
@@ -491,12 +503,10 @@ where
         }
     };
     let rest = rest_lines(stream);
-    let body = Body::from_stream(
-        tokio_stream::StreamExt::chain(
-            tokio_stream::once(Ok::<_, Infallible>(first)),
-            rest,
-        ),
-    );
+    let body = Body::from_stream(tokio_stream::StreamExt::chain(
+        tokio_stream::once(Ok::<_, Infallible>(first)),
+        rest,
+    ));
     (StatusCode::OK, json_headers(), body).into_response()
 }
 
