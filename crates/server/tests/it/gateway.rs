@@ -149,11 +149,11 @@ fn unknown_paths_answer_404_as_etcd() {
             ));
         }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // Nothing was written through the unknown paths.
     let range =
         |s: &Server| normalized(&send(s, "POST", "/v3/kv/range", r#"{"key":"Zm9v"}"#, None));
     assert_eq!(range(&etcd), range(&ours));
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[test]
