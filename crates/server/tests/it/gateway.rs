@@ -202,6 +202,7 @@ fn gateway_answers_as_etcd_under_v3_and_v3beta() {
             ("maintenance/status", "{}".into()),
             ("maintenance/alarm", r#"{"action":"GET"}"#.into()),
             ("maintenance/hash", "{}".into()),
+            ("maintenance/defragment", "{}".into()),
         ];
         for (path, body) in &unary {
             let path = format!("{prefix}/{path}");
