@@ -46,7 +46,9 @@ pub fn gateway(grpc: Router, max_body_bytes: usize) -> Router {
         max_body_bytes,
     };
     Router::new()
+        .route("/v3/", axum::routing::any(handle))
         .route("/v3/{*path}", axum::routing::any(handle))
+        .route("/v3beta/", axum::routing::any(handle))
         .route("/v3beta/{*path}", axum::routing::any(handle))
         .with_state(state)
 }

@@ -132,6 +132,8 @@ fn unknown_paths_answer_404_as_etcd() {
         ("GET", "/nope"),
         ("POST", "/v3alpha/kv/put"),
         ("POST", "/v3/nope"),
+        ("POST", "/v3/"),
+        ("GET", "/v3beta/"),
         ("POST", "/v3beta/kv/nope"),
         ("POST", "/v3/maintenance/hashkv"),
         ("POST", "/v3/auth/status"),
