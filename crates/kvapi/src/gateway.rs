@@ -46,6 +46,8 @@ pub fn gateway(grpc: Router, max_body_bytes: usize) -> Router {
         max_body_bytes,
     };
     Router::new()
+        // Go's mux sends the subtree's name without its slash to the subtree.
+        .route("/v3", axum::routing::any(to_subtree))
         .route("/v3/", axum::routing::any(handle))
         .route("/v3/{*path}", axum::routing::any(handle))
         .route("/v3beta/", axum::routing::any(handle))
@@ -56,6 +58,61 @@ pub fn gateway(grpc: Router, max_body_bytes: usize) -> Router {
 /// The answer to a path nobody serves, as Go's `http.ServeMux` writes it.
 pub fn not_found() -> Response {
     text_error(StatusCode::NOT_FOUND, "404 page not found")
+}
+
+/// Go's `http.ServeMux` answer to a path that is not clean (`//`, `.` or `..` segments): a
+/// permanent redirect to the clean path, or `None` for a clean one.
+pub fn redirect_unclean(method: &Method, path: &str, query: Option<&str>) -> Option<Response> {
+    let clean = clean_path(path);
+    (clean != path).then(|| moved(method, &clean, query))
+}
+
+/// `path` as Go's `path.Clean` makes it, keeping a trailing slash as `http.ServeMux` does.
+fn clean_path(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    let mut clean = format!("/{}", parts.join("/"));
+    if path.ends_with('/') && clean != "/" {
+        clean.push('/');
+    }
+    clean
+}
+
+/// Go's `http.Redirect` with 301: a short HTML note for GET and HEAD, nothing otherwise.
+fn moved(method: &Method, path: &str, query: Option<&str>) -> Response {
+    let location = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let Ok(header) = HeaderValue::from_str(&location) else {
+        return not_found();
+    };
+    if method == Method::GET || method == Method::HEAD {
+        let escaped = location
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&#34;")
+            .replace('\'', "&#39;");
+        let body = format!("<a href=\"{escaped}\">Moved Permanently</a>.\n\n");
+        let content_type = HeaderValue::from_static("text/html; charset=utf-8");
+        let headers = [("location", header), ("content-type", content_type)];
+        (StatusCode::MOVED_PERMANENTLY, headers, body).into_response()
+    } else {
+        (StatusCode::MOVED_PERMANENTLY, [("location", header)]).into_response()
+    }
+}
+
+async fn to_subtree(request: Request) -> Response {
+    moved(request.method(), "/v3/", request.uri().query())
 }
 
 /// A plain-text error as Go's `http.Error` writes it.
@@ -80,6 +137,9 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
         .unwrap_or_default()
         .to_string();
     let method = request.method().clone();
+    if let Some(moved) = redirect_unclean(&method, &format!("/v3/{rest}"), request.uri().query()) {
+        return moved;
+    }
     let headers = request.headers().clone();
     let body = request.into_body();
     macro_rules! routes {
@@ -597,6 +657,20 @@ mod tests {
         );
         let bad = decode::<pb::RangeRequest>(b"{bad").err().map(|s| s.code());
         assert_eq!(bad, Some(Code::InvalidArgument));
+    }
+
+    #[test]
+    fn paths_are_cleaned_as_gos_mux_cleans_them() {
+        for (path, clean) in [
+            ("/v3/kv/range", "/v3/kv/range"),
+            ("/v3//kv/range", "/v3/kv/range"),
+            ("/v3/./kv/../kv/range", "/v3/kv/range"),
+            ("/x//y/", "/x/y/"),
+            ("//", "/"),
+            ("/..", "/"),
+        ] {
+            assert_eq!(clean_path(path), clean, "{path}");
+        }
     }
 
     #[test]

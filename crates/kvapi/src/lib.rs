@@ -41,7 +41,7 @@ use mvcc::Backend;
 
 pub use authz::CertUser;
 pub use error::ApiError;
-pub use gateway::{gateway, not_found};
+pub use gateway::{gateway, not_found, redirect_unclean};
 pub use jwt::{JwtError, JwtTokens};
 pub use service::{
     ApiConfig, AuthService, ClusterService, DbSize, ElectionService, KeepAlives, KvService,

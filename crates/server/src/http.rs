@@ -61,7 +61,8 @@ async fn livez() -> impl IntoResponse {
 }
 
 /// Any path nobody serves: gRPC's "unimplemented" to a gRPC call (as before: gRPC clients
-/// expect a status, not an HTTP error), etcd's plain `404 page not found` to anything else.
+/// expect a status, not an HTTP error); as Go's mux in etcd: a redirect to the clean path for
+/// one with `//`, `.` or `..` segments, else `404 page not found`.
 pub async fn unknown_path(request: axum::extract::Request) -> axum::response::Response {
     let grpc = request
         .headers()
@@ -69,10 +70,11 @@ pub async fn unknown_path(request: axum::extract::Request) -> axum::response::Re
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
     if grpc {
-        tonic::Status::unimplemented("").into_http()
-    } else {
-        kvapi::not_found()
+        return tonic::Status::unimplemented("").into_http();
     }
+    let uri = request.uri();
+    kvapi::redirect_unclean(request.method(), uri.path(), uri.query())
+        .unwrap_or_else(kvapi::not_found)
 }
 
 async fn readyz<B: Backend>(State(state): State<HttpState<B>>) -> impl IntoResponse {

@@ -9,20 +9,23 @@ use serde_json::Value;
 
 use crate::harness::{require_tool, Kind, Server};
 
-/// One HTTP exchange: status, content type, body.
+/// One HTTP exchange: status, redirect, content type, body.
 #[derive(Debug, PartialEq)]
 struct Answer {
     status: u16,
+    /// Where a redirect points, without the server's address.
+    location: String,
     content_type: String,
     body: String,
 }
 
 /// Sends `method path` with `body` (and `token` as `Authorization`) and answers status,
-/// content type and body.
+/// redirect, content type and body.
 fn send(server: &Server, method: &str, path: &str, body: &str, token: Option<&str>) -> Answer {
     let mut command = Command::new(require_tool("curl"));
     command.args([
         "-s",
+        "--path-as-is",
         "--max-time",
         "10",
         "-X",
@@ -30,7 +33,7 @@ fn send(server: &Server, method: &str, path: &str, body: &str, token: Option<&st
         "--data-binary",
         body,
     ]);
-    command.args(["-w", "\n%{http_code} %{content_type}"]);
+    command.args(["-w", "\n%{http_code}|%{redirect_url}|%{content_type}"]);
     if let Some(token) = token {
         command.args(["-H", &format!("Authorization: {token}")]);
     }
@@ -40,10 +43,13 @@ fn send(server: &Server, method: &str, path: &str, body: &str, token: Option<&st
         .expect("running curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, last) = text.rsplit_once('\n').expect("curl's trailer line");
-    let (status, content_type) = last.split_once(' ').unwrap_or((last, ""));
+    let mut trailer = last.splitn(3, '|');
+    let status = trailer.next().unwrap_or_default();
+    let location = trailer.next().unwrap_or_default();
     Answer {
         status: status.parse().expect("status code"),
-        content_type: content_type.to_string(),
+        location: location.replace(&server.endpoint(), ""),
+        content_type: trailer.next().unwrap_or_default().to_string(),
         body: body.to_string(),
     }
 }
@@ -133,6 +139,13 @@ fn unknown_paths_answer_404_as_etcd() {
         ("POST", "/v3alpha/kv/put"),
         ("POST", "/v3/nope"),
         ("POST", "/v3/"),
+        ("GET", "/v3"),
+        ("POST", "/v3?a=1"),
+        ("POST", "/v3beta"),
+        ("GET", "/v3//kv/range"),
+        ("POST", "/v3beta//kv/range"),
+        ("POST", "/x//y"),
+        ("GET", "/v3/./kv/../kv/range"),
         ("GET", "/v3beta/"),
         ("POST", "/v3beta/kv/nope"),
         ("POST", "/v3/maintenance/hashkv"),
@@ -388,4 +401,12 @@ fn gateway_can_be_turned_off() {
     let expected = send(&etcd, "POST", "/v3/kv/put", body, None);
     assert_eq!(expected.status, 404, "{expected:?}");
     assert_eq!(expected, send(&ours, "POST", "/v3/kv/put", body, None));
+    // Without the gateway, `/v3` is no subtree; unclean paths are still redirected.
+    for path in ["/v3", "/v3/", "/v3//kv/put"] {
+        assert_eq!(
+            send(&etcd, "GET", path, "", None),
+            send(&ours, "GET", path, "", None),
+            "GET {path}"
+        );
+    }
 }
