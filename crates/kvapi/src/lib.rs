@@ -17,6 +17,7 @@
 //!   from the store and restored into one.
 //! - [`etcd_wal`]: etcd 3.4's WAL, read for migration: the committed requests after the
 //!   database's consistent index.
+//! - `gateway`: etcd's HTTP/JSON gateway (`/v3/…`), calling the gRPC services in-process.
 //! - `service`: the KV, Watch, Lease, Maintenance, Cluster and Auth services, and the Lock and
 //!   Election services built on them as etcd builds its own.
 
@@ -24,6 +25,7 @@ mod authz;
 mod error;
 pub mod etcd_snapshot;
 pub mod etcd_wal;
+mod gateway;
 mod jwt;
 mod oversize;
 pub mod pb;
@@ -39,6 +41,7 @@ use mvcc::Backend;
 
 pub use authz::CertUser;
 pub use error::ApiError;
+pub use gateway::{gateway, not_found, redirect_unclean};
 pub use jwt::{JwtError, JwtTokens};
 pub use service::{
     ApiConfig, AuthService, ClusterService, DbSize, ElectionService, KeepAlives, KvService,

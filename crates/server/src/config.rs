@@ -79,6 +79,8 @@ pub struct Config {
     pub initial_corrupt_check: bool,
     /// `--experimental-corrupt-check-time`: how often the leader compares hashes (0: never).
     pub corrupt_check_time: Duration,
+    /// `--enable-grpc-gateway`: serve the HTTP/JSON gateway on the client URLs.
+    pub grpc_gateway: bool,
 }
 
 pub use consensus::{cluster_id, member_id};
@@ -479,6 +481,7 @@ impl TryFrom<Flags> for Config {
             },
             initial_corrupt_check: f.experimental_initial_corrupt_check,
             corrupt_check_time: f.experimental_corrupt_check_time,
+            grpc_gateway: f.enable_grpc_gateway,
         })
     }
 }

@@ -69,6 +69,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("auto-compaction-retention", Kind::Str),
     ("auto-compaction-mode", Kind::Str),
     ("enable-v2", Kind::Bool),
+    ("enable-grpc-gateway", Kind::Bool),
     ("cipher-suites", Kind::List),
     ("cors", Kind::Str),
     ("host-whitelist", Kind::Str),

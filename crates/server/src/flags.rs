@@ -202,6 +202,11 @@ pub struct Flags {
     #[arg(long, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", value_parser = parse_duration, default_value = "0s")]
     pub experimental_corrupt_check_time: Duration,
 
+    /// Serve etcd's HTTP/JSON gateway (`/v3/…`, `/v3beta/…`) on the client URLs.
+    #[arg(long, env = "ETCD_ENABLE_GRPC_GATEWAY", default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_grpc_gateway: bool,
+
     /// Log at debug level (as `--log-level debug`).
     #[arg(long, env = "ETCD_DEBUG", default_value_t = false, num_args = 0..=1,
           require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]

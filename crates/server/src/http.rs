@@ -1,5 +1,6 @@
 //! Plain HTTP on the client port, as etcd answers it: `/health`, `/version`, `/metrics`, and
-//! `/livez` (etcd 3.5's liveness probe: the process serves, whatever the quorum).
+//! `/livez` (etcd 3.5's liveness probe: the process serves, whatever the quorum), `/readyz`
+//! (etcd 3.5's readiness probe: a quorum answers), and etcd's 404 for any other path.
 
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ pub fn router<B: Backend>(state: HttpState<B>) -> Router {
     Router::new()
         .route("/health", get(health::<B>))
         .route("/livez", get(livez))
+        .route("/readyz", get(readyz::<B>))
         .route("/version", get(version))
         .route("/metrics", get(metrics_text::<B>))
         .with_state(state)
@@ -47,6 +49,7 @@ pub fn metrics_router<B: Backend>(state: HttpState<B>) -> Router {
     Router::new()
         .route("/health", get(health::<B>))
         .route("/livez", get(livez))
+        .route("/readyz", get(readyz::<B>))
         .route("/metrics", get(metrics_text::<B>))
         .with_state(state)
 }
@@ -55,6 +58,39 @@ async fn livez() -> impl IntoResponse {
     // Liveness must not depend on the quorum: a member cut off from its peers is alive and
     // restarting it (what a failed liveness probe does) would not bring the quorum back.
     "ok"
+}
+
+/// Any path nobody serves: gRPC's "unimplemented" to a gRPC call (as before: gRPC clients
+/// expect a status, not an HTTP error); as Go's mux in etcd: a redirect to the clean path for
+/// one with `//`, `.` or `..` segments, else `404 page not found`.
+pub async fn unknown_path(request: axum::extract::Request) -> axum::response::Response {
+    let grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        return tonic::Status::unimplemented("").into_http();
+    }
+    let uri = request.uri();
+    kvapi::redirect_unclean(request.method(), uri.path(), uri.query())
+        .unwrap_or_else(kvapi::not_found)
+}
+
+async fn readyz<B: Backend>(State(state): State<HttpState<B>>) -> impl IntoResponse {
+    // Ready means this member can serve a linearizable read now: a quorum answers a read
+    // index within a second (a member without one would only fail clients' requests).
+    let answer = state
+        .node
+        .read_index(Deadline::after(Duration::from_secs(1)))
+        .await;
+    match answer {
+        Ok(()) => (StatusCode::OK, "ok"),
+        Err(e) => {
+            tracing::warn!(cause = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "readyz check failed")
+        }
+    }
 }
 
 async fn health<B: Backend>(State(state): State<HttpState<B>>) -> impl IntoResponse {

@@ -11,7 +11,7 @@
 //! - [`etcd_flags`]: etcd's other flags, accepted with no effect or refused.
 //! - `config`: [`Config`], checked configuration, member and cluster ids.
 //! - [`config_file`]: etcd's YAML `--config-file`, and etcd's precedence of file, flags, variables.
-//! - `http`: `/health`, `/version`, `/metrics`.
+//! - `http`: `/health`, `/version`, `/metrics`, `/livez`, `/readyz`, 404 for unknown paths.
 //! - `compactor`: automatic compaction.
 //! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2; caps connections.
 //! - `serve`: client connections, with HTTP/2's stream limit and a graceful stop.
@@ -168,7 +168,17 @@ async fn serve<B: Backend>(
     } else {
         grpc
     };
+    // etcd's gateway calls the gRPC services as a client of this member would.
+    let gateway = config.grpc_gateway.then(|| {
+        let limit = config.api.limits.max_request_bytes.saturating_mul(2);
+        kvapi::gateway(grpc.clone(), limit)
+    });
     let merged = grpc.merge(http::router(http_state.clone()));
+    let merged = match gateway {
+        Some(gateway) => merged.merge(gateway),
+        None => merged,
+    }
+    .fallback(http::unknown_path);
     let client_router = |secure: bool| access::guard(merged.clone(), &config.access, secure);
     // One cap over every client listener.
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_client_connections));

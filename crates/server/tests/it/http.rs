@@ -99,3 +99,25 @@ fn livez_and_the_image_healthcheck() {
         "a closed port must fail the check"
     );
 }
+
+#[test]
+fn readyz_answers_ok_with_a_quorum_and_503_without() {
+    let mut cluster = testkit::Cluster::start(testkit::ClusterOptions {
+        binary: std::path::PathBuf::from(env!("CARGO_BIN_EXE_metastore")),
+        members: 3,
+        engine: "mem".into(),
+        extra_args: Vec::new(),
+        proxy_peers: false,
+    })
+    .expect("cluster");
+    let port = cluster.member(0).client_port;
+    assert_eq!(http_get(port, "/readyz"), Some((200, "ok".to_owned())));
+    cluster.kill(1);
+    cluster.kill(2);
+    // Without a quorum the member is alive but cannot serve reads: not ready.
+    assert_eq!(
+        http_get(port, "/readyz"),
+        Some((503, "readyz check failed".to_owned()))
+    );
+    assert_eq!(http_get(port, "/livez"), Some((200, "ok".to_owned())));
+}

@@ -12,6 +12,7 @@ mod errors;
 mod etcdctl;
 mod flags;
 mod force_new_cluster;
+mod gateway;
 mod harness;
 mod http;
 mod http_access;
