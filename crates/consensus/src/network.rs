@@ -82,6 +82,16 @@ pub(crate) enum ForwardReply {
     Refused(Refusal),
 }
 
+/// A member's answer to [`Rpc::Members`]: its cluster id and the members it knows (learners
+/// included), for a member joining the cluster ([`crate::join`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct MembersReply {
+    /// The cluster id.
+    pub cluster_id: u64,
+    /// Every member by id.
+    pub members: Vec<(u64, Member)>,
+}
+
 /// Why a forwarded request was refused.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -181,6 +191,7 @@ pub(crate) enum Rpc {
     Vote,
     InstallSnapshot,
     Forward,
+    Members,
 }
 
 impl Peers {
@@ -279,6 +290,7 @@ impl Peers {
                 Rpc::Vote => client.vote(req).await,
                 Rpc::InstallSnapshot => client.install_snapshot(req).await,
                 Rpc::Forward => client.forward(req).await,
+                Rpc::Members => client.members(req).await,
             }
         };
         let answer = deadline::within(Layer::PeerRpc, Deadline::after(timeout), call)
@@ -541,6 +553,25 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         }
         reply(&self.node.serve_forwarded(req).await)
     }
+
+    async fn members(
+        &self,
+        _request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let members = {
+            let metrics = self.node.raft().metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, member)| (*id, member.clone()))
+                .collect()
+        };
+        reply(&MembersReply {
+            cluster_id: self.node.cluster_id(),
+            members,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -595,6 +626,13 @@ mod tests {
             _: tonic::Request<Payload>,
         ) -> Result<tonic::Response<Payload>, tonic::Status> {
             Err(tonic::Status::unimplemented("forward"))
+        }
+
+        async fn members(
+            &self,
+            _: tonic::Request<Payload>,
+        ) -> Result<tonic::Response<Payload>, tonic::Status> {
+            Err(tonic::Status::unimplemented("members"))
         }
     }
 

@@ -181,6 +181,9 @@ struct Inner<B> {
     min_lease_ttl: i64,
     peers: Peers,
     cluster_token: String,
+    /// The cluster id: the marker's, the one the cluster gave a joining member, or derived
+    /// from the cluster token at a first start.
+    cluster_id: u64,
     log_closer: std::sync::Mutex<Option<LogCloser>>,
     /// A handle on the log Raft writes, to learn where it ends ([`Node::transfer_leadership`]).
     log: LogStore,
@@ -222,7 +225,13 @@ impl<B: Backend> Node<B> {
             .map_err(|e| StartError::Config(e.to_string()))?;
         // A member's id is fixed when it first starts; as etcd, a restart with other peer URLs
         // (a moved host or container) is still that member, whatever id the flags give now.
+        let mut cluster_id = crate::membership::cluster_id(&config.cluster_token);
         if let Some(recorded) = crate::marker::recorded_id(&config.data_dir)? {
+            tracing::info!(
+                id = format_args!("{recorded:x}"),
+                "the data dir is initialised: --initial-cluster, --initial-cluster-state and \
+                 --initial-cluster-token are ignored (as etcd)"
+            );
             if recorded != config.id {
                 tracing::warn!(
                     recorded = format_args!("{recorded:x}"),
@@ -232,6 +241,27 @@ impl<B: Backend> Node<B> {
                 );
                 config.id = recorded;
             }
+            if let Some(recorded) = crate::marker::recorded_cluster(&config.data_dir)? {
+                if recorded != cluster_id {
+                    tracing::warn!(
+                        recorded = format_args!("{recorded:x}"),
+                        from_flags = format_args!("{cluster_id:x}"),
+                        "this data dir belongs to cluster {recorded:x}: serving as it (the \
+                         --initial-* flags count only at a member's first start)"
+                    );
+                    cluster_id = recorded;
+                }
+            }
+        } else if config.join_existing {
+            // Before the log is opened: its votes name this member by id.
+            let (id, cluster) = crate::join::assigned_ids(&config).await?;
+            tracing::info!(
+                id = format_args!("{id:x}"),
+                cluster = format_args!("{cluster:x}"),
+                "joining: the cluster gave this member its id"
+            );
+            config.id = id;
+            cluster_id = cluster;
         }
         let raft_config = Arc::new(config.raft_config()?);
         let dir = &config.data_dir;
@@ -315,10 +345,15 @@ impl<B: Backend> Node<B> {
             ));
         }
         if initialized {
-            crate::marker::write(dir, config.id)?;
+            crate::marker::write(dir, config.id, cluster_id)?;
         } else if config.join_existing {
             // The marker is written once the leader has given this member its membership.
-            tokio::spawn(mark_when_joined(raft.clone(), dir.clone(), config.id));
+            tokio::spawn(mark_when_joined(
+                raft.clone(),
+                dir.clone(),
+                config.id,
+                cluster_id,
+            ));
         }
         if !initialized && config.join_existing {
             tracing::info!(
@@ -336,7 +371,7 @@ impl<B: Backend> Node<B> {
                 .map_err(|e| StartError::Raft(e.to_string()))?;
             // Marked after the bootstrap: had its entry been lost with the marker kept, the
             // member would refuse to start rather than bootstrap again.
-            crate::marker::write(dir, config.id)?;
+            crate::marker::write(dir, config.id, cluster_id)?;
         }
         let max_in_flight = config.max_in_flight.max(1);
         let (queue, queued) = mpsc::channel(max_in_flight);
@@ -377,6 +412,7 @@ impl<B: Backend> Node<B> {
                 min_lease_ttl,
                 peers: peers.clone(),
                 cluster_token: config.cluster_token.clone(),
+                cluster_id,
                 log_closer: std::sync::Mutex::new(Some(log_closer)),
                 log: log_end,
                 reads,
@@ -425,6 +461,11 @@ impl<B: Backend> Node<B> {
     /// The cluster token member ids are derived with.
     pub fn cluster_token(&self) -> &str {
         &self.inner.cluster_token
+    }
+
+    /// The cluster id this member serves under (etcd's `cluster_id` in every header).
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.cluster_id
     }
 
     /// This member's id.
@@ -1358,11 +1399,11 @@ fn wait_error(e: WaitError) -> ProposeError {
 
 /// Writes the member marker once a joining member holds a membership from the leader (its
 /// log then has state to lose). Ends with Raft.
-async fn mark_when_joined(raft: Raft, dir: PathBuf, id: u64) {
+async fn mark_when_joined(raft: Raft, dir: PathBuf, id: u64, cluster_id: u64) {
     let mut metrics = raft.metrics();
     loop {
         if metrics.borrow().membership_config.log_id().is_some() {
-            if let Err(e) = crate::marker::write(&dir, id) {
+            if let Err(e) = crate::marker::write(&dir, id, cluster_id) {
                 tracing::error!(cause = %e, "writing the member marker failed");
             }
             return;

@@ -137,6 +137,99 @@ fn judge(f: &EtcdFlag, value: &str, source: &str) -> Result<Option<String>, Stri
     }
 }
 
+/// A flag as Go's flag package reads it, for [`go_style`] and [`shadowed`].
+#[derive(Clone, Debug)]
+pub struct GoFlag {
+    /// Its name, without dashes.
+    pub name: String,
+    /// A boolean flag: `--name` alone means true, a value needs `=`.
+    pub boolean: bool,
+    /// The `ETCD_*` variable that also sets it, if any.
+    pub env: Option<String>,
+}
+
+/// The flags of [`ETCD_FLAGS`] as [`GoFlag`]s.
+pub fn table_go_flags() -> impl Iterator<Item = GoFlag> {
+    ETCD_FLAGS.iter().map(|f| GoFlag {
+        name: f.name.to_string(),
+        boolean: f.boolean,
+        env: Some(env_name(f.name)),
+    })
+}
+
+/// Rewrites the flags of `known` given with one dash (`-name x`, `-data-dir=d`), as Go's flag
+/// package takes them and scripts written for etcd pass them, into clap's `--name`; answers
+/// the arguments and the flags given (indexes into `known`). The value of a flag that is not
+/// boolean and has no `=` is the next argument, left as it is.
+pub fn go_style(args: Vec<OsString>, known: &[GoFlag]) -> (Vec<OsString>, Vec<usize>) {
+    let mut out = Vec::with_capacity(args.len());
+    let mut given = Vec::new();
+    let mut it = args.into_iter();
+    if let Some(program) = it.next() {
+        out.push(program);
+    }
+    while let Some(arg) = it.next() {
+        let Some(text) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            out.push(arg);
+            out.extend(it.by_ref());
+            break;
+        }
+        let (bare, single) = match text.strip_prefix("--") {
+            Some(bare) => (bare, false),
+            None => match text.strip_prefix('-') {
+                Some(bare) => (bare, true),
+                None => {
+                    out.push(arg);
+                    continue;
+                }
+            },
+        };
+        let (name, inline) = match bare.split_once('=') {
+            Some((n, _)) => (n, true),
+            None => (bare, false),
+        };
+        let Some(at) = known.iter().position(|f| f.name == name) else {
+            out.push(arg);
+            continue;
+        };
+        given.push(at);
+        out.push(if single {
+            OsString::from(format!("-{text}"))
+        } else {
+            arg
+        });
+        if !inline && !known[at].boolean {
+            out.extend(it.next());
+        }
+    }
+    (out, given)
+}
+
+/// etcd refuses a flag given both on the command line and as its `ETCD_*` variable (even an
+/// empty one), naming the first such variable in `env`'s order, in etcd 3.4's words.
+///
+/// # Errors
+/// The refusal.
+pub fn shadowed(given: &[usize], known: &[GoFlag], env: &[(String, String)]) -> Result<(), String> {
+    for (key, _) in env {
+        let clash = given
+            .iter()
+            .filter_map(|at| known.get(*at))
+            .any(|f| f.env.as_deref() == Some(key.as_str()) && key.starts_with("ETCD_"));
+        if clash {
+            return Err(format!(
+                "conflicting environment variable {key:?} is shadowed by corresponding \
+                 command-line flag (either unset environment variable or disable flag)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What [`screen`] found: the arguments left for clap, and notes to log once logging is set up.
 #[derive(Debug, Default)]
 pub struct Screened {
@@ -206,7 +299,8 @@ pub fn screen(
         }
         if let Some(f) = ETCD_FLAGS.iter().find(|f| env_name(f.name) == key) {
             if given.contains(&f.name) {
-                // etcd: a flag given on the command line wins over its variable.
+                // Refused before by `shadowed` (etcd's rule); a configuration file's flags
+                // meet no variable.
                 continue;
             }
             if let Some(note) = judge(f, &value, &key)? {
@@ -284,6 +378,88 @@ mod tests {
         .unwrap();
         assert_eq!(s.args, ["metastore"]);
         assert!(s.notes.is_empty());
+    }
+
+    fn known() -> Vec<GoFlag> {
+        let mut known: Vec<GoFlag> = [("name", false), ("debug", true), ("data-dir", false)]
+            .into_iter()
+            .map(|(name, boolean)| GoFlag {
+                name: name.to_string(),
+                boolean,
+                env: Some(env_name(name)),
+            })
+            .collect();
+        known.extend(table_go_flags());
+        known
+    }
+
+    fn go(args: &[&str]) -> (Vec<String>, Vec<String>) {
+        let known = known();
+        let (out, given) = go_style(
+            std::iter::once("metastore")
+                .chain(args.iter().copied())
+                .map(OsString::from)
+                .collect(),
+            &known,
+        );
+        (
+            out.into_iter().map(|a| a.into_string().unwrap()).collect(),
+            given.iter().map(|at| known[*at].name.clone()).collect(),
+        )
+    }
+
+    #[test]
+    fn single_dash_flags_read_as_go_reads_them() {
+        let (args, given) = go(&[
+            "-name",
+            "-x",
+            "-data-dir=d",
+            "-debug",
+            "--pre-vote",
+            "-v",
+            "z",
+        ]);
+        assert_eq!(
+            args,
+            [
+                "metastore",
+                "--name",
+                "-x",
+                "--data-dir=d",
+                "--debug",
+                "--pre-vote",
+                "-v",
+                "z"
+            ]
+        );
+        assert_eq!(given, ["name", "data-dir", "debug", "pre-vote"]);
+        let (args, given) = go(&["--", "-name"]);
+        assert_eq!(args, ["metastore", "--", "-name"]);
+        assert!(given.is_empty());
+    }
+
+    #[test]
+    fn a_flag_and_its_variable_together_are_refused_as_by_etcd() {
+        let known = known();
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let name = known.iter().position(|f| f.name == "name").unwrap();
+        let e = shadowed(
+            &[name],
+            &known,
+            &env(&[("ETCD_DEBUG", "1"), ("ETCD_NAME", "")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "conflicting environment variable \"ETCD_NAME\" is shadowed by corresponding \
+             command-line flag (either unset environment variable or disable flag)"
+        );
+        assert!(shadowed(&[name], &known, &env(&[("ETCD_DEBUG", "1")])).is_ok());
     }
 
     #[test]

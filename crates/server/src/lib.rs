@@ -151,13 +151,12 @@ async fn serve<B: Backend>(
     let hub = watch::Hub::new(history, config.hub.clone()).context("starting the watch hub")?;
     node.store().set_sink(Arc::new(hub.clone()));
     hub.resync();
-    let grpc = kvapi::router(
-        node.clone(),
-        config.api.clone(),
-        db_size,
-        hub.clone(),
-        stop.clone(),
-    );
+    // The cluster id the member keeps (or learnt on joining), not the one the flags derive.
+    let api = kvapi::ApiConfig {
+        cluster_id: node.cluster_id(),
+        ..config.api.clone()
+    };
+    let grpc = kvapi::router(node.clone(), api, db_size, hub.clone(), stop.clone());
     let http_state = http::HttpState {
         node: node.clone(),
         metrics,
