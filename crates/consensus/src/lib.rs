@@ -25,6 +25,7 @@
 //! - `marker`: the durable note that this member was initialised ([`require_state`]), and the
 //!   member and cluster ids it was given.
 //! - `join`: a joining member learns the ids the cluster gave it from the members.
+//! - `prevote`: etcd's pre-vote, campaigning only with a majority's consent.
 //! - `node`: [`Node`] and [`NodeConfig`].
 //! - `read_rounds`: one leadership confirmation for every read that arrived before it.
 //! - `lessor`, `lease_loop`: lease expiry times, and the leader's revokes and checkpoints.
@@ -50,6 +51,7 @@ mod marker;
 mod membership;
 mod network;
 mod node;
+mod prevote;
 mod read_rounds;
 mod redb_log;
 mod state_machine;

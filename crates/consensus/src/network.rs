@@ -192,6 +192,7 @@ pub(crate) enum Rpc {
     InstallSnapshot,
     Forward,
     Members,
+    PreVote,
 }
 
 impl Peers {
@@ -291,6 +292,7 @@ impl Peers {
                 Rpc::InstallSnapshot => client.install_snapshot(req).await,
                 Rpc::Forward => client.forward(req).await,
                 Rpc::Members => client.members(req).await,
+                Rpc::PreVote => client.pre_vote(req).await,
             }
         };
         let answer = deadline::within(Layer::PeerRpc, Deadline::after(timeout), call)
@@ -511,7 +513,12 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         let req: AppendEntriesRequest<TypeConfig> =
             decode(request.get_ref()).map_err(bad_request)?;
         self.admit("append-entries", req.vote.leader_id().voted_for())?;
-        reply(&self.node.raft().append_entries(req).await)
+        let answer = self.node.raft().append_entries(req).await;
+        // Any answer but a higher vote means a current leader reached this member (pre-vote).
+        if matches!(&answer, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.node.note_leader_contact();
+        }
+        reply(&answer)
     }
 
     async fn vote(
@@ -571,6 +578,22 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
             cluster_id: self.node.cluster_id(),
             members,
         })
+    }
+    async fn pre_vote(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let req: crate::prevote::PreVoteRequest = decode(request.get_ref()).map_err(bad_request)?;
+        self.admit("pre-vote", named_sender(&request))?;
+        let leads = self.node.raft().metrics().borrow().state == openraft::ServerState::Leader;
+        let own = self.node.raft().data_metrics().borrow().last_log;
+        reply(&crate::prevote::grants(
+            leads,
+            self.node.quiet_for(),
+            self.node.election_timeout(),
+            req.last_log_id,
+            own,
+        ))
     }
 }
 
@@ -633,6 +656,13 @@ mod tests {
             _: tonic::Request<Payload>,
         ) -> Result<tonic::Response<Payload>, tonic::Status> {
             Err(tonic::Status::unimplemented("members"))
+        }
+
+        async fn pre_vote(
+            &self,
+            _: tonic::Request<Payload>,
+        ) -> Result<tonic::Response<Payload>, tonic::Status> {
+            Err(tonic::Status::unimplemented("pre-vote"))
         }
     }
 

@@ -76,6 +76,10 @@ pub struct NodeConfig {
     /// etcd's `--force-new-cluster`: an initialised member restarts as the only member of its
     /// cluster, keeping its data (the other members are removed through its log).
     pub force_new_cluster: bool,
+    /// etcd's `--pre-vote`: campaign only after a majority of voters answer that they would
+    /// vote (they heard from no leader for an election timeout), so a member cut off from the
+    /// others does not depose the leader when it returns ([`crate::prevote`]).
+    pub pre_vote: bool,
 }
 
 impl NodeConfig {
@@ -102,6 +106,7 @@ impl NodeConfig {
             strict_reconfig_check: true,
             log_dir: None,
             force_new_cluster: false,
+            pre_vote: false,
         }
     }
 
@@ -123,6 +128,8 @@ impl NodeConfig {
             max_in_snapshot_log_to_keep: 5_000.min(self.snapshot_count),
             // Entries are batches of up to a few MiB: keep one append message bounded.
             max_payload_entries: 32,
+            // With pre-vote, `crate::prevote` decides when to campaign.
+            enable_elect: !self.pre_vote,
             ..Default::default()
         };
         config
@@ -210,6 +217,8 @@ struct Inner<B> {
     pending_voters: std::sync::Mutex<BTreeSet<u64>>,
     /// Set while this leader hands leadership over ([`crate::transfer`]).
     pause: crate::transfer::Pause,
+    /// When a leader last reached this member (its start, before any did), for pre-vote.
+    leader_contact: std::sync::Mutex<std::time::Instant>,
 }
 
 impl<B: Backend> Node<B> {
@@ -429,6 +438,7 @@ impl<B: Backend> Node<B> {
                 auth,
                 pending_voters: std::sync::Mutex::default(),
                 pause,
+                leader_contact: std::sync::Mutex::new(std::time::Instant::now()),
             }),
         };
         // Resumes whatever removal a crash interrupted, then follows every applied compaction.
@@ -445,6 +455,9 @@ impl<B: Backend> Node<B> {
             config.election_timeout,
         ));
         tokio::spawn(publish_attributes(node.clone(), config.member.clone()));
+        if config.pre_vote {
+            tokio::spawn(crate::prevote::run(node.clone(), config.heartbeat));
+        }
         tokio::spawn(crate::read_rounds::run(
             node.clone(),
             read_queue,
@@ -461,6 +474,34 @@ impl<B: Backend> Node<B> {
     /// The cluster token member ids are derived with.
     pub fn cluster_token(&self) -> &str {
         &self.inner.cluster_token
+    }
+
+    /// Notes that the current leader reached this member (pre-vote's "heard from a leader").
+    pub(crate) fn note_leader_contact(&self) {
+        *self
+            .inner
+            .leader_contact
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+    }
+
+    /// How long no leader has reached this member.
+    pub(crate) fn quiet_for(&self) -> Duration {
+        self.inner
+            .leader_contact
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed()
+    }
+
+    /// The election timeout.
+    pub(crate) fn election_timeout(&self) -> Duration {
+        self.inner.election_timeout
+    }
+
+    /// Cancelled when the node stops.
+    pub(crate) fn stop_token(&self) -> CancellationToken {
+        self.inner.stop.clone()
     }
 
     /// The cluster id this member serves under (etcd's `cluster_id` in every header).

@@ -353,6 +353,7 @@ impl TryFrom<Flags> for Config {
         node.max_txn_ops = f.max_txn_ops;
         node.strict_reconfig_check = f.strict_reconfig_check;
         node.force_new_cluster = f.force_new_cluster;
+        node.pre_vote = f.pre_vote;
         // etcd's default is an empty --wal-dir: the log stays in the data dir.
         node.log_dir = f.wal_dir.clone().filter(|d| !d.as_os_str().is_empty());
         if f.election_timeout < 5 * f.heartbeat_interval {

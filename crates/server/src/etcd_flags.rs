@@ -62,7 +62,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("discovery", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
     flag("discovery-fallback", false, Fate::DefaultOnly { default: "proxy", why: NO_DISCOVERY }),
     flag("discovery-proxy", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
-    flag("pre-vote", true, Fate::DefaultOnly { default: "false", why: "openraft 0.9 has no pre-vote phase: a member cut off campaigns in ever higher terms, and when it returns its term makes the leader step down (one election), which --pre-vote exists to prevent" }),
     flag("enable-v2", true, Fate::DefaultOnly { default: "false", why: NO_V2 }),
     flag("experimental-enable-v2v3", false, Fate::DefaultOnly { default: "", why: NO_V2 }),
     flag("proxy", false, Fate::DefaultOnly { default: "off", why: NO_V2 }),
@@ -357,14 +356,14 @@ mod tests {
             e.contains("--peer-auto-tls=true") && e.contains("TLS"),
             "{e}"
         );
-        let e = run(&["--pre-vote=maybe"], &[]).unwrap_err();
+        let e = run(&["--enable-v2=maybe"], &[]).unwrap_err();
         assert!(e.contains("invalid boolean"), "{e}");
     }
 
     #[test]
     fn defaults_are_accepted() {
         let s = run(
-            &["--pre-vote=false", "--discovery-fallback=proxy"],
+            &["--enable-v2=false", "--discovery-fallback=proxy"],
             &[
                 ("ETCD_ENABLE_V2", "false"),
                 ("ETCD_PEER_AUTO_TLS", "false"),
@@ -415,7 +414,7 @@ mod tests {
             "-x",
             "-data-dir=d",
             "-debug",
-            "--pre-vote",
+            "--enable-v2",
             "-v",
             "z",
         ]);
@@ -427,12 +426,12 @@ mod tests {
                 "-x",
                 "--data-dir=d",
                 "--debug",
-                "--pre-vote",
+                "--enable-v2",
                 "-v",
                 "z"
             ]
         );
-        assert_eq!(given, ["name", "data-dir", "debug", "pre-vote"]);
+        assert_eq!(given, ["name", "data-dir", "debug", "enable-v2"]);
         let (args, given) = go(&["--", "-name"]);
         assert_eq!(args, ["metastore", "--", "-name"]);
         assert!(given.is_empty());

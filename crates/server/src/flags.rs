@@ -180,6 +180,13 @@ pub struct Flags {
           require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub strict_reconfig_check: bool,
 
+    /// Campaign only after a majority of the voters answer that they would vote (they heard
+    /// from no leader for an election timeout), so a member cut off from the others does not
+    /// depose the leader when it returns (etcd's `--pre-vote`).
+    #[arg(long, env = "ETCD_PRE_VOTE", default_value_t = false, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub pre_vote: bool,
+
     /// Restart this (initialised) member as the only member of its cluster, keeping its data:
     /// every other member is removed through its log (etcd's `--force-new-cluster`).
     #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", default_value_t = false, num_args = 0..=1,

@@ -24,6 +24,7 @@ mod lock_election;
 mod maintenance;
 mod peer_port;
 mod powercut;
+mod pre_vote;
 mod restart;
 mod snapshot;
 mod tls;
