@@ -464,6 +464,12 @@ impl TryFrom<Flags> for Config {
             keepalive: crate::serve::Keepalive {
                 interval: f.grpc_keepalive_interval,
                 timeout: f.grpc_keepalive_timeout,
+                // etcd sets no policy for 0, leaving grpc-go's default of 5 minutes.
+                min_time: if f.grpc_keepalive_min_time.is_zero() {
+                    Duration::from_secs(300)
+                } else {
+                    f.grpc_keepalive_min_time
+                },
             },
             extensive_metrics: match f.metrics.as_str() {
                 "basic" => false,

@@ -58,7 +58,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("experimental-compaction-batch-limit", false, Fate::NoEffect("physical compaction removes history in its own bounded steps, not bbolt batches")),
     flag("experimental-warning-apply-duration", false, Fate::NoEffect("only etcd's slow-apply log warning; apply times are exported as metrics instead")),
     flag("initial-election-tick-advance", true, Fate::NoEffect("openraft has no election ticks to fast-forward; a booting member starts its first election after a randomized election timeout, as etcd with this flag off (only the time to the first leader differs)")),
-    flag("grpc-keepalive-min-time", false, Fate::DefaultOnly { default: "5s", why: "the HTTP/2 server (hyper/h2) answers every client PING itself and has no policy on their rate, so a faster pinger cannot be sent GOAWAY too_many_pings" }),
     flag("discovery", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
     flag("discovery-fallback", false, Fate::DefaultOnly { default: "proxy", why: NO_DISCOVERY }),
     flag("discovery-proxy", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),

@@ -117,6 +117,12 @@ pub struct Flags {
     #[arg(long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", value_parser = parse_duration, default_value = "2h")]
     pub grpc_keepalive_interval: Duration,
 
+    /// The least time a client must wait between pings: one pinging more often is sent
+    /// GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings") and disconnected (etcd's
+    /// `--grpc-keepalive-min-time`).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_MIN_TIME", value_parser = parse_duration, default_value = "5s")]
+    pub grpc_keepalive_min_time: Duration,
+
     /// How long the server waits for a ping's answer before closing the connection (etcd's
     /// `--grpc-keepalive-timeout`).
     #[arg(long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", value_parser = parse_duration, default_value = "20s")]

@@ -28,6 +28,7 @@ pub mod config_file;
 pub mod etcd_flags;
 mod flags;
 mod http;
+mod pings;
 mod restore;
 mod serve;
 mod srv;
@@ -183,7 +184,8 @@ async fn serve<B: Backend>(
         let tls = matches!(security, tls::Security::Tls(_));
         tracing::info!(%addr, tls, "serving client requests (gRPC and HTTP)");
         let router = client_router(tls);
-        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security);
+        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security)
+            .with_min_ping_time(config.keepalive.min_time);
         tasks.spawn(serve::serve(
             listener,
             router,
@@ -208,7 +210,8 @@ async fn serve<B: Backend>(
             _ => tls::Security::Plain,
         };
         tracing::info!(path = %path.display(), tls, "serving client requests (gRPC and HTTP) on a unix socket");
-        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security);
+        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security)
+            .with_min_ping_time(config.keepalive.min_time);
         tasks.spawn(serve::serve(
             listener,
             client_router(*tls),

@@ -23,6 +23,7 @@ mod limits;
 mod lock_election;
 mod maintenance;
 mod peer_port;
+mod pings;
 mod powercut;
 mod pre_vote;
 mod restart;
