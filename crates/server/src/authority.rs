@@ -654,7 +654,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Fixed<S> {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         }
         if matches!(this.calm, Calm::Sending(..) | Calm::Closed) {
-            if let Poll::Pending = this.send_away(cx) {
+            if this.send_away(cx).is_pending() {
                 return Poll::Pending;
             }
             // The connection is being closed: what the server still writes goes nowhere.
