@@ -184,6 +184,9 @@ pub enum StartError {
     /// The member marker could not be read or written.
     #[error("member marker: {0}")]
     Marker(String),
+    /// A joining member could not learn its id from the cluster.
+    #[error("joining the cluster: {0}")]
+    Join(String),
     /// Snapshot files could not be read or written.
     #[error("snapshot directory {path}: {cause}")]
     Snapshots {

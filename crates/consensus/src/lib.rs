@@ -22,7 +22,10 @@
 //! - `network`: the peer transport over tonic ([`PeerService`], [`PeerNetwork`]): Raft's
 //!   messages, and what followers forward to the leader.
 //! - `membership`: etcd's membership changes ([`Change`], [`MembershipError`]), member ids.
-//! - `marker`: the durable note that this member was initialised ([`require_state`]).
+//! - `marker`: the durable note that this member was initialised ([`require_state`]), and the
+//!   member and cluster ids it was given.
+//! - `join`: a joining member learns the ids the cluster gave it from the members.
+//! - `prevote`: etcd's pre-vote, campaigning only with a majority's consent.
 //! - `node`: [`Node`] and [`NodeConfig`].
 //! - `read_rounds`: one leadership confirmation for every read that arrived before it.
 //! - `lessor`, `lease_loop`: lease expiry times, and the leader's revokes and checkpoints.
@@ -39,6 +42,7 @@ mod compaction;
 mod corrupt;
 mod error;
 mod incarnation;
+mod join;
 mod leader;
 mod lease_loop;
 mod lessor;
@@ -47,6 +51,7 @@ mod marker;
 mod membership;
 mod network;
 mod node;
+mod prevote;
 mod read_rounds;
 mod redb_log;
 mod state_machine;

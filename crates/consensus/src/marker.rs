@@ -82,16 +82,34 @@ pub(crate) fn recorded_id(dir: &Path) -> Result<Option<u64>, StartError> {
         .ok_or_else(|| StartError::Marker(format!("{}: names no member id", marker.display())))
 }
 
-/// Writes the marker durably (idempotent), once the state it vouches for is durable.
+/// The cluster id the marker in `dir` records; `None` for a member never initialised or a
+/// marker written before cluster ids were recorded.
+///
+/// # Errors
+/// [`StartError::Marker`] when the marker cannot be read.
+pub(crate) fn recorded_cluster(dir: &Path) -> Result<Option<u64>, StartError> {
+    let marker = path(dir);
+    match std::fs::read_to_string(&marker) {
+        Ok(text) => Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("cluster "))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StartError::Marker(format!("{}: {e}", marker.display()))),
+    }
+}
+
+/// Writes the marker durably (idempotent), once the state it vouches for is durable: the
+/// member id and cluster id, which a restart keeps whatever `--initial-*` flags it is given.
 ///
 /// # Errors
 /// [`StartError::Marker`] when the marker cannot be written or synced.
-pub(crate) fn write(dir: &Path, id: u64) -> Result<(), StartError> {
+pub(crate) fn write(dir: &Path, id: u64, cluster: u64) -> Result<(), StartError> {
     if initialised(dir)? {
         return Ok(());
     }
     let marker = path(dir);
-    let text = format!("metastore member marker v1\nmember {id:x}\n");
+    let text = format!("metastore member marker v1\nmember {id:x}\ncluster {cluster:x}\n");
     mvcc::durable::write_synced(&marker, text.as_bytes())
         .map_err(|e| StartError::Marker(format!("{}: {e}", marker.display())))?;
     tracing::info!(path = %marker.display(), "member marker written: lost state will be refused");
@@ -106,11 +124,13 @@ mod tests {
     fn the_marker_records_the_member_id() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(recorded_id(dir.path()).ok(), Some(None));
-        write(dir.path(), 0x700d_9ac7_6f7b_e1bf).expect("write");
+        assert_eq!(recorded_cluster(dir.path()).ok(), Some(None));
+        write(dir.path(), 0x700d_9ac7_6f7b_e1bf, 0xc1).expect("write");
         assert_eq!(
             recorded_id(dir.path()).ok(),
             Some(Some(0x700d_9ac7_6f7b_e1bf))
         );
+        assert_eq!(recorded_cluster(dir.path()).ok(), Some(Some(0xc1)));
         std::fs::write(path(dir.path()), "metastore member marker v1\n").expect("overwrite");
         assert!(
             recorded_id(dir.path()).is_err(),
@@ -123,7 +143,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // No marker: a new member, nothing is required.
         require(dir.path(), RAFT_LOG).unwrap();
-        write(dir.path(), 7).unwrap();
+        write(dir.path(), 7, 1).unwrap();
         assert!(initialised(dir.path()).unwrap());
         let err = require(dir.path(), RAFT_LOG).unwrap_err().to_string();
         assert!(err.contains("raft-log is missing"), "{err}");
@@ -131,6 +151,6 @@ mod tests {
         std::fs::create_dir(dir.path().join(RAFT_LOG)).unwrap();
         require(dir.path(), RAFT_LOG).unwrap();
         // Writing again keeps the marker.
-        write(dir.path(), 7).unwrap();
+        write(dir.path(), 7, 1).unwrap();
     }
 }

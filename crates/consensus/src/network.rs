@@ -82,6 +82,16 @@ pub(crate) enum ForwardReply {
     Refused(Refusal),
 }
 
+/// A member's answer to [`Rpc::Members`]: its cluster id and the members it knows (learners
+/// included), for a member joining the cluster ([`crate::join`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct MembersReply {
+    /// The cluster id.
+    pub cluster_id: u64,
+    /// Every member by id.
+    pub members: Vec<(u64, Member)>,
+}
+
 /// Why a forwarded request was refused.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -181,6 +191,8 @@ pub(crate) enum Rpc {
     Vote,
     InstallSnapshot,
     Forward,
+    Members,
+    PreVote,
 }
 
 impl Peers {
@@ -279,6 +291,8 @@ impl Peers {
                 Rpc::Vote => client.vote(req).await,
                 Rpc::InstallSnapshot => client.install_snapshot(req).await,
                 Rpc::Forward => client.forward(req).await,
+                Rpc::Members => client.members(req).await,
+                Rpc::PreVote => client.pre_vote(req).await,
             }
         };
         let answer = deadline::within(Layer::PeerRpc, Deadline::after(timeout), call)
@@ -499,7 +513,12 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         let req: AppendEntriesRequest<TypeConfig> =
             decode(request.get_ref()).map_err(bad_request)?;
         self.admit("append-entries", req.vote.leader_id().voted_for())?;
-        reply(&self.node.raft().append_entries(req).await)
+        let answer = self.node.raft().append_entries(req).await;
+        // Any answer but a higher vote means a current leader reached this member (pre-vote).
+        if matches!(&answer, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.node.note_leader_contact();
+        }
+        reply(&answer)
     }
 
     async fn vote(
@@ -540,6 +559,41 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
             ));
         }
         reply(&self.node.serve_forwarded(req).await)
+    }
+
+    async fn members(
+        &self,
+        _request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let members = {
+            let metrics = self.node.raft().metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, member)| (*id, member.clone()))
+                .collect()
+        };
+        reply(&MembersReply {
+            cluster_id: self.node.cluster_id(),
+            members,
+        })
+    }
+    async fn pre_vote(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let req: crate::prevote::PreVoteRequest = decode(request.get_ref()).map_err(bad_request)?;
+        self.admit("pre-vote", named_sender(&request))?;
+        let leads = self.node.raft().metrics().borrow().state == openraft::ServerState::Leader;
+        let own = self.node.raft().data_metrics().borrow().last_log;
+        reply(&crate::prevote::grants(
+            leads,
+            self.node.quiet_for(),
+            self.node.election_timeout(),
+            req.last_log_id,
+            own,
+        ))
     }
 }
 
@@ -595,6 +649,20 @@ mod tests {
             _: tonic::Request<Payload>,
         ) -> Result<tonic::Response<Payload>, tonic::Status> {
             Err(tonic::Status::unimplemented("forward"))
+        }
+
+        async fn members(
+            &self,
+            _: tonic::Request<Payload>,
+        ) -> Result<tonic::Response<Payload>, tonic::Status> {
+            Err(tonic::Status::unimplemented("members"))
+        }
+
+        async fn pre_vote(
+            &self,
+            _: tonic::Request<Payload>,
+        ) -> Result<tonic::Response<Payload>, tonic::Status> {
+            Err(tonic::Status::unimplemented("pre-vote"))
         }
     }
 

@@ -76,6 +76,10 @@ pub struct NodeConfig {
     /// etcd's `--force-new-cluster`: an initialised member restarts as the only member of its
     /// cluster, keeping its data (the other members are removed through its log).
     pub force_new_cluster: bool,
+    /// etcd's `--pre-vote`: campaign only after a majority of voters answer that they would
+    /// vote (they heard from no leader for an election timeout), so a member cut off from the
+    /// others does not depose the leader when it returns ([`crate::prevote`]).
+    pub pre_vote: bool,
 }
 
 impl NodeConfig {
@@ -102,6 +106,7 @@ impl NodeConfig {
             strict_reconfig_check: true,
             log_dir: None,
             force_new_cluster: false,
+            pre_vote: false,
         }
     }
 
@@ -123,6 +128,8 @@ impl NodeConfig {
             max_in_snapshot_log_to_keep: 5_000.min(self.snapshot_count),
             // Entries are batches of up to a few MiB: keep one append message bounded.
             max_payload_entries: 32,
+            // With pre-vote, `crate::prevote` decides when to campaign.
+            enable_elect: !self.pre_vote,
             ..Default::default()
         };
         config
@@ -181,6 +188,9 @@ struct Inner<B> {
     min_lease_ttl: i64,
     peers: Peers,
     cluster_token: String,
+    /// The cluster id: the marker's, the one the cluster gave a joining member, or derived
+    /// from the cluster token at a first start.
+    cluster_id: u64,
     log_closer: std::sync::Mutex<Option<LogCloser>>,
     /// A handle on the log Raft writes, to learn where it ends ([`Node::transfer_leadership`]).
     log: LogStore,
@@ -207,6 +217,8 @@ struct Inner<B> {
     pending_voters: std::sync::Mutex<BTreeSet<u64>>,
     /// Set while this leader hands leadership over ([`crate::transfer`]).
     pause: crate::transfer::Pause,
+    /// When a leader last reached this member (its start, before any did), for pre-vote.
+    leader_contact: std::sync::Mutex<std::time::Instant>,
 }
 
 impl<B: Backend> Node<B> {
@@ -222,7 +234,13 @@ impl<B: Backend> Node<B> {
             .map_err(|e| StartError::Config(e.to_string()))?;
         // A member's id is fixed when it first starts; as etcd, a restart with other peer URLs
         // (a moved host or container) is still that member, whatever id the flags give now.
+        let mut cluster_id = crate::membership::cluster_id(&config.cluster_token);
         if let Some(recorded) = crate::marker::recorded_id(&config.data_dir)? {
+            tracing::info!(
+                id = format_args!("{recorded:x}"),
+                "the data dir is initialised: --initial-cluster, --initial-cluster-state and \
+                 --initial-cluster-token are ignored (as etcd)"
+            );
             if recorded != config.id {
                 tracing::warn!(
                     recorded = format_args!("{recorded:x}"),
@@ -232,6 +250,27 @@ impl<B: Backend> Node<B> {
                 );
                 config.id = recorded;
             }
+            if let Some(recorded) = crate::marker::recorded_cluster(&config.data_dir)? {
+                if recorded != cluster_id {
+                    tracing::warn!(
+                        recorded = format_args!("{recorded:x}"),
+                        from_flags = format_args!("{cluster_id:x}"),
+                        "this data dir belongs to cluster {recorded:x}: serving as it (the \
+                         --initial-* flags count only at a member's first start)"
+                    );
+                    cluster_id = recorded;
+                }
+            }
+        } else if config.join_existing {
+            // Before the log is opened: its votes name this member by id.
+            let (id, cluster) = crate::join::assigned_ids(&config).await?;
+            tracing::info!(
+                id = format_args!("{id:x}"),
+                cluster = format_args!("{cluster:x}"),
+                "joining: the cluster gave this member its id"
+            );
+            config.id = id;
+            cluster_id = cluster;
         }
         let raft_config = Arc::new(config.raft_config()?);
         let dir = &config.data_dir;
@@ -315,10 +354,15 @@ impl<B: Backend> Node<B> {
             ));
         }
         if initialized {
-            crate::marker::write(dir, config.id)?;
+            crate::marker::write(dir, config.id, cluster_id)?;
         } else if config.join_existing {
             // The marker is written once the leader has given this member its membership.
-            tokio::spawn(mark_when_joined(raft.clone(), dir.clone(), config.id));
+            tokio::spawn(mark_when_joined(
+                raft.clone(),
+                dir.clone(),
+                config.id,
+                cluster_id,
+            ));
         }
         if !initialized && config.join_existing {
             tracing::info!(
@@ -336,7 +380,7 @@ impl<B: Backend> Node<B> {
                 .map_err(|e| StartError::Raft(e.to_string()))?;
             // Marked after the bootstrap: had its entry been lost with the marker kept, the
             // member would refuse to start rather than bootstrap again.
-            crate::marker::write(dir, config.id)?;
+            crate::marker::write(dir, config.id, cluster_id)?;
         }
         let max_in_flight = config.max_in_flight.max(1);
         let (queue, queued) = mpsc::channel(max_in_flight);
@@ -377,6 +421,7 @@ impl<B: Backend> Node<B> {
                 min_lease_ttl,
                 peers: peers.clone(),
                 cluster_token: config.cluster_token.clone(),
+                cluster_id,
                 log_closer: std::sync::Mutex::new(Some(log_closer)),
                 log: log_end,
                 reads,
@@ -393,6 +438,7 @@ impl<B: Backend> Node<B> {
                 auth,
                 pending_voters: std::sync::Mutex::default(),
                 pause,
+                leader_contact: std::sync::Mutex::new(std::time::Instant::now()),
             }),
         };
         // Resumes whatever removal a crash interrupted, then follows every applied compaction.
@@ -409,6 +455,9 @@ impl<B: Backend> Node<B> {
             config.election_timeout,
         ));
         tokio::spawn(publish_attributes(node.clone(), config.member.clone()));
+        if config.pre_vote {
+            tokio::spawn(crate::prevote::run(node.clone(), config.heartbeat));
+        }
         tokio::spawn(crate::read_rounds::run(
             node.clone(),
             read_queue,
@@ -425,6 +474,39 @@ impl<B: Backend> Node<B> {
     /// The cluster token member ids are derived with.
     pub fn cluster_token(&self) -> &str {
         &self.inner.cluster_token
+    }
+
+    /// Notes that the current leader reached this member (pre-vote's "heard from a leader").
+    pub(crate) fn note_leader_contact(&self) {
+        *self
+            .inner
+            .leader_contact
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+    }
+
+    /// How long no leader has reached this member.
+    pub(crate) fn quiet_for(&self) -> Duration {
+        self.inner
+            .leader_contact
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed()
+    }
+
+    /// The election timeout.
+    pub(crate) fn election_timeout(&self) -> Duration {
+        self.inner.election_timeout
+    }
+
+    /// Cancelled when the node stops.
+    pub(crate) fn stop_token(&self) -> CancellationToken {
+        self.inner.stop.clone()
+    }
+
+    /// The cluster id this member serves under (etcd's `cluster_id` in every header).
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.cluster_id
     }
 
     /// This member's id.
@@ -1358,11 +1440,11 @@ fn wait_error(e: WaitError) -> ProposeError {
 
 /// Writes the member marker once a joining member holds a membership from the leader (its
 /// log then has state to lose). Ends with Raft.
-async fn mark_when_joined(raft: Raft, dir: PathBuf, id: u64) {
+async fn mark_when_joined(raft: Raft, dir: PathBuf, id: u64, cluster_id: u64) {
     let mut metrics = raft.metrics();
     loop {
         if metrics.borrow().membership_config.log_id().is_some() {
-            if let Err(e) = crate::marker::write(&dir, id) {
+            if let Err(e) = crate::marker::write(&dir, id, cluster_id) {
                 tracing::error!(cause = %e, "writing the member marker failed");
             }
             return;

@@ -91,6 +91,20 @@ impl peer_server::Peer for ScriptedPeer {
         permit.forget();
         payload(&ForwardReply::Refused(Refusal::TooManyRequests))
     }
+
+    async fn members(
+        &self,
+        _request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        Err(tonic::Status::unimplemented("scripted peer"))
+    }
+
+    async fn pre_vote(
+        &self,
+        _request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        Err(tonic::Status::unimplemented("scripted peer"))
+    }
 }
 
 /// A real member (id 1) of a two-member cluster whose other member is [`ScriptedPeer`].

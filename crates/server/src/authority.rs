@@ -90,6 +90,8 @@ pub struct FixAuthority {
     listener: ClientListener,
     connections: Arc<Semaphore>,
     security: Security,
+    /// `--grpc-keepalive-min-time`: clients pinging more often are sent away.
+    min_ping_time: Option<std::time::Duration>,
 }
 
 impl FixAuthority {
@@ -104,7 +106,16 @@ impl FixAuthority {
             listener: listener.into(),
             connections,
             security,
+            min_ping_time: None,
         }
+    }
+
+    /// The same, sending GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings") to a client that pings
+    /// more often than `min_time` allows, as grpc-go's keepalive enforcement in etcd does
+    /// ([`crate::pings`]).
+    pub fn with_min_ping_time(mut self, min_time: std::time::Duration) -> Self {
+        self.min_ping_time = Some(min_time);
+        self
     }
 }
 
@@ -143,6 +154,7 @@ impl axum::serve::Listener for FixAuthority {
             let mut io = Fixed::new(Coalesced::new(secured));
             io.permit = Some(permit);
             io.common_name = Some(common_name);
+            io.pings = self.min_ping_time.map(crate::pings::Pings::new);
             return (io, addr);
         }
     }
@@ -189,6 +201,23 @@ pub struct Fixed<S> {
     permit: Option<OwnedSemaphorePermit>,
     /// The verified client certificate's common name, once the TLS handshake is done.
     common_name: Option<Arc<std::sync::OnceLock<String>>>,
+    /// Ping accounting, when `--grpc-keepalive-min-time` is enforced (HTTP/2 only).
+    pings: Option<crate::pings::Pings>,
+    /// Whether the connection is being sent away for its pings.
+    calm: Calm,
+}
+
+/// A connection's way out after too many pings.
+#[derive(Debug, PartialEq, Eq)]
+enum Calm {
+    /// Nothing to do.
+    Fine,
+    /// GOAWAY is due once the server's writes reach a frame boundary.
+    Due,
+    /// GOAWAY is being written (the bytes, and how many are written).
+    Sending(Vec<u8>, usize),
+    /// Sent: the reader sees the connection end, and writes are dropped.
+    Closed,
 }
 
 impl<S> Fixed<S> {
@@ -204,6 +233,21 @@ impl<S> Fixed<S> {
             passing: 0,
             permit: None,
             common_name: None,
+            pings: None,
+            calm: Calm::Fine,
+        }
+    }
+
+    /// Notes a client frame header for the ping policy.
+    fn client_frame(&mut self, kind: u8, flags: u8, stream: [u8; 4]) {
+        let Some(pings) = &mut self.pings else {
+            return;
+        };
+        let stream = u32::from_be_bytes(stream) & 0x7fff_ffff;
+        if pings.client_frame(kind, flags, stream, std::time::Instant::now())
+            && self.calm == Calm::Fine
+        {
+            self.calm = Calm::Due;
         }
     }
 
@@ -250,6 +294,7 @@ impl<S> Fixed<S> {
             let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
             let in_block = matches!(h[3], HEADERS | CONTINUATION) || self.block.is_some();
             if !in_block {
+                self.client_frame(h[3], h[4], [h[5], h[6], h[7], h[8]]);
                 // Nothing to rewrite: its bytes go on as they come, whatever length it claims.
                 self.out.extend_from_slice(&self.raw[at..at + FRAME_HEADER]);
                 at += FRAME_HEADER;
@@ -271,6 +316,7 @@ impl<S> Fixed<S> {
             at += FRAME_HEADER + len;
             match kind {
                 HEADERS if self.block.is_none() => {
+                    self.client_frame(kind, flags, stream);
                     let Some(fragment) = header_fragment(&self.raw[payload], flags) else {
                         self.give_up(frame.start);
                         return;
@@ -499,7 +545,7 @@ fn fix_block(block: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Fixed<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Fixed<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -507,6 +553,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Fixed<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
+            if matches!(this.calm, Calm::Due | Calm::Sending(..)) {
+                if let Poll::Ready(Err(e)) = this.send_away(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            match this.calm {
+                Calm::Closed => return Poll::Ready(Ok(())),
+                Calm::Sending(..) => return Poll::Pending,
+                Calm::Fine | Calm::Due => {}
+            }
             if this.out_pos < this.out.len() {
                 let n = buf.remaining().min(this.out.len() - this.out_pos);
                 buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
@@ -541,13 +597,81 @@ impl<S: AsyncRead + Unpin> AsyncRead for Fixed<S> {
     }
 }
 
+impl<S: AsyncWrite + Unpin> Fixed<S> {
+    /// Writes GOAWAY once the server's writes are at a frame boundary, then flushes; ready
+    /// when that is done, or when it must wait for the boundary.
+    fn send_away(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.calm == Calm::Due {
+            match &self.pings {
+                Some(p) if p.at_boundary() => self.calm = Calm::Sending(p.goaway(), 0),
+                _ => return Poll::Ready(Ok(())),
+            }
+        }
+        while let Calm::Sending(bytes, at) = &mut self.calm {
+            if *at == bytes.len() {
+                match Pin::new(&mut self.inner).poll_flush(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(result) => {
+                        self.calm = Calm::Closed;
+                        tracing::warn!(
+                            "client connection sent away (GOAWAY too_many_pings): it pinged \
+                             more often than --grpc-keepalive-min-time allows"
+                        );
+                        return Poll::Ready(result);
+                    }
+                }
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*at..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    self.calm = Calm::Closed;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(0)) => {
+                    self.calm = Calm::Closed;
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => *at += n,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Fixed<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.pings.is_none() {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        if this.mode != Mode::Http2 {
+            // HTTP/1, or frames we stopped following: no policy.
+            this.pings = None;
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        if matches!(this.calm, Calm::Sending(..) | Calm::Closed) {
+            if this.send_away(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The connection is being closed: what the server still writes goes nowhere.
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let n = match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        if let Some(p) = &mut this.pings {
+            p.server_bytes(&buf[..n]);
+        }
+        if this.calm == Calm::Due {
+            // Sent now if it can be; else by the next read or write.
+            let _ = this.send_away(cx);
+        }
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -563,11 +687,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Fixed<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.pings.is_some() {
+            // The ping policy follows the bytes written: one slice at a time.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return self.poll_write(cx, first);
+        }
         Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.pings.is_none() && self.inner.is_write_vectored()
     }
 }
 

@@ -355,6 +355,7 @@ impl TryFrom<Flags> for Config {
         node.max_txn_ops = f.max_txn_ops;
         node.strict_reconfig_check = f.strict_reconfig_check;
         node.force_new_cluster = f.force_new_cluster;
+        node.pre_vote = f.pre_vote;
         // etcd's default is an empty --wal-dir: the log stays in the data dir.
         node.log_dir = f.wal_dir.clone().filter(|d| !d.as_os_str().is_empty());
         if f.election_timeout < 5 * f.heartbeat_interval {
@@ -465,6 +466,12 @@ impl TryFrom<Flags> for Config {
             keepalive: crate::serve::Keepalive {
                 interval: f.grpc_keepalive_interval,
                 timeout: f.grpc_keepalive_timeout,
+                // etcd sets no policy for 0, leaving grpc-go's default of 5 minutes.
+                min_time: if f.grpc_keepalive_min_time.is_zero() {
+                    Duration::from_secs(300)
+                } else {
+                    f.grpc_keepalive_min_time
+                },
             },
             extensive_metrics: match f.metrics.as_str() {
                 "basic" => false,

@@ -323,15 +323,56 @@ pub struct Prepared {
     pub from_file: bool,
 }
 
+/// Every flag as Go reads it: [`crate::Flags`]'s and [`crate::etcd_flags::ETCD_FLAGS`]'s.
+fn go_flags(command: &clap::Command) -> Vec<crate::etcd_flags::GoFlag> {
+    let mut known: Vec<crate::etcd_flags::GoFlag> = command
+        .get_arguments()
+        .filter_map(|a| {
+            Some(crate::etcd_flags::GoFlag {
+                name: a.get_long()?.to_string(),
+                // Booleans take no value or `=value` (`num_args = 0..=1`), as Go's.
+                boolean: a.get_num_args().is_some_and(|n| n.min_values() == 0),
+                env: a.get_env().map(|e| e.to_string_lossy().into_owned()),
+            })
+        })
+        .collect();
+    known.extend(crate::etcd_flags::table_go_flags());
+    // clap's own, which `get_arguments` does not list (`-help`, `-version` as etcd takes them).
+    known.extend(["help", "version"].map(|name| crate::etcd_flags::GoFlag {
+        name: name.to_string(),
+        boolean: true,
+        env: None,
+    }));
+    known
+}
+
+/// etcd's refusal of a flag given both on the command line and as its `ETCD_*` variable
+/// (checked only without a configuration file, as etcd 3.4 does); `None` when there is none.
+pub fn shadowed(args: &[OsString], env: &[(String, String)]) -> Option<String> {
+    use clap::CommandFactory;
+    let known = go_flags(&crate::Flags::command());
+    let (args, given) = crate::etcd_flags::go_style(args.to_vec(), &known);
+    let env_file = env
+        .iter()
+        .find(|(k, _)| k == "ETCD_CONFIG_FILE")
+        .map(|(_, v)| v.as_str());
+    if requested(&args, env_file).is_some() {
+        return None;
+    }
+    crate::etcd_flags::shadowed(&given, &known, env).err()
+}
+
 /// The process's arguments and environment as etcd 3.4 weighs them: the configuration file
-/// alone when one is asked for, else the flags over their `ETCD_*` variables; either way
-/// screened by [`crate::etcd_flags::screen`].
+/// alone when one is asked for, else the flags (one dash or two, as Go reads them) and
+/// their `ETCD_*` variables; either way screened by [`crate::etcd_flags::screen`].
 ///
 /// # Errors
 /// An unreadable or ill-typed configuration file, a refused flag or variable.
 pub fn prepare(args: Vec<OsString>, env: Vec<(String, String)>) -> Result<Prepared, String> {
     use clap::CommandFactory;
     let command = crate::Flags::command();
+    // Go's flag package takes `-name` as `--name`; clap does not.
+    let (args, _) = crate::etcd_flags::go_style(args, &go_flags(&command));
     // The variables clap reads; any other ETCD_* one is warned about, as etcd does.
     let known: Vec<String> = command
         .get_arguments()

@@ -51,18 +51,16 @@ const NO_DISCOVERY: &str =
 /// Every etcd 3.4 flag [`crate::Flags`] has no field for.
 pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("max-snapshots", false, Fate::NoEffect("only the newest Raft snapshot file is kept (an older one is removed once a newer one is complete), so there is no count to set")),
-    flag("max-wals", false, Fate::NoEffect("the Raft log is a redb table, not WAL files; there are no WAL files to count")),
+    flag("max-wals", false, Fate::NoEffect("the Raft log's segment files (raft-log/*.wal) are removed as soon as a Raft snapshot covers every entry they hold (openraft purges the log behind each snapshot), not kept up to a count")),
     flag("backend-batch-interval", false, Fate::NoEffect("the engine commits each applied batch itself; there is no bbolt batch interval")),
     flag("backend-batch-limit", false, Fate::NoEffect("the engine commits each applied batch itself; there is no bbolt batch limit")),
     flag("experimental-backend-bbolt-freelist-type", false, Fate::NoEffect("there is no bbolt freelist (the engine is redb or memory)")),
     flag("experimental-compaction-batch-limit", false, Fate::NoEffect("physical compaction removes history in its own bounded steps, not bbolt batches")),
     flag("experimental-warning-apply-duration", false, Fate::NoEffect("only etcd's slow-apply log warning; apply times are exported as metrics instead")),
     flag("initial-election-tick-advance", true, Fate::NoEffect("openraft has no election ticks to fast-forward; a booting member starts its first election after a randomized election timeout, as etcd with this flag off (only the time to the first leader differs)")),
-    flag("grpc-keepalive-min-time", false, Fate::DefaultOnly { default: "5s", why: "the HTTP/2 server (hyper/h2) answers every client PING itself and has no policy on their rate, so a faster pinger cannot be sent GOAWAY too_many_pings" }),
     flag("discovery", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
     flag("discovery-fallback", false, Fate::DefaultOnly { default: "proxy", why: NO_DISCOVERY }),
     flag("discovery-proxy", false, Fate::DefaultOnly { default: "", why: NO_DISCOVERY }),
-    flag("pre-vote", true, Fate::DefaultOnly { default: "false", why: "openraft 0.9 has no pre-vote phase: a member cut off campaigns in ever higher terms, and when it returns its term makes the leader step down (one election), which --pre-vote exists to prevent" }),
     flag("enable-v2", true, Fate::DefaultOnly { default: "false", why: NO_V2 }),
     flag("experimental-enable-v2v3", false, Fate::DefaultOnly { default: "", why: NO_V2 }),
     flag("proxy", false, Fate::DefaultOnly { default: "off", why: NO_V2 }),
@@ -137,6 +135,99 @@ fn judge(f: &EtcdFlag, value: &str, source: &str) -> Result<Option<String>, Stri
     }
 }
 
+/// A flag as Go's flag package reads it, for [`go_style`] and [`shadowed`].
+#[derive(Clone, Debug)]
+pub struct GoFlag {
+    /// Its name, without dashes.
+    pub name: String,
+    /// A boolean flag: `--name` alone means true, a value needs `=`.
+    pub boolean: bool,
+    /// The `ETCD_*` variable that also sets it, if any.
+    pub env: Option<String>,
+}
+
+/// The flags of [`ETCD_FLAGS`] as [`GoFlag`]s.
+pub fn table_go_flags() -> impl Iterator<Item = GoFlag> {
+    ETCD_FLAGS.iter().map(|f| GoFlag {
+        name: f.name.to_string(),
+        boolean: f.boolean,
+        env: Some(env_name(f.name)),
+    })
+}
+
+/// Rewrites the flags of `known` given with one dash (`-name x`, `-data-dir=d`), as Go's flag
+/// package takes them and scripts written for etcd pass them, into clap's `--name`; answers
+/// the arguments and the flags given (indexes into `known`). The value of a flag that is not
+/// boolean and has no `=` is the next argument, left as it is.
+pub fn go_style(args: Vec<OsString>, known: &[GoFlag]) -> (Vec<OsString>, Vec<usize>) {
+    let mut out = Vec::with_capacity(args.len());
+    let mut given = Vec::new();
+    let mut it = args.into_iter();
+    if let Some(program) = it.next() {
+        out.push(program);
+    }
+    while let Some(arg) = it.next() {
+        let Some(text) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            out.push(arg);
+            out.extend(it.by_ref());
+            break;
+        }
+        let (bare, single) = match text.strip_prefix("--") {
+            Some(bare) => (bare, false),
+            None => match text.strip_prefix('-') {
+                Some(bare) => (bare, true),
+                None => {
+                    out.push(arg);
+                    continue;
+                }
+            },
+        };
+        let (name, inline) = match bare.split_once('=') {
+            Some((n, _)) => (n, true),
+            None => (bare, false),
+        };
+        let Some(at) = known.iter().position(|f| f.name == name) else {
+            out.push(arg);
+            continue;
+        };
+        given.push(at);
+        out.push(if single {
+            OsString::from(format!("-{text}"))
+        } else {
+            arg
+        });
+        if !inline && !known[at].boolean {
+            out.extend(it.next());
+        }
+    }
+    (out, given)
+}
+
+/// etcd refuses a flag given both on the command line and as its `ETCD_*` variable (even an
+/// empty one), naming the first such variable in `env`'s order, in etcd 3.4's words.
+///
+/// # Errors
+/// The refusal.
+pub fn shadowed(given: &[usize], known: &[GoFlag], env: &[(String, String)]) -> Result<(), String> {
+    for (key, _) in env {
+        let clash = given
+            .iter()
+            .filter_map(|at| known.get(*at))
+            .any(|f| f.env.as_deref() == Some(key.as_str()) && key.starts_with("ETCD_"));
+        if clash {
+            return Err(format!(
+                "conflicting environment variable {key:?} is shadowed by corresponding \
+                 command-line flag (either unset environment variable or disable flag)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What [`screen`] found: the arguments left for clap, and notes to log once logging is set up.
 #[derive(Debug, Default)]
 pub struct Screened {
@@ -206,7 +297,8 @@ pub fn screen(
         }
         if let Some(f) = ETCD_FLAGS.iter().find(|f| env_name(f.name) == key) {
             if given.contains(&f.name) {
-                // etcd: a flag given on the command line wins over its variable.
+                // Refused before by `shadowed` (etcd's rule); a configuration file's flags
+                // meet no variable.
                 continue;
             }
             if let Some(note) = judge(f, &value, &key)? {
@@ -263,14 +355,14 @@ mod tests {
             e.contains("--peer-auto-tls=true") && e.contains("TLS"),
             "{e}"
         );
-        let e = run(&["--pre-vote=maybe"], &[]).unwrap_err();
+        let e = run(&["--enable-v2=maybe"], &[]).unwrap_err();
         assert!(e.contains("invalid boolean"), "{e}");
     }
 
     #[test]
     fn defaults_are_accepted() {
         let s = run(
-            &["--pre-vote=false", "--discovery-fallback=proxy"],
+            &["--enable-v2=false", "--discovery-fallback=proxy"],
             &[
                 ("ETCD_ENABLE_V2", "false"),
                 ("ETCD_PEER_AUTO_TLS", "false"),
@@ -284,6 +376,88 @@ mod tests {
         .unwrap();
         assert_eq!(s.args, ["metastore"]);
         assert!(s.notes.is_empty());
+    }
+
+    fn known() -> Vec<GoFlag> {
+        let mut known: Vec<GoFlag> = [("name", false), ("debug", true), ("data-dir", false)]
+            .into_iter()
+            .map(|(name, boolean)| GoFlag {
+                name: name.to_string(),
+                boolean,
+                env: Some(env_name(name)),
+            })
+            .collect();
+        known.extend(table_go_flags());
+        known
+    }
+
+    fn go(args: &[&str]) -> (Vec<String>, Vec<String>) {
+        let known = known();
+        let (out, given) = go_style(
+            std::iter::once("metastore")
+                .chain(args.iter().copied())
+                .map(OsString::from)
+                .collect(),
+            &known,
+        );
+        (
+            out.into_iter().map(|a| a.into_string().unwrap()).collect(),
+            given.iter().map(|at| known[*at].name.clone()).collect(),
+        )
+    }
+
+    #[test]
+    fn single_dash_flags_read_as_go_reads_them() {
+        let (args, given) = go(&[
+            "-name",
+            "-x",
+            "-data-dir=d",
+            "-debug",
+            "--enable-v2",
+            "-v",
+            "z",
+        ]);
+        assert_eq!(
+            args,
+            [
+                "metastore",
+                "--name",
+                "-x",
+                "--data-dir=d",
+                "--debug",
+                "--enable-v2",
+                "-v",
+                "z"
+            ]
+        );
+        assert_eq!(given, ["name", "data-dir", "debug", "enable-v2"]);
+        let (args, given) = go(&["--", "-name"]);
+        assert_eq!(args, ["metastore", "--", "-name"]);
+        assert!(given.is_empty());
+    }
+
+    #[test]
+    fn a_flag_and_its_variable_together_are_refused_as_by_etcd() {
+        let known = known();
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let name = known.iter().position(|f| f.name == "name").unwrap();
+        let e = shadowed(
+            &[name],
+            &known,
+            &env(&[("ETCD_DEBUG", "1"), ("ETCD_NAME", "")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "conflicting environment variable \"ETCD_NAME\" is shadowed by corresponding \
+             command-line flag (either unset environment variable or disable flag)"
+        );
+        assert!(shadowed(&[name], &known, &env(&[("ETCD_DEBUG", "1")])).is_ok());
     }
 
     #[test]

@@ -117,6 +117,12 @@ pub struct Flags {
     #[arg(long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", value_parser = parse_duration, default_value = "2h")]
     pub grpc_keepalive_interval: Duration,
 
+    /// The least time a client must wait between pings: one pinging more often is sent
+    /// GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings") and disconnected (etcd's
+    /// `--grpc-keepalive-min-time`).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_MIN_TIME", value_parser = parse_duration, default_value = "5s")]
+    pub grpc_keepalive_min_time: Duration,
+
     /// How long the server waits for a ping's answer before closing the connection (etcd's
     /// `--grpc-keepalive-timeout`).
     #[arg(long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", value_parser = parse_duration, default_value = "20s")]
@@ -179,6 +185,13 @@ pub struct Flags {
     #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK", default_value_t = true, num_args = 0..=1,
           require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub strict_reconfig_check: bool,
+
+    /// Campaign only after a majority of the voters answer that they would vote (they heard
+    /// from no leader for an election timeout), so a member cut off from the others does not
+    /// depose the leader when it returns (etcd's `--pre-vote`).
+    #[arg(long, env = "ETCD_PRE_VOTE", default_value_t = false, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub pre_vote: bool,
 
     /// Restart this (initialised) member as the only member of its cluster, keeping its data:
     /// every other member is removed through its log (etcd's `--force-new-cluster`).

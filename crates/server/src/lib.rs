@@ -28,6 +28,7 @@ pub mod config_file;
 pub mod etcd_flags;
 mod flags;
 mod http;
+mod pings;
 mod restore;
 mod serve;
 mod srv;
@@ -150,13 +151,12 @@ async fn serve<B: Backend>(
     let hub = watch::Hub::new(history, config.hub.clone()).context("starting the watch hub")?;
     node.store().set_sink(Arc::new(hub.clone()));
     hub.resync();
-    let grpc = kvapi::router(
-        node.clone(),
-        config.api.clone(),
-        db_size,
-        hub.clone(),
-        stop.clone(),
-    );
+    // The cluster id the member keeps (or learnt on joining), not the one the flags derive.
+    let api = kvapi::ApiConfig {
+        cluster_id: node.cluster_id(),
+        ..config.api.clone()
+    };
+    let grpc = kvapi::router(node.clone(), api, db_size, hub.clone(), stop.clone());
     let http_state = http::HttpState {
         node: node.clone(),
         metrics,
@@ -193,7 +193,8 @@ async fn serve<B: Backend>(
         let tls = matches!(security, tls::Security::Tls(_));
         tracing::info!(%addr, tls, "serving client requests (gRPC and HTTP)");
         let router = client_router(tls);
-        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security);
+        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security)
+            .with_min_ping_time(config.keepalive.min_time);
         tasks.spawn(serve::serve(
             listener,
             router,
@@ -218,7 +219,8 @@ async fn serve<B: Backend>(
             _ => tls::Security::Plain,
         };
         tracing::info!(path = %path.display(), tls, "serving client requests (gRPC and HTTP) on a unix socket");
-        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security);
+        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security)
+            .with_min_ping_time(config.keepalive.min_time);
         tasks.spawn(serve::serve(
             listener,
             client_router(*tls),

@@ -13,9 +13,14 @@ fn main() -> Result<()> {
             .init();
         return server::run_tool(args);
     }
-    let env = std::env::vars_os()
+    let env: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
+    if let Some(why) = config_file::shadowed(&args, &env) {
+        // etcd 3.4 stops with this (a fatal log line) and exit status 1.
+        eprintln!("metastore: {why}");
+        std::process::exit(1);
+    }
     let prepared = match config_file::prepare(args, env) {
         Ok(p) => p,
         Err(why) => {

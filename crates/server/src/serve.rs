@@ -20,6 +20,8 @@ pub struct Keepalive {
     pub interval: std::time::Duration,
     /// How long the server waits for the ping's answer before closing the connection.
     pub timeout: std::time::Duration,
+    /// The least time between a client's pings (`--grpc-keepalive-min-time`).
+    pub min_time: std::time::Duration,
 }
 
 /// Each client connection's HTTP/2 settings.

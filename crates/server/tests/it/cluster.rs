@@ -619,3 +619,70 @@ async fn a_single_member_grows_to_three_voters_with_etcdctl_while_writes_go_on()
     assert!(!acked.is_empty());
     assert_converged(&cluster, "g/", &acked).await;
 }
+
+/// A member added with `etcdctl member add` and started with `--initial-cluster-state
+/// existing`, but without the cluster's `--initial-cluster-token`, takes the id and the cluster
+/// id the cluster gave it (etcd's joining member asks the members `--initial-cluster` names),
+/// becomes a voter and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_without_the_cluster_token_takes_the_id_the_cluster_assigned() {
+    let mut cluster = Cluster::unstarted(
+        ClusterOptions {
+            binary: env!("CARGO_BIN_EXE_metastore").into(),
+            members: 1,
+            engine: "redb".into(),
+            extra_args: vec!["--request-timeout".into(), "3s".into()],
+            proxy_peers: false,
+        },
+        false,
+    )
+    .expect("a cluster");
+    cluster.set_member_args(
+        0,
+        vec!["--initial-cluster-token".into(), "not-the-default".into()],
+    );
+    tokio::task::block_in_place(|| cluster.start_all()).expect("start the first member");
+    let first = cluster.member(0).endpoint();
+    let mut c = client(&first).await;
+    let cluster_id = c
+        .put("j/0", "v", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("a header")
+        .cluster_id();
+    let new = cluster.prepare_member();
+    let name = cluster.member(new).name.clone();
+    etcdctl_member_add(&first, &name, &cluster.member(new).peer_url())
+        .unwrap_or_else(|e| panic!("member add {name}: {e}"));
+    let assigned = c
+        .member_list()
+        .await
+        .expect("member list")
+        .members()
+        .iter()
+        .find(|m| m.name() == name || m.peer_urls().contains(&cluster.member(new).peer_url()))
+        .expect("the added member is listed")
+        .id();
+    tokio::task::block_in_place(|| cluster.start_prepared(new))
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    until_voters(&mut c, 2).await;
+    let mut joined = client(&cluster.member(new).endpoint()).await;
+    let header = joined
+        .put("j/1", "v", None)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "put through the joined member: {e}\n{}",
+                cluster.log_tail(new)
+            )
+        })
+        .header()
+        .cloned()
+        .expect("a header");
+    assert_eq!(
+        (header.member_id(), header.cluster_id()),
+        (assigned, cluster_id),
+        "the joined member answers as the member and cluster the cluster assigned"
+    );
+}

@@ -93,9 +93,25 @@ fn run_briefly(
     env: &[(String, String)],
     limit: Duration,
 ) -> (Option<bool>, String) {
+    let (status, text) = run_program_briefly(
+        std::path::Path::new(env!("CARGO_BIN_EXE_metastore")),
+        args,
+        env,
+        limit,
+    );
+    (status.map(|s| s.success()), text)
+}
+
+/// As [`run_briefly`], for `program` (etcd or metastore), answering its exit status.
+fn run_program_briefly(
+    program: &std::path::Path,
+    args: &[String],
+    env: &[(String, String)],
+    limit: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let (client, peer) = (free_port(), free_port());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_metastore"));
+    let mut command = Command::new(program);
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         if name.starts_with("ETCD") || name.starts_with("METASTORE") {
@@ -129,7 +145,7 @@ fn run_briefly(
     let mut exited = None;
     while started.elapsed() < limit {
         if let Some(status) = child.try_wait().expect("try_wait") {
-            exited = Some(status.success());
+            exited = Some(status);
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -261,4 +277,67 @@ fn listen_metrics_urls_serve_metrics_and_health() {
     let (code, _) = crate::harness::http_get(port, "/version").expect("an answer");
     assert_eq!(code, 404);
     drop(server);
+}
+
+#[test]
+fn a_flag_and_its_variable_together_are_refused_as_by_etcd() {
+    let words = "conflicting environment variable \"ETCD_NAME\" is shadowed by corresponding \
+                 command-line flag (either unset environment variable or disable flag)";
+    let metastore = PathBuf::from(env!("CARGO_BIN_EXE_metastore"));
+    for program in [require_tool("etcd"), metastore] {
+        for flag in ["--name", "-name"] {
+            // Even an empty variable counts as set, as in etcd.
+            for value in ["x", ""] {
+                let (status, text) = run_program_briefly(
+                    &program,
+                    &[flag.to_string(), "y".to_string()],
+                    &[("ETCD_NAME".into(), value.into())],
+                    Duration::from_secs(10),
+                );
+                assert_eq!(
+                    status.and_then(|s| s.code()),
+                    Some(1),
+                    "{program:?} {flag} y with ETCD_NAME={value:?}: {text}"
+                );
+                assert!(text.contains(words), "{program:?}: {text}");
+            }
+        }
+    }
+    // Either one alone is read.
+    let (status, text) = run_briefly(
+        &[],
+        &[("ETCD_NAME".into(), "x".into())],
+        Duration::from_secs(3),
+    );
+    assert_eq!(status, None, "ETCD_NAME alone: {text}");
+}
+
+#[test]
+fn single_dash_flags_are_read_as_etcd_reads_them() {
+    // A value as the next argument, and a boolean alone.
+    let (status, text) = run_briefly(
+        &["-name".into(), "solo".into(), "-debug".into()],
+        &[],
+        Duration::from_secs(3),
+    );
+    assert_eq!(status, None, "it did not keep running: {text}");
+    assert!(
+        text.contains("DEBUG"),
+        "-debug did not turn on debug logs: {text}"
+    );
+    // A value after `=`, checked as the two-dash flag's.
+    let (status, text) = run_briefly(
+        &[
+            "-heartbeat-interval=100".into(),
+            "-election-timeout".into(),
+            "400".into(),
+        ],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(status, Some(false), "{text}");
+    assert!(
+        text.contains("--election-timeout (400ms) should be at least 5 times"),
+        "{text}"
+    );
 }
