@@ -68,6 +68,9 @@ pub(crate) struct Shared<B> {
     pub db_size: DbSize,
     /// Permits for long reads on the blocking pool: how many scan at once.
     pub scans: Arc<Semaphore>,
+    /// Cancelled when the server stops: streams that would otherwise live on (keep-alive,
+    /// observe) end with it, so a graceful stop does not wait for their clients.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl<B> Clone for Shared<B> {
@@ -77,6 +80,7 @@ impl<B> Clone for Shared<B> {
             config: Arc::clone(&self.config),
             db_size: Arc::clone(&self.db_size),
             scans: Arc::clone(&self.scans),
+            stop: self.stop.clone(),
         }
     }
 }

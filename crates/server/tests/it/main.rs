@@ -25,6 +25,7 @@ mod maintenance;
 mod peer_port;
 mod powercut;
 mod restart;
+mod shutdown;
 mod snapshot;
 mod tls;
 mod tls_files;
