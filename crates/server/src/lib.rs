@@ -12,6 +12,7 @@
 //! - `config`: [`Config`], checked configuration, member and cluster ids.
 //! - [`config_file`]: etcd's YAML `--config-file`, and etcd's precedence of file, flags, variables.
 //! - `http`: `/health`, `/version`, `/metrics`.
+//! - [`telemetry`]: the metrics (etcd's names beside MetaStore's), their help, gRPC call counts.
 //! - `compactor`: automatic compaction.
 //! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2; caps connections.
 //! - `serve`: client connections, with HTTP/2's stream limit and a graceful stop.
@@ -31,6 +32,7 @@ mod http;
 mod restore;
 mod serve;
 mod srv;
+pub mod telemetry;
 mod tls;
 
 use std::future::Future;
@@ -154,16 +156,18 @@ async fn serve<B: Backend>(
     let grpc = kvapi::router(
         node.clone(),
         config.api.clone(),
-        db_size,
+        Arc::clone(&db_size),
         hub.clone(),
         stop.clone(),
     );
     let http_state = http::HttpState {
         node: node.clone(),
         metrics,
+        db_size,
     };
     // HTTP requests (gRPC passes) go through --cors/--host-whitelist, which treat TLS
     // listeners apart.
+    let grpc = telemetry::counted(grpc);
     let grpc = if config.extensive_metrics {
         access::timed(grpc)
     } else {

@@ -38,12 +38,8 @@ fn main() -> Result<()> {
     for note in &prepared.notes {
         tracing::warn!("{note}");
     }
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full("grpc_server_handling_seconds".into()),
-            &server::HANDLING_BUCKETS,
-        )?
-        .install_recorder()?;
+    let metrics = server::telemetry::prometheus()?.install_recorder()?;
+    server::telemetry::describe();
     let config = Config::try_from(flags)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

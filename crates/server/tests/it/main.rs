@@ -9,6 +9,7 @@ mod config_file;
 mod discovery_srv;
 mod durability;
 mod errors;
+mod etcd_metrics;
 mod etcdctl;
 mod flags;
 mod force_new_cluster;
