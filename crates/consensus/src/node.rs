@@ -327,7 +327,7 @@ impl<B: Backend> Node<B> {
             );
         } else if !initialized {
             tracing::info!(
-                id = config.id,
+                id = format_args!("{:x}", config.id),
                 members = config.initial_members.len(),
                 "bootstrapping a new cluster"
             );

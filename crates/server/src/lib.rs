@@ -12,6 +12,7 @@
 //! - `config`: [`Config`], checked configuration, member and cluster ids.
 //! - [`config_file`]: etcd's YAML `--config-file`, and etcd's precedence of file, flags, variables.
 //! - `http`: `/health`, `/version`, `/metrics`.
+//! - [`logging`]: `--logger` (capnslog text or zap JSON), `--log-outputs`, `--log-level`, RUST_LOG.
 //! - [`telemetry`]: the metrics (etcd's names beside MetaStore's), their help, gRPC call counts.
 //! - `compactor`: automatic compaction.
 //! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2; caps connections.
@@ -29,6 +30,7 @@ pub mod config_file;
 pub mod etcd_flags;
 mod flags;
 mod http;
+pub mod logging;
 mod restore;
 mod serve;
 mod srv;

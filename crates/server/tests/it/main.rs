@@ -22,6 +22,7 @@ mod leader_wait;
 mod lease;
 mod limits;
 mod lock_election;
+mod logs;
 mod maintenance;
 mod peer_port;
 mod powercut;
