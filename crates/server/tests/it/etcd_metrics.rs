@@ -139,8 +139,12 @@ impl Scrape {
 
 /// GET /metrics over HTTP/1.0 (no chunked encoding to undo).
 fn scrape(server: &Server) -> Scrape {
-    let mut stream =
-        TcpStream::connect(("127.0.0.1", server.client_port)).expect("connect for /metrics");
+    scrape_port(server.client_port, &format!("{:?}", server.kind()))
+}
+
+/// GET /metrics on `port` over HTTP/1.0; `who` names the server in failures.
+fn scrape_port(port: u16, who: &str) -> Scrape {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect for /metrics");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
@@ -150,8 +154,7 @@ fn scrape(server: &Server) -> Scrape {
     let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
     assert!(
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{:?}: {head}",
-        server.kind()
+        "{who}: {head}"
     );
     Scrape::parse(body)
 }
@@ -343,4 +346,64 @@ async fn metrics_have_etcds_names_types_labels_and_moves() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The peer round trip, which needs peers: three members of each; every series names its peer
+/// in `To` (hex), as etcd's do.
+#[test]
+fn peer_round_trip_per_peer_as_etcd() {
+    const RTT: &str = "etcd_network_peer_round_trip_time_seconds";
+    let etcd = testkit::Cluster::start_etcd(crate::harness::require_tool("etcd"), 3, Vec::new())
+        .unwrap_or_else(|e| panic!("starting etcd: {e}"));
+    let ours = testkit::Cluster::start(testkit::ClusterOptions {
+        binary: env!("CARGO_BIN_EXE_metastore").into(),
+        members: 3,
+        engine: "redb".into(),
+        extra_args: Vec::new(),
+        proxy_peers: false,
+    })
+    .unwrap_or_else(|e| panic!("starting metastore: {e}"));
+    let bucket = format!("{RTT}_bucket");
+    // Heartbeats (MetaStore) and probes (etcd) go on in the background: wait for a few.
+    let peers_seen = |cluster: &testkit::Cluster, who: &str| {
+        let limit = Instant::now() + Duration::from_secs(15);
+        loop {
+            let scrapes: Vec<Scrape> = cluster
+                .members()
+                .iter()
+                .map(|m| scrape_port(m.client_port, who))
+                .collect();
+            let peers: BTreeSet<String> = scrapes
+                .iter()
+                .flat_map(|s| s.samples.keys())
+                .filter(|(n, _)| *n == bucket)
+                .filter_map(|(_, l)| l.iter().find(|(k, _)| k == "To").map(|(_, v)| v.clone()))
+                .collect();
+            if peers.len() >= 2 || Instant::now() > limit {
+                return (scrapes, peers);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (etcd_scrapes, etcd_peers) = peers_seen(&etcd, "etcd");
+    let (our_scrapes, our_peers) = peers_seen(&ours, "metastore");
+    assert!(etcd_peers.len() >= 2, "etcd measured {etcd_peers:?}");
+    let kind = |scrapes: &[Scrape]| scrapes.iter().find_map(|s| s.types.get(RTT).cloned());
+    assert_eq!(kind(&our_scrapes), kind(&etcd_scrapes));
+    let labels = |scrapes: &[Scrape]| {
+        scrapes
+            .iter()
+            .flat_map(|s| s.label_names(&bucket))
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(labels(&our_scrapes), labels(&etcd_scrapes));
+    // MetaStore's leader measures each follower (its heartbeats); each `To` is a member id in
+    // hex.
+    assert!(our_peers.len() >= 2, "metastore measured {our_peers:?}");
+    for peer in &our_peers {
+        assert!(
+            u64::from_str_radix(peer, 16).is_ok() && peer.len() > 8,
+            "To={peer:?} is not a member id in hex"
+        );
+    }
 }
