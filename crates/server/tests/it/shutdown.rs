@@ -10,8 +10,8 @@ use crate::harness::{Kind, Server};
 /// The api budget graceful shutdown would wait for a stream that does not close.
 const API_BUDGET: Duration = Duration::from_secs(7);
 
-/// Opens a watch stream and a lease keep-alive stream on `server`, then measures how long the
-/// process takes to exit after SIGTERM.
+/// Opens a watch stream and a lease keep-alive stream on `server`, and a Lock call waiting for
+/// a held lock, then measures how long the process takes to exit after SIGTERM.
 async fn exit_time_with_streams(kind: Kind) -> Duration {
     let mut server = Server::start(kind, &[]);
     let mut c = server.client().await;
@@ -28,6 +28,31 @@ async fn exit_time_with_streams(kind: Kind) -> Duration {
     keeper.keep_alive().await.unwrap();
     let answer = alive.message().await.unwrap().expect("a keep-alive answer");
     assert_eq!(answer.id(), lease.id());
+    // A Lock call waiting for a held lock: a unary call that would wait its whole deadline.
+    c.lock("l", None).await.unwrap();
+    let mut waiter = server.client().await;
+    let waiting = tokio::spawn(async move { waiter.lock("l", None).await.map(drop) });
+    let limit = Instant::now() + API_BUDGET;
+    while c
+        .get(
+            "l/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
+        .await
+        .unwrap()
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < limit,
+            "{kind:?}: the second lock call never queued"
+        );
+        tokio::task::yield_now().await;
+    }
     let started = Instant::now();
     let status = tokio::task::block_in_place(|| server.terminate(API_BUDGET * 2));
     let took = started.elapsed();
@@ -44,11 +69,17 @@ async fn exit_time_with_streams(kind: Kind) -> Duration {
         server.log_tail()
     );
     drop((keeper, alive, events, c));
+    // The waiting call ended with the server (an error), not with a lock.
+    let ended = waiting.await.unwrap();
+    assert!(
+        ended.is_err(),
+        "{kind:?}: the waiting lock call was granted"
+    );
     took
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_with_open_watch_and_keepalive_streams_exits_at_once_as_etcd() {
+async fn sigterm_with_open_streams_and_a_waiting_lock_exits_at_once_as_etcd() {
     let etcd = exit_time_with_streams(Kind::Etcd).await;
     let ours = exit_time_with_streams(Kind::Redb).await;
     // Well under the budget a stuck stream would cost: the budget, not a tight timing, is
