@@ -46,11 +46,19 @@ impl Leadership {
             leader: first,
             since: Instant::now(),
         });
+        if first.is_some() {
+            metrics::counter!(crate::metrics::LEADER_CHANGES).increment(1);
+        }
         tokio::spawn(async move {
             loop {
                 let leader = metrics.borrow_and_update().current_leader;
                 tx.send_if_modified(|k| {
                     let changed = k.leader != leader;
+                    if changed && leader.is_some() {
+                        // As etcd counts: each time a leader (another, or one after none)
+                        // is seen.
+                        metrics::counter!(crate::metrics::LEADER_CHANGES).increment(1);
+                    }
                     if changed {
                         *k = Known {
                             leader,

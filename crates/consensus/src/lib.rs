@@ -34,6 +34,7 @@
 //! - `validate`: the checks every command passes before it enters the log, forwarded or not.
 //! - `transfer`: leader transfer (etcd's MoveLeader) on openraft 0.9's primitives.
 //! - `corrupt`: etcd's corruption checks, members comparing key-space hashes.
+//! - [`metrics`]: the names (etcd's) of the metrics this crate records.
 
 mod alarms;
 mod auth;
@@ -49,6 +50,7 @@ mod lessor;
 mod log_store;
 mod marker;
 mod membership;
+pub mod metrics;
 mod network;
 mod node;
 mod prevote;

@@ -661,6 +661,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // A hint for restarts, written with the next group; if the queue is full, skip it.
         self.meta().committed = committed;
+        if let Some(c) = committed {
+            metrics::gauge!(crate::metrics::PROPOSALS_COMMITTED).set(c.index as f64);
+        }
         let _ = self.ops.try_send(Op::Committed(committed));
         Ok(())
     }

@@ -414,8 +414,17 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         let entries = rpc.entries.len();
-        self.raft_call(Rpc::AppendEntries, &rpc, entries, &option)
-            .await
+        let started = std::time::Instant::now();
+        let answer = self
+            .raft_call(Rpc::AppendEntries, &rpc, entries, &option)
+            .await;
+        // A heartbeat carries no entries: its answered round trip is the link's latency, what
+        // etcd's prober measures.
+        if entries == 0 && answer.is_ok() {
+            metrics::histogram!(crate::metrics::PEER_ROUND_TRIP, "To" => format!("{:x}", self.target))
+                .record(started.elapsed().as_secs_f64());
+        }
+        answer
     }
 
     async fn install_snapshot(

@@ -371,7 +371,7 @@ impl<B: Backend> Node<B> {
             );
         } else if !initialized {
             tracing::info!(
-                id = config.id,
+                id = format_args!("{:x}", config.id),
                 members = config.initial_members.len(),
                 "bootstrapping a new cluster"
             );
@@ -537,15 +537,24 @@ impl<B: Backend> Node<B> {
         // Waits for a leader first; tries again when it was refused before anything was
         // appended (no leader after all, another leads, the leader could not be reached).
         let mut failed = None;
-        loop {
-            let leader = self.await_leader(deadline, failed).await?;
+        let answer = loop {
+            let leader = match self.await_leader(deadline, failed).await {
+                Ok(leader) => leader,
+                Err(e) => break Err(ProposeError::from(e)),
+            };
             match self.propose_once(command.clone(), deadline).await {
                 Err(ProposeError::NoLeader | ProposeError::NotLeader { .. }) => {
                     failed = Some(leader);
                 }
-                other => return other,
+                other => break other,
             }
+        };
+        // etcd counts proposals that never applied (timed out, no leader, stopped), not the
+        // ones the state machine refused.
+        if matches!(&answer, Err(e) if !matches!(e, ProposeError::Command(_))) {
+            metrics::counter!(crate::metrics::PROPOSALS_FAILED).increment(1);
         }
+        answer
     }
 
     /// A leader known now, or the first one known within `deadline` (capped by the

@@ -621,7 +621,9 @@ impl Wal {
     pub(crate) fn sync(&mut self) -> Result<(), WalError> {
         self.write_buf()?;
         let seg = self.active();
+        let started = std::time::Instant::now();
         seg.file.sync_data().map_err(io_at(&seg.path))?;
+        metrics::histogram!(crate::metrics::WAL_FSYNC).record(started.elapsed().as_secs_f64());
         let p = pos(seg.seq, seg.end);
         self.synced = p;
         Ok(())

@@ -259,7 +259,9 @@ impl Backend for RedbBackend {
         };
         txn.set_durability(durability).map_err(|e| err(&e))?;
         write_into(&txn, batch)?;
+        let started = std::time::Instant::now();
         txn.commit().map_err(|e| err(&e))?;
+        record_commit(started);
         if sync {
             self.synced();
         }
@@ -297,7 +299,9 @@ impl Backend for RedbBackend {
         let mut txn = db.begin_write().map_err(|e| err(&e))?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| err(&e))?;
+        let started = std::time::Instant::now();
         txn.commit().map_err(|e| err(&e))?;
+        record_commit(started);
         self.synced();
         Ok(())
     }
@@ -414,6 +418,13 @@ impl Replacement for RedbReplacement {
     fn commit(self: Box<Self>) -> Result<(), BackendError> {
         self.txn.commit().map_err(|e| io("replace", None)(&e))
     }
+}
+
+/// etcd's name for the time one backend commit takes (here a redb commit, synced or not).
+pub const BACKEND_COMMIT: &str = "etcd_disk_backend_commit_duration_seconds";
+
+fn record_commit(started: std::time::Instant) {
+    metrics::histogram!(BACKEND_COMMIT).record(started.elapsed().as_secs_f64());
 }
 
 /// Drops and recreates every table inside `txn`.

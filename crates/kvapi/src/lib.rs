@@ -71,7 +71,7 @@ fn scan_permits() -> usize {
 
 /// The etcd v3 services of one member, as a router ready to be served (HTTP/2, h2c).
 ///
-/// Watch streams end when `stop` is cancelled.
+/// Watch, lease keep-alive and election observe streams end when `stop` is cancelled.
 pub fn router<B: Backend>(
     node: Node<B>,
     config: ApiConfig,
@@ -90,6 +90,7 @@ pub fn router<B: Backend>(
         config: Arc::new(config),
         db_size,
         scans: Arc::new(tokio::sync::Semaphore::new(scan_permits())),
+        stop: stop.clone(),
     };
     let kv = KvServer::new(KvService::new(shared.clone())).max_decoding_message_size(max);
     let maintenance = MaintenanceServer::new(MaintenanceService::new(shared.clone()))

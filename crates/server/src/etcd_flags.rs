@@ -72,8 +72,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("peer-auto-tls", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
     flag("experimental-peer-skip-client-san-verification", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
     flag("enable-pprof", true, Fate::DefaultOnly { default: "false", why: "Go's /debug/pprof endpoints do not exist in a Rust server and no equivalent is built yet (profile the process with `perf record -p PID` meanwhile)" }),
-    flag("logger", false, Fate::NoEffect("logs are written by tracing in one format, whichever of etcd's loggers (capnslog, zap) is named")),
-    flag("log-outputs", false, Fate::DefaultOnly { default: "default|stderr", why: "logs go to stderr only" }),
     flag("log-package-levels", false, Fate::DefaultOnly { default: "", why: "per-package levels do not exist: use --log-level or RUST_LOG" }),
     flag("experimental-enable-lease-checkpoint", true, Fate::NoEffect("leases are always checkpointed here (every --lease-checkpoint-interval), as with this flag on; with it off etcd 3.4 gives leases their whole TTL again after a leader change, which MetaStore never does")),
 ];
@@ -370,7 +368,6 @@ mod tests {
                     "ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION",
                     "false",
                 ),
-                ("ETCD_LOG_OUTPUTS", "stderr"),
             ],
         )
         .unwrap();

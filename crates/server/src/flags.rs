@@ -234,9 +234,20 @@ pub struct Flags {
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
     pub listen_metrics_urls: String,
 
-    /// Log level: debug, info, warn, error.
+    /// Log level: debug, info, warn, error (dpanic, panic, fatal log as error); anything else
+    /// is refused at start. `RUST_LOG` may add levels for single targets, never replace this.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// `capnslog` (text lines, etcd 3.4's default) or `zap` (JSON lines: level, ts, caller,
+    /// msg and the fields).
+    #[arg(long, env = "ETCD_LOGGER", default_value = "capnslog")]
+    pub logger: String,
+
+    /// Where logs go, comma-separated: `default` or `stderr`, `stdout`; with `--logger zap`
+    /// also file paths (appended to).
+    #[arg(long, env = "ETCD_LOG_OUTPUTS", default_value = "default")]
+    pub log_outputs: String,
 
     /// Storage engine.
     #[arg(long, env = "METASTORE_ENGINE", value_enum, default_value_t = Engine::Redb)]

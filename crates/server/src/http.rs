@@ -22,6 +22,8 @@ pub struct HttpState<B> {
     pub node: Node<B>,
     /// The Prometheus recorder, when one is installed.
     pub metrics: Option<PrometheusHandle>,
+    /// The storage engine's size, for `etcd_mvcc_db_total_size_in_bytes`.
+    pub db_size: kvapi::DbSize,
 }
 
 impl<B> Clone for HttpState<B> {
@@ -29,6 +31,7 @@ impl<B> Clone for HttpState<B> {
         Self {
             node: self.node.clone(),
             metrics: self.metrics.clone(),
+            db_size: std::sync::Arc::clone(&self.db_size),
         }
     }
 }
@@ -117,28 +120,17 @@ async fn version() -> impl IntoResponse {
 }
 
 async fn metrics_text<B: Backend>(State(state): State<HttpState<B>>) -> impl IntoResponse {
-    let runtime = tokio::runtime::Handle::current().metrics();
-    metrics::gauge!("metastore_live_tasks").set(runtime.num_alive_tasks() as f64);
-    let store = state.node.store();
-    metrics::gauge!("metastore_store_revision").set(store.current_revision() as f64);
-    // Storage held by history: every stored version, and the revisions compacted but not yet
-    // physically removed on this member.
-    metrics::gauge!("metastore_mvcc_versions_stored").set(store.versions() as f64);
-    let progress = store.compaction_progress();
-    metrics::gauge!("metastore_mvcc_compaction_pending_revisions")
-        .set((progress.target - progress.done).max(0) as f64);
-    let status = state.node.status();
-    metrics::gauge!("etcd_server_has_leader").set(if status.leader.is_some() { 1.0 } else { 0.0 });
-    metrics::gauge!("etcd_server_is_leader").set(if status.leader == Some(status.id) {
-        1.0
-    } else {
-        0.0
-    });
-    metrics::gauge!("etcd_server_proposals_pending").set(state.node.pending() as f64);
+    crate::telemetry::refresh(&state.node, (state.db_size)());
     match &state.metrics {
-        Some(handle) => (StatusCode::OK, handle.render()),
+        Some(handle) => (
+            StatusCode::OK,
+            // Prometheus's text format, as etcd serves it.
+            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+            handle.render() + &crate::telemetry::cpu_seconds(),
+        ),
         None => (
             StatusCode::NOT_FOUND,
+            [("content-type", "text/plain; charset=utf-8")],
             "no metrics recorder installed\n".to_string(),
         ),
     }

@@ -12,6 +12,8 @@
 //! - `config`: [`Config`], checked configuration, member and cluster ids.
 //! - [`config_file`]: etcd's YAML `--config-file`, and etcd's precedence of file, flags, variables.
 //! - `http`: `/health`, `/version`, `/metrics`, `/livez`, `/readyz`, 404 for unknown paths.
+//! - [`logging`]: `--logger` (capnslog text or zap JSON), `--log-outputs`, `--log-level`, RUST_LOG.
+//! - [`telemetry`]: the metrics (etcd's names beside MetaStore's), their help, gRPC call counts.
 //! - `compactor`: automatic compaction.
 //! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2; caps connections.
 //! - `serve`: client connections, with HTTP/2's stream limit and a graceful stop.
@@ -28,10 +30,12 @@ pub mod config_file;
 pub mod etcd_flags;
 mod flags;
 mod http;
+pub mod logging;
 mod pings;
 mod restore;
 mod serve;
 mod srv;
+pub mod telemetry;
 mod tls;
 
 use std::future::Future;
@@ -156,13 +160,21 @@ async fn serve<B: Backend>(
         cluster_id: node.cluster_id(),
         ..config.api.clone()
     };
-    let grpc = kvapi::router(node.clone(), api, db_size, hub.clone(), stop.clone());
+    let grpc = kvapi::router(
+        node.clone(),
+        api,
+        Arc::clone(&db_size),
+        hub.clone(),
+        stop.clone(),
+    );
     let http_state = http::HttpState {
         node: node.clone(),
         metrics,
+        db_size,
     };
     // HTTP requests (gRPC passes) go through --cors/--host-whitelist, which treat TLS
     // listeners apart.
+    let grpc = telemetry::counted(grpc);
     let grpc = if config.extensive_metrics {
         access::timed(grpc)
     } else {

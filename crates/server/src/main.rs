@@ -1,5 +1,7 @@
 //! The `metastore` binary: parse flags, set up logs and metrics, run until a signal.
 
+use std::io::IsTerminal;
+
 use anyhow::Result;
 use server::{config_file, Config};
 use tracing_subscriber::EnvFilter;
@@ -10,6 +12,7 @@ fn main() -> Result<()> {
         tracing_subscriber::fmt()
             .with_env_filter(EnvFilter::new("info"))
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .init();
         return server::run_tool(args);
     }
@@ -29,26 +32,39 @@ fn main() -> Result<()> {
         }
     };
     let flags = config_file::parse(&prepared);
-    let level = if flags.debug {
-        "debug"
-    } else {
-        flags.log_level.as_str()
+    let logs = match server::logging::LogConfig::from_flags(
+        &flags.logger,
+        &flags.log_outputs,
+        &flags.log_level,
+        flags.debug,
+    ) {
+        Ok(logs) => logs,
+        Err(why) => {
+            eprintln!("metastore: error verifying flags, {why}");
+            std::process::exit(2);
+        }
     };
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(format!("{level},openraft=warn")))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // --log-level decides; RUST_LOG only adds single targets (docs/operations.md).
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let notes = match server::logging::install(&logs, rust_log.as_deref()) {
+        Ok(notes) => notes,
+        Err(why) => {
+            eprintln!("metastore: {why}");
+            std::process::exit(2);
+        }
+    };
+    for (level, note) in &notes {
+        if *level == tracing::Level::WARN {
+            tracing::warn!("{note}");
+        } else {
+            tracing::info!("{note}");
+        }
+    }
     for note in &prepared.notes {
         tracing::warn!("{note}");
     }
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full("grpc_server_handling_seconds".into()),
-            &server::HANDLING_BUCKETS,
-        )?
-        .install_recorder()?;
+    let metrics = server::telemetry::prometheus()?.install_recorder()?;
+    server::telemetry::describe();
     let config = Config::try_from(flags)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -315,10 +315,12 @@ impl<B: Backend> Election for ElectionService<B> {
         }
         let (tx, rx) = mpsc::channel(OBSERVE_QUEUE);
         let recipes = self.recipes.clone();
+        let stop = self.recipes.shared.stop.clone();
         tokio::spawn(async move {
-            // Ends with the client: its stream dropped closes the channel.
+            // Ends with the client (its stream dropped closes the channel) or the server.
             tokio::select! {
                 () = tx.closed() => {}
+                () = stop.cancelled() => {}
                 result = observe(recipes, prefix, tx.clone()) => {
                     if let Err(e) = result {
                         let _ = tx.send(Err(as_etcd_status(e))).await;

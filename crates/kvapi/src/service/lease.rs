@@ -166,7 +166,7 @@ impl<B: Backend> LeaseService<B> {
 }
 
 /// Answers one keep-alive stream until the client closes it, fails, stops reading for the
-/// `api` budget, or the member stops leading.
+/// `api` budget, the member stops leading, or the server stops.
 async fn keep_alive<B: Backend>(
     shared: Shared<B>,
     mut inbound: Streaming<LeaseKeepAliveRequest>,
@@ -176,6 +176,8 @@ async fn keep_alive<B: Backend>(
     loop {
         let request = tokio::select! {
             () = tx.closed() => return,
+            // etcd ends its streams at once on a stop; the client reconnects elsewhere.
+            () = shared.stop.cancelled() => return,
             r = inbound.message() => r,
         };
         let id = match request {

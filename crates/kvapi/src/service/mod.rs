@@ -68,6 +68,9 @@ pub(crate) struct Shared<B> {
     pub db_size: DbSize,
     /// Permits for long reads on the blocking pool: how many scan at once.
     pub scans: Arc<Semaphore>,
+    /// Cancelled when the server stops: streams that would otherwise live on (keep-alive,
+    /// observe) end with it, so a graceful stop does not wait for their clients.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl<B> Clone for Shared<B> {
@@ -77,6 +80,7 @@ impl<B> Clone for Shared<B> {
             config: Arc::clone(&self.config),
             db_size: Arc::clone(&self.db_size),
             scans: Arc::clone(&self.scans),
+            stop: self.stop.clone(),
         }
     }
 }
@@ -250,8 +254,8 @@ pub(crate) fn client_deadline<T>(req: &tonic::Request<T>) -> Deadline {
         .unwrap_or_else(Deadline::none)
 }
 
-/// Counts the call as etcd's `grpc_server_handled_total` does and logs an error once, with
-/// its cause, at a level that fits its code.
+/// Logs an error once, with its cause, at a level that fits its code (the server counts
+/// every call in `grpc_server_handled_total`, streams included, from its trailers).
 pub(crate) fn handled<T>(
     service: &'static str,
     method: &'static str,
@@ -261,14 +265,6 @@ pub(crate) fn handled<T>(
         Ok(_) => Code::Ok,
         Err(status) => status.code(),
     };
-    metrics::counter!(
-        "grpc_server_handled_total",
-        "grpc_type" => "unary",
-        "grpc_service" => service,
-        "grpc_method" => method,
-        "grpc_code" => code_name(code),
-    )
-    .increment(1);
     if let Err(status) = &result {
         match code {
             Code::Internal | Code::DataLoss => {
@@ -283,29 +279,6 @@ pub(crate) fn handled<T>(
         }
     }
     result
-}
-
-/// gRPC's canonical code names, as Prometheus labels carry them.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "Canceled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
-    }
 }
 
 #[cfg(test)]

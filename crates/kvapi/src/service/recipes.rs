@@ -293,7 +293,8 @@ impl<B: Backend> Recipes<B> {
     }
 
     /// Waits until no key under `prefix` created at or before `max_rev` is left: each time on
-    /// the deletion of the newest of them. Answers the revision of the last read.
+    /// the deletion of the newest of them. Answers the revision of the last read; ends with
+    /// [`ApiError::Stopped`] when the server stops.
     pub async fn wait_deletes(
         &self,
         prefix: &[u8],
@@ -316,9 +317,14 @@ impl<B: Backend> Recipes<B> {
             };
             let (_guard, mut events) = self.watch(&last.key, &[], rev + 1, true)?;
             loop {
-                let delivery = deadline::within(Layer::Api, client, events.recv())
-                    .await
-                    .map_err(|_| ApiError::DeadlineExceeded)?;
+                let delivery = tokio::select! {
+                    // A stopping server answers at once, as etcd does, rather than holding its
+                    // graceful stop until the caller's deadline.
+                    () = self.shared.stop.cancelled() => return Err(ApiError::Stopped),
+                    d = deadline::within(Layer::Api, client, events.recv()) => {
+                        d.map_err(|_| ApiError::DeadlineExceeded)?
+                    }
+                };
                 match delivery {
                     // Gone (deleted, or the watch ended: look again).
                     None => break,

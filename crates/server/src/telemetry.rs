@@ -1,0 +1,513 @@
+//! The metrics `/metrics` serves: etcd's names with etcd's meaning where MetaStore has the
+//! quantity (dashboards and alerts written for etcd read them unchanged), MetaStore's own
+//! `metastore_*` beside them; a `# HELP` line for each; the gRPC call counters as etcd's
+//! go-grpc-prometheus keeps them, for unary calls and streams alike; `process_*` read from
+//! `/proc` at each scrape.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use consensus::Node;
+use http_body::{Body as HttpBody, Frame};
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+use mvcc::Backend;
+
+use crate::config::API_VERSION;
+
+/// Histograms and their buckets, etcd's for each: (name, first bucket, factor, count).
+const HISTOGRAMS: [(&str, f64, f64, usize); 3] = [
+    (consensus::metrics::WAL_FSYNC, 0.001, 2.0, 14),
+    (engine_redb::BACKEND_COMMIT, 0.001, 2.0, 14),
+    (consensus::metrics::PEER_ROUND_TRIP, 0.0001, 2.0, 14),
+];
+
+/// `count` buckets from `start`, each `factor` times the one before (Prometheus's
+/// exponential buckets).
+fn exponential(start: f64, factor: f64, count: usize) -> Vec<f64> {
+    std::iter::successors(Some(start), |b| Some(b * factor))
+        .take(count)
+        .collect()
+}
+
+/// The Prometheus recorder with every histogram's buckets set as etcd sets them.
+///
+/// # Errors
+/// An empty bucket list (not possible with the constants here).
+pub fn prometheus() -> Result<PrometheusBuilder, BuildError> {
+    let mut builder = PrometheusBuilder::new().set_buckets_for_metric(
+        Matcher::Full("grpc_server_handling_seconds".into()),
+        &crate::HANDLING_BUCKETS,
+    )?;
+    for (name, start, factor, count) in HISTOGRAMS {
+        builder = builder.set_buckets_for_metric(
+            Matcher::Full(name.into()),
+            &exponential(start, factor, count),
+        )?;
+    }
+    Ok(builder)
+}
+
+/// When this process started, as `process_start_time_seconds` reports it (set at the
+/// recorder's installation, a few milliseconds after exec).
+static STARTED: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// Registers the help text of every metric MetaStore serves (call once the recorder is
+/// installed) and notes the process's start.
+pub fn describe() {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let _ = STARTED.set(now.as_secs_f64());
+    // Served from the start at zero, as etcd serves them.
+    metrics::counter!(consensus::metrics::PROPOSALS_FAILED).absolute(0);
+    // etcd's names, with etcd's meaning.
+    describe_gauge!(
+        "etcd_server_has_leader",
+        "Whether a leader exists: 1 if one does, 0 if not."
+    );
+    describe_gauge!(
+        "etcd_server_is_leader",
+        "Whether this member leads: 1 if it does, 0 if not."
+    );
+    describe_gauge!(
+        "etcd_server_proposals_pending",
+        "Proposals waiting to be committed and applied."
+    );
+    describe_gauge!(
+        consensus::metrics::PROPOSALS_COMMITTED,
+        "Consensus proposals committed (the Raft commit index)."
+    );
+    describe_gauge!(
+        "etcd_server_proposals_applied_total",
+        "Consensus proposals applied (the applied index)."
+    );
+    describe_counter!(
+        consensus::metrics::PROPOSALS_FAILED,
+        "Proposals that failed: timed out, no leader, or the member stopped."
+    );
+    describe_counter!(
+        consensus::metrics::LEADER_CHANGES,
+        "Leader changes this member has seen."
+    );
+    describe_gauge!(
+        "etcd_server_version",
+        "The version running: 1 for the server_version label's value."
+    );
+    describe_gauge!(
+        "etcd_mvcc_db_total_size_in_bytes",
+        Unit::Bytes,
+        "Size of the storage engine's file (the memory held, for the mem engine)."
+    );
+    describe_gauge!(
+        "etcd_mvcc_db_total_size_in_use_in_bytes",
+        Unit::Bytes,
+        "Bytes of the storage engine in use (MetaStore: the same as the total size)."
+    );
+    describe_gauge!(
+        "etcd_debugging_mvcc_db_total_size_in_bytes",
+        Unit::Bytes,
+        "Size of the storage engine's file (the memory held, for the mem engine)."
+    );
+    describe_gauge!(
+        "etcd_debugging_mvcc_current_revision",
+        "The store's current revision."
+    );
+    describe_gauge!(
+        "etcd_debugging_mvcc_compact_revision",
+        "The revision of the last compaction."
+    );
+    describe_gauge!(
+        "etcd_debugging_mvcc_watcher_total",
+        "Watchers registered, synced or not."
+    );
+    describe_gauge!(
+        "etcd_debugging_mvcc_slow_watcher_total",
+        "Watchers not synced, catching up from history."
+    );
+    describe_counter!(
+        "etcd_debugging_mvcc_events_total",
+        "Events sent to watchers."
+    );
+    describe_histogram!(
+        consensus::metrics::WAL_FSYNC,
+        Unit::Seconds,
+        "Time each fdatasync of the Raft log (the WAL) took."
+    );
+    describe_histogram!(
+        engine_redb::BACKEND_COMMIT,
+        Unit::Seconds,
+        "Time each commit of the storage engine took."
+    );
+    describe_histogram!(
+        consensus::metrics::PEER_ROUND_TRIP,
+        Unit::Seconds,
+        "Round-trip time of a heartbeat to each peer (label To: its member id in hex)."
+    );
+    describe_counter!(
+        "grpc_server_started_total",
+        "gRPC calls started on the server."
+    );
+    describe_counter!(
+        "grpc_server_handled_total",
+        "gRPC calls completed on the server, whatever their code."
+    );
+    describe_histogram!(
+        "grpc_server_handling_seconds",
+        Unit::Seconds,
+        "Time to answer a unary gRPC call (--metrics extensive)."
+    );
+    describe_gauge!(
+        "process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident memory size in bytes."
+    );
+    describe_gauge!(
+        "process_virtual_memory_bytes",
+        Unit::Bytes,
+        "Virtual memory size in bytes."
+    );
+    describe_gauge!("process_open_fds", "Open file descriptors.");
+    describe_gauge!("process_max_fds", "The limit on open file descriptors.");
+    describe_gauge!(
+        "process_start_time_seconds",
+        Unit::Seconds,
+        "When the process started, in seconds since the Unix epoch."
+    );
+    // MetaStore's own.
+    describe_gauge!("metastore_live_tasks", "Tasks alive in the async runtime.");
+    describe_gauge!("metastore_store_revision", "The store's current revision.");
+    describe_gauge!(
+        "metastore_mvcc_versions_stored",
+        "Key versions stored, history included."
+    );
+    describe_gauge!(
+        "metastore_mvcc_compaction_pending_revisions",
+        "Revisions compacted but not yet removed on this member."
+    );
+    describe_counter!(
+        "metastore_watch_victims_total",
+        "Live watch deliveries that found their queue full (the watcher then catches up)."
+    );
+    describe_counter!(
+        "metastore_client_connections_refused_total",
+        "Client connections closed because --max-client-connections were open."
+    );
+    describe_counter!(
+        "metastore_peer_messages_refused_total",
+        "Peer messages refused (from a member not in the cluster, or another cluster)."
+    );
+    describe_histogram!(
+        "metastore_leader_wait_seconds",
+        Unit::Seconds,
+        "Time requests waited for a leader."
+    );
+    describe_counter!(
+        "metastore_leader_wait_gave_up_total",
+        "Requests that found no leader within their budget."
+    );
+    describe_counter!(
+        "metastore_snapshots_installed_total",
+        "Raft snapshots installed from the leader."
+    );
+    describe_counter!(
+        "metastore_read_index_rounds_total",
+        "Leadership confirmations for linearizable reads."
+    );
+    describe_counter!(
+        "metastore_read_index_reads_total",
+        "Linearizable reads served by those confirmations."
+    );
+    describe_counter!(
+        "metastore_leases_expired_total",
+        "Leases revoked because they expired."
+    );
+    describe_counter!(
+        "metastore_no_leader_streams_cancelled_total",
+        "Streams with require-leader cancelled because the leader was lost."
+    );
+    describe_counter!(
+        "metastore_reads_stopped_total",
+        "Long reads stopped before they finished, by reason."
+    );
+    describe_gauge!(
+        "metastore_reads_running",
+        "Long reads running on the blocking pool."
+    );
+    describe_counter!(
+        "metastore_deadline_expired_total",
+        "Waits that reached their deadline, by layer."
+    );
+    describe_gauge!(
+        "metastore_pending_operations",
+        "Operations waiting in each registry."
+    );
+}
+
+/// Sets the gauges read at each scrape: the member's state, the store's size, the process.
+pub fn refresh<B: Backend>(node: &Node<B>, db_size: u64) {
+    let runtime = tokio::runtime::Handle::current().metrics();
+    metrics::gauge!("metastore_live_tasks").set(runtime.num_alive_tasks() as f64);
+    let store = node.store();
+    let revision = store.current_revision() as f64;
+    metrics::gauge!("metastore_store_revision").set(revision);
+    metrics::gauge!("etcd_debugging_mvcc_current_revision").set(revision);
+    // etcd reports -1 until the first compaction.
+    let compacted = match store.compact_revision() {
+        0 => -1,
+        r => r,
+    };
+    metrics::gauge!("etcd_debugging_mvcc_compact_revision").set(compacted as f64);
+    // Storage held by history: every stored version, and the revisions compacted but not yet
+    // physically removed on this member.
+    metrics::gauge!("metastore_mvcc_versions_stored").set(store.versions() as f64);
+    let progress = store.compaction_progress();
+    metrics::gauge!("metastore_mvcc_compaction_pending_revisions")
+        .set((progress.target - progress.done).max(0) as f64);
+    let status = node.status();
+    metrics::gauge!("etcd_server_has_leader").set(if status.leader.is_some() { 1.0 } else { 0.0 });
+    metrics::gauge!("etcd_server_is_leader").set(if status.leader == Some(status.id) {
+        1.0
+    } else {
+        0.0
+    });
+    metrics::gauge!("etcd_server_proposals_pending").set(node.pending() as f64);
+    metrics::gauge!("etcd_server_proposals_applied_total").set(status.applied_index as f64);
+    let size = db_size as f64;
+    metrics::gauge!("etcd_mvcc_db_total_size_in_bytes").set(size);
+    metrics::gauge!("etcd_mvcc_db_total_size_in_use_in_bytes").set(size);
+    metrics::gauge!("etcd_debugging_mvcc_db_total_size_in_bytes").set(size);
+    metrics::gauge!("etcd_server_version", "server_version" => API_VERSION).set(1.0);
+    process();
+}
+
+/// Clock ticks per second of `/proc/self/stat`'s times: 100 on every Linux build that matters
+/// (USER_HZ is fixed for user space).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// The exposition lines of `process_cpu_seconds_total`: a counter of fractional seconds, which
+/// the recorder's integer counters cannot hold, so it is written here; empty off Linux.
+pub fn cpu_seconds() -> String {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return String::new();
+    };
+    // The fields after the command name (which may hold spaces and parentheses), from the
+    // state on: utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu = (ticks(11) + ticks(12)) / TICKS_PER_SECOND;
+    format!(
+        "# HELP process_cpu_seconds_total User and system CPU time spent, in seconds.\n\
+         # TYPE process_cpu_seconds_total counter\n\
+         process_cpu_seconds_total {cpu}\n"
+    )
+}
+
+/// Sets `process_*` gauges from `/proc/self` (Linux); elsewhere only the start time.
+fn process() {
+    if let Some(started) = STARTED.get() {
+        metrics::gauge!("process_start_time_seconds").set(*started);
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        for (field, name) in [
+            ("VmRSS:", "process_resident_memory_bytes"),
+            ("VmSize:", "process_virtual_memory_bytes"),
+        ] {
+            let kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok());
+            if let Some(kib) = kib {
+                metrics::gauge!(name).set(kib * 1024.0);
+            }
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!("process_open_fds").set(fds.count() as f64);
+    }
+    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+        let max = limits
+            .lines()
+            .find_map(|l| l.strip_prefix("Max open files"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok());
+        if let Some(max) = max {
+            metrics::gauge!("process_max_fds").set(max);
+        }
+    }
+}
+
+/// How a gRPC method answers, as the `grpc_type` label names it.
+fn grpc_type(method: &str) -> &'static str {
+    match method {
+        "Watch" | "LeaseKeepAlive" => "bidi_stream",
+        "Snapshot" | "Observe" => "server_stream",
+        _ => "unary",
+    }
+}
+
+/// The labels every count of one call carries.
+#[derive(Clone)]
+struct Call {
+    service: String,
+    method: String,
+    kind: &'static str,
+}
+
+impl Call {
+    /// The call a request path names, if it is one of etcd's services.
+    fn of(path: &str) -> Option<Self> {
+        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+        let ours = ["etcdserverpb.", "v3lockpb.", "v3electionpb."];
+        if !ours.iter().any(|p| service.starts_with(p)) || method.contains('/') {
+            return None;
+        }
+        Some(Self {
+            service: service.to_string(),
+            method: method.to_string(),
+            kind: grpc_type(method),
+        })
+    }
+
+    fn started(&self) {
+        metrics::counter!(
+            "grpc_server_started_total",
+            "grpc_method" => self.method.clone(),
+            "grpc_service" => self.service.clone(),
+            "grpc_type" => self.kind,
+        )
+        .increment(1);
+    }
+
+    fn handled(&self, code: &'static str) {
+        metrics::counter!(
+            "grpc_server_handled_total",
+            "grpc_code" => code,
+            "grpc_method" => self.method.clone(),
+            "grpc_service" => self.service.clone(),
+            "grpc_type" => self.kind,
+        )
+        .increment(1);
+    }
+}
+
+/// gRPC's code names as the labels carry them, from the `grpc-status` number.
+fn code_name(status: Option<&axum::http::HeaderValue>) -> &'static str {
+    let number = status
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok());
+    match number {
+        Some(0) => "OK",
+        Some(1) => "Canceled",
+        Some(3) => "InvalidArgument",
+        Some(4) => "DeadlineExceeded",
+        Some(5) => "NotFound",
+        Some(6) => "AlreadyExists",
+        Some(7) => "PermissionDenied",
+        Some(8) => "ResourceExhausted",
+        Some(9) => "FailedPrecondition",
+        Some(10) => "Aborted",
+        Some(11) => "OutOfRange",
+        Some(12) => "Unimplemented",
+        Some(13) => "Internal",
+        Some(14) => "Unavailable",
+        Some(15) => "DataLoss",
+        Some(16) => "Unauthenticated",
+        _ => "Unknown",
+    }
+}
+
+/// A response body that counts its call handled when its trailers pass (or, for a body
+/// dropped before its end, as cancelled: the client went away).
+struct Counted {
+    inner: Body,
+    call: Option<Call>,
+}
+
+impl HttpBody for Counted {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    if let Some(call) = self.call.take() {
+                        call.handled(code_name(trailers.get("grpc-status")));
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(call) = self.call.take() {
+                    call.handled("Unknown");
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(call) = self.call.take() {
+                    call.handled("Internal");
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.handled("Canceled");
+        }
+    }
+}
+
+async fn count_call(req: Request, next: Next) -> Response {
+    let Some(call) = Call::of(req.uri().path()) else {
+        return next.run(req).await;
+    };
+    call.started();
+    let response = next.run(req).await;
+    // A trailers-only answer (most errors) carries its status in the headers.
+    if let Some(status) = response.headers().get("grpc-status") {
+        call.handled(code_name(Some(status)));
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    Response::from_parts(
+        parts,
+        Body::new(Counted {
+            inner: body,
+            call: Some(call),
+        }),
+    )
+}
+
+/// The gRPC `router` with every call counted in `grpc_server_started_total` and
+/// `grpc_server_handled_total` (labels `grpc_type`, `grpc_service`, `grpc_method`,
+/// `grpc_code`), streams included, as etcd counts them.
+pub fn counted(router: Router) -> Router {
+    router.layer(axum::middleware::from_fn(count_call))
+}
