@@ -23,6 +23,7 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
@@ -30,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::stages::Stage;
 use crate::types::typ::{Entry, LogId, StorageError, Vote};
 use crate::types::TypeConfig;
 use crate::wal::{Head, RecordRef, Wal};
@@ -107,6 +109,8 @@ enum Op {
         entries: Vec<(LogId, Vec<u8>)>,
         /// The highest batch number of this member's own proposals among them.
         own_seq: Option<u64>,
+        /// This member's own proposals among them, for [`crate::stages`].
+        own: Vec<crate::stages::Key>,
         callback: Notify,
     },
     /// Remove entries from `from` on.
@@ -190,11 +194,23 @@ fn run_writer(
             }
         }
         let stop = group.iter().any(|op| matches!(op, Op::Stop));
+        let own = || {
+            group.iter().flat_map(|op| match op {
+                Op::Append { own, .. } => own.as_slice(),
+                _ => &[],
+            })
+        };
+        crate::stages::mark(own().copied(), Stage::WriteStart, Instant::now());
         let mut written = Vec::new();
         let result = match &failed {
             Some(e) => Err(e.clone()),
-            None => write_group(&mut wal, &mut meta, &group, &mut written),
+            None => write_group(&mut wal, &mut meta, &group, &mut written, || {
+                crate::stages::mark(own().copied(), Stage::SyncStart, Instant::now());
+            }),
         };
+        if result.is_ok() {
+            crate::stages::mark(own().copied(), Stage::Synced, Instant::now());
+        }
         if let Err(e) = &result {
             if failed.is_none() {
                 tracing::error!(cause = %e, "the Raft log cannot be written; it stops");
@@ -260,6 +276,7 @@ fn write_group(
     meta: &mut Meta,
     group: &[Op],
     written: &mut Vec<(LogId, RecordRef)>,
+    before_sync: impl FnOnce(),
 ) -> Result<(), String> {
     let mut appended = false;
     for op in group {
@@ -295,6 +312,8 @@ fn write_group(
     }
     // Only the committed hint may go unsynced: the next synced group makes it durable.
     if appended {
+        wal.flush().map_err(|e| e.to_string())?;
+        before_sync();
         wal.sync().map_err(|e| e.to_string())
     } else {
         wal.flush().map_err(|e| e.to_string())
@@ -587,26 +606,31 @@ impl LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let now = Instant::now();
         let mut encoded = Vec::new();
         let mut own_seq = None;
+        let mut own = Vec::new();
         {
             let mut index = self.index();
             for entry in entries {
                 if let EntryPayload::Normal(p) = &entry.payload {
                     if p.is_from(self.own_id, self.incarnation) {
                         own_seq = own_seq.max(Some(p.seq));
+                        own.push((self.own_id, self.incarnation, p.seq));
                     }
                 }
                 encoded.push((entry.log_id, encode(&entry, ErrorSubject::Logs)?));
                 index.insert(entry.log_id.index, Slot::Mem(entry));
             }
         }
+        crate::stages::mark(own.iter().copied(), Stage::Appended, now);
         // Raft waits for this call, not for the fsync: the writer reports that through
         // `callback` once the group holding these entries is durable.
         self.ops
             .send(Op::Append {
                 entries: encoded,
                 own_seq,
+                own,
                 callback: notify,
             })
             .await

@@ -505,10 +505,11 @@ impl<B: Backend> Node<B> {
             .await?
             .map_err(|_| ProposeError::Stopped)?;
         let pending = inner.waiters.register();
-        let queued = Tagged {
+        let queued = Queued::now(Tagged {
             id: pending.id(),
             command,
-        };
+        });
+        let queued_at = queued.at;
         match deadline::send(
             Layer::Propose,
             budgets.deadline_for(Layer::Propose, deadline),
@@ -525,6 +526,7 @@ impl<B: Backend> Node<B> {
             .wait(Layer::Commit, budgets.deadline_for(Layer::Commit, deadline))
             .await
             .map_err(wait_error)?;
+        crate::stages::record("node", queued_at.elapsed(), 1);
         let applied = answer.map_err(|rejected| match rejected {
             Rejected::NoLeader => ProposeError::NoLeader,
             Rejected::NotLeader(leader) => ProposeError::NotLeader { leader },
