@@ -76,6 +76,8 @@ pub(crate) enum Rejected {
     Invalid(Vec<(u64, crate::CommandError)>),
     /// Raft refused the entry for another reason.
     Other(String),
+    /// The log's disk is (nearly) full; nothing was appended.
+    DiskFull(crate::log_store::Full),
 }
 
 /// What a waiting proposer receives.
@@ -145,6 +147,8 @@ pub(crate) struct Batcher {
     pub(crate) stop: CancellationToken,
     /// Set while this leader hands leadership over: nothing new is appended.
     pub(crate) pause: crate::transfer::Pause,
+    /// The room on this member's log disk, checked before each entry.
+    pub(crate) space: crate::log_store::Space,
 }
 
 impl Batcher {
@@ -164,6 +168,10 @@ impl Batcher {
                     let batch = self.gather(first);
                     if unanswered.len() >= MAX_UNANSWERED {
                         self.reject(batch.iter().map(|q| q.id), &Rejected::TooManyRequests);
+                        continue;
+                    }
+                    if let Err(full) = self.space.check() {
+                        self.reject(batch.iter().map(|q| q.id), &Rejected::DiskFull(full));
                         continue;
                     }
                     seq += 1;
@@ -422,6 +430,7 @@ mod tests {
             flush_wait: LONG,
             stop: stop.clone(),
             pause: crate::transfer::Pause::default(),
+            space: crate::LogStore::unlimited_space(),
         };
         let running = tokio::spawn(batcher.run());
         let answer = |p: deadline::Pending<Answer>, what: String| async move {

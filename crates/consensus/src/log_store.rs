@@ -134,6 +134,47 @@ enum Op {
     Stop,
 }
 
+/// Whether the log's disk has room for the next writes, checked before each entry is proposed.
+///
+/// Every segment is preallocated, so appending into the active one cannot run out of space;
+/// only the next segment's creation can. A proposal is therefore taken only while a whole
+/// segment and a whole entry more are free, and refused before anything is appended
+/// otherwise ([`crate::ProposeError::DiskFull`]). A write the log's writer fails anyway (the
+/// disk filled faster than that margin) still stops Raft, as any log write failure does.
+#[derive(Clone, Debug)]
+pub(crate) struct Space {
+    dir: std::path::PathBuf,
+    needed: u64,
+}
+
+/// The log's disk lacks room: its directory, bytes free, bytes needed.
+#[derive(Clone, Debug)]
+pub(crate) struct Full {
+    pub(crate) path: String,
+    pub(crate) free: u64,
+    pub(crate) needed: u64,
+}
+
+impl Space {
+    /// `Ok` while the log's filesystem has the margin free; an unreadable filesystem is not
+    /// taken for a full one (the write itself will say what is wrong).
+    pub(crate) fn check(&self) -> Result<(), Full> {
+        let Ok(st) = rustix::fs::statvfs(&self.dir) else {
+            return Ok(());
+        };
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free >= self.needed {
+            Ok(())
+        } else {
+            Err(Full {
+                path: self.dir.display().to_string(),
+                free,
+                needed: self.needed,
+            })
+        }
+    }
+}
+
 /// The Raft log and vote, in their own directory. Cheap to clone; clones share the files.
 #[derive(Clone)]
 pub struct LogStore {
@@ -147,6 +188,7 @@ pub struct LogStore {
     flushed: watch::Receiver<u64>,
     /// What one replication read returns at most, in bytes ([`MAX_APPEND_BYTES`]).
     max_append_bytes: usize,
+    space: Space,
 }
 
 /// Stops the writer thread, so the log files are closed once Raft lets go of them.
@@ -414,6 +456,10 @@ impl LogStore {
                 incarnation,
                 flushed,
                 max_append_bytes: MAX_APPEND_BYTES,
+                space: Space {
+                    dir: dir.to_path_buf(),
+                    needed: segment_bytes.saturating_add(crate::batcher::MAX_BATCH_BYTES as u64),
+                },
             },
             closer,
         ))
@@ -471,6 +517,20 @@ impl LogStore {
             .await
             .map_err(|e| e.to_string())?;
         Ok(log_id)
+    }
+
+    /// A check that always finds room (for tests of other parts).
+    #[cfg(test)]
+    pub(crate) fn unlimited_space() -> Space {
+        Space {
+            dir: std::path::PathBuf::from("/"),
+            needed: 0,
+        }
+    }
+
+    /// The check of the log disk's room.
+    pub(crate) fn space(&self) -> Space {
+        self.space.clone()
     }
 
     /// The highest batch number of this member's own proposals that the log holds durably.

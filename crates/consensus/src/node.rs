@@ -297,6 +297,7 @@ impl<B: Backend> Node<B> {
             cause,
         })?;
         let flushed = log.flushed();
+        let space = log.space();
         let log_end = log.clone();
         let peers = Peers::new(config.budgets, config.peer_source_addr)
             .with_identity(config.id, config.peer_tls.clone());
@@ -354,6 +355,7 @@ impl<B: Backend> Node<B> {
                 flush_wait: config.budgets.get(Layer::Commit),
                 stop: stop.clone(),
                 pause: pause.clone(),
+                space,
             }
             .run(),
         );
@@ -537,6 +539,11 @@ impl<B: Backend> Node<B> {
                 "etcdserver: the leader refused an invalid command".to_string(),
             )),
             Rejected::Other(why) => ProposeError::Command(crate::CommandError::Other(why)),
+            Rejected::DiskFull(full) => ProposeError::DiskFull {
+                path: full.path,
+                free: full.free,
+                needed: full.needed,
+            },
         })?;
         match applied.result {
             Ok(Some(response)) => Ok((applied.revision, response)),

@@ -471,7 +471,7 @@ impl Drop for SmallDisk {
 /// are taken again, and everything acknowledged survives a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_and_they_resume_when_space_returns() {
-    let disk = SmallDisk::mount(100);
+    let disk = SmallDisk::mount(200);
     let data = disk.path().join("data");
     let node = started(config(&data), MemBackend::new()).await;
     let d = || Deadline::after(Duration::from_secs(5));
@@ -496,18 +496,21 @@ async fn a_full_disk_refuses_writes_and_they_resume_when_space_returns() {
             }
         }
     }
-    let refused = refused.expect("200 writes of 512 KiB were all taken on a full 100 MiB disk");
+    let refused = refused.expect("200 writes of 512 KiB were all taken on a full disk");
     assert!(
         matches!(refused, ProposeError::DiskFull { .. }),
         "the refusal does not say the disk is full: {refused:?} ({refused})"
     );
     assert!(
-        refused.to_string().contains("no space left"),
+        refused.to_string().contains("no space left on device"),
         "{refused}"
     );
     // Refused again while full, and the node keeps serving reads.
     let again = node.propose(put("again", "x"), d()).await;
-    assert!(matches!(again, Err(ProposeError::DiskFull { .. })), "{again:?}");
+    assert!(
+        matches!(again, Err(ProposeError::DiskFull { .. })),
+        "{again:?}"
+    );
     node.read_index(d()).await.unwrap();
     for key in &acked {
         assert!(value_of(&node, key).is_some(), "{key} was acknowledged");
@@ -520,7 +523,10 @@ async fn a_full_disk_refuses_writes_and_they_resume_when_space_returns() {
     let node = started(config(&data), MemBackend::new()).await;
     node.read_index(d()).await.unwrap();
     for key in &acked {
-        assert!(value_of(&node, key).is_some(), "{key} was acknowledged, lost at restart");
+        assert!(
+            value_of(&node, key).is_some(),
+            "{key} was acknowledged, lost at restart"
+        );
     }
     node.shutdown().await.unwrap();
 }
