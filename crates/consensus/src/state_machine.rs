@@ -239,31 +239,6 @@ impl<B: Backend> StateMachine<B> {
     }
 }
 
-impl<B: Backend> StateMachine<B> {
-    /// The store's apply, off the async workers: on a multi-threaded runtime this very thread
-    /// becomes a blocking one for the call (its other tasks move to another worker), which
-    /// saves the hop to the blocking pool and back that `spawn_blocking` costs per apply
-    /// (the stage breakdown in docs/benchmarks.md); elsewhere, on the blocking pool.
-    async fn apply_blocking(
-        &self,
-        commands: Vec<mvcc::Command>,
-        raw: Vec<u8>,
-    ) -> Result<Vec<mvcc::Outcome>, String> {
-        let store = self.store.clone();
-        let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread;
-        if multi_thread {
-            tokio::task::block_in_place(|| store.apply(&commands, Some(&raw)))
-                .map_err(|e| e.to_string())
-        } else {
-            tokio::task::spawn_blocking(move || store.apply(&commands, Some(&raw)))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())
-        }
-    }
-}
-
 impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
     type SnapshotBuilder = SnapshotBuilder<B>;
 
@@ -373,9 +348,10 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             })
             .collect();
         let raw = bincode::serialize(&position).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let outcomes = self
-            .apply_blocking(commands, raw)
+        let store = self.store.clone();
+        let outcomes = tokio::task::spawn_blocking(move || store.apply(&commands, Some(&raw)))
             .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         if self.position.alarms != position.alarms {
             self.alarms.publish(&position.alarms);
