@@ -38,8 +38,24 @@ pub(crate) const MAX_UNANSWERED: usize = 256;
 /// while they are out, new commands gather into the next batch.
 const MAX_FORWARDS: usize = 4;
 
-/// A command waiting for an entry, with the id of its waiter.
-pub(crate) type Queued = Tagged;
+/// A command waiting for an entry, with the id of its waiter and when it was queued.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    /// The command and its waiter.
+    pub(crate) tagged: Tagged,
+    /// When it entered the queue ([`crate::stages`]'s `queue` stage).
+    pub(crate) at: std::time::Instant,
+}
+
+impl Queued {
+    /// `tagged`, queued now.
+    pub(crate) fn now(tagged: Tagged) -> Self {
+        Self {
+            tagged,
+            at: std::time::Instant::now(),
+        }
+    }
+}
 
 /// Why a command was answered without being applied.
 #[derive(Clone, Debug)]
@@ -60,6 +76,8 @@ pub(crate) enum Rejected {
     Invalid(Vec<(u64, crate::CommandError)>),
     /// Raft refused the entry for another reason.
     Other(String),
+    /// The log's disk is (nearly) full; nothing was appended.
+    DiskFull(crate::log_store::Full),
 }
 
 /// What a waiting proposer receives.
@@ -129,6 +147,8 @@ pub(crate) struct Batcher {
     pub(crate) stop: CancellationToken,
     /// Set while this leader hands leadership over: nothing new is appended.
     pub(crate) pause: crate::transfer::Pause,
+    /// The room on this member's log disk, checked before each entry.
+    pub(crate) space: crate::log_store::Space,
 }
 
 impl Batcher {
@@ -150,7 +170,12 @@ impl Batcher {
                         self.reject(batch.iter().map(|q| q.id), &Rejected::TooManyRequests);
                         continue;
                     }
+                    if let Err(full) = self.space.check() {
+                        self.reject(batch.iter().map(|q| q.id), &Rejected::DiskFull(full));
+                        continue;
+                    }
                     seq += 1;
+                    crate::stages::gathered((self.origin, self.incarnation, seq), batch.len());
                     let ids: Vec<u64> = batch.iter().map(|q| q.id).collect();
                     let proposal = Proposal {
                         origin: self.origin,
@@ -227,7 +252,7 @@ impl Batcher {
         drop(unanswered);
         self.queue.close();
         while let Ok(q) = self.queue.try_recv() {
-            self.waiters.complete(q.id, Err(Rejected::Stopped));
+            self.waiters.complete(q.tagged.id, Err(Rejected::Stopped));
         }
     }
 
@@ -266,14 +291,18 @@ impl Batcher {
     }
 
     /// `first` and whatever else is queued, within the entry's bounds.
-    fn gather(&mut self, first: Queued) -> Vec<Queued> {
-        let mut bytes = first.command.approx_size();
-        let mut batch = vec![first];
+    fn gather(&mut self, first: Queued) -> Vec<Tagged> {
+        let now = std::time::Instant::now();
+        let waited = |q: &Queued| now.saturating_duration_since(q.at);
+        let mut bytes = first.tagged.command.approx_size();
+        crate::stages::record("queue", waited(&first), 1);
+        let mut batch = vec![first.tagged];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match self.queue.try_recv() {
                 Ok(q) => {
-                    bytes += q.command.approx_size();
-                    batch.push(q);
+                    bytes += q.tagged.command.approx_size();
+                    crate::stages::record("queue", waited(&q), 1);
+                    batch.push(q.tagged);
                 }
                 Err(_) => break,
             }
@@ -376,7 +405,7 @@ mod tests {
             id: pending.id(),
             command,
         };
-        tx.send(tagged).await.unwrap();
+        tx.send(Queued::now(tagged)).await.unwrap();
         pending
     }
 
@@ -401,6 +430,7 @@ mod tests {
             flush_wait: LONG,
             stop: stop.clone(),
             pause: crate::transfer::Pause::default(),
+            space: crate::LogStore::unlimited_space(),
         };
         let running = tokio::spawn(batcher.run());
         let answer = |p: deadline::Pending<Answer>, what: String| async move {

@@ -113,6 +113,19 @@ pub enum ProposeError {
     /// The node is stopping or has stopped.
     #[error("etcdserver: server stopped")]
     Stopped,
+    /// The disk of this member's Raft log is (nearly) full: nothing was appended, and writes
+    /// are taken again once space returns.
+    #[error(
+        "etcdserver: no space left on device: {path} has {free} bytes free, writes need {needed}"
+    )]
+    DiskFull {
+        /// The log's directory.
+        path: String,
+        /// Bytes free for this process on its filesystem.
+        free: u64,
+        /// Bytes that must be free to take writes.
+        needed: u64,
+    },
 }
 
 impl From<ReadError> for ProposeError {

@@ -18,6 +18,7 @@
 //! - `log_store`: [`LogStore`], the Raft log and vote, over `wal`'s segment files.
 //! - `wal`: segment files of checksummed records, torn-tail recovery, the state file.
 //! - `redb_log`: the log before segment files, migrated once at start.
+//! - `stages`: where a write's time goes, a histogram per stage ([`STAGE_SECONDS`]).
 //! - `state_machine`: [`StateMachine`], apply and snapshots.
 //! - `network`: the peer transport over tonic ([`PeerService`], [`PeerNetwork`]): Raft's
 //!   messages, and what followers forward to the leader.
@@ -56,6 +57,7 @@ mod node;
 mod prevote;
 mod read_rounds;
 mod redb_log;
+mod stages;
 mod state_machine;
 #[cfg(test)]
 mod test_support;
@@ -72,6 +74,7 @@ pub use marker::{require as require_state, MARKER};
 pub use membership::{cluster_id, member_id, Change, MembershipError};
 pub use network::{PeerNetwork, PeerService, Peers};
 pub use node::{Node, NodeConfig, NodeStatus};
+pub use stages::STAGE_SECONDS;
 pub use state_machine::{applied_auth, seed_auth, SnapshotBuilder, StateMachine};
 pub use transfer::TransferError;
 pub use types::{typ, Applied, Member, Proposal, Tagged, TypeConfig};

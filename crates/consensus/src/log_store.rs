@@ -23,6 +23,7 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
@@ -30,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::stages::Stage;
 use crate::types::typ::{Entry, LogId, StorageError, Vote};
 use crate::types::TypeConfig;
 use crate::wal::{Head, RecordRef, Wal};
@@ -107,6 +109,8 @@ enum Op {
         entries: Vec<(LogId, Vec<u8>)>,
         /// The highest batch number of this member's own proposals among them.
         own_seq: Option<u64>,
+        /// This member's own proposals among them, for [`crate::stages`].
+        own: Vec<crate::stages::Key>,
         callback: Notify,
     },
     /// Remove entries from `from` on.
@@ -130,6 +134,47 @@ enum Op {
     Stop,
 }
 
+/// Whether the log's disk has room for the next writes, checked before each entry is proposed.
+///
+/// Every segment is preallocated, so appending into the active one cannot run out of space;
+/// only the next segment's creation can. A proposal is therefore taken only while a whole
+/// segment and a whole entry more are free, and refused before anything is appended
+/// otherwise ([`crate::ProposeError::DiskFull`]). A write the log's writer fails anyway (the
+/// disk filled faster than that margin) still stops Raft, as any log write failure does.
+#[derive(Clone, Debug)]
+pub(crate) struct Space {
+    dir: std::path::PathBuf,
+    needed: u64,
+}
+
+/// The log's disk lacks room: its directory, bytes free, bytes needed.
+#[derive(Clone, Debug)]
+pub(crate) struct Full {
+    pub(crate) path: String,
+    pub(crate) free: u64,
+    pub(crate) needed: u64,
+}
+
+impl Space {
+    /// `Ok` while the log's filesystem has the margin free; an unreadable filesystem is not
+    /// taken for a full one (the write itself will say what is wrong).
+    pub(crate) fn check(&self) -> Result<(), Full> {
+        let Ok(st) = rustix::fs::statvfs(&self.dir) else {
+            return Ok(());
+        };
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free >= self.needed {
+            Ok(())
+        } else {
+            Err(Full {
+                path: self.dir.display().to_string(),
+                free,
+                needed: self.needed,
+            })
+        }
+    }
+}
+
 /// The Raft log and vote, in their own directory. Cheap to clone; clones share the files.
 #[derive(Clone)]
 pub struct LogStore {
@@ -143,6 +188,7 @@ pub struct LogStore {
     flushed: watch::Receiver<u64>,
     /// What one replication read returns at most, in bytes ([`MAX_APPEND_BYTES`]).
     max_append_bytes: usize,
+    space: Space,
 }
 
 /// Stops the writer thread, so the log files are closed once Raft lets go of them.
@@ -190,11 +236,23 @@ fn run_writer(
             }
         }
         let stop = group.iter().any(|op| matches!(op, Op::Stop));
+        let own = || {
+            group.iter().flat_map(|op| match op {
+                Op::Append { own, .. } => own.as_slice(),
+                _ => &[],
+            })
+        };
+        crate::stages::mark(own().copied(), Stage::WriteStart, Instant::now());
         let mut written = Vec::new();
         let result = match &failed {
             Some(e) => Err(e.clone()),
-            None => write_group(&mut wal, &mut meta, &group, &mut written),
+            None => write_group(&mut wal, &mut meta, &group, &mut written, || {
+                crate::stages::mark(own().copied(), Stage::SyncStart, Instant::now());
+            }),
         };
+        if result.is_ok() {
+            crate::stages::mark(own().copied(), Stage::Synced, Instant::now());
+        }
         if let Err(e) = &result {
             if failed.is_none() {
                 tracing::error!(cause = %e, "the Raft log cannot be written; it stops");
@@ -260,6 +318,7 @@ fn write_group(
     meta: &mut Meta,
     group: &[Op],
     written: &mut Vec<(LogId, RecordRef)>,
+    before_sync: impl FnOnce(),
 ) -> Result<(), String> {
     let mut appended = false;
     for op in group {
@@ -295,6 +354,8 @@ fn write_group(
     }
     // Only the committed hint may go unsynced: the next synced group makes it durable.
     if appended {
+        wal.flush().map_err(|e| e.to_string())?;
+        before_sync();
         wal.sync().map_err(|e| e.to_string())
     } else {
         wal.flush().map_err(|e| e.to_string())
@@ -395,6 +456,10 @@ impl LogStore {
                 incarnation,
                 flushed,
                 max_append_bytes: MAX_APPEND_BYTES,
+                space: Space {
+                    dir: dir.to_path_buf(),
+                    needed: segment_bytes.saturating_add(crate::batcher::MAX_BATCH_BYTES as u64),
+                },
             },
             closer,
         ))
@@ -452,6 +517,20 @@ impl LogStore {
             .await
             .map_err(|e| e.to_string())?;
         Ok(log_id)
+    }
+
+    /// A check that always finds room (for tests of other parts).
+    #[cfg(test)]
+    pub(crate) fn unlimited_space() -> Space {
+        Space {
+            dir: std::path::PathBuf::from("/"),
+            needed: 0,
+        }
+    }
+
+    /// The check of the log disk's room.
+    pub(crate) fn space(&self) -> Space {
+        self.space.clone()
     }
 
     /// The highest batch number of this member's own proposals that the log holds durably.
@@ -587,26 +666,31 @@ impl LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let now = Instant::now();
         let mut encoded = Vec::new();
         let mut own_seq = None;
+        let mut own = Vec::new();
         {
             let mut index = self.index();
             for entry in entries {
                 if let EntryPayload::Normal(p) = &entry.payload {
                     if p.is_from(self.own_id, self.incarnation) {
                         own_seq = own_seq.max(Some(p.seq));
+                        own.push((self.own_id, self.incarnation, p.seq));
                     }
                 }
                 encoded.push((entry.log_id, encode(&entry, ErrorSubject::Logs)?));
                 index.insert(entry.log_id.index, Slot::Mem(entry));
             }
         }
+        crate::stages::mark(own.iter().copied(), Stage::Appended, now);
         // Raft waits for this call, not for the fsync: the writer reports that through
         // `callback` once the group holding these entries is durable.
         self.ops
             .send(Op::Append {
                 entries: encoded,
                 own_seq,
+                own,
                 callback: notify,
             })
             .await

@@ -336,6 +336,7 @@ impl<B: Backend> Node<B> {
             cause,
         })?;
         let flushed = log.flushed();
+        let space = log.space();
         let log_end = log.clone();
         let peers = Peers::new(config.budgets, config.peer_source_addr)
             .with_identity(config.id, config.peer_tls.clone());
@@ -398,6 +399,7 @@ impl<B: Backend> Node<B> {
                 flush_wait: config.budgets.get(Layer::Commit),
                 stop: stop.clone(),
                 pause: pause.clone(),
+                space,
             }
             .run(),
         );
@@ -596,10 +598,11 @@ impl<B: Backend> Node<B> {
             .await?
             .map_err(|_| ProposeError::Stopped)?;
         let pending = inner.waiters.register();
-        let queued = Tagged {
+        let queued = Queued::now(Tagged {
             id: pending.id(),
             command,
-        };
+        });
+        let queued_at = queued.at;
         match deadline::send(
             Layer::Propose,
             budgets.deadline_for(Layer::Propose, deadline),
@@ -616,6 +619,7 @@ impl<B: Backend> Node<B> {
             .wait(Layer::Commit, budgets.deadline_for(Layer::Commit, deadline))
             .await
             .map_err(wait_error)?;
+        crate::stages::record("node", queued_at.elapsed(), 1);
         let applied = answer.map_err(|rejected| match rejected {
             Rejected::NoLeader => ProposeError::NoLeader,
             Rejected::NotLeader(leader) => ProposeError::NotLeader { leader },
@@ -626,6 +630,11 @@ impl<B: Backend> Node<B> {
                 "etcdserver: the leader refused an invalid command".to_string(),
             )),
             Rejected::Other(why) => ProposeError::Command(crate::CommandError::Other(why)),
+            Rejected::DiskFull(full) => ProposeError::DiskFull {
+                path: full.path,
+                free: full.free,
+                needed: full.needed,
+            },
         })?;
         match applied.result {
             Ok(Some(response)) => Ok((applied.revision, response)),

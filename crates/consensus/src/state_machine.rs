@@ -256,6 +256,9 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         let mut commands = Vec::new();
         // Per entry: how many commands it holds, and their waiters if this member proposed it.
         let mut slots: Vec<(usize, Vec<u64>)> = Vec::new();
+        // This member's own entries among them, for the stage histograms.
+        let mut own = Vec::new();
+        let apply_start = std::time::Instant::now();
         let mut position = self.position.clone();
         for entry in entries {
             position.log_id = Some(entry.log_id);
@@ -266,6 +269,9 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
                     let ours = p.is_from(self.node_id, self.incarnation)
                         || (cfg!(feature = "planted-reused-waiter-ids")
                             && p.origin == self.node_id);
+                    if p.is_from(self.node_id, self.incarnation) {
+                        own.push((p.origin, p.incarnation, p.seq));
+                    }
                     let ids = if ours {
                         p.commands.iter().map(|t| t.id).collect()
                     } else {
@@ -283,6 +289,11 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         if slots.is_empty() {
             return Ok(Vec::new());
         }
+        crate::stages::mark(
+            own.iter().copied(),
+            crate::stages::Stage::ApplyStart,
+            apply_start,
+        );
         // Alarms apply here, in log order; what the store would answer for them, and for the
         // writes a NOSPACE alarm refuses, is replaced by these answers.
         let mut answered: HashMap<usize, Result<mvcc::Response, CommandError>> = HashMap::new();
@@ -389,6 +400,9 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
                 revision,
                 result: Ok(None),
             });
+        }
+        for key in own {
+            crate::stages::applied(key);
         }
         Ok(answers)
     }

@@ -84,6 +84,9 @@ pub enum ApiError {
     /// A write that can grow the store while a NOSPACE alarm is raised.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// The disk of the member's Raft log is full; the text names it and the bytes free.
+    #[error("{0}")]
+    DiskFull(String),
     /// A write or compaction while a CORRUPT alarm is raised.
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
@@ -134,9 +137,10 @@ impl ApiError {
                 MembershipError::InProgress => Code::Unavailable,
                 _ => Code::FailedPrecondition,
             },
-            ApiError::TooManyRequests | ApiError::ResponseTooLarge { .. } | ApiError::NoSpace => {
-                Code::ResourceExhausted
-            }
+            ApiError::TooManyRequests
+            | ApiError::ResponseTooLarge { .. }
+            | ApiError::NoSpace
+            | ApiError::DiskFull(_) => Code::ResourceExhausted,
             ApiError::DeadlineExceeded => Code::DeadlineExceeded,
             ApiError::Canceled => Code::Cancelled,
             ApiError::Internal(_) => Code::Internal,
@@ -219,6 +223,7 @@ impl From<ProposeError> for ApiError {
             ProposeError::NoLeader => ApiError::NoLeader,
             ProposeError::NotLeader { .. } => ApiError::NotLeader,
             ProposeError::TooManyRequests => ApiError::TooManyRequests,
+            full @ ProposeError::DiskFull { .. } => ApiError::DiskFull(full.to_string()),
             _ => ApiError::Stopped,
         }
     }
@@ -279,6 +284,15 @@ mod tests {
                 ApiError::NoSpace,
                 Code::ResourceExhausted,
                 "etcdserver: mvcc: database space exceeded",
+            ),
+            // Not an etcd answer (etcd stops on a full disk); named like its NOSPACE refusal.
+            (
+                ApiError::DiskFull(
+                    "etcdserver: no space left on device: /d has 1 bytes free, writes need 2"
+                        .into(),
+                ),
+                Code::ResourceExhausted,
+                "etcdserver: no space left on device: /d has 1 bytes free, writes need 2",
             ),
             (
                 ApiError::KeyNotProvided,
@@ -443,5 +457,16 @@ mod tests {
         );
         assert_eq!(ApiError::from(ProposeError::NoLeader), ApiError::NoLeader);
         assert_eq!(ApiError::from(ReadError::NoLeader), ApiError::NoLeader);
+        let full = ProposeError::DiskFull {
+            path: "/d".into(),
+            free: 1,
+            needed: 2,
+        };
+        assert_eq!(
+            ApiError::from(full),
+            ApiError::DiskFull(
+                "etcdserver: no space left on device: /d has 1 bytes free, writes need 2".into()
+            )
+        );
     }
 }

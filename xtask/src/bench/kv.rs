@@ -30,6 +30,7 @@ use super::servers::{
     build_server, connect_all, join_within, metastore_binary, percentile, process_cpu_ns, request,
     settle, wait_ready, Kind, Scratch, Server, REQUEST_TIMEOUT, SETTLE,
 };
+use super::stages;
 use super::{grouped, load_average, output_of, Machine, XorShift};
 
 const HEADING: &str = "## KV";
@@ -597,6 +598,12 @@ pub fn run(raw: &[String]) -> Result<()> {
             for (side, server) in [&mut ours, &mut etcd].into_iter().enumerate() {
                 settle();
                 let seed = SEED ^ ((n * 16 + round) as u64);
+                let ours_side = server.kind == Kind::Ours;
+                let stages_before = if ours_side {
+                    Some(stages::read(&server.urls)?)
+                } else {
+                    None
+                };
                 let sample = rt
                     .block_on(drive(
                         &server.urls,
@@ -618,6 +625,13 @@ pub fn run(raw: &[String]) -> Result<()> {
                     millis(sample.p99_us),
                     errors_note(&sample)
                 );
+                if let Some(before) = stages_before {
+                    let after = stages::read(&server.urls)?;
+                    println!(
+                        "    stages, µs per put (warm-up included): {}",
+                        stages::line(&stages::means(&before, &after))
+                    );
+                }
                 samples[side].push(sample);
             }
         }

@@ -11,6 +11,7 @@ mod kv;
 mod lease;
 mod servers;
 mod snapshot;
+mod stages;
 mod watch;
 
 use std::path::PathBuf;

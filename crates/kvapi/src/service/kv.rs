@@ -1,5 +1,7 @@
 //! The KV service: reads from the local store, writes through Raft.
 
+use std::time::Instant;
+
 use mvcc::{Backend, Command, ReadLimits, Response};
 use prost::Message;
 use tonic::{Request, Response as Reply, Status};
@@ -104,6 +106,7 @@ impl<B: Backend> KvService<B> {
     }
 
     async fn serve_put(&self, req: Request<PutRequest>) -> Result<PutResponse, ApiError> {
+        let started = Instant::now();
         let deadline = self.shared.deadline(&req);
         let caller = self.shared.caller(&req).await?;
         let r = req.into_inner();
@@ -118,6 +121,7 @@ impl<B: Backend> KvService<B> {
                 }
             }
         }
+        stage("validate", started);
         match self
             .write(deadline, &caller, Command::Put(put_from_pb(r)))
             .await?
@@ -125,6 +129,7 @@ impl<B: Backend> KvService<B> {
             (revision, Response::Put(p)) => {
                 let mut out = put_to_pb(p, revision);
                 out.header = self.shared.header(revision);
+                stage("handler", started);
                 Ok(out)
             }
             (_, other) => Err(unexpected(&other)),
@@ -201,6 +206,12 @@ impl<B: Backend> KvService<B> {
             header: self.shared.header(revision),
         })
     }
+}
+
+/// Records the time since `started` as the put path's `stage` ([`consensus::STAGE_SECONDS`]).
+fn stage(stage: &'static str, started: Instant) {
+    metrics::histogram!(consensus::STAGE_SECONDS, "stage" => stage)
+        .record(started.elapsed().as_secs_f64());
 }
 
 fn unexpected(response: &Response) -> ApiError {
