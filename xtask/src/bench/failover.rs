@@ -4,6 +4,10 @@
 //! MetaStore and etcd 3.4 under the same schedule. It counts what completed and what failed,
 //! by kind of failure, and how long each kill left the cluster without a leader.
 //!
+//! With `--no-kill` the same clients run the same workload on the same cluster with no fault:
+//! the steady-state rate, so a gap under the loop splits into the steady 3-member write path
+//! and the time each kill costs.
+//!
 //! Each client talks to one member and moves to the next when its connection fails (as
 //! clientv3 fails over between endpoints); a failed request is not retried (clientv3 does not
 //! retry a put), the client pauses [`BACKOFF`] and sends its next one.
@@ -37,7 +41,12 @@ MetaStore and etcd 3.4 under the same schedule
   --deadline MS     every request's deadline (1500)
   --seed N          the workload's seed (1)
   --binary PATH     the metastore binary (default: build target/release/metastore)
-  --only NAME       measure only `metastore` or `etcd`";
+  --only NAME       measure only `metastore` or `etcd`
+  --no-kill         the same workload with no fault (the steady-state baseline)
+  --engine NAME     MetaStore's engine (redb)
+  --members N       members in the cluster (3); 1 only with --no-kill, to split the steady
+                    rate into the local write path and replication
+  --rounds N        measure each server N times, alternating (1)";
 
 struct Args {
     duration: Duration,
@@ -49,6 +58,11 @@ struct Args {
     seed: u64,
     binary: Option<PathBuf>,
     only: Option<String>,
+    /// No kills: the steady-state baseline.
+    no_kill: bool,
+    rounds: usize,
+    members: usize,
+    engine: String,
 }
 
 fn parse(raw: &[String]) -> Result<Option<Args>> {
@@ -62,11 +76,19 @@ fn parse(raw: &[String]) -> Result<Option<Args>> {
         seed: 1,
         binary: None,
         only: None,
+        no_kill: false,
+        rounds: 1,
+        members: 3,
+        engine: "redb".into(),
     };
     let mut it = raw.iter();
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             return Ok(None);
+        }
+        if flag == "--no-kill" {
+            a.no_kill = true;
+            continue;
         }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         let number = || -> Result<u64> {
@@ -84,8 +106,14 @@ fn parse(raw: &[String]) -> Result<Option<Args>> {
             "--seed" => a.seed = number()?,
             "--binary" => a.binary = Some(PathBuf::from(value)),
             "--only" => a.only = Some(value.clone()),
+            "--rounds" => a.rounds = usize::try_from(number()?)?.max(1),
+            "--engine" => a.engine = value.clone(),
+            "--members" => a.members = usize::try_from(number()?)?.max(1),
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
+    }
+    if a.members < 3 && !a.no_kill {
+        bail!("killing the leader needs --members 3 or more");
     }
     if a.period <= a.down {
         bail!("--period must be longer than --down");
@@ -100,26 +128,36 @@ pub fn run(raw: &[String]) -> Result<()> {
         return Ok(());
     };
     let mut results = Vec::new();
-    if args.only.as_deref() != Some("etcd") {
+    let binary = if args.only.as_deref() == Some("etcd") {
+        None
+    } else {
         let root = crate::tidy::project_root();
-        let binary = match &args.binary {
+        Some(match &args.binary {
             Some(b) => b.clone(),
             None => super::servers::build_server(&root)?,
-        };
-        let cluster = Cluster::start(ClusterOptions {
-            binary,
-            members: 3,
-            engine: "redb".into(),
-            extra_args: Vec::new(),
-            proxy_peers: false,
         })
-        .map_err(anyhow::Error::msg)?;
-        results.push(("MetaStore", measure(cluster, &args)?));
-    }
-    if args.only.as_deref() != Some("metastore") {
-        let cluster =
-            Cluster::start_etcd("etcd".into(), 3, Vec::new()).map_err(anyhow::Error::msg)?;
-        results.push(("etcd", measure(cluster, &args)?));
+    };
+    for round in 1..=args.rounds {
+        if let Some(binary) = &binary {
+            let cluster = Cluster::start(ClusterOptions {
+                binary: binary.clone(),
+                members: args.members,
+                engine: args.engine.clone(),
+                extra_args: Vec::new(),
+                proxy_peers: false,
+            })
+            .map_err(anyhow::Error::msg)?;
+            let tally = measure(cluster, &args)?;
+            eprintln!("round {round}: {}", row("MetaStore", &tally, args.period));
+            results.push(("MetaStore", tally));
+        }
+        if args.only.as_deref() != Some("metastore") {
+            let cluster = Cluster::start_etcd("etcd".into(), args.members, Vec::new())
+                .map_err(anyhow::Error::msg)?;
+            let tally = measure(cluster, &args)?;
+            eprintln!("round {round}: {}", row("etcd", &tally, args.period));
+            results.push(("etcd", tally));
+        }
     }
     println!("{}", report(&results, &args));
     Ok(())
@@ -133,6 +171,15 @@ struct Kind {
     failed: BTreeMap<&'static str, u64>,
     definite: u64,
     indeterminate: u64,
+    /// Time spent in the requests that succeeded.
+    busy: Duration,
+}
+
+impl Kind {
+    /// The mean time a successful request took, in milliseconds.
+    fn mean_ms(&self) -> f64 {
+        self.busy.as_secs_f64() * 1000.0 / self.ok.max(1) as f64
+    }
 }
 
 /// What one server did under the loop.
@@ -148,6 +195,34 @@ struct Tally {
     elections: Vec<Option<Duration>>,
     /// Rounds with no leader to kill.
     skipped: u64,
+    /// When each write (put or txn) that succeeded was answered, from the start.
+    writes: Vec<Duration>,
+    /// When each kill was, from the start.
+    kills: Vec<Duration>,
+    /// Per member: writes answered by it and the time they took.
+    by_member: BTreeMap<usize, (u64, Duration)>,
+}
+
+impl Tally {
+    /// Per kill, the longest time without an answered write in the `period` after it (from
+    /// the kill to the first write, or between two writes).
+    fn stalls(&self, period: Duration) -> Vec<Duration> {
+        let mut writes = self.writes.clone();
+        writes.sort();
+        self.kills
+            .iter()
+            .map(|&kill| {
+                let end = kill + period;
+                let mut last = kill;
+                let mut longest = Duration::ZERO;
+                for &w in writes.iter().filter(|w| **w >= kill && **w < end) {
+                    longest = longest.max(w - last);
+                    last = w;
+                }
+                longest.max(end - last)
+            })
+            .collect()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -189,19 +264,26 @@ fn measure(mut cluster: Cluster, args: &Args) -> Result<Tally> {
         .build()?;
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Mutex::new(Tally::default()));
+    // Clients and the kill schedule measure from the same instant.
+    let start = Instant::now();
     let mut tasks = Vec::new();
     for id in 0..args.clients {
         let (endpoints, stop, tally) = (endpoints.clone(), stop.clone(), tally.clone());
         let seed = args.seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let (keys, deadline) = (args.keys, args.deadline);
         tasks.push(rt.spawn(async move {
-            worker(id, endpoints, keys, deadline, seed, &stop, &tally).await;
+            let shared = Shared {
+                start,
+                stop: &stop,
+                tally: &tally,
+            };
+            worker(id, endpoints, keys, deadline, seed, shared).await;
         }));
     }
-    let start = Instant::now();
     let end = start + args.duration;
+    eprintln!("leader at the start: m{:?}", cluster.leader());
     let mut next = start + args.period;
-    while next + args.down < end {
+    while !args.no_kill && next + args.down < end {
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
         let Some(leader) = cluster.leader() else {
             lock(&tally).skipped += 1;
@@ -210,6 +292,7 @@ fn measure(mut cluster: Cluster, args: &Args) -> Result<Tally> {
         };
         cluster.kill(leader);
         let killed = Instant::now();
+        lock(&tally).kills.push(killed.duration_since(start));
         let mut respawned = false;
         let mut elected = None;
         let mut seen = Vec::new();
@@ -259,6 +342,19 @@ fn measure(mut cluster: Cluster, args: &Args) -> Result<Tally> {
     });
     drop(cluster);
     let mut out = lock(&tally);
+    let mut windows = vec![0u64; (args.duration.as_secs() + 1) as usize];
+    for w in &out.writes {
+        if let Some(n) = windows.get_mut(w.as_secs() as usize) {
+            *n += 1;
+        }
+    }
+    eprintln!("writes per second: {windows:?}");
+    for (m, (n, busy)) in &out.by_member {
+        eprintln!(
+            "writes through m{m}: {n}, mean {:.1} ms",
+            busy.as_secs_f64() * 1000.0 / (*n).max(1) as f64
+        );
+    }
     Ok(std::mem::take(&mut *out))
 }
 
@@ -278,6 +374,13 @@ async fn connect(endpoint: &str, deadline: Duration) -> Option<Client> {
     }
 }
 
+/// What every client shares: the run's start, the stop flag and the tally.
+struct Shared<'a> {
+    start: Instant,
+    stop: &'a AtomicBool,
+    tally: &'a Mutex<Tally>,
+}
+
 /// One client: puts (40 %), linearizable gets (30 %) and compare-and-swaps (30 %) until told to
 /// stop.
 async fn worker(
@@ -286,9 +389,9 @@ async fn worker(
     keys: usize,
     deadline: Duration,
     seed: u64,
-    stop: &AtomicBool,
-    tally: &Mutex<Tally>,
+    shared: Shared<'_>,
 ) {
+    let Shared { start, stop, tally } = shared;
     let mut rng = XorShift::new(seed);
     let mut member = id % endpoints.len();
     let mut client: Option<Client> = None;
@@ -349,6 +452,12 @@ async fn worker(
             if swapped {
                 t.swapped += 1;
             }
+            if kind != "get" && result.is_ok() {
+                t.writes.push(started.duration_since(start) + took);
+                let m = t.by_member.entry(member).or_default();
+                m.0 += 1;
+                m.1 += took;
+            }
             let slot = match kind {
                 "put" => &mut t.put,
                 "get" => &mut t.get,
@@ -357,6 +466,7 @@ async fn worker(
             match &result {
                 Ok(_) => {
                     slot.ok += 1;
+                    slot.busy += took;
                     None
                 }
                 Err(e) => {
@@ -389,51 +499,108 @@ fn flatten<T>(r: Result<Result<T, etcd_client::Error>, deadline::Expired>) -> Re
 }
 
 fn report(results: &[(&str, Tally)], args: &Args) -> String {
+    let what = if args.no_kill {
+        "no-kill baseline (no fault)".to_string()
+    } else {
+        format!(
+            "kill-the-leader loop: the leader SIGKILLed every {:?} and started again {:?} later",
+            args.period, args.down
+        )
+    };
     let mut out = format!(
-        "kill-the-leader loop: 3 members, the leader SIGKILLed every {:?} and started again {:?} \
-         later, {} clients, {:?} deadline, {:?}\n\n",
-        args.period, args.down, args.clients, args.deadline, args.duration
+        "{what}; {} members, {} clients, {:?} deadline, {:?}, {} round(s)\n\n",
+        args.members, args.clients, args.deadline, args.duration, args.rounds
     );
     out.push_str(
-        "| server | kills | puts ok | swaps ok (txns ok) | gets ok | failed: definite / indeterminate | failures by kind | longest | kill → new leader: median / max (none within the period) |\n|---|--:|--:|--:|--:|--:|---|--:|---|\n",
+        "| server | kills | writes ok | puts ok | swaps ok (txns ok) | gets ok | failed: definite / indeterminate | failures by kind | longest | mean ms put / txn / get | kill → new leader: median / max (none within the period) | write stall per kill: median / max |\n|---|--:|--:|--:|--:|--:|--:|---|--:|---|---|---|\n",
     );
     for (name, t) in results {
-        let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
-        for k in [&t.put, &t.get, &t.txn] {
-            for (what, n) in &k.failed {
-                *kinds.entry(what).or_default() += n;
-            }
-        }
-        let kinds = kinds
+        out.push_str(&row(name, t, args.period));
+        out.push('\n');
+    }
+    let median = |name: &str, of: fn(&Tally) -> u64| {
+        let mut v: Vec<u64> = results
             .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut times: Vec<Duration> = t.elections.iter().flatten().copied().collect();
-        times.sort();
-        let none = t.elections.iter().filter(|e| e.is_none()).count();
-        let median = times.get(times.len() / 2).copied().unwrap_or_default();
-        let max = times.last().copied().unwrap_or_default();
-        let definite = t.put.definite + t.get.definite + t.txn.definite;
-        let indeterminate = t.put.indeterminate + t.get.indeterminate + t.txn.indeterminate;
+            .filter(|(n, _)| *n == name)
+            .map(|(_, t)| of(t))
+            .collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
+    };
+    let writes = |t: &Tally| t.put.ok + t.txn.ok;
+    let gets = |t: &Tally| t.get.ok;
+    if let (Some(mw), Some(ew), Some(mg), Some(eg)) = (
+        median("MetaStore", writes),
+        median("etcd", writes),
+        median("MetaStore", gets),
+        median("etcd", gets),
+    ) {
+        let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
         out.push_str(&format!(
-            "| {name} | {} | {} | {} ({}) | {} | {definite} / {indeterminate} | {kinds} | {:.2} s | {:.2} s / {:.2} s ({none}) |\n",
-            t.elections.len(),
-            t.put.ok,
-            t.swapped,
-            t.txn.ok,
-            t.get.ok,
-            t.longest.as_secs_f64(),
-            median.as_secs_f64(),
-            max.as_secs_f64(),
+            "\nmedians over rounds: writes ok MetaStore {mw} / etcd {ew} = {:.2}×; gets ok \
+             MetaStore {mg} / etcd {eg} = {:.2}×\n",
+            ratio(mw, ew),
+            ratio(mg, eg)
         ));
     }
     out
 }
 
+/// One server's row of the table.
+fn row(name: &str, t: &Tally, period: Duration) -> String {
+    let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+    for k in [&t.put, &t.get, &t.txn] {
+        for (what, n) in &k.failed {
+            *kinds.entry(what).or_default() += n;
+        }
+    }
+    let kinds = kinds
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let spread = |mut times: Vec<Duration>| {
+        times.sort();
+        let median = times.get(times.len() / 2).copied().unwrap_or_default();
+        let max = times.last().copied().unwrap_or_default();
+        format!("{:.2} s / {:.2} s", median.as_secs_f64(), max.as_secs_f64())
+    };
+    let none = t.elections.iter().filter(|e| e.is_none()).count();
+    let elections = spread(t.elections.iter().flatten().copied().collect());
+    let stalls = spread(t.stalls(period));
+    let definite = t.put.definite + t.get.definite + t.txn.definite;
+    let indeterminate = t.put.indeterminate + t.get.indeterminate + t.txn.indeterminate;
+    format!(
+        "| {name} | {} | {} | {} | {} ({}) | {} | {definite} / {indeterminate} | {kinds} | {:.2} s | {:.1} / {:.1} / {:.1} | {elections} ({none}) | {stalls} |",
+        t.elections.len(),
+        t.put.ok + t.txn.ok,
+        t.put.ok,
+        t.swapped,
+        t.txn.ok,
+        t.get.ok,
+        t.longest.as_secs_f64(),
+        t.put.mean_ms(),
+        t.txn.mean_ms(),
+        t.get.mean_ms(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kill's stall is the longest time without an answered write in the period after it,
+    /// the edges included.
+    #[test]
+    fn a_stall_is_the_longest_gap_between_writes_after_a_kill() {
+        let ms = Duration::from_millis;
+        let t = Tally {
+            kills: vec![ms(1000), ms(6000)],
+            writes: vec![ms(900), ms(1100), ms(3100), ms(3200), ms(5900), ms(6500)],
+            ..Tally::default()
+        };
+        assert_eq!(t.stalls(ms(5000)), vec![ms(2700), ms(4500)]);
+    }
 
     #[test]
     fn failures_are_labelled_by_what_they_say() {

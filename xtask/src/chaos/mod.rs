@@ -675,6 +675,33 @@ fn svg(history: &[checker::Op], timeline: &[faults::Event], clients: usize) -> S
 mod tests {
     use super::*;
 
+    /// The report gives, per kind of request and for all, the share that failed definitely
+    /// and the share that failed indeterminately (issue 22).
+    #[test]
+    fn the_report_splits_failures_into_definite_and_indeterminate() {
+        let mut t = workload::Timing::default();
+        let of = |requests, definite, indeterminate| workload::Failures {
+            requests,
+            definite,
+            indeterminate,
+        };
+        t.by_kind.insert("put", of(200, 2, 1));
+        t.by_kind.insert("get", of(100, 0, 3));
+        let table = failure_table(&t);
+        assert!(
+            table.contains("| put | 200 | 2 (1.00 %) | 1 (0.50 %) |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| get | 100 | 0 (0.00 %) | 3 (3.00 %) |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| all | 300 | 2 (0.67 %) | 4 (1.33 %) |"),
+            "{table}"
+        );
+    }
+
     #[test]
     fn args_and_durations() {
         let a = Args::parse(&[
