@@ -873,3 +873,257 @@ fn a_cluster_with_peer_auto_tls_forms_over_https_peers_that_do_not_verify_each_o
         assert_eq!(put.0, Some(0), "{kind:?}: {put:?}");
     }
 }
+
+/// The peer protocol's one message: a bincode payload (consensus's `metastore.peer.Payload`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct PeerPayload {
+    #[prost(bytes = "vec", tag = "1")]
+    data: Vec<u8>,
+}
+
+/// openraft's `Vote { leader_id: LeaderId { term, node_id }, committed }` as bincode writes it.
+fn vote_bytes(term: u64, node_id: u64, committed: bool) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&term.to_le_bytes());
+    b.extend_from_slice(&node_id.to_le_bytes());
+    b.push(u8::from(committed));
+    b
+}
+
+/// A `VoteRequest` from candidate `node_id` in `term`, whose last log entry (of that term)
+/// is newer than any member's: a member that reads it grants its vote and takes the term.
+fn vote_request(term: u64, node_id: u64) -> Vec<u8> {
+    let mut b = vote_bytes(term, node_id, false);
+    b.push(1); // last_log_id: Some(LogId { leader_id: (term, node_id), index: 1 })
+    b.extend_from_slice(&term.to_le_bytes());
+    b.extend_from_slice(&node_id.to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes());
+    b
+}
+
+/// An `AppendEntriesRequest` from leader `node_id` in `term` that would truncate nothing but
+/// claim leadership: no previous entry, no entries, nothing committed.
+fn append_entries_request(term: u64, node_id: u64) -> Vec<u8> {
+    let mut b = vote_bytes(term, node_id, true);
+    b.push(0); // prev_log_id: None
+    b.extend_from_slice(&0u64.to_le_bytes()); // no entries
+    b.push(0); // leader_commit: None
+    b
+}
+
+/// Sends `data` to the peer port at `port` as RPC `method`, over plaintext (`tls`: `None`) or
+/// TLS verifying the member with the test CA and presenting `tls`'s certificate (`""`: none).
+fn peer_rpc(
+    port: u16,
+    pki: &Pki,
+    tls: Option<&str>,
+    method: &'static str,
+    data: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+    let read = |name: &str| std::fs::read(pki.path(name)).expect("pki file");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://127.0.0.1:{port}"))
+        .expect("url")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5));
+    if let Some(cert) = tls {
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca.pem")));
+        if !cert.is_empty() {
+            config = config.identity(Identity::from_pem(
+                read(&format!("{cert}.pem")),
+                read(&format!("{cert}-key.pem")),
+            ));
+        }
+        endpoint = endpoint.tls_config(config).expect("tls config");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.map_err(|e| e.to_string())?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
+        grpc.unary(
+            tonic::Request::new(PeerPayload { data }),
+            path,
+            tonic_prost::ProstCodec::<PeerPayload, PeerPayload>::default(),
+        )
+        .await
+        .map(|r| r.into_inner().data)
+        .map_err(|s| s.to_string())
+    })
+}
+
+/// (member id, leader id, Raft term) as `etcdctl endpoint status` reports them for `endpoint`.
+fn raft_status(endpoint: &str, pki: &Pki) -> (u64, u64, u64) {
+    let (code, out, err) = etcdctl(
+        endpoint,
+        &certs(pki, "client"),
+        &["endpoint", "status", "-w", "json"],
+    );
+    assert_eq!(code, Some(0), "endpoint status: {err}");
+    let number = |name: &str| -> u64 {
+        regex::Regex::new(&format!("\"{name}\":(\\d+)"))
+            .expect("regex")
+            .captures(&out)
+            .and_then(|c| c[1].parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    (number("member_id"), number("leader"), number("raft_term"))
+}
+
+#[test]
+fn a_process_without_a_peer_certificate_cannot_move_the_term_or_the_log() {
+    let pki = Pki::new();
+    let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let initial: Vec<String> = peer_ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("m{i}=https://127.0.0.1:{p}"))
+        .collect();
+    let initial = initial.join(",");
+    let ca = pki.path("ca.pem");
+    let (cert, key) = (pki.path("server.pem"), pki.path("server-key.pem"));
+    let mut members: Vec<TlsServer> = (0..3)
+        .map(|i| {
+            let peer = format!("https://127.0.0.1:{}", peer_ports[i]);
+            let client = format!("https://127.0.0.1:{}", client_ports[i]);
+            let args: Vec<String> = [
+                "--name",
+                &format!("m{i}"),
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &initial,
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--cert-file",
+                &cert,
+                "--key-file",
+                &key,
+                "--trusted-ca-file",
+                &ca,
+                "--client-cert-auth",
+                "--peer-cert-file",
+                &cert,
+                "--peer-key-file",
+                &key,
+                "--peer-trusted-ca-file",
+                &ca,
+                "--peer-client-cert-auth",
+            ]
+            .map(String::from)
+            .to_vec();
+            TlsServer::spawn_args(Kind::Mem, client_ports[i], &args)
+        })
+        .collect();
+    for member in &mut members {
+        member.wait_healthy(&pki);
+    }
+    let tls = certs(&pki, "client");
+    let put = etcdctl(&members[0].endpoint(), &tls, &["put", "k", "kept"]);
+    assert_eq!(put.0, Some(0), "{put:?}");
+    let read = || {
+        members
+            .iter()
+            .map(|m| etcdctl(&m.endpoint(), &tls, &["get", "k", "-w", "json"]).1)
+            .map(|json| {
+                regex::Regex::new("\"mod_revision\":(\\d+)")
+                    .expect("regex")
+                    .captures(&json)
+                    .map(|c| c[1].to_string())
+                    .unwrap_or(json)
+            })
+            .collect::<Vec<_>>()
+    };
+    let statuses = |members: &[TlsServer]| -> Vec<(u64, u64, u64)> {
+        members
+            .iter()
+            .map(|m| raft_status(&m.endpoint(), &pki))
+            .collect()
+    };
+    let before = statuses(&members);
+    let log_before = read();
+    let (leader, term) = (before[0].1, before[0].2);
+    assert!(
+        before.iter().all(|s| s.1 == leader && s.2 == term),
+        "{before:?}"
+    );
+    // A vote for, and entries from, the leader itself in a far higher term: a member that
+    // read either would leave the current term.
+    let attack_term = term + 1000;
+    let messages = [
+        (
+            "/metastore.peer.Peer/Vote",
+            vote_request(attack_term, leader),
+        ),
+        (
+            "/metastore.peer.Peer/AppendEntries",
+            append_entries_request(attack_term, leader),
+        ),
+    ];
+    for port in &peer_ports {
+        for (method, data) in &messages {
+            for (how, tls) in [
+                ("plaintext", None),
+                ("TLS without a certificate", Some("")),
+                ("another CA's certificate", Some("rogue")),
+            ] {
+                let answer = peer_rpc(*port, &pki, tls, method, data.clone());
+                assert!(
+                    answer.is_err(),
+                    "{method} over {how} to {port} was answered: {answer:?}"
+                );
+            }
+        }
+    }
+    // A member handles a vote or append before it answers: had one got through, its term
+    // would already have moved.
+    assert_eq!(statuses(&members), before, "leader or term moved");
+    assert_eq!(read(), log_before, "the log moved");
+    let put = etcdctl(&members[1].endpoint(), &tls, &["put", "k2", "v"]);
+    assert_eq!(put.0, Some(0), "the cluster still writes: {put:?}");
+
+    // The control: the same append-entries, sent with a certificate from the peer CA to a
+    // follower, is read by Raft and moves the term, so the messages above were ones that
+    // would have. (The vote is answered too, but refused while the follower's leader lease
+    // lasts: openraft's guard against disruptive candidates.)
+    let follower = before
+        .iter()
+        .position(|s| s.0 != leader)
+        .expect("a follower");
+    let voted = peer_rpc(
+        peer_ports[follower],
+        &pki,
+        Some("client"),
+        "/metastore.peer.Peer/Vote",
+        vote_request(attack_term, leader),
+    );
+    assert!(voted.is_ok(), "a vote with a peer certificate: {voted:?}");
+    let appended = peer_rpc(
+        peer_ports[follower],
+        &pki,
+        Some("client"),
+        "/metastore.peer.Peer/AppendEntries",
+        append_entries_request(attack_term, leader),
+    );
+    assert!(
+        appended.is_ok(),
+        "append-entries with a peer certificate: {appended:?}"
+    );
+    let (_, _, moved) = raft_status(&members[follower].endpoint(), &pki);
+    assert!(
+        moved >= attack_term,
+        "the follower's term {moved} did not reach {attack_term}"
+    );
+}
