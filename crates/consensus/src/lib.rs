@@ -20,7 +20,7 @@
 //! - `redb_log`: the log before segment files, migrated once at start.
 //! - `stages`: where a write's time goes, a histogram per stage ([`STAGE_SECONDS`]).
 //! - `state_machine`: [`StateMachine`], apply and snapshots.
-//! - `network`: the peer transport over tonic ([`PeerService`], [`PeerNetwork`]): Raft's
+//! - `network`: the peer transport over tonic ([`PeerService`], [`PeerNetwork`], [`PeerTls`]): Raft's
 //!   messages, and what followers forward to the leader.
 //! - `membership`: etcd's membership changes ([`Change`], [`MembershipError`]), member ids.
 //! - `marker`: the durable note that this member was initialised ([`require_state`]), and the
@@ -72,7 +72,7 @@ pub use error::{CommandError, MembershipFailure, ProposeError, ReadError, StartE
 pub use log_store::{LogCloser, LogStore};
 pub use marker::{require as require_state, MARKER};
 pub use membership::{cluster_id, member_id, Change, MembershipError};
-pub use network::{PeerNetwork, PeerService, Peers};
+pub use network::{PeerNetwork, PeerService, PeerTls, Peers};
 pub use node::{Node, NodeConfig, NodeStatus};
 pub use stages::STAGE_SECONDS;
 pub use state_machine::{applied_auth, seed_auth, SnapshotBuilder, StateMachine};

@@ -21,6 +21,7 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio_rustls::rustls;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::types::{Member, Proposal, TypeConfig};
@@ -139,8 +140,8 @@ pub struct Peers {
     source: Option<std::net::IpAddr>,
     /// This member's id, sent with every request so the receiver can refuse non-members.
     sender: Option<u64>,
-    /// TLS for `https://` peer URLs (client certificate and the peer CA).
-    tls: Option<ClientTlsConfig>,
+    /// TLS for `https://` peer URLs.
+    tls: Option<PeerTls>,
     /// The largest message sent or accepted: [`MAX_PEER_MESSAGE`] but in tests.
     max_message: usize,
 }
@@ -211,7 +212,7 @@ impl Peers {
 
     /// The same, naming this member as the sender of every request and using `tls` for
     /// `https://` peers.
-    pub fn with_identity(mut self, sender: u64, tls: Option<ClientTlsConfig>) -> Self {
+    pub fn with_identity(mut self, sender: u64, tls: Option<PeerTls>) -> Self {
         self.sender = Some(sender);
         self.tls = tls;
         self
@@ -236,7 +237,16 @@ impl Peers {
                 return Ok(client.clone());
             }
         }
-        let endpoint = Endpoint::from_shared(url.clone())
+        // tonic refuses an https:// URI unless its own TLS settings, which always verify the
+        // peer, are given: for unverified TLS it is told http:// and the connector does TLS.
+        let unverified = match &self.tls {
+            Some(PeerTls::Unverified(config)) => url
+                .strip_prefix("https://")
+                .map(|rest| (format!("http://{rest}"), Arc::clone(config))),
+            _ => None,
+        };
+        let dial = unverified.as_ref().map_or(url.as_str(), |(plain, _)| plain);
+        let endpoint = Endpoint::from_shared(dial.to_string())
             .map_err(|e| CallError::NotSent(format!("{url}: {e}")))?
             .connect_timeout(self.budgets.get(Layer::PeerRpc).min(Duration::from_secs(1)))
             .tcp_nodelay(true)
@@ -244,13 +254,18 @@ impl Peers {
             .keep_alive_timeout(Duration::from_secs(2))
             .keep_alive_while_idle(true)
             .local_address(self.source);
-        let endpoint = match &self.tls {
-            Some(tls) => endpoint
+        let channel = match (&self.tls, unverified) {
+            (_, Some((_, config))) => endpoint.connect_with_connector_lazy(UnverifiedTls {
+                config,
+                source: self.source,
+            }),
+            (Some(PeerTls::Verified(tls)), None) => endpoint
                 .tls_config(tls.clone())
-                .map_err(|e| CallError::NotSent(format!("{url}: TLS: {e}")))?,
-            None => endpoint,
+                .map_err(|e| CallError::NotSent(format!("{url}: TLS: {e}")))?
+                .connect_lazy(),
+            (_, None) => endpoint.connect_lazy(),
         };
-        let client = PeerClient::new(endpoint.connect_lazy())
+        let client = PeerClient::new(channel)
             .max_decoding_message_size(self.max_message)
             .max_encoding_message_size(self.max_message);
         conns.insert(target, (url, client.clone()));
@@ -308,6 +323,73 @@ impl Peers {
             Err(status) if never_sent(&status) => Err(CallError::NotSent(status.to_string())),
             Err(status) => Err(CallError::Unreachable(status.to_string())),
         }
+    }
+}
+
+/// How this member secures its connections to `https://` peers.
+#[derive(Clone, Debug)]
+pub enum PeerTls {
+    /// Verify each peer's certificate against the peer CA and present this member's own
+    /// (`--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`).
+    Verified(ClientTlsConfig),
+    /// Encrypt, accepting whatever certificate `config`'s verifier accepts: etcd's
+    /// `--peer-auto-tls`, whose members' certificates are self-signed and cannot be verified.
+    Unverified(Arc<rustls::ClientConfig>),
+}
+
+/// Dials a peer over TCP (from `source`, if given) and runs TLS with `config`, for
+/// [`PeerTls::Unverified`]; tonic bounds the whole by its connect timeout.
+#[derive(Clone)]
+struct UnverifiedTls {
+    config: Arc<rustls::ClientConfig>,
+    source: Option<std::net::IpAddr>,
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for UnverifiedTls {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
+        let (config, source) = (Arc::clone(&self.config), self.source);
+        Box::pin(async move {
+            let invalid =
+                |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+            let host = uri
+                .host()
+                .ok_or_else(|| invalid(format!("{uri}: no host")))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let addr = tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .next()
+                .ok_or_else(|| invalid(format!("{uri}: no address")))?;
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            if let Some(ip) = source {
+                socket.bind(std::net::SocketAddr::new(ip, 0))?;
+            }
+            let tcp = socket.connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from(host)
+                .map_err(|e| invalid(format!("{uri}: {e}")))?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
     }
 }
 

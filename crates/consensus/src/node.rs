@@ -59,8 +59,9 @@ pub struct NodeConfig {
     /// Join a running cluster (`--initial-cluster-state existing`): wait to be contacted
     /// instead of bootstrapping `initial_members`.
     pub join_existing: bool,
-    /// TLS for `https://` peer URLs: this member's certificate and the peer CA.
-    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// TLS for `https://` peer URLs: this member's certificate and the peer CA, or
+    /// `--peer-auto-tls`'s unverified encryption.
+    pub peer_tls: Option<crate::PeerTls>,
     /// The local address peer connections are made from (the system's choice if none).
     pub peer_source_addr: Option<std::net::IpAddr>,
     /// `--max-request-bytes`: key and value bytes one command may carry, checked again on the

@@ -183,19 +183,80 @@ fn listeners(urls: &str, files: &TlsFiles, prefix: &str, urls_flag: &str) -> Res
     Ok((plain, secure, unix, config))
 }
 
+/// The peer port's TLS settings, and whether they are `--peer-auto-tls`'s: then, as etcd,
+/// a self-signed certificate for the `https://` listen hosts (made once in
+/// `DATA_DIR/fixtures/peer`) replaces every other peer TLS setting, so members encrypt but
+/// neither verify nor demand each other's certificates. Given certificate files win.
+fn peer_auto_tls(f: &Flags, data_dir: &std::path::Path) -> Result<(TlsFiles, bool)> {
+    let files = f.peer_tls_files();
+    if !f.peer_auto_tls {
+        return Ok((files, false));
+    }
+    if files.cert_file.is_some() || files.key_file.is_some() {
+        tracing::warn!("ignoring --peer-auto-tls since --peer-cert-file/--peer-key-file are given");
+        return Ok((files, false));
+    }
+    let hosts = split_urls(&f.listen_peer_urls)
+        .iter()
+        .filter(|u| u.starts_with("https://"))
+        .map(|u| host_port(u).map(|(hp, _)| host_of(&hp)))
+        .collect::<Result<Vec<_>>>()?;
+    if hosts.is_empty() {
+        bail!("--peer-auto-tls is set but --listen-peer-urls has no https:// URL; refusing to serve in plaintext");
+    }
+    let ignored: Vec<&str> = [
+        (files.trusted_ca_file.is_some(), "--peer-trusted-ca-file"),
+        (files.client_cert_auth, "--peer-client-cert-auth"),
+        (files.allowed_cn.is_some(), "--peer-cert-allowed-cn"),
+        (
+            files.allowed_hostname.is_some(),
+            "--peer-cert-allowed-hostname",
+        ),
+        (files.crl_file.is_some(), "--peer-crl-file"),
+    ]
+    .into_iter()
+    .filter_map(|(set, flag)| set.then_some(flag))
+    .collect();
+    if !ignored.is_empty() {
+        tracing::warn!(
+            ignored = %ignored.join(", "),
+            "--peer-auto-tls replaces the other peer TLS settings, as in etcd: peers are not authenticated"
+        );
+    }
+    let (cert, key) = tls::self_signed(
+        &data_dir.join("fixtures").join("peer"),
+        hosts,
+        "--peer-auto-tls",
+    )?;
+    let auto = TlsFiles {
+        cert_file: Some(cert),
+        key_file: Some(key),
+        cipher_suites: files.cipher_suites,
+        ..TlsFiles::default()
+    };
+    Ok((auto, true))
+}
+
 /// TLS for connecting to `https://` peers: this member's certificate as its client
-/// certificate, and the peer CA to verify the others with.
+/// certificate, and the peer CA to verify the others with; with `auto` (`--peer-auto-tls`),
+/// encryption that verifies nothing.
 fn peer_client_tls(
     files: &TlsFiles,
+    auto: bool,
     initial: &BTreeMap<String, Vec<String>>,
-) -> Result<Option<tonic::transport::ClientTlsConfig>> {
+) -> Result<Option<consensus::PeerTls>> {
+    if auto {
+        return Ok(Some(consensus::PeerTls::Unverified(
+            tls::unverified_client_config()?,
+        )));
+    }
     let https = initial
         .values()
         .flatten()
         .any(|u| u.starts_with("https://"));
     if !files.is_set() {
         if https {
-            bail!("--initial-cluster has https:// peer URLs: --peer-cert-file, --peer-key-file and --peer-trusted-ca-file are required");
+            bail!("--initial-cluster has https:// peer URLs: --peer-cert-file, --peer-key-file and --peer-trusted-ca-file (or --peer-auto-tls) are required");
         }
         return Ok(None);
     }
@@ -211,14 +272,14 @@ fn peer_client_tls(
         read(cert, "--peer-cert-file")?,
         read(key, "--peer-key-file")?,
     );
-    Ok(Some(
+    Ok(Some(consensus::PeerTls::Verified(
         tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(read(
                 ca,
                 "--peer-trusted-ca-file",
             )?))
             .identity(identity),
-    ))
+    )))
 }
 
 pub(crate) fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<String, Vec<String>>> {
@@ -417,7 +478,11 @@ impl TryFrom<Flags> for Config {
             if hosts.is_empty() {
                 bail!("--auto-tls is set but --listen-client-urls has no https:// URL; refusing to serve in plaintext");
             }
-            let (cert, key) = tls::self_signed(&data_dir.join("fixtures").join("client"), hosts)?;
+            let (cert, key) = tls::self_signed(
+                &data_dir.join("fixtures").join("client"),
+                hosts,
+                "--auto-tls",
+            )?;
             client_files.cert_file = Some(cert);
             client_files.key_file = Some(key);
         }
@@ -427,13 +492,14 @@ impl TryFrom<Flags> for Config {
             "",
             "--listen-client-urls",
         )?;
+        let (peer_files, peer_auto_tls) = peer_auto_tls(&f, &data_dir)?;
         let (peer_addrs, peer_tls_addrs, _, peer_tls) = listeners(
             &f.listen_peer_urls,
-            &f.peer_tls_files(),
+            &peer_files,
             "peer-",
             "--listen-peer-urls",
         )?;
-        node.peer_tls = peer_client_tls(&f.peer_tls_files(), &initial)?;
+        node.peer_tls = peer_client_tls(&peer_files, peer_auto_tls, &initial)?;
         Ok(Config {
             data_dir,
             engine: f.engine,

@@ -69,7 +69,6 @@ pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("proxy-dial-timeout", false, Fate::DefaultOnly { default: "1000", why: NO_V2 }),
     flag("proxy-write-timeout", false, Fate::DefaultOnly { default: "5000", why: NO_V2 }),
     flag("proxy-read-timeout", false, Fate::DefaultOnly { default: "0", why: NO_V2 }),
-    flag("peer-auto-tls", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
     flag("experimental-peer-skip-client-san-verification", true, Fate::DefaultOnly { default: "false", why: NO_TLS }),
     flag("enable-pprof", true, Fate::DefaultOnly { default: "false", why: "Go's /debug/pprof endpoints do not exist in a Rust server and no equivalent is built yet (profile the process with `perf record -p PID` meanwhile)" }),
     flag("log-package-levels", false, Fate::DefaultOnly { default: "", why: "per-package levels do not exist: use --log-level or RUST_LOG" }),
@@ -344,15 +343,20 @@ mod tests {
             e.contains("--experimental-peer-skip-client-san-verification") && e.contains("TLS"),
             "{e}"
         );
-        let e = run(&[], &[("ETCD_PEER_AUTO_TLS", "true")]).unwrap_err();
-        assert!(e.contains("ETCD_PEER_AUTO_TLS") && e.contains("TLS"), "{e}");
-        let e = run(&["--enable-v2"], &[]).unwrap_err();
-        assert!(e.contains("--enable-v2=true"), "{e}");
-        let e = run(&["--peer-auto-tls"], &[]).unwrap_err();
+        let e = run(
+            &[],
+            &[(
+                "ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION",
+                "true",
+            )],
+        )
+        .unwrap_err();
         assert!(
-            e.contains("--peer-auto-tls=true") && e.contains("TLS"),
+            e.contains("ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION") && e.contains("TLS"),
             "{e}"
         );
+        let e = run(&["--enable-v2"], &[]).unwrap_err();
+        assert!(e.contains("--enable-v2=true"), "{e}");
         let e = run(&["--enable-v2=maybe"], &[]).unwrap_err();
         assert!(e.contains("invalid boolean"), "{e}");
     }
@@ -363,7 +367,6 @@ mod tests {
             &["--enable-v2=false", "--discovery-fallback=proxy"],
             &[
                 ("ETCD_ENABLE_V2", "false"),
-                ("ETCD_PEER_AUTO_TLS", "false"),
                 (
                     "ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION",
                     "false",

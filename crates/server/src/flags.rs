@@ -317,6 +317,12 @@ pub struct Flags {
           default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub auto_tls: bool,
 
+    /// Peer TLS with a self-signed certificate made in DATA_DIR/fixtures/peer (when no
+    /// --peer-cert-file/--peer-key-file are given); peers encrypt but do not verify each other.
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub peer_auto_tls: bool,
+
     /// Path to the client certificate revocation list file (PEM): listed client certificates
     /// are refused.
     #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]

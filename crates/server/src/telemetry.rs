@@ -204,6 +204,11 @@ pub fn describe() {
         "Peer messages refused (from a member not in the cluster, or another cluster)."
     );
     describe_histogram!(
+        consensus::STAGE_SECONDS,
+        Unit::Seconds,
+        "Time a put spends in each stage of the write path (label stage), once per put."
+    );
+    describe_histogram!(
         "metastore_leader_wait_seconds",
         Unit::Seconds,
         "Time requests waited for a leader."

@@ -86,41 +86,112 @@ pub fn read_key(path: &Path, flag: &str) -> Result<PrivateKeyDer<'static>> {
         .with_context(|| format!("{flag} {}: no readable PEM private key", path.display()))
 }
 
-/// `--auto-tls`: a self-signed certificate for `hosts` in `dir` (`cert.pem`, `key.pem`), made
-/// on first use and kept, as etcd does in `DATA_DIR/fixtures/client`. The directory is
-/// private to this user, so the key is too.
+/// `--auto-tls` and `--peer-auto-tls` (`flag`): a self-signed certificate for `hosts` in
+/// `dir` (`cert.pem`, `key.pem`), made on first use and kept, as etcd does in
+/// `DATA_DIR/fixtures/client` and `DATA_DIR/fixtures/peer`. The directory is private to this
+/// user, so the key is too.
 ///
 /// # Errors
 /// The directory or files cannot be created, or the certificate cannot be made.
-pub fn self_signed(dir: &Path, hosts: Vec<String>) -> Result<(PathBuf, PathBuf)> {
+pub fn self_signed(dir: &Path, hosts: Vec<String>, flag: &str) -> Result<(PathBuf, PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     if cert.is_file() && key.is_file() {
         return Ok((cert, key));
     }
     mvcc::durable::create_dir_all_synced(dir)
-        .with_context(|| format!("--auto-tls: creating {}", dir.display()))?;
+        .with_context(|| format!("{flag}: creating {}", dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("--auto-tls: securing {}", dir.display()))?;
+            .with_context(|| format!("{flag}: securing {}", dir.display()))?;
     }
-    let pair = rcgen::KeyPair::generate().context("--auto-tls: generating a key")?;
-    let mut params = rcgen::CertificateParams::new(hosts).context("--auto-tls: host names")?;
+    let pair = rcgen::KeyPair::generate().with_context(|| format!("{flag}: generating a key"))?;
+    let mut params =
+        rcgen::CertificateParams::new(hosts).with_context(|| format!("{flag}: host names"))?;
     params
         .distinguished_name
         .push(rcgen::DnType::OrganizationName, "etcd");
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let made = params
         .self_signed(&pair)
-        .context("--auto-tls: signing the certificate")?;
+        .with_context(|| format!("{flag}: signing the certificate"))?;
     // The key first: a certificate without its key is never left behind to be reused.
     mvcc::durable::write_synced(&key, pair.serialize_pem().as_bytes())
-        .with_context(|| format!("--auto-tls: writing {}", key.display()))?;
+        .with_context(|| format!("{flag}: writing {}", key.display()))?;
     mvcc::durable::write_synced(&cert, made.pem().as_bytes())
-        .with_context(|| format!("--auto-tls: writing {}", cert.display()))?;
-    tracing::info!(cert = %cert.display(), "--auto-tls: made a self-signed certificate");
+        .with_context(|| format!("{flag}: writing {}", cert.display()))?;
+    tracing::info!(cert = %cert.display(), "{flag}: made a self-signed certificate");
     Ok((cert, key))
+}
+
+/// The TLS client settings of `--peer-auto-tls`: every member's certificate is self-signed,
+/// so, as etcd (Go's `InsecureSkipVerify`), a peer's certificate is not verified and no
+/// certificate is presented. The connection is encrypted, but a peer is not authenticated.
+pub fn unverified_client_config() -> Result<Arc<rustls::ClientConfig>> {
+    let provider = provider();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert { provider }))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts any server certificate (its chain, names and dates are not looked at); the
+/// handshake's signature is still checked, so the peer holds the key of what it presented.
+#[derive(Debug)]
+struct AnyServerCert {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// The suites of `available` that `names` (comma-separated IANA names, as etcd's

@@ -19,16 +19,22 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use kvapi::pb::authpb::{permission, Permission};
+use kvapi::pb::etcdserverpb::auth_client::AuthClient;
 use kvapi::pb::etcdserverpb::kv_client::KvClient;
 use kvapi::pb::etcdserverpb::request_op::Request as TxnOp;
-use kvapi::pb::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
+use kvapi::pb::etcdserverpb::{
+    AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
+    AuthUserGrantRoleRequest, AuthenticateRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
 use tokio::task::JoinSet;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
 use super::doc;
 use super::servers::{
     build_server, connect_all, join_within, metastore_binary, percentile, process_cpu_ns, request,
-    settle, wait_ready, Kind, Scratch, Server, REQUEST_TIMEOUT, SETTLE,
+    settle, wait_ready, Kind, Scratch, Server, ServerTls, REQUEST_TIMEOUT, SETTLE,
 };
 use super::stages;
 use super::{grouped, load_average, output_of, Machine, XorShift};
@@ -67,6 +73,11 @@ options:
   --metastore PATH  use this metastore binary (another build, for A/B) and build nothing
   --cluster N       run each server as a cluster of N members on this machine, clients
                     spread over all members                   (default 1)
+  --tls             serve clients over https:// (a CA and a server certificate made for the
+                    run, the same files for both servers); clients verify the server
+  --auth            enable etcd's auth (simple tokens) before the first workload: every
+                    request carries the token of a user whose role may read and write
+                    every key
   --no-docs         print the figures but leave docs/benchmarks.md alone";
 
 /// What one request of a workload does.
@@ -160,16 +171,27 @@ struct Args {
     docs: bool,
     /// Members per server: 1, or a cluster.
     cluster: usize,
+    /// Clients over `https://`.
+    tls: bool,
+    /// Auth enabled, requests made with a user's token.
+    auth: bool,
 }
 
 impl Args {
     /// The section of docs/benchmarks.md these figures go to.
     fn heading(&self) -> String {
-        if self.cluster == 1 {
+        let mut heading = if self.cluster == 1 {
             HEADING.to_string()
         } else {
             format!("{HEADING}, {}-member clusters", self.cluster)
+        };
+        if self.tls {
+            heading.push_str(", client TLS");
         }
+        if self.auth {
+            heading.push_str(", auth enabled");
+        }
+        heading
     }
 }
 
@@ -185,6 +207,8 @@ impl Args {
             metastore: None,
             docs: true,
             cluster: 1,
+            tls: false,
+            auth: false,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -198,6 +222,8 @@ impl Args {
                 "--metastore" => out.metastore = Some(PathBuf::from(value()?)),
                 "--no-docs" => out.docs = false,
                 "--cluster" => out.cluster = value()?.parse().context("--cluster")?,
+                "--tls" => out.tls = true,
+                "--auth" => out.auth = true,
                 "-h" | "--help" => return Ok(None),
                 other => bail!("unknown option `{other}`\n\n{USAGE}"),
             }
@@ -238,12 +264,17 @@ fn key(i: usize) -> Vec<u8> {
 }
 
 /// Writes keys `0..keys` with [`PRELOAD_CLIENTS`] clients; any failure fails it.
-async fn preload(urls: &[String], keys: usize) -> Result<()> {
+async fn preload(urls: &[String], keys: usize, auth: bool) -> Result<()> {
     let conns = PRELOAD_CLIENTS.min(MAX_CONNS);
     let channels = connect_all(urls, conns).await?;
+    let token = match auth {
+        true => Some(token(&channels[0]).await?),
+        false => None,
+    };
     let mut set = JoinSet::new();
     for c in 0..PRELOAD_CLIENTS {
         let mut kv = KvClient::new(channels[c % conns].clone());
+        let token = token.clone();
         set.spawn(async move {
             let mut rng = XorShift::new(SEED ^ c as u64);
             for i in (c..keys).step_by(PRELOAD_CLIENTS) {
@@ -252,7 +283,7 @@ async fn preload(urls: &[String], keys: usize) -> Result<()> {
                     value: value(&mut rng),
                     ..PutRequest::default()
                 };
-                kv.put(request(req, REQUEST_TIMEOUT))
+                kv.put(authed(req, token.as_ref()))
                     .await
                     .map_err(status_text)?;
             }
@@ -263,6 +294,82 @@ async fn preload(urls: &[String], keys: usize) -> Result<()> {
         done.map_err(|e| anyhow::anyhow!("preloading: {e}"))?;
     }
     Ok(())
+}
+
+/// The user every request is made as with `--auth`, its password and its role.
+const BENCH_USER: (&str, &str, &str) = ("bench", "bench-password", "bench-rw");
+
+/// Sets up etcd's auth through `channel`, as an operator would with etcdctl: `root` with the
+/// root role, user [`BENCH_USER`] with a role that may read and write every key, auth enabled.
+async fn enable_auth(channel: Channel) -> Result<()> {
+    let mut auth = AuthClient::new(channel);
+    let (user, password, role) = BENCH_USER;
+    let call = |what: &str, e: tonic::Status| anyhow::anyhow!("{what}: {}", status_text(e));
+    for (name, password) in [("root", "root-password"), (user, password)] {
+        let req = AuthUserAddRequest {
+            name: name.into(),
+            password: password.into(),
+            ..AuthUserAddRequest::default()
+        };
+        auth.user_add(request(req, REQUEST_TIMEOUT))
+            .await
+            .map_err(|e| call("user add", e))?;
+    }
+    for role in ["root", role] {
+        let req = AuthRoleAddRequest { name: role.into() };
+        auth.role_add(request(req, REQUEST_TIMEOUT))
+            .await
+            .map_err(|e| call("role add", e))?;
+    }
+    let req = AuthRoleGrantPermissionRequest {
+        name: role.into(),
+        perm: Some(Permission {
+            perm_type: permission::Type::Readwrite as i32,
+            key: vec![0],
+            range_end: vec![0],
+        }),
+    };
+    auth.role_grant_permission(request(req, REQUEST_TIMEOUT))
+        .await
+        .map_err(|e| call("role grant-permission", e))?;
+    for (user, role) in [("root", "root"), (user, role)] {
+        let req = AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        };
+        auth.user_grant_role(request(req, REQUEST_TIMEOUT))
+            .await
+            .map_err(|e| call("user grant-role", e))?;
+    }
+    auth.auth_enable(request(AuthEnableRequest {}, REQUEST_TIMEOUT))
+        .await
+        .map_err(|e| call("auth enable", e))?;
+    Ok(())
+}
+
+/// A fresh simple token of [`BENCH_USER`].
+async fn token(channel: &Channel) -> Result<AsciiMetadataValue> {
+    let (name, password, _) = BENCH_USER;
+    let req = AuthenticateRequest {
+        name: name.into(),
+        password: password.into(),
+    };
+    let token = AuthClient::new(channel.clone())
+        .authenticate(request(req, REQUEST_TIMEOUT))
+        .await
+        .map_err(|e| anyhow::anyhow!("authenticate: {}", status_text(e)))?
+        .into_inner()
+        .token;
+    Ok(token.parse()?)
+}
+
+/// `msg` with the request deadline and, with auth, the token (etcd's `token` metadata).
+fn authed<T>(msg: T, token: Option<&AsciiMetadataValue>) -> tonic::Request<T> {
+    let mut req = request(msg, REQUEST_TIMEOUT);
+    if let Some(token) = token {
+        req.metadata_mut().insert("token", token.clone());
+    }
+    req
 }
 
 /// A value of [`VALUE_LEN`] pseudo-random bytes.
@@ -290,6 +397,7 @@ struct ClientOut {
 async fn client(
     mut kv: KvClient<Channel>,
     op: Op,
+    token: Option<AsciiMetadataValue>,
     mut rng: XorShift,
     warm_end: Instant,
     end: Instant,
@@ -305,7 +413,7 @@ async fn client(
         if sent >= end {
             break;
         }
-        let result = one(&mut kv, op, &mut rng, &value).await;
+        let result = one(&mut kv, op, token.as_ref(), &mut rng, &value).await;
         if sent >= warm_end {
             match result {
                 Ok(()) => {
@@ -325,6 +433,7 @@ async fn client(
 async fn one(
     kv: &mut KvClient<Channel>,
     op: Op,
+    token: Option<&AsciiMetadataValue>,
     rng: &mut XorShift,
     value: &[u8],
 ) -> std::result::Result<(), String> {
@@ -335,9 +444,7 @@ async fn one(
                 value: value.to_vec(),
                 ..PutRequest::default()
             };
-            kv.put(request(req, REQUEST_TIMEOUT))
-                .await
-                .map_err(status_text)?;
+            kv.put(authed(req, token)).await.map_err(status_text)?;
         }
         Op::Range { serializable } => {
             let req = RangeRequest {
@@ -346,7 +453,7 @@ async fn one(
                 ..RangeRequest::default()
             };
             let resp = kv
-                .range(request(req, REQUEST_TIMEOUT))
+                .range(authed(req, token))
                 .await
                 .map_err(status_text)?
                 .into_inner();
@@ -367,7 +474,7 @@ async fn one(
                 ..TxnRequest::default()
             };
             let resp = kv
-                .txn(request(req, REQUEST_TIMEOUT))
+                .txn(authed(req, token))
                 .await
                 .map_err(status_text)?
                 .into_inner();
@@ -420,9 +527,14 @@ async fn drive(
     warmup: Duration,
     measure: Duration,
     seed: u64,
+    auth: bool,
 ) -> Result<Sample> {
     let conns = workload.conns().max(urls.len());
     let channels = connect_all(urls, conns).await?;
+    let token = match auth {
+        true => Some(token(&channels[0]).await?),
+        false => None,
+    };
     let start = Instant::now();
     let warm_end = start + warmup;
     let end = warm_end + measure;
@@ -431,7 +543,7 @@ async fn drive(
         // Round-robin over the connections: client i on connection i mod conns.
         let kv = KvClient::new(channels[i % conns].clone());
         let rng = XorShift::new(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        set.spawn(client(kv, workload.op, rng, warm_end, end));
+        set.spawn(client(kv, workload.op, token.clone(), rng, warm_end, end));
     }
     let servers: Vec<String> = pids.iter().map(u32::to_string).collect();
     let cpu_of =
@@ -550,19 +662,25 @@ pub fn run(raw: &[String]) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let mut ours = Server::start_cluster(
+    let tls = match args.tls {
+        true => Some(ServerTls::make(&scratch.0)?),
+        false => None,
+    };
+    let mut ours = Server::start_cluster_tls(
         Kind::Ours,
         &metastore,
         &scratch.0.join("metastore"),
         args.cluster,
         &[],
+        tls.as_ref(),
     )?;
-    let mut etcd = Server::start_cluster(
+    let mut etcd = Server::start_cluster_tls(
         Kind::Etcd,
         Path::new("etcd"),
         &scratch.0.join("etcd"),
         args.cluster,
         &[],
+        tls.as_ref(),
     )?;
     println!(
         "MetaStore (pid {}) at {}, etcd (pid {}) at {}; data under {}",
@@ -574,6 +692,17 @@ pub fn run(raw: &[String]) -> Result<()> {
     );
     wait_ready(&rt, &mut ours)?;
     wait_ready(&rt, &mut etcd)?;
+    if args.auth {
+        for server in [&mut ours, &mut etcd] {
+            let url = server.url.clone();
+            rt.block_on(async {
+                let channel = connect_all(&[url], 1).await?;
+                enable_auth(channel[0].clone()).await
+            })
+            .with_context(|| format!("enabling auth on {}", server.kind.name()))?;
+            server.ensure_running()?;
+        }
+    }
 
     let warmup = Duration::from_secs_f64(args.warmup);
     let measure = Duration::from_secs_f64(args.secs);
@@ -587,7 +716,7 @@ pub fn run(raw: &[String]) -> Result<()> {
                     grouped(PRELOAD as u64),
                     server.kind.name()
                 );
-                rt.block_on(preload(&server.urls, PRELOAD))
+                rt.block_on(preload(&server.urls, PRELOAD, args.auth))
                     .with_context(|| format!("preloading {}", server.kind.name()))?;
                 server.ensure_running()?;
             }
@@ -612,6 +741,7 @@ pub fn run(raw: &[String]) -> Result<()> {
                         warmup,
                         measure,
                         seed,
+                        args.auth,
                     ))
                     .with_context(|| format!("{} on {}", workload.id, server.kind.name()));
                 server.ensure_running()?;
@@ -719,6 +849,26 @@ fn render(args: &Args, setup: &Setup, rows: &[Row], m: &Machine) -> String {
         },
         m.target_fs
     );
+    if args.tls {
+        let _ = writeln!(
+            s,
+            "Client TLS: both servers serve `https://` client URLs with the same certificate \
+             (ECDSA P-256, `--cert-file`/`--key-file`, from a CA made for the run; no client \
+             certificates); the client verifies it (tonic with rustls and ring). Peer traffic \
+             stays plaintext.\n"
+        );
+    }
+    if args.auth {
+        let (user, _, role) = BENCH_USER;
+        let _ = writeln!(
+            s,
+            "Auth: enabled on both before the first workload (`root` with the root role; user \
+             `{user}` with role `{role}`, readwrite on every key; simple tokens, default \
+             `--auth-token-ttl` and `--bcrypt-cost`). Every run authenticates once and all its \
+             requests carry that token (`token` metadata), so each is permission-checked; the \
+             bcrypt cost of `Authenticate` is outside the measured window.\n"
+        );
+    }
     let _ = writeln!(
         s,
         "Client: this process, on the same cores as the servers: one tokio runtime of {} \

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -11,7 +12,7 @@ use kvapi::pb::etcdserverpb::kv_client::KvClient;
 use kvapi::pb::etcdserverpb::RangeRequest;
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Deadline of every request, sent as `grpc-timeout` and enforced by the client too.
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,10 +66,24 @@ impl Server {
         members: usize,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::start_cluster_tls(kind, program, dir, members, extra, None)
+    }
+
+    /// [`Server::start_cluster`], serving clients over `https://` with `tls`'s certificate
+    /// when given (the same files for both servers).
+    pub(super) fn start_cluster_tls(
+        kind: Kind,
+        program: &Path,
+        dir: &Path,
+        members: usize,
+        extra: &[&str],
+        tls: Option<&ServerTls>,
+    ) -> Result<Self> {
         let ports: Vec<[u16; 2]> = (0..members).map(|_| free_ports()).collect::<Result<_>>()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let urls: Vec<String> = ports
             .iter()
-            .map(|[client, _]| format!("http://127.0.0.1:{client}"))
+            .map(|[client, _]| format!("{scheme}://127.0.0.1:{client}"))
             .collect();
         let initial = ports
             .iter()
@@ -113,6 +128,12 @@ impl Server {
                 Kind::Ours => cmd.args(["--engine", "redb", "--log-level", "warn"]),
                 Kind::Etcd => cmd.args(["--logger", "zap", "--log-level", "warn"]),
             };
+            if let Some(tls) = tls {
+                cmd.arg("--cert-file")
+                    .arg(&tls.cert)
+                    .arg("--key-file")
+                    .arg(&tls.key);
+            }
             cmd.args(extra);
             // Flags only: a stray ETCD_* or METASTORE_* variable would change one server alone.
             for (name, _) in std::env::vars_os() {
@@ -271,12 +292,67 @@ pub(super) fn metastore_binary(root: &Path) -> PathBuf {
     target.join("release/metastore")
 }
 
-/// A client endpoint with the deadlines every connection of the benchmark uses.
+/// A certificate for `127.0.0.1` signed by a CA made for this run, in PEM files.
+pub(super) struct ServerTls {
+    /// The server's certificate.
+    pub(super) cert: PathBuf,
+    /// Its key.
+    pub(super) key: PathBuf,
+}
+
+/// The CA `https://` endpoints are verified with: the one [`ServerTls::make`] made.
+static CLIENT_CA: OnceLock<String> = OnceLock::new();
+
+impl ServerTls {
+    /// Makes a CA and a server certificate (ECDSA P-256, as a typical deployment's) in `dir`,
+    /// and has every later `https://` [`endpoint`] trust that CA.
+    pub(super) fn make(dir: &Path) -> Result<Self> {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "bench ca");
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "bench server");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &ca)?;
+        let tls = Self {
+            cert: dir.join("server.pem"),
+            key: dir.join("server-key.pem"),
+        };
+        std::fs::write(&tls.cert, cert.pem())?;
+        std::fs::write(&tls.key, key.serialize_pem())?;
+        ensure!(
+            CLIENT_CA.set(ca.pem()).is_ok(),
+            "one TLS set-up per benchmark run"
+        );
+        Ok(tls)
+    }
+}
+
+/// A client endpoint with the deadlines every connection of the benchmark uses; `https://`
+/// URLs verify the server against the CA [`ServerTls::make`] made.
 pub(super) fn endpoint(url: &str) -> Result<Endpoint> {
-    Ok(Endpoint::from_shared(url.to_string())?
+    let endpoint = Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(5))
         .timeout(REQUEST_TIMEOUT)
-        .tcp_nodelay(true))
+        .tcp_nodelay(true);
+    if !url.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    let ca = CLIENT_CA
+        .get()
+        .context("an https:// URL without the benchmark's CA")?;
+    Ok(endpoint
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.as_bytes())))?)
 }
 
 /// `msg` with a deadline, sent to the server as `grpc-timeout`.

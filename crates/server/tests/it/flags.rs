@@ -227,12 +227,27 @@ fn etcd_variables_refused_and_unknown_ones_warned_about() {
     // A refused flag given as a variable names the variable (TLS is never silently ignored).
     let (exit, text) = run_briefly(
         &[],
+        &[(
+            "ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION".into(),
+            "true".into(),
+        )],
+        Duration::from_secs(10),
+    );
+    assert_eq!(exit, Some(false), "{text}");
+    assert!(
+        text.contains("ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION")
+            && text.contains("TLS"),
+        "{text}"
+    );
+    // Peer auto TLS asked for by variable, with only http:// peer URLs: refused, not plaintext.
+    let (exit, text) = run_briefly(
+        &[],
         &[("ETCD_PEER_AUTO_TLS".into(), "true".into())],
         Duration::from_secs(10),
     );
     assert_eq!(exit, Some(false), "{text}");
     assert!(
-        text.contains("ETCD_PEER_AUTO_TLS") && text.contains("TLS"),
+        text.contains("--peer-auto-tls") && text.contains("plaintext"),
         "{text}"
     );
     // An implemented TLS variable is read: a certificate without an https:// URL is refused.
