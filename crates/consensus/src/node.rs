@@ -79,7 +79,7 @@ pub struct NodeConfig {
     pub force_new_cluster: bool,
     /// etcd's `--pre-vote`: campaign only after a majority of voters answer that they would
     /// vote (they heard from no leader for an election timeout), so a member cut off from the
-    /// others does not depose the leader when it returns ([`crate::prevote`]).
+    /// others does not depose the leader when it returns (`prevote`).
     pub pre_vote: bool,
 }
 
