@@ -464,7 +464,7 @@ async fn lock_and_election_ride_through_a_killed_leader() {
 }
 
 /// A Lock and a Campaign that wait past the client's own deadline (`grpc-timeout`, as the Go
-/// clients send it) end with DeadlineExceeded, and their keys go; as in etcd 3.4.
+/// clients send it) end with an error when it passes, and their keys go; as in etcd 3.4.
 async fn deadline_script(endpoint: &str) -> Vec<String> {
     use kvapi::pb::v3electionpb::election_client::ElectionClient;
     use kvapi::pb::v3electionpb::CampaignRequest;
@@ -486,8 +486,16 @@ async fn deadline_script(endpoint: &str) -> Vec<String> {
         .await
         .expect("connect");
     let mut out = Vec::new();
+    // etcd 3.4 ends such a wait with Cancelled or, now and then, Unknown ("context deadline
+    // exceeded"): which of its layers sees the expired context first is a race inside etcd
+    // (its lock and election servers call the KV server through an in-process client). Both
+    // mean "ended by the client's deadline", so both read the same here; any other answer,
+    // or getting the lock, does not.
     let status = |r: Result<String, tonic::Status>| match r {
         Ok(v) => format!("answered {v}"),
+        Err(s) if matches!(s.code(), tonic::Code::Cancelled | tonic::Code::Unknown) => {
+            "ended by the deadline".to_string()
+        }
         Err(s) => format!("{:?}", s.code()),
     };
     let mut req = tonic::Request::new(LockRequest {

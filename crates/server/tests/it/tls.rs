@@ -460,9 +460,9 @@ fn spoke_http2(bytes: &[u8]) -> bool {
     bytes.len() >= 9 && bytes[3] == 4
 }
 
-#[test]
-fn a_cluster_with_peer_mtls_serves_and_refuses_peers_without_certificates() {
-    let pki = Pki::new();
+/// Three members (mem engine) with peer mTLS and client TLS with `--client-cert-auth`, all
+/// from `pki`, started and healthy; their peer ports.
+fn mtls_cluster(pki: &Pki) -> (Vec<TlsServer>, Vec<u16>) {
     let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let initial: Vec<String> = peer_ports
@@ -511,8 +511,15 @@ fn a_cluster_with_peer_mtls_serves_and_refuses_peers_without_certificates() {
         })
         .collect();
     for member in &mut members {
-        member.wait_healthy(&pki);
+        member.wait_healthy(pki);
     }
+    (members, peer_ports)
+}
+
+#[test]
+fn a_cluster_with_peer_mtls_serves_and_refuses_peers_without_certificates() {
+    let pki = Pki::new();
+    let (members, peer_ports) = mtls_cluster(&pki);
     let tls = certs(&pki, "client");
     let put = etcdctl(&members[0].endpoint(), &tls, &["put", "k", "replicated"]);
     assert_eq!(put.0, Some(0), "{put:?}");
@@ -980,56 +987,7 @@ fn raft_status(endpoint: &str, pki: &Pki) -> (u64, u64, u64) {
 #[test]
 fn a_process_without_a_peer_certificate_cannot_move_the_term_or_the_log() {
     let pki = Pki::new();
-    let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let initial: Vec<String> = peer_ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("m{i}=https://127.0.0.1:{p}"))
-        .collect();
-    let initial = initial.join(",");
-    let ca = pki.path("ca.pem");
-    let (cert, key) = (pki.path("server.pem"), pki.path("server-key.pem"));
-    let mut members: Vec<TlsServer> = (0..3)
-        .map(|i| {
-            let peer = format!("https://127.0.0.1:{}", peer_ports[i]);
-            let client = format!("https://127.0.0.1:{}", client_ports[i]);
-            let args: Vec<String> = [
-                "--name",
-                &format!("m{i}"),
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &initial,
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-                "--cert-file",
-                &cert,
-                "--key-file",
-                &key,
-                "--trusted-ca-file",
-                &ca,
-                "--client-cert-auth",
-                "--peer-cert-file",
-                &cert,
-                "--peer-key-file",
-                &key,
-                "--peer-trusted-ca-file",
-                &ca,
-                "--peer-client-cert-auth",
-            ]
-            .map(String::from)
-            .to_vec();
-            TlsServer::spawn_args(Kind::Mem, client_ports[i], &args)
-        })
-        .collect();
-    for member in &mut members {
-        member.wait_healthy(&pki);
-    }
+    let (members, peer_ports) = mtls_cluster(&pki);
     let tls = certs(&pki, "client");
     let put = etcdctl(&members[0].endpoint(), &tls, &["put", "k", "kept"]);
     assert_eq!(put.0, Some(0), "{put:?}");
