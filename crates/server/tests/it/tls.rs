@@ -460,9 +460,9 @@ fn spoke_http2(bytes: &[u8]) -> bool {
     bytes.len() >= 9 && bytes[3] == 4
 }
 
-/// Three members (mem engine) with peer mTLS and client TLS with `--client-cert-auth`, all
-/// from `pki`, started and healthy; their peer ports.
-fn mtls_cluster(pki: &Pki) -> (Vec<TlsServer>, Vec<u16>) {
+/// Three members of `kind` on `https://` client and peer URLs, each also given `tls` (its
+/// certificate flags), started and healthy; their peer ports.
+fn https_cluster(pki: &Pki, kind: Kind, tls: &[String]) -> (Vec<TlsServer>, Vec<u16>) {
     let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let initial: Vec<String> = peer_ports
@@ -471,13 +471,11 @@ fn mtls_cluster(pki: &Pki) -> (Vec<TlsServer>, Vec<u16>) {
         .map(|(i, p)| format!("m{i}=https://127.0.0.1:{p}"))
         .collect();
     let initial = initial.join(",");
-    let ca = pki.path("ca.pem");
-    let (cert, key) = (pki.path("server.pem"), pki.path("server-key.pem"));
     let mut members: Vec<TlsServer> = (0..3)
         .map(|i| {
             let peer = format!("https://127.0.0.1:{}", peer_ports[i]);
             let client = format!("https://127.0.0.1:{}", client_ports[i]);
-            let args: Vec<String> = [
+            let mut args: Vec<String> = [
                 "--name",
                 &format!("m{i}"),
                 "--listen-peer-urls",
@@ -490,30 +488,42 @@ fn mtls_cluster(pki: &Pki) -> (Vec<TlsServer>, Vec<u16>) {
                 &client,
                 "--advertise-client-urls",
                 &client,
-                "--cert-file",
-                &cert,
-                "--key-file",
-                &key,
-                "--trusted-ca-file",
-                &ca,
-                "--client-cert-auth",
-                "--peer-cert-file",
-                &cert,
-                "--peer-key-file",
-                &key,
-                "--peer-trusted-ca-file",
-                &ca,
-                "--peer-client-cert-auth",
             ]
             .map(String::from)
             .to_vec();
-            TlsServer::spawn_args(Kind::Mem, client_ports[i], &args)
+            args.extend_from_slice(tls);
+            TlsServer::spawn_args(kind, client_ports[i], &args)
         })
         .collect();
     for member in &mut members {
         member.wait_healthy(pki);
     }
     (members, peer_ports)
+}
+
+/// Three members (mem engine) with peer mTLS and client TLS with `--client-cert-auth`, all
+/// from `pki`, started and healthy; their peer ports.
+fn mtls_cluster(pki: &Pki) -> (Vec<TlsServer>, Vec<u16>) {
+    let ca = pki.path("ca.pem");
+    let (cert, key) = (pki.path("server.pem"), pki.path("server-key.pem"));
+    let tls = [
+        "--cert-file",
+        &cert,
+        "--key-file",
+        &key,
+        "--trusted-ca-file",
+        &ca,
+        "--client-cert-auth",
+        "--peer-cert-file",
+        &cert,
+        "--peer-key-file",
+        &key,
+        "--peer-trusted-ca-file",
+        &ca,
+        "--peer-client-cert-auth",
+    ]
+    .map(String::from);
+    https_cluster(pki, Kind::Mem, &tls)
 }
 
 #[test]
@@ -785,45 +795,8 @@ fn a_cluster_with_peer_auto_tls_forms_over_https_peers_that_do_not_verify_each_o
     let pki = Pki::new();
     let (cert, key) = (pki.path("server.pem"), pki.path("server-key.pem"));
     for kind in KINDS {
-        let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let initial: Vec<String> = peer_ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("m{i}=https://127.0.0.1:{p}"))
-            .collect();
-        let initial = initial.join(",");
-        let mut members: Vec<TlsServer> = (0..3)
-            .map(|i| {
-                let peer = format!("https://127.0.0.1:{}", peer_ports[i]);
-                let client = format!("https://127.0.0.1:{}", client_ports[i]);
-                let args: Vec<String> = [
-                    "--name",
-                    &format!("m{i}"),
-                    "--listen-peer-urls",
-                    &peer,
-                    "--initial-advertise-peer-urls",
-                    &peer,
-                    "--initial-cluster",
-                    &initial,
-                    "--listen-client-urls",
-                    &client,
-                    "--advertise-client-urls",
-                    &client,
-                    "--cert-file",
-                    &cert,
-                    "--key-file",
-                    &key,
-                    "--peer-auto-tls",
-                ]
-                .map(String::from)
-                .to_vec();
-                TlsServer::spawn_args(kind, client_ports[i], &args)
-            })
-            .collect();
-        for member in &mut members {
-            member.wait_healthy(&pki);
-        }
+        let tls = ["--cert-file", &cert, "--key-file", &key, "--peer-auto-tls"].map(String::from);
+        let (members, peer_ports) = https_cluster(&pki, kind, &tls);
         // Replication crosses the peer ports, which speak only TLS.
         let tls = certs(&pki, "");
         let put = etcdctl(&members[0].endpoint(), &tls, &["put", "k", "over auto tls"]);
