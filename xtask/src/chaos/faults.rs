@@ -1,5 +1,7 @@
-//! The fault schedule of a chaos run: drawn from the seed, applied to the cluster and its peer
-//! proxies, each fault held for a while and then healed.
+//! The fault schedule of a chaos run: drawn from the seed, applied to the members through an
+//! [`Members`] (a local cluster with its peer proxies, or containers under the Docker engine),
+//! each fault held for a while and then healed. The schedule is the same code for both: only
+//! how a fault is made differs.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +11,123 @@ use std::time::{Duration, Instant};
 use testkit::Cluster;
 
 use crate::bench::XorShift;
+
+/// The members under test and how faults are made on them.
+pub trait Members: Send {
+    /// How many members there are.
+    fn size(&self) -> usize;
+    /// Every member's client URL, in member order.
+    fn endpoints(&self) -> Vec<String>;
+    /// A metric of member `i` (the sum of its series), if it answers.
+    fn metric(&self, i: usize, name: &str) -> Option<f64>;
+    /// SIGKILL member `i`; [`Members::heal`] starts it again on its data.
+    fn kill(&mut self, i: usize);
+    /// Stop member `i` answering anything while it keeps its connections.
+    fn freeze(&mut self, i: usize);
+    /// Cut both directions between members `a` and `b`.
+    fn cut_both(&mut self, a: usize, b: usize);
+    /// Cut the direction from `from` to `to` only.
+    fn cut(&mut self, from: usize, to: usize);
+    /// Delay what `from` sends to `to`.
+    fn slow(&mut self, from: usize, to: usize, delay: Duration);
+    /// Close every peer connection at once.
+    fn drop_connections(&mut self);
+    /// Removes every fault: links, frozen members, killed ones (started again).
+    fn heal(&mut self);
+    /// Kills every member, starts each again on its data and waits until each answers.
+    ///
+    /// # Errors
+    /// A member did not come back.
+    fn restart_all(&mut self) -> Result<(), String>;
+
+    /// The member that says it leads.
+    fn leader(&self) -> Option<usize> {
+        (0..self.size()).find(|i| self.metric(*i, "etcd_server_is_leader") == Some(1.0))
+    }
+
+    /// Waits up to `limit` for a leader.
+    ///
+    /// # Errors
+    /// None within `limit`.
+    fn wait_leader(&self, limit: Duration) -> Result<usize, String> {
+        let started = Instant::now();
+        loop {
+            if let Some(l) = self.leader() {
+                return Ok(l);
+            }
+            if started.elapsed() > limit {
+                return Err(format!("no leader within {limit:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Processes on this host, signals, and the in-process peer proxies.
+impl Members for Cluster {
+    fn size(&self) -> usize {
+        self.members().len()
+    }
+    fn endpoints(&self) -> Vec<String> {
+        Cluster::endpoints(self)
+    }
+    fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        Cluster::metric(self, i, name)
+    }
+    fn leader(&self) -> Option<usize> {
+        Cluster::leader(self)
+    }
+    fn kill(&mut self, i: usize) {
+        Cluster::kill(self, i);
+    }
+    fn freeze(&mut self, i: usize) {
+        Cluster::freeze(self, i);
+    }
+    fn cut_both(&mut self, a: usize, b: usize) {
+        if let Some(net) = self.net() {
+            net.cut_both(a, b);
+        }
+    }
+    fn cut(&mut self, from: usize, to: usize) {
+        if let Some(net) = self.net() {
+            net.cut(from, to);
+        }
+    }
+    fn slow(&mut self, from: usize, to: usize, delay: Duration) {
+        if let Some(net) = self.net() {
+            net.slow(from, to, delay);
+        }
+    }
+    fn drop_connections(&mut self) {
+        if let Some(net) = self.net() {
+            net.drop_connections();
+        }
+    }
+    fn heal(&mut self) {
+        if let Some(net) = self.net() {
+            net.heal();
+        }
+        for i in 0..self.members().len() {
+            if self.member(i).is_frozen() {
+                self.thaw(i);
+            }
+            if !self.member(i).is_running() {
+                if let Err(e) = self.restart(i) {
+                    eprintln!("chaos: restarting m{i} failed: {e}");
+                }
+            }
+        }
+    }
+    fn restart_all(&mut self) -> Result<(), String> {
+        for i in 0..self.members().len() {
+            Cluster::kill(self, i);
+        }
+        for i in 0..self.members().len() {
+            self.restart(i)?;
+        }
+        Ok(())
+    }
+}
 
 /// A kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +163,39 @@ impl Kind {
         Kind::Latency,
         Kind::DropConnections,
     ];
+
+    /// The kinds the Docker engine can make (`--docker`): a one-way cut, a delay and a reset
+    /// of connections need a packet filter inside the member's network namespace, which the
+    /// image (no capabilities, no tools) does not have.
+    pub const DOCKER: [Kind; 5] = [
+        Kind::Kill,
+        Kind::Restart,
+        Kind::Stop,
+        Kind::IsolateLeader,
+        Kind::Split,
+    ];
+
+    /// The kinds of `list` (as [`Kind::parse_list`]) that `--docker` makes: those a group
+    /// (`all`, `partition`) named and Docker cannot make are left out; one named alone is an
+    /// error.
+    pub fn parse_docker_list(list: &str) -> Result<Vec<Kind>, String> {
+        let kinds = Kind::parse_list(list)?;
+        let named: Vec<&str> = list.split(',').map(str::trim).collect();
+        if let Some(k) = kinds
+            .iter()
+            .find(|k| !Kind::DOCKER.contains(k) && named.contains(&k.name()))
+        {
+            return Err(format!(
+                "--docker cannot make `{}` faults; it makes: {}",
+                k.name(),
+                Kind::DOCKER.map(Kind::name).join(", ")
+            ));
+        }
+        Ok(kinds
+            .into_iter()
+            .filter(|k| Kind::DOCKER.contains(k))
+            .collect())
+    }
 
     /// Its name on the command line.
     pub fn name(self) -> &'static str {
@@ -92,6 +244,8 @@ impl Kind {
 pub struct Event {
     pub at: f64,
     pub what: String,
+    /// Which kind of fault.
+    pub kind: Kind,
     /// The fault began (true) or was healed (false).
     pub begins: bool,
 }
@@ -102,8 +256,20 @@ impl fmt::Display for Event {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How many faults of each kind began, in [`Kind::ALL`]'s order, as `kill 3, stop 1`.
+pub fn count_by_kind(timeline: &[Event]) -> String {
+    Kind::ALL
+        .iter()
+        .filter_map(|k| {
+            let n = timeline.iter().filter(|e| e.begins && e.kind == *k).count();
+            (n > 0).then(|| format!("{} {n}", k.name()))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Waits `d`, or less if `stop` is set meanwhile.
@@ -117,7 +283,7 @@ fn nap(d: Duration, stop: &AtomicBool) {
 /// Applies faults from `kinds` until `end` (less a calm tail) or `stop`, then heals everything.
 /// Returns the timeline.
 pub fn run(
-    cluster: &Arc<Mutex<Cluster>>,
+    cluster: &Arc<Mutex<dyn Members>>,
     kinds: &[Kind],
     seed: u64,
     start: Instant,
@@ -137,7 +303,7 @@ pub fn run(
         let hold = Duration::from_millis(1_500 + rng.below(4_000) as u64);
         let (n, leader) = {
             let c = lock(cluster);
-            (c.members().len(), c.leader())
+            (c.size(), c.leader())
         };
         let target = if rng.below(2) == 0 {
             leader.unwrap_or(0)
@@ -187,10 +353,8 @@ pub fn run(
                 }
                 Kind::IsolateLeader => {
                     let l = leader.unwrap_or(target);
-                    if let Some(net) = c.net() {
-                        for other in (0..n).filter(|o| *o != l) {
-                            net.cut_both(l, other);
-                        }
+                    for other in (0..n).filter(|o| *o != l) {
+                        c.cut_both(l, other);
                     }
                     what = format!("isolate the leader m{l}");
                 }
@@ -199,11 +363,9 @@ pub fn run(
                     let mut members: Vec<usize> = (0..n).collect();
                     rng.shuffle(&mut members);
                     let (small, big) = members.split_at(minority.max(1));
-                    if let Some(net) = c.net() {
-                        for a in small {
-                            for b in big {
-                                net.cut_both(*a, *b);
-                            }
+                    for a in small {
+                        for b in big {
+                            c.cut_both(*a, *b);
                         }
                     }
                     what = format!("split {small:?} | {big:?}");
@@ -211,25 +373,19 @@ pub fn run(
                 Kind::Asymmetric => {
                     let from = target;
                     let to = (from + 1 + rng.below(n - 1)) % n;
-                    if let Some(net) = c.net() {
-                        net.cut(from, to);
-                    }
+                    c.cut(from, to);
                     what = format!("cut m{from} -> m{to} only");
                 }
                 Kind::Latency => {
                     let delay = Duration::from_millis(20 + rng.below(180) as u64);
-                    if let Some(net) = c.net() {
-                        for other in (0..n).filter(|o| *o != target) {
-                            net.slow(target, other, delay);
-                            net.slow(other, target, delay);
-                        }
+                    for other in (0..n).filter(|o| *o != target) {
+                        c.slow(target, other, delay);
+                        c.slow(other, target, delay);
                     }
                     what = format!("delay every link of m{target} by {delay:?}");
                 }
                 Kind::DropConnections => {
-                    if let Some(net) = c.net() {
-                        net.drop_connections();
-                    }
+                    c.drop_connections();
                     what = "drop every peer connection".to_string();
                 }
             }
@@ -237,6 +393,7 @@ pub fn run(
         timeline.push(Event {
             at: at(),
             what: what.clone(),
+            kind,
             begins: true,
         });
         nap(back_after.unwrap_or(hold), stop);
@@ -250,6 +407,7 @@ pub fn run(
         timeline.push(Event {
             at: at(),
             what: format!("heal: {what}"),
+            kind,
             begins: false,
         });
     }
@@ -257,22 +415,9 @@ pub fn run(
     timeline
 }
 
-/// Removes every fault: heals links, continues stopped members, restarts killed ones.
-pub fn heal(cluster: &Arc<Mutex<Cluster>>) {
-    let mut c = lock(cluster);
-    if let Some(net) = c.net() {
-        net.heal();
-    }
-    for i in 0..c.members().len() {
-        if c.member(i).is_frozen() {
-            c.thaw(i);
-        }
-        if !c.member(i).is_running() {
-            if let Err(e) = c.restart(i) {
-                eprintln!("chaos: restarting m{i} failed: {e}");
-            }
-        }
-    }
+/// Removes every fault.
+pub fn heal(cluster: &Arc<Mutex<dyn Members>>) {
+    lock(cluster).heal();
 }
 
 #[cfg(test)]
@@ -286,5 +431,35 @@ mod tests {
             Kind::parse_list("restart,kill").unwrap(),
             [Kind::Restart, Kind::Kill]
         );
+    }
+
+    #[test]
+    fn faults_are_counted_by_kind() {
+        let e = |kind, begins| Event {
+            at: 0.0,
+            what: String::new(),
+            kind,
+            begins,
+        };
+        let timeline = [
+            e(Kind::Split, true),
+            e(Kind::Split, false),
+            e(Kind::Kill, true),
+            e(Kind::Kill, false),
+            e(Kind::Split, true),
+        ];
+        assert_eq!(count_by_kind(&timeline), "kill 1, split 2");
+    }
+
+    #[test]
+    fn docker_makes_the_kinds_the_engine_can_and_refuses_the_others_by_name() {
+        assert_eq!(Kind::parse_docker_list("all").unwrap(), Kind::DOCKER);
+        assert_eq!(
+            Kind::parse_docker_list("partition").unwrap(),
+            [Kind::IsolateLeader, Kind::Split]
+        );
+        let e = Kind::parse_docker_list("kill,latency").unwrap_err();
+        assert!(e.contains("`latency`"), "{e}");
+        assert!(Kind::parse_docker_list("asymmetric").is_err());
     }
 }

@@ -15,6 +15,7 @@
 //! - that no proposal stayed pending and the task count returned to its start.
 
 mod checker;
+mod docker;
 mod faults;
 mod watchcheck;
 pub(crate) mod workload;
@@ -52,6 +53,12 @@ options:
   --clients N          checked KV clients                                 (default 6)
   --keys N             keys they share                                    (default 5)
   --binary PATH        the metastore binary (default: build target/release/metastore)
+  --docker             run the members as containers of an image under docker-compose, with
+                       faults made by the Docker engine: kill and start again from the
+                       volume, pause, network disconnect of the leader, a 1/2 split (faults
+                       kill, restart, stop, isolate-leader, split; see deploy/README.md)
+  --image NAME         the image for --docker (default metastore:local, made by
+                       deploy/build-image.sh)
   --out DIR            results folder (default target/chaos/seed-N)
   --expect-violation   succeed only if the checker finds a violation (for testing the
                        checker against a build with a planted bug)
@@ -75,6 +82,9 @@ struct Args {
     keys: usize,
     binary: Option<PathBuf>,
     out: Option<PathBuf>,
+    /// Members in containers, faults by the Docker engine.
+    docker: bool,
+    image: String,
     expect_violation: bool,
     expect_wrong_revisions: bool,
 }
@@ -91,9 +101,12 @@ impl Args {
             keys: 5,
             binary: None,
             out: None,
+            docker: false,
+            image: "metastore:local".into(),
             expect_violation: false,
             expect_wrong_revisions: false,
         };
+        let mut faults = None;
         let mut it = args.iter();
         while let Some(flag) = it.next() {
             let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -104,20 +117,33 @@ impl Args {
                 }
                 "--members" => out.members = value()?.parse().context("--members")?,
                 "--engine" => out.engine = value()?.clone(),
-                "--faults" => {
-                    out.faults = faults::Kind::parse_list(value()?).map_err(anyhow::Error::msg)?;
-                }
+                "--faults" => faults = Some(value()?.clone()),
                 "--clients" => out.clients = value()?.parse().context("--clients")?,
                 "--keys" => out.keys = value()?.parse().context("--keys")?,
                 "--binary" => out.binary = Some(PathBuf::from(value()?)),
                 "--out" => out.out = Some(PathBuf::from(value()?)),
+                "--docker" => out.docker = true,
+                "--image" => out.image = value()?.clone(),
                 "--expect-violation" => out.expect_violation = true,
                 "--expect-wrong-revisions" => out.expect_wrong_revisions = true,
                 "-h" | "--help" => return Ok(None),
                 other => bail!("unknown option `{other}`\n\n{USAGE}"),
             }
         }
+        let faults = faults.as_deref().unwrap_or("all");
+        out.faults = if out.docker {
+            faults::Kind::parse_docker_list(faults)
+        } else {
+            faults::Kind::parse_list(faults)
+        }
+        .map_err(anyhow::Error::msg)?;
         ensure!((3..=7).contains(&out.members), "--members must be 3 to 7");
+        // A network per pair: 5 members make 15 networks, and the engine's address pools
+        // hold about 30.
+        ensure!(
+            !out.docker || out.members <= 5,
+            "--docker runs 3 to 5 members"
+        );
         ensure!(
             out.engine == "redb" || out.engine == "mem",
             "--engine must be redb or mem"
@@ -180,7 +206,7 @@ fn parse_duration(s: &str) -> Result<Duration> {
     })
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -221,44 +247,67 @@ pub fn run(raw: &[String]) -> Result<()> {
         return Ok(());
     };
     let root = crate::tidy::project_root();
-    let binary = match &args.binary {
-        Some(b) => b.clone(),
-        None => crate::bench::build_release_server(&root)?,
-    };
-    ensure!(binary.is_file(), "{} is not a file", binary.display());
     let out_dir = args
         .out
         .clone()
         .unwrap_or_else(|| root.join(format!("target/chaos/seed-{}", args.seed)));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-
-    let cluster = Cluster::start(ClusterOptions {
-        binary: binary.clone(),
-        members: args.members,
-        engine: args.engine.clone(),
-        extra_args: vec![
-            "--request-timeout".into(),
-            "2s".into(),
-            "--snapshot-count".into(),
-            "2000".into(),
-            "--log-level".into(),
-            "warn".into(),
-        ],
-        proxy_peers: true,
-    })
-    .map_err(anyhow::Error::msg)
-    .context("starting the cluster")?;
-    let endpoints = cluster.endpoints();
-    let baseline_tasks: Vec<f64> = (0..args.members)
-        .filter_map(|i| cluster.metric(i, "metastore_live_tasks"))
-        .collect();
-    let cluster = Arc::new(Mutex::new(cluster));
+    let member_args = vec![
+        "--request-timeout".to_string(),
+        "2s".into(),
+        "--snapshot-count".into(),
+        "2000".into(),
+        "--log-level".into(),
+        "warn".into(),
+    ];
+    let cluster: Arc<Mutex<dyn faults::Members>> = if args.docker {
+        docker::check_engine(&args.image)?;
+        let spec = docker::Spec {
+            project: docker::project_name(args.seed),
+            image: args.image.clone(),
+            engine: args.engine.clone(),
+            ports: (0..args.members).map(|_| testkit::free_port()).collect(),
+            extra_args: member_args,
+        };
+        println!(
+            "chaos: docker-compose project {} from {} ({} members)",
+            spec.project, spec.image, args.members
+        );
+        Arc::new(Mutex::new(
+            docker::DockerCluster::start(spec, &out_dir).context("starting the containers")?,
+        ))
+    } else {
+        let binary = match &args.binary {
+            Some(b) => b.clone(),
+            None => crate::bench::build_release_server(&root)?,
+        };
+        ensure!(binary.is_file(), "{} is not a file", binary.display());
+        Arc::new(Mutex::new(
+            Cluster::start(ClusterOptions {
+                binary,
+                members: args.members,
+                engine: args.engine.clone(),
+                extra_args: member_args,
+                proxy_peers: true,
+            })
+            .map_err(anyhow::Error::msg)
+            .context("starting the cluster")?,
+        ))
+    };
+    let endpoints = lock(&cluster).endpoints();
+    let baseline_tasks: Vec<f64> = {
+        let c = lock(&cluster);
+        (0..args.members)
+            .filter_map(|i| c.metric(i, "metastore_live_tasks"))
+            .collect()
+    };
     println!(
-        "chaos: seed {}, {:?}, {} members ({}), faults {}; results in {}",
+        "chaos: seed {}, {:?}, {} members ({}{}), faults {}; results in {}",
         args.seed,
         args.duration,
         args.members,
         args.engine,
+        if args.docker { ", docker" } else { "" },
         args.faults
             .iter()
             .map(|k| k.name())
@@ -360,14 +409,9 @@ pub fn run(raw: &[String]) -> Result<()> {
     // Kill and restart every member: what was acknowledged must survive it.
     {
         let mut c = lock(&cluster);
-        for i in 0..args.members {
-            c.kill(i);
-        }
-        for i in 0..args.members {
-            c.restart(i)
-                .map_err(anyhow::Error::msg)
-                .context("restarting after the run")?;
-        }
+        c.restart_all()
+            .map_err(anyhow::Error::msg)
+            .context("restarting after the run")?;
         c.wait_leader(Duration::from_secs(30))
             .map_err(anyhow::Error::msg)?;
     }
@@ -515,7 +559,7 @@ fn failure_table(t: &workload::Timing) -> String {
 fn verdict_line(args: &Args, f: &Findings) -> String {
     let lin = &f.linearizability;
     format!(
-        "chaos: seed {}, {:?}, {} members ({}): {} operations ({} unknown), {} faults, \
+        "chaos: seed {}, {:?}, {} members ({}{}): {} operations ({} unknown), {} faults ({}), \
          {} linearizability violations, {} revision problems, {} undecided keys, \
          {} watch problems over {} events, \
          {} divergences, longest request {:.2}s (deadline {}s), {} leaks — {}",
@@ -523,9 +567,11 @@ fn verdict_line(args: &Args, f: &Findings) -> String {
         args.duration,
         args.members,
         args.engine,
+        if args.docker { ", docker" } else { "" },
         lin.ops,
         lin.unknown,
         f.timeline.iter().filter(|e| e.begins).count(),
+        faults::count_by_kind(&f.timeline),
         lin.violations.len(),
         lin.revisions.len(),
         lin.undecided.len(),
