@@ -1,5 +1,5 @@
 # Thin wrapper: the real work lives in cargo and `cargo xtask`.
-.PHONY: image test-deploy test-deploy-etcd check-deploy chaos-planted powercut-rounds restart-rounds test verify fmt clippy doc tidy bench bench-engine bench-kv bench-watch bench-lease bench-failover chaos chaos-short
+.PHONY: image test-deploy test-deploy-etcd check-deploy chaos-planted powercut-rounds restart-rounds test verify fmt clippy doc tidy bench bench-engine bench-kv bench-watch bench-lease bench-failover chaos chaos-short chaos-docker chaos-docker-short
 
 test:
 	cargo test --workspace
@@ -83,6 +83,18 @@ test-deploy: image
 test-deploy-etcd: image
 	deploy/etcd-oracle-image.sh
 	PROJECT=metastore-deploy-etcd METASTORE_IMAGE=metastore-etcd-oracle:local deploy/test-compose.sh
+
+# Chaos against a compose cluster of the image, faults made by the Docker engine (kill and start
+# from the volume, pause, network disconnect of the leader, a 1/2 split; deploy/README.md), one
+# 30-minute run per engine.
+chaos-docker: image
+	cargo xtask chaos --docker --engine redb --seed 1 --duration 30m --out target/chaos/docker-redb-seed-1
+	cargo xtask chaos --docker --engine mem --seed 2 --duration 30m --out target/chaos/docker-mem-seed-2
+
+# What CI runs (on the image of the debug binaries).
+chaos-docker-short:
+	PROFILE=dev deploy/build-image.sh
+	cargo run -p xtask -- chaos --docker --seed 7 --duration 100s
 
 # The Kubernetes manifests, the compose file and the systemd unit through their validators.
 check-deploy:

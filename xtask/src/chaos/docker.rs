@@ -196,7 +196,15 @@ impl State {
         }
         self.killed.insert(i);
         cmds.push(docker(&["kill", "--signal", "KILL", &spec.container(i)]));
+        // `docker kill` returns once the signal is sent: a `docker start` before the engine
+        // has seen the container exit would find it running, do nothing, and leave it dead.
+        cmds.push(docker(&["wait", &spec.container(i)]));
         cmds
+    }
+
+    /// Marks member `i` killed again: starting it failed, the next heal tries again.
+    pub fn still_down(&mut self, i: usize) {
+        self.killed.insert(i);
     }
 
     /// Freezes member `i` (the cgroup freezer: every thread stops, connections stay open).
@@ -400,7 +408,17 @@ impl Members for DockerCluster {
 
     fn heal(&mut self) {
         let (cmds, started) = self.state.heal(&self.spec);
-        Self::run_all(&cmds);
+        for cmd in &cmds {
+            if let Err(e) = exec(cmd) {
+                eprintln!("chaos: {e:#}");
+                if let Some(i) = started
+                    .iter()
+                    .find(|i| cmd.last() == Some(&self.spec.container(**i)) && cmd[1] == "start")
+                {
+                    self.state.still_down(*i);
+                }
+            }
+        }
         for i in started {
             if let Err(e) = self.wait_answers(i) {
                 eprintln!("chaos: {e:#}");
@@ -584,7 +602,11 @@ mod tests {
         // Killing a paused member unpauses it first.
         assert_eq!(
             line(&st.kill(&s, 2)),
-            ["docker unpause p-m2", "docker kill --signal KILL p-m2"]
+            [
+                "docker unpause p-m2",
+                "docker kill --signal KILL p-m2",
+                "docker wait p-m2"
+            ]
         );
         assert!(st.kill(&s, 2).is_empty());
         let (cmds, started) = st.heal(&s);

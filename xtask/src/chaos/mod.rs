@@ -59,7 +59,8 @@ options:
                        kill, restart, stop, isolate-leader, split; see deploy/README.md)
   --image NAME         the image for --docker (default metastore:local, made by
                        deploy/build-image.sh)
-  --out DIR            results folder (default target/chaos/seed-N)
+  --out DIR            results folder (default target/chaos/seed-N, with --docker
+                       target/chaos/docker-seed-N)
   --expect-violation   succeed only if the checker finds a violation (for testing the
                        checker against a build with a planted bug)
   --expect-wrong-revisions
@@ -247,10 +248,10 @@ pub fn run(raw: &[String]) -> Result<()> {
         return Ok(());
     };
     let root = crate::tidy::project_root();
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| root.join(format!("target/chaos/seed-{}", args.seed)));
+    let out_dir = args.out.clone().unwrap_or_else(|| {
+        let mode = if args.docker { "docker-" } else { "" };
+        root.join(format!("target/chaos/{mode}seed-{}", args.seed))
+    });
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let member_args = vec![
         "--request-timeout".to_string(),
@@ -269,9 +270,15 @@ pub fn run(raw: &[String]) -> Result<()> {
             ports: (0..args.members).map(|_| testkit::free_port()).collect(),
             extra_args: member_args,
         };
+        // Drop removes the project; a run killed by a signal cannot, so say how.
         println!(
-            "chaos: docker-compose project {} from {} ({} members)",
-            spec.project, spec.image, args.members
+            "chaos: docker-compose project {} from {} ({} members); if the run is killed, \
+             remove it with: docker-compose -p {} -f {} down -v",
+            spec.project,
+            spec.image,
+            args.members,
+            spec.project,
+            out_dir.join("compose.yaml").display()
         );
         Arc::new(Mutex::new(
             docker::DockerCluster::start(spec, &out_dir).context("starting the containers")?,
