@@ -1,5 +1,5 @@
 # Thin wrapper: the real work lives in cargo and `cargo xtask`.
-.PHONY: image test-deploy test-deploy-etcd check-deploy chaos-planted powercut-rounds restart-rounds test verify fmt clippy doc tidy bench bench-engine bench-kv bench-watch bench-lease bench-failover chaos chaos-short chaos-docker chaos-docker-short
+.PHONY: image test-deploy test-deploy-etcd check-deploy chaos-planted powercut-rounds restart-rounds test verify fmt clippy doc tidy bench bench-engine bench-kv bench-watch bench-lease bench-failover chaos chaos-short chaos-docker chaos-docker-short chaos-docker-planted
 
 test:
 	cargo test --workspace
@@ -95,6 +95,14 @@ chaos-docker: image
 chaos-docker-short:
 	PROFILE=dev deploy/build-image.sh
 	cargo run -p xtask -- chaos --docker --seed 7 --duration 100s
+
+# The checker in containers: an image of the stale-follower-reads build under partitions made
+# by the engine must be caught.
+chaos-docker-planted:
+	CARGO_TARGET_DIR=target/chaos-bug FEATURES=stale-follower-reads PROFILE=dev \
+	  IMAGE=metastore-planted:local deploy/build-image.sh
+	cargo run -p xtask -- chaos --docker --image metastore-planted:local --seed 5 \
+	  --duration 30s --faults partition --expect-violation --out target/chaos/docker-planted-bug
 
 # The Kubernetes manifests, the compose file and the systemd unit through their validators.
 check-deploy:

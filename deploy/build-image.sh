@@ -5,24 +5,28 @@
 #   IMAGE   the tag to build (default metastore:local)
 #   BASE    a base image to build on; empty (default): make metastore-base:local here
 #   PROFILE cargo profile of the binaries (default release)
+#   FEATURES cargo features of the server (default none; the planted-bug builds of make
+#           chaos-docker-planted), built in CARGO_TARGET_DIR when set
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 IMAGE=${IMAGE:-metastore:local}
 BASE=${BASE:-}
 PROFILE=${PROFILE:-release}
-dir=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+FEATURES=${FEATURES:-}
+dir=${CARGO_TARGET_DIR:-target}/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 
 docker info >/dev/null || { echo "build-image.sh: docker info failed: no Docker engine" >&2; exit 1; }
 
-cargo build --quiet --profile "$PROFILE" -p server --bin metastore --bin metastore-healthcheck
+cargo build --quiet --profile "$PROFILE" -p server ${FEATURES:+--features "$FEATURES"} \
+  --bin metastore --bin metastore-healthcheck
 
 ctx=target/deploy/context
 rm -rf "$ctx"
 mkdir -p "$ctx/data"
 for bin in metastore metastore-healthcheck; do
   # Debug info stays in target/; the image carries the code only.
-  strip --strip-debug -o "$ctx/$bin" "target/$dir/$bin"
+  strip --strip-debug -o "$ctx/$bin" "$dir/$bin"
 done
 
 if [ -z "$BASE" ]; then
