@@ -7,7 +7,9 @@
 //! - `bench`: `cargo xtask bench engine|kv|watch|lease|failover`: the engines alone, and
 //!   MetaStore against etcd 3.4 on the same machine (all but `failover` write to
 //!   `docs/benchmarks.md`; `failover` prints its table for `docs/reliability.md`).
-//! - `chaos`: `cargo xtask chaos`, a cluster under faults with a linearizability checker.
+//! - `chaos`: `cargo xtask chaos`, a cluster under faults with a linearizability checker:
+//!   processes behind fault-injecting peer proxies, or (`--docker`) containers whose faults
+//!   the Docker engine makes.
 
 // A command-line tool: printing to stdout is its interface.
 #![allow(clippy::print_stdout)]
