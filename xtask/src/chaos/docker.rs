@@ -202,11 +202,6 @@ impl State {
         cmds
     }
 
-    /// Marks member `i` killed again: starting it failed, the next heal tries again.
-    pub fn still_down(&mut self, i: usize) {
-        self.killed.insert(i);
-    }
-
     /// Freezes member `i` (the cgroup freezer: every thread stops, connections stay open).
     pub fn pause(&mut self, spec: &Spec, i: usize) -> Vec<Cmd> {
         if self.killed.contains(&i) || !self.paused.insert(i) {
@@ -231,26 +226,47 @@ impl State {
     }
 
     /// Undoes every fault: links first (a member started again finds its peers), then paused
-    /// members, then killed ones. Returns the commands and the members started again.
-    pub fn heal(&mut self, spec: &Spec) -> (Vec<Cmd>, Vec<usize>) {
-        let mut cmds = Vec::new();
+    /// members, then killed ones. Each step with its command; a step whose command fails goes
+    /// back with [`State::failed`], so the next heal tries it again.
+    pub fn heal(&mut self, spec: &Spec) -> Vec<(Undo, Cmd)> {
+        let mut steps = Vec::new();
         for (a, b) in std::mem::take(&mut self.disconnected) {
-            cmds.push(docker(&[
+            let cmd = docker(&[
                 "network",
                 "connect",
                 &spec.pair_network(a, b),
                 &spec.container(a),
-            ]));
+            ]);
+            steps.push((Undo::Connect(a, b), cmd));
         }
         for i in std::mem::take(&mut self.paused) {
-            cmds.push(docker(&["unpause", &spec.container(i)]));
+            steps.push((Undo::Unpause(i), docker(&["unpause", &spec.container(i)])));
         }
-        let started: Vec<usize> = std::mem::take(&mut self.killed).into_iter().collect();
-        for i in &started {
-            cmds.push(docker(&["start", &spec.container(*i)]));
+        for i in std::mem::take(&mut self.killed) {
+            steps.push((Undo::Start(i), docker(&["start", &spec.container(i)])));
         }
-        (cmds, started)
+        steps
     }
+
+    /// Puts back a fault whose undoing failed.
+    pub fn failed(&mut self, undo: Undo) {
+        match undo {
+            Undo::Connect(a, b) => self.disconnected.insert((a, b)),
+            Undo::Unpause(i) => self.paused.insert(i),
+            Undo::Start(i) => self.killed.insert(i),
+        };
+    }
+}
+
+/// One step of a heal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Undo {
+    /// Member `.0` joins its pair network with `.1` again.
+    Connect(usize, usize),
+    /// Member `.0` is unpaused.
+    Unpause(usize),
+    /// Member `.0` is started again on its volume.
+    Start(usize),
 }
 
 /// Runs a command; its stdout, or an error with its stderr.
@@ -407,15 +423,17 @@ impl Members for DockerCluster {
     fn drop_connections(&mut self) {}
 
     fn heal(&mut self) {
-        let (cmds, started) = self.state.heal(&self.spec);
-        for cmd in &cmds {
-            if let Err(e) = exec(cmd) {
-                eprintln!("chaos: {e:#}");
-                if let Some(i) = started
-                    .iter()
-                    .find(|i| cmd.last() == Some(&self.spec.container(**i)) && cmd[1] == "start")
-                {
-                    self.state.still_down(*i);
+        let mut started = Vec::new();
+        for (undo, cmd) in self.state.heal(&self.spec) {
+            match exec(&cmd) {
+                Ok(_) => {
+                    if let Undo::Start(i) = undo {
+                        started.push(i);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("chaos: {e:#}");
+                    self.state.failed(undo);
                 }
             }
         }
@@ -432,11 +450,10 @@ impl Members for DockerCluster {
             let cmds = self.state.kill(&self.spec, i);
             Self::run_all(&cmds);
         }
-        let (cmds, started) = self.state.heal(&self.spec);
-        for cmd in cmds {
+        for (_, cmd) in self.state.heal(&self.spec) {
             exec(&cmd).map_err(|e| format!("{e:#}"))?;
         }
-        for i in started {
+        for i in 0..self.size() {
             self.wait_answers(i).map_err(|e| format!("{e:#}"))?;
         }
         Ok(())
@@ -506,6 +523,11 @@ mod tests {
 
     fn line(cmds: &[Cmd]) -> Vec<String> {
         cmds.iter().map(|c| c.join(" ")).collect()
+    }
+
+    fn heal(st: &mut State, s: &Spec) -> Vec<String> {
+        let steps = st.heal(s);
+        line(&steps.into_iter().map(|(_, c)| c).collect::<Vec<_>>())
     }
 
     /// Each member is on its own client network and on one network per peer, and on no other:
@@ -586,15 +608,13 @@ mod tests {
                 "docker network disconnect --force p-p12 p-m1",
             ]
         );
-        let (cmds, started) = st.heal(&s);
         assert_eq!(
-            line(&cmds),
+            heal(&mut st, &s),
             [
                 "docker network connect p-p01 p-m1",
                 "docker network connect p-p12 p-m1",
             ]
         );
-        assert!(started.is_empty());
         assert_eq!(st, State::default());
 
         assert_eq!(line(&st.pause(&s, 2)), ["docker pause p-m2"]);
@@ -609,10 +629,30 @@ mod tests {
             ]
         );
         assert!(st.kill(&s, 2).is_empty());
-        let (cmds, started) = st.heal(&s);
-        assert_eq!(line(&cmds), ["docker start p-m2"]);
-        assert_eq!(started, [2]);
+        let steps = st.heal(&s);
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].0, Undo::Start(2));
+        assert_eq!(steps[0].1.join(" "), "docker start p-m2");
         assert!(st.answers(2));
+    }
+
+    /// A heal step that failed is tried again by the next heal, so a failed `network connect`
+    /// cannot leave a link cut for the rest of the run.
+    #[test]
+    fn a_failed_heal_step_is_retried_by_the_next_heal() {
+        let s = spec();
+        let mut st = State::default();
+        st.cut(&s, 0, 2);
+        st.kill(&s, 1);
+        let steps = st.heal(&s);
+        assert_eq!(st, State::default());
+        for (undo, _) in steps {
+            st.failed(undo);
+        }
+        assert_eq!(
+            heal(&mut st, &s),
+            ["docker network connect p-p02 p-m0", "docker start p-m1"]
+        );
     }
 
     #[test]
