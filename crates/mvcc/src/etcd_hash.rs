@@ -147,22 +147,22 @@ fn revisions_chunk<B: Backend>(
     };
     let to = codec::revision_key(rev.saturating_add(1), 0);
     let mut out = Vec::new();
-    let mut failure = None;
-    backend.scan(Table::Revisions, from, Bound::Excluded(&to), &mut |k, v| {
-        match codec::split_revision_key(k) {
-            Ok((main, sub)) => out.push((main, sub, v.to_vec())),
-            Err(e) => {
-                failure = Some(e);
-                return ControlFlow::Break(());
-            }
-        }
-        if out.len() >= CHUNK {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    })?;
-    failure.map_or(Ok(out), Err)
+    read::try_scan(
+        backend,
+        Table::Revisions,
+        from,
+        Bound::Excluded(&to),
+        &mut |k, v| {
+            let (main, sub) = codec::split_revision_key(k)?;
+            out.push((main, sub, v.to_vec()));
+            Ok(if out.len() >= CHUNK {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        },
+    )?;
+    Ok(out)
 }
 
 impl<B: Backend> Store<B> {
@@ -218,7 +218,7 @@ impl<B: Backend> Store<B> {
         if compacted > 0 {
             read::scan_visible_until(backend, &KeyRange::new(b"", b"\0"), rev, stop, &mut |_| {
                 any_live = true;
-                ControlFlow::Break(())
+                Ok(ControlFlow::Break(()))
             })?;
         }
         let mut from = Bound::Unbounded;

@@ -15,7 +15,7 @@ use crate::backend::{Backend, Table, WriteBatch};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::lease;
-use crate::read::CHUNK;
+use crate::read::{try_scan, CHUNK};
 use crate::snapshot::SnapshotInfo;
 use crate::store::{
     Hold, Store, WriterState, META_COMPACT, META_COMPACT_DONE, META_CURRENT, META_VERSIONS,
@@ -208,30 +208,22 @@ impl<B: Backend> Export<B> {
             Bound::Unbounded => Bound::Unbounded,
         };
         let mut found: Vec<(Vec<u8>, i64, i64, Vec<u8>)> = Vec::new();
-        let mut failure = None;
         let mut last = None;
-        backend.scan(
+        try_scan(
+            backend,
             Table::Revisions,
             from_ref,
             Bound::Included(&hi),
             &mut |k, v| {
-                match codec::split_revision_key(k) {
-                    Ok((main, sub)) => found.push((k.to_vec(), main, sub, v.to_vec())),
-                    Err(e) => {
-                        failure = Some(e);
-                        return ControlFlow::Break(());
-                    }
-                }
+                let (main, sub) = codec::split_revision_key(k)?;
+                found.push((k.to_vec(), main, sub, v.to_vec()));
                 if found.len() >= CHUNK {
                     last = Some(k.to_vec());
-                    return ControlFlow::Break(());
+                    return Ok(ControlFlow::Break(()));
                 }
-                ControlFlow::Continue(())
+                Ok(ControlFlow::Continue(()))
             },
         )?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
         self.next = last.map(Bound::Excluded);
         let mut out = Vec::with_capacity(found.len());
         for (_, main, sub, key) in found {
@@ -277,22 +269,18 @@ impl<B: Backend> Export<B> {
         let from = codec::version_key(key, self.info.compacted);
         let group = codec::group(key);
         let mut keep = false;
-        let mut failure = None;
-        self.store.backend().scan(
+        try_scan(
+            self.store.backend(),
             Table::Keys,
             Bound::Included(&from),
             Bound::Unbounded,
             &mut |k, v| {
-                match codec::split_version_key(k) {
-                    Ok((g, m)) => {
-                        keep = g == group.as_slice() && m == main && !codec::is_tombstone(v)
-                    }
-                    Err(e) => failure = Some(e),
-                }
-                ControlFlow::Break(())
+                let (g, m) = codec::split_version_key(k)?;
+                keep = g == group.as_slice() && m == main && !codec::is_tombstone(v);
+                Ok(ControlFlow::Break(()))
             },
         )?;
-        failure.map_or(Ok(keep), Err)
+        Ok(keep)
     }
 }
 
