@@ -94,10 +94,8 @@ async fn ten_thousand_mixed_operations_leave_nothing_behind() {
 
 /// Unlike `tokio::time::advance`, a sleep under the paused clock only moves time once every
 /// other task has run and parked, so all waiters start at the same instant.
-// The test's clock driver, not a wait of the code under test.
-#[allow(clippy::disallowed_methods)]
 async fn sleep_while_others_run(duration: Duration) {
-    tokio::time::sleep(duration).await;
+    deadline::pause(duration).await;
 }
 
 /// A caller deadline from `grpc-timeout` beats a longer layer budget, end to end.
@@ -209,6 +207,30 @@ fn metrics_track_pending_operations_and_expiries() {
             );
             assert_eq!(end.expired("api"), 0);
             assert_eq!(end.pending("it-metrics"), 0.0);
+        });
+    });
+}
+
+/// A pause waits its whole time and is not an expiry: the `pause()` helpers tests used to
+/// write (a `within` around `pending()`) counted one against the api layer each time.
+#[test]
+fn a_pause_waits_its_time_and_counts_no_expiry() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let start = Instant::now();
+            deadline::pause(ms(1500)).await;
+            assert!(start.elapsed() >= ms(1500), "paused {:?}", start.elapsed());
+            let end = Checkpoint::take(&snapshotter);
+            for layer in ["api", "commit", "peer-rpc"] {
+                assert_eq!(end.expired(layer), 0, "{layer}");
+            }
         });
     });
 }

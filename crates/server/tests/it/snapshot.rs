@@ -16,6 +16,7 @@ use deadline::{Deadline, Layer};
 
 use crate::auth::{alice_sees, connect_as, set_up};
 use crate::harness::{require_tool, Kind, Server};
+use deadline::pause;
 use testkit::{Cluster, ClusterOptions};
 
 /// Longest one tool run may take.
@@ -518,11 +519,6 @@ async fn a_snapshot_under_writes_is_one_point_in_time() {
         got.kvs == expected.kvs,
         "the restored store differs from MetaStore at {revision}"
     );
-}
-
-/// Waits `d` (bounded, as every wait here).
-async fn pause(d: Duration) {
-    let _ = deadline::within(Layer::Api, Deadline::after(d), std::future::pending::<()>()).await;
 }
 
 /// A client that stops reading a snapshot is cut off once a chunk waits longer than the api
