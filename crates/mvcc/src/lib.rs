@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - `types`: the data model and the requests and responses of etcd's KV API.
+//! - `error`: [`Error`]: answers a client gets, and failures that stop the node.
 //! - `auth`: etcd's auth requests (users, roles, permissions) as the log carries them.
 //! - `keys`: etcd's `key`/`range_end` conventions ([`KeyRange`], [`prefix_end`]).
 //! - `backend`: the [`Backend`] seam and its [`WriteBatch`].
@@ -18,6 +19,7 @@
 //! - `apply`: [`Store::apply`] and its `Writer`, which evaluates commands against the backend
 //!   plus the call's own writes and builds the one batch that records them.
 //! - `snapshot`: streamed snapshots and restore.
+//! - `export`: the content in revision order, for other formats ([`Export`]), and import.
 //! - `etcd_hash`: the key-space hash, as etcd computes it.
 //! - [`durable`]: creating, renaming and removing files so their names survive a power cut.
 //! - `conformance` (feature `conformance`): the behaviour suite every engine must pass.

@@ -12,11 +12,14 @@
 //! - `config`: [`Config`], checked configuration, member and cluster ids.
 //! - [`config_file`]: etcd's YAML `--config-file`, and etcd's precedence of file, flags, variables.
 //! - `http`: `/health`, `/version`, `/metrics`, `/livez`, `/readyz`, 404 for unknown paths.
+//! - `access`: `--cors` and `--host-whitelist` on the client port's HTTP endpoints.
 //! - [`logging`]: `--logger` (capnslog text or zap JSON), `--log-outputs`, `--log-level`, RUST_LOG.
 //! - [`telemetry`]: the metrics (etcd's names beside MetaStore's), their help, gRPC call counts.
 //! - `compactor`: automatic compaction.
 //! - `listener`: accepts client connections: `TCP_NODELAY`, the connection cap, TLS, and
 //!   etcdctl 3.4's `http://` `:authority` rewritten on HTTP/2.
+//! - `coalesce`: a connection's small HTTP/2 writes gathered into one `writev`.
+//! - `pings`: grpc-go's keepalive enforcement (`--grpc-keepalive-min-time`).
 //! - `serve`: client connections, with HTTP/2's stream limit and a graceful stop.
 //! - `srv`: `--discovery-srv`, the initial cluster from DNS SRV records.
 //! - `tls`: TLS (rustls) on `https://` client and peer listeners.
