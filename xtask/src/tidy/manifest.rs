@@ -197,49 +197,51 @@ fn logical_lines(manifest: &str) -> Vec<String> {
 
 /// `{`/`[` opened minus closed outside quotes; a table header closes its own.
 fn open_brackets(line: &str) -> i32 {
-    let mut depth = 0;
-    let mut quote = None;
-    for c in line.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '"' | '\'') => quote = Some(c),
-            (None, '{' | '[') => depth += 1,
-            (None, '}' | ']') => depth -= 1,
-            _ => {}
-        }
-    }
-    depth
+    outside_quotes(line)
+        .map(|(_, c)| match c {
+            '{' | '[' => 1,
+            '}' | ']' => -1,
+            _ => 0,
+        })
+        .sum()
 }
 
 fn strip_comment(line: &str) -> &str {
-    let mut quote = None;
-    for (i, c) in line.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '"' | '\'') => quote = Some(c),
-            (None, '#') => return &line[..i],
-            _ => {}
-        }
+    match outside_quotes(line).find(|(_, c)| *c == '#') {
+        Some((at, _)) => &line[..at],
+        None => line,
     }
-    line
+}
+
+/// The characters of `s` (with their byte offsets) that are outside `"…"` and `'…'`; the
+/// quotes themselves are left out too.
+fn outside_quotes(s: &str) -> impl Iterator<Item = (usize, char)> + '_ {
+    let mut quote = None;
+    s.char_indices().filter(move |&(_, c)| match quote {
+        Some(q) => {
+            if c == q {
+                quote = None;
+            }
+            false
+        }
+        None if c == '"' || c == '\'' => {
+            quote = Some(c);
+            false
+        }
+        None => true,
+    })
 }
 
 /// Splits `s` at each `sep` outside quotes and brackets.
 fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
     let mut parts = Vec::new();
-    let mut quote = None;
     let mut depth = 0;
     let mut start = 0;
-    for (i, c) in s.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '"' | '\'') => quote = Some(c),
-            (None, '{' | '[') => depth += 1,
-            (None, '}' | ']') => depth -= 1,
-            (None, c) if c == sep && depth == 0 => {
+    for (i, c) in outside_quotes(s) {
+        match c {
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth -= 1,
+            c if c == sep && depth == 0 => {
                 parts.push(&s[start..i]);
                 start = i + c.len_utf8();
             }
