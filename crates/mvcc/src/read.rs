@@ -111,6 +111,38 @@ pub(crate) fn try_scan<B: Backend + ?Sized>(
     failure.map_or(Ok(()), Err)
 }
 
+/// The `Revisions` entries (main, sub, key) from `from` on at or below `rev`, at most
+/// [`CHUNK`] of them.
+pub(crate) fn revisions_chunk<B: Backend + ?Sized>(
+    backend: &B,
+    from: &Bound<Vec<u8>>,
+    rev: i64,
+) -> Result<Vec<(i64, i64, Vec<u8>)>> {
+    let from = match from {
+        Bound::Included(k) => Bound::Included(k.as_slice()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    let to = codec::revision_key(rev.saturating_add(1), 0);
+    let mut out = Vec::new();
+    try_scan(
+        backend,
+        Table::Revisions,
+        from,
+        Bound::Excluded(&to),
+        &mut |k, v| {
+            let (main, sub) = codec::split_revision_key(k)?;
+            out.push((main, sub, v.to_vec()));
+            Ok(if out.len() >= CHUNK {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        },
+    )?;
+    Ok(out)
+}
+
 /// Calls `f` with the version of each live key in `range` visible at `rev`, in key order,
 /// until it breaks or fails.
 pub(crate) fn scan_visible<B: Backend + ?Sized>(
