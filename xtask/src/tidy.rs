@@ -1,8 +1,12 @@
 //! Checks the rules of the house that a compiler does not: crate headers and the layer rule.
 
+mod manifest;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+use manifest::{Dep, Kind};
 
 /// The layer of each crate; a crate may depend only on crates of a lower layer.
 const LAYERS: &[(&str, u8)] = &[
@@ -39,6 +43,13 @@ pub fn check(root: &Path) -> Result<()> {
         .filter(|p| p.join("Cargo.toml").is_file())
         .collect();
     entries.sort();
+    // Members inherit `{ workspace = true }` dependencies from here (a crate renamed with
+    // `package =` is known by its path there).
+    let root_manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap_or_default();
+    let workspace: Vec<Dep> = manifest::dependencies(&root_manifest)
+        .into_iter()
+        .filter(|d| d.kind == Kind::Workspace)
+        .collect();
     for dir in entries {
         let name = dir
             .file_name()
@@ -49,12 +60,16 @@ pub fn check(root: &Path) -> Result<()> {
             continue;
         };
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))?;
-        if !manifest.contains("[lints]") || !manifest.contains("workspace = true") {
+        if !manifest::inherits_lints(&manifest) {
             problems.push(format!(
                 "{name}: Cargo.toml must say `[lints] workspace = true`"
             ));
         }
-        for dep in normal_dependencies(&manifest) {
+        for dep in manifest::dependencies(&manifest) {
+            if dep.kind != Kind::Normal {
+                continue;
+            }
+            let dep = dep.crate_name(&workspace);
             if let Some(dep_layer) = layer_of(&dep) {
                 if dep_layer >= layer {
                     problems.push(format!(
@@ -75,9 +90,15 @@ pub fn check(root: &Path) -> Result<()> {
                     "{name}: src/lib.rs must open with a `//!` paragraph"
                 ));
             }
-            if !text.contains("# Layout") {
+            if layout_names(&text).is_none() {
                 problems.push(format!(
                     "{name}: src/lib.rs header needs a `# Layout` section"
+                ));
+            }
+            for module in unlisted_modules(&text) {
+                problems.push(format!(
+                    "{name}: src/lib.rs declares `mod {module}` but its `# Layout` does not \
+                     list it"
                 ));
             }
         }
@@ -195,30 +216,89 @@ fn non_test_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
         .map(|(i, l)| (i + 1, l))
 }
 
+/// The layer of crate `name`, by its directory name or its package name (`metastore-` + it).
 fn layer_of(name: &str) -> Option<u8> {
+    let name = name.strip_prefix("metastore-").unwrap_or(name);
     LAYERS.iter().find(|(n, _)| *n == name).map(|(_, l)| *l)
 }
 
-/// Names listed under `[dependencies]` (not dev- or build-dependencies) of a manifest.
-fn normal_dependencies(manifest: &str) -> Vec<String> {
-    let mut in_deps = false;
-    let mut deps = Vec::new();
-    for line in manifest.lines() {
-        let line = line.trim();
-        if line.starts_with('[') {
-            in_deps = line == "[dependencies]";
+/// The names the `# Layout` list of a file's `//!` header gives (the code spans before each
+/// item's first `: `, without a trailing `/` or `.rs`); `None` when the header has no such
+/// section.
+fn layout_names(text: &str) -> Option<Vec<String>> {
+    let mut names = None;
+    let mut in_layout = false;
+    for line in text.lines() {
+        let Some(doc) = line.trim_start().strip_prefix("//!") else {
+            break;
+        };
+        let doc = doc.trim();
+        if doc.starts_with('#') {
+            in_layout = doc == "# Layout";
+            if in_layout {
+                names.get_or_insert_with(Vec::new);
+            }
             continue;
         }
-        if in_deps {
-            if let Some((name, _)) = line.split_once('=') {
-                let name = name.trim();
-                if !name.is_empty() && !name.starts_with('#') {
-                    deps.push(name.to_string());
-                }
+        let Some(item) = doc.strip_prefix("- ").or_else(|| doc.strip_prefix("* ")) else {
+            continue;
+        };
+        let (Some(names), true) = (names.as_mut(), in_layout) else {
+            continue;
+        };
+        // Odd pieces are inside backticks; the lead ends at the first `: ` outside them.
+        for (i, piece) in item.split('`').enumerate() {
+            if i % 2 == 1 {
+                let name = piece.trim_end_matches('/').trim_end_matches(".rs");
+                names.push(name.to_string());
+            } else if piece.contains(": ") {
+                break;
             }
         }
     }
-    deps
+    names
+}
+
+/// The modules a crate root declares at top level, outside `#[cfg(test)]`.
+fn declared_modules(text: &str) -> Vec<String> {
+    let mut modules = Vec::new();
+    let mut test_only = false;
+    for line in text.lines() {
+        // Indented lines are inside an item: only top-level declarations are the crate's.
+        if line.trim().is_empty() || line.starts_with(char::is_whitespace) || line.starts_with("//")
+        {
+            continue;
+        }
+        if line.starts_with("#[") {
+            test_only |= line.trim() == "#[cfg(test)]";
+            continue;
+        }
+        let rest = match line.strip_prefix("pub") {
+            Some(r) if r.starts_with('(') => r.split_once(')').map_or("", |(_, r)| r),
+            Some(r) => r,
+            None => line,
+        };
+        if let Some(decl) = rest.trim_start().strip_prefix("mod ") {
+            let name: String = decl
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !test_only && !name.is_empty() {
+                modules.push(name);
+            }
+        }
+        test_only = false;
+    }
+    modules
+}
+
+/// The modules `lib` declares that its `# Layout` section does not list.
+fn unlisted_modules(lib: &str) -> Vec<String> {
+    let listed = layout_names(lib).unwrap_or_default();
+    declared_modules(lib)
+        .into_iter()
+        .filter(|m| !listed.contains(m))
+        .collect()
 }
 
 #[cfg(test)]
@@ -239,6 +319,76 @@ mod tests {
         );
         let err = check(dir.path()).unwrap_err().to_string();
         assert!(err.contains("depends on kvapi"), "{err}");
+    }
+
+    #[test]
+    fn upward_dependency_in_a_table_or_under_a_target_is_reported() {
+        for deps in [
+            "[dependencies.api]\npackage = \"metastore-kvapi\"\npath = \"../kvapi\"\n",
+            "[target.'cfg(unix)'.dependencies]\nkvapi = { path = \"../kvapi\" }\n",
+            "[target.\"cfg(unix)\".dependencies.kvapi]\nworkspace = true\n",
+            "[dependencies]\nkvapi = {\n  workspace = true,\n}\n",
+        ] {
+            let dir = tempdir_with_crate(
+                "mvcc",
+                &format!("[package]\nname=\"mvcc\"\n{deps}[lints]\nworkspace = true\n"),
+                "//! x\n//! # Layout\n",
+            );
+            let err = check(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("depends on kvapi"), "{deps}: {err}");
+        }
+    }
+
+    #[test]
+    fn upward_dependency_renamed_through_the_workspace_is_reported() {
+        let dir = tempdir_with_crate(
+            "mvcc",
+            "[package]\nname=\"metastore-mvcc\"\n[dependencies]\napi = { workspace = true }\n\
+             [dev-dependencies]\nserver = { workspace = true }\n[lints]\nworkspace = true\n",
+            "//! x\n//! # Layout\n",
+        );
+        std::fs::write(
+            dir.path().join("Cargo.toml"),
+            "[workspace.dependencies]\n\
+             api = { package = \"metastore-kvapi\", path = \"crates/kvapi\" }\n\
+             server = { package = \"metastore\", path = \"crates/server\" }\n",
+        )
+        .unwrap();
+        let err = check(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("mvcc (layer 1) depends on kvapi"), "{err}");
+        assert!(
+            !err.contains("server"),
+            "dev-dependencies may point up: {err}"
+        );
+    }
+
+    #[test]
+    fn lints_not_inherited_are_reported() {
+        let dir = tempdir_with_crate(
+            "deadline",
+            "[package]\nname=\"deadline\"\n[lints]\n# workspace = true\n\
+             [dependencies]\nx = { workspace = true }\n",
+            "//! x\n//! # Layout\n",
+        );
+        let err = check(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("must say `[lints] workspace = true`"), "{err}");
+    }
+
+    #[test]
+    fn module_missing_from_the_layout_is_reported() {
+        let dir = tempdir_with_crate(
+            "deadline",
+            "[package]\nname=\"deadline\"\n[lints]\nworkspace = true\n",
+            "//! The crate; it has a `hidden` part.\n//!\n//! # Layout\n\
+             //! - `listed`: listed, not `hidden`.\n//! - [`public`], `dir/`: listed too.\n\
+             //!\n//! # Other\n//! - `later`: not the layout.\n\
+             mod listed;\npub mod public;\npub(crate) mod dir;\n    mod nested;\nmod hidden;\n\
+             #[cfg(feature = \"x\")]\nmod later;\n#[cfg(test)]\nmod tests;\n",
+        );
+        let err = check(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("declares `mod hidden`"), "{err}");
+        assert!(err.contains("declares `mod later`"), "{err}");
+        assert_eq!(err.matches("declares").count(), 2, "{err}");
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - `deadline`: [`Deadline`] and the `grpc-timeout` codec.
 //! - `layer`: the [`Layer`] names used in budgets, errors and metric labels.
 //! - `budget`: [`Budgets`], their defaults and the override syntax.
-//! - `wait`: [`within`] and [`send`], the only bounded waits in the workspace.
+//! - `wait`: [`within`] and [`send`], the only bounded waits in the workspace, and [`pause`],
+//!   the one deliberate sleep (tests, pacing).
 //! - `registry`: [`Registry`] and its [`Pending`] guards.
 //! - `error`: every error type.
 
@@ -30,4 +31,4 @@ pub use error::{
 };
 pub use layer::Layer;
 pub use registry::{Pending, Registry};
-pub use wait::{send, within};
+pub use wait::{pause, send, within};

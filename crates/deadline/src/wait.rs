@@ -54,6 +54,16 @@ pub async fn send<T>(
     }
 }
 
+/// Waits `d` on purpose: a test giving the system time to act, or a load generator's pacing.
+///
+/// Not for waiting until something happens (bound that with [`within`] and poll): a pause
+/// waits its whole time, and expires nothing, so it counts no expiry.
+// The one sleep outside the bounded waits, kept here beside them so the ban stays whole.
+#[allow(clippy::disallowed_methods)]
+pub async fn pause(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
 fn expired(layer: Layer, waited: Duration) -> Expired {
     metrics::counter!(EXPIRED_TOTAL, "layer" => layer.as_str()).increment(1);
     Expired { layer, waited }

@@ -379,6 +379,34 @@ async fn read_body(gw: &Gateway, body: Body) -> Result<Bytes, Status> {
         .map_err(|e| Status::invalid_argument(format!("reading the request body: {e}")))
 }
 
+/// What a call with one request message needs: a client, the request (the body's JSON, an
+/// empty body being the default message, with the headers as metadata), the method, the codec.
+type Call<Q, R> = (
+    tonic::client::Grpc<Router>,
+    tonic::Request<Q>,
+    PathAndQuery,
+    tonic_prost::ProstCodec<Q, R>,
+);
+
+async fn call<Q, R>(
+    gw: &Gateway,
+    method: &'static str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Call<Q, R>, Status>
+where
+    Q: prost::Message + DeserializeOwned + Default + Send + Sync + 'static,
+    R: prost::Message + Serialize + Default + Send + Sync + 'static,
+{
+    let message = decode::<Q>(&read_body(gw, body).await?)?.unwrap_or_default();
+    Ok((
+        client(gw),
+        metadata(message, headers),
+        PathAndQuery::from_static(method),
+        tonic_prost::ProstCodec::default(),
+    ))
+}
+
 async fn unary<Q, R>(
     gw: &Gateway,
     method: &'static str,
@@ -389,19 +417,11 @@ where
     Q: prost::Message + DeserializeOwned + Default + Send + Sync + 'static,
     R: prost::Message + Serialize + Default + Send + Sync + 'static,
 {
-    let message = match read_body(gw, body).await.and_then(|b| decode::<Q>(&b)) {
-        Ok(m) => m.unwrap_or_default(),
+    let (mut grpc, request, path, codec) = match call::<Q, R>(gw, method, headers, body).await {
+        Ok(call) => call,
         Err(status) => return error_response(&status),
     };
-    let mut grpc = client(gw);
-    let codec = tonic_prost::ProstCodec::<Q, R>::default();
-    let answer = grpc
-        .unary(
-            metadata(message, headers),
-            PathAndQuery::from_static(method),
-            codec,
-        )
-        .await;
+    let answer = grpc.unary(request, path, codec).await;
     match answer {
         Ok(response) => match serde_json::to_vec(response.get_ref()) {
             Ok(json) => (StatusCode::OK, json_headers(), json).into_response(),
@@ -421,19 +441,11 @@ where
     Q: prost::Message + DeserializeOwned + Default + Send + Sync + 'static,
     R: prost::Message + Serialize + Default + Send + Sync + 'static,
 {
-    let message = match read_body(gw, body).await.and_then(|b| decode::<Q>(&b)) {
-        Ok(m) => m.unwrap_or_default(),
+    let (mut grpc, request, path, codec) = match call::<Q, R>(gw, method, headers, body).await {
+        Ok(call) => call,
         Err(status) => return error_response(&status),
     };
-    let mut grpc = client(gw);
-    let codec = tonic_prost::ProstCodec::<Q, R>::default();
-    let answer = grpc
-        .server_streaming(
-            metadata(message, headers),
-            PathAndQuery::from_static(method),
-            codec,
-        )
-        .await;
+    let answer = grpc.server_streaming(request, path, codec).await;
     match answer {
         Ok(response) => lines(response.into_inner()).await,
         Err(status) => error_response(&status),

@@ -11,6 +11,7 @@
 //! - `error`: [`ApiError`] and its `tonic::Status` table.
 //! - `validate`: etcd's request checks.
 //! - `authz`: the caller's user from its token, and etcd's permission checks.
+//! - `jwt`: etcd's JWT tokens: signing and verifying them.
 //! - `oversize`: grpc-go's answer to a message over the receive limit.
 //! - `require_leader`: etcd's `hasleader` metadata: no leader, no service.
 //! - [`etcd_snapshot`]: etcd's snapshot file (a bbolt database in etcd's layout), written

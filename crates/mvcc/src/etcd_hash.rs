@@ -16,7 +16,7 @@ use crate::backend::{Backend, Table};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys::KeyRange;
-use crate::read::{self, CHUNK};
+use crate::read;
 use crate::store::Store;
 use crate::types::KvHash;
 
@@ -134,37 +134,6 @@ fn newest_at<B: Backend>(backend: &B, key: &[u8], at: i64) -> Result<Option<i64>
         .transpose()
 }
 
-/// The `Revisions` entries from `from` on at or below `rev`, at most [`CHUNK`] of them.
-fn revisions_chunk<B: Backend>(
-    backend: &B,
-    from: &Bound<Vec<u8>>,
-    rev: i64,
-) -> Result<Vec<(i64, i64, Vec<u8>)>> {
-    let from = match from {
-        Bound::Included(k) => Bound::Included(k.as_slice()),
-        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
-    };
-    let to = codec::revision_key(rev.saturating_add(1), 0);
-    let mut out = Vec::new();
-    let mut failure = None;
-    backend.scan(Table::Revisions, from, Bound::Excluded(&to), &mut |k, v| {
-        match codec::split_revision_key(k) {
-            Ok((main, sub)) => out.push((main, sub, v.to_vec())),
-            Err(e) => {
-                failure = Some(e);
-                return ControlFlow::Break(());
-            }
-        }
-        if out.len() >= CHUNK {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    })?;
-    failure.map_or(Ok(out), Err)
-}
-
 impl<B: Backend> Store<B> {
     /// etcd 3.4's `HashKV` hash at `rev` (0 for the current revision), which equals etcd's for
     /// the same history. etcd's rules for the revision hold: at or below the compaction point
@@ -218,7 +187,7 @@ impl<B: Backend> Store<B> {
         if compacted > 0 {
             read::scan_visible_until(backend, &KeyRange::new(b"", b"\0"), rev, stop, &mut |_| {
                 any_live = true;
-                ControlFlow::Break(())
+                Ok(ControlFlow::Break(()))
             })?;
         }
         let mut from = Bound::Unbounded;
@@ -227,7 +196,7 @@ impl<B: Backend> Store<B> {
             if stop() {
                 return Err(Error::Stopped);
             }
-            let chunk = revisions_chunk(backend, &from, rev)?;
+            let chunk = read::revisions_chunk(backend, &from, rev)?;
             let Some(last) = chunk.last() else {
                 return Ok(());
             };

@@ -15,7 +15,7 @@ use crate::backend::{Backend, Table, WriteBatch};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::lease;
-use crate::read::CHUNK;
+use crate::read::{revisions_chunk, try_scan, CHUNK};
 use crate::snapshot::SnapshotInfo;
 use crate::store::{
     Hold, Store, WriterState, META_COMPACT, META_COMPACT_DONE, META_CURRENT, META_VERSIONS,
@@ -201,40 +201,14 @@ impl<B: Backend> Export<B> {
             )));
         }
         let backend = self.store.backend();
-        let hi = codec::revision_key(self.info.revision, i64::MAX);
-        let from_ref = match &from {
-            Bound::Included(k) => Bound::Included(k.as_slice()),
-            Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let mut found: Vec<(Vec<u8>, i64, i64, Vec<u8>)> = Vec::new();
-        let mut failure = None;
-        let mut last = None;
-        backend.scan(
-            Table::Revisions,
-            from_ref,
-            Bound::Included(&hi),
-            &mut |k, v| {
-                match codec::split_revision_key(k) {
-                    Ok((main, sub)) => found.push((k.to_vec(), main, sub, v.to_vec())),
-                    Err(e) => {
-                        failure = Some(e);
-                        return ControlFlow::Break(());
-                    }
-                }
-                if found.len() >= CHUNK {
-                    last = Some(k.to_vec());
-                    return ControlFlow::Break(());
-                }
-                ControlFlow::Continue(())
-            },
-        )?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        self.next = last.map(Bound::Excluded);
+        let found = revisions_chunk(backend, &from, self.info.revision)?;
+        // A full chunk may not be the last: the next starts after its last entry.
+        self.next = found
+            .last()
+            .filter(|_| found.len() >= CHUNK)
+            .map(|(main, sub, _)| Bound::Excluded(codec::revision_key(*main, *sub).to_vec()));
         let mut out = Vec::with_capacity(found.len());
-        for (_, main, sub, key) in found {
+        for (main, sub, key) in found {
             let raw_key = codec::version_key(&key, main);
             let Some(record) = backend.get(Table::Keys, &raw_key)? else {
                 return Err(Error::corrupt(format!(
@@ -277,22 +251,18 @@ impl<B: Backend> Export<B> {
         let from = codec::version_key(key, self.info.compacted);
         let group = codec::group(key);
         let mut keep = false;
-        let mut failure = None;
-        self.store.backend().scan(
+        try_scan(
+            self.store.backend(),
             Table::Keys,
             Bound::Included(&from),
             Bound::Unbounded,
             &mut |k, v| {
-                match codec::split_version_key(k) {
-                    Ok((g, m)) => {
-                        keep = g == group.as_slice() && m == main && !codec::is_tombstone(v)
-                    }
-                    Err(e) => failure = Some(e),
-                }
-                ControlFlow::Break(())
+                let (g, m) = codec::split_version_key(k)?;
+                keep = g == group.as_slice() && m == main && !codec::is_tombstone(v);
+                Ok(ControlFlow::Break(()))
             },
         )?;
-        failure.map_or(Ok(keep), Err)
+        Ok(keep)
     }
 }
 

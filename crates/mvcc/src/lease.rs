@@ -80,50 +80,35 @@ pub(crate) fn load<B: Backend>(backend: &B, revision: i64) -> Result<Index> {
     let mut index = Index::new();
     let mut end = PREFIX.to_vec();
     end.push(0xff);
-    let mut failure = None;
-    backend.scan(
+    read::try_scan(
+        backend,
         Table::Meta,
         Bound::Included(PREFIX),
         Bound::Excluded(&end),
-        &mut |k, v| match decode(k, v) {
-            Ok((id, ttl, remaining)) => {
-                index.insert(
-                    id,
-                    Entry {
-                        ttl,
-                        remaining,
-                        keys: BTreeSet::new(),
-                    },
-                );
-                ControlFlow::Continue(())
-            }
-            Err(e) => {
-                failure = Some(e);
-                ControlFlow::Break(())
-            }
+        &mut |k, v| {
+            let (id, ttl, remaining) = decode(k, v)?;
+            index.insert(
+                id,
+                Entry {
+                    ttl,
+                    remaining,
+                    keys: BTreeSet::new(),
+                },
+            );
+            Ok(ControlFlow::Continue(()))
         },
     )?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
     if index.is_empty() {
         return Ok(index);
     }
     read::scan_visible(backend, &KeyRange::new(&[0], &[0]), revision, &mut |v| {
         if v.put.lease != 0 {
-            match v.to_kv(false) {
-                Ok(kv) => {
-                    if let Some(entry) = index.get_mut(&kv.lease) {
-                        entry.keys.insert(kv.key);
-                    }
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    return ControlFlow::Break(());
-                }
+            let kv = v.to_kv(false)?;
+            if let Some(entry) = index.get_mut(&kv.lease) {
+                entry.keys.insert(kv.key);
             }
         }
-        ControlFlow::Continue(())
+        Ok(ControlFlow::Continue(()))
     })?;
-    failure.map_or(Ok(index), Err)
+    Ok(index)
 }

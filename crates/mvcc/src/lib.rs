@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - `types`: the data model and the requests and responses of etcd's KV API.
+//! - `error`: [`Error`]: answers a client gets, and failures that stop the node.
 //! - `auth`: etcd's auth requests (users, roles, permissions) as the log carries them.
 //! - `keys`: etcd's `key`/`range_end` conventions ([`KeyRange`], [`prefix_end`]).
 //! - `backend`: the [`Backend`] seam and its [`WriteBatch`].
@@ -14,12 +15,16 @@
 //! - `read`: visible versions at a revision, and building range answers.
 //! - `txn`: compares and the duplicate-key rule.
 //! - `lease`: leases as the store keeps them ([`LeaseInfo`]) and the lease-to-keys index.
-//! - `store`: [`Store`], which applies commands and serves reads, events and compaction.
+//! - `store`: [`Store`]: its state, reads, events and compaction.
+//! - `apply`: [`Store::apply`] and its `Writer`, which evaluates commands against the backend
+//!   plus the call's own writes and builds the one batch that records them.
 //! - `snapshot`: streamed snapshots and restore.
+//! - `export`: the content in revision order, for other formats ([`Export`]), and import.
 //! - `etcd_hash`: the key-space hash, as etcd computes it.
 //! - [`durable`]: creating, renaming and removing files so their names survive a power cut.
 //! - `conformance` (feature `conformance`): the behaviour suite every engine must pass.
 
+mod apply;
 mod auth;
 mod backend;
 mod codec;
@@ -38,6 +43,7 @@ mod types;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use apply::Outcome;
 pub use auth::{AuthRequest, AuthResponse, PermType, Permission};
 pub use backend::{is_empty_interval, Backend, BatchOp, Replacement, Table, Visitor, WriteBatch};
 pub use error::{BackendError, Error, Result};
@@ -46,7 +52,7 @@ pub use keys::{prefix_end, KeyRange};
 pub use lease::LeaseInfo;
 pub use read::ReadLimits;
 pub use snapshot::{SnapshotInfo, SnapshotReader};
-pub use store::{CompactionProgress, EventSink, Outcome, Store};
+pub use store::{CompactionProgress, EventSink, Store};
 pub use txn::check_txn_keys;
 pub use types::{
     alarm_kind, AlarmAction, AlarmMember, AlarmRequest, Command, CompactRequest, Compare,

@@ -85,12 +85,71 @@ impl ReadLimits<'static> {
     }
 }
 
-/// Calls `f` with the version of each live key in `range` visible at `rev`, in key order.
+/// The visitor of [`try_scan`]: [`crate::Visitor`], but able to fail.
+pub(crate) type TryVisitor<'v> = dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>> + 'v;
+
+/// The visitor of [`scan_visible`]: it may stop the scan, or fail it.
+pub(crate) type VisibleVisitor<'v> = dyn FnMut(Visible<'_>) -> Result<ControlFlow<()>> + 'v;
+
+/// [`Backend::scan`] with a visitor that can fail: its first error ends the scan and is returned.
+pub(crate) fn try_scan<B: Backend + ?Sized>(
+    backend: &B,
+    table: Table,
+    from: Bound<&[u8]>,
+    to: Bound<&[u8]>,
+    visit: &mut TryVisitor<'_>,
+) -> Result<()> {
+    // The backend's visitor cannot fail, so the error waits here until the scan returns.
+    let mut failure = None;
+    backend.scan(table, from, to, &mut |k, v| match visit(k, v) {
+        Ok(flow) => flow,
+        Err(e) => {
+            failure = Some(e);
+            ControlFlow::Break(())
+        }
+    })?;
+    failure.map_or(Ok(()), Err)
+}
+
+/// The `Revisions` entries (main, sub, key) from `from` on at or below `rev`, at most
+/// [`CHUNK`] of them.
+pub(crate) fn revisions_chunk<B: Backend + ?Sized>(
+    backend: &B,
+    from: &Bound<Vec<u8>>,
+    rev: i64,
+) -> Result<Vec<(i64, i64, Vec<u8>)>> {
+    let from = match from {
+        Bound::Included(k) => Bound::Included(k.as_slice()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    let to = codec::revision_key(rev.saturating_add(1), 0);
+    let mut out = Vec::new();
+    try_scan(
+        backend,
+        Table::Revisions,
+        from,
+        Bound::Excluded(&to),
+        &mut |k, v| {
+            let (main, sub) = codec::split_revision_key(k)?;
+            out.push((main, sub, v.to_vec()));
+            Ok(if out.len() >= CHUNK {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        },
+    )?;
+    Ok(out)
+}
+
+/// Calls `f` with the version of each live key in `range` visible at `rev`, in key order,
+/// until it breaks or fails.
 pub(crate) fn scan_visible<B: Backend + ?Sized>(
     backend: &B,
     range: &KeyRange,
     rev: i64,
-    f: &mut dyn FnMut(Visible<'_>) -> ControlFlow<()>,
+    f: &mut VisibleVisitor<'_>,
 ) -> Result<()> {
     scan_visible_until(backend, range, rev, &|| false, f)
 }
@@ -101,7 +160,7 @@ pub(crate) fn scan_visible_until<B: Backend + ?Sized>(
     range: &KeyRange,
     rev: i64,
     stop: &dyn Fn() -> bool,
-    f: &mut dyn FnMut(Visible<'_>) -> ControlFlow<()>,
+    f: &mut VisibleVisitor<'_>,
 ) -> Result<()> {
     if range.is_empty() {
         return Ok(());
@@ -119,48 +178,38 @@ pub(crate) fn scan_visible_until<B: Backend + ?Sized>(
         let mut visited = 0;
         let mut resume = None;
         let mut stopped = false;
-        let mut failure = None;
-        backend.scan(Table::Keys, as_ref(&from), as_ref(&to), &mut |k, v| {
-            visited += 1;
-            if visited > CHUNK {
-                resume = Some(k.to_vec());
-                return ControlFlow::Break(());
-            }
-            let (group, main) = match codec::split_version_key(k) {
-                Ok(parts) => parts,
-                Err(e) => {
-                    failure = Some(e);
-                    return ControlFlow::Break(());
+        try_scan(
+            backend,
+            Table::Keys,
+            as_ref(&from),
+            as_ref(&to),
+            &mut |k, v| {
+                visited += 1;
+                if visited > CHUNK {
+                    resume = Some(k.to_vec());
+                    return Ok(ControlFlow::Break(()));
                 }
-            };
-            if main > rev || seen_group.as_deref() == Some(group) {
-                return ControlFlow::Continue(());
-            }
-            match &mut seen_group {
-                Some(g) => {
-                    g.clear();
-                    g.extend_from_slice(group);
+                let (group, main) = codec::split_version_key(k)?;
+                if main > rev || seen_group.as_deref() == Some(group) {
+                    return Ok(ControlFlow::Continue(()));
                 }
-                None => seen_group = Some(group.to_vec()),
-            }
-            match codec::decode_record(v) {
-                Ok(rec) => match rec.put {
-                    None => ControlFlow::Continue(()),
-                    Some(put) => {
-                        let flow = f(Visible { group, main, put });
-                        stopped = flow.is_break();
-                        flow
+                match &mut seen_group {
+                    Some(g) => {
+                        g.clear();
+                        g.extend_from_slice(group);
                     }
-                },
-                Err(e) => {
-                    failure = Some(e);
-                    ControlFlow::Break(())
+                    None => seen_group = Some(group.to_vec()),
                 }
-            }
-        })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
+                match codec::decode_record(v)?.put {
+                    None => Ok(ControlFlow::Continue(())),
+                    Some(put) => {
+                        let flow = f(Visible { group, main, put })?;
+                        stopped = flow.is_break();
+                        Ok(flow)
+                    }
+                }
+            },
+        )?;
         match resume {
             Some(k) if !stopped => from = Bound::Included(k),
             _ => return Ok(()),
@@ -173,35 +222,29 @@ fn visit_one<B: Backend + ?Sized>(
     backend: &B,
     key: &[u8],
     rev: i64,
-    f: &mut dyn FnMut(Visible<'_>) -> ControlFlow<()>,
+    f: &mut VisibleVisitor<'_>,
 ) -> Result<()> {
     // The newest version at or below `rev` is the first entry at or after `key ++ !rev`; the
     // scan is open-ended (one descent, not two) and stops at that entry whatever it is.
     let from = codec::version_key(key, rev);
     let group_len = from.len() - REV_LEN;
-    let mut failure = None;
-    backend.scan(
+    try_scan(
+        backend,
         Table::Keys,
         Bound::Included(&from),
         Bound::Unbounded,
         &mut |k, v| {
             if k.len() != from.len() || k[..group_len] != from[..group_len] {
-                return ControlFlow::Break(());
+                return Ok(ControlFlow::Break(()));
             }
-            let parsed = codec::split_version_key(k).and_then(|(group, main)| {
-                codec::decode_record(v).map(|rec| (group, main, rec.put))
-            });
-            match parsed {
-                Ok((group, main, Some(put))) => {
-                    let _ = f(Visible { group, main, put });
-                }
-                Ok((_, _, None)) => {}
-                Err(e) => failure = Some(e),
+            let (group, main) = codec::split_version_key(k)?;
+            if let Some(put) = codec::decode_record(v)?.put {
+                // One key: whether `f` breaks or not, the scan is over.
+                let _ = f(Visible { group, main, put })?;
             }
-            ControlFlow::Break(())
+            Ok(ControlFlow::Break(()))
         },
-    )?;
-    failure.map_or(Ok(()), Err)
+    )
 }
 
 /// The live key-value of `key` at `rev`, if any.
@@ -213,7 +256,7 @@ pub(crate) fn get_at<B: Backend + ?Sized>(
     let mut found = None;
     visit_one(backend, key, rev, &mut |v| {
         found = Some(v.put.to_kv(key.to_vec(), v.main));
-        ControlFlow::Break(())
+        Ok(ControlFlow::Break(()))
     })?;
     Ok(found)
 }
@@ -238,6 +281,9 @@ impl Item<'_> {
     }
 }
 
+/// The visitor a range read offers its key-values to: it may stop the read, or fail it.
+pub(crate) type ItemVisitor<'v> = dyn FnMut(Item<'_>) -> Result<ControlFlow<()>> + 'v;
+
 /// Builds etcd's answer to `req` from the live keys `visit` offers in key order.
 ///
 /// As etcd does: with a sort order or a revision filter every key is fetched, filtered, sorted
@@ -249,7 +295,7 @@ impl Item<'_> {
 pub(crate) fn build_range(
     req: &RangeRequest,
     limits: &ReadLimits<'_>,
-    visit: impl FnOnce(&mut dyn FnMut(Item<'_>) -> ControlFlow<()>) -> Result<()>,
+    visit: impl FnOnce(&mut ItemVisitor<'_>) -> Result<()>,
 ) -> Result<RangeResponse> {
     let filtered = req.min_mod_revision != 0
         || req.max_mod_revision != 0
@@ -275,36 +321,25 @@ pub(crate) fn build_range(
     let mut count = 0i64;
     let mut kvs = Vec::new();
     let (mut taken, mut bytes, mut too_large) = (0usize, 0usize, false);
-    let mut failure: Option<Error> = None;
     visit(&mut |item| {
         count += 1;
         if taken < want {
-            match item.to_kv(with_value) {
-                Ok(kv) => {
-                    if taken < sent {
-                        bytes = bytes.saturating_add((limits.measure)(&kv));
-                    }
-                    taken += 1;
-                    if bytes > limits.max_bytes {
-                        if !too_large {
-                            too_large = true;
-                            kvs = Vec::new();
-                        }
-                    } else {
-                        kvs.push(kv);
-                    }
+            let kv = item.to_kv(with_value)?;
+            if taken < sent {
+                bytes = bytes.saturating_add((limits.measure)(&kv));
+            }
+            taken += 1;
+            if bytes > limits.max_bytes {
+                if !too_large {
+                    too_large = true;
+                    kvs = Vec::new();
                 }
-                Err(e) => {
-                    failure = Some(e);
-                    return ControlFlow::Break(());
-                }
+            } else {
+                kvs.push(kv);
             }
         }
-        ControlFlow::Continue(())
+        Ok(ControlFlow::Continue(()))
     })?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
     if too_large {
         return Err(Error::TooLarge {
             size: bytes,

@@ -16,7 +16,7 @@ use crate::backend::{Backend, Table, WriteBatch};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::lease;
-use crate::read::CHUNK;
+use crate::read::{try_scan, CHUNK};
 use crate::store::{
     Hold, LeaseRecord, Store, META_COMPACT, META_COMPACT_DONE, META_CURRENT, META_VERSIONS,
 };
@@ -86,24 +86,18 @@ fn scan_kept<B: Backend>(
     };
     let mut visited = 0;
     let mut last = None;
-    let mut failure = None;
-    backend.scan(Table::Keys, from, Bound::Unbounded, &mut |k, v| {
+    try_scan(backend, Table::Keys, from, Bound::Unbounded, &mut |k, v| {
         visited += 1;
-        match kept.accept(k, v) {
-            Ok(true) => f(k, v),
-            Ok(false) => {}
-            Err(e) => {
-                failure = Some(e);
-                return ControlFlow::Break(());
-            }
+        if kept.accept(k, v)? {
+            f(k, v);
         }
         if visited >= CHUNK {
             last = Some(k.to_vec());
-            return ControlFlow::Break(());
+            return Ok(ControlFlow::Break(()));
         }
-        ControlFlow::Continue(())
+        Ok(ControlFlow::Continue(()))
     })?;
-    failure.map_or(Ok(last), Err)
+    Ok(last)
 }
 
 impl<B: Backend> Store<B> {

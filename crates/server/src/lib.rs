@@ -12,17 +12,20 @@
 //! - `config`: [`Config`], checked configuration, member and cluster ids.
 //! - [`config_file`]: etcd's YAML `--config-file`, and etcd's precedence of file, flags, variables.
 //! - `http`: `/health`, `/version`, `/metrics`, `/livez`, `/readyz`, 404 for unknown paths.
+//! - `access`: `--cors` and `--host-whitelist` on the client port's HTTP endpoints.
 //! - [`logging`]: `--logger` (capnslog text or zap JSON), `--log-outputs`, `--log-level`, RUST_LOG.
 //! - [`telemetry`]: the metrics (etcd's names beside MetaStore's), their help, gRPC call counts.
 //! - `compactor`: automatic compaction.
-//! - `authority`: accepts etcdctl 3.4's `http://` authority on HTTP/2; caps connections.
+//! - `listener`: accepts client connections: `TCP_NODELAY`, the connection cap, TLS, and
+//!   etcdctl 3.4's `http://` `:authority` rewritten on HTTP/2.
+//! - `coalesce`: a connection's small HTTP/2 writes gathered into one `writev`.
+//! - `pings`: grpc-go's keepalive enforcement (`--grpc-keepalive-min-time`).
 //! - `serve`: client connections, with HTTP/2's stream limit and a graceful stop.
 //! - `srv`: `--discovery-srv`, the initial cluster from DNS SRV records.
 //! - `tls`: TLS (rustls) on `https://` client and peer listeners.
 //! - `restore`: `metastore snapshot restore` and `metastore migrate-etcd`, from etcd's files.
 
 mod access;
-mod authority;
 mod coalesce;
 mod compactor;
 mod config;
@@ -30,6 +33,7 @@ pub mod config_file;
 pub mod etcd_flags;
 mod flags;
 mod http;
+mod listener;
 pub mod logging;
 mod pings;
 mod restore;
@@ -205,7 +209,7 @@ async fn serve<B: Backend>(
         let tls = matches!(security, tls::Security::Tls(_));
         tracing::info!(%addr, tls, "serving client requests (gRPC and HTTP)");
         let router = client_router(tls);
-        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security)
+        let listener = listener::ClientListener::new(listener, Arc::clone(&connections), security)
             .with_min_ping_time(config.keepalive.min_time);
         tasks.spawn(serve::serve(
             listener,
@@ -231,7 +235,7 @@ async fn serve<B: Backend>(
             _ => tls::Security::Plain,
         };
         tracing::info!(path = %path.display(), tls, "serving client requests (gRPC and HTTP) on a unix socket");
-        let listener = authority::FixAuthority::new(listener, Arc::clone(&connections), security)
+        let listener = listener::ClientListener::new(listener, Arc::clone(&connections), security)
             .with_min_ping_time(config.keepalive.min_time);
         tasks.spawn(serve::serve(
             listener,

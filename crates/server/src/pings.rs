@@ -1,7 +1,7 @@
 //! grpc-go's keepalive enforcement, as etcd's `--grpc-keepalive-min-time` configures it: a
 //! client that pings more often than the policy allows gets GOAWAY (ENHANCE_YOUR_CALM,
 //! "too_many_pings") and its connection is closed. hyper/h2 answer every PING themselves and
-//! have no such policy, so [`crate::authority::Fixed`] feeds this the frames it sees.
+//! have no such policy, so [`crate::listener::ClientConnection`] feeds this the frames it sees.
 //!
 //! The rule is grpc-go's: a client PING (not an ACK) is a strike when it comes sooner than the
 //! minimum time after the previous one (two hours when the connection has no open stream,

@@ -10,7 +10,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::authority::FixAuthority;
+use crate::listener::ClientListener;
 
 /// Server-initiated HTTP/2 keepalive, as etcd's `--grpc-keepalive-interval` and
 /// `--grpc-keepalive-timeout` set it.
@@ -50,7 +50,7 @@ fn note_cert_user<B>(
 
 /// Serves `router` on `listener` until `stop`, then waits for its connections to finish.
 pub(crate) async fn serve(
-    mut listener: FixAuthority,
+    mut listener: ClientListener,
     router: axum::Router,
     http2: Http2,
     stop: CancellationToken,

@@ -1,7 +1,7 @@
 //! TLS on the client and peer ports (rustls with the `ring` provider; no OpenSSL).
 //!
 //! A listener whose URL is `https://` terminates TLS on each accepted connection and hands the
-//! decrypted stream to the same path as plaintext (the `:authority` fixer, write coalescing,
+//! decrypted stream to the same path as plaintext (`:authority` rewriting, write coalescing,
 //! gRPC and HTTP). The handshake runs inside the connection's first reads and writes, never in
 //! the accept loop, so a slow or silent client cannot hold up the others. Every file is read
 //! and checked at start: a missing file, a key that does not match its certificate or a CA
@@ -813,7 +813,7 @@ impl AsyncWrite for MaybeTls {
 }
 
 /// A listener whose connections are secured by `security` (the peer port's; the client port
-/// goes through the `:authority` fixer, which wraps its connections the same way).
+/// goes through `listener::ClientListener`, which wraps its connections the same way).
 pub struct SecureListener {
     listener: tokio::net::TcpListener,
     security: Security,

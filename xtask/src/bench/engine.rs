@@ -18,7 +18,7 @@ use engine_redb::{Durability, Options, RedbBackend};
 use mvcc::{Backend, Command, PutRequest, RangeRequest, Store};
 
 use super::doc;
-use super::{bytes, grouped, load_average, on_cpu_ns, resident_bytes, Machine, XorShift};
+use super::{bytes, compare, grouped, load_average, on_cpu_ns, resident_bytes, Machine, XorShift};
 
 /// The hidden subcommand that loads one engine and reports its resident set.
 pub const CHILD: &str = "engine-child";
@@ -678,15 +678,8 @@ fn render(
     m: &Machine,
     load: &str,
 ) -> String {
-    let mut s = String::new();
     let command = command_line("engine", raw);
-    let _ = writeln!(s, "{HEADING}\n");
-    let _ = writeln!(s, "Command: `{command}`\n");
-    let _ = writeln!(
-        s,
-        "Machine: {} cores (`nproc`), {}, {} RAM; {}; {}; commit `{}`; {load}.\n",
-        m.cores, m.cpu, m.memory, m.date, m.rustc, m.commit
-    );
+    let mut s = compare::preamble(HEADING, &command, m, load);
     let _ = writeln!(
         s,
         "Every figure goes through `mvcc::Store` (`apply`, `get`, `range`) over the engine, on \

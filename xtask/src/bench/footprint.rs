@@ -29,7 +29,7 @@ use super::servers::{
     connect, endpoint, join_within, request, settle, wait_ready, Kind, Scratch, Server,
     REQUEST_TIMEOUT,
 };
-use super::{grouped, load_average, output_of, Machine};
+use super::{compare, grouped, load_average, output_of, Machine};
 
 const HEADING: &str = "## Footprint";
 const CONNS: usize = 8;
@@ -405,14 +405,7 @@ fn render(
     etcd: &Measured,
     m: &Machine,
 ) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "{HEADING}\n");
-    let _ = writeln!(s, "Command: `{command}`\n");
-    let _ = writeln!(
-        s,
-        "Machine: {} cores (`nproc`), {}, {} RAM; {}; {}; commit `{}`; {load}.\n",
-        m.cores, m.cpu, m.memory, m.date, m.rustc, m.commit
-    );
+    let mut s = compare::preamble(HEADING, command, m, load);
     let _ = writeln!(
         s,
         "Servers: MetaStore (`{}`, `--engine {}`, release build, default settings) and etcd \

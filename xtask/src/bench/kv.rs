@@ -37,7 +37,7 @@ use super::servers::{
     settle, wait_ready, Kind, Scratch, Server, ServerTls, REQUEST_TIMEOUT, SETTLE,
 };
 use super::stages;
-use super::{grouped, load_average, output_of, Machine, XorShift};
+use super::{compare, grouped, load_average, output_of, Machine, XorShift};
 
 const HEADING: &str = "## KV";
 /// Keys are `k` and this many digits: 8 bytes, as the issue asks.
@@ -820,14 +820,7 @@ fn errors_note(s: &Sample) -> String {
 
 /// The `## KV` section: command, machine, setup, figures, and the issue's goals judged.
 fn render(args: &Args, setup: &Setup, rows: &[Row], m: &Machine) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "{}\n", args.heading());
-    let _ = writeln!(s, "Command: `{}`\n", setup.command);
-    let _ = writeln!(
-        s,
-        "Machine: {} cores (`nproc`), {}, {} RAM; {}; {}; commit `{}`; {}.\n",
-        m.cores, m.cpu, m.memory, m.date, m.rustc, m.commit, setup.load
-    );
+    let mut s = compare::preamble(&args.heading(), &setup.command, m, &setup.load);
     let _ = writeln!(
         s,
         "Servers: MetaStore (`{}`, `--engine redb`, release build) and etcd (`{}`, Debian's \

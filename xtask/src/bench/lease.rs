@@ -27,7 +27,7 @@ use super::doc;
 use super::servers::{
     connect, join_within, request, settle, wait_ready, Kind, Scratch, Server, REQUEST_TIMEOUT,
 };
-use super::{grouped, load_average, output_of, Machine};
+use super::{compare, grouped, load_average, output_of, Machine};
 
 const HEADING: &str = "## Lease";
 /// Connections every workload spreads its clients over.
@@ -402,14 +402,7 @@ fn render(
     etcd: &Measured,
     m: &Machine,
 ) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "{HEADING}\n");
-    let _ = writeln!(s, "Command: `{command}`\n");
-    let _ = writeln!(
-        s,
-        "Machine: {} cores (`nproc`), {}, {} RAM; {}; {}; commit `{}`; {load}.\n",
-        m.cores, m.cpu, m.memory, m.date, m.rustc, m.commit
-    );
+    let mut s = compare::preamble(HEADING, command, m, load);
     let _ = writeln!(
         s,
         "Servers: MetaStore (`{}`, `--engine redb`, release build, default settings: expired \

@@ -3,6 +3,7 @@
 //! Each benchmark owns one `## …` section of that file and regenerates only it, so later
 //! benchmarks (KV, watch) add their own sections beside it.
 
+mod compare;
 mod doc;
 mod engine;
 mod failover;

@@ -33,7 +33,7 @@ use super::servers::{
     connect, join_within, percentile, request, settle, wait_ready, Kind, Scratch, Server,
     REQUEST_TIMEOUT,
 };
-use super::{bytes, grouped, load_average, output_of, Machine, XorShift};
+use super::{bytes, compare, grouped, load_average, output_of, Machine, XorShift};
 
 const HEADING: &str = "## Watch";
 /// HTTP/2 connections the watchers of one run are spread over.
@@ -523,14 +523,7 @@ fn render(
     etcd: &Measured,
     m: &Machine,
 ) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "{HEADING}\n");
-    let _ = writeln!(s, "Command: `{command}`\n");
-    let _ = writeln!(
-        s,
-        "Machine: {} cores (`nproc`), {}, {} RAM; {}; {}; commit `{}`; {load}.\n",
-        m.cores, m.cpu, m.memory, m.date, m.rustc, m.commit
-    );
+    let mut s = compare::preamble(HEADING, command, m, load);
     let _ = writeln!(
         s,
         "Servers: MetaStore (`{}`, `--engine redb`, release build) and etcd (`{}`), one at a \

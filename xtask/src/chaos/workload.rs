@@ -543,14 +543,7 @@ pub async fn hash_kv(endpoint: &str, rev: i64) -> Result<u32, String> {
     bounded(c.hash_kv(rev)).await.map(|h| h.hash())
 }
 
-pub async fn pause(d: Duration) {
-    let _ = deadline::within(
-        deadline::Layer::Api,
-        deadline::Deadline::after(d),
-        std::future::pending::<()>(),
-    )
-    .await;
-}
+pub use deadline::pause;
 
 #[cfg(test)]
 mod tests {

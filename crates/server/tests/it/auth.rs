@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use deadline::pause;
 use etcd_client::{
     Client, ConnectOptions, GetOptions, MemberAddOptions, Permission, PermissionType, PutOptions,
 };
@@ -18,15 +19,6 @@ use crate::harness::{Kind, Server};
 
 const ROOT: &str = "--user=root:rootpw";
 
-/// Waits `d`, bounded and counted as the code's waits are.
-pub(crate) async fn pause(d: Duration) {
-    let _ = deadline::within(
-        deadline::Layer::Api,
-        deadline::Deadline::after(d),
-        std::future::pending::<()>(),
-    )
-    .await;
-}
 const ALICE: &str = "--user=alice:apw";
 const BOB: &str = "--user=bob:bpw";
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadline::{Deadline, Layer};
+use deadline::pause;
 use etcd_client::{Client, ConnectOptions, GetOptions, MemberAddOptions};
 use testkit::{Cluster, ClusterOptions};
 
@@ -42,10 +42,6 @@ async fn client(endpoint: &str) -> Client {
     )
     .await
     .unwrap_or_else(|e| panic!("connecting to {endpoint}: {e}"))
-}
-
-async fn pause(d: Duration) {
-    let _ = deadline::within(Layer::Api, Deadline::after(d), std::future::pending::<()>()).await;
 }
 
 /// Acknowledged writes, by key (every key is written once).

@@ -9,8 +9,9 @@ use kvapi::pb::etcdserverpb::kv_client::KvClient;
 use kvapi::pb::etcdserverpb::{AuthenticateRequest, RangeRequest};
 use testkit::{Cluster, ClusterOptions};
 
-use crate::auth::{connect_as, pause, set_up};
+use crate::auth::{connect_as, set_up};
 use crate::harness::require_tool;
+use deadline::pause;
 
 /// An answer as compared: the number of keys read, or the gRPC code and message.
 type Answer = Result<usize, String>;

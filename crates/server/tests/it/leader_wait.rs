@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use deadline::pause;
 use deadline::{Deadline, Layer};
 use etcd_client::{Client, ConnectOptions, WatchOptions};
 use testkit::{Cluster, ClusterOptions};
@@ -36,10 +37,6 @@ async fn client(endpoint: &str, timeout: Duration, require_leader: bool) -> Clie
     )
     .await
     .unwrap_or_else(|e| panic!("connecting to {endpoint}: {e}"))
-}
-
-async fn pause(d: Duration) {
-    let _ = deadline::within(Layer::Api, Deadline::after(d), std::future::pending::<()>()).await;
 }
 
 /// What the writers saw: when each write succeeded, and every error.

@@ -16,6 +16,7 @@ use etcd_client::{
 };
 
 use crate::harness::{require_tool, Kind, Server};
+use deadline::pause;
 
 /// Expiry is checked every 500 ms, and a revoke goes through Raft: a lease's keys go at most
 /// this long after its TTL (etcd's slack is the same order).
@@ -26,12 +27,6 @@ fn code(e: Error) -> String {
         Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
         other => format!("not a gRPC status: {other}"),
     }
-}
-
-/// Blocks the runtime's thread no longer than `d` while the server works (clippy keeps bare
-/// tokio sleeps out of this workspace).
-async fn pause(d: Duration) {
-    let _ = deadline::within(Layer::Api, Deadline::after(d), std::future::pending::<()>()).await;
 }
 
 /// Awaits `fut` for at most 10 s; a hang is a failure naming `what`.

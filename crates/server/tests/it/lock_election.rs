@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use deadline::{Deadline, Layer};
+use deadline::{pause, Deadline, Layer};
 use etcd_client::{Client, Error, GetOptions, LeaseGrantOptions, LockOptions};
 
 use crate::harness::{Kind, Server};
@@ -50,7 +50,7 @@ async fn keys_settled(c: &mut Client, prefix: &str, want: usize) -> Vec<String> 
             return keys;
         }
         // Bounded: at most 5 s of reads, each answered at once.
-        let _ = within(Duration::from_millis(50), std::future::pending::<()>()).await;
+        pause(Duration::from_millis(50)).await;
     }
 }
 
@@ -96,7 +96,7 @@ async fn lock_script(endpoint: &str) -> Vec<String> {
         let got = waiter.lock("mylock", with_lease(0x7d2)).await;
         (Instant::now(), got)
     });
-    let _ = within(Duration::from_millis(500), std::future::pending::<()>()).await;
+    pause(Duration::from_millis(500)).await;
     out.push(format!(
         "second done before unlock: {}",
         second.is_finished()
@@ -220,7 +220,7 @@ async fn election_script(endpoint: &str) -> Vec<String> {
     // A second candidate waits for the first to go.
     let mut other = c.clone();
     let second = tokio::spawn(async move { other.campaign("elec", "v2", 0xbb2).await });
-    let _ = within(Duration::from_millis(500), std::future::pending::<()>()).await;
+    pause(Duration::from_millis(500)).await;
     out.push(format!(
         "second elected while first leads: {}",
         second.is_finished()
@@ -363,7 +363,7 @@ async fn etcdctl_lock_and_the_lock_service_exclude_each_other() {
             for round in 0..2 {
                 let held = c.lock("mx", with_lease(lease)).await.expect("lock");
                 log_line(&log, &format!("in svc{i}.{round}"));
-                let _ = within(Duration::from_millis(200), std::future::pending::<()>()).await;
+                pause(Duration::from_millis(200)).await;
                 log_line(&log, &format!("out svc{i}.{round}"));
                 c.unlock(held.key()).await.expect("unlock");
             }
@@ -430,7 +430,7 @@ async fn lock_and_election_ride_through_a_killed_leader() {
         .expect("lock");
     let mut waiter = c.clone();
     let second = tokio::spawn(async move { waiter.lock("ha", with_lease(second_lease)).await });
-    let _ = within(Duration::from_millis(500), std::future::pending::<()>()).await;
+    pause(Duration::from_millis(500)).await;
     assert!(!second.is_finished(), "the second locker got a held lock");
     cluster.kill(leader);
     let new_leader = tokio::task::block_in_place(|| cluster.wait_leader(Duration::from_secs(15)))
@@ -557,7 +557,7 @@ async fn expiry_script(endpoint: &str) -> Vec<String> {
         let second = observed(&mut stream).await;
         (first, second)
     });
-    let _ = within(Duration::from_millis(300), std::future::pending::<()>()).await;
+    pause(Duration::from_millis(300)).await;
     bounded("campaign", c.campaign("oe", "short", 0xdd1))
         .await
         .expect("campaign");

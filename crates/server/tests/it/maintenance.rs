@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadline::{Deadline, Layer};
 use etcd_client::{Client, ConnectOptions};
 use testkit::{Cluster, ClusterOptions};
 
 use crate::harness::{free_port, require_tool};
+use deadline::pause;
 
 /// Three etcd 3.4 processes on free ports, killed when dropped.
 struct EtcdCluster {
@@ -82,10 +82,6 @@ async fn client(endpoint: &str) -> Client {
     )
     .await
     .unwrap_or_else(|e| panic!("connecting to {endpoint}: {e}"))
-}
-
-async fn pause(d: Duration) {
-    let _ = deadline::within(Layer::Api, Deadline::after(d), std::future::pending::<()>()).await;
 }
 
 /// Each member's id and the leader it reports, once all three agree on one (within 20 s).

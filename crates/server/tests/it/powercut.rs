@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadline::{Deadline, Layer};
+use deadline::pause;
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use powercut::PowerCut;
 use testkit::{Cluster, ClusterOptions};
@@ -31,10 +31,6 @@ fn rounds() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_ROUNDS)
-}
-
-async fn pause(d: Duration) {
-    let _ = deadline::within(Layer::Api, Deadline::after(d), std::future::pending::<()>()).await;
 }
 
 async fn connect(endpoint: &str) -> Option<Client> {

@@ -3,16 +3,12 @@
 
 use std::time::Duration;
 
-use deadline::{Deadline, Layer};
+use deadline::pause;
 use etcd_client::Client;
 use testkit::{Cluster, ClusterOptions};
 
 /// The election timeout the clusters here run with.
 const ELECTION: Duration = Duration::from_millis(500);
-
-async fn pause(d: Duration) {
-    let _ = deadline::within(Layer::Api, Deadline::after(d), std::future::pending::<()>()).await;
-}
 
 /// The term member `i` reports, and the leader it names.
 async fn term_and_leader(cluster: &Cluster, i: usize) -> (u64, u64) {

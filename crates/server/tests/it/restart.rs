@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use deadline::{Deadline, Layer};
+use deadline::pause;
 use etcd_client::{Client, ConnectOptions};
 use testkit::{Cluster, ClusterOptions};
 
@@ -22,10 +22,6 @@ fn rounds() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_ROUNDS)
-}
-
-async fn pause(d: Duration) {
-    let _ = deadline::within(Layer::Api, Deadline::after(d), std::future::pending::<()>()).await;
 }
 
 async fn connect(endpoint: &str, timeout: Duration) -> Option<Client> {

@@ -16,6 +16,7 @@ use deadline::{Deadline, Layer};
 
 use crate::auth::{alice_sees, connect_as, set_up};
 use crate::harness::{require_tool, Kind, Server};
+use deadline::pause;
 use testkit::{Cluster, ClusterOptions};
 
 /// Longest one tool run may take.
@@ -158,6 +159,17 @@ async fn write_history(c: &mut Client) -> i64 {
 /// A key-value as compared: key, create and mod revision, version, value, lease.
 type Kv = (Vec<u8>, i64, i64, i64, Vec<u8>, i64);
 
+fn as_kv(kv: &etcd_client::KeyValue) -> Kv {
+    (
+        kv.key().to_vec(),
+        kv.create_revision(),
+        kv.mod_revision(),
+        kv.version(),
+        kv.value().to_vec(),
+        kv.lease(),
+    )
+}
+
 /// Everything a client sees of a store at `revision` (0: now): each key with its revisions,
 /// version, value and lease; the leases with their granted TTL and keys.
 #[derive(Debug, PartialEq, Eq)]
@@ -175,20 +187,7 @@ async fn seen(c: &mut Client, revision: i64) -> Seen {
         )
         .await
         .expect("get all");
-    let kvs = got
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
-                kv.key().to_vec(),
-                kv.create_revision(),
-                kv.mod_revision(),
-                kv.version(),
-                kv.value().to_vec(),
-                kv.lease(),
-            )
-        })
-        .collect();
+    let kvs = got.kvs().iter().map(as_kv).collect();
     let mut leases = Vec::new();
     for l in c.leases().await.expect("leases").leases() {
         let ttl = c
@@ -244,13 +243,7 @@ async fn etcd_restores_our_snapshot() {
     );
     assert_eq!(status(&ours).0, expected.revision);
 
-    let restored = Server::start_prepared(Kind::Etcd, &[], |dir, peer| {
-        let cluster = format!("t={peer}");
-        let mut args = vec!["snapshot", "restore", ours.to_str().expect("path")];
-        args.extend(member_flags(dir.to_str().expect("path"), peer, &cluster));
-        let (ok, out, err) = run(&etcdctl(), &args);
-        assert!(ok, "etcdctl snapshot restore of our snapshot: {out} {err}");
-    });
+    let restored = restored_from(Kind::Etcd, &etcdctl(), &ours);
     let mut r = restored.client().await;
     assert_eq!(seen(&mut r, 0).await, expected);
     assert!(compacted_below(&mut r, compacted).await);
@@ -321,6 +314,36 @@ async fn we_restore_etcds_snapshot() {
     assert!(!dir.exists());
 }
 
+/// A `kind` member started on what `tool snapshot restore` (etcdctl's or ours) made of `file`.
+fn restored_from(kind: Kind, tool: &Path, file: &Path) -> Server {
+    Server::start_prepared(kind, &[], |dir, peer| {
+        let cluster = format!("t={peer}");
+        let mut args = vec!["snapshot", "restore", file.to_str().expect("path")];
+        args.extend(member_flags(dir.to_str().expect("path"), peer, &cluster));
+        let (ok, out, err) = run(tool, &args);
+        assert!(ok, "{} snapshot restore: {out} {err}", tool.display());
+    })
+}
+
+/// A member started on what `metastore migrate-etcd` made of etcd's data dir `source`, and
+/// what the tool wrote to stderr.
+fn migrate(source: &Path) -> (Server, String) {
+    let mut stderr = String::new();
+    let migrated = Server::start_prepared(Kind::Redb, &[], |dir, peer| {
+        let cluster = format!("t={peer}");
+        let mut args = vec![
+            "migrate-etcd",
+            "--etcd-data-dir",
+            source.to_str().expect("path"),
+        ];
+        args.extend(member_flags(dir.to_str().expect("path"), peer, &cluster));
+        let (ok, out, err) = run(&metastore(), &args);
+        assert!(ok, "metastore migrate-etcd: {out} {err}");
+        stderr = err;
+    });
+    (migrated, stderr)
+}
+
 /// A stopped etcd 3.4 member's data dir migrated with `metastore migrate-etcd`.
 #[tokio::test]
 async fn we_migrate_an_etcd_data_dir() {
@@ -333,18 +356,7 @@ async fn we_migrate_an_etcd_data_dir() {
         etcd.terminate(Duration::from_secs(20)).is_some(),
         "etcd stops on SIGTERM"
     );
-    let source = etcd.data_dir();
-    let migrated = Server::start_prepared(Kind::Redb, &[], |dir, peer| {
-        let cluster = format!("t={peer}");
-        let mut args = vec![
-            "migrate-etcd",
-            "--etcd-data-dir",
-            source.to_str().expect("path"),
-        ];
-        args.extend(member_flags(dir.to_str().expect("path"), peer, &cluster));
-        let (ok, out, err) = run(&metastore(), &args);
-        assert!(ok, "metastore migrate-etcd: {out} {err}");
-    });
+    let (migrated, _) = migrate(&etcd.data_dir());
     let mut m = migrated.client().await;
     assert_eq!(seen(&mut m, 0).await, expected);
 }
@@ -389,19 +401,8 @@ async fn we_migrate_a_killed_etcd_replaying_its_wal() {
         acked.revision
     );
 
-    let source = crashed.data_dir();
-    let migrated = Server::start_prepared(Kind::Redb, &[], |dir, peer| {
-        let cluster = format!("t={peer}");
-        let mut args = vec![
-            "migrate-etcd",
-            "--etcd-data-dir",
-            source.to_str().expect("path"),
-        ];
-        args.extend(member_flags(dir.to_str().expect("path"), peer, &cluster));
-        let (ok, out, err) = run(&metastore(), &args);
-        assert!(ok, "metastore migrate-etcd: {out} {err}");
-        assert!(err.contains("requests replayed"), "{err}");
-    });
+    let (migrated, err) = migrate(&crashed.data_dir());
+    assert!(err.contains("requests replayed"), "{err}");
     let mut m = migrated.client().await;
     let got = seen(&mut m, 0).await;
     assert_eq!(got, acked, "every acknowledged write, at etcd's revisions");
@@ -503,13 +504,7 @@ async fn a_snapshot_under_writes_is_one_point_in_time() {
         "writes went on past the snapshot's revision"
     );
 
-    let restored = Server::start_prepared(Kind::Etcd, &[], |dir, peer| {
-        let cluster = format!("t={peer}");
-        let mut args = vec!["snapshot", "restore", file.to_str().expect("path")];
-        args.extend(member_flags(dir.to_str().expect("path"), peer, &cluster));
-        let (ok, out, err) = run(&etcdctl(), &args);
-        assert!(ok, "etcdctl snapshot restore: {out} {err}");
-    });
+    let restored = restored_from(Kind::Etcd, &etcdctl(), &file);
     let mut r = restored.client().await;
     let got = seen(&mut r, 0).await;
     assert_eq!(got.revision, revision);
@@ -518,11 +513,6 @@ async fn a_snapshot_under_writes_is_one_point_in_time() {
         got.kvs == expected.kvs,
         "the restored store differs from MetaStore at {revision}"
     );
-}
-
-/// Waits `d` (bounded, as every wait here).
-async fn pause(d: Duration) {
-    let _ = deadline::within(Layer::Api, Deadline::after(d), std::future::pending::<()>()).await;
 }
 
 /// A client that stops reading a snapshot is cut off once a chunk waits longer than the api
@@ -611,13 +601,7 @@ async fn auth_travels_in_snapshots_both_ways() {
         } else {
             metastore()
         };
-        let restored = Server::start_prepared(to, &[], |dir, peer| {
-            let cluster = format!("t={peer}");
-            let mut args = vec!["snapshot", "restore", file.to_str().expect("path")];
-            args.extend(member_flags(dir.to_str().expect("path"), peer, &cluster));
-            let (ok, out, err) = run(&tool, &args);
-            assert!(ok, "{} snapshot restore: {out} {err}", tool.display());
-        });
+        let restored = restored_from(to, &tool, &file);
         assert_eq!(
             auth_view(&restored.endpoint()).await,
             expected,
@@ -642,20 +626,7 @@ async fn local_kvs(endpoint: &str) -> (i64, Vec<Kv>) {
         )
         .await
         .expect("serializable get");
-    let kvs = got
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
-                kv.key().to_vec(),
-                kv.create_revision(),
-                kv.mod_revision(),
-                kv.version(),
-                kv.value().to_vec(),
-                kv.lease(),
-            )
-        })
-        .collect();
+    let kvs = got.kvs().iter().map(as_kv).collect();
     (got.header().expect("header").revision(), kvs)
 }
 

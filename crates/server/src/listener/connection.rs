@@ -1,32 +1,20 @@
-//! Accepts etcdctl 3.4's `:authority` of `http://host:port` on HTTP/2 connections.
-//!
-//! For some commands (`endpoint status`, `defrag`) etcd 3.4's client dials the endpoint as
-//! written, scheme included, and sends it as the `:authority` pseudo-header. etcd accepts that;
-//! the `h2` crate under tonic rejects it as malformed and resets the stream. This listener
-//! wrapper sits between the socket and `h2`: it reads the client's HTTP/2 frames and walks each
-//! header block's HPACK representations without decoding them, copying every byte except a
-//! literal `:authority` value with a scheme, which it re-emits without it. Clients send that
-//! literal once and then refer to it in the dynamic table, where `h2` now holds the fixed value.
-//! The fixed entry is shorter than the client thinks, so `h2`'s table can only evict later than
-//! the client's, never earlier: every index the client uses still names the same entry. Every
-//! other frame, and every HTTP/1 connection, passes unchanged; frames that are not part of a
-//! header block pass as their bytes arrive, so no more than one header frame is ever held.
-//!
-//! The listener also caps the connections open at once (`--max-client-connections`): each
-//! holds a permit, and one accepted over the cap is closed at once.
+//! A client connection as the server reads it. Until the first bytes show HTTP/2 it waits;
+//! HTTP/1 then passes unchanged. On HTTP/2 it gathers each header block from its HEADERS and
+//! CONTINUATION frames and hands on the block with its `:authority` rewritten
+//! ([`super::authority`]); frames that are not part of a header block pass as their bytes
+//! arrive, so no more than one header frame is ever held. It also counts the client's pings
+//! and sends GOAWAY to one pinging too often ([`crate::pings`]), and holds the connection's
+//! place under the connection cap until it closes.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use loona_hpack::huffman::HuffmanDecoder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
-use crate::coalesce::Coalesced;
-use crate::tls::{MaybeTls, Security};
+use super::authority::rewrite_authority;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
@@ -40,133 +28,6 @@ const PRIORITY: u8 = 0x20;
 const MAX_FRAME: usize = 16_384;
 /// A header block longer than this is left alone (and `h2` will refuse it itself).
 const MAX_BLOCK: usize = 1 << 20;
-
-/// Connections closed at accept because `--max-client-connections` were open.
-const REFUSED: &str = "metastore_client_connections_refused_total";
-
-/// Where a client listener accepts: a TCP port, or a Unix domain socket (`unix://` URLs).
-pub enum ClientListener {
-    /// TCP.
-    Tcp(TcpListener),
-    /// A Unix domain socket.
-    #[cfg(unix)]
-    Unix(tokio::net::UnixListener),
-}
-
-impl From<TcpListener> for ClientListener {
-    fn from(l: TcpListener) -> Self {
-        ClientListener::Tcp(l)
-    }
-}
-
-#[cfg(unix)]
-impl From<tokio::net::UnixListener> for ClientListener {
-    fn from(l: tokio::net::UnixListener) -> Self {
-        ClientListener::Unix(l)
-    }
-}
-
-/// A client's address: an IP address and port, or the Unix socket's (unnamed) peer.
-#[derive(Debug)]
-pub enum ClientAddr {
-    /// Over TCP.
-    Tcp(std::net::SocketAddr),
-    /// Over a Unix domain socket.
-    Unix,
-}
-
-impl std::fmt::Display for ClientAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientAddr::Tcp(a) => a.fmt(f),
-            ClientAddr::Unix => f.write_str("unix socket"),
-        }
-    }
-}
-
-/// A TCP listener whose connections get their `:authority` fixed (and `TCP_NODELAY`), at most
-/// as many open at once as `connections` has permits (shared by every client listener).
-pub struct FixAuthority {
-    listener: ClientListener,
-    connections: Arc<Semaphore>,
-    security: Security,
-    /// `--grpc-keepalive-min-time`: clients pinging more often are sent away.
-    min_ping_time: Option<std::time::Duration>,
-}
-
-impl FixAuthority {
-    /// Serves `listener`, each connection holding one of `connections`' permits, secured by
-    /// `security` (TLS is terminated below the rewriting).
-    pub fn new(
-        listener: impl Into<ClientListener>,
-        connections: Arc<Semaphore>,
-        security: Security,
-    ) -> Self {
-        Self {
-            listener: listener.into(),
-            connections,
-            security,
-            min_ping_time: None,
-        }
-    }
-
-    /// The same, sending GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings") to a client that pings
-    /// more often than `min_time` allows, as grpc-go's keepalive enforcement in etcd does
-    /// ([`crate::pings`]).
-    pub fn with_min_ping_time(mut self, min_time: std::time::Duration) -> Self {
-        self.min_ping_time = Some(min_time);
-        self
-    }
-}
-
-impl axum::serve::Listener for FixAuthority {
-    type Io = Fixed<Coalesced<MaybeTls>>;
-    type Addr = ClientAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, addr): (crate::tls::Socket, _) = match &mut self.listener {
-                ClientListener::Tcp(l) => {
-                    let (stream, addr) = axum::serve::Listener::accept(l).await;
-                    // Small gRPC answers must not wait for Nagle's algorithm (40 ms with
-                    // delayed ACKs).
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(cause = %e, "could not set TCP_NODELAY");
-                    }
-                    (stream.into(), ClientAddr::Tcp(addr))
-                }
-                #[cfg(unix)]
-                ClientListener::Unix(l) => {
-                    let (stream, _) = axum::serve::Listener::accept(l).await;
-                    (stream.into(), ClientAddr::Unix)
-                }
-            };
-            let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
-                // Closed unread: the client sees its connection end at once.
-                metrics::counter!(REFUSED).increment(1);
-                tracing::debug!(%addr, "connection closed: --max-client-connections are open");
-                continue;
-            };
-            let common_name = Arc::new(std::sync::OnceLock::new());
-            let secured = self
-                .security
-                .wrap_noting(stream, Some(Arc::clone(&common_name)));
-            let mut io = Fixed::new(Coalesced::new(secured));
-            io.permit = Some(permit);
-            io.common_name = Some(common_name);
-            io.pings = self.min_ping_time.map(crate::pings::Pings::new);
-            return (io, addr);
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        match &self.listener {
-            ClientListener::Tcp(l) => l.local_addr().map(ClientAddr::Tcp),
-            #[cfg(unix)]
-            ClientListener::Unix(_) => Ok(ClientAddr::Unix),
-        }
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -185,8 +46,8 @@ struct Block {
     fragment: Vec<u8>,
 }
 
-/// A connection whose inbound HTTP/2 header blocks are rewritten.
-pub struct Fixed<S> {
+/// A client connection whose inbound HTTP/2 header blocks are rewritten and pings policed.
+pub struct ClientConnection<S> {
     inner: S,
     mode: Mode,
     /// Bytes read from the socket, not yet processed.
@@ -198,11 +59,11 @@ pub struct Fixed<S> {
     /// Bytes of a frame outside any header block still to pass on as they come.
     passing: usize,
     /// The connection's place under the connection cap, given back when it closes.
-    permit: Option<OwnedSemaphorePermit>,
+    pub(super) permit: Option<OwnedSemaphorePermit>,
     /// The verified client certificate's common name, once the TLS handshake is done.
-    common_name: Option<Arc<std::sync::OnceLock<String>>>,
+    pub(super) common_name: Option<Arc<std::sync::OnceLock<String>>>,
     /// Ping accounting, when `--grpc-keepalive-min-time` is enforced (HTTP/2 only).
-    pings: Option<crate::pings::Pings>,
+    pub(super) pings: Option<crate::pings::Pings>,
     /// Whether the connection is being sent away for its pings.
     calm: Calm,
 }
@@ -220,7 +81,7 @@ enum Calm {
     Closed,
 }
 
-impl<S> Fixed<S> {
+impl<S> ClientConnection<S> {
     /// Wraps a freshly accepted connection.
     pub fn new(inner: S) -> Self {
         Self {
@@ -367,7 +228,7 @@ impl<S> Fixed<S> {
         let Some(block) = self.block.take() else {
             return;
         };
-        let Some(fixed) = fix_block(&block.fragment) else {
+        let Some(fixed) = rewrite_authority(&block.fragment) else {
             // Not HPACK we can walk: `h2` will refuse it itself.
             self.mode = Mode::Pass;
             self.push_frames(&block, &block.fragment);
@@ -428,124 +289,7 @@ fn header_fragment(payload: &[u8], flags: u8) -> Option<&[u8]> {
     payload.get(start..end)
 }
 
-/// `http://host:port` → `host:port`; anything else unchanged.
-fn strip_scheme(value: &[u8]) -> &[u8] {
-    for scheme in [&b"http://"[..], b"https://"] {
-        if let Some(rest) = value.strip_prefix(scheme) {
-            return rest.strip_suffix(b"/").unwrap_or(rest);
-        }
-    }
-    value
-}
-
-/// The static table index of `:authority` (RFC 7541, appendix A).
-const AUTHORITY_INDEX: u64 = 1;
-
-/// Reads an HPACK integer with a `prefix`-bit prefix at `*at`, moving past it.
-fn read_int(block: &[u8], at: &mut usize, prefix: u32) -> Option<u64> {
-    let max = (1u64 << prefix) - 1;
-    let first = u64::from(*block.get(*at)?) & max;
-    *at += 1;
-    if first < max {
-        return Some(first);
-    }
-    let mut value = max;
-    let mut shift = 0u32;
-    loop {
-        let byte = *block.get(*at)?;
-        *at += 1;
-        value = value.checked_add(u64::from(byte & 0x7f).checked_shl(shift)?)?;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-        shift += 7;
-        if shift > 56 {
-            return None;
-        }
-    }
-}
-
-/// Appends an HPACK integer with a `prefix`-bit prefix whose first byte carries `flags`.
-fn write_int(out: &mut Vec<u8>, flags: u8, prefix: u32, value: u64) {
-    let max = (1u64 << prefix) - 1;
-    if value < max {
-        out.push(flags | value as u8);
-        return;
-    }
-    out.push(flags | max as u8);
-    let mut rest = value - max;
-    while rest >= 0x80 {
-        out.push((rest & 0x7f) as u8 | 0x80);
-        rest >>= 7;
-    }
-    out.push(rest as u8);
-}
-
-/// Reads an HPACK string at `*at`: whether it is Huffman-coded, and its raw bytes.
-fn read_string<'a>(block: &'a [u8], at: &mut usize) -> Option<(bool, &'a [u8])> {
-    let huffman = *block.get(*at)? & 0x80 != 0;
-    let len = usize::try_from(read_int(block, at, 7)?).ok()?;
-    let bytes = block.get(*at..at.checked_add(len)?)?;
-    *at += len;
-    Some((huffman, bytes))
-}
-
-fn string_value(huffman: bool, raw: &[u8]) -> Option<Vec<u8>> {
-    if huffman {
-        HuffmanDecoder::new().decode(raw).ok()
-    } else {
-        Some(raw.to_vec())
-    }
-}
-
-/// The header block with every literal `:authority` value stripped of a scheme; the same
-/// bytes otherwise. `None` when the block is not valid HPACK.
-fn fix_block(block: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(block.len());
-    let mut at = 0;
-    while at < block.len() {
-        let start = at;
-        let first = block[at];
-        let (flags, prefix) = match first {
-            b if b & 0x80 != 0 => {
-                read_int(block, &mut at, 7)?;
-                out.extend_from_slice(&block[start..at]);
-                continue;
-            }
-            b if b & 0xe0 == 0x20 => {
-                read_int(block, &mut at, 5)?;
-                out.extend_from_slice(&block[start..at]);
-                continue;
-            }
-            b if b & 0xc0 == 0x40 => (0x40, 6),
-            b => (b & 0xf0, 4),
-        };
-        let name_index = read_int(block, &mut at, prefix)?;
-        let is_authority = if name_index == 0 {
-            let (huffman, raw) = read_string(block, &mut at)?;
-            // Only a name that could be `:authority` is worth decoding.
-            (huffman || raw.first() == Some(&b':'))
-                && string_value(huffman, raw)?.as_slice() == b":authority"
-        } else {
-            name_index == AUTHORITY_INDEX
-        };
-        let (huffman, raw) = read_string(block, &mut at)?;
-        if is_authority {
-            let value = string_value(huffman, raw)?;
-            let stripped = strip_scheme(&value);
-            if stripped.len() != value.len() {
-                write_int(&mut out, flags, prefix, AUTHORITY_INDEX);
-                write_int(&mut out, 0, 7, stripped.len() as u64);
-                out.extend_from_slice(stripped);
-                continue;
-            }
-        }
-        out.extend_from_slice(&block[start..at]);
-    }
-    Some(out)
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Fixed<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientConnection<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -597,7 +341,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Fixed<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> Fixed<S> {
+impl<S: AsyncWrite + Unpin> ClientConnection<S> {
     /// Writes GOAWAY once the server's writes are at a frame boundary, then flushes; ready
     /// when that is done, or when it must wait for the boundary.
     fn send_away(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -638,7 +382,7 @@ impl<S: AsyncWrite + Unpin> Fixed<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Fixed<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientConnection<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -721,7 +465,7 @@ mod tests {
 
     /// Runs client bytes through the rewriter and decodes the header blocks it produced.
     fn rewrite(input: &[u8]) -> (Vec<u8>, Vec<Headers>) {
-        let mut fixed = Fixed::new(());
+        let mut fixed = ClientConnection::new(());
         for piece in input.chunks(7) {
             fixed.raw.extend_from_slice(piece);
             fixed.process(false);
@@ -820,44 +564,8 @@ mod tests {
     }
 
     #[test]
-    fn every_literal_form_is_fixed() {
-        // Literal without indexing (0000), never indexed (0001), and a literal name.
-        let mut block = Vec::new();
-        write_int(&mut block, 0x00, 4, AUTHORITY_INDEX);
-        write_int(&mut block, 0, 7, 11);
-        block.extend_from_slice(b"http://a:1/");
-        write_int(&mut block, 0x10, 4, AUTHORITY_INDEX);
-        write_int(&mut block, 0, 7, 11);
-        block.extend_from_slice(b"https://b:2");
-        write_int(&mut block, 0x40, 6, 0);
-        write_int(&mut block, 0, 7, 10);
-        block.extend_from_slice(b":authority");
-        write_int(&mut block, 0, 7, 10);
-        block.extend_from_slice(b"http://c:3");
-        write_int(&mut block, 0x40, 6, 0);
-        write_int(&mut block, 0, 7, 4);
-        block.extend_from_slice(b"host");
-        write_int(&mut block, 0, 7, 10);
-        block.extend_from_slice(b"http://d:4");
-        let fixed = fix_block(&block).unwrap();
-        let headers = Decoder::new().decode(&fixed).unwrap();
-        let values: Vec<&[u8]> = headers.iter().map(|(_, v)| v.as_slice()).collect();
-        assert_eq!(values, [&b"a:1"[..], b"b:2", b"c:3", b"http://d:4"]);
-        assert_eq!(
-            fix_block(&[0x40, 0x05, b'a']),
-            None,
-            "truncated HPACK is refused"
-        );
-        assert_eq!(
-            fix_block(&[0x82, 0x86]).unwrap(),
-            [0x82, 0x86],
-            "indexed fields pass"
-        );
-    }
-
-    #[test]
     fn a_large_frame_passes_as_it_comes_and_nothing_waits_for_its_end() {
-        let mut fixed = Fixed::new(());
+        let mut fixed = ClientConnection::new(());
         fixed.raw.extend_from_slice(PREFACE);
         fixed.process(false);
         // A DATA frame declaring the largest length a frame header can carry.
@@ -879,7 +587,7 @@ mod tests {
             "everything passed on"
         );
         // A header frame longer than any h2 accepts is not gathered either: h2 refuses it.
-        let mut fixed = Fixed::new(());
+        let mut fixed = ClientConnection::new(());
         fixed.raw.extend_from_slice(PREFACE);
         let mut headers = frame(HEADERS, END_HEADERS, 1, &[]);
         headers[..3].copy_from_slice(&[0x10, 0x00, 0x00]);
@@ -898,12 +606,5 @@ mod tests {
         let (out, blocks) = rewrite(request);
         assert_eq!(out, request);
         assert!(blocks.is_empty());
-    }
-
-    #[test]
-    fn schemes_are_stripped() {
-        assert_eq!(strip_scheme(b"http://a:1"), b"a:1");
-        assert_eq!(strip_scheme(b"https://a:1/"), b"a:1");
-        assert_eq!(strip_scheme(b"a:1"), b"a:1");
     }
 }
