@@ -60,8 +60,8 @@ mod node;
 mod prevote;
 mod read_rounds;
 mod redb_log;
-mod stages;
 mod snapshot_data;
+mod stages;
 mod state_machine;
 #[cfg(test)]
 mod test_support;
