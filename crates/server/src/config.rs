@@ -36,6 +36,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Which engine to run.
     pub engine: Engine,
+    /// `--engine-cache-bytes`: the redb engine's memory for pages.
+    pub engine_cache_bytes: usize,
     /// Addresses to serve clients on.
     pub client_addrs: Vec<String>,
     /// Addresses to serve peers on.
@@ -503,6 +505,7 @@ impl TryFrom<Flags> for Config {
         Ok(Config {
             data_dir,
             engine: f.engine,
+            engine_cache_bytes: usize::try_from(f.engine_cache_bytes).unwrap_or(usize::MAX),
             client_addrs,
             peer_addrs,
             client_tls_addrs,

@@ -50,7 +50,7 @@ const NO_DISCOVERY: &str =
 
 /// Every etcd 3.4 flag [`crate::Flags`] has no field for.
 pub const ETCD_FLAGS: &[EtcdFlag] = &[
-    flag("max-snapshots", false, Fate::NoEffect("only the newest Raft snapshot file is kept (an older one is removed once a newer one is complete), so there is no count to set")),
+    flag("max-snapshots", false, Fate::NoEffect("no Raft snapshot files are kept with the redb engine (its file is the snapshot), and only the newest with --engine mem, so there is no count to set")),
     flag("max-wals", false, Fate::NoEffect("the Raft log's segment files (raft-log/*.wal) are removed as soon as a Raft snapshot covers every entry they hold (openraft purges the log behind each snapshot), not kept up to a count")),
     flag("backend-batch-interval", false, Fate::NoEffect("the engine commits each applied batch itself; there is no bbolt batch interval")),
     flag("backend-batch-limit", false, Fate::NoEffect("the engine commits each applied batch itself; there is no bbolt batch limit")),

@@ -6,6 +6,9 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Parser, ValueEnum};
 
+/// `--engine-cache-bytes`' default: redb's page cache and unsynced writes.
+pub const DEFAULT_ENGINE_CACHE_BYTES: u64 = 256 << 20;
+
 /// Which storage engine keeps the key space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Engine {
@@ -253,6 +256,12 @@ pub struct Flags {
     #[arg(long, env = "METASTORE_ENGINE", value_enum, default_value_t = Engine::Redb)]
     pub engine: Engine,
 
+    /// Bytes of memory the redb engine may keep for its page cache and the writes it has not
+    /// synced yet; the member's RSS grows with the store up to about this bound.
+    /// `--engine mem` holds everything in memory and ignores it.
+    #[arg(long, env = "METASTORE_ENGINE_CACHE_BYTES", default_value_t = DEFAULT_ENGINE_CACHE_BYTES)]
+    pub engine_cache_bytes: u64,
+
     /// Longest a client request may wait before "etcdserver: request timed out" (e.g. `7s`).
     #[arg(long, env = "METASTORE_REQUEST_TIMEOUT", value_parser = parse_duration)]
     pub request_timeout: Option<Duration>,
@@ -475,6 +484,7 @@ mod tests {
         assert_eq!(f.max_concurrent_streams, 1_000);
         assert_eq!((f.heartbeat_interval, f.election_timeout), (100, 1000));
         assert_eq!(f.engine, Engine::Redb);
+        assert_eq!(f.engine_cache_bytes, DEFAULT_ENGINE_CACHE_BYTES);
         assert_eq!(f.listen_client_urls, "http://127.0.0.1:2379");
         assert!(f.strict_reconfig_check);
         assert!(!f.debug);

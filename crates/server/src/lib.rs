@@ -87,7 +87,7 @@ pub async fn run(
             // whatever the engine had not made durable.
             let options = Options {
                 durability: Durability::Lazy,
-                ..Options::default()
+                cache_bytes: config.engine_cache_bytes,
             };
             let backend = RedbBackend::open(&path, &options)
                 .with_context(|| format!("opening {}", path.display()))?;
