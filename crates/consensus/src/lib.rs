@@ -29,6 +29,7 @@
 //! - `marker`: the durable note that this member was initialised ([`require_state`]), and the
 //!   member and cluster ids it was given.
 //! - `join`: a joining member learns the ids the cluster gave it from the members.
+//! - `elections`: when a follower campaigns (etcd's randomized timeout, not openraft's).
 //! - `prevote`: etcd's pre-vote, campaigning only with a majority's consent.
 //! - `node`: [`Node`] and [`NodeConfig`].
 //! - `read_rounds`: one leadership confirmation for every read that arrived before it.
@@ -45,6 +46,7 @@ mod auth;
 mod batcher;
 mod compaction;
 mod corrupt;
+mod elections;
 mod error;
 mod incarnation;
 mod join;

@@ -628,7 +628,14 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         let req: InstallSnapshotRequest<TypeConfig> =
             decode(request.get_ref()).map_err(bad_request)?;
         self.admit("install-snapshot", req.vote.leader_id().voted_for())?;
-        reply(&self.node.raft().install_snapshot(req).await)
+        let vote = req.vote;
+        let answer = self.node.raft().install_snapshot(req).await;
+        // A snapshot's chunks hold the replication stream, heartbeats included: each one the
+        // member took is its leader's contact (the election timer must not run out meanwhile).
+        if matches!(&answer, Ok(r) if r.vote == vote) {
+            self.node.note_leader_contact();
+        }
+        reply(&answer)
     }
 
     async fn forward(

@@ -42,7 +42,7 @@ pub struct NodeConfig {
     /// Leader heartbeat period.
     pub heartbeat: Duration,
     /// Election timeout (E): a follower refuses votes for E after hearing from its leader, and
-    /// campaigns at a random time between 1.5 E and 2 E after it last did.
+    /// campaigns at a random time between E and 2 E after it last did (`crate::elections`).
     pub election_timeout: Duration,
     /// Entries between snapshots.
     pub snapshot_count: u64,
@@ -116,21 +116,20 @@ impl NodeConfig {
         let config = Config {
             cluster_name: "metastore".to_string(),
             heartbeat_interval: millis(self.heartbeat),
-            // openraft's follower campaigns `election_timeout_max` (its leader lease: no vote
-            // is granted that soon after hearing from a leader) plus a random time in
-            // `min..max` after the last heartbeat. etcd's follower campaigns between one and
-            // two election timeouts after it, and refuses votes for one (check-quorum's
-            // lease). With min = E/2 and max = E, openraft campaigns in [1.5E, 2E) and keeps
-            // etcd's lease; with E..2E it waited 3E–4E, which a kill-the-leader loop saw as
-            // 3–4 s elections at the default 1 s. (E >= 5 heartbeats, so min > heartbeat.)
+            // `election_timeout_max` is openraft's leader lease: a voter refuses candidates for
+            // that long after hearing its leader, as etcd's check-quorum lease does for one
+            // election timeout. When to campaign is `crate::elections`' (etcd's [E, 2E)); only
+            // openraft's validation reads `min` now (it must exceed the heartbeat: E >= 5
+            // heartbeats).
             election_timeout_min: millis(self.election_timeout) / 2,
             election_timeout_max: millis(self.election_timeout),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_count.max(1)),
             max_in_snapshot_log_to_keep: 5_000.min(self.snapshot_count),
             // Entries are batches of up to a few MiB: keep one append message bounded.
             max_payload_entries: 32,
-            // With pre-vote, `crate::prevote` decides when to campaign.
-            enable_elect: !self.pre_vote,
+            // `crate::elections` decides when to campaign (openraft 0.9's timer waits its lease
+            // plus a random timeout: 1.5E at least).
+            enable_elect: false,
             ..Default::default()
         };
         config
@@ -458,9 +457,11 @@ impl<B: Backend> Node<B> {
             config.election_timeout,
         ));
         tokio::spawn(publish_attributes(node.clone(), config.member.clone()));
-        if config.pre_vote {
-            tokio::spawn(crate::prevote::run(node.clone(), config.heartbeat));
-        }
+        tokio::spawn(crate::elections::run(
+            node.clone(),
+            config.heartbeat,
+            config.pre_vote,
+        ));
         tokio::spawn(crate::read_rounds::run(
             node.clone(),
             read_queue,
@@ -1490,23 +1491,18 @@ mod tests {
         c.raft_config().expect("a valid configuration")
     }
 
-    /// A follower of a dead leader campaigns within two election timeouts of its last
-    /// heartbeat, as etcd's does, and refuses votes for one (etcd's check-quorum lease).
-    /// openraft waits its lease (`election_timeout_max`) plus a random timeout drawn from
-    /// `min..max`, so the longest wait is `2 * max`.
+    /// A voter refuses candidates for one election timeout after hearing its leader (etcd's
+    /// check-quorum lease; openraft's lease is `election_timeout_max`), and openraft's own
+    /// timer, which could campaign no sooner than 1.5 E, is off: `crate::elections` campaigns
+    /// in etcd's [E, 2E).
     #[test]
-    fn a_follower_campaigns_within_two_election_timeouts_as_etcds_does() {
+    fn voters_keep_etcds_lease_and_openrafts_own_timer_is_off() {
         for (election, heartbeat) in [(1000, 100), (500, 50), (5000, 1000)] {
             let c = config(election, heartbeat);
-            let lease = c.election_timeout_max;
-            let longest = lease + c.election_timeout_max;
+            assert_eq!(c.election_timeout_max, election, "the vote lease");
             assert!(
-                longest <= 2 * election,
-                "E = {election} ms: a follower may wait {longest} ms to campaign"
-            );
-            assert!(
-                lease >= election,
-                "E = {election} ms: votes granted {lease} ms after a heartbeat"
+                !c.enable_elect,
+                "openraft's timer campaigns 1.5E-2E after a heartbeat"
             );
             assert!(c.election_timeout_min > c.heartbeat_interval);
         }

@@ -330,6 +330,27 @@ fn measure(mut cluster: Cluster, args: &Args) -> Result<Tally> {
     }
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
     stop.store(true, Ordering::Relaxed);
+    // Where a write's time went on each member since it (last) started: a follower's stages
+    // hold its forwarded writes (`to_log` from its batcher to its own log, through the leader),
+    // the leader's its own clients' writes. etcd has none of these.
+    let leader = cluster.leader();
+    for (i, m) in cluster.members().iter().enumerate() {
+        let Ok(totals) = super::stages::read(&[m.endpoint()]) else {
+            continue;
+        };
+        let means = super::stages::means(&super::stages::Totals::default(), &totals);
+        if !means.is_empty() {
+            let role = if leader == Some(i) {
+                "leader"
+            } else {
+                "follower"
+            };
+            eprintln!(
+                "m{i} ({role}) write stages, µs per command: {}",
+                super::stages::line(&means)
+            );
+        }
+    }
     rt.block_on(async {
         for t in tasks {
             let _ = deadline::within(

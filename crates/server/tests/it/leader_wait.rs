@@ -130,6 +130,57 @@ async fn a_killed_leader_costs_no_write_a_no_leader_error() {
     );
 }
 
+/// Kills the leader up to `MAX_KILLS` times (restarting it after each election) until one
+/// election ends sooner than openraft's own timer could end any: etcd's followers campaign a
+/// randomized one to two election timeouts (E) after the last heartbeat, and the first of two
+/// survivors usually does so before 1.3 E. openraft 0.9's timer waits its leader lease plus a
+/// random time, which with a sound lease (E) was at least 1.5 E after the last heartbeat, so
+/// at least 1.4 E after the kill (heartbeats come every E/10): no election ended sooner than
+/// that in any kill before MetaStore drove elections itself. Load makes elections later, not
+/// earlier (only a heartbeat delayed by E/4 just before a kill could let the old timer pass);
+/// an election this early in one kill of twelve is the claim (each has about an even chance
+/// idle).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leader_is_replaced_as_early_as_etcd_replaces_one() {
+    const MAX_KILLS: usize = 12;
+    // Below the 1.4 E the old timer could not beat, with room for the vote's round trip.
+    let early = ELECTION * 135 / 100;
+    let mut cluster = start(false);
+    let mut took = Vec::new();
+    for _ in 0..MAX_KILLS {
+        let leader = tokio::task::block_in_place(|| cluster.wait_leader(Duration::from_secs(15)))
+            .expect("a leader");
+        // Every member has heard the leader's heartbeats for a while: nothing is left of the
+        // previous election.
+        pause(ELECTION).await;
+        cluster.kill(leader);
+        let killed = Instant::now();
+        let new_leader =
+            tokio::task::block_in_place(|| cluster.wait_leader(Duration::from_secs(15)))
+                .expect("a new leader");
+        let elapsed = killed.elapsed();
+        assert_ne!(new_leader, leader);
+        // The survivors heard a heartbeat at most E/10 before the kill (more under load, so
+        // only half of E is asserted) and refuse votes for E after it: no member may lead
+        // this early.
+        assert!(
+            elapsed >= ELECTION / 2,
+            "a new leader {elapsed:?} after the kill: the vote lease was not kept"
+        );
+        took.push(elapsed);
+        tokio::task::block_in_place(|| cluster.restart(leader)).expect("restarting the old leader");
+        if elapsed < early {
+            break;
+        }
+    }
+    eprintln!("kill → new leader seen: {took:?}");
+    assert!(
+        took.iter().any(|t| *t < early),
+        "no election within {early:?} of the kill in {} kills: {took:?}",
+        took.len()
+    );
+}
+
 /// Cuts member `m` off from the other two (peer traffic both ways) and waits until it knows
 /// no leader, as a require-leader call tells.
 async fn isolate(cluster: &Cluster, m: usize) {

@@ -103,7 +103,7 @@ async fn with_pre_vote_a_killed_leader_is_replaced_and_writes_go_on() {
         .expect("a leader");
     let (term, _) = term_and_leader(&cluster, leader).await;
     cluster.kill(leader);
-    // Pre-vote asks after 1.5–2 election timeouts of silence; allow a few rounds.
+    // Pre-vote asks after 1–2 election timeouts of silence; allow a few rounds.
     let next = tokio::task::block_in_place(|| cluster.wait_leader(ELECTION * 10))
         .unwrap_or_else(|e| panic!("{e}: {}", cluster.log_tail((leader + 1) % 3)));
     assert_ne!(next, leader);
