@@ -15,7 +15,7 @@ dir=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 
 docker info >/dev/null || { echo "build-image.sh: docker info failed: no Docker engine" >&2; exit 1; }
 
-cargo build --quiet --profile "$PROFILE" -p server --bin metastore --bin metastore-healthcheck
+cargo build --quiet --profile "$PROFILE" -p metastore-server --bin metastore --bin metastore-healthcheck
 
 ctx=target/deploy/context
 rm -rf "$ctx"

@@ -4,21 +4,23 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-/// The layer of each crate; a crate may depend only on crates of a lower layer.
+/// The layer of each package; a package may depend only on packages of a lower layer.
 const LAYERS: &[(&str, u8)] = &[
-    ("deadline", 0),
-    ("bbolt", 0),
-    ("mvcc", 1),
-    ("engine-mem", 2),
-    ("engine-redb", 2),
-    ("watch", 2),
-    ("consensus", 3),
-    ("kvapi", 4),
-    ("server", 5),
+    ("metastore-deadline", 0),
+    ("metastore-bbolt", 0),
+    ("metastore-mvcc", 1),
+    ("metastore-engine-mem", 2),
+    ("metastore-engine-redb", 2),
+    ("metastore-watch", 2),
+    ("metastore-consensus", 3),
+    ("metastore-kvapi", 4),
+    ("metastore-server", 5),
+    // The facade an embedding program depends on: the server's wiring behind a builder.
+    ("metastore", 6),
     // Test support: runs the server binary; only tests and xtask use it.
-    ("testkit", 6),
+    ("metastore-testkit", 7),
     // Test support: the power-cut filesystem; only tests use it.
-    ("powercut", 6),
+    ("metastore-powercut", 7),
 ];
 
 /// The workspace root, found from this crate's manifest directory.
@@ -39,22 +41,28 @@ pub fn check(root: &Path) -> Result<()> {
         .filter(|p| p.join("Cargo.toml").is_file())
         .collect();
     entries.sort();
+    // Dependents name our packages by short keys (`mvcc = { workspace = true }`), which the
+    // workspace maps to the published names (`package = "metastore-mvcc"`).
+    let workspace = std::fs::read_to_string(root.join("Cargo.toml")).unwrap_or_default();
+    let renames = dependencies(&workspace, "[workspace.dependencies]");
     for dir in entries {
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))?;
+        let name = package_name(&manifest).unwrap_or_else(|| {
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
         let Some(layer) = layer_of(&name) else {
             problems.push(format!("crate `{name}` has no layer in xtask/src/tidy.rs"));
             continue;
         };
-        let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))?;
         if !manifest.contains("[lints]") || !manifest.contains("workspace = true") {
             problems.push(format!(
                 "{name}: Cargo.toml must say `[lints] workspace = true`"
             ));
         }
-        for dep in normal_dependencies(&manifest) {
+        for (key, entry) in dependencies(&manifest, "[dependencies]") {
+            let dep = package_of(&key, &entry, &renames);
             if let Some(dep_layer) = layer_of(&dep) {
                 if dep_layer >= layer {
                     problems.push(format!(
@@ -94,7 +102,7 @@ pub fn check(root: &Path) -> Result<()> {
 }
 
 /// Crates that only tests use: their files are scratch, not state a member recovers from.
-const DEV_ONLY: &[&str] = &["testkit", "powercut"];
+const DEV_ONLY: &[&str] = &["metastore-testkit", "metastore-powercut"];
 
 /// Calls that create, rename or remove a name in a directory. Recovery depends on those names
 /// surviving a power cut, which needs an fsync of the directory: `mvcc::durable` does both.
@@ -199,26 +207,71 @@ fn layer_of(name: &str) -> Option<u8> {
     LAYERS.iter().find(|(n, _)| *n == name).map(|(_, l)| *l)
 }
 
-/// Names listed under `[dependencies]` (not dev- or build-dependencies) of a manifest.
-fn normal_dependencies(manifest: &str) -> Vec<String> {
-    let mut in_deps = false;
+/// The `[package]` name of a manifest.
+fn package_name(manifest: &str) -> Option<String> {
+    let mut in_package = false;
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+            continue;
+        }
+        if in_package {
+            if let Some(("name", value)) = line.split_once('=').map(|(k, v)| (k.trim(), v)) {
+                return Some(value.trim().trim_matches('"').to_string());
+            }
+        }
+    }
+    None
+}
+
+/// Each `key = entry` line of one table of a manifest (`[dependencies]`: normal ones only, not
+/// dev- or build-dependencies).
+fn dependencies(manifest: &str, table: &str) -> Vec<(String, String)> {
+    let mut in_table = false;
     let mut deps = Vec::new();
     for line in manifest.lines() {
         let line = line.trim();
         if line.starts_with('[') {
-            in_deps = line == "[dependencies]";
+            in_table = line == table;
             continue;
         }
-        if in_deps {
-            if let Some((name, _)) = line.split_once('=') {
+        if in_table {
+            if let Some((name, entry)) = line.split_once('=') {
                 let name = name.trim();
                 if !name.is_empty() && !name.starts_with('#') {
-                    deps.push(name.to_string());
+                    deps.push((name.to_string(), entry.trim().to_string()));
                 }
             }
         }
     }
     deps
+}
+
+/// The package a dependency entry names: its own `package = "…"`, else the workspace's for
+/// `workspace = true`, else its key.
+fn package_of(key: &str, entry: &str, workspace: &[(String, String)]) -> String {
+    if let Some(package) = renamed(entry) {
+        return package;
+    }
+    if entry.contains("workspace = true") || entry.contains("workspace=true") {
+        if let Some((_, inherited)) = workspace.iter().find(|(k, _)| k == key) {
+            if let Some(package) = renamed(inherited) {
+                return package;
+            }
+        }
+    }
+    key.to_string()
+}
+
+/// The `package = "…"` of an inline dependency table.
+fn renamed(entry: &str) -> Option<String> {
+    let start = entry.find("package")?;
+    let rest = entry[start + "package".len()..]
+        .trim_start()
+        .strip_prefix('=')?;
+    let rest = rest.trim_start().strip_prefix('"')?;
+    rest.split_once('"').map(|(name, _)| name.to_string())
 }
 
 #[cfg(test)]
@@ -234,18 +287,37 @@ mod tests {
     fn upward_dependency_is_reported() {
         let dir = tempdir_with_crate(
             "mvcc",
-            "[package]\nname=\"mvcc\"\n[dependencies]\nkvapi = { workspace = true }\n[lints]\nworkspace = true\n",
+            "[package]\nname=\"metastore-mvcc\"\n[dependencies]\nkvapi = { package = \"metastore-kvapi\", path = \"../kvapi\" }\n[lints]\nworkspace = true\n",
             "//! x\n//! # Layout\n",
         );
         let err = check(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("depends on kvapi"), "{err}");
+        assert!(err.contains("depends on metastore-kvapi"), "{err}");
+    }
+
+    #[test]
+    fn upward_dependency_renamed_by_the_workspace_is_reported() {
+        let dir = tempdir_with_crate(
+            "mvcc",
+            "[package]\nname = \"metastore-mvcc\"\n[dependencies]\napi = { workspace = true }\n[lints]\nworkspace = true\n",
+            "//! x\n//! # Layout\n",
+        );
+        std::fs::write(
+            dir.path().join("Cargo.toml"),
+            "[workspace.dependencies]\napi = { package = \"metastore-kvapi\", path = \"crates/kvapi\" }\n",
+        )
+        .unwrap();
+        let err = check(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("metastore-mvcc (layer 1) depends on metastore-kvapi"),
+            "{err}"
+        );
     }
 
     #[test]
     fn missing_header_is_reported() {
         let dir = tempdir_with_crate(
             "deadline",
-            "[package]\nname=\"deadline\"\n[lints]\nworkspace = true\n",
+            "[package]\nname=\"metastore-deadline\"\n[lints]\nworkspace = true\n",
             "pub fn f() {}\n",
         );
         let err = check(dir.path()).unwrap_err().to_string();
@@ -256,7 +328,7 @@ mod tests {
     fn unsynced_rename_is_reported() {
         let dir = tempdir_with_crate(
             "deadline",
-            "[package]\nname=\"deadline\"\n[lints]\nworkspace = true\n",
+            "[package]\nname=\"metastore-deadline\"\n[lints]\nworkspace = true\n",
             "//! x\n//! # Layout\npub fn f() { std::fs::rename(\"a\", \"b\").ok(); }\n\
              #[cfg(test)]\nmod tests { fn g() { std::fs::remove_file(\"a\").ok(); } }\n",
         );
