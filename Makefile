@@ -45,26 +45,26 @@ chaos:
 
 # What CI runs.
 chaos-short:
-	cargo build -p server
+	cargo build -p metastore-server
 	cargo run -p xtask -- chaos --binary target/debug/metastore --seed 7 --duration 100s
 
 # 200 whole-cluster SIGKILL + restart rounds with a reader on every member from the moment
 # its port opens: no linearizable read may miss an acknowledged write (issue 23).
 restart-rounds:
-	METASTORE_RESTART_ROUNDS=200 cargo test -p server --test it -- restart:: --nocapture
+	METASTORE_RESTART_ROUNDS=200 cargo test -p metastore-server --test it -- restart:: --nocapture
 
 # Many power cuts (FUSE: only fsynced bytes and names survive) under one member and under a
 # whole 3-member cluster: no acknowledged write may be lost (issue 23).
 powercut-rounds:
-	METASTORE_POWERCUT_ROUNDS=60 cargo test -p server --test it -- powercut:: --nocapture
+	METASTORE_POWERCUT_ROUNDS=60 cargo test -p metastore-server --test it -- powercut:: --nocapture
 
 # The planted bugs, live: the checker must catch each (the waiter-id one fires in about 1 run
 # in 4, so CI checks a recorded run of it instead).
 chaos-planted:
-	CARGO_TARGET_DIR=target/chaos-bug cargo build -p server --features stale-follower-reads
+	CARGO_TARGET_DIR=target/chaos-bug cargo build -p metastore-server --features stale-follower-reads
 	cargo run -p xtask -- chaos --binary target/chaos-bug/debug/metastore --seed 5 \
 	  --duration 30s --faults partition --expect-violation --out target/chaos/planted-bug
-	CARGO_TARGET_DIR=target/chaos-bug cargo build -p server --features planted-reused-waiter-ids
+	CARGO_TARGET_DIR=target/chaos-bug cargo build -p metastore-server --features planted-reused-waiter-ids
 	cargo run -p xtask -- chaos --binary target/chaos-bug/debug/metastore --seed 21 \
 	  --duration 60s --engine mem --clients 12 --faults restart --expect-wrong-revisions \
 	  --out target/chaos/planted-waiter-ids
@@ -106,5 +106,5 @@ chaos-docker-planted:
 
 # The Kubernetes manifests, the compose file and the systemd unit through their validators.
 check-deploy:
-	cargo build --quiet -p server --bin metastore
+	cargo build --quiet -p metastore-server --bin metastore
 	deploy/check-manifests.py target/debug/metastore

@@ -18,7 +18,7 @@ dir=${CARGO_TARGET_DIR:-target}/$([ "$PROFILE" = dev ] && echo debug || echo "$P
 
 docker info >/dev/null || { echo "build-image.sh: docker info failed: no Docker engine" >&2; exit 1; }
 
-cargo build --quiet --profile "$PROFILE" -p server ${FEATURES:+--features "$FEATURES"} \
+cargo build --quiet --profile "$PROFILE" -p metastore-server ${FEATURES:+--features "$FEATURES"} \
   --bin metastore --bin metastore-healthcheck
 
 ctx=target/deploy/context

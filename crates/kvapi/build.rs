@@ -1,4 +1,5 @@
-//! Generates the etcd v3 API from `proto/etcd` with a vendored `protoc`: no system install.
+//! Generates the etcd v3 API from `proto/etcd` with a vendored `protoc`: no system install. The
+//! protos live inside the crate so that its published package builds.
 //!
 //! Besides the prost types and tonic stubs, it generates serde implementations in the proto3
 //! JSON mapping (pbjson) for the HTTP/JSON gateway: etcd 3.4's grpc-gateway writes the protos'
@@ -9,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // prost-build finds protoc through PROTOC; the vendored binary keeps builds self-contained.
     std::env::set_var("PROTOC", protoc);
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
     let rpc = root.join("etcd/rpc.proto");
     let lock = root.join("etcd/v3lock.proto");
     let election = root.join("etcd/v3election.proto");

@@ -363,10 +363,14 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             .collect();
         let raw = bincode::serialize(&position).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let store = self.store.clone();
-        let outcomes = tokio::task::spawn_blocking(move || store.apply(&commands, Some(&raw)))
-            .await
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let outcomes = tokio::task::spawn_blocking(move || {
+            let outcomes = store.apply(&commands, Some(&raw))?;
+            crate::metrics::count_applied(&commands, &outcomes);
+            Ok::<_, mvcc::Error>(outcomes)
+        })
+        .await
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         if self.position.alarms != position.alarms {
             self.alarms.publish(&position.alarms);
         }

@@ -93,6 +93,8 @@ pub(crate) struct Inner<B> {
     /// Every lease and its attached keys; changed only under the writer lock, after the batch
     /// that records the change is written.
     pub(crate) leases: RwLock<lease::Index>,
+    /// Versions physical compaction has removed since the store was opened.
+    removed: AtomicU64,
 }
 
 pub(crate) struct WriterState {
@@ -151,6 +153,7 @@ impl<B: Backend> Store<B> {
                 install: RwLock::new(()),
                 generation: AtomicU64::new(0),
                 leases: RwLock::new(leases),
+                removed: AtomicU64::new(0),
             }),
         })
     }
@@ -174,6 +177,12 @@ impl<B: Backend> Store<B> {
     /// physical compaction removes what compaction made unreachable.
     pub fn versions(&self) -> i64 {
         self.inner.versions.load(Ordering::Acquire)
+    }
+
+    /// How many versions physical compaction has removed since the store was opened (etcd's
+    /// `etcd_debugging_mvcc_db_compaction_keys_total`).
+    pub fn versions_removed(&self) -> u64 {
+        self.inner.removed.load(Ordering::Relaxed)
     }
 
     /// How far physical compaction has got towards the compaction point.
@@ -348,6 +357,9 @@ impl<B: Backend> Store<B> {
         writer.versions = versions;
         inner.compact_done.store(new_done, Ordering::Release);
         inner.versions.store(versions, Ordering::Release);
+        inner
+            .removed
+            .fetch_add(u64::try_from(removed).unwrap_or(0), Ordering::Relaxed);
         Ok(CompactionProgress {
             done: new_done,
             target: self.compact_revision(),

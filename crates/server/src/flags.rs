@@ -387,6 +387,23 @@ pub struct Flags {
 }
 
 impl Flags {
+    /// Parses `args` (the program name first, as on a command line) without reading any
+    /// `ETCD_*` or `METASTORE_*` variable: an embedding program's configuration is its own,
+    /// whatever the process's environment holds.
+    ///
+    /// # Errors
+    /// clap's error for an unknown flag or a bad value.
+    pub fn try_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Self::command().mut_args(|a| a.env(None));
+        let matches = command.try_get_matches_from(args)?;
+        Self::from_arg_matches(&matches)
+    }
+
     /// The client port's TLS flags.
     pub fn client_tls_files(&self) -> crate::tls::TlsFiles {
         crate::tls::TlsFiles {

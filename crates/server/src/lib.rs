@@ -4,7 +4,9 @@
 //! storage engine, starts the Raft member, serves the etcd v3 gRPC API and plain HTTP on the
 //! client port, runs automatic compaction, and stops everything in order on a signal. It is the
 //! only crate (with xtask) that uses `anyhow` or installs a tracing subscriber and a metrics
-//! recorder; nothing depends on it.
+//! recorder. The binary calls [`run`]; the `metastore` facade crate (the library an embedding
+//! program depends on) calls [`run_embedded`] with sockets it bound itself and a signal once
+//! the server serves.
 //!
 //! # Layout
 //! - `flags`: [`Flags`], the command line.
@@ -71,6 +73,46 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    run_embedded(config, metrics, shutdown, Embedding::default()).await
+}
+
+/// What a program running the server in-process adds to [`run`] (the `metastore` facade
+/// crate's builder fills it).
+#[derive(Debug, Default)]
+pub struct Embedding {
+    /// Sockets bound before start, each under the `host:port` the configuration's listen URLs
+    /// name: an ephemeral port is bound (and its number known) before the member's URLs, and so
+    /// its id, are decided. Other addresses are bound at start.
+    pub listeners: Vec<(String, std::net::TcpListener)>,
+    /// Sent once every listener is up and the member knows a leader (or has given up waiting
+    /// for one, as the binary does: it then serves anyway).
+    pub ready: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Embedding {
+    /// The listener for `addr`: the one bound before start, else a new one.
+    async fn listen(&mut self, addr: &str) -> std::io::Result<TcpListener> {
+        match self.listeners.iter().position(|(a, _)| a == addr) {
+            Some(i) => {
+                let (_, listener) = self.listeners.swap_remove(i);
+                listener.set_nonblocking(true)?;
+                TcpListener::from_std(listener)
+            }
+            None => TcpListener::bind(addr).await,
+        }
+    }
+}
+
+/// [`run`], with sockets bound by the caller and a signal once serving.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_embedded(
+    config: Config,
+    metrics: Option<PrometheusHandle>,
+    shutdown: impl Future<Output = ()>,
+    embedding: Embedding,
+) -> Result<()> {
     refuse_etcd_data_dir(&config.data_dir)?;
     mvcc::durable::create_dir_all_synced(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -93,14 +135,14 @@ pub async fn run(
                 .with_context(|| format!("opening {}", path.display()))?;
             let size = backend.disk_size();
             let db_size: kvapi::DbSize = Arc::new(move || size.bytes());
-            serve(config, backend, db_size, metrics, shutdown).await
+            serve(config, backend, db_size, metrics, shutdown, embedding).await
         }
         Engine::Mem => {
             // The bytes held stand for the file size etcd's quota is checked against.
             let backend = Arc::new(engine_mem::MemBackend::new());
             let held = Arc::clone(&backend);
             let db_size: kvapi::DbSize = Arc::new(move || held.size_bytes());
-            serve(config, backend, db_size, metrics, shutdown).await
+            serve(config, backend, db_size, metrics, shutdown, embedding).await
         }
     }
 }
@@ -136,6 +178,7 @@ async fn serve<B: Backend>(
     db_size: kvapi::DbSize,
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()>,
+    mut embedding: Embedding,
 ) -> Result<()> {
     let node = Node::start(config.node.clone(), backend)
         .await
@@ -203,7 +246,8 @@ async fn serve<B: Backend>(
         &config.client_tls_addrs,
         &config.client_tls,
     ) {
-        let listener = TcpListener::bind(addr)
+        let listener = embedding
+            .listen(addr)
             .await
             .with_context(|| format!("listening for clients on {addr}"))?;
         let tls = matches!(security, tls::Security::Tls(_));
@@ -254,7 +298,8 @@ async fn serve<B: Backend>(
     }
     // `--listen-metrics-urls`: metrics and health only, outside the client connection cap.
     for addr in &config.metrics_addrs {
-        let listener = TcpListener::bind(addr)
+        let listener = embedding
+            .listen(addr)
             .await
             .with_context(|| format!("listening for metrics on {addr}"))?;
         tracing::info!(%addr, "serving /metrics and /health");
@@ -278,7 +323,8 @@ async fn serve<B: Backend>(
     for (addr, security) in
         listen_plan(&config.peer_addrs, &config.peer_tls_addrs, &config.peer_tls)
     {
-        let listener = TcpListener::bind(addr)
+        let listener = embedding
+            .listen(addr)
             .await
             .with_context(|| format!("listening for peers on {addr}"))?;
         let tls = matches!(security, tls::Security::Tls(_));
@@ -315,6 +361,10 @@ async fn serve<B: Backend>(
             "ready to serve client requests"
         ),
         Err(e) => tracing::warn!(cause = %e, "no leader yet; serving anyway"),
+    }
+    if let Some(ready) = embedding.ready.take() {
+        // The embedding program may have stopped waiting; the server serves regardless.
+        let _ = ready.send(());
     }
 
     shutdown.await;

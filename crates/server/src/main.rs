@@ -1,5 +1,8 @@
 //! The `metastore` binary: parse flags, set up logs and metrics, run until a signal.
 
+// The package is `metastore-server`; the code knows the library by its short name.
+extern crate metastore_server as server;
+
 use std::io::IsTerminal;
 
 use anyhow::Result;

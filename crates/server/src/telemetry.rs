@@ -135,6 +135,33 @@ pub fn describe() {
         "etcd_debugging_mvcc_events_total",
         "Events sent to watchers."
     );
+    describe_gauge!(
+        "etcd_debugging_mvcc_watch_stream_total",
+        "Watch streams open."
+    );
+    describe_counter!(
+        "etcd_debugging_mvcc_db_compaction_keys_total",
+        "Versions (etcd: db keys) removed by compaction since the member started."
+    );
+    for (names, what) in [
+        (consensus::metrics::PUTS, "puts"),
+        (consensus::metrics::DELETES, "deletes"),
+        (consensus::metrics::TXNS, "txns"),
+        (consensus::metrics::RANGES, "ranges"),
+    ] {
+        for name in names {
+            // Served from the start at zero, as etcd serves them.
+            metrics::counter!(name).absolute(0);
+            describe_counter!(name, format!("Total number of {what} seen by this member."));
+        }
+    }
+    metrics::gauge!(consensus::metrics::PUT_BYTES).increment(0.0);
+    metrics::gauge!("etcd_debugging_mvcc_watch_stream_total").increment(0.0);
+    describe_gauge!(
+        consensus::metrics::PUT_BYTES,
+        Unit::Bytes,
+        "The total size of put keys and values seen by this member."
+    );
     describe_histogram!(
         consensus::metrics::WAL_FSYNC,
         Unit::Seconds,
@@ -272,6 +299,8 @@ pub fn refresh<B: Backend>(node: &Node<B>, db_size: u64) {
     // Storage held by history: every stored version, and the revisions compacted but not yet
     // physically removed on this member.
     metrics::gauge!("metastore_mvcc_versions_stored").set(store.versions() as f64);
+    metrics::counter!("etcd_debugging_mvcc_db_compaction_keys_total")
+        .absolute(store.versions_removed());
     let progress = store.compaction_progress();
     metrics::gauge!("metastore_mvcc_compaction_pending_revisions")
         .set((progress.target - progress.done).max(0) as f64);

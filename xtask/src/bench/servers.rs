@@ -257,9 +257,9 @@ impl Drop for Scratch {
 /// Builds the server in release mode and returns the path of its binary.
 pub(super) fn build_server(root: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    println!("building the server: cargo build --release -p server …");
+    println!("building the server: cargo build --release -p metastore-server …");
     let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "server"])
+        .args(["build", "--release", "-p", "metastore-server"])
         .current_dir(root)
         .status()
         .context("running cargo build")?;

@@ -2,6 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The package is `metastore-consensus`; the code knows the library by its short name.
+extern crate metastore_consensus as consensus;
+
 use std::ops::Bound;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};

@@ -1,5 +1,8 @@
 //! End-to-end checks of the public API: many concurrent operations, and the metrics they leave.
 
+// The package is `metastore-deadline`; the code knows the library by its short name.
+extern crate metastore_deadline as deadline;
+
 use std::future::pending;
 use std::time::Duration;
 

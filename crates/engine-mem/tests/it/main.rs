@@ -2,6 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The package is `metastore-engine-mem`; the code knows the library by its short name.
+extern crate metastore_engine_mem as engine_mem;
+
 use engine_mem::MemBackend;
 use mvcc::conformance::Suite;
 

@@ -2,6 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The package is `metastore-engine-redb`; the code knows the library by its short name.
+extern crate metastore_engine_redb as engine_redb;
+
 mod crash;
 mod footprint;
 mod restore;

@@ -69,6 +69,10 @@ impl<B: Backend> KvService<B> {
                     other => other,
                 })?
         };
+        // etcd counts each read its store serves; applied ones are counted by consensus.
+        for name in consensus::metrics::RANGES {
+            metrics::counter!(name).increment(1);
+        }
         let mut out = range_to_pb(resp, revision);
         out.header = self.shared.header(revision);
         let size = out.encoded_len();

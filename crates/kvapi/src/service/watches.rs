@@ -173,6 +173,25 @@ struct StreamTask<B> {
     budget: Duration,
 }
 
+/// etcd's gauge of open watch streams.
+const WATCH_STREAMS: &str = "etcd_debugging_mvcc_watch_stream_total";
+
+/// One open watch stream in [`WATCH_STREAMS`], for as long as it lives (however its task ends).
+struct StreamCount;
+
+impl StreamCount {
+    fn open() -> Self {
+        metrics::gauge!(WATCH_STREAMS).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for StreamCount {
+    fn drop(&mut self) {
+        metrics::gauge!(WATCH_STREAMS).decrement(1.0);
+    }
+}
+
 impl<B: Backend> StreamTask<B> {
     async fn run(
         mut self,
@@ -180,6 +199,7 @@ impl<B: Backend> StreamTask<B> {
         stop: CancellationToken,
         every: Duration,
     ) {
+        let _open = StreamCount::open();
         let (deliveries, mut delivered) = mpsc::channel(DELIVERIES);
         let mut progress = tokio::time::interval(every);
         progress.tick().await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{Kind, Server};
 
 /// etcd's metrics that MetaStore serves too, as one member shows them.
-const SHARED: [&str; 30] = [
+const SHARED: [&str; 41] = [
     "etcd_server_proposals_committed_total",
     "etcd_server_proposals_applied_total",
     "etcd_server_proposals_pending",
@@ -37,6 +37,17 @@ const SHARED: [&str; 30] = [
     "etcd_debugging_mvcc_watcher_total",
     "etcd_debugging_mvcc_slow_watcher_total",
     "etcd_debugging_mvcc_events_total",
+    "etcd_debugging_mvcc_watch_stream_total",
+    "etcd_debugging_mvcc_put_total",
+    "etcd_debugging_mvcc_delete_total",
+    "etcd_debugging_mvcc_txn_total",
+    "etcd_debugging_mvcc_range_total",
+    "etcd_debugging_mvcc_total_put_size_in_bytes",
+    "etcd_debugging_mvcc_db_compaction_keys_total",
+    "etcd_mvcc_put_total",
+    "etcd_mvcc_delete_total",
+    "etcd_mvcc_txn_total",
+    "etcd_mvcc_range_total",
     // Families whose samples carry suffixes: checked through their family.
     "etcd_disk_wal_fsync_duration_seconds_count",
     "etcd_disk_backend_commit_duration_seconds_count",
@@ -276,6 +287,26 @@ async fn metrics_have_etcds_names_types_labels_and_moves() {
         if grew != PUTS as f64 {
             wrong.push(format!("{who}: {grew} Puts handled OK, {PUTS} made"));
         }
+        // The store's operation counters, under both of etcd's names: each put is one put of
+        // three bytes (`k0`, `v`), and the gets before were ranges.
+        for name in ["etcd_debugging_mvcc_put_total", "etcd_mvcc_put_total"] {
+            let grew = after.total(name) - before.total(name);
+            if grew != PUTS as f64 {
+                wrong.push(format!("{who}: {name} grew by {grew} over {PUTS} puts"));
+            }
+        }
+        let bytes = "etcd_debugging_mvcc_total_put_size_in_bytes";
+        let grew = after.total(bytes) - before.total(bytes);
+        if grew != (PUTS * 3) as f64 {
+            wrong.push(format!(
+                "{who}: {bytes} grew by {grew} over {PUTS} puts of 3 bytes"
+            ));
+        }
+        for name in ["etcd_debugging_mvcc_range_total", "etcd_mvcc_range_total"] {
+            if before.total(name) < 1.0 {
+                wrong.push(format!("{who}: {name} {} after a get", before.total(name)));
+            }
+        }
         // Each put is one proposal committed and applied (nothing else was proposed between
         // the scrapes but maybe a lease checkpoint or two).
         for name in [
@@ -406,4 +437,69 @@ fn peer_round_trip_per_peer_as_etcd() {
             "To={peer:?} is not a member id in hex"
         );
     }
+}
+
+/// POST `body` to `path` on `port` over HTTP/1.0; answers the status line.
+fn post(port: u16, path: &str, body: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect for the gateway");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    response.lines().next().unwrap_or_default().to_string()
+}
+
+/// Calls through the HTTP/JSON gateway are gRPC calls to the server, counted in
+/// `grpc_server_*` with their method and type as etcd's gateway (a gRPC client of its own
+/// server) has them counted, and in the store's counters.
+#[test]
+fn gateway_calls_are_counted_as_etcd_counts_them() {
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let ours = Server::start(Kind::Redb, &[]);
+    let mut grown = Vec::new();
+    for server in [&etcd, &ours] {
+        let before = scrape(server);
+        let put = post(
+            server.client_port,
+            "/v3/kv/put",
+            r#"{"key":"Zw==","value":"dg=="}"#,
+        );
+        assert!(put.contains(" 200"), "{:?}: {put}", server.kind());
+        let range = post(server.client_port, "/v3/kv/range", r#"{"key":"Zw=="}"#);
+        assert!(range.contains(" 200"), "{:?}: {range}", server.kind());
+        let after = scrape(server);
+        // etcd has a handled series per code: the calls are the OK ones.
+        let grew = |name: &str, method: &str| {
+            let mut labels = vec![
+                ("grpc_method", method),
+                ("grpc_type", "unary"),
+                ("grpc_service", "etcdserverpb.KV"),
+            ];
+            if name == "grpc_server_handled_total" {
+                labels.push(("grpc_code", "OK"));
+            }
+            after.with(name, &labels).unwrap_or(0.0) - before.with(name, &labels).unwrap_or(0.0)
+        };
+        grown.push([
+            grew("grpc_server_started_total", "Put"),
+            grew("grpc_server_handled_total", "Put"),
+            grew("grpc_server_started_total", "Range"),
+            grew("grpc_server_handled_total", "Range"),
+            after.total("etcd_debugging_mvcc_put_total")
+                - before.total("etcd_debugging_mvcc_put_total"),
+        ]);
+    }
+    assert_eq!(
+        grown[1], grown[0],
+        "started/handled Put, started/handled Range, puts: metastore vs etcd"
+    );
+    assert_eq!(grown[0], [1.0; 5], "etcd 3.4 counts each gateway call once");
 }

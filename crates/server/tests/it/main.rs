@@ -1,6 +1,9 @@
 //! Integration tests: the real `metastore` binary through real etcd clients, next to etcd 3.4.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The package is `metastore-server`; the code knows the library by its short name.
+extern crate metastore_server as server;
+
 mod alarms;
 mod auth;
 mod cert_auth;

@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The package is `metastore-watch`; the code knows the library by its short name.
+extern crate metastore_watch as watch;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
