@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use deadline::{Deadline, Layer};
+use deadline::Deadline;
 use mvcc::Backend;
 use serde::{Deserialize, Serialize};
 
@@ -194,9 +194,9 @@ pub async fn corruption_check_loop<B: Backend>(
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
-        let pause = deadline::within(Layer::Api, Deadline::after(every), stop.cancelled()).await;
-        if pause.is_ok() {
-            return;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = deadline::pause(every) => {}
         }
         let limit = every.clamp(Duration::from_secs(1), Duration::from_secs(10));
         if let Some(member) = node.periodic_corruption_check(limit).await {

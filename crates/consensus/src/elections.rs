@@ -28,7 +28,6 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
-use deadline::{Deadline, Layer};
 use openraft::ServerState;
 
 /// A time in `[low, low + spread)`, different at each call.
@@ -82,9 +81,10 @@ pub(crate) async fn run<B: mvcc::Backend>(
     let mut ticked = Instant::now();
     let mut last_vote = None;
     loop {
-        let stopped = deadline::within(Layer::Api, Deadline::after(tick), stop.cancelled());
-        if stopped.await.is_ok() {
-            return;
+        // A pause, not a bounded wait: nothing runs out of time here, so no expiry is counted.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = deadline::pause(tick) => {}
         }
         let since = ticked.elapsed();
         let heard = node.quiet_for() < since;

@@ -603,3 +603,19 @@ async fn side_by_side_with_etcd_a_watch_requiring_a_leader_ends_and_a_plain_one_
         );
     }
 }
+
+/// The election timer waits between its looks without a deadline: an idle member reports no
+/// wait that ran out of time. It counted an `api` expiry at every look (ten a second), which
+/// buried real timeouts in `metastore_deadline_expired_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_member_counts_no_expired_deadline() {
+    let server = crate::harness::Server::start(crate::harness::Kind::Redb, &[]);
+    pause(Duration::from_secs(1)).await;
+    let expired = server
+        .metric("metastore_deadline_expired_total")
+        .unwrap_or(0.0);
+    assert_eq!(
+        expired, 0.0,
+        "an idle member counted {expired} expired deadlines in a second"
+    );
+}
