@@ -62,8 +62,8 @@ mod node;
 mod prevote;
 mod read_rounds;
 mod redb_log;
-mod snapshot_data;
 mod stages;
+mod snapshot_data;
 mod state_machine;
 #[cfg(test)]
 mod test_support;

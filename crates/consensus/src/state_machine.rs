@@ -452,10 +452,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         let Some(file) = snapshot.into_file() else {
-            return Err(snap_err(
-                ErrorVerb::Read,
-                "a received snapshot is not a file",
-            ));
+            return Err(snap_err(ErrorVerb::Read, "a received snapshot is not a file"));
         };
         let mut file = file.into_std().await;
         let store = self.store.clone();
@@ -729,7 +726,10 @@ fn write_out<B: Backend>(
 ) -> std::io::Result<std::fs::File> {
     use std::io::Seek;
     let n = SENDING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = dir.join(format!("{SENDING_PREFIX}{}-{n}.snap", std::process::id()));
+    let path = dir.join(format!(
+        "{SENDING_PREFIX}{}-{n}.snap",
+        std::process::id()
+    ));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -877,11 +877,7 @@ mod persistent_snapshot_tests {
         );
         // Sending takes the store as it stands, meta and bytes of the same point.
         sm.apply((11..=12).map(entry)).await.unwrap();
-        let current = sm
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("a snapshot");
+        let current = sm.get_current_snapshot().await.unwrap().expect("a snapshot");
         assert_eq!(current.meta.last_log_id, Some(log_id(12)));
         let mut bytes = Vec::new();
         let mut data = current.snapshot;
@@ -935,7 +931,10 @@ mod persistent_snapshot_tests {
             .await
             .unwrap();
         sm.install_snapshot(&sent.meta, incoming).await.unwrap();
-        assert_eq!(sm.applied_state().await.unwrap().0, sent.meta.last_log_id);
+        assert_eq!(
+            sm.applied_state().await.unwrap().0,
+            sent.meta.last_log_id
+        );
         let left: Vec<_> = std::fs::read_dir(&snapshots).unwrap().flatten().collect();
         assert!(left.is_empty(), "{left:?}");
         let hash = store.hash(0).unwrap();
@@ -944,7 +943,10 @@ mod persistent_snapshot_tests {
         drop(store);
         let store = Store::open(open()).unwrap();
         let mut sm = machine(store.clone(), dir.path());
-        assert_eq!(sm.applied_state().await.unwrap().0, sent.meta.last_log_id);
+        assert_eq!(
+            sm.applied_state().await.unwrap().0,
+            sent.meta.last_log_id
+        );
         assert_eq!(store.hash(0).unwrap(), hash);
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta.last_log_id, sent.meta.last_log_id);

@@ -267,10 +267,7 @@ async fn a_redb_member_keeps_no_copy_of_its_store_as_a_snapshot() {
         })
         .filter(|(_, len)| *len >= 64 << 10)
         .collect();
-    assert!(
-        copies.is_empty(),
-        "snapshot copies of the store: {copies:?}"
-    );
+    assert!(copies.is_empty(), "snapshot copies of the store: {copies:?}");
     let node = started(cfg, open()).await;
     node.read_index(Deadline::after(Duration::from_secs(5)))
         .await
