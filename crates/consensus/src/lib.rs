@@ -2,8 +2,7 @@
 //!
 //! This crate owns the openraft type configuration, the Raft log in checksummed segment files (group
 //! commit: one fdatasync for every append waiting), the state machine that applies committed [`mvcc::Command`]s to an
-//! [`mvcc::Store`] over any [`mvcc::Backend`], snapshots (files for an engine that starts
-//! empty; the store itself for a persistent one), and [`Node`], which bounds
+//! [`mvcc::Store`] over any [`mvcc::Backend`], snapshots as files, and [`Node`], which bounds
 //! every proposal and read-index wait through the `deadline` crate. It must not know about
 //! gRPC services or name a storage engine: the server picks the engine.
 //!
@@ -21,8 +20,6 @@
 //! - `redb_log`: the log before segment files, migrated once at start.
 //! - `stages`: where a write's time goes, a histogram per stage ([`STAGE_SECONDS`]).
 //! - `state_machine`: [`StateMachine`], apply and snapshots.
-//! - `snapshot_data`: [`SnapshotData`], a snapshot's bytes: a file, or a point in a persistent
-//!   store written out only when a follower needs it.
 //! - `network`: the peer transport over tonic ([`PeerService`], [`PeerNetwork`], [`PeerTls`]): Raft's
 //!   messages, and what followers forward to the leader.
 //! - `membership`: etcd's membership changes ([`Change`], [`MembershipError`]), member ids.
@@ -63,7 +60,6 @@ mod prevote;
 mod read_rounds;
 mod redb_log;
 mod stages;
-mod snapshot_data;
 mod state_machine;
 #[cfg(test)]
 mod test_support;
@@ -80,7 +76,6 @@ pub use marker::{require as require_state, MARKER};
 pub use membership::{cluster_id, member_id, Change, MembershipError};
 pub use network::{PeerNetwork, PeerService, PeerTls, Peers};
 pub use node::{Node, NodeConfig, NodeStatus};
-pub use snapshot_data::SnapshotData;
 pub use stages::STAGE_SECONDS;
 pub use state_machine::{applied_auth, seed_auth, SnapshotBuilder, StateMachine};
 pub use transfer::TransferError;

@@ -1445,10 +1445,6 @@ impl<B: Backend> Backend for Gate<B> {
             gate: self,
         }))
     }
-
-    fn persistent(&self) -> bool {
-        self.inner.persistent()
-    }
 }
 
 /// A replacement that lets the reader in after each of its writes.
