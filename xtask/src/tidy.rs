@@ -139,10 +139,6 @@ const UNSYNCED_FS_ALLOWED: &[(&str, &str)] = &[
     // incoming.snap is a scratch name: install_snapshot fsyncs its bytes and keep_incoming
     // renames it durably before anything relies on it.
     ("crates/consensus/src/state_machine.rs", ".create(true)"),
-    // A snapshot being sent is written to a file whose name is removed at once: the open
-    // handle is all that is used, and a name a crash leaves behind is removed at the next start.
-    ("crates/consensus/src/state_machine.rs", ".create_new(true)"),
-    ("crates/consensus/src/state_machine.rs", "fs::remove_file"),
     // A failed restore's scratch dir: never started on, so its removal need not be durable.
     ("crates/server/src/restore.rs", "fs::remove_dir"),
     // A unix:// client socket removed at shutdown (as Go's listener does): it holds no data,
