@@ -479,15 +479,7 @@ impl Cluster {
             "/metrics",
             if self.etcd { "1.0" } else { "1.1" },
         )?;
-        let values: Vec<f64> = body
-            .lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum())
+        metric_sum(&body, name)
     }
 
     /// The member that says it leads, among those running and not frozen.
@@ -576,4 +568,17 @@ fn http_get_version(port: u16, path: &str, version: &str) -> Option<(u16, String
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((code, body))
+}
+
+/// The sum of a metric's series in a Prometheus text page, if the page has the metric.
+pub fn metric_sum(body: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = body
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }

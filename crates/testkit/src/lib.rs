@@ -14,6 +14,6 @@ mod cluster;
 mod ports;
 mod proxy;
 
-pub use cluster::{http_get, Cluster, ClusterOptions, Member};
+pub use cluster::{http_get, metric_sum, Cluster, ClusterOptions, Member};
 pub use ports::free_port;
 pub use proxy::{source_addr, Net};

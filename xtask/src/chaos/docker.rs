@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use testkit::metric_sum;
+
 use super::faults::Members;
 
 /// How long a started member may take to answer.
@@ -484,19 +486,6 @@ impl Drop for DockerCluster {
             );
         }
     }
-}
-
-/// The sum of a metric's series in a Prometheus text page.
-fn metric_sum(body: &str, name: &str) -> Option<f64> {
-    let values: Vec<f64> = body
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// A project name no other run on this engine has: the process id and the time.

@@ -152,15 +152,7 @@ impl Server {
     /// A gauge or counter from `/metrics` (the sum of its series), if the server has it.
     pub fn metric(&self, name: &str) -> Option<f64> {
         let (_, body) = http_get(self.client_port, "/metrics")?;
-        let values: Vec<f64> = body
-            .lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum())
+        testkit::metric_sum(&body, name)
     }
 
     /// The server's `--data-dir`.
