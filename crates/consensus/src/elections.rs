@@ -23,12 +23,138 @@
 //! openraft's timer did for a member starting with an uncommitted vote (every member restarts
 //! with one, see `log_store`), and close to etcd's start, which advances its election clock
 //! once it sees its peers. A lone voter campaigns at once, as openraft's timer does.
+//!
+//! A campaign starts above every term a candidate has asked this member for ([`Asked`]).
+//! openraft 0.9's voter keeps its own term when it refuses a candidate whose log is shorter,
+//! where Raft's (and etcd's) voters take the candidate's term. After a leader's death the
+//! survivor with the shorter log often campaigns first and is refused, but keeps the term it
+//! asked for and refuses, by vote, the better survivor's campaign at that same term (openraft
+//! orders equal terms by member id); that survivor then learns the term from the refusal and
+//! waits a whole new [E, 2E) before it can win. So before `elect()` the member takes the
+//! highest asked term as its own (granting that candidate a vote it never learns of, which
+//! binds only this member) and campaigns one above it.
+//!
+//! Granting a vote restarts the clock at once, as in etcd ([`answer`] notes it; the timer's
+//! look at the vote comes a tick later, and openraft publishes a vote only once it is
+//! durable), and a campaign decided on a tick is dropped if a leader or a granted vote came
+//! since: otherwise a member could campaign just after voting for a candidate that then won,
+//! and depose it.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
-use openraft::ServerState;
+use openraft::error::RaftError;
+use openraft::raft::{VoteRequest, VoteResponse};
+use openraft::{ServerState, Vote};
+
+/// The vote requests this member answered, for [`run`]: the highest vote asked for (see the
+/// module's doc), and whether one is being answered or was granted lately. etcd restarts its
+/// election clock when it grants a vote; the timer's own look at the vote comes a tick later
+/// (and openraft publishes a vote only once it is durable), so a member could campaign right
+/// after granting a vote to a candidate that just won, and depose it.
+#[derive(Debug, Default)]
+pub(crate) struct Asked {
+    highest: std::sync::Mutex<Option<Vote<u64>>>,
+    answering: std::sync::atomic::AtomicUsize,
+    granted: std::sync::Mutex<Option<Instant>>,
+}
+
+/// Counts a vote request as being answered while it lives.
+struct Answering<'a>(&'a Asked);
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0
+            .answering
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Asked {
+    /// Notes the vote of a vote request this member received.
+    fn note(&self, vote: Vote<u64>) {
+        let mut asked = self
+            .highest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if asked.is_none_or(|a| vote.leader_id() > a.leader_id()) {
+            *asked = Some(vote);
+        }
+    }
+
+    /// The highest vote asked for, as an uncommitted vote.
+    fn highest(&self) -> Option<Vote<u64>> {
+        let asked = *self
+            .highest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        asked.and_then(|v| Some(Vote::new(v.leader_id().term, v.leader_id().voted_for()?)))
+    }
+
+    /// Whether a vote was granted at or after `at`.
+    fn granted_since(&self, at: Instant) -> bool {
+        self.granted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|g| g >= at)
+    }
+
+    /// Whether a vote request is being answered, or one was granted at or after `at`.
+    fn voted_since(&self, at: Instant) -> bool {
+        self.answering.load(std::sync::atomic::Ordering::SeqCst) > 0 || self.granted_since(at)
+    }
+}
+
+/// Answers a vote request (openraft decides), noting it for the election timer.
+pub(crate) async fn answer<B: mvcc::Backend>(
+    node: &crate::Node<B>,
+    request: VoteRequest<u64>,
+) -> Result<VoteResponse<u64>, RaftError<u64>> {
+    let asked = node.asked();
+    asked.note(request.vote);
+    asked
+        .answering
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let _answering = Answering(asked);
+    let answer = node.raft().vote(request).await;
+    if matches!(&answer, Ok(r) if r.vote_granted) {
+        *asked
+            .granted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    }
+    answer
+}
+
+/// Whether, since `at`, a leader reached `node` or it answered a vote request: a campaign
+/// decided before is off (the next tick restarts the clock).
+fn interrupted<B: mvcc::Backend>(node: &crate::Node<B>, at: Instant) -> bool {
+    node.quiet_for() < at.elapsed() || node.asked().voted_since(at)
+}
+
+/// Takes the highest term a candidate asked `node` for as its own, if it is above its own, so
+/// the campaign that follows asks one above it. Goes through openraft's own vote handling (with
+/// this member's last log id, so only its vote lease can refuse), which keeps a vote once given.
+async fn adopt_asked_term<B: mvcc::Backend>(node: &crate::Node<B>) {
+    let Some(asked) = node.asked().highest() else {
+        return;
+    };
+    let own = node.raft().metrics().borrow().vote;
+    if asked.leader_id().term <= own.leader_id().term {
+        return;
+    }
+    let last_log_id = node.raft().data_metrics().borrow().last_log;
+    match node.raft().vote(VoteRequest::new(asked, last_log_id)).await {
+        Ok(r) => tracing::info!(
+            asked = %asked,
+            own = %own,
+            taken = r.vote_granted,
+            "a candidate asked for a higher term: campaigning above it"
+        ),
+        Err(e) => tracing::debug!(cause = %e, "taking an asked term failed"),
+    }
+}
 
 /// A time in `[low, low + spread)`, different at each call.
 fn random_in(low: Duration, spread: Duration) -> Duration {
@@ -87,7 +213,7 @@ pub(crate) async fn run<B: mvcc::Backend>(
             () = deadline::pause(tick) => {}
         }
         let since = ticked.elapsed();
-        let heard = node.quiet_for() < since;
+        let heard = node.quiet_for() < since || node.asked().granted_since(ticked);
         ticked = Instant::now();
         let (leads, voters, me, vote, leader) = {
             let metrics = node.raft().metrics();
@@ -131,11 +257,19 @@ pub(crate) async fn run<B: mvcc::Backend>(
         if pre_vote && !alone && !crate::prevote::won(&node, &voters, me).await {
             continue;
         }
+        // What was decided on this tick's look may be stale by now (see `Asked`).
+        if interrupted(&node, ticked) {
+            continue;
+        }
         tracing::info!(
             quiet_ms = quiet.as_millis(),
             voters = voters.len(),
             "no leader heard for an election timeout: campaigning"
         );
+        adopt_asked_term(&node).await;
+        if interrupted(&node, ticked) {
+            continue;
+        }
         if node.raft().trigger().elect().await.is_err() {
             return;
         }
@@ -145,6 +279,37 @@ pub(crate) async fn run<B: mvcc::Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The timer campaigns above the highest term it was asked for, whoever asked, and takes
+    /// it as a vote openraft can record (uncommitted, for the candidate that asked).
+    #[test]
+    fn the_highest_asked_vote_is_kept() {
+        let asked = Asked::default();
+        assert_eq!(asked.highest(), None);
+        asked.note(Vote::new(5, 2));
+        asked.note(Vote::new(3, 9));
+        asked.note(Vote::new_committed(4, 1));
+        assert_eq!(asked.highest(), Some(Vote::new(5, 2)));
+        asked.note(Vote::new(5, 7));
+        assert_eq!(
+            asked.highest(),
+            Some(Vote::new(5, 7)),
+            "equal terms: by member id"
+        );
+        asked.note(Vote::new_committed(6, 1));
+        assert_eq!(asked.highest(), Some(Vote::new(6, 1)), "kept uncommitted");
+        let before = Instant::now();
+        assert!(!asked.voted_since(before));
+        let answering = {
+            asked
+                .answering
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Answering(&asked)
+        };
+        assert!(asked.voted_since(before) && !asked.granted_since(before));
+        drop(answering);
+        assert!(!asked.voted_since(before));
+    }
 
     /// etcd's followers campaign a random time in [E, 2 E) after their last heartbeat and
     /// refuse votes for E after it; the timer draws its waits from that window, openraft's

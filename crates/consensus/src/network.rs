@@ -618,7 +618,7 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let req: VoteRequest<u64> = decode(request.get_ref()).map_err(bad_request)?;
         self.admit("vote", req.vote.leader_id().voted_for())?;
-        reply(&self.node.raft().vote(req).await)
+        reply(&crate::elections::answer(&self.node, req).await)
     }
 
     async fn install_snapshot(

@@ -219,6 +219,8 @@ struct Inner<B> {
     pause: crate::transfer::Pause,
     /// When a leader last reached this member (its start, before any did), for pre-vote.
     leader_contact: std::sync::Mutex<std::time::Instant>,
+    /// The highest vote a candidate asked this member for (see [`crate::elections`]).
+    asked: crate::elections::Asked,
 }
 
 impl<B: Backend> Node<B> {
@@ -441,6 +443,7 @@ impl<B: Backend> Node<B> {
                 pending_voters: std::sync::Mutex::default(),
                 pause,
                 leader_contact: std::sync::Mutex::new(std::time::Instant::now()),
+                asked: crate::elections::Asked::default(),
             }),
         };
         // Resumes whatever removal a crash interrupted, then follows every applied compaction.
@@ -487,6 +490,11 @@ impl<B: Backend> Node<B> {
             .leader_contact
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+    }
+
+    /// The highest vote a candidate asked this member for.
+    pub(crate) fn asked(&self) -> &crate::elections::Asked {
+        &self.inner.asked
     }
 
     /// How long no leader has reached this member.

@@ -619,3 +619,72 @@ async fn an_idle_member_counts_no_expired_deadline() {
         "an idle member counted {expired} expired deadlines in a second"
     );
 }
+
+/// The lines in which a member said it campaigns.
+fn campaigns(cluster: &Cluster, i: usize) -> usize {
+    cluster
+        .log(i)
+        .matches("no leader heard for an election timeout: campaigning")
+        .count()
+}
+
+/// The term member `i` reports.
+async fn term_of(cluster: &Cluster, i: usize) -> u64 {
+    let mut c = client(&cluster.member(i).endpoint(), Duration::from_secs(2), false).await;
+    c.status().await.expect("status").raft_term()
+}
+
+/// When the leader dies, the survivor with the longer log wins its first campaign, even after
+/// the other survivor (cut off from the leader, so its log fell behind) has campaigned in vain
+/// at higher terms. openraft 0.9's voter keeps its term when it refuses a shorter log, where
+/// Raft's voters take the candidate's term; so the survivor asked at its own term + 1, which
+/// the other already held, was refused, learnt the term from the refusal and campaigned again
+/// a whole [E, 2E) later (in the kill-the-leader loop: kills with no leader for seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_survivor_wins_its_first_campaign_after_a_futile_candidate_raised_the_term() {
+    let mut cluster = start(true);
+    let leader = tokio::task::block_in_place(|| cluster.wait_leader(Duration::from_secs(15)))
+        .expect("a leader");
+    pause(ELECTION).await;
+    let (behind, ahead) = ((leader + 1) % 3, (leader + 2) % 3);
+    let term = term_of(&cluster, leader).await;
+    cluster
+        .net()
+        .expect("proxied peers")
+        .cut_both(behind, leader);
+    let mut c = client(
+        &cluster.member(leader).endpoint(),
+        Duration::from_secs(2),
+        false,
+    )
+    .await;
+    for i in 0..20 {
+        c.put(format!("k{i}"), "v", None)
+            .await
+            .expect("a put while one follower is cut off");
+    }
+    // The cut-off follower campaigns every [E, 2E) and is refused (the other follower hears
+    // the leader, and has the longer log): wait until it holds a term two above the leader's,
+    // above the survivor's own term + 1.
+    let started = Instant::now();
+    while term_of(&cluster, behind).await < term + 2 {
+        assert!(
+            started.elapsed() < ELECTION * 15,
+            "the cut-off member did not campaign twice"
+        );
+        pause(ELECTION / 10).await;
+    }
+    let before = campaigns(&cluster, ahead);
+    cluster.kill(leader);
+    let killed = Instant::now();
+    let new_leader = tokio::task::block_in_place(|| cluster.wait_leader(Duration::from_secs(15)))
+        .expect("a new leader");
+    let elapsed = killed.elapsed();
+    assert_eq!(new_leader, ahead, "only the longer log can win");
+    let took = campaigns(&cluster, ahead) - before;
+    eprintln!("kill → new leader seen {elapsed:?}, after {took} campaigns");
+    assert_eq!(
+        took, 1,
+        "the survivor with the longer log needed {took} campaigns ({elapsed:?} after the kill)"
+    );
+}
