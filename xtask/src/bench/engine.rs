@@ -18,6 +18,7 @@ use engine_redb::{Durability, Options, RedbBackend};
 use mvcc::{Backend, Command, PutRequest, RangeRequest, Store};
 
 use super::doc;
+use super::servers::Scratch;
 use super::{bytes, compare, grouped, load_average, on_cpu_ns, resident_bytes, Machine, XorShift};
 
 /// The hidden subcommand that loads one engine and reports its resident set.
@@ -241,7 +242,7 @@ pub fn run(raw: &[String]) -> Result<()> {
         return Ok(());
     };
     let load_before = load_average();
-    let scratch = Scratch::new()?;
+    let scratch = Scratch::new("engine")?;
     let mut rows = Vec::new();
     let mut memory = Vec::new();
     let width = key_width(args.keys);
@@ -492,27 +493,6 @@ fn timed(budget: Duration, mut op: impl FnMut() -> Result<()>) -> Result<Measure
         if clock.wall.elapsed() >= budget {
             return Ok(clock.stop(ops));
         }
-    }
-}
-
-/// A directory for database files under `target/`, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Self> {
-        // Under target/ rather than the temp dir, which may be a tmpfs where fsync is free.
-        let dir = crate::tidy::project_root()
-            .join("target/xtask-bench")
-            .join(std::process::id().to_string());
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
