@@ -1,14 +1,13 @@
 //! A cluster of real `metastore` processes on loopback, each with its own data directory; or,
 //! for tests that compare the two side by side, of etcd 3.4 processes started the same way.
 
-use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::ports::free_port;
+use crate::process::{server_command, Placement, Process};
 use crate::proxy::{source_addr, Net};
 
 /// Longest a member may take to answer `/health` healthy after it is spawned.
@@ -39,8 +38,7 @@ pub struct Member {
     pub peer_port: u16,
     /// The port of the proxy in front of its peer port, when peers are proxied.
     pub proxy_port: Option<u16>,
-    child: Option<Child>,
-    frozen: bool,
+    process: Process,
     /// `new` for the bootstrap members, `existing` for one added later.
     state: &'static str,
     /// Flags only this member gets, after every other ([`Cluster::set_member_args`]).
@@ -50,6 +48,21 @@ pub struct Member {
 }
 
 impl Member {
+    /// Member `i` on fresh ports, its log in `dir`; `state`: `new` or `existing`.
+    fn new(i: usize, dir: &std::path::Path, proxied: bool, state: &'static str) -> Member {
+        let name = format!("m{i}");
+        Member {
+            process: Process::new(&name, dir.join(format!("{name}.log"))),
+            name,
+            client_port: free_port(),
+            peer_port: free_port(),
+            proxy_port: proxied.then(free_port),
+            state,
+            extra_args: Vec::new(),
+            initial_members: None,
+        }
+    }
+
     /// Its client URL.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
@@ -70,17 +83,17 @@ impl Member {
 
     /// Its process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.pid()
     }
 
     /// Whether its process runs (frozen or not).
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_running()
     }
 
     /// Whether it is stopped with SIGSTOP.
     pub fn is_frozen(&self) -> bool {
-        self.frozen
+        self.process.is_frozen()
     }
 }
 
@@ -94,14 +107,6 @@ pub struct Cluster {
     data_root: Option<PathBuf>,
     /// The members are etcd processes, not MetaStore's.
     etcd: bool,
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
 }
 
 impl Cluster {
@@ -166,17 +171,7 @@ impl Cluster {
             .tempdir()
             .map_err(|e| e.to_string())?;
         let members: Vec<Member> = (0..options.members)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                proxy_port: options.proxy_peers.then(free_port),
-                child: None,
-                frozen: false,
-                state: "new",
-                extra_args: Vec::new(),
-                initial_members: None,
-            })
+            .map(|i| Member::new(i, dir.path(), options.proxy_peers, "new"))
             .collect();
         let net = if options.proxy_peers {
             let routes: Vec<(u16, u16)> = members
@@ -212,17 +207,7 @@ impl Cluster {
             .tempdir()
             .map_err(|e| e.to_string())?;
         let members = (0..options.members)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                proxy_port: None,
-                child: None,
-                frozen: false,
-                state: "new",
-                extra_args: Vec::new(),
-                initial_members: None,
-            })
+            .map(|i| Member::new(i, dir.path(), false, "new"))
             .collect();
         Ok(Cluster {
             options: ClusterOptions {
@@ -303,69 +288,32 @@ impl Cluster {
             .join(&self.members[i].name)
     }
 
-    fn log_path(&self, i: usize) -> PathBuf {
-        self.dir
-            .path()
-            .join(format!("{}.log", self.members[i].name))
-    }
-
     fn spawn(&mut self, i: usize) -> Result<(), String> {
-        let initial = self.initial_cluster(i);
-        let data = self.data_dir(i);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(i))
-            .map_err(|e| e.to_string())?;
-        let err = log.try_clone().map_err(|e| e.to_string())?;
         let m = &self.members[i];
-        let mut command = Command::new(&self.options.binary);
+        let placement = Placement {
+            name: m.name.clone(),
+            data_dir: self.data_dir(i),
+            client_url: m.endpoint(),
+            listen_peer_url: m.listen_peer_url(),
+            peer_url: m.peer_url(),
+            initial_cluster: self.initial_cluster(i),
+            state: Some(m.state),
+        };
+        let mut command = server_command(&self.options.binary, self.etcd);
         if m.proxy_port.is_some() {
             command.args([
                 "--experimental-peer-source-addr",
                 &source_addr(i).to_string(),
             ]);
         }
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("ETCD") || name.starts_with("METASTORE") {
-                command.env_remove(&*name);
-            }
-        }
         if self.etcd {
             command.args(["--logger", "zap", "--log-level", "warn"]);
-            if std::env::consts::ARCH != "x86_64" {
-                // etcd 3.4 refuses other architectures unless told this one (Go's name).
-                let arch = match std::env::consts::ARCH {
-                    "aarch64" => "arm64",
-                    other => other,
-                };
-                command.env("ETCD_UNSUPPORTED_ARCH", arch);
-            }
         } else {
             command.args(["--engine", &self.options.engine]);
         }
-        let child = command
-            .args(["--name", &m.name])
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--listen-client-urls", &m.endpoint()])
-            .args(["--advertise-client-urls", &m.endpoint()])
-            .args(["--listen-peer-urls", &m.listen_peer_url()])
-            .args(["--initial-advertise-peer-urls", &m.peer_url()])
-            .args(["--initial-cluster", &initial])
-            .args(["--initial-cluster-state", m.state])
-            .args(&self.options.extra_args)
-            .args(&m.extra_args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("spawning {}: {e}", m.name))?;
-        let m = &mut self.members[i];
-        m.child = Some(child);
-        m.frozen = false;
-        Ok(())
+        placement.add_to(&mut command);
+        command.args(&self.options.extra_args).args(&m.extra_args);
+        self.members[i].process.start(command)
     }
 
     /// Waits until member `i` answers `/health` with any answer (it serves, leader or not).
@@ -373,61 +321,25 @@ impl Cluster {
     /// # Errors
     /// The process exited, or did not answer within the start-up limit.
     pub fn wait_healthy(&mut self, i: usize) -> Result<(), String> {
-        let started = Instant::now();
-        loop {
-            if let Some(child) = self.members[i].child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.members[i].child = None;
-                    return Err(format!(
-                        "{} exited with {status}; its log:\n{}",
-                        self.members[i].name,
-                        self.log_tail(i)
-                    ));
-                }
-            }
-            if http_get(self.members[i].client_port, "/health").is_some() {
-                return Ok(());
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                return Err(format!(
-                    "{} did not answer within {READY_TIMEOUT:?}; its log:\n{}",
-                    self.members[i].name,
-                    self.log_tail(i)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let port = self.members[i].client_port;
+        self.members[i]
+            .process
+            .wait_ready(READY_TIMEOUT, || http_get(port, "/health").is_some())
     }
 
     /// Member `i`'s whole log (every run of it).
     pub fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+        self.members[i].process.log()
     }
 
     /// The end of member `i`'s log.
     pub fn log_tail(&self, i: usize) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = File::open(self.log_path(i)) {
-            let _ = f.read_to_string(&mut text);
-        }
-        let start = text.len().saturating_sub(4000);
-        let start = (start..text.len())
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(text.len());
-        text[start..].to_string()
+        self.members[i].process.log_tail()
     }
 
     /// SIGKILL member `i` and reap it.
     pub fn kill(&mut self, i: usize) {
-        let m = &mut self.members[i];
-        if let Some(mut child) = m.child.take() {
-            if m.frozen {
-                signal(child.id(), "-CONT");
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        m.frozen = false;
+        self.members[i].process.kill();
     }
 
     /// Starts member `i` again on its ports and data directory and waits until it answers.
@@ -452,24 +364,18 @@ impl Cluster {
 
     /// SIGSTOP member `i`: it holds its connections and answers nothing.
     pub fn freeze(&mut self, i: usize) {
-        if let Some(pid) = self.members[i].pid() {
-            signal(pid, "-STOP");
-            self.members[i].frozen = true;
-        }
+        self.members[i].process.freeze();
     }
 
     /// SIGCONT member `i`.
     pub fn thaw(&mut self, i: usize) {
-        if let Some(pid) = self.members[i].pid() {
-            signal(pid, "-CONT");
-            self.members[i].frozen = false;
-        }
+        self.members[i].process.thaw();
     }
 
     /// A metric of member `i` (the sum of its series), if it runs, is not frozen and has it.
     pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
         let m = &self.members[i];
-        if !m.is_running() || m.frozen {
+        if !m.is_running() || m.is_frozen() {
             return None;
         }
         // HTTP/1.0 for etcd: Go answers a long HTTP/1.1 body in chunks, and a chunk boundary
@@ -492,16 +398,7 @@ impl Cluster {
     /// # Errors
     /// None within `limit`.
     pub fn wait_leader(&self, limit: Duration) -> Result<usize, String> {
-        let started = Instant::now();
-        loop {
-            if let Some(l) = self.leader() {
-                return Ok(l);
-            }
-            if started.elapsed() > limit {
-                return Err(format!("no leader within {limit:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_leader(limit, || self.leader())
     }
 
     /// Starts a member that joins the running cluster (after a `member add` for
@@ -519,26 +416,39 @@ impl Cluster {
     /// cluster has been told about its peer URL.
     pub fn prepare_member(&mut self) -> usize {
         let i = self.members.len();
-        self.members.push(Member {
-            name: format!("m{i}"),
-            client_port: free_port(),
-            peer_port: free_port(),
-            proxy_port: None,
-            child: None,
-            frozen: false,
-            state: "existing",
-            extra_args: Vec::new(),
-            initial_members: None,
-        });
+        let member = Member::new(i, self.dir.path(), false, "existing");
+        self.members.push(member);
         i
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // Before the directory goes, which drops after `options` and before `members`.
         for i in 0..self.members.len() {
             self.kill(i);
         }
+    }
+}
+
+/// Asks `leader` until it names a member, for up to `limit`: for anything that runs members
+/// and can tell which one leads (a [`Cluster`], containers).
+///
+/// # Errors
+/// None within `limit`.
+pub fn wait_leader(
+    limit: Duration,
+    mut leader: impl FnMut() -> Option<usize>,
+) -> Result<usize, String> {
+    let started = Instant::now();
+    loop {
+        if let Some(l) = leader() {
+            return Ok(l);
+        }
+        if started.elapsed() > limit {
+            return Err(format!("no leader within {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -18,10 +18,26 @@ use engine_redb::{Durability, Options, RedbBackend};
 use mvcc::{Backend, Command, PutRequest, RangeRequest, Store};
 
 use super::doc;
+use super::servers::Scratch;
 use super::{bytes, compare, grouped, load_average, on_cpu_ns, resident_bytes, Machine, XorShift};
+use crate::flags::{Checked, Docs};
 
 /// The hidden subcommand that loads one engine and reports its resident set.
 pub const CHILD: &str = "engine-child";
+
+/// The flags of the hidden [`CHILD`] subcommand.
+#[derive(clap::Args, Debug)]
+pub struct ChildArgs {
+    #[arg(long, value_parser = |s: &str| Engine::parse(s).map(|e| e[0]))]
+    engine: Engine,
+    #[arg(long, value_parser = count)]
+    keys: usize,
+    /// `random`, or `key` order.
+    #[arg(long)]
+    order: String,
+    #[arg(long)]
+    dir: PathBuf,
+}
 
 const HEADING: &str = "## Engines";
 const VALUE_LEN: usize = 256;
@@ -33,21 +49,8 @@ const PUT_BATCH: usize = 64;
 const LOAD_BATCH: usize = 1_000;
 const SEED: u64 = 0x6d65_7461_7374_6f72;
 
-const USAGE: &str = "\
-usage: cargo xtask bench engine [options]
-
-Measures each engine under mvcc::Store on one thread and writes the `## Engines` section of
-docs/benchmarks.md.
-
-options:
-  --keys N        keys for the put, read and scan rows        (default 200000)
-  --mem-keys N    keys loaded for the memory rows             (default 1000000)
-  --secs S        seconds per read or scan row                (default 2)
-  --engine E      mem, redb or all                            (default all)
-  --no-docs       print the figures but leave docs/benchmarks.md alone";
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Engine {
+pub enum Engine {
     Mem,
     Redb,
 }
@@ -67,67 +70,69 @@ impl Engine {
         }
     }
 
-    fn parse(s: &str) -> Result<Vec<Self>> {
+    fn parse(s: &str) -> Result<Vec<Self>, String> {
         Ok(match s {
             "mem" => vec![Engine::Mem],
             "redb" => vec![Engine::Redb],
             "all" => vec![Engine::Mem, Engine::Redb],
-            other => bail!("unknown engine `{other}`; try: mem, redb, all"),
+            other => return Err(format!("unknown engine `{other}`; try: mem, redb, all")),
         })
     }
 }
 
-struct Args {
+/// The flags of `cargo xtask bench engine`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Keys for the put, read and scan rows.
+    #[arg(long, value_name = "N", default_value = "200000", value_parser = keys)]
     keys: usize,
+    /// Keys loaded for the memory rows.
+    #[arg(long, value_name = "N", default_value = "1000000", value_parser = mem_keys)]
     mem_keys: usize,
+    /// Seconds per read or scan row.
+    #[arg(long, value_name = "S", default_value = "2", value_parser = positive)]
     secs: f64,
-    engines: Vec<Engine>,
-    docs: bool,
+    /// mem, redb or all.
+    #[arg(long = "engine", value_name = "E", default_value = "all", value_parser = Engine::parse)]
+    engines: Engines,
+    #[command(flatten)]
+    out: Docs,
 }
 
-impl Args {
-    /// `None` when help was asked for.
-    fn parse(args: &[String]) -> Result<Option<Self>> {
-        let mut out = Self {
-            keys: 200_000,
-            mem_keys: 1_000_000,
-            secs: 2.0,
-            engines: vec![Engine::Mem, Engine::Redb],
-            docs: true,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--keys" => out.keys = count(value()?)?,
-                "--mem-keys" => out.mem_keys = count(value()?)?,
-                "--secs" => out.secs = value()?.parse().context("--secs")?,
-                "--engine" => out.engines = Engine::parse(value()?)?,
-                "--no-docs" => out.docs = false,
-                "-h" | "--help" => return Ok(None),
-                other => bail!("unknown option `{other}`\n\n{USAGE}"),
-            }
-        }
-        // A scan needs SCAN_LEN keys after its start.
-        ensure!(
-            out.keys >= 2 * SCAN_LEN,
-            "--keys must be at least {}",
-            2 * SCAN_LEN
-        );
-        ensure!(
-            out.mem_keys >= LOAD_BATCH,
-            "--mem-keys must be at least {LOAD_BATCH}"
-        );
-        ensure!(out.secs > 0.0, "--secs must be positive");
-        Ok(Some(out))
+impl Checked for Args {}
+
+/// Engines, as one value of `--engine` (a `Vec` field would be taken for a repeated flag).
+type Engines = Vec<Engine>;
+
+/// `--keys`: a scan needs SCAN_LEN keys after its start.
+fn keys(s: &str) -> Result<usize, String> {
+    let n = count(s)?;
+    if n < 2 * SCAN_LEN {
+        return Err(format!("--keys must be at least {}", 2 * SCAN_LEN));
+    }
+    Ok(n)
+}
+
+fn mem_keys(s: &str) -> Result<usize, String> {
+    let n = count(s)?;
+    if n < LOAD_BATCH {
+        return Err(format!("--mem-keys must be at least {LOAD_BATCH}"));
+    }
+    Ok(n)
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(n) if n > 0.0 => Ok(n),
+        _ => Err("--secs must be positive".into()),
     }
 }
 
 /// A key count; `_` separators are allowed (`1_000_000`).
-fn count(s: &str) -> Result<usize> {
+fn count(s: &str) -> Result<usize, String> {
     s.replace('_', "")
         .parse()
-        .with_context(|| format!("`{s}` is not a count"))
+        .map_err(|_| format!("`{s}` is not a count"))
 }
 
 /// Digits after the `k` of every key, so that all keys have one length and sort numerically.
@@ -235,13 +240,9 @@ impl Memory {
 }
 
 /// Runs `cargo xtask bench engine`.
-pub fn run(raw: &[String]) -> Result<()> {
-    let Some(args) = Args::parse(raw)? else {
-        println!("{USAGE}");
-        return Ok(());
-    };
+pub fn run(args: Args, raw: &[String]) -> Result<()> {
     let load_before = load_average();
-    let scratch = Scratch::new()?;
+    let scratch = Scratch::new("engine")?;
     let mut rows = Vec::new();
     let mut memory = Vec::new();
     let width = key_width(args.keys);
@@ -308,7 +309,7 @@ pub fn run(raw: &[String]) -> Result<()> {
     let load = load_span(load_before.as_deref());
     let section = render(&args, raw, &rows, &memory, &Machine::probe(), &load);
     println!("\n{section}");
-    if args.docs {
+    if args.out.docs {
         let path = super::benchmarks_md();
         let old = match std::fs::read_to_string(&path) {
             Ok(text) => text,
@@ -495,27 +496,6 @@ fn timed(budget: Duration, mut op: impl FnMut() -> Result<()>) -> Result<Measure
     }
 }
 
-/// A directory for database files under `target/`, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Self> {
-        // Under target/ rather than the temp dir, which may be a tmpfs where fsync is free.
-        let dir = crate::tidy::project_root()
-            .join("target/xtask-bench")
-            .join(std::process::id().to_string());
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs the memory child for `engine` and reads its report.
 fn measure_memory(engine: Engine, keys: usize, order: &'static str, dir: &Path) -> Result<Memory> {
     let exe = std::env::current_exe().context("finding the xtask binary")?;
@@ -593,25 +573,9 @@ impl ChildReport {
 }
 
 /// The hidden subcommand: loads one engine through `Store` and prints its resident set.
-pub fn child(args: &[String]) -> Result<()> {
-    let mut engine = None;
-    let mut keys = None;
-    let mut random = true;
-    let mut dir = None;
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--engine" => engine = Engine::parse(value)?.first().copied(),
-            "--keys" => keys = Some(count(value)?),
-            "--order" => random = value == "random",
-            "--dir" => dir = Some(PathBuf::from(value)),
-            other => bail!("unknown option `{other}`"),
-        }
-    }
-    let (Some(engine), Some(keys), Some(dir)) = (engine, keys, dir) else {
-        bail!("usage: xtask bench {CHILD} --engine E --keys N --order random|key --dir D");
-    };
+pub fn child(args: &ChildArgs) -> Result<()> {
+    let (engine, keys, dir) = (args.engine, args.keys, &args.dir);
+    let random = args.order == "random";
     let width = key_width(keys);
     let mut order: Vec<u32> = (0..u32::try_from(keys)?).collect();
     if random {
@@ -832,6 +796,7 @@ fn judge(rows: &[Row], memory: &[Memory]) -> Vec<(String, String, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flags::parse;
 
     fn strings(args: &[&str]) -> Vec<String> {
         args.iter().map(|s| s.to_string()).collect()
@@ -850,7 +815,7 @@ mod tests {
 
     #[test]
     fn args_parse() {
-        let a = Args::parse(&strings(&[
+        let a = parse::<Args>(&strings(&[
             "--keys",
             "20_000",
             "--engine",
@@ -860,13 +825,13 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(
-            (a.keys, a.engines.as_slice(), a.docs),
+            (a.keys, a.engines.as_slice(), a.out.docs),
             (20_000, &[Engine::Mem][..], false)
         );
-        assert!(Args::parse(&strings(&["--help"])).unwrap().is_none());
-        assert!(Args::parse(&strings(&["--keys"])).is_err());
-        assert!(Args::parse(&strings(&["--keys", "10"])).is_err());
-        assert!(Args::parse(&strings(&["--bogus"])).is_err());
+        assert!(parse::<Args>(&strings(&["--help"])).unwrap().is_none());
+        assert!(parse::<Args>(&strings(&["--keys"])).is_err());
+        assert!(parse::<Args>(&strings(&["--keys", "10"])).is_err());
+        assert!(parse::<Args>(&strings(&["--bogus"])).is_err());
     }
 
     #[test]
@@ -895,7 +860,7 @@ mod tests {
         .unwrap();
         assert_eq!(rows.len(), 5);
         assert!(rows.iter().all(|r| r.m.ops > 0 && r.m.secs > 0.0));
-        let args = Args::parse(&[]).unwrap().unwrap();
+        let args = parse::<Args>(&[]).unwrap().unwrap();
         let machine = Machine::probe();
         let section = render(&args, &[], &rows, &[], &machine, "load");
         assert!(section.starts_with("## Engines\n"), "{section}");

@@ -12,13 +12,14 @@
 //! clientv3 fails over between endpoints); a failed request is not retried (clientv3 does not
 //! retry a put), the client pauses [`BACKOFF`] and sends its next one.
 
+use crate::flags::{Checked, Member};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
 use testkit::{Cluster, ClusterOptions};
 
@@ -29,110 +30,87 @@ use crate::chaos::workload::definite;
 /// thousands of times a second.
 const BACKOFF: Duration = Duration::from_millis(50);
 
-const USAGE: &str = "\
-cargo xtask bench failover [flags]: kill the leader of a 3-member cluster in a loop under load,
-MetaStore and etcd 3.4 under the same schedule
-
-  --duration SECS   how long each server is measured (120)
-  --period SECS     a leader is killed every SECS (5)
-  --down MS         it is started again MS after the kill (1000)
-  --clients N       concurrent clients (12)
-  --keys N          keys written and read (20)
-  --deadline MS     every request's deadline (1500)
-  --seed N          the workload's seed (1)
-  --binary PATH     the metastore binary (default: build target/release/metastore)
-  --only NAME       measure only `metastore` or `etcd`
-  --no-kill         the same workload with no fault (the steady-state baseline)
-  --engine NAME     MetaStore's engine (redb)
-  --members N       members in the cluster (3); 1 only with --no-kill, to split the steady
-                    rate into the local write path and replication
-  --rounds N        measure each server N times, alternating (1)";
-
-struct Args {
+/// The flags of `cargo xtask bench failover`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// How long each server is measured, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "120", value_parser = secs)]
     duration: Duration,
+    /// A leader is killed every SECS.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = secs)]
     period: Duration,
+    /// It is started again MS after the kill.
+    #[arg(long, value_name = "MS", default_value = "1000", value_parser = millis)]
     down: Duration,
+    /// Concurrent clients.
+    #[arg(long, value_name = "N", default_value = "12")]
     clients: usize,
+    /// Keys written and read.
+    #[arg(long, value_name = "N", default_value = "20", value_parser = at_least_one)]
     keys: usize,
+    /// Every request's deadline, in milliseconds.
+    #[arg(long, value_name = "MS", default_value = "1500", value_parser = millis)]
     deadline: Duration,
+    /// The workload's seed.
+    #[arg(long, value_name = "N", default_value = "1")]
     seed: u64,
-    binary: Option<PathBuf>,
+    #[command(flatten)]
+    member: Member,
+    /// Measure only `metastore` or `etcd`.
+    #[arg(long, value_name = "NAME")]
     only: Option<String>,
-    /// No kills: the steady-state baseline.
+    /// The same workload with no fault (the steady-state baseline).
+    #[arg(long)]
     no_kill: bool,
+    /// Measure each server N times, alternating.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = at_least_one)]
     rounds: usize,
+    /// Members in the cluster; 1 only with --no-kill, to split the steady rate into the local
+    /// write path and replication.
+    #[arg(long, value_name = "N", default_value = "3", value_parser = at_least_one)]
     members: usize,
-    engine: String,
 }
 
-fn parse(raw: &[String]) -> Result<Option<Args>> {
-    let mut a = Args {
-        duration: Duration::from_secs(120),
-        period: Duration::from_secs(5),
-        down: Duration::from_millis(1000),
-        clients: 12,
-        keys: 20,
-        deadline: Duration::from_millis(1500),
-        seed: 1,
-        binary: None,
-        only: None,
-        no_kill: false,
-        rounds: 1,
-        members: 3,
-        engine: "redb".into(),
-    };
-    let mut it = raw.iter();
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            return Ok(None);
+impl Checked for Args {
+    fn checked(self) -> Result<Self> {
+        if self.members < 3 && !self.no_kill {
+            bail!("killing the leader needs --members 3 or more");
         }
-        if flag == "--no-kill" {
-            a.no_kill = true;
-            continue;
+        if self.period <= self.down {
+            bail!("--period must be longer than --down");
         }
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        let number = || -> Result<u64> {
-            value
-                .parse()
-                .with_context(|| format!("{flag}: `{value}` is not a number"))
-        };
-        match flag.as_str() {
-            "--duration" => a.duration = Duration::from_secs(number()?),
-            "--period" => a.period = Duration::from_secs(number()?),
-            "--down" => a.down = Duration::from_millis(number()?),
-            "--clients" => a.clients = usize::try_from(number()?)?,
-            "--keys" => a.keys = usize::try_from(number()?)?.max(1),
-            "--deadline" => a.deadline = Duration::from_millis(number()?),
-            "--seed" => a.seed = number()?,
-            "--binary" => a.binary = Some(PathBuf::from(value)),
-            "--only" => a.only = Some(value.clone()),
-            "--rounds" => a.rounds = usize::try_from(number()?)?.max(1),
-            "--engine" => a.engine = value.clone(),
-            "--members" => a.members = usize::try_from(number()?)?.max(1),
-            other => bail!("unknown flag {other}\n{USAGE}"),
-        }
+        Ok(self)
     }
-    if a.members < 3 && !a.no_kill {
-        bail!("killing the leader needs --members 3 or more");
-    }
-    if a.period <= a.down {
-        bail!("--period must be longer than --down");
-    }
-    Ok(Some(a))
+}
+
+fn secs(s: &str) -> Result<Duration, String> {
+    s.parse()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("`{s}` is not a number"))
+}
+
+fn millis(s: &str) -> Result<Duration, String> {
+    s.parse()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("`{s}` is not a number"))
+}
+
+/// A count, 0 taken as 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .map(|n| n.max(1))
+        .map_err(|_| format!("`{s}` is not a number"))
 }
 
 /// Runs the benchmark and prints its table.
-pub fn run(raw: &[String]) -> Result<()> {
-    let Some(args) = parse(raw)? else {
-        println!("{USAGE}");
-        return Ok(());
-    };
+pub fn run(args: Args) -> Result<()> {
+    let args = args.checked()?;
     let mut results = Vec::new();
     let binary = if args.only.as_deref() == Some("etcd") {
         None
     } else {
         let root = crate::tidy::project_root();
-        Some(match &args.binary {
+        Some(match &args.member.binary {
             Some(b) => b.clone(),
             None => super::servers::build_server(&root)?,
         })
@@ -142,7 +120,7 @@ pub fn run(raw: &[String]) -> Result<()> {
             let cluster = Cluster::start(ClusterOptions {
                 binary: binary.clone(),
                 members: args.members,
-                engine: args.engine.clone(),
+                engine: args.member.engine.clone(),
                 extra_args: Vec::new(),
                 proxy_peers: false,
             })

@@ -10,8 +10,9 @@
 use super::command_line;
 use super::load_span;
 use super::servers::metastore_to_run;
+use crate::flags::{self, Build, Checked, Docs};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,67 +44,27 @@ const MAINTENANCE_LIMIT: Duration = Duration::from_secs(600);
 /// Longest a server may take to exit after SIGTERM.
 const STOP_LIMIT: Duration = Duration::from_secs(60);
 
-const USAGE: &str = "\
-usage: cargo xtask bench footprint [options]
-
-Loads N unique keys into MetaStore (target/release/metastore, built first) and etcd 3.4 (`etcd`
-on PATH), one single-member server at a time, and measures the data dir by file, RSS, the quota's
-size, restart time, and the engine file after a churn (every key overwritten R times, compact,
-defragment). Writes the `## Footprint` section of docs/benchmarks.md.
-
-options:
-  --keys N          unique keys                                   (default 100000)
-  --churn R         overwrites of every key before compacting     (default 10; 0 skips)
-  --engine E        MetaStore's engine: redb or mem               (default redb)
-  --no-build        use target/release/metastore as it is
-  --metastore PATH  use this metastore binary and build nothing
-  --no-docs         print the figures but leave docs/benchmarks.md alone";
-
-struct Args {
+/// The flags of `cargo xtask bench footprint`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Unique keys.
+    #[arg(long, value_name = "N", default_value = "100000",
+          value_parser = |s: &str| flags::number_in::<usize>(s, 1_000, 10_000_000, "1,000 to 10,000,000"))]
     keys: usize,
+    /// Overwrites of every key before compacting (0 skips).
+    #[arg(long, value_name = "R", default_value = "10",
+          value_parser = |s: &str| flags::number_in::<usize>(s, 0, 100, "at most 100"))]
     churn: usize,
+    /// MetaStore's engine: redb or mem.
+    #[arg(long, value_name = "E", default_value = "redb", value_parser = ["redb", "mem"])]
     engine: String,
-    build: bool,
-    metastore: Option<PathBuf>,
-    docs: bool,
+    #[command(flatten)]
+    server: Build,
+    #[command(flatten)]
+    out: Docs,
 }
 
-impl Args {
-    fn parse(args: &[String]) -> Result<Option<Self>> {
-        let mut out = Self {
-            keys: 100_000,
-            churn: 10,
-            engine: "redb".into(),
-            build: true,
-            metastore: None,
-            docs: true,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--keys" => out.keys = value()?.parse().context("--keys")?,
-                "--churn" => out.churn = value()?.parse().context("--churn")?,
-                "--engine" => out.engine = value()?.clone(),
-                "--no-build" => out.build = false,
-                "--metastore" => out.metastore = Some(value()?.into()),
-                "--no-docs" => out.docs = false,
-                "-h" | "--help" => return Ok(None),
-                other => bail!("unknown option `{other}`\n\n{USAGE}"),
-            }
-        }
-        ensure!(
-            (1_000..=10_000_000).contains(&out.keys),
-            "--keys must be 1,000 to 10,000,000"
-        );
-        ensure!(out.churn <= 100, "--churn must be at most 100");
-        ensure!(
-            out.engine == "redb" || out.engine == "mem",
-            "--engine must be redb or mem"
-        );
-        Ok(Some(out))
-    }
-}
+impl Checked for Args {}
 
 /// One file of a data dir: its path under the dir, allocated bytes and apparent size.
 #[derive(Debug, Clone)]
@@ -371,14 +332,10 @@ fn measure(kind: Kind, program: &Path, scratch: &Scratch, args: &Args) -> Result
 }
 
 /// Runs the footprint benchmark with `raw` flags.
-pub fn run(raw: &[String]) -> Result<()> {
-    let Some(args) = Args::parse(raw)? else {
-        println!("{USAGE}");
-        return Ok(());
-    };
+pub fn run(args: Args, raw: &[String]) -> Result<()> {
     let root = crate::tidy::project_root();
     let machine = Machine::probe();
-    let metastore = metastore_to_run(&root, args.metastore.as_ref(), args.build)?;
+    let metastore = metastore_to_run(&root, args.server.metastore.as_ref(), args.server.build)?;
     ensure!(
         output_of("etcd", &["--version"]) != "unknown",
         "`etcd --version` failed: install etcd 3.4 (apt-get install -y etcd-server)"
@@ -391,7 +348,7 @@ pub fn run(raw: &[String]) -> Result<()> {
     let command = command_line("footprint", raw);
     let section = render(&args, &command, &load, &ours, &etcd, &machine);
     println!("\n{section}");
-    if args.docs {
+    if args.out.docs {
         doc::write_section(HEADING, &section)?;
     }
     Ok(())

@@ -15,10 +15,10 @@ use super::command_line;
 use super::load_span;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use kvapi::pb::authpb::{permission, Permission};
 use kvapi::pb::etcdserverpb::auth_client::AuthClient;
 use kvapi::pb::etcdserverpb::kv_client::KvClient;
@@ -38,6 +38,7 @@ use super::servers::{
 };
 use super::stages;
 use super::{compare, grouped, load_average, output_of, Machine, XorShift};
+use crate::flags::{self, Build, Checked, Docs};
 
 const HEADING: &str = "## KV";
 /// Keys are `k` and this many digits: 8 bytes, as the issue asks.
@@ -54,31 +55,6 @@ const MAX_CONNS: usize = 8;
 /// Longest the preload may take, per server.
 const PRELOAD_TIMEOUT: Duration = Duration::from_secs(180);
 const SEED: u64 = 0x6b76_6265_6e63_6821;
-
-const USAGE: &str = "\
-usage: cargo xtask bench kv [options]
-
-Starts MetaStore (target/release/metastore, built first) and etcd 3.4 (`etcd` on PATH) side by
-side, drives both with the same client and workloads, alternating, and writes the `## KV`
-section of docs/benchmarks.md.
-
-options:
-  --secs S          measured seconds per workload and server   (default 5)
-  --warmup S        warm-up seconds before each measurement    (default 1)
-  --rounds N        runs per workload and server; the median   (default 1)
-                    req/s is reported (the better of two)
-  --workloads LIST  comma-separated subset of: put-1, put-16, put-64, put-256, range-64,
-                    range-serializable-64, txn-put-64          (default all)
-  --no-build        use target/release/metastore as it is
-  --metastore PATH  use this metastore binary (another build, for A/B) and build nothing
-  --cluster N       run each server as a cluster of N members on this machine, clients
-                    spread over all members                   (default 1)
-  --tls             serve clients over https:// (a CA and a server certificate made for the
-                    run, the same files for both servers); clients verify the server
-  --auth            enable etcd's auth (simple tokens) before the first workload: every
-                    request carries the token of a user whose role may read and write
-                    every key
-  --no-docs         print the figures but leave docs/benchmarks.md alone";
 
 /// What one request of a workload does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,21 +136,56 @@ impl Workload {
     }
 }
 
-struct Args {
+/// The flags of `cargo xtask bench kv`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Measured seconds per workload and server.
+    #[arg(long, value_name = "S", default_value = "5", value_parser = flags::secs_upto_600)]
     secs: f64,
+    /// Warm-up seconds before each measurement.
+    #[arg(long, value_name = "S", default_value = "1", value_parser = warmup)]
     warmup: f64,
+    /// Runs per workload and server; the median req/s is reported (the better of two).
+    #[arg(long, value_name = "N", default_value = "1",
+          value_parser = |s: &str| flags::number_in::<usize>(s, 1, 9, "1 to 9"))]
     rounds: usize,
-    workloads: Vec<Workload>,
-    build: bool,
-    /// A metastore binary to run instead of target/release/metastore.
-    metastore: Option<PathBuf>,
-    docs: bool,
-    /// Members per server: 1, or a cluster.
+    /// Comma-separated subset of: put-1, put-16, put-64, put-256, range-64,
+    /// range-serializable-64, txn-put-64 (default all).
+    #[arg(long, value_name = "LIST", default_value = ALL_WORKLOADS, hide_default_value = true,
+          value_parser = workloads)]
+    workloads: Workloads,
+    #[command(flatten)]
+    server: Build,
+    #[command(flatten)]
+    out: Docs,
+    /// Run each server as a cluster of N members on this machine, clients spread over all
+    /// members.
+    #[arg(long, value_name = "N", default_value = "1",
+          value_parser = |s: &str| flags::number_in::<usize>(s, 1, 7, "1 to 7"))]
     cluster: usize,
-    /// Clients over `https://`.
+    /// Serve clients over https:// (a CA and a server certificate made for the run, the same
+    /// files for both servers); clients verify the server.
+    #[arg(long)]
     tls: bool,
-    /// Auth enabled, requests made with a user's token.
+    /// Enable etcd's auth (simple tokens) before the first workload: every request carries
+    /// the token of a user whose role may read and write every key.
+    #[arg(long)]
     auth: bool,
+}
+
+impl Checked for Args {}
+
+/// Workloads, as one value of `--workloads` (a `Vec` field would be taken for a repeated flag).
+type Workloads = Vec<Workload>;
+
+/// Every workload's id, comma-separated: the default of `--workloads`.
+const ALL_WORKLOADS: &str = "put-1,put-16,put-64,put-256,range-64,range-serializable-64,txn-put-64";
+
+fn warmup(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(n) if (0.0..=60.0).contains(&n) => Ok(n),
+        _ => Err("must be in [0, 60]".into()),
+    }
 }
 
 impl Args {
@@ -195,62 +206,16 @@ impl Args {
     }
 }
 
-impl Args {
-    /// `None` when help was asked for.
-    fn parse(args: &[String]) -> Result<Option<Self>> {
-        let mut out = Self {
-            secs: 5.0,
-            warmup: 1.0,
-            rounds: 1,
-            workloads: WORKLOADS.to_vec(),
-            build: true,
-            metastore: None,
-            docs: true,
-            cluster: 1,
-            tls: false,
-            auth: false,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--secs" => out.secs = value()?.parse().context("--secs")?,
-                "--warmup" => out.warmup = value()?.parse().context("--warmup")?,
-                "--rounds" => out.rounds = value()?.parse().context("--rounds")?,
-                "--workloads" => out.workloads = workloads(value()?)?,
-                "--no-build" => out.build = false,
-                "--metastore" => out.metastore = Some(PathBuf::from(value()?)),
-                "--no-docs" => out.docs = false,
-                "--cluster" => out.cluster = value()?.parse().context("--cluster")?,
-                "--tls" => out.tls = true,
-                "--auth" => out.auth = true,
-                "-h" | "--help" => return Ok(None),
-                other => bail!("unknown option `{other}`\n\n{USAGE}"),
-            }
-        }
-        ensure!(
-            out.secs > 0.0 && out.secs <= 600.0,
-            "--secs must be in (0, 600]"
-        );
-        ensure!(
-            (0.0..=60.0).contains(&out.warmup),
-            "--warmup must be in [0, 60]"
-        );
-        ensure!((1..=9).contains(&out.rounds), "--rounds must be 1 to 9");
-        ensure!((1..=7).contains(&out.cluster), "--cluster must be 1 to 7");
-        Ok(Some(out))
-    }
-}
-
 /// The workloads named in a comma-separated list, in the table's order.
-fn workloads(list: &str) -> Result<Vec<Workload>> {
+fn workloads(list: &str) -> Result<Vec<Workload>, String> {
     let names: Vec<&str> = list.split(',').map(str::trim).collect();
     for name in &names {
-        ensure!(
-            WORKLOADS.iter().any(|w| w.id == *name),
-            "unknown workload `{name}`; try: {}",
-            WORKLOADS.map(|w| w.id).join(", ")
-        );
+        if !WORKLOADS.iter().any(|w| w.id == *name) {
+            return Err(format!(
+                "unknown workload `{name}`; try: {}",
+                WORKLOADS.map(|w| w.id).join(", ")
+            ));
+        }
     }
     Ok(WORKLOADS
         .into_iter()
@@ -631,15 +596,11 @@ fn median(mut samples: Vec<Sample>) -> Result<Sample> {
 }
 
 /// Runs `cargo xtask bench kv`.
-pub fn run(raw: &[String]) -> Result<()> {
-    let Some(args) = Args::parse(raw)? else {
-        println!("{USAGE}");
-        return Ok(());
-    };
+pub fn run(args: Args, raw: &[String]) -> Result<()> {
     let root = crate::tidy::project_root();
     // Probed first: the commit the server is built from, not one that lands during the run.
     let machine = Machine::probe();
-    let metastore = match (&args.metastore, args.build) {
+    let metastore = match (&args.server.metastore, args.server.build) {
         (Some(path), _) => path.clone(),
         (None, true) => build_server(&root)?,
         (None, false) => metastore_binary(&root),
@@ -786,7 +747,7 @@ pub fn run(raw: &[String]) -> Result<()> {
     };
     let section = render(&args, &setup, &rows, &machine);
     println!("\n{section}");
-    if args.docs {
+    if args.out.docs {
         doc::write_section(&args.heading(), &section)?;
     }
     Ok(())
@@ -1058,6 +1019,7 @@ fn judge(rows: &[Row]) -> Vec<(String, String, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flags::parse;
 
     fn strings(args: &[&str]) -> Vec<String> {
         args.iter().map(|s| s.to_string()).collect()
@@ -1081,7 +1043,7 @@ mod tests {
 
     #[test]
     fn args_parse() {
-        let a = Args::parse(&strings(&[
+        let a = parse::<Args>(&strings(&[
             "--secs",
             "2",
             "--rounds",
@@ -1095,20 +1057,26 @@ mod tests {
         ]))
         .unwrap()
         .unwrap();
-        assert_eq!((a.secs, a.rounds, a.docs, a.build), (2.0, 3, false, false));
-        assert_eq!(a.metastore, Some(PathBuf::from("/x/metastore")));
+        assert_eq!(
+            (a.secs, a.rounds, a.out.docs, a.server.build),
+            (2.0, 3, false, false)
+        );
+        assert_eq!(
+            a.server.metastore,
+            Some(std::path::PathBuf::from("/x/metastore"))
+        );
         // In the table's order, not the list's.
         assert_eq!(
             a.workloads.iter().map(|w| w.id).collect::<Vec<_>>(),
             ["put-1", "txn-put-64"]
         );
-        let all = Args::parse(&[]).unwrap().unwrap();
+        let all = parse::<Args>(&[]).unwrap().unwrap();
         assert_eq!(all.workloads.len(), 7);
-        assert!(Args::parse(&strings(&["--help"])).unwrap().is_none());
-        assert!(Args::parse(&strings(&["--workloads", "put-2"])).is_err());
-        assert!(Args::parse(&strings(&["--rounds", "0"])).is_err());
-        assert!(Args::parse(&strings(&["--secs"])).is_err());
-        assert!(Args::parse(&strings(&["--bogus"])).is_err());
+        assert!(parse::<Args>(&strings(&["--help"])).unwrap().is_none());
+        assert!(parse::<Args>(&strings(&["--workloads", "put-2"])).is_err());
+        assert!(parse::<Args>(&strings(&["--rounds", "0"])).is_err());
+        assert!(parse::<Args>(&strings(&["--secs"])).is_err());
+        assert!(parse::<Args>(&strings(&["--bogus"])).is_err());
     }
 
     #[test]
@@ -1146,7 +1114,7 @@ mod tests {
 
     #[test]
     fn section_judges_every_row() {
-        let args = Args::parse(&[]).unwrap().unwrap();
+        let args = parse::<Args>(&[]).unwrap().unwrap();
         let setup = Setup {
             command: "cargo xtask bench kv".into(),
             ours_version: "metastore 0.1.0".into(),
@@ -1171,7 +1139,9 @@ mod tests {
         let section = render(&args, &setup, &rows, &Machine::probe());
         assert!(section.starts_with("## KV\n"), "{section}");
         assert!(!section.contains("### Rounds"), "{section}");
-        let three = Args::parse(&strings(&["--rounds", "3"])).unwrap().unwrap();
+        let three = parse::<Args>(&strings(&["--rounds", "3"]))
+            .unwrap()
+            .unwrap();
         let with_rounds = render(&three, &setup, &rows, &Machine::probe());
         assert!(
             with_rounds.contains("| put, 1 client | 290 – 310 | 90 – 110 |"),

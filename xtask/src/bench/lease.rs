@@ -10,13 +10,14 @@
 use super::command_line;
 use super::load_span;
 use super::servers::metastore_to_run;
+use crate::flags::{self, Build, Checked, Docs};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use kvapi::pb::etcdserverpb::kv_client::KvClient;
 use kvapi::pb::etcdserverpb::lease_client::LeaseClient;
 use kvapi::pb::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest};
@@ -43,77 +44,31 @@ const LONG_TTL: i64 = 600;
 const EXPIRY_LIMIT: Duration = Duration::from_secs(600);
 const SETUP_LIMIT: Duration = Duration::from_secs(600);
 
-const USAGE: &str = "\
-usage: cargo xtask bench lease [options]
-
-Runs the grant, keep-alive and expiry workloads against MetaStore (target/release/metastore,
-built first) and etcd 3.4 (`etcd` on PATH), and writes the `## Lease` section of
-docs/benchmarks.md.
-
-options:
-  --secs S          measured seconds for grants and keep-alives   (default 5)
-  --leases N        leases kept alive                              (default 10000)
-  --expire N        leases (one key each) expired at once          (default 100000)
-  --expire-ttl S    their TTL: must cover granting them all         (default 60)
-  --no-build        use target/release/metastore as it is
-  --metastore PATH  use this metastore binary and build nothing
-  --no-docs         print the figures but leave docs/benchmarks.md alone";
-
-struct Args {
+/// The flags of `cargo xtask bench lease`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Measured seconds for grants and keep-alives.
+    #[arg(long, value_name = "S", default_value = "5", value_parser = flags::secs_upto_600)]
     secs: f64,
+    /// Leases kept alive.
+    #[arg(long, value_name = "N", default_value = "10000",
+          value_parser = |s: &str| flags::number_in::<usize>(s, 1, 1_000_000, "1 to 1,000,000"))]
     leases: usize,
+    /// Leases (one key each) expired at once.
+    #[arg(long, value_name = "N", default_value = "100000",
+          value_parser = |s: &str| flags::number_in::<usize>(s, 1, 1_000_000, "1 to 1,000,000"))]
     expire: usize,
+    /// Their TTL: must cover granting them all.
+    #[arg(long, value_name = "S", default_value = "60",
+          value_parser = |s: &str| flags::number_in::<i64>(s, 2, 3_600, "2 to 3600"))]
     expire_ttl: i64,
-    build: bool,
-    metastore: Option<std::path::PathBuf>,
-    docs: bool,
+    #[command(flatten)]
+    server: Build,
+    #[command(flatten)]
+    out: Docs,
 }
 
-impl Args {
-    fn parse(args: &[String]) -> Result<Option<Self>> {
-        let mut out = Self {
-            secs: 5.0,
-            leases: 10_000,
-            expire: 100_000,
-            expire_ttl: 60,
-            build: true,
-            metastore: None,
-            docs: true,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--secs" => out.secs = value()?.parse().context("--secs")?,
-                "--leases" => out.leases = value()?.parse().context("--leases")?,
-                "--expire" => out.expire = value()?.parse().context("--expire")?,
-                "--expire-ttl" => out.expire_ttl = value()?.parse().context("--expire-ttl")?,
-                "--no-build" => out.build = false,
-                "--metastore" => out.metastore = Some(value()?.into()),
-                "--no-docs" => out.docs = false,
-                "-h" | "--help" => return Ok(None),
-                other => bail!("unknown option `{other}`\n\n{USAGE}"),
-            }
-        }
-        ensure!(
-            out.secs > 0.0 && out.secs <= 600.0,
-            "--secs must be in (0, 600]"
-        );
-        ensure!(
-            (1..=1_000_000).contains(&out.leases),
-            "--leases must be 1 to 1,000,000"
-        );
-        ensure!(
-            (1..=1_000_000).contains(&out.expire),
-            "--expire must be 1 to 1,000,000"
-        );
-        ensure!(
-            (2..=3_600).contains(&out.expire_ttl),
-            "--expire-ttl must be 2 to 3600"
-        );
-        Ok(Some(out))
-    }
-}
+impl Checked for Args {}
 
 /// Everything measured on one server.
 #[derive(Debug, Default)]
@@ -368,14 +323,10 @@ fn measure(kind: Kind, program: &Path, scratch: &Scratch, args: &Args) -> Result
 }
 
 /// Runs `cargo xtask bench lease`.
-pub fn run(raw: &[String]) -> Result<()> {
-    let Some(args) = Args::parse(raw)? else {
-        println!("{USAGE}");
-        return Ok(());
-    };
+pub fn run(args: Args, raw: &[String]) -> Result<()> {
     let root = crate::tidy::project_root();
     let machine = Machine::probe();
-    let metastore = metastore_to_run(&root, args.metastore.as_ref(), args.build)?;
+    let metastore = metastore_to_run(&root, args.server.metastore.as_ref(), args.server.build)?;
     ensure!(
         output_of("etcd", &["--version"]) != "unknown",
         "`etcd --version` failed: install etcd 3.4 (apt-get install -y etcd-server)"
@@ -388,7 +339,7 @@ pub fn run(raw: &[String]) -> Result<()> {
     let command = command_line("lease", raw);
     let section = render(&args, &command, &load, &ours, &etcd, &machine);
     println!("\n{section}");
-    if args.docs {
+    if args.out.docs {
         doc::write_section(HEADING, &section)?;
     }
     Ok(())
@@ -492,15 +443,16 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flags::parse;
 
     #[test]
     fn args_parse() {
-        let a = Args::parse(&["--expire".to_string(), "10".to_string()])
+        let a = parse::<Args>(&["--expire".to_string(), "10".to_string()])
             .unwrap()
             .unwrap();
         assert_eq!(a.expire, 10);
-        assert!(Args::parse(&["--expire-ttl".to_string(), "1".to_string()]).is_err());
-        assert!(Args::parse(&["--nope".to_string()]).is_err());
+        assert!(parse::<Args>(&["--expire-ttl".to_string(), "1".to_string()]).is_err());
+        assert!(parse::<Args>(&["--nope".to_string()]).is_err());
     }
 
     #[test]
@@ -518,7 +470,7 @@ mod tests {
             expire_s: 100.0,
             ..Default::default()
         };
-        let args = Args::parse(&[]).unwrap().unwrap();
+        let args = parse::<Args>(&[]).unwrap().unwrap();
         let s = render(&args, "cmd", "load", &ours, &etcd, &m);
         assert!(
             s.contains("| lease grants/s ≥ 2× etcd's | 3.00× | yes |"),

@@ -18,33 +18,56 @@ mod watch;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-/// Runs the benchmark named by `args[0]` with the rest of `args` as its flags.
-pub fn run(args: &[String]) -> Result<()> {
-    match args.first().map(String::as_str) {
-        Some("engine") => engine::run(&args[1..]),
-        Some("kv") => kv::run(&args[1..]),
-        Some("watch") => watch::run(&args[1..]),
-        Some("lease") => lease::run(&args[1..]),
-        Some("failover") => failover::run(&args[1..]),
-        Some("footprint") => footprint::run(&args[1..]),
-        Some("snapshot") => snapshot::run(&args[1..]),
-        // Hidden: the memory benchmark re-executes this binary so each engine is measured in
-        // a process of its own, with nothing else on the heap.
-        Some(engine::CHILD) => engine::child(&args[1..]),
-        Some(other) => {
-            bail!(
-                "unknown benchmark `{other}`; try: engine, kv, watch, lease, failover, footprint, \
-                 snapshot"
-            )
-        }
-        None => {
-            bail!(
-                "usage: cargo xtask bench \
-                 <engine|kv|watch|lease|failover|footprint|snapshot> [--help]"
-            )
-        }
+/// `cargo xtask bench …`: which benchmark, with its flags.
+#[derive(clap::Subcommand, Debug)]
+pub enum Bench {
+    /// Measures each engine under mvcc::Store on one thread and writes the `## Engines`
+    /// section of docs/benchmarks.md.
+    Engine(engine::Args),
+    /// Starts MetaStore (target/release/metastore, built first) and etcd 3.4 (`etcd` on PATH)
+    /// side by side, drives both with the same client and workloads, alternating, and writes
+    /// the `## KV` section of docs/benchmarks.md.
+    Kv(kv::Args),
+    /// Runs the fan-out and idle-watcher workloads against MetaStore (target/release/metastore,
+    /// built first) and etcd 3.4 (`etcd` on PATH), one server at a time, and writes the
+    /// `## Watch` section of docs/benchmarks.md.
+    Watch(watch::Args),
+    /// Runs the grant, keep-alive and expiry workloads against MetaStore
+    /// (target/release/metastore, built first) and etcd 3.4 (`etcd` on PATH), and writes the
+    /// `## Lease` section of docs/benchmarks.md.
+    Lease(lease::Args),
+    /// Kills the leader of a 3-member cluster in a loop under load, MetaStore and etcd 3.4
+    /// under the same schedule.
+    Failover(failover::Args),
+    /// Loads N unique keys into MetaStore (target/release/metastore, built first) and etcd 3.4
+    /// (`etcd` on PATH), one single-member server at a time, and measures the data dir by
+    /// file, RSS, the quota's size, restart time, and the engine file after a churn (every key
+    /// overwritten R times, compact, defragment). Writes the `## Footprint` section of
+    /// docs/benchmarks.md.
+    Footprint(footprint::Args),
+    /// Loads the same keys into MetaStore (--engine redb) and into etcd 3.4, one server at a
+    /// time, and times `etcdctl snapshot save` against each (--runs times, the median
+    /// reported).
+    Snapshot(snapshot::Args),
+    /// Hidden: the memory benchmark re-executes this binary so each engine is measured in a
+    /// process of its own, with nothing else on the heap.
+    #[command(name = engine::CHILD, hide = true)]
+    EngineChild(engine::ChildArgs),
+}
+
+/// Runs `bench`; `raw` are its flags as typed, which its section reports.
+pub fn run(bench: Bench, raw: &[String]) -> Result<()> {
+    match bench {
+        Bench::Engine(args) => engine::run(args, raw),
+        Bench::Kv(args) => kv::run(args, raw),
+        Bench::Watch(args) => watch::run(args, raw),
+        Bench::Lease(args) => lease::run(args, raw),
+        Bench::Failover(args) => failover::run(args),
+        Bench::Footprint(args) => footprint::run(args, raw),
+        Bench::Snapshot(args) => snapshot::run(args, raw),
+        Bench::EngineChild(args) => engine::child(&args),
     }
 }
 

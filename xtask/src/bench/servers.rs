@@ -1,15 +1,15 @@
 //! The servers a benchmark runs side by side: MetaStore and etcd 3.4, each a process with a
 //! fresh data dir under `target/`, killed when dropped; and the client plumbing both share.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use kvapi::pb::etcdserverpb::kv_client::KvClient;
 use kvapi::pb::etcdserverpb::RangeRequest;
+use testkit::{free_port, server_command, Placement, Process};
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -42,12 +42,11 @@ impl Kind {
 /// on drop.
 pub(super) struct Server {
     pub(super) kind: Kind,
-    children: Vec<Child>,
+    members: Vec<Process>,
     /// Every member's client URL.
     pub(super) urls: Vec<String>,
     /// The first member's client URL.
     pub(super) url: String,
-    logs: Vec<PathBuf>,
 }
 
 impl Server {
@@ -79,7 +78,7 @@ impl Server {
         extra: &[&str],
         tls: Option<&ServerTls>,
     ) -> Result<Self> {
-        let ports: Vec<[u16; 2]> = (0..members).map(|_| free_ports()).collect::<Result<_>>()?;
+        let ports: Vec<[u16; 2]> = (0..members).map(|_| [free_port(), free_port()]).collect();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let urls: Vec<String> = ports
             .iter()
@@ -93,10 +92,9 @@ impl Server {
             .join(",");
         let mut server = Self {
             kind,
-            children: Vec::new(),
+            members: Vec::new(),
             url: urls[0].clone(),
             urls: urls.clone(),
-            logs: Vec::new(),
         };
         for (i, [_, peer_port]) in ports.iter().enumerate() {
             let member_dir = if members == 1 {
@@ -106,22 +104,18 @@ impl Server {
             };
             std::fs::create_dir_all(&member_dir)
                 .with_context(|| format!("creating {}", member_dir.display()))?;
-            let url = &urls[i];
             let peer = format!("http://127.0.0.1:{peer_port}");
-            let data = member_dir.join("data");
-            let log = member_dir.join("log");
-            let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-            let err = out.try_clone()?;
-            let mut cmd = Command::new(program);
-            cmd.args(["--name", &format!("m{i}")])
-                .arg("--data-dir")
-                .arg(&data)
-                .args(["--listen-client-urls", url])
-                .args(["--advertise-client-urls", url])
-                .args(["--listen-peer-urls", &peer])
-                .args(["--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &initial])
-                .args(["--initial-cluster-state", "new"]);
+            let placement = Placement {
+                name: format!("m{i}"),
+                data_dir: member_dir.join("data"),
+                client_url: urls[i].clone(),
+                listen_peer_url: peer.clone(),
+                peer_url: peer,
+                initial_cluster: initial.clone(),
+                state: Some("new"),
+            };
+            let mut cmd = server_command(program, kind == Kind::Etcd);
+            placement.add_to(&mut cmd);
             match kind {
                 // redb unless the benchmark names the engine itself.
                 Kind::Ours if extra.contains(&"--engine") => cmd.args(["--log-level", "warn"]),
@@ -134,63 +128,40 @@ impl Server {
                     .arg("--key-file")
                     .arg(&tls.key);
             }
-            cmd.args(extra);
-            // Flags only: a stray ETCD_* or METASTORE_* variable would change one server alone.
-            for (name, _) in std::env::vars_os() {
-                let name_text = name.to_string_lossy();
-                if name_text.starts_with("ETCD_")
-                    || name_text.starts_with("METASTORE_")
-                    || name_text == "RUST_LOG"
-                {
-                    cmd.env_remove(&name);
-                }
-            }
-            if kind == Kind::Etcd && std::env::consts::ARCH != "x86_64" {
-                // etcd 3.4 refuses to start on other architectures unless told this.
-                cmd.env("ETCD_UNSUPPORTED_ARCH", go_arch());
-            }
-            let child = cmd
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
+            cmd.args(extra).env_remove("RUST_LOG");
+            let mut process = Process::new(kind.name(), member_dir.join("log"));
+            process
+                .start(cmd)
+                .map_err(anyhow::Error::msg)
                 .with_context(|| format!("starting {}", program.display()))?;
-            server.children.push(child);
-            server.logs.push(log);
+            server.members.push(process);
         }
         Ok(server)
     }
 
     /// The first member's process id.
     pub(super) fn pid(&self) -> u32 {
-        self.children[0].id()
+        self.members[0].pid().unwrap_or_default()
     }
 
     /// Every member's process id.
     pub(super) fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
+        self.members.iter().filter_map(Process::pid).collect()
     }
 
     /// The exit status of a member that has already ended, if any has.
     pub(super) fn exited(&mut self) -> Result<Option<ExitStatus>> {
-        for child in &mut self.children {
-            if let Some(status) = child.try_wait()? {
+        for member in &mut self.members {
+            if let Some(status) = member.exited().map_err(anyhow::Error::msg)? {
                 return Ok(Some(status));
             }
         }
         Ok(None)
     }
 
-    /// The last lines of every member's output, for an error message.
+    /// The end of every member's output, for an error message.
     pub(super) fn log_tail(&self) -> String {
-        let mut out = String::new();
-        for log in &self.logs {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            out.push_str(&lines[lines.len().saturating_sub(20)..].join("\n"));
-            out.push('\n');
-        }
-        out
+        self.members.iter().map(Process::log_tail).collect()
     }
 
     /// Fails, with its log, if a member process has ended.
@@ -204,32 +175,6 @@ impl Server {
         }
         Ok(())
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Go's name for this architecture, which `ETCD_UNSUPPORTED_ARCH` must match.
-fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
-
-/// Two ports free at the time of asking, distinct because both are held until both are known.
-fn free_ports() -> Result<[u16; 2]> {
-    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok([a.local_addr()?.port(), b.local_addr()?.port()])
 }
 
 /// A directory under `target/` for both data dirs and logs, removed on drop.

@@ -4,12 +4,13 @@
 use super::command_line;
 use super::load_span;
 use super::servers::metastore_to_run;
+use crate::flags::{self, Build, Checked, Docs};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use kvapi::pb::etcdserverpb::kv_client::KvClient;
 use kvapi::pb::etcdserverpb::request_op::Request as Op;
 use kvapi::pb::etcdserverpb::{PutRequest, RequestOp, TxnRequest};
@@ -24,70 +25,36 @@ use super::{bytes, compare, grouped, load_average, output_of, Machine};
 
 const HEADING: &str = "## Snapshot save";
 
-const USAGE: &str = "usage: cargo xtask bench snapshot [--keys N,N,...] [--value-size B] [--runs N]
-                                 [--no-build] [--metastore PATH] [--no-docs]
-
-Loads the same keys into MetaStore (--engine redb) and into etcd 3.4, one server at a time, and
-times `etcdctl snapshot save` against each (--runs times, the median reported).
-  --keys        key counts to measure (default 100000,1000000)
-  --value-size  bytes per value (default 256)
-  --runs        saves per server and key count (default 3)";
-
 /// Puts per txn while loading (etcd's --max-txn-ops).
 const BATCH: usize = 128;
 /// Connections loading at once.
 const LOADERS: usize = 8;
 
-struct Args {
-    keys: Vec<usize>,
+/// The flags of `cargo xtask bench snapshot`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Key counts to measure, comma-separated.
+    #[arg(long, value_name = "N,N,...", default_value = "100000,1000000",
+          value_parser = |s: &str| flags::list_in::<usize>(s, 1, 5_000_000, "1 to 5,000,000 each"))]
+    keys: Counts,
+    /// Bytes per value.
+    #[arg(long, value_name = "B", default_value = "256",
+          value_parser = |s: &str| flags::number_in::<usize>(s, 1, 65_536, "1 to 65536"))]
     value_size: usize,
+    /// Saves per server and key count.
+    #[arg(long, value_name = "N", default_value = "3",
+          value_parser = |s: &str| flags::number_in::<usize>(s, 1, 20, "1 to 20"))]
     runs: usize,
-    build: bool,
-    metastore: Option<std::path::PathBuf>,
-    docs: bool,
+    #[command(flatten)]
+    server: Build,
+    #[command(flatten)]
+    out: Docs,
 }
 
-impl Args {
-    fn parse(args: &[String]) -> Result<Option<Self>> {
-        let mut out = Self {
-            keys: vec![100_000, 1_000_000],
-            value_size: 256,
-            runs: 3,
-            build: true,
-            metastore: None,
-            docs: true,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--keys" => {
-                    out.keys = value()?
-                        .split(',')
-                        .map(|n| n.trim().parse::<usize>().context("--keys"))
-                        .collect::<Result<_>>()?;
-                }
-                "--value-size" => out.value_size = value()?.parse().context("--value-size")?,
-                "--runs" => out.runs = value()?.parse().context("--runs")?,
-                "--no-build" => out.build = false,
-                "--metastore" => out.metastore = Some(value()?.into()),
-                "--no-docs" => out.docs = false,
-                "-h" | "--help" => return Ok(None),
-                other => bail!("unknown option `{other}`\n\n{USAGE}"),
-            }
-        }
-        ensure!(
-            !out.keys.is_empty() && out.keys.iter().all(|&k| (1..=5_000_000).contains(&k)),
-            "--keys must be 1 to 5,000,000 each"
-        );
-        ensure!(
-            (1..=65_536).contains(&out.value_size),
-            "--value-size must be 1 to 65536"
-        );
-        ensure!((1..=20).contains(&out.runs), "--runs must be 1 to 20");
-        Ok(Some(out))
-    }
-}
+impl Checked for Args {}
+
+/// Key counts, as one value of `--keys` (a `Vec` field would be taken for a repeated flag).
+type Counts = Vec<usize>;
 
 /// One server holding one key count.
 struct Row {
@@ -106,14 +73,10 @@ impl Row {
 }
 
 /// Runs the benchmark.
-pub fn run(raw: &[String]) -> Result<()> {
-    let Some(args) = Args::parse(raw)? else {
-        println!("{USAGE}");
-        return Ok(());
-    };
+pub fn run(args: Args, raw: &[String]) -> Result<()> {
     let root = crate::tidy::project_root();
     let machine = Machine::probe();
-    let metastore = metastore_to_run(&root, args.metastore.as_ref(), args.build)?;
+    let metastore = metastore_to_run(&root, args.server.metastore.as_ref(), args.server.build)?;
     let etcdctl_version = output_of("etcdctl", &["version"]);
     ensure!(
         etcdctl_version != "unknown",
@@ -138,7 +101,7 @@ pub fn run(raw: &[String]) -> Result<()> {
     );
     let section = render(&args, &command, &load, &machine, &versions, &rows);
     println!("\n{section}");
-    if args.docs {
+    if args.out.docs {
         doc::write_section(HEADING, &section)?;
     }
     Ok(())

@@ -13,13 +13,14 @@
 use super::command_line;
 use super::load_span;
 use super::servers::metastore_to_run;
+use crate::flags::{self, Build, Checked, Docs};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use kvapi::pb::etcdserverpb::kv_client::KvClient;
 use kvapi::pb::etcdserverpb::watch_client::WatchClient;
 use kvapi::pb::etcdserverpb::watch_request::RequestUnion;
@@ -52,79 +53,34 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
 const VALUE_LEN: usize = 64;
 const SEED: u64 = 0x7761_7463_6862_656e;
 
-const USAGE: &str = "\
-usage: cargo xtask bench watch [options]
-
-Runs the fan-out and idle-watcher workloads against MetaStore (target/release/metastore, built
-first) and etcd 3.4 (`etcd` on PATH), one server at a time, and writes the `## Watch` section
-of docs/benchmarks.md.
-
-options:
-  --secs S          measured seconds per fan-out rate             (default 5)
-  --watchers N      fan-out watchers on one prefix                (default 1000)
-  --rates LIST      fan-out put rates per second, comma-separated (default 100,1000)
-  --idle N          idle watchers on distinct keys                (default 100000)
-  --no-build        use target/release/metastore as it is
-  --metastore PATH  use this metastore binary and build nothing
-  --no-docs         print the figures but leave docs/benchmarks.md alone";
-
-struct Args {
+/// The flags of `cargo xtask bench watch`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Measured seconds per fan-out rate.
+    #[arg(long, value_name = "S", default_value = "5", value_parser = flags::secs_upto_600)]
     secs: f64,
+    /// Fan-out watchers on one prefix.
+    #[arg(long, value_name = "N", default_value = "1000",
+          value_parser = |s: &str| flags::number_in::<usize>(s, 1, 100_000, "1 to 100,000"))]
     watchers: usize,
-    rates: Vec<u64>,
+    /// Fan-out put rates per second, comma-separated.
+    #[arg(long, value_name = "LIST", default_value = "100,1000",
+          value_parser = |s: &str| flags::list_in::<u64>(s, 1, 100_000, "1 to 100,000 each"))]
+    rates: Rates,
+    /// Idle watchers on distinct keys.
+    #[arg(long, value_name = "N", default_value = "100000",
+          value_parser = |s: &str| flags::number_in::<usize>(s, 0, 1_000_000, "at most 1,000,000"))]
     idle: usize,
-    build: bool,
-    metastore: Option<std::path::PathBuf>,
-    docs: bool,
+    #[command(flatten)]
+    server: Build,
+    #[command(flatten)]
+    out: Docs,
 }
 
-impl Args {
-    fn parse(args: &[String]) -> Result<Option<Self>> {
-        let mut out = Self {
-            secs: 5.0,
-            watchers: 1_000,
-            rates: vec![100, 1_000],
-            idle: 100_000,
-            build: true,
-            metastore: None,
-            docs: true,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--secs" => out.secs = value()?.parse().context("--secs")?,
-                "--watchers" => out.watchers = value()?.parse().context("--watchers")?,
-                "--rates" => {
-                    out.rates = value()?
-                        .split(',')
-                        .map(|r| r.trim().parse::<u64>().context("--rates"))
-                        .collect::<Result<_>>()?;
-                }
-                "--idle" => out.idle = value()?.parse().context("--idle")?,
-                "--no-build" => out.build = false,
-                "--metastore" => out.metastore = Some(value()?.into()),
-                "--no-docs" => out.docs = false,
-                "-h" | "--help" => return Ok(None),
-                other => bail!("unknown option `{other}`\n\n{USAGE}"),
-            }
-        }
-        ensure!(
-            out.secs > 0.0 && out.secs <= 600.0,
-            "--secs must be in (0, 600]"
-        );
-        ensure!(
-            (1..=100_000).contains(&out.watchers),
-            "--watchers must be 1 to 100,000"
-        );
-        ensure!(
-            !out.rates.is_empty() && out.rates.iter().all(|r| (1..=100_000).contains(r)),
-            "--rates must be 1 to 100,000 each"
-        );
-        ensure!(out.idle <= 1_000_000, "--idle must be at most 1,000,000");
-        Ok(Some(out))
-    }
-}
+impl Checked for Args {}
+
+/// Rates, as one value of `--rates` (a `Vec` field would be taken for a repeated flag).
+type Rates = Vec<u64>;
 
 /// One fan-out run.
 #[derive(Clone, Debug, Default)]
@@ -481,14 +437,10 @@ fn millis(us: u64) -> String {
 }
 
 /// Runs `cargo xtask bench watch`.
-pub fn run(raw: &[String]) -> Result<()> {
-    let Some(args) = Args::parse(raw)? else {
-        println!("{USAGE}");
-        return Ok(());
-    };
+pub fn run(args: Args, raw: &[String]) -> Result<()> {
     let root = crate::tidy::project_root();
     let machine = Machine::probe();
-    let metastore = metastore_to_run(&root, args.metastore.as_ref(), args.build)?;
+    let metastore = metastore_to_run(&root, args.server.metastore.as_ref(), args.server.build)?;
     ensure!(
         output_of("etcd", &["--version"]) != "unknown",
         "`etcd --version` failed: install etcd 3.4 (apt-get install -y etcd-server)"
@@ -501,7 +453,7 @@ pub fn run(raw: &[String]) -> Result<()> {
     let command = command_line("watch", raw);
     let section = render(&args, &command, &load, &ours, &etcd, &machine);
     println!("\n{section}");
-    if args.docs {
+    if args.out.docs {
         doc::write_section(HEADING, &section)?;
     }
     Ok(())
@@ -632,6 +584,7 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flags::parse;
 
     fn strings(args: &[&str]) -> Vec<String> {
         args.iter().map(|s| s.to_string()).collect()
@@ -639,14 +592,14 @@ mod tests {
 
     #[test]
     fn args_parse() {
-        let a = Args::parse(&strings(&["--rates", "10, 20", "--idle", "5"]))
+        let a = parse::<Args>(&strings(&["--rates", "10, 20", "--idle", "5"]))
             .unwrap()
             .unwrap();
         assert_eq!(a.rates, [10, 20]);
         assert_eq!(a.idle, 5);
-        assert!(Args::parse(&strings(&["--rates", "0"])).is_err());
-        assert!(Args::parse(&strings(&["--bogus"])).is_err());
-        assert!(Args::parse(&strings(&["--help"])).unwrap().is_none());
+        assert!(parse::<Args>(&strings(&["--rates", "0"])).is_err());
+        assert!(parse::<Args>(&strings(&["--bogus"])).is_err());
+        assert!(parse::<Args>(&strings(&["--help"])).unwrap().is_none());
     }
 
     #[test]

@@ -50,16 +50,7 @@ pub trait Members: Send {
     /// # Errors
     /// None within `limit`.
     fn wait_leader(&self, limit: Duration) -> Result<usize, String> {
-        let started = Instant::now();
-        loop {
-            if let Some(l) = self.leader() {
-                return Ok(l);
-            }
-            if started.elapsed() > limit {
-                return Err(format!("no leader within {limit:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        testkit::wait_leader(limit, || self.leader())
     }
 }
 

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use testkit::{Cluster, ClusterOptions};
 
+use crate::flags::{self, Checked, Member};
+
 use workload::{Seen, Shared};
 
 /// What a request may take beyond its deadline.
@@ -36,127 +38,94 @@ const SLACK: Duration = Duration::from_secs(1);
 /// Steps the checker may take per key before calling it undecided.
 const CHECK_BUDGET: usize = 20_000_000;
 
-const USAGE: &str = "\
-usage: cargo xtask chaos [options]
-
-Runs a cluster of real metastore members under faults with concurrent clients, then checks the
-history (linearizability, watch guarantees, lost writes, deadlines, leaks). Prints a one-line
-verdict and writes the history and a report to the results folder; exits non-zero on a FAIL.
-
-options:
-  --seed N             the seed of the fault schedule and the clients   (default 1)
-  --duration D         how long clients run, e.g. 120s, 30m               (default 120s)
-  --members N          cluster size, 3 or 5                               (default 3)
-  --engine E           redb or mem                                        (default redb)
-  --faults LIST        kill, restart, stop, isolate-leader, split, asymmetric,
-                       latency, drop-connections, partition, all          (default all)
-  --clients N          checked KV clients                                 (default 6)
-  --keys N             keys they share                                    (default 5)
-  --binary PATH        the metastore binary (default: build target/release/metastore)
-  --docker             run the members as containers of an image under docker-compose, with
-                       faults made by the Docker engine: kill and start again from the
-                       volume, pause, network disconnect of the leader, a 1/2 split (faults
-                       kill, restart, stop, isolate-leader, split; see deploy/README.md)
-  --image NAME         the image for --docker (default metastore:local, made by
-                       deploy/build-image.sh)
-  --out DIR            results folder (default target/chaos/seed-N, with --docker
-                       target/chaos/docker-seed-N)
-  --expect-violation   succeed only if the checker finds a violation (for testing the
-                       checker against a build with a planted bug)
-  --expect-wrong-revisions
-                       succeed only if answers disagree about which write is at which
-                       revision (a write given another's revision, or one its value was
-                       not read or watched at; a create/mod/version the acknowledged writes
-                       contradict): a planted bug that answers requests with other
-                       requests' results
-
-cargo xtask chaos --recheck FILE
-  checks the history.txt of an earlier run again and prints the verdict on it";
-
-struct Args {
+/// The flags of `cargo xtask chaos`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The seed of the fault schedule and the clients.
+    #[arg(long, value_name = "N", default_value = "1")]
     seed: u64,
+    /// How long clients run, e.g. 120s, 30m.
+    #[arg(long, value_name = "D", default_value = "120s", value_parser = duration)]
     duration: Duration,
+    /// Cluster size, 3 or 5 (at most 5 with --docker).
+    #[arg(long, value_name = "N", default_value = "3",
+          value_parser = |s: &str| flags::number_in::<usize>(s, 3, 7, "3 to 7"))]
     members: usize,
-    engine: String,
+    #[command(flatten)]
+    member: Member,
+    /// kill, restart, stop, isolate-leader, split, asymmetric, latency, drop-connections,
+    /// partition, all.
+    #[arg(long = "faults", value_name = "LIST", default_value = "all", value_parser = fault_list)]
+    fault_list: String,
+    /// The faults `--faults` names that this mode makes.
+    #[arg(skip)]
     faults: Vec<faults::Kind>,
+    /// Checked KV clients.
+    #[arg(long, value_name = "N", default_value = "6",
+          value_parser = |s: &str| flags::number_in::<usize>(s, 1, 64, "1 to 64"))]
     clients: usize,
+    /// Keys they share.
+    #[arg(long, value_name = "N", default_value = "5",
+          value_parser = |s: &str| flags::number_in::<usize>(s, 1, 1000, "1 to 1000"))]
     keys: usize,
-    binary: Option<PathBuf>,
+    /// Results folder (default target/chaos/seed-N, with --docker target/chaos/docker-seed-N).
+    #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Members in containers, faults by the Docker engine.
+    /// Run the members as containers of an image under docker-compose, with faults made by the
+    /// Docker engine: kill and start again from the volume, pause, network disconnect of the
+    /// leader, a 1/2 split (faults kill, restart, stop, isolate-leader, split; see
+    /// deploy/README.md).
+    #[arg(long)]
     docker: bool,
+    /// The image for --docker (made by deploy/build-image.sh).
+    #[arg(long, value_name = "NAME", default_value = "metastore:local")]
     image: String,
+    /// Succeed only if the checker finds a violation (for testing the checker against a build
+    /// with a planted bug).
+    #[arg(long)]
     expect_violation: bool,
+    /// Succeed only if answers disagree about which write is at which revision (a write given
+    /// another's revision, or one its value was not read or watched at; a create/mod/version
+    /// the acknowledged writes contradict): a planted bug that answers requests with other
+    /// requests' results.
+    #[arg(long)]
     expect_wrong_revisions: bool,
+    /// Check the history.txt of an earlier run again and print the verdict on it.
+    #[arg(long, value_name = "FILE", exclusive = true)]
+    recheck: Option<String>,
 }
 
-impl Args {
-    fn parse(args: &[String]) -> Result<Option<Self>> {
-        let mut out = Self {
-            seed: 1,
-            duration: Duration::from_secs(120),
-            members: 3,
-            engine: "redb".into(),
-            faults: faults::Kind::ALL.to_vec(),
-            clients: 6,
-            keys: 5,
-            binary: None,
-            out: None,
-            docker: false,
-            image: "metastore:local".into(),
-            expect_violation: false,
-            expect_wrong_revisions: false,
-        };
-        let mut faults = None;
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--seed" => out.seed = value()?.parse().context("--seed")?,
-                "--duration" => {
-                    out.duration = parse_duration(value()?).context("--duration")?;
-                }
-                "--members" => out.members = value()?.parse().context("--members")?,
-                "--engine" => out.engine = value()?.clone(),
-                "--faults" => faults = Some(value()?.clone()),
-                "--clients" => out.clients = value()?.parse().context("--clients")?,
-                "--keys" => out.keys = value()?.parse().context("--keys")?,
-                "--binary" => out.binary = Some(PathBuf::from(value()?)),
-                "--out" => out.out = Some(PathBuf::from(value()?)),
-                "--docker" => out.docker = true,
-                "--image" => out.image = value()?.clone(),
-                "--expect-violation" => out.expect_violation = true,
-                "--expect-wrong-revisions" => out.expect_wrong_revisions = true,
-                "-h" | "--help" => return Ok(None),
-                other => bail!("unknown option `{other}`\n\n{USAGE}"),
-            }
-        }
-        let faults = faults.as_deref().unwrap_or("all");
-        out.faults = if out.docker {
-            faults::Kind::parse_docker_list(faults)
+impl Checked for Args {
+    fn checked(mut self) -> Result<Self> {
+        self.faults = if self.docker {
+            faults::Kind::parse_docker_list(&self.fault_list)
         } else {
-            faults::Kind::parse_list(faults)
+            faults::Kind::parse_list(&self.fault_list)
         }
         .map_err(anyhow::Error::msg)?;
-        ensure!((3..=7).contains(&out.members), "--members must be 3 to 7");
         // A network per pair: 5 members make 15 networks, and the engine's address pools
         // hold about 30.
         ensure!(
-            !out.docker || out.members <= 5,
+            !self.docker || self.members <= 5,
             "--docker runs 3 to 5 members"
         );
-        ensure!(
-            out.engine == "redb" || out.engine == "mem",
-            "--engine must be redb or mem"
-        );
-        ensure!((1..=64).contains(&out.clients), "--clients must be 1 to 64");
-        ensure!((1..=1000).contains(&out.keys), "--keys must be 1 to 1000");
-        ensure!(
-            out.duration >= Duration::from_secs(10),
-            "--duration must be at least 10s"
-        );
-        Ok(Some(out))
+        Ok(self)
     }
+}
+
+/// `--faults`: names [`faults::Kind::parse_list`] knows.
+fn fault_list(s: &str) -> Result<String, String> {
+    faults::Kind::parse_list(s)?;
+    Ok(s.to_string())
+}
+
+/// `--duration`: at least 10 s.
+fn duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s).map_err(|e| format!("{e:#}"))?;
+    if d < Duration::from_secs(10) {
+        return Err("--duration must be at least 10s".into());
+    }
+    Ok(d)
 }
 
 /// `120s`, `2m`, `1h`, or seconds.
@@ -237,16 +206,11 @@ impl Findings {
 }
 
 /// Runs `cargo xtask chaos`.
-pub fn run(raw: &[String]) -> Result<()> {
-    if let [flag, file] = raw {
-        if flag == "--recheck" {
-            return recheck(file);
-        }
+pub fn run(args: Args) -> Result<()> {
+    if let Some(file) = &args.recheck {
+        return recheck(file);
     }
-    let Some(args) = Args::parse(raw)? else {
-        println!("{USAGE}");
-        return Ok(());
-    };
+    let args = args.checked()?;
     let root = crate::tidy::project_root();
     let out_dir = args.out.clone().unwrap_or_else(|| {
         let mode = if args.docker { "docker-" } else { "" };
@@ -266,7 +230,7 @@ pub fn run(raw: &[String]) -> Result<()> {
         let spec = docker::Spec {
             project: docker::project_name(args.seed),
             image: args.image.clone(),
-            engine: args.engine.clone(),
+            engine: args.member.engine.clone(),
             ports: (0..args.members).map(|_| testkit::free_port()).collect(),
             extra_args: member_args,
         };
@@ -284,7 +248,7 @@ pub fn run(raw: &[String]) -> Result<()> {
             docker::DockerCluster::start(spec, &out_dir).context("starting the containers")?,
         ))
     } else {
-        let binary = match &args.binary {
+        let binary = match &args.member.binary {
             Some(b) => b.clone(),
             None => crate::bench::build_release_server(&root)?,
         };
@@ -293,7 +257,7 @@ pub fn run(raw: &[String]) -> Result<()> {
             Cluster::start(ClusterOptions {
                 binary,
                 members: args.members,
-                engine: args.engine.clone(),
+                engine: args.member.engine.clone(),
                 extra_args: member_args,
                 proxy_peers: true,
             })
@@ -313,7 +277,7 @@ pub fn run(raw: &[String]) -> Result<()> {
         args.seed,
         args.duration,
         args.members,
-        args.engine,
+        args.member.engine,
         if args.docker { ", docker" } else { "" },
         args.faults
             .iter()
@@ -583,7 +547,7 @@ fn verdict_line(args: &Args, f: &Findings) -> String {
         args.seed,
         args.duration,
         args.members,
-        args.engine,
+        args.member.engine,
         if args.docker { ", docker" } else { "" },
         lin.ops,
         lin.unknown,
@@ -737,6 +701,7 @@ fn svg(history: &[checker::Op], timeline: &[faults::Event], clients: usize) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flags::parse;
 
     /// The report gives, per kind of request and for all, the share that failed definitely
     /// and the share that failed indeterminately (issue 22).
@@ -787,7 +752,7 @@ mod tests {
 
     #[test]
     fn args_and_durations() {
-        let a = Args::parse(&[
+        let a = parse::<Args>(&[
             "--duration".into(),
             "2m".into(),
             "--faults".into(),
@@ -797,8 +762,8 @@ mod tests {
         .unwrap();
         assert_eq!(a.duration, Duration::from_secs(120));
         assert_eq!(a.faults, [faults::Kind::Kill, faults::Kind::Stop]);
-        assert!(Args::parse(&["--members".into(), "2".into()]).is_err());
-        assert!(Args::parse(&["--faults".into(), "meteor".into()]).is_err());
+        assert!(parse::<Args>(&["--members".into(), "2".into()]).is_err());
+        assert!(parse::<Args>(&["--faults".into(), "meteor".into()]).is_err());
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("5d").is_err());
     }

@@ -1,12 +1,11 @@
 //! Spawning `metastore` and a real etcd 3.4 on free ports with their own data dirs.
 
-use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
+use testkit::{server_command, Placement, Process};
 
 /// Longest a server may take to answer `/health` after it is spawned.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -69,32 +68,20 @@ impl Kind {
 /// One running server process with a temporary data dir, killed (SIGKILL) when dropped.
 pub struct Server {
     kind: Kind,
-    child: Option<Child>,
     /// The client port (gRPC and HTTP).
     pub client_port: u16,
     /// The peer port.
     pub peer_port: u16,
     extra_args: Vec<String>,
+    // Before `dir`: the process is killed before its directory goes.
+    process: Process,
     dir: tempfile::TempDir,
 }
 
 impl Server {
     /// Starts `kind` with `extra_args` and waits until it is healthy.
     pub fn start(kind: Kind, extra_args: &[&str]) -> Server {
-        let dir = tempfile::Builder::new()
-            .prefix("metastore-it-")
-            .tempdir()
-            .expect("temp dir");
-        let mut server = Server {
-            kind,
-            child: None,
-            client_port: free_port(),
-            peer_port: free_port(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            dir,
-        };
-        server.spawn();
-        server
+        Server::start_prepared(kind, extra_args, |_, _| {})
     }
 
     /// Starts `kind` on a data dir `prepare` builds first (given the data dir, which does not
@@ -110,10 +97,10 @@ impl Server {
             .expect("temp dir");
         let mut server = Server {
             kind,
-            child: None,
             client_port: free_port(),
             peer_port: free_port(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            process: Process::new("the server", dir.path().join("server.log")),
             dir,
         };
         prepare(&server.data_dir(), &server.peer_url());
@@ -138,7 +125,7 @@ impl Server {
 
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.pid()
     }
 
     /// The server's resident memory in bytes (`VmRSS`), while it runs on Linux.
@@ -160,57 +147,29 @@ impl Server {
         self.dir.path().join("data")
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("server.log")
-    }
-
     fn spawn_only(&mut self) {
-        assert!(self.child.is_none(), "the server is already running");
-        let client = self.endpoint();
         let peer = self.peer_url();
-        let data_dir = self.data_dir();
-        let mut args: Vec<String> = vec![
-            "--name".into(),
-            "t".into(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--listen-client-urls".into(),
-            client.clone(),
-            "--advertise-client-urls".into(),
-            client,
-            "--listen-peer-urls".into(),
-            peer.clone(),
-            "--initial-advertise-peer-urls".into(),
-            peer.clone(),
-            "--initial-cluster".into(),
-            format!("t={peer}"),
-        ];
+        let placement = Placement {
+            name: "t".into(),
+            data_dir: self.data_dir(),
+            client_url: self.endpoint(),
+            listen_peer_url: peer.clone(),
+            initial_cluster: format!("t={peer}"),
+            peer_url: peer,
+            state: None,
+        };
+        let mut command = server_command(self.kind.program(), self.kind == Kind::Etcd);
+        placement.add_to(&mut command);
         match self.kind {
-            Kind::Redb => args.extend(["--engine".into(), "redb".into()]),
-            Kind::Mem => args.extend(["--engine".into(), "mem".into()]),
-            Kind::Etcd => {}
-        }
-        args.extend(self.extra_args.iter().cloned());
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("opening the server log");
-        let mut command = Command::new(self.kind.program());
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("ETCD") || name.starts_with("METASTORE") {
-                command.env_remove(&*name);
-            }
-        }
-        let child = command
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {:?}: {e}", self.kind));
-        self.child = Some(child);
+            Kind::Redb => command.args(["--engine", "redb"]),
+            Kind::Mem => command.args(["--engine", "mem"]),
+            Kind::Etcd => &mut command,
+        };
+        command.args(&self.extra_args);
+        let kind = self.kind;
+        self.process
+            .start(command)
+            .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
     }
 
     fn spawn(&mut self) {
@@ -221,28 +180,20 @@ impl Server {
     /// Starts the server again and expects it to refuse: waits up to `limit` for it to exit
     /// unsuccessfully and answers what it logged. Panics if it becomes healthy or keeps running.
     pub fn restart_refused(&mut self, limit: Duration) -> String {
-        let before = std::fs::metadata(self.log_path()).map_or(0, |m| m.len() as usize);
+        let before = self.process.log_len();
         self.spawn_only();
         let started = Instant::now();
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().expect("try_wait"))
-            {
-                self.child = None;
+            if let Some(status) = self.process.exited().expect("try_wait") {
                 assert!(!status.success(), "the refusal must be an error exit");
-                let log = std::fs::read(self.log_path()).unwrap_or_default();
-                return String::from_utf8_lossy(log.get(before..).unwrap_or_default()).into_owned();
+                return self.process.log_since(before);
             }
-            if let Some((200, body)) = http_get(self.client_port, "/health") {
-                if body.contains(r#""health":"true""#) {
-                    panic!(
-                        "{:?} started instead of refusing; its log:\n{}",
-                        self.kind,
-                        self.log_tail()
-                    );
-                }
+            if healthy(self.client_port) {
+                panic!(
+                    "{:?} started instead of refusing; its log:\n{}",
+                    self.kind,
+                    self.log_tail()
+                );
             }
             assert!(
                 started.elapsed() < limit,
@@ -257,60 +208,26 @@ impl Server {
     /// Polls `GET /health` until it answers healthy; panics with the log after
     /// [`READY_TIMEOUT`] or if the process exits.
     fn wait_ready(&mut self) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().expect("try_wait"))
-            {
-                panic!(
-                    "{:?} exited during start-up with {status}; its log:\n{}",
-                    self.kind,
-                    self.log_tail()
-                );
-            }
-            if let Some((code, body)) = http_get(self.client_port, "/health") {
-                if code == 200 && body.contains(r#""health":"true""#) {
-                    return;
-                }
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                panic!(
-                    "{:?} was not healthy within {READY_TIMEOUT:?}; its log:\n{}",
-                    self.kind,
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let port = self.client_port;
+        if let Err(e) = self.process.wait_ready(READY_TIMEOUT, || healthy(port)) {
+            panic!("{:?}: {e}", self.kind);
         }
     }
 
     /// The end of the server's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = File::open(self.log_path()) {
-            let _ = f.read_to_string(&mut text);
-        }
-        let start = text.len().saturating_sub(6000);
-        let start = (start..text.len())
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(text.len());
-        text[start..].to_string()
+        self.process.log_tail()
     }
 
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// From the next start on, runs `kind` on this server's ports and data dir (the server must
     /// be stopped): e.g. MetaStore on what etcd left.
     pub fn switch_to(&mut self, kind: Kind) {
-        assert!(self.child.is_none(), "the server is still running");
+        assert!(!self.process.is_running(), "the server is still running");
         self.kind = kind;
     }
 
@@ -321,23 +238,10 @@ impl Server {
 
     /// Sends SIGTERM and waits up to `limit` for the process to exit; `None` if it did not.
     pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut().expect("the server is not running");
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("running kill -TERM");
-        assert!(sent.success(), "kill -TERM failed: {sent}");
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return Some(status);
-            }
-            if started.elapsed() > limit {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let kind = self.kind;
+        self.process
+            .terminate(limit)
+            .unwrap_or_else(|e| panic!("{kind:?}: {e}"))
     }
 
     /// An etcd-client connected to this server, every request bounded by [`REQUEST_TIMEOUT`].
@@ -355,8 +259,7 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Whether the server on `port` answers `GET /health` healthy.
+fn healthy(port: u16) -> bool {
+    matches!(http_get(port, "/health"), Some((200, body)) if body.contains(r#""health":"true""#))
 }
