@@ -578,7 +578,7 @@ fn bounds<RB: RangeBounds<u64>>(range: &RB) -> (Bound<u64>, Bound<u64>) {
 }
 
 /// What an entry weighs in a replication message, about: its commands' bytes.
-fn approx_entry_size(entry: &Entry) -> usize {
+pub(crate) fn approx_entry_size(entry: &Entry) -> usize {
     match &entry.payload {
         EntryPayload::Normal(p) => p.commands.iter().map(|t| t.command.approx_size()).sum(),
         _ => 64,

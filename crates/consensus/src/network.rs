@@ -129,6 +129,47 @@ fn decode<T: DeserializeOwned>(p: &Payload) -> Result<T, String> {
     wire().deserialize(&p.data).map_err(|e| e.to_string())
 }
 
+/// An [`InstallSnapshotRequest`] as it crosses the wire: the same fields in the same order,
+/// so the same bincode bytes, but the chunk written and read as one block of bytes rather
+/// than one `u8` at a time (a 3 MiB chunk took seconds that way in a debug build, far past
+/// openraft's `install_snapshot_timeout`).
+#[derive(Serialize, Deserialize)]
+struct SnapshotChunk {
+    vote: openraft::Vote<u64>,
+    meta: openraft::SnapshotMeta<u64, Member>,
+    offset: u64,
+    #[serde(
+        serialize_with = "mvcc::ser_bytes",
+        deserialize_with = "mvcc::de_bytes"
+    )]
+    data: Vec<u8>,
+    done: bool,
+}
+
+impl From<InstallSnapshotRequest<TypeConfig>> for SnapshotChunk {
+    fn from(r: InstallSnapshotRequest<TypeConfig>) -> Self {
+        Self {
+            vote: r.vote,
+            meta: r.meta,
+            offset: r.offset,
+            data: r.data,
+            done: r.done,
+        }
+    }
+}
+
+impl From<SnapshotChunk> for InstallSnapshotRequest<TypeConfig> {
+    fn from(c: SnapshotChunk) -> Self {
+        Self {
+            vote: c.vote,
+            meta: c.meta,
+            offset: c.offset,
+            data: c.data,
+            done: c.done,
+        }
+    }
+}
+
 /// Per peer: the URL connected to, and the client.
 type Conns = HashMap<u64, (String, PeerClient<Channel>)>;
 
@@ -425,6 +466,62 @@ pub struct PeerConn {
     peers: Peers,
     target: u64,
     member: Member,
+    /// The bytes of entries the next AppendEntries carries at most ([`AppendBudget`]).
+    budget: AppendBudget,
+}
+
+/// How many bytes of entries one AppendEntries to a peer carries: openraft 0.9 drops an append
+/// not answered within one heartbeat interval and sends the same entries again, so a batch
+/// that cannot cross (encode, send, decode, write and fsync on the follower) in that time never
+/// does. The budget halves after each append of several entries that did not finish, down to
+/// [`MIN_APPEND_BUDGET`] (one entry always goes), and doubles after each answered in under a
+/// quarter of the time, up to the log's own cap ([`crate::log_store::MAX_APPEND_BYTES`]). The
+/// entries past it are left for the next append: the follower's answer for the prefix is
+/// passed on as `PartialSuccess` of the prefix's last entry.
+#[derive(Debug)]
+struct AppendBudget {
+    bytes: usize,
+    /// An append was sent and neither answered nor failed: openraft dropped it at its timeout.
+    unfinished: bool,
+}
+
+/// The least an [`AppendBudget`] shrinks to.
+const MIN_APPEND_BUDGET: usize = 64 << 10;
+
+impl AppendBudget {
+    fn new() -> Self {
+        Self {
+            bytes: crate::log_store::MAX_APPEND_BYTES,
+            unfinished: false,
+        }
+    }
+
+    /// How many of `entries` (at least one) fit the budget, noting first whether the last
+    /// append was dropped unfinished.
+    fn take(&mut self, entries: &[crate::types::typ::Entry]) -> usize {
+        if std::mem::take(&mut self.unfinished) {
+            self.bytes = (self.bytes / 2).max(MIN_APPEND_BUDGET);
+            tracing::debug!(budget = self.bytes, "an append timed out: smaller appends");
+        }
+        let mut total = 0usize;
+        let mut fit = 0;
+        for e in entries {
+            total = total.saturating_add(crate::log_store::approx_entry_size(e));
+            if total > self.bytes && fit > 0 {
+                break;
+            }
+            fit += 1;
+        }
+        fit
+    }
+
+    /// An append of `entries` was answered after `took`, of a TTL of `ttl`.
+    fn answered(&mut self, entries: usize, took: std::time::Duration, ttl: std::time::Duration) {
+        self.unfinished = false;
+        if entries > 0 && took < ttl / 4 {
+            self.bytes = (self.bytes * 2).min(crate::log_store::MAX_APPEND_BYTES);
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -435,6 +532,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             peers: self.peers.clone(),
             target,
             member: node.clone(),
+            budget: AppendBudget::new(),
         }
     }
 }
@@ -492,21 +590,34 @@ impl PeerConn {
 impl RaftNetwork<TypeConfig> for PeerConn {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        let entries = rpc.entries.len();
+        let entries = self.budget.take(&rpc.entries);
+        let cut = entries < rpc.entries.len();
+        rpc.entries.truncate(entries);
+        let last = rpc.entries.last().map(|e| e.log_id);
         let started = std::time::Instant::now();
+        self.budget.unfinished = entries > 1;
         let answer = self
             .raft_call(Rpc::AppendEntries, &rpc, entries, &option)
             .await;
+        let took = started.elapsed();
+        self.budget.answered(entries, took, option.hard_ttl());
         // A heartbeat carries no entries: its answered round trip is the link's latency, what
         // etcd's prober measures.
         if entries == 0 && answer.is_ok() {
             metrics::histogram!(crate::metrics::PEER_ROUND_TRIP, "To" => format!("{:x}", self.target))
-                .record(started.elapsed().as_secs_f64());
+                .record(took.as_secs_f64());
         }
-        answer
+        match answer {
+            // The follower holds (durably: openraft answers an append once it is flushed) the
+            // prefix sent, exactly what it would have answered had openraft sent only that.
+            Ok(AppendEntriesResponse::Success) if cut => {
+                Ok(AppendEntriesResponse::PartialSuccess(last))
+            }
+            other => other,
+        }
     }
 
     async fn install_snapshot(
@@ -517,7 +628,8 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         InstallSnapshotResponse<u64>,
         RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.raft_call(Rpc::InstallSnapshot, &rpc, 0, &option).await
+        self.raft_call(Rpc::InstallSnapshot, &SnapshotChunk::from(rpc), 0, &option)
+            .await
     }
 
     async fn vote(
@@ -604,12 +716,15 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         let req: AppendEntriesRequest<TypeConfig> =
             decode(request.get_ref()).map_err(bad_request)?;
         self.admit("append-entries", req.vote.leader_id().voted_for())?;
-        let answer = self.node.raft().append_entries(req).await;
-        // Any answer but a higher vote means a current leader reached this member (pre-vote).
-        if matches!(&answer, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+        // A leader whose vote is not below this member's reached it (what any answer but a
+        // higher vote meant): counted as it arrives, as etcd counts any message from its
+        // leader, not once a large append is written (a catching-up follower's appends may
+        // take longer to write than its election timer waits; pre-vote reads it too).
+        let own = self.node.raft().metrics().borrow().vote;
+        if req.vote >= own {
             self.node.note_leader_contact();
         }
-        reply(&answer)
+        reply(&self.node.raft().append_entries(req).await)
     }
 
     async fn vote(
@@ -625,8 +740,9 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         &self,
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
-        let req: InstallSnapshotRequest<TypeConfig> =
-            decode(request.get_ref()).map_err(bad_request)?;
+        let req: InstallSnapshotRequest<TypeConfig> = decode::<SnapshotChunk>(request.get_ref())
+            .map_err(bad_request)?
+            .into();
         self.admit("install-snapshot", req.vote.leader_id().voted_for())?;
         let vote = req.vote;
         let answer = self.node.raft().install_snapshot(req).await;
@@ -1006,6 +1122,7 @@ mod tests {
                 .serve_with_incoming(incoming),
         );
         let mut conn = PeerConn {
+            budget: AppendBudget::new(),
             peers: Peers::new(Budgets::default(), None).with_max_message(LIMIT),
             target: 2,
             member: Member {
@@ -1039,7 +1156,101 @@ mod tests {
             matches!(split, Ok(AppendEntriesResponse::Success)),
             "the {hint} entries the hint asked for: {split:?}"
         );
+        // After appends dropped at openraft's timeout, a smaller prefix goes, answered as the
+        // partial success of its last entry.
+        for _ in 0..8 {
+            conn.budget.unfinished = true;
+            conn.budget.take(&[]);
+        }
+        let prefix = conn.append_entries(big_append(4, 48 << 10), option()).await;
+        match prefix {
+            Ok(AppendEntriesResponse::PartialSuccess(Some(last))) => {
+                assert_eq!(last.index, 1, "64 KiB holds one 48 KiB entry")
+            }
+            other => panic!("4 entries of 48 KiB on a 64 KiB budget answered {other:?}"),
+        }
         server.abort();
+    }
+
+    #[test]
+    fn an_append_budget_halves_when_dropped_and_doubles_when_quick() {
+        let entries: Vec<_> = (1..=80)
+            .map(|i| crate::test_support::put_entry(i, 64 << 10))
+            .collect();
+        let mut budget = AppendBudget::new();
+        let full = budget.take(&entries);
+        assert!((60..=64).contains(&full), "4 MiB of 64 KiB entries: {full}");
+        budget.unfinished = true;
+        let half = budget.take(&entries);
+        assert!(
+            half * 2 <= full && half * 2 >= full - 2,
+            "{full} then {half}"
+        );
+        for _ in 0..10 {
+            budget.unfinished = true;
+            budget.take(&entries);
+        }
+        assert_eq!(budget.take(&entries), 1, "one entry always goes");
+        let ttl = Duration::from_millis(100);
+        budget.answered(1, Duration::from_millis(50), ttl);
+        assert_eq!(budget.take(&entries), 1, "a slow answer does not grow it");
+        for _ in 0..10 {
+            budget.answered(1, Duration::from_millis(5), ttl);
+        }
+        assert_eq!(
+            budget.take(&entries),
+            full,
+            "quick answers grow it back to the cap"
+        );
+        assert_eq!(budget.take(&[]), 0, "a heartbeat carries nothing");
+    }
+
+    /// Byte strings written as one block encode to the very bytes a sequence of `u8`s did, so
+    /// logs, snapshots and peers of either kind read each other.
+    #[test]
+    fn byte_strings_encode_as_before() {
+        #[derive(Serialize, Deserialize)]
+        struct Plain {
+            key: Vec<u8>,
+            value: Vec<u8>,
+            lease: i64,
+            prev_kv: bool,
+            ignore_value: bool,
+            ignore_lease: bool,
+        }
+        let put = mvcc::PutRequest {
+            key: b"key".to_vec(),
+            value: (0..5000u32).map(|i| i as u8).collect(),
+            lease: 7,
+            prev_kv: true,
+            ..Default::default()
+        };
+        let plain = Plain {
+            key: put.key.clone(),
+            value: put.value.clone(),
+            lease: 7,
+            prev_kv: true,
+            ignore_value: false,
+            ignore_lease: false,
+        };
+        let old = bincode::serialize(&plain).unwrap();
+        assert_eq!(bincode::serialize(&put).unwrap(), old);
+        assert_eq!(bincode::deserialize::<mvcc::PutRequest>(&old).unwrap(), put);
+        let chunk = InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 1),
+            meta: Default::default(),
+            offset: 4096,
+            data: (0..3000u32).map(|i| (i * 7) as u8).collect(),
+            done: true,
+        };
+        let old = encode(&chunk).unwrap();
+        assert_eq!(
+            encode(&SnapshotChunk::from(chunk.clone())).unwrap().data,
+            old.data
+        );
+        let back: InstallSnapshotRequest<TypeConfig> =
+            decode::<SnapshotChunk>(&old).unwrap().into();
+        assert_eq!(back, chunk);
     }
 
     /// A member alone, leading: the receiver of the messages under test.

@@ -55,9 +55,9 @@ pub use snapshot::{SnapshotInfo, SnapshotReader};
 pub use store::{CompactionProgress, EventSink, Store};
 pub use txn::check_txn_keys;
 pub use types::{
-    alarm_kind, AlarmAction, AlarmMember, AlarmRequest, Command, CompactRequest, Compare,
-    CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event, EventKind,
-    KeyValue, KvHash, LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, Response, ResponseOp, SortOrder,
-    SortTarget, TxnRequest, TxnResponse, MAX_TXN_NESTING,
+    alarm_kind, de_bytes, ser_bytes, AlarmAction, AlarmMember, AlarmRequest, Command,
+    CompactRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
+    Event, EventKind, KeyValue, KvHash, LeaseCheckpointRequest, LeaseGrantRequest,
+    LeaseRevokeRequest, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, Response,
+    ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse, MAX_TXN_NESTING,
 };

@@ -252,6 +252,80 @@ async fn a_frozen_follower_costs_nothing_and_catches_up() {
     assert_converged(&cluster, "f/", &acked).await;
 }
 
+/// A follower killed while the leader takes 40 MiB of 64 KiB values (snapshots every 100
+/// entries, so the log it missed is purged) catches up once it runs again: the catch-up must
+/// fit openraft 0.9's time for one message (an AppendEntries gets one heartbeat interval),
+/// however large the entries waiting for it. It never did before: every append to it timed
+/// out, its store stayed at revision 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_large_values_catches_up() {
+    const PUTS: usize = 640;
+    const WRITERS: usize = 4;
+    let mut cluster = start(3, &["--snapshot-count", "100"]);
+    let leader = cluster.leader().expect("a leader");
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    let value = "x".repeat(64 << 10);
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let mut c = client(&cluster.member(leader).endpoint()).await;
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..PUTS).step_by(WRITERS) {
+                let key = format!("b/{i:04}");
+                let mut tries = 0;
+                while let Err(e) = c.put(key.clone(), value.clone(), None).await {
+                    tries += 1;
+                    assert!(tries < 20, "put {key}: {e}");
+                    pause(Duration::from_millis(100)).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a writer");
+    }
+    let mut c = client(&cluster.member(leader).endpoint()).await;
+    let last = format!("b/{:04}", PUTS - 1);
+    let leader_rev = c
+        .get(last.as_str(), None)
+        .await
+        .expect("a linearizable read on the leader")
+        .header()
+        .expect("header")
+        .revision();
+    tokio::task::block_in_place(|| cluster.restart(follower)).expect("restart the follower");
+    let restarted = Instant::now();
+    let mut f = client(&cluster.member(follower).endpoint()).await;
+    let limit = Duration::from_secs(60);
+    loop {
+        let rev = cluster.metric(follower, "metastore_store_revision");
+        let got = f
+            .get(last.as_str(), Some(GetOptions::new().with_serializable()))
+            .await
+            .ok()
+            .filter(|r| {
+                r.kvs()
+                    .first()
+                    .is_some_and(|kv| kv.value() == value.as_bytes())
+            });
+        if got.is_some() && rev.is_some_and(|r| r >= leader_rev as f64) {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < limit,
+            "the follower has not caught up {limit:?} after its restart: its revision {rev:?}, \
+             the leader's {leader_rev}; the leader's log:\n{}",
+            cluster.log_tail(leader)
+        );
+        pause(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "the follower caught up {:?} after its restart",
+        restarted.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_gives_errors_not_hangs_until_a_new_one_leads() {
     let mut cluster = start(3, &[]);
