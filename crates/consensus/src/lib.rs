@@ -16,6 +16,7 @@
 //! - `compaction`: removes compacted versions in the background on every member.
 //! - `error`: [`ProposeError`], [`ReadError`], [`StartError`], [`CommandError`].
 //! - `log_store`: [`LogStore`], the Raft log and vote, over `wal`'s segment files.
+//! - `floor`: how far the log may be purged on disk: what the state machine holds durably.
 //! - `wal`: segment files of checksummed records, torn-tail recovery, the state file.
 //! - `redb_log`: the log before segment files, migrated once at start.
 //! - `stages`: where a write's time goes, a histogram per stage ([`STAGE_SECONDS`]).
@@ -45,6 +46,7 @@ mod compaction;
 mod corrupt;
 mod elections;
 mod error;
+mod floor;
 mod incarnation;
 mod join;
 mod leader;

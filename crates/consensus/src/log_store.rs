@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::floor::Floor;
 use crate::stages::Stage;
 use crate::types::typ::{Entry, LogId, StorageError, Vote};
 use crate::types::TypeConfig;
@@ -189,17 +190,22 @@ pub struct LogStore {
     /// What one replication read returns at most, in bytes ([`MAX_APPEND_BYTES`]).
     max_append_bytes: usize,
     space: Space,
+    /// How far a purge may reach the disk ([`Floor`]).
+    floor: Arc<Floor>,
 }
 
 /// Stops the writer thread, so the log files are closed once Raft lets go of them.
 pub struct LogCloser {
     ops: mpsc::Sender<Op>,
+    floor: Arc<Floor>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LogCloser {
     /// Writes what is queued, seals the log, and joins the writer thread.
     pub fn close(mut self) {
+        // A purge still waiting for the engine is left off the disk, as a crash would.
+        self.floor.close();
         // Closed means the thread has already gone.
         let _ = self.ops.blocking_send(Op::Stop);
         if let Some(thread) = self.thread.take() {
@@ -225,6 +231,7 @@ fn run_writer(
     index: Index,
     mut ops: mpsc::Receiver<Op>,
     flushed: watch::Sender<u64>,
+    floor: Arc<Floor>,
 ) {
     let mut failed: Option<String> = None;
     while let Some(first) = ops.blocking_recv() {
@@ -246,7 +253,7 @@ fn run_writer(
         let mut written = Vec::new();
         let result = match &failed {
             Some(e) => Err(e.clone()),
-            None => write_group(&mut wal, &mut meta, &group, &mut written, || {
+            None => write_group(&mut wal, &mut meta, &floor, &group, &mut written, || {
                 crate::stages::mark(own().copied(), Stage::SyncStart, Instant::now());
             }),
         };
@@ -316,6 +323,7 @@ fn run_writer(
 fn write_group(
     wal: &mut Wal,
     meta: &mut Meta,
+    floor: &Floor,
     group: &[Op],
     written: &mut Vec<(LogId, RecordRef)>,
     before_sync: impl FnOnce(),
@@ -334,6 +342,11 @@ fn write_group(
             }
             Op::Truncate { from, .. } => wal.truncate(*from).map_err(|e| e.to_string())?,
             Op::Purge { upto, .. } => {
+                // Never past what the state machine holds durably: a crash must not leave a
+                // log that starts after the engine's position (see `floor`).
+                if !floor.wait_until_allows(*upto) {
+                    continue;
+                }
                 // The state names the purged id before any segment goes: recovery skips what
                 // the remaining segments still hold up to it.
                 meta.purged = Some(*upto);
@@ -439,12 +452,24 @@ impl LogStore {
         let (ops, queue) = mpsc::channel(QUEUE);
         let (flushed_tx, flushed) = watch::channel(0);
         let (writer_index, writer_meta) = (Arc::clone(&index), meta.clone());
+        let floor = Arc::new(Floor::default());
+        let writer_floor = Arc::clone(&floor);
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || run_writer(wal, writer_meta, writer_index, queue, flushed_tx))
+            .spawn(move || {
+                run_writer(
+                    wal,
+                    writer_meta,
+                    writer_index,
+                    queue,
+                    flushed_tx,
+                    writer_floor,
+                )
+            })
             .map_err(|e| e.to_string())?;
         let closer = LogCloser {
             ops: ops.clone(),
+            floor: Arc::clone(&floor),
             thread: Some(thread),
         };
         Ok((
@@ -460,6 +485,7 @@ impl LogStore {
                     dir: dir.to_path_buf(),
                     needed: segment_bytes.saturating_add(crate::batcher::MAX_BATCH_BYTES as u64),
                 },
+                floor,
             },
             closer,
         ))
@@ -531,6 +557,11 @@ impl LogStore {
     /// The check of the log disk's room.
     pub(crate) fn space(&self) -> Space {
         self.space.clone()
+    }
+
+    /// How far a purge may reach the disk, for the state machine to raise.
+    pub(crate) fn floor(&self) -> Arc<Floor> {
+        Arc::clone(&self.floor)
     }
 
     /// The highest batch number of this member's own proposals that the log holds durably.
@@ -783,6 +814,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             *index = kept;
         }
         self.meta().purged = Some(log_id);
+        if !self.floor.allows(log_id) {
+            // openraft purges as it hands a snapshot to the state machine, before the install:
+            // the writer persists the purge once the engine holds the point, and Raft goes on
+            // meanwhile (an error shows at the next write).
+            let (done, _) = oneshot::channel();
+            return self
+                .ops
+                .send(Op::Purge { upto: log_id, done })
+                .await
+                .map_err(|_| stopped(ErrorSubject::Logs));
+        }
         self.write_and_wait(ErrorSubject::Logs, |done| Op::Purge { upto: log_id, done })
             .await
     }
@@ -932,6 +974,44 @@ mod tests {
             log.read_committed().await.unwrap(),
             Some(entry(48, 0).log_id)
         );
+        close(closer).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_reaches_the_disk_only_up_to_what_the_state_machine_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log");
+        let id = |i| entry(i, 0).log_id;
+        {
+            let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
+            append_durably(&mut log, (1..=60).map(|i| entry(i, 200)).collect()).await;
+            log.floor().attach(Some(id(5)));
+            // As openraft does when it hands a snapshot to the state machine: the purge
+            // first, then the install; the member dies before the install commits.
+            log.purge(id(50)).await.unwrap();
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, Some(id(50)));
+            close(closer).await;
+        }
+        {
+            let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, None, "purged past the engine");
+            let got = log.try_get_log_entries(0..100).await.unwrap();
+            assert_eq!(indexes(&got), (1..=60).collect::<Vec<_>>());
+            // This time the install commits: the purge goes to disk, before what follows it.
+            let floor = log.floor();
+            floor.attach(Some(id(5)));
+            log.purge(id(50)).await.unwrap();
+            floor.raise(Some(id(50)));
+            append_durably(&mut log, vec![entry(61, 200)]).await;
+            close(closer).await;
+        }
+        let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(id(50)));
+        let got = log.try_get_log_entries(0..100).await.unwrap();
+        assert_eq!(indexes(&got), (51..=61).collect::<Vec<_>>());
         close(closer).await;
     }
 

@@ -336,7 +336,8 @@ impl<B: Backend> Node<B> {
         .map_err(|cause| StartError::Snapshots {
             path: snap_dir.display().to_string(),
             cause,
-        })?;
+        })?
+        .hold_log_purges(log.floor());
         let flushed = log.flushed();
         let space = log.space();
         let log_end = log.clone();

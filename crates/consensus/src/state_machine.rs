@@ -20,6 +20,7 @@ use crate::auth::{Auth, AuthState};
 use crate::batcher::Answer;
 use crate::compaction::Removal;
 use crate::error::CommandError;
+use crate::floor::{Floor, FloorRaiser};
 use crate::lessor::Lessor;
 use crate::types::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership};
 use crate::types::{Applied, TypeConfig};
@@ -187,6 +188,8 @@ pub struct StateMachine<B> {
     lease_extend: Duration,
     /// Woken when an apply leaves compacted versions to remove.
     removal: Arc<Removal>,
+    /// Where the log may be purged on disk: raised only at durable points (`floor`).
+    floor: Option<Arc<FloorRaiser>>,
 }
 
 impl<B: Backend> StateMachine<B> {
@@ -235,7 +238,17 @@ impl<B: Backend> StateMachine<B> {
             lessor,
             lease_extend,
             removal,
+            floor: None,
         })
+    }
+
+    /// Holds the log's purges on disk to points this state machine holds durably: the
+    /// position it opened at (what the engine or a snapshot file holds), then each snapshot
+    /// built or installed.
+    pub(crate) fn hold_log_purges(mut self, floor: Arc<Floor>) -> Self {
+        floor.attach(self.position.log_id);
+        self.floor = Some(Arc::new(FloorRaiser(floor)));
+        self
     }
 }
 
@@ -415,6 +428,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         SnapshotBuilder {
             store: self.store.clone(),
             dir: self.snapshots.clone(),
+            floor: self.floor.clone(),
         }
     }
 
@@ -456,6 +470,10 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.position =
             Position::decode(info.applied.as_deref()).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        // The restore committed durably and the snapshot file is kept: the log may go.
+        if let Some(floor) = &self.floor {
+            floor.0.raise(self.position.log_id);
+        }
         self.alarms.publish(&self.position.alarms);
         self.auth.publish(&self.position.auth);
         self.lessor
@@ -491,6 +509,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
 pub struct SnapshotBuilder<B> {
     store: Store<B>,
     dir: SnapshotDir,
+    floor: Option<Arc<FloorRaiser>>,
 }
 
 impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<B> {
@@ -501,6 +520,10 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<B> {
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, e))?
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        // The snapshot file is durable: the log up to its point may go.
+        if let Some(floor) = &self.floor {
+            floor.0.raise(meta.last_log_id);
+        }
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;

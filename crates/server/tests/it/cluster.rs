@@ -525,6 +525,62 @@ async fn a_new_member_joins_by_snapshot_is_promoted_and_another_is_removed() {
     assert_converged(&cluster, "s/", &acked).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_while_it_catches_up_by_snapshot_still_gets_every_key() {
+    // Snapshots every 200 entries, the log purged behind them: a follower that missed 1,500
+    // writes can catch up only by a snapshot.
+    let mut cluster = start(3, &["--snapshot-count", "200"]);
+    let leader = cluster.leader().expect("a leader");
+    let behind = (leader + 1) % 3;
+    cluster.kill(behind);
+    let mut c = client(&cluster.member(leader).endpoint()).await;
+    let mut acked = BTreeMap::new();
+    // Short values: the snapshot is one chunk that must cross within openraft's default
+    // install-snapshot timeout (200 ms) on a loaded machine.
+    let value = "v".repeat(32);
+    for i in 0..1_500 {
+        let k = format!("c/{i:05}");
+        let mut tries = 0;
+        while let Err(e) = c.put(k.clone(), value.clone(), None).await {
+            tries += 1;
+            assert!(tries < 50, "put {k}: {e}");
+            pause(Duration::from_millis(100)).await;
+        }
+        acked.insert(k, value.clone());
+    }
+    // SIGKILL while it receives or installs the snapshot, at moments spread over the catch-up,
+    // then the sender too while it sends.
+    for delay in [100, 300, 600, 1_000, 1_500] {
+        cluster.respawn(behind).expect("start the follower");
+        pause(Duration::from_millis(delay)).await;
+        cluster.kill(behind);
+    }
+    cluster.respawn(behind).expect("start the follower");
+    pause(Duration::from_millis(300)).await;
+    cluster.restart(leader).expect("restart the leader");
+    // Whichever start got the snapshot through, the log alone cannot have brought it here.
+    let started = Instant::now();
+    while cluster.metric(behind, "metastore_store_revision") < Some(1501.0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the follower did not catch up: {:?}\n--- follower:\n{}\n--- others:\n{}\n{}",
+            cluster.metric(behind, "metastore_store_revision"),
+            cluster
+                .log(behind)
+                .lines()
+                .filter(|l| !l.contains("to-Raft tx send error")
+                    && (l.contains("ERROR") || l.contains("panic") || l.contains("snapshot")))
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            cluster.log_tail(leader),
+            cluster.log_tail(3 - leader - behind),
+        );
+        pause(Duration::from_millis(200)).await;
+    }
+    assert_converged(&cluster, "c/", &acked).await;
+}
+
 /// Waits up to 15 s until member `i`'s stored versions satisfy `ok`; answers the last count
 /// seen.
 async fn versions_until(cluster: &Cluster, i: usize, ok: impl Fn(f64) -> bool) -> Option<f64> {
