@@ -64,7 +64,6 @@ const MAX_DEPTH: usize = 64;
 
 /// What can go wrong reading or writing a bbolt file.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The underlying file or stream failed.
     #[error("bbolt i/o: {0}")]

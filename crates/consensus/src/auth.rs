@@ -7,65 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use mvcc::{AuthRequest, AuthResponse, Permission};
+use mvcc::{AuthError, AuthRequest, AuthResponse, Permission};
 use serde::{Deserialize, Serialize};
 
 /// The user every auth management request needs, and the role that makes a user it.
 pub const ROOT: &str = "root";
-
-/// etcd's auth errors, with its texts (clients match on them).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuthError {
-    /// Enabling auth without a root user.
-    #[error("etcdserver: root user does not exist")]
-    RootUserNotExist,
-    /// Enabling auth while root lacks the root role.
-    #[error("etcdserver: root user does not have root role")]
-    RootRoleNotExist,
-    /// A user name that is empty, or a request without a user while auth is enabled.
-    #[error("etcdserver: user name is empty")]
-    UserEmpty,
-    /// Adding a user that exists.
-    #[error("etcdserver: user name already exists")]
-    UserAlreadyExist,
-    /// Naming a user that does not exist.
-    #[error("etcdserver: user name not found")]
-    UserNotFound,
-    /// Adding a role that exists.
-    #[error("etcdserver: role name already exists")]
-    RoleAlreadyExist,
-    /// Naming a role that does not exist.
-    #[error("etcdserver: role name not found")]
-    RoleNotFound,
-    /// An empty role name.
-    #[error("etcdserver: role name is empty")]
-    RoleEmpty,
-    /// A wrong user or password.
-    #[error("etcdserver: authentication failed, invalid user ID or password")]
-    AuthFailed,
-    /// The user may not do this.
-    #[error("etcdserver: permission denied")]
-    PermissionDenied,
-    /// Revoking a role the user does not have.
-    #[error("etcdserver: role is not granted to the user")]
-    RoleNotGranted,
-    /// Revoking a permission the role does not have.
-    #[error("etcdserver: permission is not granted to the role")]
-    PermissionNotGranted,
-    /// Authenticating while auth is disabled.
-    #[error("etcdserver: authentication is not enabled")]
-    AuthNotEnabled,
-    /// A token this member does not know (or that expired).
-    #[error("etcdserver: invalid auth token")]
-    InvalidAuthToken,
-    /// Removing root, or root's root role, while auth is enabled.
-    #[error("etcdserver: invalid auth management")]
-    InvalidAuthMgmt,
-    /// The auth state changed between the password check and its commit.
-    #[error("etcdserver: revision of auth store is old")]
-    AuthOldRevision,
-}
 
 /// A user as the auth state keeps it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

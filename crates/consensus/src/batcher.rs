@@ -70,10 +70,10 @@ pub(crate) enum Rejected {
     /// Too many entries wait for their apply.
     TooManyRequests,
     /// The command itself is refused.
-    Command(crate::CommandError),
+    Command(mvcc::Refusal),
     /// The leader refused a forwarded batch holding these commands (waiter id, why); the
     /// rest of the batch is refused with it.
-    Invalid(Vec<(u64, crate::CommandError)>),
+    Invalid(Vec<(u64, mvcc::Refusal)>),
     /// Raft refused the entry for another reason.
     Other(String),
     /// The log's disk is (nearly) full; nothing was appended.
@@ -355,7 +355,7 @@ impl Batcher {
                 Rejected::Invalid(bad) => {
                     Rejected::Command(bad.iter().find(|(b, _)| *b == id).map_or_else(
                         || {
-                            crate::CommandError::Other(
+                            mvcc::Refusal::Other(
                                 "etcdserver: the leader refused the batch this request was \
                                      forwarded in: it held an invalid command"
                                     .into(),

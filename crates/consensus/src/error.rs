@@ -1,100 +1,11 @@
 //! Errors of the consensus layer: answers to a request, and failures that stop the node.
 
-use serde::{Deserialize, Serialize};
-
-/// Why an applied command changed nothing: a deterministic answer, the same on every member.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[non_exhaustive]
-pub enum CommandError {
-    /// The revision asked for was compacted.
-    #[error("mvcc: required revision has been compacted")]
-    Compacted {
-        /// The revision asked for.
-        requested: i64,
-        /// The compaction point.
-        compacted: i64,
-    },
-    /// The revision asked for is beyond the store's.
-    #[error("mvcc: required revision is a future revision")]
-    FutureRevision {
-        /// The revision asked for.
-        requested: i64,
-        /// The store's revision.
-        current: i64,
-    },
-    /// `ignore_value`/`ignore_lease` on a missing key.
-    #[error("etcdserver: key not found")]
-    KeyNotFound,
-    /// A txn writes one key twice.
-    #[error("etcdserver: duplicate key given in txn request")]
-    DuplicateKey,
-    /// A put or revoke named a lease that does not exist.
-    #[error("etcdserver: requested lease not found")]
-    LeaseNotFound,
-    /// A grant named a lease id that is taken.
-    #[error("etcdserver: lease already exists")]
-    LeaseExists,
-    /// A command without a key.
-    #[error("etcdserver: key is not provided")]
-    KeyNotProvided,
-    /// `ignore_value` together with a value.
-    #[error("etcdserver: value is provided")]
-    ValueProvided,
-    /// `ignore_lease` together with a lease.
-    #[error("etcdserver: lease is provided")]
-    LeaseProvided,
-    /// A txn over `--max-txn-ops`.
-    #[error("etcdserver: too many operations in txn request")]
-    TooManyOps,
-    /// Keys and values over `--max-request-bytes`.
-    #[error("etcdserver: request is too large")]
-    RequestTooLarge,
-    /// A lease TTL over etcd's `MaxLeaseTTL` (9,000,000,000 s).
-    #[error("etcdserver: too large lease TTL")]
-    LeaseTtlTooLarge,
-    /// A write that can grow the store while a NOSPACE alarm is raised.
-    #[error("etcdserver: mvcc: database space exceeded")]
-    NoSpace,
-    /// A write or compaction while a CORRUPT alarm is raised.
-    #[error("etcdserver: corrupt cluster")]
-    Corrupt,
-    /// An auth request refused, or a token a member could not record.
-    #[error("{0}")]
-    Auth(crate::auth::AuthError),
-    /// Any other refusal, described.
-    #[error("{0}")]
-    Other(String),
-}
-
-impl From<mvcc::Error> for CommandError {
-    fn from(e: mvcc::Error) -> Self {
-        match e {
-            mvcc::Error::Compacted {
-                requested,
-                compacted,
-            } => CommandError::Compacted {
-                requested,
-                compacted,
-            },
-            mvcc::Error::FutureRevision { requested, current } => {
-                CommandError::FutureRevision { requested, current }
-            }
-            mvcc::Error::KeyNotFound { .. } => CommandError::KeyNotFound,
-            mvcc::Error::DuplicateKey { .. } => CommandError::DuplicateKey,
-            mvcc::Error::LeaseNotFound { .. } => CommandError::LeaseNotFound,
-            mvcc::Error::LeaseExists { .. } => CommandError::LeaseExists,
-            other => CommandError::Other(other.to_string()),
-        }
-    }
-}
-
 /// Why a proposal did not get an answer.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum ProposeError {
-    /// The command was applied and refused.
+    /// The command was refused: by this layer's checks, or applied and refused by the store.
     #[error(transparent)]
-    Command(#[from] CommandError),
+    Command(#[from] mvcc::Refusal),
     /// A budget ran out before the command was applied; it may still apply later.
     #[error("etcdserver: request timed out ({0})")]
     Timeout(#[from] deadline::Expired),
@@ -139,9 +50,30 @@ impl From<ReadError> for ProposeError {
     }
 }
 
+impl From<crate::batcher::Rejected> for ProposeError {
+    fn from(rejected: crate::batcher::Rejected) -> Self {
+        use crate::batcher::Rejected;
+        match rejected {
+            Rejected::NoLeader => ProposeError::NoLeader,
+            Rejected::NotLeader(leader) => ProposeError::NotLeader { leader },
+            Rejected::Stopped => ProposeError::Stopped,
+            Rejected::TooManyRequests => ProposeError::TooManyRequests,
+            Rejected::Command(refused) => ProposeError::Command(refused),
+            Rejected::Invalid(_) => ProposeError::Command(mvcc::Refusal::Other(
+                "etcdserver: the leader refused an invalid command".to_string(),
+            )),
+            Rejected::Other(why) => ProposeError::Command(mvcc::Refusal::Other(why)),
+            Rejected::DiskFull(full) => ProposeError::DiskFull {
+                path: full.path,
+                free: full.free,
+                needed: full.needed,
+            },
+        }
+    }
+}
+
 /// Why a linearizable read could not be served.
 #[derive(Clone, Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum ReadError {
     /// The read-index budget ran out (e.g. quorum lost).
     #[error("etcdserver: request timed out ({0})")]
@@ -160,9 +92,42 @@ pub enum ReadError {
     Stopped,
 }
 
+/// A leader's refusal of a forwarded read, lease or campaign request, as the asking member
+/// reports it: a refusal of another kind means there is no leader to serve it.
+impl From<crate::network::Refusal> for ReadError {
+    fn from(refused: crate::network::Refusal) -> Self {
+        use crate::network::Refusal;
+        match refused {
+            Refusal::NotLeader(Some(leader)) => ReadError::NotLeader { leader },
+            Refusal::Stopped => ReadError::Stopped,
+            Refusal::Timeout => ReadError::Timeout(deadline::Expired::reported(
+                deadline::Layer::PeerRpc,
+                std::time::Duration::ZERO,
+            )),
+            Refusal::NotLeader(None)
+            | Refusal::TooManyRequests
+            | Refusal::Invalid(_)
+            | Refusal::Membership(_)
+            | Refusal::Other(_) => ReadError::NoLeader,
+        }
+    }
+}
+
+/// How the leader refuses a forwarded request it could not serve.
+impl From<ReadError> for crate::network::Refusal {
+    fn from(e: ReadError) -> Self {
+        use crate::network::Refusal;
+        match e {
+            ReadError::NotLeader { leader } => Refusal::NotLeader(Some(leader)),
+            ReadError::NoLeader => Refusal::NotLeader(None),
+            ReadError::Timeout(_) => Refusal::Timeout,
+            ReadError::Stopped => Refusal::Stopped,
+        }
+    }
+}
+
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum StartError {
     /// The Raft log could not be opened.
     #[error("cannot open the raft log at {path}: {cause}")]
@@ -212,7 +177,6 @@ pub enum StartError {
 
 /// Why a membership change failed.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum MembershipFailure {
     /// etcd's refusal of the change itself.
     #[error(transparent)]

@@ -12,8 +12,9 @@ use deadline::{Deadline, Layer};
 use mvcc::{Backend, Command, LeaseCheckpointRequest, LeaseRevokeRequest};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::error::{CommandError, ProposeError};
+use crate::error::ProposeError;
 use crate::Node;
+use mvcc::Refusal;
 
 /// How often expired leases are looked for (etcd: 500 ms).
 const TICK: Duration = Duration::from_millis(500);
@@ -96,7 +97,7 @@ async fn revoke_expired<B: Backend>(node: &Node<B>, max: usize) {
         match result {
             Ok(_) => metrics::counter!("metastore_leases_expired_total").increment(1),
             // Revoked meanwhile (by a client, or by an earlier proposal that timed out here).
-            Err(ProposeError::Command(CommandError::LeaseNotFound)) => node.lessor().revoked(id),
+            Err(ProposeError::Command(Refusal::LeaseNotFound { .. })) => node.lessor().revoked(id),
             // It is held back and proposed again later.
             Err(e) => tracing::warn!(lease = id, cause = %e, "revoking an expired lease failed"),
         }

@@ -52,7 +52,6 @@ pub enum Change {
 
 /// Why a membership change was refused, with etcd's texts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[non_exhaustive]
 pub enum MembershipError {
     /// No member has that id.
     #[error("etcdserver: member not found")]

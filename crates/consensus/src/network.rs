@@ -101,7 +101,7 @@ pub(crate) enum Refusal {
     Timeout,
     TooManyRequests,
     /// A forwarded batch held commands no checked request could produce: (waiter id, why).
-    Invalid(Vec<(u64, crate::CommandError)>),
+    Invalid(Vec<(u64, mvcc::Refusal)>),
     Membership(crate::membership::MembershipError),
     Other(String),
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alarms::Alarms;
 use crate::auth::Auth;
-use crate::batcher::{Answer, Batcher, Queued, Rejected};
+use crate::batcher::{Answer, Batcher, Queued};
 use crate::compaction::Removal;
 use crate::error::{ProposeError, ReadError, StartError};
 use crate::leader::Leadership;
@@ -631,25 +631,10 @@ impl<B: Backend> Node<B> {
             .await
             .map_err(wait_error)?;
         crate::stages::record("node", queued_at.elapsed(), 1);
-        let applied = answer.map_err(|rejected| match rejected {
-            Rejected::NoLeader => ProposeError::NoLeader,
-            Rejected::NotLeader(leader) => ProposeError::NotLeader { leader },
-            Rejected::Stopped => ProposeError::Stopped,
-            Rejected::TooManyRequests => ProposeError::TooManyRequests,
-            Rejected::Command(refused) => ProposeError::Command(refused),
-            Rejected::Invalid(_) => ProposeError::Command(crate::CommandError::Other(
-                "etcdserver: the leader refused an invalid command".to_string(),
-            )),
-            Rejected::Other(why) => ProposeError::Command(crate::CommandError::Other(why)),
-            Rejected::DiskFull(full) => ProposeError::DiskFull {
-                path: full.path,
-                free: full.free,
-                needed: full.needed,
-            },
-        })?;
+        let applied = answer?;
         match applied.result {
             Ok(Some(response)) => Ok((applied.revision, response)),
-            Ok(None) => Err(ProposeError::Command(crate::CommandError::Other(
+            Ok(None) => Err(ProposeError::Command(mvcc::Refusal::Other(
                 "the entry carried no command".to_string(),
             ))),
             Err(refused) => Err(ProposeError::Command(refused)),
@@ -830,7 +815,7 @@ impl<B: Backend> Node<B> {
                 };
                 // kvapi checked the follower's requests; nothing unchecked enters the log.
                 let limits = self.inner.limits;
-                let bad: Vec<(u64, crate::CommandError)> = proposal
+                let bad: Vec<(u64, mvcc::Refusal)> = proposal
                     .commands
                     .iter()
                     .filter_map(|t| {
@@ -867,11 +852,11 @@ impl<B: Backend> Node<B> {
             // In the leader's rounds, shared with its own reads and other followers' rounds.
             Forwarded::ReadIndex => match self.inner.reads.read_index(Deadline::none()).await {
                 Ok(index) => ForwardReply::Index(index),
-                Err(e) => ForwardReply::Refused(read_error_refusal(e)),
+                Err(e) => ForwardReply::Refused(e.into()),
             },
             Forwarded::LeaseRenew(id) => match self.lease_renew_local(id) {
                 Ok(ttl) => ForwardReply::Ttl(ttl),
-                Err(e) => ForwardReply::Refused(read_error_refusal(e)),
+                Err(e) => ForwardReply::Refused(e.into()),
             },
             // The leader's lessor answers once the leader has applied everything committed, so
             // a lease the asking follower already sees is known here too.
@@ -883,7 +868,7 @@ impl<B: Backend> Node<B> {
                             .remaining(id)
                             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                     ),
-                    Err(e) => ForwardReply::Refused(read_error_refusal(e)),
+                    Err(e) => ForwardReply::Refused(e.into()),
                 }
             }
             Forwarded::Membership(change) => {
@@ -1396,23 +1381,17 @@ impl<B: Backend> Node<B> {
 }
 
 /// A forwarded request's unexpected or refused answer, as a read error.
+/// A leader's reply that should have answered a read: its refusal, or (a reply of another
+/// kind) no leader to ask.
 fn read_refusal(reply: ForwardReply) -> ReadError {
     match reply {
-        ForwardReply::Refused(Refusal::NotLeader(Some(leader))) => ReadError::NotLeader { leader },
-        ForwardReply::Refused(Refusal::Stopped) => ReadError::Stopped,
-        ForwardReply::Refused(Refusal::Timeout) => {
-            ReadError::Timeout(deadline::Expired::reported(Layer::PeerRpc, Duration::ZERO))
-        }
-        _ => ReadError::NoLeader,
-    }
-}
-
-fn read_error_refusal(e: ReadError) -> Refusal {
-    match e {
-        ReadError::NotLeader { leader } => Refusal::NotLeader(Some(leader)),
-        ReadError::NoLeader => Refusal::NotLeader(None),
-        ReadError::Timeout(_) => Refusal::Timeout,
-        _ => Refusal::Stopped,
+        ForwardReply::Refused(refused) => refused.into(),
+        ForwardReply::Done
+        | ForwardReply::Index(_)
+        | ForwardReply::Ttl(_)
+        | ForwardReply::Remaining(_)
+        | ForwardReply::Members(_)
+        | ForwardReply::Hash(_) => ReadError::NoLeader,
     }
 }
 

@@ -19,11 +19,11 @@ use crate::alarms::Alarms;
 use crate::auth::{Auth, AuthState};
 use crate::batcher::Answer;
 use crate::compaction::Removal;
-use crate::error::CommandError;
 use crate::floor::{Floor, FloorRaiser};
 use crate::lessor::Lessor;
 use crate::types::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership};
 use crate::types::{Applied, TypeConfig};
+use mvcc::Refusal;
 
 /// What the store records as its applied position: the last log id, the membership then, and
 /// the raised alarms (written with every apply, so a restart and a snapshot carry them).
@@ -110,7 +110,7 @@ pub fn seed_auth<B: Backend>(store: &Store<B>, auth: AuthState) -> Result<(), mv
 /// What raised alarms refuse `command` with, as etcd 3.4's appliers do: with a CORRUPT alarm
 /// every write and compaction ("corrupt cluster"); with a NOSPACE alarm what can grow the store
 /// (puts, txns with puts, lease grants).
-fn refusal(command: &mvcc::Command, alarms: &BTreeSet<AlarmMember>) -> Option<CommandError> {
+fn refusal(command: &mvcc::Command, alarms: &BTreeSet<AlarmMember>) -> Option<Refusal> {
     fn ops_put(ops: &[mvcc::RequestOp]) -> bool {
         ops.iter().any(|op| match op {
             mvcc::RequestOp::Put(_) => true,
@@ -131,9 +131,9 @@ fn refusal(command: &mvcc::Command, alarms: &BTreeSet<AlarmMember>) -> Option<Co
         _ => (false, false),
     };
     if writes && raised(alarm_kind::CORRUPT) {
-        Some(CommandError::Corrupt)
+        Some(Refusal::Corrupt)
     } else if grows && raised(alarm_kind::NOSPACE) {
-        Some(CommandError::NoSpace)
+        Some(Refusal::NoSpace)
     } else {
         None
     }
@@ -309,7 +309,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         );
         // Alarms apply here, in log order; what the store would answer for them, and for the
         // writes a NOSPACE alarm refuses, is replaced by these answers.
-        let mut answered: HashMap<usize, Result<mvcc::Response, CommandError>> = HashMap::new();
+        let mut answered: HashMap<usize, Result<mvcc::Response, Refusal>> = HashMap::new();
         // Auth applies here too; its token changes wait until the new state is durable.
         let mut token_changes = Vec::new();
         for (i, c) in commands.iter_mut().enumerate() {
@@ -322,10 +322,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
                 // was applied since is no longer known to hold.
                 if position.auth.enabled && *auth_revision < position.auth.revision {
                     *c = mvcc::Command::Alarm(mvcc::AlarmRequest::default());
-                    answered.insert(
-                        i,
-                        Err(CommandError::Auth(crate::AuthError::AuthOldRevision)),
-                    );
+                    answered.insert(i, Err(Refusal::Auth(crate::AuthError::AuthOldRevision)));
                     continue;
                 }
                 let write = std::mem::replace(
@@ -339,7 +336,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
                     .auth
                     .apply(req, &mut token_changes)
                     .map(mvcc::Response::Auth)
-                    .map_err(CommandError::Auth);
+                    .map_err(Refusal::Auth);
                 answered.insert(i, answer);
             } else if let mvcc::Command::Alarm(req) = c {
                 let listed = crate::alarms::apply(&mut position.alarms, req);
@@ -403,7 +400,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
                 revision = o.revision;
                 let result = match answered.remove(&i) {
                     Some(answer) => answer,
-                    None => o.result.map_err(Into::into),
+                    None => o.result,
                 };
                 if let Some(id) = ids.next() {
                     let applied = Applied {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::CommandError;
+use mvcc::Refusal;
 
 /// A member of the cluster as Raft stores it in membership configs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +59,7 @@ pub struct Applied {
     /// The store's revision once the entry was applied: the header revision of the answer.
     pub revision: i64,
     /// The command's answer; `None` for entries that carry no command (blank, membership).
-    pub result: Result<Option<mvcc::Response>, CommandError>,
+    pub result: Result<Option<mvcc::Response>, Refusal>,
 }
 
 openraft::declare_raft_types!(

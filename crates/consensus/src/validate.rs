@@ -9,7 +9,7 @@
 
 use mvcc::{Command, RequestOp, TxnRequest};
 
-use crate::error::CommandError;
+use mvcc::Refusal;
 
 /// etcd's largest lease TTL (`MaxLeaseTTL`), in seconds.
 pub(crate) const MAX_LEASE_TTL: i64 = 9_000_000_000;
@@ -24,42 +24,40 @@ pub(crate) struct Limits {
 }
 
 /// Refuses a command no client request checked by kvapi could have produced.
-pub(crate) fn check(command: &Command, limits: Limits) -> Result<(), CommandError> {
+pub(crate) fn check(command: &Command, limits: Limits) -> Result<(), Refusal> {
     match command {
         Command::Guarded { command, .. } => return check(command, limits),
         Command::Put(p) => check_op(&RequestOp::Put(p.clone()), 0)?,
         Command::DeleteRange(d) => key_given(&d.key)?,
         // First: it bounds the nesting that `payload_bytes` walks.
         Command::Txn(t) => check_txn(t, limits.max_txn_ops)?,
-        Command::LeaseGrant(g) if g.ttl > MAX_LEASE_TTL => {
-            return Err(CommandError::LeaseTtlTooLarge)
-        }
+        Command::LeaseGrant(g) if g.ttl > MAX_LEASE_TTL => return Err(Refusal::LeaseTtlTooLarge),
         Command::LeaseCheckpoint(c)
             if c.checkpoints.iter().any(|(_, left)| *left > MAX_LEASE_TTL) =>
         {
-            return Err(CommandError::LeaseTtlTooLarge)
+            return Err(Refusal::LeaseTtlTooLarge)
         }
         _ => {}
     }
     if payload_bytes(command) > limits.max_request_bytes {
-        return Err(CommandError::RequestTooLarge);
+        return Err(Refusal::RequestTooLarge);
     }
     Ok(())
 }
 
-fn key_given(key: &[u8]) -> Result<(), CommandError> {
+fn key_given(key: &[u8]) -> Result<(), Refusal> {
     if key.is_empty() {
-        return Err(CommandError::KeyNotProvided);
+        return Err(Refusal::KeyNotProvided);
     }
     Ok(())
 }
 
 /// etcd's txn check: the widest of compares, success and failure within `max_ops`, every key
 /// given, nested txns within what the outer one leaves.
-fn check_txn(t: &TxnRequest, max_ops: usize) -> Result<(), CommandError> {
+fn check_txn(t: &TxnRequest, max_ops: usize) -> Result<(), Refusal> {
     let width = t.compare.len().max(t.success.len()).max(t.failure.len());
     if width > max_ops {
-        return Err(CommandError::TooManyOps);
+        return Err(Refusal::TooManyOps);
     }
     for c in &t.compare {
         key_given(&c.key)?;
@@ -70,16 +68,16 @@ fn check_txn(t: &TxnRequest, max_ops: usize) -> Result<(), CommandError> {
     Ok(())
 }
 
-fn check_op(op: &RequestOp, max_ops: usize) -> Result<(), CommandError> {
+fn check_op(op: &RequestOp, max_ops: usize) -> Result<(), Refusal> {
     match op {
         RequestOp::Range(r) => key_given(&r.key),
         RequestOp::Put(p) => {
             key_given(&p.key)?;
             if p.ignore_value && !p.value.is_empty() {
-                return Err(CommandError::ValueProvided);
+                return Err(Refusal::ValueProvided);
             }
             if p.ignore_lease && p.lease != 0 {
-                return Err(CommandError::LeaseProvided);
+                return Err(Refusal::LeaseProvided);
             }
             Ok(())
         }
@@ -142,7 +140,6 @@ pub(crate) mod tests {
     use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
     use crate::batcher::Answer;
-    use crate::error::CommandError;
     use crate::lessor::Lessor;
     use crate::network::{ForwardReply, Forwarded, Refusal};
     use crate::state_machine::StateMachine;
@@ -168,30 +165,30 @@ pub(crate) mod tests {
         assert_eq!(refused(mvcc::Command::Put(put("k", 99))), None);
         assert_eq!(
             refused(mvcc::Command::Put(put("k", 100))),
-            Some(CommandError::RequestTooLarge)
+            Some(mvcc::Refusal::RequestTooLarge)
         );
         assert_eq!(
             refused(mvcc::Command::Put(put("", 1))),
-            Some(CommandError::KeyNotProvided)
+            Some(mvcc::Refusal::KeyNotProvided)
         );
         let mut p = put("k", 1);
         p.ignore_value = true;
         assert_eq!(
             refused(mvcc::Command::Put(p)),
-            Some(CommandError::ValueProvided)
+            Some(mvcc::Refusal::ValueProvided)
         );
         let mut p = put("k", 0);
         p.ignore_lease = true;
         p.lease = 3;
         assert_eq!(
             refused(mvcc::Command::Put(p)),
-            Some(CommandError::LeaseProvided)
+            Some(mvcc::Refusal::LeaseProvided)
         );
         assert_eq!(
             refused(mvcc::Command::DeleteRange(
                 mvcc::DeleteRangeRequest::default()
             )),
-            Some(CommandError::KeyNotProvided)
+            Some(mvcc::Refusal::KeyNotProvided)
         );
         let op = |k: &str| mvcc::RequestOp::Put(put(k, 1));
         let txn = |success: Vec<mvcc::RequestOp>| mvcc::TxnRequest {
@@ -204,20 +201,20 @@ pub(crate) mod tests {
         );
         assert_eq!(
             refused(mvcc::Command::Txn(txn(vec![op("a"), op("b"), op("c")]))),
-            Some(CommandError::TooManyOps)
+            Some(mvcc::Refusal::TooManyOps)
         );
         // A nested txn gets what the outer one leaves.
         let nested = mvcc::RequestOp::Txn(txn(vec![op("a"), op("b")]));
         assert_eq!(
             refused(mvcc::Command::Txn(txn(vec![nested]))),
-            Some(CommandError::TooManyOps)
+            Some(mvcc::Refusal::TooManyOps)
         );
         assert_eq!(
             refused(mvcc::Command::Txn(txn(vec![
                 op("a"),
                 mvcc::RequestOp::Put(put("big", 120))
             ]))),
-            Some(CommandError::RequestTooLarge)
+            Some(mvcc::Refusal::RequestTooLarge)
         );
         // A read-only txn has no size limit, as in etcd.
         let read = mvcc::RequestOp::Range(mvcc::RangeRequest {
@@ -228,7 +225,7 @@ pub(crate) mod tests {
         assert_eq!(refused(grant(1, super::MAX_LEASE_TTL)), None);
         assert_eq!(
             refused(grant(1, super::MAX_LEASE_TTL + 1)),
-            Some(CommandError::LeaseTtlTooLarge)
+            Some(mvcc::Refusal::LeaseTtlTooLarge)
         );
         assert_eq!(
             refused(mvcc::Command::LeaseCheckpoint(
@@ -236,7 +233,7 @@ pub(crate) mod tests {
                     checkpoints: vec![(1, i64::MAX)],
                 }
             )),
-            Some(CommandError::LeaseTtlTooLarge)
+            Some(mvcc::Refusal::LeaseTtlTooLarge)
         );
     }
 
@@ -298,7 +295,7 @@ pub(crate) mod tests {
         let reply = node.serve_forwarded(Forwarded::Propose(proposal)).await;
         assert!(
             matches!(&reply, ForwardReply::Refused(Refusal::Invalid(bad))
-                if bad.len() == 1 && bad[0] == (2, CommandError::LeaseTtlTooLarge)),
+                if bad.len() == 1 && bad[0] == (2, mvcc::Refusal::LeaseTtlTooLarge)),
             "the leader took it: {reply:?}"
         );
         let after = node.propose(put("after"), d()).await;

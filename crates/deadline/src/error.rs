@@ -24,7 +24,6 @@ impl Expired {
 
 /// A `grpc-timeout` header value that does not follow the gRPC HTTP/2 spec.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum ParseTimeoutError {
     /// The header value is empty.
     #[error("grpc-timeout is empty: expected 1 to 8 digits and a unit (H, M, S, m, u, n)")]
@@ -64,7 +63,6 @@ pub struct ParseLayerError {
 
 /// A budget configuration that cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum BudgetError {
     /// A layer with a zero budget would fail every request before it starts.
     #[error("budget for layer {layer} is zero: every wait in it would expire at once")]
@@ -99,7 +97,6 @@ pub enum BudgetError {
 
 /// A bounded [`send`](crate::send) that did not deliver; the value is handed back either way.
 #[derive(thiserror::Error)]
-#[non_exhaustive]
 pub enum SendError<T> {
     /// The channel stayed full until the deadline.
     #[error("send on full channel: {expired}")]
@@ -147,7 +144,6 @@ impl<T> fmt::Debug for SendError<T> {
 
 /// Why [`Pending::wait`](crate::Pending::wait) returned without a value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum WaitError {
     /// Nobody completed the operation before the deadline.
     #[error(transparent)]
@@ -164,7 +160,6 @@ pub enum WaitError {
 
 /// Why [`Registry::register_with`](crate::Registry::register_with) refused an id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum RegisterError {
     /// Someone already waits on this id; two waiters for one result would lose one of them.
     #[error("id {id} is already pending in registry {registry}")]

@@ -5,7 +5,6 @@ use crate::ParseLayerError;
 
 /// A place in the request path where a caller waits; each has its own budget and metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum Layer {
     /// A whole client request, from arrival to response.
     Api,

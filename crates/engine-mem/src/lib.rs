@@ -111,7 +111,7 @@ impl Tables {
         match table {
             Table::Keys => &self.keys,
             Table::Revisions => &self.revisions,
-            _ => &self.meta,
+            Table::Meta => &self.meta,
         }
     }
 
@@ -119,7 +119,7 @@ impl Tables {
         match table {
             Table::Keys => &mut self.keys,
             Table::Revisions => &mut self.revisions,
-            _ => &mut self.meta,
+            Table::Meta => &mut self.meta,
         }
     }
 

@@ -43,7 +43,7 @@ fn def(table: Table) -> Def {
     match table {
         Table::Keys => KEYS,
         Table::Revisions => REVISIONS,
-        _ => META,
+        Table::Meta => META,
     }
 }
 

@@ -54,7 +54,7 @@ impl Caller {
             .find_map(|k| metadata.get(*k))
             .and_then(|v| v.to_str().ok())
             .filter(|t| !t.is_empty());
-        let invalid = || ApiError::Auth(AuthError::InvalidAuthToken);
+        let invalid = || ApiError::from(AuthError::InvalidAuthToken);
         let (user, token_revision) = match (token, jwt) {
             (None, _) => (cert.map(|c| c.0.clone()), None),
             (Some(t), None) => (Some(auth.tokens().user(t).ok_or_else(invalid)?), None),

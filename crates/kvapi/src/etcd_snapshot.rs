@@ -46,7 +46,6 @@ const CLUSTER_VERSION: &str = "3.4.0";
 
 /// What can go wrong writing or reading an etcd snapshot.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum SnapshotError {
     /// The bbolt file is damaged or could not be written.
     #[error(transparent)]

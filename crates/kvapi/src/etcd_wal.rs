@@ -34,7 +34,6 @@ const SECTOR: usize = 512;
 
 /// What can go wrong reading etcd's WAL.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum WalError {
     /// Reading a file failed.
     #[error("reading {path}: {cause}")]

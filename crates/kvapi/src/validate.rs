@@ -4,6 +4,7 @@ use crate::error::ApiError;
 use crate::pb::etcdserverpb::{
     request_op, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
+use mvcc::Refusal;
 
 /// The request limits of `--max-request-bytes` and `--max-txn-ops`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +37,7 @@ impl Limits {
     /// Refuses a request of `encoded_len` bytes over the limit.
     pub(crate) fn check_size(&self, encoded_len: usize) -> Result<(), ApiError> {
         if encoded_len > self.max_request_bytes {
-            return Err(ApiError::RequestTooLarge);
+            return Err(ApiError::Refused(Refusal::RequestTooLarge));
         }
         Ok(())
     }
@@ -44,27 +45,27 @@ impl Limits {
 
 pub(crate) fn check_range(r: &RangeRequest) -> Result<(), ApiError> {
     if r.key.is_empty() {
-        return Err(ApiError::KeyNotProvided);
+        return Err(ApiError::Refused(Refusal::KeyNotProvided));
     }
     Ok(())
 }
 
 pub(crate) fn check_put(r: &PutRequest) -> Result<(), ApiError> {
     if r.key.is_empty() {
-        return Err(ApiError::KeyNotProvided);
+        return Err(ApiError::Refused(Refusal::KeyNotProvided));
     }
     if r.ignore_value && !r.value.is_empty() {
-        return Err(ApiError::ValueProvided);
+        return Err(ApiError::Refused(Refusal::ValueProvided));
     }
     if r.ignore_lease && r.lease != 0 {
-        return Err(ApiError::LeaseProvided);
+        return Err(ApiError::Refused(Refusal::LeaseProvided));
     }
     Ok(())
 }
 
 pub(crate) fn check_delete(r: &DeleteRangeRequest) -> Result<(), ApiError> {
     if r.key.is_empty() {
-        return Err(ApiError::KeyNotProvided);
+        return Err(ApiError::Refused(Refusal::KeyNotProvided));
     }
     Ok(())
 }
@@ -74,10 +75,10 @@ pub(crate) fn check_delete(r: &DeleteRangeRequest) -> Result<(), ApiError> {
 pub(crate) fn check_txn(t: &TxnRequest, max_ops: usize) -> Result<(), ApiError> {
     let width = t.compare.len().max(t.success.len()).max(t.failure.len());
     if width > max_ops {
-        return Err(ApiError::TooManyOps);
+        return Err(ApiError::Refused(Refusal::TooManyOps));
     }
     if t.compare.iter().any(|c| c.key.is_empty()) {
-        return Err(ApiError::KeyNotProvided);
+        return Err(ApiError::Refused(Refusal::KeyNotProvided));
     }
     for op in t.success.iter().chain(&t.failure) {
         check_op(op, max_ops - width)?;
@@ -91,7 +92,7 @@ fn check_op(op: &RequestOp, max_ops: usize) -> Result<(), ApiError> {
         Some(request_op::Request::RequestPut(r)) => check_put(r),
         Some(request_op::Request::RequestDeleteRange(r)) => check_delete(r),
         Some(request_op::Request::RequestTxn(t)) => check_txn(t, max_ops),
-        None => Err(ApiError::KeyNotFound),
+        None => Err(ApiError::Refused(Refusal::KeyNotFound { key: Vec::new() })),
     }
 }
 
@@ -142,7 +143,7 @@ mod tests {
     fn puts_are_checked_as_etcd_does() {
         assert_eq!(
             check_put(&PutRequest::default()),
-            Err(ApiError::KeyNotProvided)
+            Err(ApiError::Refused(Refusal::KeyNotProvided))
         );
         let p = PutRequest {
             key: "k".into(),
@@ -150,21 +151,27 @@ mod tests {
             ignore_value: true,
             ..Default::default()
         };
-        assert_eq!(check_put(&p), Err(ApiError::ValueProvided));
+        assert_eq!(
+            check_put(&p),
+            Err(ApiError::Refused(Refusal::ValueProvided))
+        );
         let p = PutRequest {
             key: "k".into(),
             lease: 5,
             ignore_lease: true,
             ..Default::default()
         };
-        assert_eq!(check_put(&p), Err(ApiError::LeaseProvided));
+        assert_eq!(
+            check_put(&p),
+            Err(ApiError::Refused(Refusal::LeaseProvided))
+        );
         assert_eq!(
             check_range(&RangeRequest::default()),
-            Err(ApiError::KeyNotProvided)
+            Err(ApiError::Refused(Refusal::KeyNotProvided))
         );
         assert_eq!(
             check_delete(&DeleteRangeRequest::default()),
-            Err(ApiError::KeyNotProvided)
+            Err(ApiError::Refused(Refusal::KeyNotProvided))
         );
     }
 
@@ -174,7 +181,10 @@ mod tests {
             success: (0..129).map(|i| put(&i.to_string())).collect(),
             ..Default::default()
         };
-        assert_eq!(check_txn(&wide, 128), Err(ApiError::TooManyOps));
+        assert_eq!(
+            check_txn(&wide, 128),
+            Err(ApiError::Refused(Refusal::TooManyOps))
+        );
         let ok = TxnRequest {
             success: (0..128).map(|i| put(&i.to_string())).collect(),
             ..Default::default()
@@ -199,17 +209,26 @@ mod tests {
             success: vec![nested(128)],
             ..Default::default()
         };
-        assert_eq!(check_txn(&outer, 128), Err(ApiError::TooManyOps));
+        assert_eq!(
+            check_txn(&outer, 128),
+            Err(ApiError::Refused(Refusal::TooManyOps))
+        );
         let empty_op = TxnRequest {
             success: vec![RequestOp { request: None }],
             ..Default::default()
         };
-        assert_eq!(check_txn(&empty_op, 128), Err(ApiError::KeyNotFound));
+        assert_eq!(
+            check_txn(&empty_op, 128),
+            Err(ApiError::Refused(Refusal::KeyNotFound { key: Vec::new() }))
+        );
         let no_key = TxnRequest {
             success: vec![put("")],
             ..Default::default()
         };
-        assert_eq!(check_txn(&no_key, 128), Err(ApiError::KeyNotProvided));
+        assert_eq!(
+            check_txn(&no_key, 128),
+            Err(ApiError::Refused(Refusal::KeyNotProvided))
+        );
     }
 
     #[test]
@@ -218,7 +237,7 @@ mod tests {
         assert_eq!(limits.check_size(1536 * 1024), Ok(()));
         assert_eq!(
             limits.check_size(1536 * 1024 + 1),
-            Err(ApiError::RequestTooLarge)
+            Err(ApiError::Refused(Refusal::RequestTooLarge))
         );
     }
 }

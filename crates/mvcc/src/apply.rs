@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use crate::backend::{Backend, Table, WriteBatch};
 use crate::codec;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::keys::KeyRange;
 use crate::lease;
 use crate::read::{self, build_range, Item, ItemVisitor, ReadLimits};
@@ -24,16 +24,16 @@ use crate::types::{
 pub struct Outcome {
     /// The store's revision once the command was applied: the header revision of its answer.
     pub revision: i64,
-    /// The command's answer, or the error that left the store unchanged by it.
-    pub result: Result<Response>,
+    /// The command's answer, or why it left the store unchanged.
+    pub result: Result<Response, Refusal>,
 }
 
 impl<B: Backend> Store<B> {
     /// Applies `commands` in order, each at the next revision if it changes anything, as one
     /// atomic backend batch that also records `applied`; then publishes their events.
     ///
-    /// A command that fails (e.g. a compaction of a compacted revision) changes nothing and gets
-    /// its error in its [`Outcome`]; the others still apply.
+    /// A command that is refused (e.g. a compaction of a compacted revision) changes nothing and
+    /// gets its [`Refusal`] in its [`Outcome`]; the others still apply.
     ///
     /// # Errors
     /// Only fatal ones ([`Error::is_fatal`]): nothing of the batch is applied then.
@@ -53,8 +53,11 @@ impl<B: Backend> Store<B> {
         let mut outcomes = Vec::with_capacity(commands.len());
         for cmd in commands {
             let result = match w.execute(cmd) {
+                Ok(response) => Ok(response),
+                Err(Error::Refused(refused)) => Err(refused),
                 Err(e) if e.is_fatal() => return Err(e),
-                other => other,
+                // Not expected of a write, but an answer all the same, the same on every member.
+                Err(other) => Err(Refusal::Other(other.to_string())),
             };
             outcomes.push(Outcome {
                 revision: w.current,
@@ -321,7 +324,7 @@ impl<'s, B: Backend> Writer<'s, B> {
 
     fn grant(&mut self, req: &LeaseGrantRequest) -> Result<Response> {
         if self.lease_ttl(req.id).is_some() {
-            return Err(Error::LeaseExists { id: req.id });
+            return Err(Refusal::LeaseExists { id: req.id }.into());
         }
         self.batch.put(
             Table::Meta,
@@ -368,7 +371,7 @@ impl<'s, B: Backend> Writer<'s, B> {
 
     fn revoke(&mut self, req: &LeaseRevokeRequest) -> Result<Response> {
         if self.lease_ttl(req.id).is_none() {
-            return Err(Error::LeaseNotFound { id: req.id });
+            return Err(Refusal::LeaseNotFound { id: req.id }.into());
         }
         let main = self.current + 1;
         let mut sub = 0;
@@ -406,16 +409,18 @@ impl<'s, B: Backend> Writer<'s, B> {
 
     fn compact(&mut self, req: &CompactRequest) -> Result<Response> {
         if req.revision <= self.compacted {
-            return Err(Error::Compacted {
+            return Err(Refusal::Compacted {
                 requested: req.revision,
                 compacted: self.compacted,
-            });
+            }
+            .into());
         }
         if req.revision > self.current {
-            return Err(Error::FutureRevision {
+            return Err(Refusal::FutureRevision {
                 requested: req.revision,
                 current: self.current,
-            });
+            }
+            .into());
         }
         self.compacted = req.revision;
         Ok(Response::Compact)
@@ -471,16 +476,18 @@ impl<'s, B: Backend> Writer<'s, B> {
 
     fn check_range(&self, req: &RangeRequest) -> Result<()> {
         if req.revision > self.current {
-            return Err(Error::FutureRevision {
+            return Err(Refusal::FutureRevision {
                 requested: req.revision,
                 current: self.current,
-            });
+            }
+            .into());
         }
         if req.revision > 0 && req.revision < self.compacted {
-            return Err(Error::Compacted {
+            return Err(Refusal::Compacted {
                 requested: req.revision,
                 compacted: self.compacted,
-            });
+            }
+            .into());
         }
         Ok(())
     }
@@ -494,12 +501,13 @@ impl<'s, B: Backend> Writer<'s, B> {
 
     fn check_put(&self, req: &PutRequest) -> Result<()> {
         if (req.ignore_value || req.ignore_lease) && self.get(&req.key, self.current)?.is_none() {
-            return Err(Error::KeyNotFound {
+            return Err(Refusal::KeyNotFound {
                 key: req.key.clone(),
-            });
+            }
+            .into());
         }
         if req.lease != 0 && !req.ignore_lease && self.lease_ttl(req.lease).is_none() {
-            return Err(Error::LeaseNotFound { id: req.lease });
+            return Err(Refusal::LeaseNotFound { id: req.lease }.into());
         }
         Ok(())
     }

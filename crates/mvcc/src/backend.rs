@@ -6,7 +6,6 @@ use crate::error::BackendError;
 
 /// A keyspace of the backend. Each table is an independent ordered map of byte strings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
 pub enum Table {
     /// Every stored version, keyed by user key then newest revision first.
     Keys,

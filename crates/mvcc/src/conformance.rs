@@ -23,9 +23,9 @@ use proptest::test_runner::{Config, TestRunner};
 use crate::{
     Backend, BackendError, Command, CompactRequest, Compare, CompareResult, CompareTarget,
     DeleteRangeRequest, Error, Event, EventKind, EventSink, KeyValue, LeaseCheckpointRequest,
-    LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, ReadLimits, Replacement,
-    RequestOp, Response, ResponseOp, SortOrder, SortTarget, Store, Table, TxnRequest, Visitor,
-    WriteBatch,
+    LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, ReadLimits, Refusal,
+    Replacement, RequestOp, Response, ResponseOp, SortOrder, SortTarget, Store, Table, TxnRequest,
+    Visitor, WriteBatch,
 };
 
 /// Makes a fresh, empty backend and whatever must live as long as it.
@@ -55,7 +55,7 @@ impl<B: Backend> Fixture<B> {
             .apply(&[cmd], None)
             .expect("apply must not fail fatally");
         let o = out.pop().unwrap();
-        (o.revision, o.result)
+        (o.revision, o.result.map_err(Error::from))
     }
 
     fn put(&self, key: &str, value: &str) -> i64 {
@@ -196,7 +196,10 @@ fn leases<B: Backend>(f: Factory<'_, B>) {
     s.grant(1, 30);
     assert_eq!(s.store.current_revision(), 1, "a grant takes no revision");
     let (_, res) = s.apply(Command::LeaseGrant(LeaseGrantRequest { id: 1, ttl: 5 }));
-    assert!(matches!(res, Err(Error::LeaseExists { id: 1 })), "{res:?}");
+    assert!(
+        matches!(res, Err(Error::Refused(Refusal::LeaseExists { id: 1 }))),
+        "{res:?}"
+    );
     // A put naming an unknown lease changes nothing.
     let (rev, res) = s.apply(Command::Put(PutRequest {
         key: "x".into(),
@@ -204,7 +207,7 @@ fn leases<B: Backend>(f: Factory<'_, B>) {
         ..Default::default()
     }));
     assert!(
-        matches!(res, Err(Error::LeaseNotFound { id: 2 })),
+        matches!(res, Err(Error::Refused(Refusal::LeaseNotFound { id: 2 }))),
         "{res:?}"
     );
     assert_eq!(rev, 1);
@@ -240,7 +243,7 @@ fn leases<B: Backend>(f: Factory<'_, B>) {
         ..Default::default()
     }));
     assert!(
-        matches!(res, Err(Error::LeaseNotFound { id: 3 })),
+        matches!(res, Err(Error::Refused(Refusal::LeaseNotFound { id: 3 }))),
         "{res:?}"
     );
     assert_eq!(rev, 7, "a refused txn takes no revision");
@@ -302,7 +305,7 @@ fn leases<B: Backend>(f: Factory<'_, B>) {
     assert_eq!((rev, res.is_ok()), (before + 3, true));
     let (_, res) = s.revoke(6);
     assert!(
-        matches!(res, Err(Error::LeaseNotFound { id: 6 })),
+        matches!(res, Err(Error::Refused(Refusal::LeaseNotFound { id: 6 }))),
         "{res:?}"
     );
     // Checkpoints, leases list, and a snapshot carries it all.
@@ -433,7 +436,10 @@ fn versions_and_tombstones<B: Backend>(f: Factory<'_, B>) {
         ignore_value: true,
         ..Default::default()
     }));
-    assert!(matches!(res, Err(Error::KeyNotFound { .. })), "{res:?}");
+    assert!(
+        matches!(res, Err(Error::Refused(Refusal::KeyNotFound { .. }))),
+        "{res:?}"
+    );
     assert_eq!(rev, 5, "a failed put takes no revision");
     let (rev, res) = s.apply(Command::DeleteRange(DeleteRangeRequest {
         key: "k".into(),
@@ -769,10 +775,10 @@ fn filters_and_past_revisions<B: Backend>(f: Factory<'_, B>) {
             revision: 6,
             ..Default::default()
         }),
-        Err(Error::FutureRevision {
+        Err(Error::Refused(Refusal::FutureRevision {
             requested: 6,
             current: 5
-        })
+        }))
     ));
 }
 
@@ -907,7 +913,10 @@ fn txn_errors<B: Backend>(f: Factory<'_, B>) {
         success: vec![put_op("x", "1"), put_op("x", "2")],
         failure: vec![],
     }));
-    assert!(matches!(res, Err(Error::DuplicateKey { .. })), "{res:?}");
+    assert!(
+        matches!(res, Err(Error::Refused(Refusal::DuplicateKey { .. }))),
+        "{res:?}"
+    );
     assert_eq!(rev, 2);
     let (_, res) = s.apply(Command::Txn(TxnRequest {
         compare: vec![],
@@ -921,7 +930,10 @@ fn txn_errors<B: Backend>(f: Factory<'_, B>) {
         ],
         failure: vec![],
     }));
-    assert!(matches!(res, Err(Error::KeyNotFound { .. })));
+    assert!(matches!(
+        res,
+        Err(Error::Refused(Refusal::KeyNotFound { .. }))
+    ));
     assert!(s.get("y").is_none(), "a failing txn writes nothing");
     let (_, res) = s.apply(Command::Txn(TxnRequest {
         compare: vec![],
@@ -935,7 +947,10 @@ fn txn_errors<B: Backend>(f: Factory<'_, B>) {
         ],
         failure: vec![],
     }));
-    assert!(matches!(res, Err(Error::FutureRevision { .. })), "{res:?}");
+    assert!(
+        matches!(res, Err(Error::Refused(Refusal::FutureRevision { .. }))),
+        "{res:?}"
+    );
     assert!(s.get("y").is_none());
     assert_eq!(s.store.current_revision(), 2);
 }
@@ -962,31 +977,37 @@ fn compaction<B: Backend>(f: Factory<'_, B>) {
     }));
     assert!(matches!(
         res,
-        Err(Error::Compacted {
+        Err(Error::Refused(Refusal::Compacted {
             requested: 8,
             compacted: 8
-        })
+        }))
     ));
     let (_, res) = s.apply(Command::Compact(CompactRequest {
         revision: 100,
         physical: false,
     }));
-    assert!(matches!(res, Err(Error::FutureRevision { .. })));
+    assert!(matches!(
+        res,
+        Err(Error::Refused(Refusal::FutureRevision { .. }))
+    ));
     assert!(matches!(
         s.range(RangeRequest {
             key: "a".into(),
             revision: 7,
             ..Default::default()
         }),
-        Err(Error::Compacted {
+        Err(Error::Refused(Refusal::Compacted {
             requested: 7,
             compacted: 8
-        })
+        }))
     ));
-    assert!(matches!(s.store.hash(7), Err(Error::Compacted { .. })));
+    assert!(matches!(
+        s.store.hash(7),
+        Err(Error::Refused(Refusal::Compacted { .. }))
+    ));
     assert!(matches!(
         s.store.events_since(7, 10),
-        Err(Error::Compacted { .. })
+        Err(Error::Refused(Refusal::Compacted { .. }))
     ));
     assert_eq!(
         s.keys("\0", "\0", 8),
@@ -1075,7 +1096,7 @@ fn etcd_hashes<B: Backend>(f: Factory<'_, B>) {
     assert_eq!(hash(0).unwrap(), 2_855_520_174);
     assert_eq!(hash(5).unwrap(), 3_931_687_247);
     assert!(
-        matches!(hash(4), Err(Error::Compacted { .. })),
+        matches!(hash(4), Err(Error::Refused(Refusal::Compacted { .. }))),
         "etcd 3.4 refuses the compaction point itself"
     );
     assert_eq!(
@@ -1829,8 +1850,8 @@ mod model {
 
     fn kind(e: &Error) -> &'static str {
         match e {
-            Error::FutureRevision { .. } => "future",
-            Error::Compacted { .. } => "compacted",
+            Error::Refused(Refusal::FutureRevision { .. }) => "future",
+            Error::Refused(Refusal::Compacted { .. }) => "compacted",
             _ => "other",
         }
     }

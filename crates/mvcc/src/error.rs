@@ -1,10 +1,12 @@
 //! The errors of the MVCC layer: answers a client gets, and failures that stop the node.
 
+use serde::{Deserialize, Serialize};
+
+use crate::auth::AuthError;
 use crate::backend::Table;
 
 /// A failure reported by a storage engine; the store cannot go on safely after one.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum BackendError {
     /// The engine's I/O failed while doing `op` on `table`.
     #[error("storage {op} on table {table:?} failed: {cause}")]
@@ -21,13 +23,15 @@ pub enum BackendError {
     Open(String),
 }
 
-/// Every error of the MVCC layer.
+/// Why a command or read was answered without effect: the same answer on every member, so it
+/// travels through Raft in applied results and, for a forwarded batch, between members.
 ///
-/// Most variants are answers to one request and leave the store healthy; those for which
-/// [`Error::is_fatal`] is true mean the store can no longer be trusted and the node must stop.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
+/// This is the one refusal type of the workspace: consensus adds its own checks' refusals to it
+/// and kvapi maps each variant to etcd's gRPC code and text. Applied results are not
+/// persisted, but a forwarded batch's refusals travel between members in bincode, which
+/// numbers variants by position: add new variants at the end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
     /// A read, watch or compaction asked for a revision that compaction already removed.
     #[error("mvcc: required revision has been compacted")]
     Compacted {
@@ -68,6 +72,49 @@ pub enum Error {
         /// The lease id.
         id: i64,
     },
+    /// A command without a key.
+    #[error("etcdserver: key is not provided")]
+    KeyNotProvided,
+    /// `ignore_value` together with a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// `ignore_lease` together with a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// A txn over `--max-txn-ops`.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// Keys and values over `--max-request-bytes`.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// A lease TTL over etcd's `MaxLeaseTTL` (9,000,000,000 s).
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    /// A write that can grow the store while a NOSPACE alarm is raised.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// A write or compaction while a CORRUPT alarm is raised.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+    /// An auth request refused, or a token a member could not record.
+    #[error("{0}")]
+    Auth(AuthError),
+    /// Any other refusal, described (Raft refused the entry, or a forwarded batch held a
+    /// command no checked request could produce).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Every error of the MVCC layer.
+///
+/// [`Error::Refused`] answers one request and leaves the store healthy, as do a stopped or
+/// too-large read and a bad snapshot; those for which [`Error::is_fatal`] is true mean the
+/// store can no longer be trusted and the node must stop.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A deterministic answer to the request: the store is left as it was.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// The storage engine failed; the node must stop.
     #[error(transparent)]
     Backend(#[from] BackendError),

@@ -14,7 +14,7 @@ use std::ops::{Bound, ControlFlow};
 
 use crate::backend::{Backend, Table};
 use crate::codec;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::keys::KeyRange;
 use crate::read;
 use crate::store::Store;
@@ -137,7 +137,7 @@ fn newest_at<B: Backend>(backend: &B, key: &[u8], at: i64) -> Result<Option<i64>
 impl<B: Backend> Store<B> {
     /// etcd 3.4's `HashKV` hash at `rev` (0 for the current revision), which equals etcd's for
     /// the same history. etcd's rules for the revision hold: at or below the compaction point
-    /// is [`Error::Compacted`], past the current one [`Error::FutureRevision`], and a negative
+    /// is [`Refusal::Compacted`], past the current one [`Refusal::FutureRevision`], and a negative
     /// one hashes nothing.
     ///
     /// # Errors
@@ -150,16 +150,18 @@ impl<B: Backend> Store<B> {
         let _hold = self.hold(self.compact_revision());
         let compacted = self.compact_revision();
         if rev > 0 && rev <= compacted {
-            return Err(Error::Compacted {
+            return Err(Refusal::Compacted {
                 requested: rev,
                 compacted,
-            });
+            }
+            .into());
         }
         if rev > current {
-            return Err(Error::FutureRevision {
+            return Err(Refusal::FutureRevision {
                 requested: rev,
                 current,
-            });
+            }
+            .into());
         }
         let rev = if rev == 0 { current } else { rev };
         let mut hasher = Crc32c::new();

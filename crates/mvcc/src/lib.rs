@@ -44,9 +44,9 @@ mod types;
 pub mod conformance;
 
 pub use apply::Outcome;
-pub use auth::{AuthRequest, AuthResponse, PermType, Permission};
+pub use auth::{AuthError, AuthRequest, AuthResponse, PermType, Permission};
 pub use backend::{is_empty_interval, Backend, BatchOp, Replacement, Table, Visitor, WriteBatch};
-pub use error::{BackendError, Error, Result};
+pub use error::{BackendError, Error, Refusal, Result};
 pub use export::{Export, LeaseRecord, Version};
 pub use keys::{prefix_end, KeyRange};
 pub use lease::LeaseInfo;

@@ -10,7 +10,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::backend::{Backend, Replacement, Table, WriteBatch};
 use crate::codec;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::keys::KeyRange;
 use crate::lease::{self, LeaseInfo};
 use crate::read::{self, build_range, Item, ReadLimits};
@@ -211,10 +211,11 @@ impl<B: Backend> Store<B> {
         let current = self.current_revision();
         let rev = if rev <= 0 { current } else { rev };
         if rev > current {
-            return Err(Error::FutureRevision {
+            return Err(Refusal::FutureRevision {
                 requested: rev,
                 current,
-            });
+            }
+            .into());
         }
         self.still_readable(rev)?;
         Ok(rev)
@@ -225,10 +226,11 @@ impl<B: Backend> Store<B> {
     fn still_readable(&self, rev: i64) -> Result<()> {
         let compacted = self.compact_revision();
         if rev < compacted {
-            return Err(Error::Compacted {
+            return Err(Refusal::Compacted {
                 requested: rev,
                 compacted,
-            });
+            }
+            .into());
         }
         Ok(())
     }
@@ -236,7 +238,7 @@ impl<B: Backend> Store<B> {
     /// Answers a range read; returns the answer and the store's current revision (the header).
     ///
     /// # Errors
-    /// [`Error::Compacted`] or [`Error::FutureRevision`] for a revision out of reach.
+    /// [`Refusal::Compacted`] or [`Refusal::FutureRevision`] for a revision out of reach.
     pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64)> {
         self.range_within(req, &ReadLimits::none())
     }
@@ -384,7 +386,7 @@ impl<B: Backend> Store<B> {
     /// boundary after `max_events` (a revision's events are never split).
     ///
     /// # Errors
-    /// [`Error::Compacted`] when `from` is below the compaction point.
+    /// [`Refusal::Compacted`] when `from` is below the compaction point.
     pub fn events_since(&self, from: i64, max_events: usize) -> Result<Vec<Event>> {
         self.events_since_within(from, max_events, usize::MAX)
     }
@@ -394,7 +396,7 @@ impl<B: Backend> Store<B> {
     /// comes, whole.
     ///
     /// # Errors
-    /// [`Error::Compacted`] when `from` is below the compaction point.
+    /// [`Refusal::Compacted`] when `from` is below the compaction point.
     pub fn events_since_within(
         &self,
         from: i64,

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use crate::error::{Error, Result};
+use crate::error::{Refusal, Result};
 use crate::keys::KeyRange;
 use crate::types::{Compare, CompareResult, CompareTarget, KeyValue, RequestOp, TxnRequest};
 
@@ -30,7 +30,7 @@ pub(crate) fn compare_kv(cmp: &Compare, kv: &KeyValue) -> bool {
 /// since only one of them runs. Deletes may overlap deletes.
 ///
 /// # Errors
-/// [`Error::DuplicateKey`] naming the first repeated key.
+/// [`Refusal::DuplicateKey`] naming the first repeated key.
 pub fn check_txn_keys(txn: &TxnRequest) -> Result<()> {
     check_ops(&txn.success)?;
     check_ops(&txn.failure)?;
@@ -62,14 +62,14 @@ fn check_ops(ops: &[RequestOp]) -> Result<Writes> {
         let otherwise = check_ops(&nested.failure)?;
         for key in &then.puts {
             if puts.contains(key) || covered(&deletes, key) {
-                return Err(Error::DuplicateKey { key: key.clone() });
+                return Err(Refusal::DuplicateKey { key: key.clone() }.into());
             }
         }
         puts.extend(then.puts.iter().cloned());
         for key in otherwise.puts {
             let repeats_other_branch = then.puts.contains(&key);
             if (puts.contains(&key) && !repeats_other_branch) || covered(&deletes, &key) {
-                return Err(Error::DuplicateKey { key });
+                return Err(Refusal::DuplicateKey { key }.into());
             }
             puts.insert(key);
         }
@@ -79,9 +79,10 @@ fn check_ops(ops: &[RequestOp]) -> Result<Writes> {
     for op in ops {
         let RequestOp::Put(put) = op else { continue };
         if puts.contains(&put.key) || covered(&deletes, &put.key) {
-            return Err(Error::DuplicateKey {
+            return Err(Refusal::DuplicateKey {
                 key: put.key.clone(),
-            });
+            }
+            .into());
         }
         puts.insert(put.key.clone());
     }
@@ -92,6 +93,7 @@ fn check_ops(ops: &[RequestOp]) -> Result<Writes> {
 mod tests {
     use super::*;
     use crate::types::{DeleteRangeRequest, PutRequest};
+    use crate::Error;
 
     fn put(k: &str) -> RequestOp {
         RequestOp::Put(PutRequest {
@@ -119,7 +121,7 @@ mod tests {
         assert!(check_txn_keys(&txn(vec![put("a"), put("b")], vec![put("a")])).is_ok());
         assert!(matches!(
             check_txn_keys(&txn(vec![put("a"), put("a")], vec![])),
-            Err(Error::DuplicateKey { key }) if key == b"a"
+            Err(Error::Refused(Refusal::DuplicateKey { key })) if key == b"a"
         ));
         assert!(check_txn_keys(&txn(vec![put("b"), del("a", "c")], vec![])).is_err());
         assert!(check_txn_keys(&txn(vec![del("a", "c"), del("b", "")], vec![])).is_ok());

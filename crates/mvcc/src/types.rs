@@ -392,7 +392,6 @@ pub struct CompactRequest {
 
 /// A change to the store: the payload that consensus orders and every member applies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum Command {
     /// Put one key.
     Put(PutRequest),
@@ -493,7 +492,6 @@ pub struct LeaseCheckpointRequest {
 
 /// The answer to one applied [`Command`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum Response {
     /// The answer to a put.
     Put(PutResponse),

@@ -152,7 +152,9 @@ impl Shared {
                 events: Arc::new(events),
                 current,
             },
-            Err(mvcc::Error::Compacted { compacted, .. }) => Read::Compacted(compacted),
+            Err(mvcc::Error::Refused(mvcc::Refusal::Compacted { compacted, .. })) => {
+                Read::Compacted(compacted)
+            }
             Err(e) => {
                 tracing::error!(cause = %e, from, "watch catch-up cannot read history");
                 Read::Failed

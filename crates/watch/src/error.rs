@@ -2,7 +2,6 @@
 
 /// Why a [`Hub`](crate::Hub) could not be created.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum HubError {
     /// The hub spawns its catch-up task on the current tokio runtime, and there is none.
     #[error("the watch hub must be created inside a tokio runtime: it spawns its catch-up task")]
@@ -19,7 +18,6 @@ pub enum HubError {
 
 /// Why a watch could not be registered.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum WatchError {
     /// [`Hub::shutdown`](crate::Hub::shutdown) was called: the hub delivers nothing any more.
     #[error("the watch hub is shut down")]

@@ -13,7 +13,7 @@ pub trait History: Send + Sync + 'static {
     /// never split, and the first one always comes.
     ///
     /// # Errors
-    /// [`mvcc::Error::Compacted`] when `from` is below the compaction point; other errors
+    /// [`mvcc::Refusal::Compacted`] when `from` is below the compaction point; other errors
     /// are the store's failures, and the hub retries later.
     fn events_since(
         &self,

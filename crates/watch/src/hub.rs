@@ -551,10 +551,11 @@ mod tests {
         ) -> Result<Vec<Event>, mvcc::Error> {
             let compacted = *self.compacted.lock();
             if from < compacted {
-                return Err(mvcc::Error::Compacted {
+                return Err(mvcc::Refusal::Compacted {
                     requested: from,
                     compacted,
-                });
+                }
+                .into());
             }
             let mut out: Vec<Event> = Vec::new();
             for e in self.events.lock().iter() {

@@ -78,7 +78,7 @@ async fn proposals_apply_and_reads_are_linearizable() {
     assert!(
         matches!(
             refused,
-            Err(ProposeError::Command(consensus::CommandError::KeyNotFound))
+            Err(ProposeError::Command(mvcc::Refusal::KeyNotFound { .. }))
         ),
         "{refused:?}"
     );

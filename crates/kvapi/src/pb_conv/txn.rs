@@ -74,7 +74,7 @@ fn op_from_pb(op: RequestOp) -> Result<mvcc::RequestOp, ApiError> {
         }
         Some(request_op::Request::RequestTxn(t)) => Ok(mvcc::RequestOp::Txn(txn_from_pb(t)?)),
         // etcd answers an empty op this way.
-        None => Err(ApiError::KeyNotFound),
+        None => Err(mvcc::Refusal::KeyNotFound { key: Vec::new() }.into()),
     }
 }
 

@@ -131,7 +131,7 @@ impl<B: Backend> AuthService<B> {
                     )))
                 }
                 // The password may have changed meanwhile: check it again.
-                Err(ApiError::Auth(AuthError::AuthOldRevision)) => continue,
+                Err(ApiError::Refused(mvcc::Refusal::Auth(AuthError::AuthOldRevision))) => continue,
                 Err(e) => return Err(e),
             }
         }

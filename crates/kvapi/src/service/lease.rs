@@ -67,7 +67,7 @@ impl<B: Backend> LeaseService<B> {
         let deadline = self.shared.deadline(&req);
         let r = req.into_inner();
         if r.ttl > MAX_LEASE_TTL {
-            return Err(ApiError::LeaseTtlTooLarge);
+            return Err(mvcc::Refusal::LeaseTtlTooLarge.into());
         }
         // etcd generates an id for 0 and for negative ones.
         let id = if r.id > 0 { r.id } else { self.generate_id() };

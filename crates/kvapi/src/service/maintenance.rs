@@ -83,7 +83,7 @@ impl<B: Backend> MaintenanceService<B> {
     async fn admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let unknown = |e| ApiError::AuthUnknown(e).status();
         let caller = self.shared.caller(request).await.map_err(|e| match e {
-            ApiError::Auth(a) => unknown(a),
+            ApiError::Refused(mvcc::Refusal::Auth(a)) => unknown(a),
             other => other.status(),
         })?;
         caller.admin().map_err(unknown)

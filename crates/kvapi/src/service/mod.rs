@@ -139,7 +139,7 @@ impl<B: Backend> Shared<B> {
         if let Err(e) = self.node.propose(raise, deadline).await {
             tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
         }
-        Err(ApiError::NoSpace)
+        Err(mvcc::Refusal::NoSpace.into())
     }
 
     /// Who sent `req`, as etcd's auth sees it.
@@ -150,7 +150,7 @@ impl<B: Backend> Shared<B> {
         let cert = req.extensions().get::<crate::authz::CertUser>();
         let jwt = self.config.jwt.as_deref();
         match crate::authz::Caller::identify(self.node.auth(), jwt, req.metadata(), cert) {
-            Err(ApiError::Auth(consensus::AuthError::InvalidAuthToken)) => {
+            Err(ApiError::Refused(mvcc::Refusal::Auth(consensus::AuthError::InvalidAuthToken))) => {
                 // The token may come from an entry committed on another member that this one
                 // has not applied yet (etcd waits for it too): catch up once, then look again.
                 self.node.read_index(self.deadline(req)).await?;
