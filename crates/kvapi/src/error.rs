@@ -8,7 +8,7 @@ use tonic::{Code, Status};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     /// A refusal of the request, by kvapi's own checks or a lower layer's; its code and text
-    /// are [`refusal_status`]'s.
+    /// are `refusal_status`'s.
     #[error("{}", refusal_status(.0).1)]
     Refused(Refusal),
     /// A sort order or target etcd does not define.

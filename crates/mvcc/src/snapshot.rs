@@ -106,7 +106,7 @@ impl<B: Backend> Store<B> {
     /// got on each, and equal to etcd's own; see [`Store::hash_until`].
     ///
     /// # Errors
-    /// [`Refusal::Compacted`] or [`Refusal::FutureRevision`] for a revision out of reach.
+    /// [`Refusal::Compacted`](crate::Refusal::Compacted) or [`Refusal::FutureRevision`](crate::Refusal::FutureRevision) for a revision out of reach.
     pub fn hash(&self, rev: i64) -> Result<KvHash> {
         self.hash_until(rev, &|| false)
     }
