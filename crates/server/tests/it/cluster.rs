@@ -115,6 +115,17 @@ impl Writer {
 
 /// Waits until every running member is at the same revision, then checks that each holds
 /// every acknowledged write and that their key-space hashes agree.
+/// Puts `key`, trying again every 100 ms while the cluster refuses, and fails the test after
+/// `tries` refusals.
+async fn put_retrying(c: &mut Client, key: &str, value: &str, tries: u32) {
+    let mut refused = 0;
+    while let Err(e) = c.put(key, value, None).await {
+        refused += 1;
+        assert!(refused < tries, "put {key}: {e}");
+        pause(Duration::from_millis(100)).await;
+    }
+}
+
 async fn assert_converged(cluster: &Cluster, prefix: &str, acked: &BTreeMap<String, String>) {
     let started = Instant::now();
     let running: Vec<usize> = (0..cluster.members().len())
@@ -273,12 +284,7 @@ async fn a_follower_behind_large_values_catches_up() {
         tasks.push(tokio::spawn(async move {
             for i in (w..PUTS).step_by(WRITERS) {
                 let key = format!("b/{i:04}");
-                let mut tries = 0;
-                while let Err(e) = c.put(key.clone(), value.clone(), None).await {
-                    tries += 1;
-                    assert!(tries < 20, "put {key}: {e}");
-                    pause(Duration::from_millis(100)).await;
-                }
+                put_retrying(&mut c, &key, &value, 20).await;
             }
         }));
     }
@@ -540,12 +546,7 @@ async fn a_follower_killed_while_it_catches_up_by_snapshot_still_gets_every_key(
     let value = "v".repeat(32);
     for i in 0..1_500 {
         let k = format!("c/{i:05}");
-        let mut tries = 0;
-        while let Err(e) = c.put(k.clone(), value.clone(), None).await {
-            tries += 1;
-            assert!(tries < 50, "put {k}: {e}");
-            pause(Duration::from_millis(100)).await;
-        }
+        put_retrying(&mut c, &k, &value, 50).await;
         acked.insert(k, value.clone());
     }
     // SIGKILL while it receives or installs the snapshot, at moments spread over the catch-up,
