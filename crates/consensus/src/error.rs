@@ -12,7 +12,8 @@ pub enum ProposeError {
     /// No leader is known, so nothing can be committed now.
     #[error("etcdserver: no leader")]
     NoLeader,
-    /// Another member leads; this member does not forward yet.
+    /// Another member leads: the member a proposal was forwarded to no longer led and took
+    /// nothing. [`crate::Node::propose`] tries again with the next leader within its deadline.
     #[error("etcdserver: not leader (leader is {leader})")]
     NotLeader {
         /// The leader's id.

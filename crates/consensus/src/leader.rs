@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ReadError;
+use crate::types::typ::Raft;
 use crate::types::Member;
 
 /// How long requests waited for a leader (only those that found none).
@@ -27,6 +28,21 @@ const GAVE_UP: &str = "metastore_leader_wait_gave_up_total";
 pub(crate) struct Known {
     pub(crate) leader: Option<u64>,
     pub(crate) since: Instant,
+}
+
+/// The leader `raft` knows of now, with its entry in the membership (`None` while the
+/// membership does not hold it). The one lookup for everyone that sends to the leader.
+pub(crate) fn current(raft: &Raft) -> Option<(u64, Option<Member>)> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    m.current_leader.map(|leader| {
+        let member = m
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == leader)
+            .map(|(_, member)| member.clone());
+        (leader, member)
+    })
 }
 
 /// The shared view of who leads.

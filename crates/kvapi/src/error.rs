@@ -35,7 +35,7 @@ pub enum ApiError {
     /// No leader is known.
     #[error("etcdserver: no leader")]
     NoLeader,
-    /// This member is not the leader and cannot forward.
+    /// The member a request was forwarded to no longer leads (leadership moved meanwhile).
     #[error("etcdserver: not leader")]
     NotLeader,
     /// Too many proposals wait for their apply.

@@ -17,16 +17,10 @@ impl<B: Backend> Node<B> {
     /// # Errors
     /// [`ReadError::NoLeader`] when none is known.
     pub(super) fn leader(&self) -> Result<(u64, Member), ReadError> {
-        let metrics = self.inner.raft.metrics();
-        let m = metrics.borrow();
-        let leader = m.current_leader.ok_or(ReadError::NoLeader)?;
-        let member = m
-            .membership_config
-            .nodes()
-            .find(|(id, _)| **id == leader)
-            .map(|(_, member)| member.clone())
-            .ok_or(ReadError::NoLeader)?;
-        Ok((leader, member))
+        match crate::leader::current(&self.inner.raft) {
+            Some((leader, Some(member))) => Ok((leader, member)),
+            _ => Err(ReadError::NoLeader),
+        }
     }
 
     /// Sends `request` to the leader, within `deadline` and the peer-rpc budget.
