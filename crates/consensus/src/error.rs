@@ -143,10 +143,22 @@ pub enum StartError {
     Store(#[from] mvcc::Error),
     /// The configuration is invalid.
     #[error("invalid raft configuration: {0}")]
-    Config(String),
+    Config(#[source] openraft::ConfigError),
+    /// A wait budget is invalid.
+    #[error("invalid raft configuration: {0}")]
+    Budgets(#[source] deadline::BudgetError),
+    /// The member's data or log directory could not be created.
+    #[error("invalid raft configuration: {path}: {cause}")]
+    Dir {
+        /// The directory.
+        path: String,
+        /// What went wrong.
+        #[source]
+        cause: std::io::Error,
+    },
     /// Raft refused to start or initialize.
     #[error("raft failed to start: {0}")]
-    Raft(String),
+    Raft(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The member marker says this member was initialised, but state it vouches for is gone.
     #[error(
         "refusing to start: {what}, but {marker} says this member was initialised: its \
@@ -161,8 +173,20 @@ pub enum StartError {
         marker: String,
     },
     /// The member marker could not be read or written.
-    #[error("member marker: {0}")]
-    Marker(String),
+    #[error("member marker: {path}: {cause}")]
+    Marker {
+        /// The marker file, or the file it vouches for.
+        path: String,
+        /// What went wrong.
+        #[source]
+        cause: std::io::Error,
+    },
+    /// The member marker names no member id.
+    #[error("member marker: {path}: names no member id")]
+    MarkerWithoutId {
+        /// The marker file.
+        path: String,
+    },
     /// A joining member could not learn its id from the cluster.
     #[error("joining the cluster: {0}")]
     Join(String),

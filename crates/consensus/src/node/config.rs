@@ -114,9 +114,7 @@ impl NodeConfig {
             enable_elect: false,
             ..Default::default()
         };
-        config
-            .validate()
-            .map_err(|e| StartError::Config(e.to_string()))
+        config.validate().map_err(StartError::Config)
     }
 }
 

@@ -32,10 +32,7 @@ impl<B: Backend> Node<B> {
     /// # Errors
     /// [`StartError`] when the log, store or snapshots cannot be opened, or Raft refuses.
     pub async fn start(mut config: NodeConfig, backend: B) -> Result<Self, StartError> {
-        config
-            .budgets
-            .validate()
-            .map_err(|e| StartError::Config(e.to_string()))?;
+        config.budgets.validate().map_err(StartError::Budgets)?;
         // A member's id is fixed when it first starts; as etcd, a restart with other peer URLs
         // (a moved host or container) is still that member, whatever id the flags give now.
         let mut cluster_id = crate::membership::cluster_id(&config.cluster_token);
@@ -78,11 +75,15 @@ impl<B: Backend> Node<B> {
         }
         let raft_config = Arc::new(config.raft_config()?);
         let dir = &config.data_dir;
-        mvcc::durable::create_dir_all_synced(dir)
-            .map_err(|e| StartError::Config(format!("{}: {e}", dir.display())))?;
+        mvcc::durable::create_dir_all_synced(dir).map_err(|cause| StartError::Dir {
+            path: dir.display().to_string(),
+            cause,
+        })?;
         let log_dir = config.log_dir.clone().unwrap_or_else(|| dir.clone());
-        mvcc::durable::create_dir_all_synced(&log_dir)
-            .map_err(|e| StartError::Config(format!("{}: {e}", log_dir.display())))?;
+        mvcc::durable::create_dir_all_synced(&log_dir).map_err(|cause| StartError::Dir {
+            path: log_dir.display().to_string(),
+            cause,
+        })?;
         let log_path = log_dir.join(crate::marker::RAFT_LOG);
         let legacy = log_dir.join(crate::marker::LEGACY_RAFT_LOG);
         // Before opening: opening would create an empty log in place of a lost one. A log
@@ -148,11 +149,11 @@ impl<B: Backend> Node<B> {
         let network = PeerNetwork::new(peers.clone());
         let raft = Raft::new(config.id, raft_config, network, log, sm)
             .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+            .map_err(|e| StartError::Raft(Box::new(e)))?;
         let initialized = raft
             .is_initialized()
             .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+            .map_err(|e| StartError::Raft(Box::new(e)))?;
         if !initialized && crate::marker::initialised(dir)? {
             return Err(crate::marker::missing(
                 dir,
@@ -183,7 +184,7 @@ impl<B: Backend> Node<B> {
             );
             raft.initialize(config.initial_members.clone())
                 .await
-                .map_err(|e| StartError::Raft(e.to_string()))?;
+                .map_err(|e| StartError::Raft(Box::new(e)))?;
             // Marked after the bootstrap: had its entry been lost with the marker kept, the
             // member would refuse to start rather than bootstrap again.
             crate::marker::write(dir, config.id, cluster_id)?;
