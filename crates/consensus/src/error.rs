@@ -40,13 +40,13 @@ pub enum ProposeError {
     },
 }
 
-impl From<ReadError> for ProposeError {
-    fn from(e: ReadError) -> Self {
+impl From<NotServed> for ProposeError {
+    fn from(e: NotServed) -> Self {
         match e {
-            ReadError::Timeout(expired) => ProposeError::Timeout(expired),
-            ReadError::NoLeader => ProposeError::NoLeader,
-            ReadError::NotLeader { leader } => ProposeError::NotLeader { leader },
-            ReadError::Stopped => ProposeError::Stopped,
+            NotServed::Timeout(expired) => ProposeError::Timeout(expired),
+            NotServed::NoLeader => ProposeError::NoLeader,
+            NotServed::NotLeader { leader } => ProposeError::NotLeader { leader },
+            NotServed::Stopped => ProposeError::Stopped,
         }
     }
 }
@@ -73,10 +73,11 @@ impl From<crate::batcher::Rejected> for ProposeError {
     }
 }
 
-/// Why a linearizable read could not be served.
+/// Why a request only the leader serves (a linearizable read, a lease keep-alive or TTL, a
+/// membership change) or a wait for a leader was not served.
 #[derive(Clone, Debug, thiserror::Error)]
-pub enum ReadError {
-    /// The read-index budget ran out (e.g. quorum lost).
+pub enum NotServed {
+    /// Its budget ran out (e.g. quorum lost).
     #[error("etcdserver: request timed out ({0})")]
     Timeout(#[from] deadline::Expired),
     /// No leader is known.
@@ -95,13 +96,13 @@ pub enum ReadError {
 
 /// A leader's refusal of a forwarded read, lease or campaign request, as the asking member
 /// reports it: a refusal of another kind means there is no leader to serve it.
-impl From<crate::network::Refusal> for ReadError {
+impl From<crate::network::Refusal> for NotServed {
     fn from(refused: crate::network::Refusal) -> Self {
         use crate::network::Refusal;
         match refused {
-            Refusal::NotLeader(Some(leader)) => ReadError::NotLeader { leader },
-            Refusal::Stopped => ReadError::Stopped,
-            Refusal::Timeout => ReadError::Timeout(deadline::Expired::reported(
+            Refusal::NotLeader(Some(leader)) => NotServed::NotLeader { leader },
+            Refusal::Stopped => NotServed::Stopped,
+            Refusal::Timeout => NotServed::Timeout(deadline::Expired::reported(
                 deadline::Layer::PeerRpc,
                 std::time::Duration::ZERO,
             )),
@@ -109,20 +110,20 @@ impl From<crate::network::Refusal> for ReadError {
             | Refusal::TooManyRequests
             | Refusal::Invalid(_)
             | Refusal::Membership(_)
-            | Refusal::Other(_) => ReadError::NoLeader,
+            | Refusal::Other(_) => NotServed::NoLeader,
         }
     }
 }
 
 /// How the leader refuses a forwarded request it could not serve.
-impl From<ReadError> for crate::network::Refusal {
-    fn from(e: ReadError) -> Self {
+impl From<NotServed> for crate::network::Refusal {
+    fn from(e: NotServed) -> Self {
         use crate::network::Refusal;
         match e {
-            ReadError::NotLeader { leader } => Refusal::NotLeader(Some(leader)),
-            ReadError::NoLeader => Refusal::NotLeader(None),
-            ReadError::Timeout(_) => Refusal::Timeout,
-            ReadError::Stopped => Refusal::Stopped,
+            NotServed::NotLeader { leader } => Refusal::NotLeader(Some(leader)),
+            NotServed::NoLeader => Refusal::NotLeader(None),
+            NotServed::Timeout(_) => Refusal::Timeout,
+            NotServed::Stopped => Refusal::Stopped,
         }
     }
 }
@@ -208,7 +209,7 @@ pub enum MembershipFailure {
     Refused(#[from] crate::membership::MembershipError),
     /// No leader, a timeout, or a stopped node.
     #[error(transparent)]
-    Read(#[from] ReadError),
+    NotServed(#[from] NotServed),
     /// Raft refused it for another reason.
     #[error("etcdserver: {0}")]
     Other(String),
@@ -220,13 +221,13 @@ impl MembershipFailure {
         match r {
             Refusal::Membership(e) => MembershipFailure::Refused(e),
             Refusal::NotLeader(Some(leader)) => {
-                MembershipFailure::Read(ReadError::NotLeader { leader })
+                MembershipFailure::NotServed(NotServed::NotLeader { leader })
             }
-            Refusal::NotLeader(None) => MembershipFailure::Read(ReadError::NoLeader),
-            Refusal::Timeout => MembershipFailure::Read(ReadError::Timeout(
+            Refusal::NotLeader(None) => MembershipFailure::NotServed(NotServed::NoLeader),
+            Refusal::Timeout => MembershipFailure::NotServed(NotServed::Timeout(
                 deadline::Expired::reported(deadline::Layer::Commit, std::time::Duration::ZERO),
             )),
-            Refusal::Stopped => MembershipFailure::Read(ReadError::Stopped),
+            Refusal::Stopped => MembershipFailure::NotServed(NotServed::Stopped),
             Refusal::TooManyRequests => MembershipFailure::Other("too many requests".into()),
             Refusal::Invalid(bad) => MembershipFailure::Other(format!("invalid commands: {bad:?}")),
             Refusal::Other(why) => MembershipFailure::Other(why),

@@ -14,7 +14,7 @@
 //! - `auth`: etcd's users, roles and permissions ([`AuthState`]), applied in log order, and
 //!   each member's simple tokens.
 //! - `compaction`: removes compacted versions in the background on every member.
-//! - `error`: [`ProposeError`] (its refusals are [`mvcc::Refusal`]), [`ReadError`], [`StartError`].
+//! - `error`: [`ProposeError`] (its refusals are [`mvcc::Refusal`]), [`NotServed`], [`StartError`].
 //! - `log_store`: [`LogStore`], the Raft log and vote, over `wal`'s segment files.
 //! - `floor`: how far the log may be purged on disk: what the state machine holds durably.
 //! - `wal`: segment files of checksummed records, torn-tail recovery, the state file.
@@ -72,7 +72,7 @@ mod wal;
 
 pub use auth::{Access, Auth, AuthState, Tokens, User, ROOT};
 pub use corrupt::{corruption_check_loop, Inconsistency, PeerHash};
-pub use error::{MembershipFailure, ProposeError, ReadError, StartError};
+pub use error::{MembershipFailure, NotServed, ProposeError, StartError};
 pub use log_store::{LogCloser, LogStore};
 pub use marker::{require as require_state, MARKER};
 pub use membership::{cluster_id, member_id, Change, MembershipError};

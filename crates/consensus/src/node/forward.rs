@@ -7,7 +7,7 @@ use deadline::{Deadline, Layer};
 use mvcc::Backend;
 
 use super::Node;
-use crate::error::ReadError;
+use crate::error::NotServed;
 use crate::network::{ForwardReply, Forwarded, Refusal, Rpc};
 use crate::types::Member;
 
@@ -15,11 +15,11 @@ impl<B: Backend> Node<B> {
     /// The leader this member knows of, with its URLs.
     ///
     /// # Errors
-    /// [`ReadError::NoLeader`] when none is known.
-    pub(super) fn leader(&self) -> Result<(u64, Member), ReadError> {
+    /// [`NotServed::NoLeader`] when none is known.
+    pub(super) fn leader(&self) -> Result<(u64, Member), NotServed> {
         match crate::leader::current(&self.inner.raft) {
             Some((leader, Some(member))) => Ok((leader, member)),
-            _ => Err(ReadError::NoLeader),
+            _ => Err(NotServed::NoLeader),
         }
     }
 
@@ -30,10 +30,10 @@ impl<B: Backend> Node<B> {
         member: &Member,
         request: &Forwarded,
         deadline: Deadline,
-    ) -> Result<ForwardReply, ReadError> {
+    ) -> Result<ForwardReply, NotServed> {
         let limit = deadline.remaining().unwrap_or(Duration::MAX);
         if limit.is_zero() {
-            return Err(ReadError::Timeout(deadline::Expired::reported(
+            return Err(NotServed::Timeout(deadline::Expired::reported(
                 Layer::PeerRpc,
                 Duration::ZERO,
             )));
@@ -45,8 +45,8 @@ impl<B: Backend> Node<B> {
             .map_err(|e| {
                 tracing::debug!(leader = format_args!("{leader:x}"), cause = %e, "forwarding to the leader failed");
                 match e {
-                    crate::network::CallError::Timeout => ReadError::Timeout(deadline::Expired::reported(Layer::PeerRpc, limit)),
-                    _ => ReadError::NoLeader,
+                    crate::network::CallError::Timeout => NotServed::Timeout(deadline::Expired::reported(Layer::PeerRpc, limit)),
+                    _ => NotServed::NoLeader,
                 }
             })
     }
@@ -134,10 +134,9 @@ impl<B: Backend> Node<B> {
     }
 }
 
-/// A forwarded request's unexpected or refused answer, as a read error.
-/// A leader's reply that should have answered a read: its refusal, or (a reply of another
-/// kind) no leader to ask.
-pub(super) fn read_refusal(reply: ForwardReply) -> ReadError {
+/// A leader's reply of the wrong kind for a forwarded request: its refusal, or (a reply of
+/// another kind) no leader to ask.
+pub(super) fn not_served(reply: ForwardReply) -> NotServed {
     match reply {
         ForwardReply::Refused(refused) => refused.into(),
         ForwardReply::Done
@@ -145,6 +144,6 @@ pub(super) fn read_refusal(reply: ForwardReply) -> ReadError {
         | ForwardReply::Ttl(_)
         | ForwardReply::Remaining(_)
         | ForwardReply::Members(_)
-        | ForwardReply::Hash(_) => ReadError::NoLeader,
+        | ForwardReply::Hash(_) => NotServed::NoLeader,
     }
 }

@@ -5,9 +5,9 @@ use std::time::Duration;
 use deadline::Deadline;
 use mvcc::Backend;
 
-use super::forward::read_refusal;
+use super::forward::not_served;
 use super::Node;
-use crate::error::ReadError;
+use crate::error::NotServed;
 use crate::network::{ForwardReply, Forwarded};
 
 impl<B: Backend> Node<B> {
@@ -22,18 +22,18 @@ impl<B: Backend> Node<B> {
     ///
     /// # Errors
     /// No leader, or the leader could not be reached within the deadline.
-    pub async fn lease_renew(&self, id: i64, deadline: Deadline) -> Result<i64, ReadError> {
+    pub async fn lease_renew(&self, id: i64, deadline: Deadline) -> Result<i64, NotServed> {
         let mut failed = None;
         loop {
             let leader = self.await_leader(deadline, failed).await?;
             match self.lease_renew_once(id, deadline).await {
-                Err(ReadError::NoLeader | ReadError::NotLeader { .. }) => failed = Some(leader),
+                Err(NotServed::NoLeader | NotServed::NotLeader { .. }) => failed = Some(leader),
                 other => return other,
             }
         }
     }
 
-    async fn lease_renew_once(&self, id: i64, deadline: Deadline) -> Result<i64, ReadError> {
+    async fn lease_renew_once(&self, id: i64, deadline: Deadline) -> Result<i64, NotServed> {
         let (leader, member) = self.leader()?;
         if leader == self.inner.id {
             return self.lease_renew_local(id);
@@ -43,15 +43,15 @@ impl<B: Backend> Node<B> {
             .await?
         {
             ForwardReply::Ttl(ttl) => Ok(ttl),
-            other => Err(read_refusal(other)),
+            other => Err(not_served(other)),
         }
     }
 
-    pub(super) fn lease_renew_local(&self, id: i64) -> Result<i64, ReadError> {
+    pub(super) fn lease_renew_local(&self, id: i64) -> Result<i64, NotServed> {
         let (leads, _) = self.leading();
         if !leads {
-            return Err(self.leader().map_or(ReadError::NoLeader, |(leader, _)| {
-                ReadError::NotLeader { leader }
+            return Err(self.leader().map_or(NotServed::NoLeader, |(leader, _)| {
+                NotServed::NotLeader { leader }
             }));
         }
         let lessor = &self.inner.lessor;
@@ -69,12 +69,12 @@ impl<B: Backend> Node<B> {
         &self,
         id: i64,
         deadline: Deadline,
-    ) -> Result<Option<Duration>, ReadError> {
+    ) -> Result<Option<Duration>, NotServed> {
         let mut failed = None;
         loop {
             let leader = self.await_leader(deadline, failed).await?;
             match self.lease_remaining_once(id, deadline).await {
-                Err(ReadError::NoLeader | ReadError::NotLeader { .. }) => failed = Some(leader),
+                Err(NotServed::NoLeader | NotServed::NotLeader { .. }) => failed = Some(leader),
                 other => return other,
             }
         }
@@ -84,7 +84,7 @@ impl<B: Backend> Node<B> {
         &self,
         id: i64,
         deadline: Deadline,
-    ) -> Result<Option<Duration>, ReadError> {
+    ) -> Result<Option<Duration>, NotServed> {
         let (leader, member) = self.leader()?;
         if leader == self.inner.id {
             return Ok(self.inner.lessor.remaining(id));
@@ -94,7 +94,7 @@ impl<B: Backend> Node<B> {
             .await?
         {
             ForwardReply::Remaining(ms) => Ok(ms.map(Duration::from_millis)),
-            other => Err(read_refusal(other)),
+            other => Err(not_served(other)),
         }
     }
 }

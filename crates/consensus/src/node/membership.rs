@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use deadline::{Deadline, Layer};
 use mvcc::Backend;
 
-use super::forward::read_refusal;
+use super::forward::not_served;
 use super::Node;
 use crate::membership::{Change, View};
 use crate::network::{ForwardReply, Forwarded, Refusal};
@@ -25,8 +25,8 @@ impl<B: Backend> Node<B> {
     ) -> Result<Vec<(u64, Member, bool)>, crate::MembershipFailure> {
         self.await_leader(deadline, None)
             .await
-            .map_err(crate::MembershipFailure::Read)?;
-        let (leader, member) = self.leader().map_err(crate::MembershipFailure::Read)?;
+            .map_err(crate::MembershipFailure::NotServed)?;
+        let (leader, member) = self.leader().map_err(crate::MembershipFailure::NotServed)?;
         if leader == self.inner.id {
             return self
                 .change_membership_local(change, deadline)
@@ -37,11 +37,11 @@ impl<B: Backend> Node<B> {
         match self
             .forward(leader, &member, &Forwarded::Membership(change), limit)
             .await
-            .map_err(crate::MembershipFailure::Read)?
+            .map_err(crate::MembershipFailure::NotServed)?
         {
             ForwardReply::Members(m) => Ok(m),
             ForwardReply::Refused(r) => Err(crate::MembershipFailure::from_refusal(r)),
-            other => Err(crate::MembershipFailure::Read(read_refusal(other))),
+            other => Err(crate::MembershipFailure::NotServed(not_served(other))),
         }
     }
 

@@ -7,7 +7,7 @@ use mvcc::Backend;
 
 use super::Node;
 use crate::batcher::Queued;
-use crate::error::{ProposeError, ReadError};
+use crate::error::{NotServed, ProposeError};
 use crate::types::Tagged;
 
 impl<B: Backend> Node<B> {
@@ -56,7 +56,7 @@ impl<B: Backend> Node<B> {
         &self,
         deadline: Deadline,
         failed: Option<u64>,
-    ) -> Result<u64, ReadError> {
+    ) -> Result<u64, NotServed> {
         let inner = &*self.inner;
         inner
             .leadership
@@ -113,12 +113,12 @@ impl<B: Backend> Node<B> {
     /// background on every member once the compaction is applied.
     ///
     /// # Errors
-    /// [`ReadError::Timeout`] at `deadline`; [`ReadError::Stopped`] if removal stopped.
+    /// [`NotServed::Timeout`] at `deadline`; [`NotServed::Stopped`] if removal stopped.
     pub async fn wait_compaction(
         &self,
         revision: i64,
         deadline: Deadline,
-    ) -> Result<(), ReadError> {
+    ) -> Result<(), NotServed> {
         self.inner.removal.wait(revision, deadline).await
     }
 }

@@ -5,9 +5,9 @@ use deadline::{Deadline, Layer};
 use mvcc::Backend;
 use openraft::error::{CheckIsLeaderError, RaftError};
 
-use super::forward::read_refusal;
+use super::forward::not_served;
 use super::Node;
-use crate::error::ReadError;
+use crate::error::NotServed;
 use crate::network::{ForwardReply, Forwarded};
 use crate::read_rounds::ReadRounds;
 
@@ -17,8 +17,8 @@ impl<B: Backend> Node<B> {
     /// reads share one confirmation (`read_rounds`).
     ///
     /// # Errors
-    /// [`ReadError`]: the `read-index` budget ran out, no leader, or a stopped node.
-    pub async fn read_index(&self, deadline: Deadline) -> Result<(), ReadError> {
+    /// [`NotServed`]: the `read-index` budget ran out, no leader, or a stopped node.
+    pub async fn read_index(&self, deadline: Deadline) -> Result<(), NotServed> {
         // The planted bug the chaos checker must catch (never in a normal build).
         if cfg!(feature = "stale-follower-reads")
             && self
@@ -31,7 +31,7 @@ impl<B: Backend> Node<B> {
         loop {
             let leader = self.await_leader(deadline, failed).await?;
             match self.inner.reads.read_index(deadline).await {
-                Err(ReadError::NoLeader | ReadError::NotLeader { .. }) => failed = Some(leader),
+                Err(NotServed::NoLeader | NotServed::NotLeader { .. }) => failed = Some(leader),
                 other => return other.map(drop),
             }
         }
@@ -54,7 +54,7 @@ impl<B: Backend> Node<B> {
     /// One read index for a round of reads: confirmed by this member as the leader, or asked
     /// of the leader; returned once this member has applied that far. Bounded by the
     /// `read-index` budget.
-    pub(crate) async fn confirm_read(&self) -> Result<u64, ReadError> {
+    pub(crate) async fn confirm_read(&self) -> Result<u64, NotServed> {
         let deadline = self
             .inner
             .budgets
@@ -70,7 +70,7 @@ impl<B: Backend> Node<B> {
                     .await?
                 {
                     ForwardReply::Index(index) => index,
-                    other => return Err(read_refusal(other)),
+                    other => return Err(not_served(other)),
                 }
             }
         };
@@ -88,13 +88,13 @@ impl<B: Backend> Node<B> {
         };
         match deadline::within(Layer::ReadIndex, deadline, applied).await? {
             true => Ok(index),
-            false => Err(ReadError::Stopped),
+            false => Err(NotServed::Stopped),
         }
     }
 
     /// The leader's half of a read index: confirm leadership with a quorum, wait for the local
     /// apply, answer the index.
-    async fn read_index_as_leader(&self, deadline: Deadline) -> Result<u64, ReadError> {
+    async fn read_index_as_leader(&self, deadline: Deadline) -> Result<u64, NotServed> {
         let answer = deadline::within(
             Layer::ReadIndex,
             deadline,
@@ -105,13 +105,13 @@ impl<B: Backend> Node<B> {
             Ok(read) => Ok(read.map_or(0, |l| l.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(f
                 .leader_id
-                .map_or(ReadError::NoLeader, |leader| ReadError::NotLeader {
+                .map_or(NotServed::NoLeader, |leader| NotServed::NotLeader {
                     leader,
                 })),
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                Err(ReadError::NoLeader)
+                Err(NotServed::NoLeader)
             }
-            Err(RaftError::Fatal(_)) => Err(ReadError::Stopped),
+            Err(RaftError::Fatal(_)) => Err(NotServed::Stopped),
         }
     }
 }

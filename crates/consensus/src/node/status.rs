@@ -4,7 +4,7 @@ use deadline::{Deadline, Layer};
 use mvcc::Backend;
 
 use super::Node;
-use crate::error::ReadError;
+use crate::error::NotServed;
 use crate::types::Member;
 
 /// What a member reports about itself.
@@ -59,8 +59,8 @@ impl<B: Backend> Node<B> {
     /// Waits (within `deadline`) until this member knows a leader; for start-up and tests.
     ///
     /// # Errors
-    /// [`ReadError::Timeout`] when no leader appears in time.
-    pub async fn wait_for_leader(&self, deadline: Deadline) -> Result<u64, ReadError> {
+    /// [`NotServed::Timeout`] when no leader appears in time.
+    pub async fn wait_for_leader(&self, deadline: Deadline) -> Result<u64, NotServed> {
         let mut metrics = self.inner.raft.metrics();
         let found = deadline::within(Layer::Api, deadline, async {
             loop {
@@ -73,6 +73,6 @@ impl<B: Backend> Node<B> {
             }
         })
         .await?;
-        found.ok_or(ReadError::Stopped)
+        found.ok_or(NotServed::Stopped)
     }
 }
