@@ -144,7 +144,7 @@ pub enum StartError {
     Store(#[from] mvcc::Error),
     /// The configuration is invalid.
     #[error("invalid raft configuration: {0}")]
-    Config(#[source] openraft::ConfigError),
+    Config(#[source] Box<openraft::ConfigError>),
     /// A wait budget is invalid.
     #[error("invalid raft configuration: {0}")]
     Budgets(#[source] deadline::BudgetError),

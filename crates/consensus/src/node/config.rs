@@ -114,7 +114,9 @@ impl NodeConfig {
             enable_elect: false,
             ..Default::default()
         };
-        config.validate().map_err(StartError::Config)
+        config
+            .validate()
+            .map_err(|e| StartError::Config(Box::new(e)))
     }
 }
 

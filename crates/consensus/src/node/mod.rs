@@ -62,8 +62,7 @@ impl<B> Clone for Node<B> {
     }
 }
 
-/// How many entries a transferee may lag before the leader pauses proposals to let it catch
-
+/// What the clones of a [`Node`] share; each concern's file uses its own fields.
 struct Inner<B> {
     id: u64,
     raft: Raft,
