@@ -83,8 +83,13 @@ pub(crate) enum Rejected {
 /// What a waiting proposer receives.
 pub(crate) type Answer = Result<Applied, Rejected>;
 
-/// A batch's waiters and its refusal if any.
-type Outcome = (Vec<u64>, Option<Rejected>);
+/// A batch's answer: its waiters, and why the batch was refused if it was.
+struct Outcome {
+    /// The waiters of the batch's commands.
+    ids: Vec<u64>,
+    /// `None`: the waiters hear from the apply (or from their budget).
+    rejected: Option<Rejected>,
+}
 
 /// A batch still waiting for its answer.
 type Waiting = BoxFuture<'static, Outcome>;
@@ -183,19 +188,7 @@ impl Batcher {
                         seq,
                         commands: batch,
                     };
-                    let leader = {
-                        let metrics = self.raft.metrics();
-                        let m = metrics.borrow();
-                        m.current_leader.map(|l| {
-                            let member = m
-                                .membership_config
-                                .nodes()
-                                .find(|(id, _)| **id == l)
-                                .map(|(_, n)| n.clone());
-                            (l, member)
-                        })
-                    };
-                    match leader {
+                    match crate::leader::current(&self.raft) {
                         Some((l, _)) if l == self.origin => {
                             self.propose_here(proposal, ids, seq, &mut unanswered).await;
                         }
@@ -206,40 +199,8 @@ impl Batcher {
                                 let request = Forwarded::Propose(proposal);
                                 let reply: Result<ForwardReply, _> =
                                     peers.call(l, &member, Rpc::Forward, &request, Some(limit)).await;
-                                let rejected = match reply {
-                                    Ok(ForwardReply::Done) => None,
-                                    Ok(ForwardReply::Refused(Refusal::TooManyRequests)) => {
-                                        Some(Rejected::TooManyRequests)
-                                    }
-                                    Ok(ForwardReply::Refused(Refusal::Invalid(bad))) => {
-                                        Some(Rejected::Invalid(bad))
-                                    }
-                                    Ok(ForwardReply::Refused(Refusal::NotLeader(Some(l)))) => {
-                                        Some(Rejected::NotLeader(l))
-                                    }
-                                    // Refused before anything was appended, or never sent:
-                                    // the proposer may try again, with a leader.
-                                    Ok(ForwardReply::Refused(
-                                        Refusal::NotLeader(None) | Refusal::Stopped,
-                                    ))
-                                    | Err(CallError::NotSent(_)) => Some(Rejected::NoLeader),
-                                    // A timeout, or a call that failed once sent: the entry
-                                    // may still commit; the waiters hear from the local apply
-                                    // or from their budget.
-                                    Ok(ForwardReply::Refused(Refusal::Timeout))
-                                    | Err(CallError::Timeout | CallError::Unreachable(_)) => None,
-                                    Ok(ForwardReply::Refused(Refusal::Other(why))) => {
-                                        Some(Rejected::Other(why))
-                                    }
-                                    Ok(other) => Some(Rejected::Other(format!(
-                                        "unexpected answer from the leader: {other:?}"
-                                    ))),
-                                    // A message over the size limit was refused whole.
-                                    Err(e @ (CallError::Protocol(_) | CallError::TooLarge { .. })) => {
-                                        Some(Rejected::Other(e.to_string()))
-                                    }
-                                };
-                                (ids, rejected)
+                                let rejected = forward_rejection(reply);
+                                Outcome { ids, rejected }
                             }));
                         }
                         _ => self.reject(ids.into_iter(), &Rejected::NoLeader),
@@ -282,7 +243,7 @@ impl Batcher {
                         // without one): the waiters hear from the apply or their budget.
                         Err(_) => None,
                     };
-                    (ids, rejected)
+                    Outcome { ids, rejected }
                 }));
                 self.await_flush(seq, unanswered).await;
             }
@@ -329,7 +290,7 @@ impl Batcher {
                     }
                     Some(outcome) = unanswered.next(), if !unanswered.is_empty() => {
                         // A refusal means this entry will not reach the log from us.
-                        let refused = outcome.1.is_some();
+                        let refused = outcome.rejected.is_some();
                         self.settle(outcome);
                         if refused {
                             return;
@@ -342,7 +303,7 @@ impl Batcher {
         let _ = deadline::within(Layer::Propose, Deadline::after(self.flush_wait), wait).await;
     }
 
-    fn settle(&self, (ids, rejected): Outcome) {
+    fn settle(&self, Outcome { ids, rejected }: Outcome) {
         if let Some(rejected) = rejected {
             self.reject(ids.into_iter(), &rejected);
         }
@@ -367,6 +328,33 @@ impl Batcher {
                 other => other.clone(),
             };
             self.waiters.complete(id, Err(answer));
+        }
+    }
+}
+
+/// What a forwarded batch's waiters hear from the leader's answer: a refusal, or `None` when
+/// the entry was taken or may still commit (they hear from the local apply or their budget).
+fn forward_rejection(reply: Result<ForwardReply, CallError>) -> Option<Rejected> {
+    match reply {
+        Ok(ForwardReply::Done) => None,
+        Ok(ForwardReply::Refused(Refusal::TooManyRequests)) => Some(Rejected::TooManyRequests),
+        Ok(ForwardReply::Refused(Refusal::Invalid(bad))) => Some(Rejected::Invalid(bad)),
+        Ok(ForwardReply::Refused(Refusal::NotLeader(Some(l)))) => Some(Rejected::NotLeader(l)),
+        // Refused before anything was appended, or never sent: the proposer may try again,
+        // with a leader.
+        Ok(ForwardReply::Refused(Refusal::NotLeader(None) | Refusal::Stopped))
+        | Err(CallError::NotSent(_)) => Some(Rejected::NoLeader),
+        // A timeout, or a call that failed once sent: the entry may still commit; the waiters
+        // hear from the local apply or from their budget.
+        Ok(ForwardReply::Refused(Refusal::Timeout))
+        | Err(CallError::Timeout | CallError::Unreachable(_)) => None,
+        Ok(ForwardReply::Refused(Refusal::Other(why))) => Some(Rejected::Other(why)),
+        Ok(other) => Some(Rejected::Other(format!(
+            "unexpected answer from the leader: {other:?}"
+        ))),
+        // A message over the size limit was refused whole.
+        Err(e @ (CallError::Protocol(_) | CallError::TooLarge { .. })) => {
+            Some(Rejected::Other(e.to_string()))
         }
     }
 }

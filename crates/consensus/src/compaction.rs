@@ -13,7 +13,7 @@ use mvcc::{Backend, Store};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ReadError;
+use crate::error::NotServed;
 
 /// Versions one step removes: the writer lock is held for one step, so apply waits at most
 /// for this much work.
@@ -44,8 +44,8 @@ impl Removal {
     /// Waits until versions superseded at or below `revision` are gone from this member.
     ///
     /// # Errors
-    /// [`ReadError::Timeout`] at `deadline`; [`ReadError::Stopped`] if removal stopped.
-    pub(crate) async fn wait(&self, revision: i64, deadline: Deadline) -> Result<(), ReadError> {
+    /// [`NotServed::Timeout`] at `deadline`; [`NotServed::Stopped`] if removal stopped.
+    pub(crate) async fn wait(&self, revision: i64, deadline: Deadline) -> Result<(), NotServed> {
         let mut done = self.done.subscribe();
         let reached = deadline::within(Layer::Apply, deadline, done.wait_for(|d| *d >= revision))
             .await?
@@ -53,7 +53,7 @@ impl Removal {
         if reached {
             Ok(())
         } else {
-            Err(ReadError::Stopped)
+            Err(NotServed::Stopped)
         }
     }
 }

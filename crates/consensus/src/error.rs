@@ -12,7 +12,8 @@ pub enum ProposeError {
     /// No leader is known, so nothing can be committed now.
     #[error("etcdserver: no leader")]
     NoLeader,
-    /// Another member leads; this member does not forward yet.
+    /// Another member leads: the member a proposal was forwarded to no longer led and took
+    /// nothing. [`crate::Node::propose`] tries again with the next leader within its deadline.
     #[error("etcdserver: not leader (leader is {leader})")]
     NotLeader {
         /// The leader's id.
@@ -39,13 +40,13 @@ pub enum ProposeError {
     },
 }
 
-impl From<ReadError> for ProposeError {
-    fn from(e: ReadError) -> Self {
+impl From<NotServed> for ProposeError {
+    fn from(e: NotServed) -> Self {
         match e {
-            ReadError::Timeout(expired) => ProposeError::Timeout(expired),
-            ReadError::NoLeader => ProposeError::NoLeader,
-            ReadError::NotLeader { leader } => ProposeError::NotLeader { leader },
-            ReadError::Stopped => ProposeError::Stopped,
+            NotServed::Timeout(expired) => ProposeError::Timeout(expired),
+            NotServed::NoLeader => ProposeError::NoLeader,
+            NotServed::NotLeader { leader } => ProposeError::NotLeader { leader },
+            NotServed::Stopped => ProposeError::Stopped,
         }
     }
 }
@@ -72,10 +73,11 @@ impl From<crate::batcher::Rejected> for ProposeError {
     }
 }
 
-/// Why a linearizable read could not be served.
+/// Why a request only the leader serves (a linearizable read, a lease keep-alive or TTL, a
+/// membership change) or a wait for a leader was not served.
 #[derive(Clone, Debug, thiserror::Error)]
-pub enum ReadError {
-    /// The read-index budget ran out (e.g. quorum lost).
+pub enum NotServed {
+    /// Its budget ran out (e.g. quorum lost).
     #[error("etcdserver: request timed out ({0})")]
     Timeout(#[from] deadline::Expired),
     /// No leader is known.
@@ -94,13 +96,13 @@ pub enum ReadError {
 
 /// A leader's refusal of a forwarded read, lease or campaign request, as the asking member
 /// reports it: a refusal of another kind means there is no leader to serve it.
-impl From<crate::network::Refusal> for ReadError {
+impl From<crate::network::Refusal> for NotServed {
     fn from(refused: crate::network::Refusal) -> Self {
         use crate::network::Refusal;
         match refused {
-            Refusal::NotLeader(Some(leader)) => ReadError::NotLeader { leader },
-            Refusal::Stopped => ReadError::Stopped,
-            Refusal::Timeout => ReadError::Timeout(deadline::Expired::reported(
+            Refusal::NotLeader(Some(leader)) => NotServed::NotLeader { leader },
+            Refusal::Stopped => NotServed::Stopped,
+            Refusal::Timeout => NotServed::Timeout(deadline::Expired::reported(
                 deadline::Layer::PeerRpc,
                 std::time::Duration::ZERO,
             )),
@@ -108,20 +110,20 @@ impl From<crate::network::Refusal> for ReadError {
             | Refusal::TooManyRequests
             | Refusal::Invalid(_)
             | Refusal::Membership(_)
-            | Refusal::Other(_) => ReadError::NoLeader,
+            | Refusal::Other(_) => NotServed::NoLeader,
         }
     }
 }
 
 /// How the leader refuses a forwarded request it could not serve.
-impl From<ReadError> for crate::network::Refusal {
-    fn from(e: ReadError) -> Self {
+impl From<NotServed> for crate::network::Refusal {
+    fn from(e: NotServed) -> Self {
         use crate::network::Refusal;
         match e {
-            ReadError::NotLeader { leader } => Refusal::NotLeader(Some(leader)),
-            ReadError::NoLeader => Refusal::NotLeader(None),
-            ReadError::Timeout(_) => Refusal::Timeout,
-            ReadError::Stopped => Refusal::Stopped,
+            NotServed::NotLeader { leader } => Refusal::NotLeader(Some(leader)),
+            NotServed::NoLeader => Refusal::NotLeader(None),
+            NotServed::Timeout(_) => Refusal::Timeout,
+            NotServed::Stopped => Refusal::Stopped,
         }
     }
 }
@@ -142,10 +144,22 @@ pub enum StartError {
     Store(#[from] mvcc::Error),
     /// The configuration is invalid.
     #[error("invalid raft configuration: {0}")]
-    Config(String),
+    Config(#[source] Box<openraft::ConfigError>),
+    /// A wait budget is invalid.
+    #[error("invalid raft configuration: {0}")]
+    Budgets(#[source] deadline::BudgetError),
+    /// The member's data or log directory could not be created.
+    #[error("invalid raft configuration: {path}: {cause}")]
+    Dir {
+        /// The directory.
+        path: String,
+        /// What went wrong.
+        #[source]
+        cause: std::io::Error,
+    },
     /// Raft refused to start or initialize.
     #[error("raft failed to start: {0}")]
-    Raft(String),
+    Raft(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The member marker says this member was initialised, but state it vouches for is gone.
     #[error(
         "refusing to start: {what}, but {marker} says this member was initialised: its \
@@ -160,8 +174,20 @@ pub enum StartError {
         marker: String,
     },
     /// The member marker could not be read or written.
-    #[error("member marker: {0}")]
-    Marker(String),
+    #[error("member marker: {path}: {cause}")]
+    Marker {
+        /// The marker file, or the file it vouches for.
+        path: String,
+        /// What went wrong.
+        #[source]
+        cause: std::io::Error,
+    },
+    /// The member marker names no member id.
+    #[error("member marker: {path}: names no member id")]
+    MarkerWithoutId {
+        /// The marker file.
+        path: String,
+    },
     /// A joining member could not learn its id from the cluster.
     #[error("joining the cluster: {0}")]
     Join(String),
@@ -183,7 +209,7 @@ pub enum MembershipFailure {
     Refused(#[from] crate::membership::MembershipError),
     /// No leader, a timeout, or a stopped node.
     #[error(transparent)]
-    Read(#[from] ReadError),
+    NotServed(#[from] NotServed),
     /// Raft refused it for another reason.
     #[error("etcdserver: {0}")]
     Other(String),
@@ -195,13 +221,13 @@ impl MembershipFailure {
         match r {
             Refusal::Membership(e) => MembershipFailure::Refused(e),
             Refusal::NotLeader(Some(leader)) => {
-                MembershipFailure::Read(ReadError::NotLeader { leader })
+                MembershipFailure::NotServed(NotServed::NotLeader { leader })
             }
-            Refusal::NotLeader(None) => MembershipFailure::Read(ReadError::NoLeader),
-            Refusal::Timeout => MembershipFailure::Read(ReadError::Timeout(
+            Refusal::NotLeader(None) => MembershipFailure::NotServed(NotServed::NoLeader),
+            Refusal::Timeout => MembershipFailure::NotServed(NotServed::Timeout(
                 deadline::Expired::reported(deadline::Layer::Commit, std::time::Duration::ZERO),
             )),
-            Refusal::Stopped => MembershipFailure::Read(ReadError::Stopped),
+            Refusal::Stopped => MembershipFailure::NotServed(NotServed::Stopped),
             Refusal::TooManyRequests => MembershipFailure::Other("too many requests".into()),
             Refusal::Invalid(bad) => MembershipFailure::Other(format!("invalid commands: {bad:?}")),
             Refusal::Other(why) => MembershipFailure::Other(why),

@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ReadError;
+use crate::error::NotServed;
+use crate::types::typ::Raft;
 use crate::types::Member;
 
 /// How long requests waited for a leader (only those that found none).
@@ -27,6 +28,21 @@ const GAVE_UP: &str = "metastore_leader_wait_gave_up_total";
 pub(crate) struct Known {
     pub(crate) leader: Option<u64>,
     pub(crate) since: Instant,
+}
+
+/// The leader `raft` knows of now, with its entry in the membership (`None` while the
+/// membership does not hold it). The one lookup for everyone that sends to the leader.
+pub(crate) fn current(raft: &Raft) -> Option<(u64, Option<Member>)> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    m.current_leader.map(|leader| {
+        let member = m
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == leader)
+            .map(|(_, member)| member.clone());
+        (leader, member)
+    })
 }
 
 /// The shared view of who leads.
@@ -90,7 +106,7 @@ impl Leadership {
         deadline: Deadline,
         not: Option<u64>,
         retry_after: Duration,
-    ) -> Result<u64, ReadError> {
+    ) -> Result<u64, NotServed> {
         if let Some(leader) = self.now().leader.filter(|l| Some(*l) != not) {
             return Ok(leader);
         }
@@ -106,13 +122,13 @@ impl Leadership {
                     metrics::histogram!(WAITED).record(started.elapsed().as_secs_f64());
                     return found;
                 }
-                Err(expired) if limit.is_expired() => return Err(ReadError::Timeout(expired)),
+                Err(expired) if limit.is_expired() => return Err(NotServed::Timeout(expired)),
                 Err(_) => {}
             }
         }
         let result = match self.until(limit, None).await {
             Ok(found) => found,
-            Err(expired) => Err(ReadError::Timeout(expired)),
+            Err(expired) => Err(NotServed::Timeout(expired)),
         };
         if result.is_ok() {
             gave_up.0 = false;
@@ -126,7 +142,7 @@ impl Leadership {
         &self,
         deadline: Deadline,
         not: Option<u64>,
-    ) -> Result<Result<u64, ReadError>, deadline::Expired> {
+    ) -> Result<Result<u64, NotServed>, deadline::Expired> {
         let mut known = self.known.clone();
         let found = async {
             loop {
@@ -135,7 +151,7 @@ impl Leadership {
                     return Ok(leader);
                 }
                 if known.changed().await.is_err() {
-                    return Err(ReadError::Stopped);
+                    return Err(NotServed::Stopped);
                 }
             }
         };
@@ -209,7 +225,7 @@ mod tests {
             )
             .await;
         assert!(
-            matches!(short, Err(ReadError::Timeout(ref e)) if e.layer == Layer::LeaderWait),
+            matches!(short, Err(NotServed::Timeout(ref e)) if e.layer == Layer::LeaderWait),
             "{short:?}"
         );
         let wait = |not: Option<u64>, retry: Duration| {

@@ -14,7 +14,8 @@
 //! - `auth`: etcd's users, roles and permissions ([`AuthState`]), applied in log order, and
 //!   each member's simple tokens.
 //! - `compaction`: removes compacted versions in the background on every member.
-//! - `error`: [`ProposeError`] (its refusals are [`mvcc::Refusal`]), [`ReadError`], [`StartError`].
+//! - `error`: [`ProposeError`] (its refusals are [`mvcc::Refusal`]), [`NotServed`] (what only
+//!   the leader serves, or a wait for one), [`StartError`].
 //! - `log_store`: [`LogStore`], the Raft log and vote, over `wal`'s segment files.
 //! - `floor`: how far the log may be purged on disk: what the state machine holds durably.
 //! - `wal`: segment files of checksummed records, torn-tail recovery, the state file.
@@ -29,7 +30,9 @@
 //! - `join`: a joining member learns the ids the cluster gave it from the members.
 //! - `elections`: when a follower campaigns (etcd's randomized timeout, not openraft's).
 //! - `prevote`: etcd's pre-vote, campaigning only with a majority's consent.
-//! - `node`: [`Node`] and [`NodeConfig`].
+//! - `node`: [`Node`] and [`NodeConfig`], one file per concern: `node::start`,
+//!   `node::propose`, `node::read`, `node::forward` (both sides), `node::lease`,
+//!   `node::membership`, `node::move_leader`, `node::status`, `node::config`.
 //! - `read_rounds`: one leadership confirmation for every read that arrived before it.
 //! - `lessor`, `lease_loop`: lease expiry times, and the leader's revokes and checkpoints.
 //! - `leader`: who leads, one shared watch that requests finding no leader wait on.
@@ -72,7 +75,7 @@ mod wal;
 
 pub use auth::{Access, Auth, AuthState, Tokens, User, ROOT};
 pub use corrupt::{corruption_check_loop, Inconsistency, PeerHash};
-pub use error::{MembershipFailure, ProposeError, ReadError, StartError};
+pub use error::{MembershipFailure, NotServed, ProposeError, StartError};
 pub use log_store::{LogCloser, LogStore};
 pub use marker::{require as require_state, MARKER};
 pub use membership::{cluster_id, member_id, Change, MembershipError};

@@ -30,9 +30,10 @@ fn path(dir: &Path) -> PathBuf {
 /// [`StartError::Marker`] when the marker's presence cannot be determined.
 pub fn initialised(dir: &Path) -> Result<bool, StartError> {
     let marker = path(dir);
-    marker
-        .try_exists()
-        .map_err(|e| StartError::Marker(format!("{}: {e}", marker.display())))
+    marker.try_exists().map_err(|e| StartError::Marker {
+        path: marker.display().to_string(),
+        cause: e,
+    })
 }
 
 /// Refuses to start when `dir` carries the marker but `file` (the Raft log, an engine's
@@ -52,7 +53,10 @@ pub(crate) fn require_path(dir: &Path, wanted: &Path) -> Result<(), StartError> 
     match wanted.try_exists() {
         Ok(true) => Ok(()),
         Ok(false) => Err(missing(dir, &format!("{} is missing", wanted.display()))),
-        Err(e) => Err(StartError::Marker(format!("{}: {e}", wanted.display()))),
+        Err(e) => Err(StartError::Marker {
+            path: wanted.display().to_string(),
+            cause: e,
+        }),
     }
 }
 
@@ -67,19 +71,27 @@ pub(crate) fn missing(dir: &Path, what: &str) -> StartError {
 /// The member id the marker in `dir` records; `None` for a member never initialised.
 ///
 /// # Errors
-/// [`StartError::Marker`] when the marker cannot be read or names no id.
+/// [`StartError::Marker`] when the marker cannot be read, [`StartError::MarkerWithoutId`]
+/// when it names no id.
 pub(crate) fn recorded_id(dir: &Path) -> Result<Option<u64>, StartError> {
     let marker = path(dir);
     let text = match std::fs::read_to_string(&marker) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StartError::Marker(format!("{}: {e}", marker.display()))),
+        Err(e) => {
+            return Err(StartError::Marker {
+                path: marker.display().to_string(),
+                cause: e,
+            })
+        }
     };
     text.lines()
         .find_map(|l| l.strip_prefix("member "))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .map(Some)
-        .ok_or_else(|| StartError::Marker(format!("{}: names no member id", marker.display())))
+        .ok_or_else(|| StartError::MarkerWithoutId {
+            path: marker.display().to_string(),
+        })
 }
 
 /// The cluster id the marker in `dir` records; `None` for a member never initialised or a
@@ -95,7 +107,10 @@ pub(crate) fn recorded_cluster(dir: &Path) -> Result<Option<u64>, StartError> {
             .find_map(|l| l.strip_prefix("cluster "))
             .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StartError::Marker(format!("{}: {e}", marker.display()))),
+        Err(e) => Err(StartError::Marker {
+            path: marker.display().to_string(),
+            cause: e,
+        }),
     }
 }
 
@@ -110,8 +125,10 @@ pub(crate) fn write(dir: &Path, id: u64, cluster: u64) -> Result<(), StartError>
     }
     let marker = path(dir);
     let text = format!("metastore member marker v1\nmember {id:x}\ncluster {cluster:x}\n");
-    mvcc::durable::write_synced(&marker, text.as_bytes())
-        .map_err(|e| StartError::Marker(format!("{}: {e}", marker.display())))?;
+    mvcc::durable::write_synced(&marker, text.as_bytes()).map_err(|e| StartError::Marker {
+        path: marker.display().to_string(),
+        cause: e,
+    })?;
     tracing::info!(path = %marker.display(), "member marker written: lost state will be refused");
     Ok(())
 }

@@ -20,7 +20,7 @@ use mvcc::Backend;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ReadError;
+use crate::error::NotServed;
 use crate::Node;
 
 /// Reads waiting for a round at most.
@@ -29,7 +29,7 @@ const QUEUE: usize = 16_384;
 const MAX_ROUND: usize = 4_096;
 
 /// Where a waiting read gets its answer: the confirmed read index, applied locally.
-pub(crate) type Reply = oneshot::Sender<Result<u64, ReadError>>;
+pub(crate) type Reply = oneshot::Sender<Result<u64, NotServed>>;
 
 /// The handle reads go through; [`run`] serves its queue.
 pub(crate) struct ReadRounds {
@@ -55,18 +55,18 @@ impl ReadRounds {
 
     /// A read index confirmed by a round that began after this call, once this member has
     /// applied that far.
-    pub(crate) async fn read_index(&self, deadline: Deadline) -> Result<u64, ReadError> {
+    pub(crate) async fn read_index(&self, deadline: Deadline) -> Result<u64, NotServed> {
         let limit = self.budgets.deadline_for(Layer::ReadIndex, deadline);
         let (reply, answer) = oneshot::channel();
         deadline::send(Layer::ReadIndex, limit, &self.queue, reply)
             .await
             .map_err(|e| match e {
-                deadline::SendError::Expired { expired, .. } => ReadError::Timeout(expired),
-                _ => ReadError::Stopped,
+                deadline::SendError::Expired { expired, .. } => NotServed::Timeout(expired),
+                _ => NotServed::Stopped,
             })?;
         match deadline::within(Layer::ReadIndex, limit, answer).await? {
             Ok(result) => result,
-            Err(_dropped) => Err(ReadError::Stopped),
+            Err(_dropped) => Err(NotServed::Stopped),
         }
     }
 }

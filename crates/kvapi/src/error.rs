@@ -1,6 +1,6 @@
 //! Every error a client can get, with etcd's gRPC code and text: clients match on the texts.
 
-use consensus::{AuthError, MembershipError, MembershipFailure, ProposeError, ReadError};
+use consensus::{AuthError, MembershipError, MembershipFailure, NotServed, ProposeError};
 use mvcc::Refusal;
 use tonic::{Code, Status};
 
@@ -35,7 +35,7 @@ pub enum ApiError {
     /// No leader is known.
     #[error("etcdserver: no leader")]
     NoLeader,
-    /// This member is not the leader and cannot forward.
+    /// The member a request was forwarded to no longer leads (leadership moved meanwhile).
     #[error("etcdserver: not leader")]
     NotLeader,
     /// Too many proposals wait for their apply.
@@ -201,19 +201,19 @@ impl From<MembershipFailure> for ApiError {
     fn from(e: MembershipFailure) -> Self {
         match e {
             MembershipFailure::Refused(m) => ApiError::Membership(m),
-            MembershipFailure::Read(r) => r.into(),
+            MembershipFailure::NotServed(r) => r.into(),
             other @ MembershipFailure::Other(_) => ApiError::Internal(other.to_string()),
         }
     }
 }
 
-impl From<ReadError> for ApiError {
-    fn from(e: ReadError) -> Self {
+impl From<NotServed> for ApiError {
+    fn from(e: NotServed) -> Self {
         match e {
-            ReadError::Timeout(_) => ApiError::Timeout,
-            ReadError::NoLeader => ApiError::NoLeader,
-            ReadError::NotLeader { .. } => ApiError::NotLeader,
-            ReadError::Stopped => ApiError::Stopped,
+            NotServed::Timeout(_) => ApiError::Timeout,
+            NotServed::NoLeader => ApiError::NoLeader,
+            NotServed::NotLeader { .. } => ApiError::NotLeader,
+            NotServed::Stopped => ApiError::Stopped,
         }
     }
 }
@@ -690,7 +690,7 @@ mod tests {
             ApiError::Refused(future)
         );
         assert_eq!(ApiError::from(ProposeError::NoLeader), ApiError::NoLeader);
-        assert_eq!(ApiError::from(ReadError::NoLeader), ApiError::NoLeader);
+        assert_eq!(ApiError::from(NotServed::NoLeader), ApiError::NoLeader);
         let full = ProposeError::DiskFull {
             path: "/d".into(),
             free: 1,
