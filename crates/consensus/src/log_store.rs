@@ -1015,6 +1015,45 @@ mod tests {
         close(closer).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_behind_a_purge_the_state_machine_never_reaches_ends_within_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log");
+        let id = |i| entry(i, 0).log_id;
+        {
+            let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
+            append_durably(&mut log, (1..=40).map(|i| entry(i, 200)).collect()).await;
+            log.floor().attach(Some(id(5)));
+            // openraft purges up to a snapshot's point (50) and appends after it, but the
+            // state machine never gets there (an engine stuck before the install).
+            log.purge(id(50)).await.unwrap();
+            let (tx, rx) = oneshot::channel();
+            log.queue_append(vec![entry(51, 200)], Notify::Done(tx))
+                .await
+                .unwrap();
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(10), rx).await;
+            let answer = answer.expect("a write behind the held purge still waits after 10 s");
+            let refused = answer.unwrap().unwrap_err();
+            assert!(refused.contains("has not reached"), "{refused}");
+            // The log stops: nothing later is written either.
+            let (tx, rx) = oneshot::channel();
+            log.queue_append(vec![entry(52, 200)], Notify::Done(tx))
+                .await
+                .unwrap();
+            assert!(rx.await.unwrap().is_err());
+            close(closer).await;
+        }
+        // What recovery needs is there: every entry the engine lacks, no purge past it, and
+        // nothing after the gap the purge would have left.
+        let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, None);
+        assert_eq!(state.last_log_id, Some(id(40)));
+        let got = log.try_get_log_entries(0..100).await.unwrap();
+        assert_eq!(indexes(&got), (1..=40).collect::<Vec<_>>());
+        close(closer).await;
+    }
+
     #[tokio::test]
     async fn a_redb_log_is_migrated_once() {
         let dir = tempfile::tempdir().unwrap();
