@@ -1054,6 +1054,31 @@ mod tests {
         close(closer).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_closed_while_a_purge_waits_writes_nothing_after_the_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log");
+        let id = |i| entry(i, 0).log_id;
+        {
+            let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
+            append_durably(&mut log, (1..=40).map(|i| entry(i, 200)).collect()).await;
+            log.floor().attach(Some(id(5)));
+            log.purge(id(50)).await.unwrap();
+            let (tx, rx) = oneshot::channel();
+            log.queue_append(vec![entry(51, 200)], Notify::Done(tx))
+                .await
+                .unwrap();
+            // The member stops before the install commits.
+            close(closer).await;
+            assert!(rx.await.unwrap().is_err(), "51 written after the gap");
+        }
+        let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, None);
+        assert_eq!(state.last_log_id, Some(id(40)));
+        close(closer).await;
+    }
+
     #[tokio::test]
     async fn a_redb_log_is_migrated_once() {
         let dir = tempfile::tempdir().unwrap();
