@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::floor::Floor;
+use crate::floor::{Floor, Held, HELD_PURGES_FAILED};
 use crate::stages::Stage;
 use crate::types::typ::{Entry, LogId, StorageError, Vote};
 use crate::types::TypeConfig;
@@ -343,9 +343,26 @@ fn write_group(
             Op::Truncate { from, .. } => wal.truncate(*from).map_err(|e| e.to_string())?,
             Op::Purge { upto, .. } => {
                 // Never past what the state machine holds durably: a crash must not leave a
-                // log that starts after the engine's position (see `floor`).
-                if !floor.wait_until_allows(*upto) {
-                    continue;
+                // log that starts after the engine's position (see `floor`). Nor may what
+                // follows be written without it: entries after the snapshot's point would
+                // follow a gap. A purge that cannot wait longer stops the log here.
+                match floor.wait_until_allows(*upto) {
+                    Held::Allowed => {}
+                    Held::Closed => {
+                        metrics::counter!(HELD_PURGES_FAILED, "reason" => "closed").increment(1);
+                        return Err(format!(
+                            "a purge up to {upto} waited for the state machine, which stopped \
+                             first: the log stops before it"
+                        ));
+                    }
+                    Held::Expired { at, limit } => {
+                        metrics::counter!(HELD_PURGES_FAILED, "reason" => "expired").increment(1);
+                        return Err(format!(
+                            "the state machine has not reached {upto} in {limit:?} (it holds \
+                             {}): the log stops rather than purge past it or write after a gap",
+                            at.map_or_else(|| "nothing".to_string(), |at| at.to_string())
+                        ));
+                    }
                 }
                 // The state names the purged id before any segment goes: recovery skips what
                 // the remaining segments still hold up to it.
@@ -1024,6 +1041,7 @@ mod tests {
             let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
             append_durably(&mut log, (1..=40).map(|i| entry(i, 200)).collect()).await;
             log.floor().attach(Some(id(5)));
+            log.floor().set_limit(std::time::Duration::from_millis(300));
             // openraft purges up to a snapshot's point (50) and appends after it, but the
             // state machine never gets there (an engine stuck before the install).
             log.purge(id(50)).await.unwrap();

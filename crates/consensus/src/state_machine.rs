@@ -471,46 +471,62 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         let mut file = file.into_std().await;
         let store = self.store.clone();
         let dir = self.snapshots.clone();
-        let meta = meta.clone();
+        let sent = meta.clone();
         let persistent = self.persistent;
-        let info = tokio::task::spawn_blocking(move || -> Result<mvcc::SnapshotInfo, String> {
-            use std::io::{Seek, Write};
-            file.flush().map_err(|e| e.to_string())?;
-            if !persistent {
-                // Kept as the store's snapshot: the restart of an engine that starts empty
-                // rebuilds from it. A persistent engine's restore commits durably itself.
-                file.sync_all().map_err(|e| e.to_string())?;
-            }
-            file.rewind().map_err(|e| e.to_string())?;
-            let info = store
-                .restore(BufReader::new(file))
-                .map_err(|e| e.to_string())?;
-            // The bytes must be the point the meta names: bytes of a later point under an
-            // earlier id would have the log's entries applied twice.
-            let at = Position::decode(info.applied.as_deref())?.log_id;
-            if at != meta.last_log_id {
-                return Err(format!(
-                    "the snapshot's bytes are at {at:?}, its meta names {:?}",
-                    meta.last_log_id
-                ));
-            }
-            if persistent {
-                // The restore committed durably: the engine holds the snapshot now.
-                dir.discard_incoming()?;
-            } else {
-                dir.keep_incoming(&meta)?;
-            }
-            Ok(info)
-        })
+        // The purge openraft asked for up to this point waits for the install, however long
+        // the restore takes (`floor`).
+        if let Some(floor) = &self.floor {
+            floor.0.installing(meta.last_log_id);
+        }
+        let installed = tokio::task::spawn_blocking(
+            move || -> Result<(mvcc::SnapshotInfo, Position), String> {
+                use std::io::{Seek, Write};
+                file.flush().map_err(|e| e.to_string())?;
+                if !persistent {
+                    // Kept as the store's snapshot: the restart of an engine that starts empty
+                    // rebuilds from it. A persistent engine's restore commits durably itself.
+                    file.sync_all().map_err(|e| e.to_string())?;
+                }
+                file.rewind().map_err(|e| e.to_string())?;
+                let info = store
+                    .restore(BufReader::new(file))
+                    .map_err(|e| e.to_string())?;
+                // The bytes must be the point the meta names: bytes of a later point under an
+                // earlier id would have the log's entries applied twice.
+                let position = Position::decode(info.applied.as_deref())?;
+                if position.log_id != sent.last_log_id {
+                    return Err(format!(
+                        "the snapshot's bytes are at {:?}, its meta names {:?}",
+                        position.log_id, sent.last_log_id
+                    ));
+                }
+                if persistent {
+                    // The restore committed durably: the engine holds the snapshot now.
+                    dir.discard_incoming()?;
+                } else {
+                    dir.keep_incoming(&sent)?;
+                }
+                Ok((info, position))
+            },
+        )
         .await
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        self.position =
-            Position::decode(info.applied.as_deref()).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let (info, position) = match installed {
+            Ok(done) => done,
+            Err(e) => {
+                if let Some(floor) = &self.floor {
+                    floor.0.installing(None);
+                }
+                return Err(snap_err(ErrorVerb::Write, e));
+            }
+        };
+        self.position = position;
         // The restore committed durably (and an engine that starts empty keeps the received
         // file as its snapshot): the log up to the point may go.
         if let Some(floor) = &self.floor {
-            floor.0.raise(self.position.log_id);
+            floor.0.raise(meta.last_log_id);
+            floor.0.installing(None);
         }
         self.alarms.publish(&self.position.alarms);
         self.auth.publish(&self.position.auth);
