@@ -2,7 +2,8 @@
 //!
 //! This crate owns the openraft type configuration, the Raft log in checksummed segment files (group
 //! commit: one fdatasync for every append waiting), the state machine that applies committed [`mvcc::Command`]s to an
-//! [`mvcc::Store`] over any [`mvcc::Backend`], snapshots as files, and [`Node`], which bounds
+//! [`mvcc::Store`] over any [`mvcc::Backend`], snapshots (files for an engine that starts
+//! empty; the store itself for a persistent one), and [`Node`], which bounds
 //! every proposal and read-index wait through the `deadline` crate. It must not know about
 //! gRPC services or name a storage engine: the server picks the engine.
 //!
@@ -22,6 +23,8 @@
 //! - `redb_log`: the log before segment files, migrated once at start.
 //! - `stages`: where a write's time goes, a histogram per stage ([`STAGE_SECONDS`]).
 //! - `state_machine`: [`StateMachine`], apply and snapshots.
+//! - `snapshot_data`: [`SnapshotData`], a snapshot's bytes: a file, or a point in a persistent
+//!   store written out only when a follower needs it.
 //! - `network`: the peer transport over tonic ([`PeerService`], [`PeerNetwork`], [`PeerTls`]): Raft's
 //!   messages, and what followers forward to the leader.
 //! - `membership`: etcd's membership changes ([`Change`], [`MembershipError`]), member ids.
@@ -64,6 +67,7 @@ mod node;
 mod prevote;
 mod read_rounds;
 mod redb_log;
+mod snapshot_data;
 mod stages;
 mod state_machine;
 #[cfg(test)]
@@ -82,6 +86,7 @@ pub use membership::{cluster_id, member_id, Change, MembershipError};
 pub use mvcc::AuthError;
 pub use network::{PeerNetwork, PeerService, PeerTls, Peers};
 pub use node::{Node, NodeConfig, NodeStatus};
+pub use snapshot_data::SnapshotData;
 pub use stages::STAGE_SECONDS;
 pub use state_machine::{applied_auth, seed_auth, SnapshotBuilder, StateMachine};
 pub use transfer::TransferError;

@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::floor::Floor;
+use crate::floor::{Floor, Held, HELD_PURGES_FAILED};
 use crate::stages::Stage;
 use crate::types::typ::{Entry, LogId, StorageError, Vote};
 use crate::types::TypeConfig;
@@ -343,9 +343,26 @@ fn write_group(
             Op::Truncate { from, .. } => wal.truncate(*from).map_err(|e| e.to_string())?,
             Op::Purge { upto, .. } => {
                 // Never past what the state machine holds durably: a crash must not leave a
-                // log that starts after the engine's position (see `floor`).
-                if !floor.wait_until_allows(*upto) {
-                    continue;
+                // log that starts after the engine's position (see `floor`). Nor may what
+                // follows be written without it: entries after the snapshot's point would
+                // follow a gap. A purge that cannot wait longer stops the log here.
+                match floor.wait_until_allows(*upto) {
+                    Held::Allowed => {}
+                    Held::Closed => {
+                        metrics::counter!(HELD_PURGES_FAILED, "reason" => "closed").increment(1);
+                        return Err(format!(
+                            "a purge up to {upto} waited for the state machine, which stopped \
+                             first: the log stops before it"
+                        ));
+                    }
+                    Held::Expired { at, limit } => {
+                        metrics::counter!(HELD_PURGES_FAILED, "reason" => "expired").increment(1);
+                        return Err(format!(
+                            "the state machine has not reached {upto} in {limit:?} (it holds \
+                             {}): the log stops rather than purge past it or write after a gap",
+                            at.map_or_else(|| "nothing".to_string(), |at| at.to_string())
+                        ));
+                    }
                 }
                 // The state names the purged id before any segment goes: recovery skips what
                 // the remaining segments still hold up to it.
@@ -1012,6 +1029,71 @@ mod tests {
         assert_eq!(state.last_purged_log_id, Some(id(50)));
         let got = log.try_get_log_entries(0..100).await.unwrap();
         assert_eq!(indexes(&got), (51..=61).collect::<Vec<_>>());
+        close(closer).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_behind_a_purge_the_state_machine_never_reaches_ends_within_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log");
+        let id = |i| entry(i, 0).log_id;
+        {
+            let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
+            append_durably(&mut log, (1..=40).map(|i| entry(i, 200)).collect()).await;
+            log.floor().attach(Some(id(5)));
+            log.floor().set_limit(std::time::Duration::from_millis(300));
+            // openraft purges up to a snapshot's point (50) and appends after it, but the
+            // state machine never gets there (an engine stuck before the install).
+            log.purge(id(50)).await.unwrap();
+            let (tx, rx) = oneshot::channel();
+            log.queue_append(vec![entry(51, 200)], Notify::Done(tx))
+                .await
+                .unwrap();
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(10), rx).await;
+            let answer = answer.expect("a write behind the held purge still waits after 10 s");
+            let refused = answer.unwrap().unwrap_err();
+            assert!(refused.contains("has not reached"), "{refused}");
+            // The log stops: nothing later is written either.
+            let (tx, rx) = oneshot::channel();
+            log.queue_append(vec![entry(52, 200)], Notify::Done(tx))
+                .await
+                .unwrap();
+            assert!(rx.await.unwrap().is_err());
+            close(closer).await;
+        }
+        // What recovery needs is there: every entry the engine lacks, no purge past it, and
+        // nothing after the gap the purge would have left.
+        let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, None);
+        assert_eq!(state.last_log_id, Some(id(40)));
+        let got = log.try_get_log_entries(0..100).await.unwrap();
+        assert_eq!(indexes(&got), (1..=40).collect::<Vec<_>>());
+        close(closer).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_closed_while_a_purge_waits_writes_nothing_after_the_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log");
+        let id = |i| entry(i, 0).log_id;
+        {
+            let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
+            append_durably(&mut log, (1..=40).map(|i| entry(i, 200)).collect()).await;
+            log.floor().attach(Some(id(5)));
+            log.purge(id(50)).await.unwrap();
+            let (tx, rx) = oneshot::channel();
+            log.queue_append(vec![entry(51, 200)], Notify::Done(tx))
+                .await
+                .unwrap();
+            // The member stops before the install commits.
+            close(closer).await;
+            assert!(rx.await.unwrap().is_err(), "51 written after the gap");
+        }
+        let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, None);
+        assert_eq!(state.last_log_id, Some(id(40)));
         close(closer).await;
     }
 

@@ -1,4 +1,9 @@
-//! The Raft state machine: committed entries applied to the mvcc store, snapshots as files.
+//! The Raft state machine: committed entries applied to the mvcc store, and its snapshots.
+//!
+//! An engine that starts empty (engine-mem) keeps each snapshot as a file, which a restart
+//! rebuilds the store from. A persistent engine is its own snapshot, as etcd's db is: building
+//! one flushes the engine and records where it stands, and the bytes are written out only when
+//! a follower needs them (`snapshot_data`), so the data dir holds no second copy of the store.
 
 // openraft's storage traits dictate `StorageError` as the error type, large as it is.
 #![allow(clippy::result_large_err)]
@@ -10,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadline::Registry;
-use mvcc::{alarm_kind, durable, AlarmMember, Backend, Store};
+use mvcc::{alarm_kind, durable, AlarmMember, Backend, SnapshotInfo, SnapshotReader, Store};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use serde::{Deserialize, Serialize};
@@ -21,6 +26,7 @@ use crate::batcher::Answer;
 use crate::compaction::Removal;
 use crate::floor::{Floor, FloorRaiser};
 use crate::lessor::Lessor;
+use crate::snapshot_data::SnapshotData;
 use crate::types::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership};
 use crate::types::{Applied, TypeConfig};
 use mvcc::Refusal;
@@ -181,6 +187,8 @@ pub struct StateMachine<B> {
     alarms: Arc<Alarms>,
     auth: Arc<Auth>,
     snapshots: SnapshotDir,
+    /// The engine keeps its content across restarts: it is its own snapshot.
+    persistent: bool,
     position: Position,
     /// Told of every lease granted or revoked, and reset after a snapshot is installed.
     lessor: Arc<Lessor>,
@@ -216,6 +224,11 @@ impl<B: Backend> StateMachine<B> {
                 position = Position::decode(info.applied.as_deref())?;
             }
         }
+        let persistent = store.backend().persistent();
+        if persistent {
+            // Copies an earlier version kept: the store, durable at its position, replaces them.
+            snapshots.remove_copies()?;
+        }
         lessor.reset(&store.leases(), lease_extend, None);
         let Proposer {
             node_id,
@@ -234,6 +247,7 @@ impl<B: Backend> StateMachine<B> {
             alarms,
             auth,
             snapshots,
+            persistent,
             position,
             lessor,
             lease_extend,
@@ -426,10 +440,11 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             store: self.store.clone(),
             dir: self.snapshots.clone(),
             floor: self.floor.clone(),
+            persistent: self.persistent,
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
         let path = self.snapshots.incoming_path();
         let file = tokio::fs::OpenOptions::new()
             .read(true)
@@ -439,37 +454,79 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             .open(&path)
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        Ok(Box::new(file))
+        Ok(Box::new(SnapshotData::file(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
-        let mut file = snapshot.into_std().await;
+        let Some(file) = snapshot.into_file() else {
+            return Err(snap_err(
+                ErrorVerb::Read,
+                "a received snapshot is not a file",
+            ));
+        };
+        let mut file = file.into_std().await;
         let store = self.store.clone();
         let dir = self.snapshots.clone();
-        let meta = meta.clone();
-        let info = tokio::task::spawn_blocking(move || -> Result<mvcc::SnapshotInfo, String> {
-            use std::io::{Seek, Write};
-            file.flush().map_err(|e| e.to_string())?;
-            file.sync_all().map_err(|e| e.to_string())?;
-            file.rewind().map_err(|e| e.to_string())?;
-            let info = store
-                .restore(BufReader::new(file))
-                .map_err(|e| e.to_string())?;
-            dir.keep_incoming(&meta)?;
-            Ok(info)
-        })
-        .await
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        self.position =
-            Position::decode(info.applied.as_deref()).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        // The restore committed durably and the snapshot file is kept: the log may go.
+        let sent = meta.clone();
+        let persistent = self.persistent;
+        // The purge openraft asked for up to this point waits for the install, however long
+        // the restore takes (`floor`).
         if let Some(floor) = &self.floor {
-            floor.0.raise(self.position.log_id);
+            floor.0.installing(meta.last_log_id);
+        }
+        let installed = tokio::task::spawn_blocking(
+            move || -> Result<(mvcc::SnapshotInfo, Position), String> {
+                use std::io::{Seek, Write};
+                file.flush().map_err(|e| e.to_string())?;
+                if !persistent {
+                    // Kept as the store's snapshot: the restart of an engine that starts empty
+                    // rebuilds from it. A persistent engine's restore commits durably itself.
+                    file.sync_all().map_err(|e| e.to_string())?;
+                }
+                file.rewind().map_err(|e| e.to_string())?;
+                let info = store
+                    .restore(BufReader::new(file))
+                    .map_err(|e| e.to_string())?;
+                // The bytes must be the point the meta names: bytes of a later point under an
+                // earlier id would have the log's entries applied twice.
+                let position = Position::decode(info.applied.as_deref())?;
+                if position.log_id != sent.last_log_id {
+                    return Err(format!(
+                        "the snapshot's bytes are at {:?}, its meta names {:?}",
+                        position.log_id, sent.last_log_id
+                    ));
+                }
+                if persistent {
+                    // The restore committed durably: the engine holds the snapshot now.
+                    dir.discard_incoming()?;
+                } else {
+                    dir.keep_incoming(&sent)?;
+                }
+                Ok((info, position))
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let (info, position) = match installed {
+            Ok(done) => done,
+            Err(e) => {
+                if let Some(floor) = &self.floor {
+                    floor.0.installing(None);
+                }
+                return Err(snap_err(ErrorVerb::Write, e));
+            }
+        };
+        self.position = position;
+        // The restore committed durably (and an engine that starts empty keeps the received
+        // file as its snapshot): the log up to the point may go.
+        if let Some(floor) = &self.floor {
+            floor.0.raise(meta.last_log_id);
+            floor.0.installing(None);
         }
         self.alarms.publish(&self.position.alarms);
         self.auth.publish(&self.position.auth);
@@ -485,6 +542,23 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        if self.persistent {
+            if self.position.log_id.is_none() {
+                return Ok(None);
+            }
+            // The store as it stands now: newer than the last snapshot built, which openraft
+            // accepts; the meta and the bytes are of the same point, fixed here.
+            let store = self.store.clone();
+            let dir = self.snapshots.clone();
+            let (meta, reader) = tokio::task::spawn_blocking(move || point_of(&store))
+                .await
+                .map_err(|e| snap_err(ErrorVerb::Read, e))?
+                .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            return Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(dir.deferred(reader)),
+            }));
+        }
         let Some((meta, path)) = self
             .snapshots
             .current()
@@ -497,22 +571,46 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(SnapshotData::file(file)),
         }))
     }
 }
 
-/// Builds a snapshot file from the store without holding up the state machine.
+/// Builds a snapshot without holding up the state machine: a file from the store, or, for a
+/// persistent engine, the engine flushed and the point it stands at.
 pub struct SnapshotBuilder<B> {
     store: Store<B>,
     dir: SnapshotDir,
     floor: Option<Arc<FloorRaiser>>,
+    persistent: bool,
 }
 
 impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<B> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let store = self.store.clone();
         let dir = self.dir.clone();
+        if self.persistent {
+            let (meta, reader) = tokio::task::spawn_blocking(move || {
+                // The point first, then the flush: the flush makes every commit up to the
+                // point durable (and perhaps later ones); flushing first could leave the point
+                // past what is durable.
+                let point = point_of(&store)?;
+                store.backend().flush().map_err(|e| e.to_string())?;
+                Ok::<_, String>(point)
+            })
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            // The engine holds the point durably: the log up to it may go, before Raft
+            // learns of the snapshot and purges.
+            if let Some(floor) = &self.floor {
+                floor.0.raise(meta.last_log_id);
+            }
+            return Ok(Snapshot {
+                meta,
+                snapshot: Box::new(dir.deferred(reader)),
+            });
+        }
         let (meta, path) = tokio::task::spawn_blocking(move || dir.build(&store))
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, e))?
@@ -526,10 +624,35 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<B> {
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(SnapshotData::file(file)),
         })
     }
 }
+
+/// The snapshot metadata of a store point: its applied log id and membership.
+fn meta_of(info: &SnapshotInfo) -> Result<SnapshotMeta, String> {
+    let position = Position::decode(info.applied.as_deref())?;
+    let id = position.log_id.map_or_else(
+        || "0-0".to_string(),
+        |l| format!("{}-{}", l.leader_id.term, l.index),
+    );
+    Ok(SnapshotMeta {
+        last_log_id: position.log_id,
+        last_membership: position.membership,
+        snapshot_id: format!("{id}-r{}", info.revision),
+    })
+}
+
+/// The store's current point as a snapshot: its meta, and a reader of its bytes that keeps
+/// compaction from removing them until it is dropped.
+fn point_of<B: Backend>(store: &Store<B>) -> Result<(SnapshotMeta, SnapshotReader<B>), String> {
+    let reader = store.snapshot().map_err(|e| e.to_string())?;
+    let meta = meta_of(reader.info())?;
+    Ok((meta, reader))
+}
+
+/// Names the unnamed files snapshots are written out to while they are sent.
+static SENDING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The snapshot directory: data files named by snapshot id, and one metadata file naming the
 /// current one, replaced atomically, so a crash leaves either the old or the new snapshot.
@@ -541,11 +664,50 @@ pub(crate) struct SnapshotDir {
 const META: &str = "current.meta";
 const INCOMING: &str = "incoming.snap";
 const BUILDING: &str = "building.snap";
+/// The start of the names of files snapshots are written out to for sending.
+const SENDING_PREFIX: &str = "sending-";
 
 impl SnapshotDir {
     fn open(dir: PathBuf) -> Result<Self, String> {
         durable::create_dir_all_synced(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        Ok(Self { dir })
+        let this = Self { dir };
+        // A crash between creating a file to send and removing its name leaves the name.
+        this.remove_matching(|name| name.starts_with(SENDING_PREFIX))?;
+        Ok(this)
+    }
+
+    /// Removes every file whose name `doomed` accepts.
+    fn remove_matching(&self, doomed: impl Fn(&str) -> bool) -> Result<(), String> {
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if doomed(&name.to_string_lossy()) {
+                durable::remove_synced(&entry.path())
+                    .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every snapshot copy of the store (a persistent engine is its own snapshot):
+    /// the metadata first, so a crash midway leaves no metadata naming a missing file.
+    fn remove_copies(&self) -> Result<(), String> {
+        self.remove_matching(|name| name == META)?;
+        self.remove_matching(|name| {
+            name.starts_with("snap-") || name == INCOMING || name == BUILDING
+        })
+    }
+
+    /// Removes a received snapshot once the engine holds it.
+    fn discard_incoming(&self) -> Result<(), String> {
+        durable::remove_synced(&self.incoming_path()).map_err(|e| e.to_string())
+    }
+
+    /// Bytes of the store at `reader`'s point, written out only when they are first read.
+    fn deferred<B: Backend>(&self, reader: SnapshotReader<B>) -> SnapshotData {
+        let dir = self.dir.clone();
+        SnapshotData::deferred(move || write_out(&dir, reader))
     }
 
     fn incoming_path(&self) -> PathBuf {
@@ -575,7 +737,7 @@ impl SnapshotDir {
         // The engine must hold everything the snapshot covers before Raft may purge the log.
         store.backend().flush().map_err(|e| e.to_string())?;
         let mut reader = store.snapshot().map_err(|e| e.to_string())?;
-        let position = Position::decode(reader.info().applied.as_deref())?;
+        let meta = meta_of(reader.info())?;
         let tmp = self.dir.join(BUILDING);
         {
             let file = durable::create_file_synced(&tmp).map_err(|e| e.to_string())?;
@@ -584,15 +746,6 @@ impl SnapshotDir {
             let file = out.into_inner().map_err(|e| e.to_string())?;
             file.sync_all().map_err(|e| e.to_string())?;
         }
-        let id = position.log_id.map_or_else(
-            || "0-0".to_string(),
-            |l| format!("{}-{}", l.leader_id.term, l.index),
-        );
-        let meta = SnapshotMeta {
-            last_log_id: position.log_id,
-            last_membership: position.membership,
-            snapshot_id: format!("{id}-r{}", reader.info().revision),
-        };
         let path = self.commit(&tmp, &meta)?;
         Ok((meta, path))
     }
@@ -622,6 +775,30 @@ impl SnapshotDir {
         }
         Ok(path)
     }
+}
+
+/// Writes `reader`'s bytes into a file in `dir` whose name is removed at once: the bytes take
+/// space only until the file is closed, and a crash leaves nothing to clean.
+fn write_out<B: Backend>(
+    dir: &Path,
+    mut reader: SnapshotReader<B>,
+) -> std::io::Result<std::fs::File> {
+    use std::io::Seek;
+    let n = SENDING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("{SENDING_PREFIX}{}-{n}.snap", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    // Where an open file's name cannot be removed, the next start removes it.
+    let _ = std::fs::remove_file(&path);
+    let mut out = BufWriter::new(file);
+    std::io::copy(&mut reader, &mut out)?;
+    drop(reader);
+    let mut file = out.into_inner().map_err(|e| e.into_error())?;
+    file.rewind()?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -661,5 +838,193 @@ mod position_tests {
         let again = Position::decode(Some(&raw)).expect("decode");
         assert_eq!(again.auth, new.auth);
         assert_eq!(again.alarms, new.alarms);
+    }
+}
+
+#[cfg(test)]
+mod persistent_snapshot_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use openraft::CommittedLeaderId;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::types::{Proposal, Tagged};
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 7), index)
+    }
+
+    /// Entry `index`: 20 puts of 2 KiB values, under keys of their own.
+    fn entry(index: u64) -> Entry {
+        let commands = (0..20)
+            .map(|i| Tagged {
+                id: 0,
+                command: mvcc::Command::Put(mvcc::PutRequest {
+                    key: format!("k{index:04}-{i:02}").into_bytes(),
+                    value: vec![b'v'; 2048],
+                    ..Default::default()
+                }),
+            })
+            .collect();
+        Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(Proposal {
+                origin: 9,
+                incarnation: 9,
+                seq: index,
+                commands,
+            }),
+        }
+    }
+
+    fn machine<B: Backend>(store: Store<B>, dir: &Path) -> StateMachine<B> {
+        StateMachine::open(
+            store,
+            Proposer {
+                node_id: 7,
+                incarnation: 3,
+                waiters: Registry::new("test-proposals"),
+                alarms: Arc::default(),
+                auth: Arc::default(),
+            },
+            dir.join("snapshots"),
+            Arc::new(Lessor::default()),
+            Duration::from_secs(1),
+            Removal::new(0),
+        )
+        .unwrap()
+    }
+
+    /// The largest file in `dir`, in bytes.
+    fn largest(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().unwrap().len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_persistent_store_is_its_own_snapshot_and_its_bytes_are_made_only_to_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = engine_redb::RedbBackend::open(
+            dir.path().join("data.redb"),
+            &engine_redb::Options {
+                durability: engine_redb::Durability::Lazy,
+                ..engine_redb::Options::default()
+            },
+        )
+        .unwrap();
+        let store = Store::open(backend).unwrap();
+        let floor = Arc::new(Floor::default());
+        let mut sm = machine(store.clone(), dir.path()).hold_log_purges(Arc::clone(&floor));
+        sm.apply((1..=10).map(entry)).await.unwrap();
+        assert!(!floor.allows(log_id(1)), "nothing flushed yet");
+        let built = sm.get_snapshot_builder().await.build_snapshot().await;
+        let built = built.unwrap();
+        assert_eq!(built.meta.last_log_id, Some(log_id(10)));
+        // Built means flushed: the log up to the point may be purged, not past it.
+        assert!(floor.allows(log_id(10)));
+        assert!(!floor.allows(log_id(11)));
+        drop(built);
+        // 200 values of 2 KiB are in the store: no copy of them is kept beside it.
+        let snapshots = dir.path().join("snapshots");
+        assert!(
+            largest(&snapshots) < 64 << 10,
+            "a snapshot file of {} bytes",
+            largest(&snapshots)
+        );
+        // Sending takes the store as it stands, meta and bytes of the same point.
+        sm.apply((11..=12).map(entry)).await.unwrap();
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        assert_eq!(current.meta.last_log_id, Some(log_id(12)));
+        // Entries applied before the bytes are written out are not in them.
+        let at_12 = store.hash(0).unwrap();
+        sm.apply((13..=14).map(entry)).await.unwrap();
+        let mut bytes = Vec::new();
+        let mut data = current.snapshot;
+        data.read_to_end(&mut bytes).await.unwrap();
+        assert!(bytes.len() > 240 * 2048, "{} bytes sent", bytes.len());
+        let copy = Store::open(engine_mem::MemBackend::new()).unwrap();
+        let info = copy.restore(std::io::Cursor::new(bytes)).unwrap();
+        let position = Position::decode(info.applied.as_deref()).unwrap();
+        assert_eq!(position.log_id, current.meta.last_log_id);
+        assert_eq!(copy.hash(0).unwrap(), at_12);
+        assert_ne!(copy.hash(0).unwrap(), store.hash(0).unwrap());
+        // The bytes had no name in the directory, and are gone with the handle.
+        assert!(largest(&snapshots) < 64 << 10);
+        drop(data);
+        let left: Vec<_> = std::fs::read_dir(&snapshots).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_installed_snapshot_leaves_no_copy_beside_a_persistent_store() {
+        // The sender: a store of 12 entries, its bytes as a follower receives them.
+        let from = tempfile::tempdir().unwrap();
+        let mut leader = machine(
+            Store::open(engine_mem::MemBackend::new()).unwrap(),
+            from.path(),
+        );
+        leader.apply((1..=12).map(entry)).await.unwrap();
+        let sent = leader.get_snapshot_builder().await.build_snapshot().await;
+        let sent = sent.unwrap();
+        let mut bytes = Vec::new();
+        let mut data = sent.snapshot;
+        data.read_to_end(&mut bytes).await.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = dir.path().join("snapshots");
+        std::fs::create_dir_all(&snapshots).unwrap();
+        // What a crash while sending or receiving leaves: both go at the next start.
+        std::fs::write(snapshots.join("sending-1-0.snap"), b"partial").unwrap();
+        std::fs::write(snapshots.join(INCOMING), b"partial").unwrap();
+        let open = || {
+            engine_redb::RedbBackend::open(
+                dir.path().join("data.redb"),
+                &engine_redb::Options::default(),
+            )
+            .unwrap()
+        };
+        let store = Store::open(open()).unwrap();
+        let floor = Arc::new(Floor::default());
+        let mut sm = machine(store.clone(), dir.path()).hold_log_purges(Arc::clone(&floor));
+        assert!(std::fs::read_dir(&snapshots).unwrap().next().is_none());
+        // Bytes that are not the point their meta names are refused, the floor left alone.
+        let mut wrong = sent.meta.clone();
+        wrong.last_log_id = Some(log_id(11));
+        let mut incoming = sm.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut incoming, &bytes)
+            .await
+            .unwrap();
+        let refused = sm.install_snapshot(&wrong, incoming).await.unwrap_err();
+        assert!(refused.to_string().contains("meta names"), "{refused}");
+        assert!(!floor.allows(log_id(1)));
+        let mut incoming = sm.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut incoming, &bytes)
+            .await
+            .unwrap();
+        sm.install_snapshot(&sent.meta, incoming).await.unwrap();
+        assert_eq!(sm.applied_state().await.unwrap().0, sent.meta.last_log_id);
+        // The restore is durable: the log up to the point may go.
+        assert!(floor.allows(log_id(12)));
+        let left: Vec<_> = std::fs::read_dir(&snapshots).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{left:?}");
+        let hash = store.hash(0).unwrap();
+        // A restart finds the snapshot in the store itself.
+        drop(sm);
+        drop(store);
+        let store = Store::open(open()).unwrap();
+        let mut sm = machine(store.clone(), dir.path());
+        assert_eq!(sm.applied_state().await.unwrap().0, sent.meta.last_log_id);
+        assert_eq!(store.hash(0).unwrap(), hash);
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id, sent.meta.last_log_id);
     }
 }

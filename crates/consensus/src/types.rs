@@ -70,7 +70,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
+        SnapshotData = crate::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -277,6 +277,10 @@ impl Backend for RedbBackend {
         Ok(value.map(|v| v.value().to_vec()))
     }
 
+    fn persistent(&self) -> bool {
+        true
+    }
+
     fn replace(&self) -> Result<Box<dyn Replacement + '_>, BackendError> {
         // One write transaction that empties every table and refills it: redb's readers see
         // the last commit until it commits, and a crash before then leaves the old content.

@@ -223,6 +223,13 @@ pub trait Backend: Send + Sync + 'static {
     fn defragment(&self) -> Result<bool, BackendError> {
         Ok(false)
     }
+
+    /// Whether the content outlives the process (the engine keeps it in a file): then the
+    /// store, durable at its applied position after [`Backend::flush`], is itself Raft's
+    /// snapshot and no copy of it is kept. Engines that start empty keep the default, `false`.
+    fn persistent(&self) -> bool {
+        false
+    }
 }
 
 /// True when no key lies between `from` and `to`; engines whose range APIs panic on inverted
@@ -278,5 +285,9 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
 
     fn defragment(&self) -> Result<bool, BackendError> {
         (**self).defragment()
+    }
+
+    fn persistent(&self) -> bool {
+        (**self).persistent()
     }
 }

@@ -1466,6 +1466,10 @@ impl<B: Backend> Backend for Gate<B> {
             gate: self,
         }))
     }
+
+    fn persistent(&self) -> bool {
+        self.inner.persistent()
+    }
 }
 
 /// A replacement that lets the reader in after each of its writes.

@@ -249,6 +249,11 @@ pub fn describe() {
         "Raft snapshots installed from the leader."
     );
     describe_counter!(
+        "metastore_raft_log_held_purges_failed_total",
+        "Raft log purges that waited for a snapshot install in vain and stopped the log \
+         (label reason: expired, closed)."
+    );
+    describe_counter!(
         "metastore_read_index_rounds_total",
         "Leadership confirmations for linearizable reads."
     );

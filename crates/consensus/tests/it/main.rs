@@ -220,6 +220,66 @@ async fn memory_store_is_rebuilt_from_snapshot_plus_log() {
     node.shutdown().await.unwrap();
 }
 
+/// Like etcd's db, a persistent engine is its own Raft snapshot: after snapshots were taken
+/// and the log purged behind them, the data dir holds no second copy of the store, and a
+/// restart still finds every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redb_member_keeps_no_copy_of_its_store_as_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.snapshot_count = 20;
+    let path = dir.path().join("data.redb");
+    let open = || {
+        RedbBackend::open(
+            &path,
+            &Options {
+                durability: Durability::Lazy,
+                ..Options::default()
+            },
+        )
+        .unwrap()
+    };
+    let value = "v".repeat(4096);
+    let hash = {
+        let node = started(cfg.clone(), open()).await;
+        for i in 0..75 {
+            node.propose(
+                put(&format!("k{i:03}"), &value),
+                Deadline::after(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap();
+        }
+        let hash = node.store().hash(0).unwrap();
+        node.shutdown().await.unwrap();
+        hash
+    };
+    // 75 values of 4 KiB: 300 KiB of data, none of it copied under snapshots/.
+    let snapshots = dir.path().join("snapshots");
+    let copies: Vec<(String, u64)> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .filter(|(_, len)| *len >= 64 << 10)
+        .collect();
+    assert!(
+        copies.is_empty(),
+        "snapshot copies of the store: {copies:?}"
+    );
+    let node = started(cfg, open()).await;
+    node.read_index(Deadline::after(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(node.store().hash(0).unwrap(), hash);
+    assert_eq!(value_of(&node, "k074").unwrap(), value.as_bytes());
+    node.shutdown().await.unwrap();
+}
+
 /// An engine whose writes never return until released: a state machine that never applies.
 #[derive(Clone, Default)]
 struct Stuck {

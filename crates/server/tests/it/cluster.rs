@@ -531,6 +531,23 @@ async fn a_new_member_joins_by_snapshot_is_promoted_and_another_is_removed() {
     assert_converged(&cluster, "s/", &acked).await;
 }
 
+/// Every file under `dir` whose name ends in `.snap`: a copy of a store.
+fn snapshot_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.extension().is_some_and(|e| e == "snap") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_killed_while_it_catches_up_by_snapshot_still_gets_every_key() {
     // Snapshots every 200 entries, the log purged behind them: a follower that missed 1,500
@@ -580,6 +597,11 @@ async fn a_follower_killed_while_it_catches_up_by_snapshot_still_gets_every_key(
         pause(Duration::from_millis(200)).await;
     }
     assert_converged(&cluster, "c/", &acked).await;
+    // The redb file is the snapshot: no member keeps a copy of its store beside it.
+    for i in 0..3 {
+        let copies = snapshot_files(&cluster.data_dir(i));
+        assert!(copies.is_empty(), "member {i} keeps {copies:?}");
+    }
 }
 
 /// Waits up to 15 s until member `i`'s stored versions satisfy `ok`; answers the last count
