@@ -100,7 +100,10 @@ fn loaded_as_they_arrive(keys: usize, arriving: bool) -> u64 {
 
 /// Keys that arrive nearly in order, but out of order between consecutive batches (64
 /// clients' puts, as the footprint benchmark makes them), take little more room than keys in
-/// order: the values live in the table keyed by revision, which only ever appends.
+/// order: the values live in the table keyed by revision, which only ever appends, and only
+/// the small index entries land in half-empty leaves. (With the values in the key table:
+/// 48.2 MiB as they arrive, 34.8 MiB in order; now 37.5 and 34.8 MiB. etcd's db for the same
+/// keys is 36 MiB.)
 #[test]
 fn keys_out_of_order_between_batches_fill_the_file_as_keys_in_order() {
     let keys = 100_000;
@@ -109,6 +112,10 @@ fn keys_out_of_order_between_batches_fill_the_file_as_keys_in_order() {
     assert!(
         arriving * 10 <= ordered * 11,
         "{arriving} bytes as the keys arrive, {ordered} in order"
+    );
+    assert!(
+        arriving <= 40 << 20,
+        "{arriving} bytes for {keys} keys of {VALUE}-byte values"
     );
 }
 
