@@ -23,13 +23,13 @@ pub(crate) struct Visible<'a> {
     pub sub: i64,
     /// The index entry's fields; its `value` is empty (the index holds none).
     pub put: PutRecord<'a>,
-    values: &'a dyn Values,
+    values: &'a Values<'a>,
 }
 
 impl Visible<'_> {
     /// The version's value, read from its `Revisions` entry.
     pub(crate) fn value(&self) -> Result<Vec<u8>> {
-        self.values.value(self.main, self.sub)
+        (self.values)(self.main, self.sub)
     }
 
     pub(crate) fn to_kv(self, with_value: bool) -> Result<KeyValue> {
@@ -55,23 +55,11 @@ impl PutRecord<'_> {
     }
 }
 
-/// Where a visible version's value comes from.
-pub(crate) trait Values {
-    /// The value of the put stored at (main, sub).
-    fn value(&self, main: i64, sub: i64) -> Result<Vec<u8>>;
-}
-
-/// The values of a backend, one `Revisions` lookup each.
-struct StoredValues<'b, B: ?Sized>(&'b B);
-
-impl<B: Backend + ?Sized> Values for StoredValues<'_, B> {
-    fn value(&self, main: i64, sub: i64) -> Result<Vec<u8>> {
-        value_at(self.0, main, sub)
-    }
-}
+/// Where a visible version's value comes from: the value of the put stored at (main, sub).
+type Values<'a> = dyn Fn(i64, i64) -> Result<Vec<u8>> + 'a;
 
 /// The value of the put stored at (main, sub): one point lookup in `Revisions`.
-pub(crate) fn value_at<B: Backend + ?Sized>(backend: &B, main: i64, sub: i64) -> Result<Vec<u8>> {
+fn value_at<B: Backend + ?Sized>(backend: &B, main: i64, sub: i64) -> Result<Vec<u8>> {
     let Some(mut raw) = backend.get(Table::Revisions, &codec::revision_key(main, sub))? else {
         return Err(Error::corrupt(format!(
             "version ({main}, {sub}) indexed but not stored"
@@ -106,7 +94,7 @@ impl IndexChunk {
     }
 
     /// Offers each live version to `f`, reading values from `values`; true when `f` stopped.
-    fn offer(&self, values: &dyn Values, f: &mut VisibleVisitor<'_>) -> Result<bool> {
+    fn offer(&self, values: &Values<'_>, f: &mut VisibleVisitor<'_>) -> Result<bool> {
         let mut start = 0;
         for &(group_end, end, main) in &self.ends {
             let group = &self.bytes[start..group_end];
@@ -252,7 +240,7 @@ pub(crate) fn scan_visible_until<B: Backend + ?Sized>(
         return visit_one(backend, key, rev, f);
     }
     let (mut from, to) = encoded_bounds(range);
-    let values = StoredValues(backend);
+    let values = |main, sub| value_at(backend, main, sub);
     // The group whose visible version was already found: its older versions are skipped.
     let mut seen_group: Option<Vec<u8>> = None;
     // Small first, as most reads want a few keys; whole chunks for long scans.
@@ -332,7 +320,9 @@ fn visit_one<B: Backend + ?Sized>(
         },
     )?;
     // One key: whether `f` breaks or not, the read is over.
-    chunk.offer(&StoredValues(backend), f).map(drop)
+    chunk
+        .offer(&|main, sub| value_at(backend, main, sub), f)
+        .map(drop)
 }
 
 /// The live key-value of `key` at `rev`, if any.
