@@ -428,10 +428,15 @@ impl<'s, B: Backend> Writer<'s, B> {
 
     /// The live value of `key` at `rev`, counting this call's writes.
     fn get(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>> {
+        self.get_with(key, rev, true)
+    }
+
+    /// [`Writer::get`], reading a stored value only `with_value` (without, it may be empty).
+    fn get_with(&self, key: &[u8], rev: i64, with_value: bool) -> Result<Option<KeyValue>> {
         if let Some(kv) = self.overlay.get(key).and_then(|p| p.at(rev)) {
             return Ok(kv.clone());
         }
-        read::get_at(self.backend, key, rev.min(self.base))
+        read::get_at_with(self.backend, key, rev.min(self.base), with_value)
     }
 
     /// Calls `f` with each live key-value of `range` at `rev`, counting this call's writes.
@@ -500,7 +505,9 @@ impl<'s, B: Backend> Writer<'s, B> {
     }
 
     fn check_put(&self, req: &PutRequest) -> Result<()> {
-        if (req.ignore_value || req.ignore_lease) && self.get(&req.key, self.current)?.is_none() {
+        if (req.ignore_value || req.ignore_lease)
+            && self.get_with(&req.key, self.current, false)?.is_none()
+        {
             return Err(Refusal::KeyNotFound {
                 key: req.key.clone(),
             }
@@ -513,7 +520,12 @@ impl<'s, B: Backend> Writer<'s, B> {
     }
 
     fn put(&mut self, req: &PutRequest, main: i64, sub: i64) -> Result<PutResponse> {
-        let prev = self.get(&req.key, main)?;
+        // The previous value is read only for whoever sees it: the answer, the event, the put.
+        let prev = self.get_with(
+            &req.key,
+            main,
+            req.ignore_value || req.prev_kv || self.publish,
+        )?;
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
             None => (main, 1),
@@ -542,15 +554,13 @@ impl<'s, B: Backend> Writer<'s, B> {
             value,
             lease,
         };
-        self.batch.put(
-            Table::Keys,
-            codec::version_key(&kv.key, main),
-            codec::encode_put(sub, &kv),
-        );
+        let (index, stored) = codec::encode_version(&kv.key, &codec::encode_put(sub, &kv))?;
+        self.batch
+            .put(Table::Keys, codec::version_key(&kv.key, main), index);
         self.batch.put(
             Table::Revisions,
             codec::revision_key(main, sub).to_vec(),
-            kv.key.clone(),
+            stored,
         );
         let prev_kv = if req.prev_kv { prev.clone() } else { None };
         if self.publish {
@@ -572,10 +582,12 @@ impl<'s, B: Backend> Writer<'s, B> {
     ) -> Result<DeleteRangeResponse> {
         let range = KeyRange::new(&req.key, &req.range_end);
         let mut doomed = Vec::new();
+        // The values deleted are read only for whoever sees them: the answer, the events.
+        let with_value = req.prev_kv || self.publish;
         self.visit(&range, main, &mut |item| {
             doomed.push(match item {
                 Item::Owned(kv) => kv.clone(),
-                Item::Stored(v) => v.to_kv(true)?,
+                Item::Stored(v) => v.to_kv(with_value)?,
             });
             Ok(ControlFlow::Continue(()))
         })?;
@@ -589,15 +601,13 @@ impl<'s, B: Backend> Writer<'s, B> {
                     to: 0,
                 });
             }
-            self.batch.put(
-                Table::Keys,
-                codec::version_key(&key, main),
-                codec::encode_tombstone(*sub),
-            );
+            let (index, stored) = codec::encode_version(&key, &codec::encode_tombstone(*sub))?;
+            self.batch
+                .put(Table::Keys, codec::version_key(&key, main), index);
             self.batch.put(
                 Table::Revisions,
                 codec::revision_key(main, *sub).to_vec(),
-                key.clone(),
+                stored,
             );
             record(&mut self.overlay, &key, main, None);
             if self.publish {
@@ -640,11 +650,12 @@ impl<'s, B: Backend> Writer<'s, B> {
         let range = KeyRange::new(&cmp.key, &cmp.range_end);
         let mut any = false;
         let mut all = true;
+        let with_value = matches!(cmp.target, crate::types::CompareTarget::Value(_));
         self.visit(&range, self.current, &mut |item| {
             any = true;
             let holds = match item {
                 Item::Owned(kv) => compare_kv(cmp, kv),
-                Item::Stored(v) => compare_kv(cmp, &v.to_kv(true)?),
+                Item::Stored(v) => compare_kv(cmp, &v.to_kv(with_value)?),
             };
             all &= holds;
             Ok(if holds {

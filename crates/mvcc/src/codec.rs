@@ -1,14 +1,22 @@
-//! How the model is laid out in the backend's tables.
+//! How the model is laid out in the backend's tables (layout 2; see [`LAYOUT`]).
 //!
-//! `Keys`: `escaped(user key) ++ [0, 0] ++ !main (8 bytes, big-endian)` → record. The escape
-//! (`0x00` → `0x00 0xff`) keeps the order of user keys and makes the encoding prefix-free, and the
-//! inverted revision puts a key's newest version first, so "the version visible at revision R"
-//! is the first entry at or after `key ++ !R`.
+//! `Keys`: `escaped(user key) ++ [0, 0] ++ !main (8 bytes, big-endian)` → index entry. The
+//! escape (`0x00` → `0x00 0xff`) keeps the order of user keys and makes the encoding
+//! prefix-free, and the inverted revision puts a key's newest version first, so "the version
+//! visible at revision R" is the first entry at or after `key ++ !R`.
 //!
-//! `Revisions`: `main ++ sub` (big-endian) → user key, one entry per entry of `Keys`.
+//! `Revisions`: `main ++ sub` (big-endian) → stored version: the user key's length (LEB128),
+//! the user key, then the record. One entry per entry of `Keys`.
 //!
 //! Records: a tag byte (put or tombstone), the sub revision, and for a put the create revision,
-//! version and lease as LEB128 varints followed by the value bytes.
+//! version and lease as LEB128 varints followed by the value bytes. An index entry is the
+//! record without its value (the value is the record's tail), so reads that need no value
+//! (counts, keys only, compares, the next version of a put) stay in `Keys`, whose entries are
+//! small; the value is one point lookup away in `Revisions`. `Revisions` is only ever appended
+//! to, so its leaves fill up whatever order keys arrive in, as etcd's bbolt bucket does.
+//!
+//! Layout 1 (before the meta entry [`LAYOUT`] existed) kept the whole record in `Keys` and
+//! only the user key in `Revisions`; [`crate::Store::open`] converts it.
 
 use crate::error::{Error, Result};
 use crate::types::KeyValue;
@@ -225,6 +233,48 @@ pub(crate) fn get_varint(input: &mut &[u8]) -> Result<u64> {
     Err(Error::corrupt("varint longer than 10 bytes"))
 }
 
+/// The layout the store writes, kept in `Meta` under [`META_LAYOUT`]; absent means layout 1.
+pub(crate) const LAYOUT: i64 = 2;
+
+/// The `Meta` key of the layout version.
+pub(crate) const META_LAYOUT: &[u8] = b"layout";
+
+/// The length of a record's index entry: every byte before the value.
+pub(crate) fn index_len(record: &[u8]) -> Result<usize> {
+    let value = decode_record(record)?.put.map_or(0, |p| p.value.len());
+    Ok(record.len() - value)
+}
+
+/// The `Keys` index entry of a record: the record without its value.
+pub(crate) fn index_of(record: &[u8]) -> Result<Vec<u8>> {
+    Ok(record[..index_len(record)?].to_vec())
+}
+
+/// Encodes a `Revisions` entry: the user key, then the record.
+pub(crate) fn encode_stored(key: &[u8], record: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(varint_len(key.len() as u64) + key.len() + record.len());
+    put_varint(&mut out, key.len() as u64);
+    out.extend_from_slice(key);
+    out.extend_from_slice(record);
+    out
+}
+
+/// Splits a `Revisions` entry into the user key and the record.
+pub(crate) fn split_stored(raw: &[u8]) -> Result<(&[u8], &[u8])> {
+    let mut rest = raw;
+    let len = usize::try_from(get_varint(&mut rest)?)
+        .map_err(|_| Error::corrupt("stored key length out of range"))?;
+    if len > rest.len() {
+        return Err(Error::corrupt("stored key longer than its entry"));
+    }
+    Ok(rest.split_at(len))
+}
+
+/// The two entries of one version: the `Keys` index entry and the `Revisions` entry.
+pub(crate) fn encode_version(key: &[u8], record: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+    Ok((index_of(record)?, encode_stored(key, record)))
+}
+
 /// Encodes an i64 for the `Meta` table.
 pub(crate) fn encode_i64(v: i64) -> Vec<u8> {
     v.to_be_bytes().to_vec()
@@ -271,6 +321,20 @@ mod tests {
             let _ = decode_group(&raw);
             let _ = split_version_key(&raw);
             let _ = split_revision_key(&raw);
+            let _ = split_stored(&raw);
+            let _ = index_len(&raw);
+        }
+
+        #[test]
+        fn versions_split_into_index_and_stored(key: Vec<u8>, sub in 0i64..1000, value: Vec<u8>, tombstone: bool) {
+            let kv = KeyValue { key: key.clone(), create_revision: 3, mod_revision: 5, version: 2, value: value.clone(), lease: 9 };
+            let record = if tombstone { encode_tombstone(sub) } else { encode_put(sub, &kv) };
+            let (index, stored) = encode_version(&key, &record).unwrap();
+            let (k, r) = split_stored(&stored).unwrap();
+            prop_assert_eq!((k, r), (key.as_slice(), record.as_slice()));
+            let indexed = decode_record(&index).unwrap();
+            prop_assert_eq!(indexed.sub, sub);
+            prop_assert_eq!(indexed.put.map(|p| (p.create_revision, p.version, p.lease, p.value.len())), (!tombstone).then_some((3, 2, 9, 0)));
         }
     }
 

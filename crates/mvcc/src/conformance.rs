@@ -181,6 +181,7 @@ impl Suite {
         leases(factory);
         version_count(factory);
         readers_never_see_a_half_restored_store(factory);
+        layout_1_converts_at_open(factory);
     }
 
     /// Runs `cases` random op sequences against the engine and the model.
@@ -2010,4 +2011,296 @@ mod model {
             panic!("the engine disagrees with the model: {e}");
         }
     }
+}
+
+/// Storage layout 1, byte for byte as stores before the value-by-revision layout wrote it
+/// (the whole record in `Keys`, the user key in `Revisions`), and its snapshot stream: kept
+/// here, apart from the codec, so the conversion is tested against what those versions left.
+mod layout_1 {
+    use crate::export::Version;
+    use crate::{Backend, Table, WriteBatch};
+
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// The `Keys` key: the key with `0` escaped as `0 0xff`, `0 0`, then `!main`.
+    pub fn version_key(key: &[u8], main: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &b in key {
+            out.push(b);
+            if b == 0 {
+                out.push(0xff);
+            }
+        }
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&(!(main as u64)).to_be_bytes());
+        out
+    }
+
+    /// The record: tag (0 put, 1 tombstone), sub, and for a put create revision, version,
+    /// lease, value.
+    pub fn record(v: &Version) -> Vec<u8> {
+        let mut out = vec![u8::from(v.tombstone)];
+        varint(&mut out, v.sub as u64);
+        if !v.tombstone {
+            for f in [v.create_revision, v.version, v.lease] {
+                varint(&mut out, f as u64);
+            }
+            out.extend_from_slice(&v.value);
+        }
+        out
+    }
+
+    /// Writes `versions` and `leases` at revision `current` into an empty backend.
+    pub fn write<B: Backend>(
+        backend: &B,
+        versions: &[Version],
+        leases: &[(i64, i64, i64)],
+        current: i64,
+    ) {
+        let mut batch = WriteBatch::new();
+        for v in versions {
+            let mut revision = (v.main as u64).to_be_bytes().to_vec();
+            revision.extend_from_slice(&(v.sub as u64).to_be_bytes());
+            batch.put(Table::Revisions, revision, v.key.clone());
+            batch.put(Table::Keys, version_key(&v.key, v.main), record(v));
+        }
+        for &(id, ttl, remaining) in leases {
+            let mut key = b"lease/".to_vec();
+            key.extend_from_slice(&id.to_be_bytes());
+            let mut value = ttl.to_be_bytes().to_vec();
+            value.extend_from_slice(&remaining.to_be_bytes());
+            batch.put(Table::Meta, key, value);
+        }
+        batch.put(
+            Table::Meta,
+            b"current".to_vec(),
+            current.to_be_bytes().to_vec(),
+        );
+        batch.put(
+            Table::Meta,
+            b"versions".to_vec(),
+            (versions.len() as i64).to_be_bytes().to_vec(),
+        );
+        backend.write(batch).unwrap();
+    }
+
+    /// The snapshot stream of an uncompacted store holding `versions` at `current`.
+    pub fn snapshot(versions: &[Version], leases: &[(i64, i64, i64)], current: i64) -> Vec<u8> {
+        let mut out = b"MSTSNAP2".to_vec();
+        out.extend_from_slice(&(current as u64).to_be_bytes());
+        out.extend_from_slice(&0u64.to_be_bytes());
+        out.push(0);
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = versions
+            .iter()
+            .map(|v| (version_key(&v.key, v.main), record(v)))
+            .collect();
+        entries.sort();
+        for (key, record) in &entries {
+            out.push(1);
+            out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+            out.extend_from_slice(key);
+            out.extend_from_slice(&(record.len() as u32).to_be_bytes());
+            out.extend_from_slice(record);
+        }
+        for &(id, ttl, remaining) in leases {
+            out.push(2);
+            for v in [id, ttl, remaining] {
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+        out.push(0);
+        out.extend_from_slice(&((entries.len() + leases.len()) as u64).to_be_bytes());
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
+    }
+}
+
+/// Fails every engine write after the first `writes` (nothing of a failed one is written),
+/// as a crash between two writes would leave the engine.
+struct FailAfter<B> {
+    inner: Arc<B>,
+    writes: std::sync::atomic::AtomicUsize,
+}
+
+impl<B: Backend> Backend for FailAfter<B> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.get(table, key)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), BackendError> {
+        self.inner.scan(table, from, to, visit)
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
+        let left = self.writes.load(AtomicOrdering::SeqCst);
+        if left == 0 {
+            return Err(BackendError::Io {
+                op: "write",
+                table: None,
+                cause: "crashed".into(),
+            });
+        }
+        self.writes.store(left - 1, AtomicOrdering::SeqCst);
+        self.inner.write(batch)
+    }
+
+    fn applied(&self) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.applied()
+    }
+
+    fn flush(&self) -> Result<(), BackendError> {
+        self.inner.flush()
+    }
+
+    fn replace(&self) -> Result<Box<dyn Replacement + '_>, BackendError> {
+        self.inner.replace()
+    }
+}
+
+/// What [`layout_1_converts_at_open`] compares of two stores.
+struct Layout1View {
+    current: i64,
+    ranges: Vec<crate::RangeResponse>,
+    events: Vec<Event>,
+    hash: crate::KvHash,
+    versions: i64,
+    leased: Option<Vec<Vec<u8>>>,
+    snapshot: Vec<u8>,
+}
+
+impl Layout1View {
+    fn of<T: Backend>(store: &Store<T>) -> Self {
+        let current = store.current_revision();
+        let ranges = [current, 1200, 2]
+            .into_iter()
+            .map(|rev| {
+                store
+                    .range(&RangeRequest {
+                        key: vec![0],
+                        range_end: vec![0],
+                        revision: rev,
+                        ..Default::default()
+                    })
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        Self {
+            current,
+            ranges,
+            events: store.events_since(1, 100_000).unwrap(),
+            hash: store.hash(0).unwrap(),
+            versions: store.versions(),
+            leased: store.lease(7).map(|l| l.keys),
+            snapshot: snapshot_of(store),
+        }
+    }
+}
+
+fn snapshot_of<T: Backend>(store: &Store<T>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    store.snapshot().unwrap().read_to_end(&mut bytes).unwrap();
+    bytes
+}
+
+/// A store written in storage layout 1 opens: the conversion at open keeps every version
+/// (reads now and at past revisions, events, hashes, leases, snapshots byte for byte), also
+/// when it was cut short and runs again; and a layout-1 snapshot stream restores.
+fn layout_1_converts_at_open<B: Backend>(f: Factory<'_, B>) {
+    let s = Fixture::new(f);
+    s.grant(7, 60);
+    // More versions than one conversion batch holds.
+    for i in 0..2500 {
+        s.put(&format!("k{:04}", i % 900), &format!("v{i}"));
+    }
+    s.put_lease("leased", "x", 7);
+    s.put("nul\0key", "z");
+    s.delete("k0000", "k0010");
+    let current = s.store.current_revision();
+    let mut export = s.store.export().unwrap();
+    let mut versions = Vec::new();
+    while let Some(chunk) = export.next_chunk().unwrap() {
+        versions.extend(chunk);
+    }
+    let leases = export.leases().to_vec();
+    drop(export);
+    let old_snapshot = layout_1::snapshot(&versions, &leases, current);
+    assert_eq!(
+        snapshot_of(&s.store),
+        old_snapshot,
+        "the snapshot stream does not change with the storage layout"
+    );
+    let check = |t: Layout1View, what: &str| {
+        let want = Layout1View::of(&s.store);
+        assert_eq!(t.current, want.current, "{what}: revision");
+        assert_eq!(
+            t.ranges, want.ranges,
+            "{what}: keys now and at past revisions"
+        );
+        assert_eq!(t.events, want.events, "{what}: events");
+        assert_eq!(t.hash, want.hash, "{what}: hash");
+        assert_eq!(t.versions, want.versions, "{what}: versions");
+        assert_eq!(
+            t.leased,
+            Some(vec![b"leased".to_vec()]),
+            "{what}: lease keys"
+        );
+        assert_eq!(t.snapshot, old_snapshot, "{what}: snapshot");
+    };
+
+    let (backend, _guard) = f();
+    layout_1::write(&backend, &versions, &leases, current);
+    let t = Store::open(backend).expect("a layout-1 store opens");
+    check(Layout1View::of(&t), "converted");
+    let next = t
+        .apply(
+            &[Command::Put(PutRequest {
+                key: b"k0500".to_vec(),
+                value: b"after".to_vec(),
+                prev_kv: true,
+                ..Default::default()
+            })],
+            None,
+        )
+        .unwrap();
+    match &next[0].result {
+        Ok(Response::Put(p)) => assert_eq!(
+            p.prev_kv.as_ref().map(|kv| kv.value.clone()),
+            Some(b"v2300".to_vec())
+        ),
+        other => panic!("put after the conversion answered {other:?}"),
+    }
+    drop(t);
+
+    let (backend, _guard) = f();
+    layout_1::write(&backend, &versions, &leases, current);
+    let backend = Arc::new(backend);
+    let cut = Store::open(FailAfter {
+        inner: Arc::clone(&backend),
+        writes: 1.into(),
+    });
+    assert!(cut.is_err(), "the conversion's second write fails");
+    let t = Store::open(Arc::clone(&backend)).expect("a cut conversion goes on");
+    check(Layout1View::of(&t), "converted after a cut");
+    drop(t);
+
+    let u = Fixture::new(f);
+    u.put("junk", "gone after restore");
+    u.store
+        .restore(old_snapshot.as_slice())
+        .expect("a layout-1 stream restores");
+    check(Layout1View::of(&u.store), "restored from a layout-1 stream");
 }

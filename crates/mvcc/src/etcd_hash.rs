@@ -203,16 +203,9 @@ impl<B: Backend> Store<B> {
                 return Ok(());
             };
             let next = Bound::Excluded(codec::revision_key(last.0, last.1).to_vec());
-            let wanted: Vec<Vec<u8>> = chunk
-                .iter()
-                .map(|(main, _, key)| codec::version_key(key, *main))
-                .collect();
-            let records = backend.get_many(Table::Keys, &wanted)?;
-            for ((main, sub, key), raw) in chunk.iter().zip(records) {
-                let Some(raw) = raw else {
-                    return Err(Error::corrupt("a revisions entry without its version"));
-                };
-                let record = codec::decode_record(&raw)?;
+            for (main, sub, stored) in &chunk {
+                let (key, record) = codec::split_stored(stored)?;
+                let record = codec::decode_record(record)?;
                 let tombstone = record.put.is_none();
                 if *main <= compacted {
                     // What etcd's index keeps: the key's newest version at `rev`, or with

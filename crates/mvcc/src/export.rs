@@ -4,7 +4,7 @@
 //! A [`Export`] sees the store at one point: the revision, compaction point and leases are read
 //! together under the writer lock, a hold keeps physical compaction from passing that point,
 //! and versions above the revision are not visited; writes go on meanwhile. Versions come in
-//! (main, sub) order from the `Revisions` table, each completed from `Keys`, filtered as
+//! (main, sub) order from the `Revisions` table, which holds each whole, filtered as
 //! compaction sees them: above the compaction point all, at or below it only the newest of each
 //! key, and not when that one is a tombstone. [`Export::rewind`] starts again at the same
 //! point, so a writer that needs two passes sees the same content twice.
@@ -124,12 +124,13 @@ impl<B: Backend> Store<B> {
                     },
                 )
             };
+            let (index, stored) = codec::encode_version(&v.key, &record)?;
             batch.put(
                 Table::Revisions,
                 codec::revision_key(v.main, v.sub).to_vec(),
-                v.key.clone(),
+                stored,
             );
-            batch.put(Table::Keys, codec::version_key(&v.key, v.main), record);
+            batch.put(Table::Keys, codec::version_key(&v.key, v.main), index);
             count += 1;
             if batch.len() >= IMPORT_BATCH {
                 replacement.write(std::mem::take(&mut batch))?;
@@ -150,6 +151,11 @@ impl<B: Backend> Store<B> {
         ] {
             batch.put(Table::Meta, key.to_vec(), codec::encode_i64(value));
         }
+        batch.put(
+            Table::Meta,
+            codec::META_LAYOUT.to_vec(),
+            codec::encode_i64(codec::LAYOUT),
+        );
         replacement.write(batch)?;
         self.install(&mut writer, replacement, revision, compacted, count)?;
         Ok(SnapshotInfo {
@@ -208,17 +214,13 @@ impl<B: Backend> Export<B> {
             .filter(|_| found.len() >= CHUNK)
             .map(|(main, sub, _)| Bound::Excluded(codec::revision_key(*main, *sub).to_vec()));
         let mut out = Vec::with_capacity(found.len());
-        for (main, sub, key) in found {
-            let raw_key = codec::version_key(&key, main);
-            let Some(record) = backend.get(Table::Keys, &raw_key)? else {
-                return Err(Error::corrupt(format!(
-                    "revision ({main}, {sub}) has no version in the key table"
-                )));
-            };
-            if main <= self.info.compacted && !self.newest_at_compaction(&key, main)? {
+        for (main, sub, stored) in found {
+            let (key, record) = codec::split_stored(&stored)?;
+            if main <= self.info.compacted && !self.newest_at_compaction(key, main)? {
                 continue;
             }
-            let decoded = codec::decode_record(&record)?;
+            let key = key.to_vec();
+            let decoded = codec::decode_record(record)?;
             out.push(match decoded.put {
                 None => Version {
                     key,

@@ -11,20 +11,32 @@ use crate::types::{KeyValue, RangeRequest, RangeResponse, SortOrder, SortTarget}
 /// Entries visited per backend call, so an engine holding a lock while visiting holds it briefly.
 pub(crate) const CHUNK: usize = 1024;
 
-/// A put version visible at the revision read, borrowed from the backend while visiting.
+/// Index entries a range scan reads first; later chunks grow to [`CHUNK`].
+const FIRST_CHUNK: usize = 64;
+
+/// A put version visible at the revision read: its `Keys` index entry, borrowed from a chunk
+/// read out of the backend; the value is one point lookup away.
 #[derive(Clone, Copy)]
 pub(crate) struct Visible<'a> {
     pub group: &'a [u8],
     pub main: i64,
+    pub sub: i64,
+    /// The index entry's fields; its `value` is empty (the index holds none).
     pub put: PutRecord<'a>,
+    values: &'a Values<'a>,
 }
 
 impl Visible<'_> {
+    /// The version's value, read from its `Revisions` entry.
+    pub(crate) fn value(&self) -> Result<Vec<u8>> {
+        (self.values)(self.main, self.sub)
+    }
+
     pub(crate) fn to_kv(self, with_value: bool) -> Result<KeyValue> {
         let key = codec::decode_group(self.group)?;
         let mut kv = self.put.to_kv_without_value(key, self.main);
         if with_value {
-            kv.value = self.put.value.to_vec();
+            kv.value = self.value()?;
         }
         Ok(kv)
     }
@@ -43,6 +55,68 @@ impl PutRecord<'_> {
     }
 }
 
+/// Where a visible version's value comes from: the value of the put stored at (main, sub).
+type Values<'a> = dyn Fn(i64, i64) -> Result<Vec<u8>> + 'a;
+
+/// The value of the put stored at (main, sub): one point lookup in `Revisions`.
+fn value_at<B: Backend + ?Sized>(backend: &B, main: i64, sub: i64) -> Result<Vec<u8>> {
+    let Some(mut raw) = backend.get(Table::Revisions, &codec::revision_key(main, sub))? else {
+        return Err(Error::corrupt(format!(
+            "version ({main}, {sub}) indexed but not stored"
+        )));
+    };
+    let (_, record) = codec::split_stored(&raw)?;
+    let Some(put) = codec::decode_record(record)?.put else {
+        return Err(Error::corrupt(format!(
+            "version ({main}, {sub}) indexed as a put, stored as a tombstone"
+        )));
+    };
+    // The value is the entry's tail: keep the buffer, drop what comes before.
+    let start = raw.len() - put.value.len();
+    raw.drain(..start);
+    Ok(raw)
+}
+
+/// Index entries read out of one backend scan, kept in one buffer: (group, main, entry).
+#[derive(Default)]
+struct IndexChunk {
+    bytes: Vec<u8>,
+    /// Per entry: where its group ends and its index entry ends in `bytes`, and its revision.
+    ends: Vec<(usize, usize, i64)>,
+}
+
+impl IndexChunk {
+    fn push(&mut self, group: &[u8], main: i64, entry: &[u8]) {
+        self.bytes.extend_from_slice(group);
+        let group_end = self.bytes.len();
+        self.bytes.extend_from_slice(entry);
+        self.ends.push((group_end, self.bytes.len(), main));
+    }
+
+    /// Offers each live version to `f`, reading values from `values`; true when `f` stopped.
+    fn offer(&self, values: &Values<'_>, f: &mut VisibleVisitor<'_>) -> Result<bool> {
+        let mut start = 0;
+        for &(group_end, end, main) in &self.ends {
+            let group = &self.bytes[start..group_end];
+            let record = codec::decode_record(&self.bytes[group_end..end])?;
+            start = end;
+            if let Some(put) = record.put {
+                let visible = Visible {
+                    group,
+                    main,
+                    sub: record.sub,
+                    put,
+                    values,
+                };
+                if f(visible)?.is_break() {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
 /// The `Keys` table bounds covering every version of every key in a multi-key `range`.
 fn encoded_bounds(range: &KeyRange) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
     let from = Bound::Included(codec::group(range.start()));
@@ -53,7 +127,8 @@ fn encoded_bounds(range: &KeyRange) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
     (from, to)
 }
 
-fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+/// A borrowed view of an owned bound.
+pub(crate) fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     match b {
         Bound::Included(v) => Bound::Included(v.as_slice()),
         Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
@@ -111,18 +186,14 @@ pub(crate) fn try_scan<B: Backend + ?Sized>(
     failure.map_or(Ok(()), Err)
 }
 
-/// The `Revisions` entries (main, sub, key) from `from` on at or below `rev`, at most
-/// [`CHUNK`] of them.
+/// The `Revisions` entries (main, sub, stored version) from `from` on at or below `rev`, at
+/// most [`CHUNK`] of them; [`codec::split_stored`] reads a stored version.
 pub(crate) fn revisions_chunk<B: Backend + ?Sized>(
     backend: &B,
     from: &Bound<Vec<u8>>,
     rev: i64,
 ) -> Result<Vec<(i64, i64, Vec<u8>)>> {
-    let from = match from {
-        Bound::Included(k) => Bound::Included(k.as_slice()),
-        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
-    };
+    let from = as_ref(from);
     let to = codec::revision_key(rev.saturating_add(1), 0);
     let mut out = Vec::new();
     try_scan(
@@ -169,15 +240,18 @@ pub(crate) fn scan_visible_until<B: Backend + ?Sized>(
         return visit_one(backend, key, rev, f);
     }
     let (mut from, to) = encoded_bounds(range);
+    let values = |main, sub| value_at(backend, main, sub);
     // The group whose visible version was already found: its older versions are skipped.
     let mut seen_group: Option<Vec<u8>> = None;
+    // Small first, as most reads want a few keys; whole chunks for long scans.
+    let mut size = FIRST_CHUNK;
     loop {
         if stop() {
             return Err(Error::Stopped);
         }
         let mut visited = 0;
         let mut resume = None;
-        let mut stopped = false;
+        let mut chunk = IndexChunk::default();
         try_scan(
             backend,
             Table::Keys,
@@ -185,7 +259,7 @@ pub(crate) fn scan_visible_until<B: Backend + ?Sized>(
             as_ref(&to),
             &mut |k, v| {
                 visited += 1;
-                if visited > CHUNK {
+                if visited > size {
                     resume = Some(k.to_vec());
                     return Ok(ControlFlow::Break(()));
                 }
@@ -200,24 +274,24 @@ pub(crate) fn scan_visible_until<B: Backend + ?Sized>(
                     }
                     None => seen_group = Some(group.to_vec()),
                 }
-                match codec::decode_record(v)?.put {
-                    None => Ok(ControlFlow::Continue(())),
-                    Some(put) => {
-                        let flow = f(Visible { group, main, put })?;
-                        stopped = flow.is_break();
-                        Ok(flow)
-                    }
+                if !codec::is_tombstone(v) {
+                    chunk.push(group, main, v);
                 }
+                Ok(ControlFlow::Continue(()))
             },
         )?;
+        // Offered once the scan is over: reading a value is another backend call.
+        let stopped = chunk.offer(&values, f)?;
         match resume {
             Some(k) if !stopped => from = Bound::Included(k),
             _ => return Ok(()),
         }
+        size = (size * 4).min(CHUNK);
     }
 }
 
-/// Calls `f` with the version of `key` visible at `rev`, if it is live: one seek, no copies.
+/// Calls `f` with the version of `key` visible at `rev`, if it is live: one seek, no copies
+/// but the index entry's.
 fn visit_one<B: Backend + ?Sized>(
     backend: &B,
     key: &[u8],
@@ -228,6 +302,7 @@ fn visit_one<B: Backend + ?Sized>(
     // scan is open-ended (one descent, not two) and stops at that entry whatever it is.
     let from = codec::version_key(key, rev);
     let group_len = from.len() - REV_LEN;
+    let mut chunk = IndexChunk::default();
     try_scan(
         backend,
         Table::Keys,
@@ -238,13 +313,16 @@ fn visit_one<B: Backend + ?Sized>(
                 return Ok(ControlFlow::Break(()));
             }
             let (group, main) = codec::split_version_key(k)?;
-            if let Some(put) = codec::decode_record(v)?.put {
-                // One key: whether `f` breaks or not, the scan is over.
-                let _ = f(Visible { group, main, put })?;
+            if !codec::is_tombstone(v) {
+                chunk.push(group, main, v);
             }
             Ok(ControlFlow::Break(()))
         },
-    )
+    )?;
+    // One key: whether `f` breaks or not, the read is over.
+    chunk
+        .offer(&|main, sub| value_at(backend, main, sub), f)
+        .map(drop)
 }
 
 /// The live key-value of `key` at `rev`, if any.
@@ -253,9 +331,23 @@ pub(crate) fn get_at<B: Backend + ?Sized>(
     key: &[u8],
     rev: i64,
 ) -> Result<Option<KeyValue>> {
+    get_at_with(backend, key, rev, true)
+}
+
+/// [`get_at`], reading the value only `with_value` (without, the value is empty).
+pub(crate) fn get_at_with<B: Backend + ?Sized>(
+    backend: &B,
+    key: &[u8],
+    rev: i64,
+    with_value: bool,
+) -> Result<Option<KeyValue>> {
     let mut found = None;
     visit_one(backend, key, rev, &mut |v| {
-        found = Some(v.put.to_kv(key.to_vec(), v.main));
+        let mut kv = v.put.to_kv_without_value(key.to_vec(), v.main);
+        if with_value {
+            kv.value = v.value()?;
+        }
+        found = Some(kv);
         Ok(ControlFlow::Break(()))
     })?;
     Ok(found)

@@ -5,9 +5,11 @@
 //! from passing C while the snapshot streams, so no engine support is needed.
 //!
 //! Stream format (integers big-endian): `MSTSNAP2`; revision u64, compaction point u64, applied
-//! position flag u8 + length u32 + bytes; entries `1, len u32, key, len u32, record` (the `Keys`
-//! table's own bytes); then leases `2, id i64, ttl i64, remaining i64`; end `0, entry count
-//! u64, CRC-32 u32` of every byte before the CRC (the count covers both kinds of entries).
+//! position flag u8 + length u32 + bytes; entries `1, len u32, key, len u32, record` (the
+//! `Keys` table's key and the whole record, value included, as storage layout 1 kept them in
+//! `Keys`: the stream does not change with the storage layout); then leases `2, id i64, ttl
+//! i64, remaining i64`; end `0, entry count u64, CRC-32 u32` of every byte before the CRC (the
+//! count covers both kinds of entries).
 
 use std::io::{self, Read};
 use std::ops::{Bound, ControlFlow};
@@ -16,7 +18,7 @@ use crate::backend::{Backend, Table, WriteBatch};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::lease;
-use crate::read::{try_scan, CHUNK};
+use crate::read::{as_ref, try_scan, CHUNK};
 use crate::store::{
     Hold, LeaseRecord, Store, META_COMPACT, META_COMPACT_DONE, META_CURRENT, META_VERSIONS,
 };
@@ -72,31 +74,45 @@ impl Kept {
     }
 }
 
-/// Calls `f` with the kept versions after `from`, at most `CHUNK` visited; returns where to go on.
+/// Calls `f` with the kept versions after `from` (their `Keys` key and whole record, as
+/// layout 1 kept it in `Keys`), at most `CHUNK` visited; returns where to go on.
 fn scan_kept<B: Backend>(
     backend: &B,
     from: &Bound<Vec<u8>>,
     kept: &mut Kept,
     f: &mut dyn FnMut(&[u8], &[u8]),
 ) -> Result<Option<Vec<u8>>> {
-    let from = match from {
-        Bound::Included(k) => Bound::Included(k.as_slice()),
-        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
-    };
     let mut visited = 0;
     let mut last = None;
-    try_scan(backend, Table::Keys, from, Bound::Unbounded, &mut |k, v| {
-        visited += 1;
-        if kept.accept(k, v)? {
-            f(k, v);
-        }
-        if visited >= CHUNK {
-            last = Some(k.to_vec());
-            return Ok(ControlFlow::Break(()));
-        }
-        Ok(ControlFlow::Continue(()))
-    })?;
+    let mut keys = Vec::new();
+    let mut wanted = Vec::new();
+    try_scan(
+        backend,
+        Table::Keys,
+        as_ref(from),
+        Bound::Unbounded,
+        &mut |k, v| {
+            visited += 1;
+            if kept.accept(k, v)? {
+                let (_, main) = codec::split_version_key(k)?;
+                let sub = codec::decode_record(v)?.sub;
+                keys.push(k.to_vec());
+                wanted.push(codec::revision_key(main, sub).to_vec());
+            }
+            if visited >= CHUNK {
+                last = Some(k.to_vec());
+                return Ok(ControlFlow::Break(()));
+            }
+            Ok(ControlFlow::Continue(()))
+        },
+    )?;
+    let stored = backend.get_many(Table::Revisions, &wanted)?;
+    for (key, raw) in keys.iter().zip(stored) {
+        let Some(raw) = raw else {
+            return Err(Error::corrupt("a version indexed but not stored"));
+        };
+        f(key, codec::split_stored(&raw)?.1);
+    }
     Ok(last)
 }
 
@@ -196,12 +212,14 @@ impl<B: Backend> Store<B> {
                     if main > revision {
                         return Err(bad(format!("entry at {main} beyond revision {revision}")));
                     }
+                    let (index, stored) =
+                        codec::encode_version(&user_key, &record).map_err(to_bad)?;
                     batch.put(
                         Table::Revisions,
                         codec::revision_key(main, sub).to_vec(),
-                        user_key,
+                        stored,
                     );
-                    batch.put(Table::Keys, key, record);
+                    batch.put(Table::Keys, key, index);
                     count += 1;
                     versions += 1;
                 }
@@ -243,6 +261,11 @@ impl<B: Backend> Store<B> {
         ] {
             batch.put(Table::Meta, key.to_vec(), codec::encode_i64(value));
         }
+        batch.put(
+            Table::Meta,
+            codec::META_LAYOUT.to_vec(),
+            codec::encode_i64(codec::LAYOUT),
+        );
         if let Some(pos) = &applied {
             batch.set_applied(pos.clone());
         }

@@ -23,6 +23,8 @@ pub(crate) const META_COMPACT_DONE: &[u8] = b"compact_done";
 pub(crate) const META_RESTORING: &[u8] = b"restoring";
 /// How many versions (puts and tombstones) the store holds: an operator's view of history.
 pub(crate) const META_VERSIONS: &[u8] = b"versions";
+/// How far a conversion from layout 1 got: the last `Revisions` key converted.
+const META_CONVERTED: &[u8] = b"layout_converted";
 
 /// The revision of an empty store, as in etcd: the first write is revision 2.
 const FIRST_REVISION: i64 = 1;
@@ -119,6 +121,7 @@ impl<B: Backend> Store<B> {
         if backend.get(Table::Meta, META_RESTORING)?.is_some() {
             return Err(Error::IncompleteRestore);
         }
+        upgrade_layout(&backend)?;
         let current = meta_i64(&backend, META_CURRENT, FIRST_REVISION)?;
         let compacted = meta_i64(&backend, META_COMPACT, 0)?;
         let compact_done = meta_i64(&backend, META_COMPACT_DONE, 0)?;
@@ -262,7 +265,10 @@ impl<B: Backend> Store<B> {
             read::scan_visible_until(&self.inner.backend, &range, rev, limits.stop, &mut |v| {
                 f(Item::Stored(v))
             })
-        })?;
+        })
+        // A value read after its index entry can be gone when compaction passed `rev`
+        // meanwhile: that is the answer then, not a corrupt store.
+        .map_err(|e| self.still_readable(rev).err().unwrap_or(e))?;
         self.still_readable(rev)?;
         Ok((resp, header.max(rev)))
     }
@@ -325,7 +331,9 @@ impl<B: Backend> Store<B> {
         }
         // Revisions in (done, target], whole revisions at a time so `done` is exact.
         let max_versions = max_versions.max(1);
-        let touched = revisions_between(&inner.backend, done + 1, target, max_versions)?;
+        let touched = revisions_between(&inner.backend, done + 1, target, max_versions, |raw| {
+            Ok(codec::split_stored(raw)?.0.to_vec())
+        })?;
         let new_done = if touched.len() >= max_versions {
             touched.last().map_or(target, |t| t.0)
         } else {
@@ -411,27 +419,20 @@ impl<B: Backend> Store<B> {
             return Ok(Vec::new());
         }
         let backend = &self.inner.backend;
-        let found = revisions_between(backend, from, current, max_events)?;
+        let found = revisions_between(backend, from, current, max_events, |raw| Ok(raw.to_vec()))?;
         let mut events: Vec<Event> = Vec::with_capacity(found.len());
         let mut held = 0usize;
-        for (main, key) in found {
+        for (main, raw) in found {
             let boundary = events.last().is_some_and(|e| e.kv.mod_revision != main);
             if boundary && held >= max_bytes {
                 break;
             }
-            let Some(raw) = backend.get(Table::Keys, &codec::version_key(&key, main))? else {
-                // Physical compaction removed it after we listed it: a tombstone at the
-                // compaction point goes, which etcd's history at that point lacks too.
-                self.still_readable(from)?;
-                if main <= self.compact_revision() {
-                    continue;
-                }
-                return Err(Error::corrupt(format!(
-                    "revision {main} indexed but not stored"
-                )));
-            };
-            let prev_kv = read::get_at(backend, &key, main - 1)?;
-            let event = match codec::decode_record(&raw)?.put {
+            let (key, record) = codec::split_stored(&raw)?;
+            let key = key.to_vec();
+            // As in a range: a value gone meanwhile means compaction passed `from`.
+            let prev_kv = read::get_at(backend, &key, main - 1)
+                .map_err(|e| self.still_readable(from).err().unwrap_or(e))?;
+            let event = match codec::decode_record(record)?.put {
                 Some(put) => Event {
                     kind: EventKind::Put,
                     kv: put.to_kv(key, main),
@@ -533,6 +534,85 @@ impl<B: Backend> Store<B> {
     }
 }
 
+/// Brings a backend to the layout this version writes ([`codec::LAYOUT`]): marks an empty one,
+/// converts one written in layout 1.
+fn upgrade_layout<B: Backend>(backend: &B) -> Result<()> {
+    match backend.get(Table::Meta, codec::META_LAYOUT)? {
+        Some(raw) => match codec::decode_i64(&raw, "layout")? {
+            codec::LAYOUT => Ok(()),
+            other => Err(Error::corrupt(format!(
+                "storage layout {other}; this version reads layout {}",
+                codec::LAYOUT
+            ))),
+        },
+        None => convert_layout_1(backend),
+    }
+}
+
+/// Converts layout 1 (the whole record in `Keys`, the user key in `Revisions`) in revision
+/// order, [`read::CHUNK`] versions per batch. Each batch records how far the conversion got
+/// (in `Meta`, with the versions it converts), so a crash between batches resumes where it
+/// stopped; the last batch records the new layout. An empty backend gets just that.
+fn convert_layout_1<B: Backend>(backend: &B) -> Result<()> {
+    let mut from = backend
+        .get(Table::Meta, META_CONVERTED)?
+        .map_or(Bound::Unbounded, Bound::Excluded);
+    let mut converted = 0usize;
+    loop {
+        // (revisions key, user key) as layout 1 stores them.
+        let mut chunk: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        read::try_scan(
+            backend,
+            Table::Revisions,
+            read::as_ref(&from),
+            Bound::Unbounded,
+            &mut |k, v| {
+                chunk.push((k.to_vec(), v.to_vec()));
+                Ok(if chunk.len() >= read::CHUNK {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            },
+        )?;
+        let mut batch = WriteBatch::new();
+        let Some((last, _)) = chunk.last() else {
+            batch.put(
+                Table::Meta,
+                codec::META_LAYOUT.to_vec(),
+                codec::encode_i64(codec::LAYOUT),
+            );
+            batch.delete(Table::Meta, META_CONVERTED.to_vec());
+            backend.write(batch)?;
+            if converted > 0 {
+                tracing::info!(versions = converted, "storage converted to layout 2");
+            }
+            return Ok(());
+        };
+        let last = last.clone();
+        let wanted = chunk
+            .iter()
+            .map(|(rev_key, key)| {
+                let (main, _) = codec::split_revision_key(rev_key)?;
+                Ok(codec::version_key(key, main))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let records = backend.get_many(Table::Keys, &wanted)?;
+        for (((rev_key, key), version_key), record) in chunk.into_iter().zip(wanted).zip(records) {
+            let Some(record) = record else {
+                return Err(Error::corrupt("a revisions entry without its version"));
+            };
+            let (index, stored) = codec::encode_version(&key, &record)?;
+            batch.put(Table::Keys, version_key, index);
+            batch.put(Table::Revisions, rev_key, stored);
+            converted += 1;
+        }
+        batch.put(Table::Meta, META_CONVERTED.to_vec(), last.clone());
+        backend.write(batch)?;
+        from = Bound::Excluded(last);
+    }
+}
+
 /// Counts the `Revisions` table: one entry per stored version.
 fn count_versions<B: Backend>(backend: &B) -> Result<i64> {
     let mut n = 0i64;
@@ -563,15 +643,17 @@ impl<B> Drop for Hold<B> {
     }
 }
 
-/// The `Revisions` entries (main revision, key) from revision `from` to `to`, stopping at the
-/// first revision boundary after `max` entries: a revision's entries are never split.
-fn revisions_between<B: Backend>(
+/// The `Revisions` entries (main revision, what `keep` takes of the stored version) from
+/// revision `from` to `to`, stopping at the first revision boundary after `max` entries: a
+/// revision's entries are never split.
+fn revisions_between<B: Backend, T>(
     backend: &B,
     from: i64,
     to: i64,
     max: usize,
-) -> Result<Vec<(i64, Vec<u8>)>> {
-    let mut found: Vec<(i64, Vec<u8>)> = Vec::new();
+    keep: impl Fn(&[u8]) -> Result<T>,
+) -> Result<Vec<(i64, T)>> {
+    let mut found: Vec<(i64, T)> = Vec::new();
     let lo = codec::revision_key(from, 0);
     let hi = codec::revision_key(to, i64::MAX);
     read::try_scan(
@@ -584,7 +666,7 @@ fn revisions_between<B: Backend>(
             if found.len() >= max && found.last().map(|f| f.0) != Some(main) {
                 return Ok(ControlFlow::Break(()));
             }
-            found.push((main, v.to_vec()));
+            found.push((main, keep(v)?));
             Ok(ControlFlow::Continue(()))
         },
     )?;

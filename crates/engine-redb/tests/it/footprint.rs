@@ -65,6 +65,60 @@ fn keys_nearly_in_order_fill_the_file_as_keys_in_order() {
     );
 }
 
+/// Keys `0..keys` in the order 64 clients' puts reach the engine: each key late by up to 64
+/// places (a fixed pseudo-random spread), cut into batches of 64, so a key of the next batch
+/// is often lower than the last of this one.
+fn arrival_order(keys: usize) -> Vec<usize> {
+    let mut order: Vec<(usize, usize)> = (0..keys)
+        .map(|i| {
+            let late = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58;
+            (i + late as usize, i)
+        })
+        .collect();
+    order.sort_unstable();
+    order.into_iter().map(|(_, i)| i).collect()
+}
+
+/// The engine file's allocated bytes after `keys` keys are put once, in batches of 64, in key
+/// order or as they arrive from many clients.
+fn loaded_as_they_arrive(keys: usize, arriving: bool) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let store = open(&path);
+    let order: Vec<usize> = if arriving {
+        arrival_order(keys)
+    } else {
+        (0..keys).collect()
+    };
+    for batch in order.chunks(64) {
+        let commands: Vec<Command> = batch.iter().map(|&i| put(i, 1)).collect();
+        store.apply(&commands, None).unwrap();
+    }
+    store.backend().flush().unwrap();
+    disk_bytes(&path)
+}
+
+/// Keys that arrive nearly in order, but out of order between consecutive batches (64
+/// clients' puts, as the footprint benchmark makes them), take little more room than keys in
+/// order: the values live in the table keyed by revision, which only ever appends, and only
+/// the small index entries land in half-empty leaves. (With the values in the key table:
+/// 48.2 MiB as they arrive, 34.8 MiB in order; now 37.5 and 34.8 MiB. etcd's db for the same
+/// keys is 36 MiB.)
+#[test]
+fn keys_out_of_order_between_batches_fill_the_file_as_keys_in_order() {
+    let keys = 100_000;
+    let ordered = loaded_as_they_arrive(keys, false);
+    let arriving = loaded_as_they_arrive(keys, true);
+    assert!(
+        arriving * 10 <= ordered * 11,
+        "{arriving} bytes as the keys arrive, {ordered} in order"
+    );
+    assert!(
+        arriving <= 40 << 20,
+        "{arriving} bytes for {keys} keys of {VALUE}-byte values"
+    );
+}
+
 /// Every key overwritten again and again with compaction running: freed pages are reused, so
 /// the file stays within a fixed bound of the first load; a defragment brings it back near
 /// the first load's size (overwrites insert each key's new version before its old one, which

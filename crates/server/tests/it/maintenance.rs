@@ -327,9 +327,10 @@ async fn leader_transfer_under_load_as_etcd() {
 
 /// Adds a version of a key no other member has, at revision 2, straight into a stopped
 /// member's engine file: the divergence a bad disk or a bug would leave. The bytes follow the
-/// store's layout (mvcc's codec): `Keys` is key, `[0, 0]`, the inverted revision; the record
-/// is a put tag, sub revision, create revision, version, lease, then the value; `Revisions`
-/// maps main and sub revision to the key. Replaying the log never touches this key.
+/// store's layout 2 (mvcc's codec): a record is a put tag, sub revision, create revision,
+/// version, lease, then the value; `Keys` maps key, `[0, 0]`, the inverted revision to the
+/// record without its value; `Revisions` maps main and sub revision to the key's length, the
+/// key and the record. Replaying the log never touches this key.
 fn plant_divergence(data_dir: &std::path::Path) {
     use mvcc::{Backend, Table, WriteBatch};
     let path = data_dir.join("member").join("data.redb");
@@ -341,8 +342,12 @@ fn plant_divergence(data_dir: &std::path::Path) {
     let mut revision = 2u64.to_be_bytes().to_vec();
     revision.extend(7u64.to_be_bytes());
     let mut batch = WriteBatch::new();
-    batch.put(Table::Keys, key, vec![0, 7, 2, 1, 0, b'x']);
-    batch.put(Table::Revisions, revision, b"planted".to_vec());
+    let record = [0, 7, 2, 1, 0, b'x'];
+    batch.put(Table::Keys, key, record[..5].to_vec());
+    let mut stored = vec![7];
+    stored.extend_from_slice(b"planted");
+    stored.extend_from_slice(&record);
+    batch.put(Table::Revisions, revision, stored);
     backend.write(batch).expect("planting");
     backend.flush().expect("flushing");
 }
