@@ -23,6 +23,27 @@ impl<B: Backend> Node<B> {
         }
     }
 
+    /// Runs `once` as soon as a leader is known, and again with the next leader (or the same
+    /// one a little later) while it answers that none is known or another leads: nothing
+    /// was done then. Within `deadline`.
+    pub(super) async fn with_leader<T, F>(
+        &self,
+        deadline: Deadline,
+        mut once: impl FnMut() -> F,
+    ) -> Result<T, NotServed>
+    where
+        F: std::future::Future<Output = Result<T, NotServed>>,
+    {
+        let mut failed = None;
+        loop {
+            let leader = self.await_leader(deadline, failed).await?;
+            match once().await {
+                Err(NotServed::NoLeader | NotServed::NotLeader { .. }) => failed = Some(leader),
+                other => return other,
+            }
+        }
+    }
+
     /// Sends `request` to the leader, within `deadline` and the peer-rpc budget.
     pub(super) async fn forward(
         &self,

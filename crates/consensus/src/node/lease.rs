@@ -23,14 +23,8 @@ impl<B: Backend> Node<B> {
     /// # Errors
     /// No leader, or the leader could not be reached within the deadline.
     pub async fn lease_renew(&self, id: i64, deadline: Deadline) -> Result<i64, NotServed> {
-        let mut failed = None;
-        loop {
-            let leader = self.await_leader(deadline, failed).await?;
-            match self.lease_renew_once(id, deadline).await {
-                Err(NotServed::NoLeader | NotServed::NotLeader { .. }) => failed = Some(leader),
-                other => return other,
-            }
-        }
+        self.with_leader(deadline, || self.lease_renew_once(id, deadline))
+            .await
     }
 
     async fn lease_renew_once(&self, id: i64, deadline: Deadline) -> Result<i64, NotServed> {
@@ -70,14 +64,8 @@ impl<B: Backend> Node<B> {
         id: i64,
         deadline: Deadline,
     ) -> Result<Option<Duration>, NotServed> {
-        let mut failed = None;
-        loop {
-            let leader = self.await_leader(deadline, failed).await?;
-            match self.lease_remaining_once(id, deadline).await {
-                Err(NotServed::NoLeader | NotServed::NotLeader { .. }) => failed = Some(leader),
-                other => return other,
-            }
-        }
+        self.with_leader(deadline, || self.lease_remaining_once(id, deadline))
+            .await
     }
 
     async fn lease_remaining_once(

@@ -27,14 +27,9 @@ impl<B: Backend> Node<B> {
         {
             return Ok(());
         }
-        let mut failed = None;
-        loop {
-            let leader = self.await_leader(deadline, failed).await?;
-            match self.inner.reads.read_index(deadline).await {
-                Err(NotServed::NoLeader | NotServed::NotLeader { .. }) => failed = Some(leader),
-                other => return other.map(drop),
-            }
-        }
+        self.with_leader(deadline, || self.inner.reads.read_index(deadline))
+            .await
+            .map(drop)
     }
 
     /// How many read-index rounds this member has run; each served every linearizable read
