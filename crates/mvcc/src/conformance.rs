@@ -13,7 +13,7 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -2122,14 +2122,42 @@ mod layout_1 {
     }
 }
 
-/// Fails every engine write after the first `writes` (nothing of a failed one is written),
-/// as a crash between two writes would leave the engine.
-struct FailAfter<B> {
-    inner: Arc<B>,
-    writes: std::sync::atomic::AtomicUsize,
+/// Crash injection at the Backend seam: each engine write, and each start, write and commit
+/// of a replacement, is a step; the step numbered [`Crashing::crash_at`] (from 0) and every one
+/// after it fail, as if the process died there (nothing of a failed step is written).
+pub struct Crashing<B> {
+    inner: B,
+    left: AtomicI64,
 }
 
-impl<B: Backend> Backend for FailAfter<B> {
+impl<B> Crashing<B> {
+    /// Wraps `inner`; nothing fails until [`Crashing::crash_at`] says where.
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner,
+            left: AtomicI64::new(i64::MAX),
+        }
+    }
+
+    /// Makes the step `steps` from now fail, and every one after it.
+    pub fn crash_at(&self, steps: i64) {
+        self.left.store(steps, AtomicOrdering::SeqCst);
+    }
+
+    /// One more step; `Err` once the crash point is reached.
+    fn step(&self) -> Result<(), BackendError> {
+        if self.left.fetch_sub(1, AtomicOrdering::SeqCst) <= 0 {
+            return Err(BackendError::Io {
+                op: "write",
+                table: None,
+                cause: "injected crash".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> Backend for Crashing<B> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
         self.inner.get(table, key)
     }
@@ -2145,15 +2173,7 @@ impl<B: Backend> Backend for FailAfter<B> {
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
-        let left = self.writes.load(AtomicOrdering::SeqCst);
-        if left == 0 {
-            return Err(BackendError::Io {
-                op: "write",
-                table: None,
-                cause: "crashed".into(),
-            });
-        }
-        self.writes.store(left - 1, AtomicOrdering::SeqCst);
+        self.step()?;
         self.inner.write(batch)
     }
 
@@ -2166,7 +2186,29 @@ impl<B: Backend> Backend for FailAfter<B> {
     }
 
     fn replace(&self) -> Result<Box<dyn Replacement + '_>, BackendError> {
-        self.inner.replace()
+        self.step()?;
+        Ok(Box::new(CrashingReplacement {
+            inner: self.inner.replace()?,
+            crashing: self,
+        }))
+    }
+}
+
+/// Each write and the commit of a replacement is a step that may crash.
+struct CrashingReplacement<'a, B> {
+    inner: Box<dyn Replacement + 'a>,
+    crashing: &'a Crashing<B>,
+}
+
+impl<B> Replacement for CrashingReplacement<'_, B> {
+    fn write(&mut self, batch: WriteBatch) -> Result<(), BackendError> {
+        self.crashing.step()?;
+        self.inner.write(batch)
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), BackendError> {
+        self.crashing.step()?;
+        self.inner.commit()
     }
 }
 
@@ -2288,10 +2330,9 @@ fn layout_1_converts_at_open<B: Backend>(f: Factory<'_, B>) {
     let (backend, _guard) = f();
     layout_1::write(&backend, &versions, &leases, current);
     let backend = Arc::new(backend);
-    let cut = Store::open(FailAfter {
-        inner: Arc::clone(&backend),
-        writes: 1.into(),
-    });
+    let crashing = Crashing::new(Arc::clone(&backend));
+    crashing.crash_at(1);
+    let cut = Store::open(crashing);
     assert!(cut.is_err(), "the conversion's second write fails");
     let t = Store::open(Arc::clone(&backend)).expect("a cut conversion goes on");
     check(Layout1View::of(&t), "converted after a cut");

@@ -25,6 +25,8 @@ pub(crate) const META_RESTORING: &[u8] = b"restoring";
 pub(crate) const META_VERSIONS: &[u8] = b"versions";
 /// How far a conversion from layout 1 got: the last `Revisions` key converted.
 const META_CONVERTED: &[u8] = b"layout_converted";
+/// Bytes of converted versions after which a conversion batch is written.
+const CONVERT_BYTES: usize = 32 << 20;
 
 /// The revision of an empty store, as in etcd: the first write is revision 2.
 const FIRST_REVISION: i64 = 1;
@@ -331,9 +333,14 @@ impl<B: Backend> Store<B> {
         }
         // Revisions in (done, target], whole revisions at a time so `done` is exact.
         let max_versions = max_versions.max(1);
-        let touched = revisions_between(&inner.backend, done + 1, target, max_versions, |raw| {
-            Ok(codec::split_stored(raw)?.0.to_vec())
-        })?;
+        let touched = revisions_between(
+            &inner.backend,
+            done + 1,
+            target,
+            max_versions,
+            usize::MAX,
+            |raw| Ok(codec::split_stored(raw)?.0.to_vec()),
+        )?;
         let new_done = if touched.len() >= max_versions {
             touched.last().map_or(target, |t| t.0)
         } else {
@@ -419,7 +426,11 @@ impl<B: Backend> Store<B> {
             return Ok(Vec::new());
         }
         let backend = &self.inner.backend;
-        let found = revisions_between(backend, from, current, max_events, |raw| Ok(raw.to_vec()))?;
+        // The scan stops where the bytes read pass `max_bytes` too, so a catch-up never holds
+        // more history than the answer may carry.
+        let found = revisions_between(backend, from, current, max_events, max_bytes, |raw| {
+            Ok(raw.to_vec())
+        })?;
         let mut events: Vec<Event> = Vec::with_capacity(found.len());
         let mut held = 0usize;
         for (main, raw) in found {
@@ -550,9 +561,10 @@ fn upgrade_layout<B: Backend>(backend: &B) -> Result<()> {
 }
 
 /// Converts layout 1 (the whole record in `Keys`, the user key in `Revisions`) in revision
-/// order, [`read::CHUNK`] versions per batch. Each batch records how far the conversion got
-/// (in `Meta`, with the versions it converts), so a crash between batches resumes where it
-/// stopped; the last batch records the new layout. An empty backend gets just that.
+/// order, [`read::CHUNK`] versions (or 32 MiB of them) per batch. Each batch records how far
+/// the conversion got (in `Meta`, with the versions it converts), so a crash between batches
+/// resumes where it stopped; the last batch records the new layout. An empty backend gets just
+/// that.
 fn convert_layout_1<B: Backend>(backend: &B) -> Result<()> {
     let mut from = backend
         .get(Table::Meta, META_CONVERTED)?
@@ -576,7 +588,7 @@ fn convert_layout_1<B: Backend>(backend: &B) -> Result<()> {
             },
         )?;
         let mut batch = WriteBatch::new();
-        let Some((last, _)) = chunk.last() else {
+        if chunk.is_empty() {
             batch.put(
                 Table::Meta,
                 codec::META_LAYOUT.to_vec(),
@@ -589,27 +601,40 @@ fn convert_layout_1<B: Backend>(backend: &B) -> Result<()> {
             }
             return Ok(());
         };
-        let last = last.clone();
-        let wanted = chunk
-            .iter()
-            .map(|(rev_key, key)| {
-                let (main, _) = codec::split_revision_key(rev_key)?;
-                Ok(codec::version_key(key, main))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let records = backend.get_many(Table::Keys, &wanted)?;
-        for (((rev_key, key), version_key), record) in chunk.into_iter().zip(wanted).zip(records) {
-            let Some(record) = record else {
-                return Err(Error::corrupt("a revisions entry without its version"));
-            };
-            let (index, stored) = codec::encode_version(&key, &record)?;
-            batch.put(Table::Keys, version_key, index);
-            batch.put(Table::Revisions, rev_key, stored);
-            converted += 1;
+        // Records are read a few at a time, and a batch ends early once it holds
+        // `CONVERT_BYTES`: large values must not all sit in memory at once.
+        let mut bytes = 0usize;
+        let mut done = None;
+        for group in chunk.chunks(64) {
+            let wanted = group
+                .iter()
+                .map(|(rev_key, key)| {
+                    let (main, _) = codec::split_revision_key(rev_key)?;
+                    Ok(codec::version_key(key, main))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let records = backend.get_many(Table::Keys, &wanted)?;
+            for (((rev_key, key), version_key), record) in group.iter().zip(wanted).zip(records) {
+                let Some(record) = record else {
+                    return Err(Error::corrupt("a revisions entry without its version"));
+                };
+                let (index, stored) = codec::encode_version(key, &record)?;
+                bytes += index.len() + stored.len();
+                batch.put(Table::Keys, version_key, index);
+                batch.put(Table::Revisions, rev_key.clone(), stored);
+                converted += 1;
+            }
+            done = group.last().map(|(rev_key, _)| rev_key.clone());
+            if bytes >= CONVERT_BYTES {
+                break;
+            }
         }
-        batch.put(Table::Meta, META_CONVERTED.to_vec(), last.clone());
+        let Some(done) = done else {
+            return Err(Error::corrupt("an empty conversion batch"));
+        };
+        batch.put(Table::Meta, META_CONVERTED.to_vec(), done.clone());
         backend.write(batch)?;
-        from = Bound::Excluded(last);
+        from = Bound::Excluded(done);
     }
 }
 
@@ -644,16 +669,18 @@ impl<B> Drop for Hold<B> {
 }
 
 /// The `Revisions` entries (main revision, what `keep` takes of the stored version) from
-/// revision `from` to `to`, stopping at the first revision boundary after `max` entries: a
-/// revision's entries are never split.
+/// revision `from` to `to`, stopping at the first revision boundary after `max` entries or
+/// `max_bytes` of stored versions: a revision's entries are never split.
 fn revisions_between<B: Backend, T>(
     backend: &B,
     from: i64,
     to: i64,
     max: usize,
+    max_bytes: usize,
     keep: impl Fn(&[u8]) -> Result<T>,
 ) -> Result<Vec<(i64, T)>> {
     let mut found: Vec<(i64, T)> = Vec::new();
+    let mut bytes = 0usize;
     let lo = codec::revision_key(from, 0);
     let hi = codec::revision_key(to, i64::MAX);
     read::try_scan(
@@ -663,9 +690,11 @@ fn revisions_between<B: Backend, T>(
         Bound::Included(&hi),
         &mut |k, v| {
             let (main, _) = codec::split_revision_key(k)?;
-            if found.len() >= max && found.last().map(|f| f.0) != Some(main) {
+            if (found.len() >= max || bytes >= max_bytes) && found.last().map(|f| f.0) != Some(main)
+            {
                 return Ok(ControlFlow::Break(()));
             }
+            bytes = bytes.saturating_add(v.len());
             found.push((main, keep(v)?));
             Ok(ControlFlow::Continue(()))
         },

@@ -3,90 +3,11 @@
 //! disk), and the file, reopened, must hold the whole old store or the whole new one.
 
 use std::io::Read;
-use std::ops::Bound;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use engine_mem::MemBackend;
 use engine_redb::{Durability, Options, RedbBackend};
-use mvcc::{
-    Backend, BackendError, Command, KvHash, PutRequest, RangeRequest, Replacement, Store, Table,
-    Visitor, WriteBatch,
-};
-
-/// Fails the engine write numbered `left` (from 0) and every one after it.
-struct Crashing {
-    inner: RedbBackend,
-    left: AtomicI64,
-}
-
-impl Crashing {
-    /// One more step of the restore; `Err` once the crash point is reached.
-    fn step(&self) -> Result<(), BackendError> {
-        if self.left.fetch_sub(1, Ordering::SeqCst) <= 0 {
-            return Err(BackendError::Io {
-                op: "write",
-                table: None,
-                cause: "injected crash".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-impl Backend for Crashing {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        self.inner.get(table, key)
-    }
-
-    fn scan(
-        &self,
-        table: Table,
-        from: Bound<&[u8]>,
-        to: Bound<&[u8]>,
-        visit: &mut Visitor<'_>,
-    ) -> Result<(), BackendError> {
-        self.inner.scan(table, from, to, visit)
-    }
-
-    fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
-        self.step()?;
-        self.inner.write(batch)
-    }
-
-    fn applied(&self) -> Result<Option<Vec<u8>>, BackendError> {
-        self.inner.applied()
-    }
-
-    fn flush(&self) -> Result<(), BackendError> {
-        self.inner.flush()
-    }
-
-    fn replace(&self) -> Result<Box<dyn Replacement + '_>, BackendError> {
-        self.step()?;
-        Ok(Box::new(CrashingReplacement {
-            inner: self.inner.replace()?,
-            crashing: self,
-        }))
-    }
-}
-
-/// Each write and the commit of a replacement is a step that may crash.
-struct CrashingReplacement<'a> {
-    inner: Box<dyn Replacement + 'a>,
-    crashing: &'a Crashing,
-}
-
-impl Replacement for CrashingReplacement<'_> {
-    fn write(&mut self, batch: WriteBatch) -> Result<(), BackendError> {
-        self.crashing.step()?;
-        self.inner.write(batch)
-    }
-
-    fn commit(self: Box<Self>) -> Result<(), BackendError> {
-        self.crashing.step()?;
-        self.inner.commit()
-    }
-}
+use mvcc::conformance::Crashing;
+use mvcc::{Backend, Command, KvHash, PutRequest, RangeRequest, Store};
 
 fn options() -> Options {
     Options {
@@ -145,18 +66,15 @@ fn a_restore_interrupted_at_any_step_leaves_the_old_or_the_new_store() {
     for crash_at in 0.. {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
-        let store = Store::open(Crashing {
-            inner: RedbBackend::open(&path, &options()).unwrap(),
-            left: AtomicI64::new(i64::MAX),
-        })
-        .unwrap();
+        let store =
+            Store::open(Crashing::new(RedbBackend::open(&path, &options()).unwrap())).unwrap();
         for i in 0..100 {
             store
                 .apply(&[put(format!("old/{i:03}"), b"o")], Some(b"old-position"))
                 .unwrap();
         }
         let old = state(&store);
-        store.backend().left.store(crash_at, Ordering::SeqCst);
+        store.backend().crash_at(crash_at);
         let restored = store.restore(bytes.as_slice());
         if restored.is_err() {
             // The live store still answers from the old content.

@@ -330,7 +330,8 @@ async fn leader_transfer_under_load_as_etcd() {
 /// store's layout 2 (mvcc's codec): a record is a put tag, sub revision, create revision,
 /// version, lease, then the value; `Keys` maps key, `[0, 0]`, the inverted revision to the
 /// record without its value; `Revisions` maps main and sub revision to the key's length, the
-/// key and the record. Replaying the log never touches this key.
+/// key and the record; `Meta` says layout 2 (the member was killed, so its own lazily
+/// committed record of that may be lost). Replaying the log never touches this key.
 fn plant_divergence(data_dir: &std::path::Path) {
     use mvcc::{Backend, Table, WriteBatch};
     let path = data_dir.join("member").join("data.redb");
@@ -348,6 +349,7 @@ fn plant_divergence(data_dir: &std::path::Path) {
     stored.extend_from_slice(b"planted");
     stored.extend_from_slice(&record);
     batch.put(Table::Revisions, revision, stored);
+    batch.put(Table::Meta, b"layout".to_vec(), 2i64.to_be_bytes().to_vec());
     backend.write(batch).expect("planting");
     backend.flush().expect("flushing");
 }
