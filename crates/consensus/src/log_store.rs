@@ -873,6 +873,22 @@ mod tests {
         entries.iter().map(|e| e.log_id.index).collect()
     }
 
+    /// A log of entries 1 to `last` whose state machine holds 5 durably, asked to purge up to
+    /// 50 as openraft does when it hands a snapshot at 50 to the state machine; the purge waits
+    /// `limit` at most.
+    async fn with_a_held_purge(
+        path: &Path,
+        last: u64,
+        limit: std::time::Duration,
+    ) -> (LogStore, LogCloser) {
+        let (mut log, closer) = LogStore::open_with(path, 1, 1, 4096).unwrap();
+        append_durably(&mut log, (1..=last).map(|i| entry(i, 200)).collect()).await;
+        log.floor().attach(Some(entry(5, 0).log_id));
+        log.floor().set_limit(limit);
+        log.purge(entry(50, 0).log_id).await.unwrap();
+        (log, closer)
+    }
+
     /// Builds the log under test beside the state machine the member runs.
     struct Builder;
 
@@ -1000,12 +1016,8 @@ mod tests {
         let path = dir.path().join("raft-log");
         let id = |i| entry(i, 0).log_id;
         {
-            let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
-            append_durably(&mut log, (1..=60).map(|i| entry(i, 200)).collect()).await;
-            log.floor().attach(Some(id(5)));
-            // As openraft does when it hands a snapshot to the state machine: the purge
-            // first, then the install; the member dies before the install commits.
-            log.purge(id(50)).await.unwrap();
+            // The purge first, then the install; the member dies before the install commits.
+            let (mut log, closer) = with_a_held_purge(&path, 60, crate::floor::HOLD_LIMIT).await;
             let state = log.get_log_state().await.unwrap();
             assert_eq!(state.last_purged_log_id, Some(id(50)));
             close(closer).await;
@@ -1038,18 +1050,20 @@ mod tests {
         let path = dir.path().join("raft-log");
         let id = |i| entry(i, 0).log_id;
         {
-            let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
-            append_durably(&mut log, (1..=40).map(|i| entry(i, 200)).collect()).await;
-            log.floor().attach(Some(id(5)));
-            log.floor().set_limit(std::time::Duration::from_millis(300));
-            // openraft purges up to a snapshot's point (50) and appends after it, but the
-            // state machine never gets there (an engine stuck before the install).
-            log.purge(id(50)).await.unwrap();
+            // openraft appends after the snapshot's point (50), but the state machine never
+            // gets there (an engine stuck before the install).
+            let limit = std::time::Duration::from_millis(300);
+            let (log, closer) = with_a_held_purge(&path, 40, limit).await;
             let (tx, rx) = oneshot::channel();
             log.queue_append(vec![entry(51, 200)], Notify::Done(tx))
                 .await
                 .unwrap();
-            let answer = tokio::time::timeout(std::time::Duration::from_secs(10), rx).await;
+            let answer = deadline::within(
+                deadline::Layer::Propose,
+                deadline::Deadline::after(std::time::Duration::from_secs(10)),
+                rx,
+            )
+            .await;
             let answer = answer.expect("a write behind the held purge still waits after 10 s");
             let refused = answer.unwrap().unwrap_err();
             assert!(refused.contains("has not reached"), "{refused}");
@@ -1078,10 +1092,7 @@ mod tests {
         let path = dir.path().join("raft-log");
         let id = |i| entry(i, 0).log_id;
         {
-            let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
-            append_durably(&mut log, (1..=40).map(|i| entry(i, 200)).collect()).await;
-            log.floor().attach(Some(id(5)));
-            log.purge(id(50)).await.unwrap();
+            let (log, closer) = with_a_held_purge(&path, 40, crate::floor::HOLD_LIMIT).await;
             let (tx, rx) = oneshot::channel();
             log.queue_append(vec![entry(51, 200)], Notify::Done(tx))
                 .await

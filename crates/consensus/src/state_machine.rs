@@ -226,6 +226,9 @@ impl<B: Backend> StateMachine<B> {
         }
         let persistent = store.backend().persistent();
         if persistent {
+            // What the engine shows now is its snapshot from here on (openraft takes it as the
+            // snapshot at start and may purge the log behind it): make it durable first.
+            store.backend().flush().map_err(|e| e.to_string())?;
             // Copies an earlier version kept: the store, durable at its position, replaces them.
             snapshots.remove_copies()?;
         }

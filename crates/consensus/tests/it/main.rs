@@ -135,22 +135,25 @@ async fn concurrent_reads_share_rounds() {
     node.shutdown().await.unwrap();
 }
 
-async fn restart_keeps_writes<B: Backend>(open: impl Fn() -> B) {
-    let dir = tempfile::tempdir().unwrap();
-    let hash = {
-        let node = started(config(dir.path()), open()).await;
-        for i in 0..50 {
-            node.propose(
-                put(&format!("k{i}"), &i.to_string()),
-                Deadline::after(Duration::from_secs(5)),
-            )
+/// Proposes a put of each key and value, then stops the member; the store's hash at the end.
+async fn put_then_stop<B: Backend>(
+    node: Node<B>,
+    puts: impl IntoIterator<Item = (String, String)>,
+) -> mvcc::KvHash {
+    for (key, value) in puts {
+        node.propose(put(&key, &value), Deadline::after(Duration::from_secs(5)))
             .await
             .unwrap();
-        }
-        let hash = node.store().hash(0).unwrap();
-        node.shutdown().await.unwrap();
-        hash
-    };
+    }
+    let hash = node.store().hash(0).unwrap();
+    node.shutdown().await.unwrap();
+    hash
+}
+
+async fn restart_keeps_writes<B: Backend>(open: impl Fn() -> B) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = started(config(dir.path()), open()).await;
+    let hash = put_then_stop(node, (0..50).map(|i| (format!("k{i}"), i.to_string()))).await;
     let node = started(config(dir.path()), open()).await;
     // A linearizable barrier: the leader's blank entry commits everything before it.
     node.read_index(Deadline::after(Duration::from_secs(5)))
@@ -165,17 +168,19 @@ async fn restart_keeps_writes<B: Backend>(open: impl Fn() -> B) {
 async fn restart_on_redb_keeps_writes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data.redb");
-    restart_keeps_writes(|| {
-        RedbBackend::open(
-            &path,
-            &Options {
-                durability: Durability::Lazy,
-                ..Options::default()
-            },
-        )
-        .unwrap()
-    })
-    .await;
+    restart_keeps_writes(|| lazy_redb(&path)).await;
+}
+
+/// The redb engine as a member opens it: commits synced lazily.
+fn lazy_redb(path: &std::path::Path) -> RedbBackend {
+    RedbBackend::open(
+        path,
+        &Options {
+            durability: Durability::Lazy,
+            ..Options::default()
+        },
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,31 +234,10 @@ async fn a_redb_member_keeps_no_copy_of_its_store_as_a_snapshot() {
     let mut cfg = config(dir.path());
     cfg.snapshot_count = 20;
     let path = dir.path().join("data.redb");
-    let open = || {
-        RedbBackend::open(
-            &path,
-            &Options {
-                durability: Durability::Lazy,
-                ..Options::default()
-            },
-        )
-        .unwrap()
-    };
+    let open = || lazy_redb(&path);
     let value = "v".repeat(4096);
-    let hash = {
-        let node = started(cfg.clone(), open()).await;
-        for i in 0..75 {
-            node.propose(
-                put(&format!("k{i:03}"), &value),
-                Deadline::after(Duration::from_secs(5)),
-            )
-            .await
-            .unwrap();
-        }
-        let hash = node.store().hash(0).unwrap();
-        node.shutdown().await.unwrap();
-        hash
-    };
+    let node = started(cfg.clone(), open()).await;
+    let hash = put_then_stop(node, (0..75).map(|i| (format!("k{i:03}"), value.clone()))).await;
     // 75 values of 4 KiB: 300 KiB of data, none of it copied under snapshots/.
     let snapshots = dir.path().join("snapshots");
     let copies: Vec<(String, u64)> = std::fs::read_dir(&snapshots)
