@@ -225,6 +225,56 @@ async fn memory_store_is_rebuilt_from_snapshot_plus_log() {
     node.shutdown().await.unwrap();
 }
 
+/// `--snapshot-count` counts applied requests, as etcd's does, not Raft entries: the batcher
+/// puts every command queued behind a flush into one entry, so under concurrency a count of
+/// entries would let the log grow many times past the count before a snapshot cut it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_count_counts_requests_not_batched_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.snapshot_count = 200;
+    let node = Arc::new(started(cfg, MemBackend::new()).await);
+    // 400 puts at once: far fewer than 200 entries once batched.
+    let puts: Vec<_> = (0..400)
+        .map(|i| {
+            let node = Arc::clone(&node);
+            tokio::spawn(async move {
+                node.propose(
+                    put(&format!("k{i:03}"), "v"),
+                    Deadline::after(Duration::from_secs(10)),
+                )
+                .await
+            })
+        })
+        .collect();
+    for p in puts {
+        p.await.unwrap().unwrap();
+    }
+    let snapshots = dir.path().join("snapshots");
+    let taken = || {
+        std::fs::read_dir(&snapshots)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("snap-"))
+            })
+            .unwrap_or(false)
+    };
+    // A snapshot is built in the background after the apply that crossed the count.
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let mut seen = taken();
+    while !seen && Instant::now() < give_up {
+        deadline::pause(Duration::from_millis(50)).await;
+        seen = taken();
+    }
+    assert!(seen, "no snapshot after 400 requests with --snapshot-count 200");
+    Arc::try_unwrap(node)
+        .ok()
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+}
+
 /// Like etcd's db, a persistent engine is its own Raft snapshot: after snapshots were taken
 /// and the log purged behind them, the data dir holds no second copy of the store, and a
 /// restart still finds every write.
