@@ -23,6 +23,7 @@
 //! - `redb_log`: the log before segment files, migrated once at start.
 //! - `stages`: where a write's time goes, a histogram per stage ([`STAGE_SECONDS`]).
 //! - `state_machine`: [`StateMachine`], apply and snapshots.
+//! - `snapshot_due`: when a snapshot is taken: after `--snapshot-count` applied requests.
 //! - `snapshot_data`: [`SnapshotData`], a snapshot's bytes: a file, or a point in a persistent
 //!   store written out only when a follower needs it.
 //! - `network`: the peer transport over tonic ([`PeerService`], [`PeerNetwork`], [`PeerTls`]): Raft's
@@ -68,6 +69,7 @@ mod prevote;
 mod read_rounds;
 mod redb_log;
 mod snapshot_data;
+mod snapshot_due;
 mod stages;
 mod state_machine;
 #[cfg(test)]

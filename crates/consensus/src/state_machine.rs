@@ -27,6 +27,7 @@ use crate::compaction::Removal;
 use crate::floor::{Floor, FloorRaiser};
 use crate::lessor::Lessor;
 use crate::snapshot_data::SnapshotData;
+use crate::snapshot_due::SnapshotDue;
 use crate::types::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership};
 use crate::types::{Applied, TypeConfig};
 use mvcc::Refusal;
@@ -198,6 +199,8 @@ pub struct StateMachine<B> {
     removal: Arc<Removal>,
     /// Where the log may be purged on disk: raised only at durable points (`floor`).
     floor: Option<Arc<FloorRaiser>>,
+    /// Counts applied requests toward the next snapshot (`snapshot_due`).
+    due: Option<Arc<SnapshotDue>>,
 }
 
 impl<B: Backend> StateMachine<B> {
@@ -256,6 +259,7 @@ impl<B: Backend> StateMachine<B> {
             lease_extend,
             removal,
             floor: None,
+            due: None,
         })
     }
 
@@ -265,6 +269,12 @@ impl<B: Backend> StateMachine<B> {
     pub(crate) fn hold_log_purges(mut self, floor: Arc<Floor>) -> Self {
         floor.attach(self.position.log_id);
         self.floor = Some(Arc::new(FloorRaiser(floor)));
+        self
+    }
+
+    /// Counts every applied request toward `due`'s next snapshot.
+    pub(crate) fn count_requests(mut self, due: Arc<SnapshotDue>) -> Self {
+        self.due = Some(due);
         self
     }
 }
@@ -376,6 +386,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             .collect();
         let raw = bincode::serialize(&position).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let store = self.store.clone();
+        let commands_applied = commands.len() as u64;
         let outcomes = tokio::task::spawn_blocking(move || {
             let outcomes = store.apply(&commands, Some(&raw))?;
             crate::metrics::count_applied(&commands, &outcomes);
@@ -435,10 +446,16 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         for key in own {
             crate::stages::applied(key);
         }
+        if let Some(due) = &self.due {
+            due.applied(commands_applied);
+        }
         Ok(answers)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        if let Some(due) = &self.due {
+            due.taken();
+        }
         SnapshotBuilder {
             store: self.store.clone(),
             dir: self.snapshots.clone(),

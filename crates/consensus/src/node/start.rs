@@ -122,6 +122,7 @@ impl<B: Backend> Node<B> {
         let alarms = Arc::new(Alarms::default());
         let auth = Arc::new(Auth::default());
         let removal = Removal::new(store.compaction_progress().done);
+        let snapshot_due = crate::snapshot_due::SnapshotDue::new(config.snapshot_count);
         let sm = StateMachine::open(
             store.clone(),
             crate::state_machine::Proposer {
@@ -141,6 +142,14 @@ impl<B: Backend> Node<B> {
             cause,
         })?
         .hold_log_purges(log.floor());
+        // A persistent engine's snapshot is a flush, so it can come as often as etcd's; one
+        // that starts empty writes its whole store out for each, so it keeps openraft's count
+        // of entries, which batching makes rarer.
+        let sm = if store.backend().persistent() {
+            sm.count_requests(Arc::clone(&snapshot_due))
+        } else {
+            sm
+        };
         let flushed = log.flushed();
         let space = log.space();
         let log_end = log.clone();
@@ -269,6 +278,7 @@ impl<B: Backend> Node<B> {
             config.heartbeat,
             config.pre_vote,
         ));
+        tokio::spawn(crate::snapshot_due::run(node.clone(), snapshot_due));
         tokio::spawn(crate::read_rounds::run(
             node.clone(),
             read_queue,

@@ -20,6 +20,8 @@ pub struct NodeStatus {
     pub last_log_index: u64,
     /// Index of the last applied entry.
     pub applied_index: u64,
+    /// Index of the last entry the newest snapshot holds (0 before the first).
+    pub snapshot_index: u64,
     /// The members of the current configuration, with whether each is a voter.
     pub members: Vec<(u64, Member, bool)>,
 }
@@ -40,6 +42,7 @@ impl<B: Backend> Node<B> {
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
             members: self.listing(m.membership_config.membership()),
         }
     }

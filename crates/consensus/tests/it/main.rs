@@ -233,7 +233,7 @@ async fn the_snapshot_count_counts_requests_not_batched_entries() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.snapshot_count = 200;
-    let node = Arc::new(started(cfg, MemBackend::new()).await);
+    let node = Arc::new(started(cfg, lazy_redb(&dir.path().join("data.redb"))).await);
     // 400 puts at once: far fewer than 200 entries once batched.
     let puts: Vec<_> = (0..400)
         .map(|i| {
@@ -250,23 +250,20 @@ async fn the_snapshot_count_counts_requests_not_batched_entries() {
     for p in puts {
         p.await.unwrap().unwrap();
     }
-    let snapshots = dir.path().join("snapshots");
-    let taken = || {
-        std::fs::read_dir(&snapshots)
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with("snap-"))
-            })
-            .unwrap_or(false)
-    };
+    let entries = node.status().last_log_index;
+    assert!(
+        entries < 200,
+        "the puts were not batched: {entries} entries"
+    );
     // A snapshot is built in the background after the apply that crossed the count.
     let give_up = Instant::now() + Duration::from_secs(10);
-    let mut seen = taken();
-    while !seen && Instant::now() < give_up {
+    while node.status().snapshot_index == 0 && Instant::now() < give_up {
         deadline::pause(Duration::from_millis(50)).await;
-        seen = taken();
     }
-    assert!(seen, "no snapshot after 400 requests with --snapshot-count 200");
+    assert!(
+        node.status().snapshot_index > 0,
+        "no snapshot after 400 requests in {entries} entries with --snapshot-count 200"
+    );
     Arc::try_unwrap(node)
         .ok()
         .unwrap()
