@@ -1,10 +1,11 @@
 //! Proposal batching: every command that arrives while the log is busy goes into one entry.
 //!
-//! openraft 0.9's core writes a leader's new entry to the log and waits for it to be durable
-//! before it takes the next client write. One entry per write would therefore cost one fsync
-//! per write, whatever the concurrency. The batcher holds the next entry back until the log
-//! reports the previous one durable, then puts every command that queued up meanwhile into one
-//! entry: one fsync, one replication message and one apply batch for all of them. Each command
+//! One entry per write would cost one log record, one replication message and one apply per
+//! write. The batcher holds the next entry back until the log reports the previous one durable,
+//! then puts every command that queued up meanwhile into one entry: one fsync, one replication
+//! message and one apply batch for all of them. (openraft 0.9's core also waited for each
+//! entry's flush before it took the next write; 0.10's does not, and replicates an entry while
+//! the leader's own fsync runs.) Each command
 //! still gets its own revision and its own answer.
 //!
 //! Bounded throughout: the queue in front of it has room for `max_in_flight` commands, an entry
@@ -137,11 +138,11 @@ impl Unanswered {
 }
 
 /// The task that turns queued commands into entries.
-pub(crate) struct Batcher {
+pub(crate) struct Batcher<B: mvcc::Backend> {
     pub(crate) origin: u64,
     /// This start of the member ([`crate::incarnation::boot_id`]).
     pub(crate) incarnation: u64,
-    pub(crate) raft: Raft,
+    pub(crate) raft: Raft<B>,
     pub(crate) peers: Peers,
     pub(crate) queue: mpsc::Receiver<Queued>,
     pub(crate) waiters: Registry<Answer>,
@@ -156,7 +157,7 @@ pub(crate) struct Batcher {
     pub(crate) space: crate::log_store::Space,
 }
 
-impl Batcher {
+impl<B: mvcc::Backend> Batcher<B> {
     /// Runs until `stop` or until every sender of the queue is gone.
     pub(crate) async fn run(mut self) {
         let mut unanswered = Unanswered::default();
@@ -231,14 +232,16 @@ impl Batcher {
             self.reject(ids.into_iter(), &Rejected::NoLeader);
             return;
         };
-        let submitted = self.raft.client_write_ff(proposal).await;
+        let (responder, answer) = openraft::impls::ProgressResponder::complete_only();
+        let submitted = self.raft.client_write_ff(proposal, Some(responder)).await;
         drop(pass);
         match submitted {
-            Ok(responder) => {
+            Ok(()) => {
+                let responder = answer;
                 unanswered.local.push(Box::pin(async move {
                     let rejected = match responder.await {
                         Ok(Ok(_)) => None,
-                        Ok(Err(e)) => Some(rejection(e)),
+                        Ok(Err(e)) => rejection(e),
                         // Raft dropped the responder (it stopped, or the entry was applied
                         // without one): the waiters hear from the apply or their budget.
                         Err(_) => None,
@@ -359,12 +362,18 @@ fn forward_rejection(reply: Result<ForwardReply, CallError>) -> Option<Rejected>
     }
 }
 
-fn rejection(e: ClientWriteError<u64, crate::Member>) -> Rejected {
+/// What the proposers of a refused entry hear; `None` when the entry was appended and its fate
+/// is unknown (a leader change discarded openraft's wait for it): its waiters hear from the
+/// apply, should a later leader commit it, or from their budget, never a retry that could
+/// apply it twice.
+fn rejection(e: ClientWriteError<crate::TypeConfig>) -> Option<Rejected> {
     match e {
         ClientWriteError::ForwardToLeader(f) => {
-            f.leader_id.map_or(Rejected::NoLeader, Rejected::NotLeader)
+            Some(f.leader_id.map_or(Rejected::NoLeader, Rejected::NotLeader))
         }
-        ClientWriteError::ChangeMembershipError(e) => Rejected::Other(e.to_string()),
+        ClientWriteError::LogEntryDiscarded(_) => None,
+        ClientWriteError::ChangeMembershipError(e) => Some(Rejected::Other(e.to_string())),
+        ClientWriteError::PreconditionFailed(e) => Some(Rejected::Other(e.to_string())),
     }
 }
 

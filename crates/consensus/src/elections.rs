@@ -1,6 +1,6 @@
-//! When a follower campaigns: at etcd's times, not openraft 0.9's.
+//! When a follower campaigns: at etcd's times, not openraft's.
 //!
-//! openraft 0.9's own timer lets a follower campaign only once its leader lease
+//! openraft's own timer lets a follower campaign only once its leader lease
 //! (`election_timeout_max`, during which it refuses votes) *and* a random timeout from
 //! `election_timeout_min..election_timeout_max` have passed since it last heard the leader, with
 //! the random timeout drawn once per process. A lease of one election timeout (E, etcd's
@@ -20,12 +20,12 @@
 //! openraft's vote decides who wins.
 //!
 //! Until it has known a leader since it started, a member waits [E/2, E) instead: what
-//! openraft's timer did for a member starting with an uncommitted vote (every member restarts
-//! with one, see `log_store`), and close to etcd's start, which advances its election clock
+//! openraft's timer did for a member starting with an uncommitted vote, and close to etcd's start, which advances its election clock
 //! once it sees its peers. A lone voter campaigns at once, as openraft's timer does.
 //!
 //! A campaign starts above every term a candidate has asked this member for ([`Asked`]).
-//! openraft 0.9's voter keeps its own term when it refuses a candidate whose log is shorter,
+//! openraft's voter (0.9, and 0.10 still) keeps its own term when it refuses a candidate whose
+//! log is shorter,
 //! where Raft's (and etcd's) voters take the candidate's term. After a leader's death the
 //! survivor with the shorter log often campaigns first and is refused, but keeps the term it
 //! asked for and refuses, by vote, the better survivor's campaign at that same term (openraft
@@ -40,13 +40,17 @@
 //! since: otherwise a member could campaign just after voting for a candidate that then won,
 //! and depose it.
 
+use openraft::type_config::async_runtime::WatchReceiver as _;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
 use openraft::error::RaftError;
 use openraft::raft::{VoteRequest, VoteResponse};
-use openraft::{ServerState, Vote};
+use openraft::ServerState;
+
+use crate::types::typ::Vote;
+use crate::types::TypeConfig;
 
 /// The vote requests this member answered, for [`run`]: the highest vote asked for (see the
 /// module's doc), and whether one is being answered or was granted lately. etcd restarts its
@@ -55,7 +59,7 @@ use openraft::{ServerState, Vote};
 /// after granting a vote to a candidate that just won, and depose it.
 #[derive(Debug, Default)]
 pub(crate) struct Asked {
-    highest: std::sync::Mutex<Option<Vote<u64>>>,
+    highest: std::sync::Mutex<Option<crate::types::typ::Vote>>,
     answering: std::sync::atomic::AtomicUsize,
     granted: std::sync::Mutex<Option<Instant>>,
 }
@@ -73,7 +77,7 @@ impl Drop for Answering<'_> {
 
 impl Asked {
     /// Notes the vote of a vote request this member received.
-    fn note(&self, vote: Vote<u64>) {
+    fn note(&self, vote: crate::types::typ::Vote) {
         let mut asked = self
             .highest
             .lock()
@@ -84,12 +88,12 @@ impl Asked {
     }
 
     /// The highest vote asked for, as an uncommitted vote.
-    fn highest(&self) -> Option<Vote<u64>> {
+    fn highest(&self) -> Option<crate::types::typ::Vote> {
         let asked = *self
             .highest
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        asked.and_then(|v| Some(Vote::new(v.leader_id().term, v.leader_id().voted_for()?)))
+        asked.map(|v| Vote::new(v.leader_id().term, v.leader_id().node_id))
     }
 
     /// Whether a vote was granted at or after `at`.
@@ -109,8 +113,8 @@ impl Asked {
 /// Answers a vote request (openraft decides), noting it for the election timer.
 pub(crate) async fn answer<B: mvcc::Backend>(
     node: &crate::Node<B>,
-    request: VoteRequest<u64>,
-) -> Result<VoteResponse<u64>, RaftError<u64>> {
+    request: VoteRequest<TypeConfig>,
+) -> Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>> {
     let asked = node.asked();
     asked.note(request.vote);
     asked
@@ -140,11 +144,11 @@ async fn adopt_asked_term<B: mvcc::Backend>(node: &crate::Node<B>) {
     let Some(asked) = node.asked().highest() else {
         return;
     };
-    let own = node.raft().metrics().borrow().vote;
+    let own = node.raft().metrics().borrow_watched().vote;
     if asked.leader_id().term <= own.leader_id().term {
         return;
     }
-    let last_log_id = node.raft().data_metrics().borrow().last_log;
+    let last_log_id = node.raft().data_metrics().borrow_watched().last_log;
     match node.raft().vote(VoteRequest::new(asked, last_log_id)).await {
         Ok(r) => tracing::info!(
             asked = %asked,
@@ -217,7 +221,7 @@ pub(crate) async fn run<B: mvcc::Backend>(
         ticked = Instant::now();
         let (leads, voters, me, vote, leader) = {
             let metrics = node.raft().metrics();
-            let m = metrics.borrow();
+            let m = metrics.borrow_watched();
             let membership = m.membership_config.membership();
             let voters: Vec<(u64, crate::Member)> = membership
                 .voter_ids()
@@ -270,7 +274,7 @@ pub(crate) async fn run<B: mvcc::Backend>(
         if interrupted(&node, ticked) {
             continue;
         }
-        if node.raft().trigger().elect().await.is_err() {
+        if node.raft().trigger().elect(false).await.is_err() {
             return;
         }
     }

@@ -1,7 +1,8 @@
 //! The log position the state machine's engine holds durably, below which the log may be
 //! purged on disk.
 //!
-//! openraft 0.9 purges the log up to an installed snapshot's point in the same step that hands
+//! openraft (0.9, and 0.10 still) purges the log up to an installed snapshot's point in the same
+//! step that hands
 //! the snapshot to the state machine, without waiting for the install: the log store's purge
 //! can reach the disk while the engine still holds its old content. A crash between the two
 //! leaves a log that starts past the engine's durable position, with the entries between gone
@@ -178,12 +179,11 @@ impl Drop for FloorRaiser {
 
 #[cfg(test)]
 mod tests {
-    use openraft::CommittedLeaderId;
 
     use super::*;
 
     fn log_id(index: u64) -> LogId {
-        LogId::new(CommittedLeaderId::new(1, 1), index)
+        crate::types::typ::log_id(1, 1, index)
     }
 
     #[test]

@@ -22,9 +22,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use crate::types::typ::EntryPayload;
     use deadline::{Deadline, Layer, Registry};
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
     use crate::batcher::Answer;
     use crate::lessor::Lessor;
@@ -50,7 +49,7 @@ mod tests {
 
     fn entry(index: u64, proposal: Proposal) -> Entry {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, ME), index),
+            log_id: crate::types::typ::log_id(1, ME, index),
             payload: EntryPayload::Normal(proposal),
         }
     }
@@ -91,7 +90,7 @@ mod tests {
                 command: put("written-before-the-restart"),
             }],
         };
-        sm.apply([entry(1, old)]).await.unwrap();
+        sm.apply_entries([entry(1, old)]).await.unwrap();
         assert_eq!(store.current_revision(), 2, "the old entry applied");
         let answer = new_request
             .wait(Layer::Commit, Deadline::after(Duration::ZERO))
@@ -112,7 +111,7 @@ mod tests {
                 command: put("written-now"),
             }],
         };
-        sm.apply([entry(2, ours)]).await.unwrap();
+        sm.apply_entries([entry(2, ours)]).await.unwrap();
         let answer = new_request
             .wait(Layer::Commit, Deadline::after(Duration::ZERO))
             .await;

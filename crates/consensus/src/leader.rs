@@ -6,10 +6,10 @@
 //! woken by every apply or heartbeat. Waiting leaves nothing behind: a waiter is a receiver
 //! clone, dropped with the request.
 
+use openraft::type_config::async_runtime::WatchReceiver as _;
 use std::time::Duration;
 
 use deadline::{Deadline, Layer};
-use openraft::RaftMetrics;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,9 +32,9 @@ pub(crate) struct Known {
 
 /// The leader `raft` knows of now, with its entry in the membership (`None` while the
 /// membership does not hold it). The one lookup for everyone that sends to the leader.
-pub(crate) fn current(raft: &Raft) -> Option<(u64, Option<Member>)> {
+pub(crate) fn current<B: mvcc::Backend>(raft: &Raft<B>) -> Option<(u64, Option<Member>)> {
     let metrics = raft.metrics();
-    let m = metrics.borrow();
+    let m = metrics.borrow_watched();
     m.current_leader.map(|leader| {
         let member = m
             .membership_config
@@ -54,10 +54,10 @@ pub(crate) struct Leadership {
 impl Leadership {
     /// Starts following `metrics` until `stop`.
     pub(crate) fn follow(
-        mut metrics: watch::Receiver<RaftMetrics<u64, Member>>,
+        mut metrics: crate::types::typ::MetricsWatch,
         stop: CancellationToken,
     ) -> Self {
-        let first = metrics.borrow().current_leader;
+        let first = metrics.borrow_watched().current_leader;
         let (tx, known) = watch::channel(Known {
             leader: first,
             since: Instant::now(),
@@ -206,13 +206,16 @@ impl Drop for GaveUp {
 mod tests {
     use super::*;
     use crate::network::{CallError, Forwarded, Peers, Rpc};
+    use openraft::type_config::async_runtime::WatchSender as _;
 
     /// Waiters sleep on the shared watch and wake the moment a leader is known; a waiter whose
     /// deadline passes first gets a timeout in the `leader-wait` layer; one that failed to
     /// reach the leader waits for another, or tries the same one again a little later.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wait_ends_when_a_leader_is_known_or_at_its_deadline() {
-        let (tx, rx) = watch::channel(RaftMetrics::<u64, Member>::new_initial(1));
+        let (tx, rx) = <crate::TypeConfig as openraft::type_config::TypeConfigExt>::watch_channel(
+            crate::types::typ::RaftMetrics::new_initial(1),
+        );
         let stop = CancellationToken::new();
         let leadership = Leadership::follow(rx, stop.clone());
         let budgets = deadline::Budgets::default();
@@ -242,14 +245,20 @@ mod tests {
         };
         let waiting: Vec<_> = (0..3).map(|_| wait(None, Duration::ZERO)).collect();
         let started = Instant::now();
-        tx.send_modify(|m| m.current_leader = Some(2));
+        tx.send_if_modified(|m| {
+            m.current_leader = Some(2);
+            true
+        });
         for w in waiting {
             assert_eq!(w.await.unwrap().unwrap(), 2);
         }
         assert!(started.elapsed() < Duration::from_secs(1));
         // Leader 2 could not be reached: 3 is taken as soon as it is known...
         let other = wait(Some(2), Duration::from_secs(30));
-        tx.send_modify(|m| m.current_leader = Some(3));
+        tx.send_if_modified(|m| {
+            m.current_leader = Some(3);
+            true
+        });
         assert_eq!(other.await.unwrap().unwrap(), 3);
         // ...and 3 itself again once the retry time has passed.
         let started = Instant::now();

@@ -6,6 +6,7 @@
 //! the commit budget: they queue with client writes and never block them, and no more than
 //! `rate` per second are proposed however many leases expire at once.
 
+use openraft::type_config::async_runtime::WatchReceiver as _;
 use std::time::Duration;
 
 use deadline::{Deadline, Layer};

@@ -42,7 +42,7 @@
 //! - `leader`: who leads, one shared watch that requests finding no leader wait on.
 //! - `incarnation`: the id that tells this start of a member from its earlier ones.
 //! - `validate`: the checks every command passes before it enters the log, forwarded or not.
-//! - `transfer`: leader transfer (etcd's MoveLeader) on openraft 0.9's primitives.
+//! - `transfer`: leader transfer (etcd's MoveLeader) on openraft's `transfer_leader`.
 //! - `corrupt`: etcd's corruption checks, members comparing key-space hashes.
 //! - [`metrics`]: the names (etcd's) of the metrics this crate records.
 

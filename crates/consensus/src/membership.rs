@@ -4,13 +4,14 @@
 //! that joins with `--initial-cluster-state existing` knows its own id without asking: the
 //! same URLs give the same id on every member.
 
+use openraft::type_config::async_runtime::WatchReceiver as _;
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
-use crate::types::Member;
+use crate::types::{Member, TypeConfig};
 
 /// A change to the cluster's membership.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -337,7 +338,9 @@ pub(crate) async fn promote_when_caught_up<B: mvcc::Backend>(node: crate::Node<B
 }
 
 /// openraft's refusal of a membership change, as etcd would say it.
-pub(crate) fn refusal(e: RaftError<u64, ClientWriteError<u64, Member>>) -> crate::network::Refusal {
+pub(crate) fn refusal(
+    e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+) -> crate::network::Refusal {
     use crate::network::Refusal;
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
@@ -352,6 +355,11 @@ pub(crate) fn refusal(e: RaftError<u64, ClientWriteError<u64, Member>>) -> crate
             }
             other => Refusal::Other(other.to_string()),
         },
+        // Appended, then leadership moved: whether it commits is not known here.
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => Refusal::Timeout,
+        RaftError::APIError(e @ ClientWriteError::PreconditionFailed(_)) => {
+            Refusal::Other(e.to_string())
+        }
         RaftError::Fatal(_) => Refusal::Stopped,
     }
 }

@@ -5,19 +5,20 @@
 //! backs off from a peer reported unreachable. Connections are made lazily, kept per peer, and
 //! rebuilt when a peer's URL changes.
 
+use openraft::type_config::async_runtime::WatchReceiver as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use deadline::{Budgets, Deadline, Layer};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
-    Unreachable,
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -56,9 +57,6 @@ pub(crate) enum Forwarded {
     LeaseRemaining(i64),
     /// A membership change.
     Membership(crate::membership::Change),
-    /// Sent by the leader to the member it hands leadership to: campaign now
-    /// ([`crate::transfer`]).
-    Campaign,
     /// This member's key-space hash at a revision, for the corruption checks
     /// ([`crate::corrupt`]); any member answers.
     HashKv(i64),
@@ -129,14 +127,13 @@ fn decode<T: DeserializeOwned>(p: &Payload) -> Result<T, String> {
     wire().deserialize(&p.data).map_err(|e| e.to_string())
 }
 
-/// An [`InstallSnapshotRequest`] as it crosses the wire: the same fields in the same order,
-/// so the same bincode bytes, but the chunk written and read as one block of bytes rather
-/// than one `u8` at a time (a 3 MiB chunk took seconds that way in a debug build, far past
-/// openraft's `install_snapshot_timeout`).
-#[derive(Serialize, Deserialize)]
+/// One chunk of a snapshot the leader sends, with the leader's vote and the snapshot's meta;
+/// the chunk written and read as one block of bytes rather than one `u8` at a time (a 3 MiB
+/// chunk took seconds that way in a debug build).
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct SnapshotChunk {
-    vote: openraft::Vote<u64>,
-    meta: openraft::SnapshotMeta<u64, Member>,
+    vote: crate::types::typ::Vote,
+    meta: crate::types::typ::SnapshotMeta,
     offset: u64,
     #[serde(
         serialize_with = "mvcc::ser_bytes",
@@ -144,30 +141,6 @@ struct SnapshotChunk {
     )]
     data: Vec<u8>,
     done: bool,
-}
-
-impl From<InstallSnapshotRequest<TypeConfig>> for SnapshotChunk {
-    fn from(r: InstallSnapshotRequest<TypeConfig>) -> Self {
-        Self {
-            vote: r.vote,
-            meta: r.meta,
-            offset: r.offset,
-            data: r.data,
-            done: r.done,
-        }
-    }
-}
-
-impl From<SnapshotChunk> for InstallSnapshotRequest<TypeConfig> {
-    fn from(c: SnapshotChunk) -> Self {
-        Self {
-            vote: c.vote,
-            meta: c.meta,
-            offset: c.offset,
-            data: c.data,
-            done: c.done,
-        }
-    }
 }
 
 /// Per peer: the URL connected to, and the client.
@@ -235,6 +208,7 @@ pub(crate) enum Rpc {
     Forward,
     Members,
     PreVote,
+    TransferLeader,
 }
 
 impl Peers {
@@ -349,6 +323,7 @@ impl Peers {
                 Rpc::Forward => client.forward(req).await,
                 Rpc::Members => client.members(req).await,
                 Rpc::PreVote => client.pre_vote(req).await,
+                Rpc::TransferLeader => client.transfer_leader(req).await,
             }
         };
         let answer = deadline::within(Layer::PeerRpc, Deadline::after(timeout), call)
@@ -468,10 +443,14 @@ pub struct PeerConn {
     member: Member,
     /// The bytes of entries the next AppendEntries carries at most ([`AppendBudget`]).
     budget: AppendBudget,
+    /// Whether the peer takes pipelined appends ([`PeerConn::stream_append`]); a member of an
+    /// older build answers `Unimplemented`, and is sent one append at a time from then on.
+    streams: bool,
 }
 
-/// How many bytes of entries one AppendEntries to a peer carries: openraft 0.9 drops an append
-/// not answered within one heartbeat interval and sends the same entries again, so a batch
+/// How many bytes of entries one unary AppendEntries to a peer carries (heartbeats, and peers
+/// that take no pipelined appends): openraft drops an append not answered within one heartbeat
+/// interval and sends the same entries again, so a batch
 /// that cannot cross (encode, send, decode, write and fsync on the follower) in that time never
 /// does. The budget halves after each append of several entries that did not finish, down to
 /// [`MIN_APPEND_BUDGET`] (one entry always goes), and doubles after each answered in under a
@@ -533,26 +512,33 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             member: node.clone(),
             budget: AppendBudget::new(),
+            streams: true,
+        }
+    }
+
+    /// Heartbeats go one unary call each (openraft sends each as a stream of one append): no
+    /// stream to open per heartbeat, and each answered one is the link's round trip.
+    async fn new_heartbeat_client(&mut self, target: u64, node: &Member) -> PeerConn {
+        PeerConn {
+            streams: false,
+            ..self.new_client(target, node).await
         }
     }
 }
 
 impl PeerConn {
-    /// One Raft RPC; `entries` is how many log entries `request` carries (0 for all but
-    /// AppendEntries), so a message over the limit can ask openraft for fewer.
-    async fn raft_call<Req, Resp, E>(
+    /// One Raft RPC, answered by the peer's Raft as `Result<Resp, RaftError>`.
+    async fn raft_call<Req, Resp>(
         &self,
         rpc: Rpc,
         request: &Req,
-        entries: usize,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<u64, Member, RaftError<u64, E>>>
+    ) -> Result<Resp, CallError>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
     {
-        let answer: Result<Result<Resp, RaftError<u64, E>>, CallError> = self
+        let answer: Result<Resp, RaftError<TypeConfig>> = self
             .peers
             .call(
                 self.target,
@@ -561,97 +547,304 @@ impl PeerConn {
                 request,
                 Some(option.hard_ttl()),
             )
-            .await;
-        match answer {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
-            Err(e @ (CallError::Unreachable(_) | CallError::NotSent(_) | CallError::Timeout)) => {
-                Err(RPCError::Unreachable(Unreachable::new(&e)))
-            }
-            Err(e @ CallError::TooLarge { bytes, limit }) if entries > 1 => {
-                // Entries in proportion to what fits, at least one and fewer than now.
-                let fits = (entries as u128 * limit as u128 / bytes.max(1) as u128) as usize;
-                let hint = fits.clamp(1, entries - 1) as u64;
-                tracing::debug!(
-                    entries,
-                    bytes,
-                    hint,
-                    "append too large for one message; splitting"
-                );
-                Err(RPCError::PayloadTooLarge(
-                    PayloadTooLarge::new_entries_hint(hint).with_source_error(&e),
-                ))
-            }
-            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
-        }
+            .await?;
+        // The only error a peer's Raft answers with is that it stopped.
+        answer.map_err(|e| CallError::Unreachable(format!("peer {:x}: {e}", self.target)))
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerConn {
+/// A failed call as openraft's replication and elections take it.
+fn rpc_error(e: CallError) -> RPCError<TypeConfig> {
+    match e {
+        CallError::Unreachable(_) | CallError::NotSent(_) | CallError::Timeout => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        e => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+/// Bytes of a snapshot one chunk carries, unless openraft says otherwise.
+const SNAPSHOT_CHUNK: usize = 3 << 20;
+
+impl RaftNetworkV2<TypeConfig> for PeerConn {
+    type SnapshotData = crate::SnapshotData;
+
     async fn append_entries(
         &mut self,
-        mut rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        let entries = self.budget.take(&rpc.entries);
-        let cut = entries < rpc.entries.len();
-        rpc.entries.truncate(entries);
-        let last = rpc.entries.last().map(|e| e.log_id);
-        let started = std::time::Instant::now();
-        self.budget.unfinished = entries > 1;
-        let answer = self
-            .raft_call(Rpc::AppendEntries, &rpc, entries, &option)
-            .await;
-        let took = started.elapsed();
-        self.budget.answered(entries, took, option.hard_ttl());
-        // A heartbeat carries no entries: its answered round trip is the link's latency, what
-        // etcd's prober measures.
-        if entries == 0 && answer.is_ok() {
-            metrics::histogram!(crate::metrics::PEER_ROUND_TRIP, "To" => format!("{:x}", self.target))
-                .record(took.as_secs_f64());
-        }
-        match answer {
-            // The follower holds (durably: openraft answers an append once it is flushed) the
-            // prefix sent, exactly what it would have answered had openraft sent only that.
-            Ok(AppendEntriesResponse::Success) if cut => {
-                Ok(AppendEntriesResponse::PartialSuccess(last))
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut entries = self.budget.take(&rpc.entries);
+        loop {
+            let cut = entries < rpc.entries.len();
+            let mut sent = rpc.clone();
+            sent.entries.truncate(entries);
+            let last = sent.entries.last().map(|e| e.log_id);
+            let started = std::time::Instant::now();
+            self.budget.unfinished = entries > 1;
+            let answer: Result<AppendEntriesResponse<TypeConfig>, CallError> =
+                self.raft_call(Rpc::AppendEntries, &sent, &option).await;
+            let took = started.elapsed();
+            self.budget.answered(entries, took, option.hard_ttl());
+            // A heartbeat carries no entries: its answered round trip is the link's latency,
+            // what etcd's prober measures.
+            if entries == 0 && answer.is_ok() {
+                metrics::histogram!(crate::metrics::PEER_ROUND_TRIP, "To" => format!("{:x}", self.target))
+                    .record(took.as_secs_f64());
             }
-            other => other,
+            return match answer {
+                // The follower holds (durably: openraft answers an append once it is flushed)
+                // the prefix sent, exactly what it would have answered had openraft sent only
+                // that.
+                Ok(AppendEntriesResponse::Success) if cut => {
+                    Ok(AppendEntriesResponse::PartialSuccess(last))
+                }
+                Ok(other) => Ok(other),
+                Err(CallError::TooLarge { bytes, limit }) if entries > 1 => {
+                    // Entries in proportion to what fits, at least one and fewer than now.
+                    let fits = (entries as u128 * limit as u128 / bytes.max(1) as u128) as usize;
+                    let hint = fits.clamp(1, entries - 1);
+                    tracing::debug!(
+                        entries,
+                        bytes,
+                        hint,
+                        "append too large for one message; splitting"
+                    );
+                    entries = hint;
+                    continue;
+                }
+                Err(e) => Err(rpc_error(e)),
+            };
         }
     }
 
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+    /// Appends pipelined over one gRPC stream: each request goes as soon as openraft makes
+    /// it, without waiting for the answer to the one before (etcd's leader, too, keeps many
+    /// appends to a follower in flight), and the follower answers in order. An answer not
+    /// back within the peer-rpc budget while requests are outstanding ends the stream (a dead
+    /// or frozen peer); an idle stream waits for openraft's next request.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
-    > {
-        self.raft_call(Rpc::InstallSnapshot, &SnapshotChunk::from(rpc), 0, &option)
+    ) -> futures::future::BoxFuture<
+        's,
+        Result<
+            futures::stream::BoxStream<
+                's,
+                Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>,
+            >,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        if !self.streams {
+            return openraft::network::stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move {
+            use futures::StreamExt;
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            let mut client = self
+                .peers
+                .client(self.target, &self.member)
+                .map_err(rpc_error)?;
+            let budget = self.peers.budgets.get(Layer::PeerRpc);
+            let outstanding = Arc::new(AtomicUsize::new(0));
+            let sent = Arc::clone(&outstanding);
+            let outbound = input.map(move |req| {
+                sent.fetch_add(1, Ordering::SeqCst);
+                // bincode writes any of openraft's messages; an empty payload would end the
+                // stream at the peer, which the leader sees as a failed session.
+                encode(&req).unwrap_or(Payload { data: Vec::new() })
+            });
+            let mut request = tonic::Request::new(outbound);
+            if let Some(sender) = self.peers.sender {
+                request.metadata_mut().insert(SENDER, sender.into());
+            }
+            let opened = deadline::within(
+                Layer::PeerRpc,
+                Deadline::after(budget),
+                client.append_stream(request),
+            )
             .await
+            .map_err(|_| rpc_error(CallError::Timeout))?;
+            let inbound = match opened {
+                Ok(response) => response.into_inner(),
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    tracing::info!(
+                        peer = format_args!("{:x}", self.target),
+                        "peer takes no pipelined appends; sending one at a time"
+                    );
+                    self.streams = false;
+                    return Err(rpc_error(CallError::Unreachable(status.to_string())));
+                }
+                Err(status) if never_sent(&status) => {
+                    return Err(rpc_error(CallError::NotSent(status.to_string())))
+                }
+                Err(status) => return Err(rpc_error(CallError::Unreachable(status.to_string()))),
+            };
+            // Each answer is bounded by the peer-rpc budget, not by openraft's TTL (one heartbeat
+            // interval), which a large batch written and fsynced on the follower can exceed.
+            let _heartbeat_ttl = option.hard_ttl();
+            let answers = futures::stream::unfold(Some(inbound), move |state| {
+                let outstanding = Arc::clone(&outstanding);
+                async move {
+                    let mut inbound = state?;
+                    let next = async {
+                        if outstanding.load(Ordering::SeqCst) == 0 {
+                            // Nothing to answer: only the end of the stream or an error comes.
+                            Ok(inbound.message().await)
+                        } else {
+                            deadline::within(
+                                Layer::PeerRpc,
+                                Deadline::after(budget),
+                                inbound.message(),
+                            )
+                            .await
+                        }
+                    };
+                    let answer = match next.await {
+                        Err(_) => Err(rpc_error(CallError::Timeout)),
+                        Ok(Err(status)) => {
+                            Err(rpc_error(CallError::Unreachable(status.to_string())))
+                        }
+                        Ok(Ok(None)) => return None,
+                        Ok(Ok(Some(payload))) => {
+                            outstanding.fetch_sub(1, Ordering::SeqCst);
+                            match decode::<Result<StreamAppendResult<TypeConfig>, String>>(&payload)
+                            {
+                                Ok(Ok(result)) => Ok(result),
+                                Ok(Err(stopped)) => Err(rpc_error(CallError::Unreachable(stopped))),
+                                Err(e) => Err(rpc_error(CallError::Protocol(e))),
+                            }
+                        }
+                    };
+                    // A refusal (conflict, higher vote) or an error ends the stream.
+                    let more = matches!(answer, Ok(Ok(_)));
+                    Some((answer, more.then_some(inbound)))
+                }
+            });
+            Ok(answers.boxed())
+        })
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<u64>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        self.raft_call(Rpc::Vote, &rpc, 0, &option).await
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call(Rpc::Vote, &rpc, &option)
+            .await
+            .map_err(rpc_error)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call(Rpc::TransferLeader, &req, &option)
+            .await
+            .map_err(rpc_error)
+    }
+
+    /// Sends the snapshot in chunks, each its own call within openraft's TTL; the follower
+    /// installs it when the last arrives. A follower that knows a higher vote answers with it
+    /// at any chunk, which ends the send.
+    async fn full_snapshot(
+        &mut self,
+        vote: crate::types::typ::Vote,
+        snapshot: crate::types::typ::Snapshot,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        use tokio::io::AsyncReadExt;
+        let chunk_size = option
+            .snapshot_chunk_size()
+            .unwrap_or(SNAPSHOT_CHUNK)
+            .max(1);
+        let meta = snapshot.meta;
+        let mut data = snapshot.snapshot;
+        let mut offset = 0u64;
+        let network = |e: &dyn std::fmt::Display| {
+            StreamingError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
+        };
+        tokio::pin!(cancel);
+        loop {
+            let mut buf = vec![0u8; chunk_size];
+            let mut filled = 0;
+            while filled < chunk_size {
+                let n = data
+                    .read(&mut buf[filled..])
+                    .await
+                    .map_err(|e| network(&format!("reading the snapshot: {e}")))?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            buf.truncate(filled);
+            let done = filled < chunk_size;
+            let chunk = SnapshotChunk {
+                vote,
+                meta: meta.clone(),
+                offset,
+                data: buf,
+                done,
+            };
+            let call = self
+                .peers
+                .call::<_, Result<SnapshotResponse<TypeConfig>, String>>(
+                    self.target,
+                    &self.member,
+                    Rpc::InstallSnapshot,
+                    &chunk,
+                    Some(option.hard_ttl()),
+                );
+            let answer = tokio::select! {
+                closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+                answer = call => answer,
+            };
+            match answer {
+                Ok(Ok(resp)) if done || resp.vote > vote => return Ok(resp),
+                Ok(Ok(_)) => offset += filled as u64,
+                Ok(Err(refused)) => return Err(network(&refused)),
+                Err(
+                    e @ (CallError::Unreachable(_) | CallError::NotSent(_) | CallError::Timeout),
+                ) => return Err(StreamingError::Unreachable(Unreachable::new(&e))),
+                Err(e) => return Err(network(&e)),
+            }
+        }
     }
 }
 
 /// The server side of the protocol, over a running member.
-pub struct PeerService<B> {
+pub struct PeerService<B: mvcc::Backend> {
     node: crate::Node<B>,
+    /// The snapshot being received, between its chunks.
+    receiving: Arc<Mutex<Option<Incoming>>>,
+}
+
+/// A snapshot whose first chunks arrived: the file they are written to and where the next
+/// one starts.
+struct Incoming {
+    vote: crate::types::typ::Vote,
+    meta: crate::types::typ::SnapshotMeta,
+    file: tokio::fs::File,
+    next: u64,
 }
 
 impl<B: mvcc::Backend> PeerService<B> {
     /// Serves `node`'s peers.
     pub fn new(node: crate::Node<B>) -> pb::peer_server::PeerServer<Self> {
-        pb::peer_server::PeerServer::new(Self { node })
-            .max_decoding_message_size(MAX_PEER_MESSAGE)
-            .max_encoding_message_size(MAX_PEER_MESSAGE)
+        pb::peer_server::PeerServer::new(Self {
+            node,
+            receiving: Arc::default(),
+        })
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE)
     }
 }
 
@@ -662,7 +855,7 @@ impl<B: mvcc::Backend> PeerService<B> {
     fn admit(&self, rpc: &str, sender: Option<u64>) -> Result<(), tonic::Status> {
         let known = {
             let metrics = self.node.raft().metrics();
-            let m = metrics.borrow();
+            let m = metrics.borrow_watched();
             let nodes: Vec<u64> = m
                 .membership_config
                 .membership()
@@ -686,6 +879,87 @@ impl<B: mvcc::Backend> PeerService<B> {
                 )))
             }
         }
+    }
+}
+
+impl<B: mvcc::Backend> PeerService<B> {
+    /// Writes one chunk of a snapshot; the last one hands the whole to Raft to install. A
+    /// chunk from a leader below this member's vote is answered with the vote and not
+    /// written; one out of order is refused, and the leader starts the snapshot again.
+    async fn take_chunk(
+        &self,
+        chunk: SnapshotChunk,
+    ) -> Result<SnapshotResponse<crate::TypeConfig>, String> {
+        use tokio::io::AsyncWriteExt;
+        let own = self.node.raft().metrics().borrow_watched().vote;
+        if chunk.vote < own {
+            return Ok(SnapshotResponse::new(own));
+        }
+        let taken = self
+            .receiving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let mut incoming = if chunk.offset == 0 {
+            let path = self.node.incoming_snapshot_path();
+            let file = crate::state_machine::open_incoming_snapshot(path)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Incoming {
+                vote: chunk.vote,
+                meta: chunk.meta.clone(),
+                file,
+                next: 0,
+            }
+        } else {
+            match taken {
+                Some(i)
+                    if i.next == chunk.offset && i.vote == chunk.vote && i.meta == chunk.meta =>
+                {
+                    i
+                }
+                _ => {
+                    return Err(format!(
+                        "snapshot chunk at offset {} out of order; send the snapshot again",
+                        chunk.offset
+                    ))
+                }
+            }
+        };
+        incoming
+            .file
+            .write_all(&chunk.data)
+            .await
+            .map_err(|e| format!("writing a received snapshot: {e}"))?;
+        incoming.next += chunk.data.len() as u64;
+        if !chunk.done {
+            *self
+                .receiving
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(incoming);
+            return Ok(SnapshotResponse::new(own));
+        }
+        let snapshot = crate::types::typ::Snapshot {
+            meta: incoming.meta,
+            snapshot: crate::SnapshotData::received(incoming.file),
+        };
+        let installed = self
+            .node
+            .raft()
+            .install_full_snapshot(incoming.vote, snapshot)
+            .await
+            .map_err(|e| e.to_string());
+        // Raft answers once the install is done, or at once when it did not need the snapshot
+        // (its vote or its log moved past it): then the received bytes are left; they go.
+        let path = self.node.incoming_snapshot_path().to_path_buf();
+        let removed = tokio::task::spawn_blocking(move || mvcc::durable::remove_synced(&path))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = removed {
+            tracing::warn!(cause = %e, "removing a received snapshot Raft did not install");
+        }
+        installed
     }
 }
 
@@ -715,24 +989,72 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let req: AppendEntriesRequest<TypeConfig> =
             decode(request.get_ref()).map_err(bad_request)?;
-        self.admit("append-entries", req.vote.leader_id().voted_for())?;
+        self.admit("append-entries", Some(req.vote.leader_id().node_id))?;
         // A leader whose vote is not below this member's reached it (what any answer but a
         // higher vote meant): counted as it arrives, as etcd counts any message from its
         // leader, not once a large append is written (a catching-up follower's appends may
         // take longer to write than its election timer waits; pre-vote reads it too).
-        let own = self.node.raft().metrics().borrow().vote;
+        let own = self.node.raft().metrics().borrow_watched().vote;
         if req.vote >= own {
             self.node.note_leader_contact();
         }
         reply(&self.node.raft().append_entries(req).await)
     }
 
+    type AppendStreamStream = futures::stream::BoxStream<'static, Result<Payload, tonic::Status>>;
+
+    /// Pipelined appends: each request goes to Raft as it arrives (Raft keeps several in
+    /// flight, each answered once durable), the answers go back in order. A request that does
+    /// not decode, or comes from a non-member, ends the stream.
+    async fn append_stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<Payload>>,
+    ) -> Result<tonic::Response<Self::AppendStreamStream>, tonic::Status> {
+        use futures::StreamExt;
+        let node = self.node.clone();
+        let inbound = request.into_inner();
+        let requests = inbound
+            .take_while(|message| std::future::ready(message.is_ok()))
+            .filter_map(|message| std::future::ready(message.ok()))
+            .map(|payload| decode::<AppendEntriesRequest<TypeConfig>>(&payload))
+            .take_while(|decoded| {
+                if let Err(e) = decoded {
+                    tracing::warn!(cause = %e, "undecodable pipelined append; stream ended");
+                }
+                std::future::ready(decoded.is_ok())
+            })
+            .filter_map(|decoded| std::future::ready(decoded.ok()));
+        let admitted = {
+            let service = PeerService {
+                node: node.clone(),
+                receiving: Arc::clone(&self.receiving),
+            };
+            requests.take_while(move |req| {
+                let admitted = service
+                    .admit("append-stream", Some(req.vote.leader_id().node_id))
+                    .is_ok();
+                // As for a single append: a leader whose vote is not below this member's
+                // reached it.
+                if admitted && req.vote >= service.node.raft().metrics().borrow_watched().vote {
+                    service.node.note_leader_contact();
+                }
+                std::future::ready(admitted)
+            })
+        };
+        let answers = node.raft().stream_append(admitted).map(|answer| {
+            let answer: Result<StreamAppendResult<TypeConfig>, String> =
+                answer.map_err(|fatal| fatal.to_string());
+            encode(&answer).map_err(tonic::Status::internal)
+        });
+        Ok(tonic::Response::new(answers.boxed()))
+    }
+
     async fn vote(
         &self,
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
-        let req: VoteRequest<u64> = decode(request.get_ref()).map_err(bad_request)?;
-        self.admit("vote", req.vote.leader_id().voted_for())?;
+        let req: VoteRequest<TypeConfig> = decode(request.get_ref()).map_err(bad_request)?;
+        self.admit("vote", Some(req.vote.leader_id().node_id))?;
         reply(&crate::elections::answer(&self.node, req).await)
     }
 
@@ -740,17 +1062,34 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         &self,
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
-        let req: InstallSnapshotRequest<TypeConfig> = decode::<SnapshotChunk>(request.get_ref())
-            .map_err(bad_request)?
-            .into();
-        self.admit("install-snapshot", req.vote.leader_id().voted_for())?;
-        let vote = req.vote;
-        let answer = self.node.raft().install_snapshot(req).await;
+        let chunk: SnapshotChunk = decode(request.get_ref()).map_err(bad_request)?;
+        self.admit("install-snapshot", Some(chunk.vote.leader_id().node_id))?;
+        let vote = chunk.vote;
+        let answer = self.take_chunk(chunk).await;
         // A snapshot's chunks hold the replication stream, heartbeats included: each one the
         // member took is its leader's contact (the election timer must not run out meanwhile).
         if matches!(&answer, Ok(r) if r.vote == vote) {
             self.node.note_leader_contact();
         }
+        reply(&answer)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let req: TransferLeaderRequest<TypeConfig> =
+            decode(request.get_ref()).map_err(bad_request)?;
+        self.admit(
+            "transfer-leader",
+            Some(req.from_leader().leader_id().node_id),
+        )?;
+        let answer: Result<TransferLeaderResponse<TypeConfig>, RaftError<TypeConfig>> = self
+            .node
+            .raft()
+            .handle_transfer_leader(req)
+            .await
+            .map_err(RaftError::Fatal);
         reply(&answer)
     }
 
@@ -765,13 +1104,6 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
             (_, named) => named,
         };
         self.admit("forward", sender)?;
-        // Only the leader this member follows may make it campaign: another member could
-        // otherwise depose a healthy leader.
-        if matches!(req, Forwarded::Campaign) && sender != self.node.status().leader {
-            return Err(tonic::Status::permission_denied(
-                "campaign: only the current leader hands leadership over",
-            ));
-        }
         reply(&self.node.serve_forwarded(req).await)
     }
 
@@ -781,7 +1113,7 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let members = {
             let metrics = self.node.raft().metrics();
-            let m = metrics.borrow();
+            let m = metrics.borrow_watched();
             m.membership_config
                 .membership()
                 .nodes()
@@ -799,8 +1131,9 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let req: crate::prevote::PreVoteRequest = decode(request.get_ref()).map_err(bad_request)?;
         self.admit("pre-vote", named_sender(&request))?;
-        let leads = self.node.raft().metrics().borrow().state == openraft::ServerState::Leader;
-        let own = self.node.raft().data_metrics().borrow().last_log;
+        let leads =
+            self.node.raft().metrics().borrow_watched().state == openraft::ServerState::Leader;
+        let own = self.node.raft().data_metrics().borrow_watched().last_log;
         reply(&crate::prevote::grants(
             leads,
             self.node.quiet_for(),
@@ -814,8 +1147,8 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::typ::{EntryPayload, Vote};
     use crate::types::{Proposal, Tagged};
-    use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
 
     /// `n` entries of one put of `value_bytes` each, from index 1.
     fn big_append(n: u64, value_bytes: usize) -> AppendEntriesRequest<TypeConfig> {
@@ -839,9 +1172,19 @@ mod tests {
             &self,
             _: tonic::Request<Payload>,
         ) -> Result<tonic::Response<Payload>, tonic::Status> {
-            reply(&Ok::<_, RaftError<u64>>(
-                AppendEntriesResponse::<u64>::Success,
+            reply(&Ok::<_, RaftError<TypeConfig>>(
+                AppendEntriesResponse::<TypeConfig>::Success,
             ))
+        }
+
+        type AppendStreamStream =
+            futures::stream::BoxStream<'static, Result<Payload, tonic::Status>>;
+
+        async fn append_stream(
+            &self,
+            _: tonic::Request<tonic::Streaming<Payload>>,
+        ) -> Result<tonic::Response<Self::AppendStreamStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("unary appends only"))
         }
 
         async fn vote(
@@ -863,6 +1206,13 @@ mod tests {
             _: tonic::Request<Payload>,
         ) -> Result<tonic::Response<Payload>, tonic::Status> {
             Err(tonic::Status::unimplemented("forward"))
+        }
+
+        async fn transfer_leader(
+            &self,
+            _: tonic::Request<Payload>,
+        ) -> Result<tonic::Response<Payload>, tonic::Status> {
+            Err(tonic::Status::unimplemented("accepting"))
         }
 
         async fn members(
@@ -936,8 +1286,8 @@ mod tests {
             vote: Vote::new_committed(1, 1),
             prev_log_id: None,
             leader_commit: None,
-            entries: vec![openraft::Entry::<TypeConfig> {
-                log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            entries: vec![crate::types::typ::Entry {
+                log_id: crate::types::typ::log_id(1, 1, 1),
                 payload: EntryPayload::Normal(marker_proposal()),
             }],
         }
@@ -1019,11 +1369,11 @@ mod tests {
         let mut rng = Rng(0x005e_ed0f_9a4b_a6e5);
         let enc = |data: Payload| data.data;
         let nested = |v: &dyn Fn() -> Payload| enc(v());
-        let vote = VoteRequest::<u64>::new(
+        let vote = VoteRequest::<TypeConfig>::new(
             Vote::new(3, 2),
-            Some(LogId::new(CommittedLeaderId::new(2, 1), 9)),
+            Some(crate::types::typ::log_id(2, 1, 9)),
         );
-        let snapshot = InstallSnapshotRequest::<TypeConfig> {
+        let snapshot = SnapshotChunk {
             vote: Vote::new_committed(1, 1),
             meta: Default::default(),
             offset: 4096,
@@ -1063,34 +1413,32 @@ mod tests {
             &[nested(&|| with_nested_txn(&append_with_marker(), 5))],
             &mut rng,
         );
-        refused += garbage_never_panics::<Result<AppendEntriesResponse<u64>, RaftError<u64>>>(
-            &[enc(reply(&Ok::<_, RaftError<u64>>(
-                AppendEntriesResponse::<u64>::Success,
+        refused += garbage_never_panics::<
+            Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>>,
+        >(
+            &[enc(reply(&Ok::<_, RaftError<TypeConfig>>(
+                AppendEntriesResponse::<TypeConfig>::Success,
             ))
             .unwrap()
             .into_inner())],
             &mut rng,
         );
-        refused +=
-            garbage_never_panics::<VoteRequest<u64>>(&[enc(encode(&vote).unwrap())], &mut rng);
-        refused += garbage_never_panics::<Result<VoteResponse<u64>, RaftError<u64>>>(
-            &[enc(encode(&Ok::<_, RaftError<u64>>(
-                VoteResponse::<u64>::new(Vote::new(3, 2), None, true),
+        refused += garbage_never_panics::<VoteRequest<TypeConfig>>(
+            &[enc(encode(&vote).unwrap())],
+            &mut rng,
+        );
+        refused += garbage_never_panics::<Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>>(
+            &[enc(encode(&Ok::<_, RaftError<TypeConfig>>(
+                VoteResponse::<TypeConfig>::new(Vote::new(3, 2), None, true),
             ))
             .unwrap())],
             &mut rng,
         );
-        refused += garbage_never_panics::<InstallSnapshotRequest<TypeConfig>>(
-            &[enc(encode(&snapshot).unwrap())],
-            &mut rng,
-        );
-        refused += garbage_never_panics::<
-            Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>,
-        >(
-            &[enc(encode(&Ok::<_, RaftError<u64, InstallSnapshotError>>(
-                InstallSnapshotResponse::<u64> {
-                    vote: Vote::new_committed(1, 1),
-                },
+        refused +=
+            garbage_never_panics::<SnapshotChunk>(&[enc(encode(&snapshot).unwrap())], &mut rng);
+        refused += garbage_never_panics::<Result<SnapshotResponse<TypeConfig>, String>>(
+            &[enc(encode(&Ok::<_, String>(
+                SnapshotResponse::<TypeConfig>::new(Vote::new_committed(1, 1)),
             ))
             .unwrap())],
             &mut rng,
@@ -1123,6 +1471,7 @@ mod tests {
         );
         let mut conn = PeerConn {
             budget: AppendBudget::new(),
+            streams: false,
             peers: Peers::new(Budgets::default(), None).with_max_message(LIMIT),
             target: 2,
             member: Member {
@@ -1137,24 +1486,17 @@ mod tests {
             matches!(small, Ok(AppendEntriesResponse::Success)),
             "an append within the limit: {small:?}"
         );
-        let hint = match conn
+        // An oversized append goes as the prefix that fits, answered as its partial success.
+        let sent = match conn
             .append_entries(big_append(32, 48 << 10), option())
             .await
         {
-            Err(RPCError::PayloadTooLarge(too_large)) => too_large.entries_hint(),
+            Ok(AppendEntriesResponse::PartialSuccess(Some(last))) => last.index,
             other => panic!("an oversized append answered {other:?}"),
         };
         assert!(
-            (1..32).contains(&hint),
-            "entries hint {hint} does not shrink the message"
-        );
-        // What openraft sends next, with the hint, goes through.
-        let split = conn
-            .append_entries(big_append(hint, 48 << 10), option())
-            .await;
-        assert!(
-            matches!(split, Ok(AppendEntriesResponse::Success)),
-            "the {hint} entries the hint asked for: {split:?}"
+            (1..32).contains(&sent),
+            "{sent} entries sent: the message did not shrink"
         );
         // After appends dropped at openraft's timeout, a smaller prefix goes, answered as the
         // partial success of its last entry.
@@ -1236,20 +1578,17 @@ mod tests {
         let old = bincode::serialize(&plain).unwrap();
         assert_eq!(bincode::serialize(&put).unwrap(), old);
         assert_eq!(bincode::deserialize::<mvcc::PutRequest>(&old).unwrap(), put);
-        let chunk = InstallSnapshotRequest::<TypeConfig> {
+        let chunk = SnapshotChunk {
             vote: Vote::new_committed(3, 1),
             meta: Default::default(),
             offset: 4096,
             data: (0..3000u32).map(|i| (i * 7) as u8).collect(),
             done: true,
         };
-        let old = encode(&chunk).unwrap();
-        assert_eq!(
-            encode(&SnapshotChunk::from(chunk.clone())).unwrap().data,
-            old.data
-        );
-        let back: InstallSnapshotRequest<TypeConfig> =
-            decode::<SnapshotChunk>(&old).unwrap().into();
+        let sent = encode(&chunk).unwrap();
+        // The chunk's bytes are one block on the wire, after its length.
+        assert!(sent.data.windows(chunk.data.len()).any(|w| w == chunk.data));
+        let back: SnapshotChunk = decode(&sent).unwrap();
         assert_eq!(back, chunk);
     }
 
@@ -1279,16 +1618,17 @@ mod tests {
     async fn messages_from_non_members_are_refused() {
         use pb::peer_server::Peer;
         let (node, _dir) = lone_leader().await;
-        let service = PeerService { node: node.clone() };
-        let term = || node.raft().metrics().borrow().current_term;
+        let service = PeerService {
+            node: node.clone(),
+            receiving: Arc::default(),
+        };
+        let term = || node.raft().metrics().borrow_watched().current_term;
         let before = term();
         let stranger: u64 = 0xdead;
-        let vote = VoteRequest {
+        let vote = VoteRequest::<TypeConfig> {
             vote: Vote::new(before + 1000, stranger),
-            last_log_id: Some(LogId::new(
-                CommittedLeaderId::new(before + 999, stranger),
-                1 << 40,
-            )),
+            last_log_id: Some(crate::types::typ::log_id(before + 999, stranger, 1 << 40)),
+            leadership_transfer: false,
         };
         let refused = service
             .vote(tonic::Request::new(encode(&vote).unwrap()))

@@ -2,7 +2,8 @@
 //! answer that they would vote for it, so a member cut off from the others never raises its
 //! term, and when it returns the leader is not deposed by a higher term.
 //!
-//! openraft 0.9 has no pre-vote phase. MetaStore's election timer ([`crate::elections`]) asks,
+//! openraft's own pre-vote (0.10's `enable_pre_vote`) runs inside its election timer, which is
+//! off here (see [`crate::elections`]). MetaStore's election timer ([`crate::elections`]) asks,
 //! before it campaigns, whether it [`won`] a pre-vote: every other voter is asked ([`Rpc::PreVote`]);
 //! a voter grants when it is not the leader, has heard nothing from a leader for an election
 //! timeout itself, and the asker's log is at least as up to date as its own ([`grants`]).
@@ -10,9 +11,9 @@
 //! openraft's vote then decides, with its usual safety. Pre-vote only decides *when* to
 //! campaign, never who wins, so it cannot make an election unsafe.
 
+use openraft::type_config::async_runtime::WatchReceiver as _;
 use std::time::Duration;
 
-use openraft::LogId;
 use serde::{Deserialize, Serialize};
 
 use crate::network::Rpc;
@@ -21,7 +22,7 @@ use crate::network::Rpc;
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct PreVoteRequest {
     /// The asker's last log id.
-    pub last_log_id: Option<LogId<u64>>,
+    pub last_log_id: Option<crate::types::typ::LogId>,
 }
 
 /// Whether a voter grants a pre-vote: it does not lead, has heard nothing from a leader for
@@ -31,8 +32,8 @@ pub(crate) fn grants(
     leads: bool,
     quiet: Duration,
     election_timeout: Duration,
-    asker: Option<LogId<u64>>,
-    own: Option<LogId<u64>>,
+    asker: Option<crate::types::typ::LogId>,
+    own: Option<crate::types::typ::LogId>,
 ) -> bool {
     !leads && quiet >= election_timeout && asker >= own
 }
@@ -45,7 +46,7 @@ pub(crate) async fn won<B: mvcc::Backend>(
     me: u64,
 ) -> bool {
     let election_timeout = node.election_timeout();
-    let last_log_id = node.raft().data_metrics().borrow().last_log;
+    let last_log_id = node.raft().data_metrics().borrow_watched().last_log;
     let request = PreVoteRequest { last_log_id };
     let asks = voters
         .iter()
@@ -87,10 +88,9 @@ pub(crate) async fn won<B: mvcc::Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::CommittedLeaderId;
 
-    fn log(term: u64, index: u64) -> Option<LogId<u64>> {
-        Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    fn log(term: u64, index: u64) -> Option<crate::types::typ::LogId> {
+        Some(crate::types::typ::log_id(term, 1, index))
     }
 
     #[test]

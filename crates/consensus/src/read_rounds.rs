@@ -1,6 +1,6 @@
 //! Read-index rounds: one confirmation of leadership serves every read that arrived before it.
 //!
-//! openraft 0.9's `ensure_linearizable` confirms leadership with its own heartbeat round to
+//! openraft's `ensure_linearizable` confirms leadership with its own heartbeat round to
 //! the voters on every call, and a follower asks the leader once per read, so 64 concurrent
 //! linearizable reads cost 64 rounds (and, on a follower, 64 forwarded calls). A read only
 //! needs a confirmation that *began after the read arrived*. The rounds task therefore takes

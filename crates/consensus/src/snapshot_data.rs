@@ -21,6 +21,8 @@ pub struct SnapshotData {
     state: State,
     /// A seek asked for before the file existed, made once it does.
     seek: Option<SeekFrom>,
+    /// The bytes were received from the leader into this member's incoming snapshot file.
+    received: bool,
 }
 
 enum State {
@@ -37,6 +39,15 @@ impl SnapshotData {
         Self {
             state: State::File(file),
             seek: None,
+            received: false,
+        }
+    }
+
+    /// The bytes received from the leader in `file`, this member's incoming snapshot file.
+    pub(crate) fn received(file: tokio::fs::File) -> Self {
+        Self {
+            received: true,
+            ..Self::file(file)
         }
     }
 
@@ -47,14 +58,15 @@ impl SnapshotData {
         Self {
             state: State::Deferred(Box::new(make)),
             seek: None,
+            received: false,
         }
     }
 
-    /// The file, if the bytes are in one already (a received snapshot always is).
-    pub(crate) fn into_file(self) -> Option<tokio::fs::File> {
+    /// The incoming snapshot file, if these bytes were received into it; else the bytes back.
+    pub(crate) fn into_received(self) -> Result<tokio::fs::File, Box<Self>> {
         match self.state {
-            State::File(f) => Some(f),
-            _ => None,
+            State::File(f) if self.received => Ok(f),
+            state => Err(Box::new(Self { state, ..self })),
         }
     }
 

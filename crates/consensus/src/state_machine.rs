@@ -5,19 +5,16 @@
 //! one flushes the engine and records where it stands, and the bytes are written out only when
 //! a follower needs them (`snapshot_data`), so the data dir holds no second copy of the store.
 
-// openraft's storage traits dictate `StorageError` as the error type, large as it is.
-#![allow(clippy::result_large_err)]
-
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufReader, BufWriter};
+use std::io::{self, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadline::Registry;
+use futures::{Stream, TryStreamExt};
 use mvcc::{alarm_kind, durable, AlarmMember, Backend, SnapshotInfo, SnapshotReader, Store};
-use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 
 use crate::alarms::Alarms;
@@ -28,7 +25,7 @@ use crate::floor::{Floor, FloorRaiser};
 use crate::lessor::Lessor;
 use crate::snapshot_data::SnapshotData;
 use crate::snapshot_due::SnapshotDue;
-use crate::types::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership};
+use crate::types::typ::{Entry, EntryPayload, LogId, Snapshot, SnapshotMeta, StoredMembership};
 use crate::types::{Applied, TypeConfig};
 use mvcc::Refusal;
 
@@ -146,22 +143,15 @@ fn refusal(command: &mvcc::Command, alarms: &BTreeSet<AlarmMember>) -> Option<Re
     }
 }
 
-fn sm_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
-    StorageIOError::new(
-        ErrorSubject::StateMachine,
-        verb,
-        openraft::AnyError::error(e.to_string()),
-    )
-    .into()
+fn sm_err(verb: &str, e: impl ToString) -> io::Error {
+    io::Error::other(format!(
+        "cannot {verb} the state machine: {}",
+        e.to_string()
+    ))
 }
 
-fn snap_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
-    StorageIOError::new(
-        ErrorSubject::Snapshot(None),
-        verb,
-        openraft::AnyError::error(e.to_string()),
-    )
-    .into()
+fn snap_err(verb: &str, e: impl ToString) -> io::Error {
+    io::Error::other(format!("cannot {verb} a snapshot: {}", e.to_string()))
 }
 
 /// Who this member is in this start, and the waiters its proposals name.
@@ -219,7 +209,7 @@ impl<B: Backend> StateMachine<B> {
             Position::decode(store.applied().map_err(|e| e.to_string())?.as_deref())?;
         if let Some((meta, path)) = snapshots.current()? {
             if meta.last_log_id > position.log_id {
-                tracing::info!(snapshot = %meta.snapshot_id, "rebuilding the store from the newest snapshot");
+                tracing::info!(snapshot = %snapshot_id(&meta), "rebuilding the store from the newest snapshot");
                 let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
                 let info = store
                     .restore(BufReader::new(file))
@@ -279,14 +269,21 @@ impl<B: Backend> StateMachine<B> {
     }
 }
 
-impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
-    type SnapshotBuilder = SnapshotBuilder<B>;
-
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        Ok((self.position.log_id, self.position.membership.clone()))
+impl<B: Backend> StateMachine<B> {
+    /// A fresh incoming snapshot file.
+    async fn begin_receiving(&self) -> Result<tokio::fs::File, io::Error> {
+        open_incoming_snapshot(&self.snapshots.incoming_path()).await
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    /// A fresh file to receive a snapshot into, as the peer service writes one.
+    #[cfg(test)]
+    pub(crate) async fn begin_receiving_snapshot(&self) -> Result<SnapshotData, io::Error> {
+        Ok(SnapshotData::received(self.begin_receiving().await?))
+    }
+
+    /// Applies `entries` as one store batch, answering the waiters of this incarnation's
+    /// commands; returns each entry's answer.
+    pub(crate) async fn apply_entries<I>(&mut self, entries: I) -> Result<Vec<Applied>, io::Error>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -384,7 +381,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
                 _ => None,
             })
             .collect();
-        let raw = bincode::serialize(&position).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let raw = bincode::serialize(&position).map_err(|e| sm_err("write", e))?;
         let store = self.store.clone();
         let commands_applied = commands.len() as u64;
         let outcomes = tokio::task::spawn_blocking(move || {
@@ -393,8 +390,8 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             Ok::<_, mvcc::Error>(outcomes)
         })
         .await
-        .map_err(|e| sm_err(ErrorVerb::Write, e))?
-        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        .map_err(|e| sm_err("write", e))?
+        .map_err(|e| sm_err("write", e))?;
         if self.position.alarms != position.alarms {
             self.alarms.publish(&position.alarms);
         }
@@ -423,7 +420,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             let mut ids = ids.into_iter();
             for _ in 0..count {
                 let Some((i, o)) = outcomes.next() else {
-                    return Err(sm_err(ErrorVerb::Write, "store returned too few outcomes"));
+                    return Err(sm_err("write", "store returned too few outcomes"));
                 };
                 revision = o.revision;
                 let result = match answered.remove(&i) {
@@ -451,6 +448,38 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         }
         Ok(answers)
     }
+}
+
+impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder<B>;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((self.position.log_id, self.position.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, entries: S) -> Result<(), io::Error>
+    where
+        S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
+    {
+        // Every entry Raft hands over in one call goes into one store batch.
+        let given: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
+        let mut responders = Vec::with_capacity(given.len());
+        let entries: Vec<Entry> = given
+            .into_iter()
+            .map(|(entry, responder)| {
+                responders.push(responder);
+                entry
+            })
+            .collect();
+        let answers = self.apply_entries(entries).await?;
+        for (responder, answer) in responders.into_iter().zip(answers) {
+            if let Some(responder) = responder {
+                responder.send(answer);
+            }
+        }
+        Ok(())
+    }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         if let Some(due) = &self.due {
@@ -464,29 +493,25 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
-        let path = self.snapshots.incoming_path();
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        Ok(Box::new(SnapshotData::file(file)))
-    }
-
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<SnapshotData>,
-    ) -> Result<(), StorageError> {
-        let Some(file) = snapshot.into_file() else {
-            return Err(snap_err(
-                ErrorVerb::Read,
-                "a received snapshot is not a file",
-            ));
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let file = match snapshot.into_received() {
+            Ok(file) => file,
+            // Bytes from elsewhere (openraft's storage suite hands one member's snapshot to
+            // another) are copied into the incoming file first, as the peer service writes them.
+            Err(mut bytes) => {
+                let mut file = self
+                    .begin_receiving()
+                    .await
+                    .map_err(|e| snap_err("write", e))?;
+                tokio::io::copy(&mut *bytes, &mut file)
+                    .await
+                    .map_err(|e| snap_err("write", e))?;
+                file
+            }
         };
         let mut file = file.into_std().await;
         let store = self.store.clone();
@@ -538,7 +563,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
                 if let Some(floor) = &self.floor {
                     floor.0.installing(None);
                 }
-                return Err(snap_err(ErrorVerb::Write, e));
+                return Err(snap_err("write", e));
             }
         };
         self.position = position;
@@ -561,7 +586,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         if self.persistent {
             if self.position.log_id.is_none() {
                 return Ok(None);
@@ -572,26 +597,22 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             let dir = self.snapshots.clone();
             let (meta, reader) = tokio::task::spawn_blocking(move || point_of(&store))
                 .await
-                .map_err(|e| snap_err(ErrorVerb::Read, e))?
-                .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                .map_err(|e| snap_err("read", e))?
+                .map_err(|e| snap_err("read", e))?;
             return Ok(Some(Snapshot {
                 meta,
-                snapshot: Box::new(dir.deferred(reader)),
+                snapshot: dir.deferred(reader),
             }));
         }
-        let Some((meta, path)) = self
-            .snapshots
-            .current()
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?
-        else {
+        let Some((meta, path)) = self.snapshots.current().map_err(|e| snap_err("read", e))? else {
             return Ok(None);
         };
         let file = tokio::fs::File::open(&path)
             .await
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            .map_err(|e| snap_err("read", e))?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(SnapshotData::file(file)),
+            snapshot: SnapshotData::file(file),
         }))
     }
 }
@@ -606,7 +627,9 @@ pub struct SnapshotBuilder<B> {
 }
 
 impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<B> {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let store = self.store.clone();
         let dir = self.dir.clone();
         if self.persistent {
@@ -619,8 +642,8 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<B> {
                 Ok::<_, String>(point)
             })
             .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            .map_err(|e| snap_err("write", e))?
+            .map_err(|e| snap_err("write", e))?;
             // The engine holds the point durably: the log up to it may go, before Raft
             // learns of the snapshot and purges.
             if let Some(floor) = &self.floor {
@@ -628,23 +651,23 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<B> {
             }
             return Ok(Snapshot {
                 meta,
-                snapshot: Box::new(dir.deferred(reader)),
+                snapshot: dir.deferred(reader),
             });
         }
         let (meta, path) = tokio::task::spawn_blocking(move || dir.build(&store))
             .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            .map_err(|e| snap_err("write", e))?
+            .map_err(|e| snap_err("write", e))?;
         // The snapshot file is durable: the log up to its point may go.
         if let Some(floor) = &self.floor {
             floor.0.raise(meta.last_log_id);
         }
         let file = tokio::fs::File::open(&path)
             .await
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            .map_err(|e| snap_err("read", e))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(SnapshotData::file(file)),
+            snapshot: SnapshotData::file(file),
         })
     }
 }
@@ -652,14 +675,9 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<B> {
 /// The snapshot metadata of a store point: its applied log id and membership.
 fn meta_of(info: &SnapshotInfo) -> Result<SnapshotMeta, String> {
     let position = Position::decode(info.applied.as_deref())?;
-    let id = position.log_id.map_or_else(
-        || "0-0".to_string(),
-        |l| format!("{}-{}", l.leader_id.term, l.index),
-    );
     Ok(SnapshotMeta {
         last_log_id: position.log_id,
         last_membership: position.membership,
-        snapshot_id: format!("{id}-r{}", info.revision),
     })
 }
 
@@ -669,6 +687,32 @@ fn point_of<B: Backend>(store: &Store<B>) -> Result<(SnapshotMeta, SnapshotReade
     let reader = store.snapshot().map_err(|e| e.to_string())?;
     let meta = meta_of(reader.info())?;
     Ok((meta, reader))
+}
+
+/// Where a snapshot received from the leader is written in the snapshot directory `dir`.
+pub(crate) fn incoming_snapshot_path(dir: &Path) -> PathBuf {
+    dir.join(INCOMING)
+}
+
+/// Creates (or empties) the incoming snapshot file at `path`, for the bytes a leader sends.
+/// A scratch name: see `SnapshotDir::keep_incoming` and `discard_incoming` for how it is made
+/// durable or removed.
+pub(crate) async fn open_incoming_snapshot(path: &Path) -> Result<tokio::fs::File, io::Error> {
+    tokio::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .await
+}
+
+/// A name for the snapshot `meta` describes: the term and index of its point.
+pub(crate) fn snapshot_id(meta: &SnapshotMeta) -> String {
+    meta.last_log_id.map_or_else(
+        || "0-0".to_string(),
+        |l| format!("{}-{}", l.leader_id.term, l.index),
+    )
 }
 
 /// Names the unnamed files snapshots are written out to while they are sent.
@@ -731,11 +775,12 @@ impl SnapshotDir {
     }
 
     fn incoming_path(&self) -> PathBuf {
-        self.dir.join(INCOMING)
+        incoming_snapshot_path(&self.dir)
     }
 
+    /// A snapshot's data file name, from the point it is at.
     fn data_name(meta: &SnapshotMeta) -> String {
-        format!("snap-{}.snap", meta.snapshot_id)
+        format!("snap-{}.snap", snapshot_id(meta))
     }
 
     /// The newest snapshot's metadata and data file, if there is one.
@@ -749,7 +794,19 @@ impl SnapshotDir {
         let meta: SnapshotMeta =
             bincode::deserialize(&raw).map_err(|e| format!("{}: {e}", meta_path.display()))?;
         let data = self.dir.join(Self::data_name(&meta));
-        Ok(Some((meta, data)))
+        if data.exists() {
+            return Ok(Some((meta, data)));
+        }
+        // Before openraft 0.10 the name also carried the store's revision: `snap-T-I-rR`.
+        let older = format!("snap-{}-r", snapshot_id(&meta));
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let found = entries.flatten().map(|e| e.path()).find(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .is_some_and(|n| n.starts_with(&older) && n.ends_with(".snap"))
+        });
+        Ok(Some((meta, found.unwrap_or(data))))
     }
 
     /// Streams the store into a new snapshot file and makes it the current one.
@@ -841,7 +898,7 @@ mod position_tests {
             alarm: alarm_kind::NOSPACE,
         });
         let old = Old {
-            log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), 42)),
+            log_id: Some(crate::types::typ::log_id(3, 1, 42)),
             membership: StoredMembership::default(),
             alarms: alarms.clone(),
         };
@@ -865,14 +922,13 @@ mod position_tests {
 mod persistent_snapshot_tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use openraft::CommittedLeaderId;
     use tokio::io::AsyncReadExt;
 
     use super::*;
     use crate::types::{Proposal, Tagged};
 
     fn log_id(index: u64) -> LogId {
-        LogId::new(CommittedLeaderId::new(1, 7), index)
+        crate::types::typ::log_id(1, 7, index)
     }
 
     /// Entry `index`: 20 puts of 2 KiB values, under keys of their own.
@@ -940,7 +996,7 @@ mod persistent_snapshot_tests {
         let store = Store::open(backend).unwrap();
         let floor = Arc::new(Floor::default());
         let mut sm = machine(store.clone(), dir.path()).hold_log_purges(Arc::clone(&floor));
-        sm.apply((1..=10).map(entry)).await.unwrap();
+        sm.apply_entries((1..=10).map(entry)).await.unwrap();
         assert!(!floor.allows(log_id(1)), "nothing flushed yet");
         let built = sm.get_snapshot_builder().await.build_snapshot().await;
         let built = built.unwrap();
@@ -957,7 +1013,7 @@ mod persistent_snapshot_tests {
             largest(&snapshots)
         );
         // Sending takes the store as it stands, meta and bytes of the same point.
-        sm.apply((11..=12).map(entry)).await.unwrap();
+        sm.apply_entries((11..=12).map(entry)).await.unwrap();
         let current = sm
             .get_current_snapshot()
             .await
@@ -966,7 +1022,7 @@ mod persistent_snapshot_tests {
         assert_eq!(current.meta.last_log_id, Some(log_id(12)));
         // Entries applied before the bytes are written out are not in them.
         let at_12 = store.hash(0).unwrap();
-        sm.apply((13..=14).map(entry)).await.unwrap();
+        sm.apply_entries((13..=14).map(entry)).await.unwrap();
         let mut bytes = Vec::new();
         let mut data = current.snapshot;
         data.read_to_end(&mut bytes).await.unwrap();
@@ -992,7 +1048,7 @@ mod persistent_snapshot_tests {
             Store::open(engine_mem::MemBackend::new()).unwrap(),
             from.path(),
         );
-        leader.apply((1..=12).map(entry)).await.unwrap();
+        leader.apply_entries((1..=12).map(entry)).await.unwrap();
         let sent = leader.get_snapshot_builder().await.build_snapshot().await;
         let sent = sent.unwrap();
         let mut bytes = Vec::new();

@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use openraft::type_config::async_runtime::WatchReceiver as _;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -58,19 +59,41 @@ impl peer_server::Peer for ScriptedPeer {
         &self,
         _request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
-        payload(&Ok::<_, RaftError<u64>>(
-            AppendEntriesResponse::<u64>::Success,
+        payload(&Ok::<_, RaftError<TypeConfig>>(
+            AppendEntriesResponse::<TypeConfig>::Success,
         ))
+    }
+
+    type AppendStreamStream = futures::stream::BoxStream<'static, Result<Payload, tonic::Status>>;
+
+    /// Takes every pipelined append: each is answered as matched up to its last entry.
+    async fn append_stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<Payload>>,
+    ) -> Result<tonic::Response<Self::AppendStreamStream>, tonic::Status> {
+        use futures::StreamExt;
+        let answers = request.into_inner().map(|message| {
+            let message = message?;
+            let req: AppendEntriesRequest<TypeConfig> =
+                bincode::deserialize(&message.data).unwrap();
+            let matched = req.entries.last().map(|e| e.log_id).or(req.prev_log_id);
+            let answer: Result<openraft::raft::StreamAppendResult<TypeConfig>, String> =
+                Ok(Ok(matched));
+            Ok(Payload {
+                data: bincode::serialize(&answer).unwrap(),
+            })
+        });
+        Ok(tonic::Response::new(answers.boxed()))
     }
 
     async fn vote(
         &self,
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
-        let req: VoteRequest<u64> = bincode::deserialize(&request.get_ref().data).unwrap();
-        payload(&Ok::<_, RaftError<u64>>(VoteResponse::new(
-            req.vote, None, true,
-        )))
+        let req: VoteRequest<TypeConfig> = bincode::deserialize(&request.get_ref().data).unwrap();
+        payload(&Ok::<_, RaftError<TypeConfig>>(
+            VoteResponse::<TypeConfig>::new(req.vote, None, true),
+        ))
     }
 
     async fn install_snapshot(
@@ -92,6 +115,13 @@ impl peer_server::Peer for ScriptedPeer {
         payload(&ForwardReply::Refused(Refusal::TooManyRequests))
     }
 
+    async fn transfer_leader(
+        &self,
+        _request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        Err(tonic::Status::unimplemented("scripted peer"))
+    }
+
     async fn members(
         &self,
         _request: tonic::Request<Payload>,
@@ -109,7 +139,7 @@ impl peer_server::Peer for ScriptedPeer {
 
 /// A real member (id 1) of a two-member cluster whose other member is [`ScriptedPeer`].
 pub(crate) struct Harness {
-    pub(crate) raft: Raft,
+    pub(crate) raft: Raft<engine_mem::MemBackend>,
     pub(crate) peers: Peers,
     pub(crate) waiters: Registry<Answer>,
     pub(crate) peer: ScriptedPeer,
@@ -211,7 +241,7 @@ impl Harness {
 
     /// The scripted peer takes over at the next term: the member follows it.
     pub(crate) async fn follow_peer(&self) {
-        let term = self.raft.metrics().borrow().current_term;
+        let term = self.raft.metrics().borrow_watched().current_term;
         let request = AppendEntriesRequest::<TypeConfig> {
             vote: Vote::new_committed(term + 1, PEER),
             prev_log_id: None,
@@ -222,10 +252,26 @@ impl Harness {
         self.wait_for_leader(PEER).await;
     }
 
-    /// The member campaigns and wins (the peer grants every vote).
+    /// The member campaigns and wins (the peer grants every vote), and takes writes: openraft
+    /// 0.10 refuses them until a quorum has acknowledged the new leader.
     pub(crate) async fn lead(&self) {
-        self.raft.trigger().elect().await.unwrap();
+        self.raft.trigger().elect(false).await.unwrap();
         self.wait_for_leader(ME).await;
+        let mut metrics = self.raft.metrics();
+        deadline::within(Layer::Api, Deadline::after(LONG), async {
+            loop {
+                let writable = {
+                    let m = metrics.borrow_and_update();
+                    m.current_leader == Some(ME) && m.last_quorum_acked.is_some()
+                };
+                if writable {
+                    break;
+                }
+                metrics.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the new leader never heard from a quorum"));
     }
 
     /// Waits until the peer has received `n` forwarded requests in all.
@@ -248,10 +294,10 @@ impl Harness {
 
 /// Entry `index` of term 1: one put of `value_bytes` to `k<index>`, proposed by member 1.
 pub(crate) fn put_entry(index: u64, value_bytes: usize) -> crate::types::typ::Entry {
+    use crate::types::typ::EntryPayload;
     use crate::types::{Proposal, Tagged};
-    use openraft::{CommittedLeaderId, EntryPayload, LogId};
-    openraft::Entry::<TypeConfig> {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+    crate::types::typ::Entry {
+        log_id: crate::types::typ::log_id(1, 1, index),
         payload: EntryPayload::Normal(Proposal {
             origin: 1,
             incarnation: 1,

@@ -1,22 +1,17 @@
-//! Leader transfer (etcd's MoveLeader), built on openraft 0.9, which has none of its own.
+//! Leader transfer (etcd's MoveLeader), on openraft 0.10's `transfer_leader`.
 //!
-//! openraft 0.9 voters refuse a candidate while their leader lease (the longest election
-//! timeout since they last heard from the leader) runs, and nothing lets a candidate skip that
-//! check. The leader's own lease, though, runs from its election only: in steady state the
-//! leader grants an up-to-date candidate's vote at once, and in a three-member cluster that
-//! vote and the candidate's own are a quorum. So the leader:
-//! 1. waits until its own lease has run out (only right after its election);
-//! 2. waits until the target's log matches its own, then pauses proposals (local and forwarded
+//! Voters refuse a candidate while their leader lease (the longest election timeout since they
+//! last heard from the leader) runs. openraft 0.10's transfer lifts it: the leader stops taking
+//! writes and tells every voter to accept the transferee, which campaigns at once if its log is
+//! as long as the leader's was when asked. That check is made once, so the leader first:
+//! 1. waits until the target's log matches its own, then pauses proposals (local and forwarded
 //!    ones are refused before anything is appended, and their proposers try again with
 //!    whoever leads, as after any leader change) and waits, an election timeout at most, until
 //!    it matches again; a target that lags is waited for until the deadline, as etcd does,
 //!    with writes flowing;
-//! 3. asks the target to campaign ([`crate::network::Forwarded::Campaign`]), grants its vote and
-//!    steps down; the target leads with the next term.
-//!
-//! In larger clusters the other followers' leases also hold the target back until they run
-//! out; the transfer then takes up to two election timeouts. docs/architecture.md has the
-//! measurements and why this was chosen over openraft 0.10's pre-release.
+//! 2. has openraft hand over; the target leads with the next term. A leader whose transferee
+//!    did not take over within two election timeouts campaigns itself, which ends openraft's
+//!    no-writes state (it most likely wins again).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -135,8 +130,8 @@ pub(crate) struct PauseGuard {
 
 /// Waits until `ready` says so on a new metrics value, within `deadline` and `limit` if given
 /// (a deadline without an end is given ten seconds).
-pub(crate) async fn until<T>(
-    metrics: &mut tokio::sync::watch::Receiver<T>,
+pub(crate) async fn until<T: Send + Sync>(
+    metrics: &mut openraft::type_config::alias::WatchReceiverOf<crate::TypeConfig, T>,
     deadline: Deadline,
     limit: Option<Duration>,
     ready: impl Fn(&T) -> bool,
@@ -148,10 +143,15 @@ pub(crate) async fn until<T>(
     };
     let wait = async {
         loop {
-            if ready(&metrics.borrow_and_update()) {
+            if ready(
+                &openraft::type_config::async_runtime::WatchReceiver::borrow_and_update(metrics),
+            ) {
                 return Ok(());
             }
-            if metrics.changed().await.is_err() {
+            if openraft::type_config::async_runtime::WatchReceiver::changed(metrics)
+                .await
+                .is_err()
+            {
                 return Err(TransferError::Stopped);
             }
         }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use mvcc::Refusal;
 
 /// A member of the cluster as Raft stores it in membership configs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Member {
     /// Human-readable name (`--name`).
     pub name: String,
@@ -44,6 +44,18 @@ impl Proposal {
     }
 }
 
+impl std::fmt::Display for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "batch {} of {:x} ({} commands)",
+            self.seq,
+            self.origin,
+            self.commands.len()
+        )
+    }
+}
+
 /// A command with the proposer's id for the request waiting on it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tagged {
@@ -51,6 +63,12 @@ pub struct Tagged {
     pub id: u64,
     /// What to apply.
     pub command: mvcc::Command,
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "applied at revision {}", self.revision)
+    }
 }
 
 /// The answer to one applied entry.
@@ -69,27 +87,54 @@ openraft::declare_raft_types!(
         R = Applied,
         NodeId = u64,
         Node = Member,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = crate::SnapshotData,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = openraft::impls::TokioRuntime,
 );
 
 /// Short names for openraft's generic types over [`TypeConfig`].
 pub mod typ {
+    use openraft::type_config::alias as a;
+
+    use super::TypeConfig as C;
+
+    /// The committed part of a leader id: the term and the member that led it.
+    pub type CommittedLeaderId = a::CommittedLeaderIdOf<C>;
     /// A log id.
-    pub type LogId = openraft::LogId<u64>;
+    pub type LogId = a::LogIdOf<C>;
     /// A log entry.
-    pub type Entry = openraft::Entry<super::TypeConfig>;
+    pub type Entry = a::EntryOf<C>;
+    /// An entry's payload.
+    pub type EntryPayload = a::EntryPayloadOf<C>;
     /// A vote.
-    pub type Vote = openraft::Vote<u64>;
-    /// A storage error.
-    pub type StorageError = openraft::StorageError<u64>;
+    pub type Vote = a::VoteOf<C>;
+    /// A leader id within a vote.
+    pub type LeaderId = a::LeaderIdOf<C>;
     /// Membership with the log id it was stored at.
-    pub type StoredMembership = openraft::StoredMembership<u64, super::Member>;
+    pub type StoredMembership = a::StoredMembershipOf<C>;
+    /// A membership config.
+    pub type Membership = openraft::Membership<u64, super::Member>;
     /// Snapshot metadata.
-    pub type SnapshotMeta = openraft::SnapshotMeta<u64, super::Member>;
+    pub type SnapshotMeta = a::SnapshotMetaOf<C>;
     /// A snapshot.
-    pub type Snapshot = openraft::Snapshot<super::TypeConfig>;
-    /// The Raft handle.
-    pub type Raft = openraft::Raft<super::TypeConfig>;
+    pub type Snapshot = a::SnapshotOf<C, crate::SnapshotData>;
+    /// Log state.
+    pub type LogState = openraft::storage::LogState<C>;
+    /// The Raft handle of a member whose store is on `B`.
+    pub type Raft<B> = openraft::Raft<C, crate::StateMachine<B>>;
+    /// The committed leader id of `node` in `term`, as log ids carry it.
+    pub fn committed_leader(term: u64, node: u64) -> CommittedLeaderId {
+        openraft::impls::leader_id_adv::LeaderId {
+            term,
+            node_id: node,
+        }
+    }
+
+    /// The id of entry `index`, written by the leader `node` of `term`.
+    pub fn log_id(term: u64, node: u64, index: u64) -> LogId {
+        LogId::new(committed_leader(term, node), index)
+    }
+
+    /// Raft's metrics.
+    pub type RaftMetrics = openraft::RaftMetrics<C>;
+    /// A receiver of Raft's metrics as they change.
+    pub type MetricsWatch = a::WatchReceiverOf<C, RaftMetrics>;
 }

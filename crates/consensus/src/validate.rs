@@ -135,9 +135,8 @@ pub(crate) mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use crate::types::typ::EntryPayload;
     use deadline::{Deadline, Layer, Registry};
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
     use crate::batcher::Answer;
     use crate::lessor::Lessor;
@@ -359,10 +358,10 @@ pub(crate) mod tests {
             ],
         };
         let entry: Entry = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 7), 1),
+            log_id: crate::types::typ::log_id(1, 7, 1),
             payload: EntryPayload::Normal(proposal),
         };
-        sm.apply([entry]).await.unwrap();
+        sm.apply_entries([entry]).await.unwrap();
         let answer = pending
             .wait(Layer::Commit, Deadline::after(Duration::ZERO))
             .await;

@@ -17,7 +17,7 @@ use mvcc::Backend;
 use crate::config::API_VERSION;
 
 /// What the HTTP handlers read.
-pub struct HttpState<B> {
+pub struct HttpState<B: mvcc::Backend> {
     /// The member.
     pub node: Node<B>,
     /// The Prometheus recorder, when one is installed.
@@ -26,7 +26,7 @@ pub struct HttpState<B> {
     pub db_size: kvapi::DbSize,
 }
 
-impl<B> Clone for HttpState<B> {
+impl<B: mvcc::Backend> Clone for HttpState<B> {
     fn clone(&self) -> Self {
         Self {
             node: self.node.clone(),

@@ -109,9 +109,15 @@ impl NodeConfig {
             max_in_snapshot_log_to_keep: 5_000.min(self.snapshot_count),
             // Entries are batches of up to a few MiB: keep one append message bounded.
             max_payload_entries: 32,
-            // `crate::elections` decides when to campaign (openraft 0.9's timer waits its lease
-            // plus a random timeout: 1.5E at least).
+            // `crate::elections` decides when to campaign (openraft's timer waits its lease plus
+            // a random timeout: 1.5E at least).
             enable_elect: false,
+            // A leader that restarts does not lead again without an election: its read index
+            // would be its old first entry or the lazily written committed hint, which may lag
+            // the last acknowledged write (issue 23: a linearizable read that missed an
+            // acknowledged write after a whole-cluster restart). A new leader appends a blank
+            // entry of its own term, whose commit every read index waits for.
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         config
@@ -150,6 +156,11 @@ mod tests {
                 "openraft's timer campaigns 1.5E-2E after a heartbeat"
             );
             assert!(c.election_timeout_min > c.heartbeat_interval);
+            assert_eq!(
+                c.enable_leader_restore,
+                Some(false),
+                "a restarted leader must not lead without an election"
+            );
         }
     }
 }

@@ -9,7 +9,7 @@ use mvcc::Backend;
 use super::Node;
 use crate::error::NotServed;
 use crate::network::{ForwardReply, Forwarded, Refusal, Rpc};
-use crate::types::Member;
+use crate::types::{Member, TypeConfig};
 
 impl<B: Backend> Node<B> {
     /// The leader this member knows of, with its URLs.
@@ -102,14 +102,24 @@ impl<B: Backend> Node<B> {
                     return ForwardReply::Refused(Refusal::Invalid(bad));
                 }
                 let write = async {
-                    let responder = self.inner.raft.client_write_ff(proposal).await;
+                    let (responder, answer) = openraft::impls::ProgressResponder::complete_only();
+                    let submitted = self
+                        .inner
+                        .raft
+                        .client_write_ff(proposal, Some(responder))
+                        .await;
                     drop(pass);
-                    Ok::<_, openraft::error::Fatal<u64>>(responder?.await)
+                    submitted?;
+                    Ok::<_, openraft::error::Fatal<TypeConfig>>(answer.await)
                 };
                 match budgets.run(Layer::Commit, Deadline::none(), write).await {
                     Ok(Ok(Ok(Ok(_)))) => ForwardReply::Done,
                     Ok(Ok(Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))))) => {
                         ForwardReply::Refused(Refusal::NotLeader(f.leader_id))
+                    }
+                    // Appended, then leadership moved: it may still commit.
+                    Ok(Ok(Ok(Err(openraft::error::ClientWriteError::LogEntryDiscarded(_))))) => {
+                        ForwardReply::Refused(Refusal::Timeout)
                     }
                     Ok(Ok(Ok(Err(e)))) => ForwardReply::Refused(Refusal::Other(e.to_string())),
                     // Raft stopped before taking it: nothing was appended.
@@ -147,10 +157,6 @@ impl<B: Backend> Node<B> {
                 }
             }
             Forwarded::HashKv(rev) => self.serve_hash(rev).await,
-            Forwarded::Campaign => match self.inner.raft.trigger().elect().await {
-                Ok(()) => ForwardReply::Done,
-                Err(_) => ForwardReply::Refused(Refusal::Stopped),
-            },
         }
     }
 }

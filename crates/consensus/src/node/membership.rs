@@ -1,6 +1,7 @@
 //! Membership changes on the leader (a follower forwards them), and the added voters the
 //! leader promotes once they catch up.
 
+use openraft::type_config::async_runtime::WatchReceiver as _;
 use std::collections::{BTreeMap, BTreeSet};
 
 use deadline::{Deadline, Layer};

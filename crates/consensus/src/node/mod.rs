@@ -25,6 +25,7 @@ mod read;
 mod start;
 mod status;
 
+use openraft::type_config::async_runtime::WatchReceiver as _;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,17 +45,16 @@ use crate::log_store::{LogCloser, LogStore};
 use crate::network::Peers;
 use crate::read_rounds::ReadRounds;
 use crate::types::typ::Raft;
-use crate::types::Member;
 
 pub use config::NodeConfig;
 pub use status::NodeStatus;
 
 /// A running member. Cheap to clone; clones share the member.
-pub struct Node<B> {
+pub struct Node<B: Backend> {
     inner: Arc<Inner<B>>,
 }
 
-impl<B> Clone for Node<B> {
+impl<B: Backend> Clone for Node<B> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
@@ -63,9 +63,9 @@ impl<B> Clone for Node<B> {
 }
 
 /// What the clones of a [`Node`] share; each concern's file uses its own fields.
-struct Inner<B> {
+struct Inner<B: Backend> {
     id: u64,
-    raft: Raft,
+    raft: Raft<B>,
     store: Store<B>,
     waiters: Registry<Answer>,
     budgets: Budgets,
@@ -112,6 +112,8 @@ struct Inner<B> {
     leader_contact: std::sync::Mutex<std::time::Instant>,
     /// The highest vote a candidate asked this member for (see [`crate::elections`]).
     asked: crate::elections::Asked,
+    /// Where a snapshot received from the leader is written.
+    incoming_snapshot: std::path::PathBuf,
 }
 
 impl<B: Backend> Node<B> {
@@ -176,7 +178,7 @@ impl<B: Backend> Node<B> {
     /// Whether this member leads now, and the term.
     pub(crate) fn leading(&self) -> (bool, u64) {
         let metrics = self.inner.raft.metrics();
-        let m = metrics.borrow();
+        let m = metrics.borrow_watched();
         (m.current_leader == Some(self.inner.id), m.current_term)
     }
 
@@ -184,13 +186,15 @@ impl<B: Backend> Node<B> {
         &self.inner.peers
     }
 
-    pub(crate) fn raft(&self) -> &Raft {
+    pub(crate) fn incoming_snapshot_path(&self) -> &std::path::Path {
+        &self.inner.incoming_snapshot
+    }
+
+    pub(crate) fn raft(&self) -> &Raft<B> {
         &self.inner.raft
     }
 
-    pub(crate) fn raft_metrics(
-        &self,
-    ) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, Member>> {
+    pub(crate) fn raft_metrics(&self) -> crate::types::typ::MetricsWatch {
         self.inner.raft.metrics()
     }
 

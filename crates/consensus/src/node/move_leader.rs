@@ -1,15 +1,16 @@
 //! Leader transfer from this member (etcd's MoveLeader), on the pause and waits of
 //! [`crate::transfer`].
 
-use std::time::Duration;
-
-use deadline::{Deadline, Layer};
+use deadline::Deadline;
 use mvcc::Backend;
+use openraft::error::RaftError;
+use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse};
+use openraft::type_config::async_runtime::WatchReceiver as _;
 
 use super::Node;
-use crate::network::{ForwardReply, Forwarded, Rpc};
+use crate::network::Rpc;
 use crate::transfer::TransferError;
-use crate::types::Member;
+use crate::types::TypeConfig;
 
 /// How many entries a transferee may lag before the leader pauses proposals to let it catch
 /// up the rest (a few batches under load).
@@ -35,7 +36,7 @@ impl<B: Backend> Node<B> {
         }
         let member = {
             let metrics = inner.raft.metrics();
-            let m = metrics.borrow();
+            let m = metrics.borrow_watched();
             let membership = m.membership_config.membership();
             if !membership.voter_ids().any(|v| v == target) {
                 return Err(TransferError::BadTransferee);
@@ -45,31 +46,18 @@ impl<B: Backend> Node<B> {
         if target == inner.id {
             return Ok(());
         }
-        let member = member.ok_or(TransferError::BadTransferee)?;
-        let started = std::time::Instant::now();
-        // A leader refuses votes for a lease (the longest election timeout) after its election;
-        // writes go on meanwhile.
-        let lease_ends =
-            inner.leadership.now().since + inner.election_timeout * 2 + Duration::from_millis(20);
-        let wait = lease_ends.saturating_duration_since(tokio::time::Instant::now());
-        if !wait.is_zero() {
-            let bound = deadline.earliest(Deadline::after(wait));
-            if deadline::within(Layer::Api, bound, std::future::pending::<()>())
-                .await
-                .is_err()
-                && deadline.is_expired()
-            {
-                return Err(TransferError::Timeout);
-            }
+        if member.is_none() {
+            return Err(TransferError::BadTransferee);
         }
+        let started = std::time::Instant::now();
         let me = inner.id;
-        let matched_of = |m: &openraft::RaftMetrics<u64, Member>| {
+        let matched_of = |m: &crate::types::typ::RaftMetrics| {
             m.replication
                 .as_ref()
                 .and_then(|r| r.get(&target).cloned().flatten())
                 .map(|l| l.index)
         };
-        let leads = |m: &openraft::RaftMetrics<u64, Member>| m.current_leader == Some(me);
+        let leads = |m: &crate::types::typ::RaftMetrics| m.current_leader == Some(me);
         let mut metrics = inner.raft.metrics();
         // As etcd, a target that lags is waited for until the deadline, with writes flowing;
         // only the last steps are taken with proposals paused, an election timeout at most.
@@ -104,25 +92,26 @@ impl<B: Backend> Node<B> {
                 .await;
             match exact {
                 Ok(()) => {
-                    if !leads(&inner.raft.metrics().borrow()) {
+                    if !leads(&inner.raft.metrics().borrow_watched()) {
                         return Err(TransferError::NotLeader);
                     }
-                    if self.ask_to_campaign(target, &member, deadline).await {
+                    if self.hand_over(target).await {
                         break paused;
                     }
                 }
                 Err(TransferError::Timeout) if !deadline.is_expired() => {}
                 Err(e) => return Err(e),
             }
-            floor = matched_of(&inner.raft.metrics().borrow());
+            floor = matched_of(&inner.raft.metrics().borrow_watched());
         };
-        crate::transfer::until(
+        let taken = crate::transfer::until(
             &mut metrics,
             deadline,
             Some(inner.election_timeout * 2),
             |m| m.current_leader == Some(target),
         )
-        .await?;
+        .await;
+        taken?;
         tracing::info!(
             target = format_args!("{target:x}"),
             took_ms = started.elapsed().as_millis() as u64,
@@ -131,31 +120,61 @@ impl<B: Backend> Node<B> {
         Ok(())
     }
 
-    /// Asks `target` to campaign now; whether it said it does.
-    async fn ask_to_campaign(&self, target: u64, member: &Member, deadline: Deadline) -> bool {
-        let half = self.inner.election_timeout / 2;
-        let limit = deadline.remaining().unwrap_or(half).min(half);
-        match self
-            .inner
-            .peers
-            .call(
-                target,
-                member,
-                Rpc::Forward,
-                &Forwarded::Campaign,
-                Some(limit),
-            )
-            .await
-        {
-            Ok(ForwardReply::Done) => true,
-            Ok(other) => {
-                tracing::warn!(target = format_args!("{target:x}"), answer = ?other, "the transferee did not campaign");
-                false
+    /// Has every voter hand leadership to `target` (caught up, proposals paused), with
+    /// openraft's TransferLeader: each drops its leader lease for `target`, which campaigns at
+    /// once with a vote that this leader, too, grants. The leader itself is not told: openraft
+    /// would stop taking writes until it lost leadership, even if `target` never took over.
+    /// Whether `target` took the request.
+    async fn hand_over(&self, target: u64) -> bool {
+        let inner = &*self.inner;
+        let (vote, matched, voters) = {
+            let metrics = inner.raft.metrics();
+            let m = metrics.borrow_watched();
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&target).cloned().flatten());
+            let membership = m.membership_config.membership();
+            let voters: Vec<(u64, crate::Member)> = membership
+                .voter_ids()
+                .filter(|id| *id != inner.id)
+                .filter_map(|id| Some((id, membership.get_node(&id)?.clone())))
+                .collect();
+            (m.vote, matched, voters)
+        };
+        let request = TransferLeaderRequest::<TypeConfig>::new(vote, target, matched);
+        let limit = Some(inner.election_timeout / 2);
+        let calls = voters.iter().map(|(id, member)| {
+            let request = &request;
+            async move {
+                let answer = inner
+                    .peers
+                    .call::<_, Result<TransferLeaderResponse<TypeConfig>, RaftError<TypeConfig>>>(
+                        *id,
+                        member,
+                        Rpc::TransferLeader,
+                        request,
+                        limit,
+                    )
+                    .await;
+                (*id, answer)
             }
-            Err(e) => {
-                tracing::warn!(target = format_args!("{target:x}"), cause = %e, "the transferee could not be asked to campaign");
-                false
+        });
+        let mut taken = false;
+        for (id, answer) in futures::future::join_all(calls).await {
+            match answer {
+                Ok(Ok(Ok(()))) => taken |= id == target,
+                Ok(Ok(Err(refused))) => {
+                    tracing::warn!(member = format_args!("{id:x}"), cause = %refused, "a voter refused the leader transfer");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(member = format_args!("{id:x}"), cause = %e, "a voter could not take the leader transfer");
+                }
+                Err(e) => {
+                    tracing::warn!(member = format_args!("{id:x}"), cause = %e, "a voter could not be told of the leader transfer");
+                }
             }
         }
+        taken
     }
 }

@@ -3,7 +3,8 @@
 
 use deadline::{Deadline, Layer};
 use mvcc::Backend;
-use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::error::{LinearizableReadError, RaftError};
+use openraft::type_config::async_runtime::WatchReceiver as _;
 
 use super::forward::not_served;
 use super::Node;
@@ -72,7 +73,7 @@ impl<B: Backend> Node<B> {
         let mut metrics = self.inner.raft.metrics();
         let applied = async {
             loop {
-                let at = metrics.borrow().last_applied.map_or(0, |l| l.index);
+                let at = metrics.borrow_watched().last_applied.map_or(0, |l| l.index);
                 if at >= index {
                     return true;
                 }
@@ -93,17 +94,19 @@ impl<B: Backend> Node<B> {
         let answer = deadline::within(
             Layer::ReadIndex,
             deadline,
-            self.inner.raft.ensure_linearizable(),
+            self.inner
+                .raft
+                .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex),
         )
         .await?;
         match answer {
-            Ok(read) => Ok(read.map_or(0, |l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(f
+            Ok(read) => Ok(read.log_id().index),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(f
                 .leader_id
                 .map_or(NotServed::NoLeader, |leader| NotServed::NotLeader {
                     leader,
                 })),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
                 Err(NotServed::NoLeader)
             }
             Err(RaftError::Fatal(_)) => Err(NotServed::Stopped),

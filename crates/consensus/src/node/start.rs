@@ -1,5 +1,6 @@
 //! Starting a member (log, store, Raft, bootstrap or join, its tasks) and stopping it.
 
+use openraft::type_config::async_runtime::WatchReceiver as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -257,6 +258,7 @@ impl<B: Backend> Node<B> {
                 pause,
                 leader_contact: std::sync::Mutex::new(std::time::Instant::now()),
                 asked: crate::elections::Asked::default(),
+                incoming_snapshot: crate::state_machine::incoming_snapshot_path(&snap_dir),
             }),
         };
         // Resumes whatever removal a crash interrupted, then follows every applied compaction.
@@ -362,10 +364,15 @@ async fn publish_attributes<B: Backend>(node: Node<B>, me: Member) {
 
 /// Writes the member marker once a joining member holds a membership from the leader (its
 /// log then has state to lose). Ends with Raft.
-async fn mark_when_joined(raft: Raft, dir: PathBuf, id: u64, cluster_id: u64) {
+async fn mark_when_joined<B: Backend>(raft: Raft<B>, dir: PathBuf, id: u64, cluster_id: u64) {
     let mut metrics = raft.metrics();
     loop {
-        if metrics.borrow().membership_config.log_id().is_some() {
+        if metrics
+            .borrow_watched()
+            .membership_config
+            .log_id()
+            .is_some()
+        {
             if let Err(e) = crate::marker::write(&dir, id, cluster_id) {
                 tracing::error!(cause = %e, "writing the member marker failed");
             }

@@ -2,6 +2,7 @@
 
 use deadline::{Deadline, Layer};
 use mvcc::Backend;
+use openraft::type_config::async_runtime::WatchReceiver as _;
 
 use super::Node;
 use crate::error::NotServed;
@@ -29,13 +30,13 @@ pub struct NodeStatus {
 impl<B: Backend> Node<B> {
     /// The current Raft term, cheaply, for response headers.
     pub fn term(&self) -> u64 {
-        self.inner.raft.metrics().borrow().current_term
+        self.inner.raft.metrics().borrow_watched().current_term
     }
 
     /// What this member knows about the cluster now.
     pub fn status(&self) -> NodeStatus {
         let metrics = self.inner.raft.metrics();
-        let m = metrics.borrow();
+        let m = metrics.borrow_watched();
         NodeStatus {
             id: self.inner.id,
             leader: m.current_leader,
@@ -67,7 +68,7 @@ impl<B: Backend> Node<B> {
         let mut metrics = self.inner.raft.metrics();
         let found = deadline::within(Layer::Api, deadline, async {
             loop {
-                if let Some(leader) = metrics.borrow().current_leader {
+                if let Some(leader) = metrics.borrow_watched().current_leader {
                     return Some(leader);
                 }
                 if metrics.changed().await.is_err() {

@@ -20,7 +20,7 @@ const SERVICE: &str = "etcdserverpb.Auth";
 const AUTHENTICATE_TRIES: usize = 5;
 
 /// etcd's Auth service over a member.
-pub struct AuthService<B> {
+pub struct AuthService<B: mvcc::Backend> {
     shared: Shared<B>,
 }
 

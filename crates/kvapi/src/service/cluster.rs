@@ -17,7 +17,7 @@ use crate::service::{handled, Shared};
 const SERVICE: &str = "etcdserverpb.Cluster";
 
 /// etcd's Cluster service over a member.
-pub struct ClusterService<B> {
+pub struct ClusterService<B: mvcc::Backend> {
     shared: Shared<B>,
 }
 

@@ -35,7 +35,7 @@ fn missing_leader() -> Status {
 }
 
 /// etcd's Election service over a member.
-pub struct ElectionService<B> {
+pub struct ElectionService<B: mvcc::Backend> {
     recipes: Recipes<B>,
 }
 

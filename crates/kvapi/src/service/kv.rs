@@ -22,7 +22,7 @@ use crate::validate;
 const SERVICE: &str = "etcdserverpb.KV";
 
 /// etcd's KV service over a member.
-pub struct KvService<B> {
+pub struct KvService<B: mvcc::Backend> {
     shared: Shared<B>,
 }
 

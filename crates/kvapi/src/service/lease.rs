@@ -26,7 +26,7 @@ const MAX_LEASE_TTL: i64 = 9_000_000_000;
 const KEEPALIVE_RESPONSES: usize = 64;
 
 /// etcd's Lease service over a member.
-pub struct LeaseService<B> {
+pub struct LeaseService<B: mvcc::Backend> {
     shared: Shared<B>,
     /// Mixed into generated lease ids, so that two grants in one nanosecond differ.
     counter: AtomicU64,

@@ -13,7 +13,7 @@ use crate::service::{client_deadline, handled};
 const SERVICE: &str = "v3lockpb.Lock";
 
 /// etcd's Lock service over a member.
-pub struct LockService<B> {
+pub struct LockService<B: mvcc::Backend> {
     recipes: Recipes<B>,
 }
 

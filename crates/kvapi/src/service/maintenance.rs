@@ -19,7 +19,7 @@ use crate::service::{client_deadline, handled, Shared};
 const SERVICE: &str = "etcdserverpb.Maintenance";
 
 /// etcd's Maintenance service over a member.
-pub struct MaintenanceService<B> {
+pub struct MaintenanceService<B: mvcc::Backend> {
     shared: Shared<B>,
 }
 
@@ -229,7 +229,7 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
     }
 
     /// etcd's MoveLeader: only the leader takes it, and it answers once the target leads.
-    /// openraft 0.9 has no transfer of its own; `consensus` builds one (docs/architecture.md).
+    /// `consensus` waits for the target to catch up, then has openraft hand over.
     async fn move_leader(
         &self,
         request: Request<MoveLeaderRequest>,

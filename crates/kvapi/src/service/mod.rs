@@ -62,7 +62,7 @@ pub struct ApiConfig {
 pub type DbSize = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// What every service needs. Cheap to clone.
-pub(crate) struct Shared<B> {
+pub(crate) struct Shared<B: mvcc::Backend> {
     pub node: Node<B>,
     pub config: Arc<ApiConfig>,
     pub db_size: DbSize,
@@ -73,7 +73,7 @@ pub(crate) struct Shared<B> {
     pub stop: tokio_util::sync::CancellationToken,
 }
 
-impl<B> Clone for Shared<B> {
+impl<B: mvcc::Backend> Clone for Shared<B> {
     fn clone(&self) -> Self {
         Self {
             node: self.node.clone(),

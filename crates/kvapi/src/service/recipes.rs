@@ -29,7 +29,7 @@ const SESSION_TTL: i64 = 60;
 const WATCH_QUEUE: usize = 16;
 
 /// A member's store, Raft and watch hub, used as etcd's recipes use a client.
-pub(crate) struct Recipes<B> {
+pub(crate) struct Recipes<B: mvcc::Backend> {
     pub shared: Shared<B>,
     pub hub: Hub,
     /// Counts leases granted for callers that named none, to draw distinct ids.

@@ -44,7 +44,7 @@ const FRAGMENT_SLACK: usize = 512 * 1024;
 const PROGRESS_RETRY: Duration = Duration::from_millis(20);
 
 /// etcd's Watch service over a member and its watch hub.
-pub struct WatchService<B> {
+pub struct WatchService<B: mvcc::Backend> {
     shared: Shared<B>,
     hub: Hub,
     stop: CancellationToken,
@@ -153,7 +153,7 @@ enum End {
     Stuck,
 }
 
-struct StreamTask<B> {
+struct StreamTask<B: mvcc::Backend> {
     /// The stream's metadata: its token names the user each create is checked for.
     metadata: tonic::metadata::MetadataMap,
     /// The stream's client certificate's user, under `--client-cert-auth`.

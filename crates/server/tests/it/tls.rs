@@ -878,6 +878,7 @@ fn vote_request(term: u64, node_id: u64) -> Vec<u8> {
     b.extend_from_slice(&term.to_le_bytes());
     b.extend_from_slice(&node_id.to_le_bytes());
     b.extend_from_slice(&1u64.to_le_bytes());
+    b.push(0); // leadership_transfer: false
     b
 }
 
