@@ -755,16 +755,6 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
             .map_err(rpc_error)
     }
 
-    async fn transfer_leader(
-        &mut self,
-        req: TransferLeaderRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.raft_call(Rpc::TransferLeader, &req, &option)
-            .await
-            .map_err(rpc_error)
-    }
-
     /// Sends the snapshot in chunks, each its own call within openraft's TTL; the follower
     /// installs it when the last arrives. A follower that knows a higher vote answers with it
     /// at any chunk, which ends the send.
