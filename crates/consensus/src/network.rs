@@ -436,13 +436,10 @@ impl PeerNetwork {
     }
 }
 
-/// Whether appends to a follower go pipelined over `AppendStream` ([`PeerConn::stream_append`]).
-/// Off for now: with two followers frozen (SIGSTOP), the leader kept two tasks per follower
-/// alive past the timeouts of every request
-/// (`cluster::a_lost_quorum_times_out_at_the_budget_and_leaves_nothing_behind`: 36 tasks
-/// against 32), which appends one at a time do not; the cause is not found yet. Until it is,
-/// appends go one at a time, as they did on openraft 0.9.
-const PIPELINED_APPENDS: bool = false;
+/// Whether appends to a follower go pipelined over `AppendStream` ([`PeerConn::stream_append`]);
+/// a switch kept so that a member can be built to send one append at a time (as on openraft
+/// 0.9) when a transport problem needs to be told apart from a pipelining one.
+const PIPELINED_APPENDS: bool = true;
 
 /// One member as openraft's replication and elections talk to it.
 pub struct PeerConn {
@@ -654,6 +651,14 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         Box::pin(async move {
             use futures::StreamExt;
             use std::sync::atomic::{AtomicUsize, Ordering};
+            // openraft waits out its backoff (after a failed session) before it hands over the
+            // first request, not before it calls this: opened at once, a peer that is down or
+            // frozen would be asked to open a stream again the moment the last attempt failed.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(futures::stream::empty().boxed());
+            };
+            let input = futures::stream::iter([first]).chain(input);
             let mut client = self
                 .peers
                 .client(self.target, &self.member)
@@ -678,9 +683,13 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
             if let Some(sender) = self.peers.sender {
                 request.metadata_mut().insert(SENDER, sender.into());
             }
+            // Opening is one round trip, bounded by openraft's TTL as a unary append is: an
+            // attempt on a frozen peer ends when a heartbeat to it would, and the next waits out
+            // openraft's backoff instead of holding a pending stream (two tasks in the HTTP/2
+            // client) for the whole peer-rpc budget.
             let opened = deadline::within(
                 Layer::PeerRpc,
-                Deadline::after(budget),
+                Deadline::after(option.hard_ttl().min(budget)),
                 client.append_stream(request),
             )
             .await
@@ -702,7 +711,6 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
             };
             // Each answer is bounded by the peer-rpc budget, not by openraft's TTL (one heartbeat
             // interval), which a large batch written and fsynced on the follower can exceed.
-            let _heartbeat_ttl = option.hard_ttl();
             let answers = futures::stream::unfold(Some((inbound, session)), move |state| {
                 let outstanding = Arc::clone(&outstanding);
                 async move {
@@ -1452,6 +1460,76 @@ mod tests {
         refused += garbage_never_panics::<ForwardReply>(&forward_replies, &mut rng);
         // Truncations must be refused (trailing garbage too), or the check above tests little.
         assert!(refused > 1000, "only {refused} inputs refused");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pipelined_session_reaches_the_peer_only_with_a_request_to_send() {
+        // A frozen peer: the kernel completes the connection, nothing ever answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(16);
+        let frozen = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+                let _ = accepted_tx.send(()).await;
+            }
+        });
+        let mut conn = PeerConn {
+            budget: AppendBudget::new(),
+            streams: true,
+            peers: Peers::new(Budgets::default(), None),
+            target: 2,
+            member: Member {
+                name: "m2".into(),
+                peer_urls: vec![format!("http://{addr}")],
+                client_urls: Vec::new(),
+            },
+        };
+        let option = || RPCOption::new(Duration::from_millis(100));
+        // openraft holds the first request back while it backs off from a failed session:
+        // meanwhile the peer is not contacted at all.
+        let waited = deadline::within(
+            Layer::PeerRpc,
+            Deadline::after(Duration::from_millis(500)),
+            conn.stream_append(
+                futures::stream::pending::<AppendEntriesRequest<TypeConfig>>(),
+                option(),
+            ),
+        )
+        .await
+        .is_err();
+        assert!(
+            waited,
+            "a session with nothing to send ended instead of waiting for its first request"
+        );
+        assert!(
+            accepted.try_recv().is_err(),
+            "the peer was contacted before there was anything to send"
+        );
+        // With a request to send, the stream is opened, and bounded by openraft's TTL.
+        let request = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: Vec::new(),
+        };
+        let opened = deadline::within(
+            Layer::PeerRpc,
+            Deadline::after(Duration::from_secs(5)),
+            conn.stream_append(Box::pin(futures::stream::iter([request])), option()),
+        )
+        .await;
+        assert!(
+            matches!(opened, Ok(Err(RPCError::Unreachable(_)))),
+            "opening a stream to a frozen peer: {:?}",
+            opened.map(|r| r.map(|_| "a stream"))
+        );
+        assert!(
+            accepted.recv().await.is_some(),
+            "the peer was never contacted"
+        );
+        frozen.abort();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
