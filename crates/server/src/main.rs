@@ -9,11 +9,6 @@ use anyhow::Result;
 use server::{config_file, Config};
 use tracing_subscriber::EnvFilter;
 
-/// The allocator: glibc's malloc and free were a seventh of a 3-member cluster's CPU under
-/// puts (docs/benchmarks.md, "Write path in a cluster").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> Result<()> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if server::is_tool(&args) {
