@@ -861,36 +861,38 @@ impl<B: mvcc::Backend> PeerService<B> {
     }
 }
 
-impl<B: mvcc::Backend> PeerService<B> {
-    /// Refuses a message from `sender` unless it is in the membership this member knows
-    /// (joint configurations and learners included). A member that has no membership yet (one
-    /// waiting to join) accepts its first messages from whoever leads.
-    fn admit(&self, rpc: &str, sender: Option<u64>) -> Result<(), tonic::Status> {
-        let known = {
-            let metrics = self.node.raft().metrics();
-            let m = metrics.borrow_watched();
-            let nodes: Vec<u64> = m
-                .membership_config
-                .membership()
-                .nodes()
-                .map(|(id, _)| *id)
-                .collect();
-            nodes
-        };
-        if known.is_empty() {
-            return Ok(());
-        }
-        match sender {
-            Some(id) if known.contains(&id) => Ok(()),
-            _ => {
-                let from =
-                    sender.map_or_else(|| "an unnamed sender".to_string(), |id| format!("{id:x}"));
-                tracing::warn!(rpc, from = %from, "refused a peer message from a member not in the membership");
-                metrics::counter!(REFUSED_PEER_MESSAGES).increment(1);
-                Err(tonic::Status::permission_denied(format!(
-                    "{rpc} from {from}: not a member of this cluster"
-                )))
-            }
+/// Refuses a message from `sender` unless it is in the membership `node` knows (joint
+/// configurations and learners included). A member that has no membership yet (one waiting to
+/// join) accepts its first messages from whoever leads.
+fn admit<B: mvcc::Backend>(
+    node: &crate::Node<B>,
+    rpc: &str,
+    sender: Option<u64>,
+) -> Result<(), tonic::Status> {
+    let known = {
+        let metrics = node.raft().metrics();
+        let m = metrics.borrow_watched();
+        let nodes: Vec<u64> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        nodes
+    };
+    if known.is_empty() {
+        return Ok(());
+    }
+    match sender {
+        Some(id) if known.contains(&id) => Ok(()),
+        _ => {
+            let from =
+                sender.map_or_else(|| "an unnamed sender".to_string(), |id| format!("{id:x}"));
+            tracing::warn!(rpc, from = %from, "refused a peer message from a member not in the membership");
+            metrics::counter!(REFUSED_PEER_MESSAGES).increment(1);
+            Err(tonic::Status::permission_denied(format!(
+                "{rpc} from {from}: not a member of this cluster"
+            )))
         }
     }
 }
@@ -1002,7 +1004,11 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let req: AppendEntriesRequest<TypeConfig> =
             decode(request.get_ref()).map_err(bad_request)?;
-        self.admit("append-entries", Some(req.vote.leader_id().node_id))?;
+        admit(
+            &self.node,
+            "append-entries",
+            Some(req.vote.leader_id().node_id),
+        )?;
         // A leader whose vote is not below this member's reached it (what any answer but a
         // higher vote meant): counted as it arrives, as etcd counts any message from its
         // leader, not once a large append is written (a catching-up follower's appends may
@@ -1038,18 +1044,14 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
             })
             .filter_map(|decoded| std::future::ready(decoded.ok()));
         let admitted = {
-            let service = PeerService {
-                node: node.clone(),
-                receiving: Arc::clone(&self.receiving),
-            };
+            let node = node.clone();
             requests.take_while(move |req| {
-                let admitted = service
-                    .admit("append-stream", Some(req.vote.leader_id().node_id))
-                    .is_ok();
+                let admitted =
+                    admit(&node, "append-stream", Some(req.vote.leader_id().node_id)).is_ok();
                 // As for a single append: a leader whose vote is not below this member's
                 // reached it.
-                if admitted && req.vote >= service.node.raft().metrics().borrow_watched().vote {
-                    service.node.note_leader_contact();
+                if admitted && req.vote >= node.raft().metrics().borrow_watched().vote {
+                    node.note_leader_contact();
                 }
                 std::future::ready(admitted)
             })
@@ -1067,7 +1069,7 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let req: VoteRequest<TypeConfig> = decode(request.get_ref()).map_err(bad_request)?;
-        self.admit("vote", Some(req.vote.leader_id().node_id))?;
+        admit(&self.node, "vote", Some(req.vote.leader_id().node_id))?;
         reply(&crate::elections::answer(&self.node, req).await)
     }
 
@@ -1076,7 +1078,11 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let chunk: SnapshotChunk = decode(request.get_ref()).map_err(bad_request)?;
-        self.admit("install-snapshot", Some(chunk.vote.leader_id().node_id))?;
+        admit(
+            &self.node,
+            "install-snapshot",
+            Some(chunk.vote.leader_id().node_id),
+        )?;
         let vote = chunk.vote;
         let answer = self.take_chunk(chunk).await;
         // A snapshot's chunks hold the replication stream, heartbeats included: each one the
@@ -1093,7 +1099,8 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let req: TransferLeaderRequest<TypeConfig> =
             decode(request.get_ref()).map_err(bad_request)?;
-        self.admit(
+        admit(
+            &self.node,
             "transfer-leader",
             Some(req.from_leader().leader_id().node_id),
         )?;
@@ -1116,7 +1123,7 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
             (Forwarded::Propose(p), Some(id)) if p.origin != id => None,
             (_, named) => named,
         };
-        self.admit("forward", sender)?;
+        admit(&self.node, "forward", sender)?;
         reply(&self.node.serve_forwarded(req).await)
     }
 
@@ -1143,7 +1150,7 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let req: crate::prevote::PreVoteRequest = decode(request.get_ref()).map_err(bad_request)?;
-        self.admit("pre-vote", named_sender(&request))?;
+        admit(&self.node, "pre-vote", named_sender(&request))?;
         let leads =
             self.node.raft().metrics().borrow_watched().state == openraft::ServerState::Leader;
         let own = self.node.raft().data_metrics().borrow_watched().last_log;

@@ -34,20 +34,20 @@ impl<B: Backend> Node<B> {
         if !leading {
             return Err(TransferError::NotLeader);
         }
-        let member = {
-            let metrics = inner.raft.metrics();
-            let m = metrics.borrow_watched();
-            let membership = m.membership_config.membership();
-            if !membership.voter_ids().any(|v| v == target) {
-                return Err(TransferError::BadTransferee);
-            }
-            membership.get_node(&target).cloned()
-        };
+        // openraft keeps every voter among the membership's nodes, so a voter has an address.
+        let voter = inner
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == target);
+        if !voter {
+            return Err(TransferError::BadTransferee);
+        }
         if target == inner.id {
             return Ok(());
-        }
-        if member.is_none() {
-            return Err(TransferError::BadTransferee);
         }
         let started = std::time::Instant::now();
         let me = inner.id;
