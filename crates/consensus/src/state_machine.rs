@@ -8,6 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,6 +192,9 @@ pub struct StateMachine<B> {
     floor: Option<Arc<FloorRaiser>>,
     /// Counts applied requests toward the next snapshot (`snapshot_due`).
     due: Option<Arc<SnapshotDue>>,
+    /// The index of the last entry applied, published before its proposers are answered
+    /// (openraft's own `last_applied` follows a moment after).
+    applied_index: Option<Arc<AtomicU64>>,
 }
 
 impl<B: Backend> StateMachine<B> {
@@ -250,6 +254,7 @@ impl<B: Backend> StateMachine<B> {
             removal,
             floor: None,
             due: None,
+            applied_index: None,
         })
     }
 
@@ -265,6 +270,18 @@ impl<B: Backend> StateMachine<B> {
     /// Counts every applied request toward `due`'s next snapshot.
     pub(crate) fn count_requests(mut self, due: Arc<SnapshotDue>) -> Self {
         self.due = Some(due);
+        self
+    }
+
+    /// Publishes into `to` the index of the last entry applied, before that entry's
+    /// proposers hear their answers: a client that got its answer and then asks for the
+    /// member's status or metrics sees its own write counted as applied.
+    pub(crate) fn publish_applied(mut self, to: Arc<AtomicU64>) -> Self {
+        to.fetch_max(
+            self.position.log_id.map_or(0, |l| l.index),
+            Ordering::Release,
+        );
+        self.applied_index = Some(to);
         self
     }
 }
@@ -412,6 +429,9 @@ impl<B: Backend> StateMachine<B> {
                     None => self.lessor.revoked(id),
                 }
             }
+        }
+        if let (Some(to), Some(last)) = (&self.applied_index, self.position.log_id) {
+            to.fetch_max(last.index, Ordering::Release);
         }
         let mut outcomes = outcomes.into_iter().enumerate();
         let mut revision = self.store.current_revision();

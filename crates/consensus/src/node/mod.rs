@@ -91,6 +91,8 @@ struct Inner<B: Backend> {
     limits: crate::validate::Limits,
     /// Physical compaction's progress on this member.
     removal: Arc<Removal>,
+    /// The last entry the state machine applied, as it publishes it before answering.
+    applied_index: Arc<std::sync::atomic::AtomicU64>,
     /// Who leads: requests that find no leader wait on it.
     leadership: Leadership,
     /// How long after a leader could not be reached it is tried again, if no other is known.

@@ -151,6 +151,8 @@ impl<B: Backend> Node<B> {
         } else {
             sm
         };
+        let applied_index = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sm = sm.publish_applied(Arc::clone(&applied_index));
         let flushed = log.flushed();
         let space = log.space();
         let log_end = log.clone();
@@ -248,6 +250,7 @@ impl<B: Backend> Node<B> {
                     max_txn_ops: config.max_txn_ops,
                 },
                 removal: Arc::clone(&removal),
+                applied_index,
                 leadership,
                 retry_after: config.heartbeat.max(Duration::from_millis(50)),
                 election_timeout: config.election_timeout,

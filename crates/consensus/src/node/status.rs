@@ -42,7 +42,12 @@ impl<B: Backend> Node<B> {
             leader: m.current_leader,
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
-            applied_index: m.last_applied.map_or(0, |l| l.index),
+            // openraft counts an apply a moment after its proposers were answered.
+            applied_index: m.last_applied.map_or(0, |l| l.index).max(
+                self.inner
+                    .applied_index
+                    .load(std::sync::atomic::Ordering::Acquire),
+            ),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             members: self.listing(m.membership_config.membership()),
         }

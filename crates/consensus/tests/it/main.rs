@@ -98,6 +98,31 @@ async fn proposals_apply_and_reads_are_linearizable() {
     node.shutdown().await.unwrap();
 }
 
+/// A proposer that has its answer finds its entry counted as applied in the member's status
+/// (what etcd's `proposals_applied` metric and Status's applied index report): openraft's own
+/// count follows the apply a moment after the answer, so status alone lagged behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_write_is_counted_as_applied_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = started(config(dir.path()), MemBackend::new()).await;
+    let d = || Deadline::after(Duration::from_secs(5));
+    let mut behind = Vec::new();
+    for i in 0..200 {
+        let before = node.status().applied_index;
+        node.propose(put(&format!("k{i}"), "v"), d()).await.unwrap();
+        let after = node.status().applied_index;
+        // One proposal at a time: each is an entry of its own, after `before`.
+        if after <= before {
+            behind.push((i, before, after));
+        }
+    }
+    assert!(
+        behind.is_empty(),
+        "applied index not past the answered write (put, before, after): {behind:?}"
+    );
+    node.shutdown().await.unwrap();
+}
+
 /// Concurrent linearizable reads share leadership confirmations, and each still sees every
 /// write acknowledged before it began.
 #[tokio::test(flavor = "current_thread")]
