@@ -990,6 +990,18 @@ fn bad_request(e: String) -> tonic::Status {
     tonic::Status::invalid_argument(format!("undecodable peer message: {e}"))
 }
 
+/// `request` decoded, once the member whose vote it carries (`sender`) is admitted.
+fn from_member<B: mvcc::Backend, T: DeserializeOwned>(
+    node: &crate::Node<B>,
+    rpc: &str,
+    request: &tonic::Request<Payload>,
+    sender: impl FnOnce(&T) -> u64,
+) -> Result<T, tonic::Status> {
+    let decoded: T = decode(request.get_ref()).map_err(bad_request)?;
+    admit(node, rpc, Some(sender(&decoded)))?;
+    Ok(decoded)
+}
+
 fn reply<T: Serialize>(v: &T) -> Result<tonic::Response<Payload>, tonic::Status> {
     encode(v)
         .map(tonic::Response::new)
@@ -1002,12 +1014,11 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         &self,
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
-        let req: AppendEntriesRequest<TypeConfig> =
-            decode(request.get_ref()).map_err(bad_request)?;
-        admit(
+        let req: AppendEntriesRequest<TypeConfig> = from_member(
             &self.node,
             "append-entries",
-            Some(req.vote.leader_id().node_id),
+            &request,
+            |r: &AppendEntriesRequest<TypeConfig>| r.vote.leader_id().node_id,
         )?;
         // A leader whose vote is not below this member's reached it (what any answer but a
         // higher vote meant): counted as it arrives, as etcd counts any message from its
@@ -1068,8 +1079,12 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         &self,
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
-        let req: VoteRequest<TypeConfig> = decode(request.get_ref()).map_err(bad_request)?;
-        admit(&self.node, "vote", Some(req.vote.leader_id().node_id))?;
+        let req: VoteRequest<TypeConfig> = from_member(
+            &self.node,
+            "vote",
+            &request,
+            |r: &VoteRequest<TypeConfig>| r.vote.leader_id().node_id,
+        )?;
         reply(&crate::elections::answer(&self.node, req).await)
     }
 
@@ -1077,11 +1092,11 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         &self,
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
-        let chunk: SnapshotChunk = decode(request.get_ref()).map_err(bad_request)?;
-        admit(
+        let chunk: SnapshotChunk = from_member(
             &self.node,
             "install-snapshot",
-            Some(chunk.vote.leader_id().node_id),
+            &request,
+            |c: &SnapshotChunk| c.vote.leader_id().node_id,
         )?;
         let vote = chunk.vote;
         let answer = self.take_chunk(chunk).await;
@@ -1097,12 +1112,11 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
         &self,
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
-        let req: TransferLeaderRequest<TypeConfig> =
-            decode(request.get_ref()).map_err(bad_request)?;
-        admit(
+        let req: TransferLeaderRequest<TypeConfig> = from_member(
             &self.node,
             "transfer-leader",
-            Some(req.from_leader().leader_id().node_id),
+            &request,
+            |r: &TransferLeaderRequest<TypeConfig>| r.from_leader().leader_id().node_id,
         )?;
         let answer: Result<TransferLeaderResponse<TypeConfig>, RaftError<TypeConfig>> = self
             .node
