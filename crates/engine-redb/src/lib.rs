@@ -5,11 +5,11 @@
 //! of revisions or Raft. A commit is atomic, so after `kill -9` the reopened file holds a prefix
 //! of the batches, each whole.
 //!
-//! Durability is a choice ([`Durability`]): `EveryBatch` fsyncs each commit; `Lazy` commits
-//! without fsync and is made durable by [`mvcc::Backend::flush`] or the next synced commit.
-//! `Lazy` suits a store whose Raft log is the durable source of truth: after a crash the engine
-//! is at some earlier batch boundary and the log replays the rest from [`RedbBackend`]'s applied
-//! position.
+//! Durability is a choice ([`Durability`]): `EveryBatch` fsyncs each commit; `Lazy` buffers
+//! batches in memory, commits them together without fsync as [`Batching`] says, and is made
+//! durable by [`mvcc::Backend::flush`] or the next synced commit. `Lazy` suits a store whose
+//! Raft log is the durable source of truth: after a crash the engine is at some earlier batch
+//! boundary and the log replays the rest from [`RedbBackend`]'s applied position.
 //!
 //! A restore ([`mvcc::Backend::replace`]) is one write transaction that empties every table and
 //! refills it, committed with fsync whatever the durability: readers and a reopened file see the
@@ -17,11 +17,14 @@
 //!
 //! # Layout
 //! - `lib.rs`: [`RedbBackend`], [`Options`], [`Durability`].
+//! - `pending.rs`: the `Lazy` buffer of batches not yet committed, and [`Batching`].
+
+mod pending;
 
 use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use mvcc::{
@@ -29,6 +32,9 @@ use mvcc::{
 };
 use parking_lot::RwLock;
 use redb::{ReadableDatabase, TableDefinition};
+
+pub use pending::Batching;
+use pending::{Buffer, Cursor, Generation, View};
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -53,7 +59,8 @@ pub enum Durability {
     /// Each batch is fsynced before `write` returns.
     #[default]
     EveryBatch,
-    /// Batches are fsynced only by `flush` (or a later synced commit); a crash loses the tail.
+    /// Batches are buffered and committed together ([`Options::batching`]), fsynced only by
+    /// `flush` (or a later synced commit); a crash loses the tail.
     Lazy,
 }
 
@@ -64,6 +71,8 @@ pub struct Options {
     pub durability: Durability,
     /// Bytes of redb page cache.
     pub cache_bytes: usize,
+    /// With `Lazy`, how long batches are buffered before they are committed together.
+    pub batching: Batching,
 }
 
 impl Default for Options {
@@ -71,21 +80,38 @@ impl Default for Options {
         Self {
             durability: Durability::EveryBatch,
             cache_bytes: 256 << 20,
+            batching: Batching::default(),
         }
     }
 }
 
 /// The redb engine.
 pub struct RedbBackend {
+    core: Arc<Core>,
+    durability: Durability,
+    /// The database file, which a defragment replaces with a rewritten copy.
+    path: PathBuf,
+    cache_bytes: usize,
+    batching: Batching,
+    /// Held by every write, so batches reach the buffer in the order they were written.
+    writer: parking_lot::Mutex<()>,
+    /// Wakes the committer thread (`Lazy` with batching only); dropped to stop it.
+    wake: Option<mpsc::SyncSender<()>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the writers, the readers and the committer thread share.
+struct Core {
     /// Every transaction is begun and ended under the read side; [`Backend::defragment`] takes
     /// the write side, because redb compacts only a database with no transaction open. The read
     /// side is taken recursively: a reader that nested a second read behind a waiting
     /// defragment would otherwise deadlock; a defragment waits for a gap between readers.
     db: RwLock<redb::Database>,
+    /// The batches written and not yet committed (`Lazy` only; always empty otherwise).
+    buffer: Buffer,
+    /// Held by each commit of buffered batches, so they reach redb in the order written.
+    commit: parking_lot::Mutex<()>,
     durability: Durability,
-    /// The database file, which a defragment replaces with a rewritten copy.
-    path: PathBuf,
-    cache_bytes: usize,
     size: DiskSize,
     /// When the last commit reached the disk (for `Lazy`).
     last_sync: parking_lot::Mutex<Instant>,
@@ -95,8 +121,9 @@ pub struct RedbBackend {
 ///
 /// The pages written to the file (its allocated blocks: redb extends the file ahead of use and
 /// leaves the new part a hole) plus the bytes committed since the last commit that reached the
-/// disk, which redb may still hold in memory. etcd counts bbolt's high-water page mark the same
-/// way: pages freed inside the file still count until a defragment.
+/// disk, which redb may still hold in memory, and the batches buffered before their commit.
+/// etcd counts bbolt's high-water page mark the same way: pages freed inside the file still
+/// count until a defragment.
 #[derive(Clone, Debug)]
 pub struct DiskSize {
     path: PathBuf,
@@ -122,7 +149,8 @@ impl RedbBackend {
     /// Opens (or creates) the database file at `path`, recovering it after a crash if needed.
     ///
     /// # Errors
-    /// [`BackendError::Open`] when the file cannot be opened or created.
+    /// [`BackendError::Open`] when the file cannot be opened or created, or its committer
+    /// thread cannot be started.
     pub fn open(path: impl AsRef<Path>, options: &Options) -> Result<Self, BackendError> {
         let path = path.as_ref();
         // What a defragment cut short left behind: the file it names is complete or untouched.
@@ -145,17 +173,157 @@ impl RedbBackend {
         mvcc::durable::sync_parent(path)
             .map_err(|e| BackendError::Open(format!("{}: {e}", path.display())))?;
         tracing::debug!(path = %path.display(), ?options, "redb engine opened");
-        Ok(Self {
+        let core = Arc::new(Core {
             db: RwLock::new(db),
+            buffer: Buffer::default(),
+            commit: parking_lot::Mutex::new(()),
             durability: options.durability,
-            path: path.to_path_buf(),
-            cache_bytes: options.cache_bytes,
             size: DiskSize {
                 path: path.to_path_buf(),
                 unsynced: Arc::new(AtomicU64::new(0)),
             },
             last_sync: parking_lot::Mutex::new(Instant::now()),
+        });
+        let buffers = options.durability == Durability::Lazy && options.batching != Batching::NONE;
+        let (wake, committer) = if buffers {
+            // One wake-up pending at most: the committer takes whatever is sealed when it runs.
+            let (wake, woken) = mpsc::sync_channel(1);
+            let shared = Arc::clone(&core);
+            let thread = std::thread::Builder::new()
+                .name("redb-commit".into())
+                .spawn(move || commit_sealed(&shared, &woken))
+                .map_err(|e| BackendError::Open(format!("starting the committer: {e}")))?;
+            (Some(wake), Some(thread))
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            core,
+            durability: options.durability,
+            path: path.to_path_buf(),
+            cache_bytes: options.cache_bytes,
+            batching: options.batching,
+            writer: parking_lot::Mutex::new(()),
+            wake,
+            committer,
         })
+    }
+
+    /// A handle on the file's size that outlives borrows of the engine (for Status and the
+    /// quota).
+    pub fn disk_size(&self) -> DiskSize {
+        self.core.size.clone()
+    }
+
+    /// Commits every buffered batch now, in order, fsynced when `sync` is set; the caller
+    /// holds `writer`, so nothing is added meanwhile.
+    fn commit_all(&self, sync: bool) -> Result<(), BackendError> {
+        let _commit = self.core.commit.lock();
+        if let Some(sealed) = self.core.buffer.sealed() {
+            self.core.commit_generation(&sealed, false)?;
+            self.core.buffer.committed_sealed();
+        }
+        let active = self.core.buffer.active();
+        self.core.commit_generation(&active, sync)?;
+        self.core.buffer.committed_active(&active);
+        Ok(())
+    }
+
+    /// Hands the active generation to the committer once it is due, unless the last one is
+    /// still being committed; waits for that one only when the active generation has grown to
+    /// [`BACKLOG`] times the bound, so memory stays bounded when the disk is slower than the
+    /// writes.
+    fn seal_if_due(&self) -> Result<(), BackendError> {
+        self.core.buffer.failure()?;
+        let active = self.core.buffer.active();
+        if !active.due(&self.batching) {
+            return Ok(());
+        }
+        let backlog = Batching {
+            max_ops: self.batching.max_ops.saturating_mul(BACKLOG),
+            max_bytes: self.batching.max_bytes.saturating_mul(BACKLOG as u64),
+            max_age: Duration::MAX,
+        };
+        if active.due(&backlog) {
+            self.core.buffer.wait_unsealed(&|| self.committer_gone())?;
+        }
+        if self.core.buffer.seal() {
+            if let Some(wake) = &self.wake {
+                // Full: a wake-up is already pending, which will see this generation.
+                let _ = wake.try_send(());
+            }
+        }
+        self.core.buffer.failure()
+    }
+
+    /// Whether the committer thread has ended (on a failure) or was never started.
+    fn committer_gone(&self) -> bool {
+        self.committer.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Commits `batch` on its own, as every `EveryBatch` write is.
+    fn commit_batch(&self, batch: WriteBatch) -> Result<(), BackendError> {
+        let err = io("write", None);
+        let db = self.core.db.read_recursive();
+        let mut txn = db.begin_write().map_err(|e| err(&e))?;
+        let bytes = batch
+            .ops()
+            .iter()
+            .map(|op| (op.key.len() + op.value.as_ref().map_or(0, Vec::len)) as u64)
+            .sum();
+        self.core.size.unsynced.fetch_add(bytes, Ordering::Relaxed);
+        let sync = self.core.sync_due();
+        let durability = if sync {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        txn.set_durability(durability).map_err(|e| err(&e))?;
+        write_into(&txn, batch)?;
+        let started = Instant::now();
+        txn.commit().map_err(|e| err(&e))?;
+        record_commit(started);
+        if sync {
+            self.core.synced();
+        }
+        Ok(())
+    }
+}
+
+/// How far past its bound the active generation may grow while the last one is committed.
+const BACKLOG: usize = 4;
+
+/// The committer thread: commits each sealed generation, until the engine closes.
+fn commit_sealed(core: &Core, woken: &mpsc::Receiver<()>) {
+    while woken.recv().is_ok() {
+        let _commit = core.commit.lock();
+        let Some(sealed) = core.buffer.sealed() else {
+            continue;
+        };
+        match core.commit_generation(&sealed, false) {
+            Ok(()) => core.buffer.committed_sealed(),
+            Err(e) => {
+                // The generation stays sealed and readable; writes fail from now on.
+                tracing::error!(error = %e, "redb engine: committing buffered batches failed");
+                core.buffer.fail(&e);
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for RedbBackend {
+    /// Stops the committer and commits what is buffered (without fsync, as any `Lazy` commit),
+    /// so a process that closes the engine and opens it again finds every batch it wrote.
+    fn drop(&mut self) {
+        self.wake = None;
+        if let Some(thread) = self.committer.take() {
+            let _ = thread.join();
+        }
+        let _writer = self.writer.lock();
+        if let Err(e) = self.commit_all(false) {
+            tracing::warn!(error = %e, "redb engine: buffered batches not committed at close");
+        }
     }
 }
 
@@ -166,20 +334,14 @@ impl RedbBackend {
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 const SYNC_EVERY_BYTES: u64 = 64 << 20;
 
-impl RedbBackend {
-    /// A handle on the file's size that outlives borrows of the engine (for Status and the
-    /// quota).
-    pub fn disk_size(&self) -> DiskSize {
-        self.size.clone()
-    }
-
-    /// Whether the commit about to be made should reach the disk; `bytes` is its size.
-    fn sync_due(&self, bytes: u64) -> bool {
+impl Core {
+    /// Whether the commit about to be made should reach the disk.
+    fn sync_due(&self) -> bool {
         match self.durability {
             Durability::EveryBatch => true,
             Durability::Lazy => {
-                let pending = self.size.unsynced.fetch_add(bytes, Ordering::Relaxed) + bytes;
-                pending >= SYNC_EVERY_BYTES || self.last_sync.lock().elapsed() >= SYNC_EVERY
+                self.size.unsynced.load(Ordering::Relaxed) >= SYNC_EVERY_BYTES
+                    || self.last_sync.lock().elapsed() >= SYNC_EVERY
             }
         }
     }
@@ -189,12 +351,65 @@ impl RedbBackend {
         *self.last_sync.lock() = Instant::now();
         self.size.unsynced.store(0, Ordering::Relaxed);
     }
+
+    /// Commits `generation` as one redb transaction, fsynced when `sync` is set or the
+    /// unsynced bound is reached; an empty generation makes only a requested sync. The caller
+    /// holds `commit`.
+    fn commit_generation(&self, generation: &Generation, sync: bool) -> Result<(), BackendError> {
+        let empty = generation.is_empty();
+        if empty && !sync {
+            return Ok(());
+        }
+        let err = io("write", None);
+        let db = self.db.read_recursive();
+        let mut txn = db.begin_write().map_err(|e| err(&e))?;
+        let sync = self.sync_due() || sync;
+        let durability = if sync {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        txn.set_durability(durability).map_err(|e| err(&e))?;
+        if !empty {
+            let mut keys = txn.open_table(KEYS).map_err(|e| err(&e))?;
+            let mut revisions = txn.open_table(REVISIONS).map_err(|e| err(&e))?;
+            let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
+            let applied = generation.drain_into(|table, key, value| {
+                let t = match table {
+                    Table::Keys => &mut keys,
+                    Table::Revisions => &mut revisions,
+                    Table::Meta => &mut meta,
+                };
+                match value {
+                    Some(v) => t.insert(key, v).map(drop),
+                    None => t.remove(key).map(drop),
+                }
+                .map_err(|x| io("write", Some(table))(&x))
+            })?;
+            if let Some(position) = applied {
+                let mut engine = txn.open_table(ENGINE).map_err(|e| err(&e))?;
+                engine
+                    .insert(APPLIED, position.as_slice())
+                    .map_err(|e| err(&e))?;
+            }
+        }
+        let started = Instant::now();
+        txn.commit().map_err(|e| err(&e))?;
+        record_commit(started);
+        if sync {
+            self.synced();
+        }
+        Ok(())
+    }
 }
 
 impl Backend for RedbBackend {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        if let Some(change) = self.core.buffer.view().and_then(|v| v.get(table, key)) {
+            return Ok(change);
+        }
         let err = io("read", Some(table));
-        let db = self.db.read_recursive();
+        let db = self.core.db.read_recursive();
         let txn = db.begin_read().map_err(|e| err(&e))?;
         let t = txn.open_table(def(table)).map_err(|e| err(&e))?;
         let value = t.get(key).map_err(|e| err(&e))?;
@@ -207,11 +422,15 @@ impl Backend for RedbBackend {
         keys: &[Vec<u8>],
     ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
         let err = io("read", Some(table));
-        let db = self.db.read_recursive();
+        let view = self.core.buffer.view();
+        let db = self.core.db.read_recursive();
         let txn = db.begin_read().map_err(|e| err(&e))?;
         let t = txn.open_table(def(table)).map_err(|e| err(&e))?;
         keys.iter()
             .map(|k| {
+                if let Some(change) = view.as_ref().and_then(|v| v.get(table, k)) {
+                    return Ok(change);
+                }
                 t.get(k.as_slice())
                     .map(|v| v.map(|v| v.value().to_vec()))
                     .map_err(|e| err(&e))
@@ -230,9 +449,15 @@ impl Backend for RedbBackend {
             return Ok(());
         }
         let err = io("scan", Some(table));
-        let db = self.db.read_recursive();
+        // Before the transaction: whatever the view holds is either still in it or already
+        // committed when the transaction begins.
+        let view = self.core.buffer.view();
+        let db = self.core.db.read_recursive();
         let txn = db.begin_read().map_err(|e| err(&e))?;
         let t = txn.open_table(def(table)).map_err(|e| err(&e))?;
+        if let Some(view) = view {
+            return scan_merged(&t, &view, table, (from, to), visit);
+        }
         for entry in t.range::<&[u8]>((from, to)).map_err(|e| err(&e))? {
             let (k, v) = entry.map_err(|e| err(&e))?;
             if let ControlFlow::Break(()) = visit(k.value(), v.value()) {
@@ -243,34 +468,25 @@ impl Backend for RedbBackend {
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
-        let err = io("write", None);
-        let db = self.db.read_recursive();
-        let mut txn = db.begin_write().map_err(|e| err(&e))?;
-        let bytes = batch
-            .ops()
-            .iter()
-            .map(|op| (op.key.len() + op.value.as_ref().map_or(0, Vec::len)) as u64)
-            .sum();
-        let sync = self.sync_due(bytes);
-        let durability = if sync {
-            redb::Durability::Immediate
-        } else {
-            redb::Durability::None
-        };
-        txn.set_durability(durability).map_err(|e| err(&e))?;
-        write_into(&txn, batch)?;
-        let started = std::time::Instant::now();
-        txn.commit().map_err(|e| err(&e))?;
-        record_commit(started);
-        if sync {
-            self.synced();
+        let _writer = self.writer.lock();
+        if self.wake.is_none() || batch.clears() {
+            // A batch that clears everything is committed on its own, after what it follows.
+            self.commit_all(false)?;
+            return self.commit_batch(batch);
         }
+        self.seal_if_due()?;
+        let (_, ops, applied) = batch.into_parts();
+        let bytes = self.core.buffer.active().add(ops, applied);
+        self.core.size.unsynced.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
 
     fn applied(&self) -> Result<Option<Vec<u8>>, BackendError> {
+        if let Some(position) = self.core.buffer.view().and_then(|v| v.applied()) {
+            return Ok(Some(position));
+        }
         let err = io("read", None);
-        let db = self.db.read_recursive();
+        let db = self.core.db.read_recursive();
         let txn = db.begin_read().map_err(|e| err(&e))?;
         let t = txn.open_table(ENGINE).map_err(|e| err(&e))?;
         let value = t.get(APPLIED).map_err(|e| err(&e))?;
@@ -285,7 +501,13 @@ impl Backend for RedbBackend {
         // One write transaction that empties every table and refills it: redb's readers see
         // the last commit until it commits, and a crash before then leaves the old content.
         let err = io("replace", None);
-        let db = self.db.read_recursive();
+        // What is buffered belongs to the old content, which stays if the replacement is
+        // dropped; committed first, it is also what the replacement's commit clears.
+        {
+            let _writer = self.writer.lock();
+            self.commit_all(false)?;
+        }
+        let db = self.core.db.read_recursive();
         let mut txn = db.begin_write().map_err(|e| err(&e))?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| err(&e))?;
@@ -297,23 +519,19 @@ impl Backend for RedbBackend {
         if self.durability == Durability::EveryBatch {
             return Ok(());
         }
-        // An empty synced commit makes every earlier unsynced commit durable.
-        let err = io("flush", None);
-        let db = self.db.read_recursive();
-        let mut txn = db.begin_write().map_err(|e| err(&e))?;
-        txn.set_durability(redb::Durability::Immediate)
-            .map_err(|e| err(&e))?;
-        let started = std::time::Instant::now();
-        txn.commit().map_err(|e| err(&e))?;
-        record_commit(started);
-        self.synced();
-        Ok(())
+        // A synced commit (of what is buffered, or an empty one) makes every earlier unsynced
+        // commit durable.
+        let _writer = self.writer.lock();
+        self.commit_all(true)
     }
 
     fn defragment(&self) -> Result<bool, BackendError> {
         // The write side waits for every read and write under way and keeps new ones waiting
         // until the file is rewritten, as etcd's defragment blocks its backend.
-        let mut db = self.db.write();
+        let _writer = self.writer.lock();
+        self.commit_all(false)?;
+        let _commit = self.core.commit.lock();
+        let mut db = self.core.db.write();
         let started = std::time::Instant::now();
         let before = disk_bytes(&self.path);
         // redb's own compaction moves pages towards the start of the file but keeps each
@@ -330,7 +548,7 @@ impl Backend for RedbBackend {
             open_file(&self.path, self.cache_bytes)?
         };
         *db = fresh;
-        self.synced();
+        self.core.synced();
         tracing::info!(
             before,
             after = disk_bytes(&self.path),
@@ -338,6 +556,65 @@ impl Backend for RedbBackend {
             "redb engine defragmented"
         );
         Ok(true)
+    }
+}
+
+type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// [`Backend::scan`] over redb's `stored` entries with the buffered changes of `view` laid on
+/// top: the newest buffered value replaces older ones of its key, a buffered removal hides
+/// them. The buffer is read a chunk at a time, so no lock is held while `visit` runs.
+fn scan_merged(
+    stored: &ReadTable,
+    view: &View,
+    table: Table,
+    (from, to): (Bound<&[u8]>, Bound<&[u8]>),
+    visit: &mut Visitor<'_>,
+) -> Result<(), BackendError> {
+    let err = io("scan", Some(table));
+    let mut entries = stored.range::<&[u8]>((from, to)).map_err(|e| err(&e))?;
+    let mut next_stored = || entries.next().transpose().map_err(|e| err(&e));
+    let mut current = next_stored()?;
+    let mut cursors = view.cursors(table, from, to);
+    loop {
+        cursors.iter_mut().for_each(Cursor::fill);
+        // The newest generation's change at the smallest buffered key.
+        let mut best = None;
+        for c in &cursors {
+            if let Some((key, change)) = c.head() {
+                if best.is_none_or(|(b, _)| key < b) {
+                    best = Some((key, change));
+                }
+            }
+        }
+        let stored_key = current.as_ref().map(|(k, _)| k.value());
+        let Some((key, change)) = best.filter(|(k, _)| stored_key.is_none_or(|s| *k <= s)) else {
+            // redb's entry is next, or nothing is left.
+            let Some((k, v)) = current.take() else {
+                return Ok(());
+            };
+            if let ControlFlow::Break(()) = visit(k.value(), v.value()) {
+                return Ok(());
+            }
+            current = next_stored()?;
+            continue;
+        };
+        // Every source at this key moves past it; only the newest change is seen.
+        let same_stored = stored_key == Some(key);
+        let mut same = [false; 2];
+        for (i, c) in cursors.iter().enumerate().take(same.len()) {
+            same[i] = c.head().is_some_and(|(k, _)| k == key);
+        }
+        let stop = change.is_some_and(|v| visit(key, v).is_break());
+        for (c, _) in cursors.iter_mut().zip(same).filter(|(_, s)| *s) {
+            c.advance();
+        }
+        if stop {
+            return Ok(());
+        }
+        if same_stored {
+            current = next_stored()?;
+        }
     }
 }
 
@@ -480,4 +757,83 @@ fn write_into(txn: &redb::WriteTransaction, batch: WriteBatch) -> Result<(), Bac
             .map_err(|e| err(&e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn scan_all(backend: &RedbBackend) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut all = Vec::new();
+        backend
+            .scan(
+                Table::Keys,
+                Bound::Unbounded,
+                Bound::Unbounded,
+                &mut |k, v| {
+                    all.push((k.to_vec(), v.to_vec()));
+                    ControlFlow::Continue(())
+                },
+            )
+            .unwrap();
+        all
+    }
+
+    fn pair(k: &str, v: &str) -> (Vec<u8>, Vec<u8>) {
+        (k.into(), v.into())
+    }
+
+    /// While the committer cannot commit, a sealed generation and the active one are both
+    /// read, the newer change of a key winning; once committed, redb reads the same.
+    #[test]
+    fn reads_see_the_sealed_and_the_active_generation_while_a_commit_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            durability: Durability::Lazy,
+            cache_bytes: 4 << 20,
+            batching: Batching {
+                max_ops: 2,
+                max_bytes: u64::MAX,
+                max_age: Duration::from_secs(3600),
+            },
+        };
+        let backend = RedbBackend::open(dir.path().join("db.redb"), &options).unwrap();
+        let held = backend.core.commit.lock();
+        let mut first = WriteBatch::new();
+        first.put(Table::Keys, b"a".to_vec(), b"1".to_vec());
+        first.put(Table::Keys, b"b".to_vec(), b"1".to_vec());
+        first.set_applied(b"p1".to_vec());
+        backend.write(first).unwrap();
+        let mut second = WriteBatch::new();
+        second.put(Table::Keys, b"a".to_vec(), b"2".to_vec());
+        second.delete(Table::Keys, b"b".to_vec());
+        second.put(Table::Keys, b"c".to_vec(), b"2".to_vec());
+        backend.write(second).unwrap();
+        assert!(
+            backend.core.buffer.sealed().is_some(),
+            "the first batch is sealed"
+        );
+        let mut third = WriteBatch::new();
+        third.put(Table::Keys, b"d".to_vec(), b"3".to_vec());
+        third.set_applied(b"p3".to_vec());
+        backend.write(third).unwrap();
+
+        let want = vec![pair("a", "2"), pair("c", "2"), pair("d", "3")];
+        assert_eq!(scan_all(&backend), want);
+        assert_eq!(backend.get(Table::Keys, b"b").unwrap(), None);
+        assert_eq!(backend.get(Table::Keys, b"a").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(backend.applied().unwrap(), Some(b"p3".to_vec()));
+
+        drop(held);
+        backend.flush().unwrap();
+        assert!(
+            backend.core.buffer.view().is_none(),
+            "everything is committed"
+        );
+        assert_eq!(scan_all(&backend), want);
+        assert_eq!(backend.get(Table::Keys, b"b").unwrap(), None);
+        assert_eq!(backend.applied().unwrap(), Some(b"p3".to_vec()));
+    }
 }

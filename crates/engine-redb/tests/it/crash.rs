@@ -199,6 +199,7 @@ fn options(durability: Durability) -> Options {
     Options {
         durability,
         cache_bytes: 4 << 20,
+        ..Options::default()
     }
 }
 

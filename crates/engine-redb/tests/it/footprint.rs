@@ -10,6 +10,7 @@ fn open(path: &std::path::Path) -> Store<RedbBackend> {
     let options = Options {
         durability: Durability::Lazy,
         cache_bytes: 16 << 20,
+        ..Options::default()
     };
     Store::open(RedbBackend::open(path, &options).unwrap()).unwrap()
 }

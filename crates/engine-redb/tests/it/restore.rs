@@ -13,6 +13,7 @@ fn options() -> Options {
     Options {
         durability: Durability::EveryBatch,
         cache_bytes: 4 << 20,
+        ..Options::default()
     }
 }
 
