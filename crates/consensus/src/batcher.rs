@@ -155,6 +155,9 @@ pub(crate) struct Batcher<B: mvcc::Backend> {
     pub(crate) pause: crate::transfer::Pause,
     /// The room on this member's log disk, checked before each entry.
     pub(crate) space: crate::log_store::Space,
+    /// Longest a new leader holds an entry back until a quorum has answered it
+    /// ([`crate::leader::heard_from_quorum`]).
+    pub(crate) quorum_wait: Duration,
 }
 
 impl<B: mvcc::Backend> Batcher<B> {
@@ -226,6 +229,7 @@ impl<B: mvcc::Backend> Batcher<B> {
         seq: u64,
         unanswered: &mut Unanswered,
     ) {
+        crate::leader::heard_from_quorum(&self.raft, self.origin, self.quorum_wait).await;
         // Refused before anything is appended while a transfer holds proposals back: the
         // proposers try again with whoever leads once it is over.
         let Some(pass) = self.pause.enter() else {
@@ -428,6 +432,7 @@ mod tests {
             stop: stop.clone(),
             pause: crate::transfer::Pause::default(),
             space: crate::LogStore::unlimited_space(),
+            quorum_wait: LONG,
         };
         let running = tokio::spawn(batcher.run());
         let answer = |p: deadline::Pending<Answer>, what: String| async move {
@@ -453,6 +458,55 @@ mod tests {
         }
         let last = queue(&h, &tx, put("after")).await;
         let applied = answer(last, "a write after the forwards were answered".into()).await;
+        assert!(applied.is_ok(), "{applied:?}");
+        stop.cancel();
+        running.await.unwrap();
+        h.raft.shutdown().await.unwrap();
+    }
+
+    /// A new leader that no quorum has answered yet holds a write back until one has, where
+    /// openraft alone would refuse it (`LeaseExpired`) and its proposer, told "no leader",
+    /// would try again a heartbeat later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_leader_holds_a_write_until_a_quorum_has_answered_it() {
+        let h = Harness::start().await;
+        let (tx, rx) = mpsc::channel(64);
+        let (_flushed_tx, flushed) = watch::channel(0);
+        let stop = CancellationToken::new();
+        let batcher = Batcher {
+            origin: crate::test_support::ME,
+            incarnation: crate::test_support::INCARNATION,
+            raft: h.raft.clone(),
+            peers: h.peers.clone(),
+            queue: rx,
+            waiters: h.waiters.clone(),
+            flushed,
+            flush_wait: LONG,
+            stop: stop.clone(),
+            pause: crate::transfer::Pause::default(),
+            space: crate::LogStore::unlimited_space(),
+            quorum_wait: LONG,
+        };
+        let running = tokio::spawn(batcher.run());
+        h.hold_appends();
+        h.raft.trigger().elect(false).await.unwrap();
+        h.wait_for_leader(crate::test_support::ME).await;
+        let write = queue(&h, &tx, put("first")).await;
+        let mut answered = tokio::spawn(write.wait(Layer::Commit, Deadline::after(LONG)));
+        // Nothing may answer it while no quorum has answered the leader: a refusal would come
+        // at once (this bound only has to outlast the batcher's turn, not any disk or peer).
+        let early = deadline::within(
+            Layer::Api,
+            Deadline::after(Duration::from_millis(500)),
+            &mut answered,
+        )
+        .await;
+        assert!(
+            early.is_err(),
+            "answered before a quorum heard the leader: {early:?}"
+        );
+        h.answer_appends();
+        let applied = answered.await.unwrap().unwrap();
         assert!(applied.is_ok(), "{applied:?}");
         stop.cancel();
         running.await.unwrap();

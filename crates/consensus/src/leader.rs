@@ -45,6 +45,36 @@ pub(crate) fn current<B: mvcc::Backend>(raft: &Raft<B>) -> Option<(u64, Option<M
     })
 }
 
+/// Waits, at most `within`, until `me` (if it leads) has heard from a quorum since it was
+/// elected; returns at once when it does not lead, leads alone, or has heard.
+///
+/// openraft 0.10 refuses writes on a leader no quorum has answered yet (`LeaseExpired`, a
+/// `ForwardToLeader` naming no leader), and a proposer can only take that for "no leader" and
+/// try again a heartbeat later: every write in the first round trip of a new term would cost
+/// that. Waiting here costs at most the round trip. Running out is not an error: the write is
+/// then proposed and openraft answers as it would have.
+pub(crate) async fn heard_from_quorum<B: mvcc::Backend>(raft: &Raft<B>, me: u64, within: Duration) {
+    let mut metrics = raft.metrics();
+    let heard = async {
+        loop {
+            let done = {
+                let m = metrics.borrow_watched();
+                m.current_leader != Some(me)
+                    || m.last_quorum_acked.is_some()
+                    || m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .nth(1)
+                        .is_none()
+            };
+            if done || metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = deadline::within(Layer::Propose, Deadline::after(within), heard).await;
+}
+
 /// The shared view of who leads.
 #[derive(Clone)]
 pub(crate) struct Leadership {

@@ -1,9 +1,9 @@
 //! Test support: one real Raft member beside a scripted peer, so tests can move the member
 //! between follower and leader at the moments they choose.
 //!
-//! The scripted peer (member 2) grants every vote, accepts every append, and holds each
-//! forwarded request until the test releases it, then refuses it with "too many requests" (a
-//! refusal its proposer can see).
+//! The scripted peer (member 2) grants every vote, accepts every append (holding its answers
+//! while the test says so), and holds each forwarded request until the test releases it, then
+//! refuses it with "too many requests" (a refusal its proposer can see).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -51,6 +51,16 @@ pub(crate) struct ScriptedPeer {
     arrived: Arc<watch::Sender<usize>>,
     /// One permit answers one held forward.
     release: Arc<Semaphore>,
+    /// Whether appends are answered; while `false` their answers wait.
+    appends: Arc<watch::Sender<bool>>,
+}
+
+impl ScriptedPeer {
+    /// Waits until appends may be answered.
+    async fn appends_open(&self) {
+        let mut open = self.appends.subscribe();
+        let _ = open.wait_for(|open| *open).await;
+    }
 }
 
 #[tonic::async_trait]
@@ -59,6 +69,7 @@ impl peer_server::Peer for ScriptedPeer {
         &self,
         _request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        self.appends_open().await;
         payload(&Ok::<_, RaftError<TypeConfig>>(
             AppendEntriesResponse::<TypeConfig>::Success,
         ))
@@ -72,7 +83,15 @@ impl peer_server::Peer for ScriptedPeer {
         request: tonic::Request<tonic::Streaming<Payload>>,
     ) -> Result<tonic::Response<Self::AppendStreamStream>, tonic::Status> {
         use futures::StreamExt;
-        let answers = request.into_inner().map(|message| {
+        let peer = self.clone();
+        let answers = request.into_inner().then(move |message| {
+            let peer = peer.clone();
+            async move {
+                peer.appends_open().await;
+                message
+            }
+        });
+        let answers = answers.map(|message| {
             let message = message?;
             let req: AppendEntriesRequest<TypeConfig> =
                 bincode::deserialize(&message.data).unwrap();
@@ -161,6 +180,7 @@ impl Harness {
             forwards: Arc::default(),
             arrived: Arc::new(arrived_tx),
             release: Arc::new(Semaphore::new(0)),
+            appends: Arc::new(watch::channel(true).0),
         };
         let server = tonic::transport::Server::builder()
             .add_service(peer_server::PeerServer::new(peer.clone()))
@@ -228,7 +248,8 @@ impl Harness {
         }
     }
 
-    async fn wait_for_leader(&self, leader: u64) {
+    /// Waits until the member sees `leader` lead.
+    pub(crate) async fn wait_for_leader(&self, leader: u64) {
         let mut metrics = self.raft.metrics();
         deadline::within(Layer::Api, Deadline::after(LONG), async {
             while metrics.borrow_and_update().current_leader != Some(leader) {
@@ -284,6 +305,16 @@ impl Harness {
         })
         .await
         .unwrap_or_else(|_| panic!("forward {n} never reached the leader"));
+    }
+
+    /// Holds the peer's answers to appends (and heartbeats) until [`Harness::answer_appends`].
+    pub(crate) fn hold_appends(&self) {
+        self.peer.appends.send_replace(false);
+    }
+
+    /// Lets the peer answer appends again, the held ones first.
+    pub(crate) fn answer_appends(&self) {
+        self.peer.appends.send_replace(true);
     }
 
     /// Lets the peer answer one held forward.

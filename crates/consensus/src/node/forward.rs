@@ -77,6 +77,9 @@ impl<B: Backend> Node<B> {
         let budgets = &self.inner.budgets;
         match request {
             Forwarded::Propose(proposal) => {
+                let inner = &self.inner;
+                crate::leader::heard_from_quorum(&inner.raft, inner.id, inner.election_timeout)
+                    .await;
                 // Nothing is appended while leadership is handed over; the follower tries
                 // again.
                 let Some(pass) = self.inner.pause.enter() else {

@@ -218,6 +218,7 @@ impl<B: Backend> Node<B> {
                 stop: stop.clone(),
                 pause: pause.clone(),
                 space,
+                quorum_wait: config.election_timeout,
             }
             .run(),
         );
