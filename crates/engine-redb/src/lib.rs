@@ -93,8 +93,6 @@ pub struct RedbBackend {
     path: PathBuf,
     cache_bytes: usize,
     batching: Batching,
-    /// Held by every write, so batches reach the buffer in the order they were written.
-    writer: parking_lot::Mutex<()>,
     /// Wakes the committer thread (`Lazy` with batching only); dropped to stop it.
     wake: Option<mpsc::SyncSender<()>>,
     committer: Option<std::thread::JoinHandle<()>>,
@@ -109,6 +107,9 @@ struct Core {
     db: RwLock<redb::Database>,
     /// The batches written and not yet committed (`Lazy` only; always empty otherwise).
     buffer: Buffer,
+    /// Held by every write (and by the committer when it seals an idle buffer), so batches
+    /// reach the buffer in the order they were written and never a sealed one.
+    writer: parking_lot::Mutex<()>,
     /// Held by each commit of buffered batches, so they reach redb in the order written.
     commit: parking_lot::Mutex<()>,
     durability: Durability,
@@ -176,6 +177,7 @@ impl RedbBackend {
         let core = Arc::new(Core {
             db: RwLock::new(db),
             buffer: Buffer::default(),
+            writer: parking_lot::Mutex::new(()),
             commit: parking_lot::Mutex::new(()),
             durability: options.durability,
             size: DiskSize {
@@ -189,9 +191,10 @@ impl RedbBackend {
             // One wake-up pending at most: the committer takes whatever is sealed when it runs.
             let (wake, woken) = mpsc::sync_channel(1);
             let shared = Arc::clone(&core);
+            let max_age = options.batching.max_age;
             let thread = std::thread::Builder::new()
                 .name("redb-commit".into())
-                .spawn(move || commit_sealed(&shared, &woken))
+                .spawn(move || commit_sealed(&shared, &woken, max_age))
                 .map_err(|e| BackendError::Open(format!("starting the committer: {e}")))?;
             (Some(wake), Some(thread))
         } else {
@@ -203,7 +206,6 @@ impl RedbBackend {
             path: path.to_path_buf(),
             cache_bytes: options.cache_bytes,
             batching: options.batching,
-            writer: parking_lot::Mutex::new(()),
             wake,
             committer,
         })
@@ -293,9 +295,27 @@ impl RedbBackend {
 /// How far past its bound the active generation may grow while the last one is committed.
 const BACKLOG: usize = 4;
 
-/// The committer thread: commits each sealed generation, until the engine closes.
-fn commit_sealed(core: &Core, woken: &mpsc::Receiver<()>) {
-    while woken.recv().is_ok() {
+/// The committer thread: commits each sealed generation, until the engine closes. When no
+/// write seals one for `max_age`, it seals the active generation itself once that is as old,
+/// as etcd commits its batch every 100 ms whether or not more writes come: what was written
+/// reaches the file, and reads stop laying an idle buffer over it.
+fn commit_sealed(core: &Core, woken: &mpsc::Receiver<()>, max_age: Duration) {
+    let by_age = Batching {
+        max_ops: usize::MAX,
+        max_bytes: u64::MAX,
+        max_age,
+    };
+    loop {
+        match woken.recv_timeout(max_age) {
+            Ok(()) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _writer = core.writer.lock();
+                if !core.buffer.active().due(&by_age) || !core.buffer.seal() {
+                    continue;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
         let _commit = core.commit.lock();
         let Some(sealed) = core.buffer.sealed() else {
             continue;
@@ -320,7 +340,7 @@ impl Drop for RedbBackend {
         if let Some(thread) = self.committer.take() {
             let _ = thread.join();
         }
-        let _writer = self.writer.lock();
+        let _writer = self.core.writer.lock();
         if let Err(e) = self.commit_all(false) {
             tracing::warn!(error = %e, "redb engine: buffered batches not committed at close");
         }
@@ -468,7 +488,7 @@ impl Backend for RedbBackend {
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
-        let _writer = self.writer.lock();
+        let _writer = self.core.writer.lock();
         if self.wake.is_none() || batch.clears() {
             // A batch that clears everything is committed on its own, after what it follows.
             self.commit_all(false)?;
@@ -504,7 +524,7 @@ impl Backend for RedbBackend {
         // What is buffered belongs to the old content, which stays if the replacement is
         // dropped; committed first, it is also what the replacement's commit clears.
         {
-            let _writer = self.writer.lock();
+            let _writer = self.core.writer.lock();
             self.commit_all(false)?;
         }
         let db = self.core.db.read_recursive();
@@ -521,14 +541,14 @@ impl Backend for RedbBackend {
         }
         // A synced commit (of what is buffered, or an empty one) makes every earlier unsynced
         // commit durable.
-        let _writer = self.writer.lock();
+        let _writer = self.core.writer.lock();
         self.commit_all(true)
     }
 
     fn defragment(&self) -> Result<bool, BackendError> {
         // The write side waits for every read and write under way and keeps new ones waiting
         // until the file is rewritten, as etcd's defragment blocks its backend.
-        let _writer = self.writer.lock();
+        let _writer = self.core.writer.lock();
         self.commit_all(false)?;
         let _commit = self.core.commit.lock();
         let mut db = self.core.db.write();
@@ -835,5 +855,41 @@ mod tests {
         assert_eq!(scan_all(&backend), want);
         assert_eq!(backend.get(Table::Keys, b"b").unwrap(), None);
         assert_eq!(backend.applied().unwrap(), Some(b"p3".to_vec()));
+    }
+
+    /// A buffer that no later write seals is committed by the committer once it is as old as
+    /// the batching allows, without a flush.
+    #[test]
+    fn an_idle_buffer_is_committed_once_it_is_as_old_as_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            durability: Durability::Lazy,
+            cache_bytes: 4 << 20,
+            batching: Batching {
+                max_ops: usize::MAX,
+                max_bytes: u64::MAX,
+                max_age: Duration::from_millis(20),
+            },
+        };
+        let backend = RedbBackend::open(dir.path().join("db.redb"), &options).unwrap();
+        let mut batch = WriteBatch::new();
+        batch.put(Table::Keys, b"a".to_vec(), b"1".to_vec());
+        backend.write(batch).unwrap();
+        let until = Instant::now() + Duration::from_secs(30);
+        while backend.core.buffer.view().is_some() {
+            assert!(
+                Instant::now() < until,
+                "the idle buffer was never committed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let db = backend.core.db.read();
+        let txn = db.begin_read().unwrap();
+        let keys = txn.open_table(KEYS).unwrap();
+        let stored = keys
+            .get(b"a".as_slice())
+            .unwrap()
+            .map(|v| v.value().to_vec());
+        assert_eq!(stored, Some(b"1".to_vec()), "redb holds the batch");
     }
 }
