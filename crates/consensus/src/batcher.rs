@@ -410,15 +410,19 @@ mod tests {
         pending
     }
 
-    /// A follower forwards a batch, becomes leader, proposes its own batch, and hears back
-    /// about the forward while it waits for that batch's flush; four times over. Writes on the
-    /// member must still be taken afterwards: the forwards are all answered.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn forwards_answered_while_waiting_for_a_flush_do_not_stall_writes() {
-        let mut h = Harness::start().await;
+    /// Runs a batcher for the harness's member: its queue's sender, its task, its stop, and
+    /// the sender of its flush watch, which never reports (the batcher waits in `await_flush`
+    /// for as long as it may) but must be kept.
+    fn start_batcher(
+        h: &Harness,
+    ) -> (
+        mpsc::Sender<Queued>,
+        tokio::task::JoinHandle<()>,
+        CancellationToken,
+        watch::Sender<u64>,
+    ) {
         let (tx, rx) = mpsc::channel(64);
-        // The flush never reports: the batcher waits in `await_flush` for as long as it may.
-        let (_flushed_tx, flushed) = watch::channel(0);
+        let (flushed_tx, flushed) = watch::channel(0);
         let stop = CancellationToken::new();
         let batcher = Batcher {
             origin: crate::test_support::ME,
@@ -434,7 +438,16 @@ mod tests {
             space: crate::LogStore::unlimited_space(),
             quorum_wait: LONG,
         };
-        let running = tokio::spawn(batcher.run());
+        (tx, tokio::spawn(batcher.run()), stop, flushed_tx)
+    }
+
+    /// A follower forwards a batch, becomes leader, proposes its own batch, and hears back
+    /// about the forward while it waits for that batch's flush; four times over. Writes on the
+    /// member must still be taken afterwards: the forwards are all answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forwards_answered_while_waiting_for_a_flush_do_not_stall_writes() {
+        let mut h = Harness::start().await;
+        let (tx, running, stop, _flushed) = start_batcher(&h);
         let answer = |p: deadline::Pending<Answer>, what: String| async move {
             p.wait(Layer::Commit, Deadline::after(Duration::from_secs(10)))
                 .await
@@ -470,24 +483,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_new_leader_holds_a_write_until_a_quorum_has_answered_it() {
         let h = Harness::start().await;
-        let (tx, rx) = mpsc::channel(64);
-        let (_flushed_tx, flushed) = watch::channel(0);
-        let stop = CancellationToken::new();
-        let batcher = Batcher {
-            origin: crate::test_support::ME,
-            incarnation: crate::test_support::INCARNATION,
-            raft: h.raft.clone(),
-            peers: h.peers.clone(),
-            queue: rx,
-            waiters: h.waiters.clone(),
-            flushed,
-            flush_wait: LONG,
-            stop: stop.clone(),
-            pause: crate::transfer::Pause::default(),
-            space: crate::LogStore::unlimited_space(),
-            quorum_wait: LONG,
-        };
-        let running = tokio::spawn(batcher.run());
+        let (tx, running, stop, _flushed) = start_batcher(&h);
         h.hold_appends();
         h.raft.trigger().elect(false).await.unwrap();
         h.wait_for_leader(crate::test_support::ME).await;

@@ -255,7 +255,7 @@ impl RedbBackend {
                 let _ = wake.try_send(());
             }
         }
-        self.core.buffer.failure()
+        Ok(())
     }
 
     /// Whether the committer thread has ended (on a failure) or was never started.
@@ -265,30 +265,9 @@ impl RedbBackend {
 
     /// Commits `batch` on its own, as every `EveryBatch` write is.
     fn commit_batch(&self, batch: WriteBatch) -> Result<(), BackendError> {
-        let err = io("write", None);
-        let db = self.core.db.read_recursive();
-        let mut txn = db.begin_write().map_err(|e| err(&e))?;
-        let bytes = batch
-            .ops()
-            .iter()
-            .map(|op| (op.key.len() + op.value.as_ref().map_or(0, Vec::len)) as u64)
-            .sum();
+        let bytes = batch.ops().iter().map(pending::op_bytes).sum();
         self.core.size.unsynced.fetch_add(bytes, Ordering::Relaxed);
-        let sync = self.core.sync_due();
-        let durability = if sync {
-            redb::Durability::Immediate
-        } else {
-            redb::Durability::None
-        };
-        txn.set_durability(durability).map_err(|e| err(&e))?;
-        write_into(&txn, batch)?;
-        let started = Instant::now();
-        txn.commit().map_err(|e| err(&e))?;
-        record_commit(started);
-        if sync {
-            self.core.synced();
-        }
-        Ok(())
+        self.core.commit_with(false, |txn| write_into(txn, batch))
     }
 }
 
@@ -380,17 +359,11 @@ impl Core {
         if empty && !sync {
             return Ok(());
         }
-        let err = io("write", None);
-        let db = self.db.read_recursive();
-        let mut txn = db.begin_write().map_err(|e| err(&e))?;
-        let sync = self.sync_due() || sync;
-        let durability = if sync {
-            redb::Durability::Immediate
-        } else {
-            redb::Durability::None
-        };
-        txn.set_durability(durability).map_err(|e| err(&e))?;
-        if !empty {
+        self.commit_with(sync, |txn| {
+            if empty {
+                return Ok(());
+            }
+            let err = io("write", None);
             let mut keys = txn.open_table(KEYS).map_err(|e| err(&e))?;
             let mut revisions = txn.open_table(REVISIONS).map_err(|e| err(&e))?;
             let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
@@ -412,7 +385,28 @@ impl Core {
                     .insert(APPLIED, position.as_slice())
                     .map_err(|e| err(&e))?;
             }
-        }
+            Ok(())
+        })
+    }
+
+    /// One redb write transaction filled by `fill`, fsynced when `sync` is set or the unsynced
+    /// bound is reached, its commit timed for etcd's histogram.
+    fn commit_with(
+        &self,
+        sync: bool,
+        fill: impl FnOnce(&redb::WriteTransaction) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
+        let err = io("write", None);
+        let db = self.db.read_recursive();
+        let mut txn = db.begin_write().map_err(|e| err(&e))?;
+        let sync = self.sync_due() || sync;
+        let durability = if sync {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        txn.set_durability(durability).map_err(|e| err(&e))?;
+        fill(&txn)?;
         let started = Instant::now();
         txn.commit().map_err(|e| err(&e))?;
         record_commit(started);

@@ -256,6 +256,11 @@ impl Cursor<'_> {
     }
 }
 
+/// Bytes of key and value `op` writes: what the buffer's and the unsynced bounds count.
+pub(crate) fn op_bytes(op: &BatchOp) -> u64 {
+    (op.key.len() + op.value.as_ref().map_or(0, Vec::len)) as u64
+}
+
 /// A change to one key: the new value, or `None` for a removal.
 pub(crate) type Change = Option<Vec<u8>>;
 
@@ -304,8 +309,9 @@ impl Generation {
     pub(crate) fn add(&self, ops: Vec<BatchOp>, applied: Option<Vec<u8>>) -> u64 {
         let mut b = self.inner.write();
         let mut bytes = 0;
-        for BatchOp { table, key, value } in ops {
-            bytes += (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
+        for op in ops {
+            bytes += op_bytes(&op);
+            let BatchOp { table, key, value } = op;
             b.tables[slot(table)].insert(key, value);
             b.ops += 1;
         }
