@@ -7,12 +7,13 @@
 //! buffers writes and commits them every 100 ms, `Lazy` batches gather here and are committed
 //! together; readers look here before they look in redb.
 //!
-//! The buffer holds [`Generation`]s: the active one takes new batches; once due it is sealed
-//! and handed to the committer thread while a new active one takes over, so a write never
-//! waits for a commit. A generation only grows until it is sealed, and once committed it is
-//! dropped, never emptied in place. A reader takes its [`View`] of the generations *before* it
-//! opens its redb transaction, so whatever they held is either still in them or already
-//! committed when the reader's transaction begins: nothing falls between the two.
+//! The buffer holds [`Generation`]s: the active one takes new batches and is committed by the
+//! write that finds it due; when no write comes, the committer thread seals it once it is as
+//! old as the bound and commits it. A generation only grows until it is sealed, and once
+//! committed it is dropped, never emptied in place. A reader takes its [`View`] of the
+//! generations *before* it opens its redb transaction, so whatever they held is either still
+//! in them or already committed when the reader's transaction begins: nothing falls between
+//! the two.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mvcc::{BackendError, BatchOp, Table};
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 
 /// When the buffered writes are committed to redb.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,11 +37,11 @@ pub struct Batching {
 
 impl Default for Batching {
     /// etcd's backend: every 100 ms or 10,000 changes; the byte bound keeps large values from
-    /// holding much memory.
+    /// holding much memory (100 ms of 256-byte puts is well under it).
     fn default() -> Self {
         Self {
             max_ops: 10_000,
-            max_bytes: 16 << 20,
+            max_bytes: 4 << 20,
             max_age: Duration::from_millis(100),
         }
     }
@@ -59,8 +60,6 @@ impl Batching {
 #[derive(Default)]
 pub(crate) struct Buffer {
     layers: Mutex<Layers>,
-    /// Signalled when the sealed generation is committed, or its commit failed.
-    unsealed: Condvar,
     /// Why the committer stopped; every later write fails with it.
     failed: Mutex<Option<String>>,
 }
@@ -70,10 +69,6 @@ struct Layers {
     active: Arc<Generation>,
     sealed: Option<Arc<Generation>>,
 }
-
-/// How long a writer waits for the sealed generation's commit before it looks again whether
-/// the committer is still there.
-const UNSEALED_POLL: Duration = Duration::from_millis(100);
 
 impl Buffer {
     /// What a reader must lay over redb, newest first; `None` when nothing is buffered.
@@ -114,7 +109,6 @@ impl Buffer {
     /// Drops the sealed generation once redb holds it.
     pub(crate) fn committed_sealed(&self) {
         self.layers.lock().sealed = None;
-        self.unsealed.notify_all();
     }
 
     /// Starts a new active generation once redb holds `committed`, the active one.
@@ -125,28 +119,9 @@ impl Buffer {
         }
     }
 
-    /// Waits until no generation is sealed; fails when the committer failed or `stopped`
-    /// says it is gone.
-    pub(crate) fn wait_unsealed(&self, stopped: &dyn Fn() -> bool) -> Result<(), BackendError> {
-        let mut layers = self.layers.lock();
-        while layers.sealed.is_some() {
-            drop(layers);
-            self.failure()?;
-            if stopped() {
-                return Err(failed("the committer thread is gone".into()));
-            }
-            layers = self.layers.lock();
-            if layers.sealed.is_some() {
-                self.unsealed.wait_for(&mut layers, UNSEALED_POLL);
-            }
-        }
-        Ok(())
-    }
-
-    /// Records the committer's failure and wakes whoever waits for it.
+    /// Records the committer's failure.
     pub(crate) fn fail(&self, error: &BackendError) {
         *self.failed.lock() = Some(error.to_string());
-        self.unsealed.notify_all();
     }
 
     /// The committer's failure, as the error of every write after it.
@@ -233,8 +208,8 @@ impl Cursor<'_> {
         }
         if self.head.is_none() && self.more {
             let after = self.last.as_deref().map_or(self.from, Bound::Excluded);
-            let next = self.generation.chunk(self.table, after, self.to, self.size);
-            self.more = next.len() == self.size;
+            let (next, more) = self.generation.chunk(self.table, after, self.to, self.size);
+            self.more = more;
             self.size = (self.size * 4).min(CHUNK);
             self.chunk = next.into_iter();
             self.head = self.chunk.next();
@@ -292,6 +267,9 @@ fn slot(table: Table) -> usize {
 /// [`FIRST_CHUNK`] and each next one four times the last: most scans (a put's lookup of the
 /// key's last version) stop at their first entry and should not copy more.
 pub(crate) const CHUNK: usize = 128;
+/// Bytes of keys and values a chunk stops at (a watch catching up over large values must not
+/// copy [`CHUNK`] of them at once).
+pub(crate) const CHUNK_BYTES: usize = 256 << 10;
 /// Entries of a scan's first chunk.
 pub(crate) const FIRST_CHUNK: usize = 2;
 
@@ -340,19 +318,29 @@ impl Generation {
     }
 
     /// Up to `max` buffered changes of `table` from `from` up to `to`, in key order.
+    /// Also stops once the chunk holds [`CHUNK_BYTES`] (with one change at least), so large
+    /// values are not copied many at a time; the flag says whether more changes follow.
     pub(crate) fn chunk(
         &self,
         table: Table,
         from: Bound<&[u8]>,
         to: Bound<&[u8]>,
         max: usize,
-    ) -> Vec<(Vec<u8>, Change)> {
+    ) -> (Vec<(Vec<u8>, Change)>, bool) {
         let b = self.inner.read();
-        b.tables[slot(table)]
+        let mut changes = b.tables[slot(table)]
             .range::<[u8], _>((from, to))
-            .take(max)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+            .peekable();
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        while chunk.len() < max && bytes < CHUNK_BYTES {
+            let Some((k, v)) = changes.next() else {
+                break;
+            };
+            bytes += k.len() + v.as_ref().map_or(0, Vec::len);
+            chunk.push((k.clone(), v.clone()));
+        }
+        (chunk, changes.peek().is_some())
     }
 
     /// Calls `each` with every buffered change in table then key order, then returns the
@@ -407,11 +395,9 @@ mod tests {
         assert_eq!(g.get(Table::Keys, b"b"), Some(None));
         assert_eq!(g.get(Table::Keys, b"a"), Some(Some(b"2".to_vec())));
         assert_eq!(g.get(Table::Meta, b"a"), None);
-        let keys: Vec<_> = g
-            .chunk(Table::Keys, Bound::Unbounded, Bound::Unbounded, CHUNK)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        let (chunk, more) = g.chunk(Table::Keys, Bound::Unbounded, Bound::Unbounded, CHUNK);
+        assert!(!more);
+        let keys: Vec<_> = chunk.into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, [b"a".to_vec(), b"b".to_vec()]);
         assert_eq!(g.applied(), Some(b"7".to_vec()));
     }
@@ -435,5 +421,27 @@ mod tests {
         };
         let g = Generation::default();
         assert!(!g.due(&by_age), "an empty buffer has no age");
+    }
+
+    /// Large values are handed to a scan a few at a time, not [`CHUNK`] of them at once.
+    #[test]
+    fn a_chunk_of_large_values_stops_at_its_byte_bound() {
+        let g = Generation::default();
+        let value = vec![b'v'; 100 << 10];
+        let ops = (0..10)
+            .map(|i| BatchOp {
+                table: Table::Revisions,
+                key: vec![i],
+                value: Some(value.clone()),
+            })
+            .collect();
+        g.add(ops, None);
+        let all = (Bound::Unbounded, Bound::Unbounded);
+        let (chunk, more) = g.chunk(Table::Revisions, all.0, all.1, CHUNK);
+        assert_eq!(chunk.len(), CHUNK_BYTES.div_ceil(100 << 10));
+        assert!(more);
+        let (chunk, more) = g.chunk(Table::Revisions, Bound::Included(&[7]), all.1, CHUNK);
+        assert_eq!(chunk.len(), 3);
+        assert!(!more);
     }
 }
