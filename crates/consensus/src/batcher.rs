@@ -372,9 +372,10 @@ fn forward_rejection(reply: Result<ForwardReply, CallError>) -> Option<Rejected>
 /// apply it twice.
 fn rejection(e: ClientWriteError<crate::TypeConfig>) -> Option<Rejected> {
     match e {
-        ClientWriteError::ForwardToLeader(f) => {
-            Some(f.leader_id.map_or(Rejected::NoLeader, Rejected::NotLeader))
-        }
+        ClientWriteError::ForwardToLeader(f) => Some(
+            f.leader_id
+                .map_or(Rejected::NoLeader, |l| Rejected::NotLeader(l.0)),
+        ),
         ClientWriteError::LogEntryDiscarded(_) => None,
         ClientWriteError::ChangeMembershipError(e) => Some(Rejected::Other(e.to_string())),
         ClientWriteError::PreconditionFailed(e) => Some(Rejected::Other(e.to_string())),

@@ -225,12 +225,12 @@ pub(crate) async fn run<B: mvcc::Backend>(
             let membership = m.membership_config.membership();
             let voters: Vec<(u64, crate::Member)> = membership
                 .voter_ids()
-                .filter_map(|id| Some((id, membership.get_node(&id)?.clone())))
+                .filter_map(|id| Some((id.0, membership.get_node(&id)?.clone())))
                 .collect();
             (
                 m.state == ServerState::Leader,
                 voters,
-                m.id,
+                m.id.0,
                 m.vote,
                 m.current_leader,
             )
@@ -290,18 +290,22 @@ mod tests {
     fn the_highest_asked_vote_is_kept() {
         let asked = Asked::default();
         assert_eq!(asked.highest(), None);
-        asked.note(Vote::new(5, 2));
-        asked.note(Vote::new(3, 9));
-        asked.note(Vote::new_committed(4, 1));
-        assert_eq!(asked.highest(), Some(Vote::new(5, 2)));
-        asked.note(Vote::new(5, 7));
+        asked.note(Vote::new(5, crate::MemberId(2)));
+        asked.note(Vote::new(3, crate::MemberId(9)));
+        asked.note(Vote::new_committed(4, crate::MemberId(1)));
+        assert_eq!(asked.highest(), Some(Vote::new(5, crate::MemberId(2))));
+        asked.note(Vote::new(5, crate::MemberId(7)));
         assert_eq!(
             asked.highest(),
-            Some(Vote::new(5, 7)),
+            Some(Vote::new(5, crate::MemberId(7))),
             "equal terms: by member id"
         );
-        asked.note(Vote::new_committed(6, 1));
-        assert_eq!(asked.highest(), Some(Vote::new(6, 1)), "kept uncommitted");
+        asked.note(Vote::new_committed(6, crate::MemberId(1)));
+        assert_eq!(
+            asked.highest(),
+            Some(Vote::new(6, crate::MemberId(1))),
+            "kept uncommitted"
+        );
         let before = Instant::now();
         assert!(!asked.voted_since(before));
         let answering = {

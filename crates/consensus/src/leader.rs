@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::NotServed;
 use crate::types::typ::Raft;
-use crate::types::Member;
+use crate::types::{Member, MemberId};
 
 /// How long requests waited for a leader (only those that found none).
 const WAITED: &str = "metastore_leader_wait_seconds";
@@ -41,7 +41,7 @@ pub(crate) fn current<B: mvcc::Backend>(raft: &Raft<B>) -> Option<(u64, Option<M
             .nodes()
             .find(|(id, _)| **id == leader)
             .map(|(_, member)| member.clone());
-        (leader, member)
+        (leader.0, member)
     })
 }
 
@@ -59,7 +59,7 @@ pub(crate) async fn heard_from_quorum<B: mvcc::Backend>(raft: &Raft<B>, me: u64,
         loop {
             let done = {
                 let m = metrics.borrow_watched();
-                m.current_leader != Some(me)
+                m.current_leader != Some(MemberId(me))
                     || m.last_quorum_acked.is_some()
                     || m.membership_config
                         .membership()
@@ -87,7 +87,7 @@ impl Leadership {
         mut metrics: crate::types::typ::MetricsWatch,
         stop: CancellationToken,
     ) -> Self {
-        let first = metrics.borrow_watched().current_leader;
+        let first = metrics.borrow_watched().current_leader.map(|l| l.0);
         let (tx, known) = watch::channel(Known {
             leader: first,
             since: Instant::now(),
@@ -97,7 +97,7 @@ impl Leadership {
         }
         tokio::spawn(async move {
             loop {
-                let leader = metrics.borrow_and_update().current_leader;
+                let leader = metrics.borrow_and_update().current_leader.map(|l| l.0);
                 tx.send_if_modified(|k| {
                     let changed = k.leader != leader;
                     if changed && leader.is_some() {
@@ -244,7 +244,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wait_ends_when_a_leader_is_known_or_at_its_deadline() {
         let (tx, rx) = <crate::TypeConfig as openraft::type_config::TypeConfigExt>::watch_channel(
-            crate::types::typ::RaftMetrics::new_initial(1),
+            crate::types::typ::RaftMetrics::new_initial(MemberId(1)),
         );
         let stop = CancellationToken::new();
         let leadership = Leadership::follow(rx, stop.clone());
@@ -276,7 +276,7 @@ mod tests {
         let waiting: Vec<_> = (0..3).map(|_| wait(None, Duration::ZERO)).collect();
         let started = Instant::now();
         tx.send_if_modified(|m| {
-            m.current_leader = Some(2);
+            m.current_leader = Some(MemberId(2));
             true
         });
         for w in waiting {
@@ -286,7 +286,7 @@ mod tests {
         // Leader 2 could not be reached: 3 is taken as soon as it is known...
         let other = wait(Some(2), Duration::from_secs(30));
         tx.send_if_modified(|m| {
-            m.current_leader = Some(3);
+            m.current_leader = Some(MemberId(3));
             true
         });
         assert_eq!(other.await.unwrap().unwrap(), 3);

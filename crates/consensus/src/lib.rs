@@ -92,4 +92,4 @@ pub use snapshot_data::SnapshotData;
 pub use stages::STAGE_SECONDS;
 pub use state_machine::{applied_auth, seed_auth, SnapshotBuilder, StateMachine};
 pub use transfer::TransferError;
-pub use types::{typ, Applied, Member, Proposal, Tagged, TypeConfig};
+pub use types::{typ, Applied, Member, MemberId, Proposal, Tagged, TypeConfig};

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::floor::{Floor, Held, HELD_PURGES_FAILED};
 use crate::stages::Stage;
 use crate::types::typ::{Entry, EntryPayload, LogId, LogState, Vote};
-use crate::types::TypeConfig;
+use crate::types::{MemberId, TypeConfig};
 use crate::wal::{Head, RecordRef, Wal};
 
 /// Log writes waiting for the writer thread at most; `append` waits for room beyond that.
@@ -218,7 +218,7 @@ fn head(log_id: &LogId) -> Head {
     Head {
         index: log_id.index,
         term: log_id.leader_id.term,
-        node: log_id.leader_id.node_id,
+        node: log_id.leader_id.node_id.0,
     }
 }
 
@@ -542,8 +542,8 @@ impl LogStore {
         let index = last.map_or(1, |l| l.index + 1);
         let log_id = crate::types::typ::log_id(term, own_id, index);
         let membership = openraft::Membership::new(
-            vec![std::collections::BTreeSet::from([own_id])],
-            BTreeMap::from([(own_id, member)]),
+            vec![std::collections::BTreeSet::from([MemberId(own_id)])],
+            BTreeMap::from([(MemberId(own_id), member)]),
         )
         .map_err(|e| e.to_string())?;
         let entry = Entry {
@@ -557,7 +557,7 @@ impl LogStore {
         durable
             .await
             .map_err(|_| "the log writer stopped".to_string())??;
-        self.save_vote(&Vote::new(term, own_id))
+        self.save_vote(&Vote::new(term, MemberId(own_id)))
             .await
             .map_err(|e| e.to_string())?;
         Ok(log_id)
@@ -973,7 +973,7 @@ mod tests {
     async fn the_log_vote_and_hints_survive_a_reopen_after_truncate_and_purge() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft-log");
-        let vote = Vote::new(7, 3);
+        let vote = Vote::new(7, crate::MemberId(3));
         {
             let (mut log, closer) = LogStore::open_with(&path, 1, 1, 4096).unwrap();
             append_durably(&mut log, (1..=60).map(|i| entry(i, 200)).collect()).await;
@@ -1102,7 +1102,7 @@ mod tests {
     async fn a_redb_log_is_migrated_once() {
         let dir = tempfile::tempdir().unwrap();
         let legacy = dir.path().join(crate::marker::LEGACY_RAFT_LOG);
-        let vote = Vote::new(4, 2);
+        let vote = Vote::new(4, crate::MemberId(2));
         {
             // The layout the redb log used.
             let log: redb::TableDefinition<'static, u64, &'static [u8]> =

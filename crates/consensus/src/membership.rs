@@ -11,7 +11,7 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Member, TypeConfig};
+use crate::types::{Member, MemberId, TypeConfig};
 
 /// A change to the cluster's membership.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -158,7 +158,7 @@ impl View {
         change: &Change,
         token: &str,
         strict: bool,
-    ) -> Result<(u64, ChangeMembers<u64, Member>), MembershipError> {
+    ) -> Result<(u64, ChangeMembers<MemberId, Member>), MembershipError> {
         let exists = |id: u64| self.members.contains_key(&id);
         let voters = self.all_voters();
         match change {
@@ -187,7 +187,10 @@ impl View {
                     if learners >= MAX_LEARNERS {
                         return Err(MembershipError::TooManyLearners);
                     }
-                    return Ok((id, ChangeMembers::AddNodes(BTreeMap::from([(id, member)]))));
+                    return Ok((
+                        id,
+                        ChangeMembers::AddNodes(BTreeMap::from([(MemberId(id), member)])),
+                    ));
                 }
                 // The new voter has not started: the others must still make a quorum, except
                 // that etcd lets a lone member take a second (to restore a cluster from one).
@@ -197,14 +200,20 @@ impl View {
                 if strict && !lone && started < size / 2 + 1 {
                     return Err(MembershipError::NotEnoughStarted);
                 }
-                Ok((id, ChangeMembers::AddNodes(BTreeMap::from([(id, member)]))))
+                Ok((
+                    id,
+                    ChangeMembers::AddNodes(BTreeMap::from([(MemberId(id), member)])),
+                ))
             }
             Change::Remove { id } => {
                 if !exists(*id) {
                     return Err(MembershipError::MemberNotFound);
                 }
                 if !voters.contains(id) {
-                    return Ok((*id, ChangeMembers::RemoveNodes(BTreeSet::from([*id]))));
+                    return Ok((
+                        *id,
+                        ChangeMembers::RemoveNodes(BTreeSet::from([MemberId(*id)])),
+                    ));
                 }
                 let mut rest = voters.clone();
                 rest.remove(id);
@@ -213,9 +222,15 @@ impl View {
                 }
                 if !self.voters.contains(id) {
                     // Still catching up: openraft knows it as a learner.
-                    return Ok((*id, ChangeMembers::RemoveNodes(BTreeSet::from([*id]))));
+                    return Ok((
+                        *id,
+                        ChangeMembers::RemoveNodes(BTreeSet::from([MemberId(*id)])),
+                    ));
                 }
-                Ok((*id, ChangeMembers::RemoveVoters(BTreeSet::from([*id]))))
+                Ok((
+                    *id,
+                    ChangeMembers::RemoveVoters(BTreeSet::from([MemberId(*id)])),
+                ))
             }
             Change::Update { id, peer_urls } => {
                 let Some(old) = self.members.get(id) else {
@@ -236,7 +251,7 @@ impl View {
                 };
                 Ok((
                     *id,
-                    ChangeMembers::SetNodes(BTreeMap::from([(*id, member)])),
+                    ChangeMembers::SetNodes(BTreeMap::from([(MemberId(*id), member)])),
                 ))
             }
             Change::Promote { id } => {
@@ -251,7 +266,10 @@ impl View {
                 if matched * 10 < self.last_index * 9 {
                     return Err(MembershipError::LearnerNotReady);
                 }
-                Ok((*id, ChangeMembers::AddVoterIds(BTreeSet::from([*id]))))
+                Ok((
+                    *id,
+                    ChangeMembers::AddVoterIds(BTreeSet::from([MemberId(*id)])),
+                ))
             }
             Change::Publish {
                 id,
@@ -268,7 +286,7 @@ impl View {
                 };
                 Ok((
                     *id,
-                    ChangeMembers::SetNodes(BTreeMap::from([(*id, member)])),
+                    ChangeMembers::SetNodes(BTreeMap::from([(MemberId(*id), member)])),
                 ))
             }
         }
@@ -286,9 +304,10 @@ pub(crate) async fn promote_when_caught_up<B: mvcc::Backend>(node: crate::Node<B
         let ready = {
             let m = metrics.borrow_and_update();
             let membership = m.membership_config.membership();
-            if m.current_leader != Some(node.id())
-                || membership.get_node(&id).is_none()
-                || membership.voter_ids().any(|v| v == id)
+            let raft_id = MemberId(id);
+            if m.current_leader != Some(MemberId(node.id()))
+                || membership.get_node(&raft_id).is_none()
+                || membership.voter_ids().any(|v| v == raft_id)
             {
                 node.forget_pending(id);
                 return;
@@ -297,15 +316,16 @@ pub(crate) async fn promote_when_caught_up<B: mvcc::Backend>(node: crate::Node<B
             let matched = m
                 .replication
                 .as_ref()
-                .and_then(|r| r.get(&id).copied().flatten())
+                .and_then(|r| r.get(&raft_id).copied().flatten())
                 .map(|l| l.index);
             // The leader's own check for `member promote`: within 90% of the leader's log.
             matched.is_some_and(|matched| matched * 10 >= last * 9)
         };
         if ready {
-            let promote = node
-                .raft()
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false);
+            let promote = node.raft().change_membership(
+                ChangeMembers::AddVoterIds(BTreeSet::from([MemberId(id)])),
+                false,
+            );
             let limit = node
                 .budgets()
                 .deadline_for(deadline::Layer::Commit, deadline::Deadline::none());
@@ -344,7 +364,7 @@ pub(crate) fn refusal(
     use crate::network::Refusal;
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            Refusal::NotLeader(f.leader_id)
+            Refusal::NotLeader(f.leader_id.map(|l| l.0))
         }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
             ChangeMembershipError::InProgress(_) => {

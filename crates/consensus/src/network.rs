@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio_rustls::rustls;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::types::{Member, Proposal, TypeConfig};
+use crate::types::{Member, MemberId, Proposal, TypeConfig};
 
 /// The generated protocol.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -511,10 +511,10 @@ impl AppendBudget {
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConn;
 
-    async fn new_client(&mut self, target: u64, node: &Member) -> PeerConn {
+    async fn new_client(&mut self, target: MemberId, node: &Member) -> PeerConn {
         PeerConn {
             peers: self.peers.clone(),
-            target,
+            target: target.0,
             member: node.clone(),
             budget: AppendBudget::new(),
             streams: PIPELINED_APPENDS,
@@ -523,7 +523,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
     /// Heartbeats go one unary call each (openraft sends each as a stream of one append): no
     /// stream to open per heartbeat, and each answered one is the link's round trip.
-    async fn new_heartbeat_client(&mut self, target: u64, node: &Member) -> PeerConn {
+    async fn new_heartbeat_client(&mut self, target: MemberId, node: &Member) -> PeerConn {
         PeerConn {
             streams: false,
             ..self.new_client(target, node).await
@@ -873,7 +873,7 @@ fn admit<B: mvcc::Backend>(
     let admitted = {
         let metrics = node.raft().metrics();
         let m = metrics.borrow_watched();
-        let mut nodes = m.membership_config.membership().nodes().map(|(id, _)| *id);
+        let mut nodes = m.membership_config.membership().nodes().map(|(id, _)| id.0);
         match nodes.next() {
             None => true,
             Some(first) => sender.is_some_and(|s| first == s || nodes.any(|id| id == s)),
@@ -1011,7 +1011,7 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
             &self.node,
             "append-entries",
             &request,
-            |r: &AppendEntriesRequest<TypeConfig>| r.vote.leader_id().node_id,
+            |r: &AppendEntriesRequest<TypeConfig>| r.vote.leader_id().node_id.0,
         )?;
         // A leader whose vote is not below this member's reached it (what any answer but a
         // higher vote meant): counted as it arrives, as etcd counts any message from its
@@ -1051,7 +1051,7 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
             let node = node.clone();
             requests.take_while(move |req| {
                 let admitted =
-                    admit(&node, "append-stream", Some(req.vote.leader_id().node_id)).is_ok();
+                    admit(&node, "append-stream", Some(req.vote.leader_id().node_id.0)).is_ok();
                 // As for a single append: a leader whose vote is not below this member's
                 // reached it.
                 if admitted && req.vote >= node.raft().metrics().borrow_watched().vote {
@@ -1076,7 +1076,7 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
             &self.node,
             "vote",
             &request,
-            |r: &VoteRequest<TypeConfig>| r.vote.leader_id().node_id,
+            |r: &VoteRequest<TypeConfig>| r.vote.leader_id().node_id.0,
         )?;
         reply(&crate::elections::answer(&self.node, req).await)
     }
@@ -1089,7 +1089,7 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
             &self.node,
             "install-snapshot",
             &request,
-            |c: &SnapshotChunk| c.vote.leader_id().node_id,
+            |c: &SnapshotChunk| c.vote.leader_id().node_id.0,
         )?;
         let vote = chunk.vote;
         let answer = self.take_chunk(chunk).await;
@@ -1109,7 +1109,7 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
             &self.node,
             "transfer-leader",
             &request,
-            |r: &TransferLeaderRequest<TypeConfig>| r.from_leader().leader_id().node_id,
+            |r: &TransferLeaderRequest<TypeConfig>| r.from_leader().leader_id().node_id.0,
         )?;
         let answer: Result<TransferLeaderResponse<TypeConfig>, RaftError<TypeConfig>> = self
             .node
@@ -1144,7 +1144,7 @@ impl<B: mvcc::Backend> pb::peer_server::Peer for PeerService<B> {
             m.membership_config
                 .membership()
                 .nodes()
-                .map(|(id, member)| (*id, member.clone()))
+                .map(|(id, member)| (id.0, member.clone()))
                 .collect()
         };
         reply(&MembersReply {
@@ -1183,7 +1183,7 @@ mod tests {
             .map(|index| crate::test_support::put_entry(index, value_bytes))
             .collect();
         AppendEntriesRequest {
-            vote: Vote::new_committed(1, 1),
+            vote: Vote::new_committed(1, crate::MemberId(1)),
             prev_log_id: None,
             leader_commit: None,
             entries,
@@ -1310,7 +1310,7 @@ mod tests {
 
     fn append_with_marker() -> AppendEntriesRequest<TypeConfig> {
         AppendEntriesRequest {
-            vote: Vote::new_committed(1, 1),
+            vote: Vote::new_committed(1, crate::MemberId(1)),
             prev_log_id: None,
             leader_commit: None,
             entries: vec![crate::types::typ::Entry {
@@ -1397,11 +1397,11 @@ mod tests {
         let enc = |data: Payload| data.data;
         let nested = |v: &dyn Fn() -> Payload| enc(v());
         let vote = VoteRequest::<TypeConfig>::new(
-            Vote::new(3, 2),
+            Vote::new(3, crate::MemberId(2)),
             Some(crate::types::typ::log_id(2, 1, 9)),
         );
         let snapshot = SnapshotChunk {
-            vote: Vote::new_committed(1, 1),
+            vote: Vote::new_committed(1, crate::MemberId(1)),
             meta: Default::default(),
             offset: 4096,
             data: b"snapshot chunk".to_vec(),
@@ -1456,7 +1456,7 @@ mod tests {
         );
         refused += garbage_never_panics::<Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>>(
             &[enc(encode(&Ok::<_, RaftError<TypeConfig>>(
-                VoteResponse::<TypeConfig>::new(Vote::new(3, 2), None, true),
+                VoteResponse::<TypeConfig>::new(Vote::new(3, crate::MemberId(2)), None, true),
             ))
             .unwrap())],
             &mut rng,
@@ -1465,7 +1465,7 @@ mod tests {
             garbage_never_panics::<SnapshotChunk>(&[enc(encode(&snapshot).unwrap())], &mut rng);
         refused += garbage_never_panics::<Result<SnapshotResponse<TypeConfig>, String>>(
             &[enc(encode(&Ok::<_, String>(
-                SnapshotResponse::<TypeConfig>::new(Vote::new_committed(1, 1)),
+                SnapshotResponse::<TypeConfig>::new(Vote::new_committed(1, crate::MemberId(1))),
             ))
             .unwrap())],
             &mut rng,
@@ -1523,7 +1523,7 @@ mod tests {
         );
         // With a request to send, the stream is opened, and bounded by openraft's TTL.
         let request = AppendEntriesRequest::<TypeConfig> {
-            vote: Vote::new_committed(1, 1),
+            vote: Vote::new_committed(1, crate::MemberId(1)),
             prev_log_id: None,
             leader_commit: None,
             entries: Vec::new(),
@@ -1676,7 +1676,7 @@ mod tests {
         assert_eq!(bincode::serialize(&put).unwrap(), old);
         assert_eq!(bincode::deserialize::<mvcc::PutRequest>(&old).unwrap(), put);
         let chunk = SnapshotChunk {
-            vote: Vote::new_committed(3, 1),
+            vote: Vote::new_committed(3, crate::MemberId(1)),
             meta: Default::default(),
             offset: 4096,
             data: (0..3000u32).map(|i| (i * 7) as u8).collect(),
@@ -1723,7 +1723,7 @@ mod tests {
         let before = term();
         let stranger: u64 = 0xdead;
         let vote = VoteRequest::<TypeConfig> {
-            vote: Vote::new(before + 1000, stranger),
+            vote: Vote::new(before + 1000, crate::MemberId(stranger)),
             last_log_id: Some(crate::types::typ::log_id(before + 999, stranger, 1 << 40)),
             leadership_transfer: false,
         };
@@ -1733,7 +1733,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
         let append: AppendEntriesRequest<TypeConfig> = AppendEntriesRequest {
-            vote: Vote::new_committed(before + 1000, stranger),
+            vote: Vote::new_committed(before + 1000, crate::MemberId(stranger)),
             prev_log_id: None,
             entries: vec![],
             leader_commit: None,

@@ -54,7 +54,7 @@ pub(crate) fn migrate(legacy: &Path, dir: &Path) -> Result<(), String> {
         let head = Head {
             index: entry.log_id.index,
             term: entry.log_id.leader_id.term,
-            node: entry.log_id.leader_id.node_id,
+            node: entry.log_id.leader_id.node_id.0,
         };
         wal.append_entry(head, raw).map_err(|e| e.to_string())?;
         entries += 1;

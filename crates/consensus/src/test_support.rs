@@ -218,7 +218,7 @@ impl Harness {
         .validate()
         .unwrap();
         let raft = Raft::new(
-            ME,
+            crate::MemberId(ME),
             Arc::new(config),
             PeerNetwork::new(peers.clone()),
             log,
@@ -232,8 +232,11 @@ impl Harness {
             client_urls: vec![],
         };
         raft.initialize(BTreeMap::from([
-            (ME, member("me", "http://127.0.0.1:1".into())),
-            (PEER, member("peer", url)),
+            (
+                crate::MemberId(ME),
+                member("me", "http://127.0.0.1:1".into()),
+            ),
+            (crate::MemberId(PEER), member("peer", url)),
         ]))
         .await
         .unwrap();
@@ -252,7 +255,7 @@ impl Harness {
     pub(crate) async fn wait_for_leader(&self, leader: u64) {
         let mut metrics = self.raft.metrics();
         deadline::within(Layer::Api, Deadline::after(LONG), async {
-            while metrics.borrow_and_update().current_leader != Some(leader) {
+            while metrics.borrow_and_update().current_leader != Some(crate::MemberId(leader)) {
                 metrics.changed().await.unwrap();
             }
         })
@@ -264,7 +267,7 @@ impl Harness {
     pub(crate) async fn follow_peer(&self) {
         let term = self.raft.metrics().borrow_watched().current_term;
         let request = AppendEntriesRequest::<TypeConfig> {
-            vote: Vote::new_committed(term + 1, PEER),
+            vote: Vote::new_committed(term + 1, crate::MemberId(PEER)),
             prev_log_id: None,
             entries: Vec::new(),
             leader_commit: None,
@@ -283,7 +286,7 @@ impl Harness {
             loop {
                 let writable = {
                     let m = metrics.borrow_and_update();
-                    m.current_leader == Some(ME) && m.last_quorum_acked.is_some()
+                    m.current_leader == Some(crate::MemberId(ME)) && m.last_quorum_acked.is_some()
                 };
                 if writable {
                     break;

@@ -80,12 +80,42 @@ pub struct Applied {
     pub result: Result<Option<mvcc::Response>, Refusal>,
 }
 
+/// A member's id as Raft carries it: printed in hex wherever it is shown (as etcd prints
+/// member ids), openraft's own log lines included; stored and sent as the bare number.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MemberId(pub u64);
+
+impl std::fmt::Display for MemberId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
+}
+
+impl std::fmt::Debug for MemberId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
+}
+
+impl From<u64> for MemberId {
+    fn from(id: u64) -> Self {
+        Self(id)
+    }
+}
+
+impl From<MemberId> for u64 {
+    fn from(id: MemberId) -> Self {
+        id.0
+    }
+}
+
 openraft::declare_raft_types!(
     /// Raft types of MetaStore.
     pub TypeConfig:
         D = Proposal,
         R = Applied,
-        NodeId = u64,
+        NodeId = MemberId,
         Node = Member,
         AsyncRuntime = openraft::impls::TokioRuntime,
 );
@@ -124,7 +154,7 @@ pub mod typ {
     pub fn committed_leader(term: u64, node: u64) -> CommittedLeaderId {
         openraft::impls::leader_id_adv::LeaderId {
             term,
-            node_id: node,
+            node_id: super::MemberId(node),
         }
     }
 
@@ -137,4 +167,23 @@ pub mod typ {
     pub type RaftMetrics = openraft::RaftMetrics<C>;
     /// A receiver of Raft's metrics as they change.
     pub type MetricsWatch = a::WatchReceiverOf<C, RaftMetrics>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openraft_prints_member_ids_in_hex_and_stores_the_bare_number() {
+        let id = 0x06de_4c8a_6eda_5fe0_u64;
+        let vote = typ::Vote::new(3, MemberId(id));
+        let shown = format!("{vote} {vote:?}");
+        assert!(shown.contains("6de4c8a6eda5fe0"), "{shown}");
+        assert!(!shown.contains(&id.to_string()), "{shown}");
+        // Logs, snapshots and peers written before the id had its own type read the same.
+        let stored = bincode::serialize(&vote).expect("encode");
+        let before: openraft::Vote<openraft::impls::leader_id_adv::LeaderId<u64, u64>> =
+            bincode::deserialize(&stored).expect("decode");
+        assert_eq!(before.leader_id().node_id, id);
+    }
 }

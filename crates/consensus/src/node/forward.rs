@@ -118,7 +118,7 @@ impl<B: Backend> Node<B> {
                 match budgets.run(Layer::Commit, Deadline::none(), write).await {
                     Ok(Ok(Ok(Ok(_)))) => ForwardReply::Done,
                     Ok(Ok(Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))))) => {
-                        ForwardReply::Refused(Refusal::NotLeader(f.leader_id))
+                        ForwardReply::Refused(Refusal::NotLeader(f.leader_id.map(|l| l.0)))
                     }
                     // Appended, then leadership moved: it may still commit.
                     Ok(Ok(Ok(Err(openraft::error::ClientWriteError::LogEntryDiscarded(_))))) => {

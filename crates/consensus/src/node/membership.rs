@@ -11,7 +11,7 @@ use super::forward::not_served;
 use super::Node;
 use crate::membership::{Change, View};
 use crate::network::{ForwardReply, Forwarded, Refusal};
-use crate::types::Member;
+use crate::types::{Member, MemberId};
 
 impl<B: Backend> Node<B> {
     /// Changes the membership on the leader (a follower forwards the change), and answers the
@@ -56,20 +56,22 @@ impl<B: Backend> Node<B> {
             let mut metrics = self.inner.raft.metrics();
             let view = {
                 let m = metrics.borrow_and_update();
-                if m.current_leader != Some(self.inner.id) {
-                    return Err(Refusal::NotLeader(m.current_leader));
+                if m.current_leader != Some(MemberId(self.inner.id)) {
+                    return Err(Refusal::NotLeader(m.current_leader.map(|l| l.0)));
                 }
                 let membership = m.membership_config.membership();
-                let members: BTreeMap<u64, Member> =
-                    membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+                let members: BTreeMap<u64, Member> = membership
+                    .nodes()
+                    .map(|(id, n)| (id.0, n.clone()))
+                    .collect();
                 View {
                     pending: self.pending_voters(&members),
                     members,
-                    voters: membership.voter_ids().collect(),
+                    voters: membership.voter_ids().map(|id| id.0).collect(),
                     matched: m
                         .replication
                         .as_ref()
-                        .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+                        .map(|r| r.iter().map(|(id, l)| (id.0, l.map(|l| l.index))).collect())
                         .unwrap_or_default(),
                     leader: self.inner.id,
                     last_index: m.last_log_index.unwrap_or(0),
@@ -155,13 +157,13 @@ impl<B: Backend> Node<B> {
     /// etcd lists an added voter as one from the start).
     pub(super) fn listing(
         &self,
-        membership: &openraft::Membership<u64, Member>,
+        membership: &openraft::Membership<MemberId, Member>,
     ) -> Vec<(u64, Member, bool)> {
-        let mut voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let mut voters: BTreeSet<u64> = membership.voter_ids().map(|id| id.0).collect();
         voters.extend(self.lock_pending().iter().copied());
         membership
             .nodes()
-            .map(|(id, member)| (*id, member.clone(), voters.contains(id)))
+            .map(|(id, member)| (id.0, member.clone(), voters.contains(&id.0)))
             .collect()
     }
 }

@@ -45,6 +45,7 @@ use crate::log_store::{LogCloser, LogStore};
 use crate::network::Peers;
 use crate::read_rounds::ReadRounds;
 use crate::types::typ::Raft;
+use crate::types::MemberId;
 
 pub use config::NodeConfig;
 pub use status::NodeStatus;
@@ -181,7 +182,10 @@ impl<B: Backend> Node<B> {
     pub(crate) fn leading(&self) -> (bool, u64) {
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow_watched();
-        (m.current_leader == Some(self.inner.id), m.current_term)
+        (
+            m.current_leader == Some(MemberId(self.inner.id)),
+            m.current_term,
+        )
     }
 
     pub(crate) fn peers(&self) -> &Peers {

@@ -10,7 +10,7 @@ use openraft::type_config::async_runtime::WatchReceiver as _;
 use super::Node;
 use crate::network::Rpc;
 use crate::transfer::TransferError;
-use crate::types::TypeConfig;
+use crate::types::{MemberId, TypeConfig};
 
 /// How many entries a transferee may lag before the leader pauses proposals to let it catch
 /// up the rest (a few batches under load).
@@ -42,7 +42,7 @@ impl<B: Backend> Node<B> {
             .membership_config
             .membership()
             .voter_ids()
-            .any(|v| v == target);
+            .any(|v| v.0 == target);
         if !voter {
             return Err(TransferError::BadTransferee);
         }
@@ -54,10 +54,10 @@ impl<B: Backend> Node<B> {
         let matched_of = |m: &crate::types::typ::RaftMetrics| {
             m.replication
                 .as_ref()
-                .and_then(|r| r.get(&target).cloned().flatten())
+                .and_then(|r| r.get(&MemberId(target)).cloned().flatten())
                 .map(|l| l.index)
         };
-        let leads = |m: &crate::types::typ::RaftMetrics| m.current_leader == Some(me);
+        let leads = |m: &crate::types::typ::RaftMetrics| m.current_leader == Some(MemberId(me));
         let mut metrics = inner.raft.metrics();
         // As etcd, a target that lags is waited for until the deadline, with writes flowing;
         // only the last steps are taken with proposals paused, an election timeout at most.
@@ -108,7 +108,7 @@ impl<B: Backend> Node<B> {
             &mut metrics,
             deadline,
             Some(inner.election_timeout * 2),
-            |m| m.current_leader == Some(target),
+            |m| m.current_leader == Some(MemberId(target)),
         )
         .await;
         taken?;
@@ -133,16 +133,16 @@ impl<B: Backend> Node<B> {
             let matched = m
                 .replication
                 .as_ref()
-                .and_then(|r| r.get(&target).cloned().flatten());
+                .and_then(|r| r.get(&MemberId(target)).cloned().flatten());
             let membership = m.membership_config.membership();
             let voters: Vec<(u64, crate::Member)> = membership
                 .voter_ids()
-                .filter(|id| *id != inner.id)
-                .filter_map(|id| Some((id, membership.get_node(&id)?.clone())))
+                .filter(|id| id.0 != inner.id)
+                .filter_map(|id| Some((id.0, membership.get_node(&id)?.clone())))
                 .collect();
             (m.vote, matched, voters)
         };
-        let request = TransferLeaderRequest::<TypeConfig>::new(vote, target, matched);
+        let request = TransferLeaderRequest::<TypeConfig>::new(vote, MemberId(target), matched);
         let limit = Some(inner.election_timeout / 2);
         let calls = voters.iter().map(|(id, member)| {
             let request = &request;

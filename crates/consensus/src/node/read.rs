@@ -104,7 +104,7 @@ impl<B: Backend> Node<B> {
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(f
                 .leader_id
                 .map_or(NotServed::NoLeader, |leader| NotServed::NotLeader {
-                    leader,
+                    leader: leader.0,
                 })),
             Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
                 Err(NotServed::NoLeader)

@@ -24,7 +24,7 @@ use crate::network::{PeerNetwork, Peers};
 use crate::read_rounds::ReadRounds;
 use crate::state_machine::StateMachine;
 use crate::types::typ::Raft;
-use crate::types::Member;
+use crate::types::{Member, MemberId};
 
 impl<B: Backend> Node<B> {
     /// Opens the log and the store in `config.data_dir`, starts Raft, and bootstraps a new
@@ -159,7 +159,7 @@ impl<B: Backend> Node<B> {
         let peers = Peers::new(config.budgets, config.peer_source_addr)
             .with_identity(config.id, config.peer_tls.clone());
         let network = PeerNetwork::new(peers.clone());
-        let raft = Raft::new(config.id, raft_config, network, log, sm)
+        let raft = Raft::new(MemberId(config.id), raft_config, network, log, sm)
             .await
             .map_err(|e| StartError::Raft(Box::new(e)))?;
         let initialized = raft
@@ -194,9 +194,15 @@ impl<B: Backend> Node<B> {
                 members = config.initial_members.len(),
                 "bootstrapping a new cluster"
             );
-            raft.initialize(config.initial_members.clone())
-                .await
-                .map_err(|e| StartError::Raft(Box::new(e)))?;
+            raft.initialize(
+                config
+                    .initial_members
+                    .iter()
+                    .map(|(id, member)| (MemberId(*id), member.clone()))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+            .await
+            .map_err(|e| StartError::Raft(Box::new(e)))?;
             // Marked after the bootstrap: had its entry been lost with the marker kept, the
             // member would refuse to start rather than bootstrap again.
             crate::marker::write(dir, config.id, cluster_id)?;

@@ -39,7 +39,7 @@ impl<B: Backend> Node<B> {
         let m = metrics.borrow_watched();
         NodeStatus {
             id: self.inner.id,
-            leader: m.current_leader,
+            leader: m.current_leader.map(|l| l.0),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             // openraft counts an apply a moment after its proposers were answered.
@@ -74,7 +74,7 @@ impl<B: Backend> Node<B> {
         let found = deadline::within(Layer::Api, deadline, async {
             loop {
                 if let Some(leader) = metrics.borrow_watched().current_leader {
-                    return Some(leader);
+                    return Some(leader.0);
                 }
                 if metrics.changed().await.is_err() {
                     return None;
