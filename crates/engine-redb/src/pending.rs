@@ -7,13 +7,12 @@
 //! buffers writes and commits them every 100 ms, `Lazy` batches gather here and are committed
 //! together; readers look here before they look in redb.
 //!
-//! The buffer holds [`Generation`]s: the active one takes new batches and is committed by the
-//! write that finds it due; when no write comes, the committer thread seals it once it is as
-//! old as the bound and commits it. A generation only grows until it is sealed, and once
-//! committed it is dropped, never emptied in place. A reader takes its [`View`] of the
-//! generations *before* it opens its redb transaction, so whatever they held is either still
-//! in them or already committed when the reader's transaction begins: nothing falls between
-//! the two.
+//! The buffer holds [`Generation`]s: the active one takes new batches; once due it is sealed
+//! and handed to the committer thread while a new active one takes over, so a write never
+//! waits for a commit. A generation only grows until it is sealed, and once committed it is
+//! dropped, never emptied in place. A reader takes its [`View`] of the generations *before* it
+//! opens its redb transaction, so whatever they held is either still in them or already
+//! committed when the reader's transaction begins: nothing falls between the two.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -21,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mvcc::{BackendError, BatchOp, Table};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 /// When the buffered writes are committed to redb.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +59,8 @@ impl Batching {
 #[derive(Default)]
 pub(crate) struct Buffer {
     layers: Mutex<Layers>,
+    /// Signalled when the sealed generation is committed, or its commit failed.
+    unsealed: Condvar,
     /// Why the committer stopped; every later write fails with it.
     failed: Mutex<Option<String>>,
 }
@@ -69,6 +70,10 @@ struct Layers {
     active: Arc<Generation>,
     sealed: Option<Arc<Generation>>,
 }
+
+/// How long a writer waits for the sealed generation's commit before it looks again whether
+/// the committer is still there.
+const UNSEALED_POLL: Duration = Duration::from_millis(100);
 
 impl Buffer {
     /// What a reader must lay over redb, newest first; `None` when nothing is buffered.
@@ -109,6 +114,7 @@ impl Buffer {
     /// Drops the sealed generation once redb holds it.
     pub(crate) fn committed_sealed(&self) {
         self.layers.lock().sealed = None;
+        self.unsealed.notify_all();
     }
 
     /// Starts a new active generation once redb holds `committed`, the active one.
@@ -119,9 +125,28 @@ impl Buffer {
         }
     }
 
-    /// Records the committer's failure.
+    /// Waits until no generation is sealed; fails when the committer failed or `stopped`
+    /// says it is gone.
+    pub(crate) fn wait_unsealed(&self, stopped: &dyn Fn() -> bool) -> Result<(), BackendError> {
+        let mut layers = self.layers.lock();
+        while layers.sealed.is_some() {
+            drop(layers);
+            self.failure()?;
+            if stopped() {
+                return Err(failed("the committer thread is gone".into()));
+            }
+            layers = self.layers.lock();
+            if layers.sealed.is_some() {
+                self.unsealed.wait_for(&mut layers, UNSEALED_POLL);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the committer's failure and wakes whoever waits for it.
     pub(crate) fn fail(&self, error: &BackendError) {
         *self.failed.lock() = Some(error.to_string());
+        self.unsealed.notify_all();
     }
 
     /// The committer's failure, as the error of every write after it.

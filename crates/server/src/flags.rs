@@ -258,8 +258,9 @@ pub struct Flags {
 
     /// Bytes of memory the redb engine may keep for its page cache and the writes it has not
     /// synced yet; the member's RSS grows with the store up to about this bound. The batches
-    /// buffered before their commit (100 ms of writes, at most 4 MiB) come on top.
-    /// `--engine mem` holds everything in memory and ignores it.
+    /// buffered before their commit (100 ms of writes, 4 MiB; 20 MiB at most while a commit
+    /// is slower than the writes) come on top. `--engine mem` holds everything in memory and
+    /// ignores it.
     #[arg(long, env = "METASTORE_ENGINE_CACHE_BYTES", default_value_t = DEFAULT_ENGINE_CACHE_BYTES)]
     pub engine_cache_bytes: u64,
 

@@ -445,7 +445,17 @@ async fn an_unread_watch_holds_its_byte_budget_not_the_history() {
     const PUTS: usize = 160;
     const BUDGET: usize = 4 << 20;
     let budget = BUDGET.to_string();
-    let server = Server::start(Kind::Redb, &["--max-watcher-queue-bytes", &budget]);
+    // The engine's page cache is capped well under the bound: reading the history back fills
+    // it (up to 256 MiB by default), which is memory the cache flag bounds, not the watch.
+    let server = Server::start(
+        Kind::Redb,
+        &[
+            "--max-watcher-queue-bytes",
+            &budget,
+            "--engine-cache-bytes",
+            "16777216",
+        ],
+    );
     let mut c = kv(&server).await;
     for i in 0..PUTS {
         c.put(PutRequest {
