@@ -172,29 +172,13 @@ pub const HANDLING_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Calls whose answer is a stream: their handling time is the stream's life, which the
-/// answer's start does not show, so they are not timed.
-const STREAMS: [&str; 3] = ["Watch", "LeaseKeepAlive", "Snapshot"];
-
+/// Times the call (unary ones only: a stream's handling time is its life, which the answer's
+/// start does not show).
 async fn time_call(req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
-        return next.run(req).await;
-    };
-    if STREAMS.contains(&method)
-        || !service.starts_with("etcdserverpb.") && !service.starts_with("v3")
-    {
-        return next.run(req).await;
-    }
     let started = std::time::Instant::now();
     let response = next.run(req).await;
-    metrics::histogram!(
-        "grpc_server_handling_seconds",
-        "grpc_method" => method.to_string(),
-        "grpc_service" => service.to_string(),
-        "grpc_type" => "unary",
-    )
-    .record(started.elapsed().as_secs_f64());
+    crate::telemetry::record_handling(&path, started.elapsed().as_secs_f64());
     response
 }
 

@@ -214,8 +214,7 @@ impl<B: Backend> KvService<B> {
 
 /// Records the time since `started` as the put path's `stage` ([`consensus::STAGE_SECONDS`]).
 fn stage(stage: &'static str, started: Instant) {
-    metrics::histogram!(consensus::STAGE_SECONDS, "stage" => stage)
-        .record(started.elapsed().as_secs_f64());
+    consensus::record_stage(stage, started.elapsed());
 }
 
 fn unexpected(response: &Response) -> ApiError {
