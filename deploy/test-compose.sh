@@ -269,12 +269,29 @@ got=$(ctl_in "$lead" get partition-probe --print-value-only)
 [ "$got" = after ] || fail "after reconnect, $lead answered '$got'"
 ok "writes resumed after ${gap_partition} s; the cut-off member (times include docker run):$errors"
 
+# Freezes member $1's container. The cgroup v1 freezer gives up ("unable to freeze") when a
+# task stays in uninterruptible sleep, as a member does in fsync under writes: that is the
+# fault injector failing, not the member, so it is tried again, at most 10 times.
+pause_member() {
+  local out
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    if out=$(docker pause "$(cid "$1")" 2>&1); then
+      return 0
+    fi
+    case $out in
+      *"unable to freeze"*) sleep 0.2 ;;
+      *) fail "docker pause $1: $out" ;;
+    esac
+  done
+  fail "docker pause $1 could not freeze it in 10 tries: $out"
+}
+
 step="3. docker pause of the leader for 5 s"
 lead=$(leader)
 [ -n "$lead" ] || fail "no leader"
 for m in "${MEMBERS[@]}"; do [ "$m" != "$lead" ] && { other=$m; break; }; done
 t=$(now)
-docker pause "$(cid "$lead")" >/dev/null
+pause_member "$lead"
 n=$(acked_count)
 sleep 5
 wait_writes_after "$n"
