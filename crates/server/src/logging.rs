@@ -5,17 +5,22 @@
 //! levels for single targets (`RUST_LOG=openraft=debug`) but never replaces `--log-level`: a
 //! global level in it is ignored, and said so at start.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tracing::callsite::Identifier;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::filter::{dynamic_filter_fn, FilterExt};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Which of etcd's loggers formats the lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,16 +172,61 @@ pub fn install(config: &LogConfig, rust_log: Option<&str>) -> Result<Notes, Stri
     let (filter, notes) = filter(config.level, rust_log)?;
     let outputs = Outputs::open(&config.outputs)?;
     let ansi = outputs.all_terminals();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let repeats = Arc::new(Repeats::new(REPEAT_EVERY));
+    let limit = dynamic_filter_fn(move |meta, _| repeats.allowed(meta, Instant::now()));
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(outputs)
         .with_ansi(ansi);
     let installed = match config.logger {
-        Logger::Capnslog => builder.try_init(),
-        Logger::Zap => builder.event_format(Zap).try_init(),
+        Logger::Capnslog => tracing_subscriber::registry()
+            .with(layer.with_filter(filter.and(limit)))
+            .try_init(),
+        Logger::Zap => tracing_subscriber::registry()
+            .with(layer.event_format(Zap).with_filter(filter.and(limit)))
+            .try_init(),
     };
     installed.map_err(|e| format!("installing the logger: {e}"))?;
     Ok(notes)
+}
+
+/// How often one of openraft's warnings is let through.
+const REPEAT_EVERY: Duration = Duration::from_secs(10);
+
+/// openraft repeats some warnings at every heartbeat while a peer is down ("failed to send a
+/// heartbeat", "recv RPCError: Unreachable"): ten lines a second per peer, hundreds of MiB a
+/// day of an outage. Each of its warning call sites is let through once per `every` (etcd
+/// likewise says a peer became inactive once, not at every message).
+struct Repeats {
+    every: Duration,
+    last: Mutex<HashMap<Identifier, Instant>>,
+}
+
+impl Repeats {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether an event of `meta` is logged at `now` (every event but openraft's warnings).
+    fn allowed(&self, meta: &Metadata<'_>, now: Instant) -> bool {
+        if !meta.is_event()
+            || *meta.level() != Level::WARN
+            || !meta.target().starts_with("openraft")
+        {
+            return true;
+        }
+        // A poisoned map still holds the times: logging goes on.
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        match last.get(&meta.callsite()) {
+            Some(at) if now.saturating_duration_since(*at) < self.every => false,
+            _ => {
+                last.insert(meta.callsite(), now);
+                true
+            }
+        }
+    }
 }
 
 /// One opened output.
@@ -412,6 +462,45 @@ fn civil(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts the events that reach it.
+    struct Count(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<S: Subscriber> Layer<S> for Count {
+        fn on_event(&self, _: &Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Events of `emit` that pass a [`Repeats`] of `every`.
+    fn passed(every: Duration, emit: impl FnOnce()) -> usize {
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let repeats = Repeats::new(every);
+        let limit = dynamic_filter_fn(move |meta, _| repeats.allowed(meta, Instant::now()));
+        let subscriber =
+            tracing_subscriber::registry().with(Count(Arc::clone(&seen)).with_filter(limit));
+        tracing::subscriber::with_default(subscriber, emit);
+        seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_repeated_openraft_warning_is_logged_once_per_window_and_nothing_else_is_held() {
+        let burst = || {
+            for _ in 0..20 {
+                tracing::warn!(target: "openraft::core::heartbeat", "failed to send a heartbeat");
+            }
+            for _ in 0..3 {
+                tracing::warn!(target: "openraft::replication", "recv RPCError: Unreachable");
+                tracing::error!(target: "openraft::core", "an error");
+                tracing::info!(target: "openraft::core", "info");
+                tracing::warn!(target: "metastore", "ours");
+            }
+        };
+        // One of each openraft warning; every error, info and warning of others.
+        assert_eq!(passed(REPEAT_EVERY, burst), 1 + 1 + 3 + 3 + 3);
+        // Without a window nothing is held back.
+        assert_eq!(passed(Duration::ZERO, burst), 20 + 3 * 4);
+    }
 
     #[test]
     fn flags_are_checked_as_etcd_checks_them() {
