@@ -89,7 +89,7 @@ pub use mvcc::AuthError;
 pub use network::{PeerNetwork, PeerService, PeerTls, Peers};
 pub use node::{Node, NodeConfig, NodeStatus};
 pub use snapshot_data::SnapshotData;
-pub use stages::{record_stage, STAGE_SECONDS};
+pub use stages::{record_stage, STAGES, STAGE_SECONDS};
 pub use state_machine::{applied_auth, seed_auth, SnapshotBuilder, StateMachine};
 pub use transfer::TransferError;
 pub use types::{typ, Applied, Member, MemberId, Proposal, Tagged, TypeConfig};

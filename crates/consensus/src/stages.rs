@@ -55,9 +55,13 @@ fn table() -> std::sync::MutexGuard<'static, HashMap<Key, Stamps>> {
     TABLE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Every stage's name: each has its histogram looked up once (a registry lookup per record
-/// hashed the label, several times per put).
-const STAGES: [&str; 10] = [
+/// Every stage's name, in the order a put passes them (the API layer's first). Each has its
+/// histogram looked up once: a registry lookup per record hashed the label, several times per
+/// put.
+pub const STAGES: [&str; 10] = [
+    "handler",
+    "validate",
+    "node",
     "queue",
     "to_log",
     "log_queue",
@@ -65,9 +69,6 @@ const STAGES: [&str; 10] = [
     "fsync",
     "commit",
     "apply",
-    "node",
-    "validate",
-    "handler",
 ];
 
 static HISTOGRAMS: [OnceLock<Histogram>; STAGES.len()] = [const { OnceLock::new() }; STAGES.len()];

@@ -803,20 +803,25 @@ mod tests {
         (k.into(), v.into())
     }
 
+    /// The server's mode (`Lazy`, buffered as `batching` says) with a small cache.
+    fn buffered(batching: Batching) -> Options {
+        Options {
+            durability: Durability::Lazy,
+            cache_bytes: 4 << 20,
+            batching,
+        }
+    }
+
     /// While the committer cannot commit, a sealed generation and the active one are both
     /// read, the newer change of a key winning; once committed, redb reads the same.
     #[test]
     fn reads_see_the_sealed_and_the_active_generation_while_a_commit_waits() {
         let dir = tempfile::tempdir().unwrap();
-        let options = Options {
-            durability: Durability::Lazy,
-            cache_bytes: 4 << 20,
-            batching: Batching {
-                max_ops: 2,
-                max_bytes: u64::MAX,
-                max_age: Duration::from_secs(3600),
-            },
-        };
+        let options = buffered(Batching {
+            max_ops: 2,
+            max_bytes: u64::MAX,
+            max_age: Duration::from_secs(3600),
+        });
         let backend = RedbBackend::open(dir.path().join("db.redb"), &options).unwrap();
         let held = backend.core.commit.lock();
         let mut first = WriteBatch::new();
@@ -860,15 +865,11 @@ mod tests {
     #[test]
     fn an_idle_buffer_is_committed_once_it_is_as_old_as_the_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let options = Options {
-            durability: Durability::Lazy,
-            cache_bytes: 4 << 20,
-            batching: Batching {
-                max_ops: usize::MAX,
-                max_bytes: u64::MAX,
-                max_age: Duration::from_millis(20),
-            },
-        };
+        let options = buffered(Batching {
+            max_ops: usize::MAX,
+            max_bytes: u64::MAX,
+            max_age: Duration::from_millis(20),
+        });
         let backend = RedbBackend::open(dir.path().join("db.redb"), &options).unwrap();
         let mut batch = WriteBatch::new();
         batch.put(Table::Keys, b"a".to_vec(), b"1".to_vec());

@@ -175,10 +175,12 @@ pub const HANDLING_BUCKETS: [f64; 11] = [
 /// Times the call (unary ones only: a stream's handling time is its life, which the answer's
 /// start does not show).
 async fn time_call(req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_string();
+    let Some(histogram) = crate::telemetry::handling(req.uri().path()) else {
+        return next.run(req).await;
+    };
     let started = std::time::Instant::now();
     let response = next.run(req).await;
-    crate::telemetry::record_handling(&path, started.elapsed().as_secs_f64());
+    histogram.record(started.elapsed().as_secs_f64());
     response
 }
 

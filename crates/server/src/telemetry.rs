@@ -539,25 +539,21 @@ impl Call {
     }
 }
 
-/// Records `seconds` in `grpc_server_handling_seconds` for the unary call `path` names, if it
-/// is one of the methods counted (`--metrics extensive`).
-pub(crate) fn record_handling(path: &str, seconds: f64) {
-    let Some(call) = Call::of(path) else {
-        return;
-    };
+/// The `grpc_server_handling_seconds` histogram of the unary call `path` names, if it is one
+/// of the methods counted (`--metrics extensive`).
+pub(crate) fn handling(path: &str) -> Option<&'static Histogram> {
+    let call = Call::of(path)?;
     if grpc_type(call.method) != "unary" {
-        return;
+        return None;
     }
-    call.handling
-        .get_or_init(|| {
-            metrics::histogram!(
-                "grpc_server_handling_seconds",
-                "grpc_method" => call.method,
-                "grpc_service" => call.service,
-                "grpc_type" => "unary",
-            )
-        })
-        .record(seconds);
+    Some(call.handling.get_or_init(|| {
+        metrics::histogram!(
+            "grpc_server_handling_seconds",
+            "grpc_method" => call.method,
+            "grpc_service" => call.service,
+            "grpc_type" => "unary",
+        )
+    }))
 }
 
 /// The index in [`CODES`] of a `grpc-status` value (`Unknown` for one that is not a code).

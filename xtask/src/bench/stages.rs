@@ -9,21 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-const METRIC: &str = "metastore_write_stage_seconds";
-/// The stages in the order a put passes them.
-const ORDER: [&str; 11] = [
-    "handler",
-    "validate",
-    "node",
-    "queue",
-    "to_log",
-    "log_queue",
-    "log_write",
-    "fsync",
-    "commit",
-    "apply",
-    "wake",
-];
+const METRIC: &str = consensus::STAGE_SECONDS;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Per stage: seconds summed and commands counted, over every member.
@@ -97,21 +83,18 @@ pub(super) fn means(before: &Totals, after: &Totals) -> Vec<(&'static str, f64)>
         let n = c1 - c0;
         (n > 0.0).then(|| (s1 - s0) / n * 1e6)
     };
-    let inside = [
-        "queue",
-        "to_log",
-        "log_queue",
-        "log_write",
-        "fsync",
-        "commit",
-        "apply",
-    ];
-    ORDER
+    // The stages a command passes inside Raft: those after `node`, which spans them all.
+    let inside = consensus::STAGES
         .iter()
+        .skip_while(|s| **s != "node")
+        .skip(1);
+    consensus::STAGES
+        .iter()
+        .chain(&["wake"])
         .filter_map(|&stage| {
             if stage == "wake" {
                 let node = mean("node")?;
-                let rest: f64 = inside.iter().filter_map(|s| mean(s)).sum();
+                let rest: f64 = inside.clone().filter_map(|s| mean(s)).sum();
                 Some((stage, node - rest))
             } else {
                 mean(stage).map(|m| (stage, m))
