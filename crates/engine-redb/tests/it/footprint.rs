@@ -220,3 +220,39 @@ fn the_reported_size_counts_commits_not_yet_on_disk() {
     store.backend().flush().unwrap();
     assert!(size.bytes() >= (1_000 * VALUE) as u64);
 }
+
+/// The reported size is measured when the file changes, not at each reading: after a synced
+/// commit it is the file's, and after a defragment the smaller file's, with nothing re-read by
+/// the reader in between.
+#[test]
+fn the_reported_size_follows_the_file_through_commits_and_a_defragment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let store = open(&path);
+    let size = store.backend().disk_size();
+    store.backend().flush().unwrap();
+    assert_eq!(size.bytes(), disk_bytes(&path), "after the open");
+    for fill in 1..=3 {
+        write_all(&store, fill, 64, false);
+    }
+    let grown = disk_bytes(&path);
+    assert_eq!(size.bytes(), grown, "after synced commits");
+    let last = store.current_revision();
+    store
+        .apply(
+            &[Command::Compact(CompactRequest {
+                revision: last,
+                physical: true,
+            })],
+            None,
+        )
+        .unwrap();
+    store.backend().flush().unwrap();
+    assert!(store.backend().defragment().unwrap());
+    let after = disk_bytes(&path);
+    assert!(
+        after < grown,
+        "the defragment gave back nothing: {grown} -> {after}"
+    );
+    assert_eq!(size.bytes(), after, "after the defragment");
+}
