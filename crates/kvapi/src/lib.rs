@@ -70,16 +70,16 @@ fn scan_permits() -> usize {
     (2 * cores).max(4)
 }
 
-/// The etcd v3 services of one member, as a router ready to be served (HTTP/2, h2c).
+/// The etcd v3 services of one member, ready to be served (HTTP/2, h2c).
 ///
 /// Watch, lease keep-alive and election observe streams end when `stop` is cancelled.
-pub fn router<B: Backend>(
+pub fn services<B: Backend>(
     node: Node<B>,
     config: ApiConfig,
     db_size: DbSize,
     hub: watch::Hub,
     stop: tokio_util::sync::CancellationToken,
-) -> axum::Router {
+) -> Services<B> {
     let max = config
         .limits
         .max_request_bytes
@@ -107,18 +107,126 @@ pub fn router<B: Backend>(
     let every = shared.config.watch_progress_interval;
     let watch = WatchServer::new(WatchService::new(shared, hub, stop, every))
         .max_decoding_message_size(max);
-    tonic::service::Routes::new(kv)
-        .add_service(maintenance)
-        .add_service(cluster)
-        .add_service(auth)
-        .add_service(lease)
-        .add_service(watch)
-        .add_service(lock)
-        .add_service(election)
-        .into_axum_router()
-        .layer(axum::middleware::from_fn_with_state(
+    Services {
+        inner: Arc::new(Servers {
+            kv,
+            watch,
+            lease,
+            maintenance,
+            cluster,
+            auth,
+            lock,
+            election,
             leader,
-            require_leader::require_leader,
-        ))
-        .layer(axum::middleware::map_response(oversize::as_grpc_go))
+        }),
+    }
+}
+
+/// The gRPC services of one member, each call handed to its service by the name in its path.
+///
+/// A call asking for a leader (`hasleader`) is refused or watched as etcd does, and tonic's
+/// answer to an oversized message is grpc-go's. No router stands in between: a put went
+/// through six boxed layers of axum middleware and routing, a fifth of a member's CPU.
+pub struct Services<B: Backend> {
+    inner: Arc<Servers<B>>,
+}
+
+impl<B: Backend> Clone for Services<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Servers<B: Backend> {
+    kv: KvServer<KvService<B>>,
+    watch: WatchServer<WatchService<B>>,
+    lease: LeaseServer<LeaseService<B>>,
+    maintenance: MaintenanceServer<MaintenanceService<B>>,
+    cluster: ClusterServer<ClusterService<B>>,
+    auth: AuthServer<AuthService<B>>,
+    lock: LockServer<LockService<B>>,
+    election: ElectionServer<ElectionService<B>>,
+    leader: Node<B>,
+}
+
+/// Which of the services a path's first segment names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Named {
+    Kv,
+    Watch,
+    Lease,
+    Maintenance,
+    Cluster,
+    Auth,
+    Lock,
+    Election,
+}
+
+impl Named {
+    fn of(path: &str) -> Option<Self> {
+        use crate::pb::etcdserverpb::{
+            auth_server, cluster_server, kv_server, lease_server, maintenance_server, watch_server,
+        };
+        use crate::pb::{v3electionpb::election_server, v3lockpb::lock_server};
+        let service = path.strip_prefix('/')?.split_once('/')?.0;
+        Some(match service {
+            kv_server::SERVICE_NAME => Self::Kv,
+            watch_server::SERVICE_NAME => Self::Watch,
+            lease_server::SERVICE_NAME => Self::Lease,
+            maintenance_server::SERVICE_NAME => Self::Maintenance,
+            cluster_server::SERVICE_NAME => Self::Cluster,
+            auth_server::SERVICE_NAME => Self::Auth,
+            lock_server::SERVICE_NAME => Self::Lock,
+            election_server::SERVICE_NAME => Self::Election,
+            _ => return None,
+        })
+    }
+}
+
+/// Whether `path` (`/etcdserverpb.KV/Put`, …) names one of the services.
+pub fn serves(path: &str) -> bool {
+    Named::of(path).is_some()
+}
+
+impl<B: Backend> Services<B> {
+    /// Answers one gRPC call; a path no service is named by gets gRPC's `UNIMPLEMENTED`.
+    pub async fn call<Q>(
+        &self,
+        request: axum::http::Request<Q>,
+    ) -> axum::http::Response<tonic::body::Body>
+    where
+        Q: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+        Q::Error: Into<tonic::codegen::StdError> + Send + 'static,
+    {
+        use tonic::codegen::Service;
+        let servers = &*self.inner;
+        let leader = require_leader::required(request.headers());
+        if leader {
+            if let Some(refused) = require_leader::refusal(&servers.leader) {
+                return refused;
+            }
+        }
+        let answered = match Named::of(request.uri().path()) {
+            Some(Named::Kv) => servers.kv.clone().call(request).await,
+            Some(Named::Watch) => servers.watch.clone().call(request).await,
+            Some(Named::Lease) => servers.lease.clone().call(request).await,
+            Some(Named::Maintenance) => servers.maintenance.clone().call(request).await,
+            Some(Named::Cluster) => servers.cluster.clone().call(request).await,
+            Some(Named::Auth) => servers.auth.clone().call(request).await,
+            Some(Named::Lock) => servers.lock.clone().call(request).await,
+            Some(Named::Election) => servers.election.clone().call(request).await,
+            None => Ok(tonic::Status::unimplemented("").into_http()),
+        };
+        let response = match answered {
+            Ok(response) => oversize::as_grpc_go(response),
+            Err(never) => match never {},
+        };
+        if leader {
+            require_leader::monitored(servers.leader.clone(), response)
+        } else {
+            response
+        }
+    }
 }

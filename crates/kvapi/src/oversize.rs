@@ -4,15 +4,14 @@
 //! with `RESOURCE_EXHAUSTED` "grpc: received message larger than max (N vs. M)", which is what
 //! etcd clients expect. The rewrite happens on the way out, where tonic's answer is visible.
 
-use axum::http::HeaderValue;
-use axum::response::Response;
+use axum::http::{HeaderValue, Response};
 
 const TONIC_TEXT: &str = "decoded message length too large";
 const OUT_OF_RANGE: &[u8] = b"11";
 const RESOURCE_EXHAUSTED: &str = "8";
 
 /// Rewrites tonic's "message too large" answer into grpc-go's; leaves every other answer alone.
-pub(crate) async fn as_grpc_go(mut response: Response) -> Response {
+pub(crate) fn as_grpc_go<B>(mut response: Response<B>) -> Response<B> {
     let headers = response.headers();
     if headers.get("grpc-status").map(HeaderValue::as_bytes) != Some(OUT_OF_RANGE) {
         return response;
@@ -67,7 +66,7 @@ mod tests {
     use super::*;
     use axum::body::Body;
 
-    fn answer(status: &'static str, message: &'static str) -> Response {
+    fn answer(status: &'static str, message: &'static str) -> Response<Body> {
         let mut r = Response::new(Body::empty());
         r.headers_mut()
             .insert("grpc-status", HeaderValue::from_static(status));
@@ -76,13 +75,13 @@ mod tests {
         r
     }
 
-    #[tokio::test]
-    async fn tonics_limit_becomes_grpc_gos() {
+    #[test]
+    fn tonics_limit_becomes_grpc_gos() {
         let tonic = answer(
             "11",
             "Error,%20decoded%20message%20length%20too%20large:%20found%20614409%20bytes,%20the%20limit%20is:%20525312%20bytes",
         );
-        let r = as_grpc_go(tonic).await;
+        let r = as_grpc_go(tonic);
         assert_eq!(r.headers()["grpc-status"], "8");
         assert_eq!(
             percent_decode(r.headers()["grpc-message"].as_bytes()),
@@ -90,16 +89,16 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn other_answers_pass_untouched() {
+    #[test]
+    fn other_answers_pass_untouched() {
         let compacted = answer(
             "11",
             "etcdserver:%20mvcc:%20required%20revision%20has%20been%20compacted",
         );
-        let r = as_grpc_go(compacted).await;
+        let r = as_grpc_go(compacted);
         assert_eq!(r.headers()["grpc-status"], "11");
         let ok = answer("0", "");
-        assert_eq!(as_grpc_go(ok).await.headers()["grpc-status"], "0");
+        assert_eq!(as_grpc_go(ok).headers()["grpc-status"], "0");
         assert_eq!(percent_decode(b"a%20b%2"), "a b%2");
     }
 }

@@ -8,12 +8,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Response};
 use http_body::Frame;
 use mvcc::Backend;
+use tonic::body::Body;
 
 use consensus::Node;
 
@@ -30,23 +29,20 @@ fn no_leader() -> tonic::Status {
     tonic::Status::unavailable("etcdserver: no leader")
 }
 
-/// The middleware: refuses at once, or watches the leader for the response's lifetime.
-pub(crate) async fn require_leader<B: Backend>(
-    State(node): State<Node<B>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let required = request
-        .headers()
-        .get(KEY)
-        .is_some_and(|v| v.as_bytes() == VALUE);
-    if !required {
-        return next.run(request).await;
-    }
-    if !node.has_leader() {
-        return no_leader().into_http();
-    }
-    let (parts, body) = next.run(request).await.into_parts();
+/// Whether a call with `headers` asks for a leader.
+pub(crate) fn required(headers: &HeaderMap) -> bool {
+    headers.get(KEY).is_some_and(|v| v.as_bytes() == VALUE)
+}
+
+/// The answer to a call that asks for a leader when `node` knows none; `None` when it may go on.
+pub(crate) fn refusal<B: Backend>(node: &Node<B>) -> Option<Response<Body>> {
+    (!node.has_leader()).then(|| no_leader().into_http())
+}
+
+/// `response` with its body ended by "etcdserver: no leader" once `node` has had no leader
+/// for [`LEADERLESS_ELECTIONS`] election timeouts.
+pub(crate) fn monitored<B: Backend>(node: Node<B>, response: Response<Body>) -> Response<Body> {
+    let (parts, body) = response.into_parts();
     let lost = Box::pin(async move { node.leaderless_for(LEADERLESS_ELECTIONS).await });
     Response::from_parts(
         parts,
@@ -67,12 +63,12 @@ struct Monitored {
 
 impl http_body::Body for Monitored {
     type Data = Bytes;
-    type Error = axum::Error;
+    type Error = tonic::Status;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         if self.ended {
             return Poll::Ready(None);
         }
@@ -84,7 +80,7 @@ impl http_body::Body for Monitored {
             // tonic encodes the status as headers of a trailers-only answer; the same two go
             // into the trailers here.
             let encoded = no_leader().into_http::<Body>();
-            let mut trailers = axum::http::HeaderMap::new();
+            let mut trailers = HeaderMap::new();
             for key in ["grpc-status", "grpc-message"] {
                 if let Some(v) = encoded.headers().get(key) {
                     trailers.insert(key, v.clone());

@@ -172,24 +172,6 @@ pub const HANDLING_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Times the call (unary ones only: a stream's handling time is its life, which the answer's
-/// start does not show).
-async fn time_call(req: Request, next: Next) -> Response {
-    let Some(histogram) = crate::telemetry::handling(req.uri().path()) else {
-        return next.run(req).await;
-    };
-    let started = std::time::Instant::now();
-    let response = next.run(req).await;
-    histogram.record(started.elapsed().as_secs_f64());
-    response
-}
-
-/// `--metrics extensive`: the gRPC `router` with each unary call timed in
-/// `grpc_server_handling_seconds`, as etcd's extensive metrics do.
-pub fn timed(router: Router) -> Router {
-    router.layer(axum::middleware::from_fn(time_call))
-}
-
 /// `router` behind the access controller; `secure`: its listener is TLS.
 pub fn guard(router: Router, access: &Arc<AccessControl>, secure: bool) -> Router {
     let access = Arc::clone(access);

@@ -34,6 +34,7 @@ mod config;
 pub mod config_file;
 pub mod etcd_flags;
 mod flags;
+mod front;
 mod http;
 mod listener;
 pub mod logging;
@@ -208,7 +209,7 @@ async fn serve<B: Backend>(
         cluster_id: node.cluster_id(),
         ..config.api.clone()
     };
-    let grpc = kvapi::router(
+    let services = kvapi::services(
         node.clone(),
         api,
         Arc::clone(&db_size),
@@ -220,26 +221,42 @@ async fn serve<B: Backend>(
         metrics,
         db_size,
     };
-    // HTTP requests (gRPC passes) go through --cors/--host-whitelist, which treat TLS
-    // listeners apart.
-    let grpc = telemetry::counted(grpc);
-    let grpc = if config.extensive_metrics {
-        access::timed(grpc)
-    } else {
-        grpc
-    };
+    // gRPC calls skip the HTTP router (front.rs); every call is counted as etcd counts them.
+    let grpc = front::Grpc::new(services, config.extensive_metrics);
     // etcd's gateway calls the gRPC services as a client of this member would.
     let gateway = config.grpc_gateway.then(|| {
         let limit = config.api.limits.max_request_bytes.saturating_mul(2);
-        kvapi::gateway(grpc.clone(), limit)
+        kvapi::gateway(grpc.router(), limit)
     });
-    let merged = grpc.merge(http::router(http_state.clone()));
+    let merged = http::router(http_state.clone());
     let merged = match gateway {
         Some(gateway) => merged.merge(gateway),
         None => merged,
-    }
-    .fallback(http::unknown_path);
-    let client_router = |secure: bool| access::guard(merged.clone(), &config.access, secure);
+    };
+    // A service's path reaches its service even as plain HTTP (tonic answers what it makes of
+    // it), after the access checks.
+    let unrouted = grpc.clone();
+    let merged = merged.fallback(move |request: axum::extract::Request| {
+        let grpc = unrouted.clone();
+        async move {
+            if kvapi::serves(request.uri().path()) {
+                match grpc.call(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            } else {
+                http::unknown_path(request).await
+            }
+        }
+    });
+    // HTTP requests (gRPC passes) go through --cors/--host-whitelist, which treat TLS
+    // listeners apart.
+    let client_router = |secure: bool| {
+        front::Front::new(
+            grpc.clone(),
+            access::guard(merged.clone(), &config.access, secure),
+        )
+    };
     // One cap over every client listener.
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_client_connections));
     for (addr, security) in listen_plan(

@@ -2,14 +2,13 @@
 //! `--max-concurrent-streams` announced in each HTTP/2 connection's SETTINGS, and a graceful
 //! stop (no new connections, in-flight requests finish, idle ones close).
 
-use std::sync::{Arc, OnceLock};
-
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::front::Front;
 use crate::listener::ClientListener;
 
 /// Server-initiated HTTP/2 keepalive, as etcd's `--grpc-keepalive-interval` and
@@ -36,22 +35,10 @@ pub(crate) struct Http2 {
     pub cert_users: bool,
 }
 
-/// Marks each request with the common name in `common_name` (set by the TLS handshake).
-fn note_cert_user<B>(
-    common_name: Option<Arc<OnceLock<String>>>,
-) -> impl FnMut(axum::http::Request<B>) -> axum::http::Request<B> + Clone {
-    move |mut req| {
-        if let Some(cn) = common_name.as_ref().and_then(|c| c.get()) {
-            req.extensions_mut().insert(kvapi::CertUser(cn.clone()));
-        }
-        req
-    }
-}
-
-/// Serves `router` on `listener` until `stop`, then waits for its connections to finish.
-pub(crate) async fn serve(
+/// Serves `front` on `listener` until `stop`, then waits for its connections to finish.
+pub(crate) async fn serve<B: mvcc::Backend>(
     mut listener: ClientListener,
-    router: axum::Router,
+    front: Front<B>,
     http2: Http2,
     stop: CancellationToken,
 ) {
@@ -66,8 +53,7 @@ pub(crate) async fn serve(
         } else {
             None
         };
-        let service = tower::ServiceExt::map_request(router.clone(), note_cert_user(common_name));
-        let service = TowerToHyperService::new(service);
+        let service = TowerToHyperService::new(front.for_connection(common_name));
         let stop = stop.clone();
         connections.spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());

@@ -10,11 +10,8 @@ use std::sync::{LazyLock, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
-use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::Response;
 use consensus::Node;
 use http_body::{Body as HttpBody, Frame};
 use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Histogram, Unit};
@@ -478,7 +475,7 @@ const INTERNAL: usize = 13;
 
 /// The counters of one method, looked up in the registry once: a lookup hashes every label
 /// and the label values were copied per call, a few per cent of a member's CPU under puts.
-struct Call {
+pub(crate) struct Call {
     service: &'static str,
     method: &'static str,
     started: OnceLock<Counter>,
@@ -567,14 +564,14 @@ fn code_of(status: Option<&axum::http::HeaderValue>) -> usize {
 
 /// A response body that counts its call handled when its trailers pass (or, for a body
 /// dropped before its end, as cancelled: the client went away).
-struct Counted {
-    inner: Body,
+struct Counted<B> {
+    inner: B,
     call: Option<&'static Call>,
 }
 
-impl HttpBody for Counted {
-    type Data = axum::body::Bytes;
-    type Error = axum::Error;
+impl<B: HttpBody + Unpin> HttpBody for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -613,7 +610,7 @@ impl HttpBody for Counted {
     }
 }
 
-impl Drop for Counted {
+impl<B> Drop for Counted<B> {
     fn drop(&mut self) {
         if let Some(call) = self.call.take() {
             call.handled(CANCELED);
@@ -621,32 +618,35 @@ impl Drop for Counted {
     }
 }
 
-async fn count_call(req: Request, next: Next) -> Response {
-    let Some(call) = Call::of(req.uri().path()) else {
-        return next.run(req).await;
-    };
+/// Counts the call `path` names as started (`grpc_server_started_total`); `None` for a path
+/// that is not one of the methods counted.
+pub(crate) fn start(path: &str) -> Option<&'static Call> {
+    let call = Call::of(path)?;
     call.started();
-    let response = next.run(req).await;
-    // A trailers-only answer (most errors) carries its status in the headers.
-    if let Some(status) = response.headers().get("grpc-status") {
-        call.handled(code_of(Some(status)));
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    Response::from_parts(
-        parts,
-        Body::new(Counted {
-            inner: body,
-            call: Some(call),
-        }),
-    )
+    Some(call)
 }
 
-/// The gRPC `router` with every call counted in `grpc_server_started_total` and
-/// `grpc_server_handled_total` (labels `grpc_type`, `grpc_service`, `grpc_method`,
-/// `grpc_code`), streams included, as etcd counts them.
-pub fn counted(router: Router) -> Router {
-    router.layer(axum::middleware::from_fn(count_call))
+/// `response` with `call` counted handled (`grpc_server_handled_total`, by code) when the
+/// answer ends: at once for a trailers-only answer (most errors carry their status in the
+/// headers), when the body's trailers pass otherwise, streams included, as etcd counts them.
+pub(crate) fn answered<B>(call: Option<&'static Call>, response: Response<B>) -> Response<Body>
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let Some(call) = call else {
+        return response.map(Body::new);
+    };
+    if let Some(status) = response.headers().get("grpc-status") {
+        call.handled(code_of(Some(status)));
+        return response.map(Body::new);
+    }
+    response.map(|inner| {
+        Body::new(Counted {
+            inner,
+            call: Some(call),
+        })
+    })
 }
 
 #[cfg(test)]
