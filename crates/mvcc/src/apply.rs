@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::{Bound, ControlFlow};
 use std::sync::atomic::Ordering;
 
-use crate::backend::{Backend, Table, WriteBatch};
+use crate::backend::{Backend, Reads, Table, WriteBatch};
 use crate::codec;
 use crate::error::{Error, Refusal, Result};
 use crate::keys::KeyRange;
 use crate::lease;
 use crate::read::{self, build_range, Item, ItemVisitor, ReadLimits};
-use crate::store::{tombstone_kv, Inner, Store, META_COMPACT, META_CURRENT, META_VERSIONS};
+use crate::store::{tombstone_kv, Store, META_COMPACT, META_CURRENT, META_VERSIONS};
 use crate::txn::{check_txn_keys, compare_kv};
 use crate::types::{
     Command, CompactRequest, DeleteRangeRequest, DeleteRangeResponse, Event, EventKind, KeyValue,
@@ -42,8 +42,9 @@ impl<B: Backend> Store<B> {
         let mut writer = inner.writer.lock();
         let sink = inner.sink.read().clone();
         let leases = inner.leases.read();
-        let mut w = Writer::new(
-            inner,
+        let reads = inner.backend.pinned()?;
+        let mut w = Writer::<B>::new(
+            &*reads,
             &leases,
             self.current_revision(),
             self.compact_revision(),
@@ -74,6 +75,8 @@ impl<B: Backend> Store<B> {
             lease_changes,
             ..
         } = w;
+        // Before the write: an engine may hold a lock for the view that its writes wait behind.
+        drop(reads);
         drop(leases);
         if current != base {
             batch.put(
@@ -228,7 +231,9 @@ impl LeaseChange {
 
 /// The state of one apply call: what it read, what it will write, what it will publish.
 struct Writer<'s, B> {
-    backend: &'s B,
+    /// One view of the backend for all of the call's lookups.
+    reads: &'s (dyn Reads + 's),
+    _backend: std::marker::PhantomData<&'s B>,
     /// The leases as the backend holds them.
     leases: &'s lease::Index,
     /// Leases this call granted (`Some(ttl)`) or revoked (`None`).
@@ -249,14 +254,15 @@ struct Writer<'s, B> {
 
 impl<'s, B: Backend> Writer<'s, B> {
     fn new(
-        inner: &'s Inner<B>,
+        reads: &'s (dyn Reads + 's),
         leases: &'s lease::Index,
         base: i64,
         base_compacted: i64,
         publish: bool,
     ) -> Self {
         Self {
-            backend: &inner.backend,
+            reads,
+            _backend: std::marker::PhantomData,
             leases,
             lease_overlay: BTreeMap::new(),
             lease_changes: Vec::new(),
@@ -436,7 +442,7 @@ impl<'s, B: Backend> Writer<'s, B> {
         if let Some(kv) = self.overlay.get(key).and_then(|p| p.at(rev)) {
             return Ok(kv.clone());
         }
-        read::get_at_with(self.backend, key, rev.min(self.base), with_value)
+        read::get_at_with(self.reads, key, rev.min(self.base), with_value)
     }
 
     /// Calls `f` with each live key-value of `range` at `rev`, counting this call's writes.
@@ -455,11 +461,11 @@ impl<'s, B: Backend> Writer<'s, B> {
             .filter_map(|(k, pending)| Some((k, pending.at(rev)?.as_ref())))
             .collect();
         if pending.is_empty() {
-            return read::scan_visible(self.backend, range, base_rev, &mut |v| f(Item::Stored(v)));
+            return read::scan_visible(self.reads, range, base_rev, &mut |v| f(Item::Stored(v)));
         }
         // Rare (a txn reading a range it wrote): merge the stored keys with the pending ones.
         let mut stored = Vec::new();
-        read::scan_visible(self.backend, range, base_rev, &mut |v| {
+        read::scan_visible(self.reads, range, base_rev, &mut |v| {
             stored.push(v.to_kv(true)?);
             Ok(ControlFlow::Continue(()))
         })?;

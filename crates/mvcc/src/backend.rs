@@ -141,6 +141,64 @@ pub trait Replacement {
     fn commit(self: Box<Self>) -> Result<(), BackendError>;
 }
 
+/// Point reads and scans, as [`Backend::get`] and [`Backend::scan`] make them: what the
+/// store's reads need. Every backend is one; [`Backend::pinned`] gives one over a single view
+/// that several reads share.
+pub trait Reads {
+    /// Reads one key, as [`Backend::get`].
+    ///
+    /// # Errors
+    /// [`BackendError`] when the engine cannot read.
+    fn read_key(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
+
+    /// Visits the entries between `from` and `to`, as [`Backend::scan`].
+    ///
+    /// # Errors
+    /// [`BackendError`] when the engine cannot read.
+    fn read_range(
+        &self,
+        table: Table,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), BackendError>;
+}
+
+impl<B: Backend + ?Sized> Reads for B {
+    fn read_key(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.get(table, key)
+    }
+
+    fn read_range(
+        &self,
+        table: Table,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), BackendError> {
+        self.scan(table, from, to, visit)
+    }
+}
+
+/// A backend read through its own calls, one view per read: [`Backend::pinned`]'s default.
+struct Direct<'a, B: ?Sized>(&'a B);
+
+impl<B: Backend + ?Sized> Reads for Direct<'_, B> {
+    fn read_key(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.0.get(table, key)
+    }
+
+    fn read_range(
+        &self,
+        table: Table,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), BackendError> {
+        self.0.scan(table, from, to, visit)
+    }
+}
+
 /// An ordered key-value engine the MVCC store runs on.
 ///
 /// The store keeps its whole model (revisions, tombstones, compaction, snapshots) in three
@@ -187,6 +245,18 @@ pub trait Backend: Send + Sync + 'static {
         to: Bound<&[u8]>,
         visit: &mut Visitor<'_>,
     ) -> Result<(), BackendError>;
+
+    /// Reads over one view of the content, shared by all of them: what one apply call's
+    /// lookups use, so an engine that begins a transaction per read begins one per apply. The
+    /// caller writes nothing while it holds them (the view need not see its own writes) and
+    /// drops them before its next [`Backend::write`]. The default reads through `get` and
+    /// `scan`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the engine cannot begin a read.
+    fn pinned(&self) -> Result<Box<dyn Reads + '_>, BackendError> {
+        Ok(Box::new(Direct(self)))
+    }
 
     /// Applies `batch` atomically, with its applied position.
     ///

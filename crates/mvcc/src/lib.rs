@@ -45,7 +45,9 @@ pub mod conformance;
 
 pub use apply::Outcome;
 pub use auth::{AuthError, AuthRequest, AuthResponse, PermType, Permission};
-pub use backend::{is_empty_interval, Backend, BatchOp, Replacement, Table, Visitor, WriteBatch};
+pub use backend::{
+    is_empty_interval, Backend, BatchOp, Reads, Replacement, Table, Visitor, WriteBatch,
+};
 pub use error::{BackendError, Error, Refusal, Result};
 pub use export::{Export, LeaseRecord, Version};
 pub use keys::{prefix_end, KeyRange};

@@ -2,7 +2,7 @@
 
 use std::ops::{Bound, ControlFlow};
 
-use crate::backend::{Backend, Table};
+use crate::backend::{Reads, Table};
 use crate::codec::{self, PutRecord, REV_LEN};
 use crate::error::{Error, Result};
 use crate::keys::KeyRange;
@@ -59,8 +59,8 @@ impl PutRecord<'_> {
 type Values<'a> = dyn Fn(i64, i64) -> Result<Vec<u8>> + 'a;
 
 /// The value of the put stored at (main, sub): one point lookup in `Revisions`.
-fn value_at<B: Backend + ?Sized>(backend: &B, main: i64, sub: i64) -> Result<Vec<u8>> {
-    let Some(mut raw) = backend.get(Table::Revisions, &codec::revision_key(main, sub))? else {
+fn value_at<B: Reads + ?Sized>(backend: &B, main: i64, sub: i64) -> Result<Vec<u8>> {
+    let Some(mut raw) = backend.read_key(Table::Revisions, &codec::revision_key(main, sub))? else {
         return Err(Error::corrupt(format!(
             "version ({main}, {sub}) indexed but not stored"
         )));
@@ -167,7 +167,7 @@ pub(crate) type TryVisitor<'v> = dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<(
 pub(crate) type VisibleVisitor<'v> = dyn FnMut(Visible<'_>) -> Result<ControlFlow<()>> + 'v;
 
 /// [`Backend::scan`] with a visitor that can fail: its first error ends the scan and is returned.
-pub(crate) fn try_scan<B: Backend + ?Sized>(
+pub(crate) fn try_scan<B: Reads + ?Sized>(
     backend: &B,
     table: Table,
     from: Bound<&[u8]>,
@@ -176,7 +176,7 @@ pub(crate) fn try_scan<B: Backend + ?Sized>(
 ) -> Result<()> {
     // The backend's visitor cannot fail, so the error waits here until the scan returns.
     let mut failure = None;
-    backend.scan(table, from, to, &mut |k, v| match visit(k, v) {
+    backend.read_range(table, from, to, &mut |k, v| match visit(k, v) {
         Ok(flow) => flow,
         Err(e) => {
             failure = Some(e);
@@ -188,7 +188,7 @@ pub(crate) fn try_scan<B: Backend + ?Sized>(
 
 /// The `Revisions` entries (main, sub, stored version) from `from` on at or below `rev`, at
 /// most [`CHUNK`] of them; [`codec::split_stored`] reads a stored version.
-pub(crate) fn revisions_chunk<B: Backend + ?Sized>(
+pub(crate) fn revisions_chunk<B: Reads + ?Sized>(
     backend: &B,
     from: &Bound<Vec<u8>>,
     rev: i64,
@@ -216,7 +216,7 @@ pub(crate) fn revisions_chunk<B: Backend + ?Sized>(
 
 /// Calls `f` with the version of each live key in `range` visible at `rev`, in key order,
 /// until it breaks or fails.
-pub(crate) fn scan_visible<B: Backend + ?Sized>(
+pub(crate) fn scan_visible<B: Reads + ?Sized>(
     backend: &B,
     range: &KeyRange,
     rev: i64,
@@ -226,7 +226,7 @@ pub(crate) fn scan_visible<B: Backend + ?Sized>(
 }
 
 /// [`scan_visible`], asking `stop` between chunks: true ends the scan with [`Error::Stopped`].
-pub(crate) fn scan_visible_until<B: Backend + ?Sized>(
+pub(crate) fn scan_visible_until<B: Reads + ?Sized>(
     backend: &B,
     range: &KeyRange,
     rev: i64,
@@ -292,7 +292,7 @@ pub(crate) fn scan_visible_until<B: Backend + ?Sized>(
 
 /// Calls `f` with the version of `key` visible at `rev`, if it is live: one seek, no copies
 /// but the index entry's.
-fn visit_one<B: Backend + ?Sized>(
+fn visit_one<B: Reads + ?Sized>(
     backend: &B,
     key: &[u8],
     rev: i64,
@@ -326,7 +326,7 @@ fn visit_one<B: Backend + ?Sized>(
 }
 
 /// The live key-value of `key` at `rev`, if any.
-pub(crate) fn get_at<B: Backend + ?Sized>(
+pub(crate) fn get_at<B: Reads + ?Sized>(
     backend: &B,
     key: &[u8],
     rev: i64,
@@ -335,7 +335,7 @@ pub(crate) fn get_at<B: Backend + ?Sized>(
 }
 
 /// [`get_at`], reading the value only `with_value` (without, the value is empty).
-pub(crate) fn get_at_with<B: Backend + ?Sized>(
+pub(crate) fn get_at_with<B: Reads + ?Sized>(
     backend: &B,
     key: &[u8],
     rev: i64,
