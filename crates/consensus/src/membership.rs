@@ -322,13 +322,21 @@ pub(crate) async fn promote_when_caught_up<B: mvcc::Backend>(node: crate::Node<B
             matched.is_some_and(|matched| matched * 10 >= last * 9)
         };
         if ready {
-            let promote = node.raft().change_membership(
-                ChangeMembers::AddVoterIds(BTreeSet::from([MemberId(id)])),
-                false,
-            );
             let limit = node
                 .budgets()
                 .deadline_for(deadline::Layer::Commit, deadline::Deadline::none());
+            let promote = async {
+                let Some(_turn) = node.change_turn(limit).await else {
+                    return Err("another membership change held its turn".to_string());
+                };
+                node.raft()
+                    .change_membership(
+                        ChangeMembers::AddVoterIds(BTreeSet::from([MemberId(id)])),
+                        false,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+            };
             match deadline::within(deadline::Layer::Commit, limit, promote).await {
                 Ok(Ok(_)) => {
                     tracing::info!(member = format_args!("{id:x}"), "promoted the new voter");

@@ -23,6 +23,8 @@
 //! - `coalesce`: a connection's small HTTP/2 writes gathered into one `writev`.
 //! - `pings`: grpc-go's keepalive enforcement (`--grpc-keepalive-min-time`).
 //! - `serve`: client connections, with HTTP/2's stream limit and a graceful stop.
+//! - `front`: each connection's service: gRPC calls straight to the services, counted; the
+//!   rest to the HTTP router.
 //! - `srv`: `--discovery-srv`, the initial cluster from DNS SRV records.
 //! - `tls`: TLS (rustls) on `https://` client and peer listeners.
 //! - `restore`: `metastore snapshot restore` and `metastore migrate-etcd`, from etcd's files.

@@ -52,6 +52,7 @@ impl<B: Backend> Node<B> {
         deadline: Deadline,
     ) -> Result<Vec<(u64, Member, bool)>, Refusal> {
         let limit = self.inner.budgets.deadline_for(Layer::Commit, deadline);
+        let _turn = self.change_turn(limit).await.ok_or(Refusal::Timeout)?;
         loop {
             let mut metrics = self.inner.raft.metrics();
             let view = {
@@ -59,12 +60,15 @@ impl<B: Backend> Node<B> {
                 if m.current_leader != Some(MemberId(self.inner.id)) {
                     return Err(Refusal::NotLeader(m.current_leader.map(|l| l.0)));
                 }
+                // A change not yet applied (one a former leader made, say) would make openraft
+                // refuse this one, and log the refusal as an error: wait for it first.
+                let in_progress = m.last_applied < *m.membership_config.log_id();
                 let membership = m.membership_config.membership();
                 let members: BTreeMap<u64, Member> = membership
                     .nodes()
                     .map(|(id, n)| (id.0, n.clone()))
                     .collect();
-                View {
+                (!in_progress).then(|| View {
                     pending: self.pending_voters(&members),
                     members,
                     voters: membership.voter_ids().map(|id| id.0).collect(),
@@ -75,7 +79,11 @@ impl<B: Backend> Node<B> {
                         .unwrap_or_default(),
                     leader: self.inner.id,
                     last_index: m.last_log_index.unwrap_or(0),
-                }
+                })
+            };
+            let Some(view) = view else {
+                applied_membership(&mut metrics, limit).await?;
+                continue;
             };
             let (id, ask) = view
                 .plan(
@@ -96,24 +104,7 @@ impl<B: Backend> Node<B> {
                 // Another change is being committed (a new member publishing its URLs, say):
                 // this one waits for it, within its deadline, as later changes queue in etcd.
                 Err(Refusal::Membership(crate::MembershipError::InProgress)) => {
-                    let committed = async {
-                        loop {
-                            // At least one change first: no tight loop if openraft still
-                            // refuses once the change it named has applied.
-                            if metrics.changed().await.is_err() {
-                                return;
-                            }
-                            {
-                                let m = metrics.borrow_and_update();
-                                if m.last_applied >= *m.membership_config.log_id() {
-                                    return;
-                                }
-                            }
-                        }
-                    };
-                    deadline::within(Layer::Commit, limit, committed)
-                        .await
-                        .map_err(|_| Refusal::Membership(crate::MembershipError::InProgress))?;
+                    applied_membership(&mut metrics, limit).await?;
                 }
                 other => {
                     let written = other?;
@@ -166,4 +157,28 @@ impl<B: Backend> Node<B> {
             .map(|(id, member)| (id.0, member.clone(), voters.contains(&id.0)))
             .collect()
     }
+}
+
+/// Waits, at most until `limit`, for the membership change in the log to be applied: what a
+/// change waits for when another is being committed, as later changes queue in etcd.
+async fn applied_membership(
+    metrics: &mut crate::types::typ::MetricsWatch,
+    limit: Deadline,
+) -> Result<(), Refusal> {
+    let applied = async {
+        loop {
+            // At least one change first: no tight loop if openraft still refuses once the
+            // change it named has applied.
+            if metrics.changed().await.is_err() {
+                return;
+            }
+            let m = metrics.borrow_and_update();
+            if m.last_applied >= *m.membership_config.log_id() {
+                return;
+            }
+        }
+    };
+    deadline::within(Layer::Commit, limit, applied)
+        .await
+        .map_err(|_| Refusal::Membership(crate::MembershipError::InProgress))
 }

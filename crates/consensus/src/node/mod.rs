@@ -109,6 +109,10 @@ struct Inner<B: Backend> {
     /// Members added as voters that this leader promotes once they catch up
     /// ([`crate::membership::promote_when_caught_up`]).
     pending_voters: std::sync::Mutex<BTreeSet<u64>>,
+    /// Held by each membership change this member makes as leader, until it is committed:
+    /// openraft refuses a change while another is uncommitted (and logs it as an error), so
+    /// ours queue instead, as etcd's do, each waiting within its own deadline.
+    changes: tokio::sync::Mutex<()>,
     /// Set while this leader hands leadership over ([`crate::transfer`]).
     pause: crate::transfer::Pause,
     /// When a leader last reached this member (its start, before any did), for pre-vote.
@@ -198,6 +202,17 @@ impl<B: Backend> Node<B> {
 
     pub(crate) fn raft(&self) -> &Raft<B> {
         &self.inner.raft
+    }
+
+    /// This member's turn to change the membership, waited for until `limit`; `None` when
+    /// it did not come in time.
+    pub(crate) async fn change_turn(
+        &self,
+        limit: deadline::Deadline,
+    ) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        deadline::within(deadline::Layer::Commit, limit, self.inner.changes.lock())
+            .await
+            .ok()
     }
 
     pub(crate) fn raft_metrics(&self) -> crate::types::typ::MetricsWatch {

@@ -265,6 +265,7 @@ impl<B: Backend> Node<B> {
                 alarms,
                 auth,
                 pending_voters: std::sync::Mutex::default(),
+                changes: tokio::sync::Mutex::new(()),
                 pause,
                 leader_contact: std::sync::Mutex::new(std::time::Instant::now()),
                 asked: crate::elections::Asked::default(),

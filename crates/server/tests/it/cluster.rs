@@ -835,3 +835,38 @@ async fn a_member_joining_without_the_cluster_token_takes_the_id_the_cluster_ass
         "the joined member answers as the member and cluster the cluster assigned"
     );
 }
+
+/// Members publishing their URLs at a bootstrap wait for each other's change on the leader
+/// instead of having openraft refuse it: a refusal openraft logs as an error, two or three
+/// of them at every bootstrap before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_logs_no_refused_membership_change() {
+    let cluster = start(3, &[]);
+    let mut c = client(&cluster.endpoints()[0]).await;
+    let started = Instant::now();
+    loop {
+        let list = c.member_list().await.map(|l| {
+            l.members()
+                .iter()
+                .map(|m| (m.name().to_string(), m.client_urls().to_vec()))
+                .collect::<Vec<_>>()
+        });
+        if let Ok(members) = &list {
+            if members.len() == 3 && members.iter().all(|(_, urls)| !urls.is_empty()) {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not every member published its URLs after 30 s: {list:?}"
+        );
+        pause(Duration::from_millis(200)).await;
+    }
+    for i in 0..3 {
+        let log = cluster.log(i);
+        assert!(
+            !log.contains("undergoing a configuration change"),
+            "member {i} logged a refused change:\n{log}"
+        );
+    }
+}
