@@ -238,6 +238,21 @@ impl RedbBackend {
         self.core.size.clone()
     }
 
+    /// A read transaction with the buffer laid over it, for one read or several.
+    fn pin(&self) -> Result<Pinned<'_>, BackendError> {
+        // The view before the transaction: whatever it holds is either still in it or already
+        // committed when the transaction begins.
+        let view = self.core.buffer.view();
+        let db = self.core.db.read_recursive();
+        let txn = db.begin_read().map_err(|e| io("read", None)(&e))?;
+        Ok(Pinned {
+            _db: db,
+            view,
+            txn,
+            tables: Default::default(),
+        })
+    }
+
     /// Commits every buffered batch now, in order, fsynced when `sync` is set; the caller
     /// holds `writer`, so nothing is added meanwhile.
     fn commit_all(&self, sync: bool) -> Result<(), BackendError> {
@@ -445,15 +460,11 @@ impl Core {
 
 impl Backend for RedbBackend {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        // A buffered change needs no transaction.
         if let Some(change) = self.core.buffer.view().and_then(|v| v.get(table, key)) {
             return Ok(change);
         }
-        let err = io("read", Some(table));
-        let db = self.core.db.read_recursive();
-        let txn = db.begin_read().map_err(|e| err(&e))?;
-        let t = txn.open_table(def(table)).map_err(|e| err(&e))?;
-        let value = t.get(key).map_err(|e| err(&e))?;
-        Ok(value.map(|v| v.value().to_vec()))
+        self.pin()?.read_key(table, key)
     }
 
     fn get_many(
@@ -461,21 +472,8 @@ impl Backend for RedbBackend {
         table: Table,
         keys: &[Vec<u8>],
     ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
-        let err = io("read", Some(table));
-        let view = self.core.buffer.view();
-        let db = self.core.db.read_recursive();
-        let txn = db.begin_read().map_err(|e| err(&e))?;
-        let t = txn.open_table(def(table)).map_err(|e| err(&e))?;
-        keys.iter()
-            .map(|k| {
-                if let Some(change) = view.as_ref().and_then(|v| v.get(table, k)) {
-                    return Ok(change);
-                }
-                t.get(k.as_slice())
-                    .map(|v| v.map(|v| v.value().to_vec()))
-                    .map_err(|e| err(&e))
-            })
-            .collect()
+        let reads = self.pin()?;
+        keys.iter().map(|k| reads.read_key(table, k)).collect()
     }
 
     fn scan(
@@ -488,38 +486,11 @@ impl Backend for RedbBackend {
         if is_empty_interval(from, to) {
             return Ok(());
         }
-        let err = io("scan", Some(table));
-        // Before the transaction: whatever the view holds is either still in it or already
-        // committed when the transaction begins.
-        let view = self.core.buffer.view();
-        let db = self.core.db.read_recursive();
-        let txn = db.begin_read().map_err(|e| err(&e))?;
-        let t = txn.open_table(def(table)).map_err(|e| err(&e))?;
-        if let Some(view) = view {
-            return scan_merged(&t, &view, table, (from, to), visit);
-        }
-        for entry in t.range::<&[u8]>((from, to)).map_err(|e| err(&e))? {
-            let (k, v) = entry.map_err(|e| err(&e))?;
-            if let ControlFlow::Break(()) = visit(k.value(), v.value()) {
-                break;
-            }
-        }
-        Ok(())
+        self.pin()?.read_range(table, from, to, visit)
     }
 
     fn pinned(&self) -> Result<Box<dyn Reads + '_>, BackendError> {
-        let err = io("read", None);
-        // The view before the transaction, as for one scan: whatever it holds is either still
-        // in it or already committed when the transaction begins.
-        let view = self.core.buffer.view();
-        let db = self.core.db.read_recursive();
-        let txn = db.begin_read().map_err(|e| err(&e))?;
-        Ok(Box::new(Pinned {
-            _db: db,
-            view,
-            txn,
-            tables: Default::default(),
-        }))
+        Ok(Box::new(self.pin()?))
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
@@ -618,9 +589,9 @@ impl Backend for RedbBackend {
     }
 }
 
-/// Reads sharing one read transaction and one view of the buffer ([`Backend::pinned`]): an
-/// apply call's lookups, which began a transaction and opened a table each, 3-4 % of a
-/// member's CPU under puts.
+/// Reads sharing one read transaction and one view of the buffer: every read of the engine
+/// goes through one, and [`Backend::pinned`] hands one out for an apply call's lookups,
+/// which began a transaction and opened a table each, 3-4 % of a member's CPU under puts.
 struct Pinned<'a> {
     /// Held so a defragment does not swap the file under the transaction.
     _db: parking_lot::RwLockReadGuard<'a, redb::Database>,
@@ -890,10 +861,11 @@ mod tests {
 
     use super::*;
 
-    fn scan_all(backend: &RedbBackend) -> Vec<(Vec<u8>, Vec<u8>)> {
+    /// Every `Keys` entry `reads` sees: a backend, or reads pinned on one.
+    fn scan_all(reads: &dyn Reads) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut all = Vec::new();
-        backend
-            .scan(
+        reads
+            .read_range(
                 Table::Keys,
                 Bound::Unbounded,
                 Bound::Unbounded,
@@ -993,29 +965,14 @@ mod tests {
         backend.write(active).unwrap();
         assert!(backend.core.buffer.sealed().is_some());
 
-        let pinned_scan = |reads: &dyn Reads| {
-            let mut all = Vec::new();
-            reads
-                .read_range(
-                    Table::Keys,
-                    Bound::Unbounded,
-                    Bound::Unbounded,
-                    &mut |k, v| {
-                        all.push((k.to_vec(), v.to_vec()));
-                        ControlFlow::Continue(())
-                    },
-                )
-                .unwrap();
-            all
-        };
         let want = vec![pair("a", "1"), pair("c", "2")];
         let pinned = backend.pinned().unwrap();
-        assert_eq!(pinned_scan(&*pinned), want);
+        assert_eq!(scan_all(&*pinned), want);
         // Commits take the database's read side too, beside the pinned reader's.
         drop(held);
         backend.flush().unwrap();
         assert!(backend.core.buffer.view().is_none(), "all committed");
-        assert_eq!(pinned_scan(&*pinned), want);
+        assert_eq!(scan_all(&*pinned), want);
         assert_eq!(pinned.read_key(Table::Keys, b"b").unwrap(), None);
         assert_eq!(
             pinned.read_key(Table::Keys, b"a").unwrap(),

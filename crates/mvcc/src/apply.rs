@@ -43,7 +43,7 @@ impl<B: Backend> Store<B> {
         let sink = inner.sink.read().clone();
         let leases = inner.leases.read();
         let reads = inner.backend.pinned()?;
-        let mut w = Writer::<B>::new(
+        let mut w = Writer::new(
             &*reads,
             &leases,
             self.current_revision(),
@@ -230,10 +230,9 @@ impl LeaseChange {
 }
 
 /// The state of one apply call: what it read, what it will write, what it will publish.
-struct Writer<'s, B> {
+struct Writer<'s> {
     /// One view of the backend for all of the call's lookups.
     reads: &'s (dyn Reads + 's),
-    _backend: std::marker::PhantomData<&'s B>,
     /// The leases as the backend holds them.
     leases: &'s lease::Index,
     /// Leases this call granted (`Some(ttl)`) or revoked (`None`).
@@ -252,7 +251,7 @@ struct Writer<'s, B> {
     events: Vec<Event>,
 }
 
-impl<'s, B: Backend> Writer<'s, B> {
+impl<'s> Writer<'s> {
     fn new(
         reads: &'s (dyn Reads + 's),
         leases: &'s lease::Index,
@@ -262,7 +261,6 @@ impl<'s, B: Backend> Writer<'s, B> {
     ) -> Self {
         Self {
             reads,
-            _backend: std::marker::PhantomData,
             leases,
             lease_overlay: BTreeMap::new(),
             lease_changes: Vec::new(),
