@@ -43,12 +43,17 @@ impl<B: Backend> Store<B> {
         let sink = inner.sink.read().clone();
         let leases = inner.leases.read();
         let reads = inner.backend.pinned()?;
+        let publish = match &sink {
+            None => Publish::Nothing,
+            Some(s) if s.wants_prev() => Publish::WithPrev,
+            Some(_) => Publish::Events,
+        };
         let mut w = Writer::new(
             &*reads,
             &leases,
             self.current_revision(),
             self.compact_revision(),
-            sink.is_some(),
+            publish,
         );
         w.batch.reserve(commands.len() * 2 + 2);
         let mut outcomes = Vec::with_capacity(commands.len());
@@ -122,7 +127,7 @@ impl<B: Backend> Store<B> {
         inner.current.store(current, Ordering::Release);
         inner.compacted.store(compacted, Ordering::Release);
         if let Some(sink) = sink.filter(|_| !events.is_empty()) {
-            sink.publish(events);
+            sink.publish(events, publish == Publish::WithPrev);
         }
         Ok(outcomes)
     }
@@ -229,6 +234,17 @@ impl LeaseChange {
     }
 }
 
+/// What an apply call builds for its sink.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    /// No events: nobody listens.
+    Nothing,
+    /// Events without their previous key-values.
+    Events,
+    /// Events with their previous key-values.
+    WithPrev,
+}
+
 /// The state of one apply call: what it read, what it will write, what it will publish.
 struct Writer<'s> {
     /// One view of the backend for all of the call's lookups.
@@ -246,8 +262,9 @@ struct Writer<'s> {
     compacted: i64,
     overlay: Overlay,
     batch: WriteBatch,
-    /// Events are built only when someone listens: they copy every value.
-    publish: bool,
+    /// What to build events of: they copy every value, and their previous values are
+    /// lookups of their own.
+    publish: Publish,
     events: Vec<Event>,
 }
 
@@ -257,7 +274,7 @@ impl<'s> Writer<'s> {
         leases: &'s lease::Index,
         base: i64,
         base_compacted: i64,
-        publish: bool,
+        publish: Publish,
     ) -> Self {
         Self {
             reads,
@@ -528,7 +545,7 @@ impl<'s> Writer<'s> {
         let prev = self.get_with(
             &req.key,
             main,
-            req.ignore_value || req.prev_kv || self.publish,
+            req.ignore_value || req.prev_kv || self.publish == Publish::WithPrev,
         )?;
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
@@ -567,11 +584,11 @@ impl<'s> Writer<'s> {
             stored,
         );
         let prev_kv = if req.prev_kv { prev.clone() } else { None };
-        if self.publish {
+        if self.publish != Publish::Nothing {
             self.events.push(Event {
                 kind: EventKind::Put,
                 kv: kv.clone(),
-                prev_kv: prev,
+                prev_kv: prev.filter(|_| self.publish == Publish::WithPrev),
             });
         }
         record(&mut self.overlay, &req.key, main, Some(kv));
@@ -587,7 +604,7 @@ impl<'s> Writer<'s> {
         let range = KeyRange::new(&req.key, &req.range_end);
         let mut doomed = Vec::new();
         // The values deleted are read only for whoever sees them: the answer, the events.
-        let with_value = req.prev_kv || self.publish;
+        let with_value = req.prev_kv || self.publish == Publish::WithPrev;
         self.visit(&range, main, &mut |item| {
             doomed.push(match item {
                 Item::Owned(kv) => kv.clone(),
@@ -614,11 +631,11 @@ impl<'s> Writer<'s> {
                 stored,
             );
             record(&mut self.overlay, &key, main, None);
-            if self.publish {
+            if self.publish != Publish::Nothing {
                 self.events.push(Event {
                     kind: EventKind::Delete,
                     kv: tombstone_kv(key, main),
-                    prev_kv: Some(prev.clone()),
+                    prev_kv: Some(prev.clone()).filter(|_| self.publish == Publish::WithPrev),
                 });
             }
             *sub += 1;

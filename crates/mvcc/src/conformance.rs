@@ -127,11 +127,17 @@ impl<B: Backend> Fixture<B> {
     }
 }
 
+/// A sink keeping what it is sent; `without_prev` says it wants no previous key-values.
 #[derive(Default)]
-struct Collect(Mutex<Vec<Event>>);
+struct Collect(Mutex<Vec<Event>>, bool);
 
 impl EventSink for Collect {
-    fn publish(&self, events: Vec<Event>) {
+    fn wants_prev(&self) -> bool {
+        !self.1
+    }
+
+    fn publish(&self, events: Vec<Event>, with_prev: bool) {
+        assert_eq!(with_prev, !self.1, "events come as the sink asked");
         self.0.lock().extend(events);
     }
 }
@@ -1168,6 +1174,43 @@ fn events<B: Backend>(f: Factory<'_, B>) {
     let tail = s.store.events_since(5, 1).unwrap();
     assert_eq!(tail.len(), 2, "a revision's events are never split");
     assert!(s.store.events_since(6, 10).unwrap().is_empty());
+
+    // A sink that wants no previous key-values gets the same events without them; answers
+    // that ask for theirs still get them.
+    let t = Fixture::new(f);
+    let bare = Arc::new(Collect(Mutex::default(), true));
+    t.store.set_sink(bare.clone());
+    t.put("a", "1");
+    let (_, res) = t.apply(Command::Put(PutRequest {
+        key: "a".into(),
+        value: "2".into(),
+        prev_kv: true,
+        ..Default::default()
+    }));
+    match res {
+        Ok(Response::Put(r)) => assert_eq!(r.prev_kv.unwrap().value, b"1"),
+        other => panic!("{other:?}"),
+    }
+    t.put("b", "1");
+    let (_, res) = t.apply(Command::DeleteRange(DeleteRangeRequest {
+        key: "a".into(),
+        range_end: "c".into(),
+        prev_kv: true,
+    }));
+    match res {
+        Ok(Response::DeleteRange(r)) => assert_eq!(r.prev_kvs.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    let without: Vec<Event> = live
+        .into_iter()
+        .map(|e| Event { prev_kv: None, ..e })
+        .collect();
+    assert_eq!(*bare.0.lock(), without);
+    assert_eq!(
+        t.store.events_since(1, 100).unwrap(),
+        stored,
+        "history has them all the same"
+    );
 }
 
 fn snapshots<B: Backend>(f: Factory<'_, B>) {

@@ -36,8 +36,17 @@ const FIRST_REVISION: i64 = 1;
 /// Called while the store's writer lock is held, so the order is the apply order; it must
 /// return quickly and never block (queue, or drop and let the watcher catch up from history).
 pub trait EventSink: Send + Sync + 'static {
-    /// Takes the events of one apply call, grouped by revision, in revision then sub order.
-    fn publish(&self, events: Vec<Event>);
+    /// Whether the next apply call should read the previous key-values its events carry.
+    /// Reading them costs a lookup of each changed value, so a sink nobody asked them of says
+    /// no; it must then cope with a publish whose events lack them (`with_prev` false).
+    fn wants_prev(&self) -> bool {
+        true
+    }
+
+    /// Takes the events of one apply call, grouped by revision, in revision then sub order;
+    /// their `prev_kv` is read (and `None` only where there was none) when `with_prev`, and
+    /// left out (`None`) otherwise.
+    fn publish(&self, events: Vec<Event>, with_prev: bool);
 }
 
 /// How far physical compaction has got.

@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     pub(crate) wake: Arc<Notify>,
     stop: CancellationToken,
+    /// Registered watchers that asked for `prev_kv`, as [`State`] counts them.
+    prev_wanted: Arc<AtomicUsize>,
 }
 
 pub(crate) struct State {
@@ -104,6 +106,9 @@ pub(crate) struct State {
     pub(crate) wake_on_publish: bool,
     /// Index candidates examined by publishing, for tests of the matching cost.
     examined: u64,
+    /// Registered watchers that asked for `prev_kv`: read without the lock by
+    /// [`Hub::wants_prev`], so an atomic, changed only under the lock.
+    prev_wanted: Arc<AtomicUsize>,
 }
 
 pub(crate) struct Watcher {
@@ -134,9 +139,12 @@ impl Hub {
         config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| HubError::NoRuntime)?;
         let last_published = history.current_revision();
+        let prev_wanted = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Shared {
             history,
+            prev_wanted: Arc::clone(&prev_wanted),
             state: Mutex::new(State {
+                prev_wanted,
                 closed: false,
                 last_published,
                 next_id: 1,
@@ -190,6 +198,9 @@ impl Hub {
         } else {
             st.unsynced.insert(id);
         }
+        if matcher.prev_kv {
+            st.prev_wanted.fetch_add(1, Ordering::Relaxed);
+        }
         st.watchers.insert(
             id,
             Watcher {
@@ -219,6 +230,7 @@ impl Hub {
         let mut st = self.shared.state.lock();
         st.closed = true;
         st.watchers.clear();
+        st.prev_wanted.store(0, Ordering::Relaxed);
         st.unsynced.clear();
         st.index = Index::default();
         st.report();
@@ -284,15 +296,25 @@ impl fmt::Debug for Hub {
 }
 
 impl EventSink for Hub {
+    /// Only while a watcher that asked for them is registered. One that registers after the
+    /// store asked is still sent them: see [`Shared::publish`].
+    fn wants_prev(&self) -> bool {
+        // Relaxed: a stale answer costs a catch-up, never a wrong event.
+        self.shared.prev_wanted.load(Ordering::Relaxed) > 0
+    }
+
     /// Delivers the events of one apply call to the synced watchers they match. Never
     /// blocks: a full queue turns its watcher into a victim for the catch-up task.
-    fn publish(&self, events: Vec<Event>) {
-        self.shared.publish(&events);
+    fn publish(&self, events: Vec<Event>, with_prev: bool) {
+        self.shared.publish(&events, with_prev);
     }
 }
 
 impl Shared {
-    fn publish(&self, events: &[Event]) {
+    /// Events without their previous key-values (`with_prev` false) reach a watcher that
+    /// wants them only if it registered after the store asked [`Hub::wants_prev`]; it is
+    /// sent them from history instead, which has them, as a watcher whose queue was full.
+    fn publish(&self, events: &[Event], with_prev: bool) {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return;
         };
@@ -351,6 +373,12 @@ impl Shared {
                 continue;
             };
             let (first, last, n) = (first.kv.mod_revision, last.kv.mod_revision, batch.len());
+            if w.matcher.prev_kv && !with_prev {
+                tracing::debug!(%id, next_rev = first, "events lack prev_kv; catching up");
+                st.unfile(id, first);
+                wake = true;
+                continue;
+            }
             let bytes = batch.iter().map(event_bytes).sum();
             if w.over_budget(bytes, self.config.max_queued_bytes) {
                 // As good as a full queue: it waits in history instead.
@@ -432,6 +460,9 @@ impl State {
 
     pub(crate) fn remove(&mut self, id: WatchId) {
         if let Some(w) = self.watchers.remove(&id) {
+            if w.matcher.prev_kv {
+                self.prev_wanted.fetch_sub(1, Ordering::Relaxed);
+            }
             if w.synced {
                 self.index.remove(id, &w.matcher.shape);
             } else {
@@ -626,7 +657,7 @@ mod tests {
             let mut events = log.write(rev, &["k"]);
             events[0].kv.value = vec![b'v'; 299];
             log.events.lock().last_mut().unwrap().kv.value = vec![b'v'; 299];
-            hub.publish(events);
+            hub.publish(events, true);
         }
         let mut queued = Vec::new();
         while let Ok(d) = rx.try_recv() {
@@ -663,7 +694,7 @@ mod tests {
         let hub = hub(&log, 100);
         let (tx, mut rx) = mpsc::channel(16);
         let first = log.write(2, &["a"]);
-        hub.publish(first);
+        hub.publish(first, true);
         let _g = hub
             .watch(
                 WatchSpec {
@@ -682,15 +713,55 @@ mod tests {
         assert!(hub.shared.state.lock().wake_on_publish);
         // The publishes land: the watcher is not filed, so they send it nothing.
         for events in pending {
-            hub.publish(events);
+            hub.publish(events, true);
         }
         assert!(rx.try_recv().is_err());
         // Next round: nothing new to read, and it is exactly at the live point.
         assert!(!hub.shared.catch_up_round());
         assert_eq!(hub.stats().unsynced, 0);
         assert!(rx.try_recv().is_err());
-        hub.publish(log.write(5, &["e"]));
+        hub.publish(log.write(5, &["e"]), true);
         assert_eq!(revs(&rx.try_recv().unwrap()), [5]);
+    }
+
+    #[tokio::test]
+    async fn a_prev_kv_watcher_registered_after_the_store_asked_gets_them_from_history() {
+        let log = Arc::new(Log::default());
+        let hub = hub(&log, 100);
+        let (plain_tx, mut plain) = mpsc::channel(16);
+        let _plain = hub
+            .watch(WatchSpec::new(KeyRange::prefix(b"")), plain_tx)
+            .unwrap();
+        assert!(!hub.wants_prev(), "nobody asked for prev_kv");
+        let with_prev = WatchSpec {
+            prev_kv: true,
+            ..WatchSpec::new(KeyRange::prefix(b""))
+        };
+        let (tx, mut rx) = mpsc::channel(16);
+        let guard = hub.watch(with_prev, tx).unwrap();
+        assert!(hub.wants_prev());
+        // The store asked before the watcher came: history has the previous value, the
+        // publish does not.
+        let mut stored = log.write(2, &["a"]);
+        let before = KeyValue {
+            key: b"a".to_vec(),
+            value: b"old".to_vec(),
+            ..KeyValue::default()
+        };
+        stored[0].prev_kv = Some(before.clone());
+        log.events.lock().last_mut().unwrap().prev_kv = Some(before.clone());
+        stored[0].prev_kv = None;
+        hub.publish(stored, false);
+        assert_eq!(revs(&plain.try_recv().unwrap()), [2]);
+        assert!(rx.try_recv().is_err(), "no event without its prev_kv");
+        assert_eq!(hub.stats().unsynced, 1);
+        assert!(!hub.shared.catch_up_round());
+        let caught_up = rx.try_recv().unwrap();
+        assert_eq!(revs(&caught_up), [2]);
+        assert_eq!(caught_up.events[0].prev_kv, Some(before));
+        assert_eq!(hub.stats().unsynced, 0);
+        drop(guard);
+        assert!(!hub.wants_prev(), "the watcher that asked is gone");
     }
 
     #[tokio::test]
@@ -698,8 +769,8 @@ mod tests {
         let log = Arc::new(Log::default());
         let hub = hub(&log, 1);
         let (tx, mut rx) = mpsc::channel(16);
-        hub.publish(log.write(2, &["a"]));
-        hub.publish(log.write(3, &["a", "b"]));
+        hub.publish(log.write(2, &["a"]), true);
+        hub.publish(log.write(3, &["a", "b"]), true);
         let _g = hub
             .watch(
                 WatchSpec {
@@ -712,14 +783,14 @@ mod tests {
         // Batch 1: one revision per read, so the round reports more to do.
         assert!(hub.shared.catch_up_round());
         assert_eq!(revs(&rx.try_recv().unwrap()), [2]);
-        hub.publish(log.write(4, &["c"]));
+        hub.publish(log.write(4, &["c"]), true);
         assert!(rx.try_recv().is_err());
         assert!(hub.shared.catch_up_round());
         assert_eq!(revs(&rx.try_recv().unwrap()), [3, 3]);
         assert!(!hub.shared.catch_up_round());
         assert_eq!(revs(&rx.try_recv().unwrap()), [4]);
         assert_eq!(hub.stats().unsynced, 0);
-        hub.publish(log.write(5, &["d"]));
+        hub.publish(log.write(5, &["d"]), true);
         assert_eq!(revs(&rx.try_recv().unwrap()), [5]);
     }
 
@@ -728,7 +799,7 @@ mod tests {
         let log = Arc::new(Log::default());
         let hub = hub(&log, 100);
         let (tx, mut rx) = mpsc::channel(16);
-        hub.publish(log.write(2, &["a"]));
+        hub.publish(log.write(2, &["a"]), true);
         assert_eq!(hub.progress(&[]), Some(2));
         let live = hub
             .watch(WatchSpec::new(KeyRange::prefix(b"")), tx.clone())
@@ -742,7 +813,7 @@ mod tests {
                 tx,
             )
             .unwrap();
-        hub.publish(log.write(3, &["b"]));
+        hub.publish(log.write(3, &["b"]), true);
         assert_eq!(hub.progress(&[live.id()]), Some(3));
         assert_eq!(hub.progress(&[live.id(), behind.id()]), None);
         assert!(!hub.shared.catch_up_round());
@@ -763,9 +834,9 @@ mod tests {
         let g = hub
             .watch(WatchSpec::new(KeyRange::new(b"a", b"")), tx)
             .unwrap();
-        hub.publish(log.write(2, &["a"]));
-        hub.publish(log.write(3, &["b"]));
-        hub.publish(log.write(4, &["a"]));
+        hub.publish(log.write(2, &["a"]), true);
+        hub.publish(log.write(3, &["b"]), true);
+        hub.publish(log.write(4, &["a"]), true);
         assert_eq!(hub.stats().unsynced, 1);
         assert_eq!(hub.shared.state.lock().watchers[&g.id()].next_rev, 4);
         // Still full: the round reserves nothing and reads nothing.
@@ -784,9 +855,9 @@ mod tests {
         let _g = hub
             .watch(WatchSpec::new(KeyRange::prefix(b"")), tx)
             .unwrap();
-        hub.publish(log.write(2, &["a"]));
-        hub.publish(log.write(3, &["a"]));
-        hub.publish(log.write(4, &["a"]));
+        hub.publish(log.write(2, &["a"]), true);
+        hub.publish(log.write(3, &["a"]), true);
+        hub.publish(log.write(4, &["a"]), true);
         *log.compacted.lock() = 4;
         assert!(!hub.shared.catch_up_round());
         assert_eq!(hub.stats().watchers, 1);
@@ -817,7 +888,7 @@ mod tests {
             .iter()
             .map(|p| hub.watch(WatchSpec::new(KeyRange::prefix(p.as_bytes())), tx.clone()))
             .collect();
-        hub.publish(log.write(2, &["key/77"]));
+        hub.publish(log.write(2, &["key/77"]), true);
         // The single-key watcher and the `key/` prefix watcher; nothing else is looked at.
         assert_eq!(hub.examined(), 2);
         assert_eq!(rx.try_recv().unwrap().events.len(), 1);

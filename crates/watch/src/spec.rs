@@ -142,7 +142,7 @@ pub(crate) struct Matcher {
     pub(crate) shape: Shape,
     no_put: bool,
     no_delete: bool,
-    prev_kv: bool,
+    pub(crate) prev_kv: bool,
 }
 
 impl Matcher {
