@@ -650,9 +650,59 @@ impl Reads for Pinned<'_> {
         }
         Ok(())
     }
+
+    fn read_first(
+        &self,
+        table: Table,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+    ) -> Result<Option<mvcc::Entry>, BackendError> {
+        self.first(table, from, to)
+    }
 }
 
 type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+impl Pinned<'_> {
+    /// [`Reads::read_first`]: redb's first entry and each generation's, the smallest key
+    /// winning and the newest source at a tie, with no merged scan; only a removal winning
+    /// (the first live entry lies further on) falls back to one.
+    fn first(
+        &self,
+        table: Table,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+    ) -> Result<Option<mvcc::Entry>, BackendError> {
+        if is_empty_interval(from, to) {
+            return Ok(None);
+        }
+        let t = self.table(table)?;
+        let err = io("scan", Some(table));
+        let stored = t
+            .range::<&[u8]>((from, to))
+            .map_err(|e| err(&e))?
+            .next()
+            .transpose()
+            .map_err(|e| err(&e))?;
+        let stored_key = stored.as_ref().map(|(k, _)| k.value());
+        let Some((key, change)) = self
+            .view
+            .as_ref()
+            .and_then(|v| v.first(table, (from, to), stored_key))
+        else {
+            return Ok(stored.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())));
+        };
+        if let Some(value) = change {
+            return Ok(Some((key, value)));
+        }
+        let mut first = None;
+        self.read_range(table, from, to, &mut |k, v| {
+            first = Some((k.to_vec(), v.to_vec()));
+            ControlFlow::Break(())
+        })?;
+        Ok(first)
+    }
+}
 
 /// [`Backend::scan`] over redb's `stored` entries with the buffered changes of `view` laid on
 /// top: the newest buffered value replaces older ones of its key, a buffered removal hides
@@ -980,6 +1030,65 @@ mod tests {
         );
         drop(pinned);
         assert_eq!(scan_all(&backend), want);
+    }
+
+    /// A first-entry read finds what a merged scan would visit first, whichever of redb, the
+    /// sealed and the active generation holds it, removals included.
+    #[test]
+    fn the_first_entry_is_the_merged_scans_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = buffered(Batching {
+            max_ops: 3,
+            max_bytes: u64::MAX,
+            max_age: Duration::from_secs(3600),
+        });
+        let backend = RedbBackend::open(dir.path().join("db.redb"), &options).unwrap();
+        let mut stored = WriteBatch::new();
+        for k in ["a", "b", "d", "f"] {
+            stored.put(Table::Keys, k.into(), b"0".to_vec());
+        }
+        backend.write(stored).unwrap();
+        backend.flush().unwrap();
+        let _held = backend.core.commit.lock();
+        let mut sealed = WriteBatch::new();
+        sealed.put(Table::Keys, b"a".to_vec(), b"1".to_vec());
+        sealed.delete(Table::Keys, b"b".to_vec());
+        sealed.put(Table::Keys, b"e".to_vec(), b"1".to_vec());
+        backend.write(sealed).unwrap();
+        let mut active = WriteBatch::new();
+        active.put(Table::Keys, b"c".to_vec(), b"2".to_vec());
+        active.delete(Table::Keys, b"d".to_vec());
+        active.put(Table::Keys, b"f".to_vec(), b"2".to_vec());
+        backend.write(active).unwrap();
+        assert!(backend.core.buffer.sealed().is_some());
+
+        let pinned = backend.pinned().unwrap();
+        let (mut checked, mut found) = (0, 0);
+        for from in ["", "a", "a0", "b", "c", "d", "e", "f", "g"] {
+            for to in [None, Some("c"), Some("e"), Some("f0")] {
+                let to = to.map_or(Bound::Unbounded, |t| Bound::Excluded(t.as_bytes()));
+                let from = Bound::Included(from.as_bytes());
+                let mut want = None;
+                pinned
+                    .read_range(Table::Keys, from, to, &mut |k, v| {
+                        want = Some((k.to_vec(), v.to_vec()));
+                        ControlFlow::Break(())
+                    })
+                    .unwrap();
+                let got = pinned.read_first(Table::Keys, from, to).unwrap();
+                assert_eq!(got, want, "from {from:?} to {to:?}");
+                checked += 1;
+                found += usize::from(got.is_some());
+            }
+        }
+        assert_eq!((checked, found), (36, 23));
+        assert_eq!(
+            pinned
+                .read_first(Table::Keys, Bound::Included(b"b"), Bound::Unbounded)
+                .unwrap(),
+            Some(pair("c", "2")),
+            "a removal in the buffer hides redb's entry"
+        );
     }
 
     /// A buffer that no later write seals is committed by the committer once it is as old as

@@ -187,6 +187,23 @@ impl View {
             .or_else(|| self.sealed.as_ref().and_then(|s| s.applied()))
     }
 
+    /// The newest buffered change at the smallest buffered key between the bounds, if that
+    /// key is no greater than `at_most` (redb's first key there, `None` when it has none).
+    pub(crate) fn first(
+        &self,
+        table: Table,
+        bounds: (Bound<&[u8]>, Bound<&[u8]>),
+        at_most: Option<&[u8]>,
+    ) -> Option<(Vec<u8>, Change)> {
+        // Oldest first, each beating what came before at an equal key.
+        let older = self
+            .sealed
+            .as_ref()
+            .and_then(|s| s.first(table, bounds, at_most));
+        let bound = older.as_ref().map(|(k, _)| k.as_slice()).or(at_most);
+        self.active.first(table, bounds, bound).or(older)
+    }
+
     /// A cursor per generation over `table` from `from` up to `to`, newest first.
     pub(crate) fn cursors<'a>(
         &'a self,
@@ -335,6 +352,21 @@ impl Generation {
     /// The buffered change to `key`, if there is one.
     pub(crate) fn get(&self, table: Table, key: &[u8]) -> Option<Change> {
         self.inner.read().tables[slot(table)].get(key).cloned()
+    }
+
+    /// The first buffered change between the bounds, if its key is no greater than `at_most`.
+    fn first(
+        &self,
+        table: Table,
+        bounds: (Bound<&[u8]>, Bound<&[u8]>),
+        at_most: Option<&[u8]>,
+    ) -> Option<(Vec<u8>, Change)> {
+        let b = self.inner.read();
+        let (k, v) = b.tables[slot(table)].range::<[u8], _>(bounds).next()?;
+        if at_most.is_some_and(|m| k.as_slice() > m) {
+            return None;
+        }
+        Some((k.clone(), v.clone()))
     }
 
     /// The applied position of the last buffered batch that carried one.

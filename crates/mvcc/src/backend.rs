@@ -29,6 +29,9 @@ impl Table {
     }
 }
 
+/// One entry read out of a table: its key and value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// The callback of [`Backend::scan`]: sees each key and value, returns `Break` to stop.
 pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
 
@@ -162,6 +165,26 @@ pub trait Reads {
         to: Bound<&[u8]>,
         visit: &mut Visitor<'_>,
     ) -> Result<(), BackendError>;
+
+    /// The first entry between `from` and `to`, if any: what a [`Reads::read_range`] that
+    /// stops at once would visit. An engine may find it more cheaply (a put's lookup of its
+    /// key's last version is one).
+    ///
+    /// # Errors
+    /// [`BackendError`] when the engine cannot read.
+    fn read_first(
+        &self,
+        table: Table,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+    ) -> Result<Option<Entry>, BackendError> {
+        let mut first = None;
+        self.read_range(table, from, to, &mut |k, v| {
+            first = Some((k.to_vec(), v.to_vec()));
+            ControlFlow::Break(())
+        })?;
+        Ok(first)
+    }
 }
 
 impl<B: Backend + ?Sized> Reads for B {

@@ -46,7 +46,7 @@ pub mod conformance;
 pub use apply::Outcome;
 pub use auth::{AuthError, AuthRequest, AuthResponse, PermType, Permission};
 pub use backend::{
-    is_empty_interval, Backend, BatchOp, Reads, Replacement, Table, Visitor, WriteBatch,
+    is_empty_interval, Backend, BatchOp, Entry, Reads, Replacement, Table, Visitor, WriteBatch,
 };
 pub use error::{BackendError, Error, Refusal, Result};
 pub use export::{Export, LeaseRecord, Version};

@@ -299,26 +299,19 @@ fn visit_one<B: Reads + ?Sized>(
     f: &mut VisibleVisitor<'_>,
 ) -> Result<()> {
     // The newest version at or below `rev` is the first entry at or after `key ++ !rev`; the
-    // scan is open-ended (one descent, not two) and stops at that entry whatever it is.
+    // read is open-ended (one descent, not two) and takes that entry whatever it is.
     let from = codec::version_key(key, rev);
     let group_len = from.len() - REV_LEN;
+    let Some((k, v)) = backend.read_first(Table::Keys, Bound::Included(&from), Bound::Unbounded)?
+    else {
+        return Ok(());
+    };
+    if k.len() != from.len() || k[..group_len] != from[..group_len] || codec::is_tombstone(&v) {
+        return Ok(());
+    }
+    let (group, main) = codec::split_version_key(&k)?;
     let mut chunk = IndexChunk::default();
-    try_scan(
-        backend,
-        Table::Keys,
-        Bound::Included(&from),
-        Bound::Unbounded,
-        &mut |k, v| {
-            if k.len() != from.len() || k[..group_len] != from[..group_len] {
-                return Ok(ControlFlow::Break(()));
-            }
-            let (group, main) = codec::split_version_key(k)?;
-            if !codec::is_tombstone(v) {
-                chunk.push(group, main, v);
-            }
-            Ok(ControlFlow::Break(()))
-        },
-    )?;
+    chunk.push(group, main, &v);
     // One key: whether `f` breaks or not, the read is over.
     chunk
         .offer(&|main, sub| value_at(backend, main, sub), f)
