@@ -174,12 +174,12 @@ impl<B: mvcc::Backend> Batcher<B> {
                 }
                 first = self.queue.recv(), if unanswered.forwards() < MAX_FORWARDS => {
                     let Some(first) = first else { break };
-                    let batch = self.gather(first);
+                    let (batch, bytes) = self.gather(first);
                     if unanswered.len() >= MAX_UNANSWERED {
                         self.reject(batch.iter().map(|q| q.id), &Rejected::TooManyRequests);
                         continue;
                     }
-                    if let Err(full) = self.space.check() {
+                    if let Err(full) = self.space.check(bytes as u64) {
                         self.reject(batch.iter().map(|q| q.id), &Rejected::DiskFull(full));
                         continue;
                     }
@@ -258,8 +258,9 @@ impl<B: mvcc::Backend> Batcher<B> {
         }
     }
 
-    /// `first` and whatever else is queued, within the entry's bounds.
-    fn gather(&mut self, first: Queued) -> Vec<Tagged> {
+    /// `first` and whatever else is queued, within the entry's bounds, and their approximate
+    /// bytes.
+    fn gather(&mut self, first: Queued) -> (Vec<Tagged>, usize) {
         let now = std::time::Instant::now();
         let waited = |q: &Queued| now.saturating_duration_since(q.at);
         let mut bytes = first.tagged.command.approx_size();
@@ -275,7 +276,7 @@ impl<B: mvcc::Backend> Batcher<B> {
                 Err(_) => break,
             }
         }
-        batch
+        (batch, bytes)
     }
 
     /// Waits until the log holds batch `seq` durably, its entry is refused, `stop`, or the
