@@ -33,8 +33,9 @@ use tonic::transport::Channel;
 
 use super::doc;
 use super::servers::{
-    build_server, connect_all, join_within, metastore_binary, percentile, process_cpu_ns, request,
-    settle, wait_ready, Kind, Scratch, Server, ServerTls, REQUEST_TIMEOUT, SETTLE,
+    build_server, connect_all, join_within, metastore_binary, percentile, process_cpu_ns,
+    process_disk_writes, request, settle, wait_ready, Kind, Scratch, Server, ServerTls,
+    REQUEST_TIMEOUT, SETTLE,
 };
 use super::stages;
 use super::{compare, grouped, load_average, output_of, Machine, XorShift};
@@ -465,6 +466,8 @@ struct Sample {
     server_cpu: Option<f64>,
     /// The same for this process, the client.
     client_cpu: Option<f64>,
+    /// Bytes the server (every member) sent to storage in the window.
+    disk_bytes: Option<u64>,
 }
 
 impl Sample {
@@ -480,6 +483,12 @@ impl Sample {
     fn cpu_per_request_us(&self) -> Option<f64> {
         let cpu = self.server_cpu?;
         (self.ok > 0).then(|| cpu * self.secs * 1e6 / self.ok as f64)
+    }
+
+    /// Bytes sent to storage per request answered.
+    fn disk_bytes_per_request(&self) -> Option<f64> {
+        let bytes = self.disk_bytes?;
+        (self.ok > 0).then(|| bytes as f64 / self.ok as f64)
     }
 }
 
@@ -513,6 +522,9 @@ async fn drive(
     let servers: Vec<String> = pids.iter().map(u32::to_string).collect();
     let cpu_of =
         |servers: &[String]| -> Option<u64> { servers.iter().map(|p| process_cpu_ns(p)).sum() };
+    let disk_of = |servers: &[String]| -> Option<u64> {
+        servers.iter().map(|p| process_disk_writes(p)).sum()
+    };
     // CPU readings at the start of the measured window, taken by a task woken then.
     let at_start = servers.clone();
     let cpu_at_start = tokio::spawn(async move {
@@ -525,12 +537,17 @@ async fn drive(
                 .map(|p| process_cpu_ns(p))
                 .sum::<Option<u64>>(),
             process_cpu_ns("self"),
+            at_start
+                .iter()
+                .map(|p| process_disk_writes(p))
+                .sum::<Option<u64>>(),
         )
     });
     let outs = join_within(set, end + REQUEST_TIMEOUT + Duration::from_secs(5)).await?;
     let server_end = cpu_of(&servers);
     let client_end = process_cpu_ns("self");
-    let (server_start, client_start) = cpu_at_start.await?;
+    let disk_end = disk_of(&servers);
+    let (server_start, client_start, disk_start) = cpu_at_start.await?;
 
     let finished = outs.iter().map(|o| o.finished).max().unwrap_or(end);
     let secs = finished.saturating_duration_since(warm_end).as_secs_f64();
@@ -555,6 +572,7 @@ async fn drive(
         errors,
         server_cpu: share(server_start, server_end),
         client_cpu: share(client_start, client_end),
+        disk_bytes: disk_start.zip(disk_end).map(|(a, b)| b.saturating_sub(a)),
     })
 }
 
@@ -959,6 +977,29 @@ fn render(args: &Args, setup: &Setup, rows: &[Row], m: &Machine) -> String {
         );
     }
 
+    let _ = writeln!(s, "\n### Disk\n");
+    let _ = writeln!(
+        s,
+        "Bytes each server sent to storage per request answered, over the measured window \
+         (`write_bytes` of `/proc/<pid>/io`, summed over members: the log, its fsyncs' metadata \
+         and the engine's pages, counted when written or dirtied).\n"
+    );
+    let _ = writeln!(s, "| workload | MetaStore bytes/req | etcd bytes/req |");
+    let _ = writeln!(s, "|---|--:|--:|");
+    for r in rows {
+        let per_req = |x: &Sample| {
+            x.disk_bytes_per_request()
+                .map_or_else(|| "?".into(), |b| grouped(b.round() as u64))
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            r.workload.describe(),
+            per_req(&r.ours),
+            per_req(&r.etcd)
+        );
+    }
+
     let goals = judge(rows);
     let _ = writeln!(s, "\n### Goals (from the issue, same machine)\n");
     let met = goals.iter().filter(|g| g.2).count();
@@ -1038,6 +1079,7 @@ mod tests {
             errors: e,
             server_cpu: Some(0.5),
             client_cpu: None,
+            disk_bytes: Some(ok * 100),
         }
     }
 
@@ -1167,5 +1209,18 @@ mod tests {
     #[test]
     fn own_cpu_is_readable() {
         assert!(process_cpu_ns("self").is_some_and(|ns| ns > 0));
+    }
+
+    /// A synced write of 1 MiB to a file on disk shows in the writer's storage bytes.
+    #[test]
+    fn own_disk_writes_are_counted() {
+        use std::io::Write;
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let before = process_disk_writes("self").expect("/proc/self/io");
+        let mut f = std::fs::File::create(dir.path().join("written")).unwrap();
+        f.write_all(&vec![7u8; 1 << 20]).unwrap();
+        f.sync_all().unwrap();
+        let after = process_disk_writes("self").unwrap();
+        assert!(after - before >= 1 << 20, "{before} -> {after}");
     }
 }

@@ -412,6 +412,16 @@ pub(super) fn process_cpu_ns(pid: &str) -> Option<u64> {
     Some(total)
 }
 
+/// Bytes process `pid` has caused to be sent to storage so far (`write_bytes` in
+/// `/proc/<pid>/io`: counted when a page is dirtied or written directly, whoever flushes it);
+/// `None` when unreadable.
+pub(super) fn process_disk_writes(pid: &str) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The `p`-quantile of `sorted` by nearest rank; 0 when empty.
 pub(super) fn percentile(sorted: &[u32], p: f64) -> u64 {
     if sorted.is_empty() {
