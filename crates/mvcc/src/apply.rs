@@ -11,7 +11,7 @@ use crate::error::{Error, Refusal, Result};
 use crate::keys::KeyRange;
 use crate::lease;
 use crate::read::{self, build_range, Item, ItemVisitor, ReadLimits};
-use crate::store::{tombstone_kv, Store, META_COMPACT, META_CURRENT, META_VERSIONS};
+use crate::store::{tombstone_kv, Store, Wanted, META_COMPACT, META_CURRENT, META_VERSIONS};
 use crate::txn::{check_txn_keys, compare_kv};
 use crate::types::{
     Command, CompactRequest, DeleteRangeRequest, DeleteRangeResponse, Event, EventKind, KeyValue,
@@ -43,11 +43,7 @@ impl<B: Backend> Store<B> {
         let sink = inner.sink.read().clone();
         let leases = inner.leases.read();
         let reads = inner.backend.pinned()?;
-        let publish = match &sink {
-            None => Publish::Nothing,
-            Some(s) if s.wants_prev() => Publish::WithPrev,
-            Some(_) => Publish::Events,
-        };
+        let publish = sink.as_ref().map_or(Wanted::Nothing, |s| s.wants());
         let mut w = Writer::new(
             &*reads,
             &leases,
@@ -126,8 +122,12 @@ impl<B: Backend> Store<B> {
         }
         inner.current.store(current, Ordering::Release);
         inner.compacted.store(compacted, Ordering::Release);
-        if let Some(sink) = sink.filter(|_| !events.is_empty()) {
-            sink.publish(events, publish == Publish::WithPrev);
+        match sink {
+            Some(sink) if publish == Wanted::Nothing && current != base => sink.skipped(current),
+            Some(sink) if !events.is_empty() => {
+                sink.publish(events, publish == Wanted::EventsWithPrev);
+            }
+            _ => {}
         }
         Ok(outcomes)
     }
@@ -234,17 +234,6 @@ impl LeaseChange {
     }
 }
 
-/// What an apply call builds for its sink.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Publish {
-    /// No events: nobody listens.
-    Nothing,
-    /// Events without their previous key-values.
-    Events,
-    /// Events with their previous key-values.
-    WithPrev,
-}
-
 /// The state of one apply call: what it read, what it will write, what it will publish.
 struct Writer<'s> {
     /// One view of the backend for all of the call's lookups.
@@ -264,7 +253,7 @@ struct Writer<'s> {
     batch: WriteBatch,
     /// What to build events of: they copy every value, and their previous values are
     /// lookups of their own.
-    publish: Publish,
+    publish: Wanted,
     events: Vec<Event>,
 }
 
@@ -274,7 +263,7 @@ impl<'s> Writer<'s> {
         leases: &'s lease::Index,
         base: i64,
         base_compacted: i64,
-        publish: Publish,
+        publish: Wanted,
     ) -> Self {
         Self {
             reads,
@@ -545,7 +534,7 @@ impl<'s> Writer<'s> {
         let prev = self.get_with(
             &req.key,
             main,
-            req.ignore_value || req.prev_kv || self.publish == Publish::WithPrev,
+            req.ignore_value || req.prev_kv || self.publish == Wanted::EventsWithPrev,
         )?;
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
@@ -584,11 +573,11 @@ impl<'s> Writer<'s> {
             stored,
         );
         let prev_kv = if req.prev_kv { prev.clone() } else { None };
-        if self.publish != Publish::Nothing {
+        if self.publish != Wanted::Nothing {
             self.events.push(Event {
                 kind: EventKind::Put,
                 kv: kv.clone(),
-                prev_kv: prev.filter(|_| self.publish == Publish::WithPrev),
+                prev_kv: prev.filter(|_| self.publish == Wanted::EventsWithPrev),
             });
         }
         record(&mut self.overlay, &req.key, main, Some(kv));
@@ -604,7 +593,7 @@ impl<'s> Writer<'s> {
         let range = KeyRange::new(&req.key, &req.range_end);
         let mut doomed = Vec::new();
         // The values deleted are read only for whoever sees them: the answer, the events.
-        let with_value = req.prev_kv || self.publish == Publish::WithPrev;
+        let with_value = req.prev_kv || self.publish == Wanted::EventsWithPrev;
         self.visit(&range, main, &mut |item| {
             doomed.push(match item {
                 Item::Owned(kv) => kv.clone(),
@@ -631,11 +620,11 @@ impl<'s> Writer<'s> {
                 stored,
             );
             record(&mut self.overlay, &key, main, None);
-            if self.publish != Publish::Nothing {
+            if self.publish != Wanted::Nothing {
                 self.events.push(Event {
                     kind: EventKind::Delete,
                     kv: tombstone_kv(key, main),
-                    prev_kv: Some(prev.clone()).filter(|_| self.publish == Publish::WithPrev),
+                    prev_kv: Some(prev.clone()).filter(|_| self.publish == Wanted::EventsWithPrev),
                 });
             }
             *sub += 1;

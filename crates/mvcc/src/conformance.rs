@@ -25,7 +25,7 @@ use crate::{
     DeleteRangeRequest, Error, Event, EventKind, EventSink, KeyValue, LeaseCheckpointRequest,
     LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, ReadLimits, Refusal,
     Replacement, RequestOp, Response, ResponseOp, SortOrder, SortTarget, Store, Table, TxnRequest,
-    Visitor, WriteBatch,
+    Visitor, Wanted, WriteBatch,
 };
 
 /// Makes a fresh, empty backend and whatever must live as long as it.
@@ -127,18 +127,43 @@ impl<B: Backend> Fixture<B> {
     }
 }
 
-/// A sink keeping what it is sent; `without_prev` says it wants no previous key-values.
-#[derive(Default)]
-struct Collect(Mutex<Vec<Event>>, bool);
+/// A sink keeping what it is sent, and the revisions it was told were skipped.
+struct Collect(Mutex<Vec<Event>>, Wanted, Mutex<Vec<i64>>);
+
+impl Default for Collect {
+    fn default() -> Self {
+        Self::wanting(Wanted::EventsWithPrev)
+    }
+}
+
+impl Collect {
+    fn wanting(wanted: Wanted) -> Self {
+        Self(Mutex::default(), wanted, Mutex::default())
+    }
+}
 
 impl EventSink for Collect {
-    fn wants_prev(&self) -> bool {
-        !self.1
+    fn wants(&self) -> Wanted {
+        self.1
     }
 
     fn publish(&self, events: Vec<Event>, with_prev: bool) {
-        assert_eq!(with_prev, !self.1, "events come as the sink asked");
+        assert_ne!(self.1, Wanted::Nothing, "events that nobody wanted");
+        assert_eq!(
+            with_prev,
+            self.1 == Wanted::EventsWithPrev,
+            "events come as the sink asked"
+        );
         self.0.lock().extend(events);
+    }
+
+    fn skipped(&self, through: i64) {
+        assert_eq!(
+            self.1,
+            Wanted::Nothing,
+            "revisions skipped that were wanted"
+        );
+        self.2.lock().push(through);
     }
 }
 
@@ -1178,7 +1203,7 @@ fn events<B: Backend>(f: Factory<'_, B>) {
     // A sink that wants no previous key-values gets the same events without them; answers
     // that ask for theirs still get them.
     let t = Fixture::new(f);
-    let bare = Arc::new(Collect(Mutex::default(), true));
+    let bare = Arc::new(Collect::wanting(Wanted::Events));
     t.store.set_sink(bare.clone());
     t.put("a", "1");
     let (_, res) = t.apply(Command::Put(PutRequest {
@@ -1211,6 +1236,16 @@ fn events<B: Backend>(f: Factory<'_, B>) {
         stored,
         "history has them all the same"
     );
+
+    // A sink that wants nothing is told how far each apply call went, and sent no events.
+    let u = Fixture::new(f);
+    let deaf = Arc::new(Collect::wanting(Wanted::Nothing));
+    u.store.set_sink(deaf.clone());
+    u.put("a", "1");
+    u.grant(7, 30);
+    u.put("a", "2");
+    assert_eq!(*deaf.2.lock(), [2, 3], "the grant took no revision");
+    assert_eq!(u.store.events_since(1, 100).unwrap(), stored[..2]);
 }
 
 fn snapshots<B: Backend>(f: Factory<'_, B>) {

@@ -54,7 +54,7 @@ pub use keys::{prefix_end, KeyRange};
 pub use lease::LeaseInfo;
 pub use read::ReadLimits;
 pub use snapshot::{SnapshotInfo, SnapshotReader};
-pub use store::{CompactionProgress, EventSink, Store};
+pub use store::{CompactionProgress, EventSink, Store, Wanted};
 pub use txn::check_txn_keys;
 pub use types::{
     alarm_kind, de_bytes, ser_bytes, AlarmAction, AlarmMember, AlarmRequest, Command,

@@ -36,17 +36,35 @@ const FIRST_REVISION: i64 = 1;
 /// Called while the store's writer lock is held, so the order is the apply order; it must
 /// return quickly and never block (queue, or drop and let the watcher catch up from history).
 pub trait EventSink: Send + Sync + 'static {
-    /// Whether the next apply call should read the previous key-values its events carry.
-    /// Reading them costs a lookup of each changed value, so a sink nobody asked them of says
-    /// no; it must then cope with a publish whose events lack them (`with_prev` false).
-    fn wants_prev(&self) -> bool {
-        true
+    /// What the next apply call should build for this sink. Events copy every value, and
+    /// their previous key-values are a lookup each, so a sink nobody listens to says so; it
+    /// must then cope with what it asked for arriving after a listener came (see
+    /// [`EventSink::publish`] and [`EventSink::skipped`]).
+    fn wants(&self) -> Wanted {
+        Wanted::EventsWithPrev
     }
 
     /// Takes the events of one apply call, grouped by revision, in revision then sub order;
     /// their `prev_kv` is read (and `None` only where there was none) when `with_prev`, and
     /// left out (`None`) otherwise.
     fn publish(&self, events: Vec<Event>, with_prev: bool);
+
+    /// Revisions up to `through` were applied, and no events built for them, as
+    /// [`EventSink::wants`] said nobody wanted any.
+    fn skipped(&self, through: i64) {
+        let _ = through;
+    }
+}
+
+/// What an apply call builds for its [`EventSink`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wanted {
+    /// No events: nobody listens.
+    Nothing,
+    /// Events without their previous key-values.
+    Events,
+    /// Events with their previous key-values.
+    EventsWithPrev,
 }
 
 /// How far physical compaction has got.

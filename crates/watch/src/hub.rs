@@ -42,7 +42,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use mvcc::{Event, EventSink};
+use mvcc::{Event, EventSink, Wanted};
 use parking_lot::Mutex;
 use tokio::sync::mpsc::{error::TrySendError, Sender};
 use tokio::sync::Notify;
@@ -91,8 +91,16 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     pub(crate) wake: Arc<Notify>,
     stop: CancellationToken,
-    /// Registered watchers that asked for `prev_kv`, as [`State`] counts them.
-    prev_wanted: Arc<AtomicUsize>,
+    /// Registered watchers, as [`State`] counts them.
+    counts: Arc<Counts>,
+}
+
+/// Registered watchers, all and those that asked for `prev_kv`: read without the hub's lock
+/// by [`Hub::wants`], so atomics, changed only under the lock.
+#[derive(Default)]
+pub(crate) struct Counts {
+    watchers: AtomicUsize,
+    prev_kv: AtomicUsize,
 }
 
 pub(crate) struct State {
@@ -106,9 +114,8 @@ pub(crate) struct State {
     pub(crate) wake_on_publish: bool,
     /// Index candidates examined by publishing, for tests of the matching cost.
     examined: u64,
-    /// Registered watchers that asked for `prev_kv`: read without the lock by
-    /// [`Hub::wants_prev`], so an atomic, changed only under the lock.
-    prev_wanted: Arc<AtomicUsize>,
+    /// Registered watchers, shared with [`Shared::counts`].
+    counts: Arc<Counts>,
 }
 
 pub(crate) struct Watcher {
@@ -139,12 +146,12 @@ impl Hub {
         config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| HubError::NoRuntime)?;
         let last_published = history.current_revision();
-        let prev_wanted = Arc::new(AtomicUsize::new(0));
+        let counts = Arc::new(Counts::default());
         let shared = Arc::new(Shared {
             history,
-            prev_wanted: Arc::clone(&prev_wanted),
+            counts: Arc::clone(&counts),
             state: Mutex::new(State {
-                prev_wanted,
+                counts,
                 closed: false,
                 last_published,
                 next_id: 1,
@@ -198,8 +205,9 @@ impl Hub {
         } else {
             st.unsynced.insert(id);
         }
+        st.counts.watchers.fetch_add(1, Ordering::Relaxed);
         if matcher.prev_kv {
-            st.prev_wanted.fetch_add(1, Ordering::Relaxed);
+            st.counts.prev_kv.fetch_add(1, Ordering::Relaxed);
         }
         st.watchers.insert(
             id,
@@ -230,7 +238,8 @@ impl Hub {
         let mut st = self.shared.state.lock();
         st.closed = true;
         st.watchers.clear();
-        st.prev_wanted.store(0, Ordering::Relaxed);
+        st.counts.watchers.store(0, Ordering::Relaxed);
+        st.counts.prev_kv.store(0, Ordering::Relaxed);
         st.unsynced.clear();
         st.index = Index::default();
         st.report();
@@ -296,11 +305,35 @@ impl fmt::Debug for Hub {
 }
 
 impl EventSink for Hub {
-    /// Only while a watcher that asked for them is registered. One that registers after the
-    /// store asked is still sent them: see [`Shared::publish`].
-    fn wants_prev(&self) -> bool {
-        // Relaxed: a stale answer costs a catch-up, never a wrong event.
-        self.shared.prev_wanted.load(Ordering::Relaxed) > 0
+    /// Events only while a watcher is registered, their previous key-values only while one
+    /// that asked for them is. One that registers after the store asked is still sent what it
+    /// wants, from history: see [`Shared::publish`] and [`EventSink::skipped`].
+    fn wants(&self) -> Wanted {
+        // Relaxed: a stale answer costs a catch-up, never a wrong or a lost event.
+        let counts = &self.shared.counts;
+        if counts.watchers.load(Ordering::Relaxed) == 0 {
+            Wanted::Nothing
+        } else if counts.prev_kv.load(Ordering::Relaxed) == 0 {
+            Wanted::Events
+        } else {
+            Wanted::EventsWithPrev
+        }
+    }
+
+    /// Moves the live point past revisions nobody was registered for; a watcher that came
+    /// since is sent them from history.
+    fn skipped(&self, through: i64) {
+        let mut st = self.shared.state.lock();
+        if st.closed {
+            return;
+        }
+        let mut wake = std::mem::take(&mut st.wake_on_publish) && !st.unsynced.is_empty();
+        wake |= st.skip_to(through);
+        st.report();
+        drop(st);
+        if wake {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Delivers the events of one apply call to the synced watchers they match. Never
@@ -312,7 +345,7 @@ impl EventSink for Hub {
 
 impl Shared {
     /// Events without their previous key-values (`with_prev` false) reach a watcher that
-    /// wants them only if it registered after the store asked [`Hub::wants_prev`]; it is
+    /// wants them only if it registered after the store asked [`Hub::wants`]; it is
     /// sent them from history instead, which has them, as a watcher whose queue was full.
     fn publish(&self, events: &[Event], with_prev: bool) {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
@@ -460,8 +493,9 @@ impl State {
 
     pub(crate) fn remove(&mut self, id: WatchId) {
         if let Some(w) = self.watchers.remove(&id) {
+            self.counts.watchers.fetch_sub(1, Ordering::Relaxed);
             if w.matcher.prev_kv {
-                self.prev_wanted.fetch_sub(1, Ordering::Relaxed);
+                self.counts.prev_kv.fetch_sub(1, Ordering::Relaxed);
             }
             if w.synced {
                 self.index.remove(id, &w.matcher.shape);
@@ -725,6 +759,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_watcher_registered_after_the_store_skipped_events_gets_them_from_history() {
+        let log = Arc::new(Log::default());
+        let hub = hub(&log, 100);
+        assert_eq!(hub.wants(), Wanted::Nothing, "nobody watches");
+        hub.skipped(log.write(2, &["a"])[0].kv.mod_revision);
+        // Revision 3 is applied without events; the watcher comes before the skip reaches
+        // the hub, so it starts at 3.
+        log.write(3, &["b"]);
+        let (tx, mut rx) = mpsc::channel(16);
+        let guard = hub
+            .watch(WatchSpec::new(KeyRange::prefix(b"")), tx)
+            .unwrap();
+        assert_eq!(guard.start_revision(), 3);
+        assert_eq!(hub.wants(), Wanted::Events);
+        hub.skipped(3);
+        assert!(rx.try_recv().is_err());
+        assert_eq!(hub.stats().unsynced, 1);
+        assert!(!hub.shared.catch_up_round());
+        assert_eq!(revs(&rx.try_recv().unwrap()), [3]);
+        assert_eq!(hub.stats().unsynced, 0);
+        hub.publish(log.write(4, &["c"]), false);
+        assert_eq!(revs(&rx.try_recv().unwrap()), [4]);
+        drop(guard);
+        assert_eq!(hub.wants(), Wanted::Nothing, "the watcher is gone");
+    }
+
+    #[tokio::test]
     async fn a_prev_kv_watcher_registered_after_the_store_asked_gets_them_from_history() {
         let log = Arc::new(Log::default());
         let hub = hub(&log, 100);
@@ -732,14 +793,14 @@ mod tests {
         let _plain = hub
             .watch(WatchSpec::new(KeyRange::prefix(b"")), plain_tx)
             .unwrap();
-        assert!(!hub.wants_prev(), "nobody asked for prev_kv");
+        assert_eq!(hub.wants(), Wanted::Events, "nobody asked for prev_kv");
         let with_prev = WatchSpec {
             prev_kv: true,
             ..WatchSpec::new(KeyRange::prefix(b""))
         };
         let (tx, mut rx) = mpsc::channel(16);
         let guard = hub.watch(with_prev, tx).unwrap();
-        assert!(hub.wants_prev());
+        assert_eq!(hub.wants(), Wanted::EventsWithPrev);
         // The store asked before the watcher came: history has the previous value, the
         // publish does not.
         let mut stored = log.write(2, &["a"]);
@@ -761,7 +822,11 @@ mod tests {
         assert_eq!(caught_up.events[0].prev_kv, Some(before));
         assert_eq!(hub.stats().unsynced, 0);
         drop(guard);
-        assert!(!hub.wants_prev(), "the watcher that asked is gone");
+        assert_eq!(
+            hub.wants(),
+            Wanted::Events,
+            "the watcher that asked is gone"
+        );
     }
 
     #[tokio::test]
