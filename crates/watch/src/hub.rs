@@ -307,7 +307,8 @@ impl fmt::Debug for Hub {
 impl EventSink for Hub {
     /// Events only while a watcher is registered, their previous key-values only while one
     /// that asked for them is. One that registers after the store asked is still sent what it
-    /// wants, from history: see [`Shared::publish`] and [`EventSink::skipped`].
+    /// wants, from history: the publish that lacks it, or [`EventSink::skipped`], turns it
+    /// unsynced at that revision.
     fn wants(&self) -> Wanted {
         // Relaxed: a stale answer costs a catch-up, never a wrong or a lost event.
         let counts = &self.shared.counts;
