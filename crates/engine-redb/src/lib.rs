@@ -695,12 +695,7 @@ impl Pinned<'_> {
         if let Some(value) = change {
             return Ok(Some((key, value)));
         }
-        let mut first = None;
-        self.read_range(table, from, to, &mut |k, v| {
-            first = Some((k.to_vec(), v.to_vec()));
-            ControlFlow::Break(())
-        })?;
-        Ok(first)
+        mvcc::first_by_range(self, table, from, to)
     }
 }
 

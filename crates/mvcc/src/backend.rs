@@ -178,13 +178,27 @@ pub trait Reads {
         from: Bound<&[u8]>,
         to: Bound<&[u8]>,
     ) -> Result<Option<Entry>, BackendError> {
-        let mut first = None;
-        self.read_range(table, from, to, &mut |k, v| {
-            first = Some((k.to_vec(), v.to_vec()));
-            ControlFlow::Break(())
-        })?;
-        Ok(first)
+        first_by_range(self, table, from, to)
     }
+}
+
+/// [`Reads::read_first`] made of [`Reads::read_range`]: its default, and the fallback of an
+/// engine whose own way does not apply to every case.
+///
+/// # Errors
+/// [`BackendError`] when the engine cannot read.
+pub fn first_by_range<R: Reads + ?Sized>(
+    reads: &R,
+    table: Table,
+    from: Bound<&[u8]>,
+    to: Bound<&[u8]>,
+) -> Result<Option<Entry>, BackendError> {
+    let mut first = None;
+    reads.read_range(table, from, to, &mut |k, v| {
+        first = Some((k.to_vec(), v.to_vec()));
+        ControlFlow::Break(())
+    })?;
+    Ok(first)
 }
 
 impl<B: Backend + ?Sized> Reads for B {

@@ -46,7 +46,8 @@ pub mod conformance;
 pub use apply::Outcome;
 pub use auth::{AuthError, AuthRequest, AuthResponse, PermType, Permission};
 pub use backend::{
-    is_empty_interval, Backend, BatchOp, Entry, Reads, Replacement, Table, Visitor, WriteBatch,
+    first_by_range, is_empty_interval, Backend, BatchOp, Entry, Reads, Replacement, Table, Visitor,
+    WriteBatch,
 };
 pub use error::{BackendError, Error, Refusal, Result};
 pub use export::{Export, LeaseRecord, Version};
