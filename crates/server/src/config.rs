@@ -38,6 +38,9 @@ pub struct Config {
     pub engine: Engine,
     /// `--engine-cache-bytes`: the redb engine's memory for pages.
     pub engine_cache_bytes: usize,
+    /// `--backend-batch-interval` and `--backend-batch-limit`: when the redb engine commits
+    /// the writes it buffers.
+    pub engine_batching: engine_redb::Batching,
     /// Addresses to serve clients on.
     pub client_addrs: Vec<String>,
     /// Addresses to serve peers on.
@@ -506,6 +509,7 @@ impl TryFrom<Flags> for Config {
             data_dir,
             engine: f.engine,
             engine_cache_bytes: usize::try_from(f.engine_cache_bytes).unwrap_or(usize::MAX),
+            engine_batching: engine_batching(f.backend_batch_interval, f.backend_batch_limit),
             client_addrs,
             peer_addrs,
             client_tls_addrs,
@@ -597,6 +601,21 @@ const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
 /// Past this quota etcd warns that the backend may perform poorly (8 GiB).
 const MAX_QUOTA_BYTES: u64 = 8 << 30;
 
+/// `--backend-batch-interval` and `--backend-batch-limit` as etcd reads them: zero means the
+/// default of each.
+fn engine_batching(interval: Duration, limit: usize) -> engine_redb::Batching {
+    let default = engine_redb::Batching::default();
+    engine_redb::Batching {
+        max_age: if interval.is_zero() {
+            default.max_age
+        } else {
+            interval
+        },
+        max_ops: if limit == 0 { default.max_ops } else { limit },
+        max_bytes: default.max_bytes,
+    }
+}
+
 /// `--quota-backend-bytes` as etcd reads it: 0 means the default; above 8 GiB it warns.
 fn quota_backend_bytes(flag: u64) -> u64 {
     if flag == 0 {
@@ -643,6 +662,31 @@ mod tests {
         assert_eq!(c.peer_addrs, ["127.0.0.1:2380"]);
         assert_eq!(c.node.initial_members.len(), 1);
         assert_eq!(c.auto_compaction, AutoCompaction::Off);
+    }
+
+    #[test]
+    fn backend_batch_flags_set_the_engines_commits_and_zero_is_the_default() {
+        let batching = |args: &[&str]| {
+            let mut all = vec!["metastore"];
+            all.extend_from_slice(args);
+            Config::try_from(Flags::parse_from(all))
+                .unwrap()
+                .engine_batching
+        };
+        assert_eq!(batching(&[]), engine_redb::Batching::default());
+        assert_eq!(
+            batching(&[
+                "--backend-batch-interval",
+                "0",
+                "--backend-batch-limit",
+                "0"
+            ]),
+            engine_redb::Batching::default()
+        );
+        let set = batching(&["--backend-batch-interval=1s", "--backend-batch-limit=500"]);
+        assert_eq!(set.max_age, Duration::from_secs(1));
+        assert_eq!(set.max_ops, 500);
+        assert_eq!(set.max_bytes, engine_redb::Batching::default().max_bytes);
     }
 
     #[test]

@@ -52,8 +52,6 @@ const NO_DISCOVERY: &str =
 pub const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("max-snapshots", false, Fate::NoEffect("no Raft snapshot files are kept with the redb engine (its file is the snapshot), and only the newest with --engine mem, so there is no count to set")),
     flag("max-wals", false, Fate::NoEffect("the Raft log's segment files (raft-log/*.wal) are removed as soon as a Raft snapshot covers every entry they hold (openraft purges the log behind each snapshot), not kept up to a count")),
-    flag("backend-batch-interval", false, Fate::NoEffect("the engine commits each applied batch itself; there is no bbolt batch interval")),
-    flag("backend-batch-limit", false, Fate::NoEffect("the engine commits each applied batch itself; there is no bbolt batch limit")),
     flag("experimental-backend-bbolt-freelist-type", false, Fate::NoEffect("there is no bbolt freelist (the engine is redb or memory)")),
     flag("experimental-compaction-batch-limit", false, Fate::NoEffect("physical compaction removes history in its own bounded steps, not bbolt batches")),
     flag("experimental-warning-apply-duration", false, Fate::NoEffect("only etcd's slow-apply log warning; apply times are exported as metrics instead")),
@@ -327,7 +325,13 @@ mod tests {
     #[test]
     fn no_effect_flags_are_taken_out_and_noted() {
         let s = run(
-            &["--max-wals", "3", "--name", "a", "-backend-batch-limit=9"],
+            &[
+                "--max-wals",
+                "3",
+                "--name",
+                "a",
+                "-experimental-compaction-batch-limit=9",
+            ],
             &[],
         )
         .unwrap();

@@ -133,7 +133,7 @@ pub async fn run_embedded(
             let options = Options {
                 durability: Durability::Lazy,
                 cache_bytes: config.engine_cache_bytes,
-                ..Options::default()
+                batching: config.engine_batching,
             };
             let backend = RedbBackend::open(&path, &options)
                 .with_context(|| format!("opening {}", path.display()))?;
