@@ -474,6 +474,56 @@ async fn a_state_machine_that_never_applies_times_out_at_the_budget() {
     node.shutdown().await.unwrap();
 }
 
+/// The apply runs on the state machine task's own thread, told to tokio as blocking
+/// (`block_in_place`), so a stuck apply must not hold the runtime: with one worker, a proposal
+/// still times out at its budget and timers still fire. Were the apply a plain call, the only
+/// worker would wait on the jammed write and nothing else would run until the watchdog below
+/// frees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_stuck_apply_leaves_the_runtimes_only_worker_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    let budget = Duration::from_millis(300);
+    cfg.budgets = Budgets::default().with(Layer::Commit, budget);
+    let backend = Stuck::default();
+    let _unjam = Unjam(backend.clone());
+    let node = started(cfg, backend.clone()).await;
+    node.propose(put("warm", "up"), Deadline::after(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    backend.jam();
+    // Frees a worker the apply holds, so that the test fails instead of hanging.
+    let watchdog_fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let fired = Arc::clone(&watchdog_fired);
+        let backend = backend.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(20));
+            fired.store(true, std::sync::atomic::Ordering::SeqCst);
+            backend.release();
+        });
+    }
+    let err = node
+        .propose(put("jammed", "v"), Deadline::none())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ProposeError::Timeout(ref e) if e.layer == Layer::Commit),
+        "{err:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        !watchdog_fired.load(std::sync::atomic::Ordering::SeqCst),
+        "the runtime ran only once the watchdog freed the stuck apply"
+    );
+    backend.release();
+    node.read_index(Deadline::after(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(value_of(&node, "jammed").unwrap(), b"v");
+    node.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_resumes_removing_compacted_history() {
     let dir = tempfile::tempdir().unwrap();
