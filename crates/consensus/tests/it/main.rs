@@ -492,15 +492,20 @@ async fn a_stuck_apply_leaves_the_runtimes_only_worker_free() {
         .await
         .unwrap();
     backend.jam();
-    // Frees a worker the apply holds, so that the test fails instead of hanging.
+    // Frees a worker the apply holds, so that the test fails instead of hanging; it stands
+    // down once the test is done with the jam.
     let watchdog_fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (done, watching) = std::sync::mpsc::channel::<()>();
     {
         let fired = Arc::clone(&watchdog_fired);
         let backend = backend.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(20));
-            fired.store(true, std::sync::atomic::Ordering::SeqCst);
-            backend.release();
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                watching.recv_timeout(Duration::from_secs(20))
+            {
+                fired.store(true, std::sync::atomic::Ordering::SeqCst);
+                backend.release();
+            }
         });
     }
     let err = node
@@ -511,11 +516,13 @@ async fn a_stuck_apply_leaves_the_runtimes_only_worker_free() {
         matches!(err, ProposeError::Timeout(ref e) if e.layer == Layer::Commit),
         "{err:?}"
     );
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A task spawned now runs: the worker is free.
+    tokio::spawn(async {}).await.unwrap();
     assert!(
         !watchdog_fired.load(std::sync::atomic::Ordering::SeqCst),
         "the runtime ran only once the watchdog freed the stuck apply"
     );
+    drop(done);
     backend.release();
     node.read_index(Deadline::after(Duration::from_secs(5)))
         .await
