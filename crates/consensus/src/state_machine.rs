@@ -401,25 +401,13 @@ impl<B: Backend> StateMachine<B> {
         let raw = bincode::serialize(&position).map_err(|e| sm_err("write", e))?;
         let store = self.store.clone();
         let commands_applied = commands.len() as u64;
-        let work = move || {
+        let outcomes = tokio::task::spawn_blocking(move || {
             let outcomes = store.apply(&commands, Some(&raw))?;
             crate::metrics::count_applied(&commands, &outcomes);
             Ok::<_, mvcc::Error>(outcomes)
-        };
-        // The apply blocks (engine reads, a write that waits for a commit), so no async worker
-        // may wait on it. `block_in_place` hands this worker's queue to another thread and runs
-        // the apply right here; `spawn_blocking` cost two thread wake-ups per entry (to the
-        // pool and back), half of the apply stage at one client (session 14, benchmarks.md).
-        // A current-thread runtime (unit tests) has no worker to hand over.
-        let outcomes = if tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            tokio::task::block_in_place(work)
-        } else {
-            tokio::task::spawn_blocking(work)
-                .await
-                .map_err(|e| sm_err("write", e))?
-        }
+        })
+        .await
+        .map_err(|e| sm_err("write", e))?
         .map_err(|e| sm_err("write", e))?;
         if self.position.alarms != position.alarms {
             self.alarms.publish(&position.alarms);

@@ -474,11 +474,10 @@ async fn a_state_machine_that_never_applies_times_out_at_the_budget() {
     node.shutdown().await.unwrap();
 }
 
-/// The apply runs on the state machine task's own thread, told to tokio as blocking
-/// (`block_in_place`), so a stuck apply must not hold the runtime: with one worker, a proposal
-/// still times out at its budget and timers still fire. Were the apply a plain call, the only
-/// worker would wait on the jammed write and nothing else would run until the watchdog below
-/// frees it.
+/// The apply runs off the async workers, so a stuck apply must not hold the runtime: with one
+/// worker, a proposal still times out at its budget and a new task still runs. Were the apply a
+/// plain call on the state machine task, the only worker would wait on the jammed write and
+/// nothing else would run until the watchdog below frees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_stuck_apply_leaves_the_runtimes_only_worker_free() {
     let dir = tempfile::tempdir().unwrap();

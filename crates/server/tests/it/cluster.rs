@@ -86,6 +86,12 @@ impl Writer {
                     if r.is_ok() {
                         acked.lock().expect("acked").insert(key, value);
                         ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        // A refusal can come back without the task ever yielding (no member
+                        // left to connect to, once a failed test drops the cluster): without a
+                        // pause this loop would hold its worker and the runtime's shutdown
+                        // would wait for it forever.
+                        pause(Duration::from_millis(10)).await;
                     }
                     i += 1;
                 }
