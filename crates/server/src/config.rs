@@ -636,6 +636,13 @@ mod tests {
     use super::*;
     use clap::Parser;
 
+    /// The config `metastore <args>` makes.
+    fn config_of(args: &[&str]) -> Result<Config> {
+        let mut all = vec!["metastore"];
+        all.extend_from_slice(args);
+        Config::try_from(Flags::parse_from(all))
+    }
+
     #[test]
     fn ids_are_stable_and_distinct() {
         let a = member_id(&["http://127.0.0.1:2380".into()], "etcd-cluster");
@@ -666,13 +673,7 @@ mod tests {
 
     #[test]
     fn backend_batch_flags_set_the_engines_commits_and_zero_is_the_default() {
-        let batching = |args: &[&str]| {
-            let mut all = vec!["metastore"];
-            all.extend_from_slice(args);
-            Config::try_from(Flags::parse_from(all))
-                .unwrap()
-                .engine_batching
-        };
+        let batching = |args: &[&str]| config_of(args).unwrap().engine_batching;
         assert_eq!(batching(&[]), engine_redb::Batching::default());
         assert_eq!(
             batching(&[
@@ -691,13 +692,7 @@ mod tests {
 
     #[test]
     fn bad_flags_are_clear_errors() {
-        let bad = |args: &[&str]| {
-            let mut all = vec!["metastore"];
-            all.extend_from_slice(args);
-            Config::try_from(Flags::parse_from(all))
-                .unwrap_err()
-                .to_string()
-        };
+        let bad = |args: &[&str]| config_of(args).unwrap_err().to_string();
         assert!(bad(&["--listen-client-urls", "https://x:1"]).contains("--cert-file"));
         assert!(bad(&["--initial-cluster", "other=http://127.0.0.1:2380"]).contains("no entry"));
         assert!(bad(&["--budgets", "commit=0s"]).contains("budgets"));
@@ -728,13 +723,7 @@ mod tests {
 
     #[test]
     fn tls_without_https_or_https_without_tls_is_refused() {
-        let bad = |args: &[&str]| {
-            let mut all = vec!["metastore"];
-            all.extend_from_slice(args);
-            Config::try_from(Flags::parse_from(all))
-                .unwrap_err()
-                .to_string()
-        };
+        let bad = |args: &[&str]| config_of(args).unwrap_err().to_string();
         assert!(bad(&["--cert-file", "c.pem", "--key-file", "k.pem"]).contains("plaintext"));
         assert!(bad(&["--peer-client-cert-auth"]).contains("plaintext"));
         assert!(bad(&["--auto-tls"]).contains("no https:// URL"));

@@ -392,19 +392,26 @@ impl Backend for Stuck {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_state_machine_that_never_applies_times_out_at_the_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    let budget = Duration::from_millis(400);
+/// A started node over a [`Stuck`] engine, its proposals waiting at most `budget` for their
+/// commit, with one put applied; the guard unjams on the way out even if an assertion fails,
+/// since a jammed write would hang the runtime.
+async fn stuck_node(dir: &std::path::Path, budget: Duration) -> (Node<Stuck>, Stuck, Unjam) {
+    let mut cfg = config(dir);
     cfg.budgets = Budgets::default().with(Layer::Commit, budget);
     let backend = Stuck::default();
-    // Unjams on the way out even if an assertion fails: a jammed write would hang the runtime.
-    let _unjam = Unjam(backend.clone());
+    let unjam = Unjam(backend.clone());
     let node = started(cfg, backend.clone()).await;
     node.propose(put("warm", "up"), Deadline::after(Duration::from_secs(5)))
         .await
         .unwrap();
+    (node, backend, unjam)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_machine_that_never_applies_times_out_at_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = Duration::from_millis(400);
+    let (node, backend, _unjam) = stuck_node(dir.path(), budget).await;
     let handle = tokio::runtime::Handle::current();
     let tasks_before = handle.metrics().num_alive_tasks();
     backend.jam();
@@ -481,15 +488,7 @@ async fn a_state_machine_that_never_applies_times_out_at_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_stuck_apply_leaves_the_runtimes_only_worker_free() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    let budget = Duration::from_millis(300);
-    cfg.budgets = Budgets::default().with(Layer::Commit, budget);
-    let backend = Stuck::default();
-    let _unjam = Unjam(backend.clone());
-    let node = started(cfg, backend.clone()).await;
-    node.propose(put("warm", "up"), Deadline::after(Duration::from_secs(5)))
-        .await
-        .unwrap();
+    let (node, backend, _unjam) = stuck_node(dir.path(), Duration::from_millis(300)).await;
     backend.jam();
     // Frees a worker the apply holds, so that the test fails instead of hanging; it stands
     // down once the test is done with the jam.
