@@ -46,6 +46,7 @@
 //! - `corrupt`: etcd's corruption checks, members comparing key-space hashes.
 //! - [`metrics`]: the names (etcd's) of the metrics this crate records.
 
+pub mod ablation;
 mod alarms;
 mod auth;
 mod batcher;

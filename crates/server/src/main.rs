@@ -66,6 +66,18 @@ fn main() -> Result<()> {
     for note in &prepared.notes {
         tracing::warn!("{note}");
     }
+    match consensus::ablation::configured() {
+        Ok(cuts) if cuts.is_empty() => {}
+        Ok(cuts) => tracing::warn!(
+            ?cuts,
+            "a measurement build with stages of the write path cut: writes may be lost and \
+             answers made up (docs/benchmarks.md)"
+        ),
+        Err(why) => {
+            eprintln!("metastore: {why}");
+            std::process::exit(2);
+        }
+    }
     let metrics = server::telemetry::prometheus()?.install_recorder()?;
     server::telemetry::describe();
     let config = Config::try_from(flags)?;

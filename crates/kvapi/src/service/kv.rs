@@ -126,6 +126,13 @@ impl<B: Backend> KvService<B> {
             }
         }
         stage("validate", started);
+        if consensus::ablation::skips(consensus::ablation::Cut::Raft) {
+            let revision = self.shared.node.store().current_revision();
+            return Ok(PutResponse {
+                header: self.shared.header(revision),
+                prev_kv: None,
+            });
+        }
         match self
             .write(deadline, &caller, Command::Put(put_from_pb(r)))
             .await?
