@@ -471,28 +471,56 @@ pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
-/// Parses `500ms`, `7s`, `2m`, `1h`, or a bare number of seconds.
+/// Parses a duration as etcd's flags read one (Go's `1m30s`, `1.5h`, `300ms`, `10us`), or a
+/// bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (digits, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = digits
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {s:?} (use ms, s, m or h)"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+    let invalid = |why: &str| format!("invalid duration {s:?}: {why}");
+    let unsigned = s.strip_prefix('+').unwrap_or(s);
+    if unsigned.starts_with('-') {
+        return Err(invalid("a duration here cannot be negative"));
+    }
+    if unsigned.is_empty() {
+        return Err(invalid("empty"));
+    }
+    // A bare number, which Go refuses (apart from 0), has always meant seconds here.
+    if let Ok(secs) = unsigned.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| invalid(&e.to_string()));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = unsigned;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(number_end);
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_end);
+        let n: f64 = number
+            .parse()
+            .map_err(|_| invalid("expected a number before each unit"))?;
+        let unit_secs = match unit {
+            "ns" => 1e-9,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "" => return Err(invalid("missing unit (use ns, us, ms, s, m or h)")),
+            _ => {
+                return Err(invalid(&format!(
+                    "unknown unit {unit:?} (use ns, us, ms, s, m or h)"
+                )))
+            }
+        };
+        let part =
+            Duration::try_from_secs_f64(n * unit_secs).map_err(|e| invalid(&e.to_string()))?;
+        total = total.checked_add(part).ok_or_else(|| invalid("too long"))?;
+        rest = next;
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -507,6 +535,26 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn durations_read_as_go_reads_them() {
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(
+            parse_duration("2h45m0.5s"),
+            Ok(Duration::from_millis(9_900_500))
+        );
+        assert_eq!(parse_duration("1s500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("250\u{b5}s"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("10ns"), Ok(Duration::from_nanos(10)));
+        assert_eq!(parse_duration("+3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "-1s", "1m30", "s", "1.2.3s", "1d", "1m 30s"] {
+            let refused = parse_duration(bad).unwrap_err();
+            assert!(refused.contains(&format!("{bad:?}")), "{bad}: {refused}");
+        }
     }
 
     #[test]
