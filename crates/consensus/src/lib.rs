@@ -22,6 +22,7 @@
 //! - `wal`: segment files of checksummed records, torn-tail recovery, the state file.
 //! - `redb_log`: the log before segment files, migrated once at start.
 //! - `stages`: where a write's time goes, a histogram per stage ([`STAGE_SECONDS`]).
+//! - [`ablation`]: measurement-only cuts of the write path (feature `ablation`), for its ceilings.
 //! - `state_machine`: [`StateMachine`], apply and snapshots.
 //! - `snapshot_due`: when a snapshot is taken: after `--snapshot-count` applied requests.
 //! - `snapshot_data`: [`SnapshotData`], a snapshot's bytes: a file, or a point in a persistent
